@@ -1,0 +1,1 @@
+//! container: see ../../README.md and ../shared/DESIGN.md.

@@ -1,0 +1,1 @@
+//! guest: see ../../README.md and ../shared/DESIGN.md.

@@ -1,0 +1,1 @@
+//! image: see ../../README.md and ../shared/DESIGN.md.

@@ -1,0 +1,1 @@
+//! linux-user: see ../../README.md and ../shared/DESIGN.md.

@@ -1,0 +1,1 @@
+//! riscv-machine: see ../../README.md and ../shared/DESIGN.md.

@@ -1,0 +1,1 @@
+//! riscv: see ../../README.md and ../shared/DESIGN.md.

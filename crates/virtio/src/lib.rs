@@ -1,0 +1,1 @@
+//! virtio: see ../../README.md and ../shared/DESIGN.md.

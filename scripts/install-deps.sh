@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs, from Debian's archive, the peers and tools the test suite compares
+# virtkit against. Only missing packages are installed, so a second run is
+# quick. Needs root (CI and the development machines run as root).
+set -euo pipefail
+
+pkgs=(
+  qemu-utils            # qemu-img: the peer of `virtkit img`
+  qemu-user-static      # qemu-riscv64-static: the peer of `virtkit emu user`
+  qemu-system-misc      # qemu-system-riscv64: the peer of `virtkit vm`
+  opensbi               # firmware for riscv64 guests
+  gcc-riscv64-linux-gnu # cross compiler for riscv64 test programs
+  libc6-dev-riscv64-cross
+  e2fsprogs             # mkfs.ext4 / debugfs for guest disks
+  busybox-static        # amd64 busybox for container bundles
+  runc                  # the peer of `virtkit ctr`
+  podman                # drives `virtkit-runc` as its OCI runtime
+  hyperfine             # benchmarks
+  cpio                  # checks our initramfs against GNU cpio
+)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q "${missing[@]}"
+fi
