@@ -57,3 +57,5 @@ pub trait BlockBackend: Send + Sync {
     /// read back as zeros or as the backing file afterwards.
     fn discard(&self, offset: u64, len: u64) -> Result<()>;
 }
+
+pub mod ops;
