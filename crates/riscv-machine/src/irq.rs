@@ -1,0 +1,25 @@
+//! Interrupt plumbing shared by the device models: how a device raises a
+//! line, and how the interrupt controllers reach a hart's `mip` bits.
+
+/// `mip` bit numbers of the interrupts the board drives.
+pub const SSIP: u64 = 1 << 1;
+pub const MSIP: u64 = 1 << 3;
+pub const STIP: u64 = 1 << 5;
+pub const MTIP: u64 = 1 << 7;
+pub const SEIP: u64 = 1 << 9;
+pub const MEIP: u64 = 1 << 11;
+
+/// The harts' interrupt-pending inputs, as the interrupt controllers see
+/// them. Implementations must be callable from any thread and must wake a
+/// hart that sleeps in WFI when a bit it waits for becomes pending.
+pub trait HartIrqs: Send + Sync {
+    /// Drives the `mask` bits of hart `hart`'s `mip` to `level`.
+    fn set_mip(&self, hart: usize, mask: u64, level: bool);
+}
+
+/// One level-triggered interrupt line from a device to an interrupt
+/// controller.
+pub trait IrqLine: Send + Sync {
+    /// Drives the line high (`true`) or low (`false`).
+    fn set_level(&self, level: bool);
+}
