@@ -1,1 +1,122 @@
-//! virtio: see ../../README.md and ../shared/DESIGN.md.
+//! Paravirtualized devices for virtkit: the virtio-mmio transport (version 2,
+//! modern only) and the block, entropy and console devices behind it.
+//!
+//! The device models are architecture-neutral: each one sees only
+//!
+//! * guest memory, as a `vm-memory` [`GuestMemoryMmap`] (see [`GuestRam`] for
+//!   how the machine allocates RAM once and shares it with the CPU's fast path),
+//! * an interrupt line, the [`Interrupt`] trait (the PLIC of the RISC-V board
+//!   implements it today, a KVM irqfd tomorrow),
+//! * its own 0x200-byte register window, [`MmioTransport::read`] and
+//!   [`MmioTransport::write`].
+//!
+//! # Plugging a device into a board
+//!
+//! ```no_run
+//! use std::sync::{Arc, Mutex};
+//! use virtio::{GuestRam, Interrupt, MmioTransport, Rng};
+//!
+//! struct Line; // the board's PLIC source n
+//! impl Interrupt for Line {
+//!     fn raise(&self) { /* plic.set_pending(n, true) */ }
+//!     fn lower(&self) { /* plic.set_pending(n, false) */ }
+//! }
+//!
+//! let ram = GuestRam::new(0x8000_0000, 256 << 20).unwrap();
+//! let cpu_ptr = ram.host_ptr(); // the CPU's fast path: guest 0x8000_0000 == cpu_ptr
+//! let slot = Mutex::new(MmioTransport::new(
+//!     Box::new(Rng::new()),
+//!     ram.memory().clone(),
+//!     Arc::new(Line),
+//! ));
+//! // On a load/store that hits 0x1000_1000..0x1000_1200:
+//! let mut buf = [0u8; 4];
+//! slot.lock().unwrap().read(0x000, &mut buf); // "virt" magic
+//! # let _ = cpu_ptr;
+//! ```
+//!
+//! # Threading
+//!
+//! A driver's QueueNotify write never does I/O on the vCPU thread: when the
+//! driver sets DRIVER_OK, the transport starts one worker thread for the
+//! device, and a notification only sets a bit and wakes that thread. The
+//! worker processes the queues, writes the used rings and raises the
+//! interrupt line (from the worker thread: [`Interrupt`] implementations must
+//! be thread-safe). A device reset (status 0), [`MmioTransport::shutdown`] or
+//! dropping the transport stops and joins the worker after the request it is
+//! working on; nothing is left running.
+
+mod blk;
+mod console;
+mod memory;
+mod mmio;
+mod queue;
+mod rng;
+
+pub use blk::{Block, BlockConfig};
+pub use console::{Console, ConsoleHost};
+pub use memory::GuestRam;
+pub use mmio::{status, MmioTransport, MMIO_WINDOW_SIZE};
+pub use queue::{ActivateContext, DeviceSignals, QueueHandler, VirtioDevice, WorkerEvents};
+pub use rng::{Rng, MAX_RNG_BYTES_PER_REQUEST};
+pub use vm_memory::GuestMemoryMmap;
+
+#[doc(hidden)]
+pub mod fuzzing;
+
+/// A level-triggered interrupt line from a device to the interrupt controller.
+///
+/// The transport raises the line when it sets a bit in InterruptStatus and
+/// lowers it when the driver acknowledges the last bit. Calls come from the
+/// vCPU thread that writes InterruptACK and from the device's worker thread,
+/// serialized by the transport (never two calls at once for one line).
+pub trait Interrupt: Send + Sync {
+    /// Drives the line high (asserted).
+    fn raise(&self);
+    /// Drives the line low (deasserted).
+    fn lower(&self);
+}
+
+/// Errors of the virtio crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("guest RAM of {size:#x} bytes at {base:#x}: {reason}")]
+    GuestRam {
+        base: u64,
+        size: usize,
+        reason: String,
+    },
+    #[error("cannot start the virtio device thread: {0}")]
+    SpawnWorker(#[source] std::io::Error),
+    #[error("virtio queue {index}: {reason}")]
+    Queue { index: usize, reason: String },
+    #[error("guest memory access failed: {0}")]
+    GuestMemory(#[from] vm_memory::GuestMemoryError),
+    #[error("virtio queue error: {0}")]
+    VirtQueue(#[from] virtio_queue::Error),
+    #[error("block device: {0}")]
+    Block(String),
+}
+
+/// Result type of the virtio crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Virtio device type IDs (virtio 1.2, section 5).
+pub mod device_type {
+    /// Block device.
+    pub const BLOCK: u32 = 2;
+    /// Console.
+    pub const CONSOLE: u32 = 3;
+    /// Entropy source.
+    pub const RNG: u32 = 4;
+}
+
+/// Device-independent feature bits (virtio 1.2, section 6).
+pub mod features {
+    /// Indirect descriptor tables.
+    pub const RING_INDIRECT_DESC: u32 = 28;
+    /// used_event / avail_event notification suppression.
+    pub const RING_EVENT_IDX: u32 = 29;
+    /// The modern interface (mandatory for virtio-mmio version 2).
+    pub const VERSION_1: u32 = 32;
+}
