@@ -10,10 +10,13 @@
 
 pub mod clint;
 pub mod fdt;
+pub mod htif;
 pub mod irq;
 pub mod layout;
 pub mod loader;
 pub mod mmio;
 pub mod plic;
 pub mod power;
+pub mod sbi;
+pub mod terminal;
 pub mod uart;

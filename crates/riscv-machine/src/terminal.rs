@@ -1,0 +1,187 @@
+//! The host terminal as the guest's serial console: raw mode while the
+//! machine runs (restored on every exit path by a drop guard), and a reader
+//! thread that feeds stdin to the console and recognises QEMU's escape
+//! sequence Ctrl-A x (quit); Ctrl-A Ctrl-A sends a literal Ctrl-A.
+
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::power::{Power, StopReason};
+use crate::uart::Console;
+
+const CTRL_A: u8 = 0x01;
+
+/// Puts a terminal in raw mode; restores the saved settings when dropped.
+pub struct RawMode {
+    fd: RawFd,
+    saved: libc::termios,
+}
+
+impl RawMode {
+    /// Enters raw mode on `fd` if it is a terminal; `None` otherwise.
+    pub fn enter(fd: RawFd) -> Option<RawMode> {
+        // SAFETY: isatty only inspects the descriptor.
+        if unsafe { libc::isatty(fd) } != 1 {
+            return None;
+        }
+        // SAFETY: termios is plain data; tcgetattr fills it or fails.
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: fd is a terminal and `saved` is a valid termios.
+        if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
+            return None;
+        }
+        let mut raw = saved;
+        // As QEMU's stdio backend: no input translation, echo, canonical
+        // mode or signals (Ctrl-C goes to the guest); output processing
+        // stays on.
+        raw.c_iflag &= !(libc::IGNBRK
+            | libc::BRKINT
+            | libc::PARMRK
+            | libc::ISTRIP
+            | libc::INLCR
+            | libc::IGNCR
+            | libc::ICRNL
+            | libc::IXON);
+        raw.c_oflag |= libc::OPOST;
+        raw.c_lflag &= !(libc::ECHO | libc::ECHONL | libc::ICANON | libc::IEXTEN | libc::ISIG);
+        raw.c_cflag &= !(libc::CSIZE | libc::PARENB);
+        raw.c_cflag |= libc::CS8;
+        raw.c_cc[libc::VMIN] = 1;
+        raw.c_cc[libc::VTIME] = 0;
+        // SAFETY: valid fd and termios.
+        if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) } != 0 {
+            return None;
+        }
+        Some(RawMode { fd, saved })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        // SAFETY: restores the settings read in `enter` on the same fd.
+        unsafe {
+            libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved);
+        }
+    }
+}
+
+/// The Ctrl-A escape state machine, separate from I/O so it can be tested.
+#[derive(Default)]
+pub struct Escape {
+    armed: bool,
+}
+
+impl Escape {
+    /// Filters input: returns the bytes for the guest, and whether the user
+    /// asked to quit.
+    pub fn filter(&mut self, input: &[u8], out: &mut Vec<u8>) -> bool {
+        for &b in input {
+            if self.armed {
+                self.armed = false;
+                match b {
+                    b'x' | b'X' => return true,
+                    CTRL_A => out.push(CTRL_A),
+                    // Other escapes of QEMU (monitor, help) do not exist
+                    // here; the sequence is swallowed as QEMU does.
+                    _ => {}
+                }
+            } else if b == CTRL_A {
+                self.armed = true;
+            } else {
+                out.push(b);
+            }
+        }
+        false
+    }
+}
+
+/// Starts the thread that copies `fd` (normally stdin) to the console. It
+/// ends at end of file, on Ctrl-A x (stopping the machine with
+/// [`StopReason::Quit`]) or when the machine stops.
+pub fn spawn_input(fd: RawFd, console: Arc<Console>, power: Arc<Power>) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("vk-stdin".into())
+        .spawn(move || {
+            let mut esc = Escape::default();
+            let mut buf = [0u8; 256];
+            let mut out = Vec::new();
+            while !power.is_stopped() {
+                let mut pfd = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd; a timeout lets the thread see
+                // that the machine stopped.
+                let r = unsafe { libc::poll(&mut pfd, 1, 100) };
+                if r < 0 {
+                    if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return;
+                }
+                if r == 0 {
+                    continue;
+                }
+                // SAFETY: reads into a buffer we own, within its length.
+                let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+                if n <= 0 {
+                    // End of input (or an error): the guest keeps running.
+                    return;
+                }
+                out.clear();
+                let quit = esc.filter(&buf[..n as usize], &mut out);
+                if !out.is_empty() {
+                    console.push_input(&out);
+                }
+                if quit {
+                    power.stop(StopReason::Quit);
+                    return;
+                }
+            }
+        })
+        .expect("spawning the terminal reader thread")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ctrl_a_x_quits_and_ctrl_a_ctrl_a_is_literal() {
+        let mut e = Escape::default();
+        let mut out = Vec::new();
+        assert!(!e.filter(b"ls\x01\x01z", &mut out));
+        assert_eq!(out, b"ls\x01z");
+        out.clear();
+        assert!(!e.filter(b"a\x01", &mut out));
+        assert!(e.filter(b"x", &mut out));
+        assert_eq!(out, b"a");
+    }
+
+    #[test]
+    fn reader_feeds_the_console_and_quits_on_escape() {
+        let mut fds = [0; 2];
+        // SAFETY: creating a pipe into a valid array.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let console = Arc::new(Console::new(Box::new(std::io::sink())));
+        let power = Power::new();
+        let t = spawn_input(fds[0], console.clone(), power.clone());
+        // SAFETY: writing a static buffer to our pipe.
+        unsafe { libc::write(fds[1], b"hi\x01x".as_ptr().cast(), 4) };
+        assert_eq!(
+            power.wait_timeout(std::time::Duration::from_secs(5)),
+            Some(StopReason::Quit)
+        );
+        t.join().unwrap();
+        assert_eq!(console.pop_input(), Some(b'h'));
+        assert_eq!(console.pop_input(), Some(b'i'));
+        assert_eq!(console.pop_input(), None);
+        // SAFETY: closing the pipe we created.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+    }
+}
