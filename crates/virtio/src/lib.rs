@@ -53,8 +53,11 @@ mod mmio;
 mod queue;
 mod rng;
 
-pub use blk::{Block, BlockConfig};
-pub use console::{Console, ConsoleHost};
+pub use blk::{
+    Block, BlockConfig, MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS, MAX_REQUEST_BYTES, SEG_MAX,
+    SIZE_MAX,
+};
+pub use console::{Console, ConsoleHost, MAX_PENDING_INPUT, MAX_TX_CHAIN_BYTES};
 pub use memory::GuestRam;
 pub use mmio::{status, MmioTransport, MMIO_WINDOW_SIZE};
 pub use queue::{ActivateContext, DeviceSignals, QueueHandler, VirtioDevice, WorkerEvents};

@@ -1,0 +1,535 @@
+//! virtio-blk driven through the MMIO registers, as a guest driver would.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use virtio::{status, Block, BlockConfig};
+
+const T_IN: u32 = 0;
+const T_OUT: u32 = 1;
+const T_FLUSH: u32 = 4;
+const T_GET_ID: u32 = 8;
+const T_DISCARD: u32 = 11;
+const T_WRITE_ZEROES: u32 = 13;
+const S_OK: u8 = 0;
+const S_IOERR: u8 = 1;
+const S_UNSUPP: u8 = 2;
+
+const F_SIZE_MAX: u64 = 1 << 1;
+const F_SEG_MAX: u64 = 1 << 2;
+const F_RO: u64 = 1 << 5;
+const F_BLK_SIZE: u64 = 1 << 6;
+const F_FLUSH: u64 = 1 << 9;
+const F_DISCARD: u64 = 1 << 13;
+const F_WRITE_ZEROES: u64 = 1 << 14;
+
+const DISK_SIZE: u64 = 4 << 20;
+
+struct Disk {
+    _dir: tempdir::Dir,
+    path: std::path::PathBuf,
+    backend: Arc<RawFile>,
+}
+
+/// A raw image file with a recognisable pattern: byte i = (i / 512 + i) as u8.
+fn pattern(i: u64) -> u8 {
+    (i / 512 + i) as u8
+}
+
+fn raw_disk(read_only: bool) -> Disk {
+    let dir = tempdir::Dir::new();
+    let path = dir.path().join("disk.raw");
+    let data: Vec<u8> = (0..DISK_SIZE).map(pattern).collect();
+    std::fs::write(&path, &data).unwrap();
+    let backend = Arc::new(RawFile::open(&path, read_only));
+    Disk {
+        _dir: dir,
+        path,
+        backend,
+    }
+}
+
+mod tempdir {
+    /// A temporary directory removed on drop (no extra crate needed).
+    pub struct Dir(std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Dir {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static N: AtomicU32 = AtomicU32::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "virtio-blk-test-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+        pub fn path(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn blk_driver(backend: Arc<dyn image::BlockBackend>, cfg: BlockConfig) -> Driver {
+    let mut d = Driver::new(Box::new(Block::new(backend, cfg)));
+    d.init(u64::MAX, 1, 128);
+    d
+}
+
+/// Header of a request in guest memory.
+fn header(d: &mut Driver, rtype: u32, sector: u64) -> u64 {
+    let a = d.alloc(16);
+    let mut h = [0u8; 16];
+    h[0..4].copy_from_slice(&rtype.to_le_bytes());
+    h[8..16].copy_from_slice(&sector.to_le_bytes());
+    d.write_bytes(a, &h);
+    a
+}
+
+fn status_buf(d: &mut Driver) -> u64 {
+    let a = d.alloc(1);
+    d.write_bytes(a, &[0xff]);
+    a
+}
+
+/// Runs a request laid out as [header][data bufs][status]; returns
+/// (status byte, used len).
+fn request(d: &mut Driver, rtype: u32, sector: u64, data: &[Buf]) -> (u8, u32) {
+    let h = header(d, rtype, sector);
+    let s = status_buf(d);
+    let mut bufs = vec![rd(h, 16)];
+    bufs.extend_from_slice(data);
+    bufs.push(wr(s, 1));
+    let head = d.submit(0, &bufs);
+    let (id, len) = d.wait_used(0);
+    assert_eq!(id, u32::from(head));
+    (d.read_bytes(s, 1)[0], len)
+}
+
+#[test]
+fn registers_and_config_space() {
+    let disk = raw_disk(false);
+    let mut d = Driver::new(Box::new(Block::new(
+        disk.backend.clone(),
+        BlockConfig::default(),
+    )));
+    assert_eq!(d.read32(REG_MAGIC), 0x7472_6976);
+    assert_eq!(d.read32(REG_VERSION), 2);
+    assert_eq!(d.read32(REG_DEVICE_ID), 2);
+    let f = d.device_features();
+    for bit in [
+        VERSION_1,
+        F_SIZE_MAX,
+        F_SEG_MAX,
+        F_FLUSH,
+        F_DISCARD,
+        F_WRITE_ZEROES,
+        F_BLK_SIZE,
+    ] {
+        assert_ne!(f & bit, 0, "feature {bit:#x} missing");
+    }
+    assert_eq!(f & F_RO, 0);
+    let cap = u64::from_le_bytes(d.config(0, 8).try_into().unwrap());
+    assert_eq!(cap, DISK_SIZE / 512);
+    // size_max and seg_max bound a request.
+    let size_max = u32::from_le_bytes(d.config(8, 4).try_into().unwrap());
+    let seg_max = u32::from_le_bytes(d.config(12, 4).try_into().unwrap());
+    assert_eq!(
+        u64::from(size_max) * u64::from(seg_max),
+        virtio::MAX_REQUEST_BYTES
+    );
+    assert_eq!(u32::from_le_bytes(d.config(20, 4).try_into().unwrap()), 512);
+    // max_discard_seg, max_write_zeroes_seg, write_zeroes_may_unmap.
+    assert!(u32::from_le_bytes(d.config(40, 4).try_into().unwrap()) >= 1);
+    assert!(u32::from_le_bytes(d.config(52, 4).try_into().unwrap()) >= 1);
+    assert_eq!(d.config(56, 1), [1]);
+    // Byte-wise reads of config space agree with the wide read.
+    let bytes: Vec<u8> = (0..8).map(|i| d.config(i, 1)[0]).collect();
+    assert_eq!(bytes, d.config(0, 8));
+    // Past the structure: zeros.
+    assert_eq!(d.config(0xf0, 4), [0; 4]);
+}
+
+#[test]
+fn read_write_roundtrip_on_raw_file() {
+    let disk = raw_disk(false);
+    let mut d = blk_driver(disk.backend.clone(), BlockConfig::default());
+
+    // Read sectors 3..5 into two separate descriptors.
+    let a = d.alloc(512);
+    let b = d.alloc(512);
+    let (st, len) = request(&mut d, T_IN, 3, &[wr(a, 512), wr(b, 512)]);
+    assert_eq!((st, len), (S_OK, 1025));
+    let got = [d.read_bytes(a, 512), d.read_bytes(b, 512)].concat();
+    let want: Vec<u8> = (3 * 512..5 * 512).map(pattern).collect();
+    assert_eq!(got, want);
+
+    // Write 3 sectors from three descriptors of odd sizes (100+900+536).
+    let data: Vec<u8> = (0..1536u32).map(|i| (i * 7 + 1) as u8).collect();
+    let p = d.alloc(100);
+    let q = d.alloc(900);
+    let r = d.alloc(536);
+    d.write_bytes(p, &data[..100]);
+    d.write_bytes(q, &data[100..1000]);
+    d.write_bytes(r, &data[1000..]);
+    let (st, len) = request(&mut d, T_OUT, 10, &[rd(p, 100), rd(q, 900), rd(r, 536)]);
+    assert_eq!((st, len), (S_OK, 1));
+    let file = std::fs::read(&disk.path).unwrap();
+    assert_eq!(&file[10 * 512..13 * 512], &data[..]);
+    assert_eq!(file[13 * 512], pattern(13 * 512), "write spilled over");
+    assert_eq!(file[10 * 512 - 1], pattern(10 * 512 - 1));
+
+    // Read it back through the device, header and status sharing
+    // descriptors with data (VIRTIO_F_ANY_LAYOUT is implied by VERSION_1).
+    let hdr_and_nothing = header(&mut d, T_IN, 10);
+    let out = d.alloc(1537);
+    let head = d.submit(0, &[rd(hdr_and_nothing, 16), wr(out, 1537)]);
+    let (id, len) = d.wait_used(0);
+    assert_eq!((id, len), (u32::from(head), 1537));
+    assert_eq!(d.read_bytes(out, 1536), data);
+    assert_eq!(d.read_bytes(out + 1536, 1), [S_OK]);
+
+    // The last sector of the disk is readable.
+    let last = DISK_SIZE / 512 - 1;
+    let (st, _) = request(&mut d, T_IN, last, &[wr(a, 512)]);
+    assert_eq!(st, S_OK);
+    assert_eq!(
+        d.read_bytes(a, 512),
+        (last * 512..DISK_SIZE).map(pattern).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn flush_reaches_the_backend() {
+    let disk = raw_disk(false);
+    let mut d = blk_driver(disk.backend.clone(), BlockConfig::default());
+    let (st, len) = request(&mut d, T_FLUSH, 0, &[]);
+    assert_eq!((st, len), (S_OK, 1));
+    assert_eq!(*disk.backend.flushes.lock().unwrap(), 1);
+}
+
+#[test]
+fn get_id_returns_the_serial() {
+    let disk = raw_disk(false);
+    let mut d = blk_driver(
+        disk.backend.clone(),
+        BlockConfig {
+            read_only: false,
+            serial: "virtkit-disk-0".into(),
+        },
+    );
+    let id = d.alloc(20);
+    let (st, len) = request(&mut d, T_GET_ID, 0, &[wr(id, 20)]);
+    assert_eq!((st, len), (S_OK, 21));
+    let mut want = b"virtkit-disk-0".to_vec();
+    want.resize(20, 0);
+    assert_eq!(d.read_bytes(id, 20), want);
+
+    // A 25-byte serial is cut to 20.
+    let mut d = blk_driver(
+        disk.backend.clone(),
+        BlockConfig {
+            read_only: false,
+            serial: "abcdefghijklmnopqrstuvwxy".into(),
+        },
+    );
+    let id = d.alloc(20);
+    let (st, _) = request(&mut d, T_GET_ID, 0, &[wr(id, 20)]);
+    assert_eq!(st, S_OK);
+    assert_eq!(d.read_bytes(id, 20), b"abcdefghijklmnopqrst");
+}
+
+fn range_record(d: &mut Driver, ranges: &[(u64, u32, u32)]) -> u64 {
+    let a = d.alloc(16 * ranges.len() as u64);
+    for (i, &(sector, num, flags)) in ranges.iter().enumerate() {
+        let mut r = [0u8; 16];
+        r[0..8].copy_from_slice(&sector.to_le_bytes());
+        r[8..12].copy_from_slice(&num.to_le_bytes());
+        r[12..16].copy_from_slice(&flags.to_le_bytes());
+        d.write_bytes(a + 16 * i as u64, &r);
+    }
+    a
+}
+
+#[test]
+fn discard_and_write_zeroes() {
+    let disk = raw_disk(false);
+    let mut d = blk_driver(disk.backend.clone(), BlockConfig::default());
+
+    let rec = range_record(&mut d, &[(8, 2, 0), (20, 1, 0)]);
+    let (st, _) = request(&mut d, T_DISCARD, 0, &[rd(rec, 32)]);
+    assert_eq!(st, S_OK);
+    let rec = range_record(&mut d, &[(100, 4, 1)]);
+    let (st, _) = request(&mut d, T_WRITE_ZEROES, 0, &[rd(rec, 16)]);
+    assert_eq!(st, S_OK);
+
+    let file = std::fs::read(&disk.path).unwrap();
+    for (s, n) in [(8u64, 2u64), (20, 1), (100, 4)] {
+        let r = (s * 512) as usize..((s + n) * 512) as usize;
+        assert!(
+            file[r].iter().all(|&b| b == 0),
+            "range at sector {s} not zero"
+        );
+    }
+    assert_eq!(file[10 * 512], pattern(10 * 512));
+    assert_eq!(file[104 * 512], pattern(104 * 512));
+
+    // Unmap on a discard and unknown flags are UNSUPP (virtio 1.2 5.2.6.2).
+    let rec = range_record(&mut d, &[(0, 1, 1)]);
+    assert_eq!(request(&mut d, T_DISCARD, 0, &[rd(rec, 16)]).0, S_UNSUPP);
+    let rec = range_record(&mut d, &[(0, 1, 4)]);
+    assert_eq!(
+        request(&mut d, T_WRITE_ZEROES, 0, &[rd(rec, 16)]).0,
+        S_UNSUPP
+    );
+    // Out of range, and a valid range after a bad one: nothing happens.
+    let rec = range_record(&mut d, &[(0, 1, 0), (DISK_SIZE / 512, 1, 0)]);
+    assert_eq!(request(&mut d, T_DISCARD, 0, &[rd(rec, 32)]).0, S_IOERR);
+    assert_eq!(std::fs::read(&disk.path).unwrap()[..512], file[..512]);
+    // Too many ranges, too many sectors, a truncated record.
+    let many: Vec<_> = (0..virtio::MAX_DISCARD_SEGMENTS as u64 + 1)
+        .map(|i| (i, 1, 0))
+        .collect();
+    let rec = range_record(&mut d, &many);
+    let n = 16 * many.len() as u32;
+    assert_eq!(request(&mut d, T_DISCARD, 0, &[rd(rec, n)]).0, S_IOERR);
+    let rec = range_record(&mut d, &[(0, virtio::MAX_DISCARD_SECTORS + 1, 0)]);
+    assert_eq!(
+        request(&mut d, T_WRITE_ZEROES, 0, &[rd(rec, 16)]).0,
+        S_IOERR
+    );
+    let rec = range_record(&mut d, &[(0, 1, 0)]);
+    assert_eq!(request(&mut d, T_DISCARD, 0, &[rd(rec, 15)]).0, S_IOERR);
+    assert_eq!(request(&mut d, T_DISCARD, 0, &[]).0, S_IOERR);
+}
+
+#[test]
+fn read_only_disk_refuses_writes() {
+    for (backend_ro, cfg_ro) in [(true, false), (false, true)] {
+        let disk = raw_disk(backend_ro);
+        let before = std::fs::read(&disk.path).unwrap();
+        let mut d = Driver::new(Box::new(Block::new(
+            disk.backend.clone(),
+            BlockConfig {
+                read_only: cfg_ro,
+                serial: String::new(),
+            },
+        )));
+        let f = d.device_features();
+        assert_ne!(f & F_RO, 0);
+        assert_eq!(f & (F_DISCARD | F_WRITE_ZEROES), 0);
+        d.init(u64::MAX, 1, 64);
+
+        let buf = d.alloc(512);
+        d.write_bytes(buf, &[0xaa; 512]);
+        assert_eq!(request(&mut d, T_OUT, 0, &[rd(buf, 512)]), (S_IOERR, 1));
+        let rec = range_record(&mut d, &[(0, 1, 0)]);
+        assert_eq!(request(&mut d, T_DISCARD, 0, &[rd(rec, 16)]).0, S_IOERR);
+        assert_eq!(
+            request(&mut d, T_WRITE_ZEROES, 0, &[rd(rec, 16)]).0,
+            S_IOERR
+        );
+        // Reads and flushes still work.
+        assert_eq!(request(&mut d, T_IN, 0, &[wr(buf, 512)]).0, S_OK);
+        assert_eq!(d.read_bytes(buf, 512), before[..512]);
+        assert_eq!(request(&mut d, T_FLUSH, 0, &[]).0, S_OK);
+        assert_eq!(std::fs::read(&disk.path).unwrap(), before);
+    }
+}
+
+#[test]
+fn out_of_range_and_malformed_requests() {
+    let disk = raw_disk(false);
+    let before = std::fs::read(&disk.path).unwrap();
+    let mut d = blk_driver(disk.backend.clone(), BlockConfig::default());
+    let cap = DISK_SIZE / 512;
+    let buf = d.alloc(1024);
+
+    // Beyond the end, straddling the end, sector arithmetic overflow.
+    assert_eq!(request(&mut d, T_IN, cap, &[wr(buf, 512)]).0, S_IOERR);
+    assert_eq!(request(&mut d, T_IN, cap - 1, &[wr(buf, 1024)]).0, S_IOERR);
+    assert_eq!(request(&mut d, T_OUT, cap - 1, &[rd(buf, 1024)]).0, S_IOERR);
+    assert_eq!(request(&mut d, T_IN, u64::MAX, &[wr(buf, 512)]).0, S_IOERR);
+    assert_eq!(
+        request(&mut d, T_OUT, u64::MAX / 512 + 1, &[rd(buf, 512)]).0,
+        S_IOERR
+    );
+    // Not a whole number of sectors.
+    assert_eq!(request(&mut d, T_IN, 0, &[wr(buf, 100)]).0, S_IOERR);
+    assert_eq!(request(&mut d, T_OUT, 0, &[rd(buf, 513)]).0, S_IOERR);
+    // Unknown request type.
+    assert_eq!(request(&mut d, 0x1234, 0, &[wr(buf, 512)]).0, S_UNSUPP);
+
+    // A header shorter than 16 bytes.
+    let h = header(&mut d, T_IN, 0);
+    let s = status_buf(&mut d);
+    d.submit(0, &[rd(h, 8), wr(buf, 512), wr(s, 1)]);
+    assert_eq!(d.wait_used(0).1, 1);
+    assert_eq!(d.read_bytes(s, 1), [S_IOERR]);
+
+    // No writable byte for the status: completed with length 0, no effect.
+    let h = header(&mut d, T_OUT, 0);
+    d.write_bytes(buf, &[0x55; 512]);
+    d.submit(0, &[rd(h, 16), rd(buf, 512)]);
+    assert_eq!(d.wait_used(0).1, 0);
+
+    // A readable descriptor after a writable one.
+    let h = header(&mut d, T_OUT, 0);
+    let s = status_buf(&mut d);
+    d.submit(0, &[rd(h, 16), wr(s, 1), rd(buf, 512)]);
+    assert_eq!(d.wait_used(0).1, 0);
+    assert_eq!(d.read_bytes(s, 1), [0xff]);
+
+    // A data descriptor outside guest memory.
+    let h = header(&mut d, T_IN, 0);
+    let s = status_buf(&mut d);
+    d.submit(0, &[rd(h, 16), wr(0x1000, 512), wr(s, 1)]);
+    assert_eq!(d.wait_used(0).1, 0);
+    let end = RAM_BASE + RAM_SIZE as u64;
+    d.submit(0, &[rd(h, 16), wr(end - 256, 512), wr(s, 1)]);
+    assert_eq!(d.wait_used(0).1, 0);
+    assert_eq!(d.read_bytes(s, 1), [0xff]);
+
+    // A request larger than seg_max * size_max, made by pointing many
+    // descriptors at the same buffer.
+    let big = d.alloc(8 << 20);
+    let h = header(&mut d, T_IN, 0);
+    let s = status_buf(&mut d);
+    let mut bufs = vec![rd(h, 16)];
+    bufs.extend(std::iter::repeat_n(wr(big, 8 << 20), 5));
+    bufs.push(wr(s, 1));
+    d.submit(0, &bufs);
+    d.wait_used(0);
+    assert_eq!(d.read_bytes(s, 1), [S_IOERR]);
+
+    // A chain whose `next` loops back on itself ends (the queue size bounds
+    // it) and is refused; the device keeps working.
+    let h = header(&mut d, T_IN, 0);
+    let head = d.queues[0].size - 1;
+    d.write_desc(0, head, h, 16, DESC_F_NEXT, head);
+    d.publish(0, head);
+    d.notify(0);
+    d.wait_used(0);
+    assert_eq!(request(&mut d, T_IN, 1, &[wr(buf, 512)]).0, S_OK);
+
+    assert_eq!(std::fs::read(&disk.path).unwrap(), before, "disk modified");
+    assert_eq!(d.read32(REG_STATUS) & status::DEVICE_NEEDS_RESET, 0);
+}
+
+#[test]
+fn indirect_descriptors() {
+    let disk = raw_disk(false);
+    let mut d = blk_driver(disk.backend.clone(), BlockConfig::default());
+    let h = header(&mut d, T_IN, 2);
+    let data = d.alloc(512);
+    let s = status_buf(&mut d);
+    let table = d.alloc(48);
+    for (i, (addr, len, flags)) in [
+        (h, 16u32, DESC_F_NEXT),
+        (data, 512, DESC_F_NEXT | DESC_F_WRITE),
+        (s, 1, DESC_F_WRITE),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut raw = [0u8; 16];
+        raw[0..8].copy_from_slice(&addr.to_le_bytes());
+        raw[8..12].copy_from_slice(&len.to_le_bytes());
+        raw[12..14].copy_from_slice(&flags.to_le_bytes());
+        raw[14..16].copy_from_slice(&(i as u16 + 1).to_le_bytes());
+        d.write_bytes(table + 16 * i as u64, &raw);
+    }
+    d.write_desc(0, 0, table, 48, DESC_F_INDIRECT, 0);
+    d.publish(0, 0);
+    d.notify(0);
+    assert_eq!(d.wait_used(0), (0, 513));
+    assert_eq!(d.read_bytes(s, 1), [S_OK]);
+    assert_eq!(
+        d.read_bytes(data, 512),
+        (1024..1536).map(pattern).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn broken_rings_set_needs_reset_and_reset_recovers() {
+    let disk = raw_disk(false);
+    let mut d = blk_driver(disk.backend.clone(), BlockConfig::default());
+
+    // The available index jumps by more than the queue size.
+    d.set_avail_idx(0, 1000);
+    d.notify(0);
+    assert!(d.wait_needs_reset());
+    assert!(d.mmio.device_error().is_some());
+    // The driver is told through a configuration change interrupt.
+    assert!(d.irq.wait_high());
+    assert_ne!(d.read32(REG_INTERRUPT_STATUS) & 2, 0);
+
+    // Reset brings it back.
+    d.init(u64::MAX, 1, 128);
+    assert_eq!(d.read32(REG_STATUS) & status::DEVICE_NEEDS_RESET, 0);
+    assert!(!d.irq.level());
+    let buf = d.alloc(512);
+    assert_eq!(request(&mut d, T_IN, 0, &[wr(buf, 512)]).0, S_OK);
+
+    // A head index beyond the queue size.
+    d.publish(0, 4000);
+    d.notify(0);
+    assert!(d.wait_needs_reset());
+}
+
+#[test]
+fn used_buffer_interrupt_and_ack() {
+    let disk = raw_disk(false);
+    let mut d = Driver::new(Box::new(Block::new(
+        disk.backend.clone(),
+        BlockConfig::default(),
+    )));
+    // Without EVENT_IDX every completion interrupts.
+    d.init(u64::MAX & !RING_EVENT_IDX, 1, 16);
+    assert!(!d.irq.level());
+    let buf = d.alloc(512);
+    for i in 0..40u64 {
+        assert_eq!(request(&mut d, T_IN, i, &[wr(buf, 512)]).0, S_OK);
+        assert!(d.irq.wait_high());
+        assert_eq!(d.read32(REG_INTERRUPT_STATUS), 1);
+        d.write32(REG_INTERRUPT_ACK, 1);
+        assert_eq!(d.read32(REG_INTERRUPT_STATUS), 0);
+        assert!(!d.irq.level());
+    }
+    assert_eq!(d.irq.raises(), 40);
+}
+
+#[test]
+fn many_requests_in_flight_with_event_idx() {
+    let disk = raw_disk(false);
+    let mut d = blk_driver(disk.backend.clone(), BlockConfig::default());
+    let mut heads = Vec::new();
+    let mut bufs = Vec::new();
+    for i in 0..32u64 {
+        let h = header(&mut d, T_IN, i);
+        let b = d.alloc(512);
+        let s = status_buf(&mut d);
+        let head = d.add_chain(0, &[rd(h, 16), wr(b, 512), wr(s, 1)]);
+        d.publish(0, head);
+        heads.push(head);
+        bufs.push((b, s));
+    }
+    d.notify(0);
+    for (i, head) in heads.iter().enumerate() {
+        let (id, len) = d.wait_used(0);
+        assert_eq!((id, len), (u32::from(*head), 513));
+        let (b, s) = bufs[i];
+        assert_eq!(d.read_bytes(s, 1), [S_OK]);
+        let want: Vec<u8> = (i as u64 * 512..(i as u64 + 1) * 512)
+            .map(pattern)
+            .collect();
+        assert_eq!(d.read_bytes(b, 512), want);
+    }
+}
