@@ -492,7 +492,7 @@ fn used_buffer_interrupt_and_ack() {
         BlockConfig::default(),
     )));
     // Without EVENT_IDX every completion interrupts.
-    d.init(u64::MAX & !RING_EVENT_IDX, 1, 16);
+    d.init(!RING_EVENT_IDX, 1, 16);
     assert!(!d.irq.level());
     let buf = d.alloc(512);
     for i in 0..40u64 {

@@ -146,7 +146,7 @@ fn queue_registers_frozen_after_driver_ok() {
 #[test]
 fn reset_returns_to_power_on_state() {
     let mut d = rng();
-    d.init(u64::MAX & !RING_EVENT_IDX, 1, 16);
+    d.init(!RING_EVENT_IDX, 1, 16);
     let a = d.alloc(16);
     d.submit(0, &[wr(a, 16)]);
     d.wait_used(0);
