@@ -250,7 +250,11 @@ impl MmioTransport {
                     q.size = v.min(u32::from(u16::MAX)) as u16;
                 }
             }
-            REG_QUEUE_READY if queue_setup => {
+            // Reads return the last value written (4.2.2), even after
+            // DRIVER_OK: Linux's vm_del_vq writes 0 and checks it reads
+            // back. A running queue is not stopped by it (that would need
+            // VIRTIO_F_RING_RESET); the next reset does.
+            REG_QUEUE_READY => {
                 if let Some(q) = self.queues.get_mut(sel) {
                     q.ready = v == 1;
                 }
