@@ -296,7 +296,10 @@ impl MmioTransport {
             return;
         }
         let old = self.status;
-        let mut new = v & 0xff & !status::DEVICE_NEEDS_RESET;
+        // Drivers must not clear status bits except by reset (2.1.1);
+        // keeping them sticky means a running device is never re-activated
+        // over rings it is already serving.
+        let mut new = (v | old) & 0xff & !status::DEVICE_NEEDS_RESET;
         if new & status::FEATURES_OK != 0 && old & status::FEATURES_OK == 0 {
             let offered = self.device.device_features();
             let ok = self.driver_features & !offered == 0
@@ -317,6 +320,8 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) -> Result<()> {
+        // Never two workers on the same rings.
+        self.stop_worker();
         let mut queues = Vec::with_capacity(self.queues.len());
         let event_idx = self.driver_features & (1 << features::RING_EVENT_IDX) != 0;
         for (index, cfg) in self.queues.iter().enumerate() {

@@ -181,3 +181,27 @@ fn buffers_posted_before_driver_ok_are_processed() {
     d.driver_ok();
     assert_eq!(d.wait_used(0), (u32::from(head), 16));
 }
+
+#[test]
+fn driver_ok_toggled_without_reset_keeps_one_worker() {
+    let mut d = rng();
+    d.init(u64::MAX, 1, 16);
+    let a = d.alloc(16);
+    d.submit(0, &[wr(a, 16)]);
+    assert_eq!(d.wait_used(0).1, 16);
+    let s = d.read32(REG_STATUS);
+    for _ in 0..10 {
+        d.write32(REG_STATUS, s & !status::DRIVER_OK);
+        d.write32(REG_STATUS, s);
+    }
+    assert_eq!(
+        d.read32(REG_STATUS),
+        s,
+        "status bits are sticky until reset"
+    );
+    for _ in 0..50 {
+        let a = d.alloc(16);
+        d.submit(0, &[wr(a, 16)]);
+        assert_eq!(d.wait_used(0).1, 16);
+    }
+}
