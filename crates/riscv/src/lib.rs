@@ -1,1 +1,53 @@
-//! riscv: see ../../README.md and ../shared/DESIGN.md.
+//! `riscv`: a RISC-V RV64GC CPU (RV64IMAFDC, Zicsr, Zifencei, Zba, Zbb,
+//! Zbs) with the privileged architecture (M/S/U, Sv39/Sv48, interrupts),
+//! for user-mode emulation (`linux-user`) and whole machines
+//! (`riscv-machine`).
+//!
+//! # Using it
+//!
+//! ```text
+//! user mode:    let space = Arc::new(UserSpace::new(38)?);   // + map_anonymous / set_perms
+//!               let mut hart = Hart::new_user();  hart.pc = entry;  hart.set_x(2, sp);
+//!               loop { match hart.run_user(&space) {
+//!                   Exit::Ecall => { /* syscall a7, args a0..a5 */ hart.pc += 4; }
+//!                   Exit::Stopped => { /* another thread asked: deliver signals */ }
+//!                   Exit::MemFault(f) => { /* SIGSEGV / SIGBUS */ }
+//!                   Exit::IllegalInstruction { .. } => { /* SIGILL */ }
+//!                   Exit::Ebreak => { /* SIGTRAP */ }
+//!               } }
+//! system mode:  let mut hart = Hart::new_system(HartConfig { hart_id, clock, sbi_ecalls: true, .. });
+//!               hart.pc = entry; hart.set_x(10, hart_id); hart.set_x(11, fdt);
+//!               loop { match hart.run_system(&bus) {    // bus: impl Bus
+//!                   Exit::Ecall => { /* built-in SBI call from S-mode */ hart.pc += 4; }
+//!                   Exit::Stopped => { /* shutdown? HSM stop? */ }
+//!                   _ => unreachable in system mode: traps go to the guest's handlers
+//!               } }
+//!               other threads: hart.control() (Arc<HartControl>) raises MEIP/SEIP/MSIP,
+//!               sets mtimecmp, posts SSIP (IPI), requests remote fences or a stop.
+//! ```
+//!
+//! # Engine
+//!
+//! Instructions are decoded once per basic block into a compact form
+//! ([`decode::Insn`], a plain struct a JIT can consume as well) and cached by
+//! address (virtual in user mode, physical in system mode); the interpreter
+//! loops over a block's instructions with a `match`, monomorphised over the
+//! memory flavour so loads and stores inline into the hot loop. Stores into
+//! pages holding decoded code, `fence.i`, and explicit invalidation calls
+//! drop stale blocks.
+
+pub mod decode;
+mod exec;
+mod fpu;
+mod hart;
+mod mem;
+mod mmu;
+
+pub use hart::{
+    csr, irq, Clock, Core, Exit, Hart, HartConfig, HartControl, MemAccess, MemFault, MemFaultKind,
+    Priv,
+};
+pub use mem::{perm, Bus, CodeMap, MemError, RamRegion, UserSpace};
+
+/// Guest page size.
+pub const PAGE_SIZE: u64 = 4096;

@@ -1,0 +1,598 @@
+//! Memory access paths of the interpreter: the flat user-mode space, and
+//! the system-mode MMU (Sv39/Sv48 page walk, hardware A/D update, a
+//! direct-mapped TLB per translation regime) over a machine's [`Bus`].
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+
+use crate::decode::{decode, decode_c, Insn};
+use crate::exec::Mem;
+use crate::hart::{cause, mstatus, Core, Priv, Trap};
+use crate::mem::{perm, Bus, CodeMap, RamRegion, UserSpace};
+use crate::PAGE_SIZE;
+
+const OFF_MASK: u64 = PAGE_SIZE - 1;
+
+/// Reads `N` bytes from host memory, zero-extended.
+///
+/// # Safety
+/// `p` must be valid for reading `N` bytes.
+#[inline(always)]
+unsafe fn rd<const N: usize>(p: *const u8) -> u64 {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        match N {
+            1 => *p as u64,
+            2 => p.cast::<u16>().read_unaligned() as u64,
+            4 => p.cast::<u32>().read_unaligned() as u64,
+            _ => p.cast::<u64>().read_unaligned(),
+        }
+    }
+}
+
+/// Writes the low `N` bytes of `v` to host memory.
+///
+/// # Safety
+/// `p` must be valid for writing `N` bytes.
+#[inline(always)]
+unsafe fn wr<const N: usize>(p: *mut u8, v: u64) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        match N {
+            1 => *p = v as u8,
+            2 => p.cast::<u16>().write_unaligned(v as u16),
+            4 => p.cast::<u32>().write_unaligned(v as u32),
+            _ => p.cast::<u64>().write_unaligned(v),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Acc {
+    Load,
+    Store,
+    Fetch,
+}
+
+fn page_fault(acc: Acc, va: u64) -> Trap {
+    Trap {
+        cause: match acc {
+            Acc::Load => cause::LOAD_PAGE,
+            Acc::Store => cause::STORE_PAGE,
+            Acc::Fetch => cause::FETCH_PAGE,
+        },
+        tval: va,
+    }
+}
+
+fn access_fault(acc: Acc, va: u64) -> Trap {
+    Trap {
+        cause: match acc {
+            Acc::Load => cause::LOAD_ACCESS,
+            Acc::Store => cause::STORE_ACCESS,
+            Acc::Fetch => cause::FETCH_ACCESS,
+        },
+        tval: va,
+    }
+}
+
+fn misaligned(acc: Acc, va: u64) -> Trap {
+    Trap {
+        cause: if acc == Acc::Load {
+            cause::LOAD_MISALIGNED
+        } else {
+            cause::STORE_MISALIGNED
+        },
+        tval: va,
+    }
+}
+
+// ---------------------------------------------------------------- user mode
+
+/// The user-mode memory path: `host = base + va` after a permission check.
+pub(crate) struct UserMem<'a> {
+    space: &'a UserSpace,
+    base: *mut u8,
+    size: u64,
+}
+
+impl<'a> UserMem<'a> {
+    pub fn new(space: &'a UserSpace) -> Self {
+        UserMem {
+            space,
+            base: space.host_base(),
+            size: space.size(),
+        }
+    }
+
+    #[inline(always)]
+    fn perm_of(&self, va: u64) -> u8 {
+        if va < self.size {
+            self.space.perm_slot(va / PAGE_SIZE).load(Ordering::Relaxed)
+        } else {
+            0
+        }
+    }
+
+    /// Checks all pages of `[va, va+n)` for `need`; returns the first bad
+    /// address.
+    fn check(&self, va: u64, n: u64, need: u8) -> Result<(), u64> {
+        if self.perm_of(va) & need != need {
+            return Err(va);
+        }
+        let last = va.wrapping_add(n - 1);
+        if last / PAGE_SIZE != va / PAGE_SIZE {
+            let next = (va & !OFF_MASK).wrapping_add(PAGE_SIZE);
+            if last < va || self.perm_of(next) & need != need {
+                return Err(next);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Mem for UserMem<'_> {
+    #[inline(always)]
+    fn load<const N: usize>(&mut self, _core: &mut Core, va: u64) -> Result<u64, Trap> {
+        if va < self.size
+            && (N == 1 || va & OFF_MASK <= PAGE_SIZE - N as u64)
+            && self.space.perm_slot(va / PAGE_SIZE).load(Ordering::Relaxed) & perm::R != 0
+        {
+            // SAFETY: the page is mapped readable (permission table) and the
+            // access stays inside it.
+            return Ok(unsafe { rd::<N>(self.base.add(va as usize)) });
+        }
+        match self.check(va, N as u64, perm::R) {
+            // SAFETY: both pages checked readable.
+            Ok(()) => Ok(unsafe { rd::<N>(self.base.add(va as usize)) }),
+            Err(a) => Err(page_fault(Acc::Load, a)),
+        }
+    }
+
+    #[inline(always)]
+    fn store<const N: usize>(&mut self, _core: &mut Core, va: u64, v: u64) -> Result<(), Trap> {
+        if va < self.size
+            && (N == 1 || va & OFF_MASK <= PAGE_SIZE - N as u64)
+            && self.space.perm_slot(va / PAGE_SIZE).load(Ordering::Relaxed) & (perm::W | perm::CODE)
+                == perm::W
+        {
+            // SAFETY: the page is mapped writable and the access stays inside.
+            unsafe { wr::<N>(self.base.add(va as usize), v) };
+            return Ok(());
+        }
+        match self.check(va, N as u64, perm::W) {
+            Ok(()) => {
+                self.space.note_store(va, N as u64);
+                // SAFETY: both pages checked writable.
+                unsafe { wr::<N>(self.base.add(va as usize), v) };
+                Ok(())
+            }
+            Err(a) => Err(page_fault(Acc::Store, a)),
+        }
+    }
+
+    fn atomic<const N: usize>(
+        &mut self,
+        _core: &mut Core,
+        va: u64,
+        store: bool,
+    ) -> Result<*mut u8, Trap> {
+        let acc = if store { Acc::Store } else { Acc::Load };
+        if !va.is_multiple_of(N as u64) {
+            return Err(misaligned(acc, va));
+        }
+        let need = if store { perm::R | perm::W } else { perm::R };
+        if self.check(va, N as u64, need).is_err() {
+            return Err(page_fault(acc, va));
+        }
+        if store {
+            self.space.note_store(va, N as u64);
+        }
+        // SAFETY: inside the reservation, checked above.
+        Ok(unsafe { self.base.add(va as usize) })
+    }
+}
+
+// -------------------------------------------------------------- system mode
+
+const TLB_SIZE: usize = 256;
+/// Translation regimes with their own TLB: U, S, S with SUM, M (bare).
+const REGIMES: usize = 4;
+/// Tag flag: the page is MMIO (never matches a plain vpn).
+const MMIO: u64 = 1 << 63;
+const INVALID: u64 = u64::MAX;
+
+#[derive(Clone, Copy)]
+struct Entry {
+    tag_r: u64,
+    tag_w: u64,
+    tag_x: u64,
+    /// host address of the page minus its virtual address (RAM only).
+    addend: usize,
+    pa_page: u64,
+    code: *const AtomicU8,
+}
+
+const EMPTY: Entry = Entry {
+    tag_r: INVALID,
+    tag_w: INVALID,
+    tag_x: INVALID,
+    addend: 0,
+    pa_page: 0,
+    code: std::ptr::null(),
+};
+
+/// A hart's TLBs.
+pub(crate) struct Tlb {
+    e: Box<[[Entry; TLB_SIZE]; REGIMES]>,
+    /// Stands in for the code mark of RAM the code map does not cover.
+    no_code: Box<AtomicU8>,
+}
+
+// SAFETY: the raw pointers point into the machine's CodeMap and RAM, which
+// outlive every run of the hart; the TLB is only used by its own hart.
+unsafe impl Send for Tlb {}
+
+impl Tlb {
+    pub fn new() -> Self {
+        Tlb {
+            e: Box::new([[EMPTY; TLB_SIZE]; REGIMES]),
+            no_code: Box::new(AtomicU8::new(0)),
+        }
+    }
+
+    pub fn flush(&mut self) {
+        for r in self.e.iter_mut() {
+            r.fill(EMPTY);
+        }
+    }
+}
+
+/// The system-mode memory path for one `run_system` call.
+pub(crate) struct SysMem<'a, B: Bus> {
+    bus: &'a B,
+    ram: &'a [RamRegion],
+    code_map: &'a CodeMap,
+    tlb: &'a mut Tlb,
+    /// Regime index for data accesses and fetches.
+    data: usize,
+    fetch: usize,
+    data_prv: Priv,
+}
+
+fn regime(p: Priv, sum: bool) -> usize {
+    match p {
+        Priv::User => 0,
+        Priv::Supervisor => 1 + sum as usize,
+        Priv::Machine => 3,
+    }
+}
+
+impl<'a, B: Bus> SysMem<'a, B> {
+    pub fn new(bus: &'a B, tlb: &'a mut Tlb) -> Self {
+        SysMem {
+            bus,
+            ram: bus.ram(),
+            code_map: bus.code_map(),
+            tlb,
+            data: 3,
+            fetch: 3,
+            data_prv: Priv::Machine,
+        }
+    }
+
+    pub fn flush(&mut self) {
+        self.tlb.flush();
+    }
+
+    /// Recomputes the regimes after a privilege or mstatus change.
+    pub fn update_modes(&mut self, core: &Core) {
+        let ms = core.csr.mstatus;
+        let dp = if core.prv == Priv::Machine && ms & mstatus::MPRV != 0 {
+            Priv::from_bits((ms & mstatus::MPP) >> mstatus::MPP_SHIFT)
+        } else {
+            core.prv
+        };
+        self.data_prv = dp;
+        self.data = regime(dp, ms & mstatus::SUM != 0);
+        self.fetch = regime(core.prv, false);
+        if core.tlb_dirty {
+            self.tlb.flush();
+        }
+    }
+
+    fn ram_host(&self, pa: u64) -> Option<*mut u8> {
+        self.ram.iter().find_map(|r| {
+            let off = pa.wrapping_sub(r.base());
+            // SAFETY (pointer arithmetic): off < len, inside the region.
+            (off < r.len()).then(|| unsafe { r.host().add(off as usize) })
+        })
+    }
+
+    /// Page walk. Returns the physical page and which of read/write/exec
+    /// the TLB may cache for it.
+    fn walk(
+        &self,
+        core: &Core,
+        va: u64,
+        acc: Acc,
+        prv: Priv,
+    ) -> Result<(u64, bool, bool, bool), Trap> {
+        let satp = core.csr.satp;
+        let mode = satp >> 60;
+        if prv == Priv::Machine || mode == 0 {
+            return Ok((va & !OFF_MASK, true, true, true));
+        }
+        let levels: u32 = if mode == 8 { 3 } else { 4 };
+        let va_bits = 12 + 9 * levels;
+        let top = (va as i64) >> (va_bits - 1);
+        if top != 0 && top != -1 {
+            return Err(page_fault(acc, va));
+        }
+        let ms = core.csr.mstatus;
+        let sum = ms & mstatus::SUM != 0;
+        let mxr = ms & mstatus::MXR != 0;
+        'restart: loop {
+            let mut a = (satp & ((1 << 44) - 1)) << 12;
+            let mut i = levels - 1;
+            loop {
+                let idx = (va >> (12 + 9 * i)) & 511;
+                let pte_addr = a + idx * 8;
+                let host = match self.ram_host(pte_addr) {
+                    Some(h) => h,
+                    None => return Err(access_fault(acc, va)),
+                };
+                // SAFETY: 8-aligned (page base + idx*8) host pointer into RAM.
+                let pte_atomic = unsafe { AtomicU64::from_ptr(host.cast()) };
+                let pte = pte_atomic.load(Ordering::Acquire);
+                let (v, r, w, x, u) = (
+                    pte & 1 != 0,
+                    pte & 2 != 0,
+                    pte & 4 != 0,
+                    pte & 8 != 0,
+                    pte & 16 != 0,
+                );
+                if !v || (!r && w) || pte >> 54 != 0 {
+                    return Err(page_fault(acc, va));
+                }
+                let ppn = (pte >> 10) & ((1 << 44) - 1);
+                if !r && !x {
+                    if i == 0 {
+                        return Err(page_fault(acc, va));
+                    }
+                    i -= 1;
+                    a = ppn << 12;
+                    continue;
+                }
+                if i > 0 && ppn & ((1 << (9 * i)) - 1) != 0 {
+                    return Err(page_fault(acc, va));
+                }
+                let (data_ok, fetch_ok) = match prv {
+                    Priv::User => (u, u),
+                    _ => (!u || sum, !u),
+                };
+                let r_ok = data_ok && (r || (mxr && x));
+                let w_ok = data_ok && w;
+                let x_ok = fetch_ok && x;
+                let ok = match acc {
+                    Acc::Load => r_ok,
+                    Acc::Store => w_ok,
+                    Acc::Fetch => x_ok,
+                };
+                if !ok {
+                    return Err(page_fault(acc, va));
+                }
+                let need = 0x40 | if acc == Acc::Store { 0x80 } else { 0 };
+                let mut pte = pte;
+                if pte & need != need {
+                    if pte_atomic
+                        .compare_exchange(pte, pte | need, Ordering::AcqRel, Ordering::Acquire)
+                        .is_err()
+                    {
+                        continue 'restart;
+                    }
+                    pte |= need;
+                }
+                let page = (ppn | ((va >> 12) & ((1 << (9 * i)) - 1))) << 12;
+                return Ok((page, r_ok, w_ok && pte & 0x80 != 0, x_ok));
+            }
+        }
+    }
+
+    /// Translates and fills the TLB of `reg`. Returns the entry.
+    fn fill(
+        &mut self,
+        core: &Core,
+        va: u64,
+        acc: Acc,
+        reg: usize,
+        prv: Priv,
+    ) -> Result<Entry, Trap> {
+        let (pa_page, r, w, x) = self.walk(core, va, acc, prv)?;
+        let vpn = va >> 12;
+        let e = match self.ram_host(pa_page) {
+            Some(h) => {
+                let code = match self.code_map.slot(pa_page) {
+                    Some(s) => s as *const AtomicU8,
+                    None => &*self.tlb.no_code as *const AtomicU8,
+                };
+                Entry {
+                    tag_r: if r { vpn } else { INVALID },
+                    tag_w: if w { vpn } else { INVALID },
+                    tag_x: if x { vpn } else { INVALID },
+                    addend: (h as usize).wrapping_sub((va & !OFF_MASK) as usize),
+                    pa_page,
+                    code,
+                }
+            }
+            None => Entry {
+                tag_r: if r { vpn | MMIO } else { INVALID },
+                tag_w: if w { vpn | MMIO } else { INVALID },
+                tag_x: if x { vpn | MMIO } else { INVALID },
+                addend: 0,
+                pa_page,
+                code: std::ptr::null(),
+            },
+        };
+        self.tlb.e[reg][(vpn as usize) & (TLB_SIZE - 1)] = e;
+        Ok(e)
+    }
+
+    /// Entry for a data access: from the TLB or a fresh walk.
+    fn data_entry(&mut self, core: &Core, va: u64, acc: Acc) -> Result<Entry, Trap> {
+        let vpn = va >> 12;
+        let e = self.tlb.e[self.data][(vpn as usize) & (TLB_SIZE - 1)];
+        let tag = if acc == Acc::Load { e.tag_r } else { e.tag_w };
+        if tag & !MMIO == vpn {
+            return Ok(e);
+        }
+        self.fill(core, va, acc, self.data, self.data_prv)
+    }
+
+    fn load_slow<const N: usize>(&mut self, core: &mut Core, va: u64) -> Result<u64, Trap> {
+        if va & OFF_MASK > PAGE_SIZE - N as u64 {
+            // Misaligned across a page boundary: byte by byte.
+            let mut v = 0u64;
+            for k in 0..N as u64 {
+                v |= self.load::<1>(core, va.wrapping_add(k))? << (8 * k);
+            }
+            return Ok(v);
+        }
+        let e = self.data_entry(core, va, Acc::Load)?;
+        if e.tag_r & MMIO == 0 {
+            // SAFETY: RAM page of this entry, access inside the page.
+            return Ok(unsafe { rd::<N>(e.addend.wrapping_add(va as usize) as *const u8) });
+        }
+        self.bus
+            .read(e.pa_page | (va & OFF_MASK), N as u8)
+            .ok_or_else(|| access_fault(Acc::Load, va))
+    }
+
+    fn store_slow<const N: usize>(&mut self, core: &mut Core, va: u64, v: u64) -> Result<(), Trap> {
+        if va & OFF_MASK > PAGE_SIZE - N as u64 {
+            // Check both pages first so a fault leaves memory untouched.
+            self.data_entry(core, va, Acc::Store)?;
+            self.data_entry(core, (va | OFF_MASK).wrapping_add(1), Acc::Store)?;
+            for k in 0..N as u64 {
+                self.store::<1>(core, va.wrapping_add(k), v >> (8 * k))?;
+            }
+            return Ok(());
+        }
+        let e = self.data_entry(core, va, Acc::Store)?;
+        if e.tag_w & MMIO == 0 {
+            self.note_code_store(&e);
+            // SAFETY: RAM page of this entry, access inside the page.
+            unsafe { wr::<N>(e.addend.wrapping_add(va as usize) as *mut u8, v) };
+            return Ok(());
+        }
+        if self.bus.write(e.pa_page | (va & OFF_MASK), N as u8, v) {
+            Ok(())
+        } else {
+            Err(access_fault(Acc::Store, va))
+        }
+    }
+
+    fn note_code_store(&self, e: &Entry) {
+        // SAFETY: RAM entries point at a live code-map slot (or the TLB's own
+        // stand-in).
+        let slot = unsafe { &*e.code };
+        if slot.load(Ordering::Relaxed) != 0 && slot.swap(0, Ordering::AcqRel) != 0 {
+            self.code_map.bump();
+        }
+    }
+
+    /// Translates an instruction fetch: physical address and, for RAM, the
+    /// host pointer of that byte.
+    #[inline]
+    pub fn translate_fetch(
+        &mut self,
+        core: &Core,
+        pc: u64,
+    ) -> Result<(u64, Option<*mut u8>), Trap> {
+        let vpn = pc >> 12;
+        let mut e = self.tlb.e[self.fetch][(vpn as usize) & (TLB_SIZE - 1)];
+        if e.tag_x & !MMIO != vpn {
+            e = self.fill(core, pc, Acc::Fetch, self.fetch, core.prv)?;
+        }
+        let pa = e.pa_page | (pc & OFF_MASK);
+        if e.tag_x & MMIO != 0 {
+            Ok((pa, None))
+        } else {
+            Ok((pa, Some(e.addend.wrapping_add(pc as usize) as *mut u8)))
+        }
+    }
+
+    fn fetch16(&mut self, core: &Core, va: u64) -> Result<u16, Trap> {
+        let (pa, host) = self.translate_fetch(core, va)?;
+        match host {
+            // SAFETY: host pointer of a RAM byte; va is 2-aligned so both
+            // bytes are in the same page.
+            Some(h) => Ok(unsafe { h.cast::<u16>().read_unaligned() }),
+            None => self
+                .bus
+                .read(pa, 2)
+                .map(|v| v as u16)
+                .ok_or_else(|| access_fault(Acc::Fetch, va)),
+        }
+    }
+
+    /// Fetches and decodes one instruction the slow way (MMIO code, or an
+    /// instruction straddling two pages).
+    pub fn fetch_slow(&mut self, core: &Core, pc: u64) -> Result<Insn, Trap> {
+        let lo = self.fetch16(core, pc)?;
+        if lo & 3 != 3 {
+            return Ok(decode_c(lo));
+        }
+        let hi = self.fetch16(core, pc.wrapping_add(2))?;
+        Ok(decode(lo as u32 | (hi as u32) << 16))
+    }
+}
+
+impl<B: Bus> Mem for SysMem<'_, B> {
+    #[inline(always)]
+    fn load<const N: usize>(&mut self, core: &mut Core, va: u64) -> Result<u64, Trap> {
+        let vpn = va >> 12;
+        let e = &self.tlb.e[self.data][(vpn as usize) & (TLB_SIZE - 1)];
+        if e.tag_r == vpn && (N == 1 || va & OFF_MASK <= PAGE_SIZE - N as u64) {
+            // SAFETY: a RAM TLB entry maps this page to live host memory.
+            return Ok(unsafe { rd::<N>(e.addend.wrapping_add(va as usize) as *const u8) });
+        }
+        self.load_slow::<N>(core, va)
+    }
+
+    #[inline(always)]
+    fn store<const N: usize>(&mut self, core: &mut Core, va: u64, v: u64) -> Result<(), Trap> {
+        let vpn = va >> 12;
+        let e = &self.tlb.e[self.data][(vpn as usize) & (TLB_SIZE - 1)];
+        if e.tag_w == vpn
+            && (N == 1 || va & OFF_MASK <= PAGE_SIZE - N as u64)
+            // SAFETY: RAM entries carry a live code-mark pointer.
+            && unsafe { &*e.code }.load(Ordering::Relaxed) == 0
+        {
+            // SAFETY: a RAM TLB entry maps this page to live host memory.
+            unsafe { wr::<N>(e.addend.wrapping_add(va as usize) as *mut u8, v) };
+            return Ok(());
+        }
+        self.store_slow::<N>(core, va, v)
+    }
+
+    fn atomic<const N: usize>(
+        &mut self,
+        core: &mut Core,
+        va: u64,
+        store: bool,
+    ) -> Result<*mut u8, Trap> {
+        let acc = if store { Acc::Store } else { Acc::Load };
+        if !va.is_multiple_of(N as u64) {
+            return Err(misaligned(acc, va));
+        }
+        let e = self.data_entry(core, va, acc)?;
+        let tag = if store { e.tag_w } else { e.tag_r };
+        if tag & MMIO != 0 {
+            return Err(access_fault(acc, va));
+        }
+        if store {
+            self.note_code_store(&e);
+        }
+        Ok(e.addend.wrapping_add(va as usize) as *mut u8)
+    }
+}
