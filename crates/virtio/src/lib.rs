@@ -62,6 +62,9 @@ pub use memory::GuestRam;
 pub use mmio::{status, MmioTransport, MMIO_WINDOW_SIZE};
 pub use queue::{ActivateContext, DeviceSignals, QueueHandler, VirtioDevice, WorkerEvents};
 pub use rng::{Rng, MAX_RNG_BYTES_PER_REQUEST};
+/// The `vm-memory` version the devices are built on (use it to name
+/// `GuestAddress`, `Bytes` etc. without a version mismatch).
+pub use vm_memory;
 pub use vm_memory::GuestMemoryMmap;
 
 #[doc(hidden)]
@@ -73,6 +76,9 @@ pub mod fuzzing;
 /// lowers it when the driver acknowledges the last bit. Calls come from the
 /// vCPU thread that writes InterruptACK and from the device's worker thread,
 /// serialized by the transport (never two calls at once for one line).
+/// Because `raise` comes from a device thread while every hart may be
+/// asleep in WFI, an implementation must wake the harts it targets (e.g.
+/// the PLIC signals the condition variable its harts wait on).
 pub trait Interrupt: Send + Sync {
     /// Drives the line high (asserted).
     fn raise(&self);
