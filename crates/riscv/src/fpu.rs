@@ -115,14 +115,50 @@ pub(crate) fn div_s(a: u32, b: u32) -> u32 {
     c32(F32::new(a) / F32::new(b))
 }
 pub(crate) fn sqrt_s(a: u32) -> u32 {
+    // softfp mishandles NaN inputs (raises DZ); negative inputs are
+    // invalid whatever their magnitude.
+    if is_nan32(a) || (a & SIGN_S != 0 && a != SIGN_S) {
+        if !is_nan32(a) || is_snan32(a) {
+            raise(ExceptionFlags::INVALID_OPERATION);
+        }
+        return CANON_S;
+    }
     c32(F32::new(a).square_root())
 }
 pub(crate) fn fma_s(a: u32, b: u32, c: u32) -> u32 {
+    let (sign, exp) = (SIGN_S as u64, 0x7f80_0000);
+    if let Some(r) = fma_zero_product(a as u64, b as u64, c as u64, sign, exp, is_nan32(c)) {
+        return r as u32;
+    }
     c32(F32::fused_multiply_add(
         F32::new(a),
         F32::new(b),
         F32::new(c),
     ))
+}
+
+/// softfp gets the sign of `0 * x + c` wrong in some rounding modes; when
+/// the product is an exact zero (finite operands, one of them zero) the
+/// result is `c`, or a signed zero by the IEEE rules for `±0 + ±0`.
+fn fma_zero_product(a: u64, b: u64, c: u64, sign: u64, exp: u64, c_nan: bool) -> Option<u64> {
+    let mag = sign - 1;
+    let zero = |v: u64| v & mag == 0;
+    let finite = |v: u64| v & exp != exp;
+    if !(finite(a) && finite(b) && (zero(a) || zero(b))) || c_nan {
+        return None;
+    }
+    if !zero(c) {
+        return Some(c);
+    }
+    let ps = (a ^ b) & sign;
+    let cs = c & sign;
+    Some(if ps == cs {
+        ps
+    } else if RM.with(|m| m.get()) == RoundingMode::TowardNegative {
+        sign
+    } else {
+        0
+    })
 }
 pub(crate) fn add_d(a: u64, b: u64) -> u64 {
     c64(F64::new(a) + F64::new(b))
@@ -137,9 +173,18 @@ pub(crate) fn div_d(a: u64, b: u64) -> u64 {
     c64(F64::new(a) / F64::new(b))
 }
 pub(crate) fn sqrt_d(a: u64) -> u64 {
+    if is_nan64(a) || (a & SIGN_D != 0 && a != SIGN_D) {
+        if !is_nan64(a) || is_snan64(a) {
+            raise(ExceptionFlags::INVALID_OPERATION);
+        }
+        return CANON_D;
+    }
     c64(F64::new(a).square_root())
 }
 pub(crate) fn fma_d(a: u64, b: u64, c: u64) -> u64 {
+    if let Some(r) = fma_zero_product(a, b, c, SIGN_D, 0x7ff0_0000_0000_0000, is_nan64(c)) {
+        return r;
+    }
     c64(F64::fused_multiply_add(
         F64::new(a),
         F64::new(b),
@@ -235,7 +280,30 @@ pub(crate) fn class_d(a: u64) -> u64 {
 
 /// Float to integer conversions: `kind` 0 = w, 1 = wu, 2 = l, 3 = lu. The
 /// result is the 64-bit register value (32-bit results sign-extended).
+/// Saturated result for magnitudes of at least 2^32 (w, wu) or 2^64 (l,
+/// lu), where softfp's shift overflows; `exp` is the unbiased exponent.
+fn saturate(exp: i32, neg: bool, kind: u8) -> Option<u64> {
+    let width = if kind < 2 { 32 } else { 64 };
+    if exp < width {
+        return None;
+    }
+    raise(ExceptionFlags::INVALID_OPERATION);
+    Some(match (kind, neg) {
+        (0, false) => 0x7fff_ffff,
+        (0, true) => 0xffff_ffff_8000_0000,
+        (2, false) => i64::MAX as u64,
+        (2, true) => i64::MIN as u64,
+        (_, false) => u64::MAX,
+        (_, true) => 0,
+    })
+}
+
 pub(crate) fn to_int_s(a: u32, kind: u8) -> u64 {
+    if !is_nan32(a) {
+        if let Some(r) = saturate(((a >> 23) & 0xff) as i32 - 127, a & SIGN_S != 0, kind) {
+            return r;
+        }
+    }
     let f = F32::new(a);
     match kind {
         0 => f.convert_to_sint::<u32>() as i32 as u64,
@@ -246,6 +314,11 @@ pub(crate) fn to_int_s(a: u32, kind: u8) -> u64 {
 }
 
 pub(crate) fn to_int_d(a: u64, kind: u8) -> u64 {
+    if !is_nan64(a) {
+        if let Some(r) = saturate(((a >> 52) & 0x7ff) as i32 - 1023, a & SIGN_D != 0, kind) {
+            return r;
+        }
+    }
     let f = F64::new(a);
     match kind {
         0 => f.convert_to_sint::<u32>() as i32 as u64,
