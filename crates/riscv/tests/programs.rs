@@ -91,3 +91,19 @@ fn differential(src: &str) {
 fn fp_matches_qemu_bit_for_bit() {
     differential("fpdiff.c");
 }
+
+#[test]
+fn integer_ops_match_qemu() {
+    differential("intdiff.c");
+}
+
+#[test]
+fn compute_kernel_matches_qemu() {
+    let prog = build("compute.c", &[]);
+    let ours = run_ours(&prog, &["50"], b"");
+    let (status, theirs) = run_qemu(&prog, &["50"]);
+    assert_eq!(ours.crash, None);
+    assert_eq!(String::from_utf8_lossy(&ours.output), String::from_utf8_lossy(&theirs));
+    assert_eq!(ours.status, status);
+    assert!(ours.instret > 1_000_000, "ran only {} instructions", ours.instret);
+}
