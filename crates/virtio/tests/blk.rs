@@ -30,7 +30,7 @@ const DISK_SIZE: u64 = 4 << 20;
 struct Disk {
     _dir: tempdir::Dir,
     path: std::path::PathBuf,
-    backend: Arc<RawFile>,
+    backend: Arc<Counting>,
 }
 
 /// A raw image file with a recognisable pattern: byte i = (i / 512 + i) as u8.
@@ -43,7 +43,7 @@ fn raw_disk(read_only: bool) -> Disk {
     let path = dir.path().join("disk.raw");
     let data: Vec<u8> = (0..DISK_SIZE).map(pattern).collect();
     std::fs::write(&path, &data).unwrap();
-    let backend = Arc::new(RawFile::open(&path, read_only));
+    let backend = Arc::new(Counting::open(&path, read_only));
     Disk {
         _dir: dir,
         path,
@@ -212,7 +212,7 @@ fn flush_reaches_the_backend() {
     let mut d = blk_driver(disk.backend.clone(), BlockConfig::default());
     let (st, len) = request(&mut d, T_FLUSH, 0, &[]);
     assert_eq!((st, len), (S_OK, 1));
-    assert_eq!(*disk.backend.flushes.lock().unwrap(), 1);
+    assert_eq!(disk.backend.flushes(), 1);
 }
 
 #[test]

@@ -4,8 +4,6 @@
 
 #![allow(dead_code)]
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -382,64 +380,55 @@ impl Driver {
     }
 }
 
-/// A raw disk image in a host file, for tests that must see the bytes land
-/// in a real file.
-pub struct RawFile {
-    pub file: File,
-    pub len: u64,
-    pub read_only: bool,
-    pub flushes: Mutex<u32>,
+/// Wraps a backend and counts flushes, to prove FLUSH reaches it.
+pub struct Counting {
+    pub inner: image::Image,
+    pub flushes: std::sync::atomic::AtomicU32,
 }
 
-impl RawFile {
-    pub fn open(path: &std::path::Path, read_only: bool) -> RawFile {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .unwrap();
-        let len = file.metadata().unwrap().len();
-        RawFile {
-            file,
-            len,
-            read_only,
-            flushes: Mutex::new(0),
+impl Counting {
+    /// Opens `path` with virtkit's image library (format probed).
+    pub fn open(path: &std::path::Path, read_only: bool) -> Counting {
+        let inner = image::open(
+            path,
+            &image::OpenOptions {
+                read_only,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        Counting {
+            inner,
+            flushes: Default::default(),
         }
     }
-}
 
-fn io_err(e: std::io::Error) -> image::Error {
-    image::Error::Io {
-        path: "test image".into(),
-        source: e,
+    pub fn flushes(&self) -> u32 {
+        self.flushes.load(Ordering::SeqCst)
     }
 }
 
-impl image::BlockBackend for RawFile {
+impl image::BlockBackend for Counting {
     fn len(&self) -> u64 {
-        self.len
+        self.inner.len()
     }
     fn is_read_only(&self) -> bool {
-        self.read_only
+        self.inner.is_read_only()
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> image::Result<()> {
-        self.file.read_exact_at(buf, offset).map_err(io_err)
+        self.inner.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> image::Result<()> {
-        if self.read_only {
-            return Err(image::Error::ReadOnly);
-        }
-        self.file.write_all_at(buf, offset).map_err(io_err)
+        self.inner.write_at(buf, offset)
     }
     fn flush(&self) -> image::Result<()> {
-        *self.flushes.lock().unwrap() += 1;
-        self.file.sync_all().map_err(io_err)
+        self.flushes.fetch_add(1, Ordering::SeqCst);
+        self.inner.flush()
     }
-    fn write_zeroes(&self, offset: u64, len: u64, _may_unmap: bool) -> image::Result<()> {
-        let zeros = vec![0u8; len as usize];
-        self.write_at(&zeros, offset)
+    fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> image::Result<()> {
+        self.inner.write_zeroes(offset, len, may_unmap)
     }
     fn discard(&self, offset: u64, len: u64) -> image::Result<()> {
-        self.write_zeroes(offset, len, true)
+        self.inner.discard(offset, len)
     }
 }
