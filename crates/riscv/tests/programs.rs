@@ -103,7 +103,14 @@ fn compute_kernel_matches_qemu() {
     let ours = run_ours(&prog, &["50"], b"");
     let (status, theirs) = run_qemu(&prog, &["50"]);
     assert_eq!(ours.crash, None);
-    assert_eq!(String::from_utf8_lossy(&ours.output), String::from_utf8_lossy(&theirs));
+    assert_eq!(
+        String::from_utf8_lossy(&ours.output),
+        String::from_utf8_lossy(&theirs)
+    );
     assert_eq!(ours.status, status);
-    assert!(ours.instret > 1_000_000, "ran only {} instructions", ours.instret);
+    assert!(
+        ours.instret > 1_000_000,
+        "ran only {} instructions",
+        ours.instret
+    );
 }
