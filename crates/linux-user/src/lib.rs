@@ -1,1 +1,13 @@
-//! linux-user: see ../../README.md and ../shared/DESIGN.md.
+//! linux-user: run riscv64 Linux programs on an x86-64 Linux host, like
+//! qemu-riscv64. The ELF loader, the guest address space, the syscall
+//! translation, signals and threads; the CPU comes from the `riscv` crate.
+
+pub mod abi;
+pub mod elf;
+pub mod loader;
+pub mod mm;
+pub mod process;
+pub mod signal;
+mod syscall;
+
+pub use process::{run, Config, StartError};

@@ -1,13 +1,107 @@
-//! `virtkit emu`: placeholder until its issue lands; owned by its issue's work.
+//! `virtkit emu`: process-level emulation of riscv64 Linux programs.
+
+use anyhow::Context;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 
 /// Arguments of `virtkit emu`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Arguments (not parsed yet)
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    rest: Vec<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
 }
 
-pub fn main(_args: Args) -> anyhow::Result<i32> {
-    anyhow::bail!("`virtkit emu` is not available in this build yet")
+#[derive(clap::Subcommand)]
+enum Cmd {
+    /// Run a riscv64 Linux program on this host (like qemu-riscv64)
+    User(UserArgs),
+}
+
+/// Arguments of `virtkit emu user`, after qemu-riscv64's where they exist.
+#[derive(clap::Args)]
+struct UserArgs {
+    /// Sysroot holding the guest's dynamic linker and libraries (like
+    /// qemu's -L); absolute paths the guest opens are looked up there first
+    #[arg(short = 'L', value_name = "SYSROOT")]
+    sysroot: Option<PathBuf>,
+    /// Set a variable in the guest's environment
+    #[arg(short = 'E', value_name = "VAR=VALUE")]
+    set_env: Vec<String>,
+    /// Remove a variable from the guest's environment
+    #[arg(short = 'U', value_name = "VAR")]
+    unset_env: Vec<String>,
+    /// The guest's argv[0] (default: PROGRAM as given)
+    #[arg(short = '0', value_name = "ARGV0")]
+    argv0: Option<OsString>,
+    /// Stack size in bytes (default: the stack rlimit)
+    #[arg(short = 's', value_name = "SIZE")]
+    stack_size: Option<u64>,
+    /// Log every system call, unsupported requests and fatal signals to
+    /// stderr (also: VIRTKIT_STRACE=1)
+    #[arg(long = "strace", short = 'd')]
+    strace: bool,
+    /// The program, then its arguments (passed as they are, even those
+    /// starting with '-')
+    #[arg(
+        value_name = "PROGRAM [ARGS]...",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    command: Vec<OsString>,
+}
+
+pub fn main(args: Args) -> anyhow::Result<i32> {
+    match args.cmd {
+        Cmd::User(u) => user(u),
+    }
+}
+
+fn user(u: UserArgs) -> anyhow::Result<i32> {
+    let mut command = u.command.into_iter();
+    let program = PathBuf::from(command.next().context("no program given")?);
+    let mut argv: Vec<Vec<u8>> = vec![u
+        .argv0
+        .unwrap_or_else(|| program.clone().into_os_string())
+        .as_bytes()
+        .to_vec()];
+    argv.extend(command.map(|a| a.as_bytes().to_vec()));
+
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    for var in &u.unset_env {
+        env.retain(|(k, _)| k.as_bytes() != var.as_bytes());
+    }
+    for kv in &u.set_env {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("-E {kv}: expected VAR=VALUE"))?;
+        env.retain(|(ek, _)| ek.as_bytes() != k.as_bytes());
+        env.push((k.into(), v.into()));
+    }
+    let envp: Vec<Vec<u8>> = env
+        .iter()
+        .map(|(k, v)| {
+            let mut b = k.as_bytes().to_vec();
+            b.push(b'=');
+            b.extend_from_slice(v.as_bytes());
+            b
+        })
+        .collect();
+
+    let strace = u.strace || std::env::var_os("VIRTKIT_STRACE").is_some_and(|v| v != "0");
+    let cfg = linux_user::Config {
+        sysroot: u.sysroot,
+        strace,
+        self_exe: std::env::current_exe().context("cannot find the virtkit executable")?,
+        stack_size: u.stack_size,
+    };
+    // `run` only returns when the program could not be started; the guest's
+    // exit status and fatal signals end this process directly.
+    match linux_user::run(cfg, &program, argv, envp) {
+        Ok(never) => match never {},
+        // The error names the file and what is wrong with it.
+        Err(e) => Err(e.into()),
+    }
 }

@@ -1,0 +1,818 @@
+//! A guest process: its address space, signal actions and threads, and the
+//! run loop of each guest thread (one host thread per guest thread).
+
+use crate::abi::{self, uc, SIGFRAME_SIZE};
+use crate::loader::{self, AuxInfo, LoadError};
+use crate::mm::{AddressSpace, MmError, PAGE, PROT_R, PROT_X};
+use crate::signal::{self, bit, Action, SigState, NSIG, SIG_DFL, SIG_IGN};
+use riscv::{Exit, Hart, MemAccess, MemFaultKind};
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use thiserror::Error;
+
+/// How to run a program.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// Sysroot for the dynamic linker and absolute paths (`-L`).
+    pub sysroot: Option<PathBuf>,
+    /// Print every syscall to stderr (`--strace`).
+    pub strace: bool,
+    /// The virtkit binary, re-executed when the guest execs another riscv64
+    /// program.
+    pub self_exe: PathBuf,
+    /// Stack size (default: the host's RLIMIT_STACK, capped).
+    pub stack_size: Option<u64>,
+}
+
+/// Errors before the guest starts.
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Mm(#[from] MmError),
+}
+
+/// State shared by all threads of a guest process.
+pub struct Process {
+    pub(crate) mm: AddressSpace,
+    pub(crate) cfg: Config,
+    /// Absolute host path of the guest program (`/proc/self/exe`).
+    pub(crate) exe: PathBuf,
+    pub(crate) actions: Mutex<[Action; NSIG + 1]>,
+    pub(crate) unknown: Mutex<HashSet<u64>>,
+    pub(crate) threads: AtomicUsize,
+    /// Guest address of the signal return trampoline.
+    pub(crate) sigreturn_tramp: u64,
+}
+
+/// Alternate signal stack of a thread.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct AltStack {
+    pub sp: u64,
+    pub size: u64,
+    pub enabled: bool,
+}
+
+/// One guest thread.
+pub struct Thread {
+    pub(crate) proc: Arc<Process>,
+    pub(crate) hart: Hart,
+    pub(crate) sig: Arc<SigState>,
+    pub(crate) tid: i32,
+    /// The guest's signal mask.
+    pub(crate) mask: u64,
+    /// A temporary mask (sigsuspend, ppoll, pselect) under which pending
+    /// signals are delivered once; the frame saves `mask`.
+    pub(crate) tmp_mask: Option<u64>,
+    pub(crate) altstack: AltStack,
+    pub(crate) clear_child_tid: u64,
+    pub(crate) robust_list: u64,
+    pub(crate) is_main: bool,
+}
+
+/// What a syscall handler wants done next.
+pub(crate) enum Sys {
+    /// Return this value in a0 and continue after the ecall.
+    Ret(i64),
+    /// Registers already set (sigreturn).
+    Jumped,
+    /// The thread ends.
+    ExitThread(i32),
+}
+
+/// Syscalls Linux restarts after a handler with SA_RESTART (ERESTARTSYS).
+fn restartable(nr: u64) -> bool {
+    use abi::nr::*;
+    matches!(
+        nr,
+        READ | WRITE
+            | READV
+            | WRITEV
+            | PREAD64
+            | PWRITE64
+            | IOCTL
+            | WAIT4
+            | WAITID
+            | OPENAT
+            | FLOCK
+            | FCNTL
+            | FUTEX
+            | ACCEPT
+            | ACCEPT4
+            | CONNECT
+            | RECVFROM
+            | SENDTO
+            | RECVMSG
+            | SENDMSG
+            | SPLICE
+            | SENDFILE
+    )
+}
+
+fn gettid() -> i32 {
+    // SAFETY: no preconditions.
+    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+}
+
+/// Loads `program` and runs it to completion; returns only if loading
+/// fails (the process exits with the guest's status otherwise).
+pub fn run(
+    cfg: Config,
+    program: &Path,
+    argv: Vec<Vec<u8>>,
+    envp: Vec<Vec<u8>>,
+) -> Result<std::convert::Infallible, StartError> {
+    let data = loader::read_file(program)?;
+    let mm = AddressSpace::new()?;
+    let stack_size = cfg.stack_size.unwrap_or_else(|| {
+        let mut rl = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: writes into `rl`.
+        unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut rl) };
+        rl.rlim_cur
+    });
+    let exe = std::fs::canonicalize(program).unwrap_or_else(|_| program.to_path_buf());
+    let execfn = program.as_os_str().as_bytes().to_vec();
+    let loaded = loader::load(
+        &mm,
+        program,
+        &data,
+        cfg.sysroot.as_deref(),
+        &argv,
+        &envp,
+        &execfn,
+        &AuxInfo::host(),
+        stack_size,
+    )?;
+    drop(data);
+    // The sigreturn trampoline: `li a7, 139; ecall`, on its own page
+    // (Linux puts it in the vDSO).
+    let tramp = mm.choose(0, PAGE, false, false)?;
+    mm.map(tramp, PAGE, PROT_R | PROT_X, false, -1, 0)?;
+    let code: [u32; 2] = [0x08b0_0893, 0x0000_0073];
+    let bytes: Vec<u8> = code.iter().flat_map(|w| w.to_le_bytes()).collect();
+    mm.protect(tramp, PAGE, PROT_R | crate::mm::PROT_W)?;
+    let _ = mm.write(tramp, &bytes);
+    mm.protect(tramp, PAGE, PROT_R | PROT_X)?;
+
+    // Initial guest actions: what the host process inherited (an ignored
+    // SIGINT in a background job stays ignored), except SIGPIPE, which the
+    // Rust runtime ignores on its own account.
+    let mut actions = [Action::default(); NSIG + 1];
+    for (s, a) in actions.iter_mut().enumerate().skip(1) {
+        if s as i32 == libc::SIGPIPE {
+            signal::set_host_action(libc::SIGPIPE, a);
+            continue;
+        }
+        // SAFETY: queries the current disposition only.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(s as i32, std::ptr::null(), &mut old) == 0
+                && old.sa_sigaction == libc::SIG_IGN
+            {
+                a.handler = SIG_IGN;
+            }
+        }
+    }
+    let proc = Arc::new(Process {
+        mm,
+        cfg,
+        exe,
+        actions: Mutex::new(actions),
+        unknown: Mutex::new(HashSet::new()),
+        threads: AtomicUsize::new(1),
+        sigreturn_tramp: tramp,
+    });
+    let mut hart = Hart::new_user();
+    hart.pc = loaded.pc;
+    hart.set_x(2, loaded.sp);
+    // SAFETY: reads the current mask into a local.
+    let mask = unsafe {
+        let mut cur: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_SETMASK, std::ptr::null(), &mut cur);
+        signal::mask_from_host(&cur)
+    };
+    let mut t = Thread::new(proc, hart, gettid(), mask, true);
+    let code = t.run();
+    t.finish(code)
+}
+
+impl Thread {
+    fn new(proc: Arc<Process>, hart: Hart, tid: i32, mask: u64, is_main: bool) -> Thread {
+        let sig = SigState::new(hart.control().clone());
+        Thread {
+            proc,
+            hart,
+            sig,
+            tid,
+            mask,
+            tmp_mask: None,
+            altstack: AltStack::default(),
+            clear_child_tid: 0,
+            robust_list: 0,
+            is_main,
+        }
+    }
+
+    /// Runs until the thread exits; returns its exit code.
+    pub(crate) fn run(&mut self) -> i32 {
+        self.sig.install();
+        signal::set_host_mask(self.mask);
+        loop {
+            let exit = self.hart.run_user(self.proc.mm.space());
+            match exit {
+                Exit::Ecall => {
+                    let nr = self.hart.x(17);
+                    let args = [
+                        self.hart.x(10),
+                        self.hart.x(11),
+                        self.hart.x(12),
+                        self.hart.x(13),
+                        self.hart.x(14),
+                        self.hart.x(15),
+                    ];
+                    match self.syscall(nr, args) {
+                        Sys::Ret(r) => {
+                            if self.proc.cfg.strace {
+                                eprintln!(
+                                    "[{}] syscall {} ({:#x}, {:#x}, {:#x}, {:#x}) = {}",
+                                    self.tid, nr, args[0], args[1], args[2], args[3], r
+                                );
+                            }
+                            if r == -(libc::EINTR as i64) && restartable(nr) && self.restart_ok() {
+                                // Leave pc on the ecall: it runs again after
+                                // the handler (or right away).
+                            } else {
+                                self.hart.set_x(10, r as u64);
+                                self.hart.pc += 4;
+                            }
+                        }
+                        Sys::Jumped => {}
+                        Sys::ExitThread(code) => return code,
+                    }
+                }
+                Exit::Stopped => {}
+                Exit::Ebreak => self.fault(libc::SIGTRAP, 1, self.hart.pc),
+                Exit::IllegalInstruction { .. } => {
+                    self.fault(libc::SIGILL, 1 /* ILL_ILLOPC */, self.hart.pc)
+                }
+                Exit::MemFault(f) => match f.kind {
+                    MemFaultKind::Unmapped => {
+                        let mapped = self.proc.mm.page_perm(f.addr) != 0
+                            || (f.access == MemAccess::Fetch
+                                && self.proc.mm.page_perm(f.addr) & PROT_X == 0
+                                && self.proc.mm.page_perm(f.addr) != 0);
+                        // SEGV_ACCERR (2) for a mapped page, SEGV_MAPERR (1) otherwise.
+                        self.fault(libc::SIGSEGV, if mapped { 2 } else { 1 }, f.addr)
+                    }
+                    // BUS_ADRALN (1) / BUS_ADRERR (2).
+                    MemFaultKind::Misaligned => self.fault(libc::SIGBUS, 1, f.addr),
+                    MemFaultKind::Bus => self.fault(libc::SIGBUS, 2, f.addr),
+                },
+            }
+            if self.sig.any_pending() {
+                self.deliver_signals();
+            }
+        }
+    }
+
+    /// Ends the thread: clear_child_tid, robust futexes, and the process
+    /// when it was the last thread.
+    pub(crate) fn finish(&mut self, code: i32) -> ! {
+        self.exit_cleanup();
+        if self.proc.threads.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // SAFETY: ends the process; guest output went straight to fds.
+            unsafe { libc::_exit(code) };
+        }
+        if self.is_main {
+            // The main host thread must not return (that would end the
+            // process); other guest threads go on.
+            loop {
+                // SAFETY: waits for a signal; host signals with guest
+                // handlers are recorded for this (finished) thread, which
+                // is harmless.
+                unsafe { libc::pause() };
+            }
+        }
+        // Other threads end by leaving their host thread (see `spawn`).
+        // SAFETY: a thread created by `spawn` whose Rust frames above this
+        // are plain data; exiting it through the thread entry is done by the
+        // caller, so this path is never reached for them.
+        unsafe { libc::_exit(code) }
+    }
+
+    pub(crate) fn exit_cleanup(&mut self) {
+        self.walk_robust_list();
+        if self.clear_child_tid != 0 {
+            let a = self.clear_child_tid;
+            if self.proc.mm.write_u32(a, 0).is_some() {
+                if let Some(p) = self.proc.mm.ptr(a, 4, PROT_R) {
+                    // SAFETY: p is a checked guest address of 4 bytes.
+                    unsafe {
+                        libc::syscall(libc::SYS_futex, p, libc::FUTEX_WAKE, 1, 0, 0, 0);
+                    }
+                }
+            }
+        }
+    }
+
+    fn walk_robust_list(&mut self) {
+        const FUTEX_WAITERS: u32 = 0x8000_0000;
+        const FUTEX_OWNER_DIED: u32 = 0x4000_0000;
+        const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
+        let head = self.robust_list;
+        if head == 0 {
+            return;
+        }
+        let mm = &self.proc.mm;
+        let (Some(mut entry), Some(offset), Some(pending)) = (
+            mm.read_u64(head),
+            mm.read_u64(head + 8),
+            mm.read_u64(head + 16),
+        ) else {
+            return;
+        };
+        let handle = |e: u64| {
+            let fa = e.wrapping_add(offset);
+            if let Some(w) = mm.read_u32(fa) {
+                if w & FUTEX_TID_MASK == self.tid as u32 {
+                    let _ = mm.write_u32(fa, (w & FUTEX_WAITERS) | FUTEX_OWNER_DIED);
+                    if w & FUTEX_WAITERS != 0 {
+                        if let Some(p) = mm.ptr(fa, 4, PROT_R) {
+                            // SAFETY: checked guest address.
+                            unsafe {
+                                libc::syscall(libc::SYS_futex, p, libc::FUTEX_WAKE, 1, 0, 0, 0)
+                            };
+                        }
+                    }
+                }
+            }
+        };
+        // Linux caps the walk (ROBUST_LIST_LIMIT) against cyclic lists.
+        let mut n = 0;
+        while entry != head && entry != 0 && n < 2048 {
+            let next = mm.read_u64(entry & !1);
+            if entry != pending {
+                handle(entry & !1);
+            }
+            match next {
+                Some(nx) => entry = nx,
+                None => break,
+            }
+            n += 1;
+        }
+        if pending != 0 {
+            handle(pending & !1);
+        }
+    }
+
+    /// Whether an EINTR'd syscall should run again: no handler is about to
+    /// run, or the one that is asked for SA_RESTART.
+    fn restart_ok(&self) -> bool {
+        let blocked = self.tmp_mask.unwrap_or(self.mask);
+        let pend = self.sig.pending_mask() & !blocked;
+        if pend == 0 {
+            return true;
+        }
+        let sig = pend.trailing_zeros() as usize + 1;
+        let act = self.proc.actions.lock().unwrap_or_else(|e| e.into_inner())[sig];
+        act.flags & abi::SA_RESTART != 0
+    }
+
+    /// A CPU exception: deliver to the guest's handler, or end the process
+    /// by that signal when it is blocked, ignored or at its default.
+    fn fault(&mut self, sig: i32, code: i32, addr: u64) {
+        let act = self.proc.actions.lock().unwrap_or_else(|e| e.into_inner())[sig as usize];
+        if act.handler == SIG_DFL || act.handler == SIG_IGN || self.mask & bit(sig) != 0 {
+            if self.proc.cfg.strace {
+                eprintln!(
+                    "[{}] fatal signal {} at pc {:#x} (addr {:#x})",
+                    self.tid, sig, self.hart.pc, addr
+                );
+            }
+            signal::die_by_signal(sig);
+        }
+        self.sig.post(sig, signal::make_info(sig, code, addr));
+    }
+
+    /// Delivers every deliverable pending signal.
+    pub(crate) fn deliver_signals(&mut self) {
+        let frame_mask = self.mask;
+        let mut blocked = self.tmp_mask.take().unwrap_or(self.mask);
+        let mut delivered = false;
+        while let Some((sig, info)) = self.sig.take(blocked) {
+            let act = self.proc.actions.lock().unwrap_or_else(|e| e.into_inner())[sig as usize];
+            match act.handler {
+                SIG_IGN => continue,
+                SIG_DFL => match signal::default_action(sig) {
+                    signal::Default_::Terminate => signal::die_by_signal(sig),
+                    signal::Default_::Stop => {
+                        // SAFETY: stops this process like the kernel would.
+                        unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
+                    }
+                    _ => {}
+                },
+                _ => {
+                    let saved = if delivered { self.mask } else { frame_mask };
+                    if !self.setup_frame(sig, &info, &act, saved) {
+                        signal::die_by_signal(libc::SIGSEGV);
+                    }
+                    delivered = true;
+                    blocked = self.mask;
+                }
+            }
+        }
+    }
+
+    fn on_altstack(&self, sp: u64) -> bool {
+        self.altstack.enabled
+            && sp > self.altstack.sp
+            && sp <= self.altstack.sp + self.altstack.size
+    }
+
+    /// Builds the riscv64 `rt_sigframe` (siginfo + ucontext with all
+    /// integer and FP registers) and enters the handler.
+    fn setup_frame(&mut self, sig: i32, info: &[u8; 128], act: &Action, saved_mask: u64) -> bool {
+        let mm = &self.proc.mm;
+        let cur_sp = self.hart.x(2);
+        let mut sp = cur_sp;
+        if act.flags & abi::SA_ONSTACK != 0 && self.altstack.enabled && !self.on_altstack(cur_sp) {
+            sp = self.altstack.sp + self.altstack.size;
+        }
+        let frame = match sp.checked_sub(SIGFRAME_SIZE) {
+            Some(f) => f & !15,
+            None => return false,
+        };
+        let ucp = frame + 128;
+        let mut uc_buf = vec![0u8; uc::SIZE as usize];
+        let put = |b: &mut Vec<u8>, off: u64, v: &[u8]| {
+            b[off as usize..off as usize + v.len()].copy_from_slice(v)
+        };
+        // uc_stack
+        put(&mut uc_buf, uc::STACK, &self.altstack.sp.to_le_bytes());
+        let ss_flags: i32 = if !self.altstack.enabled {
+            2 // SS_DISABLE
+        } else if self.on_altstack(cur_sp) {
+            1 // SS_ONSTACK
+        } else {
+            0
+        };
+        put(&mut uc_buf, uc::STACK + 8, &ss_flags.to_le_bytes());
+        put(
+            &mut uc_buf,
+            uc::STACK + 16,
+            &self.altstack.size.to_le_bytes(),
+        );
+        put(&mut uc_buf, uc::SIGMASK, &saved_mask.to_le_bytes());
+        put(&mut uc_buf, uc::REGS, &self.hart.pc.to_le_bytes());
+        for r in 1..32 {
+            put(
+                &mut uc_buf,
+                uc::REGS + 8 * r as u64,
+                &self.hart.x(r).to_le_bytes(),
+            );
+        }
+        for r in 0..32 {
+            put(
+                &mut uc_buf,
+                uc::FPREGS + 8 * r as u64,
+                &self.hart.f[r].to_le_bytes(),
+            );
+        }
+        put(
+            &mut uc_buf,
+            uc::FPREGS + 256,
+            &(self.hart.fcsr() as u32).to_le_bytes(),
+        );
+        if mm.write(frame, info).is_none() || mm.write(ucp, &uc_buf).is_none() {
+            return false;
+        }
+        self.hart.set_x(1, self.proc.sigreturn_tramp);
+        self.hart.set_x(2, frame);
+        self.hart.set_x(10, sig as u64);
+        self.hart.set_x(11, frame);
+        self.hart.set_x(12, ucp);
+        self.hart.pc = act.handler;
+        let mut m = self.mask | act.mask;
+        if act.flags & abi::SA_NODEFER == 0 {
+            m |= bit(sig);
+        }
+        self.set_mask(m);
+        if act.flags & abi::SA_RESETHAND != 0 {
+            let mut acts = self.proc.actions.lock().unwrap_or_else(|e| e.into_inner());
+            acts[sig as usize] = Action::default();
+            signal::set_host_action(sig, &acts[sig as usize]);
+        }
+        true
+    }
+
+    /// rt_sigreturn: restores the context saved by `setup_frame`.
+    pub(crate) fn sigreturn(&mut self) -> Sys {
+        let ucp = self.hart.x(2) + 128;
+        let Some(buf) = self
+            .proc
+            .mm
+            .slice(ucp, uc::SIZE as usize)
+            .map(|s| s.to_vec())
+        else {
+            signal::die_by_signal(libc::SIGSEGV);
+        };
+        let get = |off: u64| {
+            u64::from_le_bytes(
+                buf[off as usize..off as usize + 8]
+                    .try_into()
+                    .unwrap_or([0; 8]),
+            )
+        };
+        self.hart.pc = get(uc::REGS);
+        for r in 1..32 {
+            self.hart.set_x(r, get(uc::REGS + 8 * r as u64));
+        }
+        for r in 0..32 {
+            self.hart.f[r] = get(uc::FPREGS + 8 * r as u64);
+        }
+        self.hart.set_fcsr(get(uc::FPREGS + 256) & 0xff);
+        self.set_mask(get(uc::SIGMASK));
+        // restore_altstack, as Linux does (errors ignored).
+        let ss_sp = get(uc::STACK);
+        let ss_flags = get(uc::STACK + 8) as u32 as i32;
+        let ss_size = get(uc::STACK + 16);
+        if !self.on_altstack(self.hart.x(2)) {
+            self.altstack = AltStack {
+                sp: ss_sp,
+                size: ss_size,
+                enabled: ss_flags & 2 == 0 && ss_size != 0,
+            };
+        }
+        Sys::Jumped
+    }
+
+    /// Sets the guest mask (and the host thread's mirror of it).
+    pub(crate) fn set_mask(&mut self, m: u64) {
+        self.mask = m & !signal::UNBLOCKABLE;
+        signal::set_host_mask(self.mask);
+    }
+
+    /// clone() for a new thread sharing everything.
+    pub(crate) fn spawn_thread(
+        &mut self,
+        flags: u64,
+        newsp: u64,
+        ptid: u64,
+        tls: u64,
+        ctid: u64,
+    ) -> i64 {
+        const CLONE_SETTLS: u64 = 0x0008_0000;
+        const CLONE_PARENT_SETTID: u64 = 0x0010_0000;
+        const CLONE_CHILD_CLEARTID: u64 = 0x0020_0000;
+        const CLONE_CHILD_SETTID: u64 = 0x0100_0000;
+        let mut h = Hart::new_user();
+        for r in 1..32 {
+            h.set_x(r, self.hart.x(r));
+        }
+        h.f = self.hart.f;
+        h.set_fcsr(self.hart.fcsr());
+        h.pc = self.hart.pc + 4;
+        h.set_x(10, 0);
+        if newsp != 0 {
+            h.set_x(2, newsp);
+        }
+        if flags & CLONE_SETTLS != 0 {
+            h.set_x(4, tls);
+        }
+        let proc = self.proc.clone();
+        let mask = self.mask;
+        let (tx, rx) = std::sync::mpsc::channel();
+        proc.threads.fetch_add(1, Ordering::AcqRel);
+        let p2 = proc.clone();
+        let r = std::thread::Builder::new()
+            .name("guest".into())
+            .stack_size(1 << 20)
+            .spawn(move || {
+                let tid = gettid();
+                if flags & CLONE_CHILD_SETTID != 0 {
+                    let _ = p2.mm.write_u32(ctid, tid as u32);
+                }
+                if flags & CLONE_PARENT_SETTID != 0 {
+                    let _ = p2.mm.write_u32(ptid, tid as u32);
+                }
+                let _ = tx.send(tid);
+                let mut t = Thread::new(p2, h, tid, mask, false);
+                if flags & CLONE_CHILD_CLEARTID != 0 {
+                    t.clear_child_tid = ctid;
+                }
+                let code = t.run();
+                t.exit_cleanup();
+                if t.proc.threads.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    // SAFETY: the last thread ends the process.
+                    unsafe { libc::_exit(code) };
+                }
+            });
+        match r {
+            Ok(_) => rx
+                .recv()
+                .map(|t| t as i64)
+                .unwrap_or(-(libc::EAGAIN as i64)),
+            Err(_) => {
+                proc.threads.fetch_sub(1, Ordering::AcqRel);
+                -(libc::EAGAIN as i64)
+            }
+        }
+    }
+
+    /// clone() without CLONE_VM, and vfork: a host fork. For vfork the
+    /// parent waits until the child execs or exits, as Linux does (the
+    /// child gets a copy of memory rather than the parent's).
+    pub(crate) fn fork(&mut self, flags: u64, newsp: u64, ptid: u64, ctid: u64) -> i64 {
+        const CLONE_VFORK: u64 = 0x4000;
+        const CLONE_PARENT_SETTID: u64 = 0x0010_0000;
+        const CLONE_CHILD_CLEARTID: u64 = 0x0020_0000;
+        const CLONE_CHILD_SETTID: u64 = 0x0100_0000;
+        let vfork = flags & CLONE_VFORK != 0;
+        let mut fds = [-1i32; 2];
+        // SAFETY: pipe2 writes two fds into the array.
+        if vfork && unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return -(crate::mm::errno() as i64);
+        }
+        // SAFETY: fork; the child continues running this guest thread only
+        // (other guest threads do not exist in the child, as in Linux).
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return -(crate::mm::errno() as i64);
+        }
+        if pid == 0 {
+            self.proc.threads.store(1, Ordering::Release);
+            self.tid = gettid();
+            self.is_main = true;
+            if vfork {
+                // SAFETY: closing our copy of the read end.
+                unsafe { libc::close(fds[0]) };
+            }
+            if flags & CLONE_CHILD_SETTID != 0 {
+                let _ = self.proc.mm.write_u32(ctid, self.tid as u32);
+            }
+            if flags & CLONE_CHILD_CLEARTID != 0 {
+                self.clear_child_tid = ctid;
+            }
+            if newsp != 0 {
+                self.hart.set_x(2, newsp);
+            }
+            return 0;
+        }
+        if vfork {
+            // SAFETY: closing the write end, then reading until the child's
+            // copy closes (exec with O_CLOEXEC, or exit).
+            unsafe {
+                libc::close(fds[1]);
+                let mut b = 0u8;
+                while libc::read(fds[0], (&mut b as *mut u8).cast(), 1) < 0
+                    && crate::mm::errno() == libc::EINTR
+                {}
+                libc::close(fds[0]);
+            }
+        }
+        if flags & CLONE_PARENT_SETTID != 0 {
+            let _ = self.proc.mm.write_u32(ptid, pid as u32);
+        }
+        pid as i64
+    }
+
+    /// execve: another riscv64 program runs in a fresh virtkit; a `#!`
+    /// script runs its interpreter (itself emulated if riscv64); anything
+    /// else is handed to the host kernel.
+    pub(crate) fn execve(&mut self, path: Vec<u8>, argv: Vec<Vec<u8>>, envp: Vec<Vec<u8>>) -> i64 {
+        let mut path = path;
+        let mut argv = argv;
+        for _depth in 0..4 {
+            let host_path = self.host_path(&path);
+            let cpath = match std::ffi::CString::new(host_path.clone()) {
+                Ok(c) => c,
+                Err(_) => return -(libc::ENOENT as i64),
+            };
+            // SAFETY: cpath is a valid C string.
+            if unsafe { libc::access(cpath.as_ptr(), libc::X_OK) } != 0 {
+                return -(crate::mm::errno() as i64);
+            }
+            let mut head = [0u8; 256];
+            let n = match std::fs::File::open(Path::new(std::ffi::OsStr::from_bytes(&host_path)))
+                .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+            {
+                Ok(n) => n,
+                Err(e) => return -(e.raw_os_error().unwrap_or(libc::ENOEXEC) as i64),
+            };
+            let head = &head[..n];
+            if head.len() >= 20 && &head[..4] == b"\x7fELF" {
+                let machine = u16::from_le_bytes([head[18], head[19]]);
+                if machine == crate::elf::EM_RISCV {
+                    return self.reexec(&host_path, argv, envp);
+                }
+                return host_execve(&host_path, &argv, &envp);
+            }
+            if head.starts_with(b"#!") {
+                let line_end = head.iter().position(|&c| c == b'\n').unwrap_or(head.len());
+                let line = &head[2..line_end];
+                let line: Vec<u8> = line
+                    .iter()
+                    .copied()
+                    .skip_while(|c| *c == b' ' || *c == b'\t')
+                    .collect();
+                let mut parts = line.splitn(2, |c| *c == b' ' || *c == b'\t');
+                let interp = parts.next().unwrap_or(&[]).to_vec();
+                let arg = parts
+                    .next()
+                    .map(|a| a.trim_ascii().to_vec())
+                    .filter(|a| !a.is_empty());
+                if interp.is_empty() {
+                    return -(libc::ENOEXEC as i64);
+                }
+                let mut nargv = vec![interp.clone()];
+                if let Some(a) = arg {
+                    nargv.push(a);
+                }
+                nargv.push(path.clone());
+                nargv.extend(argv.into_iter().skip(1));
+                argv = nargv;
+                path = interp;
+                continue;
+            }
+            return host_execve(&host_path, &argv, &envp);
+        }
+        -(libc::ELOOP as i64)
+    }
+
+    fn reexec(&mut self, prog: &[u8], argv: Vec<Vec<u8>>, envp: Vec<Vec<u8>>) -> i64 {
+        let cfg = &self.proc.cfg;
+        let mut a: Vec<Vec<u8>> = vec![
+            cfg.self_exe.as_os_str().as_bytes().to_vec(),
+            b"emu".to_vec(),
+            b"user".to_vec(),
+        ];
+        if let Some(root) = &cfg.sysroot {
+            a.push(b"-L".to_vec());
+            a.push(root.as_os_str().as_bytes().to_vec());
+        }
+        if cfg.strace {
+            a.push(b"--strace".to_vec());
+        }
+        if let Some(a0) = argv.first() {
+            a.push(b"-0".to_vec());
+            a.push(a0.clone());
+        }
+        a.push(prog.to_vec());
+        a.extend(argv.into_iter().skip(1));
+        let exe = cfg.self_exe.as_os_str().as_bytes().to_vec();
+        host_execve(&exe, &a, &envp)
+    }
+
+    /// Maps a guest path to the host path: `/proc/self/exe` is the guest
+    /// program; absolute paths go under the sysroot when they exist there.
+    pub(crate) fn host_path(&self, p: &[u8]) -> Vec<u8> {
+        if p == b"/proc/self/exe" || p == format!("/proc/{}/exe", std::process::id()).as_bytes() {
+            return self.proc.exe.as_os_str().as_bytes().to_vec();
+        }
+        if let (Some(root), Some(b'/')) = (&self.proc.cfg.sysroot, p.first()) {
+            let mut full = root.as_os_str().as_bytes().to_vec();
+            full.extend_from_slice(p);
+            if let Ok(c) = std::ffi::CString::new(full.clone()) {
+                let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+                // SAFETY: c is a valid C string, st a valid out pointer.
+                if unsafe { libc::lstat(c.as_ptr(), st.as_mut_ptr()) } == 0 {
+                    return full;
+                }
+            }
+        }
+        p.to_vec()
+    }
+}
+
+/// Host execve with byte-string arguments; returns -errno on failure.
+fn host_execve(path: &[u8], argv: &[Vec<u8>], envp: &[Vec<u8>]) -> i64 {
+    let to_c = |v: &[u8]| std::ffi::CString::new(v.to_vec()).ok();
+    let Some(p) = to_c(path) else {
+        return -(libc::ENOENT as i64);
+    };
+    let a: Option<Vec<_>> = argv.iter().map(|s| to_c(s)).collect();
+    let e: Option<Vec<_>> = envp.iter().map(|s| to_c(s)).collect();
+    let (Some(a), Some(e)) = (a, e) else {
+        return -(libc::EINVAL as i64);
+    };
+    let mut ap: Vec<*const libc::c_char> = a.iter().map(|c| c.as_ptr()).collect();
+    ap.push(std::ptr::null());
+    let mut ep: Vec<*const libc::c_char> = e.iter().map(|c| c.as_ptr()).collect();
+    ep.push(std::ptr::null());
+    // SAFETY: NUL-terminated arrays of valid C strings that outlive the call.
+    unsafe { libc::execve(p.as_ptr(), ap.as_ptr(), ep.as_ptr()) };
+    -(crate::mm::errno() as i64)
+}
+
+/// Converts OS strings to byte vectors.
+pub fn to_bytes(v: impl IntoIterator<Item = OsString>) -> Vec<Vec<u8>> {
+    v.into_iter().map(|s| s.into_vec()).collect()
+}
