@@ -1,0 +1,73 @@
+#!/bin/sh
+# /init of virtkit's default guest (built by the guest crate; busybox sh).
+#
+# Protocol with the host (see the guest crate's documentation):
+#   /virtkit/argv  the command, NUL-separated (absent: an interactive shell)
+#   /virtkit/env   extra environment, NUL-separated KEY=VALUE (optional)
+# The exit status leaves through the "sifive,test" finisher of QEMU's virt
+# board at 0x100000: 0x5555 for 0, (status << 16) | 0x3333 otherwise.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM="${TERM:-vt100}"
+/bin/busybox --install -s
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm /tmp /run /mnt
+mount -t devpts devpts /dev/pts
+ln -sf /proc/self/fd /dev/fd 2>/dev/null
+
+rel=$(uname -r)
+if [ -f "/lib/modules/$rel/virtkit.order" ]; then
+	while read -r m; do
+		out=$(insmod "/lib/modules/$rel/$m.ko" 2>&1) ||
+			case "$out" in *"File exists"*) ;; *) echo "virtkit-init: insmod $m: $out" >&2 ;; esac
+	done <"/lib/modules/$rel/virtkit.order"
+fi
+
+# A virtio block device (device id 2) means a disk was given: wait for it
+# briefly (probing is asynchronous) and mount it at /mnt.
+has_disk=
+for d in /sys/bus/virtio/devices/*; do
+	[ "$(cat "$d/device" 2>/dev/null)" = 0x0002 ] && has_disk=1
+done
+if [ -n "$has_disk" ]; then
+	i=0
+	while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+	opts=rw
+	[ "$(cat /sys/block/vda/ro 2>/dev/null)" = 1 ] && opts=ro
+	if [ -b /dev/vda ]; then
+		mount -t ext4 -o "$opts" /dev/vda /mnt || echo "virtkit-init: could not mount /dev/vda (ext4) at /mnt" >&2
+	else
+		echo "virtkit-init: a virtio disk exists but /dev/vda did not appear" >&2
+	fi
+fi
+
+status=0
+if [ -s /virtkit/argv ]; then
+	# The command reaches sh as "$@" through xargs -0, which alone can read
+	# NUL-separated words; env entries come first, up to a marker word.
+	{
+		[ -f /virtkit/env ] && cat /virtkit/env
+		printf 'virtkit-argv\0'
+		cat /virtkit/argv
+	} >/run/virtkit-cmd
+	rm -f /run/virtkit-status
+	xargs -0 -x -a /run/virtkit-cmd sh -c '
+		while [ $# -gt 0 ] && [ "$1" != virtkit-argv ]; do export "$1"; shift; done
+		shift
+		setsid cttyhack "$@"
+		echo $? >/run/virtkit-status' virtkit-init
+	status=$(cat /run/virtkit-status 2>/dev/null || echo 127)
+else
+	setsid cttyhack sh -l
+	status=$?
+fi
+
+sync
+mountpoint -q /mnt && umount /mnt
+if [ "$status" -eq 0 ]; then
+	devmem 0x100000 32 0x5555
+else
+	devmem 0x100000 32 $(((status << 16) | 0x3333))
+fi
+# Not on a board with the finisher: power off the usual way.
+poweroff -f
