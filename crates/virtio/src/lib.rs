@@ -101,10 +101,6 @@ pub enum Error {
     Queue { index: usize, reason: String },
     #[error("guest memory access failed: {0}")]
     GuestMemory(#[from] vm_memory::GuestMemoryError),
-    #[error("virtio queue error: {0}")]
-    VirtQueue(#[from] virtio_queue::Error),
-    #[error("block device: {0}")]
-    Block(String),
 }
 
 /// Result type of the virtio crate.
