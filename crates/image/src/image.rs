@@ -132,9 +132,10 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<()> {
             let size = match opts.size {
                 Some(s) => s,
                 None => {
-                    let b = opts.backing_file.as_deref().ok_or_else(|| {
-                        Error::InvalidOption("image size is required".into())
-                    })?;
+                    let b = opts
+                        .backing_file
+                        .as_deref()
+                        .ok_or_else(|| Error::InvalidOption("image size is required".into()))?;
                     let bpath = crate::resolve_backing_path(path, b);
                     let o = OpenOptions {
                         read_only: true,
@@ -144,7 +145,8 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<()> {
                     open(&bpath, &o)?.len()
                 }
             };
-            crate::qcow2::create(path, size, opts)
+            // qcow2 sizes are whole 512-byte sectors (QEMU rounds up too).
+            crate::qcow2::create(path, size.div_ceil(512) * 512, opts)
         }
     }
 }
@@ -369,7 +371,8 @@ impl Image {
     /// last cluster of the disk. Falls back to a normal write when the data
     /// does not compress.
     pub fn write_compressed(&self, buf: &[u8], offset: u64) -> Result<()> {
-        self.qcow2("compressed writes")?.write_compressed(buf, offset)
+        self.qcow2("compressed writes")?
+            .write_compressed(buf, offset)
     }
 
     /// Rewrites the backing file name and format in the header without

@@ -81,7 +81,10 @@ pub enum Error {
     NotPossible(String),
     /// The operation is not available for this image format.
     #[error("operation not supported for {format} images: {op}")]
-    FormatUnsupported { format: &'static str, op: &'static str },
+    FormatUnsupported {
+        format: &'static str,
+        op: &'static str,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,58 @@
+//! Compressed clusters: raw deflate with a 4 KiB window (what QEMU writes
+//! and what its inflate with windowBits -12 accepts) and zstd frames.
+
+use crate::CompressionType;
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+
+/// Compresses one cluster; `None` if the result would exceed `limit` bytes
+/// (the caller then writes the cluster uncompressed, as QEMU does).
+pub(crate) fn compress(ty: CompressionType, src: &[u8], limit: usize) -> Option<Vec<u8>> {
+    match ty {
+        CompressionType::Zlib => {
+            let mut c = Compress::new_with_window_bits(Compression::default(), false, 12);
+            let mut out = Vec::with_capacity(limit);
+            match c.compress_vec(src, &mut out, FlushCompress::Finish) {
+                Ok(Status::StreamEnd) if out.len() <= limit => Some(out),
+                _ => None,
+            }
+        }
+        CompressionType::Zstd => {
+            let out = zstd::bulk::compress(src, zstd::DEFAULT_COMPRESSION_LEVEL).ok()?;
+            (out.len() <= limit).then_some(out)
+        }
+    }
+}
+
+/// Decompresses `src` (which may carry trailing bytes up to the end of its
+/// last sector) into exactly `out.len()` bytes.
+pub(crate) fn decompress(ty: CompressionType, src: &[u8], out: &mut [u8]) -> Result<(), String> {
+    match ty {
+        CompressionType::Zlib => {
+            // A 32 KiB window accepts every raw deflate stream, including
+            // those written with QEMU's 4 KiB window.
+            let mut d = Decompress::new_with_window_bits(false, 15);
+            match d.decompress(src, out, FlushDecompress::Finish) {
+                Ok(_) if d.total_out() as usize == out.len() => Ok(()),
+                Ok(_) => Err(format!(
+                    "deflate data decompresses to {} bytes, expected {}",
+                    d.total_out(),
+                    out.len()
+                )),
+                Err(e) => Err(format!("bad deflate data: {e}")),
+            }
+        }
+        CompressionType::Zstd => {
+            let frame = zstd::zstd_safe::find_frame_compressed_size(src)
+                .map_err(|e| format!("bad zstd frame: {}", zstd::zstd_safe::get_error_name(e)))?;
+            let mut dctx = zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?;
+            match dctx.decompress_to_buffer(&src[..frame], out) {
+                Ok(n) if n == out.len() => Ok(()),
+                Ok(n) => Err(format!(
+                    "zstd data decompresses to {n} bytes, expected {}",
+                    out.len()
+                )),
+                Err(e) => Err(format!("bad zstd data: {e}")),
+            }
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! Creating qcow2 images and measuring what they need (`qemu-img create`,
+//! `qemu-img measure`).
+
+use std::path::Path;
+
+use super::header::*;
+use super::{Meta, Qcow2, BM_ALL_ALLOC, L1E_OFFSET_MASK, OFLAG_COPIED};
+use crate::image::io_err;
+use crate::raw::pwrite_all;
+use crate::{
+    Compat, CompressionType, CreateOptions, Error, Format, OpenOptions, Preallocation, Result,
+};
+
+fn validate(opts: &CreateOptions, size: u64) -> Result<(u32, u32)> {
+    let cs = opts.cluster_size;
+    if !cs.is_power_of_two() || !(512..=(2 << 20)).contains(&cs) {
+        return Err(Error::InvalidOption(format!(
+            "cluster size must be a power of two between 512 and 2M (got {cs})"
+        )));
+    }
+    let cb = cs.trailing_zeros();
+    let rb = opts.refcount_bits;
+    if !rb.is_power_of_two() || rb > 64 {
+        return Err(Error::InvalidOption(format!(
+            "refcount_bits must be a power of two up to 64 (got {rb})"
+        )));
+    }
+    let v2 = opts.compat == Compat::V2;
+    if v2 && rb != 16 {
+        return Err(Error::InvalidOption(
+            "different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)".into(),
+        ));
+    }
+    if v2 && opts.lazy_refcounts {
+        return Err(Error::InvalidOption(
+            "lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)".into(),
+        ));
+    }
+    if v2 && opts.extended_l2 {
+        return Err(Error::InvalidOption(
+            "extended L2 entries are only supported with compatibility level 1.1 and above".into(),
+        ));
+    }
+    if v2 && opts.compression_type != CompressionType::Zlib {
+        return Err(Error::InvalidOption(
+            "compression_type requires compatibility level 1.1 or above".into(),
+        ));
+    }
+    if opts.extended_l2 && cs < 16384 {
+        return Err(Error::InvalidOption(
+            "extended L2 entries are only supported with cluster sizes of at least 16384 bytes"
+                .into(),
+        ));
+    }
+    if opts.backing_format.is_some() && opts.backing_file.is_none() {
+        return Err(Error::InvalidOption(
+            "backing format cannot be used without backing file".into(),
+        ));
+    }
+    if opts.backing_file.is_some() && opts.preallocation != Preallocation::Off && !opts.extended_l2
+    {
+        return Err(Error::InvalidOption(
+            "backing file and preallocation can only be used at the same time if extended_l2 is on"
+                .into(),
+        ));
+    }
+    if size > MAX_VIRTUAL_SIZE {
+        return Err(Error::TooLarge {
+            what: "virtual size",
+            value: size,
+            limit: MAX_VIRTUAL_SIZE,
+        });
+    }
+    let l1 = l1_entries_for(size, cb, opts.extended_l2);
+    if l1 * 8 > MAX_L1_BYTES {
+        return Err(Error::TooLarge {
+            what: "virtual size for this cluster size (L1 table)",
+            value: size,
+            limit: (MAX_L1_BYTES / 8) << (cb + cb - if opts.extended_l2 { 4 } else { 3 }),
+        });
+    }
+    if let Some(b) = &opts.backing_file {
+        if b.len() as u32 > MAX_BACKING_NAME {
+            return Err(Error::InvalidOption(format!(
+                "backing file name longer than {MAX_BACKING_NAME} bytes"
+            )));
+        }
+    }
+    Ok((cb, rb))
+}
+
+pub(crate) fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<()> {
+    let (cb, rb) = validate(opts, size)?;
+    let name = path.display().to_string();
+    let cs = 1u64 << cb;
+    let v3 = opts.compat == Compat::V3;
+    let mut incompatible = 0;
+    if opts.compression_type == CompressionType::Zstd {
+        incompatible |= INCOMPAT_COMPRESSION;
+    }
+    if opts.extended_l2 {
+        incompatible |= INCOMPAT_EXTL2;
+    }
+    let mut h = Header {
+        version: if v3 { 3 } else { 2 },
+        backing_file_offset: 0,
+        backing_file_size: 0,
+        cluster_bits: cb,
+        size: 0,
+        crypt_method: 0,
+        l1_size: 0,
+        l1_table_offset: 0,
+        refcount_table_offset: cs,
+        refcount_table_clusters: 1,
+        nb_snapshots: 0,
+        snapshots_offset: 0,
+        incompatible,
+        compatible: if opts.lazy_refcounts {
+            COMPAT_LAZY_REFCOUNTS
+        } else {
+            0
+        },
+        autoclear: 0,
+        refcount_order: rb.trailing_zeros(),
+        header_length: V3_HEADER_LEN,
+        compression: opts.compression_type,
+        extra_fields: vec![0; (V3_HEADER_LEN - 105) as usize],
+        backing_file: opts.backing_file.clone(),
+        backing_format: opts.backing_format,
+        backing_format_raw: None,
+        feature_names: Vec::new(),
+        unknown_exts: Vec::new(),
+    };
+    let header = h.serialize()?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| io_err(&name, e))?;
+    // Cluster 0: header; 1: refcount table; 2: first refcount block, which
+    // counts clusters 0..=2. The L1 table is allocated by the resize below.
+    pwrite_all(&file, &name, &header, 0)?;
+    let mut rt = vec![0u8; cs as usize];
+    rt[..8].copy_from_slice(&(2 * cs).to_be_bytes());
+    pwrite_all(&file, &name, &rt, cs)?;
+    let mut block = vec![0u8; cs as usize];
+    for c in 0..3 {
+        set_entry(&mut block, h.refcount_order, c, 1);
+    }
+    pwrite_all(&file, &name, &block, 2 * cs)?;
+    drop(file);
+    // Grow to the requested size through the engine (L1 allocation).
+    let o = OpenOptions {
+        read_only: false,
+        format: Some(Format::Qcow2),
+        follow_backing: false,
+        ..Default::default()
+    };
+    let q = Qcow2::open(path, &name, false, &o)?;
+    q.resize(size)?;
+    if opts.preallocation != Preallocation::Off {
+        q.preallocate(opts.preallocation)?;
+    }
+    q.flush()
+}
+
+fn set_entry(block: &mut [u8], order: u32, i: u64, v: u64) {
+    let bits = 1u64 << order;
+    if bits < 8 {
+        let per = 8 / bits;
+        let bi = (i / per) as usize;
+        let shift = (i % per) * bits;
+        block[bi] |= (v << shift) as u8;
+    } else {
+        let w = (bits / 8) as usize;
+        let o = i as usize * w;
+        block[o..o + w].copy_from_slice(&v.to_be_bytes()[8 - w..]);
+    }
+}
+
+impl Qcow2 {
+    /// Allocates every L2 table and data cluster (metadata, falloc, full).
+    fn preallocate(&self, mode: Preallocation) -> Result<()> {
+        let mut m = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+        m.preallocate(self.len(), mode)
+    }
+}
+
+impl Meta {
+    fn preallocate(&mut self, size: u64, mode: Preallocation) -> Result<()> {
+        let g = self.g;
+        let clusters = size.div_ceil(g.cs);
+        let per_table = g.l2_entries();
+        let backed = self.h.backing_file.is_some();
+        let mut c = 0u64;
+        while c < clusters {
+            let n = (clusters - c).min(per_table - (c % per_table));
+            let (l2off, first) = self.l2_for_write(c << g.cb)?;
+            let data = self.alloc_clusters(n)?;
+            let step = g.step();
+            {
+                let t = self.l2_table(l2off)?;
+                for k in 0..n as usize {
+                    t[(first + k) * step] = (data + ((k as u64) << g.cb)) | OFLAG_COPIED;
+                    if step == 2 {
+                        // Over a backing file the subclusters stay
+                        // unallocated (their content comes from below).
+                        t[(first + k) * 2 + 1] = if backed { 0 } else { BM_ALL_ALLOC };
+                    }
+                }
+            }
+            let bytes = n << g.cb;
+            match mode {
+                Preallocation::Full => {
+                    let zeros = vec![0u8; (1 << 20).min(bytes as usize)];
+                    let mut pos = 0;
+                    while pos < bytes {
+                        let k = ((bytes - pos) as usize).min(zeros.len());
+                        self.pwrite(&zeros[..k], data + pos)?;
+                        pos += k as u64;
+                    }
+                }
+                Preallocation::Falloc => {
+                    use std::os::unix::io::AsRawFd;
+                    // SAFETY: fallocate on our own descriptor, integer arguments.
+                    let r = unsafe {
+                        libc::fallocate(self.file.as_raw_fd(), 0, data as i64, bytes as i64)
+                    };
+                    if r != 0 {
+                        return Err(io_err(&self.path, std::io::Error::last_os_error()));
+                    }
+                    self.file_end = self.file_end.max(data + bytes);
+                }
+                _ => {}
+            }
+            if self.file_end < data + bytes {
+                self.file
+                    .set_len(data + bytes)
+                    .map_err(|e| io_err(&self.path, e))?;
+                self.file_end = data + bytes;
+            }
+            self.l2_write_span(l2off, first, first + n as usize)?;
+            c += n;
+        }
+        let _ = L1E_OFFSET_MASK;
+        Ok(())
+    }
+}
+
+/// `qemu-img measure` for qcow2, with QEMU's formula.
+pub(crate) fn measure(
+    opts: &CreateOptions,
+    virtual_size: u64,
+    allocated: u64,
+) -> Result<crate::Measure> {
+    let (cb, rb) = validate(opts, virtual_size)?;
+    let cs = 1u64 << cb;
+    let vsize = virtual_size.div_ceil(cs) * cs;
+    let full = prealloc_size(vsize, cs, rb.trailing_zeros(), opts.extended_l2);
+    let data = match opts.preallocation {
+        Preallocation::Full | Preallocation::Falloc => vsize,
+        _ => allocated.div_ceil(cs) * cs,
+    };
+    Ok(crate::Measure {
+        required: full - vsize + data.min(vsize),
+        fully_allocated: full,
+    })
+}
+
+fn prealloc_size(total: u64, cs: u64, refcount_order: u32, ext: bool) -> u64 {
+    let l2e = if ext { 16 } else { 8 };
+    let mut meta = cs; // header
+    let mut nl2e = total / cs;
+    nl2e = nl2e.div_ceil(cs / l2e) * (cs / l2e);
+    meta += nl2e * l2e;
+    let mut nl1e = nl2e * l2e / cs;
+    nl1e = nl1e.div_ceil(cs / 8) * (cs / 8);
+    meta += nl1e * 8;
+    meta += refcount_metadata_size((meta + total) / cs, cs, refcount_order);
+    meta + total
+}
+
+fn refcount_metadata_size(clusters: u64, cs: u64, order: u32) -> u64 {
+    let per_table_cluster = cs / 8;
+    let per_block = cs * 8 / (1 << order);
+    let (mut table, mut blocks, mut n) = (0u64, 0u64, 0u64);
+    loop {
+        let last = n;
+        blocks = (clusters + table + blocks).div_ceil(per_block);
+        table = blocks.div_ceil(per_table_cluster);
+        n = clusters + blocks + table;
+        if n == last {
+            break;
+        }
+    }
+    (blocks + table) * cs
+}
