@@ -63,7 +63,7 @@ else
 fi
 
 sync
-mountpoint -q /mnt && umount /mnt
+grep -q ' /mnt ' /proc/mounts && umount /mnt
 if [ "$status" -eq 0 ]; then
 	devmem 0x100000 32 0x5555
 else

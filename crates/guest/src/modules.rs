@@ -215,11 +215,20 @@ impl ModuleTree {
             )));
         }
         // Soft dependencies name modules or aliases; the crypto ones
-        // (`crc32c`) are provided by `<name>_generic`.
-        let real = if self.files.contains_key(name) {
-            name.to_string()
-        } else if self.files.contains_key(&format!("{name}_generic")) {
-            format!("{name}_generic")
+        // (`crc32c`, `crypto-crc32c`) are provided by `crc32c_generic`.
+        let base = name.strip_prefix("crypto_").unwrap_or(name);
+        let found = [
+            name.to_string(),
+            base.to_string(),
+            format!("{base}_generic"),
+        ]
+        .into_iter()
+        .find(|n| self.files.contains_key(n) || self.builtin.contains(n));
+        let real = if let Some(n) = found {
+            if self.builtin.contains(&n) {
+                return Ok(());
+            }
+            n
         } else if required {
             return Err(Error::Invalid(format!(
                 "kernel {}: module {name} is neither built in nor in {}",
@@ -357,7 +366,7 @@ mod tests {
             "ext4.ko",
             &[
                 "depends=jbd2,mbcache,crc16",
-                "softdep=pre: crc32c post: nothing",
+                "softdep=pre: crypto-crc32c post: nothing",
             ],
         );
         w("jbd2.ko", &["depends=", "softdep=pre: missing-soft"]);
