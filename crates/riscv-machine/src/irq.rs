@@ -23,3 +23,19 @@ pub trait IrqLine: Send + Sync {
     /// Drives the line high (`true`) or low (`false`).
     fn set_level(&self, level: bool);
 }
+
+/// The harts of a machine, through their control blocks: device lines are
+/// raised and lowered there, which also wakes a hart sleeping in WFI.
+pub struct HartLines(pub Vec<std::sync::Arc<riscv::HartControl>>);
+
+impl HartIrqs for HartLines {
+    fn set_mip(&self, hart: usize, mask: u64, level: bool) {
+        if let Some(h) = self.0.get(hart) {
+            if level {
+                h.raise(mask);
+            } else {
+                h.lower(mask);
+            }
+        }
+    }
+}

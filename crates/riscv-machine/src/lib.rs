@@ -14,6 +14,7 @@ pub mod htif;
 pub mod irq;
 pub mod layout;
 pub mod loader;
+pub mod machine;
 pub mod mmio;
 pub mod plic;
 pub mod power;

@@ -318,3 +318,22 @@ mod tests {
         assert!(check_fits("a", 0x1000, 2, 0x8000_0000, 32).is_err());
     }
 }
+
+/// What a firmware file turned out to be.
+#[derive(Debug)]
+pub enum FirmwareKind {
+    Elf(ElfProgram),
+    /// A flat binary, loaded at the start of RAM.
+    Binary,
+}
+
+/// Identifies a firmware file (OpenSBI `fw_*.bin` or `fw_*.elf`).
+pub fn identify_firmware(what: &str, data: &[u8]) -> Result<FirmwareKind, LoadError> {
+    if data.is_empty() {
+        return Err(LoadError::Empty { what: what.into() });
+    }
+    if data.starts_with(ELF_MAGIC) {
+        return Ok(FirmwareKind::Elf(parse_elf(what, data)?));
+    }
+    Ok(FirmwareKind::Binary)
+}

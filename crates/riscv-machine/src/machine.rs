@@ -1,0 +1,899 @@
+//! The machine: RAM, devices and harts put together, booted and run until
+//! the guest powers off, resets, or the user quits.
+//!
+//! Each hart runs on its own host thread (as QEMU's MTTCG). Nothing on the
+//! CPU's hot path takes a lock: RAM is one host mapping the harts' TLBs
+//! point into, and devices are reached only on MMIO accesses.
+
+use std::io::Write;
+use std::os::fd::RawFd;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use riscv::{csr, irq, Bus, Clock, CodeMap, Exit, Hart, HartConfig, HartControl, Priv, RamRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::clint::Clint;
+use crate::fdt::{self, FdtConfig, FdtError};
+use crate::htif::{self, HtifCommand};
+use crate::irq::HartLines;
+use crate::layout::*;
+use crate::loader::{self, KernelKind, LoadError};
+use crate::mmio::{MmioBus, MmioDevice};
+use crate::plic::{Plic, PlicLine};
+use crate::power::{Power, StopReason, TestFinisher};
+use crate::sbi::{self, Fence, SbiAction, SbiHost};
+use crate::uart::{Console, Uart};
+
+/// Which board to build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BoardKind {
+    /// QEMU's `virt` board: Linux with the built-in SBI or a firmware.
+    Virt,
+    /// A bare-metal ELF in M-mode with HTIF (as `qemu -M spike -bios none`).
+    Spike,
+}
+
+/// What runs in M-mode on the `virt` board.
+#[derive(Clone, Debug)]
+pub enum Firmware {
+    /// No M-mode software: the kernel starts in S-mode and its SBI calls are
+    /// served by the machine ([`crate::sbi`]).
+    Builtin,
+    /// An SBI firmware (OpenSBI `fw_dynamic` or `fw_jump`, flat binary or
+    /// ELF) started in M-mode at the start of RAM.
+    File { name: String, data: Vec<u8> },
+}
+
+/// A disk on a virtio-blk slot.
+pub struct Disk {
+    pub backend: Arc<dyn image::BlockBackend>,
+    pub read_only: bool,
+}
+
+/// Everything a machine is made of.
+pub struct MachineConfig {
+    pub board: BoardKind,
+    pub harts: usize,
+    pub mem_size: u64,
+    /// File name (for messages) and contents of the kernel or ELF program.
+    pub kernel_name: String,
+    pub kernel: Vec<u8>,
+    pub initrd: Option<Vec<u8>>,
+    pub append: String,
+    pub firmware: Firmware,
+    pub disks: Vec<Disk>,
+    /// Add a virtio-rng device (the guest's entropy source).
+    pub rng: bool,
+    /// Where the console output goes.
+    pub output: Box<dyn Write + Send>,
+    /// Where console input comes from (e.g. stdin), if anywhere.
+    pub input: Option<RawFd>,
+}
+
+/// Errors building or starting a machine. Messages name the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Fdt(#[from] FdtError),
+    #[error("cannot allocate guest RAM: {0}")]
+    Ram(#[source] virtio::Error),
+    #[error("{harts} harts requested: this machine supports 1 to {MAX_HARTS}")]
+    Harts { harts: usize },
+    #[error("memory size {size} bytes is out of range: use {MIN_MEM_MIB} MiB to {MAX_MEM_GIB} GiB")]
+    MemSize { size: u64 },
+    #[error("not enough memory: {what} needs {need_mib} MiB of RAM but the machine has {have_mib} MiB (use --mem)")]
+    TooLittleMemory {
+        what: String,
+        need_mib: u64,
+        have_mib: u64,
+    },
+    #[error("{0} virtio devices requested: the board has {VIRTIO_SLOTS} slots")]
+    TooManyDevices(usize),
+    #[error("a firmware file needs the virt machine")]
+    FirmwareOnSpike,
+    #[error("cannot start a thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Most harts a machine may have (PLIC contexts and CLINT registers are
+/// laid out for this many, as on QEMU's board).
+pub const MAX_HARTS: usize = 64;
+const MIN_MEM_MIB: u64 = 2;
+const MAX_MEM_GIB: u64 = 64;
+const MIB: u64 = 1 << 20;
+
+/// The ISA the `riscv` crate's harts implement, as device-tree extensions.
+const ISA_EXTENSIONS: &[&str] = &[
+    "i", "m", "a", "f", "d", "c", "zicntr", "zicsr", "zifencei", "zba", "zbb", "zbs", "sstc",
+];
+
+/// An HSM hart state (SBI hart state management).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HartState {
+    Started,
+    Stopped,
+    StartPending { addr: u64, opaque: u64 },
+}
+
+/// The physical address space the harts see.
+struct BoardBus {
+    ram: Vec<RamRegion>,
+    code: CodeMap,
+    mmio: MmioBus,
+}
+
+impl Bus for BoardBus {
+    fn ram(&self) -> &[RamRegion] {
+        &self.ram
+    }
+    fn code_map(&self) -> &CodeMap {
+        &self.code
+    }
+    fn read(&self, addr: u64, size: u8) -> Option<u64> {
+        self.mmio.read(addr, size)
+    }
+    fn write(&self, addr: u64, size: u8, value: u64) -> bool {
+        self.mmio.write(addr, size, value)
+    }
+}
+
+/// State shared by the hart threads.
+struct Shared {
+    bus: BoardBus,
+    controls: Vec<Arc<HartControl>>,
+    hsm: Mutex<Vec<HartState>>,
+    hsm_cond: Condvar,
+    power: Arc<Power>,
+    console: Arc<Console>,
+    mem: GuestMemoryMmap,
+}
+
+impl Shared {
+    fn hsm(&self) -> MutexGuard<'_, Vec<HartState>> {
+        self.hsm.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A virtio-mmio transport as a board device.
+struct VirtioSlot(Mutex<virtio::MmioTransport>);
+
+impl MmioDevice for VirtioSlot {
+    fn read(&self, offset: u64, size: u8) -> u64 {
+        let mut buf = [0u8; 8];
+        let n = (size as usize).min(8);
+        if offset < virtio::MMIO_WINDOW_SIZE as u64 {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .read(offset, &mut buf[..n]);
+        }
+        u64::from_le_bytes(buf)
+    }
+    fn write(&self, offset: u64, size: u8, value: u64) {
+        let n = (size as usize).min(8);
+        if offset < virtio::MMIO_WINDOW_SIZE as u64 {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write(offset, &value.to_le_bytes()[..n]);
+        }
+    }
+}
+
+impl virtio::Interrupt for PlicLine {
+    fn raise(&self) {
+        crate::irq::IrqLine::set_level(self, true);
+    }
+    fn lower(&self) {
+        crate::irq::IrqLine::set_level(self, false);
+    }
+}
+
+/// The page holding a spike program's `tohost`/`fromhost` words, served as
+/// MMIO so every store to `tohost` reaches the host at once (as QEMU does).
+struct HtifPage {
+    page: u64,
+    tohost: u64,
+    fromhost: Option<u64>,
+    bytes: Mutex<Vec<u8>>,
+    console: Arc<Console>,
+    power: Arc<Power>,
+    mem: GuestMemoryMmap,
+}
+
+/// Largest `write` the HTIF syscall proxy copies in one call.
+const HTIF_MAX_WRITE: u64 = 1 << 20;
+
+impl HtifPage {
+    fn word(bytes: &[u8], off: u64) -> u64 {
+        let o = off as usize;
+        u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap_or([0; 8]))
+    }
+    fn set_word(bytes: &mut [u8], off: u64, v: u64) {
+        let o = off as usize;
+        bytes[o..o + 8].copy_from_slice(&v.to_le_bytes());
+    }
+
+    fn command(&self, bytes: &mut [u8], cmd: u64) {
+        let to_off = self.tohost - self.page;
+        let reply = match htif::decode(cmd) {
+            HtifCommand::Exit(code) => {
+                self.power.stop(StopReason::PowerOff(code as u32));
+                None
+            }
+            HtifCommand::Putchar(c) => {
+                self.console.write(&[c]);
+                Some(htif::response(1, 1, 0x100 | c as u64))
+            }
+            HtifCommand::Getchar => {
+                let c = self.console.pop_input().map_or(0, |c| 0x100 | c as u64);
+                Some(htif::response(1, 0, c))
+            }
+            HtifCommand::Syscall(addr) => {
+                self.syscall(addr);
+                Some(1)
+            }
+            HtifCommand::Unknown { .. } => None,
+        };
+        Self::set_word(bytes, to_off, 0);
+        if let (Some(r), Some(from)) = (reply, self.fromhost) {
+            if from >= self.page && from + 8 <= self.page + PAGE {
+                Self::set_word(bytes, from - self.page, r);
+            } else {
+                let _ = self.mem.write_obj(r, GuestAddress(from));
+            }
+        }
+    }
+
+    /// riscv-pk's syscall proxy: `magic_mem` holds the number and arguments;
+    /// the result replaces the number.
+    fn syscall(&self, addr: u64) {
+        let mut args = [0u64; 4];
+        for (i, a) in args.iter_mut().enumerate() {
+            *a = self
+                .mem
+                .read_obj(GuestAddress(addr + 8 * i as u64))
+                .unwrap_or(0);
+        }
+        let result = match args[0] {
+            htif::SYS_WRITE if args[1] == 1 || args[1] == 2 => {
+                let len = args[3].min(HTIF_MAX_WRITE);
+                let mut buf = vec![0u8; len as usize];
+                match self.mem.read_slice(&mut buf, GuestAddress(args[2])) {
+                    Ok(()) => {
+                        self.console.write(&buf);
+                        len
+                    }
+                    Err(_) => (-14i64) as u64, // EFAULT
+                }
+            }
+            htif::SYS_EXIT => {
+                self.power.stop(StopReason::PowerOff(args[1] as u32));
+                0
+            }
+            _ => (-38i64) as u64, // ENOSYS
+        };
+        let _ = self.mem.write_obj(result, GuestAddress(addr));
+    }
+}
+
+const PAGE: u64 = 4096;
+
+impl MmioDevice for HtifPage {
+    fn read(&self, offset: u64, size: u8) -> u64 {
+        let b = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v = [0u8; 8];
+        let n = (size as usize).min(8);
+        if let Some(src) = b.get(offset as usize..offset as usize + n) {
+            v[..n].copy_from_slice(src);
+        }
+        u64::from_le_bytes(v)
+    }
+    fn write(&self, offset: u64, size: u8, value: u64) {
+        let mut b = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        let n = (size as usize).min(8);
+        let o = offset as usize;
+        if let Some(dst) = b.get_mut(o..o + n) {
+            dst.copy_from_slice(&value.to_le_bytes()[..n]);
+        }
+        let to_off = self.tohost - self.page;
+        if offset < to_off + 8 && offset + n as u64 > to_off {
+            let cmd = Self::word(&b, to_off);
+            if cmd != 0 {
+                self.command(&mut b, cmd);
+            }
+        }
+    }
+}
+
+/// Where things were placed in RAM.
+#[derive(Debug, Clone, Copy)]
+struct Placement {
+    entry: u64,
+    dtb: u64,
+    /// fw_dynamic_info, for a firmware file.
+    dyn_info: u64,
+}
+
+fn align_up(v: u64, a: u64) -> u64 {
+    v.div_ceil(a) * a
+}
+
+fn too_little(what: &str, need_end: u64, mem: u64) -> MachineError {
+    MachineError::TooLittleMemory {
+        what: what.into(),
+        need_mib: (need_end - RAM_BASE).div_ceil(MIB),
+        have_mib: mem / MIB,
+    }
+}
+
+/// Copies `data` into guest RAM at `addr` after checking it fits.
+fn put(mem: &GuestMemoryMmap, size: u64, what: &str, addr: u64, data: &[u8]) -> Result<(), MachineError> {
+    loader::check_fits(what, addr, data.len() as u64, RAM_BASE, size)?;
+    mem.write_slice(data, GuestAddress(addr))
+        .map_err(|_| LoadError::DoesNotFit {
+            what: what.into(),
+            addr,
+            len: data.len() as u64,
+            ram_base: RAM_BASE,
+            ram_end: RAM_BASE + size,
+        })?;
+    Ok(())
+}
+
+/// Loads an ELF program's segments; returns its entry point and the end of
+/// the highest segment.
+fn put_elf(
+    mem: &GuestMemoryMmap,
+    size: u64,
+    name: &str,
+    prog: &loader::ElfProgram,
+) -> Result<u64, MachineError> {
+    let mut end = 0;
+    for seg in &prog.segments {
+        let total = seg.data.len() as u64 + seg.zero;
+        if let Err(e) = loader::check_fits(name, seg.addr, total, RAM_BASE, size) {
+            if seg.addr >= RAM_BASE && seg.addr.saturating_add(total) > RAM_BASE + size {
+                return Err(too_little(name, seg.addr.saturating_add(total), size));
+            }
+            return Err(e.into());
+        }
+        put(mem, size, name, seg.addr, &seg.data)?;
+        // The RAM is fresh anonymous memory: bss is already zero.
+        end = end.max(seg.addr + total);
+    }
+    Ok(end)
+}
+
+/// A running or finished machine's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub reason: StopReason,
+}
+
+/// Builds the machine described by `cfg`, runs it until it stops, and
+/// returns why it stopped.
+pub fn run(cfg: MachineConfig) -> Result<Outcome, MachineError> {
+    if cfg.harts == 0 || cfg.harts > MAX_HARTS {
+        return Err(MachineError::Harts { harts: cfg.harts });
+    }
+    if cfg.mem_size < MIN_MEM_MIB * MIB || cfg.mem_size > MAX_MEM_GIB << 30 {
+        return Err(MachineError::MemSize {
+            size: cfg.mem_size,
+        });
+    }
+    let mem_size = cfg.mem_size & !(PAGE - 1);
+    let nslots = cfg.disks.len() + cfg.rng as usize;
+    if nslots > VIRTIO_SLOTS {
+        return Err(MachineError::TooManyDevices(nslots));
+    }
+    if cfg.board == BoardKind::Spike && !matches!(cfg.firmware, Firmware::Builtin) {
+        return Err(MachineError::FirmwareOnSpike);
+    }
+
+    // Identify the kernel before allocating anything.
+    let kernel = match cfg.board {
+        BoardKind::Virt => loader::identify_kernel(&cfg.kernel_name, cfg.kernel)?,
+        BoardKind::Spike => {
+            let k = loader::identify_kernel(&cfg.kernel_name, cfg.kernel)?;
+            match k {
+                KernelKind::Elf(_) => k,
+                KernelKind::Image(..) => {
+                    return Err(LoadError::BadElf {
+                        what: cfg.kernel_name.clone(),
+                        msg: "the spike machine runs ELF programs, not Linux Images".into(),
+                    }
+                    .into())
+                }
+            }
+        }
+    };
+
+    let ram = virtio::GuestRam::new(RAM_BASE, mem_size as usize).map_err(MachineError::Ram)?;
+    let mem = ram.memory().clone();
+    let ram_end = RAM_BASE + mem_size;
+
+    let clock = Arc::new(Clock::new(TIMEBASE_HZ));
+    let builtin_sbi = cfg.board == BoardKind::Virt && matches!(cfg.firmware, Firmware::Builtin);
+    let mut harts: Vec<Hart> = (0..cfg.harts)
+        .map(|i| {
+            Hart::new_system(HartConfig {
+                hart_id: i as u64,
+                clock: clock.clone(),
+                sbi_ecalls: builtin_sbi,
+            })
+        })
+        .collect();
+    let controls: Vec<Arc<HartControl>> = harts.iter().map(|h| h.control().clone()).collect();
+
+    let power = Power::new();
+    let console = Arc::new(Console::new(cfg.output));
+    let lines = Arc::new(HartLines(controls.clone()));
+    let plic = Arc::new(Plic::new(cfg.harts, lines));
+    let uart = Uart::new(console.clone(), Arc::new(plic.line(UART_IRQ)));
+
+    let mut mmio = MmioBus::new();
+    mmio.add(TEST_BASE, TEST_SIZE, Arc::new(TestFinisher::new(power.clone())));
+    mmio.add(
+        CLINT_BASE,
+        CLINT_SIZE,
+        Arc::new(Clint::new(controls.clone(), clock.clone())),
+    );
+    mmio.add(PLIC_BASE, PLIC_SIZE, plic.clone());
+    mmio.add(UART_BASE, UART_SIZE, uart);
+
+    let mut transports = Vec::new();
+    let mut slot = 0;
+    let mut add_virtio = |dev: Box<dyn virtio::VirtioDevice>, mmio: &mut MmioBus| {
+        let line = Arc::new(plic.line(VIRTIO_IRQ_BASE + slot as u32));
+        let t = Arc::new(VirtioSlot(Mutex::new(virtio::MmioTransport::new(
+            dev,
+            mem.clone(),
+            line,
+        ))));
+        mmio.add(virtio_base(slot), VIRTIO_STRIDE, t.clone());
+        transports.push(t);
+        slot += 1;
+    };
+    for (i, d) in cfg.disks.into_iter().enumerate() {
+        let blk = virtio::Block::new(
+            d.backend,
+            virtio::BlockConfig {
+                read_only: d.read_only,
+                serial: format!("virtkit-disk{i}"),
+            },
+        );
+        add_virtio(Box::new(blk), &mut mmio);
+    }
+    if cfg.rng {
+        add_virtio(Box::new(virtio::Rng::new()), &mut mmio);
+    }
+    let used_slots: Vec<usize> = (0..slot).collect();
+
+    // Place the software.
+    let mut ram_regions = Vec::new();
+    let mut fdt_cfg = FdtConfig {
+        harts: cfg.harts,
+        ram_base: RAM_BASE,
+        ram_size: mem_size,
+        isa_extensions: ISA_EXTENSIONS.iter().map(|s| s.to_string()).collect(),
+        mmu_type: Some("riscv,sv48".into()),
+        bootargs: cfg.append.clone(),
+        initrd: None,
+        virtio_slots: used_slots,
+        rng_seed: Some(rng_seed()),
+    };
+    let mut kernel_end;
+    let kernel_entry;
+    let mut htif_page = None;
+    match &kernel {
+        KernelKind::Image(data, hdr) => {
+            let addr = RAM_BASE + KERNEL_OFFSET;
+            let size = hdr.image_size.max(data.len() as u64);
+            kernel_end = addr + size;
+            if kernel_end > ram_end {
+                return Err(too_little(&format!("kernel {}", cfg.kernel_name), kernel_end, mem_size));
+            }
+            put(&mem, mem_size, &cfg.kernel_name, addr, data)?;
+            kernel_entry = addr;
+        }
+        KernelKind::Elf(data) => {
+            let prog = loader::parse_elf(&cfg.kernel_name, data)?;
+            kernel_end = put_elf(&mem, mem_size, &cfg.kernel_name, &prog)?;
+            kernel_entry = prog.entry;
+            if cfg.board == BoardKind::Spike {
+                if let Some(to) = prog.tohost {
+                    htif_page = Some((to, prog.fromhost));
+                }
+            }
+        }
+    }
+    if let Some(initrd) = &cfg.initrd {
+        // As QEMU: halfway into RAM, at most 128 MiB in (so the kernel's
+        // early mappings reach it), never over the kernel.
+        let mut start = RAM_BASE + (mem_size / 2).min(128 * MIB);
+        start = start.max(align_up(kernel_end, 2 * MIB));
+        let end = start + initrd.len() as u64;
+        // Keep the top 2 MiB for the device tree.
+        if end + 2 * MIB > ram_end {
+            return Err(too_little(
+                "the kernel and initrd",
+                end + 2 * MIB,
+                mem_size,
+            ));
+        }
+        put(&mem, mem_size, "initrd", start, initrd)?;
+        fdt_cfg.initrd = Some((start, end));
+        kernel_end = end;
+    }
+    let dtb = fdt::build(&fdt_cfg)?;
+    // The device tree at the top of RAM, 2 MiB aligned (as QEMU), with the
+    // fw_dynamic_info after it.
+    let dtb_addr = (ram_end - align_up(dtb.len() as u64 + 64, 8)) & !(2 * MIB - 1);
+    if dtb_addr < align_up(kernel_end, 8) || dtb_addr < RAM_BASE {
+        return Err(too_little("the kernel and device tree", kernel_end + 2 * MIB, mem_size));
+    }
+    put(&mem, mem_size, "device tree", dtb_addr, &dtb)?;
+    let mut place = Placement {
+        entry: kernel_entry,
+        dtb: dtb_addr,
+        dyn_info: 0,
+    };
+    if let Firmware::File { name, data } = &cfg.firmware {
+        // Firmware at the start of RAM; the kernel at +2 MiB is its next stage.
+        let fw_end = match loader::identify_firmware(name, data)? {
+            loader::FirmwareKind::Elf(prog) => {
+                let end = put_elf(&mem, mem_size, name, &prog)?;
+                place.entry = prog.entry;
+                end
+            }
+            loader::FirmwareKind::Binary => {
+                put(&mem, mem_size, name, RAM_BASE, data)?;
+                place.entry = RAM_BASE;
+                RAM_BASE + data.len() as u64
+            }
+        };
+        if fw_end > RAM_BASE + KERNEL_OFFSET {
+            return Err(LoadError::DoesNotFit {
+                what: format!("firmware {name}"),
+                addr: RAM_BASE,
+                len: fw_end - RAM_BASE,
+                ram_base: RAM_BASE,
+                ram_end: RAM_BASE + KERNEL_OFFSET,
+            }
+            .into());
+        }
+        place.dyn_info = align_up(dtb_addr + dtb.len() as u64, 8);
+        put(
+            &mem,
+            mem_size,
+            "fw_dynamic_info",
+            place.dyn_info,
+            &loader::fw_dynamic_info(kernel_entry, 0),
+        )?;
+    }
+
+    // RAM regions for the harts: all of RAM, minus the HTIF page on spike.
+    let host = ram.host_ptr();
+    let region = |base: u64, end: u64| {
+        // SAFETY: `[base, end)` lies inside the RAM mapping owned by `ram`,
+        // which outlives every hart (harts are joined before `ram` drops),
+        // and both ends are page aligned.
+        unsafe { RamRegion::new(base, end - base, host.add((base - RAM_BASE) as usize)) }
+    };
+    match htif_page {
+        Some((tohost, fromhost)) if tohost >= RAM_BASE && tohost + 8 <= ram_end => {
+            let page = tohost & !(PAGE - 1);
+            if page > RAM_BASE {
+                ram_regions.push(region(RAM_BASE, page));
+            }
+            if page + PAGE < ram_end {
+                ram_regions.push(region(page + PAGE, ram_end));
+            }
+            let mut bytes = vec![0u8; PAGE as usize];
+            let _ = mem.read_slice(&mut bytes, GuestAddress(page));
+            mmio.add(
+                page,
+                PAGE,
+                Arc::new(HtifPage {
+                    page,
+                    tohost,
+                    fromhost,
+                    bytes: Mutex::new(bytes),
+                    console: console.clone(),
+                    power: power.clone(),
+                    mem: mem.clone(),
+                }),
+            );
+        }
+        _ => ram_regions.push(region(RAM_BASE, ram_end)),
+    }
+    let code = CodeMap::new(&ram_regions);
+
+    // Initial hart states.
+    let mut states = vec![HartState::Started; cfg.harts];
+    for (i, h) in harts.iter_mut().enumerate() {
+        h.set_x(10, i as u64);
+        h.set_x(11, place.dtb);
+        if builtin_sbi {
+            setup_builtin_sbi(h);
+            if i == 0 {
+                h.pc = place.entry;
+                h.set_privilege(Priv::Supervisor);
+            } else {
+                states[i] = HartState::Stopped;
+            }
+        } else {
+            h.pc = place.entry;
+            h.set_x(12, place.dyn_info);
+        }
+    }
+
+    let shared = Arc::new(Shared {
+        bus: BoardBus {
+            ram: ram_regions,
+            code,
+            mmio,
+        },
+        controls: controls.clone(),
+        hsm: Mutex::new(states),
+        hsm_cond: Condvar::new(),
+        power: power.clone(),
+        console: console.clone(),
+        mem: mem.clone(),
+    });
+    {
+        let s = Arc::downgrade(&shared);
+        power.on_stop(Box::new(move || {
+            if let Some(s) = s.upgrade() {
+                for c in &s.controls {
+                    c.request_stop();
+                }
+                let _g = s.hsm();
+                s.hsm_cond.notify_all();
+            }
+        }));
+    }
+
+    let input = cfg
+        .input
+        .map(|fd| crate::terminal::spawn_input(fd, console.clone(), power.clone()));
+
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    for (i, hart) in harts.into_iter().enumerate() {
+        let s = shared.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("vk-hart{i}"))
+            .spawn(move || hart_thread(s, hart, i))
+            .map_err(|e| {
+                power.stop(StopReason::Fatal("thread start failed".into()));
+                MachineError::Thread(e)
+            });
+        match t {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                for t in threads {
+                    let _ = t.join();
+                }
+                return Err(e);
+            }
+        }
+    }
+    let reason = power.wait();
+    for t in threads {
+        if t.join().is_err() {
+            // A hart thread panicked: report it rather than the guest's
+            // status.
+            return Ok(Outcome {
+                reason: StopReason::Fatal("a hart thread crashed".into()),
+            });
+        }
+    }
+    // Stop the device workers (each finishes the request it is on) before
+    // the RAM goes away.
+    for t in &transports {
+        t.0.lock().unwrap_or_else(|e| e.into_inner()).shutdown();
+    }
+    if let Some(t) = input {
+        let _ = t.join();
+    }
+    drop(shared);
+    drop(ram);
+    Ok(Outcome { reason })
+}
+
+/// M-mode state for a kernel started directly in S-mode: what OpenSBI
+/// would have set up before jumping to it.
+fn setup_builtin_sbi(h: &mut Hart) {
+    // Every exception but the ecalls into M-mode goes to the kernel.
+    let medeleg = 0xffff & !((1 << 9) | (1 << 10) | (1 << 11) | (1 << 14));
+    h.write_csr(csr::MEDELEG, medeleg);
+    h.write_csr(csr::MIDELEG, irq::SSIP | irq::STIP | irq::SEIP);
+    // cycle, time, instret readable from S and U.
+    h.write_csr(csr::MCOUNTEREN, 0x7);
+    // Sstc: the kernel programs stimecmp itself.
+    h.write_csr(csr::MENVCFG, 1 << 63);
+    // PMP: all memory for S and U (TOR up to the top).
+    h.write_csr(csr::PMPADDR0, u64::MAX >> 10);
+    h.write_csr(csr::PMPCFG0, 0x0f);
+}
+
+fn rng_seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    // The seed only speeds up the guest's entropy pool; without host
+    // randomness the guest still works.
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut seed);
+    }
+    seed
+}
+
+/// SBI services as seen from one hart's call.
+struct SbiCtx<'a> {
+    s: &'a Shared,
+    timer: std::cell::Cell<Option<u64>>,
+    clear_ssip: std::cell::Cell<bool>,
+    local_fence: std::cell::Cell<Option<Fence>>,
+}
+
+impl SbiHost for SbiCtx<'_> {
+    fn harts(&self) -> usize {
+        self.s.controls.len()
+    }
+    fn set_timer(&self, _hart: usize, deadline: u64) {
+        self.timer.set(Some(deadline));
+    }
+    fn set_ssip(&self, hart: usize, level: bool) {
+        if level {
+            self.s.controls[hart].post(irq::SSIP);
+        } else {
+            self.clear_ssip.set(true);
+        }
+    }
+    fn remote_fence(&self, caller: usize, targets: &[usize], fence: Fence) {
+        for &t in targets {
+            if t == caller {
+                self.local_fence.set(Some(fence));
+                continue;
+            }
+            // The target flushes at its next block boundary, before it
+            // executes anything else.
+            match fence {
+                Fence::Instruction => self.s.controls[t].request_fence_i(),
+                Fence::Vma { .. } => self.s.controls[t].request_tlb_flush(),
+            }
+        }
+    }
+    fn hart_start(&self, hart: usize, start: u64, opaque: u64) -> i64 {
+        let mut st = self.s.hsm();
+        match st[hart] {
+            HartState::Stopped => {
+                st[hart] = HartState::StartPending {
+                    addr: start,
+                    opaque,
+                };
+                self.s.hsm_cond.notify_all();
+                sbi::SUCCESS
+            }
+            _ => sbi::ERR_ALREADY_AVAILABLE,
+        }
+    }
+    fn hart_status(&self, hart: usize) -> i64 {
+        match self.s.hsm()[hart] {
+            HartState::Started => sbi::HART_STARTED,
+            HartState::Stopped => sbi::HART_STOPPED,
+            HartState::StartPending { .. } => sbi::HART_START_PENDING,
+        }
+    }
+    fn console_write(&self, bytes: &[u8]) {
+        self.s.console.write(bytes);
+    }
+    fn console_read(&self) -> Option<u8> {
+        self.s.console.pop_input()
+    }
+    fn read_phys(&self, addr: u64, buf: &mut [u8]) -> bool {
+        self.s.mem.read_slice(buf, GuestAddress(addr)).is_ok()
+    }
+    fn write_phys(&self, addr: u64, buf: &[u8]) -> bool {
+        let ok = self.s.mem.write_slice(buf, GuestAddress(addr)).is_ok();
+        if ok {
+            self.s.bus.code.invalidate(addr, buf.len() as u64);
+        }
+        ok
+    }
+    fn stop_machine(&self, reason: StopReason) {
+        self.s.power.stop(reason);
+    }
+}
+
+fn hart_thread(s: Arc<Shared>, mut hart: Hart, id: usize) {
+    loop {
+        if s.power.is_stopped() {
+            return;
+        }
+        // HSM: a stopped hart waits to be started.
+        {
+            let mut st = s.hsm();
+            loop {
+                if s.power.is_stopped() {
+                    return;
+                }
+                match st[id] {
+                    HartState::Started => break,
+                    HartState::Stopped => {
+                        st = s.hsm_cond.wait(st).unwrap_or_else(|e| e.into_inner());
+                    }
+                    HartState::StartPending { addr, opaque } => {
+                        st[id] = HartState::Started;
+                        hart.pc = addr;
+                        hart.set_x(10, id as u64);
+                        hart.set_x(11, opaque);
+                        hart.set_privilege(Priv::Supervisor);
+                        hart.write_csr(csr::SATP, 0);
+                        let sstatus = hart.read_csr(csr::SSTATUS).unwrap_or(0);
+                        hart.write_csr(csr::SSTATUS, sstatus & !0x2);
+                        hart.flush_tlb();
+                        break;
+                    }
+                }
+            }
+        }
+        match hart.run_system(&s.bus) {
+            Exit::Ecall => {
+                let mut a = [0u64; 8];
+                for (i, r) in a.iter_mut().enumerate() {
+                    *r = hart.x(10 + i);
+                }
+                let ctx = SbiCtx {
+                    s: &s,
+                    timer: Default::default(),
+                    clear_ssip: Default::default(),
+                    local_fence: Default::default(),
+                };
+                let action = sbi::handle(&ctx, id, a);
+                if let Some(t) = ctx.timer.get() {
+                    hart.set_stimecmp(t);
+                }
+                if ctx.clear_ssip.get() {
+                    let sip = hart.read_csr(csr::SIP).unwrap_or(0);
+                    hart.write_csr(csr::SIP, sip & !irq::SSIP);
+                }
+                match ctx.local_fence.get() {
+                    Some(Fence::Instruction) => hart.flush_code(),
+                    Some(Fence::Vma { .. }) => hart.flush_tlb(),
+                    None => {}
+                }
+                match action {
+                    SbiAction::Return { error, value } => {
+                        hart.set_x(10, error as u64);
+                        hart.set_x(11, value);
+                        hart.pc += 4;
+                    }
+                    SbiAction::ReturnLegacy(v) => {
+                        hart.set_x(10, v);
+                        hart.pc += 4;
+                    }
+                    SbiAction::Suspend => {
+                        hart.set_x(10, 0);
+                        hart.pc += 4;
+                    }
+                    SbiAction::StopHart => {
+                        s.hsm()[id] = HartState::Stopped;
+                    }
+                    SbiAction::Halt => {}
+                }
+            }
+            Exit::Stopped => {}
+            other => {
+                s.power.stop(StopReason::Fatal(format!(
+                    "hart {id} stopped unexpectedly ({other:?}) at pc {:#x}",
+                    hart.pc
+                )));
+                return;
+            }
+        }
+    }
+}
