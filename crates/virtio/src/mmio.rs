@@ -411,3 +411,25 @@ fn set_half(reg: &mut u64, high: bool, v: u32) {
         *reg = (*reg & !0xffff_ffff) | u64::from(v);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_can_be_shared_behind_a_mutex() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<std::sync::Mutex<MmioTransport>>();
+        shareable::<crate::GuestRam>();
+        shareable::<crate::ConsoleHost>();
+    }
+
+    #[test]
+    fn set_half_keeps_the_other_half() {
+        let mut r = 0x1111_2222_3333_4444u64;
+        set_half(&mut r, true, 0xaaaa_bbbb);
+        assert_eq!(r, 0xaaaa_bbbb_3333_4444);
+        set_half(&mut r, false, 0xcccc_dddd);
+        assert_eq!(r, 0xaaaa_bbbb_cccc_dddd);
+    }
+}
