@@ -364,10 +364,17 @@ fn exec_block<M: Mem>(
                 // csrrw with rd=x0 does not read; csrrs/c with rs1=x0 do not write.
                 let writes = matches!(i.kind, Csrrw | Csrrwi) || i.rs1 != 0;
                 let reads = !(matches!(i.kind, Csrrw | Csrrwi) && i.rd == crate::decode::ZERO_SINK);
+                // Counters: retire the block's earlier instructions now so a
+                // read sees them; a write of minstret/mcycle suppresses the
+                // increment of the writing instruction (the block's last).
+                core.instret = core.instret.wrapping_add(n as u64);
                 let old = if reads {
                     match core.csr_read(n16) {
                         Ok(v) => v,
-                        Err(()) => ill!(),
+                        Err(()) => {
+                            core.instret = core.instret.wrapping_sub(n as u64);
+                            ill!()
+                        }
                     }
                 } else {
                     0
@@ -379,10 +386,15 @@ fn exec_block<M: Mem>(
                         _ => old & !src,
                     };
                     if core.csr_write(n16, new).is_err() {
+                        core.instret = core.instret.wrapping_sub(n as u64);
                         ill!();
                     }
                     core.recheck = true;
                 }
+                let counter_written =
+                    writes && matches!(n16, crate::csr::MINSTRET | crate::csr::MCYCLE);
+                let retired = n as u64 + counter_written as u64;
+                core.instret = core.instret.wrapping_sub(retired);
                 wr!(old);
                 return Ok(next);
             }

@@ -634,12 +634,8 @@ impl Core {
     }
 
     /// Reads a CSR with M-mode rights (for the machine's SBI and debugging).
-    pub fn read_csr(&mut self, n: u16) -> Option<u64> {
-        let p = self.prv;
-        self.prv = Priv::Machine;
-        let r = self.csr_read(n).ok();
-        self.prv = p;
-        r
+    pub fn read_csr(&self, n: u16) -> Option<u64> {
+        self.csr_read_at(n, Priv::Machine).ok()
     }
 
     /// Writes a CSR with M-mode rights.
@@ -678,9 +674,9 @@ impl Core {
         p
     }
 
-    fn counter_allowed(&self, n: u16) -> bool {
+    fn counter_allowed(&self, n: u16, prv: Priv) -> bool {
         let bit = 1u64 << (n & 31);
-        match self.prv {
+        match prv {
             Priv::Machine => true,
             Priv::Supervisor => self.csr.mcounteren & bit != 0,
             Priv::User => {
@@ -689,8 +685,8 @@ impl Core {
         }
     }
 
-    fn stimecmp_allowed(&self) -> bool {
-        match self.prv {
+    fn stimecmp_allowed(&self, prv: Priv) -> bool {
+        match prv {
             Priv::Machine => true,
             Priv::Supervisor => self.csr.menvcfg & (1 << 63) != 0 && self.csr.mcounteren & 2 != 0,
             Priv::User => false,
@@ -698,7 +694,11 @@ impl Core {
     }
 
     /// CSR read with privilege checks. `Err` is an illegal instruction.
-    pub(crate) fn csr_read(&mut self, n: u16) -> Result<u64, ()> {
+    pub(crate) fn csr_read(&self, n: u16) -> Result<u64, ()> {
+        self.csr_read_at(n, self.prv)
+    }
+
+    fn csr_read_at(&self, n: u16, prv: Priv) -> Result<u64, ()> {
         use csr::*;
         if self.user_only {
             return match n {
@@ -711,7 +711,7 @@ impl Core {
             };
         }
         let min_priv = ((n >> 8) & 3) as u8;
-        if (self.prv as u8) < min_priv {
+        if (prv as u8) < min_priv {
             return Err(());
         }
         let c = &self.csr;
@@ -727,7 +727,7 @@ impl Core {
                 }
             }
             CYCLE | INSTRET | TIME => {
-                if !self.counter_allowed(n) {
+                if !self.counter_allowed(n, prv) {
                     return Err(());
                 }
                 if n == TIME {
@@ -737,7 +737,7 @@ impl Core {
                 }
             }
             0xc03..=0xc1f => {
-                if !self.counter_allowed(n) {
+                if !self.counter_allowed(n, prv) {
                     return Err(());
                 }
                 0
@@ -753,13 +753,13 @@ impl Core {
             STVAL => c.stval,
             SIP => self.mip() & c.mideleg,
             STIMECMP => {
-                if !self.stimecmp_allowed() {
+                if !self.stimecmp_allowed(prv) {
                     return Err(());
                 }
                 c.stimecmp
             }
             SATP => {
-                if self.prv == Priv::Supervisor && c.mstatus & mstatus::TVM != 0 {
+                if prv == Priv::Supervisor && c.mstatus & mstatus::TVM != 0 {
                     return Err(());
                 }
                 c.satp
@@ -790,6 +790,9 @@ impl Core {
             0x3b0..=0x3ef => c.pmpaddr[(n - PMPADDR0) as usize],
             MCYCLE | MINSTRET => self.instret,
             0xb03..=0xb1f | 0x323..=0x33f => 0u64,
+            // Sdtrig with no triggers: tselect 0 selects a trigger of type 0
+            // ("none"); tcontrol, tinfo read 0.
+            0x7a0..=0x7a5 => 0,
             _ => return Err(()),
         })
     }
@@ -848,7 +851,7 @@ impl Core {
                 self.recheck = true;
             }
             STIMECMP => {
-                if !self.stimecmp_allowed() {
+                if !self.stimecmp_allowed(self.prv) {
                     return Err(());
                 }
                 self.csr.stimecmp = v;
@@ -902,7 +905,7 @@ impl Core {
             }
             0x3b0..=0x3ef => self.csr.pmpaddr[(n - PMPADDR0) as usize] = v & ((1 << 54) - 1),
             MCYCLE | MINSTRET => self.instret = v,
-            0xb03..=0xb1f | 0x323..=0x33f => {}
+            0xb03..=0xb1f | 0x323..=0x33f | 0x7a0..=0x7a5 => {}
             _ => return Err(()),
         }
         Ok(())
