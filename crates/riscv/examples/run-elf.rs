@@ -13,6 +13,9 @@ fn main() {
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     match common::run_file(path, &argv, true) {
         Ok(o) => {
+            if std::env::var_os("RUN_ELF_STATS").is_some() {
+                eprintln!("run-elf: {} instructions retired", o.instret);
+            }
             if let Some(c) = o.crash {
                 eprintln!("run-elf: guest stopped: {c:?}");
             }

@@ -22,6 +22,8 @@ macro_rules! kinds {
 
 kinds! {
     Illegal,
+    /// Block-builder sentinel: falls through to `block start + off`.
+    BlockEnd,
     // RV64I
     Lui, Auipc, Jal, Jalr, Beq, Bne, Blt, Bge, Bltu, Bgeu,
     Lb, Lh, Lw, Ld, Lbu, Lhu, Lwu, Sb, Sh, Sw, Sd,
@@ -73,8 +75,9 @@ pub struct Insn {
     pub rs3: u8,
     /// Rounding mode field of FP instructions.
     pub rm: u8,
-    /// Encoded length in bytes: 2 or 4.
-    pub len: u8,
+    /// Byte offset of this instruction from the start of its block (set
+    /// by the block builder; 0 from the decoder).
+    pub off: u16,
     /// Immediate (sign-extended where the encoding says so).
     pub imm: i32,
     /// The instruction bits as fetched.
@@ -82,7 +85,7 @@ pub struct Insn {
 }
 
 impl Insn {
-    fn new(kind: Kind, raw: u32, len: u8) -> Self {
+    fn new(kind: Kind, raw: u32, _len: u8) -> Self {
         Insn {
             kind,
             rd: 0,
@@ -90,9 +93,19 @@ impl Insn {
             rs2: 0,
             rs3: 0,
             rm: 0,
-            len,
+            off: 0,
             imm: 0,
             raw,
+        }
+    }
+
+    /// Encoded length in bytes: 2 (compressed) or 4.
+    #[inline(always)]
+    pub fn size(&self) -> u8 {
+        if self.raw & 3 == 3 {
+            4
+        } else {
+            2
         }
     }
 
@@ -103,6 +116,7 @@ impl Insn {
         matches!(
             self.kind,
             Illegal
+                | BlockEnd
                 | Jal
                 | Jalr
                 | Beq
@@ -588,7 +602,7 @@ pub fn decode_c(h: u16) -> Insn {
         rs2,
         rs3: 0,
         rm: 0,
-        len: 2,
+        off: 0,
         imm,
         raw,
     };
@@ -787,7 +801,7 @@ mod tests {
         // c.addi4spn a0, sp, 16 : 0x0808
         let i = decode_c(0x0808);
         assert_eq!(
-            (i.kind, i.rd, i.rs1, i.imm, i.len),
+            (i.kind, i.rd, i.rs1, i.imm, i.size()),
             (Kind::Addi, 10, 2, 16, 2)
         );
         // c.li a0, -1 : 0x557d

@@ -18,24 +18,39 @@ use crate::PAGE_SIZE;
 /// Longest block, in instructions.
 const MAX_BLOCK: usize = 96;
 /// Direct-mapped block table size (power of two).
-const MAP_SIZE: usize = 1 << 16;
+const MAP_SIZE: usize = 1 << 14;
 /// Arena capacity before a full flush (bounded memory per hart).
 const MAX_INSNS: usize = 1 << 20;
 /// Blocks between timer polls in system mode.
 const POLL_BLOCKS: u32 = 2048;
 
+/// A cached block: where its decoded instructions live in the arena.
+/// The direct-mapped table holds these inline, so a lookup is one load and
+/// one compare.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Block {
-    key: u64,
+    /// Block key (pc) with the cache epoch in the top byte.
+    tag: u64,
     start: u32,
-    count: u32,
+    count: u16,
+    /// Instructions retired by a complete run (count minus the sentinel).
+    retire: u16,
 }
+
+const NO_BLOCK: Block = Block {
+    tag: u64::MAX,
+    start: 0,
+    count: 0,
+    retire: 0,
+};
 
 /// Per-hart decoded-block cache.
 pub(crate) struct Engine {
-    map: Box<[u32]>,
-    blocks: Vec<Block>,
+    map: Box<[Block; MAP_SIZE]>,
     insns: Vec<Insn>,
+    /// Bumped by every flush so stale table entries stop matching; keys
+    /// (user virtual or guest physical addresses) stay below 2^56.
+    epoch: u64,
     /// Code generation (of the UserSpace or CodeMap) the cache matches.
     gen: u64,
     poll: u32,
@@ -44,46 +59,51 @@ pub(crate) struct Engine {
 impl Engine {
     pub fn new() -> Self {
         Engine {
-            map: vec![u32::MAX; MAP_SIZE].into_boxed_slice(),
-            blocks: Vec::new(),
+            map: vec![NO_BLOCK; MAP_SIZE]
+                .into_boxed_slice()
+                .try_into()
+                .expect("MAP_SIZE entries"),
             insns: Vec::new(),
+            epoch: 0,
             gen: 0,
             poll: POLL_BLOCKS,
         }
     }
 
     pub fn flush(&mut self) {
-        self.blocks.clear();
         self.insns.clear();
+        self.epoch = (self.epoch + 1) & 0xff;
+        if self.epoch == 0 {
+            self.map.fill(NO_BLOCK);
+        }
     }
 
     #[inline(always)]
     fn slot(key: u64) -> usize {
-        ((key >> 1) ^ (key >> 17)) as usize & (MAP_SIZE - 1)
+        ((key >> 1) ^ (key >> 15)) as usize & (MAP_SIZE - 1)
     }
 
     #[inline(always)]
     fn lookup(&self, key: u64) -> Option<Block> {
-        let idx = self.map[Self::slot(key)] as usize;
-        match self.blocks.get(idx) {
-            Some(b) if b.key == key => Some(*b),
-            _ => None,
-        }
+        let b = self.map[Self::slot(key)];
+        (b.tag == key | (self.epoch << 56)).then_some(b)
     }
 
+    #[cold]
+    #[inline(never)]
     fn insert(&mut self, key: u64, insns: &[Insn]) -> Block {
-        if self.insns.len() + insns.len() > MAX_INSNS || self.blocks.len() >= u32::MAX as usize - 1
-        {
+        if self.insns.len() + insns.len() > MAX_INSNS {
             self.flush();
         }
+        let sentinel = insns.last().is_some_and(|i| i.kind == Kind::BlockEnd);
         let b = Block {
-            key,
+            tag: key | (self.epoch << 56),
             start: self.insns.len() as u32,
-            count: insns.len() as u32,
+            count: insns.len() as u16,
+            retire: insns.len() as u16 - sentinel as u16,
         };
         self.insns.extend_from_slice(insns);
-        self.map[Self::slot(key)] = self.blocks.len() as u32;
-        self.blocks.push(b);
+        self.map[Self::slot(key)] = b;
         b
     }
 }
@@ -120,7 +140,6 @@ fn exec_block<M: Mem>(
     insns: &[Insn],
     start: u64,
 ) -> Result<u64, Fault> {
-    let mut pc = start;
     macro_rules! x {
         ($r:expr) => {
             core.x[($r as usize) & 63]
@@ -129,7 +148,7 @@ fn exec_block<M: Mem>(
     for (n, i) in (0u32..).zip(insns.iter()) {
         macro_rules! trap {
             ($t:expr) => {
-                return Err(($t, pc, n))
+                return Err(($t, pc!(), n))
             };
         }
         macro_rules! tri {
@@ -140,10 +159,18 @@ fn exec_block<M: Mem>(
                 }
             };
         }
-        let rs1 = x!(i.rs1);
-        let rs2 = x!(i.rs2);
-        let imm = i.imm as i64 as u64;
-        let next = pc.wrapping_add(i.len as u64);
+        // Operands are macros, not locals, so each arm loads only what it
+        // uses (hoisted loads cost every instruction).
+        macro_rules! pc {
+            () => {
+                start.wrapping_add(i.off as u64)
+            };
+        }
+        macro_rules! next {
+            () => {
+                pc!().wrapping_add(i.size() as u64)
+            };
+        }
         macro_rules! wr {
             ($v:expr) => {{
                 let v = $v;
@@ -152,7 +179,11 @@ fn exec_block<M: Mem>(
         }
         macro_rules! branch {
             ($c:expr) => {{
-                return Ok(if $c { pc.wrapping_add(imm) } else { next });
+                return Ok(if $c {
+                    pc!().wrapping_add(imm!())
+                } else {
+                    next!()
+                });
             }};
         }
         macro_rules! ill {
@@ -227,7 +258,7 @@ fn exec_block<M: Mem>(
         }
         macro_rules! amo {
             ($n:literal, $atomic:ty, $op:ident, $val:expr, $ext:expr) => {{
-                let p = tri!(mem.atomic::<$n>(core, rs1, true));
+                let p = tri!(mem.atomic::<$n>(core, rs1!(), true));
                 // SAFETY: `atomic` returned a host pointer to N bytes of
                 // guest RAM aligned to N, valid while the mapping lives.
                 let a = unsafe { <$atomic>::from_ptr(p.cast()) };
@@ -235,70 +266,86 @@ fn exec_block<M: Mem>(
                 wr!($ext(old));
             }};
         }
+        macro_rules! rs1 {
+            () => {
+                x!(i.rs1)
+            };
+        }
+        macro_rules! rs2 {
+            () => {
+                x!(i.rs2)
+            };
+        }
+        macro_rules! imm {
+            () => {
+                (i.imm as i64 as u64)
+            };
+        }
         use Kind::*;
         match i.kind {
             Illegal => ill!(),
-            Lui => wr!(imm),
-            Auipc => wr!(pc.wrapping_add(imm)),
+            BlockEnd => return Ok(pc!()),
+            Lui => wr!(imm!()),
+            Auipc => wr!(pc!().wrapping_add(imm!())),
             Jal => {
-                wr!(next);
-                return Ok(pc.wrapping_add(imm));
+                wr!(next!());
+                return Ok(pc!().wrapping_add(imm!()));
             }
             Jalr => {
-                let t = rs1.wrapping_add(imm) & !1;
-                wr!(next);
+                let t = rs1!().wrapping_add(imm!()) & !1;
+                wr!(next!());
                 return Ok(t);
             }
-            Beq => branch!(rs1 == rs2),
-            Bne => branch!(rs1 != rs2),
-            Blt => branch!((rs1 as i64) < (rs2 as i64)),
-            Bge => branch!((rs1 as i64) >= (rs2 as i64)),
-            Bltu => branch!(rs1 < rs2),
-            Bgeu => branch!(rs1 >= rs2),
-            Lb => wr!(tri!(mem.load::<1>(core, rs1.wrapping_add(imm))) as i8 as u64),
-            Lh => wr!(tri!(mem.load::<2>(core, rs1.wrapping_add(imm))) as i16 as u64),
-            Lw => wr!(tri!(mem.load::<4>(core, rs1.wrapping_add(imm))) as i32 as u64),
-            Ld => wr!(tri!(mem.load::<8>(core, rs1.wrapping_add(imm)))),
-            Lbu => wr!(tri!(mem.load::<1>(core, rs1.wrapping_add(imm)))),
-            Lhu => wr!(tri!(mem.load::<2>(core, rs1.wrapping_add(imm)))),
-            Lwu => wr!(tri!(mem.load::<4>(core, rs1.wrapping_add(imm)))),
-            Sb => tri!(mem.store::<1>(core, rs1.wrapping_add(imm), rs2)),
-            Sh => tri!(mem.store::<2>(core, rs1.wrapping_add(imm), rs2)),
-            Sw => tri!(mem.store::<4>(core, rs1.wrapping_add(imm), rs2)),
-            Sd => tri!(mem.store::<8>(core, rs1.wrapping_add(imm), rs2)),
-            Addi => wr!(rs1.wrapping_add(imm)),
-            Slti => wr!(((rs1 as i64) < (imm as i64)) as u64),
-            Sltiu => wr!((rs1 < imm) as u64),
-            Xori => wr!(rs1 ^ imm),
-            Ori => wr!(rs1 | imm),
-            Andi => wr!(rs1 & imm),
-            Slli => wr!(rs1 << (imm & 63)),
-            Srli => wr!(rs1 >> (imm & 63)),
-            Srai => wr!(((rs1 as i64) >> (imm & 63)) as u64),
-            Add => wr!(rs1.wrapping_add(rs2)),
-            Sub => wr!(rs1.wrapping_sub(rs2)),
-            Sll => wr!(rs1 << (rs2 & 63)),
-            Slt => wr!(((rs1 as i64) < (rs2 as i64)) as u64),
-            Sltu => wr!((rs1 < rs2) as u64),
-            Xor => wr!(rs1 ^ rs2),
-            Srl => wr!(rs1 >> (rs2 & 63)),
-            Sra => wr!(((rs1 as i64) >> (rs2 & 63)) as u64),
-            Or => wr!(rs1 | rs2),
-            And => wr!(rs1 & rs2),
-            Addiw => wr!(sx32(rs1.wrapping_add(imm))),
-            Slliw => wr!(sx32(((rs1 as u32) << (imm & 31)) as u64)),
-            Srliw => wr!(sx32(((rs1 as u32) >> (imm & 31)) as u64)),
-            Sraiw => wr!(((rs1 as i32) >> (imm & 31)) as i64 as u64),
-            Addw => wr!(sx32(rs1.wrapping_add(rs2))),
-            Subw => wr!(sx32(rs1.wrapping_sub(rs2))),
-            Sllw => wr!(sx32(((rs1 as u32) << (rs2 & 31)) as u64)),
-            Srlw => wr!(sx32(((rs1 as u32) >> (rs2 & 31)) as u64)),
-            Sraw => wr!(((rs1 as i32) >> (rs2 & 31)) as i64 as u64),
+            Beq => branch!(rs1!() == rs2!()),
+            Bne => branch!(rs1!() != rs2!()),
+            Blt => branch!((rs1!() as i64) < (rs2!() as i64)),
+            Bge => branch!((rs1!() as i64) >= (rs2!() as i64)),
+            Bltu => branch!(rs1!() < rs2!()),
+            Bgeu => branch!(rs1!() >= rs2!()),
+            Lb => wr!(tri!(mem.load::<1>(core, rs1!().wrapping_add(imm!()))) as i8 as u64),
+            Lh => wr!(tri!(mem.load::<2>(core, rs1!().wrapping_add(imm!()))) as i16 as u64),
+            Lw => wr!(tri!(mem.load::<4>(core, rs1!().wrapping_add(imm!()))) as i32 as u64),
+            Ld => wr!(tri!(mem.load::<8>(core, rs1!().wrapping_add(imm!())))),
+            Lbu => wr!(tri!(mem.load::<1>(core, rs1!().wrapping_add(imm!())))),
+            Lhu => wr!(tri!(mem.load::<2>(core, rs1!().wrapping_add(imm!())))),
+            Lwu => wr!(tri!(mem.load::<4>(core, rs1!().wrapping_add(imm!())))),
+            Sb => tri!(mem.store::<1>(core, rs1!().wrapping_add(imm!()), rs2!())),
+            Sh => tri!(mem.store::<2>(core, rs1!().wrapping_add(imm!()), rs2!())),
+            Sw => tri!(mem.store::<4>(core, rs1!().wrapping_add(imm!()), rs2!())),
+            Sd => tri!(mem.store::<8>(core, rs1!().wrapping_add(imm!()), rs2!())),
+            Addi => wr!(rs1!().wrapping_add(imm!())),
+            Slti => wr!(((rs1!() as i64) < (imm!() as i64)) as u64),
+            Sltiu => wr!((rs1!() < imm!()) as u64),
+            Xori => wr!(rs1!() ^ imm!()),
+            Ori => wr!(rs1!() | imm!()),
+            Andi => wr!(rs1!() & imm!()),
+            Slli => wr!(rs1!() << (imm!() & 63)),
+            Srli => wr!(rs1!() >> (imm!() & 63)),
+            Srai => wr!(((rs1!() as i64) >> (imm!() & 63)) as u64),
+            Add => wr!(rs1!().wrapping_add(rs2!())),
+            Sub => wr!(rs1!().wrapping_sub(rs2!())),
+            Sll => wr!(rs1!() << (rs2!() & 63)),
+            Slt => wr!(((rs1!() as i64) < (rs2!() as i64)) as u64),
+            Sltu => wr!((rs1!() < rs2!()) as u64),
+            Xor => wr!(rs1!() ^ rs2!()),
+            Srl => wr!(rs1!() >> (rs2!() & 63)),
+            Sra => wr!(((rs1!() as i64) >> (rs2!() & 63)) as u64),
+            Or => wr!(rs1!() | rs2!()),
+            And => wr!(rs1!() & rs2!()),
+            Addiw => wr!(sx32(rs1!().wrapping_add(imm!()))),
+            Slliw => wr!(sx32(((rs1!() as u32) << (imm!() & 31)) as u64)),
+            Srliw => wr!(sx32(((rs1!() as u32) >> (imm!() & 31)) as u64)),
+            Sraiw => wr!(((rs1!() as i32) >> (imm!() & 31)) as i64 as u64),
+            Addw => wr!(sx32(rs1!().wrapping_add(rs2!()))),
+            Subw => wr!(sx32(rs1!().wrapping_sub(rs2!()))),
+            Sllw => wr!(sx32(((rs1!() as u32) << (rs2!() & 31)) as u64)),
+            Srlw => wr!(sx32(((rs1!() as u32) >> (rs2!() & 31)) as u64)),
+            Sraw => wr!(((rs1!() as i32) >> (rs2!() & 31)) as i64 as u64),
             Fence => {}
             FenceI => {
                 core.code_dirty = true;
                 core.recheck = true;
-                return Ok(next);
+                return Ok(next!());
             }
             Ecall => trap!(Trap {
                 cause: match core.prv {
@@ -310,7 +357,7 @@ fn exec_block<M: Mem>(
             }),
             Ebreak => trap!(Trap {
                 cause: cause::BREAKPOINT,
-                tval: pc,
+                tval: pc!(),
             }),
             Mret => {
                 if core.user_only {
@@ -318,7 +365,7 @@ fn exec_block<M: Mem>(
                 }
                 return match core.do_mret() {
                     Ok(t) => Ok(t),
-                    Err(t) => Err((t, pc, n)),
+                    Err(t) => Err((t, pc!(), n)),
                 };
             }
             Sret => {
@@ -327,7 +374,7 @@ fn exec_block<M: Mem>(
                 }
                 return match core.do_sret() {
                     Ok(t) => Ok(t),
-                    Err(t) => Err((t, pc, n)),
+                    Err(t) => Err((t, pc!(), n)),
                 };
             }
             Wfi => {
@@ -340,7 +387,7 @@ fn exec_block<M: Mem>(
                 }
                 core.wfi = true;
                 core.recheck = true;
-                return Ok(next);
+                return Ok(next!());
             }
             SfenceVma => {
                 use crate::hart::mstatus;
@@ -352,16 +399,16 @@ fn exec_block<M: Mem>(
                 }
                 core.tlb_dirty = true;
                 core.recheck = true;
-                return Ok(next);
+                return Ok(next!());
             }
             Csrrw | Csrrs | Csrrc | Csrrwi | Csrrsi | Csrrci => {
                 let n16 = i.imm as u16;
                 let src = if matches!(i.kind, Csrrw | Csrrs | Csrrc) {
-                    rs1
+                    rs1!()
                 } else {
                     i.rs1 as u64
                 };
-                // csrrw with rd=x0 does not read; csrrs/c with rs1=x0 do not write.
+                // csrrw with rd=x0 does not read; csrrs/c with rs1!()=x0 do not write.
                 let writes = matches!(i.kind, Csrrw | Csrrwi) || i.rs1 != 0;
                 let reads = !(matches!(i.kind, Csrrw | Csrrwi) && i.rd == crate::decode::ZERO_SINK);
                 // Counters: retire the block's earlier instructions now so a
@@ -396,73 +443,73 @@ fn exec_block<M: Mem>(
                 let retired = n as u64 + counter_written as u64;
                 core.instret = core.instret.wrapping_sub(retired);
                 wr!(old);
-                return Ok(next);
+                return Ok(next!());
             }
-            Mul => wr!(rs1.wrapping_mul(rs2)),
-            Mulh => wr!(((rs1 as i64 as i128 * rs2 as i64 as i128) >> 64) as u64),
-            Mulhsu => wr!(((rs1 as i64 as i128).wrapping_mul(rs2 as i128) >> 64) as u64),
-            Mulhu => wr!(((rs1 as u128 * rs2 as u128) >> 64) as u64),
-            Div => wr!(if rs2 == 0 {
+            Mul => wr!(rs1!().wrapping_mul(rs2!())),
+            Mulh => wr!(((rs1!() as i64 as i128 * rs2!() as i64 as i128) >> 64) as u64),
+            Mulhsu => wr!(((rs1!() as i64 as i128).wrapping_mul(rs2!() as i128) >> 64) as u64),
+            Mulhu => wr!(((rs1!() as u128 * rs2!() as u128) >> 64) as u64),
+            Div => wr!(if rs2!() == 0 {
                 u64::MAX
             } else {
-                (rs1 as i64).wrapping_div(rs2 as i64) as u64
+                (rs1!() as i64).wrapping_div(rs2!() as i64) as u64
             }),
-            Divu => wr!(rs1.checked_div(rs2).unwrap_or(u64::MAX)),
-            Rem => wr!(if rs2 == 0 {
-                rs1
+            Divu => wr!(rs1!().checked_div(rs2!()).unwrap_or(u64::MAX)),
+            Rem => wr!(if rs2!() == 0 {
+                rs1!()
             } else {
-                (rs1 as i64).wrapping_rem(rs2 as i64) as u64
+                (rs1!() as i64).wrapping_rem(rs2!() as i64) as u64
             }),
-            Remu => wr!(if rs2 == 0 { rs1 } else { rs1 % rs2 }),
-            Mulw => wr!(sx32(rs1.wrapping_mul(rs2))),
-            Divw => wr!(if rs2 as u32 == 0 {
+            Remu => wr!(if rs2!() == 0 { rs1!() } else { rs1!() % rs2!() }),
+            Mulw => wr!(sx32(rs1!().wrapping_mul(rs2!()))),
+            Divw => wr!(if rs2!() as u32 == 0 {
                 u64::MAX
             } else {
-                (rs1 as i32).wrapping_div(rs2 as i32) as i64 as u64
+                (rs1!() as i32).wrapping_div(rs2!() as i32) as i64 as u64
             }),
-            Divuw => wr!((rs1 as u32)
-                .checked_div(rs2 as u32)
+            Divuw => wr!((rs1!() as u32)
+                .checked_div(rs2!() as u32)
                 .map_or(u64::MAX, |q| sx32(q as u64))),
-            Remw => wr!(if rs2 as u32 == 0 {
-                sx32(rs1)
+            Remw => wr!(if rs2!() as u32 == 0 {
+                sx32(rs1!())
             } else {
-                (rs1 as i32).wrapping_rem(rs2 as i32) as i64 as u64
+                (rs1!() as i32).wrapping_rem(rs2!() as i32) as i64 as u64
             }),
-            Remuw => wr!(if rs2 as u32 == 0 {
-                sx32(rs1)
+            Remuw => wr!(if rs2!() as u32 == 0 {
+                sx32(rs1!())
             } else {
-                sx32(((rs1 as u32) % (rs2 as u32)) as u64)
+                sx32(((rs1!() as u32) % (rs2!() as u32)) as u64)
             }),
             LrW => {
-                let p = tri!(mem.atomic::<4>(core, rs1, false));
+                let p = tri!(mem.atomic::<4>(core, rs1!(), false));
                 // SAFETY: aligned host pointer to guest RAM (see `amo!`).
                 let v = unsafe { AtomicU32::from_ptr(p.cast()) }.load(Ordering::SeqCst);
-                core.res_addr = rs1;
+                core.res_addr = rs1!();
                 core.res_val = v as u64;
                 wr!(sx32(v as u64));
             }
             LrD => {
-                let p = tri!(mem.atomic::<8>(core, rs1, false));
+                let p = tri!(mem.atomic::<8>(core, rs1!(), false));
                 // SAFETY: aligned host pointer to guest RAM (see `amo!`).
                 let v = unsafe { AtomicU64::from_ptr(p.cast()) }.load(Ordering::SeqCst);
-                core.res_addr = rs1;
+                core.res_addr = rs1!();
                 core.res_val = v;
                 wr!(v);
             }
             ScW => {
-                if rs1 & 3 != 0 {
+                if rs1!() & 3 != 0 {
                     trap!(Trap {
                         cause: cause::STORE_MISALIGNED,
-                        tval: rs1
+                        tval: rs1!()
                     });
                 }
-                let ok = if core.res_addr == rs1 {
-                    let p = tri!(mem.atomic::<4>(core, rs1, true));
+                let ok = if core.res_addr == rs1!() {
+                    let p = tri!(mem.atomic::<4>(core, rs1!(), true));
                     // SAFETY: aligned host pointer to guest RAM (see `amo!`).
                     unsafe { AtomicU32::from_ptr(p.cast()) }
                         .compare_exchange(
                             core.res_val as u32,
-                            rs2 as u32,
+                            rs2!() as u32,
                             Ordering::SeqCst,
                             Ordering::SeqCst,
                         )
@@ -474,17 +521,17 @@ fn exec_block<M: Mem>(
                 wr!(!ok as u64);
             }
             ScD => {
-                if rs1 & 7 != 0 {
+                if rs1!() & 7 != 0 {
                     trap!(Trap {
                         cause: cause::STORE_MISALIGNED,
-                        tval: rs1
+                        tval: rs1!()
                     });
                 }
-                let ok = if core.res_addr == rs1 {
-                    let p = tri!(mem.atomic::<8>(core, rs1, true));
+                let ok = if core.res_addr == rs1!() {
+                    let p = tri!(mem.atomic::<8>(core, rs1!(), true));
                     // SAFETY: aligned host pointer to guest RAM (see `amo!`).
                     unsafe { AtomicU64::from_ptr(p.cast()) }
-                        .compare_exchange(core.res_val, rs2, Ordering::SeqCst, Ordering::SeqCst)
+                        .compare_exchange(core.res_val, rs2!(), Ordering::SeqCst, Ordering::SeqCst)
                         .is_ok()
                 } else {
                     false
@@ -492,48 +539,60 @@ fn exec_block<M: Mem>(
                 core.res_addr = u64::MAX;
                 wr!(!ok as u64);
             }
-            AmoSwapW => amo!(4, AtomicU32, swap, rs2 as u32, |v: u32| sx32(v as u64)),
-            AmoAddW => amo!(4, AtomicU32, fetch_add, rs2 as u32, |v: u32| sx32(v as u64)),
-            AmoXorW => amo!(4, AtomicU32, fetch_xor, rs2 as u32, |v: u32| sx32(v as u64)),
-            AmoAndW => amo!(4, AtomicU32, fetch_and, rs2 as u32, |v: u32| sx32(v as u64)),
-            AmoOrW => amo!(4, AtomicU32, fetch_or, rs2 as u32, |v: u32| sx32(v as u64)),
-            AmoMinW => amo!(4, AtomicI32, fetch_min, rs2 as i32, |v: i32| v as i64
+            AmoSwapW => amo!(4, AtomicU32, swap, rs2!() as u32, |v: u32| sx32(v as u64)),
+            AmoAddW => amo!(4, AtomicU32, fetch_add, rs2!() as u32, |v: u32| sx32(
+                v as u64
+            )),
+            AmoXorW => amo!(4, AtomicU32, fetch_xor, rs2!() as u32, |v: u32| sx32(
+                v as u64
+            )),
+            AmoAndW => amo!(4, AtomicU32, fetch_and, rs2!() as u32, |v: u32| sx32(
+                v as u64
+            )),
+            AmoOrW => amo!(4, AtomicU32, fetch_or, rs2!() as u32, |v: u32| sx32(
+                v as u64
+            )),
+            AmoMinW => amo!(4, AtomicI32, fetch_min, rs2!() as i32, |v: i32| v as i64
                 as u64),
-            AmoMaxW => amo!(4, AtomicI32, fetch_max, rs2 as i32, |v: i32| v as i64
+            AmoMaxW => amo!(4, AtomicI32, fetch_max, rs2!() as i32, |v: i32| v as i64
                 as u64),
-            AmoMinuW => amo!(4, AtomicU32, fetch_min, rs2 as u32, |v: u32| sx32(v as u64)),
-            AmoMaxuW => amo!(4, AtomicU32, fetch_max, rs2 as u32, |v: u32| sx32(v as u64)),
-            AmoSwapD => amo!(8, AtomicU64, swap, rs2, |v: u64| v),
-            AmoAddD => amo!(8, AtomicU64, fetch_add, rs2, |v: u64| v),
-            AmoXorD => amo!(8, AtomicU64, fetch_xor, rs2, |v: u64| v),
-            AmoAndD => amo!(8, AtomicU64, fetch_and, rs2, |v: u64| v),
-            AmoOrD => amo!(8, AtomicU64, fetch_or, rs2, |v: u64| v),
-            AmoMinD => amo!(8, AtomicI64, fetch_min, rs2 as i64, |v: i64| v as u64),
-            AmoMaxD => amo!(8, AtomicI64, fetch_max, rs2 as i64, |v: i64| v as u64),
-            AmoMinuD => amo!(8, AtomicU64, fetch_min, rs2, |v: u64| v),
-            AmoMaxuD => amo!(8, AtomicU64, fetch_max, rs2, |v: u64| v),
+            AmoMinuW => amo!(4, AtomicU32, fetch_min, rs2!() as u32, |v: u32| sx32(
+                v as u64
+            )),
+            AmoMaxuW => amo!(4, AtomicU32, fetch_max, rs2!() as u32, |v: u32| sx32(
+                v as u64
+            )),
+            AmoSwapD => amo!(8, AtomicU64, swap, rs2!(), |v: u64| v),
+            AmoAddD => amo!(8, AtomicU64, fetch_add, rs2!(), |v: u64| v),
+            AmoXorD => amo!(8, AtomicU64, fetch_xor, rs2!(), |v: u64| v),
+            AmoAndD => amo!(8, AtomicU64, fetch_and, rs2!(), |v: u64| v),
+            AmoOrD => amo!(8, AtomicU64, fetch_or, rs2!(), |v: u64| v),
+            AmoMinD => amo!(8, AtomicI64, fetch_min, rs2!() as i64, |v: i64| v as u64),
+            AmoMaxD => amo!(8, AtomicI64, fetch_max, rs2!() as i64, |v: i64| v as u64),
+            AmoMinuD => amo!(8, AtomicU64, fetch_min, rs2!(), |v: u64| v),
+            AmoMaxuD => amo!(8, AtomicU64, fetch_max, rs2!(), |v: u64| v),
             // ---- F / D ----
             Flw => {
                 fp_on!();
-                let v = tri!(mem.load::<4>(core, rs1.wrapping_add(imm)));
+                let v = tri!(mem.load::<4>(core, rs1!().wrapping_add(imm!())));
                 fwr_s!(v as u32);
                 core.set_fs_dirty();
             }
             Fld => {
                 fp_on!();
-                let v = tri!(mem.load::<8>(core, rs1.wrapping_add(imm)));
+                let v = tri!(mem.load::<8>(core, rs1!().wrapping_add(imm!())));
                 fwr_d!(v);
                 core.set_fs_dirty();
             }
             Fsw => {
                 fp_on!();
                 let v = fd2!();
-                tri!(mem.store::<4>(core, rs1.wrapping_add(imm), v));
+                tri!(mem.store::<4>(core, rs1!().wrapping_add(imm!()), v));
             }
             Fsd => {
                 fp_on!();
                 let v = fd2!();
-                tri!(mem.store::<8>(core, rs1.wrapping_add(imm), v));
+                tri!(mem.store::<8>(core, rs1!().wrapping_add(imm!()), v));
             }
             FaddS => {
                 rm!();
@@ -682,13 +741,13 @@ fn exec_block<M: Mem>(
             FcvtSW | FcvtSWu | FcvtSL | FcvtSLu => {
                 rm!();
                 let k = i.kind as u8 - FcvtSW as u8;
-                fwr_s!(fpu::from_int_s(rs1, k));
+                fwr_s!(fpu::from_int_s(rs1!(), k));
                 fdone!();
             }
             FcvtDW | FcvtDWu | FcvtDL | FcvtDLu => {
                 rm!();
                 let k = i.kind as u8 - FcvtDW as u8;
-                fwr_d!(fpu::from_int_d(rs1, k));
+                fwr_d!(fpu::from_int_d(rs1!(), k));
                 fdone!();
             }
             FcvtSD => {
@@ -711,12 +770,12 @@ fn exec_block<M: Mem>(
             }
             FmvWX => {
                 fp_on!();
-                fwr_s!(rs1 as u32);
+                fwr_s!(rs1!() as u32);
                 core.set_fs_dirty();
             }
             FmvDX => {
                 fp_on!();
-                fwr_d!(rs1);
+                fwr_d!(rs1!());
                 core.set_fs_dirty();
             }
             FeqS | FltS | FleS => {
@@ -750,60 +809,66 @@ fn exec_block<M: Mem>(
                 wr!(fpu::class_d(fd1!()));
             }
             // ---- Zba ----
-            AddUw => wr!(rs2.wrapping_add(rs1 as u32 as u64)),
-            Sh1add => wr!(rs2.wrapping_add(rs1 << 1)),
-            Sh2add => wr!(rs2.wrapping_add(rs1 << 2)),
-            Sh3add => wr!(rs2.wrapping_add(rs1 << 3)),
-            Sh1addUw => wr!(rs2.wrapping_add((rs1 as u32 as u64) << 1)),
-            Sh2addUw => wr!(rs2.wrapping_add((rs1 as u32 as u64) << 2)),
-            Sh3addUw => wr!(rs2.wrapping_add((rs1 as u32 as u64) << 3)),
-            SlliUw => wr!((rs1 as u32 as u64) << (imm & 63)),
+            AddUw => wr!(rs2!().wrapping_add(rs1!() as u32 as u64)),
+            Sh1add => wr!(rs2!().wrapping_add(rs1!() << 1)),
+            Sh2add => wr!(rs2!().wrapping_add(rs1!() << 2)),
+            Sh3add => wr!(rs2!().wrapping_add(rs1!() << 3)),
+            Sh1addUw => wr!(rs2!().wrapping_add((rs1!() as u32 as u64) << 1)),
+            Sh2addUw => wr!(rs2!().wrapping_add((rs1!() as u32 as u64) << 2)),
+            Sh3addUw => wr!(rs2!().wrapping_add((rs1!() as u32 as u64) << 3)),
+            SlliUw => wr!((rs1!() as u32 as u64) << (imm!() & 63)),
             // ---- Zbb ----
-            Andn => wr!(rs1 & !rs2),
-            Orn => wr!(rs1 | !rs2),
-            Xnor => wr!(!(rs1 ^ rs2)),
-            Clz => wr!(rs1.leading_zeros() as u64),
-            Clzw => wr!((rs1 as u32).leading_zeros() as u64),
-            Ctz => wr!(rs1.trailing_zeros() as u64),
-            Ctzw => wr!((rs1 as u32).trailing_zeros() as u64),
-            Cpop => wr!(rs1.count_ones() as u64),
-            Cpopw => wr!((rs1 as u32).count_ones() as u64),
-            Max => wr!((rs1 as i64).max(rs2 as i64) as u64),
-            Maxu => wr!(rs1.max(rs2)),
-            Min => wr!((rs1 as i64).min(rs2 as i64) as u64),
-            Minu => wr!(rs1.min(rs2)),
-            SextB => wr!(rs1 as i8 as i64 as u64),
-            SextH => wr!(rs1 as i16 as i64 as u64),
-            ZextH => wr!(rs1 as u16 as u64),
-            Rol => wr!(rs1.rotate_left((rs2 & 63) as u32)),
-            Rolw => wr!(sx32((rs1 as u32).rotate_left((rs2 & 31) as u32) as u64)),
-            Ror => wr!(rs1.rotate_right((rs2 & 63) as u32)),
-            Rori => wr!(rs1.rotate_right((imm & 63) as u32)),
-            Roriw => wr!(sx32((rs1 as u32).rotate_right((imm & 31) as u32) as u64)),
-            Rorw => wr!(sx32((rs1 as u32).rotate_right((rs2 & 31) as u32) as u64)),
+            Andn => wr!(rs1!() & !rs2!()),
+            Orn => wr!(rs1!() | !rs2!()),
+            Xnor => wr!(!(rs1!() ^ rs2!())),
+            Clz => wr!(rs1!().leading_zeros() as u64),
+            Clzw => wr!((rs1!() as u32).leading_zeros() as u64),
+            Ctz => wr!(rs1!().trailing_zeros() as u64),
+            Ctzw => wr!((rs1!() as u32).trailing_zeros() as u64),
+            Cpop => wr!(rs1!().count_ones() as u64),
+            Cpopw => wr!((rs1!() as u32).count_ones() as u64),
+            Max => wr!((rs1!() as i64).max(rs2!() as i64) as u64),
+            Maxu => wr!(rs1!().max(rs2!())),
+            Min => wr!((rs1!() as i64).min(rs2!() as i64) as u64),
+            Minu => wr!(rs1!().min(rs2!())),
+            SextB => wr!(rs1!() as i8 as i64 as u64),
+            SextH => wr!(rs1!() as i16 as i64 as u64),
+            ZextH => wr!(rs1!() as u16 as u64),
+            Rol => wr!(rs1!().rotate_left((rs2!() & 63) as u32)),
+            Rolw => wr!(sx32(
+                (rs1!() as u32).rotate_left((rs2!() & 31) as u32) as u64
+            )),
+            Ror => wr!(rs1!().rotate_right((rs2!() & 63) as u32)),
+            Rori => wr!(rs1!().rotate_right((imm!() & 63) as u32)),
+            Roriw => wr!(sx32(
+                (rs1!() as u32).rotate_right((imm!() & 31) as u32) as u64
+            )),
+            Rorw => wr!(sx32(
+                (rs1!() as u32).rotate_right((rs2!() & 31) as u32) as u64
+            )),
             OrcB => {
                 let mut r = 0u64;
                 for b in 0..8 {
-                    if (rs1 >> (b * 8)) & 0xff != 0 {
+                    if (rs1!() >> (b * 8)) & 0xff != 0 {
                         r |= 0xff << (b * 8);
                     }
                 }
                 wr!(r)
             }
-            Rev8 => wr!(rs1.swap_bytes()),
+            Rev8 => wr!(rs1!().swap_bytes()),
             // ---- Zbs ----
-            Bclr => wr!(rs1 & !(1u64 << (rs2 & 63))),
-            Bclri => wr!(rs1 & !(1u64 << (imm & 63))),
-            Bext => wr!((rs1 >> (rs2 & 63)) & 1),
-            Bexti => wr!((rs1 >> (imm & 63)) & 1),
-            Binv => wr!(rs1 ^ (1u64 << (rs2 & 63))),
-            Binvi => wr!(rs1 ^ (1u64 << (imm & 63))),
-            Bset => wr!(rs1 | (1u64 << (rs2 & 63))),
-            Bseti => wr!(rs1 | (1u64 << (imm & 63))),
+            Bclr => wr!(rs1!() & !(1u64 << (rs2!() & 63))),
+            Bclri => wr!(rs1!() & !(1u64 << (imm!() & 63))),
+            Bext => wr!((rs1!() >> (rs2!() & 63)) & 1),
+            Bexti => wr!((rs1!() >> (imm!() & 63)) & 1),
+            Binv => wr!(rs1!() ^ (1u64 << (rs2!() & 63))),
+            Binvi => wr!(rs1!() ^ (1u64 << (imm!() & 63))),
+            Bset => wr!(rs1!() | (1u64 << (rs2!() & 63))),
+            Bseti => wr!(rs1!() | (1u64 << (imm!() & 63))),
         }
-        pc = next;
     }
-    Ok(pc)
+    // Every block ends with a terminator or a BlockEnd sentinel.
+    Ok(start)
 }
 
 /// Decodes a block starting at `pc` using `fetch16(addr) -> Option<u16>`
@@ -818,20 +883,35 @@ fn decode_block(pc: u64, buf: &mut Vec<Insn>, mut fetch16: impl FnMut(u64) -> u1
         let lo = fetch16(a);
         let insn = if lo & 3 == 3 {
             if a + 4 > page_end {
-                return buf.is_empty();
+                if buf.is_empty() {
+                    return true;
+                }
+                push_end(buf, a - pc);
+                return false;
             }
             let hi = fetch16(a + 2);
             decode(lo as u32 | (hi as u32) << 16)
         } else {
             decode_c(lo)
         };
-        a += insn.len as u64;
+        let mut insn = insn;
+        insn.off = (a - pc) as u16;
+        a += insn.size() as u64;
         buf.push(insn);
         if insn.ends_block() {
-            break;
+            return false;
         }
     }
+    push_end(buf, a - pc);
     false
+}
+
+/// Appends the fall-through sentinel at byte offset `off`.
+fn push_end(buf: &mut Vec<Insn>, off: u64) {
+    let mut end = decode(0);
+    end.kind = Kind::BlockEnd;
+    end.off = off as u16;
+    buf.push(end);
 }
 
 impl Hart {
@@ -871,11 +951,12 @@ impl Hart {
                     }
                 },
             };
-            let insns = &engine.insns[block.start as usize..(block.start + block.count) as usize];
+            let first = block.start as usize;
+            let insns = &engine.insns[first..first + block.count as usize];
             match exec_block(core, &mut mem, insns, pc) {
                 Ok(next) => {
                     core.pc = next;
-                    core.instret += block.count as u64;
+                    core.instret += block.retire as u64;
                 }
                 Err((t, at, n)) => {
                     core.pc = at;
@@ -952,6 +1033,9 @@ impl Hart {
                             Ok(insn) => {
                                 buf.clear();
                                 buf.push(insn);
+                                if !insn.ends_block() {
+                                    push_end(&mut buf, insn.size() as u64);
+                                }
                             }
                             Err(t) => {
                                 core.take_trap(t);
@@ -967,15 +1051,18 @@ impl Hart {
                     }
                 }
             };
-            let insns = &engine.insns[block.start as usize..(block.start + block.count) as usize];
+            let first = block.start as usize;
+            let insns = &engine.insns[first..first + block.count as usize];
             let r = exec_block(core, &mut mem, insns, pc);
-            if let Some(e) = finish(core, &mut mem, r, block.count) {
+            if let Some(e) = finish(core, &mut mem, r, block.retire as u32) {
                 return e;
             }
         }
     }
 }
 
+#[cold]
+#[inline(never)]
 fn translate_user(space: &UserSpace, pc: u64, buf: &mut Vec<Insn>) -> Result<(), Trap> {
     let fetch_fault = |a: u64| Trap {
         cause: cause::FETCH_PAGE,
@@ -1005,7 +1092,11 @@ fn translate_user(space: &UserSpace, pc: u64, buf: &mut Vec<Insn>) -> Result<(),
                 | (base.add(next as usize).cast::<u16>().read_unaligned() as u32) << 16
         };
         buf.clear();
-        buf.push(decode(w));
+        let insn = decode(w);
+        buf.push(insn);
+        if !insn.ends_block() {
+            push_end(buf, 4);
+        }
     }
     Ok(())
 }
