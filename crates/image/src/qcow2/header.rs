@@ -424,6 +424,13 @@ impl Header {
     /// Serialises the header, its extensions and the backing file name into
     /// one cluster. Fails if they do not fit.
     pub fn serialize(&mut self) -> Result<Vec<u8>> {
+        // The feature name table is optional: QEMU leaves it out when the
+        // header cluster is too small (512-byte clusters with a backing file).
+        self.serialize_with(true)
+            .or_else(|_| self.serialize_with(false))
+    }
+
+    fn serialize_with(&mut self, feature_table: bool) -> Result<Vec<u8>> {
         let cs = self.cluster_size() as usize;
         let mut b = Vec::with_capacity(4096);
         let hl = if self.version >= 3 {
@@ -474,7 +481,7 @@ impl Header {
                 push_ext(&mut b, EXT_BACKING_FORMAT, f.as_bytes());
             }
         }
-        if self.version >= 3 {
+        if self.version >= 3 && feature_table {
             let mut table = Vec::new();
             for (ty, bit, name) in FEATURE_NAMES {
                 let mut e = [0u8; 48];

@@ -153,6 +153,9 @@ pub(crate) struct Meta {
     pub read_only: bool,
     /// Whether we set the dirty bit (lazy refcounts) and must clear it.
     pub dirty_marked: bool,
+    /// Bumped whenever a cluster is freed, so that the decompressed-cluster
+    /// cache never serves data of a reused location.
+    pub free_gen: u64,
 }
 
 pub(crate) struct Qcow2 {
@@ -170,9 +173,9 @@ pub(crate) struct Qcow2 {
     /// Shared by reads and writes, taken exclusively by operations that
     /// free clusters or restructure the image.
     gate: RwLock<()>,
-    /// Last decompressed cluster (L2 entry, data), for small reads of
-    /// compressed images.
-    zcache: Mutex<(u64, Vec<u8>)>,
+    /// Last decompressed cluster (L2 entry, free generation, data), for
+    /// small reads of compressed images.
+    zcache: Mutex<(u64, u64, Vec<u8>)>,
 }
 
 pub(crate) fn be64_at(b: &[u8], i: usize) -> u64 {
@@ -623,6 +626,7 @@ impl Qcow2 {
             ctail: 0,
             read_only: effective_ro,
             dirty_marked: false,
+            free_gen: 0,
         };
         meta.snapshots = meta.read_snapshots()?;
         if !effective_ro && meta.h.autoclear != 0 {
@@ -644,7 +648,7 @@ impl Qcow2 {
             backing_format,
             meta: Mutex::new(meta),
             gate: RwLock::new(()),
-            zcache: Mutex::new((0, Vec::new())),
+            zcache: Mutex::new((0, 0, Vec::new())),
         };
         {
             let mut m = q.lock();
@@ -733,7 +737,11 @@ impl Qcow2 {
         while pos < buf.len() {
             let off = offset + pos as u64;
             let want = (buf.len() - pos) as u64;
-            let (unit, len) = self.lock().map_extent(off, want)?;
+            let (unit, len, gen) = {
+                let mut m = self.lock();
+                let (u, l) = m.map_extent(off, want)?;
+                (u, l, m.free_gen)
+            };
             let len = len as usize;
             let chunk = &mut buf[pos..pos + len];
             match unit {
@@ -742,7 +750,7 @@ impl Qcow2 {
                 Unit::Unalloc => read_backing(self.backing(), chunk, off)?,
                 Unit::Compressed(e) => {
                     let in_cluster = (off & (self.g.cs - 1)) as usize;
-                    self.with_decompressed(e, |data| {
+                    self.with_decompressed(e, gen, |data| {
                         chunk.copy_from_slice(&data[in_cluster..in_cluster + len])
                     })?;
                 }
@@ -753,13 +761,13 @@ impl Qcow2 {
     }
 
     /// Runs `f` on the decompressed contents of the compressed cluster `e`.
-    fn with_decompressed(&self, e: u64, f: impl FnOnce(&[u8])) -> Result<()> {
+    fn with_decompressed(&self, e: u64, gen: u64, f: impl FnOnce(&[u8])) -> Result<()> {
         let mut z = self.zcache.lock().unwrap_or_else(|e| e.into_inner());
-        if z.0 != e || z.1.is_empty() {
+        if z.0 != e || z.1 != gen || z.2.is_empty() {
             let data = self.decompress_entry(e)?;
-            *z = (e, data);
+            *z = (e, gen, data);
         }
-        f(&z.1);
+        f(&z.2);
         Ok(())
     }
 
@@ -925,7 +933,7 @@ impl Qcow2 {
         m.mark_dirty()?;
         let size = m.snapshot_apply(id_or_name)?;
         self.size.store(size, Ordering::Relaxed);
-        *self.zcache.lock().unwrap_or_else(|e| e.into_inner()) = (0, Vec::new());
+        *self.zcache.lock().unwrap_or_else(|e| e.into_inner()) = (0, 0, Vec::new());
         Ok(())
     }
 

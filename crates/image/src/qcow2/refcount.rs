@@ -117,7 +117,12 @@ impl Meta {
         let bytes = block[lo..hi].to_vec();
         self.pwrite(&bytes, off + lo as u64)?;
         if v == 0 {
+            self.free_gen += 1;
             self.free_hint = self.free_hint.min(c);
+            if self.ctail != 0 && (self.ctail - 1) >> self.g.cb == c {
+                // The packing cluster went away; never pack into a reuse.
+                self.ctail = 0;
+            }
             // A freed table must not be served from the caches if the
             // cluster is reused for something else.
             let byte = c << self.g.cb;
@@ -228,7 +233,8 @@ impl Meta {
             let first = tail >> self.g.cb;
             let last = (tail + len - 1) >> self.g.cb;
             // The packed cluster must still be ours and the next ones free.
-            let mut ok = self.get_refcount(first)? > 0 && last - first <= 1;
+            let rc = self.get_refcount(first)?;
+            let mut ok = rc > 0 && rc < self.g.max_refcount() && last - first <= 1;
             if ok && last > first {
                 ok = self.get_refcount(last)? == 0;
             }

@@ -257,9 +257,8 @@ impl Meta {
                 self.l1[i] = want;
                 self.write_l1_entry(i)?;
             }
-            if rc != 1 {
-                continue;
-            }
+            // Also in shared tables: a later copy of the table must not
+            // carry COPIED on clusters it shares.
             let mut t = self.l2_table(l2off)?.clone();
             let mut changed = false;
             for j in 0..g.l2_entries() as usize {
