@@ -69,6 +69,8 @@ pub struct MachineConfig {
     pub output: Box<dyn Write + Send>,
     /// Where console input comes from (e.g. stdin), if anywhere.
     pub input: Option<RawFd>,
+    /// Stop the machine ([`StopReason::Timeout`]) after this long.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// Errors building or starting a machine. Messages name the problem.
@@ -680,6 +682,11 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome, MachineError> {
                 }
                 return Err(e);
             }
+        }
+    }
+    if let Some(t) = cfg.timeout {
+        if power.wait_timeout(t).is_none() {
+            power.stop(StopReason::Timeout);
         }
     }
     let reason = power.wait();

@@ -17,6 +17,8 @@ pub enum StopReason {
     Reset,
     /// The user pressed Ctrl-A x.
     Quit,
+    /// The run's time limit passed.
+    Timeout,
     /// The emulation cannot continue (a hart fault the guest cannot see).
     Fatal(String),
 }

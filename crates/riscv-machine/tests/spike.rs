@@ -78,6 +78,7 @@ fn spike(program: &str, harts: usize) -> (StopReason, String) {
         rng: false,
         output: Box::new(sink.clone()),
         input: None,
+        timeout: Some(std::time::Duration::from_secs(60)),
     })
     .unwrap();
     let text = String::from_utf8_lossy(&sink.0.lock().unwrap()).into_owned();
@@ -130,6 +131,7 @@ fn foreign_programs_are_refused() {
         rng: false,
         output: Box::new(std::io::sink()),
         input: None,
+        timeout: Some(std::time::Duration::from_secs(60)),
     })
     .unwrap_err()
     .to_string();

@@ -61,6 +61,9 @@ pub struct RunArgs {
     /// RAM size: bytes, or with a K, M or G suffix
     #[arg(long, default_value = "512M")]
     mem: String,
+    /// Stop the guest after this many seconds (exit status 124)
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<u64>,
 }
 
 pub fn main(args: Args) -> anyhow::Result<i32> {
@@ -138,6 +141,10 @@ pub fn exit_status(reason: &StopReason) -> i32 {
             1
         }
         StopReason::Quit => 0,
+        StopReason::Timeout => {
+            eprintln!("virtkit: the guest did not stop within the timeout");
+            124
+        }
         StopReason::Fatal(m) => {
             eprintln!("virtkit: {m}");
             1
@@ -170,6 +177,15 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         .iter()
         .map(|d| open_disk(d))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // Like `virtkit run`, a kernel panic reboots (and so ends the run with
+    // an error) unless the command line says otherwise.
+    let mut append = a.append.clone();
+    if !append.split_whitespace().any(|w| w.starts_with("panic=")) {
+        if !append.is_empty() {
+            append.push(' ');
+        }
+        append.push_str("panic=-1");
+    }
     let board = match a.machine {
         MachineArg::Virt => BoardKind::Virt,
         MachineArg::Spike => BoardKind::Spike,
@@ -181,12 +197,13 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         kernel_name: a.kernel.display().to_string(),
         kernel,
         initrd,
-        append: a.append,
+        append,
         firmware,
         disks,
         rng: board == BoardKind::Virt,
         output: Box::new(std::io::stdout()),
         input: Some(0),
+        timeout: a.timeout.map(std::time::Duration::from_secs),
     };
     let outcome = {
         // Raw mode only while the machine runs; the guard restores the
