@@ -162,8 +162,8 @@ pub fn run(backend: &dyn BlockBackend, params: &BenchParams) -> Result<Duration,
                     let offset = params.request_offset(n, size);
                     let result = if params.write {
                         backend.write_at(&buf, offset).and_then(|()| {
-                            let interval_hit =
-                                params.flush_interval != 0 && (n + 1).is_multiple_of(params.flush_interval);
+                            let interval_hit = params.flush_interval != 0
+                                && (n + 1).is_multiple_of(params.flush_interval);
                             if params.writethrough || interval_hit {
                                 backend.flush()
                             } else {
