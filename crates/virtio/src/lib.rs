@@ -45,6 +45,34 @@
 //! be thread-safe). A device reset (status 0), [`MmioTransport::shutdown`] or
 //! dropping the transport stops and joins the worker after the request it is
 //! working on; nothing is left running.
+//!
+//! # Hostile guests
+//!
+//! Everything in guest memory is untrusted. `virtio-queue` bounds chain
+//! walks by the queue size (65535 for indirect tables) and checks ring
+//! placement; on top of that every device
+//!
+//! * checks each descriptor's whole range against guest memory before use
+//!   and refuses chains with readable descriptors after writable ones,
+//! * caps descriptors per chain and bytes per request with named constants
+//!   ([`SEG_MAX`], [`MAX_REQUEST_BYTES`], [`MAX_DISCARD_SEGMENTS`],
+//!   [`MAX_RNG_BYTES_PER_REQUEST`], [`MAX_TX_CHAIN_BYTES`]) and copies
+//!   through fixed bounce buffers, so no guest value sizes a host allocation,
+//! * answers a bad block request with VIRTIO_BLK_S_IOERR / UNSUPP (short
+//!   header, sectors beyond the capacity or overflowing, partial sectors,
+//!   writes to a read-only disk), and a chain with no room for a status
+//!   byte with a zero-length completion,
+//! * sets DEVICE_NEEDS_RESET (and raises a configuration interrupt) when
+//!   the rings themselves are broken (an available index running more than
+//!   a queue ahead, a head index beyond the queue), then ignores the queue
+//!   until the driver resets the device.
+//!
+//! `crates/virtio/fuzz` has two cargo-fuzz targets: `queues` (arbitrary
+//! descriptor tables and requests for every device) and `mmio` (arbitrary
+//! register traffic, including activation). Run them with
+//! `RUSTC_BOOTSTRAP=1 cargo fuzz run queues --fuzz-dir crates/virtio/fuzz`
+//! after seeding: `cargo run --manifest-path crates/virtio/fuzz/Cargo.toml
+//! --bin write-seeds -- crates/virtio/fuzz/corpus`.
 
 mod blk;
 mod console;
