@@ -1,1 +1,29 @@
-//! container: see ../../README.md and ../shared/DESIGN.md.
+//! container: an OCI runtime (runtime-spec 1.x) with runc's command line.
+//!
+//! The logic lives here (like youki's libcontainer); the binaries
+//! `virtkit ctr` and `virtkit-runc` only parse arguments with [`cli`] and
+//! call [`cli::run`].
+//!
+//! - [`spec`]: config.json, with errors naming the field
+//! - [`runtime`]: create/start/run/exec/kill/delete/...
+//! - [`rootfs`]: mounts, /dev, pivot_root, masked and read-only paths
+//! - [`process`]: user, capabilities, rlimits, no_new_privs, exec
+//! - [`seccomp`]: the spec's filter compiled to classic BPF
+//! - [`cgroups`]: v1 and v2 behind one trait
+//! - [`hooks`], [`tty`], [`state`], [`memfd`]
+
+pub mod cgroups;
+pub mod cli;
+pub mod error;
+pub mod hooks;
+pub mod memfd;
+pub mod process;
+pub mod rootfs;
+pub mod runtime;
+pub mod seccomp;
+pub mod spec;
+pub mod state;
+mod sync;
+pub mod tty;
+
+pub use error::{Error, Result};

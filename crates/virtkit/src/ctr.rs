@@ -1,13 +1,9 @@
-//! `virtkit ctr`: placeholder until its issue lands; owned by its issue's work.
+//! `virtkit ctr`: the OCI runtime with runc's command line (the same
+//! definitions as `virtkit-runc`, from the container crate).
 
-/// Arguments of `virtkit ctr`.
-#[derive(clap::Args)]
-pub struct Args {
-    /// Arguments (not parsed yet)
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    rest: Vec<String>,
-}
+/// Arguments of `virtkit ctr`: runc's global flags and subcommands.
+pub use container::cli::RuncArgs as Args;
 
-pub fn main(_args: Args) -> anyhow::Result<i32> {
-    anyhow::bail!("`virtkit ctr` is not available in this build yet")
+pub fn main(args: Args) -> anyhow::Result<i32> {
+    Ok(container::cli::run(args))
 }

@@ -1,7 +1,9 @@
 //! `virtkit-runc`: runc's command line at top level, a thin entry into the
 //! same code as `virtkit ctr`, for `podman --runtime` and containerd's shim.
 
+use clap::Parser;
+
 fn main() {
-    eprintln!("virtkit-runc: not available in this build yet");
-    std::process::exit(1);
+    let cli = container::cli::RuncCli::parse();
+    std::process::exit(container::cli::run(cli.args));
 }

@@ -1,0 +1,324 @@
+//! The container process: user, capabilities, rlimits, no_new_privs,
+//! seccomp, environment, and the final execve. Shared by `create` (the
+//! container's init) and `exec`.
+
+use crate::error::{spec_err, Context, Error, Result};
+use caps::{CapSet, Capability, CapsHashSet};
+use nix::sys::resource::{setrlimit, Resource};
+use nix::sys::signal::{SigSet, SigmaskHow};
+use oci_spec::runtime::{LinuxCapabilities, PosixRlimitType, Process};
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Everything execve needs, resolved before the process drops privileges.
+pub struct Prepared {
+    pub path: CString,
+    pub argv: Vec<CString>,
+    pub env: Vec<CString>,
+}
+
+fn c(s: &str, field: &str) -> Result<CString> {
+    CString::new(s).map_err(|_| spec_err(field, format!("{s:?} contains a NUL byte")))
+}
+
+/// The environment with HOME filled in (from the container's /etc/passwd,
+/// as runc does) when the spec does not set it.
+fn environment(p: &Process) -> Vec<String> {
+    let mut env: Vec<String> = p.env().clone().unwrap_or_default();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        let uid = p.user().uid();
+        let home = std::fs::read_to_string("/etc/passwd")
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    let f: Vec<&str> = l.split(':').collect();
+                    (f.len() >= 6 && f[2].parse() == Ok(uid)).then(|| f[5].to_string())
+                })
+            })
+            .unwrap_or_else(|| "/".into());
+        env.push(format!("HOME={home}"));
+    }
+    env
+}
+
+/// Find args[0] like execvp, in the container's filesystem (call after
+/// pivot_root or setns into the container's mount namespace).
+pub fn prepare(p: &Process) -> Result<Prepared> {
+    let args = p
+        .args()
+        .as_ref()
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| spec_err("process.args", "missing or empty"))?;
+    let env = environment(p);
+    let exe = &args[0];
+    let path = if exe.contains('/') {
+        PathBuf::from(exe)
+    } else {
+        let search = env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or(DEFAULT_PATH);
+        search
+            .split(':')
+            .map(|d| Path::new(d).join(exe))
+            .find(|c| is_executable(c))
+            .ok_or_else(|| {
+                Error::Child(format!(
+                    "exec: {exe:?}: executable file not found in $PATH"
+                ))
+            })?
+    };
+    let cwd_rel = p.cwd();
+    let full = if path.is_absolute() {
+        path.clone()
+    } else {
+        cwd_rel.join(&path)
+    };
+    if !is_executable(&full) {
+        return Err(Error::Child(format!(
+            "exec: {}: no such executable file",
+            path.display()
+        )));
+    }
+    Ok(Prepared {
+        path: CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| spec_err("process.args[0]", "contains a NUL byte"))?,
+        argv: args
+            .iter()
+            .enumerate()
+            .map(|(i, a)| c(a, &format!("process.args[{i}]")))
+            .collect::<Result<_>>()?,
+        env: env
+            .iter()
+            .enumerate()
+            .map(|(i, e)| c(e, &format!("process.env[{i}]")))
+            .collect::<Result<_>>()?,
+    })
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn rlimit_resource(t: PosixRlimitType) -> Option<Resource> {
+    use PosixRlimitType as T;
+    Some(match t {
+        T::RlimitCpu => Resource::RLIMIT_CPU,
+        T::RlimitFsize => Resource::RLIMIT_FSIZE,
+        T::RlimitData => Resource::RLIMIT_DATA,
+        T::RlimitStack => Resource::RLIMIT_STACK,
+        T::RlimitCore => Resource::RLIMIT_CORE,
+        T::RlimitRss => Resource::RLIMIT_RSS,
+        T::RlimitNproc => Resource::RLIMIT_NPROC,
+        T::RlimitNofile => Resource::RLIMIT_NOFILE,
+        T::RlimitMemlock => Resource::RLIMIT_MEMLOCK,
+        T::RlimitAs => Resource::RLIMIT_AS,
+        T::RlimitLocks => Resource::RLIMIT_LOCKS,
+        T::RlimitSigpending => Resource::RLIMIT_SIGPENDING,
+        T::RlimitMsgqueue => Resource::RLIMIT_MSGQUEUE,
+        T::RlimitNice => Resource::RLIMIT_NICE,
+        T::RlimitRtprio => Resource::RLIMIT_RTPRIO,
+        T::RlimitRttime => Resource::RLIMIT_RTTIME,
+        #[allow(unreachable_patterns)]
+        _ => return None,
+    })
+}
+
+/// rlimits and oom_score_adj: done while still privileged.
+pub fn apply_limits(p: &Process) -> Result<()> {
+    for (i, r) in p.rlimits().iter().flatten().enumerate() {
+        let res = rlimit_resource(r.typ())
+            .ok_or_else(|| spec_err(format!("process.rlimits[{i}].type"), "unknown"))?;
+        setrlimit(res, r.soft(), r.hard()).map_err(|e| {
+            spec_err(
+                format!("process.rlimits[{i}]"),
+                format!(
+                    "setting {:?} to soft {} hard {}: {e} (the host's hard limit may be lower)",
+                    r.typ(),
+                    r.soft(),
+                    r.hard()
+                ),
+            )
+        })?;
+    }
+    if let Some(adj) = p.oom_score_adj() {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .ctx(|| format!("process.oomScoreAdj {adj}"))?;
+    }
+    Ok(())
+}
+
+fn cap_set(set: &Option<oci_spec::runtime::Capabilities>, field: &str) -> Result<CapsHashSet> {
+    let mut out = CapsHashSet::new();
+    for c in set.iter().flatten() {
+        let name = serde_json::to_value(c)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        match Capability::from_str(&name) {
+            Ok(cap) => {
+                // Capabilities newer than the running kernel are skipped,
+                // as runc does.
+                if caps::all().contains(&cap) && cap.index() <= caps::runtime::thread_all_supported().iter().map(|c| c.index()).max().unwrap_or(40) {
+                    out.insert(cap);
+                }
+            }
+            Err(_) => return Err(spec_err(field, format!("unknown capability {name:?}"))),
+        }
+    }
+    Ok(out)
+}
+
+struct CapSets {
+    bounding: CapsHashSet,
+    effective: CapsHashSet,
+    permitted: CapsHashSet,
+    inheritable: CapsHashSet,
+    ambient: CapsHashSet,
+}
+
+fn cap_sets(c: &LinuxCapabilities) -> Result<CapSets> {
+    Ok(CapSets {
+        bounding: cap_set(c.bounding(), "process.capabilities.bounding")?,
+        effective: cap_set(c.effective(), "process.capabilities.effective")?,
+        permitted: cap_set(c.permitted(), "process.capabilities.permitted")?,
+        inheritable: cap_set(c.inheritable(), "process.capabilities.inheritable")?,
+        ambient: cap_set(c.ambient(), "process.capabilities.ambient")?,
+    })
+}
+
+/// Switch to the spec's user and capability sets, set no_new_privs, umask
+/// and cwd, install seccomp at the right moment, and execve. Only returns
+/// on failure.
+pub fn finalize_and_exec(
+    p: &Process,
+    prep: &Prepared,
+    seccomp: Option<&crate::seccomp::Program>,
+    preserve_fds: u32,
+) -> Error {
+    match finalize(p, seccomp, preserve_fds) {
+        Ok(()) => {}
+        Err(e) => return e,
+    }
+    let argv: Vec<*const libc::c_char> = prep
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp: Vec<*const libc::c_char> = prep
+        .env
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    // SAFETY: argv and envp are NULL-terminated arrays of pointers to
+    // NUL-terminated strings that live until execve returns (on failure).
+    unsafe { libc::execve(prep.path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    Error::Child(format!(
+        "exec {:?}: {}",
+        prep.path,
+        std::io::Error::last_os_error()
+    ))
+}
+
+fn finalize(p: &Process, seccomp: Option<&crate::seccomp::Program>, preserve_fds: u32) -> Result<()> {
+    let nnp = p.no_new_privileges() == Some(true);
+    let sets = p.capabilities().as_ref().map(cap_sets).transpose()?;
+    // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: do it
+    // while we still have it (the profile must then allow what follows).
+    if let (Some(prog), false) = (seccomp, nnp) {
+        crate::seccomp::install(prog)?;
+    }
+    if let Some(s) = &sets {
+        for cap in caps::all() {
+            if !s.bounding.contains(&cap) {
+                // EINVAL: the kernel does not know this capability.
+                let _ = caps::drop(None, CapSet::Bounding, cap);
+            }
+        }
+    }
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
+    let u = p.user();
+    let gids: Vec<nix::unistd::Gid> = u
+        .additional_gids()
+        .iter()
+        .flatten()
+        .map(|g| nix::unistd::Gid::from_raw(*g))
+        .collect();
+    // setgroups is refused in a user namespace whose setgroups is "deny";
+    // then only an empty request is fine to skip.
+    if let Err(e) = nix::unistd::setgroups(&gids) {
+        if !gids.is_empty() {
+            return Err(e).ctx(|| "process.user.additionalGids".into());
+        }
+    }
+    let gid = nix::unistd::Gid::from_raw(u.gid());
+    nix::unistd::setresgid(gid, gid, gid).ctx(|| format!("process.user.gid {}", u.gid()))?;
+    let uid = nix::unistd::Uid::from_raw(u.uid());
+    nix::unistd::setresuid(uid, uid, uid).ctx(|| format!("process.user.uid {}", u.uid()))?;
+    // SAFETY: as above.
+    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
+    if let Some(s) = &sets {
+        caps::set(None, CapSet::Permitted, &s.permitted)
+            .map_err(|e| spec_err("process.capabilities.permitted", e.to_string()))?;
+        caps::set(None, CapSet::Inheritable, &s.inheritable)
+            .map_err(|e| spec_err("process.capabilities.inheritable", e.to_string()))?;
+        caps::set(None, CapSet::Effective, &s.effective)
+            .map_err(|e| spec_err("process.capabilities.effective", e.to_string()))?;
+        let _ = caps::clear(None, CapSet::Ambient);
+        for cap in &s.ambient {
+            caps::raise(None, CapSet::Ambient, *cap)
+                .map_err(|e| spec_err("process.capabilities.ambient", e.to_string()))?;
+        }
+    }
+    if let Some(m) = u.umask() {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(m));
+    }
+    nix::unistd::chdir(p.cwd()).ctx(|| format!("process.cwd {}", p.cwd().display()))?;
+    if nnp {
+        // SAFETY: prctl with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(std::io::Error::last_os_error()).ctx(|| "no_new_privs".into());
+        }
+        if let Some(prog) = seccomp {
+            crate::seccomp::install(prog)?;
+        }
+    }
+    prepare_exec_environment(preserve_fds);
+    Ok(())
+}
+
+/// Signals back to default and unblocked (Rust ignores SIGPIPE; the
+/// runtime blocks signals it forwards), and every descriptor above the
+/// preserved ones close-on-exec, so no host fd reaches the container.
+pub fn prepare_exec_environment(preserve_fds: u32) {
+    for sig in 1..32 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: resetting a disposition to SIG_DFL is always sound.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    let first = 3 + preserve_fds;
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on fds.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    for fd in 3..first {
+        // SAFETY: clearing FD_CLOEXEC on descriptors the caller asked to pass.
+        unsafe { libc::fcntl(fd as i32, libc::F_SETFD, 0) };
+    }
+}
