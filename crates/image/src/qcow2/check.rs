@@ -94,7 +94,7 @@ impl Meta {
             if off == 0 {
                 continue;
             }
-            if off % cs != 0 {
+            if !off.is_multiple_of(cs) {
                 r.corruptions += 1;
                 r.messages.push(format!(
                     "ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted"
@@ -187,7 +187,14 @@ impl Meta {
         }
         r.image_end_offset = (highest + 1) * cs;
         // COPIED flags of the active tables.
-        self.check_copied(&mut r, repair == Repair::All)?;
+        // After fixing leaks, COPIED flags may have to follow refcounts
+        // that dropped to 1 (QEMU repairs them in that case too).
+        let fix_copied = match repair {
+            Repair::All => true,
+            Repair::Leaks => r.corruptions == 0 && r.check_errors == 0,
+            Repair::None => false,
+        };
+        self.check_copied(&mut r, fix_copied)?;
         if repair != Repair::None {
             self.free_hint = 0;
             self.file
@@ -218,7 +225,7 @@ impl Meta {
             if l2off == 0 {
                 continue;
             }
-            if l2off % cs != 0 {
+            if !l2off.is_multiple_of(cs) {
                 r.corruptions += 1;
                 r.messages.push(format!(
                     "ERROR l2_offset={l2off:#x}: Table is not cluster aligned; L1 entry corrupted"
@@ -265,7 +272,7 @@ impl Meta {
                     }
                     continue;
                 }
-                if host % cs != 0 {
+                if !host.is_multiple_of(cs) {
                     r.corruptions += 1;
                     r.messages.push(format!(
                         "ERROR offset={host:#x}: Cluster is not properly aligned; L2 entry corrupted."
@@ -294,7 +301,7 @@ impl Meta {
         for i in 0..self.l1.len() {
             let l1e = self.l1[i];
             let l2off = l1e & L1E_OFFSET_MASK;
-            if l2off == 0 || l2off % g.cs != 0 {
+            if l2off == 0 || !l2off.is_multiple_of(g.cs) {
                 continue;
             }
             let rc = self.get_refcount(l2off >> g.cb)?;
@@ -322,7 +329,7 @@ impl Meta {
             for j in 0..g.l2_entries() as usize {
                 let e = t[j * step];
                 let host = e & L2E_OFFSET_MASK;
-                if e & OFLAG_COMPRESSED != 0 || host == 0 || host % g.cs != 0 {
+                if e & OFLAG_COMPRESSED != 0 || host == 0 || !host.is_multiple_of(g.cs) {
                     continue;
                 }
                 let rc = self.get_refcount(host >> g.cb)?;

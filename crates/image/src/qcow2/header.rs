@@ -365,7 +365,7 @@ impl Header {
             if bytes == 0 {
                 return Ok(());
             }
-            if off % cs != 0 {
+            if !off.is_multiple_of(cs) {
                 return Err(corrupt(format!(
                     "{name} offset {off:#x} is not cluster aligned"
                 )));

@@ -204,7 +204,7 @@ impl Meta {
 
     /// Checks that a metadata cluster offset read from the image is usable.
     pub fn check_meta_offset(&self, what: &str, off: u64) -> Result<()> {
-        if off % self.g.cs != 0 {
+        if !off.is_multiple_of(self.g.cs) {
             return Err(self.corrupt(format!("{what} offset {off:#x} is not cluster aligned")));
         }
         if off == 0 {
@@ -292,7 +292,7 @@ impl Meta {
             return Ok(Unit::Compressed(e));
         }
         let host = e & L2E_OFFSET_MASK;
-        if host % self.g.cs != 0 {
+        if !host.is_multiple_of(self.g.cs) {
             return Err(self.corrupt(format!(
                 "L2 entry {e:#x} points at unaligned offset {host:#x}"
             )));
@@ -862,7 +862,7 @@ impl Qcow2 {
     pub(crate) fn write_compressed(&self, buf: &[u8], offset: u64) -> Result<()> {
         self.writable()?;
         let cs = self.g.cs;
-        if offset % cs != 0
+        if !offset.is_multiple_of(cs)
             || buf.len() as u64 > cs
             || (buf.len() as u64) < cs && offset + buf.len() as u64 != self.len()
         {
@@ -1326,7 +1326,7 @@ impl Meta {
     /// everything past a smaller size.
     fn resize(&mut self, q: &Qcow2, new_size: u64) -> Result<()> {
         let g = self.g;
-        if new_size % 512 != 0 {
+        if !new_size.is_multiple_of(512) {
             return Err(Error::InvalidOption(format!(
                 "the new size must be a multiple of 512 (got {new_size})"
             )));

@@ -187,7 +187,7 @@ impl Meta {
     /// `avoid` (cluster index ranges reserved by allocations in progress).
     fn find_free(&mut self, n: u64, avoid: &[(u64, u64)]) -> Result<u64> {
         let mut start = self.free_hint.max(1);
-        'outer: loop {
+        loop {
             if (start + n) << self.g.cb > MAX_HOST_OFFSET {
                 return Err(Error::TooLarge {
                     what: "image file",
@@ -195,13 +195,17 @@ impl Meta {
                     limit: MAX_HOST_OFFSET,
                 });
             }
+            let mut busy = None;
             for c in start..start + n {
                 if Self::in_avoid(c, avoid) || self.get_refcount(c)? != 0 {
-                    start = c + 1;
-                    continue 'outer;
+                    busy = Some(c);
+                    break;
                 }
             }
-            return Ok(start);
+            match busy {
+                Some(c) => start = c + 1,
+                None => return Ok(start),
+            }
         }
     }
 
@@ -229,7 +233,7 @@ impl Meta {
     pub fn alloc_bytes(&mut self, len: u64) -> Result<u64> {
         let cs = self.g.cs;
         let tail = self.ctail;
-        if tail != 0 && tail % cs != 0 {
+        if tail != 0 && !tail.is_multiple_of(cs) {
             let first = tail >> self.g.cb;
             let last = (tail + len - 1) >> self.g.cb;
             // The packed cluster must still be ours and the next ones free.

@@ -125,7 +125,9 @@ impl Meta {
             let name = String::from_utf8_lossy(&var[e + id_len as usize..]).into_owned();
             let l1_offset = be64_at(&fixed, 0);
             let l1_size = be32(&fixed, 8);
-            if l1_offset % self.g.cs != 0 || (l1_size as u64) * 8 > super::header::MAX_L1_BYTES {
+            if !l1_offset.is_multiple_of(self.g.cs)
+                || (l1_size as u64) * 8 > super::header::MAX_L1_BYTES
+            {
                 return Err(self.corrupt(format!(
                     "snapshot '{name}' has an invalid L1 table ({l1_size} entries at {l1_offset:#x})"
                 )));
