@@ -1,0 +1,270 @@
+//! Hostile or broken files: a clear error naming the problem, never a
+//! panic, hang or huge allocation.
+
+mod lib_util;
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use image::{BlockBackend, CreateOptions, Error, Format, OpenOptions};
+use lib_util::*;
+
+fn good_image(dir: &TempDir, name: &str) -> std::path::PathBuf {
+    let p = dir.path(name);
+    image::create(
+        &p,
+        &CreateOptions {
+            size: Some(1 << 20),
+            cluster_size: 4096,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let img = image::open(&p, &OpenOptions::read_write()).unwrap();
+    img.write_at(&[7u8; 10000], 5000).unwrap();
+    drop(img);
+    p
+}
+
+fn patch(p: &Path, off: u64, bytes: &[u8]) {
+    let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+    f.write_all_at(bytes, off).unwrap();
+}
+
+fn open_err(p: &Path) -> Error {
+    let o = OpenOptions {
+        format: Some(Format::Qcow2),
+        ..OpenOptions::read_only()
+    };
+    match image::open(p, &o) {
+        Ok(img) => {
+            // Opening may succeed; reading must then fail cleanly.
+            let mut buf = vec![0u8; img.len().min(1 << 20) as usize];
+            img.read_at(&mut buf, 0)
+                .expect_err("broken image read without error")
+        }
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn broken_headers_and_tables_are_named() {
+    let dir = TempDir::new("bad");
+    // Truncated header.
+    let p = good_image(&dir, "trunc.qcow2");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(50)
+        .unwrap();
+    let e = open_err(&p);
+    assert!(e.to_string().contains("truncated"), "{e}");
+    // Not an image at all, forced as qcow2; probed it is raw.
+    let p = dir.path("text.txt");
+    std::fs::write(&p, b"hello, this is not a disk image").unwrap();
+    assert!(matches!(open_err(&p), Error::NotFormat { .. }));
+    assert_eq!(image::probe(&p).unwrap(), Format::Raw);
+    // L1 table beyond the end of the file.
+    let p = good_image(&dir, "l1.qcow2");
+    patch(&p, 40, &(1u64 << 40).to_be_bytes());
+    let e = open_err(&p);
+    assert!(
+        e.to_string().contains("L1 table") && e.to_string().contains("beyond"),
+        "{e}"
+    );
+    // Refcount table overlapping the header.
+    let p = good_image(&dir, "rt.qcow2");
+    patch(&p, 48, &0u64.to_be_bytes());
+    let e = open_err(&p);
+    assert!(
+        e.to_string().contains("refcount table overlaps the header"),
+        "{e}"
+    );
+    // Absurd sizes.
+    let p = good_image(&dir, "size.qcow2");
+    patch(&p, 24, &u64::MAX.to_be_bytes());
+    assert!(matches!(open_err(&p), Error::TooLarge { .. }));
+    let p = good_image(&dir, "l1size.qcow2");
+    patch(&p, 36, &u32::MAX.to_be_bytes());
+    assert!(matches!(open_err(&p), Error::TooLarge { .. }));
+    let p = good_image(&dir, "cb.qcow2");
+    patch(&p, 20, &40u32.to_be_bytes());
+    assert!(open_err(&p).to_string().contains("cluster_bits"));
+    // Unknown incompatible feature and external data file: refused, named.
+    let p = good_image(&dir, "feat.qcow2");
+    patch(&p, 72, &(1u64 << 40).to_be_bytes());
+    let e = open_err(&p);
+    assert!(e.to_string().contains("incompatible feature bit 40"), "{e}");
+    let p = good_image(&dir, "datafile.qcow2");
+    patch(&p, 72, &(1u64 << 2).to_be_bytes());
+    assert!(open_err(&p).to_string().contains("external data file"));
+    // L2 entry pointing at the refcount table: reading is harmless, but
+    // writing there is refused as corruption.
+    let p = good_image(&dir, "l2.qcow2");
+    let img = image::open(&p, &OpenOptions::read_only()).unwrap();
+    let st = img.layer_status(5000, 1).unwrap();
+    drop(img);
+    let host = st.offset.unwrap() & !4095;
+    // Find the L2 entry holding `host` and point it at cluster 0.
+    let data = std::fs::read(&p).unwrap();
+    let pos = data
+        .chunks_exact(8)
+        .position(|c| u64::from_be_bytes(c.try_into().unwrap()) & 0x00ff_ffff_ffff_fe00 == host)
+        .unwrap();
+    patch(&p, pos as u64 * 8, &((1u64 << 63) | 4096).to_be_bytes());
+    let img = image::open(&p, &OpenOptions::read_write()).unwrap();
+    let e = img.write_at(&[1u8; 512], 4096).unwrap_err();
+    assert!(e.to_string().contains("overlaps"), "{e}");
+    // Unaligned L2 entry: a named corruption on read.
+    let p = good_image(&dir, "l2u.qcow2");
+    patch(
+        &p,
+        pos as u64 * 8,
+        &((1u64 << 63) | (host + 512)).to_be_bytes(),
+    );
+    let e = open_err(&p);
+    assert!(e.to_string().contains("unaligned"), "{e}");
+    // qemu-img agrees these are broken (sanity of the fixtures).
+    let (code, _, _) = qemu_img(&["check", p.to_str().unwrap()]);
+    assert_ne!(code, 0);
+}
+
+#[test]
+fn backing_cycles_and_missing_files() {
+    let dir = TempDir::new("cycle");
+    let a = dir.path("a.qcow2");
+    let b = dir.path("b.qcow2");
+    let base = CreateOptions {
+        size: Some(1 << 20),
+        ..Default::default()
+    };
+    image::create(&a, &base).unwrap();
+    image::create(
+        &b,
+        &CreateOptions {
+            backing_file: Some("a.qcow2".into()),
+            backing_format: Some(Format::Qcow2),
+            ..base.clone()
+        },
+    )
+    .unwrap();
+    // Make a point back at b.
+    let img = image::open(
+        &a,
+        &OpenOptions {
+            follow_backing: false,
+            ..OpenOptions::read_write()
+        },
+    )
+    .unwrap();
+    img.set_backing(Some("b.qcow2"), Some(Format::Qcow2))
+        .unwrap();
+    drop(img);
+    match image::open(&b, &OpenOptions::read_only()) {
+        Err(Error::BackingCycle { .. }) => {}
+        Err(e) => panic!("expected a cycle error, got {e}"),
+        Ok(_) => panic!("cyclic chain opened"),
+    }
+    // Self-reference.
+    let img = image::open(
+        &a,
+        &OpenOptions {
+            follow_backing: false,
+            ..OpenOptions::read_write()
+        },
+    )
+    .unwrap();
+    img.set_backing(Some("a.qcow2"), None).unwrap();
+    drop(img);
+    assert!(matches!(
+        image::open(&a, &OpenOptions::read_only()),
+        Err(Error::BackingCycle { .. })
+    ));
+    // Missing backing file: an I/O error naming it.
+    let img = image::open(
+        &a,
+        &OpenOptions {
+            follow_backing: false,
+            ..OpenOptions::read_write()
+        },
+    )
+    .unwrap();
+    img.set_backing(Some("nope.qcow2"), None).unwrap();
+    drop(img);
+    let e = image::open(&a, &OpenOptions::read_only()).err().unwrap();
+    assert!(e.to_string().contains("nope.qcow2"), "{e}");
+    // Header rewrite keeps unknown extensions: add one, rewrite, compare.
+    let c = dir.path("c.qcow2");
+    image::create(&c, &base).unwrap();
+    let mut data = std::fs::read(&c).unwrap();
+    // Insert an unknown extension right after the 112-byte header.
+    let ext = [
+        0x12u8, 0x34, 0x56, 0x78, 0, 0, 0, 5, b'h', b'e', b'l', b'l', b'o', 0, 0, 0,
+    ];
+    data.splice(112..112, ext);
+    data.truncate(data.len() - ext.len());
+    std::fs::write(&c, &data[..]).unwrap();
+    let img = image::open(&c, &OpenOptions::read_write()).unwrap();
+    img.set_backing(Some("a.qcow2"), Some(Format::Qcow2))
+        .unwrap();
+    drop(img);
+    let after = std::fs::read(&c).unwrap();
+    assert!(
+        after[..4096].windows(ext.len()).any(|w| w == ext),
+        "unknown extension lost"
+    );
+    assert_eq!(qemu_info(&c)["backing-filename"].as_str(), Some("a.qcow2"));
+}
+
+#[test]
+fn corrupt_and_dirty_bits() {
+    let dir = TempDir::new("bits");
+    // Corrupt bit: opens read-only, writes refused naming the bit.
+    let p = good_image(&dir, "corrupt.qcow2");
+    patch(&p, 72, &(1u64 << 1).to_be_bytes());
+    let img = image::open(&p, &OpenOptions::read_write()).unwrap();
+    assert!(img.is_read_only());
+    assert!(matches!(
+        img.write_at(&[0], 0),
+        Err(Error::MarkedCorrupt { .. })
+    ));
+    assert!(img.info().unwrap().qcow2.unwrap().corrupt);
+    drop(img);
+    // check -r all clears it.
+    let img = image::open(
+        &p,
+        &OpenOptions {
+            for_check: true,
+            ..OpenOptions::read_write()
+        },
+    )
+    .unwrap();
+    img.check(image::Repair::All).unwrap();
+    drop(img);
+    assert!(
+        !image::open(&p, &OpenOptions::read_only())
+            .unwrap()
+            .info()
+            .unwrap()
+            .qcow2
+            .unwrap()
+            .corrupt
+    );
+    // Dirty bit with broken refcounts: rebuilt on a read-write open.
+    let p = good_image(&dir, "dirty.qcow2");
+    let img = image::open(&p, &OpenOptions::read_only()).unwrap();
+    let host = img.layer_status(5000, 1).unwrap().offset.unwrap() & !4095;
+    drop(img);
+    // Zero the refcount of that data cluster (16-bit refcounts, block at
+    // cluster 2 for a fresh image) and mark the image dirty.
+    let rb = 2 * 4096;
+    patch(&p, rb + (host / 4096) * 2, &[0, 0]);
+    patch(&p, 72, &1u64.to_be_bytes());
+    let (code, _, _) = qemu_img(&["check", p.to_str().unwrap()]);
+    assert_eq!(code, 2, "fixture must be corrupt for qemu-img");
+    let img = image::open(&p, &OpenOptions::read_write()).unwrap();
+    assert_eq!(img.info().unwrap().dirty_flag, Some(false));
+    drop(img);
+    assert_qemu_check_clean(&p);
+}
