@@ -3,13 +3,19 @@
 //! command from the run archive runs, the virtio disk is mounted at /mnt,
 //! and the exit status comes back through the sifive,test finisher.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Boots with `initrd` (and `disk` when given); returns (exit code, console output).
-fn qemu(kernel: &Path, initrd: &Path, disk: Option<&Path>) -> (Option<i32>, String) {
+/// Boots with `initrd` (and `disk` when given); types `input` at the first
+/// shell prompt; returns (exit code, console output).
+fn qemu(
+    kernel: &Path,
+    initrd: &Path,
+    disk: Option<&Path>,
+    input: Option<&str>,
+) -> (Option<i32>, String) {
     let mut cmd = Command::new("qemu-system-riscv64");
     cmd.args([
         "-M",
@@ -32,15 +38,31 @@ fn qemu(kernel: &Path, initrd: &Path, disk: Option<&Path>) -> (Option<i32>, Stri
             .args(["-device", "virtio-blk-device,drive=d"]);
     }
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("qemu-system-riscv64 is installed (qemu-system-misc)");
     let mut stdout = child.stdout.take().unwrap();
+    let mut stdin = child.stdin.take();
+    let input = input.map(str::to_string);
     let reader = std::thread::spawn(move || {
         let mut s = Vec::new();
-        let _ = stdout.read_to_end(&mut s);
+        let mut buf = [0u8; 4096];
+        loop {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => s.extend_from_slice(&buf[..n]),
+            }
+            if let Some(text) = &input {
+                if stdin.is_some() && s.windows(4).any(|w| w == b"/ # ") {
+                    let mut i = stdin.take().unwrap();
+                    let _ = i.write_all(text.as_bytes());
+                    // Keep the pipe open: EOF on the console would end the shell.
+                    std::mem::forget(i);
+                }
+            }
+        }
         String::from_utf8_lossy(&s).into_owned()
     });
     let start = Instant::now();
@@ -104,7 +126,7 @@ fn boots_runs_command_mounts_disk_and_returns_status() {
     )
     .unwrap();
 
-    let (code, out) = qemu(&assets.kernel, &initrd, Some(&disk));
+    let (code, out) = qemu(&assets.kernel, &initrd, Some(&disk), None);
     assert!(out.contains("hello from the host"), "{out}");
     assert!(out.contains("args:1:arg one"), "{out}");
     assert_eq!(code, Some(7), "{out}");
@@ -120,4 +142,24 @@ fn boots_runs_command_mounts_disk_and_returns_status() {
         String::from_utf8_lossy(&cat.stdout),
         "written in the guest\n"
     );
+}
+
+#[test]
+fn interactive_shell_without_command() {
+    let assets = guest::default_riscv64().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initrd");
+    std::fs::write(
+        &initrd,
+        guest::run_initramfs(&assets.initramfs, &[]).unwrap(),
+    )
+    .unwrap();
+    let (code, out) = qemu(
+        &assets.kernel,
+        &initrd,
+        None,
+        Some("echo \"tty=$(tty) cpus=$(nproc)\"; exit 3\n"),
+    );
+    assert!(out.contains("tty=/dev/ttyS0 cpus=1"), "{out}");
+    assert_eq!(code, Some(3), "{out}");
 }
