@@ -51,3 +51,6 @@ pub use mem::{perm, Bus, CodeMap, MemError, RamRegion, UserSpace};
 
 /// Guest page size.
 pub const PAGE_SIZE: u64 = 4096;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,444 @@
+//! Unit tests with hand-encoded instructions, run in user mode on a
+//! `UserSpace`: every instruction class, precise faults, exits, code
+//! invalidation, stop requests and cross-thread atomics.
+
+use std::sync::Arc;
+
+use crate::{perm, Exit, Hart, MemAccess, MemFault, MemFaultKind, UserSpace};
+
+const CODE: u64 = 0x10000;
+const DATA: u64 = 0x20000;
+const RO: u64 = 0x30000;
+
+// ---- encoders ----
+fn r(op: u32, f3: u32, f7: u32, rd: u32, rs1: u32, rs2: u32) -> u32 {
+    (f7 << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op
+}
+fn i(op: u32, f3: u32, rd: u32, rs1: u32, imm: i32) -> u32 {
+    ((imm as u32 & 0xfff) << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op
+}
+fn s(f3: u32, rs1: u32, rs2: u32, imm: i32) -> u32 {
+    let imm = imm as u32;
+    ((imm >> 5 & 0x7f) << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | ((imm & 0x1f) << 7) | 0x23
+}
+fn b(f3: u32, rs1: u32, rs2: u32, off: i32) -> u32 {
+    let o = off as u32;
+    ((o >> 12 & 1) << 31)
+        | ((o >> 5 & 0x3f) << 25)
+        | (rs2 << 20)
+        | (rs1 << 15)
+        | (f3 << 12)
+        | ((o >> 1 & 0xf) << 8)
+        | ((o >> 11 & 1) << 7)
+        | 0x63
+}
+fn jal(rd: u32, off: i32) -> u32 {
+    let o = off as u32;
+    ((o >> 20 & 1) << 31)
+        | ((o >> 1 & 0x3ff) << 21)
+        | ((o >> 11 & 1) << 20)
+        | ((o >> 12 & 0xff) << 12)
+        | (rd << 7)
+        | 0x6f
+}
+fn addi(rd: u32, rs1: u32, imm: i32) -> u32 {
+    i(0x13, 0, rd, rs1, imm)
+}
+fn lui(rd: u32, imm20: u32) -> u32 {
+    (imm20 << 12) | (rd << 7) | 0x37
+}
+const ECALL: u32 = 0x73;
+const EBREAK: u32 = 0x0010_0073;
+const FENCE_I: u32 = 0x0000_100f;
+
+fn space() -> Arc<UserSpace> {
+    let sp = UserSpace::new(32).unwrap();
+    sp.map_anonymous(CODE, 0x4000, perm::R | perm::W).unwrap();
+    sp.map_anonymous(DATA, 0x1000, perm::R | perm::W).unwrap();
+    sp.map_anonymous(RO, 0x1000, perm::R).unwrap();
+    Arc::new(sp)
+}
+
+fn load_code(sp: &UserSpace, at: u64, words: &[u32]) {
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    sp.set_perms(at & !0xfff, 0x1000, perm::R | perm::W)
+        .unwrap();
+    sp.write(at, &bytes).unwrap();
+    sp.set_perms(at & !0xfff, 0x1000, perm::R | perm::W | perm::X)
+        .unwrap();
+}
+
+/// Runs `words` at CODE until the first exit.
+fn run(words: &[u32]) -> (Hart, Exit, Arc<UserSpace>) {
+    let sp = space();
+    load_code(&sp, CODE, words);
+    let mut h = Hart::new_user();
+    h.pc = CODE;
+    let e = h.run_user(&sp);
+    (h, e, sp)
+}
+
+#[test]
+fn alu_loop_and_branches() {
+    // a0 = sum(1..=10) with a countdown loop
+    let prog = [
+        addi(10, 0, 0),                // a0 = 0
+        addi(11, 0, 10),               // a1 = 10
+        r(0x33, 0, 0, 10, 10, 11),     // loop: a0 += a1
+        addi(11, 11, -1),              // a1 -= 1
+        b(1, 11, 0, -8),               // bne a1, zero, loop
+        lui(12, 0xfffff),              // a2 = -4096
+        i(0x13, 5, 13, 12, 0x400 | 4), // srai a3, a2, 4
+        i(0x13, 5, 14, 12, 4),         // srli a4, a2, 4
+        r(0x33, 2, 0, 15, 12, 0),      // slt a5, a2, zero
+        r(0x3b, 0, 0, 16, 12, 12),     // addw a6, a2, a2
+        jal(1, 8),                     // jal ra, +8 (skip next)
+        addi(10, 0, -1),               // skipped
+        ECALL,
+    ];
+    let (h, e, _) = run(&prog);
+    assert_eq!(e, Exit::Ecall);
+    assert_eq!(h.x(10), 55);
+    assert_eq!(h.x(13), (-4096i64 >> 4) as u64);
+    assert_eq!(h.x(14), (-4096i64 as u64) >> 4);
+    assert_eq!(h.x(15), 1);
+    assert_eq!(h.x(16), (-8192i64) as u64);
+    assert_eq!(h.x(1), CODE + 44);
+    assert_eq!(h.pc, CODE + 48);
+    assert_eq!(h.x(0), 0);
+}
+
+#[test]
+fn loads_stores_all_widths() {
+    let prog = [
+        lui(5, DATA as u32 >> 12),
+        addi(6, 0, -2),       // t1 = 0xff..fe
+        s(3, 5, 6, 0),        // sd t1, 0(t0)
+        i(0x03, 0, 7, 5, 0),  // lb
+        i(0x03, 4, 28, 5, 0), // lbu
+        i(0x03, 1, 29, 5, 0), // lh
+        i(0x03, 5, 30, 5, 0), // lhu
+        i(0x03, 2, 31, 5, 0), // lw
+        i(0x03, 6, 10, 5, 0), // lwu
+        s(0, 5, 0, 3),        // sb zero, 3(t0)
+        i(0x03, 3, 11, 5, 1), // ld misaligned at 1
+        ECALL,
+    ];
+    let (h, e, sp) = run(&prog);
+    assert_eq!(e, Exit::Ecall);
+    assert_eq!(h.x(7), u64::MAX - 1);
+    assert_eq!(h.x(28), 0xfe);
+    assert_eq!(h.x(29), u64::MAX - 1);
+    assert_eq!(h.x(30), 0xfffe);
+    assert_eq!(h.x(31), u64::MAX - 1);
+    assert_eq!(h.x(10), 0xffff_fffe);
+    let mut buf = [0u8; 9];
+    sp.read(DATA, &mut buf).unwrap();
+    assert_eq!(buf, [0xfe, 0xff, 0xff, 0, 0xff, 0xff, 0xff, 0xff, 0]);
+    assert_eq!(h.x(11), 0x00ff_ffff_ff00_ffff);
+}
+
+#[test]
+fn mul_div_corner_cases() {
+    let prog = [
+        addi(5, 0, -1), // t0 = -1
+        addi(6, 0, 1),
+        i(0x13, 1, 6, 6, 63),    // t1 = i64::MIN
+        r(0x33, 4, 1, 10, 6, 5), // div a0 = MIN / -1 = MIN
+        r(0x33, 6, 1, 11, 6, 5), // rem a1 = 0
+        r(0x33, 4, 1, 12, 6, 0), // div by zero = -1
+        r(0x33, 5, 1, 13, 6, 0), // divu by zero = MAX
+        r(0x33, 6, 1, 14, 6, 0), // rem by zero = dividend
+        r(0x33, 3, 1, 15, 5, 5), // mulhu(-1,-1) = 0xff..fe
+        r(0x33, 1, 1, 16, 6, 6), // mulh(MIN,MIN) = 2^62
+        r(0x3b, 4, 1, 17, 6, 0), // divw by zero = -1
+        ECALL,
+    ];
+    let (h, e, _) = run(&prog);
+    assert_eq!(e, Exit::Ecall);
+    assert_eq!(h.x(10), i64::MIN as u64);
+    assert_eq!(h.x(11), 0);
+    assert_eq!(h.x(12), u64::MAX);
+    assert_eq!(h.x(13), u64::MAX);
+    assert_eq!(h.x(14), i64::MIN as u64);
+    assert_eq!(h.x(15), u64::MAX - 1);
+    assert_eq!(h.x(16), 1 << 62);
+    assert_eq!(h.x(17), u64::MAX);
+}
+
+#[test]
+fn bitmanip_spec_values() {
+    let prog = [
+        addi(5, 0, 1),
+        i(0x13, 1, 5, 5, 40),        // t0 = 1 << 40 (low word zero)
+        r(0x1b, 1, 0x30, 10, 5, 1),  // ctzw a0 = 32
+        r(0x1b, 1, 0x30, 11, 5, 0),  // clzw a1 = 32
+        r(0x13, 1, 0x30, 12, 5, 1),  // ctz a2 = 40
+        r(0x13, 5, 0x35, 13, 5, 24), // rev8 (0x6b8) a3
+        r(0x33, 2, 0x10, 14, 5, 5),  // sh1add a4 = (t0 << 1) + t0
+        r(0x13, 5, 0x14, 15, 5, 7),  // orc.b (0x287) a5
+        r(0x33, 1, 0x14, 16, 0, 5),  // bset a6 = 0 | 1 << (t0 & 63) = 1
+        ECALL,
+    ];
+    let (h, e, _) = run(&prog);
+    assert_eq!(e, Exit::Ecall);
+    assert_eq!(h.x(10), 32);
+    assert_eq!(h.x(11), 32);
+    assert_eq!(h.x(12), 40);
+    assert_eq!(h.x(13), (1u64 << 40).swap_bytes());
+    assert_eq!(h.x(14), 3 << 40);
+    assert_eq!(h.x(15), 0xff << 40);
+    assert_eq!(h.x(16), 1);
+}
+
+#[test]
+fn compressed_instructions() {
+    // c.li a0, 5 ; c.addi a0, -1 ; c.mv a1, a0 ; c.slli a1, 3 ; c.add a0, a1 ; c.j +4 ; c.li a0,0 ; ecall
+    let halves: [u16; 8] = [
+        0x4515, 0x157d, 0x85aa, 0x058e, 0x952e, 0xa011, 0x4501, 0x0001,
+    ];
+    let mut words = Vec::new();
+    for pair in halves.chunks(2) {
+        words.push(pair[0] as u32 | (pair[1] as u32) << 16);
+    }
+    words.push(ECALL);
+    let (h, e, _) = run(&words);
+    assert_eq!(e, Exit::Ecall);
+    assert_eq!(h.x(11), 32);
+    assert_eq!(h.x(10), 36);
+}
+
+#[test]
+fn atomics_and_lr_sc() {
+    let amo = |f5: u32, f3: u32, rd: u32, rs1: u32, rs2: u32| r(0x2f, f3, f5 << 2, rd, rs1, rs2);
+    let prog = [
+        lui(5, DATA as u32 >> 12),
+        addi(6, 0, 7),
+        s(3, 5, 6, 0), // [t0] = 7
+        addi(7, 0, 5),
+        amo(0, 3, 10, 5, 7),       // amoadd.d a0 = 7, [t0] = 12
+        amo(0b10000, 2, 11, 5, 0), // amomin.w a1 = 12, [t0] = 0
+        amo(2, 3, 12, 5, 0),       // lr.d a2 = 0
+        amo(3, 3, 13, 5, 6),       // sc.d a3 = 0 (success), [t0] = 7
+        amo(3, 3, 14, 5, 7),       // sc.d without reservation: a4 = 1
+        i(0x03, 3, 15, 5, 0),      // ld a5 = 7
+        addi(28, 5, 2),
+        amo(1, 2, 29, 28, 6), // amoswap.w misaligned -> fault
+        ECALL,
+    ];
+    let (h, e, _) = run(&prog);
+    assert_eq!(
+        e,
+        Exit::MemFault(MemFault {
+            addr: DATA + 2,
+            access: MemAccess::Store,
+            kind: MemFaultKind::Misaligned
+        })
+    );
+    assert_eq!(h.pc, CODE + 44);
+    assert_eq!(
+        [h.x(10), h.x(11), h.x(12), h.x(13), h.x(14), h.x(15)],
+        [7, 12, 0, 0, 1, 7]
+    );
+}
+
+#[test]
+fn faults_are_precise() {
+    // load from an unmapped page: pc stays, rd untouched
+    let prog = [addi(10, 0, 99), lui(5, 0x50), i(0x03, 3, 10, 5, 8), ECALL];
+    let (h, e, _) = run(&prog);
+    assert_eq!(
+        e,
+        Exit::MemFault(MemFault {
+            addr: 0x50008,
+            access: MemAccess::Load,
+            kind: MemFaultKind::Unmapped
+        })
+    );
+    assert_eq!((h.pc, h.x(10)), (CODE + 8, 99));
+    // store to a read-only page
+    let prog = [lui(5, RO as u32 >> 12), s(2, 5, 0, 4), ECALL];
+    let (h, e, _) = run(&prog);
+    assert_eq!(
+        e,
+        Exit::MemFault(MemFault {
+            addr: RO + 4,
+            access: MemAccess::Store,
+            kind: MemFaultKind::Unmapped
+        })
+    );
+    assert_eq!(h.pc, CODE + 4);
+    // a misaligned load straddling into an unmapped page faults at the page
+    let prog = [lui(5, 0x21), i(0x03, 3, 10, 5, -4), ECALL];
+    let (_, e, _) = run(&prog);
+    assert_eq!(
+        e,
+        Exit::MemFault(MemFault {
+            addr: 0x21000,
+            access: MemAccess::Load,
+            kind: MemFaultKind::Unmapped
+        })
+    );
+    // jumping to a non-executable page faults on fetch
+    let prog = [lui(5, DATA as u32 >> 12), i(0x67, 0, 0, 5, 0)];
+    let (h, e, _) = run(&prog);
+    assert_eq!(
+        e,
+        Exit::MemFault(MemFault {
+            addr: DATA,
+            access: MemAccess::Fetch,
+            kind: MemFaultKind::Unmapped
+        })
+    );
+    assert_eq!(h.pc, DATA);
+}
+
+#[test]
+fn illegal_ebreak_ecall_exits() {
+    let (h, e, _) = run(&[addi(5, 0, 1), 0xffff_ffff]);
+    assert_eq!(e, Exit::IllegalInstruction { bits: 0xffff_ffff });
+    assert_eq!(h.pc, CODE + 4);
+    // 16-bit all-zero is illegal
+    let (_, e, _) = run(&[0x0000_0000]);
+    assert_eq!(e, Exit::IllegalInstruction { bits: 0 });
+    // privileged instructions are illegal in user mode
+    let (_, e, _) = run(&[0x3020_0073]);
+    assert_eq!(e, Exit::IllegalInstruction { bits: 0x3020_0073 });
+    // csrr a0, mstatus is illegal; csrr a0, fcsr is fine
+    let (_, e, _) = run(&[0x3000_2573]);
+    assert_eq!(e, Exit::IllegalInstruction { bits: 0x3000_2573 });
+    let (h, e, _) = run(&[addi(5, 0, 1), EBREAK]);
+    assert_eq!((e, h.pc), (Exit::Ebreak, CODE + 4));
+    let (mut h, e, sp) = run(&[ECALL, addi(10, 0, 3), ECALL]);
+    assert_eq!((e, h.pc), (Exit::Ecall, CODE));
+    h.pc += 4;
+    assert_eq!(h.run_user(&sp), Exit::Ecall);
+    assert_eq!((h.x(10), h.pc), (3, CODE + 8));
+}
+
+#[test]
+fn floating_point_rounding_and_flags() {
+    // fcvt.d.l f1, a0 ; fcvt.d.l f2, a1 ; fdiv.d f3, f1, f2 (rm=RUP) ; fmv.x.d a2, f3 ; frflags a3
+    let prog = [
+        addi(10, 0, 1),
+        addi(11, 0, 3),
+        r(0x53, 7, 0x69, 1, 10, 2),
+        r(0x53, 7, 0x69, 2, 11, 2),
+        r(0x53, 3, 0x0d, 3, 1, 2),
+        r(0x53, 0, 0x71, 12, 3, 0),
+        0x0010_26f3, // csrrs a3, fflags, zero
+        ECALL,
+    ];
+    let (h, e, _) = run(&prog);
+    assert_eq!(e, Exit::Ecall);
+    assert_eq!(h.x(12), (1.0f64 / 3.0).to_bits() + 1);
+    assert_eq!(h.x(13), 1); // NX
+}
+
+#[test]
+fn self_modifying_code_with_fence_i() {
+    // store a new instruction over a later one, fence.i, run it
+    let new = addi(10, 0, 42);
+    let prog = [
+        lui(5, new >> 12),
+        addi(
+            5,
+            5,
+            (new & 0xfff) as i32 - if new & 0x800 != 0 { 0x1000 } else { 0 },
+        ),
+        lui(6, CODE as u32 >> 12),
+        s(2, 6, 5, 24),
+        FENCE_I,
+        addi(10, 0, 0),
+        addi(10, 0, 1), // replaced by addi a0, zero, 42
+        ECALL,
+    ];
+    let sp = space();
+    load_code(&sp, CODE, &prog);
+    sp.set_perms(CODE, 0x1000, perm::R | perm::W | perm::X)
+        .unwrap();
+    let mut h = Hart::new_user();
+    h.pc = CODE;
+    assert_eq!(h.run_user(&sp), Exit::Ecall);
+    assert_eq!(h.x(10), 42);
+}
+
+#[test]
+fn external_code_change_invalidates() {
+    let sp = space();
+    load_code(&sp, CODE, &[addi(10, 0, 1), ECALL]);
+    let mut h = Hart::new_user();
+    h.pc = CODE;
+    assert_eq!(h.run_user(&sp), Exit::Ecall);
+    assert_eq!(h.x(10), 1);
+    // the loader (linux-user) rewrites the page: cached blocks must go
+    load_code(&sp, CODE, &[addi(10, 0, 2), ECALL]);
+    h.pc = CODE;
+    assert_eq!(h.run_user(&sp), Exit::Ecall);
+    assert_eq!(h.x(10), 2);
+    // a guest store into a code page also invalidates (no fence.i needed
+    // across run calls)
+    sp.set_perms(CODE, 0x1000, perm::R | perm::W | perm::X)
+        .unwrap();
+    sp.write(CODE, &addi(10, 0, 3).to_le_bytes()).unwrap();
+    h.pc = CODE;
+    assert_eq!(h.run_user(&sp), Exit::Ecall);
+    assert_eq!(h.x(10), 3);
+}
+
+#[test]
+fn stop_request_interrupts_an_endless_loop() {
+    let sp = space();
+    load_code(&sp, CODE, &[jal(0, 0)]);
+    let mut h = Hart::new_user();
+    h.pc = CODE;
+    let ctl = h.control().clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        ctl.request_stop();
+    });
+    assert_eq!(h.run_user(&sp), Exit::Stopped);
+    assert_eq!(h.pc, CODE);
+    t.join().unwrap();
+}
+
+#[test]
+fn atomics_are_atomic_across_threads() {
+    // Each thread: 20000 x (amoadd.w on [DATA]) and 20000 x (lr.w/sc.w
+    // increment loop on [DATA+64]).
+    let amo = |f5: u32, f3: u32, rd: u32, rs1: u32, rs2: u32| r(0x2f, f3, f5 << 2, rd, rs1, rs2);
+    let prog = [
+        lui(5, DATA as u32 >> 12), // t0 = DATA
+        addi(6, 5, 64),            // t1 = DATA + 64
+        addi(7, 0, 1),             // t2 = 1
+        lui(28, 5),                // t3 = 20480 iterations
+        amo(0, 2, 0, 5, 7),        // loop: amoadd.w zero, t2, (t0)
+        amo(2, 2, 29, 6, 0),       // retry: lr.w t4, (t1)
+        addi(29, 29, 1),
+        amo(3, 2, 30, 6, 29), // sc.w t5, t4, (t1)
+        b(1, 30, 0, -12),     // bnez t5, retry
+        addi(28, 28, -1),
+        b(1, 28, 0, -24), // bnez t3, loop
+        ECALL,
+    ];
+    let sp = space();
+    load_code(&sp, CODE, &prog);
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let sp = sp.clone();
+            std::thread::spawn(move || {
+                let mut h = Hart::new_user();
+                h.pc = CODE;
+                h.run_user(&sp)
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), Exit::Ecall);
+    }
+    let mut w = [0u8; 4];
+    sp.read(DATA, &mut w).unwrap();
+    assert_eq!(u32::from_le_bytes(w), 4 * 20480);
+    sp.read(DATA + 64, &mut w).unwrap();
+    assert_eq!(u32::from_le_bytes(w), 4 * 20480);
+}
