@@ -20,6 +20,25 @@ fn data() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
 }
 
+/// The files of a test archive: "mirror" (busybox-static 1.0-1) or
+/// "mirror-v2" (1.0-2, as after an update of the archive).
+fn archive_files(name: &str) -> HashMap<String, Vec<u8>> {
+    let v2 = name.ends_with("v2");
+    let deb = if v2 {
+        DEB.replace("1.0-1", "1.0-2")
+    } else {
+        DEB.to_string()
+    };
+    let mut files = HashMap::new();
+    for p in [deb.as_str(), PACKAGES_XZ, INRELEASE] {
+        files.insert(
+            p.to_string(),
+            std::fs::read(data().join(name).join(p)).unwrap(),
+        );
+    }
+    files
+}
+
 /// A minimal HTTP/1.1 server of an in-memory file map; counts requests.
 struct Server {
     uri: String,
@@ -29,14 +48,7 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
-        let mut files = HashMap::new();
-        for p in [DEB, PACKAGES_XZ, INRELEASE] {
-            files.insert(
-                p.to_string(),
-                std::fs::read(data().join("mirror").join(p)).unwrap(),
-            );
-        }
-        let files = Arc::new(Mutex::new(files));
+        let files = Arc::new(Mutex::new(archive_files("mirror")));
         let hits = Arc::new(Mutex::new(HashMap::new()));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let uri = format!("http://{}/debian", listener.local_addr().unwrap());
@@ -112,7 +124,7 @@ fn fetches_verifies_and_caches() {
     assert!(bb.starts_with(cache.path()));
     assert_eq!(
         std::fs::read_to_string(&bb).unwrap(),
-        "#!/bin/sh\necho fake busybox\n"
+        "#!/bin/sh\necho fake busybox 1\n"
     );
     // Everything is cached now: the archive may vanish.
     s.files.lock().unwrap().clear();
@@ -250,4 +262,60 @@ fn absent_package_and_architecture() {
         e.to_string().contains("no main/binary-amd64/Packages.xz"),
         "{e}"
     );
+}
+
+#[test]
+fn superseded_package_refreshes_the_index() {
+    let s = Server::start();
+    let cache = tempfile::tempdir().unwrap();
+    let f = s.fetcher(cache.path(), keyring());
+    // The index is cached (fresh), then the archive moves on: 1.0-1 is gone.
+    f.lock()
+        .unwrap()
+        .package("riscv64", "busybox-static")
+        .unwrap();
+    *s.files.lock().unwrap() = archive_files("mirror-v2");
+    let bb = guest::busybox_with(&f, Arch::Riscv64).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(bb).unwrap(),
+        "#!/bin/sh\necho fake busybox 2\n"
+    );
+    assert_eq!(
+        s.hits(INRELEASE),
+        2,
+        "the 404 of the old .deb made the index refresh"
+    );
+}
+
+#[test]
+fn day_old_index_is_refreshed_or_used_offline() {
+    let s = Server::start();
+    let cache = tempfile::tempdir().unwrap();
+    let f = s.fetcher(cache.path(), keyring());
+    let bb = guest::busybox_with(&f, Arch::Riscv64).unwrap();
+    let release = walk(cache.path())
+        .into_iter()
+        .find(|p| p.ends_with("Release"))
+        .unwrap();
+    let age = |days: u64| {
+        let t = std::time::SystemTime::now() - std::time::Duration::from_secs(days * 86400);
+        std::fs::File::options()
+            .write(true)
+            .open(&release)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    };
+    // Fresh: no network.
+    guest::busybox_with(&f, Arch::Riscv64).unwrap();
+    assert_eq!(s.hits(INRELEASE), 1);
+    // Two days old: fetched again.
+    age(2);
+    guest::busybox_with(&f, Arch::Riscv64).unwrap();
+    assert_eq!(s.hits(INRELEASE), 2);
+    // Old and the archive unreachable: the cached index still serves.
+    age(2);
+    s.files.lock().unwrap().clear();
+    assert_eq!(guest::busybox_with(&f, Arch::Riscv64).unwrap(), bb);
+    assert_eq!(s.hits(INRELEASE), 3);
 }
