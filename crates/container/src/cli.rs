@@ -369,7 +369,11 @@ fn dispatch(a: RuncArgs) -> Result<i32> {
                     "ID", "PID", "STATUS", "BUNDLE", "CREATED"
                 );
                 for (st, s) in &all {
-                    let pid = if *s == crate::state::Status::Stopped { 0 } else { st.pid };
+                    let pid = if *s == crate::state::Status::Stopped {
+                        0
+                    } else {
+                        st.pid
+                    };
                     let _ = writeln!(
                         out,
                         "{:<20} {:<8} {:<10} {:<40} {:<31} {}",
@@ -378,7 +382,11 @@ fn dispatch(a: RuncArgs) -> Result<i32> {
                         s,
                         st.bundle.display(),
                         st.created,
-                        if st.owner.is_empty() { "root" } else { &st.owner }
+                        if st.owner.is_empty() {
+                            "root"
+                        } else {
+                            &st.owner
+                        }
                     );
                 }
             }
@@ -419,7 +427,9 @@ fn exec(root: &Root, e: ExecArgs) -> Result<i32> {
         }
         None => {
             if e.command.is_empty() {
-                return Err(Error::Usage("exec: give --process FILE or a command".into()));
+                return Err(Error::Usage(
+                    "exec: give --process FILE or a command".into(),
+                ));
             }
             let spec = runtime::container_spec(root, &e.id)?;
             let mut p = spec.process().clone().unwrap_or_default();
@@ -448,10 +458,12 @@ fn exec(root: &Root, e: ExecArgs) -> Result<i32> {
                         .map_err(|_| Error::Usage(format!("--user {u:?}: want uid[:gid] numbers")))
                 };
                 p.user_mut().set_uid(parse(uid)?);
-                p.user_mut().set_gid(gid.map(parse).transpose()?.unwrap_or(0));
+                p.user_mut()
+                    .set_gid(gid.map(parse).transpose()?.unwrap_or(0));
             }
             if !e.additional_gids.is_empty() {
-                p.user_mut().set_additional_gids(Some(e.additional_gids.clone()));
+                p.user_mut()
+                    .set_additional_gids(Some(e.additional_gids.clone()));
             }
             if e.no_new_privs {
                 p.set_no_new_privileges(Some(true));
@@ -459,9 +471,10 @@ fn exec(root: &Root, e: ExecArgs) -> Result<i32> {
             if !e.cap.is_empty() {
                 let mut caps = p.capabilities().clone().unwrap_or_default();
                 for c in &e.cap {
-                    let cap: oci_spec::runtime::Capability =
-                        serde_json::from_value(serde_json::Value::String(c.clone()))
-                            .map_err(|_| Error::Usage(format!("--cap {c:?}: unknown capability")))?;
+                    let cap: oci_spec::runtime::Capability = serde_json::from_value(
+                        serde_json::Value::String(c.clone()),
+                    )
+                    .map_err(|_| Error::Usage(format!("--cap {c:?}: unknown capability")))?;
                     let add = |s: &Option<oci_spec::runtime::Capabilities>| {
                         let mut s = s.clone().unwrap_or_default();
                         s.insert(cap);

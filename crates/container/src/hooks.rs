@@ -48,7 +48,10 @@ pub fn run(kind: &'static str, hooks: Option<&Vec<Hook>>, state_json: &[u8]) -> 
             if deadline.is_some_and(|d| Instant::now() > d) {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(fail(format!("timed out after {}s", h.timeout().unwrap_or(0))));
+                return Err(fail(format!(
+                    "timed out after {}s",
+                    h.timeout().unwrap_or(0)
+                )));
             }
             std::thread::sleep(Duration::from_millis(2));
         };

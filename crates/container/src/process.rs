@@ -67,9 +67,7 @@ pub fn prepare(p: &Process) -> Result<Prepared> {
             .map(|d| Path::new(d).join(exe))
             .find(|c| is_executable(c))
             .ok_or_else(|| {
-                Error::Child(format!(
-                    "exec: {exe:?}: executable file not found in $PATH"
-                ))
+                Error::Child(format!("exec: {exe:?}: executable file not found in $PATH"))
             })?
     };
     let cwd_rel = p.cwd();
@@ -164,7 +162,14 @@ fn cap_set(set: &Option<oci_spec::runtime::Capabilities>, field: &str) -> Result
             Ok(cap) => {
                 // Capabilities newer than the running kernel are skipped,
                 // as runc does.
-                if caps::all().contains(&cap) && cap.index() <= caps::runtime::thread_all_supported().iter().map(|c| c.index()).max().unwrap_or(40) {
+                if caps::all().contains(&cap)
+                    && cap.index()
+                        <= caps::runtime::thread_all_supported()
+                            .iter()
+                            .map(|c| c.index())
+                            .max()
+                            .unwrap_or(40)
+                {
                     out.insert(cap);
                 }
             }
@@ -227,7 +232,11 @@ pub fn finalize_and_exec(
     ))
 }
 
-fn finalize(p: &Process, seccomp: Option<&crate::seccomp::Program>, preserve_fds: u32) -> Result<()> {
+fn finalize(
+    p: &Process,
+    seccomp: Option<&crate::seccomp::Program>,
+    preserve_fds: u32,
+) -> Result<()> {
     let nnp = p.no_new_privileges() == Some(true);
     let sets = p.capabilities().as_ref().map(cap_sets).transpose()?;
     // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: do it
@@ -266,10 +275,16 @@ fn finalize(p: &Process, seccomp: Option<&crate::seccomp::Program>, preserve_fds
     // SAFETY: as above.
     unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
     if let Some(s) = &sets {
-        caps::set(None, CapSet::Permitted, &s.permitted)
-            .map_err(|e| spec_err("process.capabilities.permitted", e.to_string()))?;
+        // Order matters: each capset must keep effective within permitted,
+        // and raising inheritable needs CAP_SETPCAP still effective.
         caps::set(None, CapSet::Inheritable, &s.inheritable)
             .map_err(|e| spec_err("process.capabilities.inheritable", e.to_string()))?;
+        let eff_now = caps::read(None, CapSet::Effective).unwrap_or_default();
+        let eff_tmp: CapsHashSet = eff_now.intersection(&s.effective).copied().collect();
+        caps::set(None, CapSet::Effective, &eff_tmp)
+            .map_err(|e| spec_err("process.capabilities.effective", e.to_string()))?;
+        caps::set(None, CapSet::Permitted, &s.permitted)
+            .map_err(|e| spec_err("process.capabilities.permitted", e.to_string()))?;
         caps::set(None, CapSet::Effective, &s.effective)
             .map_err(|e| spec_err("process.capabilities.effective", e.to_string()))?;
         let _ = caps::clear(None, CapSet::Ambient);

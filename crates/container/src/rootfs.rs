@@ -16,10 +16,38 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 pub const KNOWN_MOUNT_OPTIONS: &[&str] = &[
-    "async", "atime", "bind", "defaults", "dev", "diratime", "exec", "mand", "noatime",
-    "nodev", "nodiratime", "noexec", "nomand", "norelatime", "nostrictatime", "nosuid",
-    "private", "rbind", "relatime", "remount", "ro", "rprivate", "rshared", "rslave",
-    "runbindable", "rw", "shared", "slave", "strictatime", "suid", "sync", "tmpcopyup",
+    "async",
+    "atime",
+    "bind",
+    "defaults",
+    "dev",
+    "diratime",
+    "exec",
+    "mand",
+    "noatime",
+    "nodev",
+    "nodiratime",
+    "noexec",
+    "nomand",
+    "norelatime",
+    "nostrictatime",
+    "nosuid",
+    "private",
+    "rbind",
+    "relatime",
+    "remount",
+    "ro",
+    "rprivate",
+    "rshared",
+    "rslave",
+    "runbindable",
+    "rw",
+    "shared",
+    "slave",
+    "strictatime",
+    "suid",
+    "sync",
+    "tmpcopyup",
     "unbindable",
 ];
 
@@ -35,8 +63,15 @@ pub const DEFAULT_DEVICES: &[(&str, char, u64, u64, u32)] = &[
 
 /// devices-cgroup rules matching DEFAULT_DEVICES, plus terminals.
 pub const DEFAULT_DEVICE_RULES: &[&str] = &[
-    "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm",
-    "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:1 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
 ];
 
 /// Flags and data of a mount's `options`.
@@ -163,8 +198,45 @@ pub fn open_in_root(root: RawFd, path: &Path, flags: i32) -> std::io::Result<Own
 /// empty file for the last component when `file` is set; return an O_PATH
 /// fd of it. Symlinks resolve inside the root.
 pub fn mkdir_all_in_root(root: RawFd, path: &Path, file: bool) -> Result<OwnedFd> {
+    let mut want = normalize(path);
+    // Dangling symlinks are followed by rewriting the path (inside the
+    // root); this bounds how many, like the kernel's 40 for lookups.
+    for _ in 0..40 {
+        match mkdir_walk(root, &want, file)? {
+            Walk::Done(fd) => return Ok(fd),
+            Walk::Restart(p) => want = p,
+        }
+    }
+    Err(Error::Usage(format!(
+        "{}: too many levels of symbolic links",
+        path.display()
+    )))
+}
+
+/// `path` made absolute and free of `.` and `..` (which cannot go above
+/// the root), lexically.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+enum Walk {
+    Done(OwnedFd),
+    Restart(PathBuf),
+}
+
+fn mkdir_walk(root: RawFd, path: &Path, file: bool) -> Result<Walk> {
     if let Ok(fd) = open_in_root(root, path, libc::O_PATH) {
-        return Ok(fd);
+        return Ok(Walk::Done(fd));
     }
     let comps: Vec<&std::ffi::OsStr> = path
         .components()
@@ -173,13 +245,11 @@ pub fn mkdir_all_in_root(root: RawFd, path: &Path, file: bool) -> Result<OwnedFd
             _ => None,
         })
         .collect();
-    if path.components().any(|c| c == Component::ParentDir) {
-        return Err(Error::Usage(format!("{path:?} must not contain `..`")));
-    }
     let mut cur = PathBuf::from("/");
     let mut parent = open_in_root(root, &cur, libc::O_PATH | libc::O_DIRECTORY)
         .ctx(|| "opening the rootfs".into())?;
     for (i, name) in comps.iter().enumerate() {
+        let parent_path = cur.clone();
         cur.push(name);
         let last = i + 1 == comps.len();
         match open_in_root(root, &cur, libc::O_PATH) {
@@ -191,6 +261,18 @@ pub fn mkdir_all_in_root(root: RawFd, path: &Path, file: bool) -> Result<OwnedFd
             Err(e) => return Err(e).ctx(|| format!("resolving {}", cur.display())),
         }
         let cname = cstr(Path::new(name))?;
+        // A dangling symlink: continue at its target, inside the root.
+        if let Ok(target) = nix::fcntl::readlinkat(Some(parent.as_raw_fd()), Path::new(name)) {
+            let mut next = if Path::new(&target).is_absolute() {
+                PathBuf::from(&target)
+            } else {
+                parent_path.join(&target)
+            };
+            for rest in &comps[i + 1..] {
+                next.push(rest);
+            }
+            return Ok(Walk::Restart(normalize(&next)));
+        }
         // The parent may be an O_PATH fd: mkdirat/openat accept those as dirfd.
         if last && file {
             // SAFETY: valid dirfd and NUL-terminated name; O_NOFOLLOW keeps
@@ -220,7 +302,7 @@ pub fn mkdir_all_in_root(root: RawFd, path: &Path, file: bool) -> Result<OwnedFd
         parent = open_in_root(root, &cur, libc::O_PATH)
             .ctx(|| format!("resolving {}", cur.display()))?;
     }
-    Ok(parent)
+    Ok(Walk::Done(parent))
 }
 
 fn fd_path(fd: &OwnedFd) -> PathBuf {
@@ -278,8 +360,14 @@ pub fn prepare(c: &Ctx) -> Result<()> {
         Some(p) if p.contains(MsFlags::MS_PRIVATE) => MsFlags::MS_PRIVATE,
         _ => MsFlags::MS_SLAVE,
     };
-    mount(None::<&str>, "/", None::<&str>, base | MsFlags::MS_REC, None::<&str>)
-        .ctx(|| "making / a slave mount".into())?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        base | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .ctx(|| "making / a slave mount".into())?;
     // pivot_root needs the new root to be a mount point.
     mount(
         Some(c.rootfs),
@@ -350,9 +438,14 @@ fn mount_one(c: &Ctx, rootfd: RawFd, m: &Mount) -> Result<()> {
         if !extra.is_empty() {
             // The new mount is at the same fd path; reopen it so the
             // remount targets the bind, not the directory below it.
-            let fd2 = open_in_root(rootfd, dest, libc::O_PATH).ctx(|| format!("reopening {}", dest.display()))?;
+            let fd2 = open_in_root(rootfd, dest, libc::O_PATH)
+                .ctx(|| format!("reopening {}", dest.display()))?;
             let t2 = fd_path(&fd2);
-            let keep = if c.userns { locked_flags(&t2) } else { MsFlags::empty() };
+            let keep = if c.userns {
+                locked_flags(&t2)
+            } else {
+                MsFlags::empty()
+            };
             mount(
                 None::<&str>,
                 &t2,
@@ -363,9 +456,16 @@ fn mount_one(c: &Ctx, rootfd: RawFd, m: &Mount) -> Result<()> {
             .ctx(|| format!("remounting {} with {:?}", dest.display(), extra))?;
         }
         if !opts.propagation.is_empty() {
-            let fd2 = open_in_root(rootfd, dest, libc::O_PATH).ctx(|| format!("reopening {}", dest.display()))?;
-            mount(None::<&str>, &fd_path(&fd2), None::<&str>, opts.propagation, None::<&str>)
-                .ctx(|| format!("setting propagation of {}", dest.display()))?;
+            let fd2 = open_in_root(rootfd, dest, libc::O_PATH)
+                .ctx(|| format!("reopening {}", dest.display()))?;
+            mount(
+                None::<&str>,
+                &fd_path(&fd2),
+                None::<&str>,
+                opts.propagation,
+                None::<&str>,
+            )
+            .ctx(|| format!("setting propagation of {}", dest.display()))?;
         }
         return Ok(());
     }
@@ -402,9 +502,16 @@ fn mount_one(c: &Ctx, rootfd: RawFd, m: &Mount) -> Result<()> {
         r => r.ctx(|| format!("mounting {typ} on {}", dest.display()))?,
     }
     if !opts.propagation.is_empty() {
-        let fd2 = open_in_root(rootfd, dest, libc::O_PATH).ctx(|| format!("reopening {}", dest.display()))?;
-        mount(None::<&str>, &fd_path(&fd2), None::<&str>, opts.propagation, None::<&str>)
-            .ctx(|| format!("setting propagation of {}", dest.display()))?;
+        let fd2 = open_in_root(rootfd, dest, libc::O_PATH)
+            .ctx(|| format!("reopening {}", dest.display()))?;
+        mount(
+            None::<&str>,
+            &fd_path(&fd2),
+            None::<&str>,
+            opts.propagation,
+            None::<&str>,
+        )
+        .ctx(|| format!("setting propagation of {}", dest.display()))?;
     }
     Ok(())
 }
@@ -423,10 +530,21 @@ fn mount_cgroup(c: &Ctx, rootfd: RawFd, m: &Mount, opts: &MountOpts) -> Result<(
     let bind_ro = |src: &Path, dst: &Path| -> Result<()> {
         let fd = mkdir_all_in_root(rootfd, dst, false)?;
         let t = fd_path(&fd);
-        mount(Some(src), &t, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-            .ctx(|| format!("binding {} on {}", src.display(), dst.display()))?;
-        let fd = open_in_root(rootfd, dst, libc::O_PATH).ctx(|| format!("reopening {}", dst.display()))?;
-        let extra = if ro { MsFlags::MS_RDONLY } else { MsFlags::empty() };
+        mount(
+            Some(src),
+            &t,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .ctx(|| format!("binding {} on {}", src.display(), dst.display()))?;
+        let fd = open_in_root(rootfd, dst, libc::O_PATH)
+            .ctx(|| format!("reopening {}", dst.display()))?;
+        let extra = if ro {
+            MsFlags::MS_RDONLY
+        } else {
+            MsFlags::empty()
+        };
         mount(
             None::<&str>,
             &fd_path(&fd),
@@ -469,7 +587,8 @@ fn mount_cgroup(c: &Ctx, rootfd: RawFd, m: &Mount, opts: &MountOpts) -> Result<(
         bind_ro(&src, &dest.join(name))?;
     }
     if ro {
-        let fd = open_in_root(rootfd, dest, libc::O_PATH).ctx(|| format!("reopening {}", dest.display()))?;
+        let fd = open_in_root(rootfd, dest, libc::O_PATH)
+            .ctx(|| format!("reopening {}", dest.display()))?;
         mount(
             None::<&str>,
             &fd_path(&fd),
@@ -493,11 +612,17 @@ fn create_devices(c: &Ctx, rootfd: RawFd, extra: &[LinuxDevice]) -> Result<()> {
             LinuxDeviceType::B => 'b',
             LinuxDeviceType::P => 'p',
             LinuxDeviceType::A => {
-                return Err(spec_err(format!("linux.devices[{i}].type"), "\"a\" is not a device type"))
+                return Err(spec_err(
+                    format!("linux.devices[{i}].type"),
+                    "\"a\" is not a device type",
+                ))
             }
         };
         if !d.path().starts_with("/dev") {
-            return Err(spec_err(format!("linux.devices[{i}].path"), "must be below /dev"));
+            return Err(spec_err(
+                format!("linux.devices[{i}].path"),
+                "must be below /dev",
+            ));
         }
         list.retain(|x| x.0 != *d.path());
         list.push((
@@ -517,8 +642,14 @@ fn create_devices(c: &Ctx, rootfd: RawFd, extra: &[LinuxDevice]) -> Result<()> {
         if c.userns {
             // mknod is refused in a user namespace: bind the host's node.
             let fd = mkdir_all_in_root(rootfd, &path, true)?;
-            mount(Some(&path), &fd_path(&fd), None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                .ctx(|| format!("binding device {}", path.display()))?;
+            mount(
+                Some(&path),
+                &fd_path(&fd),
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .ctx(|| format!("binding device {}", path.display()))?;
             continue;
         }
         let kind = match t {
@@ -534,22 +665,34 @@ fn create_devices(c: &Ctx, rootfd: RawFd, extra: &[LinuxDevice]) -> Result<()> {
         unsafe { libc::unlinkat(dfd.as_raw_fd(), name.as_ptr(), 0) };
         let dev = libc::makedev(major as u32, minor as u32);
         // SAFETY: as above.
-        let rc = unsafe { libc::mknodat(dfd.as_raw_fd(), name.as_ptr(), kind | (mode & 0o7777), dev) };
+        let rc =
+            unsafe { libc::mknodat(dfd.as_raw_fd(), name.as_ptr(), kind | (mode & 0o7777), dev) };
         if rc != 0 {
-            return Err(std::io::Error::last_os_error()).ctx(|| format!("mknod {}", path.display()));
+            return Err(std::io::Error::last_os_error())
+                .ctx(|| format!("mknod {}", path.display()));
         }
         // SAFETY: as above; umask may have cut the mode, set it exactly.
         unsafe {
             libc::fchmodat(dfd.as_raw_fd(), name.as_ptr(), mode & 0o7777, 0);
-            libc::fchownat(dfd.as_raw_fd(), name.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW);
+            libc::fchownat(
+                dfd.as_raw_fd(),
+                name.as_ptr(),
+                uid,
+                gid,
+                libc::AT_SYMLINK_NOFOLLOW,
+            );
         }
     }
     Ok(())
 }
 
 fn dev_symlinks(rootfd: RawFd, have_pts: bool) -> Result<()> {
-    let dfd = open_in_root(rootfd, Path::new("/dev"), libc::O_DIRECTORY | libc::O_RDONLY)
-        .ctx(|| "opening /dev".into())?;
+    let dfd = open_in_root(
+        rootfd,
+        Path::new("/dev"),
+        libc::O_DIRECTORY | libc::O_RDONLY,
+    )
+    .ctx(|| "opening /dev".into())?;
     let mut links = vec![
         ("/proc/self/fd", "fd"),
         ("/proc/self/fd/0", "stdin"),
@@ -586,8 +729,14 @@ fn dev_symlinks(rootfd: RawFd, have_pts: bool) -> Result<()> {
 pub fn enter(rootfs: &Path, no_pivot: bool) -> Result<()> {
     if no_pivot {
         nix::unistd::chdir(rootfs).ctx(|| format!("chdir {}", rootfs.display()))?;
-        mount(Some(rootfs), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-            .ctx(|| "moving the rootfs to /".into())?;
+        mount(
+            Some(rootfs),
+            "/",
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .ctx(|| "moving the rootfs to /".into())?;
         nix::unistd::chroot(".").ctx(|| "chroot".into())?;
         nix::unistd::chdir("/").ctx(|| "chdir /".into())?;
         return Ok(());
@@ -598,8 +747,14 @@ pub fn enter(rootfs: &Path, no_pivot: bool) -> Result<()> {
     // one, then detached; no directory for it is needed in the image.
     nix::unistd::pivot_root(".", ".").ctx(|| "pivot_root".into())?;
     nix::unistd::fchdir(old.as_raw_fd()).ctx(|| "fchdir old root".into())?;
-    mount(None::<&str>, ".", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)
-        .ctx(|| "making the old root a slave".into())?;
+    mount(
+        None::<&str>,
+        ".",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .ctx(|| "making the old root a slave".into())?;
     umount2(".", MntFlags::MNT_DETACH).ctx(|| "detaching the old root".into())?;
     nix::unistd::chdir("/").ctx(|| "chdir /".into())?;
     Ok(())
@@ -609,7 +764,11 @@ pub fn enter(rootfs: &Path, no_pivot: bool) -> Result<()> {
 /// propagation of the new root.
 pub fn finish(spec: &Spec) -> Result<()> {
     let linux = spec.linux().as_ref();
-    for p in linux.and_then(|l| l.masked_paths().as_ref()).into_iter().flatten() {
+    for p in linux
+        .and_then(|l| l.masked_paths().as_ref())
+        .into_iter()
+        .flatten()
+    {
         let path = Path::new(p);
         match std::fs::metadata(path) {
             Ok(m) if m.is_dir() => mount(
@@ -620,18 +779,34 @@ pub fn finish(spec: &Spec) -> Result<()> {
                 None::<&str>,
             )
             .ctx(|| format!("masking {p}"))?,
-            Ok(_) => mount(Some("/dev/null"), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                .ctx(|| format!("masking {p}"))?,
+            Ok(_) => mount(
+                Some("/dev/null"),
+                path,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .ctx(|| format!("masking {p}"))?,
             Err(_) => {}
         }
     }
-    for p in linux.and_then(|l| l.readonly_paths().as_ref()).into_iter().flatten() {
+    for p in linux
+        .and_then(|l| l.readonly_paths().as_ref())
+        .into_iter()
+        .flatten()
+    {
         let path = Path::new(p);
         if !path.exists() {
             continue;
         }
-        mount(Some(path), path, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-            .ctx(|| format!("binding read-only path {p}"))?;
+        mount(
+            Some(path),
+            path,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .ctx(|| format!("binding read-only path {p}"))?;
         let keep = locked_flags(path);
         mount(
             None::<&str>,
@@ -668,7 +843,9 @@ mod tests {
 
     #[test]
     fn options() {
-        let o = parse_options(&["nosuid", "noexec", "mode=755", "size=65536k", "rprivate"].map(String::from));
+        let o = parse_options(
+            &["nosuid", "noexec", "mode=755", "size=65536k", "rprivate"].map(String::from),
+        );
         assert!(o.flags.contains(MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC));
         assert_eq!(o.data, ["mode=755", "size=65536k"]);
         assert_eq!(o.propagation, MsFlags::MS_PRIVATE | MsFlags::MS_REC);

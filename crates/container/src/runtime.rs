@@ -183,7 +183,10 @@ fn fork_child(child: impl FnOnce() -> Result<()>, chan: Option<&mut Chan>) -> Re
 }
 
 fn write_maps(pid: Pid, spec: &Spec) -> Result<()> {
-    let linux = spec.linux().as_ref().ok_or_else(|| spec_err("linux", "missing"))?;
+    let linux = spec
+        .linux()
+        .as_ref()
+        .ok_or_else(|| spec_err("linux", "missing"))?;
     let fmt = |m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| -> String {
         m.iter()
             .flatten()
@@ -305,7 +308,8 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<State> {
         cgroup: None,
         pids: Vec::new(),
     };
-    let bundle = std::fs::canonicalize(&o.bundle).ctx(|| format!("bundle {}", o.bundle.display()))?;
+    let bundle =
+        std::fs::canonicalize(&o.bundle).ctx(|| format!("bundle {}", o.bundle.display()))?;
     let spec = crate::spec::load(&bundle)?;
     let rootfs = crate::spec::rootfs_path(&spec, &bundle)?;
     let proc_spec = spec
@@ -317,7 +321,8 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<State> {
     let terminal = proc_spec.terminal() == Some(true);
     let console = match (&o.console_socket, terminal) {
         (Some(p), true) => Some(
-            UnixStream::connect(p).ctx(|| format!("connecting to console socket {}", p.display()))?,
+            UnixStream::connect(p)
+                .ctx(|| format!("connecting to console socket {}", p.display()))?,
         ),
         (None, true) => {
             return Err(Error::Usage(
@@ -336,6 +341,13 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<State> {
         nix::sys::stat::Mode::from_bits_truncate(0o622),
     )
     .ctx(|| "creating exec.fifo".into())?;
+    // Writable by the container's root even when it is an unprivileged
+    // host uid (user namespaces); the umask cut the mode above.
+    std::fs::set_permissions(
+        dir.join(state::FIFO_FILE),
+        std::os::unix::fs::PermissionsExt::from_mode(0o622),
+    )
+    .ctx(|| "chmod exec.fifo".into())?;
     let dirfd = std::fs::File::open(&dir).ctx(|| format!("opening {}", dir.display()))?;
 
     let mut cg = cgroups::new_manager(linux.cgroups_path().as_deref(), &o.id)?;
@@ -347,9 +359,14 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<State> {
     }
 
     let plan = ns_plan(&spec);
-    if plan.new.contains(CloneFlags::CLONE_NEWUTS) || plan.join.iter().any(|(t, _)| *t == LinuxNamespaceType::Uts) {
+    if plan.new.contains(CloneFlags::CLONE_NEWUTS)
+        || plan.join.iter().any(|(t, _)| *t == LinuxNamespaceType::Uts)
+    {
     } else if spec.hostname().is_some() {
-        return Err(spec_err("hostname", "set, but the container has no uts namespace"));
+        return Err(spec_err(
+            "hostname",
+            "set, but the container has no uts namespace",
+        ));
     }
     let created = state::now_rfc3339();
     let mut st = State {
@@ -380,16 +397,20 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<State> {
         state_dir: dirfd.as_raw_fd(),
         preserve_fds: o.preserve_fds,
         userns: plan.new_user
-            || plan.join.iter().any(|(t, _)| *t == LinuxNamespaceType::User),
+            || plan
+                .join
+                .iter()
+                .any(|(t, _)| *t == LinuxNamespaceType::User),
         new_uts: plan.new.contains(CloneFlags::CLONE_NEWUTS)
             || plan.join.iter().any(|(t, _)| *t == LinuxNamespaceType::Uts),
         new_mnt: plan.new.contains(CloneFlags::CLONE_NEWNS)
-            || plan.join.iter().any(|(t, _)| *t == LinuxNamespaceType::Mount),
+            || plan
+                .join
+                .iter()
+                .any(|(t, _)| *t == LinuxNamespaceType::Mount),
     };
     let intermediate = fork_child(
-        || {
-            stage_intermediate(&mut child_chan, &plan, |chan| init_main(chan, &init))
-        },
+        || stage_intermediate(&mut child_chan, &plan, |chan| init_main(chan, &init)),
         None,
     )?;
     drop(child_chan);
@@ -521,7 +542,8 @@ fn init_main(chan: &mut Chan, a: &InitArgs) -> Result<()> {
             nix::unistd::sethostname(h).ctx(|| format!("hostname {h:?}"))?;
         }
         if let Some(d) = a.spec.domainname() {
-            let c = std::ffi::CString::new(d.as_str()).map_err(|_| spec_err("domainname", "NUL byte"))?;
+            let c = std::ffi::CString::new(d.as_str())
+                .map_err(|_| spec_err("domainname", "NUL byte"))?;
             // SAFETY: valid pointer and length.
             if unsafe { libc::setdomainname(c.as_ptr(), d.len()) } != 0 {
                 return Err(std::io::Error::last_os_error()).ctx(|| format!("domainname {d:?}"));
@@ -561,18 +583,30 @@ fn init_main(chan: &mut Chan, a: &InitArgs) -> Result<()> {
         &state_for_hooks("creating"),
     )?;
     rootfs::enter(a.rootfs, a.no_pivot)?;
-    rootfs::finish(a.spec)?;
-    for (k, v) in a.spec.linux().as_ref().and_then(|l| l.sysctl().clone()).unwrap_or_default() {
+    // sysctls go in before readonlyPaths make /proc/sys read-only.
+    for (k, v) in a
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.sysctl().clone())
+        .unwrap_or_default()
+    {
         let path = format!("/proc/sys/{}", k.replace('.', "/"));
-        std::fs::write(&path, &v).map_err(|e| spec_err(format!("linux.sysctl.{k}"), e.to_string()))?;
+        std::fs::write(&path, &v)
+            .map_err(|e| spec_err(format!("linux.sysctl.{k}"), e.to_string()))?;
     }
+    rootfs::finish(a.spec)?;
     if let Some(sock) = a.console {
-        let size = a.process.console_size().map(|b| (b.height() as u16, b.width() as u16));
+        let size = a
+            .process
+            .console_size()
+            .map(|b| (b.height() as u16, b.width() as u16));
         tty::setup_console(sock, size)?;
         // SAFETY: the socket fd was inherited from the runtime and is ours.
         unsafe { libc::close(sock) };
     }
-    nix::unistd::chdir(a.process.cwd()).ctx(|| format!("process.cwd {}", a.process.cwd().display()))?;
+    nix::unistd::chdir(a.process.cwd())
+        .ctx(|| format!("process.cwd {}", a.process.cwd().display()))?;
     let prep = process::prepare(a.process)?;
     chan.send(&Msg::Ready)?;
     // From here on nobody reads the sync socket: report on stderr, which
@@ -607,8 +641,6 @@ fn init_after_ready(a: &InitArgs, prep: &process::Prepared) -> std::result::Resu
     }
     // SAFETY: fd is new and ours.
     let fifo = unsafe { OwnedFd::from_raw_fd(fd) };
-    nix::unistd::write(&fifo, &[0]).ctx(|| "writing exec.fifo".into())?;
-    drop(fifo);
     // SAFETY: closing a directory fd we opened (inherited via fork).
     unsafe { libc::close(a.state_dir) };
     hooks::run(
@@ -616,6 +648,10 @@ fn init_after_ready(a: &InitArgs, prep: &process::Prepared) -> std::result::Resu
         hooks.start_container().as_ref(),
         &state_for_hooks("running"),
     )?;
+    // One byte says "starting"; the fifo stays open (close-on-exec) so
+    // `start` sees it close when the process is exec'd, and runs poststart
+    // hooks only then.
+    nix::unistd::write(&fifo, &[0]).ctx(|| "writing exec.fifo".into())?;
     Ok(process::finalize_and_exec(
         a.process,
         prep,
@@ -642,23 +678,43 @@ pub fn start(root: &Root, id: &str) -> Result<()> {
         .custom_flags(libc::O_NONBLOCK)
         .open(&fifo_path)
         .ctx(|| format!("opening {}", fifo_path.display()))?;
+    let mut started = false;
     loop {
         let mut pfd = [nix::poll::PollFd::new(
             std::os::fd::AsFd::as_fd(&fifo),
             nix::poll::PollFlags::POLLIN,
         )];
         let n = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(100u16))
-            .or_else(|e| if e == nix::Error::EINTR { Ok(0) } else { Err(e) })
+            .or_else(|e| {
+                if e == nix::Error::EINTR {
+                    Ok(0)
+                } else {
+                    Err(e)
+                }
+            })
             .ctx(|| "poll exec.fifo".into())?;
         if n > 0 {
             let mut b = [0u8; 1];
-            let r = nix::unistd::read(fifo.as_raw_fd(), &mut b).ctx(|| "reading exec.fifo".into())?;
-            if r == 1 {
+            let r = match nix::unistd::read(fifo.as_raw_fd(), &mut b) {
+                Err(nix::Error::EAGAIN) => continue,
+                r => r.ctx(|| "reading exec.fifo".into())?,
+            };
+            if r == 0 && !started {
+                return Err(Error::Child(
+                    "the container's init exited before starting its process".into(),
+                ));
+            }
+            if r == 0 {
+                // Closed by execve (or the process died right after).
                 break;
             }
-            return Err(Error::Child("the container's init exited before start".into()));
+            started = true;
+            continue;
         }
         if state::process_start_time(st.pid) != Some(st.pid_start) {
+            if started {
+                break;
+            }
             return Err(Error::Child("the container's init is gone".into()));
         }
     }
@@ -716,7 +772,11 @@ pub fn parse_signal(s: &str) -> Result<Signal> {
         return Signal::try_from(n).map_err(|_| Error::Usage(format!("unknown signal {s:?}")));
     }
     let up = s.to_ascii_uppercase();
-    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
     name.parse::<Signal>()
         .map_err(|_| Error::Usage(format!("unknown signal {s:?}")))
 }
@@ -785,12 +845,20 @@ pub fn delete(root: &Root, id: &str, force: bool) -> Result<()> {
 pub fn pause(root: &Root, id: &str, pause: bool) -> Result<()> {
     let st = root.load(id)?;
     let s = status(root, &st);
-    let ok = if pause { s == Status::Running } else { s == Status::Paused };
+    let ok = if pause {
+        s == Status::Running
+    } else {
+        s == Status::Paused
+    };
     if !ok {
         return Err(Error::BadState {
             id: id.into(),
             status: s.to_string(),
-            what: if pause { "only a running container can be paused" } else { "only a paused container can be resumed" },
+            what: if pause {
+                "only a running container can be paused"
+            } else {
+                "only a paused container can be resumed"
+            },
         });
     }
     cgroups::open(st.cgroup).freeze(pause)
@@ -836,11 +904,10 @@ pub fn exec(root: &Root, o: &ExecOpts) -> Result<i32> {
     let terminal = o.process.terminal() == Some(true);
     let console = match (&o.console_socket, terminal) {
         (Some(p), true) => Some(
-            UnixStream::connect(p).ctx(|| format!("connecting to console socket {}", p.display()))?,
+            UnixStream::connect(p)
+                .ctx(|| format!("connecting to console socket {}", p.display()))?,
         ),
-        (None, true) => {
-            return Err(Error::Usage("--tty needs --console-socket".into()))
-        }
+        (None, true) => return Err(Error::Usage("--tty needs --console-socket".into())),
         _ => None,
     };
     let plan = ns_plan(&spec);
@@ -850,13 +917,21 @@ pub fn exec(root: &Root, o: &ExecOpts) -> Result<i32> {
             || (t == LinuxNamespaceType::User && plan.new_user)
             || plan.new.contains(ns_flag(t));
         if in_spec {
-            join.push((t, PathBuf::from(format!("/proc/{}/ns/{}", st.pid, ns_proc_name(t)))));
+            join.push((
+                t,
+                PathBuf::from(format!("/proc/{}/ns/{}", st.pid, ns_proc_name(t))),
+            ));
         }
     }
     // Open them all now: the init could exit while we join.
     let ns_files: Vec<(LinuxNamespaceType, std::fs::File)> = join
         .iter()
-        .map(|(t, p)| Ok((*t, std::fs::File::open(p).ctx(|| format!("opening {}", p.display()))?)))
+        .map(|(t, p)| {
+            Ok((
+                *t,
+                std::fs::File::open(p).ctx(|| format!("opening {}", p.display()))?,
+            ))
+        })
         .collect::<Result<_>>()?;
     subreaper();
     if !o.detach {
@@ -874,7 +949,8 @@ pub fn exec(root: &Root, o: &ExecOpts) -> Result<i32> {
             let r = (|| -> Result<()> {
                 child_chan.expect_go()?;
                 for (t, f) in &ns_files {
-                    nix::sched::setns(f, ns_flag(*t)).ctx(|| format!("joining {} namespace", ns_proc_name(*t)))?;
+                    nix::sched::setns(f, ns_flag(*t))
+                        .ctx(|| format!("joining {} namespace", ns_proc_name(*t)))?;
                 }
                 Ok(())
             })();
@@ -889,14 +965,25 @@ pub fn exec(root: &Root, o: &ExecOpts) -> Result<i32> {
                     let r = (|| -> Result<()> {
                         if let Some(sock) = console_fd {
                             nix::unistd::setsid().ctx(|| "setsid".into())?;
-                            tty::setup_console(sock, process.console_size().map(|b| (b.height() as u16, b.width() as u16)))?;
+                            tty::setup_console(
+                                sock,
+                                process
+                                    .console_size()
+                                    .map(|b| (b.height() as u16, b.width() as u16)),
+                            )?;
                             // SAFETY: our inherited copy of the socket.
                             unsafe { libc::close(sock) };
                         }
                         process::apply_limits(process)?;
-                        nix::unistd::chdir(process.cwd()).ctx(|| format!("cwd {}", process.cwd().display()))?;
+                        nix::unistd::chdir(process.cwd())
+                            .ctx(|| format!("cwd {}", process.cwd().display()))?;
                         let prep = process::prepare(process)?;
-                        Err(process::finalize_and_exec(process, &prep, seccomp.as_ref(), preserve))
+                        Err(process::finalize_and_exec(
+                            process,
+                            &prep,
+                            seccomp.as_ref(),
+                            preserve,
+                        ))
                     })();
                     if let Err(e) = &r {
                         let _ = child_chan.send(&Msg::Err(e.to_string()));

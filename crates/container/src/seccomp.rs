@@ -159,16 +159,10 @@ impl Asm {
     }
 }
 
-fn action_value(
-    a: LinuxSeccompAction,
-    errno: Option<u32>,
-    field: &str,
-) -> Result<u32> {
+fn action_value(a: LinuxSeccompAction, errno: Option<u32>, field: &str) -> Result<u32> {
     let data = |d: Option<u32>, default: u32| d.unwrap_or(default) & 0xffff;
     Ok(match a {
-        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => {
-            RET_KILL_THREAD
-        }
+        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => RET_KILL_THREAD,
         LinuxSeccompAction::ScmpActKillProcess => RET_KILL_PROCESS,
         LinuxSeccompAction::ScmpActTrap => RET_TRAP,
         LinuxSeccompAction::ScmpActErrno => RET_ERRNO | data(errno, libc::EPERM as u32),
@@ -287,7 +281,12 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Program> {
         let next_section = asm.label();
         let in_section = asm.label();
         asm.ld(4); // seccomp_data.arch
-        asm.jmp(JMP_JEQ_K, abi.audit(), Target::Label(in_section), Target::Next);
+        asm.jmp(
+            JMP_JEQ_K,
+            abi.audit(),
+            Target::Label(in_section),
+            Target::Next,
+        );
         asm.ins.push(Ins::Ja(next_section));
         asm.ins.push(Ins::Label(in_section));
         asm.ld(0); // seccomp_data.nr
@@ -390,7 +389,11 @@ fn emit_cond(asm: &mut Asm, idx: usize, op: LinuxSeccompOperator, v: u64, v2: u6
             asm.jmp(JMP_JGT_K, hi, p, n);
             asm.jmp(JMP_JEQ_K, hi, n, f);
             asm.ld(lo_off);
-            let code = if op == Op::ScmpCmpGt { JMP_JGT_K } else { JMP_JGE_K };
+            let code = if op == Op::ScmpCmpGt {
+                JMP_JGT_K
+            } else {
+                JMP_JGE_K
+            };
             asm.jmp(code, lo, n, f);
         }
         Op::ScmpCmpLt | Op::ScmpCmpLe => {
@@ -398,7 +401,11 @@ fn emit_cond(asm: &mut Asm, idx: usize, op: LinuxSeccompOperator, v: u64, v2: u6
             asm.jmp(JMP_JGT_K, hi, f, n);
             asm.jmp(JMP_JEQ_K, hi, n, p);
             asm.ld(lo_off);
-            let code = if op == Op::ScmpCmpLt { JMP_JGE_K } else { JMP_JGT_K };
+            let code = if op == Op::ScmpCmpLt {
+                JMP_JGE_K
+            } else {
+                JMP_JGT_K
+            };
             asm.jmp(code, lo, f, n);
         }
     }
@@ -505,18 +512,33 @@ mod tests {
         let x = AUDIT_ARCH_X86_64;
         assert_eq!(run(&p.insns, x, 135, [8, 0, 0, 0, 0, 0]), RET_ERRNO | 1);
         assert_eq!(run(&p.insns, x, 135, [9, 0, 0, 0, 0, 0]), RET_ALLOW);
-        assert_eq!(run(&p.insns, x, 135, [8 | 1 << 32, 0, 0, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(
+            run(&p.insns, x, 135, [8 | 1 << 32, 0, 0, 0, 0, 0]),
+            RET_ALLOW
+        );
         assert_eq!(run(&p.insns, x, 56, [0x11, 0, 0, 0, 0, 0]), RET_ERRNO | 2);
-        assert_eq!(run(&p.insns, x, 56, [0x1000_0000, 0, 0, 0, 0, 0]), RET_ALLOW);
-        assert_eq!(run(&p.insns, x, 105, [1 << 32, 0, 0, 0, 0, 0]), RET_ERRNO | 3);
-        assert_eq!(run(&p.insns, x, 105, [u32::MAX as u64, 0, 0, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(
+            run(&p.insns, x, 56, [0x1000_0000, 0, 0, 0, 0, 0]),
+            RET_ALLOW
+        );
+        assert_eq!(
+            run(&p.insns, x, 105, [1 << 32, 0, 0, 0, 0, 0]),
+            RET_ERRNO | 3
+        );
+        assert_eq!(
+            run(&p.insns, x, 105, [u32::MAX as u64, 0, 0, 0, 0, 0]),
+            RET_ALLOW
+        );
         assert_eq!(run(&p.insns, x, 106, [0, 9, 0, 0, 0, 0]), RET_ERRNO | 4);
         assert_eq!(run(&p.insns, x, 106, [0, 10, 0, 0, 0, 0]), RET_ALLOW);
         assert_eq!(run(&p.insns, x, 106, [0, 1 << 40, 0, 0, 0, 0]), RET_ALLOW);
         assert_eq!(run(&p.insns, x, 95, [18, 0, 0, 0, 0, 0]), RET_ALLOW);
         assert_eq!(run(&p.insns, x, 95, [19, 0, 0, 0, 0, 0]), RET_ERRNO | 5);
         // i386 personality is 136.
-        assert_eq!(run(&p.insns, AUDIT_ARCH_I386, 136, [8, 0, 0, 0, 0, 0]), RET_ERRNO | 1);
+        assert_eq!(
+            run(&p.insns, AUDIT_ARCH_I386, 136, [8, 0, 0, 0, 0, 0]),
+            RET_ERRNO | 1
+        );
     }
 
     #[test]
@@ -530,7 +552,11 @@ mod tests {
             names.join(",")
         ));
         for nr in [0u32, 100, 200, 300, 330] {
-            assert_eq!(run(&p.insns, AUDIT_ARCH_X86_64, nr, [0; 6]), RET_ALLOW, "nr {nr}");
+            assert_eq!(
+                run(&p.insns, AUDIT_ARCH_X86_64, nr, [0; 6]),
+                RET_ALLOW,
+                "nr {nr}"
+            );
         }
         assert_eq!(run(&p.insns, AUDIT_ARCH_X86_64, 999, [0; 6]), RET_ERRNO | 1);
     }

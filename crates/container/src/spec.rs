@@ -131,10 +131,7 @@ pub fn validate(spec: &Spec) -> Result<()> {
         if let Some(sysctl) = linux.sysctl() {
             for k in sysctl.keys() {
                 if k.is_empty() || k.contains('/') || k.contains("..") {
-                    return Err(spec_err(
-                        format!("linux.sysctl.{k}"),
-                        "not a sysctl name",
-                    ));
+                    return Err(spec_err(format!("linux.sysctl.{k}"), "not a sysctl name"));
                 }
             }
         }
@@ -161,7 +158,10 @@ pub fn rootfs_path(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
 /// writes it), optionally for rootless use.
 pub fn default_spec(rootless: bool) -> Spec {
     if rootless {
-        Spec::rootless(nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw())
+        Spec::rootless(
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        )
     } else {
         Spec::default()
     }
@@ -213,17 +213,27 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let e = err_of(r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"cwd":"/","user":{"uid":"zero","gid":0},"args":["sh"]}}"#);
+        let e = err_of(
+            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"cwd":"/","user":{"uid":"zero","gid":0},"args":["sh"]}}"#,
+        );
         assert!(e.contains("process.user.uid"), "{e}");
-        let e = err_of(r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"cwd":"/","user":{"uid":0,"gid":0},"args":[]}}"#);
+        let e = err_of(
+            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"cwd":"/","user":{"uid":0,"gid":0},"args":[]}}"#,
+        );
         assert!(e.contains("process.args"), "{e}");
-        let e = err_of(r#"{"ociVersion":"1.0.2","root":{"path":"r"},"linux":{"namespaces":[{"type":"bogus"}]}}"#);
+        let e = err_of(
+            r#"{"ociVersion":"1.0.2","root":{"path":"r"},"linux":{"namespaces":[{"type":"bogus"}]}}"#,
+        );
         assert!(e.contains("linux.namespaces[0].type"), "{e}");
         let e = err_of(r#"{"ociVersion":"2.0.0","root":{"path":"r"}}"#);
         assert!(e.contains("ociVersion"), "{e}");
-        let e = err_of(r#"{"ociVersion":"1.0.0","root":{"path":"r"},"mounts":[{"destination":"rel","type":"tmpfs"}]}"#);
+        let e = err_of(
+            r#"{"ociVersion":"1.0.0","root":{"path":"r"},"mounts":[{"destination":"rel","type":"tmpfs"}]}"#,
+        );
         assert!(e.contains("mounts[0].destination"), "{e}");
-        let e = err_of(r#"{"ociVersion":"1.0.0","root":{"path":"r"},"linux":{"namespaces":[{"type":"user"}]}}"#);
+        let e = err_of(
+            r#"{"ociVersion":"1.0.0","root":{"path":"r"},"linux":{"namespaces":[{"type":"user"}]}}"#,
+        );
         assert!(e.contains("linux.uidMappings"), "{e}");
         let e = err_of("{not json");
         assert!(e.contains("config.json"), "{e}");

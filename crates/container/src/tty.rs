@@ -30,7 +30,12 @@ pub fn setup_console(socket: RawFd, size: Option<(u16, u16)>) -> Result<()> {
     // SAFETY: ptsname_r NUL-terminated it.
     let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_owned();
     // SAFETY: name is a valid C string.
-    let slave = unsafe { libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    let slave = unsafe {
+        libc::open(
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
     if slave < 0 {
         return Err(std::io::Error::last_os_error()).ctx(|| format!("opening {name:?}"));
     }
@@ -74,8 +79,13 @@ pub fn recv_fd(socket: RawFd) -> Result<OwnedFd> {
     let mut buf = [0u8; 256];
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-    let msg = recvmsg::<()>(socket, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
-        .ctx(|| "receiving the pty master".into())?;
+    let msg = recvmsg::<()>(
+        socket,
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ctx(|| "receiving the pty master".into())?;
     for c in msg.cmsgs().ctx(|| "control messages".into())? {
         if let ControlMessageOwned::ScmRights(fds) = c {
             if let Some(fd) = fds.first() {

@@ -107,12 +107,7 @@ pub(crate) fn remove_dir(path: &Path) -> Result<()> {
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                 std::thread::sleep(std::time::Duration::from_millis(5))
             }
-            Err(e) => {
-                return Err(Error::Cgroup(format!(
-                    "removing {}: {e}",
-                    path.display()
-                )))
-            }
+            Err(e) => return Err(Error::Cgroup(format!("removing {}: {e}", path.display()))),
         }
     }
     Err(Error::Cgroup(format!(
@@ -130,9 +125,7 @@ pub(crate) fn mkdir_levels(root: &Path, rel: &str) -> Result<Vec<PathBuf>> {
         match std::fs::create_dir(&cur) {
             Ok(()) => created.push(cur.clone()),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                return Err(Error::Cgroup(format!("creating {}: {e}", cur.display())))
-            }
+            Err(e) => return Err(Error::Cgroup(format!("creating {}: {e}", cur.display()))),
         }
     }
     Ok(created)

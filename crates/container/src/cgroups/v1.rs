@@ -184,7 +184,10 @@ impl Manager for V1 {
                 .dir("devices")
                 .ok_or_else(|| Error::Cgroup("controller devices is not mounted".into()))?;
             for d in devs {
-                let typ = d.typ().map(|t| t.as_str().to_string()).unwrap_or("a".into());
+                let typ = d
+                    .typ()
+                    .map(|t| t.as_str().to_string())
+                    .unwrap_or("a".into());
                 let num = |n: Option<i64>| n.map(|n| n.to_string()).unwrap_or("*".into());
                 let rule = if typ == "a" {
                     "a".to_string()
@@ -196,7 +199,11 @@ impl Manager for V1 {
                         d.access().clone().unwrap_or_else(|| "rwm".into())
                     )
                 };
-                let file = if d.allow() { "devices.allow" } else { "devices.deny" };
+                let file = if d.allow() {
+                    "devices.allow"
+                } else {
+                    "devices.deny"
+                };
                 write(&dir.join(file), &rule)?;
             }
             // The devices every container gets (see rootfs::DEFAULT_DEVICES),
@@ -240,7 +247,11 @@ impl Manager for V1 {
     }
 
     fn pids(&self) -> Result<Vec<i32>> {
-        let ctrl = if self.dir("pids").is_some() { "pids" } else { "memory" };
+        let ctrl = if self.dir("pids").is_some() {
+            "pids"
+        } else {
+            "memory"
+        };
         let dir = self
             .dir(ctrl)
             .ok_or_else(|| Error::Cgroup("no pids or memory hierarchy".into()))?;
@@ -251,8 +262,10 @@ impl Manager for V1 {
         self.dir("memory")
             .and_then(|d| std::fs::read_to_string(d.join("memory.oom_control")).ok())
             .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok()))
+                s.lines().find_map(|l| {
+                    l.strip_prefix("oom_kill ")
+                        .and_then(|v| v.trim().parse().ok())
+                })
             })
             .unwrap_or(0)
     }

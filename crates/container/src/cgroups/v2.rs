@@ -49,7 +49,13 @@ impl Manager for V2 {
     fn set(&self, r: &LinuxResources) -> Result<()> {
         let d = self.dir();
         if let Some(m) = r.memory() {
-            let lim = |v: i64| if v < 0 { "max".to_string() } else { v.to_string() };
+            let lim = |v: i64| {
+                if v < 0 {
+                    "max".to_string()
+                } else {
+                    v.to_string()
+                }
+            };
             if let Some(l) = m.limit() {
                 write(&d.join("memory.max"), &lim(l))?;
             }
@@ -132,8 +138,10 @@ impl Manager for V2 {
         std::fs::read_to_string(self.dir().join("memory.events"))
             .ok()
             .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok()))
+                s.lines().find_map(|l| {
+                    l.strip_prefix("oom_kill ")
+                        .and_then(|v| v.trim().parse().ok())
+                })
             })
             .unwrap_or(0)
     }

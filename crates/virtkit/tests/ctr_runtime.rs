@@ -1,0 +1,580 @@
+//! `virtkit-runc` against real containers: a busybox rootfs bundle, one
+//! feature per test. Needs root (namespaces, cgroups, mounts).
+
+mod ctr_support;
+
+use ctr_support::*;
+use serde_json::json;
+use std::path::Path;
+
+fn host_ns(name: &str) -> String {
+    std::fs::read_link(format!("/proc/self/ns/{name}"))
+        .unwrap()
+        .display()
+        .to_string()
+}
+
+#[test]
+fn exit_code_and_output_propagate() {
+    let b = Bundle::new("exit");
+    let out = b.run_config(&b.base_config(&["sh", "-c", "echo hello; echo err >&2; exit 7"]));
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "hello\n");
+    assert!(stderr(&out).contains("err"));
+    // Signals to the runtime reach the container; its exit code comes back.
+    b.write_config(&b.base_config(&[
+        "sh",
+        "-c",
+        "trap 'exit 42' TERM; echo ready; while true; do sleep 0.05; done",
+    ]));
+    let mut child = b
+        .cmd()
+        .args(["run", "--bundle", b.dir.to_str().unwrap(), &b.id])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "ready\n");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(42));
+    // State is gone after a foreground run.
+    assert!(!b.state_root.join(&b.id).exists());
+}
+
+#[test]
+fn namespaces_isolate() {
+    let b = Bundle::new("ns");
+    let script = "hostname; echo pid=$$; \
+        for n in ipc mnt net pid uts cgroup; do echo $n=$(readlink /proc/self/ns/$n); done; \
+        test -e /work && echo host-visible; ip link 2>/dev/null | grep -c '^[0-9]'; \
+        cat /proc/self/mountinfo | wc -l; ls /proc | grep -c '^[0-9]'";
+    let text = ok(&b.run_config(&b.base_config(&["sh", "-c", script])));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "virtkit", "{text}");
+    assert_eq!(lines[1], "pid=1", "{text}");
+    for (i, n) in ["ipc", "mnt", "net", "pid", "uts", "cgroup"]
+        .iter()
+        .enumerate()
+    {
+        let inside = lines[2 + i].split_once('=').unwrap().1;
+        assert_ne!(inside, host_ns(n), "{n} namespace is shared with the host");
+    }
+    assert!(!text.contains("host-visible"), "host files visible: {text}");
+    // Only the loopback interface in the new network namespace.
+    assert_eq!(lines[8], "1", "{text}");
+    // Only our own processes: sh, ls, grep (and the pipe's other sh).
+    let procs: usize = lines[10].parse().unwrap();
+    assert!(procs <= 4, "{text}");
+}
+
+#[test]
+fn ipc_namespace_hides_host_message_queues() {
+    let b = Bundle::new("ipc");
+    // A POSIX message queue created inside is invisible to the host.
+    let mut cfg = b.base_config(&["sh", "-c", "touch /dev/mqueue/vk-q && ls /dev/mqueue"]);
+    cfg["process"]["capabilities"]["effective"] = default_caps();
+    let text = ok(&b.run_config(&cfg));
+    assert!(text.contains("vk-q"), "{text}");
+    let _ = std::fs::create_dir_all("/dev/mqueue");
+    assert!(!Path::new("/dev/mqueue/vk-q").exists());
+}
+
+#[test]
+fn user_namespace_maps_ids() {
+    let b = Bundle::new("userns");
+    let mut cfg = b.base_config(&[
+        "sh",
+        "-c",
+        "id -u; cat /proc/self/uid_map; readlink /proc/self/ns/user",
+    ]);
+    cfg["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "user"}));
+    cfg["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    cfg["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    let text = ok(&b.run_config(&cfg));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "0");
+    let map: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(map, ["0", "100000", "65536"]);
+    assert_ne!(lines[2], host_ns("user"));
+}
+
+#[test]
+fn memory_hog_is_oom_killed() {
+    let b = Bundle::new("oom");
+    // The shell grows a 64 MiB string in a 32 MiB cgroup.
+    let mut cfg = b.base_config(&[
+        "sh",
+        "-c",
+        "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo survived ${#x}",
+    ]);
+    cfg["linux"]["resources"]["memory"] = json!({"limit": 33554432, "swap": 33554432});
+    let out = b.run_config(&cfg);
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "{} {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(!stdout(&out).contains("survived"));
+    assert!(stderr(&out).contains("OOM"), "{}", stderr(&out));
+}
+
+#[test]
+fn fork_bomb_stops_at_pids_max() {
+    let b = Bundle::new("pids");
+    // `read` is a builtin: it needs no fork once the limit is reached.
+    // The bomb runs in a subshell: ash gives up at the first failed fork.
+    let script = "(i=0; while [ $i -lt 60 ]; do sleep 30 & i=$((i+1)); done); \
+        read max < /sys/fs/cgroup/pids/pids.max; read cur < /sys/fs/cgroup/pids/pids.current; \
+        echo $max; echo $cur";
+    let mut cfg = b.base_config(&["sh", "-c", script]);
+    cfg["linux"]["resources"]["pids"] = json!({"limit": 16});
+    let out = b.run_config(&cfg);
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.first(), Some(&"16"), "{text} {}", stderr(&out));
+    let current: u32 = lines[1].parse().unwrap();
+    assert!(current <= 16, "{text}");
+    assert!(stderr(&out).contains("fork"), "{}", stderr(&out));
+}
+
+#[test]
+fn cpu_and_blkio_limits_are_written() {
+    let b = Bundle::new("cpu");
+    let script = "cat /sys/fs/cgroup/cpu/cpu.shares /sys/fs/cgroup/cpu/cpu.cfs_quota_us \
+        /sys/fs/cgroup/cpu/cpu.cfs_period_us /sys/fs/cgroup/cpuset/cpuset.cpus \
+        /sys/fs/cgroup/memory/memory.soft_limit_in_bytes";
+    let mut cfg = b.base_config(&["sh", "-c", script]);
+    cfg["linux"]["resources"]["cpu"] =
+        json!({"shares": 512, "quota": 50000, "period": 100000, "cpus": "0"});
+    cfg["linux"]["resources"]["memory"] = json!({"reservation": 16777216});
+    let text = ok(&b.run_config(&cfg));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines, ["512", "50000", "100000", "0", "16777216"]);
+}
+
+#[test]
+fn capabilities_drop() {
+    let b = Bundle::new("caps");
+    let script = "touch /tmp/f && chown 1000 /tmp/f && echo chowned; grep CapEff /proc/self/status";
+    let mut cfg = b.base_config(&["sh", "-c", script]);
+    let text = ok(&b.run_config(&cfg));
+    assert!(text.contains("chowned"), "{text}");
+    let without: Vec<_> = default_caps()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| *c != "CAP_CHOWN")
+        .cloned()
+        .collect();
+    for set in ["bounding", "effective", "permitted"] {
+        cfg["process"]["capabilities"][set] = json!(without);
+    }
+    let out = b.run_config(&cfg);
+    assert!(!stdout(&out).contains("chowned"));
+    assert!(
+        stderr(&out).contains("Operation not permitted"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn seccomp_returns_configured_errno() {
+    let b = Bundle::new("seccomp");
+    let script = "mkdir /tmp/d; echo mkdir=$?; touch /tmp/f; chmod 755 /tmp/f && echo chmod755; chmod 777 /tmp/f; echo chmod777=$?";
+    let mut cfg = b.base_config(&["sh", "-c", script]);
+    cfg["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 122},
+            {"names": ["chmod"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13,
+             "args": [{"index": 1, "value": 511, "op": "SCMP_CMP_EQ"}]},
+            {"names": ["fchmodat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13,
+             "args": [{"index": 2, "value": 511, "op": "SCMP_CMP_EQ"}]}
+        ]
+    });
+    let out = b.run_config(&cfg);
+    let text = stdout(&out);
+    let err = stderr(&out);
+    assert!(text.contains("mkdir=1"), "{text} {err}");
+    // EDQUOT's message.
+    assert!(err.contains("quota"), "{err}");
+    assert!(text.contains("chmod755"), "{text} {err}");
+    assert!(text.contains("chmod777=1"), "{text} {err}");
+    assert!(err.contains("Permission denied"), "{err}");
+}
+
+#[test]
+fn readonly_root_refuses_writes() {
+    let b = Bundle::new("ro");
+    let mut cfg = b.base_config(&[
+        "sh",
+        "-c",
+        "touch /x; echo rc=$?; touch /tmp/y && echo tmp-ok",
+    ]);
+    cfg["root"]["readonly"] = json!(true);
+    let out = b.run_config(&cfg);
+    assert!(stdout(&out).contains("rc=1"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("tmp-ok"));
+    assert!(
+        stderr(&out).contains("Read-only file system"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!b.rootfs.join("x").exists());
+}
+
+#[test]
+fn masked_and_readonly_paths() {
+    let b = Bundle::new("mask");
+    // /proc/keys exists on every kernel with keyrings (kcore may not).
+    assert!(std::fs::read_to_string("/proc/keys").is_ok_and(|k| !k.is_empty()));
+    let script = "wc -c < /proc/keys; ls /sys/firmware | wc -l; echo 1 > /proc/sys/kernel/ns_last_pid; echo rc=$?";
+    let out = b.run_config(&b.base_config(&["sh", "-c", script]));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0].trim(), "0", "{text}");
+    assert_eq!(lines[1].trim(), "0", "{text}");
+    assert!(text.contains("rc=1"), "{text}");
+    assert!(
+        stderr(&out).contains("Read-only file system"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn process_settings_apply() {
+    let b = Bundle::new("proc");
+    let script = "id; pwd; ulimit -n; umask; cat /proc/self/oom_score_adj; grep NoNewPrivs /proc/self/status; \
+        echo $FOO; echo $HOME; cat /proc/sys/net/ipv4/ip_forward; cat /proc/sys/kernel/domainname";
+    let mut cfg = b.base_config(&["sh", "-c", script]);
+    cfg["process"]["user"] =
+        json!({"uid": 1000, "gid": 1000, "additionalGids": [5, 7], "umask": 23});
+    cfg["process"]["cwd"] = json!("/home/user");
+    cfg["process"]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("FOO=bar"));
+    cfg["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "hard": 777, "soft": 555}]);
+    cfg["process"]["oomScoreAdj"] = json!(123);
+    cfg["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
+    cfg["domainname"] = json!("example.org");
+    let text = ok(&b.run_config(&cfg));
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("uid=1000(user) gid=1000(user) groups="),
+        "{text}"
+    );
+    assert!(lines[0].contains('5') && lines[0].contains('7'), "{text}");
+    assert_eq!(
+        lines[1..],
+        [
+            "/home/user",
+            "555",
+            "0027",
+            "123",
+            "NoNewPrivs:\t1",
+            "bar",
+            "/home/user",
+            "1",
+            "example.org"
+        ]
+    );
+}
+
+#[test]
+fn devices_and_symlinks() {
+    let b = Bundle::new("dev");
+    let script = "ls -l /dev/null /dev/zero /dev/vk0 | cut -c1; readlink /dev/fd; readlink /dev/ptmx; echo x > /dev/vk0 && echo wrote";
+    let mut cfg = b.base_config(&["sh", "-c", script]);
+    cfg["linux"]["devices"] =
+        json!([{"path": "/dev/vk0", "type": "c", "major": 1, "minor": 3, "fileMode": 438}]);
+    cfg["linux"]["resources"]["devices"] = json!([{"allow": false, "access": "rwm"}, {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"}]);
+    let text = ok(&b.run_config(&cfg));
+    assert_eq!(text, "c\nc\nc\n/proc/self/fd\npts/ptmx\nwrote\n");
+}
+
+#[test]
+fn hooks_run_in_order_with_state() {
+    let b = Bundle::new("hooks");
+    let logdir = b.dir.join("hooklog");
+    std::fs::create_dir_all(&logdir).unwrap();
+    let log = logdir.join("log");
+    let host_hook = |name: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("read s; echo {name} \"$s\" >> {}", log.display())]});
+    let mut cfg = b.base_config(&["sh", "-c", "echo process >> /hooklog/log"]);
+    cfg["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/hooklog", "type": "bind", "source": logdir, "options": ["rbind"]
+    }));
+    cfg["hooks"] = json!({
+        "createRuntime": [host_hook("createRuntime")],
+        "createContainer": [host_hook("createContainer")],
+        "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "read s; echo startContainer \"$s\" >> /hooklog/log"]}],
+        "poststart": [host_hook("poststart")],
+        "poststop": [host_hook("poststop")]
+    });
+    ok(&b.run_config(&cfg));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let order: Vec<&str> = text.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    let hooks_only: Vec<&str> = order.iter().copied().filter(|n| *n != "process").collect();
+    assert_eq!(
+        hooks_only,
+        [
+            "createRuntime",
+            "createContainer",
+            "startContainer",
+            "poststart",
+            "poststop"
+        ],
+        "{text}"
+    );
+    let pos = |n: &str| order.iter().position(|x| *x == n).unwrap();
+    assert!(pos("process") > pos("startContainer") && pos("process") < pos("poststop"));
+    for l in text.lines().filter(|l| !l.starts_with("process")) {
+        assert!(
+            l.contains(&format!("\"id\":\"{}\"", b.id)) || l.contains(&b.id),
+            "{l}"
+        );
+    }
+    // A failing createRuntime hook aborts create.
+    cfg["hooks"] = json!({"createRuntime": [{"path": "/bin/false"}]});
+    let out = b.run_config(&cfg);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("createRuntime"), "{}", stderr(&out));
+}
+
+#[test]
+fn lifecycle_create_start_state_kill_delete() {
+    let b = Bundle::new("life");
+    b.write_config(&b.base_config(&["sleep", "60"]));
+    let pidfile = b.dir.join("pid");
+    let bundle = b.dir.to_str().unwrap();
+    ok(&b.runc(&[
+        "create",
+        "--bundle",
+        bundle,
+        "--pid-file",
+        pidfile.to_str().unwrap(),
+        &b.id,
+    ]));
+    let st = b.state();
+    assert_eq!(st["status"], "created");
+    let pid = st["pid"].as_i64().unwrap();
+    assert_eq!(std::fs::read_to_string(&pidfile).unwrap(), pid.to_string());
+    // The init waiting for start runs from the sealed copy of the runtime.
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert!(
+        exe.to_string_lossy().starts_with("/memfd:virtkit-runc"),
+        "{exe:?}"
+    );
+    // Not started twice; a created container is not deletable without killing.
+    ok(&b.runc(&["start", &b.id]));
+    assert_eq!(b.state()["status"], "running");
+    assert!(!b.runc(&["start", &b.id]).status.success());
+    let out = b.runc(&["delete", &b.id]);
+    assert!(stderr(&out).contains("running"), "{}", stderr(&out));
+    let ps = ok(&b.runc(&["ps", "--format", "json", &b.id]));
+    let pids: Vec<i64> = serde_json::from_str(&ps).unwrap();
+    assert_eq!(pids, [pid]);
+    let list = ok(&b.runc(&["list", "--format", "json"]));
+    assert!(list.contains(&b.id));
+    ok(&b.runc(&["pause", &b.id]));
+    assert_eq!(b.state()["status"], "paused");
+    ok(&b.runc(&["resume", &b.id]));
+    assert_eq!(b.state()["status"], "running");
+    ok(&b.runc(&["kill", &b.id, "KILL"]));
+    for _ in 0..200 {
+        if b.state()["status"] == "stopped" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(b.state()["status"], "stopped");
+    assert!(!b.runc(&["kill", &b.id, "9"]).status.success());
+    ok(&b.runc(&["delete", &b.id]));
+    let out = b.runc(&["state", &b.id]);
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+    assert!(!Path::new(&format!("/sys/fs/cgroup/memory{CGROUP_PARENT}/{}", b.id)).exists());
+}
+
+#[test]
+fn exec_joins_the_container() {
+    let b = Bundle::new("exec");
+    b.write_config(&b.base_config(&["sleep", "60"]));
+    ok(&b.runc(&[
+        "run",
+        "--detach",
+        "--bundle",
+        b.dir.to_str().unwrap(),
+        &b.id,
+    ]));
+    let text = ok(&b.runc(&[
+        "exec",
+        "--env",
+        "X=1",
+        "--cwd",
+        "/tmp",
+        "--user",
+        "1000:1000",
+        &b.id,
+        "sh",
+        "-c",
+        "hostname; echo $X; pwd; id -u; echo $$",
+    ]));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[..4], ["virtkit", "1", "/tmp", "1000"]);
+    assert_ne!(lines[4], "1");
+    let out = b.runc(&["exec", &b.id, "sh", "-c", "exit 5"]);
+    assert_eq!(out.status.code(), Some(5));
+    // --process with a JSON file, detached, with a pid file.
+    let proc_json = b.dir.join("process.json");
+    std::fs::write(
+        &proc_json,
+        r#"{"args":["sleep","30"],"cwd":"/","user":{"uid":0,"gid":0},"env":["PATH=/bin"]}"#,
+    )
+    .unwrap();
+    let pidfile = b.dir.join("exec.pid");
+    ok(&b.runc(&[
+        "exec",
+        "--process",
+        proc_json.to_str().unwrap(),
+        "--detach",
+        "--pid-file",
+        pidfile.to_str().unwrap(),
+        &b.id,
+    ]));
+    let epid: i64 = std::fs::read_to_string(&pidfile).unwrap().parse().unwrap();
+    let pids: Vec<i64> = serde_json::from_str(&ok(&b.runc(&["ps", "-f", "json", &b.id]))).unwrap();
+    assert!(pids.contains(&epid), "{pids:?} {epid}");
+    // A bad process file names the field.
+    std::fs::write(
+        &proc_json,
+        r#"{"args":["true"],"cwd":"/","user":{"uid":-1,"gid":0}}"#,
+    )
+    .unwrap();
+    let out = b.runc(&["exec", "--process", proc_json.to_str().unwrap(), &b.id]);
+    assert!(stderr(&out).contains("user.uid"), "{}", stderr(&out));
+    ok(&b.runc(&["kill", "--all", &b.id, "SIGKILL"]));
+    ok(&b.runc(&["delete", "--force", &b.id]));
+}
+
+#[test]
+fn bad_config_names_the_field() {
+    let b = Bundle::new("badcfg");
+    let mut cfg = b.base_config(&["true"]);
+    cfg["process"]["user"]["uid"] = json!("root");
+    let out = b.run_config(&cfg);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("process.user.uid"),
+        "{}",
+        stderr(&out)
+    );
+    let mut cfg = b.base_config(&["true"]);
+    cfg["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "mount"}, {"type": "pid"}]);
+    let out = b.run_config(&cfg);
+    assert!(
+        stderr(&out).contains("linux.namespaces[2].type"),
+        "{}",
+        stderr(&out)
+    );
+    // Nothing is left behind by a failed create.
+    assert!(!b.state_root.join(&b.id).exists());
+}
+
+#[test]
+fn bad_ids_are_refused() {
+    let b = Bundle::new("badid");
+    b.write_config(&b.base_config(&["true"]));
+    for id in ["../escape", "a/b", "..", "x y"] {
+        let out = b.runc(&["create", "--bundle", b.dir.to_str().unwrap(), id]);
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("invalid container id"),
+            "{id}: {}",
+            stderr(&out)
+        );
+    }
+    assert!(!b.dir.join("escape").exists());
+}
+
+#[test]
+fn mount_symlinks_do_not_escape_the_rootfs() {
+    let b = Bundle::new("escape");
+    let target = format!("/tmp/virtkit-escape-{}", std::process::id());
+    std::os::unix::fs::symlink(format!("/../../../..{target}"), b.rootfs.join("evil")).unwrap();
+    let mut cfg = b.base_config(&["sh", "-c", "ls -d /tmp/virtkit-escape-*/m && echo inside"]);
+    cfg["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": "/evil/m", "type": "tmpfs", "source": "tmpfs"}));
+    // /tmp in the container is a tmpfs: show the image's own /tmp instead.
+    cfg["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|m| m["destination"] != "/tmp");
+    let text = ok(&b.run_config(&cfg));
+    assert!(text.contains("inside"), "{text}");
+    assert!(!Path::new(&target).exists(), "mount escaped to the host");
+    assert!(b.rootfs.join(&target[1..]).join("m").is_dir());
+}
+
+#[test]
+fn no_host_fds_leak_and_no_pivot_works() {
+    let b = Bundle::new("fds");
+    b.write_config(&b.base_config(&["ls", "/proc/self/fd"]));
+    // fd 7 is open (without close-on-exec) in the runtime's caller.
+    let out = capture(
+        std::process::Command::new("/bin/sh").arg("-c").arg(format!(
+            "exec 7</etc/hostname; exec {} --root {} run --no-pivot --bundle {} {}",
+            runc_bin(),
+            b.state_root.display(),
+            b.dir.display(),
+            b.id
+        )),
+        &b.dir,
+    );
+    let text = ok(&out);
+    let fds: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(fds, ["0", "1", "2", "3"], "{text}");
+}
+
+#[test]
+fn spec_and_features() {
+    let b = Bundle::new("spec");
+    let d = b.dir.join("specdir");
+    std::fs::create_dir_all(&d).unwrap();
+    ok(&b.runc(&["spec", "--bundle", d.to_str().unwrap()]));
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("config.json")).unwrap()).unwrap();
+    assert_eq!(s["process"]["args"], json!(["sh"]));
+    assert!(!b
+        .runc(&["spec", "--bundle", d.to_str().unwrap()])
+        .status
+        .success());
+    std::fs::remove_file(d.join("config.json")).unwrap();
+    ok(&b.runc(&["spec", "--rootless", "--bundle", d.to_str().unwrap()]));
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("config.json")).unwrap()).unwrap();
+    assert!(s["linux"]["uidMappings"].is_array());
+    let f: serde_json::Value = serde_json::from_str(&ok(&b.runc(&["features"]))).unwrap();
+    assert!(f["linux"]["seccomp"]["enabled"].as_bool().unwrap());
+    assert!(f["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("user")));
+    let out = b.runc(&["--systemd-cgroup", "list"]);
+    assert!(stderr(&out).contains("systemd"), "{}", stderr(&out));
+}
