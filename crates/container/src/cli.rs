@@ -91,7 +91,7 @@ pub enum Command {
     /// Create, start and (unless --detach) wait for a container
     Run {
         #[command(flatten)]
-        create: CreateArgs,
+        create: Box<CreateArgs>,
         /// Return once started
         #[arg(short, long)]
         detach: bool,
@@ -121,7 +121,7 @@ pub enum Command {
         id: String,
     },
     /// Run a process in a running container
-    Exec(ExecArgs),
+    Exec(Box<ExecArgs>),
     /// List the processes of a container
     Ps {
         #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
@@ -327,7 +327,7 @@ fn dispatch(a: RuncArgs) -> Result<i32> {
                 r => r.map(|_| 0),
             }
         }
-        Command::Exec(e) => exec(&root, e),
+        Command::Exec(e) => exec(&root, *e),
         Command::Ps { format, id, .. } => {
             let pids = runtime::pids(&root, &id)?;
             if format == "json" {

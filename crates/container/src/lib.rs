@@ -4,13 +4,13 @@
 //! `virtkit ctr` and `virtkit-runc` only parse arguments with [`cli`] and
 //! call [`cli::run`].
 //!
-//! - [`spec`]: config.json, with errors naming the field
-//! - [`runtime`]: create/start/run/exec/kill/delete/...
-//! - [`rootfs`]: mounts, /dev, pivot_root, masked and read-only paths
-//! - [`process`]: user, capabilities, rlimits, no_new_privs, exec
-//! - [`seccomp`]: the spec's filter compiled to classic BPF
-//! - [`cgroups`]: v1 and v2 behind one trait
-//! - [`hooks`], [`tty`], [`state`], [`memfd`]
+//! - `spec`: config.json, with errors naming the field
+//! - `runtime`: create, start, run, exec, kill, delete and the rest
+//! - `rootfs`: mounts, /dev, pivot_root, masked and read-only paths
+//! - `process`: user, capabilities, rlimits, no_new_privs, exec
+//! - `seccomp`: the spec's filter compiled to classic BPF
+//! - `cgroups`: v1 and v2 behind one trait
+//! - `hooks`, `tty`, `state`, `memfd`
 
 pub mod cgroups;
 pub mod cli;

@@ -147,7 +147,7 @@ impl Manager for V2 {
     }
 
     fn destroy(&self) -> Result<()> {
-        super::destroy_created(&vec![self.dir()], &self.cfg.created)
+        super::destroy_created(&[self.dir()], &self.cfg.created)
     }
 
     fn config(&self) -> Config {
