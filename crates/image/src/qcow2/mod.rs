@@ -969,6 +969,8 @@ impl Drop for Qcow2 {
             return;
         }
         let m = self.meta.get_mut().unwrap_or_else(|e| e.into_inner());
+        // Like QEMU's close: make everything durable.
+        let _ = m.file.sync_data();
         if m.dirty_marked {
             // Clean close: everything is on disk, the refcounts are exact.
             let _ = m.clear_dirty();
