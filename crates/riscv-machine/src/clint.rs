@@ -44,7 +44,7 @@ impl MmioDevice for Clint {
         match offset {
             o if o < MSIP_OFF + 4 * h => {
                 let hart = ((o - MSIP_OFF) / 4) as usize;
-                if size >= 4 && o % 4 == 0 {
+                if size >= 4 && o.is_multiple_of(4) {
                     self.msip[hart].load(Ordering::Acquire) as u64
                 } else {
                     0
@@ -65,7 +65,7 @@ impl MmioDevice for Clint {
         let h = self.n();
         match offset {
             o if o < MSIP_OFF + 4 * h => {
-                if o % 4 != 0 {
+                if !o.is_multiple_of(4) {
                     return;
                 }
                 let hart = ((o - MSIP_OFF) / 4) as usize;
@@ -104,7 +104,11 @@ pub(crate) fn read_part(reg: u64, shift: u64, size: u8) -> u64 {
 /// Replaces `size` bytes at byte `shift` of a 64-bit register.
 pub(crate) fn write_part(reg: u64, shift: u64, size: u8, value: u64) -> u64 {
     let bits = (size as u64 * 8).min(64);
-    let mask = if bits == 64 { u64::MAX } else { (1 << bits) - 1 };
+    let mask = if bits == 64 {
+        u64::MAX
+    } else {
+        (1 << bits) - 1
+    };
     let sh = shift * 8;
     if sh >= 64 {
         return reg;
@@ -161,9 +165,15 @@ mod tests {
 
     #[test]
     fn parts() {
-        assert_eq!(write_part(0x1122_3344_5566_7788, 4, 4, 0xaabb_ccdd), 0xaabb_ccdd_5566_7788);
+        assert_eq!(
+            write_part(0x1122_3344_5566_7788, 4, 4, 0xaabb_ccdd),
+            0xaabb_ccdd_5566_7788
+        );
         assert_eq!(read_part(0x1122_3344_5566_7788, 4, 4), 0x1122_3344);
-        assert_eq!(read_part(0x1122_3344_5566_7788, 0, 8), 0x1122_3344_5566_7788);
+        assert_eq!(
+            read_part(0x1122_3344_5566_7788, 0, 8),
+            0x1122_3344_5566_7788
+        );
         assert_eq!(write_part(5, 9, 8, 1), 5);
     }
 }

@@ -138,7 +138,11 @@ pub fn build(cfg: &FdtConfig) -> Result<Vec<u8>, FdtError> {
     f.property_array_u64("reg", &[TEST_BASE, TEST_SIZE])?;
     f.property_string_list(
         "compatible",
-        vec!["sifive,test1".into(), "sifive,test0".into(), "syscon".into()],
+        vec![
+            "sifive,test1".into(),
+            "sifive,test0".into(),
+            "syscon".into(),
+        ],
     )?;
     f.end_node(test)?;
 
@@ -150,11 +154,11 @@ pub fn build(cfg: &FdtConfig) -> Result<Vec<u8>, FdtError> {
     f.property_string("compatible", "ns16550a")?;
     f.end_node(uart)?;
 
-    // Listed from the last slot down, as QEMU does: Linux probes nodes in
-    // reverse order, so the first disk becomes /dev/vda on both boards.
+    // In slot order: Linux probes the nodes in tree order, so the device in
+    // slot 0 (the first --disk) becomes virtio0 and /dev/vda.
     let mut slots = cfg.virtio_slots.clone();
     slots.sort_unstable();
-    for &i in slots.iter().rev() {
+    for &i in slots.iter() {
         let base = virtio_base(i);
         let n = f.begin_node(&format!("virtio_mmio@{base:x}"))?;
         f.property_u32("interrupts", VIRTIO_IRQ_BASE + i as u32)?;

@@ -55,10 +55,7 @@ mod tests {
             HtifCommand::Putchar(b'A')
         );
         assert_eq!(decode(1 << 56), HtifCommand::Getchar);
-        assert_eq!(
-            decode(3 << 56),
-            HtifCommand::Unknown { device: 3, cmd: 0 }
-        );
+        assert_eq!(decode(3 << 56), HtifCommand::Unknown { device: 3, cmd: 0 });
         assert_eq!(response(1, 1, 0x141), (1 << 56) | (1 << 48) | 0x141);
     }
 }

@@ -291,7 +291,9 @@ mod tests {
         elf[18] = 62;
         let e = identify_kernel("vmlinux", elf).unwrap_err().to_string();
         assert!(e.contains("x86-64"), "{e}");
-        let e = identify_kernel("x", b"hello".to_vec()).unwrap_err().to_string();
+        let e = identify_kernel("x", b"hello".to_vec())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a RISC-V Linux kernel"), "{e}");
         assert!(identify_kernel("x", vec![]).is_err());
         // Truncated gzip.

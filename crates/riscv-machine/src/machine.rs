@@ -84,7 +84,9 @@ pub enum MachineError {
     Ram(#[source] virtio::Error),
     #[error("{harts} harts requested: this machine supports 1 to {MAX_HARTS}")]
     Harts { harts: usize },
-    #[error("memory size {size} bytes is out of range: use {MIN_MEM_MIB} MiB to {MAX_MEM_GIB} GiB")]
+    #[error(
+        "memory size {size} bytes is out of range: use {MIN_MEM_MIB} MiB to {MAX_MEM_GIB} GiB"
+    )]
     MemSize { size: u64 },
     #[error("not enough memory: {what} needs {need_mib} MiB of RAM but the machine has {have_mib} MiB (use --mem)")]
     TooLittleMemory {
@@ -166,7 +168,7 @@ impl MmioDevice for VirtioSlot {
     fn read(&self, offset: u64, size: u8) -> u64 {
         let mut buf = [0u8; 8];
         let n = (size as usize).min(8);
-        if offset < virtio::MMIO_WINDOW_SIZE as u64 {
+        if offset < virtio::MMIO_WINDOW_SIZE {
             self.0
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -176,7 +178,7 @@ impl MmioDevice for VirtioSlot {
     }
     fn write(&self, offset: u64, size: u8, value: u64) {
         let n = (size as usize).min(8);
-        if offset < virtio::MMIO_WINDOW_SIZE as u64 {
+        if offset < virtio::MMIO_WINDOW_SIZE {
             self.0
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -333,7 +335,13 @@ fn too_little(what: &str, need_end: u64, mem: u64) -> MachineError {
 }
 
 /// Copies `data` into guest RAM at `addr` after checking it fits.
-fn put(mem: &GuestMemoryMmap, size: u64, what: &str, addr: u64, data: &[u8]) -> Result<(), MachineError> {
+fn put(
+    mem: &GuestMemoryMmap,
+    size: u64,
+    what: &str,
+    addr: u64,
+    data: &[u8],
+) -> Result<(), MachineError> {
     loader::check_fits(what, addr, data.len() as u64, RAM_BASE, size)?;
     mem.write_slice(data, GuestAddress(addr))
         .map_err(|_| LoadError::DoesNotFit {
@@ -383,9 +391,7 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome, MachineError> {
         return Err(MachineError::Harts { harts: cfg.harts });
     }
     if cfg.mem_size < MIN_MEM_MIB * MIB || cfg.mem_size > MAX_MEM_GIB << 30 {
-        return Err(MachineError::MemSize {
-            size: cfg.mem_size,
-        });
+        return Err(MachineError::MemSize { size: cfg.mem_size });
     }
     let mem_size = cfg.mem_size & !(PAGE - 1);
     let nslots = cfg.disks.len() + cfg.rng as usize;
@@ -438,7 +444,11 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome, MachineError> {
     let uart = Uart::new(console.clone(), Arc::new(plic.line(UART_IRQ)));
 
     let mut mmio = MmioBus::new();
-    mmio.add(TEST_BASE, TEST_SIZE, Arc::new(TestFinisher::new(power.clone())));
+    mmio.add(
+        TEST_BASE,
+        TEST_SIZE,
+        Arc::new(TestFinisher::new(power.clone())),
+    );
     mmio.add(
         CLINT_BASE,
         CLINT_SIZE,
@@ -497,7 +507,11 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome, MachineError> {
             let size = hdr.image_size.max(data.len() as u64);
             kernel_end = addr + size;
             if kernel_end > ram_end {
-                return Err(too_little(&format!("kernel {}", cfg.kernel_name), kernel_end, mem_size));
+                return Err(too_little(
+                    &format!("kernel {}", cfg.kernel_name),
+                    kernel_end,
+                    mem_size,
+                ));
             }
             put(&mem, mem_size, &cfg.kernel_name, addr, data)?;
             kernel_entry = addr;
@@ -521,11 +535,7 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome, MachineError> {
         let end = start + initrd.len() as u64;
         // Keep the top 2 MiB for the device tree.
         if end + 2 * MIB > ram_end {
-            return Err(too_little(
-                "the kernel and initrd",
-                end + 2 * MIB,
-                mem_size,
-            ));
+            return Err(too_little("the kernel and initrd", end + 2 * MIB, mem_size));
         }
         put(&mem, mem_size, "initrd", start, initrd)?;
         fdt_cfg.initrd = Some((start, end));
@@ -536,7 +546,11 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome, MachineError> {
     // fw_dynamic_info after it.
     let dtb_addr = (ram_end - align_up(dtb.len() as u64 + 64, 8)) & !(2 * MIB - 1);
     if dtb_addr < align_up(kernel_end, 8) || dtb_addr < RAM_BASE {
-        return Err(too_little("the kernel and device tree", kernel_end + 2 * MIB, mem_size));
+        return Err(too_little(
+            "the kernel and device tree",
+            kernel_end + 2 * MIB,
+            mem_size,
+        ));
     }
     put(&mem, mem_size, "device tree", dtb_addr, &dtb)?;
     let mut place = Placement {

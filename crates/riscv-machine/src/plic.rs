@@ -158,7 +158,7 @@ impl Plic {
 
 impl MmioDevice for Plic {
     fn read(&self, offset: u64, size: u8) -> u64 {
-        if size != 4 || offset % 4 != 0 {
+        if size != 4 || !offset.is_multiple_of(4) {
             return 0;
         }
         let ctxs = self.contexts as u64;
@@ -189,7 +189,7 @@ impl MmioDevice for Plic {
     }
 
     fn write(&self, offset: u64, size: u8, value: u64) {
-        if size != 4 || offset % 4 != 0 {
+        if size != 4 || !offset.is_multiple_of(4) {
             return;
         }
         let value = value as u32;

@@ -305,7 +305,9 @@ mod tests {
             4
         }
         fn set_timer(&self, hart: usize, deadline: u64) {
-            self.log.borrow_mut().push(format!("timer {hart} {deadline}"));
+            self.log
+                .borrow_mut()
+                .push(format!("timer {hart} {deadline}"));
         }
         fn set_ssip(&self, hart: usize, level: bool) {
             self.log.borrow_mut().push(format!("ssip {hart} {level}"));
@@ -383,7 +385,9 @@ mod tests {
         let h = Host::default();
         assert_eq!(call(&h, 0, EXT_BASE, 0, &[]), ret(0, 2 << 24));
         assert_eq!(call(&h, 0, EXT_BASE, 1, &[]), ret(0, IMPL_ID));
-        for eid in [EXT_TIME, EXT_IPI, EXT_RFENCE, EXT_HSM, EXT_SRST, EXT_DBCN, 1] {
+        for eid in [
+            EXT_TIME, EXT_IPI, EXT_RFENCE, EXT_HSM, EXT_SRST, EXT_DBCN, 1,
+        ] {
             assert_eq!(call(&h, 0, EXT_BASE, 3, &[eid]), ret(0, 1), "{eid:#x}");
         }
         assert_eq!(call(&h, 0, EXT_BASE, 3, &[0x504D55]), ret(0, 0), "PMU");
@@ -395,10 +399,16 @@ mod tests {
         let h = Host::default();
         call(&h, 2, EXT_TIME, 0, &[12345]);
         assert_eq!(call(&h, 0, EXT_IPI, 0, &[0b101, 1]), ret(0, 0));
-        assert_eq!(call(&h, 0, EXT_IPI, 0, &[0b1, 4]), ret(ERR_INVALID_PARAM, 0));
+        assert_eq!(
+            call(&h, 0, EXT_IPI, 0, &[0b1, 4]),
+            ret(ERR_INVALID_PARAM, 0)
+        );
         call(&h, 1, EXT_RFENCE, 1, &[0, u64::MAX, 0x1000, 0x2000]);
         call(&h, 1, EXT_RFENCE, 0, &[0b1, 0]);
-        assert_eq!(call(&h, 1, EXT_RFENCE, 3, &[1, 0]), ret(ERR_NOT_SUPPORTED, 0));
+        assert_eq!(
+            call(&h, 1, EXT_RFENCE, 3, &[1, 0]),
+            ret(ERR_NOT_SUPPORTED, 0)
+        );
         assert_eq!(
             *h.log.borrow(),
             [
@@ -419,7 +429,10 @@ mod tests {
             call(&h, 0, EXT_HSM, 0, &[0, 0x8020_0000, 7]),
             ret(ERR_ALREADY_AVAILABLE, 0)
         );
-        assert_eq!(call(&h, 0, EXT_HSM, 0, &[9, 0, 0]), ret(ERR_INVALID_PARAM, 0));
+        assert_eq!(
+            call(&h, 0, EXT_HSM, 0, &[9, 0, 0]),
+            ret(ERR_INVALID_PARAM, 0)
+        );
         assert_eq!(call(&h, 0, EXT_HSM, 2, &[1]), ret(0, HART_STOPPED as u64));
         assert_eq!(call(&h, 1, EXT_HSM, 1, &[]), SbiAction::StopHart);
         assert_eq!(call(&h, 1, EXT_HSM, 3, &[0]), SbiAction::Suspend);
@@ -449,11 +462,17 @@ mod tests {
             call(&h, 0, EXT_DBCN, 0, &[5, RAM + 10, 0]),
             ret(ERR_INVALID_PARAM, 0)
         );
-        assert_eq!(call(&h, 0, EXT_DBCN, 0, &[5, 0, 1]), ret(ERR_INVALID_PARAM, 0));
+        assert_eq!(
+            call(&h, 0, EXT_DBCN, 0, &[5, 0, 1]),
+            ret(ERR_INVALID_PARAM, 0)
+        );
         *h.input.borrow_mut() = b"ab".to_vec();
         assert_eq!(call(&h, 0, EXT_DBCN, 1, &[8, RAM, 0]), ret(0, 2));
         assert_eq!(&h.ram.borrow()[..3], b"abl");
-        assert_eq!(call(&h, 0, LEGACY_GETCHAR, 0, &[]), SbiAction::ReturnLegacy(u64::MAX));
+        assert_eq!(
+            call(&h, 0, LEGACY_GETCHAR, 0, &[]),
+            SbiAction::ReturnLegacy(u64::MAX)
+        );
         call(&h, 0, LEGACY_PUTCHAR, 0, &[b'z' as u64]);
         assert_eq!(h.out.borrow().last(), Some(&b'z'));
     }

@@ -89,7 +89,11 @@ impl Console {
             }
             q.push_back(b);
         }
-        let n = self.notify.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let n = self
+            .notify
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         if let Some(n) = n {
             n();
         }

@@ -89,30 +89,45 @@ fn spike(program: &str, harts: usize) -> (StopReason, String) {
 fn htif_console_and_exit_status() {
     assert_eq!(
         spike("hello", 1),
-        (StopReason::PowerOff(0), "hello from M-mode on hart 0\n".into())
+        (
+            StopReason::PowerOff(0),
+            "hello from M-mode on hart 0\n".into()
+        )
     );
     assert_eq!(spike("exitcode", 1).0, StopReason::PowerOff(42));
 }
 
 #[test]
 fn traps_and_delegation() {
-    assert_eq!(spike("traps", 1), (StopReason::PowerOff(0), "traps: ok\n".into()));
+    assert_eq!(
+        spike("traps", 1),
+        (StopReason::PowerOff(0), "traps: ok\n".into())
+    );
 }
 
 #[test]
 fn sv39_translation_faults_and_sfence() {
-    assert_eq!(spike("sv39", 1), (StopReason::PowerOff(0), "sv39: ok\n".into()));
+    assert_eq!(
+        spike("sv39", 1),
+        (StopReason::PowerOff(0), "sv39: ok\n".into())
+    );
 }
 
 #[test]
 fn timer_software_and_delegated_interrupts() {
-    assert_eq!(spike("irq", 1), (StopReason::PowerOff(0), "irq: ok\n".into()));
+    assert_eq!(
+        spike("irq", 1),
+        (StopReason::PowerOff(0), "irq: ok\n".into())
+    );
 }
 
 #[test]
 fn four_harts_with_atomics_and_ipis() {
     for _ in 0..3 {
-        assert_eq!(spike("smp", 4), (StopReason::PowerOff(0), "smp: ok\n".into()));
+        assert_eq!(
+            spike("smp", 4),
+            (StopReason::PowerOff(0), "smp: ok\n".into())
+        );
     }
 }
 

@@ -31,7 +31,11 @@ pub struct Args {
     #[arg(long, value_name = "SECS")]
     timeout: Option<u64>,
     /// The command to run in the guest (after `--`)
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
     command: Vec<String>,
 }
 

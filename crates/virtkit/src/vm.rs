@@ -137,7 +137,9 @@ pub fn exit_status(reason: &StopReason) -> i32 {
         StopReason::PowerOff(s) if s & 0xff == 0 => 1,
         StopReason::PowerOff(s) => (s & 0xff) as i32,
         StopReason::Reset => {
-            eprintln!("virtkit: the guest reset the machine (reboot, or a kernel panic with panic=-1)");
+            eprintln!(
+                "virtkit: the guest reset the machine (reboot, or a kernel panic with panic=-1)"
+            );
             1
         }
         StopReason::Quit => 0,

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-const SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../riscv-machine/tests/baremetal");
+const SRC: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../riscv-machine/tests/baremetal"
+);
 
 /// Builds every program once per test process.
 fn programs() -> &'static Path {
@@ -50,7 +53,16 @@ fn programs() -> &'static Path {
 fn spike(program: &str, cpus: u32) -> Output {
     let elf = programs().join(format!("{program}.elf"));
     Command::new(env!("CARGO_BIN_EXE_virtkit"))
-        .args(["vm", "run", "--arch", "riscv64", "--machine", "spike", "--mem", "64M"])
+        .args([
+            "vm",
+            "run",
+            "--arch",
+            "riscv64",
+            "--machine",
+            "spike",
+            "--mem",
+            "64M",
+        ])
         .arg("--cpus")
         .arg(cpus.to_string())
         .arg("--kernel")
@@ -112,7 +124,14 @@ fn bad_programs_are_refused_clearly() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("x86-64"), "{err}");
     let o = Command::new(env!("CARGO_BIN_EXE_virtkit"))
-        .args(["vm", "run", "--machine", "spike", "--kernel", "/nonexistent.elf"])
+        .args([
+            "vm",
+            "run",
+            "--machine",
+            "spike",
+            "--kernel",
+            "/nonexistent.elf",
+        ])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# virtkit's RISC-V virtual machine vs qemu-system-riscv64 (TCG), side by
+# side in one run, same Debian kernel, same initramfs, same RAM and harts:
+#   boot   boot to the init, run `true`, power off (whole process, wall time)
+#   sha256 busybox sha256sum of a 20 MB file inside the booted guest
+#          (guest uptime before/after, so boot time is not counted)
+# for 1 and 4 harts. Prints medians of RUNS runs (default 3) and the ratio
+# virtkit/qemu (lower is better; the target is at most 3).
+#
+# Usage: bench/vm.sh            (builds virtkit --release first)
+# Env:   RUNS=5  MEM=512M  VIRTKIT=/path/to/virtkit  HARTS="1 4"
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-3}
+MEM=${MEM:-512M}
+HARTS=${HARTS:-"1 4"}
+WORK=$(mktemp -d /tmp/virtkit-vm-bench.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+
+if [ -z "${VIRTKIT:-}" ]; then
+    cargo build --release -q -p virtkit
+    VIRTKIT="${CARGO_TARGET_DIR:-target}/release/virtkit"
+fi
+command -v qemu-system-riscv64 >/dev/null || { echo "qemu-system-riscv64 (qemu-system-misc) is needed" >&2; exit 1; }
+
+KERNEL=$("$VIRTKIT" guest path kernel)
+"$VIRTKIT" guest initramfs -o "$WORK/boot.cpio" -- true
+"$VIRTKIT" guest initramfs -o "$WORK/sha.cpio" -- sh -c \
+    'head -c 20000000 /dev/urandom > /tmp/f; a=$(cut -d" " -f1 /proc/uptime); sha256sum /tmp/f > /dev/null; b=$(cut -d" " -f1 /proc/uptime); echo "compute $a $b"'
+APPEND="console=ttyS0 quiet panic=-1"
+
+run_virtkit() { # harts initrd
+    "$VIRTKIT" vm run --cpus "$1" --mem "$MEM" --kernel "$KERNEL" --initrd "$2" --append "$APPEND" --timeout 600 </dev/null
+}
+run_qemu() { # harts initrd
+    qemu-system-riscv64 -M virt -smp "$1" -m "$MEM" -nographic -no-reboot \
+        -kernel "$KERNEL" -initrd "$2" -append "$APPEND" </dev/null
+}
+
+median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
+# Wall time of one boot, in seconds.
+time_boot() { # runner harts
+    local s e
+    s=$(date +%s.%N)
+    "$1" "$2" "$WORK/boot.cpio" > "$WORK/out" 2>&1 || { echo "$1 failed:" >&2; tail -20 "$WORK/out" >&2; exit 1; }
+    e=$(date +%s.%N)
+    echo "$e - $s" | bc -l
+}
+
+# In-guest seconds of the sha256sum.
+time_compute() { # runner harts
+    "$1" "$2" "$WORK/sha.cpio" > "$WORK/out" 2>&1 || { echo "$1 failed:" >&2; tail -20 "$WORK/out" >&2; exit 1; }
+    tr -d '\r' < "$WORK/out" | awk '/^compute / { printf "%.3f\n", $3 - $2 }'
+}
+
+printf '%-22s %12s %12s %8s\n' "benchmark (median of $RUNS)" "virtkit (s)" "qemu (s)" "ratio"
+for h in $HARTS; do
+    for kind in boot compute; do
+        v=$(for _ in $(seq "$RUNS"); do "time_$kind" run_virtkit "$h"; done | median)
+        q=$(for _ in $(seq "$RUNS"); do "time_$kind" run_qemu "$h"; done | median)
+        name="boot+poweroff"; [ "$kind" = compute ] && name="sha256sum 20 MB"
+        printf '%-22s %12.2f %12.2f %8.2f\n' "$name, $h hart(s)" "$v" "$q" "$(echo "$v / $q" | bc -l)"
+    done
+done
