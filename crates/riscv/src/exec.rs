@@ -145,10 +145,26 @@ fn exec_block<M: Mem>(
             core.x[($r as usize) & 63]
         };
     }
-    for (n, i) in (0u32..).zip(insns.iter()) {
+    // Every block ends with an instruction whose arm returns (a
+    // terminator, see `Insn::ends_block`, or the BlockEnd sentinel). With
+    // that checked once here, the loop needs no end test and no counter.
+    if !insns.last().is_some_and(Insn::ends_block) {
+        return Ok(start);
+    }
+    let base = insns.as_ptr();
+    let mut p = base;
+    loop {
+        // SAFETY: `p` stays inside `insns`: the last element's arm returns,
+        // so the loop never advances past it.
+        let i = unsafe { &*p };
+        // SAFETY: at most one past an element of `insns` (see above).
+        p = unsafe { p.add(1) };
+        // Instructions retired before this one (only needed on traps).
+        // SAFETY: both pointers are inside (or one past) `insns`.
+        let n = || unsafe { p.offset_from(base) as u32 - 1 };
         macro_rules! trap {
             ($t:expr) => {
-                return Err(($t, pc!(), n))
+                return Err(($t, pc!(), n()))
             };
         }
         macro_rules! tri {
@@ -365,7 +381,7 @@ fn exec_block<M: Mem>(
                 }
                 return match core.do_mret() {
                     Ok(t) => Ok(t),
-                    Err(t) => Err((t, pc!(), n)),
+                    Err(t) => Err((t, pc!(), n())),
                 };
             }
             Sret => {
@@ -374,7 +390,7 @@ fn exec_block<M: Mem>(
                 }
                 return match core.do_sret() {
                     Ok(t) => Ok(t),
-                    Err(t) => Err((t, pc!(), n)),
+                    Err(t) => Err((t, pc!(), n())),
                 };
             }
             Wfi => {
@@ -414,12 +430,12 @@ fn exec_block<M: Mem>(
                 // Counters: retire the block's earlier instructions now so a
                 // read sees them; a write of minstret/mcycle suppresses the
                 // increment of the writing instruction (the block's last).
-                core.instret = core.instret.wrapping_add(n as u64);
+                core.instret = core.instret.wrapping_add(n() as u64);
                 let old = if reads {
                     match core.csr_read(n16) {
                         Ok(v) => v,
                         Err(()) => {
-                            core.instret = core.instret.wrapping_sub(n as u64);
+                            core.instret = core.instret.wrapping_sub(n() as u64);
                             ill!()
                         }
                     }
@@ -433,14 +449,14 @@ fn exec_block<M: Mem>(
                         _ => old & !src,
                     };
                     if core.csr_write(n16, new).is_err() {
-                        core.instret = core.instret.wrapping_sub(n as u64);
+                        core.instret = core.instret.wrapping_sub(n() as u64);
                         ill!();
                     }
                     core.recheck = true;
                 }
                 let counter_written =
                     writes && matches!(n16, crate::csr::MINSTRET | crate::csr::MCYCLE);
-                let retired = n as u64 + counter_written as u64;
+                let retired = n() as u64 + counter_written as u64;
                 core.instret = core.instret.wrapping_sub(retired);
                 wr!(old);
                 return Ok(next!());
@@ -867,8 +883,6 @@ fn exec_block<M: Mem>(
             Bseti => wr!(rs1!() | (1u64 << (imm!() & 63))),
         }
     }
-    // Every block ends with a terminator or a BlockEnd sentinel.
-    Ok(start)
 }
 
 /// Decodes a block starting at `pc` using `fetch16(addr) -> Option<u16>`
