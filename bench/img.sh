@@ -20,15 +20,21 @@
 # writes; in the overlay, 4 KiB writes also copy the rest of each cluster
 # from the base).
 #
-# Usage: bench/img.sh            (RUNS=5 SIZE_MB=256 by default)
+# Usage: bench/img.sh   (RUNS=5 SIZE_MB=256 by default; VIRTKIT=binary to skip
+# the build; TMPDIR picks the file system of the images: TMPDIR=/dev/shm
+# measures the engines without disk noise, e.g. on a busy shared machine)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUNS=${RUNS:-5}
 SIZE_MB=${SIZE_MB:-256}
-TARGET_DIR=${CARGO_TARGET_DIR:-target}
-cargo build --release -q -p virtkit
-VK="$TARGET_DIR/release/virtkit"
+# VIRTKIT=path/to/virtkit skips the build (e.g. to bench an existing binary).
+if [ -n "${VIRTKIT:-}" ]; then
+  VK=$VIRTKIT
+else
+  cargo build --release -q -p virtkit
+  VK="${CARGO_TARGET_DIR:-target}/release/virtkit"
+fi
 command -v qemu-img >/dev/null || { echo "qemu-img not found (apt-get install qemu-utils)" >&2; exit 1; }
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/virtkit-img-bench.XXXXXX")
