@@ -578,3 +578,41 @@ fn spec_and_features() {
     let out = b.runc(&["--systemd-cgroup", "list"]);
     assert!(stderr(&out).contains("systemd"), "{}", stderr(&out));
 }
+
+#[test]
+fn terminal_through_console_socket() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let b = Bundle::new("tty");
+    let mut cfg = b.base_config(&["sh", "-c", "tty; stty size"]);
+    cfg["process"]["terminal"] = json!(true);
+    cfg["process"]["consoleSize"] = json!({"height": 30, "width": 100});
+    b.write_config(&cfg);
+    let sock = b.dir.join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let t = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        container::tty::recv_fd(s.as_raw_fd()).unwrap()
+    });
+    let bundle = b.dir.to_str().unwrap();
+    ok(&b.runc(&[
+        "create",
+        "--bundle",
+        bundle,
+        "--console-socket",
+        sock.to_str().unwrap(),
+        &b.id,
+    ]));
+    let master = std::fs::File::from(t.join().unwrap());
+    ok(&b.runc(&["start", &b.id]));
+    let mut out = Vec::new();
+    let mut f = master;
+    let mut buf = [0u8; 1024];
+    // The master reads EIO once the container's side is closed.
+    while let Ok(n @ 1..) = f.read(&mut buf) {
+        out.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("/dev/pts/0"), "{text}");
+    assert!(text.contains("30 100"), "{text}");
+}
