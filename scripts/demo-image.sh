@@ -18,7 +18,8 @@ rm -f "$DIR/seed.raw" "$DIR/base.qcow2" "$DIR/overlay.qcow2"
 # A 64 MiB raw disk: 4 MiB of text at the start, zeros elsewhere (the zeros
 # stay unallocated in the qcow2: sparse detection).
 truncate -s 64M "$DIR/seed.raw"
-yes "virtkit demo disk: written by scripts/demo-image.sh" | head -c 4M |
+# (`yes` dies of SIGPIPE when head has enough: not an error.)
+{ yes "virtkit demo disk: written by scripts/demo-image.sh" || true; } | head -c 4M |
   dd of="$DIR/seed.raw" conv=notrunc status=none
 
 "$VK" img convert -f raw -O qcow2 "$DIR/seed.raw" "$DIR/base.qcow2" >&2
