@@ -83,7 +83,7 @@ fn write_pattern_raw(path: &Path, size: usize, seed: u64) {
         x ^= x << 17;
         let run = 4096 * (1 + (x % 37) as usize);
         let end = (pos + run).min(size);
-        if x % 3 != 0 {
+        if !x.is_multiple_of(3) {
             for (i, b) in data[pos..end].iter_mut().enumerate() {
                 *b = (x as usize + i * 31) as u8;
             }
