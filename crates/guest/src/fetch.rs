@@ -159,6 +159,7 @@ impl Fetcher {
             f: self,
             _lock: file,
             refreshed: Vec::new(),
+            loaded: None,
         })
     }
 
@@ -294,6 +295,9 @@ pub struct Session<'a> {
     _lock: File,
     /// Architectures whose index was fetched afresh in this session.
     refreshed: Vec<String>,
+    /// The last Packages index read (path, text): lookups within one
+    /// session reuse it instead of reading 50 MB again.
+    loaded: Option<(PathBuf, String)>,
 }
 
 impl Session<'_> {
@@ -420,8 +424,12 @@ impl Session<'_> {
     /// Looks up packages of `arch` by name.
     pub fn packages(&mut self, arch: &str, names: &[&str]) -> Result<HashMap<String, Package>> {
         let path = self.index(arch, false)?;
-        let text = fs::read_to_string(&path).ctx(|| format!("reading {}", path.display()))?;
-        index::find_packages(&text, names)
+        if self.loaded.as_ref().is_none_or(|(p, _)| *p != path) {
+            let text = fs::read_to_string(&path).ctx(|| format!("reading {}", path.display()))?;
+            self.loaded = Some((path, text));
+        }
+        let text = self.loaded.as_ref().map(|(_, t)| t.as_str()).unwrap_or("");
+        index::find_packages(text, names)
     }
 
     /// Looks up one package of `arch`.
