@@ -35,10 +35,10 @@ pub const HWCAP: u64 = (1 << (b'i' - b'a'))
 /// Why a program could not be loaded.
 #[derive(Debug, Error)]
 pub enum LoadError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: is a directory")]
     IsDirectory { path: PathBuf },
@@ -46,10 +46,10 @@ pub enum LoadError {
     NotRegular { path: PathBuf },
     #[error("{path}: file too large ({size} bytes)")]
     TooLarge { path: PathBuf, size: u64 },
-    #[error("{path}: {source}")]
-    Elf { path: PathBuf, source: ElfError },
-    #[error("{path}: does not fit in the guest address space: {source}")]
-    Map { path: PathBuf, source: MmError },
+    #[error("{path}: {error}")]
+    Elf { path: PathBuf, error: ElfError },
+    #[error("{path}: does not fit in the guest address space: {error}")]
+    Map { path: PathBuf, error: MmError },
     #[error("argument and environment strings too long")]
     ArgsTooLong,
 }
@@ -75,9 +75,9 @@ pub struct Loaded {
 
 /// Reads a file for loading, with clear errors for directories and the like.
 pub fn read_file(path: &Path) -> Result<Vec<u8>, LoadError> {
-    let io = |source| LoadError::Io {
+    let io = |error| LoadError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let meta = std::fs::metadata(path).map_err(io)?;
     if meta.is_dir() {
@@ -127,9 +127,9 @@ fn map_image(
     data: &[u8],
     bias: u64,
 ) -> Result<(u64, u64), LoadError> {
-    let merr = |source| LoadError::Map {
+    let merr = |error| LoadError::Map {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let (lo, hi) = elf.span();
     let lo = page_down(lo + bias);
@@ -250,18 +250,18 @@ pub fn load(
     aux: &AuxInfo,
     stack_size: u64,
 ) -> Result<Loaded, LoadError> {
-    let elf = Elf::parse(data, GUEST_SIZE).map_err(|source| LoadError::Elf {
+    let elf = Elf::parse(data, GUEST_SIZE).map_err(|error| LoadError::Elf {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     let stack_size = page_up(stack_size.clamp(128 << 10, MAX_STACK)).unwrap_or(8 << 20);
     let stack_low = STACK_TOP - stack_size;
     // Leave a gap under the stack; mmap allocations go top-down below it.
     mm.set_mmap_window(0x1_0000, stack_low - (16 << 20));
 
-    let merr = |source| LoadError::Map {
+    let merr = |error| LoadError::Map {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let bias = if elf.e_type == ET_DYN {
         choose_bias(mm, &elf, Some(ET_DYN_BASE)).map_err(merr)?
@@ -277,14 +277,14 @@ pub fn load(
     if let Some(interp) = &elf.interp {
         let ipath = interp_path(interp, sysroot);
         let idata = read_file(&ipath)?;
-        let ielf = Elf::parse(&idata, GUEST_SIZE).map_err(|source| LoadError::Elf {
+        let ielf = Elf::parse(&idata, GUEST_SIZE).map_err(|error| LoadError::Elf {
             path: ipath.clone(),
-            source,
+            error,
         })?;
         let ibias = if ielf.e_type == ET_DYN {
-            choose_bias(mm, &ielf, None).map_err(|source| LoadError::Map {
+            choose_bias(mm, &ielf, None).map_err(|error| LoadError::Map {
                 path: ipath.clone(),
-                source,
+                error,
             })?
         } else {
             0

@@ -5,7 +5,7 @@ use crate::abi::{self, uc, SIGFRAME_SIZE};
 use crate::loader::{self, AuxInfo, LoadError};
 use crate::mm::{AddressSpace, MmError, PAGE, PROT_R, PROT_X};
 use crate::signal::{self, bit, Action, SigState, NSIG, SIG_DFL, SIG_IGN};
-use riscv::{Exit, Hart, MemAccess, MemFaultKind};
+use riscv::{Exit, Hart, MemFaultKind};
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -265,11 +265,9 @@ impl Thread {
                 }
                 Exit::MemFault(f) => match f.kind {
                     MemFaultKind::Unmapped => {
-                        let mapped = self.proc.mm.page_perm(f.addr) != 0
-                            || (f.access == MemAccess::Fetch
-                                && self.proc.mm.page_perm(f.addr) & PROT_X == 0
-                                && self.proc.mm.page_perm(f.addr) != 0);
-                        // SEGV_ACCERR (2) for a mapped page, SEGV_MAPERR (1) otherwise.
+                        // SEGV_ACCERR (2) for a mapped page the access is
+                        // not allowed on, SEGV_MAPERR (1) for no mapping.
+                        let mapped = self.proc.mm.page_perm(f.addr) != 0;
                         self.fault(libc::SIGSEGV, if mapped { 2 } else { 1 }, f.addr)
                     }
                     // BUS_ADRALN (1) / BUS_ADRERR (2).
@@ -280,6 +278,9 @@ impl Thread {
             if self.sig.any_pending() {
                 self.deliver_signals();
             }
+            // A temporary mask (sigsuspend, ppoll...) only applies to the
+            // signals that interrupted that one call.
+            self.tmp_mask = None;
         }
     }
 
@@ -293,7 +294,9 @@ impl Thread {
         }
         if self.is_main {
             // The main host thread must not return (that would end the
-            // process); other guest threads go on.
+            // process); other guest threads go on. It blocks every signal
+            // so the host kernel hands process-wide ones to a live thread.
+            std::mem::forget(signal::BlockAll::new());
             loop {
                 // SAFETY: waits for a signal; host signals with guest
                 // handlers are recorded for this (finished) thread, which

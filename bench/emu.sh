@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# virtkit emu user vs qemu-riscv64-static, side by side, same binaries and
+# inputs: busybox sha256sum (50 MB), busybox gzip -6 (20 MB), a busybox
+# shell loop (100000 iterations) and a CoreMark-like C kernel.
+# Prints medians of RUNS runs (default 3) and the ratio virtkit/qemu.
+#
+# Usage: bench/emu.sh            (builds virtkit --release first)
+# Env:   RUNS=5  VIRTKIT=/path/to/virtkit  BUSYBOX=/path/to/riscv64/busybox
+#        KERNEL_ITERS=20000  PERF=1 (also record a perf profile of virtkit)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-3}
+KERNEL_ITERS=${KERNEL_ITERS:-20000}
+WORK=$(mktemp -d /tmp/virtkit-emu-bench.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+
+if [ -z "${VIRTKIT:-}" ]; then
+    cargo build --release -q -p virtkit
+    VIRTKIT="${CARGO_TARGET_DIR:-target}/release/virtkit"
+fi
+
+if [ -z "${BUSYBOX:-}" ]; then
+    # Debian's riscv64 busybox-static, as fetched (and cached) by the guest
+    # crate; the emu_busybox test fetches it.
+    cache="${XDG_CACHE_HOME:-$HOME/.cache}/virtkit"
+    for b in $(find "$cache" -path '*usr/bin/busybox' -type f 2>/dev/null); do
+        # e_machine 0xf3 (243) = RISC-V
+        if [ "$(od -An -tx1 -j18 -N1 "$b" | tr -d ' ')" = "f3" ]; then BUSYBOX=$b; fi
+    done
+fi
+if [ -z "${BUSYBOX:-}" ]; then
+    echo "riscv64 busybox not cached yet: run 'cargo test --release -p virtkit --test emu_busybox' once" >&2
+    exit 1
+fi
+
+echo "preparing inputs in $WORK ..." >&2
+head -c 50000000 /dev/urandom > "$WORK/50M.bin"
+# Compressible 20 MB: numbers as text mixed with random base64.
+{ seq 1 1500000; head -c 6000000 /dev/urandom | base64; seq 1500000 3000000; } | head -c 20000000 > "$WORK/20M.txt"
+riscv64-linux-gnu-gcc -O2 -static -o "$WORK/kernel" crates/linux-user/tests/progs/kernel.c
+
+# name|command (run with the emulator prefix)
+BENCHES=(
+    "sha256sum 50 MB|$BUSYBOX sha256sum $WORK/50M.bin"
+    "gzip -6 20 MB|$BUSYBOX sh -c 'gzip -6 -c $WORK/20M.txt > /dev/null'"
+    "shell loop 100000|$BUSYBOX sh -c 'i=0; while [ \$i -lt 100000 ]; do i=\$((i+1)); done; echo \$i'"
+    "C kernel ($KERNEL_ITERS iter)|$WORK/kernel $KERNEL_ITERS"
+)
+
+now() { date +%s.%N; }
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+time_runs() { # prefix command -> median seconds; output checked against the first run
+    local prefix=$1 cmd=$2 out=$3 t0 t1
+    for _ in $(seq "$RUNS"); do
+        t0=$(now)
+        eval "$prefix $cmd" > "$out"
+        t1=$(now)
+        echo "$t1 - $t0" | bc
+    done | median
+}
+
+printf '\n| %-26s | %9s | %11s | %7s |\n' benchmark "qemu (s)" "virtkit (s)" ratio
+printf '|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..28})" "-----------" "-------------" "---------"
+worst=0
+for b in "${BENCHES[@]}"; do
+    name=${b%%|*}
+    cmd=${b#*|}
+    q=$(time_runs "qemu-riscv64-static" "$cmd" "$WORK/out.qemu")
+    v=$(time_runs "$VIRTKIT emu user" "$cmd" "$WORK/out.virtkit")
+    if ! cmp -s "$WORK/out.qemu" "$WORK/out.virtkit"; then
+        echo "OUTPUT DIFFERS for $name" >&2
+        diff "$WORK/out.qemu" "$WORK/out.virtkit" | head >&2 || true
+    fi
+    r=$(echo "scale=2; $v / $q" | bc)
+    printf '| %-26s | %9.3f | %11.3f | %6.2fx |\n' "$name" "$q" "$v" "$r"
+    worst=$(echo "if ($r > $worst) $r else $worst" | bc)
+done
+echo
+echo "medians of $RUNS runs; worst ratio ${worst}x (target: <= 3x)"
+
+if [ "${PERF:-0}" = 1 ]; then
+    for b in "${BENCHES[@]}"; do
+        name=${b%%|*}
+        cmd=${b#*|}
+        echo "== perf: $name" >&2
+        eval "perf record -q -o $WORK/perf.data -- $VIRTKIT emu user $cmd" > /dev/null 2>&1
+        perf report -i "$WORK/perf.data" --stdio --no-children --percent-limit 3 2>/dev/null | grep -v '^#' | grep -v '^$' | head -15
+    done
+fi

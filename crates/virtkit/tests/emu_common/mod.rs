@@ -1,0 +1,156 @@
+//! Shared helpers of the `virtkit emu user` tests: cross-compiling the C
+//! test programs (cached in the target directory) and running a program
+//! under virtkit and under qemu-riscv64-static side by side.
+
+#![allow(dead_code)]
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The cross sysroot Debian's gcc-riscv64-linux-gnu installs.
+pub const SYSROOT: &str = "/usr/riscv64-linux-gnu";
+
+pub fn virtkit() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_virtkit"))
+}
+
+fn progs_src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../linux-user/tests/progs")
+}
+
+/// A scratch directory unique to one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("emu-scratch").join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("create scratch dir");
+    d
+}
+
+/// Cross-compiles `progs/<name>.c` (static, or dynamic against the cross
+/// sysroot) unless an up-to-date binary is cached.
+pub fn build(name: &str, dynamic: bool) -> PathBuf {
+    build_with(name, "c", if dynamic { "-dyn" } else { "" }, if dynamic { &[] } else { &["-static"] })
+}
+
+/// Assembles `progs/<name>.S` without libc: a plain static executable, or
+/// a static-PIE one (glibc's static-pie start files are not in Debian's
+/// cross sysroot, so static-PIE is covered by this libc-free program).
+pub fn build_asm(name: &str, pie: bool) -> PathBuf {
+    let flags: &[&str] = if pie {
+        &["-nostdlib", "-fPIE", "-pie", "-Wl,--no-dynamic-linker"]
+    } else {
+        &["-nostdlib", "-static"]
+    };
+    build_with(name, "S", if pie { "-pie" } else { "" }, flags)
+}
+
+fn build_with(name: &str, ext: &str, suffix: &str, flags: &[&str]) -> PathBuf {
+    let src = progs_src().join(format!("{name}.{ext}"));
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("emu-progs");
+    std::fs::create_dir_all(&out_dir).expect("create output dir");
+    let out = out_dir.join(format!("{name}{suffix}"));
+    let fresh = match (std::fs::metadata(&src), std::fs::metadata(&out)) {
+        (Ok(s), Ok(o)) => o.modified().unwrap() >= s.modified().unwrap(),
+        _ => false,
+    };
+    if fresh {
+        return out;
+    }
+    // Build to a unique name and rename, so tests running in parallel (in
+    // several test binaries) never see a half-written file.
+    let tmp = out_dir.join(format!(
+        ".{name}-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let mut cmd = Command::new("riscv64-linux-gnu-gcc");
+    cmd.args(["-O2", "-Wall", "-o"]).arg(&tmp).arg(&src).args(flags);
+    if ext == "c" {
+        cmd.args(["-lm", "-lpthread"]);
+    }
+    let st = cmd.status().expect("run riscv64-linux-gnu-gcc (install gcc-riscv64-linux-gnu)");
+    assert!(st.success(), "compiling {name}.c failed");
+    std::fs::rename(&tmp, &out).expect("rename built program");
+    out
+}
+
+/// Output of one run.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Run {
+    pub stdout: Vec<u8>,
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub stderr: String,
+}
+
+fn finish(o: Output) -> Run {
+    Run {
+        stdout: o.stdout,
+        code: o.status.code(),
+        signal: o.status.signal(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+/// Runs `prog args` under `virtkit emu user` with extra emulator flags.
+pub fn emu(flags: &[&str], prog: &Path, args: &[&str], cwd: Option<&Path>, stdin: Option<&[u8]>) -> Run {
+    let mut c = Command::new(virtkit());
+    c.args(["emu", "user"]).args(flags).arg(prog).args(args);
+    run(c, cwd, stdin)
+}
+
+/// Runs `prog args` under qemu-riscv64-static with the same flags.
+pub fn qemu(flags: &[&str], prog: &Path, args: &[&str], cwd: Option<&Path>, stdin: Option<&[u8]>) -> Run {
+    let mut c = Command::new("qemu-riscv64-static");
+    c.args(flags).arg(prog).args(args);
+    run(c, cwd, stdin)
+}
+
+fn run(mut c: Command, cwd: Option<&Path>, stdin: Option<&[u8]>) -> Run {
+    if let Some(d) = cwd {
+        c.current_dir(d);
+    }
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    let mut child = c.spawn().expect("spawn");
+    if let Some(data) = stdin {
+        let mut w = child.stdin.take().unwrap();
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = w.write_all(&data);
+        });
+    }
+    finish(child.wait_with_output().expect("wait"))
+}
+
+/// Asserts virtkit and qemu agree on stdout and exit status.
+pub fn assert_same(what: &str, ours: &Run, peer: &Run) {
+    assert!(
+        !ours.stderr.contains("panicked"),
+        "{what}: virtkit panicked: {}",
+        ours.stderr
+    );
+    if ours.stdout != peer.stdout {
+        let a = String::from_utf8_lossy(&ours.stdout);
+        let b = String::from_utf8_lossy(&peer.stdout);
+        let first = a
+            .lines()
+            .zip(b.lines())
+            .position(|(x, y)| x != y)
+            .unwrap_or(a.lines().count().min(b.lines().count()));
+        panic!(
+            "{what}: stdout differs from qemu at line {first}:\n virtkit: {:?}\n qemu:    {:?}\n(virtkit stderr: {})",
+            a.lines().nth(first),
+            b.lines().nth(first),
+            ours.stderr
+        );
+    }
+    assert_eq!(
+        (ours.code, ours.signal),
+        (peer.code, peer.signal),
+        "{what}: exit status differs from qemu (virtkit stderr: {})",
+        ours.stderr
+    );
+}
