@@ -920,9 +920,10 @@ impl Core {
         }
         let new = (old & !mstatus::WRITABLE) | v | mstatus::UXL_SXL;
         self.csr.mstatus = new;
-        // SUM selects its own TLB regime; the others change what cached
-        // translations allow.
-        let tlb_bits = mstatus::MPRV | mstatus::MXR | mstatus::MPP;
+        // SUM, MPRV and MPP only select which TLB regime serves an access
+        // (recomputed at the next block boundary); MXR changes what cached
+        // read permissions mean.
+        let tlb_bits = mstatus::MXR;
         if (old ^ new) & tlb_bits != 0 {
             self.tlb_dirty = true;
         }
@@ -1004,7 +1005,7 @@ impl Core {
         } else {
             base
         };
-        self.tlb_dirty = true;
+        // No TLB flush: each privilege level has its own TLB regime.
         self.recheck = true;
         self.res_addr = u64::MAX;
     }
@@ -1025,7 +1026,7 @@ impl Core {
         }
         self.csr.mstatus = s;
         self.prv = mpp;
-        self.tlb_dirty = true;
+        // No TLB flush: each privilege level has its own TLB regime.
         self.recheck = true;
         self.res_addr = u64::MAX;
         Ok(self.csr.mepc)
@@ -1050,7 +1051,7 @@ impl Core {
         s |= mstatus::SPIE;
         self.csr.mstatus = s;
         self.prv = spp;
-        self.tlb_dirty = true;
+        // No TLB flush: each privilege level has its own TLB regime.
         self.recheck = true;
         self.res_addr = u64::MAX;
         Ok(self.csr.sepc)
