@@ -17,6 +17,9 @@ pkgs=(
   podman                # drives `virtkit-runc` as its OCI runtime
   hyperfine             # benchmarks
   cpio                  # checks our initramfs against GNU cpio
+  gpgv                  # verifies Debian InRelease signatures
+  debian-archive-keyring
+  xz-utils
 )
 
 missing=()
