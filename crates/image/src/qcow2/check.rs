@@ -220,9 +220,21 @@ impl Meta {
         let cs = g.cs;
         let step = g.step();
         let mut next_contiguous = 0u64;
+        let mut seen = std::collections::HashSet::new();
         for (i, &l1e) in l1.iter().enumerate() {
             let l2off = l1e & L1E_OFFSET_MASK;
             if l2off == 0 {
+                continue;
+            }
+            if !seen.insert(l2off) {
+                // One table mapped twice by the same L1 is corrupt; walking
+                // it again would also let a crafted L1 make check run for
+                // hours.
+                r.corruptions += 1;
+                r.messages.push(format!(
+                    "ERROR l2_offset={l2off:#x}: L2 table referenced twice by one L1 table"
+                ));
+                cnt.inc(r, l2off, cs);
                 continue;
             }
             if !l2off.is_multiple_of(cs) {

@@ -194,10 +194,16 @@ impl Meta {
     fn count_l1_refs(&mut self, l1: &[u64], counts: &mut Counts) -> Result<()> {
         let g = self.g;
         let step = g.step();
+        let mut seen = std::collections::HashSet::new();
         for &l1e in l1 {
             let l2off = l1e & L1E_OFFSET_MASK;
             if l2off == 0 {
                 continue;
+            }
+            if !seen.insert(l2off) {
+                return Err(self.corrupt(format!(
+                    "L2 table at {l2off:#x} referenced twice by one L1 table"
+                )));
             }
             *counts.entry(l2off >> g.cb).or_default() += 1;
             let t = self.l2_table(l2off)?.clone();
