@@ -4,13 +4,18 @@
 #   create+start+delete the same container through the three commands
 # and the peak RSS of the runtime process (getrusage of the children).
 # crun is tried if installed (it refuses this host's hybrid cgroups).
-# Usage: bench/ctr.sh [RUNS]    (needs root; builds virtkit-runc --release)
+# Usage: bench/ctr.sh [RUNS]    (needs root; builds virtkit-runc --release,
+# or takes VIRTKIT_RUNC_BIN). delete --force: /bin/true may still be exiting.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-30}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
-cargo build --release -q -p virtkit --bin virtkit-runc
-VK=$(realpath "$CARGO_TARGET_DIR/release/virtkit-runc")
+if [ -n "${VIRTKIT_RUNC_BIN:-}" ]; then
+    VK=$(realpath "$VIRTKIT_RUNC_BIN")     # an already built binary
+else
+    cargo build --release -q -p virtkit --bin virtkit-runc
+    VK=$(realpath "$CARGO_TARGET_DIR/release/virtkit-runc")
+fi
 RUNC=$(command -v runc)
 W=$(mktemp -d /tmp/virtkit-bench-ctr.XXXXXX)
 cleanup() {
@@ -37,7 +42,7 @@ done
 # /bin/true and no terminal.
 for r in vk runc crun; do
     mkdir -p "$W/b-$r"
-    ln -s ../bundle/rootfs "$W/b-$r/rootfs"
+
     cat >"$W/b-$r/config.json" <<JSON
 {
   "ociVersion": "1.0.2",
@@ -52,7 +57,7 @@ for r in vk runc crun; do
     "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
     "noNewPrivileges": true
   },
-  "root": {"path": "rootfs", "readonly": true},
+  "root": {"path": "$W/bundle/rootfs", "readonly": true},
   "hostname": "bench",
   "mounts": [
     {"destination": "/proc", "type": "proc", "source": "proc"},
@@ -88,7 +93,7 @@ cmds_run=(); cmds_csd=()
 for i in "${!runtimes[@]}"; do
     r=${runtimes[$i]}; b=${bins[$i]}; s="$W/state-$r"
     cmds_run+=("$b --root $s run --bundle $W/b-$r b-run-$r")
-    cmds_csd+=("$b --root $s create --bundle $W/b-$r b-csd-$r && $b --root $s start b-csd-$r && $b --root $s delete b-csd-$r")
+    cmds_csd+=("$b --root $s create --bundle $W/b-$r b-csd-$r && $b --root $s start b-csd-$r && $b --root $s delete --force b-csd-$r")
 done
 # Sanity: each command works before timing it.
 for c in "${cmds_run[@]}" "${cmds_csd[@]}"; do
