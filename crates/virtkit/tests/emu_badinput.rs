@@ -25,7 +25,11 @@ fn bad_programs_get_clear_errors() {
     // A host (x86-64) program.
     expect_error(Path::new("/bin/true"), "not a RISC-V ELF");
     let good = std::fs::read(build("hello", false)).unwrap();
-    for (name, len) in [("trunc-header", 40), ("trunc-phdrs", 100), ("trunc-data", 5000)] {
+    for (name, len) in [
+        ("trunc-header", 40),
+        ("trunc-phdrs", 100),
+        ("trunc-data", 5000),
+    ] {
         let p = d.join(name);
         std::fs::write(&p, &good[..len]).unwrap();
         expect_error(&p, "truncated");

@@ -84,8 +84,9 @@ seq 1 20000 | grep 7 | wc -l; yes abc | head -3; cat lines.txt | tac | head -2"#
     ),
     (
         "gzip",
-        // From stdin, so the gzip header carries no file time.
-        r#"gzip -6 < data.bin > d.gz; gzip -9 < lines.txt > l.gz; gzip -1 < lines.txt | md5sum; md5sum d.gz l.gz
+        // The 10-byte gzip header holds a time stamp: compare what follows.
+        r#"gzip -6 < data.bin > d.gz; gzip -9 < lines.txt > l.gz; gzip -1 < lines.txt | tail -c +11 | md5sum
+tail -c +11 d.gz | md5sum; tail -c +11 l.gz | md5sum
 gunzip -c d.gz | cmp - data.bin && echo same; zcat l.gz | tail -2; gzip -t d.gz && echo ok"#,
     ),
     (

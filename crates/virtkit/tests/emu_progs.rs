@@ -9,16 +9,27 @@ fn hello_static_and_dynamic_match_qemu() {
     let flags = ["-E", "VIRTKIT_TEST_VAR=set-by-E"];
     let st = build("hello", false);
     let ours = emu(&flags, &st, &args, None, None);
-    assert_same("hello (static)", &ours, &qemu(&flags, &st, &args, None, None));
+    assert_same(
+        "hello (static)",
+        &ours,
+        &qemu(&flags, &st, &args, None, None),
+    );
     assert_eq!(ours.code, Some(44));
     let text = String::from_utf8_lossy(&ours.stdout);
-    assert!(text.contains("argv[2]=-b\n") && text.contains("VIRTKIT_TEST_VAR=set-by-E\n"), "{text}");
+    assert!(
+        text.contains("argv[2]=-b\n") && text.contains("VIRTKIT_TEST_VAR=set-by-E\n"),
+        "{text}"
+    );
     assert!(text.contains("machine=riscv64\n"), "{text}");
 
     let dy = build("hello", true);
     let flags = ["-L", SYSROOT, "-U", "VIRTKIT_TEST_VAR"];
     let ours = emu(&flags, &dy, &args, None, None);
-    assert_same("hello (dynamic)", &ours, &qemu(&flags, &dy, &args, None, None));
+    assert_same(
+        "hello (dynamic)",
+        &ours,
+        &qemu(&flags, &dy, &args, None, None),
+    );
     assert!(String::from_utf8_lossy(&ours.stdout).contains("VIRTKIT_TEST_VAR=(unset)\n"));
 }
 
@@ -81,8 +92,16 @@ fn files_match_qemu() {
     let a = scratch("files-virtkit");
     let b = scratch("files-qemu");
     let ours = emu(&[], &p, &[a.to_str().unwrap()], None, None);
-    assert!(String::from_utf8_lossy(&ours.stdout).ends_with("ok\n"), "{:?}", ours);
-    assert_same("files", &ours, &qemu(&[], &p, &[b.to_str().unwrap()], None, None));
+    assert!(
+        String::from_utf8_lossy(&ours.stdout).ends_with("ok\n"),
+        "{:?}",
+        ours
+    );
+    assert_same(
+        "files",
+        &ours,
+        &qemu(&[], &p, &[b.to_str().unwrap()], None, None),
+    );
 }
 
 #[test]
@@ -91,7 +110,11 @@ fn mmap_matches_qemu() {
     let a = scratch("mmap-virtkit");
     let b = scratch("mmap-qemu");
     let ours = emu(&[], &p, &[a.to_str().unwrap()], None, None);
-    assert_same("mmap", &ours, &qemu(&[], &p, &[b.to_str().unwrap()], None, None));
+    assert_same(
+        "mmap",
+        &ours,
+        &qemu(&[], &p, &[b.to_str().unwrap()], None, None),
+    );
 }
 
 #[test]

@@ -21,7 +21,9 @@ fn progs_src() -> PathBuf {
 
 /// A scratch directory unique to one test.
 pub fn scratch(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("emu-scratch").join(name);
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("emu-scratch")
+        .join(name);
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("create scratch dir");
     d
@@ -30,7 +32,12 @@ pub fn scratch(name: &str) -> PathBuf {
 /// Cross-compiles `progs/<name>.c` (static, or dynamic against the cross
 /// sysroot) unless an up-to-date binary is cached.
 pub fn build(name: &str, dynamic: bool) -> PathBuf {
-    build_with(name, "c", if dynamic { "-dyn" } else { "" }, if dynamic { &[] } else { &["-static"] })
+    build_with(
+        name,
+        "c",
+        if dynamic { "-dyn" } else { "" },
+        if dynamic { &[] } else { &["-static"] },
+    )
 }
 
 /// Assembles `progs/<name>.S` without libc: a plain static executable, or
@@ -65,11 +72,16 @@ fn build_with(name: &str, ext: &str, suffix: &str, flags: &[&str]) -> PathBuf {
         std::thread::current().id()
     ));
     let mut cmd = Command::new("riscv64-linux-gnu-gcc");
-    cmd.args(["-O2", "-Wall", "-o"]).arg(&tmp).arg(&src).args(flags);
+    cmd.args(["-O2", "-Wall", "-o"])
+        .arg(&tmp)
+        .arg(&src)
+        .args(flags);
     if ext == "c" {
         cmd.args(["-lm", "-lpthread"]);
     }
-    let st = cmd.status().expect("run riscv64-linux-gnu-gcc (install gcc-riscv64-linux-gnu)");
+    let st = cmd
+        .status()
+        .expect("run riscv64-linux-gnu-gcc (install gcc-riscv64-linux-gnu)");
     assert!(st.success(), "compiling {name}.c failed");
     std::fs::rename(&tmp, &out).expect("rename built program");
     out
@@ -94,14 +106,26 @@ fn finish(o: Output) -> Run {
 }
 
 /// Runs `prog args` under `virtkit emu user` with extra emulator flags.
-pub fn emu(flags: &[&str], prog: &Path, args: &[&str], cwd: Option<&Path>, stdin: Option<&[u8]>) -> Run {
+pub fn emu(
+    flags: &[&str],
+    prog: &Path,
+    args: &[&str],
+    cwd: Option<&Path>,
+    stdin: Option<&[u8]>,
+) -> Run {
     let mut c = Command::new(virtkit());
     c.args(["emu", "user"]).args(flags).arg(prog).args(args);
     run(c, cwd, stdin)
 }
 
 /// Runs `prog args` under qemu-riscv64-static with the same flags.
-pub fn qemu(flags: &[&str], prog: &Path, args: &[&str], cwd: Option<&Path>, stdin: Option<&[u8]>) -> Run {
+pub fn qemu(
+    flags: &[&str],
+    prog: &Path,
+    args: &[&str],
+    cwd: Option<&Path>,
+    stdin: Option<&[u8]>,
+) -> Run {
     let mut c = Command::new("qemu-riscv64-static");
     c.args(flags).arg(prog).args(args);
     run(c, cwd, stdin)
@@ -112,7 +136,11 @@ fn run(mut c: Command, cwd: Option<&Path>, stdin: Option<&[u8]>) -> Run {
         c.current_dir(d);
     }
     c.stdout(Stdio::piped()).stderr(Stdio::piped());
-    c.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    c.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     let mut child = c.spawn().expect("spawn");
     if let Some(data) = stdin {
         let mut w = child.stdin.take().unwrap();
