@@ -60,6 +60,10 @@ for h in $HARTS; do
         v=$(for _ in $(seq "$RUNS"); do "time_$kind" run_virtkit "$h"; done | median)
         q=$(for _ in $(seq "$RUNS"); do "time_$kind" run_qemu "$h"; done | median)
         name="boot+poweroff"; [ "$kind" = compute ] && name="sha256sum 20 MB"
-        printf '%-22s %12.2f %12.2f %8.2f\n' "$name, $h hart(s)" "$v" "$q" "$(echo "$v / $q" | bc -l)"
+        if [ -z "$v" ] || [ -z "$q" ] || [ "$(echo "$q == 0" | bc)" = 1 ]; then
+            printf '%-22s %12s %12s %8s\n' "$name, $h hart(s)" "${v:-n/a}" "${q:-n/a}" "n/a"
+        else
+            printf '%-22s %12.2f %12.2f %8.2f\n' "$name, $h hart(s)" "$v" "$q" "$(echo "$v / $q" | bc -l)"
+        fi
     done
 done
