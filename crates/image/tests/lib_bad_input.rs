@@ -268,3 +268,17 @@ fn corrupt_and_dirty_bits() {
     drop(img);
     assert_qemu_check_clean(&p);
 }
+
+#[test]
+fn backing_name_offset_near_u64_max_is_refused() {
+    // Found in review: offset + size wrapped around and indexed out of bounds.
+    let dir = TempDir::new("bad-backing-off");
+    let p = good_image(&dir, "wrap.qcow2");
+    patch(&p, 8, &0xFFFF_FFFF_FFFF_FFF8u64.to_be_bytes());
+    patch(&p, 16, &16u32.to_be_bytes());
+    let e = open_err(&p);
+    assert!(
+        e.to_string().contains("backing file name"),
+        "unexpected error: {e}"
+    );
+}

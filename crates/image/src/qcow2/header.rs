@@ -275,7 +275,8 @@ impl Header {
                 )));
             }
             let start = h.backing_file_offset;
-            let end = start + len as u64;
+            // The offset comes straight from the file: add without wrapping.
+            let end = start.checked_add(len as u64).unwrap_or(u64::MAX);
             if end > buf.len() as u64 || start < h.header_length as u64 {
                 return Err(corrupt(format!(
                     "backing file name at {start:#x}+{len} lies outside the header cluster"
