@@ -47,8 +47,8 @@ fn main() {
             b
         })
         .collect();
-    if let Err(e) = linux_user::run(cfg, program.as_ref(), argv, envp) {
-        eprintln!("emu: {e}");
-        std::process::exit(1);
-    }
+    // `run` only returns when the program could not be started.
+    let Err(e) = linux_user::run(cfg, program.as_ref(), argv, envp);
+    eprintln!("emu: {e}");
+    std::process::exit(1);
 }

@@ -274,7 +274,9 @@ impl AddressSpace {
     fn range_ok(addr: u64, len: u64) -> Result<u64, MmError> {
         let end = addr
             .checked_add(len)
-            .filter(|&e| e <= GUEST_SIZE && addr % PAGE == 0 && len % PAGE == 0 && len > 0)
+            .filter(|&e| {
+                e <= GUEST_SIZE && addr.is_multiple_of(PAGE) && len.is_multiple_of(PAGE) && len > 0
+            })
             .ok_or(MmError::OutOfRange { addr, len })?;
         Ok(end)
     }
@@ -352,7 +354,7 @@ impl AddressSpace {
             }
             return Ok(hint);
         }
-        if hint != 0 && hint % PAGE == 0 {
+        if hint != 0 && hint.is_multiple_of(PAGE) {
             if let Ok(end) = Self::range_ok(hint, len) {
                 if !Self::overlaps(&l, hint, end) {
                     return Ok(hint);

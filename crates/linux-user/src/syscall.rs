@@ -485,7 +485,7 @@ impl Thread {
                 let mp = mask.as_ref().map_or(std::ptr::null(), |m| m as *const u64);
                 let r = host!(libc::SYS_ppoll, fds, nfds, ts, mp, 8);
                 if mask.is_some() && r == -(libc::EINTR as i64) {
-                    self.tmp_mask = mask.map(|m| m | 0);
+                    self.tmp_mask = mask;
                 }
                 r
             }
@@ -1136,10 +1136,8 @@ impl Thread {
             // Faults the CPU reports reach the guest without a host
             // handler; keeping the host default for them makes a bug in the
             // emulator itself fail loudly instead of looping.
-            if signal::SYNC_SIGNALS & bit(sig) == 0 || a.handler == signal::SIG_IGN {
-                if signal::SYNC_SIGNALS & bit(sig) == 0 {
-                    signal::set_host_action(sig, &a);
-                }
+            if signal::SYNC_SIGNALS & bit(sig) == 0 {
+                signal::set_host_action(sig, &a);
             }
         }
         Ok(0)
@@ -1192,7 +1190,7 @@ impl Thread {
 
     fn futex(&mut self, uaddr: u64, op: i32, val: u64, a3: u64, uaddr2: u64, val3: u64) -> R {
         let cmd = op & 0x7f;
-        if uaddr % 4 != 0 {
+        if !uaddr.is_multiple_of(4) {
             return Err(EINVAL);
         }
         let u = self.buf(uaddr, 4, PROT_R)?;
@@ -1211,7 +1209,7 @@ impl Thread {
             1 | 10 | 7 | 8 => host!(libc::SYS_futex, u, op, val as u32, a3, 0, val3 as u32),
             // REQUEUE, CMP_REQUEUE, WAKE_OP, CMP_REQUEUE_PI: a3 is val2.
             3 | 4 | 5 | 12 => {
-                if uaddr2 % 4 != 0 {
+                if !uaddr2.is_multiple_of(4) {
                     return Err(EINVAL);
                 }
                 let u2 = self.buf(uaddr2, 4, PROT_R | PROT_W)?;
@@ -1223,7 +1221,7 @@ impl Thread {
 
     fn mmap(&mut self, addr: u64, len: u64, prot: i32, flags: i32, fd: i32, off: u64) -> R {
         const MAP_SHARED_VALIDATE: i32 = 3;
-        if len == 0 || off % PAGE != 0 {
+        if len == 0 || !off.is_multiple_of(PAGE) {
             return Err(EINVAL);
         }
         let len = page_up(len).ok_or(ENOMEM)?;
@@ -1238,7 +1236,7 @@ impl Thread {
         let anon = flags & libc::MAP_ANONYMOUS != 0;
         let noreplace = flags & libc::MAP_FIXED_NOREPLACE != 0;
         let fixed = flags & libc::MAP_FIXED != 0 || noreplace;
-        if fixed && addr % PAGE != 0 {
+        if fixed && !addr.is_multiple_of(PAGE) {
             return Err(EINVAL);
         }
         if !anon {
@@ -1269,7 +1267,7 @@ impl Thread {
     fn mremap(&mut self, old: u64, old_len: u64, new_len: u64, flags: u64, new_addr: u64) -> R {
         const MAYMOVE: u64 = 1;
         const FIXED: u64 = 2;
-        if old % PAGE != 0
+        if !old.is_multiple_of(PAGE)
             || flags & !(MAYMOVE | FIXED) != 0
             || (flags & FIXED != 0 && flags & MAYMOVE == 0)
         {
@@ -1285,7 +1283,7 @@ impl Thread {
         }
         let mm = self.mm();
         if flags & FIXED != 0 {
-            if new_addr % PAGE != 0 {
+            if !new_addr.is_multiple_of(PAGE) {
                 return Err(EINVAL);
             }
             return mm

@@ -276,7 +276,7 @@ impl Header {
             }
             let start = h.backing_file_offset;
             // The offset comes straight from the file: add without wrapping.
-            let end = start.checked_add(len as u64).unwrap_or(u64::MAX);
+            let end = start.saturating_add(len as u64);
             if end > buf.len() as u64 || start < h.header_length as u64 {
                 return Err(corrupt(format!(
                     "backing file name at {start:#x}+{len} lies outside the header cluster"
