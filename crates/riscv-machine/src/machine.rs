@@ -7,7 +7,6 @@
 
 use std::io::Write;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -149,10 +148,6 @@ impl Bus for BoardBus {
 struct Shared {
     bus: BoardBus,
     controls: Vec<Arc<HartControl>>,
-    /// Per hart: inside `run_system` (running guest code)?
-    in_guest: Vec<AtomicBool>,
-    /// Per hart: how many times `run_system` returned.
-    exits: Vec<AtomicU64>,
     hsm: Mutex<Vec<HartState>>,
     hsm_cond: Condvar,
     power: Arc<Power>,
@@ -660,8 +655,6 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome, MachineError> {
             mmio,
         },
         controls: controls.clone(),
-        in_guest: (0..cfg.harts).map(|_| AtomicBool::new(false)).collect(),
-        exits: (0..cfg.harts).map(|_| AtomicU64::new(0)).collect(),
         hsm: Mutex::new(states),
         hsm_cond: Condvar::new(),
         power: power.clone(),
@@ -782,33 +775,16 @@ impl SbiHost for SbiCtx<'_> {
         }
     }
     fn remote_fence(&self, caller: usize, targets: &[usize], fence: Fence) {
-        // The SBI call returns only once every target has fenced: each
-        // target flushes at its next block boundary and is asked to stop
-        // there too, and we wait for that exit. A hart that is not running
-        // guest code (in an SBI call, stopped, or about to enter the CPU
-        // loop) flushes before it runs guest code again, so it needs no
-        // wait. Waiting is short: one block of the target.
-        let mut wait = Vec::new();
         for &t in targets {
             if t == caller {
                 self.local_fence.set(Some(fence));
                 continue;
             }
-            let before = self.s.exits[t].load(Ordering::SeqCst);
-            let c = &self.s.controls[t];
+            // The target flushes at its next block boundary, before it
+            // executes anything else.
             match fence {
-                Fence::Instruction => c.request_fence_i(),
-                Fence::Vma { .. } => c.request_tlb_flush(),
-            }
-            c.request_stop();
-            wait.push((t, before));
-        }
-        for (t, before) in wait {
-            while self.s.in_guest[t].load(Ordering::SeqCst)
-                && self.s.exits[t].load(Ordering::SeqCst) == before
-                && !self.s.power.is_stopped()
-            {
-                std::thread::yield_now();
+                Fence::Instruction => self.s.controls[t].request_fence_i(),
+                Fence::Vma { .. } => self.s.controls[t].request_tlb_flush(),
             }
         }
     }
@@ -886,11 +862,7 @@ fn hart_thread(s: Arc<Shared>, mut hart: Hart, id: usize) {
                 }
             }
         }
-        s.in_guest[id].store(true, Ordering::SeqCst);
-        let exit = hart.run_system(&s.bus);
-        s.in_guest[id].store(false, Ordering::SeqCst);
-        s.exits[id].fetch_add(1, Ordering::SeqCst);
-        match exit {
+        match hart.run_system(&s.bus) {
             Exit::Ecall => {
                 let mut a = [0u64; 8];
                 for (i, r) in a.iter_mut().enumerate() {
