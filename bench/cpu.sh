@@ -22,8 +22,7 @@ measure() { # prints "wall user" medians of RUNS runs of "$@"
     local walls=() users=()
     for _ in $(seq "$RUNS"); do
         local t
-        /usr/bin/time -f "%e %U" -o "$WORK/time" "$@" >/dev/null 2>&1 || true
-        t=$(tail -1 "$WORK/time")
+        t=$( { /usr/bin/time -f "%e %U" "$@" >/dev/null 2>/dev/null; } 2>&1 | tail -1)
         walls+=("${t% *}"); users+=("${t#* }")
     done
     echo "$(printf '%s\n' "${walls[@]}" | median) $(printf '%s\n' "${users[@]}" | median)"

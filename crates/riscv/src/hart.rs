@@ -920,10 +920,9 @@ impl Core {
         }
         let new = (old & !mstatus::WRITABLE) | v | mstatus::UXL_SXL;
         self.csr.mstatus = new;
-        // SUM, MPRV and MPP only select which TLB regime serves an access
-        // (recomputed at the next block boundary); MXR changes what cached
-        // read permissions mean.
-        let tlb_bits = mstatus::MXR;
+        // SUM selects its own TLB regime; the others change what cached
+        // translations allow.
+        let tlb_bits = mstatus::MPRV | mstatus::MXR | mstatus::MPP;
         if (old ^ new) & tlb_bits != 0 {
             self.tlb_dirty = true;
         }
@@ -1005,7 +1004,7 @@ impl Core {
         } else {
             base
         };
-        // No TLB flush: each privilege level has its own TLB regime.
+        self.tlb_dirty = true;
         self.recheck = true;
         self.res_addr = u64::MAX;
     }
@@ -1026,7 +1025,7 @@ impl Core {
         }
         self.csr.mstatus = s;
         self.prv = mpp;
-        // No TLB flush: each privilege level has its own TLB regime.
+        self.tlb_dirty = true;
         self.recheck = true;
         self.res_addr = u64::MAX;
         Ok(self.csr.mepc)
@@ -1051,7 +1050,7 @@ impl Core {
         s |= mstatus::SPIE;
         self.csr.mstatus = s;
         self.prv = spp;
-        // No TLB flush: each privilege level has its own TLB regime.
+        self.tlb_dirty = true;
         self.recheck = true;
         self.res_addr = u64::MAX;
         Ok(self.csr.sepc)
