@@ -47,17 +47,20 @@ fn module_name(file: &str) -> Option<String> {
 pub fn modinfo(elf: &[u8], what: &str) -> Result<Vec<(String, String)>> {
     let bad = |m: &str| Error::format(what, format!("not a valid kernel module: {m}"));
     let u16_at = |o: usize| -> Result<u64> {
-        elf.get(o..o + 2)
+        o.checked_add(2)
+            .and_then(|e| elf.get(o..e))
             .map(|b| u16::from_le_bytes([b[0], b[1]]) as u64)
             .ok_or_else(|| bad("truncated"))
     };
     let u32_at = |o: usize| -> Result<u64> {
-        elf.get(o..o + 4)
+        o.checked_add(4)
+            .and_then(|e| elf.get(o..e))
             .map(|b| u32::from_le_bytes(b.try_into().unwrap_or([0; 4])) as u64)
             .ok_or_else(|| bad("truncated"))
     };
     let u64_at = |o: usize| -> Result<u64> {
-        elf.get(o..o + 8)
+        o.checked_add(8)
+            .and_then(|e| elf.get(o..e))
             .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
             .ok_or_else(|| bad("truncated"))
     };
@@ -79,8 +82,9 @@ pub fn modinfo(elf: &[u8], what: &str) -> Result<Vec<(String, String)>> {
             .checked_add(i.checked_mul(shentsize).ok_or_else(|| bad("overflow"))?)
             .ok_or_else(|| bad("overflow"))?;
         let name = u32_at(h)?;
-        let off = u64_at(h + 24)? as usize;
-        let size = u64_at(h + 32)? as usize;
+        // Offsets come from the file: add without wrapping.
+        let off = u64_at(h.saturating_add(24))? as usize;
+        let size = u64_at(h.saturating_add(32))? as usize;
         let data = off
             .checked_add(size)
             .and_then(|end| elf.get(off..end))

@@ -100,6 +100,8 @@ pub enum MachineError {
     FirmwareOnSpike,
     #[error("cannot start a thread: {0}")]
     Thread(#[source] std::io::Error),
+    #[error("the program's `{symbol}` symbol at {addr:#x} is not an 8-byte aligned word in RAM")]
+    BadHtifSymbol { symbol: &'static str, addr: u64 },
 }
 
 /// Most harts a machine may have (PLIC contexts and CLINT registers are
@@ -244,7 +246,7 @@ impl HtifPage {
         };
         Self::set_word(bytes, to_off, 0);
         if let (Some(r), Some(from)) = (reply, self.fromhost) {
-            if from >= self.page && from + 8 <= self.page + PAGE {
+            if from >= self.page && from.saturating_add(8) <= self.page + PAGE {
                 Self::set_word(bytes, from - self.page, r);
             } else {
                 let _ = self.mem.write_obj(r, GuestAddress(from));
@@ -522,6 +524,25 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome, MachineError> {
             kernel_entry = prog.entry;
             if cfg.board == BoardKind::Spike {
                 if let Some(to) = prog.tohost {
+                    // HTIF words are 64-bit: an unaligned or out-of-RAM
+                    // symbol would make the page handler index past its page.
+                    let ok = |a: u64| {
+                        a.is_multiple_of(8)
+                            && a >= RAM_BASE
+                            && a.checked_add(8).is_some_and(|e| e <= ram_end)
+                    };
+                    if !ok(to) {
+                        return Err(MachineError::BadHtifSymbol {
+                            symbol: "tohost",
+                            addr: to,
+                        });
+                    }
+                    if let Some(from) = prog.fromhost.filter(|&f| !ok(f)) {
+                        return Err(MachineError::BadHtifSymbol {
+                            symbol: "fromhost",
+                            addr: from,
+                        });
+                    }
                     htif_page = Some((to, prog.fromhost));
                 }
             }

@@ -136,7 +136,8 @@ pub(crate) fn shares_to_weight(shares: u64) -> u64 {
     if shares == 0 {
         return 0;
     }
-    1 + (shares.saturating_sub(2) * 9999) / 262_142
+    // config.json may hold any u64: clamp to v1's range before scaling.
+    1 + ((shares.clamp(2, 262_144) - 2) * 9999) / 262_142
 }
 
 /// Remove the leaf cgroups we created (waiting for them to empty), then the
@@ -154,4 +155,20 @@ pub(crate) fn destroy_created(leaves: &[PathBuf], created: &[PathBuf]) -> Result
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shares_to_weight;
+
+    #[test]
+    fn shares_map_to_weight_like_runc_and_never_overflow() {
+        assert_eq!(shares_to_weight(0), 0);
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(1024), 39);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+        // Values out of v1's range are clamped, not wrapped.
+        assert_eq!(shares_to_weight(u64::MAX), 10_000);
+        assert_eq!(shares_to_weight(1), 1);
+    }
 }

@@ -107,7 +107,7 @@ impl Manager for V2 {
                     write(&d.join("io.bfq.weight"), &w.to_string())?;
                 } else {
                     // io.weight is 1..10000, blkio weight 10..1000.
-                    let w2 = 1 + (u64::from(w).saturating_sub(10) * 9999) / 990;
+                    let w2 = 1 + ((u64::from(w).clamp(10, 1000) - 10) * 9999) / 990;
                     write(&d.join("io.weight"), &format!("default {w2}"))?;
                 }
             }
