@@ -288,6 +288,100 @@ fn concurrent_writers_and_readers() {
     assert_qemu_check_clean(&path);
 }
 
+/// Several threads write interleaved stripes of the same clusters of an
+/// overlay at once, so that allocations of one cluster race (one writer
+/// allocates and copies from the base while the others wait for the link),
+/// plus multi-cluster writes of whole clusters straight from the buffer.
+#[test]
+fn concurrent_allocations_of_shared_clusters() {
+    const CLUSTER: u64 = 65536;
+    const STRIPE: u64 = CLUSTER / THREADS;
+    const THREADS: u64 = 4;
+    let dir = TempDir::new("threads-cow");
+    let base = dir.path("base.qcow2");
+    let top = dir.path("top.qcow2");
+    let size = 16u64 << 20;
+    image::create(
+        &base,
+        &CreateOptions {
+            size: Some(size),
+            cluster_size: CLUSTER,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut model = vec![0u8; size as usize];
+    Rng::new(7).fill(&mut model[..(size as usize * 3 / 4)]);
+    {
+        let b = image::open(&base, &OpenOptions::read_write()).unwrap();
+        b.write_at(&model, 0).unwrap();
+    }
+    image::create(
+        &top,
+        &CreateOptions {
+            size: Some(size),
+            cluster_size: CLUSTER,
+            backing_file: Some(base.to_string_lossy().into_owned()),
+            backing_format: Some(Format::Qcow2),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let img = Arc::new(image::open(&top, &OpenOptions::read_write()).unwrap());
+    // The first half: stripes interleaved between threads; the second
+    // half: one region per thread, written in multi-cluster pieces.
+    let half = size / 2;
+    let region = half / THREADS;
+    let barrier = Arc::new(std::sync::Barrier::new(THREADS as usize));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let img = img.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let mut rng = Rng::new(t + 900);
+                let mut writes = Vec::new();
+                let mut write = |off: u64, len: u64, rng: &mut Rng| {
+                    let mut buf = vec![0u8; len as usize];
+                    rng.fill(&mut buf);
+                    img.write_at(&buf, off).unwrap();
+                    writes.push((off, buf));
+                };
+                // In lock step, every thread writes its stripe of the same
+                // fresh cluster: the allocations race.
+                for c in 0..half / CLUSTER {
+                    barrier.wait();
+                    let a = rng.below(STRIPE);
+                    let b = a + 1 + rng.below(STRIPE - a);
+                    write(c * CLUSTER + t * STRIPE + a, b - a, &mut rng);
+                }
+                for _ in 0..300 {
+                    if rng.below(2) == 0 {
+                        let lo = half + t * region;
+                        let off = lo + rng.below(region - 1);
+                        let len = (1 + rng.below(40_000)).min(lo + region - off);
+                        write(off, len, &mut rng);
+                    } else {
+                        let stripe = rng.below(half / STRIPE / THREADS) * THREADS + t;
+                        let a = rng.below(STRIPE);
+                        let b = a + 1 + rng.below(STRIPE - a);
+                        write(stripe * STRIPE + a, b - a, &mut rng);
+                    }
+                }
+                writes
+            })
+        })
+        .collect();
+    for h in handles {
+        // Each thread's writes touch only its own bytes: apply in order.
+        for (off, buf) in h.join().unwrap() {
+            model[off as usize..off as usize + buf.len()].copy_from_slice(&buf);
+        }
+    }
+    assert_same_bytes("shared clusters", &read_all(&img), &model);
+    drop(img);
+    assert_qemu_check_clean(&top);
+}
+
 #[test]
 fn resize_grow_and_shrink() {
     let dir = TempDir::new("resize");

@@ -25,7 +25,7 @@ mod snapshot;
 use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, RwLock};
+use std::sync::{Condvar, Mutex, MutexGuard, RwLock};
 
 use crate::image::io_err;
 use crate::raw::{pread_zero_fill, pwrite_all};
@@ -156,6 +156,33 @@ pub(crate) struct Meta {
     /// Bumped whenever a cluster is freed, so that the decompressed-cluster
     /// cache never serves data of a reused location.
     pub free_gen: u64,
+    /// Guest cluster index ranges `[start, end)` being allocated by
+    /// [`Qcow2::write_at`] while it writes their data without the lock;
+    /// other writers of those clusters wait on [`Qcow2::alloc_done`].
+    pub inflight: Vec<(u64, u64)>,
+}
+
+/// An allocation reserved under the metadata lock, whose data is written
+/// without it and which is linked into the L2 table afterwards.
+struct AllocPlan {
+    l2off: u64,
+    /// First L2 entry index.
+    idx: usize,
+    /// Clusters allocated (contiguous on the host).
+    n: usize,
+    /// Host offset of the first cluster.
+    host: u64,
+    /// The new clusters lie past everything the file ever held, so bytes
+    /// not written there read as zeros.
+    fresh: bool,
+    /// Guest byte range of the write this plan covers.
+    off: u64,
+    len: usize,
+    /// Whether the first and last cluster read as zeros below the write
+    /// (zero flag, no backing, or past the backing file's end); only
+    /// consulted for partially written clusters.
+    head_zero: bool,
+    tail_zero: bool,
 }
 
 pub(crate) struct Qcow2 {
@@ -170,6 +197,8 @@ pub(crate) struct Qcow2 {
     backing_name: Option<String>,
     backing_format: Option<Format>,
     meta: Mutex<Meta>,
+    /// Signalled when an in-flight allocation ([`Meta::inflight`]) ends.
+    alloc_done: Condvar,
     /// Shared by reads and writes, taken exclusively by operations that
     /// free clusters or restructure the image.
     gate: RwLock<()>,
@@ -627,6 +656,7 @@ impl Qcow2 {
             read_only: effective_ro,
             dirty_marked: false,
             free_gen: 0,
+            inflight: Vec::new(),
         };
         meta.snapshots = meta.read_snapshots()?;
         if !effective_ro && meta.h.autoclear != 0 {
@@ -647,6 +677,7 @@ impl Qcow2 {
             backing_name,
             backing_format,
             meta: Mutex::new(meta),
+            alloc_done: Condvar::new(),
             gate: RwLock::new(()),
             zcache: Mutex::new((0, 0, Vec::new())),
         };
@@ -786,6 +817,7 @@ impl Qcow2 {
     pub(crate) fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         self.writable()?;
         let _g = self.gate_shared();
+        let cs = self.g.cs;
         let mut pos = 0usize;
         while pos < buf.len() {
             let off = offset + pos as u64;
@@ -798,10 +830,83 @@ impl Qcow2 {
                 pos += len;
                 continue;
             }
+            if m.is_inflight(off >> self.g.cb) {
+                // Another writer is allocating this cluster: once it has
+                // linked it, this write goes in place.
+                let m = self.alloc_done.wait(m).unwrap_or_else(|e| e.into_inner());
+                drop(m);
+                continue;
+            }
             m.mark_dirty()?;
-            let len = (self.g.cs - (off & (self.g.cs - 1))).min(want) as usize;
+            if let Some(plan) = m.plan_alloc(self, off, want)? {
+                drop(m);
+                let data = &buf[pos..pos + plan.len];
+                let written = self.write_planned(&plan, data);
+                let mut m = self.lock();
+                let r = match written {
+                    Ok(()) => m.link_alloc(&plan),
+                    Err(e) => {
+                        // Never linked: give the clusters back (if that
+                        // fails too, they only leak).
+                        let _ = m.decref(plan.host >> self.g.cb, plan.n as u64);
+                        Err(e)
+                    }
+                };
+                let first = off >> self.g.cb;
+                m.inflight.retain(|&(s, _)| s != first);
+                drop(m);
+                self.alloc_done.notify_all();
+                r?;
+                pos += plan.len;
+                continue;
+            }
+            let len = (cs - (off & (cs - 1))).min(want) as usize;
             m.write_cluster_n(self, off, Some(&buf[pos..pos + len]), len)?;
             pos += len;
+        }
+        Ok(())
+    }
+
+    /// Writes the data of an allocation planned by [`Meta::plan_alloc`],
+    /// without the metadata lock: whole clusters straight from `data`,
+    /// partial ones merged with what lies below them (read in one go).
+    fn write_planned(&self, p: &AllocPlan, data: &[u8]) -> Result<()> {
+        let cs = self.g.cs as usize;
+        let c0 = p.off & !(self.g.cs - 1);
+        let a = (p.off - c0) as usize;
+        let end = a + p.len; // relative to c0
+        let n = p.n;
+        // Partial first and last clusters.
+        let head_partial = a != 0 || end < cs;
+        let tail_partial = n > 1 && !end.is_multiple_of(cs);
+        let partial = |k: usize, lo: usize, hi: usize, zero: bool| -> Result<()> {
+            // Cluster k of the plan; [lo, hi) written within it.
+            let host = p.host + (k * cs) as u64;
+            let src = &data[(k * cs + lo) - a..(k * cs + hi) - a];
+            if zero && p.fresh {
+                // Past the end of the file the rest already reads as zeros.
+                return pwrite_all(&self.file, &self.path, src, host + lo as u64);
+            }
+            let mut cbuf = vec![0u8; cs];
+            if !zero {
+                read_backing(self.backing(), &mut cbuf, c0 + (k * cs) as u64)?;
+            }
+            cbuf[lo..hi].copy_from_slice(src);
+            pwrite_all(&self.file, &self.path, &cbuf, host)
+        };
+        let mut full_lo = 0;
+        let mut full_hi = n;
+        if head_partial {
+            partial(0, a, end.min(cs), p.head_zero)?;
+            full_lo = 1;
+        }
+        if tail_partial {
+            partial(n - 1, 0, end - (n - 1) * cs, p.tail_zero)?;
+            full_hi = n - 1;
+        }
+        if full_hi > full_lo {
+            let src = &data[full_lo * cs - a..full_hi * cs - a];
+            pwrite_all(&self.file, &self.path, src, p.host + (full_lo * cs) as u64)?;
         }
         Ok(())
     }
@@ -988,6 +1093,75 @@ pub(crate) enum ZeroMode {
 }
 
 impl Meta {
+    fn is_inflight(&self, c: u64) -> bool {
+        self.inflight.iter().any(|&(s, e)| c >= s && c < e)
+    }
+
+    /// Reserves new clusters for a write at guest `off` (at most `max`
+    /// bytes) when its first clusters are neither allocated nor
+    /// compressed (unallocated or zero, without extended L2): allocates a
+    /// contiguous host run (refcounts on disk first) and marks the guest
+    /// clusters in flight. Returns `None` where the general path applies.
+    fn plan_alloc(&mut self, q: &Qcow2, off: u64, max: u64) -> Result<Option<AllocPlan>> {
+        let g = self.g;
+        if g.ext {
+            return Ok(None);
+        }
+        let cs = g.cs;
+        let (l2off, idx) = self.l2_for_write(off)?;
+        let c0 = off & !(cs - 1);
+        let table_end = ((off >> (g.cb + g.l2_bits)) + 1) << (g.cb + g.l2_bits);
+        let end = (off + max).min(table_end);
+        let nmax = ((end - c0).div_ceil(cs)) as usize;
+        let first_c = off >> g.cb;
+        let t = self.l2_table(l2off)?;
+        let mut n = 0;
+        while n < nmax && t[idx + n] & !OFLAG_ZERO == 0 {
+            n += 1;
+        }
+        let entries: Vec<u64> = t[idx..idx + n].to_vec();
+        // Stop before clusters someone else is allocating.
+        if let Some(k) = (1..n).find(|&k| self.is_inflight(first_c + k as u64)) {
+            n = k;
+        }
+        if n == 0 {
+            return Ok(None);
+        }
+        let file_end = self.file_end;
+        let host = self.alloc_clusters(n as u64)?;
+        let fresh = host >= file_end;
+        // Nothing else may count these clusters as fresh.
+        self.file_end = self.file_end.max(host + n as u64 * cs);
+        self.inflight.push((first_c, first_c + n as u64));
+        let len = ((c0 + n as u64 * cs).min(off + max) - off) as usize;
+        let reads_zero = |e: u64, c_off: u64| {
+            e & OFLAG_ZERO != 0 || q.backing().is_none_or(|b| c_off >= b.len())
+        };
+        let tail_c = c0 + (n as u64 - 1) * cs;
+        Ok(Some(AllocPlan {
+            l2off,
+            idx,
+            n,
+            host,
+            fresh,
+            off,
+            len,
+            head_zero: reads_zero(entries[0], c0),
+            tail_zero: reads_zero(entries[n - 1], tail_c),
+        }))
+    }
+
+    /// Points the L2 entries of a planned allocation at its clusters, after
+    /// their data is written.
+    fn link_alloc(&mut self, p: &AllocPlan) -> Result<()> {
+        let cs = self.g.cs;
+        let t = self.l2_table(p.l2off)?;
+        for k in 0..p.n {
+            t[p.idx + k] = (p.host + k as u64 * cs) | OFLAG_COPIED;
+        }
+        self.l2_write_span(p.l2off, p.idx, p.idx + p.n)
+    }
+
     /// Writes `data` (or zeros for `None`) within one cluster at guest `off`,
     /// where the fast in-place path does not apply: allocates, copies on
     /// write from the old contents (backing, compressed, shared cluster) and
