@@ -113,8 +113,21 @@ pub fn emu(
     cwd: Option<&Path>,
     stdin: Option<&[u8]>,
 ) -> Run {
+    emu_env(flags, prog, args, cwd, stdin, &[])
+}
+
+/// `emu` with extra environment variables.
+pub fn emu_env(
+    flags: &[&str],
+    prog: &Path,
+    args: &[&str],
+    cwd: Option<&Path>,
+    stdin: Option<&[u8]>,
+    env: &[(&str, &str)],
+) -> Run {
     let mut c = Command::new(virtkit());
     c.args(["emu", "user"]).args(flags).arg(prog).args(args);
+    c.envs(env.iter().copied());
     run(c, cwd, stdin)
 }
 
@@ -126,9 +139,67 @@ pub fn qemu(
     cwd: Option<&Path>,
     stdin: Option<&[u8]>,
 ) -> Run {
+    qemu_env(flags, prog, args, cwd, stdin, &[])
+}
+
+/// `qemu` with extra environment variables.
+pub fn qemu_env(
+    flags: &[&str],
+    prog: &Path,
+    args: &[&str],
+    cwd: Option<&Path>,
+    stdin: Option<&[u8]>,
+    env: &[(&str, &str)],
+) -> Run {
     let mut c = Command::new("qemu-riscv64-static");
     c.args(flags).arg(prog).args(args);
+    c.envs(env.iter().copied());
     run(c, cwd, stdin)
+}
+
+/// A directory of host scripts, one per busybox applet, each running that
+/// applet of `bb` under qemu-riscv64-static.
+///
+/// Why: busybox's shell runs most applets by exec'ing /proc/self/exe.
+/// qemu-user hands that execve to the host kernel, which cannot run a
+/// riscv64 program without binfmt_misc (not registered on the build
+/// machines), so the shell falls back to a $PATH search and quietly runs
+/// the host's GNU coreutils instead (GNU `wc` pads columns differently,
+/// GNU `od` accepts types busybox refuses, GNU gzip compresses
+/// differently). Put first in $PATH for qemu, these make the peer run
+/// busybox's own applets, as a riscv64 machine would. virtkit emulates
+/// that execve itself and gets no such directory, so a broken re-exec in
+/// virtkit shows up as a difference.
+pub fn qemu_applet_dir(bb: &Path) -> PathBuf {
+    // Built once per test process (tests run on several threads).
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| make_applet_dir(bb)).clone()
+}
+
+fn make_applet_dir(bb: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("emu-qemu-applets")
+        .join(std::process::id().to_string());
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create applet dir");
+    let wrapper = dir.join(".applet");
+    let bb_str = bb.to_str().expect("busybox path is UTF-8");
+    assert!(!bb_str.contains('\'') && !bb_str.contains('\\'));
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nexec qemu-riscv64-static '{bb_str}' \"${{0##*/}}\" \"$@\"\n"),
+    )
+    .expect("write applet wrapper");
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
+        .expect("chmod applet wrapper");
+    let list = qemu(&[], bb, &["--list"], None, None);
+    let list = String::from_utf8(list.stdout).expect("applet list");
+    assert!(list.lines().any(|l| l == "od"), "busybox --list: {list}");
+    for name in list.lines().filter(|l| !l.is_empty() && !l.contains('/')) {
+        std::os::unix::fs::symlink(".applet", dir.join(name)).expect("link applet");
+    }
+    dir
 }
 
 fn run(mut c: Command, cwd: Option<&Path>, stdin: Option<&[u8]>) -> Run {
