@@ -292,7 +292,7 @@ fn dispatch(a: RuncArgs) -> Result<i32> {
         a.command,
         Command::Create(_) | Command::Run { .. } | Command::Exec(_)
     ) {
-        crate::memfd::ensure_cloned()?;
+        crate::exeseal::ensure_sealed()?;
     }
     match a.command {
         Command::Create(c) => {

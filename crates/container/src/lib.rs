@@ -10,13 +10,13 @@
 //! - `process`: user, capabilities, rlimits, no_new_privs, exec
 //! - `seccomp`: the spec's filter compiled to classic BPF
 //! - `cgroups`: v1 and v2 behind one trait
-//! - `hooks`, `tty`, `state`, `memfd`
+//! - `hooks`, `tty`, `state`, `exeseal`
 
 pub mod cgroups;
 pub mod cli;
 pub mod error;
+pub mod exeseal;
 pub mod hooks;
-pub mod memfd;
 pub mod process;
 pub mod rootfs;
 pub mod runtime;
