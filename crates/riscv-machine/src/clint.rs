@@ -5,8 +5,7 @@
 //! it with the machine's [`Clock`] itself (also while it sleeps in WFI), so
 //! no timer thread is needed; `mtime` is that same clock.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use riscv::{irq, Clock, HartControl};
 
@@ -20,14 +19,17 @@ const MTIME_OFF: u64 = 0xbff8;
 /// The CLINT device.
 pub struct Clint {
     harts: Vec<Arc<HartControl>>,
-    msip: Vec<AtomicU32>,
+    /// Each hart's `msip` register. The lock makes the register and the
+    /// hart's MSIP line change together: two harts writing 1 and 0 at once
+    /// must not leave the register set with the line lowered (a lost IPI).
+    msip: Vec<Mutex<u32>>,
     clock: Arc<Clock>,
 }
 
 impl Clint {
     pub fn new(harts: Vec<Arc<HartControl>>, clock: Arc<Clock>) -> Self {
         Clint {
-            msip: harts.iter().map(|_| AtomicU32::new(0)).collect(),
+            msip: harts.iter().map(|_| Mutex::new(0)).collect(),
             harts,
             clock,
         }
@@ -45,7 +47,7 @@ impl MmioDevice for Clint {
             o if o < MSIP_OFF + 4 * h => {
                 let hart = ((o - MSIP_OFF) / 4) as usize;
                 if size >= 4 && o.is_multiple_of(4) {
-                    self.msip[hart].load(Ordering::Acquire) as u64
+                    *self.msip[hart].lock().unwrap_or_else(|e| e.into_inner()) as u64
                 } else {
                     0
                 }
@@ -70,7 +72,8 @@ impl MmioDevice for Clint {
                 }
                 let hart = ((o - MSIP_OFF) / 4) as usize;
                 let bit = (value & 1) as u32;
-                self.msip[hart].store(bit, Ordering::Release);
+                let mut reg = self.msip[hart].lock().unwrap_or_else(|e| e.into_inner());
+                *reg = bit;
                 if bit != 0 {
                     self.harts[hart].raise(irq::MSIP);
                 } else {

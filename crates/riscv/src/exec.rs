@@ -357,7 +357,23 @@ fn exec_block<M: Mem>(
             Sllw => wr!(sx32(((rs1!() as u32) << (rs2!() & 31)) as u64)),
             Srlw => wr!(sx32(((rs1!() as u32) >> (rs2!() & 31)) as u64)),
             Sraw => wr!(((rs1!() as i32) >> (rs2!() & 31)) as i64 as u64),
-            Fence => {}
+            Fence => {
+                // x86-64 (TSO) keeps every order RVWMO asks of a fence except
+                // a store followed by a load: that one needs a real barrier
+                // (Linux's smp_mb() is `fence rw,rw`; without it Dekker-style
+                // handshakes between harts, e.g. wake-ups and IPI hand-offs,
+                // can both miss each other). fence.tso (fm=1000) never orders
+                // store->load, and other fences only need the compiler not to
+                // move guest accesses across them.
+                let pred = (i.raw >> 24) & 0xf;
+                let succ = (i.raw >> 20) & 0xf;
+                let tso = i.raw >> 28 == 0b1000;
+                if !tso && pred & 0b0101 != 0 && succ & 0b1010 != 0 {
+                    std::sync::atomic::fence(Ordering::SeqCst);
+                } else {
+                    std::sync::atomic::compiler_fence(Ordering::SeqCst);
+                }
+            }
             FenceI => {
                 core.code_dirty = true;
                 core.recheck = true;
