@@ -410,12 +410,15 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<State> {
                 .any(|(t, _)| *t == LinuxNamespaceType::Mount),
     };
     let intermediate = fork_child(
-        || stage_intermediate(&mut child_chan, &plan, |chan| init_main(chan, &init)),
+        || {
+            stage_intermediate(&mut child_chan, cg.as_ref(), &plan, |chan| {
+                init_main(chan, &init)
+            })
+        },
         None,
     )?;
     drop(child_chan);
     cleanup.pids.push(intermediate);
-    cg.add(intermediate.as_raw())?;
     parent.send(&Msg::Go)?;
     let hooks = spec.hooks().clone().unwrap_or_default();
     loop {
@@ -476,11 +479,16 @@ fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
 /// process, report its pid.
 fn stage_intermediate(
     chan: &mut Chan,
+    cg: &dyn Manager,
     plan: &NsPlan,
     container: impl FnOnce(&mut Chan) -> Result<()>,
 ) -> Result<()> {
     let r = (|| -> Result<()> {
         chan.expect_go()?;
+        // Into the cgroup before the container's init is forked (it
+        // inherits it), and before a joined mount namespace hides the
+        // host's cgroup file system.
+        cg.add_self()?;
         for (t, p) in &plan.join {
             setns_path(*t, p)?;
         }
@@ -948,6 +956,8 @@ pub fn exec(root: &Root, o: &ExecOpts) -> Result<i32> {
         || {
             let r = (|| -> Result<()> {
                 child_chan.expect_go()?;
+                // As in create: the process inherits the cgroup.
+                cg.add_self()?;
                 for (t, f) in &ns_files {
                     nix::sched::setns(f, ns_flag(*t))
                         .ctx(|| format!("joining {} namespace", ns_proc_name(*t)))?;
@@ -1003,7 +1013,6 @@ pub fn exec(root: &Root, o: &ExecOpts) -> Result<i32> {
         cgroup: None,
         pids: vec![intermediate],
     };
-    cg.add(intermediate.as_raw())?;
     parent.send(&Msg::Go)?;
     let mut pid = None;
     loop {

@@ -222,6 +222,13 @@ impl Manager for V1 {
         Ok(())
     }
 
+    fn add_self(&self) -> Result<()> {
+        for d in self.dirs() {
+            write(&d.join("tasks"), "0")?;
+        }
+        Ok(())
+    }
+
     fn freeze(&self, frozen: bool) -> Result<()> {
         let want = if frozen { "FROZEN" } else { "THAWED" };
         self.set_file("freezer", "freezer.state", want)?;

@@ -119,6 +119,11 @@ impl Manager for V2 {
         write(&self.dir().join("cgroup.procs"), &pid.to_string())
     }
 
+    fn add_self(&self) -> Result<()> {
+        // cgroup.threads only works in threaded subtrees; "0" moves us.
+        write(&self.dir().join("cgroup.procs"), "0")
+    }
+
     fn freeze(&self, frozen: bool) -> Result<()> {
         write(
             &self.dir().join("cgroup.freeze"),
