@@ -36,13 +36,18 @@ fi
 echo "preparing inputs in $WORK ..." >&2
 head -c 50000000 /dev/urandom > "$WORK/50M.bin"
 # Compressible 20 MB: numbers as text mixed with random base64.
-{ seq 1 1500000; head -c 6000000 /dev/urandom | base64; seq 1500000 3000000; } | head -c 20000000 > "$WORK/20M.txt"
+# (Written whole, then cut: `| head -c` would SIGPIPE the writers, which
+# pipefail turns into a silent exit of the whole script.)
+{ seq 1 1500000; head -c 6000000 /dev/urandom | base64; seq 1500000 3000000; } > "$WORK/20M.txt"
+truncate -s 20000000 "$WORK/20M.txt"
 riscv64-linux-gnu-gcc -O2 -static -o "$WORK/kernel" crates/linux-user/tests/progs/kernel.c
 
 # name|command (run with the emulator prefix)
 BENCHES=(
     "sha256sum 50 MB|$BUSYBOX sha256sum $WORK/50M.bin"
-    "gzip -6 20 MB|$BUSYBOX sh -c 'gzip -6 -c $WORK/20M.txt > /dev/null'"
+    # Not through busybox's shell: under qemu-user (no binfmt_misc) its
+    # exec of /proc/self/exe fails and it would run the host's gzip.
+    "gzip -6 20 MB|$BUSYBOX gzip -6 -c $WORK/20M.txt"
     "shell loop 100000|$BUSYBOX sh -c 'i=0; while [ \$i -lt 100000 ]; do i=\$((i+1)); done; echo \$i'"
     "C kernel ($KERNEL_ITERS iter)|$WORK/kernel $KERNEL_ITERS"
 )

@@ -7,6 +7,7 @@ pub mod elf;
 pub mod loader;
 pub mod mm;
 pub mod process;
+mod procfs;
 pub mod signal;
 mod syscall;
 

@@ -71,6 +71,22 @@ pub struct Loaded {
     pub interp_base: u64,
     /// Bottom of the stack mapping.
     pub stack_low: u64,
+    /// The auxiliary vector as the guest sees it (pairs of little-endian
+    /// words up to and including AT_NULL), for /proc/self/auxv.
+    pub auxv: Vec<u8>,
+    /// Where the program's and the interpreter's file contents were placed,
+    /// for /proc/self/maps.
+    pub segments: Vec<FileSegment>,
+}
+
+/// Guest pages holding (a copy of) part of a file.
+#[derive(Debug, Clone)]
+pub struct FileSegment {
+    pub start: u64,
+    pub end: u64,
+    /// File offset of `start`.
+    pub offset: u64,
+    pub path: PathBuf,
 }
 
 /// Reads a file for loading, with clear errors for directories and the like.
@@ -126,6 +142,7 @@ fn map_image(
     elf: &Elf,
     data: &[u8],
     bias: u64,
+    segments: &mut Vec<FileSegment>,
 ) -> Result<(u64, u64), LoadError> {
     let merr = |error| LoadError::Map {
         path: path.to_path_buf(),
@@ -141,6 +158,18 @@ fn map_image(
     mm.map(lo, hi - lo, PROT_R | PROT_W, false, -1, 0)
         .map_err(merr)?;
     for p in elf.loads() {
+        if p.filesz > 0 {
+            let start = page_down(p.vaddr.wrapping_add(bias));
+            segments.push(FileSegment {
+                start,
+                end: page_up(p.vaddr.wrapping_add(bias).saturating_add(p.filesz))
+                    .unwrap_or(hi)
+                    .min(hi),
+                // Congruent in a well-formed ELF; only informative otherwise.
+                offset: p.offset.wrapping_sub(p.vaddr.wrapping_add(bias) - start),
+                path: path.to_path_buf(),
+            });
+        }
         let src = &data[p.offset as usize..(p.offset + p.filesz) as usize];
         mm.write(p.vaddr + bias, src).ok_or_else(|| {
             merr(MmError::OutOfRange {
@@ -268,7 +297,8 @@ pub fn load(
     } else {
         0
     };
-    let (lo, hi) = map_image(mm, path, &elf, data, bias)?;
+    let mut segments = Vec::new();
+    let (lo, hi) = map_image(mm, path, &elf, data, bias, &mut segments)?;
     let entry = elf.entry.wrapping_add(bias);
     let phdr = elf.phdr_vaddr().map(|v| v + bias).unwrap_or(lo + elf.phoff);
 
@@ -289,7 +319,7 @@ pub fn load(
         } else {
             0
         };
-        let (ilo, _) = map_image(mm, &ipath, &ielf, &idata, ibias)?;
+        let (ilo, _) = map_image(mm, &ipath, &ielf, &idata, ibias, &mut segments)?;
         interp_base = ilo;
         pc = ielf.entry.wrapping_add(ibias);
     }
@@ -316,8 +346,10 @@ pub fn load(
         (23, (aux.uid != aux.euid || aux.gid != aux.egid) as u64), // AT_SECURE
         (51, 1024 + 128), // AT_MINSIGSTKSZ: our frame is 1088 bytes
     ];
-    let sp = build_stack(mm, argv, envp, execfn, &aux.random, &auxv)?;
+    let (sp, auxv) = build_stack(mm, argv, envp, execfn, &aux.random, &auxv)?;
     Ok(Loaded {
+        auxv,
+        segments,
         pc,
         sp,
         entry,
@@ -354,7 +386,7 @@ fn build_stack(
     execfn: &[u8],
     random: &[u8; 16],
     auxv: &[(u64, u64)],
-) -> Result<u64, LoadError> {
+) -> Result<(u64, Vec<u8>), LoadError> {
     let total: usize = argv.iter().chain(envp).map(|s| s.len() + 1).sum::<usize>() + execfn.len();
     if total > MAX_ARGS_BYTES {
         return Err(LoadError::ArgsTooLong);
@@ -395,10 +427,12 @@ fn build_stack(
         words.push(k);
         words.push(v);
     }
+    let auxv_at = words.len();
     words.extend([25, random_addr, 31, execfn_addr, 0, 0]); // AT_RANDOM, AT_EXECFN, AT_NULL
+    let auxv_at = auxv_at - 2 * auxv.len();
     sp -= words.len() as u64 * 8;
     sp &= !15;
     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
     mm.write(sp, &bytes).ok_or(LoadError::ArgsTooLong)?;
-    Ok(sp)
+    Ok((sp, bytes[auxv_at * 8..].to_vec()))
 }

@@ -43,6 +43,8 @@ pub enum MmError {
     Exists(u64),
     #[error("host mmap failed: errno {0}")]
     Host(i32),
+    #[error("guest range {addr:#x}+{len:#x} spans more than one mapping")]
+    NotOneMapping { addr: u64, len: u64 },
 }
 
 impl MmError {
@@ -53,6 +55,7 @@ impl MmError {
             MmError::OutOfRange { .. } => libc::ENOMEM,
             MmError::Exists(_) => libc::EEXIST,
             MmError::Host(e) => *e,
+            MmError::NotOneMapping { .. } => libc::EFAULT,
         }
     }
 }
@@ -97,6 +100,16 @@ pub fn page_up(x: u64) -> Option<u64> {
 /// Rounds down to a page multiple.
 pub fn page_down(x: u64) -> u64 {
     x & !(PAGE - 1)
+}
+
+/// A mapped range with one permission, as /proc/self/maps shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    pub start: u64,
+    pub end: u64,
+    pub perm: u8,
+    pub shared: bool,
+    pub file: bool,
 }
 
 /// Mapping kind bit: shared (MAP_SHARED).
@@ -375,9 +388,24 @@ impl AddressSpace {
         fd: i32,
         offset: u64,
     ) -> Result<(), MmError> {
+        let mut l = self.lock();
+        self.map_locked(&mut l, addr, len, prot, shared, fd, offset)
+    }
+
+    /// `map` with the layout lock held.
+    #[allow(clippy::too_many_arguments)]
+    fn map_locked(
+        &self,
+        l: &mut Layout,
+        addr: u64,
+        len: u64,
+        prot: u8,
+        shared: bool,
+        fd: i32,
+        offset: u64,
+    ) -> Result<(), MmError> {
         let len = page_up(len).ok_or(MmError::NoSpace(len))?;
         let end = Self::range_ok(addr, len)?;
-        let mut l = self.lock();
         // Private and anonymous memory is host read-write (the guest's
         // permissions are enforced by the CPU's table); a shared file
         // mapping must match the file's open mode, so it gets the guest's.
@@ -407,7 +435,7 @@ impl AddressSpace {
         if r == libc::MAP_FAILED {
             return Err(MmError::Host(errno()));
         }
-        Self::remove_range(&mut l, addr, end);
+        Self::remove_range(l, addr, end);
         l.maps.insert(addr, (end, kind(shared, fd >= 0)));
         self.space
             .set_perms(addr, len, prot)
@@ -499,25 +527,73 @@ impl AddressSpace {
         a >= end
     }
 
-    /// Whether `addr` lies in a private anonymous mapping (which can grow
-    /// in place by mapping more anonymous memory next to it).
-    pub fn is_anon_private(&self, addr: u64) -> bool {
-        let l = self.lock();
-        l.maps
-            .range(..=addr)
+    /// Permission runs of `addr..end` as (offset from `addr`, length,
+    /// permission). The caller holds the layout lock, so no other thread
+    /// changes them meanwhile.
+    fn perm_runs(&self, addr: u64, end: u64) -> Vec<(u64, u64, u8)> {
+        let mut runs: Vec<(u64, u64, u8)> = Vec::new();
+        let mut a = addr;
+        while a < end {
+            let p = self.page_perm(a);
+            match runs.last_mut() {
+                Some((_, len, lp)) if *lp == p => *len += PAGE,
+                _ => runs.push((a - addr, PAGE, p)),
+            }
+            a += PAGE;
+        }
+        runs
+    }
+
+    /// The permission of `addr..end` if it is all one permission (what
+    /// Linux's mremap asks of its source: a single mapping), with the
+    /// layout lock held by the caller.
+    fn one_mapping_perm(&self, addr: u64, end: u64) -> Result<u8, MmError> {
+        match self.perm_runs(addr, end).as_slice() {
+            [(_, _, p)] => Ok(*p),
+            _ => Err(MmError::NotOneMapping {
+                addr,
+                len: end - addr,
+            }),
+        }
+    }
+
+    /// Grows the private anonymous mapping ending at `addr + old_len` in
+    /// place to `new_len` (mremap without moving). The new pages get the
+    /// mapping's permission, as they extend it. All
+    /// checks and the change happen under one lock, so a racing mmap in
+    /// another thread cannot take the range in between.
+    pub fn grow_in_place(&self, addr: u64, old_len: u64, new_len: u64) -> Result<bool, MmError> {
+        let old_end = Self::range_ok(addr, old_len)?;
+        let new_end = Self::range_ok(addr, new_len)?;
+        if new_end <= old_end {
+            return Ok(true);
+        }
+        let mut l = self.lock();
+        let anon_private = l
+            .maps
+            .range(..old_end)
             .next_back()
-            .is_some_and(|(_, &(e, k))| e > addr && k == 0)
+            .is_some_and(|(_, &(e, k))| e >= old_end && k == 0);
+        if !anon_private || Self::overlaps(&l, old_end, new_end) {
+            return Ok(false);
+        }
+        let prot = self.one_mapping_perm(addr, old_end)?;
+        self.map_locked(&mut l, old_end, new_end - old_end, prot, false, -1, 0)?;
+        Ok(true)
     }
 
     /// Moves/resizes a mapping with the host's mremap (keeps file/shared
-    /// semantics). Returns the new guest address.
+    /// semantics and the permission). The source must have one permission
+    /// throughout (Linux: lie in one mapping), else EFAULT. Returns the new
+    /// guest address.
     pub fn remap(&self, old: u64, old_len: u64, new_len: u64, new: u64) -> Result<u64, MmError> {
         let old_len = page_up(old_len).ok_or(MmError::NoSpace(old_len))?;
         let new_len = page_up(new_len).ok_or(MmError::NoSpace(new_len))?;
         let old_end = Self::range_ok(old, old_len)?;
         let new_end = Self::range_ok(new, new_len)?;
-        let prot = self.page_perm(old);
         let mut l = self.lock();
+        // Read under the lock: another thread's mprotect cannot slip in.
+        let prot = self.one_mapping_perm(old, old_end)?;
         let k = l
             .maps
             .range(..=old)
@@ -553,6 +629,31 @@ impl AddressSpace {
                 len: new_len,
             })?;
         Ok(new)
+    }
+
+    /// The mapped ranges split where the permission changes, for
+    /// /proc/self/maps: (start, end, permission, shared, file-backed).
+    pub fn regions(&self) -> Vec<Region> {
+        let l = self.lock();
+        let mut out = Vec::new();
+        for (&s, &(e, k)) in &l.maps {
+            for (off, len, perm) in self.perm_runs(s, e) {
+                out.push(Region {
+                    start: s + off,
+                    end: s + off + len,
+                    perm,
+                    shared: k & KIND_SHARED != 0,
+                    file: k & KIND_FILE != 0,
+                });
+            }
+        }
+        out
+    }
+
+    /// The program break area (start, current break).
+    pub fn brk_range(&self) -> (u64, u64) {
+        let l = self.lock();
+        (l.brk_start, l.brk)
     }
 
     /// Sets where top-down allocation starts and the lowest address it uses.

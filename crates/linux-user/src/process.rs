@@ -6,7 +6,7 @@ use crate::loader::{self, AuxInfo, LoadError};
 use crate::mm::{AddressSpace, MmError, PAGE, PROT_R, PROT_X};
 use crate::signal::{self, bit, Action, SigState, NSIG, SIG_DFL, SIG_IGN};
 use riscv::{Exit, Hart, MemFaultKind};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
@@ -48,6 +48,33 @@ pub struct Process {
     pub(crate) threads: AtomicUsize,
     /// Guest address of the signal return trampoline.
     pub(crate) sigreturn_tramp: u64,
+    /// The guest's argv (/proc/self/cmdline).
+    pub(crate) argv: Vec<Vec<u8>>,
+    /// The auxiliary vector given to the guest (/proc/self/auxv).
+    pub(crate) auxv: Vec<u8>,
+    /// File contents the loader copied into guest memory (/proc/self/maps).
+    pub(crate) segments: Vec<loader::FileSegment>,
+    /// The initial stack mapping (start, end).
+    pub(crate) stack: (u64, u64),
+    /// Robust-list heads of the live threads, by tid (get_robust_list of
+    /// another thread).
+    pub(crate) robust: Mutex<HashMap<i32, u64>>,
+}
+
+impl Process {
+    pub(crate) fn set_robust_head(&self, tid: i32, head: u64) {
+        let mut m = self.robust.lock().unwrap_or_else(|e| e.into_inner());
+        if head == 0 {
+            m.remove(&tid);
+        } else {
+            m.insert(tid, head);
+        }
+    }
+
+    pub(crate) fn robust_head(&self, tid: i32) -> Option<u64> {
+        let m = self.robust.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(&tid).copied()
+    }
 }
 
 /// Alternate signal stack of a thread.
@@ -189,6 +216,11 @@ pub fn run(
         unknown: Mutex::new(HashSet::new()),
         threads: AtomicUsize::new(1),
         sigreturn_tramp: tramp,
+        argv,
+        auxv: loaded.auxv,
+        segments: loaded.segments,
+        stack: (loaded.stack_low, loader::STACK_TOP),
+        robust: Mutex::new(HashMap::new()),
     });
     let mut hart = Hart::new_user();
     hart.pc = loaded.pc;
@@ -313,6 +345,7 @@ impl Thread {
 
     pub(crate) fn exit_cleanup(&mut self) {
         self.walk_robust_list();
+        self.proc.set_robust_head(self.tid, 0);
         if self.clear_child_tid != 0 {
             let a = self.clear_child_tid;
             if self.proc.mm.write_u32(a, 0).is_some() {
@@ -644,6 +677,27 @@ impl Thread {
         if vfork && unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
             return -(crate::mm::errno() as i64);
         }
+        if vfork {
+            // The child holds the write end until it execs or exits. Move
+            // it to a high descriptor so the child's opens and dup2s to low
+            // numbers (shell redirections) neither see nor close it.
+            let mut rl = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: writes into `rl`.
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
+            let high = (rl.rlim_cur / 2).clamp(64, 1 << 20) as libc::c_int;
+            // SAFETY: duplicates our own descriptor; the old one is closed
+            // only if the duplicate exists.
+            unsafe {
+                let hi = libc::fcntl(fds[1], libc::F_DUPFD_CLOEXEC, high);
+                if hi >= 0 {
+                    libc::close(fds[1]);
+                    fds[1] = hi;
+                }
+            }
+        }
         // SAFETY: fork; the child continues running this guest thread only
         // (other guest threads do not exist in the child, as in Linux).
         let pid = unsafe { libc::fork() };
@@ -653,6 +707,13 @@ impl Thread {
         if pid == 0 {
             self.proc.threads.store(1, Ordering::Release);
             self.tid = gettid();
+            // Only this thread lives on in the child.
+            self.proc
+                .robust
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+            self.proc.set_robust_head(self.tid, self.robust_list);
             self.is_main = true;
             if vfork {
                 // SAFETY: closing our copy of the read end.

@@ -183,13 +183,19 @@ impl Thread {
                 }
             }
             nr::LSEEK => host!(libc::SYS_lseek, fd, a1, a2 as i32),
-            nr::OPENAT => host!(
-                libc::SYS_openat,
-                dirfd,
-                self.path(a1)?.as_ptr(),
-                a2 as i32,
-                a3 as u32
-            ),
+            nr::OPENAT => {
+                let raw = self.mm().cstr(a1, MAX_PATH).ok_or(EFAULT)?;
+                if let Some(f) = crate::procfs::classify(&raw) {
+                    return Ok(self.open_proc(f, a2 as i32));
+                }
+                host!(
+                    libc::SYS_openat,
+                    dirfd,
+                    self.path(a1)?.as_ptr(),
+                    a2 as i32,
+                    a3 as u32
+                )
+            }
             nr::CLOSE => host!(libc::SYS_close, fd),
             nr::CLOSE_RANGE => host!(libc::SYS_close_range, a0 as u32, a1 as u32, a2 as u32),
             nr::DUP => host!(libc::SYS_dup, fd),
@@ -614,7 +620,7 @@ impl Thread {
                     self.fork(a0, a1, a2, a4)
                 }
             }
-            nr::CLONE3 => ENOSYS, // glibc falls back to clone
+            nr::CLONE3 => self.clone3(a0, a1)?,
             nr::EXECVE => {
                 let path = self.mm().cstr(a0, MAX_PATH).ok_or(EFAULT)?;
                 let argv = self.str_array(a1)?;
@@ -645,13 +651,24 @@ impl Thread {
                     return Err(EINVAL);
                 }
                 self.robust_list = a0;
+                self.proc.set_robust_head(self.tid, a0);
                 0
             }
             nr::GET_ROBUST_LIST => {
-                if a0 != 0 && a0 as i32 != self.tid {
+                let pid = a0 as i32;
+                let head = if pid == 0 || pid == self.tid {
+                    self.robust_list
+                } else if let Some(h) = self.proc.robust_head(pid) {
+                    // Another thread of this guest process.
+                    h
+                } else if host!(libc::SYS_kill, pid, 0) == -(libc::ESRCH as i64) || pid < 0 {
+                    return Err(-(libc::ESRCH as i64));
+                } else {
+                    // A task outside this emulated process: its list (if it
+                    // is a guest at all) lives in another address space.
                     return Err(-(libc::EPERM as i64));
-                }
-                self.mm().write_u64(a1, self.robust_list).ok_or(EFAULT)?;
+                };
+                self.mm().write_u64(a1, head).ok_or(EFAULT)?;
                 self.mm().write_u64(a2, 24).ok_or(EFAULT)?;
                 0
             }
@@ -951,6 +968,92 @@ impl Thread {
         })
     }
 
+    /// clone3(args, size): the thread and fork/vfork forms (what glibc's
+    /// pthread_create, fork and posix_spawn use), with CLONE_PIDFD for the
+    /// fork form.
+    fn clone3(&mut self, args: u64, size: u64) -> R {
+        const CLONE_VM: u64 = 0x100;
+        const CLONE_PIDFD: u64 = 0x1000;
+        const CLONE_VFORK: u64 = 0x4000;
+        const CLONE_THREAD: u64 = 0x10000;
+        const CLONE_SETTLS: u64 = 0x0008_0000;
+        const CSIGNAL: u64 = 0xff;
+        const CLONE_DETACHED: u64 = 0x0040_0000;
+        /// Flags Linux knows (CLONE_NEWTIME, CLONE_INTO_CGROUP and
+        /// CLONE_CLEAR_SIGHAND included).
+        const KNOWN: u64 = 0x3_ffff_ff00;
+        /// Flags this emulation cannot honour: namespaces, CLONE_PARENT,
+        /// CLONE_INTO_CGROUP, CLONE_NEWTIME, CLONE_CLEAR_SIGHAND and
+        /// CLONE_PTRACE/UNTRACED.
+        const UNSUPPORTED: u64 = 0x7e02_0000 | 0x8000 | 0x2000 | 0x80 | 0x3_0000_0000 | 0x0080_0000;
+        // Version 0 of struct clone_args is 64 bytes; version 2 is 88.
+        const SIZE_VER0: u64 = 64;
+        const SIZE_KNOWN: u64 = 88;
+        if size < SIZE_VER0 {
+            return Err(EINVAL);
+        }
+        if size > PAGE {
+            return Err(-(libc::E2BIG as i64));
+        }
+        let raw = self.mm().slice(args, size as usize).ok_or(EFAULT)?.to_vec();
+        // A newer struct is fine as long as what we do not know is zero.
+        if raw.iter().skip(SIZE_KNOWN as usize).any(|&b| b != 0) {
+            return Err(-(libc::E2BIG as i64));
+        }
+        let mut w = [0u64; 11];
+        for (i, c) in raw.chunks_exact(8).take(11).enumerate() {
+            w[i] = u64::from_le_bytes(c.try_into().map_err(|_| EFAULT)?);
+        }
+        let [flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size, _cgroup] =
+            w;
+        if flags & !KNOWN != 0 || flags & (CLONE_DETACHED | CSIGNAL) != 0 || exit_signal > 64 {
+            return Err(EINVAL);
+        }
+        if (stack == 0) != (stack_size == 0) {
+            return Err(EINVAL);
+        }
+        if flags & UNSUPPORTED != 0 || set_tid != 0 || set_tid_size != 0 {
+            self.log_unknown("clone3 flags", flags);
+            return Err(EINVAL);
+        }
+        let sp = if stack != 0 {
+            stack.checked_add(stack_size).ok_or(EINVAL)?
+        } else {
+            0
+        };
+        let tls = if flags & CLONE_SETTLS != 0 { tls } else { 0 };
+        if flags & CLONE_THREAD != 0 {
+            if flags & CLONE_VM == 0 || flags & CLONE_PIDFD != 0 || exit_signal != 0 {
+                return Err(EINVAL);
+            }
+            return Ok(self.spawn_thread(flags, sp, parent_tid, tls, child_tid));
+        }
+        if flags & CLONE_VM != 0 && flags & CLONE_VFORK == 0 {
+            // A process sharing memory (not vfork): see CLONE.
+            return Err(EINVAL);
+        }
+        if exit_signal != libc::SIGCHLD as u64 {
+            // One host process per guest process, made by fork(2), which
+            // always signals SIGCHLD.
+            self.log_unknown("clone3 exit signal", exit_signal);
+            return Err(EINVAL);
+        }
+        if flags & CLONE_PIDFD != 0 {
+            // Fail before forking if the pidfd cannot be stored.
+            self.buf(pidfd, 4, PROT_W)?;
+        }
+        let pid = self.fork(flags, sp, parent_tid, child_tid);
+        if pid > 0 && flags & CLONE_PIDFD != 0 {
+            let fd = host!(libc::SYS_pidfd_open, pid as i32, 0);
+            if fd >= 0 {
+                // PIDFD_NONBLOCK is 0 here; clone's pidfds are close-on-exec.
+                host!(libc::SYS_fcntl, fd as i32, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+            self.mm().write_u32(pidfd, fd as u32).ok_or(EFAULT)?;
+        }
+        Ok(pid)
+    }
+
     fn guest_sigset(&self, addr: u64) -> Result<u64, i64> {
         Ok(self.mm().read_u64(addr).ok_or(EFAULT)? & !(signal::SYNC_SIGNALS | signal::UNBLOCKABLE))
     }
@@ -1079,10 +1182,19 @@ impl Thread {
     fn prctl(&mut self, op: i32, a1: u64, _a2: u64) -> R {
         Ok(match op {
             libc::PR_SET_NAME => {
-                let name = self.mm().cstr(a1, 4096).ok_or(EFAULT)?;
+                // Like Linux, read at most 15 bytes (up to a NUL): the name
+                // need not be terminated, nor the memory after it mapped.
                 let mut b = [0u8; 16];
-                let n = name.len().min(15);
-                b[..n].copy_from_slice(&name[..n]);
+                for (i, c) in b.iter_mut().take(15).enumerate() {
+                    let v = self
+                        .mm()
+                        .slice(a1.wrapping_add(i as u64), 1)
+                        .ok_or(EFAULT)?[0];
+                    if v == 0 {
+                        break;
+                    }
+                    *c = v;
+                }
                 host!(libc::SYS_prctl, op, b.as_ptr())
             }
             libc::PR_GET_NAME => host!(libc::SYS_prctl, op, self.buf(a1, 16, PROT_W)?),
@@ -1298,11 +1410,10 @@ impl Thread {
             }
             return Ok(old as i64);
         }
-        let grow = new_len - old_len;
-        if mm.is_free(old + old_len, grow) && mm.is_anon_private(old) {
-            let prot = mm.page_perm(old + old_len - PAGE);
-            mm.map(old + old_len, grow, prot, false, -1, 0)
-                .map_err(|e| -(e.errno() as i64))?;
+        if mm
+            .grow_in_place(old, old_len, new_len)
+            .map_err(|e| -(e.errno() as i64))?
+        {
             return Ok(old as i64);
         }
         if flags & MAYMOVE == 0 {
