@@ -16,6 +16,7 @@ mod qcow2;
 mod raw;
 
 pub use image::{create, measure, open, probe, Image};
+pub use qcow2::compress::DecompressError;
 
 /// Errors of the image library. Every variant names what is wrong, so the
 /// command line can print it as is.
@@ -41,6 +42,14 @@ pub enum Error {
     /// The image's metadata is inconsistent; `what` says where.
     #[error("{path}: corrupt image: {what}")]
     Corrupt { path: String, what: String },
+    /// A compressed cluster whose data does not decompress.
+    #[error("{path}: corrupt image: compressed cluster at {offset:#x}: {source}")]
+    BadCompressed {
+        path: String,
+        offset: u64,
+        #[source]
+        source: DecompressError,
+    },
     /// The qcow2 header carries the corrupt bit: the image may only be read
     /// (or repaired with `check`).
     #[error("{path}: image is marked corrupt; it can only be opened read-only (run check -r all)")]

@@ -91,7 +91,7 @@ fn crash_child() {
             Op::Zero { off, len, unmap } => img.write_zeroes(off, len, unmap).unwrap(),
             Op::Discard { off, len } => img.discard(off, len).unwrap(),
             Op::Compressed { off, data } => img.write_compressed(&data, off).unwrap(),
-            Op::Snapshot if std::env::var_os("CRASH_SNAPSHOTS").is_some() => {
+            Op::Snapshot => {
                 let snaps = img.snapshots();
                 if snaps.len() < 2 {
                     img.snapshot_create(&format!("c{seed}-{i}")).unwrap();
@@ -99,7 +99,6 @@ fn crash_child() {
                     img.snapshot_delete(&snaps[0].id).unwrap();
                 }
             }
-            Op::Snapshot => {}
         }
         i += 1;
         if i.is_multiple_of(FLUSH_EVERY) {

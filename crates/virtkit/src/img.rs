@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 use clap::{Parser, Subcommand};
+use image::ops::options::{apply_create_options, parse_options, CREATE_OPTIONS_HELP};
 use image::ops::{bench, commit, compare, convert, map, measure, rebase, size};
 use image::{
-    BlockBackend, CheckReport, Compat, CompressionType, CreateOptions, Format, Image, ImageInfo,
-    OpenOptions, Preallocation, Repair, SnapshotInfo,
+    BlockBackend, CheckReport, Compat, CreateOptions, Format, Image, ImageInfo, OpenOptions,
+    Preallocation, Repair, SnapshotInfo,
 };
 use serde_json::{json, Map, Value};
 
@@ -159,17 +160,22 @@ struct ConvertArgs {
     sparse_size: Option<String>,
     #[arg(short = 'U', long = "force-share")]
     _force_share: bool,
-    /// Accepted for compatibility (writes are already done in order)
+    /// Allow out-of-order writes to the target (with -m)
     #[arg(short = 'W')]
-    _out_of_order: bool,
-    #[arg(short = 'm')]
-    _coroutines: Option<u32>,
-    #[arg(short = 't')]
-    _cache: Option<String>,
-    #[arg(short = 'T')]
-    _src_cache: Option<String>,
-    source: String,
-    output: String,
+    out_of_order: bool,
+    /// Requests in flight: copy with N workers (1 to 16, default 8)
+    #[arg(short = 'm', default_value_t = 8)]
+    workers: usize,
+    /// Target cache mode: unsafe (default), writeback, writethrough,
+    /// directsync; none (O_DIRECT) is refused
+    #[arg(short = 't', default_value = "unsafe")]
+    cache: String,
+    /// Source cache mode (none, writeback, writethrough, directsync, unsafe)
+    #[arg(short = 'T', default_value = "writeback")]
+    src_cache: String,
+    /// Source images (copied end to end), then the output image
+    #[arg(required = true, num_args = 2..)]
+    files: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -285,8 +291,9 @@ struct CompareArgs {
     strict: bool,
     #[arg(short = 'q')]
     quiet: bool,
+    /// Show a progress bar
     #[arg(short = 'p')]
-    _progress: bool,
+    progress: bool,
     #[arg(short = 'U', long = "force-share")]
     _force_share: bool,
     #[arg(short = 'T')]
@@ -343,8 +350,9 @@ struct BenchArgs {
     /// Byte written by write tests
     #[arg(long = "pattern", default_value_t = 0)]
     pattern: u8,
+    /// Quiet: no "Sending ..." line (the result line is still printed)
     #[arg(short = 'q')]
-    _quiet: bool,
+    quiet: bool,
     /// Bytes per request
     #[arg(short = 's', default_value = "4096")]
     buf_size: String,
@@ -466,133 +474,6 @@ fn output_is_json(output: &str) -> anyhow::Result<bool> {
     }
 }
 
-/// Parses `-o a=b,c=d` (several `-o` accumulate), qemu's ",," escaping a
-/// comma inside a value.
-fn parse_options(opts: &[String]) -> anyhow::Result<Vec<(String, String)>> {
-    let mut out = Vec::new();
-    for group in opts {
-        let mut items = Vec::new();
-        let mut cur = String::new();
-        let mut chars = group.chars().peekable();
-        while let Some(c) = chars.next() {
-            if c == ',' {
-                if chars.peek() == Some(&',') {
-                    chars.next();
-                    cur.push(',');
-                } else {
-                    items.push(std::mem::take(&mut cur));
-                }
-            } else {
-                cur.push(c);
-            }
-        }
-        items.push(cur);
-        for item in items.into_iter().filter(|s| !s.is_empty()) {
-            match item.split_once('=') {
-                Some((k, v)) => out.push((k.to_string(), v.to_string())),
-                None if item == "help" || item == "?" => out.push(("help".into(), String::new())),
-                None => out.push((item, "on".to_string())),
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn parse_bool(key: &str, v: &str) -> anyhow::Result<bool> {
-    match v {
-        "on" | "yes" | "true" => Ok(true),
-        "off" | "no" | "false" => Ok(false),
-        _ => bail!("Parameter '{key}' expects 'on' or 'off'"),
-    }
-}
-
-const CREATE_OPTIONS_HELP: &str = "Supported options:
-  backing_file=<str>     - File name of a base image
-  backing_fmt=<str>      - Image format of the base image
-  cluster_size=<size>    - qcow2 cluster size (default 65536)
-  compat=<str>           - Compatibility level (v2 [0.10] or v3 [1.1])
-  compression_type=<str> - Compression method used for image cluster compression (zlib, zstd)
-  extended_l2=<bool (on/off)> - Extended L2 tables
-  lazy_refcounts=<bool (on/off)> - Postpone refcount updates
-  preallocation=<str>    - Preallocation mode (allowed values: off, metadata, falloc, full)
-  refcount_bits=<num>    - Width of a reference count entry in bits
-  size=<size>            - Virtual disk size
-";
-
-/// Applies `-o` options to create options; `measure` and `convert` share it.
-fn apply_create_options(
-    opts: &mut CreateOptions,
-    pairs: &[(String, String)],
-) -> anyhow::Result<()> {
-    for (k, v) in pairs {
-        let qcow2_only = matches!(
-            k.as_str(),
-            "cluster_size"
-                | "compat"
-                | "lazy_refcounts"
-                | "extended_l2"
-                | "refcount_bits"
-                | "compression_type"
-                | "backing_file"
-                | "backing_fmt"
-        );
-        if qcow2_only && opts.format != Format::Qcow2 {
-            bail!("Invalid parameter '{k}' for format {}", opts.format);
-        }
-        match k.as_str() {
-            "size" => opts.size = Some(parse_size_arg("image size", v)?),
-            "cluster_size" => {
-                opts.cluster_size = size::parse_size(v)
-                    .filter(|c| c.is_power_of_two() && (512..=2 << 20).contains(c))
-                    .ok_or_else(|| {
-                        anyhow!("Cluster size must be a power of two between 512 and 2048k")
-                    })?
-            }
-            "compat" => opts.compat = Compat::from_name(v)?,
-            "lazy_refcounts" => opts.lazy_refcounts = parse_bool(k, v)?,
-            "extended_l2" => opts.extended_l2 = parse_bool(k, v)?,
-            "refcount_bits" => {
-                opts.refcount_bits = v
-                    .parse()
-                    .ok()
-                    .filter(|b: &u32| b.is_power_of_two() && *b <= 64)
-                    .ok_or_else(|| {
-                        anyhow!("Refcount width must be a power of two and may not exceed 64 bits")
-                    })?
-            }
-            "compression_type" => opts.compression_type = CompressionType::from_name(v)?,
-            "preallocation" => opts.preallocation = Preallocation::from_name(v)?,
-            "backing_file" => opts.backing_file = Some(v.clone()),
-            "backing_fmt" => opts.backing_format = Some(parse_format(v)?),
-            _ => bail!("Invalid parameter '{k}'"),
-        }
-    }
-    if opts.format == Format::Qcow2 && opts.compat == Compat::V2 {
-        if opts.refcount_bits != 16 {
-            bail!(
-                "Different refcount widths than 16 bits require compatibility level 1.1 \
-                 or above (use version=v3 or greater)"
-            );
-        }
-        if opts.lazy_refcounts {
-            bail!(
-                "Lazy refcounts only supported with compatibility level 1.1 and above \
-                 (use version=v3 or greater)"
-            );
-        }
-        if opts.extended_l2 {
-            bail!("Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)");
-        }
-        if opts.compression_type != CompressionType::Zlib {
-            bail!("Non-zlib compression type is only supported with compatibility level 1.1 and above (use version=v3 or greater)");
-        }
-    }
-    if opts.extended_l2 && opts.cluster_size < 16384 {
-        bail!("Extended L2 entries are only supported with cluster sizes of at least 16384 bytes");
-    }
-    Ok(())
-}
-
 /// qemu-img's "Formatting ..." line.
 fn formatting_line(path: &str, o: &CreateOptions, size: u64) -> String {
     let onoff = |b: bool| if b { "on" } else { "off" };
@@ -639,7 +520,7 @@ fn formatting_line(path: &str, o: &CreateOptions, size: u64) -> String {
 // ---------------------------------------------------------------- create
 
 fn cmd_create(a: CreateArgs) -> anyhow::Result<i32> {
-    let pairs = parse_options(&a.options)?;
+    let pairs = parse_options(&a.options);
     if pairs.iter().any(|(k, _)| k == "help") {
         print!("{CREATE_OPTIONS_HELP}");
         return Ok(0);
@@ -1070,6 +951,28 @@ fn progress_bar(enabled: bool, total: u64) -> Option<indicatif::ProgressBar> {
 }
 
 fn cmd_convert(a: ConvertArgs) -> anyhow::Result<i32> {
+    let (output, sources) = match a.files.split_last() {
+        Some((o, s)) if !s.is_empty() => (o.clone(), s.to_vec()),
+        _ => bail!("Expecting at least one source image and an output image"),
+    };
+    // Every write goes through the host page cache and the target is
+    // flushed at the end; qemu's O_DIRECT mode (none) for the target is not
+    // available. The source is only read, so its cache mode changes
+    // nothing in the result and every mode is accepted.
+    match a.cache.as_str() {
+        "unsafe" | "writeback" | "writethrough" | "directsync" => {}
+        "none" => bail!(
+            "cache mode 'none' (O_DIRECT) is not supported for the target; use unsafe \
+             (the default), writeback, writethrough or directsync"
+        ),
+        other => bail!("Invalid cache option: {other}"),
+    }
+    if !matches!(
+        a.src_cache.as_str(),
+        "none" | "unsafe" | "writeback" | "writethrough" | "directsync"
+    ) {
+        bail!("Invalid source cache option: {}", a.src_cache);
+    }
     let src_fmt = parse_opt_format(a.format.as_deref())?;
     let out_fmt = parse_format(&a.out_format)?;
     let sparse_size = match a.sparse_size.as_deref() {
@@ -1085,8 +988,12 @@ fn cmd_convert(a: ConvertArgs) -> anyhow::Result<i32> {
     if a.compress && out_fmt != Format::Qcow2 {
         bail!("Compression not supported for format '{out_fmt}'");
     }
-    let src = open_image(&a.source, src_fmt, true)?;
-    let pairs = parse_options(&a.options)?;
+    let srcs = sources
+        .iter()
+        .map(|f| open_image(f, src_fmt, true))
+        .collect::<anyhow::Result<Vec<Image>>>()?;
+    let src_size: u64 = srcs.iter().map(|s| s.len()).sum();
+    let pairs = parse_options(&a.options);
     if pairs.iter().any(|(k, _)| k == "help") {
         print!("{CREATE_OPTIONS_HELP}");
         return Ok(0);
@@ -1109,38 +1016,42 @@ fn cmd_convert(a: ConvertArgs) -> anyhow::Result<i32> {
     if has_backing && o.backing_format.is_none() {
         // qemu-img 7 insists on a backing format; take the one of the file.
         let b = o.backing_file.clone().unwrap_or_default();
-        let bpath = image::resolve_backing_path(Path::new(&a.output), &b);
+        let bpath = image::resolve_backing_path(Path::new(&output), &b);
         let probed =
             image::probe(&bpath).map_err(|e| anyhow!("Could not open backing file '{b}': {e}"))?;
         o.backing_format = Some(probed);
     }
-    o.size = Some(src.len());
+    let opts = convert::ConvertOptions {
+        sparse_size,
+        compress: a.compress,
+        target_is_zero: !a.no_create && !has_backing,
+        target_has_backing: has_backing,
+        workers: a.workers,
+        out_of_order: a.out_of_order,
+    };
+    opts.validate(srcs.len())?;
+    o.size = Some(src_size);
     if !a.no_create {
-        image::create(&a.output, &o).map_err(|e| anyhow!("{}: {e}", a.output))?;
+        image::create(&output, &o).map_err(|e| anyhow!("{output}: {e}"))?;
     }
     let dst = open_with(
-        &a.output,
+        &output,
         &OpenOptions {
             read_only: false,
             format: Some(out_fmt),
             ..Default::default()
         },
     )?;
-    let opts = convert::ConvertOptions {
-        sparse_size,
-        compress: a.compress,
-        target_is_zero: !a.no_create && !has_backing,
-        target_has_backing: has_backing,
-    };
-    let bar = progress_bar(a.progress && !a.quiet, src.len());
+    let bar = progress_bar(a.progress && !a.quiet, src_size);
     let mut tick = |done: u64, total: u64| {
         if let Some(b) = &bar {
             b.set_length(total.max(1));
             b.set_position(done);
         }
     };
-    convert::convert(&src, &dst, &opts, &mut tick)
-        .map_err(|e| anyhow!("error while converting {}: {e}", a.output))?;
+    let src_refs: Vec<&Image> = srcs.iter().collect();
+    convert::convert(&src_refs, &dst, &opts, &mut tick)
+        .map_err(|e| anyhow!("error while converting {output}: {e}"))?;
     if let Some(b) = bar {
         b.finish();
     }
@@ -1358,7 +1269,18 @@ fn cmd_compare(a: CompareArgs) -> anyhow::Result<i32> {
         backend: &img2,
         status: &img2,
     };
-    let outcome = compare::compare(&side1, &side2, a.strict).context("comparing images")?;
+    let bar = progress_bar(a.progress && !a.quiet, img1.len().max(img2.len()));
+    let mut tick = |done: u64, total: u64| {
+        if let Some(b) = &bar {
+            b.set_length(total.max(1));
+            b.set_position(done);
+        }
+    };
+    let outcome =
+        compare::compare(&side1, &side2, a.strict, &mut tick).context("comparing images")?;
+    if let Some(b) = bar {
+        b.finish();
+    }
     if !a.quiet {
         println!("{}", outcome.message());
     }
@@ -1370,7 +1292,7 @@ fn cmd_compare(a: CompareArgs) -> anyhow::Result<i32> {
 fn cmd_measure(a: MeasureArgs) -> anyhow::Result<i32> {
     let json = output_is_json(&a.output)?;
     let out_fmt = parse_format(&a.out_format)?;
-    let pairs = parse_options(&a.options)?;
+    let pairs = parse_options(&a.options);
     let mut o = CreateOptions {
         format: out_fmt,
         ..Default::default()
@@ -1436,11 +1358,14 @@ fn cmd_measure(a: MeasureArgs) -> anyhow::Result<i32> {
 // ---------------------------------------------------------------- bench
 
 fn cmd_bench(a: BenchArgs) -> anyhow::Result<i32> {
-    let writethrough = match a.cache.as_str() {
-        // Our images go through the host page cache; "unsafe" additionally
-        // ignores flushes, which bench issues only with --flush-interval.
-        "writeback" | "unsafe" => false,
-        "writethrough" | "directsync" => true,
+    // (flush after every write, ignore flushes) for qemu's cache modes:
+    // writeback and unsafe go through the host page cache without a flush
+    // per write, unsafe also ignores every flush (--flush-interval's and
+    // the one at the end); writethrough/directsync flush after each write.
+    let (writethrough, no_flush) = match a.cache.as_str() {
+        "writeback" => (false, false),
+        "unsafe" => (false, true),
+        "writethrough" | "directsync" => (true, false),
         "none" => bail!(
             "cache mode 'none' (O_DIRECT) is not supported; use writeback (the default) \
              or writethrough"
@@ -1468,25 +1393,31 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<i32> {
         pattern: a.pattern,
         flush_interval: a.flush_interval,
         writethrough,
+        no_flush,
     };
     params.validate()?;
     let fmt = parse_opt_format(a.format.as_deref())?;
     let img = open_image(&a.filename, fmt, !a.write)?;
-    println!(
-        "Sending {} {} requests, {} bytes each, {} in parallel (starting at offset {}, step size {})",
-        params.count,
-        if params.write { "write" } else { "read" },
-        params.buf_size,
-        params.depth,
-        params.offset,
-        params.effective_step()
-    );
-    if params.flush_interval != 0 {
-        println!("Sending flush every {} requests", params.flush_interval);
+    if !a.quiet {
+        println!(
+            "Sending {} {} requests, {} bytes each, {} in parallel (starting at offset {}, step size {})",
+            params.count,
+            if params.write { "write" } else { "read" },
+            params.buf_size,
+            params.depth,
+            params.offset,
+            params.effective_step()
+        );
+        if params.flush_interval != 0 {
+            println!("Sending flush every {} requests", params.flush_interval);
+        }
     }
     let elapsed: Duration = bench::run(&img, &params)?;
     println!("Run completed in {:.3} seconds.", elapsed.as_secs_f64());
-    // Like qemu-img, the data is flushed when the image is closed, untimed.
-    img.flush()?;
+    // Like qemu-img, the data is flushed when the image is closed, untimed
+    // (and not at all with cache=unsafe).
+    if !no_flush {
+        img.flush()?;
+    }
     Ok(0)
 }

@@ -43,6 +43,8 @@ pub struct BenchParams {
     pub flush_interval: u64,
     /// `-t writethrough`/`directsync`: flush after every write.
     pub writethrough: bool,
+    /// `-t unsafe`: flushes are ignored (also `--flush-interval`'s).
+    pub no_flush: bool,
 }
 
 impl Default for BenchParams {
@@ -58,6 +60,7 @@ impl Default for BenchParams {
             pattern: 0,
             flush_interval: 0,
             writethrough: false,
+            no_flush: false,
         }
     }
 }
@@ -164,7 +167,7 @@ pub fn run(backend: &dyn BlockBackend, params: &BenchParams) -> Result<Duration,
                         backend.write_at(&buf, offset).and_then(|()| {
                             let interval_hit = params.flush_interval != 0
                                 && (n + 1).is_multiple_of(params.flush_interval);
-                            if params.writethrough || interval_hit {
+                            if !params.no_flush && (params.writethrough || interval_hit) {
                                 backend.flush()
                             } else {
                                 Ok(())

@@ -114,8 +114,14 @@ fn status_key(s: &Status) -> (bool, bool, bool) {
     (s.present, s.zero, s.data)
 }
 
-/// Compares two images as `qemu-img compare [-s]` does.
-pub fn compare(a: &Side, b: &Side, strict: bool) -> crate::Result<Outcome> {
+/// Compares two images as `qemu-img compare [-s]` does. `progress` is
+/// called with (bytes compared, bytes to compare) as the comparison goes.
+pub fn compare(
+    a: &Side,
+    b: &Side,
+    strict: bool,
+    progress: &mut dyn FnMut(u64, u64),
+) -> crate::Result<Outcome> {
     let (size_a, size_b) = (a.backend.len(), b.backend.len());
     if strict && size_a != size_b {
         return Ok(Outcome::StrictSizeMismatch);
@@ -124,7 +130,9 @@ pub fn compare(a: &Side, b: &Side, strict: bool) -> crate::Result<Outcome> {
     let mut buf_a = vec![0u8; IO_CHUNK];
     let mut buf_b = vec![0u8; IO_CHUNK];
     let mut offset = 0;
+    let total = size_a.max(size_b);
     while offset < common {
+        progress(offset, total);
         let left = common - offset;
         let sa = a.status.status(offset, left)?;
         let sb = b.status.status(offset, left)?;
@@ -163,6 +171,7 @@ pub fn compare(a: &Side, b: &Side, strict: bool) -> crate::Result<Outcome> {
         }
         offset += chunk;
     }
+    progress(common, total);
     if size_a == size_b {
         return Ok(Outcome::Identical {
             size_mismatch: false,

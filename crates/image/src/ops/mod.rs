@@ -11,6 +11,7 @@ pub mod compare;
 pub mod convert;
 pub mod map;
 pub mod measure;
+pub mod options;
 pub mod rebase;
 pub mod size;
 

@@ -75,6 +75,10 @@ impl<T> Cache<T> {
         }
     }
 
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
+
     pub fn remove(&mut self, key: u64) {
         self.map.remove(&key);
     }

@@ -1,6 +1,7 @@
 //! `check`: recount every reference in the image, compare with the stored
 //! refcounts and COPIED flags, repair what is allowed.
 
+use super::switch::Target;
 use super::{
     Meta, BM_ALL_ALLOC, L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED,
     OFLAG_ZERO,
@@ -42,6 +43,36 @@ impl Counter {
 
 impl Meta {
     pub fn check_and_repair(&mut self, repair: Repair) -> Result<CheckReport> {
+        self.check_inner(repair, true)
+    }
+
+    /// Rebuilds the whole refcount structure from the references (like
+    /// `qemu-img check -r all` when the refcount table or its blocks are
+    /// broken), then checks again; the report covers both passes.
+    fn rebuild_and_recheck(&mut self, mut r: CheckReport) -> Result<CheckReport> {
+        r.messages.push("Rebuilding refcount structure".into());
+        let target = Target {
+            l1: self.l1.clone(),
+            snapshots: self.snapshots.clone(),
+            size: self.h.size,
+        };
+        self.switch_to(target, false)?;
+        let r2 = self.check_inner(Repair::All, false)?;
+        let mut out = r2;
+        // What the second pass still finds was not fixed (e.g. a bad L2
+        // entry); the rest of the first pass's findings were.
+        let unfixed = out.corruptions - out.corruptions_fixed;
+        out.corruptions_fixed += r.corruptions.saturating_sub(unfixed);
+        out.corruptions = out.corruptions_fixed + unfixed;
+        // Leaks of the broken structure are gone with it.
+        out.leaks_fixed += r.leaks;
+        out.leaks += r.leaks;
+        r.messages.append(&mut out.messages);
+        out.messages = r.messages;
+        Ok(out)
+    }
+
+    fn check_inner(&mut self, repair: Repair, may_rebuild: bool) -> Result<CheckReport> {
         let g = self.g;
         let cs = g.cs;
         let mut r = CheckReport::default();
@@ -91,6 +122,14 @@ impl Meta {
         let mut bad_blocks = Vec::new();
         for (i, &e) in self.rt.clone().iter().enumerate() {
             let off = e & L1E_OFFSET_MASK;
+            if e & 0x1ff != 0 {
+                r.corruptions += 1;
+                r.messages.push(format!(
+                    "ERROR refcount table entry {i} has reserved bits set"
+                ));
+                bad_blocks.push(i);
+                continue;
+            }
             if off == 0 {
                 continue;
             }
@@ -109,12 +148,27 @@ impl Meta {
                 bad_blocks.push(i);
                 continue;
             }
+            let used = cnt.refs[(off >> g.cb) as usize];
+            if used != 0 {
+                // The block's cluster is also something else (header,
+                // table, data, another block): fixing refcounts in it would
+                // overwrite that.
+                r.corruptions += 1;
+                r.messages.push(format!(
+                    "ERROR refcount block {i} refcount={} (its cluster is used {used} time(s) elsewhere)",
+                    used + 1
+                ));
+                bad_blocks.push(i);
+                continue;
+            }
             cnt.inc(&mut r, off, cs);
         }
         if !bad_blocks.is_empty() {
             // The refcount structure itself is broken; counting from it
-            // would be meaningless.
-            r.check_errors += 0;
+            // would be meaningless: rebuild it or report.
+            if repair == Repair::All && may_rebuild {
+                return self.rebuild_and_recheck(r);
+            }
             return Ok(r);
         }
         // Compare.
@@ -172,6 +226,11 @@ impl Meta {
                     r.corruptions_fixed += 1;
                 }
             }
+        }
+        if !missing_block.is_empty() && may_rebuild {
+            // Referenced clusters without a refcount block: the table does
+            // not describe the image; rebuild it whole.
+            return self.rebuild_and_recheck(r);
         }
         if !missing_block.is_empty() {
             // Referenced clusters without a refcount block: create blocks

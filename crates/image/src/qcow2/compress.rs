@@ -4,6 +4,23 @@
 use crate::CompressionType;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
+/// Why a compressed cluster could not be decompressed.
+#[derive(Debug, thiserror::Error)]
+pub enum DecompressError {
+    #[error("bad deflate data: {0}")]
+    Deflate(#[source] flate2::DecompressError),
+    #[error("bad zstd frame: {0}")]
+    ZstdFrame(&'static str),
+    #[error("bad zstd data: {0}")]
+    Zstd(#[source] std::io::Error),
+    #[error("{kind} data decompresses to {got} bytes, expected {want}")]
+    WrongSize {
+        kind: &'static str,
+        got: usize,
+        want: usize,
+    },
+}
+
 /// Compresses one cluster; `None` if the result would exceed `limit` bytes
 /// (the caller then writes the cluster uncompressed, as QEMU does).
 pub(crate) fn compress(ty: CompressionType, src: &[u8], limit: usize) -> Option<Vec<u8>> {
@@ -25,7 +42,11 @@ pub(crate) fn compress(ty: CompressionType, src: &[u8], limit: usize) -> Option<
 
 /// Decompresses `src` (which may carry trailing bytes up to the end of its
 /// last sector) into exactly `out.len()` bytes.
-pub(crate) fn decompress(ty: CompressionType, src: &[u8], out: &mut [u8]) -> Result<(), String> {
+pub(crate) fn decompress(
+    ty: CompressionType,
+    src: &[u8],
+    out: &mut [u8],
+) -> Result<(), DecompressError> {
     match ty {
         CompressionType::Zlib => {
             // A 32 KiB window accepts every raw deflate stream, including
@@ -33,25 +54,26 @@ pub(crate) fn decompress(ty: CompressionType, src: &[u8], out: &mut [u8]) -> Res
             let mut d = Decompress::new_with_window_bits(false, 15);
             match d.decompress(src, out, FlushDecompress::Finish) {
                 Ok(_) if d.total_out() as usize == out.len() => Ok(()),
-                Ok(_) => Err(format!(
-                    "deflate data decompresses to {} bytes, expected {}",
-                    d.total_out(),
-                    out.len()
-                )),
-                Err(e) => Err(format!("bad deflate data: {e}")),
+                Ok(_) => Err(DecompressError::WrongSize {
+                    kind: "deflate",
+                    got: d.total_out() as usize,
+                    want: out.len(),
+                }),
+                Err(e) => Err(DecompressError::Deflate(e)),
             }
         }
         CompressionType::Zstd => {
             let frame = zstd::zstd_safe::find_frame_compressed_size(src)
-                .map_err(|e| format!("bad zstd frame: {}", zstd::zstd_safe::get_error_name(e)))?;
-            let mut dctx = zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?;
+                .map_err(|e| DecompressError::ZstdFrame(zstd::zstd_safe::get_error_name(e)))?;
+            let mut dctx = zstd::bulk::Decompressor::new().map_err(DecompressError::Zstd)?;
             match dctx.decompress_to_buffer(&src[..frame], out) {
                 Ok(n) if n == out.len() => Ok(()),
-                Ok(n) => Err(format!(
-                    "zstd data decompresses to {n} bytes, expected {}",
-                    out.len()
-                )),
-                Err(e) => Err(format!("bad zstd data: {e}")),
+                Ok(n) => Err(DecompressError::WrongSize {
+                    kind: "zstd",
+                    got: n,
+                    want: out.len(),
+                }),
+                Err(e) => Err(DecompressError::Zstd(e)),
             }
         }
     }

@@ -47,7 +47,6 @@ pub(crate) const MAX_VIRTUAL_SIZE: u64 = 1 << 61;
 pub(crate) const OFF_SIZE: u64 = 24;
 pub(crate) const OFF_L1_SIZE: u64 = 36;
 pub(crate) const OFF_RT_OFFSET: u64 = 48;
-pub(crate) const OFF_NB_SNAPSHOTS: u64 = 60;
 pub(crate) const OFF_INCOMPAT: u64 = 72;
 pub(crate) const OFF_AUTOCLEAR: u64 = 88;
 

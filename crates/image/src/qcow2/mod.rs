@@ -16,11 +16,12 @@
 
 mod cache;
 mod check;
-mod compress;
+pub(crate) mod compress;
 mod create;
 pub(crate) mod header;
 mod refcount;
 mod snapshot;
+mod switch;
 
 use std::fs::File;
 use std::path::Path;
@@ -807,9 +808,12 @@ impl Qcow2 {
         let mut src = vec![0u8; len as usize];
         pread_zero_fill(&self.file, &self.path, &mut src, off)?;
         let mut out = vec![0u8; self.g.cs as usize];
-        compress::decompress(self.compression, &src, &mut out).map_err(|why| Error::Corrupt {
-            path: self.path.clone(),
-            what: format!("compressed cluster at {off:#x}: {why}"),
+        compress::decompress(self.compression, &src, &mut out).map_err(|source| {
+            Error::BadCompressed {
+                path: self.path.clone(),
+                offset: off,
+                source,
+            }
         })?;
         Ok(out)
     }

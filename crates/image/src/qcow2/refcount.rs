@@ -34,7 +34,7 @@ impl Meta {
     }
 
     /// Stores `v` as entry `i` of `block`; returns the byte range touched.
-    fn write_entry(order: u32, block: &mut [u8], i: u64, v: u64) -> (usize, usize) {
+    pub(super) fn write_entry(order: u32, block: &mut [u8], i: u64, v: u64) -> (usize, usize) {
         match order {
             0..=2 => {
                 let bits = 1u64 << order;

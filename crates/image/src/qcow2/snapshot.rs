@@ -1,10 +1,11 @@
 //! Internal snapshots: the snapshot table, and create/apply/delete with the
 //! refcount and COPIED-flag bookkeeping QEMU does.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
-use super::header::{MAX_SNAPSHOTS, OFF_NB_SNAPSHOTS};
-use super::{be64_at, Meta, L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED};
+use super::header::{l1_entries_for, MAX_SNAPSHOTS};
+use super::switch::Target;
+use super::{be64_at, Meta, L1E_OFFSET_MASK, OFLAG_COPIED};
 use crate::image::io_err;
 use crate::{Error, Result, SnapshotInfo};
 
@@ -73,9 +74,6 @@ fn be32(b: &[u8], o: usize) -> u32 {
 fn be16(b: &[u8], o: usize) -> u16 {
     u16::from_be_bytes([b[o], b[o + 1]])
 }
-
-/// Byte counts of one L1 walk: refcount increments per cluster index.
-type Counts = HashMap<u64, u64>;
 
 impl Meta {
     /// Parses the snapshot table named by the header.
@@ -150,147 +148,12 @@ impl Meta {
         Ok(out)
     }
 
-    fn snapshot_table_bytes(list: &[Snapshot]) -> Vec<u8> {
+    pub(super) fn snapshot_table_bytes(list: &[Snapshot]) -> Vec<u8> {
         let mut b = Vec::new();
         for s in list {
             s.serialize(&mut b);
         }
         b
-    }
-
-    /// Writes `list` as the new snapshot table, switches the header to it
-    /// and frees the old table.
-    fn write_snapshot_table(&mut self, list: Vec<Snapshot>) -> Result<()> {
-        let g = self.g;
-        let old_off = self.h.snapshots_offset;
-        let old_bytes = Self::snapshot_table_bytes(&self.snapshots).len() as u64;
-        let bytes = Self::snapshot_table_bytes(&list);
-        let new_off = if bytes.is_empty() {
-            0
-        } else {
-            let n = (bytes.len() as u64).div_ceil(g.cs);
-            let off = self.alloc_clusters(n)?;
-            let mut padded = bytes.clone();
-            padded.resize((n * g.cs) as usize, 0);
-            self.pwrite(&padded, off)?;
-            off
-        };
-        self.file.sync_data().map_err(|e| io_err(&self.path, e))?;
-        let mut hdr = [0u8; 12];
-        hdr[..4].copy_from_slice(&(list.len() as u32).to_be_bytes());
-        hdr[4..].copy_from_slice(&new_off.to_be_bytes());
-        self.pwrite(&hdr, OFF_NB_SNAPSHOTS)?;
-        self.h.nb_snapshots = list.len() as u32;
-        self.h.snapshots_offset = new_off;
-        self.snapshots = list;
-        if old_off != 0 && old_bytes > 0 {
-            self.decref(old_off >> g.cb, old_bytes.div_ceil(g.cs))?;
-        }
-        Ok(())
-    }
-
-    /// Counts the references an L1 table holds: its L2 tables and every
-    /// cluster they point at.
-    fn count_l1_refs(&mut self, l1: &[u64], counts: &mut Counts) -> Result<()> {
-        let g = self.g;
-        let step = g.step();
-        let mut seen = std::collections::HashSet::new();
-        for &l1e in l1 {
-            let l2off = l1e & L1E_OFFSET_MASK;
-            if l2off == 0 {
-                continue;
-            }
-            if !seen.insert(l2off) {
-                return Err(self.corrupt(format!(
-                    "L2 table at {l2off:#x} referenced twice by one L1 table"
-                )));
-            }
-            *counts.entry(l2off >> g.cb).or_default() += 1;
-            let t = self.l2_table(l2off)?.clone();
-            for i in 0..g.l2_entries() as usize {
-                let e = t[i * step];
-                if e & OFLAG_COMPRESSED != 0 {
-                    let (off, len) = g.compressed_range(e);
-                    for c in (off >> g.cb)..=((off + len - 1) >> g.cb) {
-                        *counts.entry(c).or_default() += 1;
-                    }
-                } else if e & L2E_OFFSET_MASK != 0 {
-                    *counts.entry((e & L2E_OFFSET_MASK) >> g.cb).or_default() += 1;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Applies `sign` times the counts, checking for overflow first so that a
-    /// refused operation changes nothing.
-    fn apply_counts(&mut self, counts: &Counts, sign: i64) -> Result<()> {
-        let mut keys: Vec<u64> = counts.keys().copied().collect();
-        keys.sort_unstable();
-        if sign > 0 {
-            for &c in &keys {
-                let cur = self.get_refcount(c)?;
-                if cur
-                    .checked_add(counts[&c])
-                    .is_none_or(|v| v > self.g.max_refcount())
-                {
-                    return Err(Error::RefcountOverflow {
-                        offset: c << self.g.cb,
-                        bits: 1 << self.g.rc_order,
-                    });
-                }
-            }
-        }
-        for c in keys {
-            let delta = counts[&c] as i64 * sign;
-            self.add_refcount(c, delta)?;
-        }
-        Ok(())
-    }
-
-    /// Sets the COPIED flag on the active L1 and L2 entries exactly where
-    /// the refcount is 1.
-    pub fn rebuild_copied_flags(&mut self) -> Result<()> {
-        let g = self.g;
-        let step = g.step();
-        for i in 0..self.l1.len() {
-            let l1e = self.l1[i];
-            let l2off = l1e & L1E_OFFSET_MASK;
-            if l2off == 0 {
-                continue;
-            }
-            let rc = self.get_refcount(l2off >> g.cb)?;
-            let want = if rc == 1 { l2off | OFLAG_COPIED } else { l2off };
-            if want != l1e {
-                self.l1[i] = want;
-                self.write_l1_entry(i)?;
-            }
-            // Also in shared tables: a later copy of the table must not
-            // carry COPIED on clusters it shares.
-            let mut t = self.l2_table(l2off)?.clone();
-            let mut changed = false;
-            for j in 0..g.l2_entries() as usize {
-                let e = t[j * step];
-                if e & OFLAG_COMPRESSED != 0 || e & L2E_OFFSET_MASK == 0 {
-                    continue;
-                }
-                let rc = self.get_refcount((e & L2E_OFFSET_MASK) >> g.cb)?;
-                let ne = if rc == 1 {
-                    e | OFLAG_COPIED
-                } else {
-                    e & !OFLAG_COPIED
-                };
-                if ne != e {
-                    t[j * step] = ne;
-                    changed = true;
-                }
-            }
-            if changed {
-                self.write_u64_table(l2off, &t, g.cs as usize)?;
-                self.l2c.insert(l2off, t);
-            }
-        }
-        Ok(())
     }
 
     fn find_snapshot(&self, id_or_name: &str) -> Option<usize> {
@@ -322,27 +185,16 @@ impl Meta {
             .max()
             .unwrap_or(0)
             + 1;
-        // 1. Count everything reachable once more (refused on overflow).
-        let l1 = self.l1.clone();
-        let mut counts = Counts::new();
-        self.count_l1_refs(&l1, &mut counts)?;
-        self.apply_counts(&counts, 1)?;
-        // 2. Copy the L1 table, without COPIED flags.
-        let l1_bytes = (l1.len() as u64 * 8).max(1);
-        let n = l1_bytes.div_ceil(g.cs);
-        let copy: Vec<u64> = l1.iter().map(|e| e & !OFLAG_COPIED).collect();
-        let l1_off = self.alloc_clusters(n)?;
-        self.write_u64_table(l1_off, &copy, (n * g.cs) as usize)?;
-        // 3. Everything is shared now: clear COPIED in the active tables.
-        self.rebuild_copied_flags()?;
-        // 4. Publish the snapshot.
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
+        // The snapshot keeps the current L1 table and L2 tables; the active
+        // state gets a new L1 table and copies of the tables it owned (their
+        // COPIED flags go), all switched in at once.
         let mut list = self.snapshots.clone();
         list.push(Snapshot {
-            l1_offset: l1_off,
-            l1_size: l1.len() as u32,
+            l1_offset: self.h.l1_table_offset,
+            l1_size: self.l1.len() as u32,
             id: next_id.to_string(),
             name: name.to_string(),
             date_sec: now.as_secs() as u32,
@@ -350,10 +202,45 @@ impl Meta {
             vm_clock_nsec: 0,
             vm_state_size: 0,
             disk_size: Some(size),
-            icount: None,
+            // qemu-img records the instruction count of a VM that was not
+            // running (no record/replay) as 0, not as "absent".
+            icount: Some(0),
             extra_rest: Vec::new(),
         });
-        self.write_snapshot_table(list)?;
+        let old_l1 = self.l1.clone();
+        self.switch_to(
+            Target {
+                l1: old_l1.clone(),
+                snapshots: list,
+                size: self.h.size,
+            },
+            true,
+        )?;
+        // The snapshot's own tables still carry the COPIED flags of when
+        // they were active; only the active tree's flags matter to
+        // readers and to check, but clear them so that applying this
+        // snapshot later finds them exact and need not copy them. A crash
+        // here is harmless for the same reason.
+        let active: HashSet<u64> = self.l1.iter().map(|e| e & L1E_OFFSET_MASK).collect();
+        let step = g.step();
+        for e in old_l1 {
+            let l2off = e & L1E_OFFSET_MASK;
+            if l2off == 0 || active.contains(&l2off) {
+                continue;
+            }
+            let mut t = self.l2_table(l2off)?.clone();
+            let mut changed = false;
+            for j in 0..g.l2_entries() as usize {
+                if t[j * step] & OFLAG_COPIED != 0 {
+                    t[j * step] &= !OFLAG_COPIED;
+                    changed = true;
+                }
+            }
+            if changed {
+                self.write_u64_table(l2off, &t, g.cs as usize)?;
+                self.l2c.insert(l2off, t);
+            }
+        }
         self.file.sync_data().map_err(|e| io_err(&self.path, e))
     }
 
@@ -363,55 +250,39 @@ impl Meta {
             .find_snapshot(id_or_name)
             .ok_or_else(|| Error::SnapshotNotFound(id_or_name.to_string()))?;
         let sn = self.snapshots[i].clone();
-        let sn_l1 = self.read_u64_table(sn.l1_offset, sn.l1_size as usize)?;
-        let sn_l1: Vec<u64> = sn_l1.iter().map(|e| e & !OFLAG_COPIED).collect();
-        // 1. References from the snapshot's tree, once more.
-        let mut counts = Counts::new();
-        self.count_l1_refs(&sn_l1, &mut counts)?;
-        self.apply_counts(&counts, 1)?;
-        // 2. Make the active L1 the snapshot's.
-        self.grow_l1(sn_l1.len() as u64)?;
-        let old_l1 = self.l1.clone();
-        let mut new_l1 = sn_l1.clone();
-        new_l1.resize(self.l1.len(), 0);
-        let off = self.h.l1_table_offset;
-        self.write_u64_table(off, &new_l1, 0)?;
-        self.l1 = new_l1;
-        // 3. Drop the references of the old active tree.
-        let mut old_counts = Counts::new();
-        self.count_l1_refs(&old_l1, &mut old_counts)?;
-        self.apply_counts(&old_counts, -1)?;
-        // 4. COPIED where we own things alone again.
-        self.rebuild_copied_flags()?;
         let size = sn.disk_size.unwrap_or(self.h.size);
-        if size != self.h.size {
-            self.h.size = size;
-            self.pwrite(&size.to_be_bytes(), super::header::OFF_SIZE)?;
-        }
-        self.ctail = 0;
-        self.file.sync_data().map_err(|e| io_err(&self.path, e))?;
+        let mut l1 = self.read_u64_table(sn.l1_offset, sn.l1_size as usize)?;
+        let len = (self.l1.len() as u64)
+            .max(l1.len() as u64)
+            .max(l1_entries_for(size, self.g.cb, self.g.ext));
+        l1.resize(len as usize, 0);
+        let snapshots = self.snapshots.clone();
+        self.switch_to(
+            Target {
+                l1,
+                snapshots,
+                size,
+            },
+            true,
+        )?;
         Ok(size)
     }
 
     pub fn snapshot_delete(&mut self, id_or_name: &str) -> Result<()> {
-        let g = self.g;
         let i = self
             .find_snapshot(id_or_name)
             .ok_or_else(|| Error::SnapshotNotFound(id_or_name.to_string()))?;
-        let sn = self.snapshots[i].clone();
-        let sn_l1 = self.read_u64_table(sn.l1_offset, sn.l1_size as usize)?;
-        // 1. Unpublish it (from here on its tree only leaks).
-        let mut list = self.snapshots.clone();
-        list.remove(i);
-        self.write_snapshot_table(list)?;
-        // 2. Drop its references and its L1 table.
-        let mut counts = Counts::new();
-        self.count_l1_refs(&sn_l1, &mut counts)?;
-        self.apply_counts(&counts, -1)?;
-        let n = (sn.l1_size as u64 * 8).max(1).div_ceil(g.cs);
-        self.decref(sn.l1_offset >> g.cb, n)?;
-        // 3. Clusters we share with nobody now get COPIED back.
-        self.rebuild_copied_flags()?;
-        self.file.sync_data().map_err(|e| io_err(&self.path, e))
+        let mut snapshots = self.snapshots.clone();
+        snapshots.remove(i);
+        let l1 = self.l1.clone();
+        let size = self.h.size;
+        self.switch_to(
+            Target {
+                l1,
+                snapshots,
+                size,
+            },
+            true,
+        )
     }
 }
