@@ -95,7 +95,8 @@ pub enum Command {
         /// Return once started
         #[arg(short, long)]
         detach: bool,
-        /// Keep the container's state after it exits
+        /// Do not delete the container after it exits (as runc: with
+        /// --detach it changes nothing, a detached container stays anyway)
         #[arg(long)]
         keep: bool,
         /// Accepted for compatibility
@@ -216,18 +217,23 @@ struct Log {
 }
 
 impl Log {
-    fn open(g: &GlobalOpts) -> Log {
-        let file = g.log.as_ref().and_then(|p| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .ok()
-        });
-        Log {
+    /// Open --log; like runc, a log that cannot be opened is an error
+    /// (silently losing the errors a caller asked for is worse).
+    fn open(g: &GlobalOpts) -> Result<Log> {
+        let file = match &g.log {
+            Some(p) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .ctx(|| format!("--log {}", p.display()))?,
+            ),
+            None => None,
+        };
+        Ok(Log {
             file,
             json: g.log_format == "json",
-        }
+        })
     }
 
     fn write(&mut self, level: &str, msg: &str) {
@@ -244,7 +250,13 @@ impl Log {
 
 /// Run a parsed command line; the exit code of the process.
 pub fn run(a: RuncArgs) -> i32 {
-    let mut log = Log::open(&a.global);
+    let mut log = match Log::open(&a.global) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("virtkit-runc: {e}");
+            return 1;
+        }
+    };
     if a.global.debug {
         log.write("debug", &format!("{:?}", a.command));
     }
@@ -305,12 +317,7 @@ fn dispatch(a: RuncArgs) -> Result<i32> {
             detach,
             keep,
             ..
-        } => {
-            if keep && !detach {
-                return Err(Error::Usage("--keep is not supported".into()));
-            }
-            runtime::run(&root, &opts(&create), detach)
-        }
+        } => runtime::run(&root, &opts(&create), detach, keep),
         Command::State { id } => {
             print_json(&runtime::state(&root, &id)?)?;
             Ok(0)

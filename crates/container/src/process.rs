@@ -25,20 +25,50 @@ fn c(s: &str, field: &str) -> Result<CString> {
     CString::new(s).map_err(|_| spec_err(field, format!("{s:?} contains a NUL byte")))
 }
 
+/// /etc/passwd of the container is read at most this far: it belongs to
+/// the image, so it may be huge (or endless, through a symlink to a
+/// device); real ones are kilobytes.
+pub const MAX_PASSWD_BYTES: u64 = 4 << 20;
+
+/// The home directory of `uid` in passwd(5) text, if listed.
+pub fn home_from_passwd(data: &[u8], uid: u32) -> Option<String> {
+    String::from_utf8_lossy(data).lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 6 && f[2].parse() == Ok(uid)).then(|| f[5].to_string())
+    })
+}
+
+/// The container's /etc/passwd, read safely: resolved inside the current
+/// root (symlinks cannot leave it, no /proc magic links), opened without
+/// blocking (a FIFO there must not hang the runtime), a regular file only,
+/// and at most MAX_PASSWD_BYTES. None when any of that fails.
+fn read_container_passwd() -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let root = std::fs::File::open("/").ok()?;
+    let fd = crate::rootfs::open_in_root(
+        root.as_raw_fd(),
+        Path::new("/etc/passwd"),
+        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
+    )
+    .ok()?;
+    let f = std::fs::File::from(fd);
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut data = Vec::new();
+    f.take(MAX_PASSWD_BYTES).read_to_end(&mut data).ok()?;
+    Some(data)
+}
+
 /// The environment with HOME filled in (from the container's /etc/passwd,
-/// as runc does) when the spec does not set it.
+/// as runc does) when the spec does not set it. Call inside the
+/// container's root (after pivot_root, or setns into its mount namespace).
 fn environment(p: &Process) -> Vec<String> {
     let mut env: Vec<String> = p.env().clone().unwrap_or_default();
     if !env.iter().any(|e| e.starts_with("HOME=")) {
-        let uid = p.user().uid();
-        let home = std::fs::read_to_string("/etc/passwd")
-            .ok()
-            .and_then(|s| {
-                s.lines().find_map(|l| {
-                    let f: Vec<&str> = l.split(':').collect();
-                    (f.len() >= 6 && f[2].parse() == Ok(uid)).then(|| f[5].to_string())
-                })
-            })
+        let home = read_container_passwd()
+            .and_then(|d| home_from_passwd(&d, p.user().uid()))
             .unwrap_or_else(|| "/".into());
         env.push(format!("HOME={home}"));
     }
@@ -306,14 +336,30 @@ fn finalize(
             crate::seccomp::install(prog)?;
         }
     }
-    prepare_exec_environment(preserve_fds);
+    prepare_exec_environment(preserve_fds)?;
     Ok(())
+}
+
+/// The lowest descriptor not passed to the container: stdio and
+/// `preserve_fds` more. A clear error when the count is absurd (it comes
+/// from the command line; 3 + u32::MAX would wrap).
+pub fn first_unpreserved_fd(preserve_fds: u32) -> Result<i32> {
+    // Linux caps a process's descriptors at fs.nr_open (at most 2^30).
+    const MAX_PRESERVE_FDS: u32 = 1 << 30;
+    if preserve_fds > MAX_PRESERVE_FDS {
+        return Err(Error::Usage(format!(
+            "--preserve-fds {preserve_fds}: more descriptors than a process can have (at most {MAX_PRESERVE_FDS})"
+        )));
+    }
+    3i32.checked_add_unsigned(preserve_fds)
+        .ok_or_else(|| Error::Usage(format!("--preserve-fds {preserve_fds}: too large")))
 }
 
 /// Signals back to default and unblocked (Rust ignores SIGPIPE; the
 /// runtime blocks signals it forwards), and every descriptor above the
 /// preserved ones close-on-exec, so no host fd reaches the container.
-pub fn prepare_exec_environment(preserve_fds: u32) {
+pub fn prepare_exec_environment(preserve_fds: u32) -> Result<()> {
+    let first = first_unpreserved_fd(preserve_fds)?;
     for sig in 1..32 {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
@@ -322,18 +368,44 @@ pub fn prepare_exec_environment(preserve_fds: u32) {
         unsafe { libc::signal(sig, libc::SIG_DFL) };
     }
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-    let first = 3 + preserve_fds;
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on fds.
     unsafe {
         libc::syscall(
             libc::SYS_close_range,
-            first,
+            first as libc::c_uint,
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         )
     };
     for fd in 3..first {
         // SAFETY: clearing FD_CLOEXEC on descriptors the caller asked to pass.
-        unsafe { libc::fcntl(fd as i32, libc::F_SETFD, 0) };
+        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn home_comes_from_the_matching_passwd_line() {
+        let p = b"root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\nshort:x:7\n";
+        assert_eq!(home_from_passwd(p, 0).as_deref(), Some("/root"));
+        assert_eq!(home_from_passwd(p, 1000).as_deref(), Some("/home/user"));
+        assert_eq!(home_from_passwd(p, 7), None);
+        assert_eq!(
+            home_from_passwd(b"\xff\xfe:x:5:5::/h\xff:/bin/sh", 5).as_deref(),
+            Some("/h\u{fffd}")
+        );
+    }
+
+    #[test]
+    fn preserve_fds_never_overflows() {
+        assert_eq!(first_unpreserved_fd(0).unwrap(), 3);
+        assert_eq!(first_unpreserved_fd(2).unwrap(), 5);
+        let e = first_unpreserved_fd(u32::MAX).unwrap_err().to_string();
+        assert!(e.contains("--preserve-fds 4294967295"), "{e}");
+        assert!(first_unpreserved_fd((1 << 30) + 1).is_err());
     }
 }

@@ -170,10 +170,8 @@ pub fn open_in_root(root: RawFd, path: &Path, flags: i32) -> std::io::Result<Own
     };
     let c = CString::new(rel.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    let mut how: libc::open_how = unsafe {
-        // SAFETY: open_how is plain data; all-zero is its documented default.
-        std::mem::zeroed()
-    };
+    // SAFETY: open_how is plain data; all-zero is its documented default.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (flags | libc::O_CLOEXEC) as u64;
     how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
     // SAFETY: `c` and `how` are valid for the duration of the call; the
@@ -664,9 +662,10 @@ fn create_devices(c: &Ctx, rootfd: RawFd, extra: &[LinuxDevice]) -> Result<()> {
         // SAFETY: valid dirfd and name; an existing entry is replaced below.
         unsafe { libc::unlinkat(dfd.as_raw_fd(), name.as_ptr(), 0) };
         let dev = libc::makedev(major as u32, minor as u32);
-        // SAFETY: as above.
-        let rc =
-            unsafe { libc::mknodat(dfd.as_raw_fd(), name.as_ptr(), kind | (mode & 0o7777), dev) };
+        let kind_mode = kind | (mode & 0o7777);
+        // SAFETY: a valid directory fd and NUL-terminated name; plain
+        // integers otherwise.
+        let rc = unsafe { libc::mknodat(dfd.as_raw_fd(), name.as_ptr(), kind_mode, dev) };
         if rc != 0 {
             return Err(std::io::Error::last_os_error())
                 .ctx(|| format!("mknod {}", path.display()));

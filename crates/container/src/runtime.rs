@@ -299,6 +299,8 @@ fn kill_cgroup(cg: &dyn Manager) -> Result<()> {
 
 /// `create`: set the container up and leave its init waiting for `start`.
 pub fn create(root: &Root, o: &CreateOpts) -> Result<State> {
+    // Refused before anything exists, not in the init much later.
+    process::first_unpreserved_fd(o.preserve_fds)?;
     subreaper();
     let dir = root.create_dir(&o.id)?;
     let mut cleanup = Cleanup {
@@ -742,8 +744,9 @@ pub fn start(root: &Root, id: &str) -> Result<()> {
 use std::os::unix::fs::OpenOptionsExt;
 
 /// `run`: create + start, then (unless detached) wait, forwarding signals,
-/// delete, and return the process's exit code.
-pub fn run(root: &Root, o: &CreateOpts, detach: bool) -> Result<i32> {
+/// delete (unless `keep`: it stays, stopped, until `delete`), and return
+/// the process's exit code.
+pub fn run(root: &Root, o: &CreateOpts, detach: bool, keep: bool) -> Result<i32> {
     if !detach {
         block_signals()?;
     }
@@ -763,7 +766,9 @@ pub fn run(root: &Root, o: &CreateOpts, detach: bool) -> Result<i32> {
             o.id
         );
     }
-    delete(root, &o.id, true)?;
+    if !keep {
+        delete(root, &o.id, true)?;
+    }
     Ok(code)
 }
 
@@ -893,6 +898,7 @@ pub fn list(root: &Root) -> Result<Vec<(State, Status)>> {
 /// `exec`: run another process in a container's namespaces and cgroup.
 /// Returns the exit code (0 right away with `detach`).
 pub fn exec(root: &Root, o: &ExecOpts) -> Result<i32> {
+    process::first_unpreserved_fd(o.preserve_fds)?;
     let st = root.load(&o.id)?;
     let s = status(root, &st);
     if !matches!(s, Status::Running | Status::Created) {

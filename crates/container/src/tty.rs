@@ -16,10 +16,12 @@ pub fn setup_console(socket: RawFd, size: Option<(u16, u16)>) -> Result<()> {
     }
     // SAFETY: master is a new fd we own.
     let master = unsafe { OwnedFd::from_raw_fd(master) };
-    // SAFETY: master is a valid pty master.
-    if unsafe { libc::grantpt(master.as_raw_fd()) } != 0
-        || unsafe { libc::unlockpt(master.as_raw_fd()) } != 0
-    {
+    // SAFETY: master is a valid pty master fd; no pointers.
+    if unsafe { libc::grantpt(master.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error()).ctx(|| "grantpt on the pty".into());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::unlockpt(master.as_raw_fd()) } != 0 {
         return Err(std::io::Error::last_os_error()).ctx(|| "unlocking the pty".into());
     }
     let mut buf = [0 as libc::c_char; 128];

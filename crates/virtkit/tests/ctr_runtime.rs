@@ -670,3 +670,69 @@ fn terminal_through_console_socket() {
     assert!(text.contains("/dev/pts/0"), "{text}");
     assert!(text.contains("30 100"), "{text}");
 }
+
+/// /etc/passwd belongs to the image (the runtime reads it for HOME): a
+/// FIFO there must not hang the runtime, and a symlink to an endless
+/// device must not be read; both leave HOME=/.
+#[test]
+fn hostile_etc_passwd_is_not_read() {
+    let b = Bundle::new("passwd");
+    let passwd = b.rootfs.join("etc/passwd");
+    b.write_config(&b.base_config(&["sh", "-c", "echo $HOME"]));
+    for kind in ["fifo", "/dev/zero"] {
+        std::fs::remove_file(&passwd).unwrap();
+        if kind == "fifo" {
+            let p = std::ffi::CString::new(passwd.to_str().unwrap()).unwrap();
+            // SAFETY: a valid NUL-terminated path.
+            assert_eq!(unsafe { libc::mkfifo(p.as_ptr(), 0o644) }, 0);
+        } else {
+            std::os::unix::fs::symlink(kind, &passwd).unwrap();
+        }
+        let out = capture_with_deadline(
+            b.cmd()
+                .args(["run", "--bundle", b.dir.to_str().unwrap(), &b.id]),
+            &b.dir,
+            60,
+        );
+        assert_eq!(ok(&out), "/\n", "{kind}");
+    }
+}
+
+/// `run --keep` leaves the stopped container for `delete`, as runc does;
+/// `--log` that cannot be opened and an overflowing `--preserve-fds` are
+/// errors that name them.
+#[test]
+fn run_keep_log_and_preserve_fds() {
+    let b = Bundle::new("keep");
+    b.write_config(&b.base_config(&["sh", "-c", "exit 3"]));
+    let bundle = b.dir.to_str().unwrap();
+    let out = b.runc(&["run", "--keep", "--bundle", bundle, &b.id]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(b.state()["status"], "stopped");
+    ok(&b.runc(&["delete", &b.id]));
+    assert!(!b.state_root.join(&b.id).exists());
+
+    let out = b.runc(&["--log", "/nonexistent-dir/virtkit.log", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--log /nonexistent-dir/virtkit.log"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = b.runc(&[
+        "run",
+        "--preserve-fds",
+        "4294967295",
+        "--bundle",
+        bundle,
+        &b.id,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--preserve-fds 4294967295"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!b.state_root.join(&b.id).exists());
+}

@@ -242,3 +242,33 @@ pub fn capture(cmd: &mut Command, dir: &Path) -> Output {
     let _ = std::fs::remove_file(e);
     out
 }
+
+/// Like `capture`, but kill the command and fail if it runs longer than
+/// `secs` (for tests of inputs that once made the runtime hang).
+pub fn capture_with_deadline(cmd: &mut Command, dir: &Path, secs: u64) -> Output {
+    std::fs::create_dir_all(dir).unwrap();
+    let (o, e) = (dir.join(".out-deadline"), dir.join(".err-deadline"));
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&o).unwrap())
+        .stderr(std::fs::File::create(&e).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running after {secs} s: {cmd:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: std::fs::read(&o).unwrap(),
+        stderr: std::fs::read(&e).unwrap(),
+    }
+}
