@@ -188,6 +188,22 @@ static void check_clone3(void) {
         _exit(24);
     waitpid(pid, &st, 0);
     printf("clone3 vfork: child exit %d\n", WEXITSTATUS(st));
+    /* vfork(): the parent runs again only once the child is gone, so
+     * what the child wrote just before _exit is already there. */
+    int pp[2];
+    pipe2(pp, O_NONBLOCK);
+    pid = vfork();
+    if (pid == 0) {
+        usleep(50000);
+        write(pp[1], "v", 1);
+        _exit(26);
+    }
+    char c = 0;
+    ssize_t got = read(pp[0], &c, 1);
+    waitpid(pid, &st, 0);
+    printf("vfork: parent resumed after the child: %d, exit %d\n", got == 1, WEXITSTATUS(st));
+    close(pp[0]);
+    close(pp[1]);
     /* pidfd */
     int pidfd = -1;
     memset(&a, 0, sizeof a);
