@@ -169,6 +169,15 @@ fn action_value(a: LinuxSeccompAction, errno: Option<u32>, field: &str) -> Resul
         LinuxSeccompAction::ScmpActTrace => RET_TRACE | data(errno, libc::EPERM as u32),
         LinuxSeccompAction::ScmpActAllow => RET_ALLOW,
         LinuxSeccompAction::ScmpActLog => RET_LOG,
+        // A user notification needs a seccomp agent behind
+        // linux.seccomp.listenerPath to answer it; without one the
+        // filtered calls would block forever.
+        LinuxSeccompAction::ScmpActNotify => {
+            return Err(Error::Seccomp(format!(
+                "{field}: action SCMP_ACT_NOTIFY is not supported (no seccomp agent, \
+                 linux.seccomp.listenerPath, support)"
+            )))
+        }
         #[allow(unreachable_patterns)]
         other => {
             return Err(Error::Seccomp(format!(
@@ -478,6 +487,19 @@ mod tests {
 
     fn profile(json: &str) -> Program {
         compile(&serde_json::from_str(json).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn notify_is_refused_by_name() {
+        let s = serde_json::from_str(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_NOTIFY"}]}"#,
+        )
+        .unwrap();
+        let Err(e) = compile(&s) else {
+            panic!("SCMP_ACT_NOTIFY was accepted")
+        };
+        let e = e.to_string();
+        assert!(e.contains("SCMP_ACT_NOTIFY"), "{e}");
     }
 
     #[test]
