@@ -186,6 +186,17 @@ struct AllocPlan {
     tail_zero: bool,
 }
 
+/// Largest allocating write done without dropping the metadata lock.
+const CHEAP_WRITE: usize = 16 << 10;
+
+impl AllocPlan {
+    /// Whether the data write is small and needs no read: fresh clusters
+    /// whose untouched parts read as zeros by themselves.
+    fn cheap(&self) -> bool {
+        self.len <= CHEAP_WRITE && self.fresh && self.head_zero && self.tail_zero
+    }
+}
+
 pub(crate) struct Qcow2 {
     file: File,
     path: String,
@@ -843,8 +854,23 @@ impl Qcow2 {
             }
             m.mark_dirty()?;
             if let Some(plan) = m.plan_alloc(self, off, want)? {
-                drop(m);
                 let data = &buf[pos..pos + plan.len];
+                if plan.cheap() {
+                    // A few KiB into fresh zero clusters: dropping and
+                    // retaking the lock would cost more than the write.
+                    let r = self
+                        .write_planned(&plan, data)
+                        .and_then(|()| m.link_alloc(&plan));
+                    if r.is_err() {
+                        let _ = m.decref(plan.host >> self.g.cb, plan.n as u64);
+                    }
+                    let first = off >> self.g.cb;
+                    m.inflight.retain(|&(s, _)| s != first);
+                    r?;
+                    pos += plan.len;
+                    continue;
+                }
+                drop(m);
                 let written = self.write_planned(&plan, data);
                 let mut m = self.lock();
                 let r = match written {
