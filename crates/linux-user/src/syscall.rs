@@ -144,8 +144,12 @@ impl Thread {
     pub(crate) fn syscall(&mut self, n: u64, a: [u64; 6]) -> Sys {
         match n {
             nr::RT_SIGRETURN => return self.sigreturn(),
-            nr::EXIT => return Sys::ExitThread(a[0] as i32 & 0xff),
+            nr::EXIT => {
+                self.vfork_sync();
+                return Sys::ExitThread(a[0] as i32 & 0xff);
+            }
             nr::EXIT_GROUP => {
+                self.vfork_sync();
                 // SAFETY: ends the whole process with the guest's status.
                 unsafe { libc::_exit(a[0] as i32 & 0xff) }
             }

@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -204,6 +205,21 @@ static void check_clone3(void) {
     printf("vfork: parent resumed after the child: %d, exit %d\n", got == 1, WEXITSTATUS(st));
     close(pp[0]);
     close(pp[1]);
+    /* The child borrows the parent's memory: its write to the parent's
+     * stack is there when the parent resumes, and posix_spawn (vfork
+     * inside) learns of a failed exec through that memory. */
+    volatile int seen = 0;
+    pid = vfork();
+    if (pid == 0) {
+        seen = 42;
+        _exit(0);
+    }
+    waitpid(pid, &st, 0);
+    printf("vfork: child's write seen: %d\n", seen);
+    char *spawn_argv[] = {"nope", NULL};
+    pid_t sp;
+    int sr = posix_spawn(&sp, "/nonexistent/program", NULL, NULL, spawn_argv, environ);
+    printf("posix_spawn missing program: %s\n", strerror(sr));
     /* pidfd */
     int pidfd = -1;
     memset(&a, 0, sizeof a);
