@@ -282,3 +282,35 @@ fn backing_name_offset_near_u64_max_is_refused() {
         "unexpected error: {e}"
     );
 }
+
+/// Found by the write_ops fuzz target: an L2 entry pointing far past the
+/// end of the file made a snapshot operation size its reference counts by
+/// that offset (gigabytes). Now a clear error, and nothing changes.
+#[test]
+fn snapshot_of_image_with_data_past_eof_is_refused() {
+    let dir = TempDir::new("badsnap");
+    let p = good_image(&dir, "far.qcow2");
+    // The L2 table of the (only) L1 entry; point its second entry (the
+    // cluster at 4096, written above) at 1 TiB.
+    let l1_off = {
+        let b = std::fs::read(&p).unwrap();
+        u64::from_be_bytes(b[40..48].try_into().unwrap())
+    };
+    let b = std::fs::read(&p).unwrap();
+    let l1e = u64::from_be_bytes(b[l1_off as usize..l1_off as usize + 8].try_into().unwrap());
+    let l2 = l1e & 0x00ff_ffff_ffff_fe00;
+    patch(&p, l2 + 8, &((1u64 << 40) | (1 << 63)).to_be_bytes());
+    let before = std::fs::read(&p).unwrap();
+    let img = image::open(&p, &OpenOptions::read_write()).unwrap();
+    let err = img.snapshot_create("s").unwrap_err();
+    assert!(
+        err.to_string().contains("beyond the end of the file"),
+        "{err}"
+    );
+    assert!(img.snapshots().is_empty());
+    drop(img);
+    let after = std::fs::read(&p).unwrap();
+    // Only the dirty-bit/autoclear header bytes may differ, not the tables.
+    assert_eq!(before.len(), after.len());
+    assert_eq!(before[4096..], after[4096..]);
+}

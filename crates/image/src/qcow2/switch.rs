@@ -28,30 +28,40 @@ use crate::{Error, Result};
 /// Most host clusters a switch accounts for (4 bytes each, like `check`).
 pub(super) const MAX_SWITCH_CLUSTERS: u64 = 1 << 28;
 
-/// Reference counts per host cluster, grown on demand up to
-/// [`MAX_SWITCH_CLUSTERS`].
-#[derive(Default)]
-pub(super) struct Counts(Vec<u32>);
+/// Reference counts per host cluster, grown on demand up to `limit`
+/// clusters (a bound derived from the file size, so that a hostile offset
+/// cannot make it allocate much; [`MAX_SWITCH_CLUSTERS`] caps it further).
+pub(super) struct Counts {
+    v: Vec<u32>,
+    limit: u64,
+}
 
 impl Counts {
+    fn new(limit: u64) -> Counts {
+        Counts {
+            v: Vec::new(),
+            limit: limit.min(MAX_SWITCH_CLUSTERS),
+        }
+    }
+
     fn add(&mut self, c: u64, n: u32) -> Result<()> {
-        if c >= MAX_SWITCH_CLUSTERS {
+        if c >= self.limit {
             return Err(Error::TooLarge {
                 what: "host cluster index",
                 value: c,
-                limit: MAX_SWITCH_CLUSTERS,
+                limit: self.limit,
             });
         }
         let i = c as usize;
-        if i >= self.0.len() {
-            self.0.resize(i + 1, 0);
+        if i >= self.v.len() {
+            self.v.resize(i + 1, 0);
         }
-        self.0[i] = self.0[i].saturating_add(n);
+        self.v[i] = self.v[i].saturating_add(n);
         Ok(())
     }
 
     fn get(&self, c: u64) -> u32 {
-        self.0.get(c as usize).copied().unwrap_or(0)
+        self.v.get(c as usize).copied().unwrap_or(0)
     }
 
     /// Counts one reference to every cluster overlapping `[off, off+len)`.
@@ -77,11 +87,11 @@ impl Reserver {
     fn reserve(&mut self, n: u64) -> Result<u64> {
         let mut c = self.hint.max(1);
         loop {
-            if (c + n) >= MAX_SWITCH_CLUSTERS {
+            if (c + n) >= self.busy.limit {
                 return Err(Error::TooLarge {
                     what: "host cluster index",
                     value: c + n,
-                    limit: MAX_SWITCH_CLUSTERS,
+                    limit: self.busy.limit,
                 });
             }
             match (c..c + n).rev().find(|&k| self.busy.get(k) != 0) {
@@ -123,6 +133,7 @@ impl Meta {
     ) -> Result<()> {
         let g = self.g;
         let step = g.step();
+        let eof = self.file_end.div_ceil(g.cs);
         let mut seen = std::collections::HashSet::new();
         for &l1e in l1 {
             let l2off = l1e & L1E_OFFSET_MASK;
@@ -147,6 +158,14 @@ impl Meta {
                 let e = t[i * step];
                 if e & OFLAG_COMPRESSED != 0 {
                     let (off, len) = g.compressed_range(e);
+                    if (off + len - 1) >> g.cb >= eof {
+                        if strict {
+                            return Err(self.corrupt(format!(
+                                "compressed cluster at {off:#x} lies beyond the end of the file"
+                            )));
+                        }
+                        continue;
+                    }
                     data.add_range(g.cb, off & !511, len + (off & 511))?;
                     continue;
                 }
@@ -162,6 +181,14 @@ impl Meta {
                     }
                     continue;
                 }
+                if host >> g.cb >= eof {
+                    if strict {
+                        return Err(self.corrupt(format!(
+                            "data cluster at {host:#x} lies beyond the end of the file"
+                        )));
+                    }
+                    continue;
+                }
                 data.add(host >> g.cb, 1)?;
             }
         }
@@ -171,18 +198,23 @@ impl Meta {
     /// Clusters the current on-disk state uses (header, tables, data,
     /// snapshot table, refcount structure): the new state must not be
     /// written over them.
-    fn busy_now(&mut self, strict: bool) -> Result<Counts> {
+    fn busy_now(&mut self, strict: bool, limit: u64) -> Result<Counts> {
         let g = self.g;
-        let mut busy = Counts::default();
+        let mut busy = Counts::new(limit);
         busy.add(0, 1)?;
-        busy.add_range(g.cb, self.h.l1_table_offset, self.l1.len() as u64 * 8)?;
+        // Tables out of range are corrupt (strict) or irrelevant (repair).
+        let meta = |busy: &mut Counts, off: u64, len: u64| match busy.add_range(g.cb, off, len) {
+            Err(e) if strict => Err(e),
+            _ => Ok(()),
+        };
+        meta(&mut busy, self.h.l1_table_offset, self.l1.len() as u64 * 8)?;
         let mut tables = HashMap::new();
         let l1 = self.l1.clone();
         self.tree_refs(&l1, &mut tables, &mut busy, strict)?;
         let snap_bytes = Self::snapshot_table_bytes(&self.snapshots).len() as u64;
-        busy.add_range(g.cb, self.h.snapshots_offset, snap_bytes)?;
+        meta(&mut busy, self.h.snapshots_offset, snap_bytes)?;
         for s in self.snapshots.clone() {
-            busy.add_range(g.cb, s.l1_offset, s.l1_size as u64 * 8)?;
+            meta(&mut busy, s.l1_offset, s.l1_size as u64 * 8)?;
             match self.read_u64_table(s.l1_offset, s.l1_size as usize) {
                 Ok(sl1) => self.tree_refs(&sl1, &mut tables, &mut busy, strict)?,
                 Err(e) if strict => return Err(e),
@@ -192,8 +224,8 @@ impl Meta {
         for off in tables.keys() {
             busy.add(off >> g.cb, 1)?;
         }
-        busy.add_range(
-            g.cb,
+        meta(
+            &mut busy,
             self.h.refcount_table_offset,
             self.h.refcount_table_clusters as u64 * g.cs,
         )?;
@@ -220,12 +252,16 @@ impl Meta {
                 limit: MAX_L1_BYTES,
             });
         }
-        let busy = self.busy_now(strict)?;
+        // Everything lies inside the file, except what is reserved here:
+        // at most a copy of every table and a new refcount structure, both
+        // smaller than the file itself.
+        let limit = 2 * self.file_end.div_ceil(cs) + 1024;
+        let busy = self.busy_now(strict, limit)?;
         let mut res = Reserver { busy, hint: 1 };
 
         // References of the new state's trees.
         let mut tables: HashMap<u64, u32> = HashMap::new();
-        let mut data = Counts::default();
+        let mut data = Counts::new(limit);
         let active: Vec<u64> = t.l1.iter().map(|e| e & !OFLAG_COPIED).collect();
         self.tree_refs(&active, &mut tables, &mut data, strict)?;
         let mut snap_l1s = Vec::with_capacity(t.snapshots.len());
@@ -329,7 +365,7 @@ impl Meta {
         loop {
             let mut want: Vec<u64> = Vec::new();
             let mut prev = u64::MAX;
-            for (c, &v) in fin.0.iter().enumerate() {
+            for (c, &v) in fin.v.iter().enumerate() {
                 let idx = (c as u64) >> rpb_bits;
                 if v != 0 && idx != prev {
                     want.push(idx);
@@ -373,7 +409,7 @@ impl Meta {
             fin.add(c, 1)?;
         }
         let max = g.max_refcount();
-        if let Some((c, _)) = fin.0.iter().enumerate().find(|(_, &v)| v as u64 > max) {
+        if let Some((c, _)) = fin.v.iter().enumerate().find(|(_, &v)| v as u64 > max) {
             return Err(Error::RefcountOverflow {
                 offset: (c as u64) << g.cb,
                 bits: 1 << g.rc_order,
