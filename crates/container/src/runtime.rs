@@ -445,7 +445,7 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<State> {
                 parent.send(&Msg::Go)?;
             }
             Some(Msg::Ready) => break,
-            Some(Msg::Err(e)) => return Err(Error::Child(e)),
+            Some(Msg::Err(e)) => return Err(child_err(e)),
             Some(Msg::Go) => return Err(Error::Child("unexpected message".into())),
             None => {
                 return Err(Error::Child(
@@ -466,6 +466,15 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<State> {
     cleanup.cgroup = None;
     cleanup.pids.clear();
     Ok(st)
+}
+
+/// An error reported by a child: already a `Child` error there, so say
+/// "container process:" once.
+fn child_err(msg: String) -> Error {
+    match msg.strip_prefix("container process: ") {
+        Some(rest) => Error::Child(rest.to_string()),
+        None => Error::Child(msg),
+    }
 }
 
 fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
@@ -1027,7 +1036,7 @@ pub fn exec(root: &Root, o: &ExecOpts) -> Result<i32> {
                 pid = Some(Pid::from_raw(p));
                 guard.pids.insert(0, Pid::from_raw(p));
             }
-            Some(Msg::Err(e)) => return Err(Error::Child(e)),
+            Some(Msg::Err(e)) => return Err(child_err(e)),
             // EOF: the intermediate exited and the process exec'd
             // (its copy of the socket is close-on-exec).
             None => break,
