@@ -4,6 +4,7 @@
 //! empty cgroup2 at /sys/fs/cgroup/unified) use v1; a host whose
 //! /sys/fs/cgroup is itself cgroup2 uses v2.
 
+pub mod devfilter;
 mod v1;
 mod v2;
 

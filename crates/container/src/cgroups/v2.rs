@@ -1,7 +1,7 @@
 //! cgroup v2: one unified hierarchy at /sys/fs/cgroup.
 
 use super::{mkdir_levels, read_pids, shares_to_weight, write, Config, Manager};
-use crate::error::{spec_err, Result};
+use crate::error::Result;
 use oci_spec::runtime::LinuxResources;
 use std::path::PathBuf;
 
@@ -47,17 +47,14 @@ impl Manager for V2 {
     }
 
     fn set(&self, r: &LinuxResources) -> Result<()> {
-        // v2 enforces device rules only through an eBPF program attached
-        // to the cgroup, which this runtime does not build yet; ignoring
-        // the rules would let a process with CAP_MKNOD open any device.
-        if r.devices().as_ref().is_some_and(|d| !d.is_empty()) {
-            return Err(spec_err(
-                "linux.resources.devices",
-                "device rules are not supported on cgroup v2 (they need an eBPF device \
-                 program); remove them, or run on a cgroup v1 host",
-            ));
-        }
         let d = self.dir();
+        // v2 enforces device rules only through an eBPF program attached
+        // to the cgroup; ignoring them would let a process with CAP_MKNOD
+        // open any device.
+        if let Some(devs) = r.devices().as_ref().filter(|d| !d.is_empty()) {
+            let prog = super::devfilter::program(&super::devfilter::rules_for(devs)?);
+            super::devfilter::attach(&d, &prog)?;
+        }
         if let Some(m) = r.memory() {
             let lim = |v: i64| {
                 if v < 0 {
@@ -175,15 +172,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn device_rules_are_refused_by_name() {
+    fn bad_device_rules_are_refused_by_name() {
         let v2 = V2::new(Config {
             version: 2,
             path: "/virtkit-unit-test-never-created".into(),
             created: Vec::new(),
         });
         let r: LinuxResources =
-            serde_json::from_str(r#"{"devices":[{"allow":false,"access":"rwm"}]}"#).unwrap();
+            serde_json::from_str(r#"{"devices":[{"allow":false,"type":"c","access":"rwx"}]}"#)
+                .unwrap();
         let e = v2.set(&r).unwrap_err().to_string();
-        assert!(e.contains("linux.resources.devices"), "{e}");
+        assert!(e.contains("linux.resources.devices[0].access"), "{e}");
     }
 }
