@@ -461,8 +461,8 @@ fn exec_block<M: Mem>(
                 if writes {
                     let new = match i.kind {
                         Csrrw | Csrrwi => src,
-                        Csrrs | Csrrsi => old | src,
-                        _ => old & !src,
+                        Csrrs | Csrrsi => core.csr_rmw_base(n16, old) | src,
+                        _ => core.csr_rmw_base(n16, old) & !src,
                     };
                     if core.csr_write(n16, new).is_err() {
                         core.instret = core.instret.wrapping_sub(n() as u64);

@@ -693,6 +693,23 @@ impl Core {
         }
     }
 
+    /// The value a CSRRS/CSRRC read-modify-write starts from, given what
+    /// the instruction read (`read`). For `mip` that is not the read value:
+    /// the privileged spec has SEIP (and STIP while it is software-owned)
+    /// read as the OR of the software bit and the controller's line, but
+    /// the read-modify-write uses the software bit alone. Otherwise M-mode
+    /// firmware setting SSIP with `csrs mip` (OpenSBI's IPI path) while the
+    /// PLIC line is high would latch SEIP for good: an endless storm of
+    /// external interrupts that nothing can claim.
+    pub(crate) fn csr_rmw_base(&self, n: u16, read: u64) -> u64 {
+        if n == csr::MIP {
+            let soft = irq::SEIP | irq::STIP;
+            (read & !soft) | (self.csr.mip & soft)
+        } else {
+            read
+        }
+    }
+
     /// CSR read with privilege checks. `Err` is an illegal instruction.
     pub(crate) fn csr_read(&self, n: u16) -> Result<u64, ()> {
         self.csr_read_at(n, self.prv)

@@ -442,3 +442,26 @@ fn atomics_are_atomic_across_threads() {
     sp.read(DATA + 64, &mut w).unwrap();
     assert_eq!(u32::from_le_bytes(w), 4 * 20480);
 }
+
+/// `csrs mip, SSIP` in M-mode (OpenSBI delivering an IPI) while the PLIC
+/// holds SEIP high must not copy the line into the software SEIP bit: once
+/// the line drops, SEIP must read clear again.
+#[test]
+fn csrrs_on_mip_does_not_latch_the_external_line() {
+    use crate::hart::{csr, irq};
+    let clock = Arc::new(crate::Clock::new(10_000_000));
+    let mut h = Hart::new_system(crate::HartConfig {
+        hart_id: 0,
+        clock,
+        sbi_ecalls: false,
+    });
+    h.control().raise(irq::SEIP);
+    let read = h.csr_read(csr::MIP).unwrap();
+    assert_ne!(read & irq::SEIP, 0, "the line is visible in mip");
+    let new = h.csr_rmw_base(csr::MIP, read) | irq::SSIP;
+    h.csr_write(csr::MIP, new).unwrap();
+    h.control().lower(irq::SEIP);
+    let after = h.csr_read(csr::MIP).unwrap();
+    assert_eq!(after & irq::SEIP, 0, "SEIP latched: {after:#x}");
+    assert_ne!(after & irq::SSIP, 0);
+}
