@@ -161,6 +161,8 @@ pub(crate) struct Meta {
     /// [`Qcow2::write_at`] while it writes their data without the lock;
     /// other writers of those clusters wait on [`Qcow2::alloc_done`].
     pub inflight: Vec<(u64, u64)>,
+    /// Writers waiting on [`Qcow2::alloc_done`].
+    pub alloc_waiters: usize,
 }
 
 /// An allocation reserved under the metadata lock, whose data is written
@@ -669,6 +671,7 @@ impl Qcow2 {
             dirty_marked: false,
             free_gen: 0,
             inflight: Vec::new(),
+            alloc_waiters: 0,
         };
         meta.snapshots = meta.read_snapshots()?;
         if !effective_ro && meta.h.autoclear != 0 {
@@ -848,7 +851,9 @@ impl Qcow2 {
             if m.is_inflight(off >> self.g.cb) {
                 // Another writer is allocating this cluster: once it has
                 // linked it, this write goes in place.
-                let m = self.alloc_done.wait(m).unwrap_or_else(|e| e.into_inner());
+                m.alloc_waiters += 1;
+                let mut m = self.alloc_done.wait(m).unwrap_or_else(|e| e.into_inner());
+                m.alloc_waiters -= 1;
                 drop(m);
                 continue;
             }
@@ -884,8 +889,12 @@ impl Qcow2 {
                 };
                 let first = off >> self.g.cb;
                 m.inflight.retain(|&(s, _)| s != first);
+                // Waking is a system call: only when someone waits.
+                let wake = m.alloc_waiters > 0;
                 drop(m);
-                self.alloc_done.notify_all();
+                if wake {
+                    self.alloc_done.notify_all();
+                }
                 r?;
                 pos += plan.len;
                 continue;
