@@ -1,8 +1,8 @@
 //! config.json from an untrusted bundle: parsing and validation, then the
 //! pure steps of create that read the spec before any syscall (seccomp
-//! compilation, mount options, rootfs propagation), and the `exec
-//! --process` JSON. Any input must give Ok or an error, never a panic,
-//! hang or huge allocation.
+//! compilation, cgroup v2 device programs, mount options, rootfs
+//! propagation), and the `exec --process` JSON. Any input must give Ok
+//! or an error, never a panic, hang or huge allocation.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -13,6 +13,12 @@ fuzz_target!(|data: &[u8]| {
         if let Some(linux) = spec.linux() {
             if let Some(s) = linux.seccomp() {
                 let _ = container::seccomp::compile(s);
+            }
+            // cgroup v2 device rules become an eBPF program.
+            if let Some(d) = linux.resources().as_ref().and_then(|r| r.devices().as_ref()) {
+                if let Ok(rules) = container::cgroups::devfilter::rules_for(d) {
+                    let _ = container::cgroups::devfilter::program(&rules);
+                }
             }
             if let Some(p) = linux.rootfs_propagation() {
                 let _ = container::rootfs::propagation_flags(p);
