@@ -735,6 +735,15 @@ impl Thread {
             return -(e as i64);
         }
         if pid == 0 {
+            if let Some((d, a)) = self.vfork_parent.take() {
+                // A fork inside a vfork child: only the vfork child itself
+                // holds the waiting parent.
+                // SAFETY: our inherited copies of the pipe ends.
+                unsafe {
+                    libc::close(d);
+                    libc::close(a);
+                }
+            }
             self.proc.threads.store(1, Ordering::Release);
             self.tid = gettid();
             // Only this thread lives on in the child.

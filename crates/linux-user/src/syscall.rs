@@ -665,7 +665,7 @@ impl Thread {
                 } else if let Some(h) = self.proc.robust_head(pid) {
                     // Another thread of this guest process.
                     h
-                } else if host!(libc::SYS_kill, pid, 0) == -(libc::ESRCH as i64) || pid < 0 {
+                } else if pid < 0 || host!(libc::SYS_kill, pid, 0) == -(libc::ESRCH as i64) {
                     return Err(-(libc::ESRCH as i64));
                 } else {
                     // A task outside this emulated process: its list (if it
@@ -987,9 +987,10 @@ impl Thread {
         /// CLONE_CLEAR_SIGHAND included).
         const KNOWN: u64 = 0x3_ffff_ff00;
         /// Flags this emulation cannot honour: namespaces, CLONE_PARENT,
-        /// CLONE_INTO_CGROUP, CLONE_NEWTIME, CLONE_CLEAR_SIGHAND and
-        /// CLONE_PTRACE/UNTRACED.
-        const UNSUPPORTED: u64 = 0x7e02_0000 | 0x8000 | 0x2000 | 0x80 | 0x3_0000_0000 | 0x0080_0000;
+        /// CLONE_INTO_CGROUP, CLONE_NEWTIME and CLONE_PTRACE/UNTRACED.
+        const UNSUPPORTED: u64 = 0x7e02_0000 | 0x8000 | 0x2000 | 0x80 | 0x2_0000_0000 | 0x0080_0000;
+        const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
+        const CLONE_SIGHAND: u64 = 0x800;
         // Version 0 of struct clone_args is 64 bytes; version 2 is 88.
         const SIZE_VER0: u64 = 64;
         const SIZE_KNOWN: u64 = 88;
@@ -1020,6 +1021,10 @@ impl Thread {
             self.log_unknown("clone3 flags", flags);
             return Err(EINVAL);
         }
+        if flags & CLONE_CLEAR_SIGHAND != 0 && flags & CLONE_SIGHAND != 0 {
+            // Shared handlers cannot be reset for the child alone.
+            return Err(EINVAL);
+        }
         let sp = if stack != 0 {
             stack.checked_add(stack_size).ok_or(EINVAL)?
         } else {
@@ -1047,6 +1052,16 @@ impl Thread {
             self.buf(pidfd, 4, PROT_W)?;
         }
         let pid = self.fork(flags, sp, parent_tid, child_tid);
+        if pid == 0 && flags & CLONE_CLEAR_SIGHAND != 0 {
+            // The child starts with default handlers; ignored stays ignored.
+            let mut acts = self.proc.actions.lock().unwrap_or_else(|e| e.into_inner());
+            for (sig, a) in acts.iter_mut().enumerate().skip(1) {
+                if a.handler != signal::SIG_IGN && a.handler != signal::SIG_DFL {
+                    *a = Action::default();
+                    signal::set_host_action(sig as i32, a);
+                }
+            }
+        }
         if pid > 0 && flags & CLONE_PIDFD != 0 {
             let fd = host!(libc::SYS_pidfd_open, pid as i32, 0);
             if fd >= 0 {

@@ -156,7 +156,8 @@ const PROCSELF: &str = "exe: argv[0]\ncode: r-xp exe\ndata: rw-p\nstack: rw-p [s
     file map: named, offset 1000\nauxv: matches getauxval (5 keys checked)\ncmdline: argv\n\
     prctl name: 0 abcdefghijklmno\nprctl name: short\n\
     get_robust_list(other thread): its head\nget_robust_list(no such pid): No such process\n\
-    clone3 fork: child exit 23\nclone3 vfork: child exit 24\n\
+    clone3 fork: child exit 23\n\
+    clone3 clear-sighand: child killed by 10, parent handled 10\nclone3 vfork: child exit 24\n\
     vfork: parent resumed after the child: 1, exit 26\n\
     vfork: child's write seen: 42\nposix_spawn missing program: No such file or directory\nclone3 pidfd: waited status 25\n\
     clone3 thread: counter 1000, parent_tid set 1\n\

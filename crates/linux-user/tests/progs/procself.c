@@ -4,6 +4,7 @@
  * prctl names; get_robust_list of another thread; mremap of a mapping
  * that is not one mapping. Prints facts that hold on any riscv64 Linux. */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/futex.h>
@@ -166,6 +167,9 @@ static void thread_fn(void) {
         __atomic_fetch_add(&shared_counter, 1, __ATOMIC_SEQ_CST);
 }
 
+static volatile int usr1_seen;
+static void on_usr1(int sig) { usr1_seen = sig; }
+
 static void check_clone3(void) {
     struct clone_args a;
     memset(&a, 0, sizeof a);
@@ -180,6 +184,21 @@ static void check_clone3(void) {
         waitpid(pid, &st, 0);
         printf("clone3 fork: child exit %d\n", WEXITSTATUS(st));
     }
+    /* CLONE_CLEAR_SIGHAND: the child's SIGUSR1 is back at its default
+     * (terminate), the parent keeps its handler. */
+    signal(SIGUSR1, on_usr1);
+    memset(&a, 0, sizeof a);
+    a.flags = CLONE_CLEAR_SIGHAND;
+    a.exit_signal = SIGCHLD;
+    pid = clone3_raw(&a);
+    if (pid == 0) {
+        raise(SIGUSR1);
+        _exit(0);
+    }
+    waitpid(pid, &st, 0);
+    raise(SIGUSR1);
+    printf("clone3 clear-sighand: child killed by %d, parent handled %d\n",
+           WIFSIGNALED(st) ? WTERMSIG(st) : 0, usr1_seen);
     /* vfork form: the parent resumes once the child has exited. */
     memset(&a, 0, sizeof a);
     a.flags = CLONE_VFORK;
@@ -277,23 +296,26 @@ static void check_threads(void) {
     pthread_barrier_init(&bar, NULL, 2);
     pthread_create(&t, NULL, robust_thread, NULL);
     pthread_barrier_wait(&bar);
-    /* Find the thread's tid in /proc/self/task? Use the pthread's own
-     * view: ask by tid through the robust head's owner, gettid in it. */
-    pid_t tids[64];
-    int nt = 0;
-    {
-        char path[64];
-        for (pid_t tid = getpid(); nt == 0 && tid < getpid() + 4096; tid++) {
-            snprintf(path, sizeof path, "/proc/self/task/%d", tid);
-            if (tid != getpid() && access(path, F_OK) == 0)
-                tids[nt++] = tid;
-        }
-    }
+    /* Ask every other task of this process (emulators may add threads of
+     * their own): the new thread's head must be among the answers. */
     void *head = NULL;
     size_t len = 0;
-    long r = nt ? syscall(SYS_get_robust_list, tids[0], &head, &len) : -1;
-    printf("get_robust_list(other thread): %s\n",
-           r == 0 && head == robust_head && len == 24 ? "its head" : strerror(errno));
+    int found = 0, err = 0;
+    DIR *d = opendir("/proc/self/task");
+    struct dirent *de;
+    while (d && (de = readdir(d)) != NULL) {
+        pid_t tid = atoi(de->d_name);
+        if (tid <= 0 || tid == gettid())
+            continue;
+        if (syscall(SYS_get_robust_list, tid, &head, &len) == 0)
+            found |= head == robust_head && len == 24;
+        else
+            err = errno;
+    }
+    if (d)
+        closedir(d);
+    printf("get_robust_list(other thread): %s\n", found ? "its head" : strerror(err));
+    long r;
     pthread_barrier_wait(&bar);
     pthread_join(t, NULL);
     r = syscall(SYS_get_robust_list, 0x3fffffff, &head, &len);
