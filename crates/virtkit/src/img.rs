@@ -350,9 +350,9 @@ struct BenchArgs {
     /// Byte written by write tests
     #[arg(long = "pattern", default_value_t = 0)]
     pattern: u8,
-    /// Quiet: no "Sending ..." line (the result line is still printed)
+    /// Quiet (as in qemu-img 7.2, bench prints the same lines with it)
     #[arg(short = 'q')]
-    quiet: bool,
+    _quiet: bool,
     /// Bytes per request
     #[arg(short = 's', default_value = "4096")]
     buf_size: String,
@@ -1398,19 +1398,19 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<i32> {
     params.validate()?;
     let fmt = parse_opt_format(a.format.as_deref())?;
     let img = open_image(&a.filename, fmt, !a.write)?;
-    if !a.quiet {
-        println!(
-            "Sending {} {} requests, {} bytes each, {} in parallel (starting at offset {}, step size {})",
-            params.count,
-            if params.write { "write" } else { "read" },
-            params.buf_size,
-            params.depth,
-            params.offset,
-            params.effective_step()
-        );
-        if params.flush_interval != 0 {
-            println!("Sending flush every {} requests", params.flush_interval);
-        }
+    // qemu-img 7.2 prints these lines with -q too (its -q only silences
+    // messages bench never prints), so -q changes nothing here either.
+    println!(
+        "Sending {} {} requests, {} bytes each, {} in parallel (starting at offset {}, step size {})",
+        params.count,
+        if params.write { "write" } else { "read" },
+        params.buf_size,
+        params.depth,
+        params.offset,
+        params.effective_step()
+    );
+    if params.flush_interval != 0 {
+        println!("Sending flush every {} requests", params.flush_interval);
     }
     let elapsed: Duration = bench::run(&img, &params)?;
     println!("Run completed in {:.3} seconds.", elapsed.as_secs_f64());
