@@ -314,3 +314,23 @@ fn snapshot_of_image_with_data_past_eof_is_refused() {
     assert_eq!(before.len(), after.len());
     assert_eq!(before[4096..], after[4096..]);
 }
+
+/// A snapshot whose recorded disk size is absurd: applying it is refused
+/// before any table is sized by it.
+#[test]
+fn snapshot_with_absurd_disk_size_is_refused() {
+    let dir = TempDir::new("badsize");
+    let p = good_image(&dir, "s.qcow2");
+    {
+        let img = image::open(&p, &OpenOptions::read_write()).unwrap();
+        img.snapshot_create("s").unwrap();
+    }
+    let b = std::fs::read(&p).unwrap();
+    let snap_off = u64::from_be_bytes(b[64..72].try_into().unwrap());
+    // Extra data: vm_state_size_large, then disk_size.
+    patch(&p, snap_off + 48, &(1u64 << 62).to_be_bytes());
+    let img = image::open(&p, &OpenOptions::read_write()).unwrap();
+    let err = img.snapshot_apply("s").unwrap_err();
+    assert!(err.to_string().contains("invalid disk size"), "{err}");
+    assert_eq!(img.len(), 1 << 20);
+}

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use super::header::{l1_entries_for, MAX_SNAPSHOTS};
+use super::header::{l1_entries_for, MAX_L1_BYTES, MAX_SNAPSHOTS, MAX_VIRTUAL_SIZE};
 use super::switch::Target;
 use super::{be64_at, Meta, L1E_OFFSET_MASK, OFLAG_COPIED};
 use crate::image::io_err;
@@ -252,9 +252,24 @@ impl Meta {
         let sn = self.snapshots[i].clone();
         let size = sn.disk_size.unwrap_or(self.h.size);
         let mut l1 = self.read_u64_table(sn.l1_offset, sn.l1_size as usize)?;
+        // The size comes from the snapshot's extra data: check it before
+        // sizing a table by it.
+        if size > MAX_VIRTUAL_SIZE {
+            return Err(self.corrupt(format!(
+                "snapshot '{}' has an invalid disk size {size}",
+                sn.name
+            )));
+        }
         let len = (self.l1.len() as u64)
             .max(l1.len() as u64)
             .max(l1_entries_for(size, self.g.cb, self.g.ext));
+        if len * 8 > MAX_L1_BYTES {
+            return Err(Error::TooLarge {
+                what: "L1 table",
+                value: len * 8,
+                limit: MAX_L1_BYTES,
+            });
+        }
         l1.resize(len as usize, 0);
         let snapshots = self.snapshots.clone();
         self.switch_to(
