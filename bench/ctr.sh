@@ -27,7 +27,8 @@ cleanup() {
             "$(case $r in vk*) echo "$VK" ;; *) echo "$r" ;; esac)" --root "$W/state-$r" delete --force "$id-$r" >/dev/null 2>&1 || true
         done
     done
-    for c in memory pids cpu cpuacct cpuset blkio freezer devices; do
+    # runc also makes the group in the name=systemd and unified hierarchies.
+    for c in memory pids cpu cpuacct cpuset blkio freezer devices systemd unified; do
         find "/sys/fs/cgroup/$c/virtkit-bench" -depth -type d -exec rmdir {} \; 2>/dev/null || true
     done
     rm -rf "$W"

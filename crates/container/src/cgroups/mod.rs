@@ -143,7 +143,12 @@ pub(crate) fn mkdir_levels(root: &Path, rel: &str) -> Result<Vec<PathBuf>> {
                     created.retain(|p| p.exists());
                     continue 'attempt;
                 }
-                Err(e) => return Err(Error::Cgroup(format!("creating {}: {e}", cur.display()))),
+                Err(e) => {
+                    for d in created.iter().rev() {
+                        let _ = std::fs::remove_dir(d);
+                    }
+                    return Err(Error::Cgroup(format!("creating {}: {e}", cur.display())));
+                }
             }
         }
         break;

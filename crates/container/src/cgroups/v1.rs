@@ -102,15 +102,24 @@ impl Manager for V1 {
                 continue;
             }
             seen.push(mp.clone());
-            let new = mkdir_levels(&mp, &rel)?;
-            if ctrl == "cpuset" {
-                let mut cur = mp.clone();
-                for comp in rel.split('/').filter(|c| !c.is_empty()) {
-                    cur.push(comp);
-                    init_cpuset(&cur)?;
+            let r = mkdir_levels(&mp, &rel).and_then(|new| {
+                created.extend(new);
+                if ctrl == "cpuset" {
+                    let mut cur = mp.clone();
+                    for comp in rel.split('/').filter(|c| !c.is_empty()) {
+                        cur.push(comp);
+                        init_cpuset(&cur)?;
+                    }
                 }
+                Ok(())
+            });
+            if let Err(e) = r {
+                // Nobody else knows these yet: undo them, deepest first.
+                for d in created.iter().rev() {
+                    let _ = std::fs::remove_dir(d);
+                }
+                return Err(e);
             }
-            created.extend(new);
         }
         self.cfg.created = created;
         Ok(())
