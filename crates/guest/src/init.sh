@@ -64,6 +64,10 @@ fi
 
 sync
 grep -q ' /mnt ' /proc/mounts && umount /mnt
+# The command's last output can still sit in the serial driver's buffer,
+# and the finisher cuts power at once: drain it first (stty applies the
+# unchanged modes with TCSADRAIN, which waits until the UART sent all).
+stty -F /dev/console "$(stty -F /dev/console -g 2>/dev/null)" 2>/dev/null
 if [ "$status" -eq 0 ]; then
 	devmem 0x100000 32 0x5555
 else

@@ -85,7 +85,6 @@ fn run_one_hart_exit_status_and_cpu_count() {
 }
 
 #[test]
-#[ignore = "open bug (issue 4): the guest's last console line can be lost when init powers off before the UART drains"]
 fn run_four_harts_stress_is_correct_round_after_round() {
     // Per round: four sha256sum in parallel (one per hart) over 4 MiB of
     // generated data, plus a shell arithmetic loop; all checked in the guest
@@ -106,7 +105,7 @@ awk 'BEGIN {{ for (i = 0; i < 251; i++) printf "%c", i }}' > /tmp/p 2>/dev/null
 i=0; : > /tmp/data
 while [ $(stat -c %s /tmp/data) -lt 4194304 ]; do cat /tmp/p /tmp/p /tmp/p /tmp/p >> /tmp/data; cat /tmp/data /tmp/data > /tmp/d2 2>/dev/null; mv /tmp/d2 /tmp/data; done
 head -c 4194304 /tmp/data > /tmp/d4; mv /tmp/d4 /tmp/data
-for round in 1 2 3 4 5; do
+for round in $(seq 20); do
   for j in 1 2 3 4; do sha256sum /tmp/data > /tmp/h$j & done
   n=0; k=0; while [ $k -lt 3000 ]; do n=$((n + k)); k=$((k + 1)); done
   wait
@@ -130,7 +129,7 @@ done
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let l = lines(&o);
     assert!(l.windows(2).any(|w| w == ["4", "4"]), "{}", describe(&o));
-    for round in 1..=5 {
+    for round in 1..=20 {
         let want = format!("round {round} ok=1 loop=4498500");
         assert!(l.contains(&want), "missing {want:?}\n{}", describe(&o));
     }
@@ -144,7 +143,12 @@ fn opensbi_firmware_boots_the_same_kernel_on_two_harts() {
         &[
             "sh",
             "-c",
-            "nproc; grep -c ^processor /proc/cpuinfo; exit 5",
+            // The harts the kernel sees leave through the exit status
+            // (10 * nproc + cpuinfo entries): on this path the console
+            // output is sometimes lost (an open bug of the OpenSBI board
+            // path, see issue 4's notes), the exit status never is.
+            "nproc; grep -c ^processor /proc/cpuinfo; \
+             exit $(( $(nproc) * 10 + $(grep -c ^processor /proc/cpuinfo) ))",
         ],
     );
     let o = virtkit(&[
@@ -165,10 +169,9 @@ fn opensbi_firmware_boots_the_same_kernel_on_two_harts() {
         "--timeout",
         TIMEOUT,
     ]);
-    assert_eq!(o.status.code(), Some(5), "{}", describe(&o));
+    assert_eq!(o.status.code(), Some(22), "{}", describe(&o));
     let l = lines(&o);
     assert!(l.iter().any(|x| x.contains("OpenSBI")), "{}", describe(&o));
-    assert!(l.windows(2).any(|w| w == ["2", "2"]), "{}", describe(&o));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
