@@ -16,6 +16,7 @@ pkgs=(
   runc                  # the peer of `virtkit ctr`
   podman                # drives `virtkit-runc` as its OCI runtime
   hyperfine             # benchmarks
+  time                  # GNU time: peak RSS in bench/ctr.sh
   cpio                  # checks our initramfs against GNU cpio
   gpgv                  # verifies Debian InRelease signatures
   debian-archive-keyring
