@@ -105,6 +105,7 @@ awk 'BEGIN {{ for (i = 0; i < 251; i++) printf "%c", i }}' > /tmp/p 2>/dev/null
 i=0; : > /tmp/data
 while [ $(stat -c %s /tmp/data) -lt 4194304 ]; do cat /tmp/p /tmp/p /tmp/p /tmp/p >> /tmp/data; cat /tmp/data /tmp/data > /tmp/d2 2>/dev/null; mv /tmp/d2 /tmp/data; done
 head -c 4194304 /tmp/data > /tmp/d4; mv /tmp/d4 /tmp/data
+good=0
 for round in $(seq 20); do
   for j in 1 2 3 4; do sha256sum /tmp/data > /tmp/h$j & done
   n=0; k=0; while [ $k -lt 3000 ]; do n=$((n + k)); k=$((k + 1)); done
@@ -112,7 +113,11 @@ for round in $(seq 20); do
   ok=1
   for j in 1 2 3 4; do [ "$(cut -c1-64 /tmp/h$j)" = {expect} ] || ok=0; done
   echo "round $round ok=$ok loop=$n"
+  [ $ok = 1 ] && [ $n = 4498500 ] && good=$((good + 1))
 done
+# The verdict leaves through the exit status as well: 0 when the guest saw
+# four harts and all twenty rounds were right.
+[ "$(nproc)" = 4 ] && [ "$(grep -c ^processor /proc/cpuinfo)" = 4 ] && [ "$good" = 20 ]
 "#
     );
     let o = virtkit(&[
@@ -126,12 +131,18 @@ done
         "-c",
         &script,
     ]);
+    // The exit status carries the verdict. The console lines are not
+    // asserted: on multi-hart boots the guest's console output is sometimes
+    // lost whole (an open bug of issue 4: the guest kernel never writes
+    // those bytes to the UART), while the status always arrives.
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let l = lines(&o);
-    assert!(l.windows(2).any(|w| w == ["4", "4"]), "{}", describe(&o));
     for round in 1..=20 {
-        let want = format!("round {round} ok=1 loop=4498500");
-        assert!(l.contains(&want), "missing {want:?}\n{}", describe(&o));
+        let bad = l.iter().any(|x| {
+            x.starts_with(&format!("round {round} "))
+                && x != &format!("round {round} ok=1 loop=4498500")
+        });
+        assert!(!bad, "round {round} went wrong\n{}", describe(&o));
     }
 }
 
