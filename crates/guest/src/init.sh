@@ -41,6 +41,21 @@ if [ -n "$has_disk" ]; then
 	fi
 fi
 
+# The session leader runs the command and waits until the terminal has sent
+# its output before it exits. When a session leader with a serial terminal
+# exits, the kernel hangs the terminal up, and a hang-up throws away output
+# still queued in the serial driver: on a multi-hart guest the command's
+# last lines (or all of a short output) were lost that way. stty applies the
+# unchanged modes with TCSADRAIN, which waits until the UART sent all.
+cat >/run/virtkit-session <<'VKEOF'
+#!/bin/sh
+"$@"
+s=$?
+stty "$(stty -g 2>/dev/null)" 2>/dev/null
+exit $s
+VKEOF
+chmod 755 /run/virtkit-session
+
 status=0
 if [ -s /virtkit/argv ]; then
 	# The command reaches sh as "$@" through xargs -0, which alone can read
@@ -54,11 +69,11 @@ if [ -s /virtkit/argv ]; then
 	xargs -0 -x -a /run/virtkit-cmd sh -c '
 		while [ $# -gt 0 ] && [ "$1" != virtkit-argv ]; do export "$1"; shift; done
 		shift
-		setsid cttyhack "$@"
+		setsid cttyhack /run/virtkit-session "$@"
 		echo $? >/run/virtkit-status' virtkit-init
 	status=$(cat /run/virtkit-status 2>/dev/null || echo 127)
 else
-	setsid cttyhack sh -l
+	setsid cttyhack /run/virtkit-session sh -l
 	status=$?
 fi
 
