@@ -16,7 +16,7 @@ use crate::mmu::{SysMem, UserMem};
 use crate::PAGE_SIZE;
 
 /// Longest block, in instructions.
-const MAX_BLOCK: usize = 96;
+pub(crate) const MAX_BLOCK: usize = 96;
 /// Direct-mapped block table size (power of two).
 const MAP_SIZE: usize = 1 << 14;
 /// Arena capacity before a full flush (bounded memory per hart).
@@ -54,6 +54,10 @@ pub(crate) struct Engine {
     /// Code generation (of the UserSpace or CodeMap) the cache matches.
     gen: u64,
     poll: u32,
+    /// User mode translates blocks to host code (see `jit`) unless off.
+    jit_on: bool,
+    #[cfg(target_arch = "x86_64")]
+    jit: Option<Box<crate::jit::Jit>>,
 }
 
 impl Engine {
@@ -67,10 +71,62 @@ impl Engine {
             epoch: 0,
             gen: 0,
             poll: POLL_BLOCKS,
+            jit_on: cfg!(target_arch = "x86_64"),
+            #[cfg(target_arch = "x86_64")]
+            jit: None,
+        }
+    }
+
+    /// Turns the user-mode JIT on or off (on by default on x86-64 hosts;
+    /// elsewhere there is only the interpreter).
+    pub fn set_jit(&mut self, on: bool) {
+        self.jit_on = on && cfg!(target_arch = "x86_64");
+        #[cfg(target_arch = "x86_64")]
+        if !on {
+            self.jit = None;
+        }
+    }
+
+    pub fn jit_on(&self) -> bool {
+        self.jit_on
+    }
+
+    /// Runs translated code from `core.pc`. `false`: the interpreter must
+    /// run the next block (a slow path, or no JIT).
+    #[inline(always)]
+    fn run_jit(&mut self, core: &mut Core, space: &UserSpace) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if !self.jit_on {
+                return false;
+            }
+            if self.jit.is_none() {
+                match crate::jit::Jit::new() {
+                    Some(j) => self.jit = Some(Box::new(j)),
+                    None => {
+                        // No executable memory from the host: interpret.
+                        self.jit_on = false;
+                        return false;
+                    }
+                }
+            }
+            let Some(jit) = self.jit.as_mut() else {
+                return false;
+            };
+            matches!(jit.run(core, space), crate::jit::JitExit::Yield)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (core, space);
+            false
         }
     }
 
     pub fn flush(&mut self) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(j) = self.jit.as_mut() {
+            j.flush();
+        }
         self.insns.clear();
         self.epoch = (self.epoch + 1) & 0xff;
         if self.epoch == 0 {
@@ -134,7 +190,7 @@ fn sx32(v: u64) -> u64 {
 /// Executes one block. Returns the next pc, or the trap with the pc of the
 /// trapping instruction and the number of instructions retired before it.
 #[inline(always)]
-fn exec_block<M: Mem>(
+pub(crate) fn exec_block<M: Mem>(
     core: &mut Core,
     mem: &mut M,
     insns: &[Insn],
@@ -965,6 +1021,11 @@ impl Hart {
                     return Exit::Stopped;
                 }
             }
+            // Translated code runs until it needs the interpreter for one
+            // block (a slow path) or the checks above.
+            if engine.run_jit(core, space) {
+                continue;
+            }
             let g = space.code_gen();
             if g != engine.gen {
                 engine.gen = g;
@@ -1093,7 +1154,7 @@ impl Hart {
 
 #[cold]
 #[inline(never)]
-fn translate_user(space: &UserSpace, pc: u64, buf: &mut Vec<Insn>) -> Result<(), Trap> {
+pub(crate) fn translate_user(space: &UserSpace, pc: u64, buf: &mut Vec<Insn>) -> Result<(), Trap> {
     let fetch_fault = |a: u64| Trap {
         cause: cause::FETCH_PAGE,
         tval: a,

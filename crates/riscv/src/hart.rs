@@ -385,6 +385,11 @@ impl HartControl {
     }
 
     #[inline(always)]
+    /// The attention word, for generated code that polls it.
+    pub(crate) fn attention_ptr(&self) -> *const u32 {
+        self.attention.as_ptr()
+    }
+
     pub(crate) fn attention(&self) -> u32 {
         self.attention.load(Ordering::Relaxed)
     }
@@ -1163,7 +1168,15 @@ impl Hart {
         h.core.fflags = self.core.fflags;
         h.core.frm = self.core.frm;
         h.core.clock = self.core.clock.clone();
+        h.engine.set_jit(self.engine.jit_on());
         h
+    }
+
+    /// Chooses how user mode runs guest code: translated to host code (the
+    /// default on x86-64 hosts) or by the interpreter alone (`false`, and
+    /// always on other hosts). Both give the same results.
+    pub fn set_jit(&mut self, on: bool) {
+        self.engine.set_jit(on);
     }
 
     /// Drops all decoded blocks of this hart (like `fence.i`).

@@ -40,6 +40,8 @@ pub mod decode;
 mod exec;
 mod fpu;
 mod hart;
+#[cfg(target_arch = "x86_64")]
+mod jit;
 mod mem;
 mod mmu;
 
