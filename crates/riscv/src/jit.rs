@@ -26,6 +26,7 @@
 //! r15 = the hart's attention word, rbp = the address space's code
 //! generation. rax, rcx, rdx, rsi, rdi are scratch.
 
+use std::collections::HashMap;
 use std::mem::offset_of;
 
 use crate::decode::{Insn, Kind, ZERO_SINK};
@@ -104,6 +105,10 @@ pub(crate) struct Jit {
     epilogue: usize,
     dispatch: usize,
     table: Box<[Entry]>,
+    /// Every block translated since the last flush (the table above is a
+    /// direct-mapped cache of it for generated code; a block evicted from
+    /// the table is found here instead of being translated again).
+    blocks: HashMap<u64, usize>,
     helpers: Vec<Insn>,
     /// Code generation of the address space the translations match.
     gen: u64,
@@ -460,6 +465,7 @@ impl Jit {
             epilogue,
             dispatch,
             table: vec![EMPTY; TABLE_SIZE].into_boxed_slice(),
+            blocks: HashMap::new(),
             helpers: Vec::new(),
             gen: 0,
             flushes: 0,
@@ -473,6 +479,7 @@ impl Jit {
     pub(crate) fn flush(&mut self) {
         self.len = self.blocks_start;
         self.table.fill(EMPTY);
+        self.blocks.clear();
         self.helpers.clear();
         self.flushes += 1;
     }
@@ -488,6 +495,13 @@ impl Jit {
         let e = self.table[Self::slot(pc)];
         if e.tag == pc {
             return Some(e.code as usize);
+        }
+        if let Some(&code) = self.blocks.get(&pc) {
+            self.table[Self::slot(pc)] = Entry {
+                tag: pc,
+                code: code as u64,
+            };
+            return Some(code);
         }
         self.compile(space, pc)
     }
@@ -511,6 +525,7 @@ impl Jit {
                 tag: pc,
                 code: at as u64,
             };
+            self.blocks.insert(pc, at);
             at
         });
         self.decode_buf = insns;
