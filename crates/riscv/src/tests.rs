@@ -465,3 +465,226 @@ fn csrrs_on_mip_does_not_latch_the_external_line() {
     assert_eq!(after & irq::SEIP, 0, "SEIP latched: {after:#x}");
     assert_ne!(after & irq::SSIP, 0);
 }
+
+// ---- the JIT against the interpreter ----
+
+/// xorshift64*: a fixed-seed generator, so a failure names its round.
+fn next(rng: &mut u64) -> u64 {
+    *rng ^= *rng >> 12;
+    *rng ^= *rng << 25;
+    *rng ^= *rng >> 27;
+    rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+/// Registers the generator keeps fixed: x5 = DATA + 0x800 (loads, stores,
+/// atomics), x6 = RO + 0x800 (stores fault), x8 = a jalr target.
+fn random_dest(rng: &mut u64) -> u32 {
+    loop {
+        let r = (next(rng) % 32) as u32;
+        if ![5, 6, 8].contains(&r) {
+            return r;
+        }
+    }
+}
+
+/// A random straight-line-and-forward-branch program of `n` instructions
+/// over every instruction class the JIT handles natively or hands to the
+/// interpreter, followed by ecall padding (branch and jump targets).
+fn random_program(rng: &mut u64, n: usize) -> Vec<u32> {
+    const ALU: [(u32, u32); 33] = [
+        (0, 0),
+        (0, 0x20),
+        (1, 0),
+        (2, 0),
+        (3, 0),
+        (4, 0),
+        (5, 0),
+        (5, 0x20),
+        (6, 0),
+        (7, 0),
+        (0, 1),
+        (1, 1),
+        (2, 1),
+        (3, 1),
+        (4, 1),
+        (5, 1),
+        (6, 1),
+        (7, 1),
+        (4, 0x20),
+        (6, 0x20),
+        (7, 0x20),
+        (4, 5),
+        (5, 5),
+        (6, 5),
+        (7, 5),
+        (2, 0x10),
+        (4, 0x10),
+        (6, 0x10),
+        (1, 0x30),
+        (5, 0x30),
+        (1, 0x24),
+        (5, 0x24),
+        (1, 0x14),
+    ];
+    const ALUW: [(u32, u32); 11] = [
+        (0, 0),
+        (0, 0x20),
+        (1, 0),
+        (5, 0),
+        (5, 0x20),
+        (0, 1),
+        (4, 1),
+        (5, 1),
+        (6, 1),
+        (7, 1),
+        (0, 4),
+    ];
+    const AMO: [u32; 9] = [0, 1, 4, 0xc, 8, 0x10, 0x14, 0x18, 0x1c];
+    let mut p = Vec::with_capacity(n + 24);
+    for k in 0..n {
+        let rd = random_dest(rng);
+        let rs1 = (next(rng) % 32) as u32;
+        let rs2 = (next(rng) % 32) as u32;
+        let imm = (next(rng) % 4096) as i32 - 2048;
+        let base = [5, 5, 5, 5, 5, 5, 5, 5, 6, 7][(next(rng) % 10) as usize];
+        let w = match next(rng) % 20 {
+            0..=4 => {
+                let (f3, f7) = ALU[(next(rng) as usize) % ALU.len()];
+                r(0x33, f3, f7, rd, rs1, rs2)
+            }
+            5 => {
+                let (f3, f7) = ALUW[(next(rng) as usize) % ALUW.len()];
+                r(0x3b, f3, f7, rd, rs1, rs2)
+            }
+            6..=8 => match next(rng) % 9 {
+                f3 @ (0 | 2 | 3 | 4 | 6 | 7) => i(0x13, f3 as u32, rd, rs1, imm),
+                1 => i(0x13, 1, rd, rs1, imm & 63),
+                5 => i(0x13, 5, rd, rs1, imm & 63),
+                _ => i(0x13, 5, rd, rs1, 0x400 | (imm & 63)),
+            },
+            9 => match next(rng) % 4 {
+                0 => i(0x1b, 0, rd, rs1, imm),
+                1 => i(0x1b, 1, rd, rs1, imm & 31),
+                2 => i(0x1b, 5, rd, rs1, imm & 31),
+                _ => i(0x1b, 5, rd, rs1, 0x400 | (imm & 31)),
+            },
+            10 => lui(rd, (next(rng) & 0xfffff) as u32),
+            11 => (((next(rng) & 0xfffff) as u32) << 12) | (rd << 7) | 0x17, // auipc
+            12 | 13 => i(0x03, (next(rng) % 7) as u32, rd, base, imm),
+            14 | 15 => s((next(rng) % 4) as u32, base, rs2, imm),
+            16 => {
+                // AMO / LR / SC, word or double, on x5 (aligned).
+                let f3 = 2 + (next(rng) % 2) as u32;
+                let f5 = match next(rng) % 6 {
+                    0 => 2,
+                    1 => 3,
+                    _ => AMO[(next(rng) as usize) % AMO.len()],
+                };
+                let rs2 = if f5 == 2 { 0 } else { rs2 };
+                r(0x2f, f3, f5 << 2, rd, 5, rs2)
+            }
+            17 => {
+                // Forward branch, within the program or its padding.
+                let off = 4 * (1 + (next(rng) % 12) as i32);
+                b([0, 1, 4, 5, 6, 7][(next(rng) % 6) as usize], rs1, rs2, off)
+            }
+            18 => match next(rng) % 3 {
+                0 => jal(rd, 4 * (1 + (next(rng) % 8) as i32)),
+                1 => i(0x67, 0, rd, 8, 0), // jalr rd, 0(x8)
+                _ => ECALL,
+            },
+            _ => {
+                // FP: moves in and out, arithmetic, conversions.
+                let (fd, fs1, fs2) = (rd, rs1, rs2);
+                match next(rng) % 6 {
+                    0 => r(0x53, 0, 0x79, fd, rs1, 0),   // fmv.d.x
+                    1 => r(0x53, 0, 0x71, rd, fs1, 0),   // fmv.x.d
+                    2 => r(0x53, 7, 0x01, fd, fs1, fs2), // fadd.d
+                    3 => r(0x53, 7, 0x09, fd, fs1, fs2), // fmul.d
+                    4 => r(0x53, 7, 0x0d, fd, fs1, fs2), // fdiv.d
+                    _ => r(0x53, 7, 0x61, rd, fs1, 2),   // fcvt.l.d
+                }
+            }
+        };
+        let _ = k;
+        p.push(w);
+    }
+    p.extend(std::iter::repeat_n(ECALL, 24));
+    p
+}
+
+/// Runs `prog` from random registers with the JIT on or off; returns the
+/// hart, its exit and the DATA page.
+fn run_mode(prog: &[u32], regs: &[u64; 32], data: &[u8], jit: bool) -> (Hart, Exit, Vec<u8>) {
+    let sp = space();
+    load_code(&sp, CODE, prog);
+    sp.write(DATA, data).unwrap();
+    let mut h = Hart::new_user();
+    h.set_jit(jit);
+    for (r, &v) in regs.iter().enumerate().skip(1) {
+        h.set_x(r, v);
+    }
+    h.set_x(5, DATA + 0x800);
+    h.set_x(6, RO + 0x800);
+    h.set_x(8, CODE + 4 * (prog.len() as u64 - 4));
+    h.pc = CODE;
+    let e = h.run_user(&sp);
+    let mut page = vec![0u8; 0x1000];
+    sp.read(DATA, &mut page).unwrap();
+    (h, e, page)
+}
+
+#[test]
+fn jit_matches_interpreter_on_random_programs() {
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut retired = 0;
+    for round in 0..3000 {
+        let prog = random_program(&mut rng, 40);
+        let mut regs = [0u64; 32];
+        for v in regs.iter_mut() {
+            *v = match next(&mut rng) % 4 {
+                0 => next(&mut rng) % 64,
+                1 => (next(&mut rng) as i64 % 64) as u64,
+                2 => 1u64 << (next(&mut rng) % 64),
+                _ => next(&mut rng),
+            };
+        }
+        let data: Vec<u8> = (0..0x1000).map(|_| next(&mut rng) as u8).collect();
+        let (a, ea, ma) = run_mode(&prog, &regs, &data, true);
+        let (b, eb, mb) = run_mode(&prog, &regs, &data, false);
+        retired += a.pc.saturating_sub(CODE) / 4;
+        let ctx = || format!("round {round}: program {prog:08x?}");
+        assert_eq!(ea, eb, "exit differs, {}", ctx());
+        assert_eq!(a.pc, b.pc, "pc differs, {}", ctx());
+        for r in 0..32 {
+            assert_eq!(a.x(r), b.x(r), "x{r} differs, {}", ctx());
+        }
+        assert_eq!(a.f, b.f, "f registers differ, {}", ctx());
+        assert_eq!(a.fcsr(), b.fcsr(), "fcsr differs, {}", ctx());
+        assert!(ma == mb, "DATA page differs, {}", ctx());
+    }
+    // The programs must mostly run, not fault at their first instruction.
+    assert!(
+        retired > 3000 * 15,
+        "programs too short: {retired} instructions"
+    );
+}
+
+/// A loop the JIT chains to itself still sees another thread's stop
+/// request (checked at every block entry).
+#[test]
+fn jit_chained_loop_honours_stop_request() {
+    let sp = space();
+    load_code(&sp, CODE, &[addi(10, 10, 1), jal(0, -4)]);
+    let mut h = Hart::new_user();
+    h.set_jit(true);
+    h.pc = CODE;
+    let ctl = h.control().clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        ctl.request_stop();
+    });
+    assert_eq!(h.run_user(&sp), Exit::Stopped);
+    t.join().unwrap();
+    assert!(h.x(10) > 1000, "the loop ran: {}", h.x(10));
+}
