@@ -27,9 +27,17 @@ missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+export DEBIAN_FRONTEND=noninteractive
 if ((${#missing[@]})); then
   echo "install-deps: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
   apt-get install -y -q "${missing[@]}"
 fi
+# A machine may come with a newer qemu-utils than Debian 12's QEMU
+# packages accept: installing qemu-system-misc then removes it, and
+# qemu-img is gone. Put back the one that matches.
+if ! command -v qemu-img >/dev/null; then
+  echo "install-deps: qemu-img was removed with a conflicting qemu-utils; reinstalling"
+  apt-get install -y -q qemu-utils
+fi
+command -v qemu-img >/dev/null || { echo "install-deps: no qemu-img" >&2; exit 1; }
