@@ -725,6 +725,27 @@ impl Jit {
                 Bge => branch!(CC_GE),
                 Bltu => branch!(CC_B),
                 Bgeu => branch!(CC_AE),
+                Addi if rd == ZERO_SINK => {}
+                Addi if i.rs1 == 0 => {
+                    // li: mov qword [rbx + rd], simm32
+                    a.op_m(true, &[0xc7], 0, RBX, xd(rd));
+                    a.u32(imm as u32);
+                }
+                Addi if i.rs1 == rd => {
+                    // add qword [rbx + rd], imm
+                    if (-128..=127).contains(&imm) {
+                        a.op_m(true, &[0x83], 0, RBX, xd(rd));
+                        a.u8(imm as i8 as u8);
+                    } else {
+                        a.op_m(true, &[0x81], 0, RBX, xd(rd));
+                        a.u32(imm as u32);
+                    }
+                }
+                Addi if imm == 0 => {
+                    // mv
+                    a.ld_x(RAX, i.rs1);
+                    a.st_x(rd, RAX);
+                }
                 Addi => ri!(true, ADD),
                 Xori => ri!(true, XOR),
                 Ori => ri!(true, OR),
