@@ -2,14 +2,18 @@
 # virtkit emu user vs qemu-riscv64-static, side by side, same binaries and
 # inputs: busybox sha256sum (50 MB), busybox gzip -6 (20 MB), a busybox
 # shell loop (100000 iterations) and a CoreMark-like C kernel.
-# Prints medians of RUNS runs (default 3) and the ratio virtkit/qemu.
+# Prints medians of RUNS runs (default 3) and the ratio virtkit/qemu;
+# with INTERP=1 (the default) also virtkit's interpreter alone (--no-jit)
+# and its ratio, to show what the JIT buys.
 #
 # Usage: bench/emu.sh            (builds virtkit --release first)
 # Env:   RUNS=5  VIRTKIT=/path/to/virtkit  BUSYBOX=/path/to/riscv64/busybox
 #        KERNEL_ITERS=20000  PERF=1 (also record a perf profile of virtkit)
+#        INTERP=0 (skip the interpreter-only column)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
+INTERP=${INTERP:-1}
 KERNEL_ITERS=${KERNEL_ITERS:-20000}
 WORK=$(mktemp -d /tmp/virtkit-emu-bench.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
@@ -65,8 +69,13 @@ time_runs() { # prefix command -> median seconds; output checked against the fir
     done | median
 }
 
-printf '\n| %-26s | %9s | %11s | %7s |\n' benchmark "qemu (s)" "virtkit (s)" ratio
-printf '|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..28})" "-----------" "-------------" "---------"
+if [ "$INTERP" = 1 ]; then
+    printf '\n| %-26s | %9s | %11s | %7s | %12s | %7s |\n' benchmark "qemu (s)" "virtkit (s)" ratio "--no-jit (s)" ratio
+    printf '|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..28})" "-----------" "-------------" "---------" "--------------" "---------"
+else
+    printf '\n| %-26s | %9s | %11s | %7s |\n' benchmark "qemu (s)" "virtkit (s)" ratio
+    printf '|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..28})" "-----------" "-------------" "---------"
+fi
 worst=0
 for b in "${BENCHES[@]}"; do
     name=${b%%|*}
@@ -78,7 +87,16 @@ for b in "${BENCHES[@]}"; do
         diff "$WORK/out.qemu" "$WORK/out.virtkit" | head >&2 || true
     fi
     r=$(echo "scale=2; $v / $q" | bc)
-    printf '| %-26s | %9.3f | %11.3f | %6.2fx |\n' "$name" "$q" "$v" "$r"
+    if [ "$INTERP" = 1 ]; then
+        n=$(time_runs "$VIRTKIT emu user --no-jit" "$cmd" "$WORK/out.interp")
+        if ! cmp -s "$WORK/out.qemu" "$WORK/out.interp"; then
+            echo "OUTPUT DIFFERS (--no-jit) for $name" >&2
+        fi
+        ri=$(echo "scale=2; $n / $q" | bc)
+        printf '| %-26s | %9.3f | %11.3f | %6.2fx | %12.3f | %6.2fx |\n' "$name" "$q" "$v" "$r" "$n" "$ri"
+    else
+        printf '| %-26s | %9.3f | %11.3f | %6.2fx |\n' "$name" "$q" "$v" "$r"
+    fi
     worst=$(echo "if ($r > $worst) $r else $worst" | bc)
 done
 echo

@@ -28,6 +28,10 @@ fn main() {
                 cfg.strace = true;
                 args.remove(0);
             }
+            Some("--no-jit") => {
+                cfg.jit = false;
+                args.remove(0);
+            }
             _ => break,
         }
     }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
 /// How to run a program.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Sysroot for the dynamic linker and absolute paths (`-L`).
     pub sysroot: Option<PathBuf>,
@@ -26,6 +26,21 @@ pub struct Config {
     pub self_exe: PathBuf,
     /// Stack size (default: the host's RLIMIT_STACK, capped).
     pub stack_size: Option<u64>,
+    /// Translate guest code to host code (the default); `false` runs the
+    /// interpreter alone (`--no-jit`), e.g. to rule the JIT out of a bug.
+    pub jit: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            sysroot: None,
+            strace: false,
+            self_exe: PathBuf::new(),
+            stack_size: None,
+            jit: true,
+        }
+    }
 }
 
 /// Errors before the guest starts.
@@ -226,6 +241,7 @@ pub fn run(
         robust: Mutex::new(HashMap::new()),
     });
     let mut hart = Hart::new_user();
+    hart.set_jit(proc.cfg.jit);
     hart.pc = loaded.pc;
     hart.set_x(2, loaded.sp);
     // SAFETY: reads the current mask into a local.
@@ -614,6 +630,7 @@ impl Thread {
         const CLONE_CHILD_CLEARTID: u64 = 0x0020_0000;
         const CLONE_CHILD_SETTID: u64 = 0x0100_0000;
         let mut h = Hart::new_user();
+        h.set_jit(self.proc.cfg.jit);
         for r in 1..32 {
             h.set_x(r, self.hart.x(r));
         }
@@ -959,6 +976,9 @@ impl Thread {
         }
         if cfg.strace {
             a.push(b"--strace".to_vec());
+        }
+        if !cfg.jit {
+            a.push(b"--no-jit".to_vec());
         }
         if let Some(a0) = argv.first() {
             a.push(b"-0".to_vec());

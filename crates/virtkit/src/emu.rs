@@ -41,6 +41,10 @@ struct UserArgs {
     /// stderr (also: VIRTKIT_STRACE=1)
     #[arg(long = "strace", short = 'd')]
     strace: bool,
+    /// Run guest code in the interpreter only, without translating it to
+    /// host code (also: VIRTKIT_JIT=0); slower, same results
+    #[arg(long = "no-jit")]
+    no_jit: bool,
     /// The program, then its arguments (passed as they are, even those
     /// starting with '-')
     #[arg(
@@ -96,6 +100,7 @@ fn user(u: UserArgs) -> anyhow::Result<i32> {
         strace,
         self_exe: std::env::current_exe().context("cannot find the virtkit executable")?,
         stack_size: u.stack_size,
+        jit: !u.no_jit && std::env::var_os("VIRTKIT_JIT").is_none_or(|v| v != "0"),
     };
     // `run` only returns when the program could not be started; the guest's
     // exit status and fatal signals end this process directly.

@@ -48,14 +48,21 @@ fn integer_and_float_corner_cases_match_qemu_bit_for_bit() {
     let p = build("intfp", false);
     let ours = emu(&[], &p, &[], None, None);
     assert!(ours.stdout.len() > 100_000, "too little output");
-    assert_same("intfp", &ours, &qemu(&[], &p, &[], None, None));
+    let peer = qemu(&[], &p, &[], None, None);
+    assert_same("intfp", &ours, &peer);
+    // The interpreter alone (no translation to host code) agrees too.
+    let interp = emu(&["--no-jit"], &p, &[], None, None);
+    assert_same("intfp --no-jit", &interp, &peer);
 }
 
 #[test]
 fn compute_kernel_matches_qemu() {
     let p = build("kernel", false);
     let ours = emu(&[], &p, &["300"], None, None);
-    assert_same("kernel", &ours, &qemu(&[], &p, &["300"], None, None));
+    let peer = qemu(&[], &p, &["300"], None, None);
+    assert_same("kernel", &ours, &peer);
+    let interp = emu_env(&[], &p, &["300"], None, None, &[("VIRTKIT_JIT", "0")]);
+    assert_same("kernel VIRTKIT_JIT=0", &interp, &peer);
 }
 
 #[test]
