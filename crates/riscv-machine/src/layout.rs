@@ -32,6 +32,14 @@ pub const TIMEBASE_HZ: u64 = 10_000_000;
 /// Where an RV64 Linux Image is loaded: RAM base + 2 MiB (its required
 /// alignment, so the kernel's linear map can use 2 MiB pages).
 pub const KERNEL_OFFSET: u64 = 0x20_0000;
+/// Where OpenSBI's `fw_jump` for the generic platform (Debian's
+/// `opensbi` package, 1.1 to 1.5 at least: `FW_JUMP_FDT_ADDR`, later
+/// `FW_JUMP_FDT_OFFSET`) copies the device tree it received in a1 before
+/// jumping to RAM + [`KERNEL_OFFSET`] (`FW_JUMP_ADDR`). The machine keeps
+/// the initrd clear of this window whenever a firmware file runs.
+pub const FW_JUMP_FDT_OFFSET: u64 = 0x220_0000;
+/// Room kept for that copy (the board's device tree is a few KiB).
+pub const FW_JUMP_FDT_ROOM: u64 = 0x20_0000;
 
 /// Base address of virtio slot `i`.
 pub fn virtio_base(i: usize) -> u64 {

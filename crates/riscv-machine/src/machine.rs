@@ -23,6 +23,7 @@ use crate::mmio::{MmioBus, MmioDevice};
 use crate::plic::{Plic, PlicLine};
 use crate::power::{Power, StopReason, TestFinisher};
 use crate::sbi::{self, Fence, SbiAction, SbiHost};
+use crate::terminal::InputSink;
 use crate::uart::{Console, Uart};
 
 /// Which board to build.
@@ -65,6 +66,10 @@ pub struct MachineConfig {
     pub disks: Vec<Disk>,
     /// Add a virtio-rng device (the guest's entropy source).
     pub rng: bool,
+    /// Add a virtio-console device (the guest's `/dev/hvc0`), sharing the
+    /// host console with the UART: see [`console_input_to_hvc`] for where
+    /// input goes.
+    pub virtio_console: bool,
     /// Where the console output goes.
     pub output: Box<dyn Write + Send>,
     /// Where console input comes from (e.g. stdin), if anywhere.
@@ -315,6 +320,37 @@ impl MmioDevice for HtifPage {
     }
 }
 
+/// The host console's output as a `Write`, for the virtio console: its
+/// bytes then go through the same lock as the UART's and the SBI
+/// console's, so the three never interleave within one write.
+struct ConsoleOut(Arc<Console>);
+
+impl Write for ConsoleOut {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        // Console::write flushes every write.
+        Ok(())
+    }
+}
+
+/// Whether the host terminal's input goes to the virtio console rather
+/// than the UART. Both share one terminal, and a key must reach one of
+/// them only (a guest reading both, e.g. a getty on each, would see every
+/// key twice), so input follows the kernel's own rule for `/dev/console`:
+/// the last `console=` on the command line wins. `console=hvc0` (last)
+/// sends input to hvc0; anything else (`ttyS0`, none) keeps it on the
+/// UART, as before the virtio console existed.
+pub fn console_input_to_hvc(append: &str) -> bool {
+    append
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("console="))
+        .next_back()
+        .is_some_and(|c| c.starts_with("hvc"))
+}
+
 /// Where things were placed in RAM.
 #[derive(Debug, Clone, Copy)]
 struct Placement {
@@ -396,7 +432,7 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome, MachineError> {
         return Err(MachineError::MemSize { size: cfg.mem_size });
     }
     let mem_size = cfg.mem_size & !(PAGE - 1);
-    let nslots = cfg.disks.len() + cfg.rng as usize;
+    let nslots = cfg.disks.len() + cfg.rng as usize + cfg.virtio_console as usize;
     if nslots > VIRTIO_SLOTS {
         return Err(MachineError::TooManyDevices(nslots));
     }
@@ -485,6 +521,15 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome, MachineError> {
     if cfg.rng {
         add_virtio(Box::new(virtio::Rng::new()), &mut mmio);
     }
+    // The virtio console writes to the same host output as the UART (one
+    // lock orders their bytes); its input handle goes to the terminal
+    // reader when the kernel's console is hvc0.
+    let mut hvc_host = None;
+    if cfg.virtio_console {
+        let (dev, host) = virtio::Console::new(Box::new(ConsoleOut(console.clone())), None);
+        add_virtio(Box::new(dev), &mut mmio);
+        hvc_host = Some(host);
+    }
     let used_slots: Vec<usize> = (0..slot).collect();
 
     // Place the software.
@@ -553,6 +598,14 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome, MachineError> {
         // early mappings reach it), never over the kernel.
         let mut start = RAM_BASE + (mem_size / 2).min(128 * MIB);
         start = start.max(align_up(kernel_end, 2 * MIB));
+        if matches!(cfg.firmware, Firmware::File { .. })
+            && start < RAM_BASE + FW_JUMP_FDT_OFFSET + FW_JUMP_FDT_ROOM
+        {
+            // fw_jump would copy the device tree over the initrd's start
+            // (a firmware file may be fw_jump or fw_dynamic: the bytes do
+            // not say which, so the window is kept free for both).
+            start = RAM_BASE + FW_JUMP_FDT_OFFSET + FW_JUMP_FDT_ROOM;
+        }
         let end = start + initrd.len() as u64;
         // Keep the top 2 MiB for the device tree.
         if end + 2 * MIB > ram_end {
@@ -580,7 +633,13 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome, MachineError> {
         dyn_info: 0,
     };
     if let Firmware::File { name, data } = &cfg.firmware {
-        // Firmware at the start of RAM; the kernel at +2 MiB is its next stage.
+        // Firmware at the start of RAM; the kernel at +2 MiB is its next
+        // stage. As QEMU with -bios: every hart starts there with a0 = hart
+        // id, a1 = device tree, a2 = fw_dynamic_info. fw_dynamic reads the
+        // next stage's address from the info; fw_jump ignores it, jumps to
+        // its built-in FW_JUMP_ADDR (RAM + 2 MiB on the generic platform,
+        // where the Image already is) and hands the kernel its own copy of
+        // the device tree at RAM + FW_JUMP_FDT_OFFSET (kept free above).
         let fw_end = match loader::identify_firmware(name, data)? {
             loader::FirmwareKind::Elf(prog) => {
                 let end = put_elf(&mem, mem_size, name, &prog)?;
@@ -695,9 +754,13 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome, MachineError> {
         }));
     }
 
+    let sink = match hvc_host {
+        Some(host) if console_input_to_hvc(&cfg.append) => InputSink::Virtio(host),
+        _ => InputSink::Uart(console.clone()),
+    };
     let input = cfg
         .input
-        .map(|fd| crate::terminal::spawn_input(fd, console.clone(), power.clone()));
+        .map(|fd| crate::terminal::spawn_input(fd, sink, power.clone()));
 
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     for (i, hart) in harts.into_iter().enumerate() {
@@ -937,5 +1000,21 @@ fn hart_thread(s: Arc<Shared>, mut hart: Hart, id: usize) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_follows_the_last_console_argument() {
+        assert!(!console_input_to_hvc(""));
+        assert!(!console_input_to_hvc("console=ttyS0 quiet"));
+        assert!(console_input_to_hvc("console=hvc0"));
+        assert!(console_input_to_hvc("console=ttyS0 console=hvc0 quiet"));
+        assert!(!console_input_to_hvc("console=hvc0 console=ttyS0,115200"));
+        // Not a console= argument.
+        assert!(!console_input_to_hvc("earlycon=hvc0 console=ttyS0"));
     }
 }

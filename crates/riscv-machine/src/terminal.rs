@@ -96,10 +96,42 @@ impl Escape {
     }
 }
 
+/// Where the terminal's keystrokes go: one device only (see
+/// [`crate::machine::console_input_to_hvc`] for which).
+pub enum InputSink {
+    /// The UART's receive queue (shared with the SBI console).
+    Uart(Arc<Console>),
+    /// The virtio console's port (the guest's hvc0).
+    Virtio(virtio::ConsoleHost),
+}
+
+impl InputSink {
+    /// Hands `bytes` to the device, waiting while its buffer is full, but
+    /// never past the machine's stop (so the reader thread can be joined).
+    fn deliver(&self, bytes: &[u8], power: &Power) {
+        match self {
+            InputSink::Uart(c) => c.push_input(bytes),
+            InputSink::Virtio(host) => {
+                let mut rest = bytes;
+                // try_send rather than send: send waits on a condition
+                // variable that only a guest read or the device's drop
+                // ends, and the device outlives this thread.
+                while !rest.is_empty() && !power.is_stopped() {
+                    let n = host.try_send(rest);
+                    rest = &rest[n..];
+                    if n == 0 {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Starts the thread that copies `fd` (normally stdin) to the console. It
 /// ends at end of file, on Ctrl-A x (stopping the machine with
 /// [`StopReason::Quit`]) or when the machine stops.
-pub fn spawn_input(fd: RawFd, console: Arc<Console>, power: Arc<Power>) -> JoinHandle<()> {
+pub fn spawn_input(fd: RawFd, sink: InputSink, power: Arc<Power>) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name("vk-stdin".into())
         .spawn(move || {
@@ -133,7 +165,7 @@ pub fn spawn_input(fd: RawFd, console: Arc<Console>, power: Arc<Power>) -> JoinH
                 out.clear();
                 let quit = esc.filter(&buf[..n as usize], &mut out);
                 if !out.is_empty() {
-                    console.push_input(&out);
+                    sink.deliver(&out, &power);
                 }
                 if quit {
                     power.stop(StopReason::Quit);
@@ -167,7 +199,7 @@ mod tests {
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
         let console = Arc::new(Console::new(Box::new(std::io::sink())));
         let power = Power::new();
-        let t = spawn_input(fds[0], console.clone(), power.clone());
+        let t = spawn_input(fds[0], InputSink::Uart(console.clone()), power.clone());
         // SAFETY: writing a static buffer to our pipe.
         unsafe { libc::write(fds[1], b"hi\x01x".as_ptr().cast(), 4) };
         assert_eq!(

@@ -68,6 +68,7 @@ pub fn main(args: Args) -> anyhow::Result<i32> {
         firmware: Firmware::Builtin,
         disks: disk.into_iter().collect(),
         rng: true,
+        virtio_console: true,
         output: Box::new(std::io::stdout()),
         input: Some(0),
         timeout: args.timeout.map(Duration::from_secs),

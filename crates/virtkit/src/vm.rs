@@ -203,6 +203,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         firmware,
         disks,
         rng: board == BoardKind::Virt,
+        virtio_console: board == BoardKind::Virt,
         output: Box::new(std::io::stdout()),
         input: Some(0),
         timeout: a.timeout.map(std::time::Duration::from_secs),
