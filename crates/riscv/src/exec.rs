@@ -22,7 +22,7 @@ const MAP_SIZE: usize = 1 << 14;
 /// Arena capacity before a full flush (bounded memory per hart).
 const MAX_INSNS: usize = 1 << 20;
 /// Blocks between timer polls in system mode.
-const POLL_BLOCKS: u32 = 2048;
+pub(crate) const POLL_BLOCKS: u32 = 2048;
 
 /// A cached block: where its decoded instructions live in the arena.
 /// The direct-mapped table holds these inline, so a lookup is one load and
@@ -91,6 +91,36 @@ impl Engine {
         self.jit_on
     }
 
+    /// System mode: runs translated code from `core.pc`. `false`: the
+    /// interpreter must run the next block.
+    #[inline(always)]
+    fn run_jit_sys<B: Bus>(&mut self, core: &mut Core, mem: &mut SysMem<'_, B>) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if !self.jit_on {
+                return false;
+            }
+            if self.jit.is_none() {
+                match crate::jit::Jit::new() {
+                    Some(j) => self.jit = Some(Box::new(j)),
+                    None => {
+                        self.jit_on = false;
+                        return false;
+                    }
+                }
+            }
+            let Some(jit) = self.jit.as_mut() else {
+                return false;
+            };
+            matches!(jit.run_sys(core, mem), crate::jit::JitExit::Yield)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (core, mem);
+            false
+        }
+    }
+
     /// Runs translated code from `core.pc`. `false`: the interpreter must
     /// run the next block (a slow path, or no JIT).
     #[inline(always)]
@@ -125,7 +155,7 @@ impl Engine {
     pub fn flush(&mut self) {
         #[cfg(target_arch = "x86_64")]
         if let Some(j) = self.jit.as_mut() {
-            j.flush();
+            j.fence_i();
         }
         self.insns.clear();
         self.epoch = (self.epoch + 1) & 0xff;
@@ -961,7 +991,11 @@ pub(crate) fn exec_block<M: Mem>(
 /// for the bytes of the current page only; an instruction that would cross
 /// the page end ends the block (returned `crosses` = true when that is the
 /// very first instruction: the caller handles it specially).
-fn decode_block(pc: u64, buf: &mut Vec<Insn>, mut fetch16: impl FnMut(u64) -> u16) -> bool {
+pub(crate) fn decode_block(
+    pc: u64,
+    buf: &mut Vec<Insn>,
+    mut fetch16: impl FnMut(u64) -> u16,
+) -> bool {
     buf.clear();
     let page_end = (pc & !(PAGE_SIZE - 1)) + PAGE_SIZE;
     let mut a = pc;
@@ -1076,6 +1110,12 @@ impl Hart {
                 if let Some(e) = service(core, engine, &mut mem) {
                     return e;
                 }
+            }
+            // Translated code runs until it needs the interpreter for one
+            // block or the run loop's checks.
+            if engine.run_jit_sys(core, &mut mem) {
+                core.recheck = true;
+                continue;
             }
             let g = code_map.generation();
             if g != engine.gen {

@@ -31,8 +31,8 @@ use std::mem::offset_of;
 
 use crate::decode::{Insn, Kind, ZERO_SINK};
 use crate::hart::Core;
-use crate::mem::{perm, UserSpace};
-use crate::mmu::UserMem;
+use crate::mem::{perm, Bus, UserSpace};
+use crate::mmu::{SysMem, UserMem, TLB_SIZE};
 
 /// Code buffer per hart. Reserved, not committed: pages are touched as
 /// code is written. Full: everything is flushed and translation restarts.
@@ -66,10 +66,15 @@ struct Ctx {
     space: *const UserSpace,
     helpers: *const Insn,
     xregs: *mut u64,
-    membase: *mut u8,
+    /// r12: user mode, guest memory base; system mode, the data TLB.
+    membase: *const u8,
     perms: *const u8,
     attn: *const u32,
     codegen: *const u64,
+    /// System mode: the `SysMem` helpers run instructions with.
+    mem: *mut (),
+    /// System mode: blocks left before the run loop polls for interrupts.
+    poll: u32,
 }
 
 #[repr(C)]
@@ -120,7 +125,48 @@ pub(crate) struct Jit {
     space_id: (usize, usize),
     space_size: u64,
     space_bits: u8,
+    /// System mode: (virtual pc, physical pc) -> code, direct-mapped in
+    /// front of `sys_blocks` (no inline dispatch in system mode: every
+    /// indirect jump translates its target through the fetch TLB in Rust).
+    sys_table: Box<[SysSlot]>,
+    sys_blocks: HashMap<(u64, u64), usize>,
+    /// System mode: the physical pages blocks were translated from.
+    sys_pages: HashMap<u64, SysPage>,
+    /// System mode: bumped by every `fence.i` (see [`Jit::fence_i`]).
+    fence_epoch: u64,
+    /// Translating for a system-mode hart (set by the first `run_sys`).
+    sys_mode: bool,
 }
+
+/// A system-mode table slot: virtual pc, physical pc, code, and the fence
+/// epoch at which its page was last found unchanged.
+#[derive(Clone, Copy)]
+struct SysSlot {
+    vpc: u64,
+    ppc: u64,
+    code: usize,
+    epoch: u64,
+}
+
+const NO_SLOT: SysSlot = SysSlot {
+    vpc: u64::MAX,
+    ppc: 0,
+    code: 0,
+    epoch: 0,
+};
+
+/// A physical page holding translated code (system mode).
+struct SysPage {
+    /// The page's bytes when its first block was translated.
+    copy: Box<[u8]>,
+    /// Fence epoch at which the page was last compared with `copy`.
+    epoch: u64,
+    /// Blocks translated from it: (virtual pc, physical pc).
+    blocks: Vec<(u64, u64)>,
+}
+
+// The TLB walk in generated code scales the index by 48.
+const _: () = assert!(std::mem::size_of::<crate::mmu::Entry>() == 48);
 
 // SAFETY: the buffer is owned by this value and only used by the thread
 // that owns the hart; nothing in it refers to thread-local state.
@@ -473,13 +519,60 @@ impl Jit {
             space_id: (0, 0),
             space_size: 0,
             space_bits: 0,
+            sys_table: vec![NO_SLOT; TABLE_SIZE].into_boxed_slice(),
+            sys_blocks: HashMap::new(),
+            sys_pages: HashMap::new(),
+            fence_epoch: 0,
+            sys_mode: false,
         })
+    }
+
+    /// `fence.i` on this hart (or requested by another). User mode drops
+    /// every translation. System mode is lazier: Linux executes `fence.i`
+    /// tens of thousands of times per boot, and stores by any hart into
+    /// pages holding code already drop translations (code marks, see
+    /// [`crate::CodeMap`]); what a fence must still catch are writes no
+    /// hart made (device DMA into RAM). So each page is compared with the
+    /// copy taken when it was translated, once per fence, when next
+    /// entered from the run loop; a changed page loses its blocks. Chained
+    /// jumps never leave a page in system mode, so code reached through
+    /// them belongs to a page already checked.
+    pub(crate) fn fence_i(&mut self) {
+        if self.sys_mode {
+            self.fence_epoch += 1;
+        } else {
+            self.flush();
+        }
+    }
+
+    /// Drops the translations of a changed physical page.
+    fn drop_page(&mut self, ppage: u64) {
+        if let Some(p) = self.sys_pages.remove(&ppage) {
+            for (v, pp) in p.blocks {
+                self.sys_blocks.remove(&(v, pp));
+                let s = &mut self.sys_table[Self::sys_slot(v, pp)];
+                if s.vpc == v && s.ppc == pp {
+                    *s = NO_SLOT;
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn sys_slot(pc: u64, pa: u64) -> usize {
+        Self::slot(pc ^ (pa << 7))
     }
 
     pub(crate) fn flush(&mut self) {
         self.len = self.blocks_start;
-        self.table.fill(EMPTY);
         self.blocks.clear();
+        self.sys_blocks.clear();
+        self.sys_pages.clear();
+        if self.sys_mode {
+            self.sys_table.fill(NO_SLOT);
+        } else {
+            self.table.fill(EMPTY);
+        }
         self.helpers.clear();
         self.flushes += 1;
     }
@@ -516,7 +609,7 @@ impl Jit {
                 self.flush();
             }
             let at = self.buf as usize + self.len;
-            let code = self.emit(at, &insns, pc);
+            let code = self.emit(at, &insns, pc, None);
             // SAFETY: `emit` keeps a block well under HEADROOM, which the
             // check above left free at `len`.
             unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), at as *mut u8, code.len()) };
@@ -532,8 +625,9 @@ impl Jit {
         out
     }
 
-    /// Generates the code of one block (to live at `at`).
-    fn emit(&mut self, at: usize, insns: &[Insn], pc: u64) -> Vec<u8> {
+    /// Generates the code of one block (to live at `at`). `sys`: system
+    /// mode, with the address of its helper.
+    fn emit(&mut self, at: usize, insns: &[Insn], pc: u64, sys: Option<usize>) -> Vec<u8> {
         use Kind::*;
         let mut a = Asm {
             b: Vec::with_capacity(insns.len() * 48 + 256),
@@ -548,6 +642,23 @@ impl Jit {
         a.op_m(false, &[0x81], 7, RBP, 0);
         a.u32(self.gen as u32);
         let attn2 = a.jcc(CC_NE);
+        // System mode: every POLL_BLOCKS blocks, back to the run loop to
+        // check for interrupts and timer deadlines.
+        let attn3 = sys.map(|_| {
+            // sub dword [r14 + poll], 1; je attn
+            a.op_m(false, &[0x83], 5, R14, ctx_off(offset_of!(Ctx, poll)));
+            a.u8(1);
+            a.jcc(CC_E)
+        });
+        // A static exit: chained (patched jmp) unless system mode leaves
+        // the block's page (a different page may translate differently).
+        let static_exit = |a: &mut Asm, target: u64| {
+            if sys.is_some() && target >> 12 != pc >> 12 {
+                a.exit_pc(epi, target, EXIT_DISPATCH);
+            } else {
+                a.chain_exit(epi, target);
+            }
+        };
         // (rel32 offset, index of the instruction to resume at)
         let mut slow: Vec<(usize, usize)> = Vec::new();
         for (k, i) in insns.iter().enumerate() {
@@ -618,10 +729,77 @@ impl Jit {
                     a.ld_x(RCX, i.rs2);
                     a.alu_rr(true, CMP, RAX, RCX);
                     let taken = a.jcc($cc);
-                    a.chain_exit(epi, next);
+                    static_exit(&mut a, next);
                     a.bind(taken);
-                    a.chain_exit(epi, ipc.wrapping_add(imm as i64 as u64));
+                    static_exit(&mut a, ipc.wrapping_add(imm as i64 as u64));
                 }};
+            }
+            if let (Some((n, signed, is_store)), Some(_)) = (mem_shape(i.kind), sys) {
+                // va = rs1 + imm in rax, vpn in rcx, TLB entry in rdx.
+                a.ld_x(RAX, i.rs1);
+                if imm != 0 {
+                    a.alu_imm(true, ADD, RAX, imm);
+                }
+                a.mov_rr(RCX, RAX);
+                a.shift_imm(true, SHR, RCX, 12);
+                a.op_rr(false, &[0x89], RCX, RDX); // mov edx, ecx
+                a.alu_imm(false, AND, RDX, (TLB_SIZE - 1) as i32);
+                a.b.extend_from_slice(&[0x8d, 0x14, 0x52]); // lea edx, [rdx + rdx*2]
+                a.shift_imm(false, SHL, RDX, 4); // * 48 = size of a TLB entry
+                a.alu_rr(true, ADD, RDX, R12);
+                let tag = if is_store {
+                    offset_of!(crate::mmu::Entry, tag_w)
+                } else {
+                    offset_of!(crate::mmu::Entry, tag_r)
+                };
+                a.op_m(true, &[0x3b], RCX, RDX, tag as i32); // cmp rcx, [rdx + tag]
+                slow.push((a.jcc(CC_NE), k));
+                if is_store {
+                    // Stores into pages holding translated code take the
+                    // slow path (it drops the stale translations).
+                    a.load(RSI, RDX, offset_of!(crate::mmu::Entry, code) as i32);
+                    a.op_m(false, &[0x80], 7, RSI, 0); // cmp byte [rsi], 0
+                    a.u8(0);
+                    slow.push((a.jcc(CC_NE), k));
+                }
+                if n > 1 {
+                    a.op_rr(false, &[0x89], RAX, RSI); // mov esi, eax
+                    a.alu_imm(false, AND, RSI, 0xfff);
+                    a.alu_imm(false, CMP, RSI, 0x1000 - n as i32);
+                    slow.push((a.jcc(CC_A), k));
+                }
+                // add rax, [rdx + addend]: the host address.
+                a.op_m(
+                    true,
+                    &[0x03],
+                    RAX,
+                    RDX,
+                    offset_of!(crate::mmu::Entry, addend) as i32,
+                );
+                if is_store {
+                    a.ld_x(RDX, i.rs2);
+                    match n {
+                        1 => a.op_m(false, &[0x88], RDX, RAX, 0),
+                        2 => {
+                            a.u8(0x66);
+                            a.op_m(false, &[0x89], RDX, RAX, 0);
+                        }
+                        4 => a.op_m(false, &[0x89], RDX, RAX, 0),
+                        _ => a.op_m(true, &[0x89], RDX, RAX, 0),
+                    }
+                } else {
+                    match (n, signed) {
+                        (1, true) => a.op_m(true, &[0x0f, 0xbe], RAX, RAX, 0),
+                        (1, false) => a.op_m(false, &[0x0f, 0xb6], RAX, RAX, 0),
+                        (2, true) => a.op_m(true, &[0x0f, 0xbf], RAX, RAX, 0),
+                        (2, false) => a.op_m(false, &[0x0f, 0xb7], RAX, RAX, 0),
+                        (4, true) => a.op_m(true, &[0x63], RAX, RAX, 0),
+                        (4, false) => a.op_m(false, &[0x8b], RAX, RAX, 0),
+                        _ => a.op_m(true, &[0x8b], RAX, RAX, 0),
+                    }
+                    a.st_x(rd, RAX);
+                }
+                continue;
             }
             if let Some((n, signed, is_store)) = mem_shape(i.kind) {
                 // va = rs1 + imm in rax; page index in rcx.
@@ -687,7 +865,7 @@ impl Jit {
             match i.kind {
                 BlockEnd => {
                     a.add_icount(k as u32);
-                    a.chain_exit(epi, ipc);
+                    static_exit(&mut a, ipc);
                 }
                 Lui => {
                     a.mov_imm(RAX, imm as i64 as u64);
@@ -703,7 +881,7 @@ impl Jit {
                         a.st_x(rd, RAX);
                     }
                     a.add_icount(k as u32 + 1);
-                    a.chain_exit(epi, ipc.wrapping_add(imm as i64 as u64));
+                    static_exit(&mut a, ipc.wrapping_add(imm as i64 as u64));
                 }
                 Jalr => {
                     a.ld_x(RAX, i.rs1);
@@ -717,7 +895,12 @@ impl Jit {
                     }
                     a.add_icount(k as u32 + 1);
                     a.store(R14, ctx_off(offset_of!(Ctx, pc)), RAX);
-                    a.jmp_abs(self.dispatch);
+                    if sys.is_some() {
+                        a.mov_imm(RAX, EXIT_DISPATCH as u64);
+                        a.jmp_abs(epi);
+                    } else {
+                        a.jmp_abs(self.dispatch);
+                    }
                 }
                 Beq => branch!(CC_E),
                 Bne => branch!(CC_NE),
@@ -814,7 +997,7 @@ impl Jit {
                     a.mov_imm(RSI, idx as u64);
                     a.mov_imm(RDX, ipc);
                     let f: extern "sysv64" fn(*mut Ctx, u32, u64) -> u32 = helper;
-                    a.mov_imm(RAX, f as usize as u64);
+                    a.mov_imm(RAX, sys.unwrap_or(f as usize) as u64);
                     a.b.extend_from_slice(&[0xff, 0xd0]); // call rax
                     a.op_rr(false, &[0x85], RAX, RAX); // test eax, eax
                     slow.push((a.jcc(CC_NE), k));
@@ -824,6 +1007,9 @@ impl Jit {
         // Out-of-line exits.
         a.bind(attn1);
         a.bind(attn2);
+        if let Some(at) = attn3 {
+            a.bind(at);
+        }
         a.exit_pc(epi, pc, EXIT_ATTN);
         let mut k_done = usize::MAX;
         slow.sort_by_key(|&(_, k)| k);
@@ -875,10 +1061,12 @@ impl Jit {
                 helpers: self.helpers.as_ptr(),
                 // SAFETY: index 16 is inside the 64-entry register array.
                 xregs: unsafe { (*core_ptr).x.as_mut_ptr().add(16) },
-                membase: space.host_base(),
+                membase: space.host_base().cast_const(),
                 perms: space.perm_table(),
                 attn,
                 codegen: space.code_gen_ptr(),
+                mem: std::ptr::null_mut(),
+                poll: u32::MAX,
             };
             // SAFETY: `code` is the entry of a block translated into this
             // hart's buffer for the current code generation; the context
@@ -915,6 +1103,198 @@ impl Jit {
                 _ => return JitExit::Yield,
             }
         }
+    }
+}
+
+impl Jit {
+    /// System mode: code for the block at `pc` as the hart fetches it now
+    /// (through the fetch TLB), translating it if needed. `None`: the
+    /// interpreter must run it (fetch fault, MMIO, an instruction crossing
+    /// pages).
+    fn code_for_sys<B: Bus>(
+        &mut self,
+        core: &Core,
+        mem: &mut SysMem<'_, B>,
+        pc: u64,
+    ) -> Option<usize> {
+        let (pa, host) = mem.translate_fetch(core, pc).ok()?;
+        let host = host?;
+        let slot = Self::sys_slot(pc, pa);
+        let s = self.sys_table[slot];
+        if s.vpc == pc && s.ppc == pa && s.epoch == self.fence_epoch {
+            return Some(s.code);
+        }
+        let ppage = pa & !(crate::PAGE_SIZE - 1);
+        let page = pc & !(crate::PAGE_SIZE - 1);
+        // SAFETY: `host` points at the RAM byte of `pc`; the whole guest
+        // page around it is RAM, contiguous in the host.
+        let page_bytes = unsafe {
+            std::slice::from_raw_parts(host.sub((pc - page) as usize), crate::PAGE_SIZE as usize)
+        };
+        let epoch = self.fence_epoch;
+        match self.sys_pages.get_mut(&ppage) {
+            Some(p) if p.epoch != epoch => {
+                if *p.copy == *page_bytes {
+                    p.epoch = epoch;
+                } else {
+                    self.drop_page(ppage);
+                }
+            }
+            _ => {}
+        }
+        if let Some(&code) = self.sys_blocks.get(&(pc, pa)) {
+            self.sys_table[slot] = SysSlot {
+                vpc: pc,
+                ppc: pa,
+                code,
+                epoch,
+            };
+            return Some(code);
+        }
+        let mut insns = std::mem::take(&mut self.decode_buf);
+        if let Some(s) = mem.code_map().slot(pa) {
+            s.store(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        let crosses = crate::exec::decode_block(pc, &mut insns, |a| {
+            // SAFETY: `host` points at the RAM byte of `pc`; `a` stays in
+            // the same guest page (decode_block never leaves it), so the
+            // read stays in the same host page.
+            unsafe {
+                host.sub((pc - page) as usize)
+                    .add((a - page) as usize)
+                    .cast::<u16>()
+                    .read_unaligned()
+            }
+        });
+        let out = (!crosses).then(|| {
+            if self.len + HEADROOM > CODE_SIZE || self.helpers.len() + insns.len() > MAX_HELPERS {
+                self.flush();
+            }
+            let at = self.buf as usize + self.len;
+            let f: extern "sysv64" fn(*mut Ctx, u32, u64) -> u32 = helper_sys::<B>;
+            let code = self.emit(at, &insns, pc, Some(f as usize));
+            // SAFETY: `emit` keeps a block well under HEADROOM, which the
+            // check above left free at `len`.
+            unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), at as *mut u8, code.len()) };
+            self.len = (self.len + code.len() + 15) & !15;
+            self.sys_table[slot] = SysSlot {
+                vpc: pc,
+                ppc: pa,
+                code: at,
+                epoch,
+            };
+            self.sys_blocks.insert((pc, pa), at);
+            self.sys_pages
+                .entry(ppage)
+                .or_insert_with(|| SysPage {
+                    copy: page_bytes.into(),
+                    epoch,
+                    blocks: Vec::new(),
+                })
+                .blocks
+                .push((pc, pa));
+            at
+        });
+        self.decode_buf = insns;
+        out
+    }
+
+    /// System mode: runs translated code from `core.pc` until something
+    /// needs the interpreter (`Slow`: run one block there) or the run loop
+    /// (`Yield`: interrupts, attention, code changes).
+    pub(crate) fn run_sys<B: Bus>(&mut self, core: &mut Core, mem: &mut SysMem<'_, B>) -> JitExit {
+        if !self.sys_mode {
+            self.sys_mode = true;
+            self.flush();
+        }
+        let g = mem.code_map().generation();
+        if g != self.gen {
+            self.flush();
+            self.gen = g;
+        }
+        let Some(mut code) = self.code_for_sys(core, mem, core.pc) else {
+            return JitExit::Slow;
+        };
+        let attn = core.control.attention_ptr();
+        let codegen = mem.code_map().generation_ptr();
+        let tlb = mem.data_tlb().cast::<u8>();
+        let core_ptr: *mut Core = core;
+        let mem_ptr: *mut SysMem<'_, B> = mem;
+        let mut poll = crate::exec::POLL_BLOCKS;
+        loop {
+            let mut ctx = Ctx {
+                pc: 0,
+                site: 0,
+                icount: 0,
+                table: self.table.as_ptr(),
+                core: core_ptr,
+                space: std::ptr::null(),
+                helpers: self.helpers.as_ptr(),
+                // SAFETY: index 16 is inside the 64-entry register array.
+                xregs: unsafe { (*core_ptr).x.as_mut_ptr().add(16) },
+                membase: tlb,
+                perms: std::ptr::null(),
+                attn,
+                codegen,
+                mem: mem_ptr.cast(),
+                poll,
+            };
+            // SAFETY: `code` is the entry of a block translated into this
+            // hart's buffer for the current code generation, and the
+            // context points at live data nothing else touches during the
+            // call (core and memory path are this hart's).
+            let r = unsafe { (self.enter)(&mut ctx, code as *const u8) };
+            // SAFETY: the generated code has returned; no other access to
+            // the core or the memory path is live.
+            let (core, mem) = unsafe { (&mut *core_ptr, &mut *mem_ptr) };
+            core.instret = core.instret.wrapping_add(ctx.icount);
+            core.pc = ctx.pc;
+            poll = ctx.poll;
+            match r {
+                EXIT_CHAIN | EXIT_DISPATCH => {
+                    let flushes = self.flushes;
+                    let Some(next) = self.code_for_sys(core, mem, ctx.pc) else {
+                        return JitExit::Slow;
+                    };
+                    if r == EXIT_CHAIN && self.flushes == flushes {
+                        // Chain exits only target the block's own page.
+                        let site = ctx.site as usize;
+                        let rel = (next as i64 - (site as i64 + 5)) as i32;
+                        // SAFETY: as in `run`.
+                        unsafe {
+                            (site as *mut u8)
+                                .add(1)
+                                .cast::<[u8; 4]>()
+                                .write_unaligned(rel.to_le_bytes())
+                        };
+                    }
+                    code = next;
+                }
+                EXIT_SLOW => return JitExit::Slow,
+                _ => return JitExit::Yield,
+            }
+        }
+    }
+}
+
+/// System-mode [`helper`]: one instruction through the interpreter with
+/// the hart's memory path.
+extern "sysv64" fn helper_sys<B: Bus>(ctx: *mut Ctx, idx: u32, pc: u64) -> u32 {
+    // SAFETY: generated code passes the `Ctx` that `run_sys` set up; its
+    // `core` and `mem` point at the hart's core and `SysMem<B>` (this `B`:
+    // `run_sys::<B>` chose this instantiation), borrowed for the run.
+    let ctx = unsafe { &*ctx };
+    // SAFETY: as above.
+    let (core, mem) = unsafe { (&mut *ctx.core, &mut *ctx.mem.cast::<SysMem<'_, B>>()) };
+    // SAFETY: `idx` indexes the helper table `ctx.helpers` points at.
+    let insn = unsafe { *ctx.helpers.add(idx as usize) };
+    let mut block = [insn, insn];
+    block[0].off = 0;
+    block[1].kind = Kind::BlockEnd;
+    block[1].off = insn.size() as u16;
+    match crate::exec::exec_block(core, mem, &block, pc) {
+        Ok(_) => 0,
+        Err(_) => 1,
     }
 }
 

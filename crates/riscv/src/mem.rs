@@ -474,6 +474,11 @@ impl CodeMap {
         self.generation.fetch_add(1, Ordering::Release);
     }
 
+    /// The generation counter, for generated code that polls it.
+    pub(crate) fn generation_ptr(&self) -> *const u64 {
+        self.generation.as_ptr()
+    }
+
     #[inline(always)]
     pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)

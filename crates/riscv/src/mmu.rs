@@ -194,22 +194,25 @@ impl Mem for UserMem<'_> {
 
 // -------------------------------------------------------------- system mode
 
-const TLB_SIZE: usize = 256;
+pub(crate) const TLB_SIZE: usize = 256;
 /// Translation regimes with their own TLB: U, S, S with SUM, M (bare).
 const REGIMES: usize = 4;
 /// Tag flag: the page is MMIO (never matches a plain vpn).
 const MMIO: u64 = 1 << 63;
 const INVALID: u64 = u64::MAX;
 
+/// A TLB entry. `repr(C)`: the JIT's generated code reads `tag_r`,
+/// `tag_w`, `addend` and `code` at fixed offsets.
 #[derive(Clone, Copy)]
-struct Entry {
-    tag_r: u64,
-    tag_w: u64,
+#[repr(C)]
+pub(crate) struct Entry {
+    pub(crate) tag_r: u64,
+    pub(crate) tag_w: u64,
     tag_x: u64,
     /// host address of the page minus its virtual address (RAM only).
-    addend: usize,
+    pub(crate) addend: usize,
     pa_page: u64,
-    code: *const AtomicU8,
+    pub(crate) code: *const AtomicU8,
 }
 
 const EMPTY: Entry = Entry {
@@ -282,6 +285,16 @@ impl<'a, B: Bus> SysMem<'a, B> {
 
     pub fn flush(&mut self) {
         self.tlb.flush();
+    }
+
+    /// The TLB of data accesses in the current regime (for the JIT; stable
+    /// until the next `update_modes`).
+    pub fn data_tlb(&self) -> *const Entry {
+        self.tlb.e[self.data].as_ptr()
+    }
+
+    pub fn code_map(&self) -> &'a CodeMap {
+        self.code_map
     }
 
     /// Recomputes the regimes after a privilege or mstatus change.
