@@ -1,7 +1,8 @@
-//! The host terminal as the guest's serial console: raw mode while the
-//! machine runs (restored on every exit path by a drop guard), and a reader
-//! thread that feeds stdin to the console and recognises QEMU's escape
-//! sequence Ctrl-A x (quit); Ctrl-A Ctrl-A sends a literal Ctrl-A.
+//! The host terminal as the guest's console: raw mode while the machine
+//! runs (restored on every exit path by a drop guard, and before SIGTERM,
+//! SIGINT or SIGHUP ends the process), and a reader thread that feeds stdin
+//! to the UART or the virtio console and recognises QEMU's escape sequence
+//! Ctrl-A x (quit); Ctrl-A Ctrl-A sends a literal Ctrl-A.
 
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -12,14 +13,22 @@ use crate::uart::Console;
 
 const CTRL_A: u8 = 0x01;
 
-/// Puts a terminal in raw mode; restores the saved settings when dropped.
+/// Puts a terminal in raw mode; restores the saved settings when dropped,
+/// and also when SIGTERM, SIGINT or SIGHUP ends the process meanwhile (see
+/// [`SignalGuard`]).
 pub struct RawMode {
     fd: RawFd,
     saved: libc::termios,
+    /// Dropped after the terminal is restored (fields drop in order).
+    _signals: Option<SignalGuard>,
 }
 
 impl RawMode {
     /// Enters raw mode on `fd` if it is a terminal; `None` otherwise.
+    ///
+    /// Call it before the machine starts its threads: the signals that
+    /// must restore the terminal are blocked in the calling thread and in
+    /// every thread it starts afterwards (see [`SignalGuard`]).
     pub fn enter(fd: RawFd) -> Option<RawMode> {
         // SAFETY: isatty only inspects the descriptor.
         if unsafe { libc::isatty(fd) } != 1 {
@@ -49,11 +58,19 @@ impl RawMode {
         raw.c_cflag |= libc::CS8;
         raw.c_cc[libc::VMIN] = 1;
         raw.c_cc[libc::VTIME] = 0;
+        // The guard first, so that no signal can end the process between
+        // entering raw mode and being able to leave it. Without the guard
+        // (no thread could be started) raw mode still works, as before.
+        let signals = SignalGuard::start(fd, saved);
         // SAFETY: valid fd and termios.
         if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) } != 0 {
             return None;
         }
-        Some(RawMode { fd, saved })
+        Some(RawMode {
+            fd,
+            saved,
+            _signals: signals,
+        })
     }
 }
 
@@ -62,6 +79,133 @@ impl Drop for RawMode {
         // SAFETY: restores the settings read in `enter` on the same fd.
         unsafe {
             libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved);
+        }
+    }
+}
+
+/// Signals whose default action ends the process and that may reach
+/// virtkit while the terminal is raw: kill's default (SIGTERM), the
+/// terminal or its emulator going away (SIGHUP), and SIGINT from kill (the
+/// raw terminal itself sends Ctrl-C to the guest as a byte, not a signal).
+const RESTORE_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+/// How often the signal thread looks whether raw mode ended.
+const SIGNAL_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Restores the terminal when one of [`RESTORE_SIGNALS`] arrives, then
+/// lets that signal end the process as it would have.
+///
+/// Nothing runs in signal-handler context: the signals are blocked (in the
+/// thread that enters raw mode, and so in every thread it starts later,
+/// since threads inherit the mask) and one dedicated thread takes them
+/// with `sigtimedwait`, where calling `tcsetattr` is ordinary code. The
+/// terminal settings reach that thread by value; no global state is
+/// needed. The thread then puts the signal's default action back,
+/// unblocks it in itself and raises it, so the process dies of the same
+/// signal (a shell sees status 128 + n, as without raw mode).
+///
+/// Dropping the guard unblocks the signals in the owning thread again and
+/// tells the signal thread to end (it notices within [`SIGNAL_POLL`]; it is
+/// not joined, so leaving raw mode never waits for it). A signal it takes
+/// after that still ends the process the same way; restoring the settings
+/// once more is harmless.
+struct SignalGuard {
+    old_mask: libc::sigset_t,
+    done: Arc<std::sync::atomic::AtomicBool>,
+    /// The mask belongs to the thread that entered raw mode: the guard must
+    /// be dropped there, so it is neither Send nor Sync.
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl SignalGuard {
+    fn start(fd: RawFd, saved: libc::termios) -> Option<SignalGuard> {
+        // SAFETY: sigset_t is plain data, initialised by sigemptyset.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: as above, filled by pthread_sigmask.
+        let mut old_mask: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: sigemptyset writes only into `set`.
+        unsafe { libc::sigemptyset(&mut set) };
+        for s in RESTORE_SIGNALS {
+            // A signal the parent set to be ignored (nohup's SIGHUP, SIGINT
+            // of a background job) stays ignored: blocking it would queue
+            // it for the thread, which would then end the process.
+            // SAFETY: struct sigaction is plain data; zero is a valid value.
+            let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+            // SAFETY: queries (null new action) into a valid struct.
+            let ignored = unsafe { libc::sigaction(s, std::ptr::null(), &mut act) } == 0
+                && act.sa_sigaction == libc::SIG_IGN;
+            if !ignored {
+                // SAFETY: sigaddset writes only into `set`.
+                unsafe { libc::sigaddset(&mut set, s) };
+            }
+        }
+        // SAFETY: valid sets; changes only this thread's mask.
+        if unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old_mask) } != 0 {
+            return None;
+        }
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread_done = done.clone();
+        let spawned = std::thread::Builder::new()
+            .name("vk-signals".into())
+            .spawn(move || signal_thread(set, fd, saved, thread_done));
+        if spawned.is_err() {
+            // SAFETY: puts back the mask saved above.
+            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut()) };
+            return None;
+        }
+        Some(SignalGuard {
+            old_mask,
+            done,
+            _not_send: std::marker::PhantomData,
+        })
+    }
+}
+
+impl Drop for SignalGuard {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        // A signal that arrived meanwhile and is still pending is taken by
+        // the signal thread or, once unblocked here, acts as usual.
+        // SAFETY: restores this thread's mask saved in `start`.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.old_mask, std::ptr::null_mut());
+        }
+    }
+}
+
+fn signal_thread(
+    set: libc::sigset_t,
+    fd: RawFd,
+    saved: libc::termios,
+    done: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let timeout = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: SIGNAL_POLL.as_nanos() as libc::c_long,
+    };
+    loop {
+        // SAFETY: valid set and timeout; no siginfo wanted.
+        let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &timeout) };
+        if sig > 0 {
+            // SAFETY: restores the settings saved before raw mode on the
+            // same terminal; then the signal's default action (terminate)
+            // is put back, unblocked in this thread and raised at it, which
+            // ends the process. sigemptyset/sigaddset write into a local.
+            unsafe {
+                libc::tcsetattr(fd, libc::TCSANOW, &saved);
+                libc::signal(sig, libc::SIG_DFL);
+                let mut one: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut one);
+                libc::sigaddset(&mut one, sig);
+                libc::pthread_sigmask(libc::SIG_UNBLOCK, &one, std::ptr::null_mut());
+                libc::raise(sig);
+            }
+            // Not reached unless the signal was ignored after all.
+            return;
+        }
+        // A timeout (EAGAIN) or EINTR: keep waiting while raw mode lasts.
+        if done.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
         }
     }
 }
