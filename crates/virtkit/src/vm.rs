@@ -44,11 +44,13 @@ pub struct RunArgs {
     /// Initial ramdisk (cpio archive, possibly compressed)
     #[arg(long)]
     initrd: Option<PathBuf>,
-    /// Kernel command line
+    /// Kernel command line; the last `console=` also picks where keys go:
+    /// `console=hvc0` to the virtio console, anything else to the UART
     #[arg(long, default_value = "")]
     append: String,
     /// M-mode firmware: `builtin` (the machine's own SBI) or an OpenSBI
     /// file such as /usr/lib/riscv64-linux-gnu/opensbi/generic/fw_dynamic.bin
+    /// (or fw_jump.bin: the kernel is loaded where it jumps, RAM + 2 MiB)
     #[arg(long, default_value = "builtin")]
     firmware: String,
     /// A disk image (raw or qcow2) on a virtio-blk slot; `FILE,ro` for
