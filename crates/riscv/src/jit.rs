@@ -40,8 +40,13 @@ const CODE_SIZE: usize = 32 << 20;
 /// Room kept free for one more block (96 instructions at well under 100
 /// bytes each, plus exit stubs).
 const HEADROOM: usize = 64 << 10;
-/// Direct-mapped pc -> code table (power of two), read by generated code.
+/// pc -> code table read by generated code: 2-way set associative (two
+/// hot targets of one indirect jump that hash alike must not evict each
+/// other on every call), `TABLE_SIZE / 2` sets, power of two.
 const TABLE_SIZE: usize = 1 << 14;
+const SET_BITS: u32 = 13;
+/// Fibonacci hashing: spreads nearby and page-aligned pcs over all sets.
+const HASH_MUL: u64 = 0x9e37_79b9_7f4a_7c15;
 /// Cap on helper instructions before a flush (the table is a Vec whose
 /// pointer generated code reads through `Ctx`).
 const MAX_HELPERS: usize = 1 << 18;
@@ -136,6 +141,10 @@ pub(crate) struct Jit {
     fence_epoch: u64,
     /// Translating for a system-mode hart (set by the first `run_sys`).
     sys_mode: bool,
+    /// `VIRTKIT_PERF_MAP=1`: each block is listed in `/tmp/perf-PID.map`
+    /// (the perf tool's convention for JIT code) with its guest pc, so
+    /// `perf report` names guest code instead of bare addresses.
+    perf_map: Option<std::fs::File>,
 }
 
 /// A system-mode table slot: virtual pc, physical pc, code, and the fence
@@ -227,6 +236,11 @@ fn ctx_off(off: usize) -> i32 {
 /// Displacement of guest register `r` from rbx (= &x[16]).
 fn xd(r: u8) -> i32 {
     (r as i32 - 16) * 8
+}
+
+/// Displacement of FP register `r` from rbx.
+fn fd(r: u8) -> i32 {
+    (offset_of!(Core, f) as i32 - offset_of!(Core, x) as i32) + (r as i32 & 31) * 8 - 128
 }
 
 impl Asm {
@@ -395,10 +409,9 @@ impl Asm {
     }
 }
 
-/// Loads and stores handled inline: (access size, sign-extend).
+/// Loads and stores handled inline: (bytes, sign-extend, is a store).
 fn mem_shape(k: Kind) -> Option<(u8, bool, bool)> {
     use Kind::*;
-    // (bytes, signed, is_store)
     Some(match k {
         Lb => (1, true, false),
         Lh => (2, true, false),
@@ -482,17 +495,18 @@ impl Jit {
         ]);
         // dispatch: rax = pc, already stored in ctx.pc.
         let dispatch = a.addr();
-        a.mov_rr(RCX, RAX);
-        a.shift_imm(true, SHR, RCX, 1);
-        a.mov_rr(RDX, RAX);
-        a.shift_imm(true, SHR, RDX, 15);
-        a.alu_rr(true, XOR, RCX, RDX);
-        a.alu_imm(false, AND, RCX, (TABLE_SIZE - 1) as i32);
-        a.shift_imm(true, SHL, RCX, 4);
+        a.mov_imm(RCX, HASH_MUL);
+        a.op_rr(true, &[0x0f, 0xaf], RCX, RAX); // imul rcx, rax
+        a.shift_imm(true, SHR, RCX, 64 - SET_BITS as u8);
+        a.shift_imm(true, SHL, RCX, 5); // two 16-byte entries per set
         a.op_m(true, &[0x03], RCX, R14, ctx_off(offset_of!(Ctx, table))); // add rcx, [r14+table]
         a.op_m(true, &[0x3b], RAX, RCX, 0); // cmp rax, [rcx]
-        let miss = a.jcc(CC_NE);
+        let way1 = a.jcc(CC_NE);
         a.op_m(false, &[0xff], 4, RCX, 8); // jmp [rcx+8]
+        a.bind(way1);
+        a.op_m(true, &[0x3b], RAX, RCX, 16); // cmp rax, [rcx+16]
+        let miss = a.jcc(CC_NE);
+        a.op_m(false, &[0xff], 4, RCX, 24); // jmp [rcx+24]
         a.bind(miss);
         a.mov_imm(RAX, EXIT_DISPATCH as u64);
         a.jmp_abs(epilogue);
@@ -524,6 +538,16 @@ impl Jit {
             sys_pages: HashMap::new(),
             fence_epoch: 0,
             sys_mode: false,
+            perf_map: std::env::var_os("VIRTKIT_PERF_MAP")
+                .is_some_and(|v| v != "0")
+                .then(|| {
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(format!("/tmp/perf-{}.map", std::process::id()))
+                        .ok()
+                })
+                .flatten(),
         })
     }
 
@@ -577,23 +601,34 @@ impl Jit {
         self.flushes += 1;
     }
 
+    /// First entry of the set of `pc` (the system table, direct mapped,
+    /// uses it as a slot number).
     #[inline(always)]
     fn slot(pc: u64) -> usize {
-        ((pc >> 1) ^ (pc >> 15)) as usize & (TABLE_SIZE - 1)
+        (pc.wrapping_mul(HASH_MUL) >> (64 - SET_BITS)) as usize * 2
+    }
+
+    /// Puts `pc` in way 0 of its set, moving the old way 0 to way 1.
+    fn table_insert(&mut self, pc: u64, code: usize) {
+        let s = Self::slot(pc);
+        self.table[s + 1] = self.table[s];
+        self.table[s] = Entry {
+            tag: pc,
+            code: code as u64,
+        };
     }
 
     /// Code for the block at `pc`, translating it if needed. `None`: the
     /// interpreter must run it (fetch fault, code crossing pages).
     fn code_for(&mut self, space: &UserSpace, pc: u64) -> Option<usize> {
-        let e = self.table[Self::slot(pc)];
-        if e.tag == pc {
-            return Some(e.code as usize);
+        let s = Self::slot(pc);
+        for e in &self.table[s..s + 2] {
+            if e.tag == pc {
+                return Some(e.code as usize);
+            }
         }
         if let Some(&code) = self.blocks.get(&pc) {
-            self.table[Self::slot(pc)] = Entry {
-                tag: pc,
-                code: code as u64,
-            };
+            self.table_insert(pc, code);
             return Some(code);
         }
         self.compile(space, pc)
@@ -614,10 +649,7 @@ impl Jit {
             // check above left free at `len`.
             unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), at as *mut u8, code.len()) };
             self.len = (self.len + code.len() + 15) & !15;
-            self.table[Self::slot(pc)] = Entry {
-                tag: pc,
-                code: at as u64,
-            };
+            self.table_insert(pc, at);
             self.blocks.insert(pc, at);
             at
         });
@@ -628,6 +660,16 @@ impl Jit {
     /// Generates the code of one block (to live at `at`). `sys`: system
     /// mode, with the address of its helper.
     fn emit(&mut self, at: usize, insns: &[Insn], pc: u64, sys: Option<usize>) -> Vec<u8> {
+        let code = self.emit_code(at, insns, pc, sys);
+        if let Some(f) = self.perf_map.as_mut() {
+            use std::io::Write;
+            // Best effort: a profile without names is still a profile.
+            let _ = writeln!(f, "{at:x} {:x} guest_{pc:x}", code.len());
+        }
+        code
+    }
+
+    fn emit_code(&mut self, at: usize, insns: &[Insn], pc: u64, sys: Option<usize>) -> Vec<u8> {
         use Kind::*;
         let mut a = Asm {
             b: Vec::with_capacity(insns.len() * 48 + 256),
@@ -734,6 +776,15 @@ impl Jit {
                     static_exit(&mut a, ipc.wrapping_add(imm as i64 as u64));
                 }};
             }
+            // FP loads and stores, user mode (where FP is always on, so no
+            // mstatus.FS check): the integer paths below, with f registers.
+            let fp = match (i.kind, sys) {
+                (Flw, None) => Some((4, false, false)),
+                (Fld, None) => Some((8, false, false)),
+                (Fsw, None) => Some((4, false, true)),
+                (Fsd, None) => Some((8, false, true)),
+                _ => None,
+            };
             if let (Some((n, signed, is_store)), Some(_)) = (mem_shape(i.kind), sys) {
                 // va = rs1 + imm in rax, vpn in rcx, TLB entry in rdx.
                 a.ld_x(RAX, i.rs1);
@@ -801,7 +852,7 @@ impl Jit {
                 }
                 continue;
             }
-            if let Some((n, signed, is_store)) = mem_shape(i.kind) {
+            if let Some((n, signed, is_store)) = mem_shape(i.kind).or(fp) {
                 // va = rs1 + imm in rax; page index in rcx.
                 a.ld_x(RAX, i.rs1);
                 if imm != 0 {
@@ -838,7 +889,11 @@ impl Jit {
                     slow.push((a.jcc(CC_A), k));
                 }
                 if is_store {
-                    a.ld_x(RDX, i.rs2);
+                    if fp.is_some() {
+                        a.load(RDX, RBX, fd(i.rs2));
+                    } else {
+                        a.ld_x(RDX, i.rs2);
+                    }
                     match n {
                         1 => a.op_bi(false, &[0x88], RDX, R12, RAX),
                         2 => {
@@ -858,7 +913,16 @@ impl Jit {
                         (4, false) => a.op_bi(false, &[0x8b], RAX, R12, RAX),
                         _ => a.op_bi(true, &[0x8b], RAX, R12, RAX),
                     }
-                    a.st_x(rd, RAX);
+                    if fp.is_some() {
+                        if n == 4 {
+                            // NaN-box the single.
+                            a.mov_imm(RCX, 0xffff_ffff_0000_0000);
+                            a.alu_rr(true, OR, RAX, RCX);
+                        }
+                        a.store(RBX, fd(rd), RAX);
+                    } else {
+                        a.st_x(rd, RAX);
+                    }
                 }
                 continue;
             }

@@ -596,7 +596,10 @@ fn random_program(rng: &mut u64, n: usize) -> Vec<u32> {
             _ => {
                 // FP: moves in and out, arithmetic, conversions.
                 let (fd, fs1, fs2) = (rd, rs1, rs2);
-                match next(rng) % 6 {
+                match next(rng) % 8 {
+                    // flw / fld, fsw / fsd
+                    6 => i(0x07, 2 + (next(rng) % 2) as u32, fd, base, imm),
+                    7 => s(2 + (next(rng) % 2) as u32, base, fs2, imm) ^ 0x23 ^ 0x27,
                     0 => r(0x53, 0, 0x79, fd, rs1, 0),   // fmv.d.x
                     1 => r(0x53, 0, 0x71, rd, fs1, 0),   // fmv.x.d
                     2 => r(0x53, 7, 0x01, fd, fs1, fs2), // fadd.d
