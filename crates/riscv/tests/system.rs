@@ -123,7 +123,7 @@ fn build(src: &str) -> PathBuf {
 
 /// Runs a bare-metal program until it writes the finisher; returns the
 /// finisher value and the UART output.
-fn run_bare(src: &str, builtin_sbi: bool) -> (u32, String) {
+fn run_bare(src: &str, builtin_sbi: bool, jit: bool) -> (u32, String) {
     let elf = std::fs::read(build(src)).unwrap();
     let clock = Arc::new(Clock::new(10_000_000));
     let bus = TestBus::new(clock.clone());
@@ -134,6 +134,7 @@ fn run_bare(src: &str, builtin_sbi: bool) -> (u32, String) {
         sbi_ecalls: builtin_sbi,
     });
     bus.control.set(hart.control().clone()).unwrap();
+    hart.set_jit(jit);
     hart.pc = entry;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
@@ -153,7 +154,10 @@ fn run_bare(src: &str, builtin_sbi: bool) -> (u32, String) {
 
 #[test]
 fn privileged_architecture() {
-    let (code, out) = run_bare("priv.S", false);
-    assert_eq!(code, 0x5555, "failed check {} ({out})", code >> 16);
-    assert!(out.contains("all checks passed"), "{out}");
+    // Translated to host code and interpreted: the same checks pass.
+    for jit in [true, false] {
+        let (code, out) = run_bare("priv.S", false, jit);
+        assert_eq!(code, 0x5555, "jit={jit}: failed check {} ({out})", code >> 16);
+        assert!(out.contains("all checks passed"), "jit={jit}: {out}");
+    }
 }
