@@ -327,6 +327,15 @@ impl Asm {
     fn alu_rr(&mut self, w: bool, op: (u8, u8), dst: u8, src: u8) {
         self.op_rr(w, &[op.0], src, dst);
     }
+    /// `op dst, <guest register r>` straight from memory (x0 reads as 0).
+    fn alu_x(&mut self, w: bool, op: (u8, u8), dst: u8, r: u8) {
+        if r == 0 {
+            self.alu_imm(w, op, dst, 0);
+        } else {
+            // The `op reg, r/m` form is the `op r/m, reg` opcode + 2.
+            self.op_m(w, &[op.0 + 2], dst, RBX, xd(r));
+        }
+    }
     fn alu_imm(&mut self, w: bool, op: (u8, u8), dst: u8, imm: i32) {
         if (-128..=127).contains(&imm) {
             self.op_rr(w, &[0x83], op.1, dst);
@@ -712,8 +721,7 @@ impl Jit {
             macro_rules! rr {
                 ($w:expr, $op:expr) => {{
                     a.ld_x(RAX, i.rs1);
-                    a.ld_x(RCX, i.rs2);
-                    a.alu_rr($w, $op, RAX, RCX);
+                    a.alu_x($w, $op, RAX, i.rs2);
                     if !$w {
                         a.sext32(RAX, RAX);
                     }
@@ -757,8 +765,7 @@ impl Jit {
                     if $imm {
                         a.alu_imm(true, CMP, RAX, imm);
                     } else {
-                        a.ld_x(RCX, i.rs2);
-                        a.alu_rr(true, CMP, RAX, RCX);
+                        a.alu_x(true, CMP, RAX, i.rs2);
                     }
                     a.setcc_rax($cc);
                     a.st_x(rd, RAX);
@@ -768,8 +775,7 @@ impl Jit {
                 ($cc:expr) => {{
                     a.add_icount(k as u32 + 1);
                     a.ld_x(RAX, i.rs1);
-                    a.ld_x(RCX, i.rs2);
-                    a.alu_rr(true, CMP, RAX, RCX);
+                    a.alu_x(true, CMP, RAX, i.rs2);
                     let taken = a.jcc($cc);
                     static_exit(&mut a, next);
                     a.bind(taken);
