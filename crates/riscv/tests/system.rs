@@ -157,7 +157,12 @@ fn privileged_architecture() {
     // Translated to host code and interpreted: the same checks pass.
     for jit in [true, false] {
         let (code, out) = run_bare("priv.S", false, jit);
-        assert_eq!(code, 0x5555, "jit={jit}: failed check {} ({out})", code >> 16);
+        assert_eq!(
+            code,
+            0x5555,
+            "jit={jit}: failed check {} ({out})",
+            code >> 16
+        );
         assert!(out.contains("all checks passed"), "jit={jit}: {out}");
     }
 }
