@@ -75,6 +75,9 @@ pub struct MachineConfig {
     /// Where console input comes from (e.g. stdin), if anywhere.
     pub input: Option<RawFd>,
     /// Stop the machine ([`StopReason::Timeout`]) after this long.
+    /// Translate guest code to host code (see the `riscv` crate's JIT);
+    /// `false` runs the interpreter alone.
+    pub jit: bool,
     pub timeout: Option<std::time::Duration>,
 }
 
@@ -466,11 +469,13 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome, MachineError> {
     let builtin_sbi = cfg.board == BoardKind::Virt && matches!(cfg.firmware, Firmware::Builtin);
     let mut harts: Vec<Hart> = (0..cfg.harts)
         .map(|i| {
-            Hart::new_system(HartConfig {
+            let mut h = Hart::new_system(HartConfig {
                 hart_id: i as u64,
                 clock: clock.clone(),
                 sbi_ecalls: builtin_sbi,
-            })
+            });
+            h.set_jit(cfg.jit);
+            h
         })
         .collect();
     let controls: Vec<Arc<HartControl>> = harts.iter().map(|h| h.control().clone()).collect();

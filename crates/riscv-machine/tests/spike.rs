@@ -80,6 +80,7 @@ fn spike(program: &str, harts: usize) -> (StopReason, String) {
         output: Box::new(sink.clone()),
         input: None,
         timeout: Some(std::time::Duration::from_secs(60)),
+        jit: true,
     })
     .unwrap();
     let text = String::from_utf8_lossy(&sink.0.lock().unwrap()).into_owned();
@@ -149,6 +150,7 @@ fn foreign_programs_are_refused() {
         output: Box::new(std::io::sink()),
         input: None,
         timeout: Some(std::time::Duration::from_secs(60)),
+        jit: true,
     })
     .unwrap_err()
     .to_string();

@@ -30,6 +30,10 @@ pub struct Args {
     /// Stop the guest after this many seconds (exit status 124)
     #[arg(long, value_name = "SECS")]
     timeout: Option<u64>,
+    /// Run guest code in the interpreter only, without translating it to
+    /// host code (also: VIRTKIT_JIT=0); slower, same results
+    #[arg(long = "no-jit")]
+    no_jit: bool,
     /// The command to run in the guest (after `--`)
     #[arg(
         trailing_var_arg = true,
@@ -72,6 +76,7 @@ pub fn main(args: Args) -> anyhow::Result<i32> {
         output: Box::new(std::io::stdout()),
         input: Some(0),
         timeout: args.timeout.map(Duration::from_secs),
+        jit: !args.no_jit && std::env::var_os("VIRTKIT_JIT").is_none_or(|v| v != "0"),
     };
     let outcome = {
         let _raw = riscv_machine::terminal::RawMode::enter(0);

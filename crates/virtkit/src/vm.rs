@@ -66,6 +66,10 @@ pub struct RunArgs {
     /// Stop the guest after this many seconds (exit status 124)
     #[arg(long, value_name = "SECS")]
     timeout: Option<u64>,
+    /// Run guest code in the interpreter only, without translating it to
+    /// host code (also: VIRTKIT_JIT=0); slower, same results
+    #[arg(long = "no-jit")]
+    no_jit: bool,
 }
 
 pub fn main(args: Args) -> anyhow::Result<i32> {
@@ -209,6 +213,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         output: Box::new(std::io::stdout()),
         input: Some(0),
         timeout: a.timeout.map(std::time::Duration::from_secs),
+        jit: !a.no_jit && std::env::var_os("VIRTKIT_JIT").is_none_or(|v| v != "0"),
     };
     let outcome = {
         // Raw mode only while the machine runs; the guard restores the
