@@ -1,7 +1,7 @@
 //! Instruction decoding into a compact, engine-neutral form.
 //!
-//! [`Insn`] is what the block cache stores and the interpreter executes; a
-//! future JIT consumes the same blocks. Compressed instructions decode to the
+//! [`Insn`] is what the block cache stores, the interpreter executes and
+//! the JIT compiles. Compressed instructions decode to the
 //! same kinds as their 32-bit expansions (with `len == 2`). Decoding never
 //! panics: any word that is not a valid RV64GC+Zba/Zbb/Zbs instruction
 //! becomes [`Kind::Illegal`].

@@ -29,12 +29,15 @@
 //! # Engine
 //!
 //! Instructions are decoded once per basic block into a compact form
-//! ([`decode::Insn`], a plain struct a JIT can consume as well) and cached by
-//! address (virtual in user mode, physical in system mode); the interpreter
-//! loops over a block's instructions with a `match`, monomorphised over the
-//! memory flavour so loads and stores inline into the hot loop. Stores into
-//! pages holding decoded code, `fence.i`, and explicit invalidation calls
-//! drop stale blocks.
+//! ([`decode::Insn`]) and cached by address (virtual in user mode, physical
+//! in system mode). On x86-64 hosts the `jit` module compiles those blocks
+//! to host code and runs them chained together; the interpreter (a loop
+//! over a block's instructions with a `match`, monomorphised over the
+//! memory flavour so loads and stores inline into the hot loop) runs
+//! whatever the JIT hands back: slow paths, traps, system instructions, and
+//! everything when the JIT is off ([`Hart::set_jit`]). Stores into pages
+//! holding decoded code, `fence.i`, and explicit invalidation calls drop
+//! stale blocks.
 
 pub mod decode;
 mod exec;
