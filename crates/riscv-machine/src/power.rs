@@ -104,9 +104,10 @@ const FINISHER_FAIL: u32 = 0x3333;
 const FINISHER_PASS: u32 = 0x5555;
 const FINISHER_RESET: u32 = 0x7777;
 
-/// The `sifive,test` finisher at 0x100000: a 32-bit write of 0x5555 powers
-/// off with status 0, `(status << 16) | 0x3333` powers off with `status`,
-/// 0x7777 resets.
+/// The `sifive,test` finisher at 0x100000: a write of 0x5555 powers off
+/// with status 0, `(status << 16) | 0x3333` powers off with `status`,
+/// 0x7777 resets. 16-bit writes count too, as in QEMU: OpenSBI's driver
+/// resets and powers off with `writew`.
 pub struct TestFinisher {
     power: Arc<Power>,
 }
@@ -123,7 +124,7 @@ impl MmioDevice for TestFinisher {
     }
 
     fn write(&self, offset: u64, size: u8, value: u64) {
-        if offset != 0 || size < 4 {
+        if offset != 0 || size < 2 {
             return;
         }
         let v = value as u32;
@@ -151,6 +152,17 @@ mod tests {
         ] {
             let p = Power::new();
             TestFinisher::new(p.clone()).write(0, 4, v);
+            assert_eq!(p.reason(), want, "{v:#x}");
+            assert_eq!(p.is_stopped(), want.is_some());
+        }
+        // OpenSBI's sifive_test driver writes 16 bits; a byte is ignored.
+        for (size, v, want) in [
+            (2u8, 0x7777u64, Some(StopReason::Reset)),
+            (2, 0x5555, Some(StopReason::PowerOff(0))),
+            (1, 0x55, None),
+        ] {
+            let p = Power::new();
+            TestFinisher::new(p.clone()).write(0, size, v);
             assert_eq!(p.reason(), want, "{v:#x}");
             assert_eq!(p.is_stopped(), want.is_some());
         }

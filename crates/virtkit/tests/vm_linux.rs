@@ -562,5 +562,31 @@ fn bad_input_gets_a_clear_error() {
         "{}",
         describe(&o)
     );
+    // The same under OpenSBI: the kernel's reset goes through SBI SRST to
+    // the firmware, whose sifive_test driver writes 16 bits (a panicking
+    // guest used to hang here until the timeout).
+    let o = virtkit(&[
+        "vm",
+        "run",
+        "--firmware",
+        OPENSBI,
+        "--kernel",
+        &kernel,
+        "--append",
+        "console=ttyS0 root=/dev/nonexistent",
+        "--timeout",
+        TIMEOUT,
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("Kernel panic"),
+        "{}",
+        describe(&o)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("reset"),
+        "{}",
+        describe(&o)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
