@@ -80,6 +80,11 @@ struct Ctx {
     mem: *mut (),
     /// System mode: blocks left before the run loop polls for interrupts.
     poll: u32,
+    /// System mode: the fetch TLB, the block table and the fence epoch,
+    /// for the inline dispatch of indirect and cross-page jumps.
+    itlb: *const u8,
+    systable: *const SysSlot,
+    epoch: u64,
 }
 
 #[repr(C)]
@@ -114,6 +119,7 @@ pub(crate) struct Jit {
     enter: EnterFn,
     epilogue: usize,
     dispatch: usize,
+    dispatch_sys: usize,
     table: Box<[Entry]>,
     /// Every block translated since the last flush (the table above is a
     /// direct-mapped cache of it for generated code; a block evicted from
@@ -150,6 +156,7 @@ pub(crate) struct Jit {
 /// A system-mode table slot: virtual pc, physical pc, code, and the fence
 /// epoch at which its page was last found unchanged.
 #[derive(Clone, Copy)]
+#[repr(C)]
 struct SysSlot {
     vpc: u64,
     ppc: u64,
@@ -173,6 +180,9 @@ struct SysPage {
     /// Blocks translated from it: (virtual pc, physical pc).
     blocks: Vec<(u64, u64)>,
 }
+
+// The inline dispatch of system mode scales the slot index by 32.
+const _: () = assert!(std::mem::size_of::<SysSlot>() == 32);
 
 // The TLB walk in generated code scales the index by 48.
 const _: () = assert!(std::mem::size_of::<crate::mmu::Entry>() == 48);
@@ -519,6 +529,47 @@ impl Jit {
         a.bind(miss);
         a.mov_imm(RAX, EXIT_DISPATCH as u64);
         a.jmp_abs(epilogue);
+        // dispatch_sys: rax = virtual pc, already in ctx.pc. Translates it
+        // through the fetch TLB (a miss or MMIO: back to Rust), then looks
+        // up (virtual pc, physical pc) in the system table, whose slot must
+        // also be verified in the current fence epoch (see `fence_i`).
+        let dispatch_sys = a.addr();
+        a.mov_rr(RCX, RAX);
+        a.shift_imm(true, SHR, RCX, 12);
+        a.op_rr(false, &[0x89], RCX, RDX); // mov edx, ecx
+        a.alu_imm(false, AND, RDX, (TLB_SIZE - 1) as i32);
+        a.b.extend_from_slice(&[0x8d, 0x14, 0x52]); // lea edx, [rdx + rdx*2]
+        a.shift_imm(false, SHL, RDX, 4);
+        a.op_m(true, &[0x03], RDX, R14, ctx_off(offset_of!(Ctx, itlb)));
+        let tag_x = offset_of!(crate::mmu::Entry, tag_x) as i32;
+        a.op_m(true, &[0x3b], RCX, RDX, tag_x); // cmp rcx, [rdx + tag_x]
+        let miss1 = a.jcc(CC_NE);
+        a.mov_rr(RSI, RAX);
+        a.alu_imm(false, AND, RSI, 0xfff);
+        let pa_page = offset_of!(crate::mmu::Entry, pa_page) as i32;
+        a.op_m(true, &[0x0b], RSI, RDX, pa_page); // or rsi, [rdx + pa_page]
+                                                  // slot of (vpc, pa), as `Jit::sys_slot`: 32-byte slots, two per set.
+        a.mov_rr(RCX, RSI);
+        a.shift_imm(true, SHL, RCX, 7);
+        a.alu_rr(true, XOR, RCX, RAX);
+        a.mov_imm(RDX, HASH_MUL);
+        a.op_rr(true, &[0x0f, 0xaf], RCX, RDX); // imul rcx, rdx
+        a.shift_imm(true, SHR, RCX, 64 - SET_BITS as u8);
+        a.shift_imm(true, SHL, RCX, 6);
+        a.op_m(true, &[0x03], RCX, R14, ctx_off(offset_of!(Ctx, systable)));
+        a.op_m(true, &[0x3b], RAX, RCX, offset_of!(SysSlot, vpc) as i32);
+        let miss2 = a.jcc(CC_NE);
+        a.op_m(true, &[0x3b], RSI, RCX, offset_of!(SysSlot, ppc) as i32);
+        let miss3 = a.jcc(CC_NE);
+        a.load(RDX, R14, ctx_off(offset_of!(Ctx, epoch)));
+        a.op_m(true, &[0x3b], RDX, RCX, offset_of!(SysSlot, epoch) as i32);
+        let miss4 = a.jcc(CC_NE);
+        a.op_m(false, &[0xff], 4, RCX, offset_of!(SysSlot, code) as i32); // jmp [rcx + code]
+        for m in [miss1, miss2, miss3, miss4] {
+            a.bind(m);
+        }
+        a.mov_imm(RAX, EXIT_DISPATCH as u64);
+        a.jmp_abs(epilogue);
         let n = a.b.len();
         // SAFETY: `n` bytes fit easily in the fresh CODE_SIZE mapping.
         unsafe { std::ptr::copy_nonoverlapping(a.b.as_ptr(), buf, n) };
@@ -533,6 +584,7 @@ impl Jit {
             enter,
             epilogue,
             dispatch,
+            dispatch_sys,
             table: vec![EMPTY; TABLE_SIZE].into_boxed_slice(),
             blocks: HashMap::new(),
             helpers: Vec::new(),
@@ -703,9 +755,12 @@ impl Jit {
         });
         // A static exit: chained (patched jmp) unless system mode leaves
         // the block's page (a different page may translate differently).
+        let dispatch_sys = self.dispatch_sys;
         let static_exit = |a: &mut Asm, target: u64| {
             if sys.is_some() && target >> 12 != pc >> 12 {
-                a.exit_pc(epi, target, EXIT_DISPATCH);
+                a.mov_imm(RAX, target);
+                a.store(R14, ctx_off(offset_of!(Ctx, pc)), RAX);
+                a.jmp_abs(dispatch_sys);
             } else {
                 a.chain_exit(epi, target);
             }
@@ -966,8 +1021,7 @@ impl Jit {
                     a.add_icount(k as u32 + 1);
                     a.store(R14, ctx_off(offset_of!(Ctx, pc)), RAX);
                     if sys.is_some() {
-                        a.mov_imm(RAX, EXIT_DISPATCH as u64);
-                        a.jmp_abs(epi);
+                        a.jmp_abs(self.dispatch_sys);
                     } else {
                         a.jmp_abs(self.dispatch);
                     }
@@ -1137,6 +1191,9 @@ impl Jit {
                 codegen: space.code_gen_ptr(),
                 mem: std::ptr::null_mut(),
                 poll: u32::MAX,
+                itlb: std::ptr::null(),
+                systable: std::ptr::null(),
+                epoch: 0,
             };
             // SAFETY: `code` is the entry of a block translated into this
             // hart's buffer for the current code generation; the context
@@ -1288,6 +1345,7 @@ impl Jit {
         let attn = core.control.attention_ptr();
         let codegen = mem.code_map().generation_ptr();
         let tlb = mem.data_tlb().cast::<u8>();
+        let itlb = mem.fetch_tlb().cast::<u8>();
         let core_ptr: *mut Core = core;
         let mem_ptr: *mut SysMem<'_, B> = mem;
         let mut poll = crate::exec::POLL_BLOCKS;
@@ -1308,6 +1366,9 @@ impl Jit {
                 codegen,
                 mem: mem_ptr.cast(),
                 poll,
+                itlb,
+                systable: self.sys_table.as_ptr(),
+                epoch: self.fence_epoch,
             };
             // SAFETY: `code` is the entry of a block translated into this
             // hart's buffer for the current code generation, and the

@@ -208,10 +208,10 @@ const INVALID: u64 = u64::MAX;
 pub(crate) struct Entry {
     pub(crate) tag_r: u64,
     pub(crate) tag_w: u64,
-    tag_x: u64,
+    pub(crate) tag_x: u64,
     /// host address of the page minus its virtual address (RAM only).
     pub(crate) addend: usize,
-    pa_page: u64,
+    pub(crate) pa_page: u64,
     pub(crate) code: *const AtomicU8,
 }
 
@@ -291,6 +291,11 @@ impl<'a, B: Bus> SysMem<'a, B> {
     /// until the next `update_modes`).
     pub fn data_tlb(&self) -> *const Entry {
         self.tlb.e[self.data].as_ptr()
+    }
+
+    /// The TLB of instruction fetches in the current regime (for the JIT).
+    pub fn fetch_tlb(&self) -> *const Entry {
+        self.tlb.e[self.fetch].as_ptr()
     }
 
     pub fn code_map(&self) -> &'a CodeMap {
