@@ -547,8 +547,10 @@ impl Jit {
         a.mov_rr(RSI, RAX);
         a.alu_imm(false, AND, RSI, 0xfff);
         let pa_page = offset_of!(crate::mmu::Entry, pa_page) as i32;
-        a.op_m(true, &[0x0b], RSI, RDX, pa_page); // or rsi, [rdx + pa_page]
-                                                  // slot of (vpc, pa), as `Jit::sys_slot`: 32-byte slots, two per set.
+        // or rsi, [rdx + pa_page]: the physical pc.
+        a.op_m(true, &[0x0b], RSI, RDX, pa_page);
+        // The slot of (vpc, pa), as `Jit::sys_slot`: 32-byte slots, two
+        // per set.
         a.mov_rr(RCX, RSI);
         a.shift_imm(true, SHL, RCX, 7);
         a.alu_rr(true, XOR, RCX, RAX);
