@@ -91,29 +91,31 @@ impl Engine {
         self.jit_on
     }
 
+    /// The hart's JIT, created on first use; `None` when it is off or the
+    /// host refuses executable memory (then the interpreter runs alone).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn jit(&mut self) -> Option<&mut crate::jit::Jit> {
+        if !self.jit_on {
+            return None;
+        }
+        if self.jit.is_none() {
+            match crate::jit::Jit::new() {
+                Some(j) => self.jit = Some(Box::new(j)),
+                None => self.jit_on = false,
+            }
+        }
+        self.jit.as_deref_mut()
+    }
+
     /// System mode: runs translated code from `core.pc`. `false`: the
     /// interpreter must run the next block.
     #[inline(always)]
     fn run_jit_sys<B: Bus>(&mut self, core: &mut Core, mem: &mut SysMem<'_, B>) -> bool {
         #[cfg(target_arch = "x86_64")]
-        {
-            if !self.jit_on {
-                return false;
-            }
-            if self.jit.is_none() {
-                match crate::jit::Jit::new() {
-                    Some(j) => self.jit = Some(Box::new(j)),
-                    None => {
-                        self.jit_on = false;
-                        return false;
-                    }
-                }
-            }
-            let Some(jit) = self.jit.as_mut() else {
-                return false;
-            };
-            matches!(jit.run_sys(core, mem), crate::jit::JitExit::Yield)
-        }
+        return self
+            .jit()
+            .is_some_and(|j| matches!(j.run_sys(core, mem), crate::jit::JitExit::Yield));
         #[cfg(not(target_arch = "x86_64"))]
         {
             let _ = (core, mem);
@@ -126,25 +128,9 @@ impl Engine {
     #[inline(always)]
     fn run_jit(&mut self, core: &mut Core, space: &UserSpace) -> bool {
         #[cfg(target_arch = "x86_64")]
-        {
-            if !self.jit_on {
-                return false;
-            }
-            if self.jit.is_none() {
-                match crate::jit::Jit::new() {
-                    Some(j) => self.jit = Some(Box::new(j)),
-                    None => {
-                        // No executable memory from the host: interpret.
-                        self.jit_on = false;
-                        return false;
-                    }
-                }
-            }
-            let Some(jit) = self.jit.as_mut() else {
-                return false;
-            };
-            matches!(jit.run(core, space), crate::jit::JitExit::Yield)
-        }
+        return self
+            .jit()
+            .is_some_and(|j| matches!(j.run(core, space), crate::jit::JitExit::Yield));
         #[cfg(not(target_arch = "x86_64"))]
         {
             let _ = (core, space);

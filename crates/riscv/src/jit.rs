@@ -1205,32 +1205,48 @@ impl Jit {
             // SAFETY: the generated code has returned; no other access to
             // the core is live.
             let core = unsafe { &mut *core_ptr };
-            core.instret = core.instret.wrapping_add(ctx.icount);
-            core.pc = ctx.pc;
-            match r {
-                EXIT_CHAIN | EXIT_DISPATCH => {
-                    let flushes = self.flushes;
-                    let Some(next) = self.code_for(space, ctx.pc) else {
-                        return JitExit::Slow;
-                    };
-                    if r == EXIT_CHAIN && self.flushes == flushes {
-                        let site = ctx.site as usize;
-                        let rel = (next as i64 - (site as i64 + 5)) as i32;
-                        // SAFETY: `site` is a `jmp rel32` inside this
-                        // buffer's blocks (no flush since it was recorded),
-                        // and no generated code is running.
-                        unsafe {
-                            (site as *mut u8)
-                                .add(1)
-                                .cast::<[u8; 4]>()
-                                .write_unaligned(rel.to_le_bytes())
-                        };
-                    }
-                    code = next;
-                }
-                EXIT_SLOW => return JitExit::Slow,
-                _ => return JitExit::Yield,
+            match self.after_exit(core, &ctx, r, |j, _| j.code_for(space, ctx.pc)) {
+                Ok(next) => code = next,
+                Err(e) => return e,
             }
+        }
+    }
+
+    /// After generated code returned `r`: retires its instructions and
+    /// sets the pc; on a chain or dispatch exit finds (or translates) the
+    /// next block with `next_code` and patches the chain site. Returns the
+    /// code to run next, or how the run ends.
+    fn after_exit(
+        &mut self,
+        core: &mut Core,
+        ctx: &Ctx,
+        r: u32,
+        next_code: impl FnOnce(&mut Self, &mut Core) -> Option<usize>,
+    ) -> Result<usize, JitExit> {
+        core.instret = core.instret.wrapping_add(ctx.icount);
+        core.pc = ctx.pc;
+        match r {
+            EXIT_CHAIN | EXIT_DISPATCH => {
+                let flushes = self.flushes;
+                let next = next_code(self, core).ok_or(JitExit::Slow)?;
+                if r == EXIT_CHAIN && self.flushes == flushes {
+                    let site = ctx.site as usize;
+                    let rel = (next as i64 - (site as i64 + 5)) as i32;
+                    // SAFETY: `site` is a `jmp rel32` inside this buffer's
+                    // blocks (no flush since it was recorded; in system mode
+                    // chain exits only target the block's own page), and no
+                    // generated code is running.
+                    unsafe {
+                        (site as *mut u8)
+                            .add(1)
+                            .cast::<[u8; 4]>()
+                            .write_unaligned(rel.to_le_bytes())
+                    };
+                }
+                Ok(next)
+            }
+            EXIT_SLOW => Err(JitExit::Slow),
+            _ => Err(JitExit::Yield),
         }
     }
 }
@@ -1380,31 +1396,11 @@ impl Jit {
             // SAFETY: the generated code has returned; no other access to
             // the core or the memory path is live.
             let (core, mem) = unsafe { (&mut *core_ptr, &mut *mem_ptr) };
-            core.instret = core.instret.wrapping_add(ctx.icount);
-            core.pc = ctx.pc;
             poll = ctx.poll;
-            match r {
-                EXIT_CHAIN | EXIT_DISPATCH => {
-                    let flushes = self.flushes;
-                    let Some(next) = self.code_for_sys(core, mem, ctx.pc) else {
-                        return JitExit::Slow;
-                    };
-                    if r == EXIT_CHAIN && self.flushes == flushes {
-                        // Chain exits only target the block's own page.
-                        let site = ctx.site as usize;
-                        let rel = (next as i64 - (site as i64 + 5)) as i32;
-                        // SAFETY: as in `run`.
-                        unsafe {
-                            (site as *mut u8)
-                                .add(1)
-                                .cast::<[u8; 4]>()
-                                .write_unaligned(rel.to_le_bytes())
-                        };
-                    }
-                    code = next;
-                }
-                EXIT_SLOW => return JitExit::Slow,
-                _ => return JitExit::Yield,
+            let pc = ctx.pc;
+            match self.after_exit(core, &ctx, r, |j, core| j.code_for_sys(core, mem, pc)) {
+                Ok(next) => code = next,
+                Err(e) => return e,
             }
         }
     }
