@@ -774,47 +774,43 @@ impl Jit {
             let next = ipc.wrapping_add(i.size() as u64);
             let imm = i.imm;
             let rd = i.rd;
-            // Binary ALU op on rs1, rs2 (or imm) into rd.
-            macro_rules! rr {
+            // rd = op(rs1, ...): rs1 in rax, `$op` computes, then the
+            // result (sign-extended from 32 bits for W forms) goes to rd.
+            macro_rules! into_rd {
                 ($w:expr, $op:expr) => {{
                     a.ld_x(RAX, i.rs1);
-                    a.alu_x($w, $op, RAX, i.rs2);
+                    $op;
                     if !$w {
                         a.sext32(RAX, RAX);
                     }
                     a.st_x(rd, RAX);
                 }};
+            }
+            macro_rules! rr {
+                ($w:expr, $op:expr) => {
+                    into_rd!($w, a.alu_x($w, $op, RAX, i.rs2))
+                };
             }
             macro_rules! ri {
-                ($w:expr, $op:expr) => {{
-                    a.ld_x(RAX, i.rs1);
-                    a.alu_imm($w, $op, RAX, imm);
-                    if !$w {
-                        a.sext32(RAX, RAX);
-                    }
-                    a.st_x(rd, RAX);
-                }};
+                ($w:expr, $op:expr) => {
+                    into_rd!($w, a.alu_imm($w, $op, RAX, imm))
+                };
             }
             macro_rules! sh_imm {
-                ($w:expr, $d:expr) => {{
-                    a.ld_x(RAX, i.rs1);
-                    a.shift_imm($w, $d, RAX, (imm as u8) & if $w { 63 } else { 31 });
-                    if !$w {
-                        a.sext32(RAX, RAX);
-                    }
-                    a.st_x(rd, RAX);
-                }};
+                ($w:expr, $d:expr) => {
+                    into_rd!(
+                        $w,
+                        a.shift_imm($w, $d, RAX, (imm as u8) & if $w { 63 } else { 31 })
+                    )
+                };
             }
             macro_rules! sh_reg {
-                ($w:expr, $d:expr) => {{
-                    a.ld_x(RAX, i.rs1);
-                    a.ld_x(RCX, i.rs2);
-                    a.shift_cl($w, $d, RAX);
-                    if !$w {
-                        a.sext32(RAX, RAX);
-                    }
-                    a.st_x(rd, RAX);
-                }};
+                ($w:expr, $d:expr) => {
+                    into_rd!($w, {
+                        a.ld_x(RCX, i.rs2);
+                        a.shift_cl($w, $d, RAX)
+                    })
+                };
             }
             macro_rules! set {
                 ($cc:expr, $imm:expr) => {{
