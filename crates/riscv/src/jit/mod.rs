@@ -1,0 +1,694 @@
+//! User-mode JIT: translates decoded blocks ([`Insn`]) into x86-64 code.
+//!
+//! The interpreter's cost is dispatch: one indirect branch, operand
+//! fetches and a loop per guest instruction. Here each block becomes
+//! straight-line host code that keeps guest registers in `Core::x` (no
+//! register allocation: every instruction loads its operands and stores its
+//! result, all L1 hits), checks the permission table inline on every load
+//! and store exactly as [`crate::mmu::UserMem`] does, and ends by jumping
+//! straight into the next block (chaining, patched on first use) or through
+//! an inline hash lookup (indirect jumps). Traps, stores into pages holding
+//! code, page-crossing accesses, system instructions and anything else
+//! rare leave the JIT at the instruction's pc, and the interpreter runs the
+//! block from there: it owns all the precise slow paths, so the JIT never
+//! has to reproduce them. Instructions that are neither common nor
+//! control flow (FP, atomics, division, bit manipulation) call
+//! [`helper`], which runs the interpreter on that one instruction.
+//!
+//! Written by hand rather than with an assembler crate (dynasm, iced): the
+//! code needs some twenty instruction forms, must be emitted at its final
+//! address (chained jumps are patched in place), and lives in one fixed
+//! buffer per hart so that jumps between blocks stay rel32.
+//!
+//! Register use inside generated code (all callee-saved, so helper calls
+//! keep them): rbx = `&core.x[16]` (so every register is a disp8),
+//! r12 = guest memory base, r13 = permission table, r14 = [`Ctx`],
+//! r15 = the hart's attention word, rbp = the address space's code
+//! generation. rax, rcx, rdx, rsi, rdi are scratch.
+
+use std::collections::HashMap;
+
+use crate::decode::{Insn, Kind};
+use crate::hart::Core;
+use crate::mem::{Bus, UserSpace};
+use crate::mmu::{SysMem, UserMem};
+
+mod dispatch;
+mod emit;
+mod x86;
+
+use x86::Asm;
+
+/// Code buffer per hart. Reserved, not committed: pages are touched as
+/// code is written. Full: everything is flushed and translation restarts.
+const CODE_SIZE: usize = 32 << 20;
+/// Room kept free for one more block (96 instructions at well under 100
+/// bytes each, plus exit stubs).
+const HEADROOM: usize = 64 << 10;
+/// pc -> code table read by generated code: 2-way set associative (two
+/// hot targets of one indirect jump that hash alike must not evict each
+/// other on every call), `TABLE_SIZE / 2` sets, power of two.
+const TABLE_SIZE: usize = 1 << 14;
+const SET_BITS: u32 = 13;
+/// Fibonacci hashing: spreads nearby and page-aligned pcs over all sets.
+const HASH_MUL: u64 = 0x9e37_79b9_7f4a_7c15;
+/// Cap on helper instructions before a flush (the table is a Vec whose
+/// pointer generated code reads through `Ctx`).
+const MAX_HELPERS: usize = 1 << 18;
+
+const EXIT_DISPATCH: u32 = 0;
+const EXIT_CHAIN: u32 = 1;
+const EXIT_SLOW: u32 = 2;
+const EXIT_ATTN: u32 = 3;
+
+/// State shared between Rust and generated code (offsets are baked into
+/// the code, hence `repr(C)`).
+#[repr(C)]
+struct Ctx {
+    /// Next guest pc at every exit.
+    pc: u64,
+    /// Address of the `jmp rel32` to patch (EXIT_CHAIN).
+    site: u64,
+    /// Guest instructions retired since entry.
+    icount: u64,
+    table: *const Entry,
+    core: *mut Core,
+    space: *const UserSpace,
+    helpers: *const Insn,
+    xregs: *mut u64,
+    /// r12: user mode, guest memory base; system mode, the data TLB.
+    membase: *const u8,
+    perms: *const u8,
+    attn: *const u32,
+    codegen: *const u64,
+    /// System mode: the `SysMem` helpers run instructions with.
+    mem: *mut (),
+    /// System mode: blocks left before the run loop polls for interrupts.
+    poll: u32,
+    /// System mode: the fetch TLB, the block table and the fence epoch,
+    /// for the inline dispatch of indirect and cross-page jumps.
+    itlb: *const u8,
+    systable: *const SysSlot,
+    epoch: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Entry {
+    tag: u64,
+    code: u64,
+}
+
+const EMPTY: Entry = Entry {
+    tag: u64::MAX,
+    code: 0,
+};
+
+/// Why [`Jit::run`] returned.
+pub(crate) enum JitExit {
+    /// The interpreter must run the block at `core.pc` (a slow path, a
+    /// system instruction, or an untranslatable block).
+    Slow,
+    /// Attention requested or code changed: `core.pc` is a block start.
+    Yield,
+}
+
+type EnterFn = unsafe extern "sysv64" fn(*mut Ctx, *const u8) -> u32;
+
+/// A hart's translated code.
+pub(crate) struct Jit {
+    buf: *mut u8,
+    len: usize,
+    /// Offset where blocks start (after the fixed routines).
+    blocks_start: usize,
+    enter: EnterFn,
+    epilogue: usize,
+    dispatch: usize,
+    dispatch_sys: usize,
+    table: Box<[Entry]>,
+    /// Every block translated since the last flush (the table above is a
+    /// direct-mapped cache of it for generated code; a block evicted from
+    /// the table is found here instead of being translated again).
+    blocks: HashMap<u64, usize>,
+    helpers: Vec<Insn>,
+    /// Code generation of the address space the translations match.
+    gen: u64,
+    /// Bumped by every flush: a chain site recorded before a flush is gone.
+    flushes: u64,
+    decode_buf: Vec<Insn>,
+    /// The address space the translations are for (its address and host
+    /// base), its size and log2 size (baked into the bounds checks).
+    space_id: (usize, usize),
+    space_size: u64,
+    space_bits: u8,
+    /// System mode: (virtual pc, physical pc) -> code, direct-mapped in
+    /// front of `sys_blocks` (no inline dispatch in system mode: every
+    /// indirect jump translates its target through the fetch TLB in Rust).
+    sys_table: Box<[SysSlot]>,
+    sys_blocks: HashMap<(u64, u64), usize>,
+    /// System mode: the physical pages blocks were translated from.
+    sys_pages: HashMap<u64, SysPage>,
+    /// System mode: bumped by every `fence.i` (see [`Jit::fence_i`]).
+    fence_epoch: u64,
+    /// Translating for a system-mode hart (set by the first `run_sys`).
+    sys_mode: bool,
+    /// `VIRTKIT_PERF_MAP=1`: each block is listed in `/tmp/perf-PID.map`
+    /// (the perf tool's convention for JIT code) with its guest pc, so
+    /// `perf report` names guest code instead of bare addresses.
+    perf_map: Option<std::fs::File>,
+}
+
+/// A system-mode table slot: virtual pc, physical pc, code, and the fence
+/// epoch at which its page was last found unchanged.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct SysSlot {
+    vpc: u64,
+    ppc: u64,
+    code: usize,
+    epoch: u64,
+}
+
+const NO_SLOT: SysSlot = SysSlot {
+    vpc: u64::MAX,
+    ppc: 0,
+    code: 0,
+    epoch: 0,
+};
+
+/// A physical page holding translated code (system mode).
+struct SysPage {
+    /// The page's bytes when its first block was translated.
+    copy: Box<[u8]>,
+    /// Fence epoch at which the page was last compared with `copy`.
+    epoch: u64,
+    /// Blocks translated from it: (virtual pc, physical pc).
+    blocks: Vec<(u64, u64)>,
+}
+
+// The inline dispatch of system mode scales the slot index by 32.
+const _: () = assert!(std::mem::size_of::<SysSlot>() == 32);
+
+// The TLB walk in generated code scales the index by 48.
+const _: () = assert!(std::mem::size_of::<crate::mmu::Entry>() == 48);
+
+// SAFETY: the buffer is owned by this value and only used by the thread
+// that owns the hart; nothing in it refers to thread-local state.
+unsafe impl Send for Jit {}
+
+impl Drop for Jit {
+    fn drop(&mut self) {
+        // SAFETY: `buf` is the mapping of `CODE_SIZE` bytes made in `new`.
+        unsafe { libc::munmap(self.buf.cast(), CODE_SIZE) };
+    }
+}
+
+/// Runs one non-control-flow instruction through the interpreter.
+/// Returns 0 when it completed, 1 when it trapped (nothing changed: the
+/// JIT exits and the interpreter re-executes it to deliver the trap).
+extern "sysv64" fn helper(ctx: *mut Ctx, idx: u32, pc: u64) -> u32 {
+    // SAFETY: generated code passes the `Ctx` that `Jit::run` set up for
+    // this call; `core` and `space` point at the hart's core and address
+    // space, which `run` borrows mutably/shared for the whole run, and no
+    // Rust reference to the core is live while generated code runs.
+    let ctx = unsafe { &*ctx };
+    // SAFETY: as above.
+    let (core, space) = unsafe { (&mut *ctx.core, &*ctx.space) };
+    // SAFETY: `idx` was allocated by `Jit::compile` in the helper table
+    // that `ctx.helpers` points at; the table is not touched while
+    // generated code runs.
+    let insn = unsafe { *ctx.helpers.add(idx as usize) };
+    let mut block = [insn, insn];
+    block[0].off = 0;
+    block[1].kind = Kind::BlockEnd;
+    block[1].off = insn.size() as u16;
+    let mut mem = UserMem::new(space);
+    match crate::exec::exec_block(core, &mut mem, &block, pc) {
+        Ok(_) => 0,
+        Err(_) => 1,
+    }
+}
+
+impl Jit {
+    /// Maps the code buffer and writes the fixed routines. `None` when the
+    /// host refuses executable memory (the interpreter then runs alone).
+    pub(crate) fn new() -> Option<Jit> {
+        // SAFETY: a fresh anonymous private mapping, owned by the Jit.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                CODE_SIZE,
+                libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        let buf = p.cast::<u8>();
+        let mut a = Asm {
+            b: Vec::new(),
+            base: buf as usize,
+        };
+        let r = dispatch::write(&mut a);
+        let n = a.b.len();
+        // SAFETY: `n` bytes fit easily in the fresh CODE_SIZE mapping.
+        unsafe { std::ptr::copy_nonoverlapping(a.b.as_ptr(), buf, n) };
+        // SAFETY: `r.enter` is the address of the routine just written, which
+        // follows the sysv64 convention of `EnterFn`.
+        let enter: EnterFn = unsafe { std::mem::transmute::<usize, EnterFn>(r.enter) };
+        let blocks_start = (n + 63) & !63;
+        Some(Jit {
+            buf,
+            len: blocks_start,
+            blocks_start,
+            enter,
+            epilogue: r.epilogue,
+            dispatch: r.dispatch,
+            dispatch_sys: r.dispatch_sys,
+            table: vec![EMPTY; TABLE_SIZE].into_boxed_slice(),
+            blocks: HashMap::new(),
+            helpers: Vec::new(),
+            gen: 0,
+            flushes: 0,
+            decode_buf: Vec::with_capacity(crate::exec::MAX_BLOCK + 1),
+            space_id: (0, 0),
+            space_size: 0,
+            space_bits: 0,
+            sys_table: vec![NO_SLOT; TABLE_SIZE].into_boxed_slice(),
+            sys_blocks: HashMap::new(),
+            sys_pages: HashMap::new(),
+            fence_epoch: 0,
+            sys_mode: false,
+            perf_map: std::env::var_os("VIRTKIT_PERF_MAP")
+                .is_some_and(|v| v != "0")
+                .then(|| {
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(format!("/tmp/perf-{}.map", std::process::id()))
+                        .ok()
+                })
+                .flatten(),
+        })
+    }
+
+    /// `fence.i` on this hart (or requested by another). User mode drops
+    /// every translation. System mode is lazier: Linux executes `fence.i`
+    /// tens of thousands of times per boot, and stores by any hart into
+    /// pages holding code already drop translations (code marks, see
+    /// [`crate::CodeMap`]); what a fence must still catch are writes no
+    /// hart made (device DMA into RAM). So each page is compared with the
+    /// copy taken when it was translated, once per fence, when next
+    /// entered from the run loop; a changed page loses its blocks. Chained
+    /// jumps never leave a page in system mode, so code reached through
+    /// them belongs to a page already checked.
+    pub(crate) fn fence_i(&mut self) {
+        if self.sys_mode {
+            self.fence_epoch += 1;
+        } else {
+            self.flush();
+        }
+    }
+
+    /// Drops the translations of a changed physical page.
+    fn drop_page(&mut self, ppage: u64) {
+        if let Some(p) = self.sys_pages.remove(&ppage) {
+            for (v, pp) in p.blocks {
+                self.sys_blocks.remove(&(v, pp));
+                let s = &mut self.sys_table[Self::sys_slot(v, pp)];
+                if s.vpc == v && s.ppc == pp {
+                    *s = NO_SLOT;
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn sys_slot(pc: u64, pa: u64) -> usize {
+        Self::slot(pc ^ (pa << 7))
+    }
+
+    pub(crate) fn flush(&mut self) {
+        self.len = self.blocks_start;
+        self.blocks.clear();
+        self.sys_blocks.clear();
+        self.sys_pages.clear();
+        if self.sys_mode {
+            self.sys_table.fill(NO_SLOT);
+        } else {
+            self.table.fill(EMPTY);
+        }
+        self.helpers.clear();
+        self.flushes += 1;
+    }
+
+    /// First entry of the set of `pc` (the system table, direct mapped,
+    /// uses it as a slot number).
+    #[inline(always)]
+    fn slot(pc: u64) -> usize {
+        (pc.wrapping_mul(HASH_MUL) >> (64 - SET_BITS)) as usize * 2
+    }
+
+    /// Puts `pc` in way 0 of its set, moving the old way 0 to way 1.
+    fn table_insert(&mut self, pc: u64, code: usize) {
+        let s = Self::slot(pc);
+        self.table[s + 1] = self.table[s];
+        self.table[s] = Entry {
+            tag: pc,
+            code: code as u64,
+        };
+    }
+
+    /// Code for the block at `pc`, translating it if needed. `None`: the
+    /// interpreter must run it (fetch fault, code crossing pages).
+    fn code_for(&mut self, space: &UserSpace, pc: u64) -> Option<usize> {
+        let s = Self::slot(pc);
+        for e in &self.table[s..s + 2] {
+            if e.tag == pc {
+                return Some(e.code as usize);
+            }
+        }
+        if let Some(&code) = self.blocks.get(&pc) {
+            self.table_insert(pc, code);
+            return Some(code);
+        }
+        self.compile(space, pc)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn compile(&mut self, space: &UserSpace, pc: u64) -> Option<usize> {
+        let mut insns = std::mem::take(&mut self.decode_buf);
+        let r = crate::exec::translate_user(space, pc, &mut insns);
+        let out = r.ok().map(|()| {
+            if self.len + HEADROOM > CODE_SIZE || self.helpers.len() + insns.len() > MAX_HELPERS {
+                self.flush();
+            }
+            let at = self.buf as usize + self.len;
+            let code = self.emit(at, &insns, pc, None);
+            // SAFETY: `emit` keeps a block well under HEADROOM, which the
+            // check above left free at `len`.
+            unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), at as *mut u8, code.len()) };
+            self.len = (self.len + code.len() + 15) & !15;
+            self.table_insert(pc, at);
+            self.blocks.insert(pc, at);
+            at
+        });
+        self.decode_buf = insns;
+        out
+    }
+
+    /// Generates the code of one block (to live at `at`). `sys`: system
+    /// mode, with the address of its helper.
+    fn emit(&mut self, at: usize, insns: &[Insn], pc: u64, sys: Option<usize>) -> Vec<u8> {
+        let code = self.emit_code(at, insns, pc, sys);
+        if let Some(f) = self.perf_map.as_mut() {
+            use std::io::Write;
+            // Best effort: a profile without names is still a profile.
+            let _ = writeln!(f, "{at:x} {:x} guest_{pc:x}", code.len());
+        }
+        code
+    }
+}
+
+impl Jit {
+    /// Runs translated code from `core.pc` until something needs the
+    /// interpreter or the run loop.
+    pub(crate) fn run(&mut self, core: &mut Core, space: &UserSpace) -> JitExit {
+        let id = (
+            space as *const UserSpace as usize,
+            space.host_base() as usize,
+        );
+        if id != self.space_id {
+            self.flush();
+            self.space_id = id;
+            self.space_size = space.size();
+            self.space_bits = space.size().trailing_zeros() as u8;
+        }
+        let g = space.code_gen();
+        if g != self.gen {
+            self.flush();
+            self.gen = g;
+        }
+        let Some(mut code) = self.code_for(space, core.pc) else {
+            return JitExit::Slow;
+        };
+        let attn = core.control.attention_ptr();
+        let core_ptr: *mut Core = core;
+        loop {
+            let mut ctx = Ctx {
+                pc: 0,
+                site: 0,
+                icount: 0,
+                table: self.table.as_ptr(),
+                core: core_ptr,
+                space,
+                helpers: self.helpers.as_ptr(),
+                // SAFETY: index 16 is inside the 64-entry register array.
+                xregs: unsafe { (*core_ptr).x.as_mut_ptr().add(16) },
+                membase: space.host_base().cast_const(),
+                perms: space.perm_table(),
+                attn,
+                codegen: space.code_gen_ptr(),
+                mem: std::ptr::null_mut(),
+                poll: u32::MAX,
+                itlb: std::ptr::null(),
+                systable: std::ptr::null(),
+                epoch: 0,
+            };
+            // SAFETY: `code` is the entry of a block translated into this
+            // hart's buffer for the current code generation; the context
+            // points at live data that nothing else touches during the
+            // call (the core is this thread's, the space outlives the run).
+            let r = unsafe { (self.enter)(&mut ctx, code as *const u8) };
+            // SAFETY: the generated code has returned; no other access to
+            // the core is live.
+            let core = unsafe { &mut *core_ptr };
+            match self.after_exit(core, &ctx, r, |j, _| j.code_for(space, ctx.pc)) {
+                Ok(next) => code = next,
+                Err(e) => return e,
+            }
+        }
+    }
+
+    /// After generated code returned `r`: retires its instructions and
+    /// sets the pc; on a chain or dispatch exit finds (or translates) the
+    /// next block with `next_code` and patches the chain site. Returns the
+    /// code to run next, or how the run ends.
+    fn after_exit(
+        &mut self,
+        core: &mut Core,
+        ctx: &Ctx,
+        r: u32,
+        next_code: impl FnOnce(&mut Self, &mut Core) -> Option<usize>,
+    ) -> Result<usize, JitExit> {
+        core.instret = core.instret.wrapping_add(ctx.icount);
+        core.pc = ctx.pc;
+        match r {
+            EXIT_CHAIN | EXIT_DISPATCH => {
+                let flushes = self.flushes;
+                let next = next_code(self, core).ok_or(JitExit::Slow)?;
+                if r == EXIT_CHAIN && self.flushes == flushes {
+                    let site = ctx.site as usize;
+                    let rel = (next as i64 - (site as i64 + 5)) as i32;
+                    // SAFETY: `site` is a `jmp rel32` inside this buffer's
+                    // blocks (no flush since it was recorded; in system mode
+                    // chain exits only target the block's own page), and no
+                    // generated code is running.
+                    unsafe {
+                        (site as *mut u8)
+                            .add(1)
+                            .cast::<[u8; 4]>()
+                            .write_unaligned(rel.to_le_bytes())
+                    };
+                }
+                Ok(next)
+            }
+            EXIT_SLOW => Err(JitExit::Slow),
+            _ => Err(JitExit::Yield),
+        }
+    }
+}
+
+impl Jit {
+    /// System mode: code for the block at `pc` as the hart fetches it now
+    /// (through the fetch TLB), translating it if needed. `None`: the
+    /// interpreter must run it (fetch fault, MMIO, an instruction crossing
+    /// pages).
+    fn code_for_sys<B: Bus>(
+        &mut self,
+        core: &Core,
+        mem: &mut SysMem<'_, B>,
+        pc: u64,
+    ) -> Option<usize> {
+        let (pa, host) = mem.translate_fetch(core, pc).ok()?;
+        let host = host?;
+        let slot = Self::sys_slot(pc, pa);
+        let s = self.sys_table[slot];
+        if s.vpc == pc && s.ppc == pa && s.epoch == self.fence_epoch {
+            return Some(s.code);
+        }
+        let ppage = pa & !(crate::PAGE_SIZE - 1);
+        let page = pc & !(crate::PAGE_SIZE - 1);
+        // SAFETY: `host` points at the RAM byte of `pc`; the whole guest
+        // page around it is RAM, contiguous in the host.
+        let page_bytes = unsafe {
+            std::slice::from_raw_parts(host.sub((pc - page) as usize), crate::PAGE_SIZE as usize)
+        };
+        let epoch = self.fence_epoch;
+        match self.sys_pages.get_mut(&ppage) {
+            Some(p) if p.epoch != epoch => {
+                if *p.copy == *page_bytes {
+                    p.epoch = epoch;
+                } else {
+                    self.drop_page(ppage);
+                }
+            }
+            _ => {}
+        }
+        if let Some(&code) = self.sys_blocks.get(&(pc, pa)) {
+            self.sys_table[slot] = SysSlot {
+                vpc: pc,
+                ppc: pa,
+                code,
+                epoch,
+            };
+            return Some(code);
+        }
+        let mut insns = std::mem::take(&mut self.decode_buf);
+        if let Some(s) = mem.code_map().slot(pa) {
+            s.store(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        let crosses = crate::exec::decode_block(pc, &mut insns, |a| {
+            // SAFETY: `host` points at the RAM byte of `pc`; `a` stays in
+            // the same guest page (decode_block never leaves it), so the
+            // read stays in the same host page.
+            unsafe {
+                host.sub((pc - page) as usize)
+                    .add((a - page) as usize)
+                    .cast::<u16>()
+                    .read_unaligned()
+            }
+        });
+        let out = (!crosses).then(|| {
+            if self.len + HEADROOM > CODE_SIZE || self.helpers.len() + insns.len() > MAX_HELPERS {
+                self.flush();
+            }
+            let at = self.buf as usize + self.len;
+            let f: extern "sysv64" fn(*mut Ctx, u32, u64) -> u32 = helper_sys::<B>;
+            let code = self.emit(at, &insns, pc, Some(f as usize));
+            // SAFETY: `emit` keeps a block well under HEADROOM, which the
+            // check above left free at `len`.
+            unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), at as *mut u8, code.len()) };
+            self.len = (self.len + code.len() + 15) & !15;
+            self.sys_table[slot] = SysSlot {
+                vpc: pc,
+                ppc: pa,
+                code: at,
+                epoch,
+            };
+            self.sys_blocks.insert((pc, pa), at);
+            self.sys_pages
+                .entry(ppage)
+                .or_insert_with(|| SysPage {
+                    copy: page_bytes.into(),
+                    epoch,
+                    blocks: Vec::new(),
+                })
+                .blocks
+                .push((pc, pa));
+            at
+        });
+        self.decode_buf = insns;
+        out
+    }
+
+    /// System mode: runs translated code from `core.pc` until something
+    /// needs the interpreter (`Slow`: run one block there) or the run loop
+    /// (`Yield`: interrupts, attention, code changes).
+    pub(crate) fn run_sys<B: Bus>(&mut self, core: &mut Core, mem: &mut SysMem<'_, B>) -> JitExit {
+        if !self.sys_mode {
+            self.sys_mode = true;
+            self.flush();
+        }
+        let g = mem.code_map().generation();
+        if g != self.gen {
+            self.flush();
+            self.gen = g;
+        }
+        let Some(mut code) = self.code_for_sys(core, mem, core.pc) else {
+            return JitExit::Slow;
+        };
+        let attn = core.control.attention_ptr();
+        let codegen = mem.code_map().generation_ptr();
+        let tlb = mem.data_tlb().cast::<u8>();
+        let itlb = mem.fetch_tlb().cast::<u8>();
+        let core_ptr: *mut Core = core;
+        let mem_ptr: *mut SysMem<'_, B> = mem;
+        let mut poll = crate::exec::POLL_BLOCKS;
+        loop {
+            let mut ctx = Ctx {
+                pc: 0,
+                site: 0,
+                icount: 0,
+                table: self.table.as_ptr(),
+                core: core_ptr,
+                space: std::ptr::null(),
+                helpers: self.helpers.as_ptr(),
+                // SAFETY: index 16 is inside the 64-entry register array.
+                xregs: unsafe { (*core_ptr).x.as_mut_ptr().add(16) },
+                membase: tlb,
+                perms: std::ptr::null(),
+                attn,
+                codegen,
+                mem: mem_ptr.cast(),
+                poll,
+                itlb,
+                systable: self.sys_table.as_ptr(),
+                epoch: self.fence_epoch,
+            };
+            // SAFETY: `code` is the entry of a block translated into this
+            // hart's buffer for the current code generation, and the
+            // context points at live data nothing else touches during the
+            // call (core and memory path are this hart's).
+            let r = unsafe { (self.enter)(&mut ctx, code as *const u8) };
+            // SAFETY: the generated code has returned; no other access to
+            // the core or the memory path is live.
+            let (core, mem) = unsafe { (&mut *core_ptr, &mut *mem_ptr) };
+            poll = ctx.poll;
+            let pc = ctx.pc;
+            match self.after_exit(core, &ctx, r, |j, core| j.code_for_sys(core, mem, pc)) {
+                Ok(next) => code = next,
+                Err(e) => return e,
+            }
+        }
+    }
+}
+
+/// System-mode [`helper`]: one instruction through the interpreter with
+/// the hart's memory path.
+extern "sysv64" fn helper_sys<B: Bus>(ctx: *mut Ctx, idx: u32, pc: u64) -> u32 {
+    // SAFETY: generated code passes the `Ctx` that `run_sys` set up; its
+    // `core` and `mem` point at the hart's core and `SysMem<B>` (this `B`:
+    // `run_sys::<B>` chose this instantiation), borrowed for the run.
+    let ctx = unsafe { &*ctx };
+    // SAFETY: as above.
+    let (core, mem) = unsafe { (&mut *ctx.core, &mut *ctx.mem.cast::<SysMem<'_, B>>()) };
+    // SAFETY: `idx` indexes the helper table `ctx.helpers` points at.
+    let insn = unsafe { *ctx.helpers.add(idx as usize) };
+    let mut block = [insn, insn];
+    block[0].off = 0;
+    block[1].kind = Kind::BlockEnd;
+    block[1].off = insn.size() as u16;
+    match crate::exec::exec_block(core, mem, &block, pc) {
+        Ok(_) => 0,
+        Err(_) => 1,
+    }
+}
+
+fn space_pages(size: u64) -> u64 {
+    size / crate::PAGE_SIZE
+}
