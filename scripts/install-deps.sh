@@ -15,6 +15,7 @@ pkgs=(
   busybox-static        # amd64 busybox for container bundles
   runc                  # the peer of `virtkit ctr`
   podman                # drives `virtkit-runc` as its OCI runtime
+  containerd            # containerd, ctr and the runc v2 shim: run containers through `virtkit-runc`
   hyperfine             # benchmarks
   time                  # GNU time: peak RSS in bench/ctr.sh
   cpio                  # checks our initramfs against GNU cpio
