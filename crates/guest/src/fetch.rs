@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -84,12 +84,29 @@ struct Expect<'a> {
     max: u64,
 }
 
+/// What a [`Fetcher`] reports while it works, for the caller to show (the
+/// library itself draws nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress<'a> {
+    /// A one-line remark worth showing (e.g. a stale index kept).
+    Note(&'a str),
+    /// A download of `name` began; `total` bytes when the size is known.
+    Start { name: &'a str, total: Option<u64> },
+    /// `done` bytes of the current download have arrived.
+    Advance { done: u64 },
+    /// The current download ended, complete or not.
+    Finish,
+}
+
+/// The callback that receives [`Progress`] reports.
+pub type ProgressFn = Box<dyn Fn(Progress<'_>) + Send + Sync>;
+
 /// Fetches from one Debian archive into one cache directory.
 pub struct Fetcher {
     root: PathBuf,
     mirror: Mirror,
     suite: String,
-    progress: bool,
+    progress: Option<ProgressFn>,
     agent: ureq::Agent,
 }
 
@@ -114,15 +131,14 @@ impl Fetcher {
             root: cache_dir,
             mirror,
             suite: suite.to_string(),
-            progress: true,
+            progress: None,
             agent,
         }
     }
 
-    /// Show a progress bar on downloads when stderr is a terminal (default
-    /// on); off also silences the one-line notes printed otherwise.
-    pub fn set_progress(&mut self, on: bool) {
-        self.progress = on;
+    /// Where downloads and notes are reported (default: nowhere).
+    pub fn set_progress(&mut self, progress: Option<ProgressFn>) {
+        self.progress = progress;
     }
 
     pub fn suite(&self) -> &str {
@@ -182,10 +198,14 @@ impl Fetcher {
         self.root.join("debian").join(key).join(&self.suite)
     }
 
-    fn note(&self, msg: &str) {
-        if self.progress {
-            eprintln!("virtkit: {msg}");
+    fn report(&self, event: Progress<'_>) {
+        if let Some(p) = &self.progress {
+            p(event);
         }
+    }
+
+    fn note(&self, msg: &str) {
+        self.report(Progress::Note(msg));
     }
 
     /// GET `url` into `dest` atomically, checking what `expect` says.
@@ -215,26 +235,50 @@ impl Fetcher {
             .prefix(".download-")
             .tempfile_in(dir)
             .ctx(|| format!("creating a temporary file in {}", dir.display()))?;
-        let name = url.rsplit('/').next().unwrap_or(url).to_string();
-        let bar = if self.progress && std::io::stderr().is_terminal() {
-            let b = indicatif::ProgressBar::new(len.unwrap_or(0));
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{msg:40!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-            b.set_message(name.clone());
-            Some(b)
-        } else {
-            if len.unwrap_or(0) > 1 << 20 {
-                self.note(&format!(
-                    "downloading {name} ({} MB)",
-                    len.unwrap_or(0) >> 20
-                ));
+        let name = url.rsplit('/').next().unwrap_or(url);
+        self.report(Progress::Start { name, total: len });
+        // Finish is reported however the transfer ends.
+        let result = self.transfer(resp, &mut tmp, &expect, url);
+        self.report(Progress::Finish);
+        let (total, actual) = result?;
+        if let Some(size) = expect.size {
+            if total != size {
+                return Err(Error::SizeMismatch {
+                    what: url.to_string(),
+                    expected: size,
+                    actual: total,
+                });
             }
-            None
+        }
+        if let Some(want) = expect.sha256 {
+            if actual != want {
+                return Err(Error::HashMismatch {
+                    what: url.to_string(),
+                    expected: want.to_string(),
+                    actual,
+                });
+            }
+        }
+        tmp.as_file()
+            .sync_all()
+            .ctx(|| format!("syncing {}", tmp.path().display()))?;
+        tmp.persist(dest)
+            .map_err(|e| Error::io(format!("renaming into {}", dest.display()), e.error))?;
+        Ok(())
+    }
+
+    /// Copies the body of `resp` into `tmp`, hashing it; returns its size
+    /// and SHA256 (hex).
+    fn transfer(
+        &self,
+        resp: ureq::Response,
+        tmp: &mut tempfile::NamedTempFile,
+        expect: &Expect<'_>,
+        url: &str,
+    ) -> Result<(u64, String)> {
+        let http = |message: String| Error::Http {
+            url: url.to_string(),
+            message,
         };
         let mut reader = resp.into_reader().take(expect.max + 1);
         let mut hasher = Sha256::new();
@@ -254,38 +298,9 @@ impl Fetcher {
             hasher.update(&buf[..n]);
             tmp.write_all(&buf[..n])
                 .ctx(|| format!("writing {}", tmp.path().display()))?;
-            if let Some(b) = &bar {
-                b.set_position(total);
-            }
+            self.report(Progress::Advance { done: total });
         }
-        if let Some(b) = bar {
-            b.finish_and_clear();
-        }
-        if let Some(size) = expect.size {
-            if total != size {
-                return Err(Error::SizeMismatch {
-                    what: url.to_string(),
-                    expected: size,
-                    actual: total,
-                });
-            }
-        }
-        let actual = hex(&hasher.finalize());
-        if let Some(want) = expect.sha256 {
-            if actual != want {
-                return Err(Error::HashMismatch {
-                    what: url.to_string(),
-                    expected: want.to_string(),
-                    actual,
-                });
-            }
-        }
-        tmp.as_file()
-            .sync_all()
-            .ctx(|| format!("syncing {}", tmp.path().display()))?;
-        tmp.persist(dest)
-            .map_err(|e| Error::io(format!("renaming into {}", dest.display()), e.error))?;
-        Ok(())
+        Ok((total, hex(&hasher.finalize())))
     }
 }
 

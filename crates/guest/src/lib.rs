@@ -49,7 +49,7 @@ use std::str::FromStr;
 use sha2::{Digest, Sha256};
 
 pub use error::{Error, Result};
-pub use fetch::Fetcher;
+pub use fetch::{Fetcher, Progress, ProgressFn};
 pub use initramfs::{run_archive, INIT_SCRIPT};
 
 use error::IoContext;

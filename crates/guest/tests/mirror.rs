@@ -90,16 +90,14 @@ impl Server {
     }
 
     fn fetcher(&self, cache: &Path, keyring: PathBuf) -> Fetcher {
-        let mut f = Fetcher::with(
+        Fetcher::with(
             cache.to_path_buf(),
             Mirror {
                 uri: self.uri.clone(),
                 keyring,
             },
             SUITE,
-        );
-        f.set_progress(false);
-        f
+        )
     }
 
     fn edit(&self, path: &str, change: impl FnOnce(&mut Vec<u8>)) {
@@ -113,6 +111,41 @@ impl Server {
 
 fn keyring() -> PathBuf {
     data().join("test-keyring.gpg")
+}
+
+#[test]
+fn downloads_are_reported_to_the_progress_callback() {
+    let s = Server::start();
+    let cache = tempfile::tempdir().unwrap();
+    let mut f = s.fetcher(cache.path(), keyring());
+    let events: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = events.clone();
+    f.set_progress(Some(Box::new(move |e| {
+        log.lock().unwrap().push(match e {
+            guest::Progress::Note(m) => format!("note {m}"),
+            guest::Progress::Start { name, total } => format!("start {name} {total:?}"),
+            guest::Progress::Advance { done } => format!("advance {done}"),
+            guest::Progress::Finish => "finish".into(),
+        })
+    })));
+    guest::busybox_with(&f, Arch::Riscv64).unwrap();
+    let events = events.lock().unwrap();
+    let deb_len = archive_files("mirror")[DEB].len();
+    let deb_name = DEB.rsplit('/').next().unwrap();
+    let start = events
+        .iter()
+        .position(|e| e == &format!("start {deb_name} Some({deb_len})"))
+        .unwrap_or_else(|| panic!("no start of the .deb in {events:?}"));
+    // Its bytes arrive, then it finishes; every start has its finish.
+    let finish = start + events[start..].iter().position(|e| e == "finish").unwrap();
+    assert_eq!(events[finish - 1], format!("advance {deb_len}"));
+    let starts = events.iter().filter(|e| e.starts_with("start")).count();
+    let finishes = events.iter().filter(|e| *e == "finish").count();
+    assert_eq!(starts, finishes, "{events:?}");
+    assert!(
+        starts >= 3,
+        "InRelease, Packages.xz and the .deb: {events:?}"
+    );
 }
 
 #[test]

@@ -45,7 +45,9 @@ struct Common {
 impl Common {
     fn fetcher(&self) -> anyhow::Result<Fetcher> {
         let mut f = Fetcher::new(&self.suite).context("finding the Debian archive")?;
-        f.set_progress(!self.quiet);
+        if !self.quiet {
+            f.set_progress(Some(crate::progress::downloads()));
+        }
         Ok(f)
     }
 }

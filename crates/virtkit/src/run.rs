@@ -50,7 +50,11 @@ const MACHINE_FAILURE: i32 = 125;
 
 pub fn main(args: Args) -> anyhow::Result<i32> {
     let disk = args.disk.as_deref().map(open_disk).transpose()?;
-    let assets = guest::default_riscv64().context("preparing the default riscv64 guest")?;
+    let mut fetcher =
+        guest::Fetcher::new(guest::DEFAULT_SUITE).context("finding the Debian archive")?;
+    fetcher.set_progress(Some(crate::progress::downloads()));
+    let assets = guest::guest_assets(&fetcher, guest::Arch::Riscv64)
+        .context("preparing the default riscv64 guest")?;
     let kernel = std::fs::read(&assets.kernel)
         .with_context(|| format!("cannot read {}", assets.kernel.display()))?;
     let initrd = guest::run_initramfs(&assets.initramfs, &args.command)
