@@ -40,18 +40,24 @@
 //! stale blocks.
 
 pub mod decode;
-mod exec;
 mod fpu;
-mod hart;
-#[cfg(target_arch = "x86_64")]
-mod jit;
 mod mem;
+
+mod cpu;
 mod mmu;
 
-pub use hart::{
-    csr, irq, Clock, Core, Exit, Hart, HartConfig, HartControl, MemAccess, MemFault, MemFaultKind,
-    Priv,
+mod block;
+mod exec;
+#[cfg(target_arch = "x86_64")]
+mod jit;
+
+mod engine;
+mod hart;
+
+pub use cpu::{
+    csr, irq, Clock, Core, Exit, HartConfig, HartControl, MemAccess, MemFault, MemFaultKind, Priv,
 };
+pub use hart::Hart;
 pub use mem::{perm, Bus, CodeMap, MemError, RamRegion, UserSpace};
 
 /// Guest page size.

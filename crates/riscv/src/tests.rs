@@ -448,7 +448,7 @@ fn atomics_are_atomic_across_threads() {
 /// the line drops, SEIP must read clear again.
 #[test]
 fn csrrs_on_mip_does_not_latch_the_external_line() {
-    use crate::hart::{csr, irq};
+    use crate::cpu::{csr, irq};
     let clock = Arc::new(crate::Clock::new(10_000_000));
     let mut h = Hart::new_system(crate::HartConfig {
         hart_id: 0,

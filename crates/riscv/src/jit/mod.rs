@@ -28,8 +28,10 @@
 
 use std::collections::HashMap;
 
+use crate::block::{decode_block, translate_user, MAX_BLOCK, POLL_BLOCKS};
+use crate::cpu::Core;
 use crate::decode::{Insn, Kind};
-use crate::hart::Core;
+use crate::exec::exec_block;
 use crate::mem::{Bus, UserSpace};
 use crate::mmu::{SysMem, UserMem};
 
@@ -223,7 +225,7 @@ extern "sysv64" fn helper(ctx: *mut Ctx, idx: u32, pc: u64) -> u32 {
     block[1].kind = Kind::BlockEnd;
     block[1].off = insn.size() as u16;
     let mut mem = UserMem::new(space);
-    match crate::exec::exec_block(core, &mut mem, &block, pc) {
+    match exec_block(core, &mut mem, &block, pc) {
         Ok(_) => 0,
         Err(_) => 1,
     }
@@ -273,7 +275,7 @@ impl Jit {
             helpers: Vec::new(),
             gen: 0,
             flushes: 0,
-            decode_buf: Vec::with_capacity(crate::exec::MAX_BLOCK + 1),
+            decode_buf: Vec::with_capacity(MAX_BLOCK + 1),
             space_id: (0, 0),
             space_size: 0,
             space_bits: 0,
@@ -382,7 +384,7 @@ impl Jit {
     #[inline(never)]
     fn compile(&mut self, space: &UserSpace, pc: u64) -> Option<usize> {
         let mut insns = std::mem::take(&mut self.decode_buf);
-        let r = crate::exec::translate_user(space, pc, &mut insns);
+        let r = translate_user(space, pc, &mut insns);
         let out = r.ok().map(|()| {
             if self.len + HEADROOM > CODE_SIZE || self.helpers.len() + insns.len() > MAX_HELPERS {
                 self.flush();
@@ -562,7 +564,7 @@ impl Jit {
         if let Some(s) = mem.code_map().slot(pa) {
             s.store(1, std::sync::atomic::Ordering::SeqCst);
         }
-        let crosses = crate::exec::decode_block(pc, &mut insns, |a| {
+        let crosses = decode_block(pc, &mut insns, |a| {
             // SAFETY: `host` points at the RAM byte of `pc`; `a` stays in
             // the same guest page (decode_block never leaves it), so the
             // read stays in the same host page.
@@ -628,7 +630,7 @@ impl Jit {
         let itlb = mem.fetch_tlb().cast::<u8>();
         let core_ptr: *mut Core = core;
         let mem_ptr: *mut SysMem<'_, B> = mem;
-        let mut poll = crate::exec::POLL_BLOCKS;
+        let mut poll = POLL_BLOCKS;
         loop {
             let mut ctx = Ctx {
                 pc: 0,
@@ -683,7 +685,7 @@ extern "sysv64" fn helper_sys<B: Bus>(ctx: *mut Ctx, idx: u32, pc: u64) -> u32 {
     block[0].off = 0;
     block[1].kind = Kind::BlockEnd;
     block[1].off = insn.size() as u16;
-    match crate::exec::exec_block(core, mem, &block, pc) {
+    match exec_block(core, mem, &block, pc) {
         Ok(_) => 0,
         Err(_) => 1,
     }

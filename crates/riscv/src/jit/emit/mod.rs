@@ -4,8 +4,8 @@ use std::mem::offset_of;
 
 use super::x86::*;
 use super::{helper, space_pages, Ctx, Jit, EXIT_ATTN, EXIT_CHAIN, EXIT_SLOW};
+use crate::cpu::Core;
 use crate::decode::{Insn, Kind, ZERO_SINK};
-use crate::hart::Core;
 use crate::mem::perm;
 use crate::mmu::TLB_SIZE;
 

@@ -1,0 +1,102 @@
+//! Blocks as the decoder builds them: up to [`MAX_BLOCK`] instructions of
+//! one page, ending at the first instruction that ends a block or with a
+//! `BlockEnd` sentinel; and the user-mode fetch that feeds the decoder.
+//! Shared by the interpreter's block cache and the JIT.
+
+use crate::cpu::{cause, Trap};
+use crate::decode::{decode, decode_c, Insn, Kind};
+use crate::mem::{perm, UserSpace};
+use crate::PAGE_SIZE;
+
+/// Longest block, in instructions.
+pub(crate) const MAX_BLOCK: usize = 96;
+/// Blocks between timer polls in system mode (the run loop's and the
+/// JIT's countdown).
+pub(crate) const POLL_BLOCKS: u32 = 2048;
+
+/// Decodes a block starting at `pc` using `fetch16(addr) -> Option<u16>`
+/// for the bytes of the current page only; an instruction that would cross
+/// the page end ends the block (returned `crosses` = true when that is the
+/// very first instruction: the caller handles it specially).
+pub(crate) fn decode_block(
+    pc: u64,
+    buf: &mut Vec<Insn>,
+    mut fetch16: impl FnMut(u64) -> u16,
+) -> bool {
+    buf.clear();
+    let page_end = (pc & !(PAGE_SIZE - 1)) + PAGE_SIZE;
+    let mut a = pc;
+    while buf.len() < MAX_BLOCK && a < page_end {
+        let lo = fetch16(a);
+        let insn = if lo & 3 == 3 {
+            if a + 4 > page_end {
+                if buf.is_empty() {
+                    return true;
+                }
+                push_end(buf, a - pc);
+                return false;
+            }
+            let hi = fetch16(a + 2);
+            decode(lo as u32 | (hi as u32) << 16)
+        } else {
+            decode_c(lo)
+        };
+        let mut insn = insn;
+        insn.off = (a - pc) as u16;
+        a += insn.size() as u64;
+        buf.push(insn);
+        if insn.ends_block() {
+            return false;
+        }
+    }
+    push_end(buf, a - pc);
+    false
+}
+
+/// Appends the fall-through sentinel at byte offset `off`.
+pub(crate) fn push_end(buf: &mut Vec<Insn>, off: u64) {
+    let mut end = decode(0);
+    end.kind = Kind::BlockEnd;
+    end.off = off as u16;
+    buf.push(end);
+}
+
+#[cold]
+#[inline(never)]
+pub(crate) fn translate_user(space: &UserSpace, pc: u64, buf: &mut Vec<Insn>) -> Result<(), Trap> {
+    let fetch_fault = |a: u64| Trap {
+        cause: cause::FETCH_PAGE,
+        tval: a,
+    };
+    if space.perms(pc) & perm::X == 0 {
+        return Err(fetch_fault(pc));
+    }
+    // Mark before reading so a concurrent store cannot slip between.
+    space.mark_code(pc / PAGE_SIZE);
+    let base = space.host_base();
+    let crosses = decode_block(pc, buf, |a| {
+        // SAFETY: `a` lies in the executable (hence host-readable) page of
+        // `pc`, inside the reservation.
+        unsafe { base.add(a as usize).cast::<u16>().read_unaligned() }
+    });
+    if crosses {
+        // A 32-bit instruction straddling two pages.
+        let next = (pc & !(PAGE_SIZE - 1)) + PAGE_SIZE;
+        if space.perms(next) & perm::X == 0 {
+            return Err(fetch_fault(next));
+        }
+        space.mark_code(next / PAGE_SIZE);
+        // SAFETY: both halves were checked executable above.
+        let w = unsafe {
+            base.add(pc as usize).cast::<u16>().read_unaligned() as u32
+                | (base.add(next as usize).cast::<u16>().read_unaligned() as u32) << 16
+        };
+        buf.clear();
+        let insn = decode(w);
+        buf.push(insn);
+        if !insn.ends_block() {
+            push_end(buf, 4);
+        }
+    }
+    Ok(())
+}
