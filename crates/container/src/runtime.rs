@@ -261,7 +261,11 @@ impl Drop for Cleanup<'_> {
             let _ = waitpid(*p, None);
         }
         if let Some(cg) = &self.cgroup {
-            let _ = kill_cgroup(cg.as_ref());
+            // Only a cgroup we created is all ours; in another, the pids
+            // above were everything of this container.
+            if cg.config().owned {
+                let _ = kill_cgroup(cg.as_ref());
+            }
             let _ = cg.destroy();
         }
         if let Some(d) = &self.dir {
@@ -297,19 +301,34 @@ fn kill_cgroup(cg: &dyn Manager) -> Result<()> {
     }
 }
 
+/// SIGKILL the container's init (still the same process: its start time
+/// is checked) and wait until it is gone. In a pid namespace of its own
+/// the kernel then kills the rest of the container.
+fn kill_init(st: &State) -> Result<()> {
+    let pid = Pid::from_raw(st.pid);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while state::process_start_time(st.pid) == Some(st.pid_start) {
+        let _ = kill(pid, Signal::SIGKILL);
+        // A frozen init acts on SIGKILL only once thawed: thaw its cgroup
+        // (freezing is the container's, whoever created the cgroup).
+        let cg = cgroups::open(st.cgroup.clone());
+        if cg.is_frozen() {
+            let _ = cg.freeze(false);
+        }
+        let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+        if Instant::now() > deadline {
+            return Err(Error::Child(format!("init {pid} did not die")));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
 /// `create`: set the container up and leave its init waiting for `start`.
 pub fn create(root: &Root, o: &CreateOpts) -> Result<State> {
     // Refused before anything exists, not in the init much later.
     process::first_unpreserved_fd(o.preserve_fds)?;
-    subreaper();
-    let dir = root.create_dir(&o.id)?;
-    let mut cleanup = Cleanup {
-        root,
-        id: o.id.clone(),
-        dir: Some(dir.clone()),
-        cgroup: None,
-        pids: Vec::new(),
-    };
+    root.container_dir(&o.id)?;
     let bundle =
         std::fs::canonicalize(&o.bundle).ctx(|| format!("bundle {}", o.bundle.display()))?;
     let spec = crate::spec::load(&bundle)?;
@@ -319,6 +338,28 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<State> {
         .clone()
         .ok_or_else(|| spec_err("process", "missing (needed to create a container)"))?;
     let linux = spec.linux().clone().unwrap_or_default();
+    // What the config asks of the host (sysctls, the cgroup) is checked
+    // before any of the container exists.
+    crate::spec::check_sysctls(&spec, &crate::spec::is_current_namespace)?;
+    let mut cg = cgroups::new_manager(linux.cgroups_path().as_deref(), &o.id)?;
+    let plan = ns_plan(&spec);
+    let has_uts = plan.new.contains(CloneFlags::CLONE_NEWUTS)
+        || plan.join.iter().any(|(t, _)| *t == LinuxNamespaceType::Uts);
+    if !has_uts && spec.hostname().is_some() {
+        return Err(spec_err(
+            "hostname",
+            "set, but the container has no uts namespace",
+        ));
+    }
+    subreaper();
+    let dir = root.create_dir(&o.id)?;
+    let mut cleanup = Cleanup {
+        root,
+        id: o.id.clone(),
+        dir: Some(dir.clone()),
+        cgroup: None,
+        pids: Vec::new(),
+    };
     let seccomp = linux.seccomp().as_ref().map(seccomp::compile).transpose()?;
     let terminal = proc_spec.terminal() == Some(true);
     let console = match (&o.console_socket, terminal) {
@@ -352,7 +393,6 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<State> {
     .ctx(|| "chmod exec.fifo".into())?;
     let dirfd = std::fs::File::open(&dir).ctx(|| format!("opening {}", dir.display()))?;
 
-    let mut cg = cgroups::new_manager(linux.cgroups_path().as_deref(), &o.id)?;
     cg.create()?;
     let cg_cfg = cg.config();
     cleanup.cgroup = Some(cgroups::open(cg_cfg.clone()));
@@ -360,16 +400,6 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<State> {
         cg.set(res)?;
     }
 
-    let plan = ns_plan(&spec);
-    if plan.new.contains(CloneFlags::CLONE_NEWUTS)
-        || plan.join.iter().any(|(t, _)| *t == LinuxNamespaceType::Uts)
-    {
-    } else if spec.hostname().is_some() {
-        return Err(spec_err(
-            "hostname",
-            "set, but the container has no uts namespace",
-        ));
-    }
     let created = state::now_rfc3339();
     let mut st = State {
         id: o.id.clone(),
@@ -403,8 +433,7 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<State> {
                 .join
                 .iter()
                 .any(|(t, _)| *t == LinuxNamespaceType::User),
-        new_uts: plan.new.contains(CloneFlags::CLONE_NEWUTS)
-            || plan.join.iter().any(|(t, _)| *t == LinuxNamespaceType::Uts),
+        new_uts: has_uts,
         new_mnt: plan.new.contains(CloneFlags::CLONE_NEWNS)
             || plan
                 .join
@@ -610,9 +639,7 @@ fn init_main(chan: &mut Chan, a: &InitArgs) -> Result<()> {
         .and_then(|l| l.sysctl().clone())
         .unwrap_or_default()
     {
-        let path = format!("/proc/sys/{}", k.replace('.', "/"));
-        std::fs::write(&path, &v)
-            .map_err(|e| spec_err(format!("linux.sysctl.{k}"), e.to_string()))?;
+        write_sysctl(&k, &v)?;
     }
     rootfs::finish(a.spec)?;
     if let Some(sock) = a.console {
@@ -633,6 +660,29 @@ fn init_main(chan: &mut Chan, a: &InitArgs) -> Result<()> {
     let e = init_after_ready(a, &prep).unwrap_or_else(|e| e);
     eprintln!("virtkit-runc: container {}: {e}", a.id);
     Err(e)
+}
+
+/// Write one sysctl (its name checked by spec::check_sysctls) through
+/// the container's /proc, refusing a /proc/sys that is not procfs: the
+/// rootfs could put a file or a mount of its own there.
+fn write_sysctl(key: &str, value: &str) -> Result<()> {
+    use std::io::Write;
+    let field = || format!("linux.sysctl.{key}");
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|e| spec_err(field(), format!("opening {path}: {e}")))?;
+    let fs = nix::sys::statfs::fstatfs(&f).ctx(|| format!("statfs {path}"))?;
+    if fs.filesystem_type() != nix::sys::statfs::PROC_SUPER_MAGIC {
+        return Err(spec_err(
+            field(),
+            format!("{path} is not on procfs (is /proc mounted in the container?)"),
+        ));
+    }
+    f.write_all(value.as_bytes())
+        .map_err(|e| spec_err(field(), format!("writing {value:?} to {path}: {e}")))
 }
 
 /// Wait for `start`, run startContainer hooks, exec. Returns the error
@@ -814,7 +864,9 @@ pub fn kill_container(root: &Root, id: &str, sig: Signal, all: bool) -> Result<(
             what: "cannot signal a stopped container",
         });
     }
-    if all {
+    // Only a cgroup this runtime created holds nothing but the container;
+    // in one that existed before, `--all` reaches the init alone.
+    if all && st.cgroup.owned {
         let cg = cgroups::open(st.cgroup.clone());
         for p in cg.pids()? {
             let _ = kill(Pid::from_raw(p), sig);
@@ -847,7 +899,13 @@ pub fn delete(root: &Root, id: &str, force: bool) -> Result<()> {
         }
         _ => {}
     }
-    kill_cgroup(cg.as_ref())?;
+    if st.cgroup.owned {
+        kill_cgroup(cg.as_ref())?;
+    } else if s != Status::Stopped {
+        // A cgroup that existed before this container may hold processes
+        // that are not its own: only the init is ours to kill.
+        kill_init(&st)?;
+    }
     // Our own child (run) or someone else's: reap if ours.
     let _ = waitpid(Pid::from_raw(st.pid), Some(WaitPidFlag::WNOHANG));
     if let Ok(spec) = load_spec(root, id) {

@@ -23,6 +23,13 @@ pub struct Config {
     /// Directories this runtime created (parents first), removed on delete.
     #[serde(default)]
     pub created: Vec<PathBuf>,
+    /// The runtime created the container's own cgroup (the leaf, in every
+    /// hierarchy), so every process in it belongs to the container and
+    /// `delete` / `kill --all` may signal them all. False for a cgroup that
+    /// existed before (and for states written before this field): then
+    /// only the container's init is ever signalled.
+    #[serde(default)]
+    pub owned: bool,
 }
 
 /// What the runtime asks of a cgroup, whatever its version.
@@ -55,33 +62,113 @@ pub fn unified_host() -> bool {
     Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
 }
 
-/// A manager for a new container's cgroup.
-pub fn new_manager(cgroups_path: Option<&Path>, id: &str) -> Result<Box<dyn Manager>> {
-    let path = match cgroups_path {
+/// Where a container's cgroup goes below each hierarchy's root: `/a/b`,
+/// normalised (no empty or `.` components), never the root itself.
+///
+/// The root of a hierarchy holds every process of the host: a container
+/// placed there would have `delete` kill them all, and its limits would
+/// apply to the whole machine. Pure (no file system access), so it runs
+/// before anything of the container exists.
+pub fn resolve_path(cgroups_path: Option<&Path>, id: &str) -> Result<String> {
+    let bad = |p: &Path, why: &str| {
+        Err(Error::Cgroup(format!(
+            "linux.cgroupsPath {:?}: {why}",
+            p.to_string_lossy()
+        )))
+    };
+    let (base, rel) = match cgroups_path {
         // `slice:prefix:name` is the systemd driver's syntax.
         Some(p) if p.to_string_lossy().contains(':') => {
-            return Err(Error::Cgroup(format!(
-                "linux.cgroupsPath {p:?} is a systemd path; only the cgroupfs driver is supported"
-            )))
+            return bad(
+                p,
+                "is a systemd path; only the cgroupfs driver is supported",
+            )
         }
-        Some(p) if p.is_absolute() => p.to_string_lossy().into_owned(),
+        Some(p) if p.is_absolute() => ("", p.to_string_lossy().into_owned()),
         // Relative paths are below our own cgroup in runc; we keep every
         // container under one fixed parent instead so that nothing lands
         // inside the caller's cgroup (which may be managed by someone else).
-        Some(p) => format!("/virtkit/{}", p.display()),
-        None => format!("/virtkit/{id}"),
+        Some(p) => ("/virtkit", p.to_string_lossy().into_owned()),
+        None => ("/virtkit", id.to_string()),
     };
-    if path.split('/').any(|c| c == "..") {
-        return Err(Error::Cgroup(format!(
-            "linux.cgroupsPath {path:?} must not contain `..`"
-        )));
+    let shown = cgroups_path.unwrap_or(Path::new(id));
+    let mut comps = Vec::new();
+    for c in rel.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => return bad(shown, "must not contain `..`"),
+            c if c.contains('\0') => return bad(shown, "contains a NUL byte"),
+            c => comps.push(c),
+        }
     }
+    if comps.is_empty() {
+        return bad(
+            shown,
+            if base.is_empty() {
+                "is the root of the cgroup hierarchy, which holds every process of the host; \
+                 a container needs a cgroup of its own"
+            } else {
+                "names no cgroup"
+            },
+        );
+    }
+    Ok(format!("{base}/{}", comps.join("/")))
+}
+
+/// A manager for a new container's cgroup.
+pub fn new_manager(cgroups_path: Option<&Path>, id: &str) -> Result<Box<dyn Manager>> {
     let cfg = Config {
         version: if unified_host() { 2 } else { 1 },
-        path,
+        path: resolve_path(cgroups_path, id)?,
         created: Vec::new(),
+        owned: false,
     };
     Ok(open(cfg))
+}
+
+/// Processes in the cgroup `dir` and all its descendants (v1's
+/// cgroup.procs lists only direct members), for counting only: those
+/// outside our pid namespace are listed as 0. Directories that vanish
+/// while we walk are skipped: a cgroup being removed has no processes.
+pub(crate) fn pids_below(dir: &Path) -> Result<Vec<i32>> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        match std::fs::read_to_string(d.join("cgroup.procs")) {
+            Ok(s) => out.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(Error::Cgroup(format!(
+                    "reading {}: {e}",
+                    d.join("cgroup.procs").display()
+                )))
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    todo.push(e.path());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Refuse a cgroup that existed before this container and has processes
+/// (in it or below it), as runc 1.2 does: they are not the container's,
+/// and nothing the runtime does to "its" cgroup may reach them.
+pub(crate) fn refuse_populated(path: &str, dir: &Path) -> Result<()> {
+    let pids = pids_below(dir)?;
+    if !pids.is_empty() {
+        return Err(Error::Cgroup(format!(
+            "linux.cgroupsPath {path:?}: cgroup {} already has {} process(es); \
+             a container needs an empty cgroup of its own",
+            dir.display(),
+            pids.len()
+        )));
+    }
+    Ok(())
 }
 
 /// A manager for an existing container's cgroup (from its state).
@@ -101,7 +188,12 @@ pub(crate) fn write(path: &Path, value: &str) -> Result<()> {
 pub(crate) fn read_pids(path: &Path) -> Result<Vec<i32>> {
     let s = std::fs::read_to_string(path)
         .map_err(|e| Error::Cgroup(format!("reading {}: {e}", path.display())))?;
-    Ok(s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    // A process outside our pid namespace is listed as 0 (cgroup v2):
+    // kill(0) would signal our own process group, kill(-1) everything.
+    Ok(s.lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .filter(|p| *p > 0)
+        .collect())
 }
 
 /// Remove a cgroup directory, retrying briefly while the last processes
@@ -184,7 +276,40 @@ pub(crate) fn destroy_created(leaves: &[PathBuf], created: &[PathBuf]) -> Result
 
 #[cfg(test)]
 mod tests {
-    use super::shares_to_weight;
+    use super::{resolve_path, shares_to_weight};
+    use std::path::Path;
+
+    #[test]
+    fn the_hierarchy_root_is_never_a_container_cgroup() {
+        for root in ["/", "//", "/.", "/./", "/././/.", "///."] {
+            let e = resolve_path(Some(Path::new(root)), "c")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("root of the cgroup hierarchy"), "{root:?}: {e}");
+        }
+        // Relative paths land below /virtkit, but must still name a cgroup.
+        for rel in ["", ".", "./", "./."] {
+            assert!(resolve_path(Some(Path::new(rel)), "c").is_err(), "{rel:?}");
+        }
+        for bad in ["/a/../b", "..", "/..", "a/..", "/a/.."] {
+            let e = resolve_path(Some(Path::new(bad)), "c")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("`..`"), "{bad:?}: {e}");
+        }
+        let e = resolve_path(Some(Path::new("system.slice:virtkit:x")), "c").unwrap_err();
+        assert!(e.to_string().contains("systemd"), "{e}");
+    }
+
+    #[test]
+    fn cgroup_paths_are_normalised() {
+        let r = |p: &str| resolve_path(Some(Path::new(p)), "c").unwrap();
+        assert_eq!(r("/a/b"), "/a/b");
+        assert_eq!(r("//a/./b//"), "/a/b");
+        assert_eq!(r("a/b"), "/virtkit/a/b");
+        assert_eq!(r("./x/"), "/virtkit/x");
+        assert_eq!(resolve_path(None, "id1").unwrap(), "/virtkit/id1");
+    }
 
     #[test]
     fn shares_map_to_weight_like_runc_and_never_overflow() {

@@ -1,6 +1,6 @@
 //! cgroup v1: one directory per controller hierarchy.
 
-use super::{mkdir_levels, read_pids, write, Config, Manager};
+use super::{mkdir_levels, read_pids, refuse_populated, write, Config, Manager};
 use crate::error::{Error, Result};
 use oci_spec::runtime::LinuxResources;
 use std::path::{Path, PathBuf};
@@ -97,13 +97,22 @@ impl Manager for V1 {
         let mut created = Vec::new();
         let rel = self.cfg.path.clone();
         let mut seen: Vec<PathBuf> = Vec::new();
+        let mut owned = true;
         for (ctrl, mp) in self.mounts.clone() {
             if seen.contains(&mp) {
                 continue;
             }
             seen.push(mp.clone());
+            let leaf = mp.join(rel.trim_start_matches('/'));
             let r = mkdir_levels(&mp, &rel).and_then(|new| {
+                let leaf_is_new = new.contains(&leaf);
                 created.extend(new);
+                if !leaf_is_new {
+                    // Someone else's cgroup: usable only while empty, and
+                    // never ours to kill.
+                    owned = false;
+                    refuse_populated(&rel, &leaf)?;
+                }
                 if ctrl == "cpuset" {
                     let mut cur = mp.clone();
                     for comp in rel.split('/').filter(|c| !c.is_empty()) {
@@ -122,6 +131,7 @@ impl Manager for V1 {
             }
         }
         self.cfg.created = created;
+        self.cfg.owned = owned && !seen.is_empty();
         Ok(())
     }
 

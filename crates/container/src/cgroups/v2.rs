@@ -1,6 +1,6 @@
 //! cgroup v2: one unified hierarchy at /sys/fs/cgroup.
 
-use super::{mkdir_levels, read_pids, shares_to_weight, write, Config, Manager};
+use super::{mkdir_levels, read_pids, refuse_populated, shares_to_weight, write, Config, Manager};
 use crate::error::Result;
 use oci_spec::runtime::LinuxResources;
 use std::path::PathBuf;
@@ -34,6 +34,19 @@ impl Manager for V2 {
             .collect();
         let comps: Vec<&str> = self.cfg.path.split('/').filter(|c| !c.is_empty()).collect();
         self.cfg.created = mkdir_levels(&cur, &self.cfg.path)?;
+        let leaf = self.dir();
+        self.cfg.owned = self.cfg.created.contains(&leaf);
+        if !self.cfg.owned {
+            // Someone else's cgroup: usable only while empty, and never
+            // ours to kill.
+            if let Err(e) = refuse_populated(&self.cfg.path, &leaf) {
+                for d in self.cfg.created.iter().rev() {
+                    let _ = std::fs::remove_dir(d);
+                }
+                self.cfg.created.clear();
+                return Err(e);
+            }
+        }
         for c in comps {
             if !enable.is_empty() {
                 // Best effort: a controller already used by processes in
@@ -177,6 +190,7 @@ mod tests {
             version: 2,
             path: "/virtkit-unit-test-never-created".into(),
             created: Vec::new(),
+            owned: false,
         });
         let r: LinuxResources =
             serde_json::from_str(r#"{"devices":[{"allow":false,"type":"c","access":"rwx"}]}"#)
