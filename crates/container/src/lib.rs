@@ -1,8 +1,9 @@
 //! container: an OCI runtime (runtime-spec 1.x) with runc's command line.
 //!
-//! The logic lives here (like youki's libcontainer); the binaries
-//! `virtkit ctr` and `virtkit-runc` only parse arguments with [`cli`] and
-//! call [`cli::run`].
+//! The logic lives here (like youki's libcontainer); runc's command line
+//! (clap, tables, log files) lives in the `virtkit` crate (`virtkit::runc`,
+//! as youki keeps liboci-cli apart), which calls [`runtime`] and
+//! [`exec_request`].
 //!
 //! - `spec`: config.json, with errors naming the field
 //! - `runtime`: create, start, run, exec, kill, delete and the rest
@@ -13,8 +14,8 @@
 //! - `hooks`, `tty`, `state`, `exeseal`
 
 pub mod cgroups;
-pub mod cli;
 pub mod error;
+pub mod exec_request;
 pub mod exeseal;
 pub mod hooks;
 pub mod process;

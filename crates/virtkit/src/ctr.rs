@@ -1,9 +1,9 @@
 //! `virtkit ctr`: the OCI runtime with runc's command line (the same
-//! definitions as `virtkit-runc`, from the container crate).
+//! definitions as `virtkit-runc`, from [`virtkit::runc`]).
 
 /// Arguments of `virtkit ctr`: runc's global flags and subcommands.
-pub use container::cli::RuncArgs as Args;
+pub use virtkit::runc::RuncArgs as Args;
 
 pub fn main(args: Args) -> anyhow::Result<i32> {
-    Ok(container::cli::run(args))
+    Ok(virtkit::runc::run(args))
 }

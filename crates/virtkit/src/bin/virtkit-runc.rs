@@ -4,6 +4,6 @@
 use clap::Parser;
 
 fn main() {
-    let cli = container::cli::RuncCli::parse();
-    std::process::exit(container::cli::run(cli.args));
+    let cli = virtkit::runc::RuncCli::parse();
+    std::process::exit(virtkit::runc::run(cli.args));
 }
