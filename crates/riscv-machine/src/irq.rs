@@ -1,5 +1,5 @@
-//! Interrupt plumbing shared by the device models: how a device raises a
-//! line, and how the interrupt controllers reach a hart's `mip` bits.
+//! How the interrupt controllers reach a hart's `mip` bits. (Devices drive
+//! their lines through the one interrupt-line trait, [`vmm::IrqLine`].)
 
 /// `mip` bit numbers of the interrupts the board drives.
 pub const SSIP: u64 = 1 << 1;
@@ -15,13 +15,6 @@ pub const MEIP: u64 = 1 << 11;
 pub trait HartIrqs: Send + Sync {
     /// Drives the `mask` bits of hart `hart`'s `mip` to `level`.
     fn set_mip(&self, hart: usize, mask: u64, level: bool);
-}
-
-/// One level-triggered interrupt line from a device to an interrupt
-/// controller.
-pub trait IrqLine: Send + Sync {
-    /// Drives the line high (`true`) or low (`false`).
-    fn set_level(&self, level: bool);
 }
 
 /// The harts of a machine, through their control blocks: device lines are

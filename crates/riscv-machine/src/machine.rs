@@ -20,7 +20,7 @@ use crate::irq::HartLines;
 use crate::layout::*;
 use crate::loader::{self, KernelKind, LoadError};
 use crate::mmio::{MmioBus, MmioDevice};
-use crate::plic::{Plic, PlicLine};
+use crate::plic::Plic;
 use crate::power::{Power, StopReason, TestFinisher};
 use crate::sbi::{self, Fence, SbiAction, SbiHost};
 use crate::terminal::InputSink;
@@ -89,7 +89,7 @@ pub enum MachineError {
     #[error(transparent)]
     Fdt(#[from] FdtError),
     #[error("cannot allocate guest RAM: {0}")]
-    Ram(#[source] virtio::Error),
+    Ram(#[source] vmm::Error),
     #[error("{harts} harts requested: this machine supports 1 to {MAX_HARTS}")]
     Harts { harts: usize },
     #[error(
@@ -194,15 +194,6 @@ impl MmioDevice for VirtioSlot {
                 .unwrap_or_else(|e| e.into_inner())
                 .write(offset, &value.to_le_bytes()[..n]);
         }
-    }
-}
-
-impl virtio::Interrupt for PlicLine {
-    fn raise(&self) {
-        crate::irq::IrqLine::set_level(self, true);
-    }
-    fn lower(&self) {
-        crate::irq::IrqLine::set_level(self, false);
     }
 }
 
@@ -461,7 +452,7 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome, MachineError> {
         }
     };
 
-    let ram = virtio::GuestRam::new(RAM_BASE, mem_size as usize).map_err(MachineError::Ram)?;
+    let ram = vmm::GuestRam::new(RAM_BASE, mem_size as usize).map_err(MachineError::Ram)?;
     let mem = ram.memory().clone();
     let ram_end = RAM_BASE + mem_size;
 

@@ -7,9 +7,10 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::irq::{HartIrqs, IrqLine, MEIP, SEIP};
+use crate::irq::{HartIrqs, MEIP, SEIP};
 use crate::layout::PLIC_SOURCES;
 use crate::mmio::MmioDevice;
+use vmm::IrqLine;
 
 const PRIORITY_BASE: u64 = 0x0;
 const PENDING_BASE: u64 = 0x1000;

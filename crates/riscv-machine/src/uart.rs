@@ -9,8 +9,8 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use crate::irq::IrqLine;
 use crate::mmio::MmioDevice;
+use vmm::IrqLine;
 
 // Register offsets (reg-shift 0).
 const RBR_THR_DLL: u64 = 0;

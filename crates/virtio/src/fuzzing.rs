@@ -8,7 +8,8 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::queue::{ActivateContext, DeviceSignals, WorkerEvents};
-use crate::{Block, BlockConfig, Console, GuestRam, Interrupt, Rng, VirtioDevice};
+use crate::{Block, BlockConfig, Console, Rng, VirtioDevice};
+use vmm::{GuestRam, IrqLine};
 
 /// A disk held in memory.
 pub struct MemBackend {
@@ -82,9 +83,8 @@ impl image::BlockBackend for MemBackend {
 }
 
 struct NoIrq;
-impl Interrupt for NoIrq {
-    fn raise(&self) {}
-    fn lower(&self) {}
+impl IrqLine for NoIrq {
+    fn set_level(&self, _level: bool) {}
 }
 
 const FUZZ_BASE: u64 = 0x8000_0000;

@@ -3,10 +3,11 @@
 //!
 //! The device models are architecture-neutral: each one sees only
 //!
-//! * guest memory, as a `vm-memory` [`GuestMemoryMmap`] (see [`GuestRam`] for
-//!   how the machine allocates RAM once and shares it with the CPU's fast path),
-//! * an interrupt line, the [`Interrupt`] trait (the PLIC of the RISC-V board
-//!   implements it today, a KVM irqfd tomorrow),
+//! * guest memory, as a `vm-memory` [`GuestMemoryMmap`] (see
+//!   [`vmm::GuestRam`] for how the machine allocates RAM once and shares it
+//!   with the CPU's fast path),
+//! * an interrupt line, the [`vmm::IrqLine`] trait (the PLIC of the RISC-V
+//!   board implements it today, a KVM irqfd tomorrow),
 //! * its own 0x200-byte register window, [`MmioTransport::read`] and
 //!   [`MmioTransport::write`].
 //!
@@ -14,12 +15,12 @@
 //!
 //! ```no_run
 //! use std::sync::{Arc, Mutex};
-//! use virtio::{GuestRam, Interrupt, MmioTransport, Rng};
+//! use virtio::{MmioTransport, Rng};
+//! use vmm::{GuestRam, IrqLine};
 //!
 //! struct Line; // the board's PLIC source n
-//! impl Interrupt for Line {
-//!     fn raise(&self) { /* plic.set_pending(n, true) */ }
-//!     fn lower(&self) { /* plic.set_pending(n, false) */ }
+//! impl IrqLine for Line {
+//!     fn set_level(&self, level: bool) { /* plic.set_pending(n, level) */ }
 //! }
 //!
 //! let ram = GuestRam::new(0x8000_0000, 256 << 20).unwrap();
@@ -41,7 +42,7 @@
 //! driver sets DRIVER_OK, the transport starts one worker thread for the
 //! device, and a notification only sets a bit and wakes that thread. The
 //! worker processes the queues, writes the used rings and raises the
-//! interrupt line (from the worker thread: [`Interrupt`] implementations must
+//! interrupt line (from the worker thread: [`vmm::IrqLine`] implementations must
 //! be thread-safe). A device reset (status 0), [`MmioTransport::shutdown`] or
 //! dropping the transport stops and joins the worker after the request it is
 //! working on; nothing is left running.
@@ -76,7 +77,6 @@
 
 mod blk;
 mod console;
-mod memory;
 mod mmio;
 mod queue;
 mod rng;
@@ -86,7 +86,6 @@ pub use blk::{
     SIZE_MAX,
 };
 pub use console::{Console, ConsoleHost, MAX_PENDING_INPUT, MAX_TX_CHAIN_BYTES};
-pub use memory::GuestRam;
 pub use mmio::{status, MmioTransport, MMIO_WINDOW_SIZE};
 pub use queue::{ActivateContext, DeviceSignals, QueueHandler, VirtioDevice, WorkerEvents};
 pub use rng::{Rng, MAX_RNG_BYTES_PER_REQUEST};
@@ -98,31 +97,9 @@ pub use vm_memory::GuestMemoryMmap;
 #[doc(hidden)]
 pub mod fuzzing;
 
-/// A level-triggered interrupt line from a device to the interrupt controller.
-///
-/// The transport raises the line when it sets a bit in InterruptStatus and
-/// lowers it when the driver acknowledges the last bit. Calls come from the
-/// vCPU thread that writes InterruptACK and from the device's worker thread,
-/// serialized by the transport (never two calls at once for one line).
-/// Because `raise` comes from a device thread while every hart may be
-/// asleep in WFI, an implementation must wake the harts it targets (e.g.
-/// the PLIC signals the condition variable its harts wait on).
-pub trait Interrupt: Send + Sync {
-    /// Drives the line high (asserted).
-    fn raise(&self);
-    /// Drives the line low (deasserted).
-    fn lower(&self);
-}
-
 /// Errors of the virtio crate.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("guest RAM of {size:#x} bytes at {base:#x}: {reason}")]
-    GuestRam {
-        base: u64,
-        size: usize,
-        reason: String,
-    },
     #[error("cannot start the virtio device thread: {0}")]
     SpawnWorker(#[source] std::io::Error),
     #[error("virtio queue {index}: {reason}")]

@@ -7,7 +7,8 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::queue::{run_worker, ActivateContext, DeviceSignals, WorkerEvents};
-use crate::{features, Error, Interrupt, Result, VirtioDevice};
+use crate::{features, Error, Result, VirtioDevice};
+use vmm::IrqLine;
 
 /// Size of one device's register window (registers 0x000..0x100, device
 /// configuration space from 0x100).
@@ -119,11 +120,7 @@ pub struct MmioTransport {
 impl MmioTransport {
     /// Puts `device` behind a register window; `irq` is the line the board
     /// wired the slot to.
-    pub fn new(
-        device: Box<dyn VirtioDevice>,
-        mem: GuestMemoryMmap,
-        irq: Arc<dyn Interrupt>,
-    ) -> Self {
+    pub fn new(device: Box<dyn VirtioDevice>, mem: GuestMemoryMmap, irq: Arc<dyn IrqLine>) -> Self {
         let queues = device
             .queue_max_sizes()
             .iter()
@@ -420,7 +417,7 @@ mod tests {
     fn transport_can_be_shared_behind_a_mutex() {
         fn shareable<T: Send + Sync>() {}
         shareable::<std::sync::Mutex<MmioTransport>>();
-        shareable::<crate::GuestRam>();
+        shareable::<vmm::GuestRam>();
         shareable::<crate::ConsoleHost>();
     }
 

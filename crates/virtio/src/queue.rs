@@ -7,7 +7,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
-use crate::{Error, Interrupt, Result};
+use crate::{Error, Result};
+use vmm::IrqLine;
 
 /// InterruptStatus bit: a used buffer notification.
 pub(crate) const INT_VRING: u32 = 1;
@@ -64,7 +65,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Interrupt status, configuration generation and device-needs-reset of one
 /// transport, shared by the vCPU side and the worker thread.
 pub struct DeviceSignals {
-    irq: Arc<dyn Interrupt>,
+    irq: Arc<dyn IrqLine>,
     // The lock serializes "change status, then move the line", so the line
     // is high exactly when some status bit is set.
     status: Mutex<u32>,
@@ -75,7 +76,7 @@ pub struct DeviceSignals {
 }
 
 impl DeviceSignals {
-    pub(crate) fn new(irq: Arc<dyn Interrupt>) -> Self {
+    pub(crate) fn new(irq: Arc<dyn IrqLine>) -> Self {
         DeviceSignals {
             irq,
             status: Mutex::new(0),

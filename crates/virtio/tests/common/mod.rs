@@ -8,8 +8,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use virtio::{status, GuestRam, Interrupt, MmioTransport, VirtioDevice};
+use virtio::{status, MmioTransport, VirtioDevice};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm::{GuestRam, IrqLine};
 
 pub const RAM_BASE: u64 = 0x8000_0000;
 pub const RAM_SIZE: usize = 64 << 20;
@@ -59,17 +60,16 @@ pub struct TestIrq {
     cv: Condvar,
 }
 
-impl Interrupt for TestIrq {
-    fn raise(&self) {
+impl IrqLine for TestIrq {
+    fn set_level(&self, level: bool) {
         let mut st = self.state.lock().unwrap();
-        if !st.0 {
+        if level && !st.0 {
             st.1 += 1;
         }
-        st.0 = true;
-        self.cv.notify_all();
-    }
-    fn lower(&self) {
-        self.state.lock().unwrap().0 = false;
+        st.0 = level;
+        if level {
+            self.cv.notify_all();
+        }
     }
 }
 

@@ -1,0 +1,34 @@
+//! vmm: what every virtkit virtual machine has, whatever runs its CPUs
+//! (the RISC-V emulator today, KVM next).
+//!
+//! - [`GuestRam`]: guest RAM, allocated once, seen by device models as a
+//!   `vm-memory` [`GuestMemoryMmap`](vm_memory::GuestMemoryMmap) and by the
+//!   CPU's fast path as a host pointer.
+//! - [`IrqLine`]: the one interrupt-line trait: device models (virtio, the
+//!   UART) drive a line; interrupt controllers (the PLIC, a KVM irqfd)
+//!   implement it.
+//!
+//! Layering: `vmm` sits under the device models (`virtio`) and the boards
+//! (`riscv-machine`), and knows neither.
+
+mod irq;
+mod memory;
+
+pub use irq::IrqLine;
+pub use memory::GuestRam;
+/// The `vm-memory` version guest RAM is built on.
+pub use vm_memory;
+
+/// Errors of the vmm crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("guest RAM of {size:#x} bytes at {base:#x}: {reason}")]
+    GuestRam {
+        base: u64,
+        size: usize,
+        reason: String,
+    },
+}
+
+/// Result type of the vmm crate.
+pub type Result<T> = std::result::Result<T, Error>;
