@@ -32,26 +32,62 @@ pub const HWCAP: u64 = (1 << (b'i' - b'a'))
     | (1 << (b'd' - b'a'))
     | (1 << (b'c' - b'a'));
 
+/// Why a file cannot be loaded; the path is named by [`LoadError`].
+#[derive(Debug, Error)]
+pub enum FileError {
+    #[error("{}", io_message(.0))]
+    Io(std::io::Error),
+    #[error("is a directory")]
+    IsDirectory,
+    #[error("not a regular file")]
+    NotRegular,
+    #[error("file too large ({0} bytes)")]
+    TooLarge(u64),
+    #[error("{0}")]
+    Elf(ElfError),
+    #[error("does not fit in the guest address space: {0}")]
+    Map(MmError),
+}
+
+/// An I/O error without std's " (os error N)" suffix, like strerror.
+fn io_message(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match e.raw_os_error() {
+        Some(n) => s
+            .strip_suffix(&format!(" (os error {n})"))
+            .map(str::to_string)
+            .unwrap_or(s),
+        None => s,
+    }
+}
+
 /// Why a program could not be loaded.
 #[derive(Debug, Error)]
 pub enum LoadError {
     #[error("{path}: {error}")]
-    Io {
+    File { path: PathBuf, error: FileError },
+    /// The program's PT_INTERP names a file that cannot be loaded; the
+    /// interpreter path is shown escaped (it comes from an untrusted file),
+    /// with the host file it was looked up as when that differs.
+    #[error("{path}: cannot load interpreter \"{interp}\"{}: {error}",
+        host.as_ref().map(|h| format!(" (as {})", h.display())).unwrap_or_default())]
+    Interp {
         path: PathBuf,
-        error: std::io::Error,
+        interp: String,
+        host: Option<PathBuf>,
+        error: FileError,
     },
-    #[error("{path}: is a directory")]
-    IsDirectory { path: PathBuf },
-    #[error("{path}: not a regular file")]
-    NotRegular { path: PathBuf },
-    #[error("{path}: file too large ({size} bytes)")]
-    TooLarge { path: PathBuf, size: u64 },
-    #[error("{path}: {error}")]
-    Elf { path: PathBuf, error: ElfError },
-    #[error("{path}: does not fit in the guest address space: {error}")]
-    Map { path: PathBuf, error: MmError },
     #[error("argument and environment strings too long")]
     ArgsTooLong,
+}
+
+impl LoadError {
+    fn file(path: &Path, error: FileError) -> LoadError {
+        LoadError::File {
+            path: path.to_path_buf(),
+            error,
+        }
+    }
 }
 
 /// Where things ended up; what the CPU and the syscall layer need.
@@ -91,33 +127,49 @@ pub struct FileSegment {
 
 /// Reads a file for loading, with clear errors for directories and the like.
 pub fn read_file(path: &Path) -> Result<Vec<u8>, LoadError> {
-    let io = |error| LoadError::Io {
-        path: path.to_path_buf(),
-        error,
-    };
-    let meta = std::fs::metadata(path).map_err(io)?;
+    read(path, false).map_err(|e| LoadError::file(path, e))
+}
+
+/// Reads the program to run, which must be executable, as execve requires.
+pub fn read_program(path: &Path) -> Result<Vec<u8>, LoadError> {
+    read(path, true).map_err(|e| LoadError::file(path, e))
+}
+
+/// Whether the effective user may execute `path`, as the kernel's execve
+/// decides it: faccessat(X_OK, AT_EACCESS) checks the mode bits against the
+/// effective ids (root needs at least one x bit) and refuses files on
+/// noexec mounts. Only meaningful for regular files (execve refuses
+/// everything else with EACCES; callers check that first).
+pub fn exec_access(path: &Path) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::ENOENT))?;
+    // SAFETY: `c` is a valid NUL-terminated string; no memory is written.
+    let r = unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::X_OK, libc::AT_EACCESS) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn read(path: &Path, need_exec: bool) -> Result<Vec<u8>, FileError> {
+    let meta = std::fs::metadata(path).map_err(FileError::Io)?;
     if meta.is_dir() {
-        return Err(LoadError::IsDirectory {
-            path: path.to_path_buf(),
-        });
+        return Err(FileError::IsDirectory);
     }
     if !meta.is_file() {
-        return Err(LoadError::NotRegular {
-            path: path.to_path_buf(),
-        });
+        return Err(FileError::NotRegular);
+    }
+    if need_exec {
+        exec_access(path).map_err(FileError::Io)?;
     }
     if meta.len() > MAX_FILE {
-        return Err(LoadError::TooLarge {
-            path: path.to_path_buf(),
-            size: meta.len(),
-        });
+        return Err(FileError::TooLarge(meta.len()));
     }
     let mut data = Vec::with_capacity(meta.len() as usize);
     std::fs::File::open(path)
-        .map_err(io)?
-        .take(MAX_FILE)
-        .read_to_end(&mut data)
-        .map_err(io)?;
+        .and_then(|f| f.take(MAX_FILE).read_to_end(&mut data))
+        .map_err(FileError::Io)?;
     Ok(data)
 }
 
@@ -143,11 +195,8 @@ fn map_image(
     data: &[u8],
     bias: u64,
     segments: &mut Vec<FileSegment>,
-) -> Result<(u64, u64), LoadError> {
-    let merr = |error| LoadError::Map {
-        path: path.to_path_buf(),
-        error,
-    };
+) -> Result<(u64, u64), FileError> {
+    let merr = FileError::Map;
     let (lo, hi) = elf.span();
     let lo = page_down(lo + bias);
     let hi = page_up(hi + bias)
@@ -279,26 +328,21 @@ pub fn load(
     aux: &AuxInfo,
     stack_size: u64,
 ) -> Result<Loaded, LoadError> {
-    let elf = Elf::parse(data, GUEST_SIZE).map_err(|error| LoadError::Elf {
-        path: path.to_path_buf(),
-        error,
-    })?;
+    let ferr = |error| LoadError::file(path, error);
+    let elf = Elf::parse(data, GUEST_SIZE).map_err(|e| ferr(FileError::Elf(e)))?;
     let stack_size = page_up(stack_size.clamp(128 << 10, MAX_STACK)).unwrap_or(8 << 20);
     let stack_low = STACK_TOP - stack_size;
     // Leave a gap under the stack; mmap allocations go top-down below it.
     mm.set_mmap_window(0x1_0000, stack_low - (16 << 20));
 
-    let merr = |error| LoadError::Map {
-        path: path.to_path_buf(),
-        error,
-    };
+    let merr = |error| ferr(FileError::Map(error));
     let bias = if elf.e_type == ET_DYN {
         choose_bias(mm, &elf, Some(ET_DYN_BASE)).map_err(merr)?
     } else {
         0
     };
     let mut segments = Vec::new();
-    let (lo, hi) = map_image(mm, path, &elf, data, bias, &mut segments)?;
+    let (lo, hi) = map_image(mm, path, &elf, data, bias, &mut segments).map_err(ferr)?;
     let entry = elf.entry.wrapping_add(bias);
     let phdr = elf.phdr_vaddr().map(|v| v + bias).unwrap_or(lo + elf.phoff);
 
@@ -306,22 +350,15 @@ pub fn load(
     let mut interp_base = 0;
     if let Some(interp) = &elf.interp {
         let ipath = interp_path(interp, sysroot);
-        let idata = read_file(&ipath)?;
-        let ielf = Elf::parse(&idata, GUEST_SIZE).map_err(|error| LoadError::Elf {
-            path: ipath.clone(),
-            error,
-        })?;
-        let ibias = if ielf.e_type == ET_DYN {
-            choose_bias(mm, &ielf, None).map_err(|error| LoadError::Map {
-                path: ipath.clone(),
+        let (ilo, ientry) =
+            load_interp(mm, &ipath, &mut segments).map_err(|error| LoadError::Interp {
+                path: path.to_path_buf(),
+                interp: interp.escape_ascii().to_string(),
+                host: (ipath.as_os_str().as_bytes() != interp.as_slice()).then_some(ipath),
                 error,
-            })?
-        } else {
-            0
-        };
-        let (ilo, _) = map_image(mm, &ipath, &ielf, &idata, ibias, &mut segments)?;
+            })?;
         interp_base = ilo;
-        pc = ielf.entry.wrapping_add(ibias);
+        pc = ientry;
     }
 
     let brk = hi;
@@ -358,6 +395,23 @@ pub fn load(
         interp_base,
         stack_low,
     })
+}
+
+/// Maps the interpreter at `ipath`; returns its lowest address and entry.
+fn load_interp(
+    mm: &AddressSpace,
+    ipath: &Path,
+    segments: &mut Vec<FileSegment>,
+) -> Result<(u64, u64), FileError> {
+    let idata = read(ipath, false)?;
+    let ielf = Elf::parse(&idata, GUEST_SIZE).map_err(FileError::Elf)?;
+    let ibias = if ielf.e_type == ET_DYN {
+        choose_bias(mm, &ielf, None).map_err(FileError::Map)?
+    } else {
+        0
+    };
+    let (ilo, _) = map_image(mm, ipath, &ielf, &idata, ibias, segments)?;
+    Ok((ilo, ielf.entry.wrapping_add(ibias)))
 }
 
 /// The host path of the interpreter named in PT_INTERP.

@@ -172,7 +172,7 @@ pub fn run(
     argv: Vec<Vec<u8>>,
     envp: Vec<Vec<u8>>,
 ) -> Result<std::convert::Infallible, StartError> {
-    let data = loader::read_file(program)?;
+    let data = loader::read_program(program)?;
     let mm = AddressSpace::new()?;
     let stack_size = cfg.stack_size.unwrap_or_else(|| {
         let mut rl = libc::rlimit {
@@ -908,16 +908,20 @@ impl Thread {
         let mut argv = argv;
         for _depth in 0..4 {
             let host_path = self.host_path(&path);
-            let cpath = match std::ffi::CString::new(host_path.clone()) {
-                Ok(c) => c,
-                Err(_) => return -(libc::ENOENT as i64),
-            };
-            // SAFETY: cpath is a valid C string.
-            if unsafe { libc::access(cpath.as_ptr(), libc::X_OK) } != 0 {
-                return -(crate::mm::errno() as i64);
+            let hp = Path::new(std::ffi::OsStr::from_bytes(&host_path));
+            // As the kernel's execve: anything but a regular file (a
+            // directory, a fifo) is EACCES, and so is a file the effective
+            // ids may not execute.
+            match std::fs::metadata(hp) {
+                Ok(m) if m.is_file() => {}
+                Ok(_) => return -(libc::EACCES as i64),
+                Err(e) => return -(e.raw_os_error().unwrap_or(libc::ENOENT) as i64),
+            }
+            if let Err(e) = loader::exec_access(hp) {
+                return -(e.raw_os_error().unwrap_or(libc::EACCES) as i64);
             }
             let mut head = [0u8; 256];
-            let n = match std::fs::File::open(Path::new(std::ffi::OsStr::from_bytes(&host_path)))
+            let n = match std::fs::File::open(hp)
                 .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
             {
                 Ok(n) => n,

@@ -52,7 +52,7 @@ pub fn build_asm(name: &str, pie: bool) -> PathBuf {
     build_with(name, "S", if pie { "-pie" } else { "" }, flags)
 }
 
-fn build_with(name: &str, ext: &str, suffix: &str, flags: &[&str]) -> PathBuf {
+pub fn build_with(name: &str, ext: &str, suffix: &str, flags: &[&str]) -> PathBuf {
     let src = progs_src().join(format!("{name}.{ext}"));
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("emu-progs");
     std::fs::create_dir_all(&out_dir).expect("create output dir");
