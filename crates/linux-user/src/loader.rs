@@ -266,11 +266,23 @@ fn max_align(elf: &Elf) -> u64 {
         .clamp(PAGE, 1 << 30)
 }
 
-/// Picks a load bias for a position-independent image.
+/// Picks a load bias for an ET_DYN image.
+///
+/// Follows qemu 7.2's `load_elf_image` (linux-user/elfload.c): the image's
+/// lowest address is a hint. A pre-linked ET_DYN (first segment at a
+/// nonzero address: a prelinked library, or an executable that is not
+/// position-independent but says ET_DYN) goes to its link address when that
+/// range is free, which such a file needs to run; Linux does the same for
+/// an ET_DYN without an interpreter (`load_bias = 0`, mapped without
+/// MAP_FIXED in `load_elf_binary`). Otherwise the image goes to `preferred`
+/// (Linux's ELF_ET_DYN_BASE for a main program) or anywhere free.
 fn choose_bias(mm: &AddressSpace, elf: &Elf, preferred: Option<u64>) -> Result<u64, MmError> {
     let (lo, hi) = elf.span();
     let lo = page_down(lo);
     let size = page_up(hi).ok_or(MmError::NoSpace(hi))? - lo;
+    if lo != 0 && lo.checked_add(size).is_some_and(|e| e <= GUEST_SIZE) && mm.is_free(lo, size) {
+        return Ok(0);
+    }
     let align = max_align(elf);
     if let Some(p) = preferred {
         let p = (p + align - 1) & !(align - 1);

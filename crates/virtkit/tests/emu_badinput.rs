@@ -156,3 +156,34 @@ fn garbage_interpreter_path_is_escaped_and_names_the_program() {
     );
     assert_eq!(r.stderr.lines().count(), 1, "{:?}", r.stderr);
 }
+
+/// Sets `e_type` to ET_DYN.
+fn make_et_dyn(from: &Path, to: &Path) {
+    let mut f = std::fs::read(from).unwrap();
+    f[16..18].copy_from_slice(&3u16.to_le_bytes());
+    write_exe(to, &f);
+}
+
+#[test]
+fn prelinked_et_dyn_runs_at_its_link_address_like_qemu() {
+    // Executables that are not position-independent but say ET_DYN: they
+    // only run where they were linked (0x10000 here), where qemu puts them.
+    let d = scratch("prelinked");
+    let st = d.join("static-et-dyn");
+    make_et_dyn(&build("hello", false), &st);
+    let ours = emu(&[], &st, &["a"], None, None);
+    assert_same("static ET_DYN", &ours, &qemu(&[], &st, &["a"], None, None));
+    assert_eq!(ours.code, Some(42), "{ours:?}");
+
+    let nopie = build_with("hello", "c", "-nopie-dyn", &["-no-pie"]);
+    let dy = d.join("dynamic-et-dyn");
+    make_et_dyn(&nopie, &dy);
+    let flags = ["-L", SYSROOT];
+    let ours = emu(&flags, &dy, &["a"], None, None);
+    assert_same(
+        "dynamic ET_DYN",
+        &ours,
+        &qemu(&flags, &dy, &["a"], None, None),
+    );
+    assert_eq!(ours.code, Some(42), "{ours:?}");
+}
