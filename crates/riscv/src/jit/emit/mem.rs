@@ -1,0 +1,191 @@
+//! Loads and stores of RV64I and, in user mode (where FP is always on),
+//! of F and D, inline: user mode checks the permission table as
+//! `crate::mmu::UserMem` does, system mode walks the data TLB; anything
+//! else (a miss, a store into a page holding code, an access crossing a
+//! page) leaves for the interpreter.
+
+use std::mem::offset_of;
+
+use super::{fd, space_pages, Frame};
+use crate::decode::{Insn, Kind};
+use crate::jit::x86::*;
+use crate::mem::perm;
+use crate::mmu::TLB_SIZE;
+
+/// Loads and stores handled inline: (bytes, sign-extend, is a store).
+fn mem_shape(k: Kind) -> Option<(u8, bool, bool)> {
+    use Kind::*;
+    Some(match k {
+        Lb => (1, true, false),
+        Lh => (2, true, false),
+        Lw => (4, true, false),
+        Ld => (8, false, false),
+        Lbu => (1, false, false),
+        Lhu => (2, false, false),
+        Lwu => (4, false, false),
+        Sb => (1, false, true),
+        Sh => (2, false, true),
+        Sw => (4, false, true),
+        Sd => (8, false, true),
+        _ => return None,
+    })
+}
+
+/// Emits `i`, the `k`th instruction of the block, when it is a load or
+/// store handled inline; `false` when it is not one.
+pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
+    use Kind::*;
+    let imm = i.imm;
+    let rd = i.rd;
+    // FP loads and stores, user mode (where FP is always on, so no
+    // mstatus.FS check): the integer paths below, with f registers.
+    let fp = match (i.kind, f.sys) {
+        (Flw, None) => Some((4, false, false)),
+        (Fld, None) => Some((8, false, false)),
+        (Fsw, None) => Some((4, false, true)),
+        (Fsd, None) => Some((8, false, true)),
+        _ => None,
+    };
+    if let (Some((n, signed, is_store)), Some(_)) = (mem_shape(i.kind), f.sys) {
+        // va = rs1 + imm in rax, vpn in rcx, TLB entry in rdx.
+        a.ld_x(RAX, i.rs1);
+        if imm != 0 {
+            a.alu_imm(true, ADD, RAX, imm);
+        }
+        a.mov_rr(RCX, RAX);
+        a.shift_imm(true, SHR, RCX, 12);
+        a.op_rr(false, &[0x89], RCX, RDX); // mov edx, ecx
+        a.alu_imm(false, AND, RDX, (TLB_SIZE - 1) as i32);
+        a.b.extend_from_slice(&[0x8d, 0x14, 0x52]); // lea edx, [rdx + rdx*2]
+        a.shift_imm(false, SHL, RDX, 4); // * 48 = size of a TLB entry
+        a.alu_rr(true, ADD, RDX, R12);
+        let tag = if is_store {
+            offset_of!(crate::mmu::Entry, tag_w)
+        } else {
+            offset_of!(crate::mmu::Entry, tag_r)
+        };
+        a.op_m(true, &[0x3b], RCX, RDX, tag as i32); // cmp rcx, [rdx + tag]
+        f.slow.push((a.jcc(CC_NE), k));
+        if is_store {
+            // Stores into pages holding translated code take the
+            // slow path (it drops the stale translations).
+            a.load(RSI, RDX, offset_of!(crate::mmu::Entry, code) as i32);
+            a.op_m(false, &[0x80], 7, RSI, 0); // cmp byte [rsi], 0
+            a.u8(0);
+            f.slow.push((a.jcc(CC_NE), k));
+        }
+        if n > 1 {
+            a.op_rr(false, &[0x89], RAX, RSI); // mov esi, eax
+            a.alu_imm(false, AND, RSI, 0xfff);
+            a.alu_imm(false, CMP, RSI, 0x1000 - n as i32);
+            f.slow.push((a.jcc(CC_A), k));
+        }
+        // add rax, [rdx + addend]: the host address.
+        a.op_m(
+            true,
+            &[0x03],
+            RAX,
+            RDX,
+            offset_of!(crate::mmu::Entry, addend) as i32,
+        );
+        if is_store {
+            a.ld_x(RDX, i.rs2);
+            match n {
+                1 => a.op_m(false, &[0x88], RDX, RAX, 0),
+                2 => {
+                    a.u8(0x66);
+                    a.op_m(false, &[0x89], RDX, RAX, 0);
+                }
+                4 => a.op_m(false, &[0x89], RDX, RAX, 0),
+                _ => a.op_m(true, &[0x89], RDX, RAX, 0),
+            }
+        } else {
+            match (n, signed) {
+                (1, true) => a.op_m(true, &[0x0f, 0xbe], RAX, RAX, 0),
+                (1, false) => a.op_m(false, &[0x0f, 0xb6], RAX, RAX, 0),
+                (2, true) => a.op_m(true, &[0x0f, 0xbf], RAX, RAX, 0),
+                (2, false) => a.op_m(false, &[0x0f, 0xb7], RAX, RAX, 0),
+                (4, true) => a.op_m(true, &[0x63], RAX, RAX, 0),
+                (4, false) => a.op_m(false, &[0x8b], RAX, RAX, 0),
+                _ => a.op_m(true, &[0x8b], RAX, RAX, 0),
+            }
+            a.st_x(rd, RAX);
+        }
+        return true;
+    }
+    if let Some((n, signed, is_store)) = mem_shape(i.kind).or(fp) {
+        // va = rs1 + imm in rax; page index in rcx.
+        a.ld_x(RAX, i.rs1);
+        if imm != 0 {
+            a.alu_imm(true, ADD, RAX, imm);
+        }
+        a.mov_rr(RCX, RAX);
+        a.shift_imm(true, SHR, RCX, 12);
+        let pages = space_pages(f.space_size);
+        if pages <= i32::MAX as u64 {
+            a.alu_imm(true, CMP, RCX, pages as i32);
+            f.slow.push((a.jcc(CC_AE), k));
+        } else {
+            a.mov_rr(RDX, RAX);
+            a.shift_imm(true, SHR, RDX, f.space_bits);
+            f.slow.push((a.jcc(CC_NE), k));
+        }
+        if is_store {
+            // movzx edx, byte [r13 + rcx]; and edx, W|CODE; cmp edx, W
+            a.op_bi(false, &[0x0f, 0xb6], RDX, R13, RCX);
+            a.alu_imm(false, AND, RDX, (perm::W | perm::CODE) as i32);
+            a.alu_imm(false, CMP, RDX, perm::W as i32);
+            f.slow.push((a.jcc(CC_NE), k));
+        } else {
+            // test byte [r13 + rcx], R
+            a.op_bi(false, &[0xf6], 0, R13, RCX);
+            a.u8(perm::R);
+            f.slow.push((a.jcc(CC_E), k));
+        }
+        if n > 1 {
+            // The access must not cross the page end.
+            a.op_rr(false, &[0x89], RAX, RDX); // mov edx, eax
+            a.alu_imm(false, AND, RDX, 0xfff);
+            a.alu_imm(false, CMP, RDX, 0x1000 - n as i32);
+            f.slow.push((a.jcc(CC_A), k));
+        }
+        if is_store {
+            if fp.is_some() {
+                a.load(RDX, RBX, fd(i.rs2));
+            } else {
+                a.ld_x(RDX, i.rs2);
+            }
+            match n {
+                1 => a.op_bi(false, &[0x88], RDX, R12, RAX),
+                2 => {
+                    a.u8(0x66);
+                    a.op_bi(false, &[0x89], RDX, R12, RAX);
+                }
+                4 => a.op_bi(false, &[0x89], RDX, R12, RAX),
+                _ => a.op_bi(true, &[0x89], RDX, R12, RAX),
+            }
+        } else {
+            match (n, signed) {
+                (1, true) => a.op_bi(true, &[0x0f, 0xbe], RAX, R12, RAX),
+                (1, false) => a.op_bi(false, &[0x0f, 0xb6], RAX, R12, RAX),
+                (2, true) => a.op_bi(true, &[0x0f, 0xbf], RAX, R12, RAX),
+                (2, false) => a.op_bi(false, &[0x0f, 0xb7], RAX, R12, RAX),
+                (4, true) => a.op_bi(true, &[0x63], RAX, R12, RAX),
+                (4, false) => a.op_bi(false, &[0x8b], RAX, R12, RAX),
+                _ => a.op_bi(true, &[0x8b], RAX, R12, RAX),
+            }
+            if fp.is_some() {
+                if n == 4 {
+                    // NaN-box the single.
+                    a.mov_imm(RCX, 0xffff_ffff_0000_0000);
+                    a.alu_rr(true, OR, RAX, RCX);
+                }
+                a.store(RBX, fd(rd), RAX);
+            } else {
+                a.st_x(rd, RAX);
+            }
+        }
+        return true;
+    }
+    false
+}

@@ -1,0 +1,182 @@
+//! RV64I without its loads and stores (see `mem`): upper immediates,
+//! jumps and branches (chained or dispatched exits), register and
+//! immediate arithmetic, `fence`.
+
+use std::mem::offset_of;
+
+use super::{ctx_off, xd, Frame};
+use crate::decode::{Insn, Kind, ZERO_SINK};
+use crate::jit::x86::*;
+use crate::jit::Ctx;
+
+/// Emits `i`, the `k`th instruction of the block, at guest pc `ipc`
+/// (`next`: the pc after it).
+pub(super) fn emit(a: &mut Asm, f: &Frame, k: usize, i: &Insn, ipc: u64, next: u64) {
+    let imm = i.imm;
+    let rd = i.rd;
+    // rd = op(rs1, ...): rs1 in rax, `$op` computes, then the
+    // result (sign-extended from 32 bits for W forms) goes to rd.
+    macro_rules! into_rd {
+        ($w:expr, $op:expr) => {{
+            a.ld_x(RAX, i.rs1);
+            $op;
+            if !$w {
+                a.sext32(RAX, RAX);
+            }
+            a.st_x(rd, RAX);
+        }};
+    }
+    macro_rules! rr {
+        ($w:expr, $op:expr) => {
+            into_rd!($w, a.alu_x($w, $op, RAX, i.rs2))
+        };
+    }
+    macro_rules! ri {
+        ($w:expr, $op:expr) => {
+            into_rd!($w, a.alu_imm($w, $op, RAX, imm))
+        };
+    }
+    macro_rules! sh_imm {
+        ($w:expr, $d:expr) => {
+            into_rd!(
+                $w,
+                a.shift_imm($w, $d, RAX, (imm as u8) & if $w { 63 } else { 31 })
+            )
+        };
+    }
+    macro_rules! sh_reg {
+        ($w:expr, $d:expr) => {
+            into_rd!($w, {
+                a.ld_x(RCX, i.rs2);
+                a.shift_cl($w, $d, RAX)
+            })
+        };
+    }
+    macro_rules! set {
+        ($cc:expr, $imm:expr) => {{
+            a.ld_x(RAX, i.rs1);
+            if $imm {
+                a.alu_imm(true, CMP, RAX, imm);
+            } else {
+                a.alu_x(true, CMP, RAX, i.rs2);
+            }
+            a.setcc_rax($cc);
+            a.st_x(rd, RAX);
+        }};
+    }
+    macro_rules! branch {
+        ($cc:expr) => {{
+            a.add_icount(k as u32 + 1);
+            a.ld_x(RAX, i.rs1);
+            a.alu_x(true, CMP, RAX, i.rs2);
+            let taken = a.jcc($cc);
+            f.static_exit(a, next);
+            a.bind(taken);
+            f.static_exit(a, ipc.wrapping_add(imm as i64 as u64));
+        }};
+    }
+    use Kind::*;
+    match i.kind {
+        Lui => {
+            a.mov_imm(RAX, imm as i64 as u64);
+            a.st_x(rd, RAX);
+        }
+        Auipc => {
+            a.mov_imm(RAX, ipc.wrapping_add(imm as i64 as u64));
+            a.st_x(rd, RAX);
+        }
+        Jal => {
+            if rd != ZERO_SINK {
+                a.mov_imm(RAX, next);
+                a.st_x(rd, RAX);
+            }
+            a.add_icount(k as u32 + 1);
+            f.static_exit(a, ipc.wrapping_add(imm as i64 as u64));
+        }
+        Jalr => {
+            a.ld_x(RAX, i.rs1);
+            if imm != 0 {
+                a.alu_imm(true, ADD, RAX, imm);
+            }
+            a.alu_imm(true, AND, RAX, -2);
+            if rd != ZERO_SINK {
+                a.mov_imm(RCX, next);
+                a.st_x(rd, RCX);
+            }
+            a.add_icount(k as u32 + 1);
+            a.store(R14, ctx_off(offset_of!(Ctx, pc)), RAX);
+            if f.sys.is_some() {
+                a.jmp_abs(f.dispatch_sys);
+            } else {
+                a.jmp_abs(f.dispatch);
+            }
+        }
+        Beq => branch!(CC_E),
+        Bne => branch!(CC_NE),
+        Blt => branch!(CC_L),
+        Bge => branch!(CC_GE),
+        Bltu => branch!(CC_B),
+        Bgeu => branch!(CC_AE),
+        Addi if rd == ZERO_SINK => {}
+        Addi if i.rs1 == 0 => {
+            // li: mov qword [rbx + rd], simm32
+            a.op_m(true, &[0xc7], 0, RBX, xd(rd));
+            a.u32(imm as u32);
+        }
+        Addi if i.rs1 == rd => {
+            // add qword [rbx + rd], imm
+            if (-128..=127).contains(&imm) {
+                a.op_m(true, &[0x83], 0, RBX, xd(rd));
+                a.u8(imm as i8 as u8);
+            } else {
+                a.op_m(true, &[0x81], 0, RBX, xd(rd));
+                a.u32(imm as u32);
+            }
+        }
+        Addi if imm == 0 => {
+            // mv
+            a.ld_x(RAX, i.rs1);
+            a.st_x(rd, RAX);
+        }
+        Addi => ri!(true, ADD),
+        Xori => ri!(true, XOR),
+        Ori => ri!(true, OR),
+        Andi => ri!(true, AND),
+        Addiw => ri!(false, ADD),
+        Slti => set!(CC_L, true),
+        Sltiu => set!(CC_B, true),
+        Slt => set!(CC_L, false),
+        Sltu => set!(CC_B, false),
+        Slli => sh_imm!(true, SHL),
+        Srli => sh_imm!(true, SHR),
+        Srai => sh_imm!(true, SAR),
+        Slliw => sh_imm!(false, SHL),
+        Srliw => sh_imm!(false, SHR),
+        Sraiw => sh_imm!(false, SAR),
+        Sll => sh_reg!(true, SHL),
+        Srl => sh_reg!(true, SHR),
+        Sra => sh_reg!(true, SAR),
+        Sllw => sh_reg!(false, SHL),
+        Srlw => sh_reg!(false, SHR),
+        Sraw => sh_reg!(false, SAR),
+        Add => rr!(true, ADD),
+        Sub => rr!(true, SUB),
+        Xor => rr!(true, XOR),
+        Or => rr!(true, OR),
+        And => rr!(true, AND),
+        Addw => rr!(false, ADD),
+        Subw => rr!(false, SUB),
+        Fence => {
+            // As the interpreter: only a store->load order needs a
+            // host barrier on x86 (TSO).
+            let pred = (i.raw >> 24) & 0xf;
+            let succ = (i.raw >> 20) & 0xf;
+            let tso = i.raw >> 28 == 0b1000;
+            if !tso && pred & 0b0101 != 0 && succ & 0b1010 != 0 {
+                a.b.extend_from_slice(&[0x0f, 0xae, 0xf0]); // mfence
+            }
+        }
+        // `emit_code` routes only the kinds above here.
+        _ => unreachable!(),
+    }
+}
