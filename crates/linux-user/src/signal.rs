@@ -14,6 +14,8 @@
 //! `ppoll`, `pselect` and `sigtimedwait` work with the host's atomic mask
 //! swaps.
 
+use crate::abi::{self, uc, SIGFRAME_SIZE};
+use crate::process::{AltStack, Sys, Thread};
 use riscv::HartControl;
 use std::cell::{Cell, UnsafeCell};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -299,4 +301,160 @@ pub fn user_info(sig: i32) -> [u8; 128] {
     b[16..20].copy_from_slice(&pid.to_le_bytes());
     b[20..24].copy_from_slice(&uid.to_le_bytes());
     b
+}
+
+// Signal delivery and the riscv64 signal frame (what Linux's
+// arch/riscv/kernel/signal.c does).
+impl Thread {
+    /// Delivers every deliverable pending signal.
+    pub(crate) fn deliver_signals(&mut self) {
+        let frame_mask = self.mask;
+        let mut blocked = self.tmp_mask.take().unwrap_or(self.mask);
+        let mut delivered = false;
+        while let Some((sig, info)) = self.sig.take(blocked) {
+            let act = self.proc.actions.lock().unwrap_or_else(|e| e.into_inner())[sig as usize];
+            match act.handler {
+                SIG_IGN => continue,
+                SIG_DFL => match default_action(sig) {
+                    Default_::Terminate => die_by_signal(sig),
+                    Default_::Stop => {
+                        // SAFETY: stops this process like the kernel would.
+                        unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
+                    }
+                    _ => {}
+                },
+                _ => {
+                    let saved = if delivered { self.mask } else { frame_mask };
+                    if !self.setup_frame(sig, &info, &act, saved) {
+                        die_by_signal(libc::SIGSEGV);
+                    }
+                    delivered = true;
+                    blocked = self.mask;
+                }
+            }
+        }
+    }
+
+    pub(crate) fn on_altstack(&self, sp: u64) -> bool {
+        self.altstack.enabled
+            && sp > self.altstack.sp
+            && sp <= self.altstack.sp + self.altstack.size
+    }
+
+    /// Builds the riscv64 `rt_sigframe` (siginfo + ucontext with all
+    /// integer and FP registers) and enters the handler.
+    fn setup_frame(&mut self, sig: i32, info: &[u8; 128], act: &Action, saved_mask: u64) -> bool {
+        let mm = &self.proc.mm;
+        let cur_sp = self.hart.x(2);
+        let mut sp = cur_sp;
+        if act.flags & abi::SA_ONSTACK != 0 && self.altstack.enabled && !self.on_altstack(cur_sp) {
+            sp = self.altstack.sp + self.altstack.size;
+        }
+        let frame = match sp.checked_sub(SIGFRAME_SIZE) {
+            Some(f) => f & !15,
+            None => return false,
+        };
+        let ucp = frame + 128;
+        let mut uc_buf = vec![0u8; uc::SIZE as usize];
+        let put = |b: &mut Vec<u8>, off: u64, v: &[u8]| {
+            b[off as usize..off as usize + v.len()].copy_from_slice(v)
+        };
+        // uc_stack
+        put(&mut uc_buf, uc::STACK, &self.altstack.sp.to_le_bytes());
+        let ss_flags: i32 = if !self.altstack.enabled {
+            2 // SS_DISABLE
+        } else if self.on_altstack(cur_sp) {
+            1 // SS_ONSTACK
+        } else {
+            0
+        };
+        put(&mut uc_buf, uc::STACK + 8, &ss_flags.to_le_bytes());
+        put(
+            &mut uc_buf,
+            uc::STACK + 16,
+            &self.altstack.size.to_le_bytes(),
+        );
+        put(&mut uc_buf, uc::SIGMASK, &saved_mask.to_le_bytes());
+        put(&mut uc_buf, uc::REGS, &self.hart.pc.to_le_bytes());
+        for r in 1..32 {
+            put(
+                &mut uc_buf,
+                uc::REGS + 8 * r as u64,
+                &self.hart.x(r).to_le_bytes(),
+            );
+        }
+        for r in 0..32 {
+            put(
+                &mut uc_buf,
+                uc::FPREGS + 8 * r as u64,
+                &self.hart.f[r].to_le_bytes(),
+            );
+        }
+        put(
+            &mut uc_buf,
+            uc::FPREGS + 256,
+            &(self.hart.fcsr() as u32).to_le_bytes(),
+        );
+        if mm.write(frame, info).is_none() || mm.write(ucp, &uc_buf).is_none() {
+            return false;
+        }
+        self.hart.set_x(1, self.proc.sigreturn_tramp);
+        self.hart.set_x(2, frame);
+        self.hart.set_x(10, sig as u64);
+        self.hart.set_x(11, frame);
+        self.hart.set_x(12, ucp);
+        self.hart.pc = act.handler;
+        let mut m = self.mask | act.mask;
+        if act.flags & abi::SA_NODEFER == 0 {
+            m |= bit(sig);
+        }
+        self.set_mask(m);
+        if act.flags & abi::SA_RESETHAND != 0 {
+            let mut acts = self.proc.actions.lock().unwrap_or_else(|e| e.into_inner());
+            acts[sig as usize] = Action::default();
+            set_host_action(sig, &acts[sig as usize]);
+        }
+        true
+    }
+
+    /// rt_sigreturn: restores the context saved by `setup_frame`.
+    pub(crate) fn sigreturn(&mut self) -> Sys {
+        let ucp = self.hart.x(2) + 128;
+        let Some(buf) = self
+            .proc
+            .mm
+            .slice(ucp, uc::SIZE as usize)
+            .map(|s| s.to_vec())
+        else {
+            die_by_signal(libc::SIGSEGV);
+        };
+        let get = |off: u64| {
+            u64::from_le_bytes(
+                buf[off as usize..off as usize + 8]
+                    .try_into()
+                    .unwrap_or([0; 8]),
+            )
+        };
+        self.hart.pc = get(uc::REGS);
+        for r in 1..32 {
+            self.hart.set_x(r, get(uc::REGS + 8 * r as u64));
+        }
+        for r in 0..32 {
+            self.hart.f[r] = get(uc::FPREGS + 8 * r as u64);
+        }
+        self.hart.set_fcsr(get(uc::FPREGS + 256) & 0xff);
+        self.set_mask(get(uc::SIGMASK));
+        // restore_altstack, as Linux does (errors ignored).
+        let ss_sp = get(uc::STACK);
+        let ss_flags = get(uc::STACK + 8) as u32 as i32;
+        let ss_size = get(uc::STACK + 16);
+        if !self.on_altstack(self.hart.x(2)) {
+            self.altstack = AltStack {
+                sp: ss_sp,
+                size: ss_size,
+                enabled: ss_flags & 2 == 0 && ss_size != 0,
+            };
+        }
+        Sys::Jumped
+    }
 }
