@@ -74,10 +74,10 @@ pub struct MachineConfig {
     pub output: Box<dyn Write + Send>,
     /// Where console input comes from (e.g. stdin), if anywhere.
     pub input: Option<RawFd>,
-    /// Stop the machine ([`StopReason::Timeout`]) after this long.
     /// Translate guest code to host code (see the `riscv` crate's JIT);
     /// `false` runs the interpreter alone.
     pub jit: bool,
+    /// Stop the machine ([`StopReason::Timeout`]) after this long.
     pub timeout: Option<std::time::Duration>,
 }
 
@@ -419,13 +419,22 @@ pub struct Outcome {
 /// Builds the machine described by `cfg`, runs it until it stops, and
 /// returns why it stopped.
 pub fn run(cfg: MachineConfig) -> Result<Outcome, MachineError> {
+    let mut cfg = cfg;
+    let kernel = check(&mut cfg)?;
+    let mut board = build(&mut cfg)?;
+    let loaded = load(&cfg, &board, &kernel)?;
+    start(cfg, &mut board, loaded)
+}
+
+/// Refuses a configuration this board cannot run, and identifies the
+/// kernel, before anything is allocated.
+fn check(cfg: &mut MachineConfig) -> Result<KernelKind, MachineError> {
     if cfg.harts == 0 || cfg.harts > MAX_HARTS {
         return Err(MachineError::Harts { harts: cfg.harts });
     }
     if cfg.mem_size < MIN_MEM_MIB * MIB || cfg.mem_size > MAX_MEM_GIB << 30 {
         return Err(MachineError::MemSize { size: cfg.mem_size });
     }
-    let mem_size = cfg.mem_size & !(PAGE - 1);
     let nslots = cfg.disks.len() + cfg.rng as usize + cfg.virtio_console as usize;
     if nslots > VIRTIO_SLOTS {
         return Err(MachineError::TooManyDevices(nslots));
@@ -433,32 +442,54 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome, MachineError> {
     if cfg.board == BoardKind::Spike && !matches!(cfg.firmware, Firmware::Builtin) {
         return Err(MachineError::FirmwareOnSpike);
     }
-
-    // Identify the kernel before allocating anything.
-    let kernel = match cfg.board {
-        BoardKind::Virt => loader::identify_kernel(&cfg.kernel_name, cfg.kernel)?,
-        BoardKind::Spike => {
-            let k = loader::identify_kernel(&cfg.kernel_name, cfg.kernel)?;
-            match k {
-                KernelKind::Elf(_) => k,
-                KernelKind::Image(..) => {
-                    return Err(LoadError::BadElf {
-                        what: cfg.kernel_name.clone(),
-                        msg: "the spike machine runs ELF programs, not Linux Images".into(),
-                    }
-                    .into())
-                }
-            }
+    let kernel = loader::identify_kernel(&cfg.kernel_name, std::mem::take(&mut cfg.kernel))?;
+    if cfg.board == BoardKind::Spike && matches!(kernel, KernelKind::Image(..)) {
+        return Err(LoadError::BadElf {
+            what: cfg.kernel_name.clone(),
+            msg: "the spike machine runs ELF programs, not Linux Images".into(),
         }
-    };
+        .into());
+    }
+    Ok(kernel)
+}
 
+/// The board's hardware, built but not yet started.
+struct Board {
+    ram: vmm::GuestRam,
+    /// RAM size in bytes (page aligned).
+    mem_size: u64,
+    builtin_sbi: bool,
+    harts: Vec<Hart>,
+    controls: Vec<Arc<HartControl>>,
+    power: Arc<Power>,
+    console: Arc<Console>,
+    mmio: MmioBus,
+    transports: Vec<Arc<VirtioSlot>>,
+    /// The virtio console's input handle, if there is one.
+    hvc_host: Option<virtio::ConsoleHost>,
+    /// Virtio slots in use, for the device tree.
+    virtio_slots: Vec<usize>,
+}
+
+impl Board {
+    fn mem(&self) -> &GuestMemoryMmap {
+        self.ram.memory()
+    }
+
+    fn ram_end(&self) -> u64 {
+        RAM_BASE + self.mem_size
+    }
+}
+
+/// Allocates RAM, makes the harts and wires up the devices.
+fn build(cfg: &mut MachineConfig) -> Result<Board, MachineError> {
+    let mem_size = cfg.mem_size & !(PAGE - 1);
     let ram = vmm::GuestRam::new(RAM_BASE, mem_size as usize).map_err(MachineError::Ram)?;
     let mem = ram.memory().clone();
-    let ram_end = RAM_BASE + mem_size;
 
     let clock = Arc::new(Clock::new(TIMEBASE_HZ));
     let builtin_sbi = cfg.board == BoardKind::Virt && matches!(cfg.firmware, Firmware::Builtin);
-    let mut harts: Vec<Hart> = (0..cfg.harts)
+    let harts: Vec<Hart> = (0..cfg.harts)
         .map(|i| {
             let mut h = Hart::new_system(HartConfig {
                 hart_id: i as u64,
@@ -472,7 +503,8 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome, MachineError> {
     let controls: Vec<Arc<HartControl>> = harts.iter().map(|h| h.control().clone()).collect();
 
     let power = Power::new();
-    let console = Arc::new(Console::new(cfg.output));
+    let output = std::mem::replace(&mut cfg.output, Box::new(std::io::sink()));
+    let console = Arc::new(Console::new(output));
     let lines = Arc::new(HartLines(controls.clone()));
     let plic = Arc::new(Plic::new(cfg.harts, lines));
     let uart = Uart::new(console.clone(), Arc::new(plic.line(UART_IRQ)));
@@ -492,8 +524,8 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome, MachineError> {
     mmio.add(UART_BASE, UART_SIZE, uart);
 
     let mut transports = Vec::new();
-    let mut slot = 0;
     let mut add_virtio = |dev: Box<dyn virtio::VirtioDevice>, mmio: &mut MmioBus| {
+        let slot = transports.len();
         let line = Arc::new(plic.line(VIRTIO_IRQ_BASE + slot as u32));
         let t = Arc::new(VirtioSlot(Mutex::new(virtio::MmioTransport::new(
             dev,
@@ -502,11 +534,10 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome, MachineError> {
         ))));
         mmio.add(virtio_base(slot), VIRTIO_STRIDE, t.clone());
         transports.push(t);
-        slot += 1;
     };
-    for (i, d) in cfg.disks.into_iter().enumerate() {
+    for (i, d) in cfg.disks.iter().enumerate() {
         let blk = virtio::Block::new(
-            d.backend,
+            d.backend.clone(),
             virtio::BlockConfig {
                 read_only: d.read_only,
                 serial: format!("virtkit-disk{i}"),
@@ -526,10 +557,35 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome, MachineError> {
         add_virtio(Box::new(dev), &mut mmio);
         hvc_host = Some(host);
     }
-    let used_slots: Vec<usize> = (0..slot).collect();
+    let virtio_slots: Vec<usize> = (0..transports.len()).collect();
+    Ok(Board {
+        ram,
+        mem_size,
+        builtin_sbi,
+        harts,
+        controls,
+        power,
+        console,
+        mmio,
+        transports,
+        hvc_host,
+        virtio_slots,
+    })
+}
 
-    // Place the software.
-    let mut ram_regions = Vec::new();
+/// What [`load`] placed in RAM.
+struct Loaded {
+    place: Placement,
+    /// The spike program's `tohost` (and `fromhost`) words, served as MMIO.
+    htif: Option<(u64, Option<u64>)>,
+}
+
+/// Places the kernel (or bare-metal program), the initrd, the device tree
+/// and the firmware in RAM.
+fn load(cfg: &MachineConfig, board: &Board, kernel: &KernelKind) -> Result<Loaded, MachineError> {
+    let mem = board.mem();
+    let mem_size = board.mem_size;
+    let ram_end = board.ram_end();
     let mut fdt_cfg = FdtConfig {
         harts: cfg.harts,
         ram_base: RAM_BASE,
@@ -538,31 +594,83 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome, MachineError> {
         mmu_type: Some("riscv,sv48".into()),
         bootargs: cfg.append.clone(),
         initrd: None,
-        virtio_slots: used_slots,
+        virtio_slots: board.virtio_slots.clone(),
         rng_seed: Some(rng_seed()),
     };
-    let mut kernel_end;
-    let kernel_entry;
-    let mut htif_page = None;
-    match &kernel {
+    let (mut kernel_end, kernel_entry, htif) = load_kernel(cfg, board, kernel)?;
+    if let Some(initrd) = &cfg.initrd {
+        // As QEMU: halfway into RAM, at most 128 MiB in (so the kernel's
+        // early mappings reach it), never over the kernel.
+        let mut start = RAM_BASE + (mem_size / 2).min(128 * MIB);
+        start = start.max(align_up(kernel_end, 2 * MIB));
+        if matches!(cfg.firmware, Firmware::File { .. })
+            && start < RAM_BASE + FW_JUMP_FDT_OFFSET + FW_JUMP_FDT_ROOM
+        {
+            // fw_jump would copy the device tree over the initrd's start
+            // (a firmware file may be fw_jump or fw_dynamic: the bytes do
+            // not say which, so the window is kept free for both).
+            start = RAM_BASE + FW_JUMP_FDT_OFFSET + FW_JUMP_FDT_ROOM;
+        }
+        let end = start + initrd.len() as u64;
+        // Keep the top 2 MiB for the device tree.
+        if end + 2 * MIB > ram_end {
+            return Err(too_little("the kernel and initrd", end + 2 * MIB, mem_size));
+        }
+        put(mem, mem_size, "initrd", start, initrd)?;
+        fdt_cfg.initrd = Some((start, end));
+        kernel_end = end;
+    }
+    let dtb = fdt::build(&fdt_cfg)?;
+    // The device tree at the top of RAM, 2 MiB aligned (as QEMU), with the
+    // fw_dynamic_info after it.
+    let dtb_addr = (ram_end - align_up(dtb.len() as u64 + 64, 8)) & !(2 * MIB - 1);
+    if dtb_addr < align_up(kernel_end, 8) || dtb_addr < RAM_BASE {
+        return Err(too_little(
+            "the kernel and device tree",
+            kernel_end + 2 * MIB,
+            mem_size,
+        ));
+    }
+    put(mem, mem_size, "device tree", dtb_addr, &dtb)?;
+    let mut place = Placement {
+        entry: kernel_entry,
+        dtb: dtb_addr,
+        dyn_info: 0,
+    };
+    if let Firmware::File { name, data } = &cfg.firmware {
+        load_firmware(board, name, data, &mut place, dtb_addr + dtb.len() as u64)?;
+    }
+    Ok(Loaded { place, htif })
+}
+
+/// Loads the kernel Image or ELF program; returns the end of what it
+/// occupies, its entry point and, on spike, its HTIF words.
+#[allow(clippy::type_complexity)]
+fn load_kernel(
+    cfg: &MachineConfig,
+    board: &Board,
+    kernel: &KernelKind,
+) -> Result<(u64, u64, Option<(u64, Option<u64>)>), MachineError> {
+    let (mem, mem_size, ram_end) = (board.mem(), board.mem_size, board.ram_end());
+    match kernel {
         KernelKind::Image(data, hdr) => {
             let addr = RAM_BASE + KERNEL_OFFSET;
             let size = hdr.image_size.max(data.len() as u64);
-            kernel_end = addr + size;
-            if kernel_end > ram_end {
+            let end = addr + size;
+            if end > ram_end {
                 return Err(too_little(
                     &format!("kernel {}", cfg.kernel_name),
-                    kernel_end,
+                    end,
                     mem_size,
                 ));
             }
-            put(&mem, mem_size, &cfg.kernel_name, addr, data)?;
-            kernel_entry = addr;
+            put(mem, mem_size, &cfg.kernel_name, addr, data)?;
+            Ok((end, addr, None))
         }
         KernelKind::Elf(data) => {
             let prog = loader::parse_elf(&cfg.kernel_name, data)?;
-            kernel_end = put_elf(&mem, mem_size, &cfg.kernel_name, &prog)?;
-            kernel_entry = prog.entry;
+            let end = put_elf(mem, mem_size, &cfg.kernel_name, &prog)?;
+            let mut htif = None;
             if cfg.board == BoardKind::Spike {
                 if let Some(to) = prog.tohost {
                     // HTIF words are 64-bit: an unaligned or out-of-RAM
@@ -584,109 +692,92 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome, MachineError> {
                             addr: from,
                         });
                     }
-                    htif_page = Some((to, prog.fromhost));
+                    htif = Some((to, prog.fromhost));
                 }
             }
+            Ok((end, prog.entry, htif))
         }
     }
-    if let Some(initrd) = &cfg.initrd {
-        // As QEMU: halfway into RAM, at most 128 MiB in (so the kernel's
-        // early mappings reach it), never over the kernel.
-        let mut start = RAM_BASE + (mem_size / 2).min(128 * MIB);
-        start = start.max(align_up(kernel_end, 2 * MIB));
-        if matches!(cfg.firmware, Firmware::File { .. })
-            && start < RAM_BASE + FW_JUMP_FDT_OFFSET + FW_JUMP_FDT_ROOM
-        {
-            // fw_jump would copy the device tree over the initrd's start
-            // (a firmware file may be fw_jump or fw_dynamic: the bytes do
-            // not say which, so the window is kept free for both).
-            start = RAM_BASE + FW_JUMP_FDT_OFFSET + FW_JUMP_FDT_ROOM;
-        }
-        let end = start + initrd.len() as u64;
-        // Keep the top 2 MiB for the device tree.
-        if end + 2 * MIB > ram_end {
-            return Err(too_little("the kernel and initrd", end + 2 * MIB, mem_size));
-        }
-        put(&mem, mem_size, "initrd", start, initrd)?;
-        fdt_cfg.initrd = Some((start, end));
-        kernel_end = end;
-    }
-    let dtb = fdt::build(&fdt_cfg)?;
-    // The device tree at the top of RAM, 2 MiB aligned (as QEMU), with the
-    // fw_dynamic_info after it.
-    let dtb_addr = (ram_end - align_up(dtb.len() as u64 + 64, 8)) & !(2 * MIB - 1);
-    if dtb_addr < align_up(kernel_end, 8) || dtb_addr < RAM_BASE {
-        return Err(too_little(
-            "the kernel and device tree",
-            kernel_end + 2 * MIB,
-            mem_size,
-        ));
-    }
-    put(&mem, mem_size, "device tree", dtb_addr, &dtb)?;
-    let mut place = Placement {
-        entry: kernel_entry,
-        dtb: dtb_addr,
-        dyn_info: 0,
-    };
-    if let Firmware::File { name, data } = &cfg.firmware {
-        // Firmware at the start of RAM; the kernel at +2 MiB is its next
-        // stage. As QEMU with -bios: every hart starts there with a0 = hart
-        // id, a1 = device tree, a2 = fw_dynamic_info. fw_dynamic reads the
-        // next stage's address from the info; fw_jump ignores it, jumps to
-        // its built-in FW_JUMP_ADDR (RAM + 2 MiB on the generic platform,
-        // where the Image already is) and hands the kernel its own copy of
-        // the device tree at RAM + FW_JUMP_FDT_OFFSET (kept free above).
-        let fw_end = match loader::identify_firmware(name, data)? {
-            loader::FirmwareKind::Elf(prog) => {
-                let end = put_elf(&mem, mem_size, name, &prog)?;
-                place.entry = prog.entry;
-                end
-            }
-            loader::FirmwareKind::Binary => {
-                put(&mem, mem_size, name, RAM_BASE, data)?;
-                place.entry = RAM_BASE;
-                RAM_BASE + data.len() as u64
-            }
-        };
-        if fw_end > RAM_BASE + KERNEL_OFFSET {
-            return Err(LoadError::DoesNotFit {
-                what: format!("firmware {name}"),
-                addr: RAM_BASE,
-                len: fw_end - RAM_BASE,
-                ram_base: RAM_BASE,
-                ram_end: RAM_BASE + KERNEL_OFFSET,
-            }
-            .into());
-        }
-        place.dyn_info = align_up(dtb_addr + dtb.len() as u64, 8);
-        put(
-            &mem,
-            mem_size,
-            "fw_dynamic_info",
-            place.dyn_info,
-            &loader::fw_dynamic_info(kernel_entry, 0),
-        )?;
-    }
+}
 
-    // RAM regions for the harts: all of RAM, minus the HTIF page on spike.
-    let host = ram.host_ptr();
+/// Loads an SBI firmware file at the start of RAM, with its
+/// fw_dynamic_info after the device tree (which ends at `dtb_end`).
+fn load_firmware(
+    board: &Board,
+    name: &str,
+    data: &[u8],
+    place: &mut Placement,
+    dtb_end: u64,
+) -> Result<(), MachineError> {
+    let (mem, mem_size) = (board.mem(), board.mem_size);
+    // Firmware at the start of RAM; the kernel at +2 MiB is its next
+    // stage. As QEMU with -bios: every hart starts there with a0 = hart
+    // id, a1 = device tree, a2 = fw_dynamic_info. fw_dynamic reads the
+    // next stage's address from the info; fw_jump ignores it, jumps to
+    // its built-in FW_JUMP_ADDR (RAM + 2 MiB on the generic platform,
+    // where the Image already is) and hands the kernel its own copy of
+    // the device tree at RAM + FW_JUMP_FDT_OFFSET (kept free above).
+    let kernel_entry = place.entry;
+    let fw_end = match loader::identify_firmware(name, data)? {
+        loader::FirmwareKind::Elf(prog) => {
+            let end = put_elf(mem, mem_size, name, &prog)?;
+            place.entry = prog.entry;
+            end
+        }
+        loader::FirmwareKind::Binary => {
+            put(mem, mem_size, name, RAM_BASE, data)?;
+            place.entry = RAM_BASE;
+            RAM_BASE + data.len() as u64
+        }
+    };
+    if fw_end > RAM_BASE + KERNEL_OFFSET {
+        return Err(LoadError::DoesNotFit {
+            what: format!("firmware {name}"),
+            addr: RAM_BASE,
+            len: fw_end - RAM_BASE,
+            ram_base: RAM_BASE,
+            ram_end: RAM_BASE + KERNEL_OFFSET,
+        }
+        .into());
+    }
+    place.dyn_info = align_up(dtb_end, 8);
+    put(
+        mem,
+        mem_size,
+        "fw_dynamic_info",
+        place.dyn_info,
+        &loader::fw_dynamic_info(kernel_entry, 0),
+    )
+}
+
+/// The harts' view of RAM: all of it, minus the HTIF page on spike (which
+/// becomes an MMIO device on `mmio`, so every store to `tohost` reaches the
+/// host at once).
+fn ram_regions(
+    board: &Board,
+    htif: Option<(u64, Option<u64>)>,
+    mmio: &mut MmioBus,
+) -> Vec<RamRegion> {
+    let ram_end = board.ram_end();
+    let host = board.ram.host_ptr();
     let region = |base: u64, end: u64| {
-        // SAFETY: `[base, end)` lies inside the RAM mapping owned by `ram`,
-        // which outlives every hart (harts are joined before `ram` drops),
-        // and both ends are page aligned.
+        // SAFETY: `[base, end)` lies inside the RAM mapping owned by
+        // `board.ram`, which outlives every hart (harts are joined before
+        // the board drops), and both ends are page aligned.
         unsafe { RamRegion::new(base, end - base, host.add((base - RAM_BASE) as usize)) }
     };
-    match htif_page {
+    let mut regions = Vec::new();
+    match htif {
         Some((tohost, fromhost)) if tohost >= RAM_BASE && tohost + 8 <= ram_end => {
             let page = tohost & !(PAGE - 1);
             if page > RAM_BASE {
-                ram_regions.push(region(RAM_BASE, page));
+                regions.push(region(RAM_BASE, page));
             }
             if page + PAGE < ram_end {
-                ram_regions.push(region(page + PAGE, ram_end));
+                regions.push(region(page + PAGE, ram_end));
             }
             let mut bytes = vec![0u8; PAGE as usize];
-            let _ = mem.read_slice(&mut bytes, GuestAddress(page));
+            let _ = board.mem().read_slice(&mut bytes, GuestAddress(page));
             mmio.add(
                 page,
                 PAGE,
@@ -695,22 +786,33 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome, MachineError> {
                     tohost,
                     fromhost,
                     bytes: Mutex::new(bytes),
-                    console: console.clone(),
-                    power: power.clone(),
-                    mem: mem.clone(),
+                    console: board.console.clone(),
+                    power: board.power.clone(),
+                    mem: board.mem().clone(),
                 }),
             );
         }
-        _ => ram_regions.push(region(RAM_BASE, ram_end)),
+        _ => regions.push(region(RAM_BASE, ram_end)),
     }
-    let code = CodeMap::new(&ram_regions);
+    regions
+}
+
+/// Sets the harts' initial registers, starts one thread per hart and the
+/// terminal reader, waits until the machine stops, and tears it down.
+fn start(cfg: MachineConfig, board: &mut Board, loaded: Loaded) -> Result<Outcome, MachineError> {
+    let mut mmio = std::mem::take(&mut board.mmio);
+    let regions = ram_regions(board, loaded.htif, &mut mmio);
+    let code = CodeMap::new(&regions);
+    let place = loaded.place;
+    let power = board.power.clone();
 
     // Initial hart states.
+    let mut harts = std::mem::take(&mut board.harts);
     let mut states = vec![HartState::Started; cfg.harts];
     for (i, h) in harts.iter_mut().enumerate() {
         h.set_x(10, i as u64);
         h.set_x(11, place.dtb);
-        if builtin_sbi {
+        if board.builtin_sbi {
             setup_builtin_sbi(h);
             if i == 0 {
                 h.pc = place.entry;
@@ -726,16 +828,16 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome, MachineError> {
 
     let shared = Arc::new(Shared {
         bus: BoardBus {
-            ram: ram_regions,
+            ram: regions,
             code,
             mmio,
         },
-        controls: controls.clone(),
+        controls: board.controls.clone(),
         hsm: Mutex::new(states),
         hsm_cond: Condvar::new(),
         power: power.clone(),
-        console: console.clone(),
-        mem: mem.clone(),
+        console: board.console.clone(),
+        mem: board.mem().clone(),
     });
     {
         let s = Arc::downgrade(&shared);
@@ -750,9 +852,9 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome, MachineError> {
         }));
     }
 
-    let sink = match hvc_host {
+    let sink = match board.hvc_host.take() {
         Some(host) if console_input_to_hvc(&cfg.append) => InputSink::Virtio(host),
-        _ => InputSink::Uart(console.clone()),
+        _ => InputSink::Uart(board.console.clone()),
     };
     let input = cfg
         .input
@@ -795,14 +897,13 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome, MachineError> {
     }
     // Stop the device workers (each finishes the request it is on) before
     // the RAM goes away.
-    for t in &transports {
+    for t in &board.transports {
         t.0.lock().unwrap_or_else(|e| e.into_inner()).shutdown();
     }
     if let Some(t) = input {
         let _ = t.join();
     }
     drop(shared);
-    drop(ram);
     Ok(Outcome { reason })
 }
 
