@@ -163,15 +163,13 @@ pub fn apply_limits(p: &Process) -> Result<()> {
         let res = rlimit_resource(r.typ())
             .ok_or_else(|| spec_err(format!("process.rlimits[{i}].type"), "unknown"))?;
         setrlimit(res, r.soft(), r.hard()).map_err(|e| {
-            spec_err(
-                format!("process.rlimits[{i}]"),
-                format!(
-                    "setting {:?} to soft {} hard {}: {e} (the host's hard limit may be lower)",
-                    r.typ(),
-                    r.soft(),
-                    r.hard()
-                ),
-            )
+            Error::Child(format!(
+                "setting {:?} (process.rlimits[{i}]) to soft {} hard {}: {e} \
+                 (the host's hard limit may be lower)",
+                r.typ(),
+                r.soft(),
+                r.hard()
+            ))
         })?;
     }
     if let Some(adj) = p.oom_score_adj() {
@@ -181,7 +179,18 @@ pub fn apply_limits(p: &Process) -> Result<()> {
     Ok(())
 }
 
-fn cap_set(set: &Option<oci_spec::runtime::Capabilities>, field: &str) -> Result<CapsHashSet> {
+/// The capabilities of one set; names this kernel or this runtime does
+/// not know are left out and reported in `unknown`, as runc does
+/// ("ignoring unknown or unavailable capabilities").
+fn cap_set(
+    set: &Option<oci_spec::runtime::Capabilities>,
+    unknown: &mut Vec<String>,
+) -> CapsHashSet {
+    let max = caps::runtime::thread_all_supported()
+        .iter()
+        .map(|c| c.index())
+        .max()
+        .unwrap_or(40);
     let mut out = CapsHashSet::new();
     for c in set.iter().flatten() {
         let name = serde_json::to_value(c)
@@ -189,24 +198,17 @@ fn cap_set(set: &Option<oci_spec::runtime::Capabilities>, field: &str) -> Result
             .and_then(|v| v.as_str().map(String::from))
             .unwrap_or_default();
         match Capability::from_str(&name) {
-            Ok(cap) => {
-                // Capabilities newer than the running kernel are skipped,
-                // as runc does.
-                if caps::all().contains(&cap)
-                    && cap.index()
-                        <= caps::runtime::thread_all_supported()
-                            .iter()
-                            .map(|c| c.index())
-                            .max()
-                            .unwrap_or(40)
-                {
-                    out.insert(cap);
+            Ok(cap) if caps::all().contains(&cap) && cap.index() <= max => {
+                out.insert(cap);
+            }
+            _ => {
+                if !unknown.contains(&name) {
+                    unknown.push(name);
                 }
             }
-            Err(_) => return Err(spec_err(field, format!("unknown capability {name:?}"))),
         }
     }
-    Ok(out)
+    out
 }
 
 struct CapSets {
@@ -217,58 +219,44 @@ struct CapSets {
     ambient: CapsHashSet,
 }
 
-fn cap_sets(c: &LinuxCapabilities) -> Result<CapSets> {
-    Ok(CapSets {
-        bounding: cap_set(c.bounding(), "process.capabilities.bounding")?,
-        effective: cap_set(c.effective(), "process.capabilities.effective")?,
-        permitted: cap_set(c.permitted(), "process.capabilities.permitted")?,
-        inheritable: cap_set(c.inheritable(), "process.capabilities.inheritable")?,
-        ambient: cap_set(c.ambient(), "process.capabilities.ambient")?,
-    })
-}
-
-/// Switch to the spec's user and capability sets, set no_new_privs, umask
-/// and cwd, install seccomp at the right moment, and execve. Only returns
-/// on failure.
-pub fn finalize_and_exec(
-    p: &Process,
-    prep: &Prepared,
-    seccomp: Option<&crate::seccomp::Program>,
-    preserve_fds: u32,
-) -> Error {
-    match finalize(p, seccomp, preserve_fds) {
-        Ok(()) => {}
-        Err(e) => return e,
+fn cap_sets(c: &LinuxCapabilities, warnings: &mut Vec<String>) -> CapSets {
+    let mut unknown = Vec::new();
+    let sets = CapSets {
+        bounding: cap_set(c.bounding(), &mut unknown),
+        effective: cap_set(c.effective(), &mut unknown),
+        permitted: cap_set(c.permitted(), &mut unknown),
+        inheritable: cap_set(c.inheritable(), &mut unknown),
+        ambient: cap_set(c.ambient(), &mut unknown),
+    };
+    if !unknown.is_empty() {
+        unknown.sort();
+        warnings.push(format!(
+            "process.capabilities: ignoring unknown or unavailable capabilities {}",
+            unknown.join(", ")
+        ));
     }
-    let argv: Vec<*const libc::c_char> = prep
-        .argv
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let envp: Vec<*const libc::c_char> = prep
-        .env
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    // SAFETY: argv and envp are NULL-terminated arrays of pointers to
-    // NUL-terminated strings that live until execve returns (on failure).
-    unsafe { libc::execve(prep.path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-    Error::Child(format!(
-        "exec {:?}: {}",
-        prep.path,
-        std::io::Error::last_os_error()
-    ))
+    sets
 }
 
-fn finalize(
+/// Switch to the spec's user and capability sets, set umask, cwd and
+/// no_new_privs, and install seccomp now if it needs privileges (without
+/// no_new_privs). Done while the runtime still listens, so that a failure
+/// is reported by `create` (as runc reports it), not by a dead container.
+///
+/// Returns warnings: ambient capabilities the kernel refuses to raise
+/// (an ambient capability must be both permitted and inheritable; `runc
+/// spec` lists ambient ones without inheritable ones). runc raises what it
+/// can and goes on; so do we, and the caller says what was left out.
+pub fn drop_privileges(
     p: &Process,
     seccomp: Option<&crate::seccomp::Program>,
-    preserve_fds: u32,
-) -> Result<()> {
+) -> Result<Vec<String>> {
     let nnp = p.no_new_privileges() == Some(true);
-    let sets = p.capabilities().as_ref().map(cap_sets).transpose()?;
+    let mut warnings = Vec::new();
+    let sets = p
+        .capabilities()
+        .as_ref()
+        .map(|c| cap_sets(c, &mut warnings));
     // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: do it
     // while we still have it (the profile must then allow what follows).
     if let (Some(prog), false) = (seccomp, nnp) {
@@ -295,49 +283,120 @@ fn finalize(
     // then only an empty request is fine to skip.
     if let Err(e) = nix::unistd::setgroups(&gids) {
         if !gids.is_empty() {
-            return Err(e).ctx(|| "process.user.additionalGids".into());
+            return Err(e).ctx(|| {
+                format!(
+                    "setgroups {:?} (process.user.additionalGids)",
+                    u.additional_gids()
+                )
+            });
         }
     }
     let gid = nix::unistd::Gid::from_raw(u.gid());
-    nix::unistd::setresgid(gid, gid, gid).ctx(|| format!("process.user.gid {}", u.gid()))?;
+    nix::unistd::setresgid(gid, gid, gid)
+        .ctx(|| format!("setresgid {} (process.user.gid)", u.gid()))?;
     let uid = nix::unistd::Uid::from_raw(u.uid());
-    nix::unistd::setresuid(uid, uid, uid).ctx(|| format!("process.user.uid {}", u.uid()))?;
+    nix::unistd::setresuid(uid, uid, uid)
+        .ctx(|| format!("setresuid {} (process.user.uid)", u.uid()))?;
     // SAFETY: as above.
     unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
     if let Some(s) = &sets {
+        let set = |which: CapSet, name: &str, v: &CapsHashSet| {
+            caps::set(None, which, v).map_err(|e| {
+                Error::Child(format!(
+                    "applying the {name} capability set {}: {e}",
+                    cap_names(v)
+                ))
+            })
+        };
         // Order matters: each capset must keep effective within permitted,
         // and raising inheritable needs CAP_SETPCAP still effective.
-        caps::set(None, CapSet::Inheritable, &s.inheritable)
-            .map_err(|e| spec_err("process.capabilities.inheritable", e.to_string()))?;
+        set(CapSet::Inheritable, "inheritable", &s.inheritable)?;
         let eff_now = caps::read(None, CapSet::Effective).unwrap_or_default();
         let eff_tmp: CapsHashSet = eff_now.intersection(&s.effective).copied().collect();
-        caps::set(None, CapSet::Effective, &eff_tmp)
-            .map_err(|e| spec_err("process.capabilities.effective", e.to_string()))?;
-        caps::set(None, CapSet::Permitted, &s.permitted)
-            .map_err(|e| spec_err("process.capabilities.permitted", e.to_string()))?;
-        caps::set(None, CapSet::Effective, &s.effective)
-            .map_err(|e| spec_err("process.capabilities.effective", e.to_string()))?;
+        set(CapSet::Effective, "effective", &eff_tmp)?;
+        set(CapSet::Permitted, "permitted", &s.permitted)?;
+        set(CapSet::Effective, "effective", &s.effective)?;
         let _ = caps::clear(None, CapSet::Ambient);
+        let mut refused = Vec::new();
         for cap in &s.ambient {
-            caps::raise(None, CapSet::Ambient, *cap)
-                .map_err(|e| spec_err("process.capabilities.ambient", e.to_string()))?;
+            if caps::raise(None, CapSet::Ambient, *cap).is_err() {
+                refused.push(*cap);
+            }
+        }
+        if !refused.is_empty() {
+            refused.sort_by_key(|c| c.index());
+            let names: Vec<String> = refused.iter().map(|c| c.to_string()).collect();
+            warnings.push(format!(
+                "process.capabilities.ambient: {} not raised (an ambient capability must also be \
+                 in the permitted and inheritable sets)",
+                names.join(", ")
+            ));
         }
     }
     if let Some(m) = u.umask() {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(m));
     }
-    nix::unistd::chdir(p.cwd()).ctx(|| format!("process.cwd {}", p.cwd().display()))?;
+    nix::unistd::chdir(p.cwd()).ctx(|| format!("chdir to process.cwd {}", p.cwd().display()))?;
     if nnp {
         // SAFETY: prctl with integer arguments only.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
             return Err(std::io::Error::last_os_error()).ctx(|| "no_new_privs".into());
         }
-        if let Some(prog) = seccomp {
-            crate::seccomp::install(prog)?;
-        }
     }
-    prepare_exec_environment(preserve_fds)?;
-    Ok(())
+    Ok(warnings)
+}
+
+fn cap_names(v: &CapsHashSet) -> String {
+    let mut v: Vec<&Capability> = v.iter().collect();
+    v.sort_by_key(|c| c.index());
+    let names: Vec<String> = v.iter().map(|c| c.to_string()).collect();
+    format!("[{}]", names.join(" "))
+}
+
+/// The last steps after [`drop_privileges`]: seccomp (with no_new_privs,
+/// as late as possible so the profile need not allow the runtime's own
+/// calls), signals and descriptors for the new program, execve. Only
+/// returns on failure.
+pub fn exec(
+    p: &Process,
+    prep: &Prepared,
+    seccomp: Option<&crate::seccomp::Program>,
+    preserve_fds: u32,
+) -> Error {
+    if let Err(e) = exec_environment(p, seccomp, preserve_fds) {
+        return e;
+    }
+    let argv: Vec<*const libc::c_char> = prep
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp: Vec<*const libc::c_char> = prep
+        .env
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    // SAFETY: argv and envp are NULL-terminated arrays of pointers to
+    // NUL-terminated strings that live until execve returns (on failure).
+    unsafe { libc::execve(prep.path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    Error::Child(format!(
+        "exec {:?}: {}",
+        prep.path,
+        std::io::Error::last_os_error()
+    ))
+}
+
+fn exec_environment(
+    p: &Process,
+    seccomp: Option<&crate::seccomp::Program>,
+    preserve_fds: u32,
+) -> Result<()> {
+    if let (Some(prog), true) = (seccomp, p.no_new_privileges() == Some(true)) {
+        crate::seccomp::install(prog)?;
+    }
+    prepare_exec_environment(preserve_fds)
 }
 
 /// The lowest descriptor not passed to the container: stdio and

@@ -61,8 +61,13 @@ pub const DEFAULT_DEVICES: &[(&str, char, u64, u64, u32)] = &[
     ("/dev/tty", 'c', 5, 0, 0o666),
 ];
 
-/// devices-cgroup rules matching DEFAULT_DEVICES, plus terminals.
+/// The devices-cgroup rules every container gets after its own, as runc's
+/// defaults: mknod of any node (`linux.devices` may name numbers that exist
+/// nowhere on the host; creating a node opens nothing), read/write of
+/// DEFAULT_DEVICES, terminals and /dev/net/tun.
 pub const DEFAULT_DEVICE_RULES: &[&str] = &[
+    "c *:* m",
+    "b *:* m",
     "c 1:3 rwm",
     "c 1:5 rwm",
     "c 1:7 rwm",
@@ -72,6 +77,7 @@ pub const DEFAULT_DEVICE_RULES: &[&str] = &[
     "c 5:1 rwm",
     "c 5:2 rwm",
     "c 136:* rwm",
+    "c 10:200 rwm",
 ];
 
 /// Flags and data of a mount's `options`.
@@ -757,6 +763,14 @@ pub fn enter(rootfs: &Path, no_pivot: bool) -> Result<()> {
     umount2(".", MntFlags::MNT_DETACH).ctx(|| "detaching the old root".into())?;
     nix::unistd::chdir("/").ctx(|| "chdir /".into())?;
     Ok(())
+}
+
+/// Enter the rootfs without a mount namespace of the container's own:
+/// chroot, as runc does then (pivot_root would move the caller's root).
+pub fn enter_chroot(rootfs: &Path) -> Result<()> {
+    nix::unistd::chdir(rootfs).ctx(|| format!("chdir {}", rootfs.display()))?;
+    nix::unistd::chroot(".").ctx(|| "chroot".into())?;
+    nix::unistd::chdir("/").ctx(|| "chdir /".into())
 }
 
 /// After pivot_root: masked and read-only paths, read-only root,

@@ -474,6 +474,7 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<State> {
                 parent.send(&Msg::Go)?;
             }
             Some(Msg::Ready) => break,
+            Some(Msg::Warn(w)) => warn(&o.id, &w),
             Some(Msg::Err(e)) => return Err(child_err(e)),
             Some(Msg::Go) => return Err(Error::Child("unexpected message".into())),
             None => {
@@ -495,6 +496,12 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<State> {
     cleanup.cgroup = None;
     cleanup.pids.clear();
     Ok(st)
+}
+
+/// A setup step the container goes on without (as runc does), said on
+/// the runtime's stderr, which is where runc's warnings go too.
+fn warn(id: &str, what: &str) {
+    eprintln!("virtkit-runc: warning: container {id}: {what}");
 }
 
 /// An error reported by a child: already a `Child` error there, so say
@@ -558,8 +565,9 @@ fn stage_intermediate(
             if let Err(e) = &r {
                 let _ = chan.send(&Msg::Err(e.to_string()));
             }
-            // SAFETY: see fork_child.
-            unsafe { libc::_exit(if r.is_ok() { 0 } else { 127 }) }
+            // SAFETY: see fork_child. A failed init exits 1, as runc's
+            // does (127 would read as "command not found").
+            unsafe { libc::_exit(if r.is_ok() { 0 } else { 1 }) }
         }
     }
 }
@@ -598,12 +606,6 @@ fn init_main(chan: &mut Chan, a: &InitArgs) -> Result<()> {
             }
         }
     }
-    if !a.new_mnt {
-        return Err(spec_err(
-            "linux.namespaces",
-            "a mount namespace is required (the rootfs is mounted in it)",
-        ));
-    }
     rootfs::prepare(&rootfs::Ctx {
         spec: a.spec,
         rootfs: a.rootfs,
@@ -630,7 +632,14 @@ fn init_main(chan: &mut Chan, a: &InitArgs) -> Result<()> {
         hooks.create_container().as_ref(),
         &state_for_hooks("creating"),
     )?;
-    rootfs::enter(a.rootfs, a.no_pivot)?;
+    if a.new_mnt {
+        rootfs::enter(a.rootfs, a.no_pivot)?;
+    } else {
+        // No mount namespace: the container shares its caller's, as with
+        // runc, which then chroots instead of pivoting (and never moves a
+        // mount onto the caller's root, whatever --no-pivot says).
+        rootfs::enter_chroot(a.rootfs)?;
+    }
     // sysctls go in before readonlyPaths make /proc/sys read-only.
     for (k, v) in a
         .spec
@@ -641,7 +650,12 @@ fn init_main(chan: &mut Chan, a: &InitArgs) -> Result<()> {
     {
         write_sysctl(&k, &v)?;
     }
-    rootfs::finish(a.spec)?;
+    // Read-only and masked paths, a read-only root and rootfs propagation
+    // are remounts in the container's mount namespace; without one runc
+    // skips them (and refuses masked or read-only paths up front).
+    if a.new_mnt {
+        rootfs::finish(a.spec)?;
+    }
     if let Some(sock) = a.console {
         let size = a
             .process
@@ -654,6 +668,11 @@ fn init_main(chan: &mut Chan, a: &InitArgs) -> Result<()> {
     nix::unistd::chdir(a.process.cwd())
         .ctx(|| format!("process.cwd {}", a.process.cwd().display()))?;
     let prep = process::prepare(a.process)?;
+    // User, capabilities, no_new_privs: while the runtime still listens,
+    // so that `create` reports a failure (runc does the same).
+    for w in process::drop_privileges(a.process, a.seccomp)? {
+        chan.send(&Msg::Warn(w))?;
+    }
     chan.send(&Msg::Ready)?;
     // From here on nobody reads the sync socket: report on stderr, which
     // is the container's (the caller's terminal, or conmon's log).
@@ -673,20 +692,20 @@ fn write_sysctl(key: &str, value: &str) -> Result<()> {
         .write(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
-        .map_err(|e| spec_err(field(), format!("opening {path}: {e}")))?;
+        .map_err(|e| Error::Child(format!("{}: opening {path}: {e}", field())))?;
     let fs = nix::sys::statfs::fstatfs(&f).ctx(|| format!("statfs {path}"))?;
     if fs.filesystem_type() != nix::sys::statfs::PROC_SUPER_MAGIC {
-        return Err(spec_err(
-            field(),
-            format!("{path} is not on procfs (is /proc mounted in the container?)"),
-        ));
+        return Err(Error::Child(format!(
+            "{}: {path} is not on procfs (is /proc mounted in the container?)",
+            field()
+        )));
     }
     f.write_all(value.as_bytes())
-        .map_err(|e| spec_err(field(), format!("writing {value:?} to {path}: {e}")))
+        .map_err(|e| Error::Child(format!("{}: writing {value:?} to {path}: {e}", field())))
 }
 
-/// Wait for `start`, run startContainer hooks, exec. Returns the error
-/// that stopped it.
+/// Wait for `start`, run startContainer hooks (as the container's user,
+/// like runc), exec. Returns the error that stopped it.
 fn init_after_ready(a: &InitArgs, prep: &process::Prepared) -> std::result::Result<Error, Error> {
     let hooks = a.spec.hooks().clone().unwrap_or_default();
     let state_for_hooks = |status: &str| {
@@ -721,12 +740,7 @@ fn init_after_ready(a: &InitArgs, prep: &process::Prepared) -> std::result::Resu
     // `start` sees it close when the process is exec'd, and runs poststart
     // hooks only then.
     nix::unistd::write(&fifo, &[0]).ctx(|| "writing exec.fifo".into())?;
-    Ok(process::finalize_and_exec(
-        a.process,
-        prep,
-        a.seccomp,
-        a.preserve_fds,
-    ))
+    Ok(process::exec(a.process, prep, a.seccomp, a.preserve_fds))
 }
 
 /// `start`: let a created container's init exec its process.
@@ -1014,6 +1028,14 @@ pub fn exec(root: &Root, o: &ExecOpts) -> Result<i32> {
             ))
         })
         .collect::<Result<_>>()?;
+    // Without a mount namespace the container is its init's root (a
+    // chroot in the caller's mounts): the process goes there too.
+    let chroot_dir = if join.iter().any(|(t, _)| *t == LinuxNamespaceType::Mount) {
+        None
+    } else {
+        let p = format!("/proc/{}/root", st.pid);
+        Some(std::fs::File::open(&p).ctx(|| format!("opening {p}"))?)
+    };
     subreaper();
     if !o.detach {
         block_signals()?;
@@ -1058,21 +1080,24 @@ pub fn exec(root: &Root, o: &ExecOpts) -> Result<i32> {
                             unsafe { libc::close(sock) };
                         }
                         process::apply_limits(process)?;
+                        if let Some(d) = &chroot_dir {
+                            nix::unistd::fchdir(d.as_raw_fd())
+                                .ctx(|| "fchdir to the container's root".into())?;
+                            nix::unistd::chroot(".").ctx(|| "chroot".into())?;
+                        }
                         nix::unistd::chdir(process.cwd())
                             .ctx(|| format!("cwd {}", process.cwd().display()))?;
                         let prep = process::prepare(process)?;
-                        Err(process::finalize_and_exec(
-                            process,
-                            &prep,
-                            seccomp.as_ref(),
-                            preserve,
-                        ))
+                        for w in process::drop_privileges(process, seccomp.as_ref())? {
+                            child_chan.send(&Msg::Warn(w))?;
+                        }
+                        Err(process::exec(process, &prep, seccomp.as_ref(), preserve))
                     })();
                     if let Err(e) = &r {
                         let _ = child_chan.send(&Msg::Err(e.to_string()));
                     }
                     // SAFETY: see fork_child.
-                    unsafe { libc::_exit(127) }
+                    unsafe { libc::_exit(1) }
                 }
             }
         },
@@ -1094,6 +1119,7 @@ pub fn exec(root: &Root, o: &ExecOpts) -> Result<i32> {
                 pid = Some(Pid::from_raw(p));
                 guard.pids.insert(0, Pid::from_raw(p));
             }
+            Some(Msg::Warn(w)) => warn(&o.id, &w),
             Some(Msg::Err(e)) => return Err(child_err(e)),
             // EOF: the intermediate exited and the process exec'd
             // (its copy of the socket is close-on-exec).

@@ -109,6 +109,26 @@ pub fn validate(spec: &Spec) -> Result<()> {
                 }
             }
         }
+        let has_mount_ns = linux
+            .namespaces()
+            .iter()
+            .flatten()
+            .any(|n| n.typ() == LinuxNamespaceType::Mount);
+        if !has_mount_ns {
+            // runc: "unable to restrict sys entries without a private MNT
+            // namespace"; the remounts would hit the caller's mounts.
+            for (field, paths) in [
+                ("linux.maskedPaths", linux.masked_paths()),
+                ("linux.readonlyPaths", linux.readonly_paths()),
+            ] {
+                if paths.as_ref().is_some_and(|p| !p.is_empty()) {
+                    return Err(spec_err(
+                        field,
+                        "needs a mount namespace (linux.namespaces has none)",
+                    ));
+                }
+            }
+        }
         let new_user = linux
             .namespaces()
             .iter()

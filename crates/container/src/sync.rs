@@ -18,6 +18,9 @@ pub enum Msg {
     Hooks,
     /// Init to parent: set up, waiting for `start`.
     Ready,
+    /// Child to parent: a setup step the container goes on without
+    /// (an ambient capability that could not be raised).
+    Warn(String),
     /// A child failed; the message says why.
     Err(String),
 }

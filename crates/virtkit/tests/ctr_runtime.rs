@@ -4,8 +4,9 @@
 mod ctr_support;
 
 use ctr_support::*;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::path::Path;
+use std::process::{Command, Output};
 
 fn host_ns(name: &str) -> String {
     std::fs::read_link(format!("/proc/self/ns/{name}"))
@@ -735,4 +736,188 @@ fn run_keep_log_and_preserve_fds() {
         stderr(&out)
     );
     assert!(!b.state_root.join(&b.id).exists());
+}
+
+/// What `runc spec` writes (runc is the reference), for this bundle: a
+/// non-terminal process running `args`, its cgroup under CGROUP_PARENT.
+fn runc_spec(b: &Bundle, args: &[&str]) -> Value {
+    let dir = b.dir.join("runc-spec");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = capture(Command::new("runc").arg("spec").current_dir(&dir), &dir);
+    assert!(out.status.success(), "runc spec: {}", stderr(&out));
+    let mut cfg: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    cfg["process"]["terminal"] = json!(false);
+    cfg["process"]["args"] = json!(args);
+    cfg["linux"]["cgroupsPath"] = json!(format!("{CGROUP_PARENT}/{}", b.id));
+    cfg
+}
+
+/// Run `cfg` on the same bundle with runc itself (own state root, own
+/// cgroup), for side-by-side comparison.
+fn run_with_runc(b: &Bundle, cfg: &Value) -> Output {
+    let id = format!("{}-runc", b.id);
+    let mut cfg = cfg.clone();
+    cfg["linux"]["cgroupsPath"] = json!(format!("{CGROUP_PARENT}/{id}"));
+    b.write_config(&cfg);
+    let out = capture(
+        Command::new("runc")
+            .arg("--root")
+            .arg(b.dir.join("runc-state"))
+            .args(["run", "--bundle", b.dir.to_str().unwrap(), &id]),
+        &b.dir,
+    );
+    let _ = capture(
+        Command::new("runc")
+            .arg("--root")
+            .arg(b.dir.join("runc-state"))
+            .args(["delete", "--force", &id]),
+        &b.dir,
+    );
+    out
+}
+
+#[test]
+fn runc_spec_config_runs_like_runc() {
+    // `runc spec` lists ambient capabilities but no inheritable ones: the
+    // kernel refuses to raise them; runc goes on without, and so must we.
+    let b = Bundle::new("runcspec");
+    let cfg = runc_spec(
+        &b,
+        &[
+            "sh",
+            "-c",
+            "grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb)' /proc/self/status; id -u",
+        ],
+    );
+    let ours = b.run_config(&cfg);
+    let theirs = run_with_runc(&b, &cfg);
+    assert!(theirs.status.success(), "runc: {}", stderr(&theirs));
+    let text = ok(&ours);
+    assert_eq!(text, stdout(&theirs));
+    assert!(text.contains("CapAmb:\t0000000000000000"), "{text}");
+    let e = stderr(&ours);
+    assert!(
+        e.contains("warning") && e.contains("process.capabilities.ambient"),
+        "{e}"
+    );
+    assert!(e.contains("CAP_KILL"), "{e}");
+}
+
+#[test]
+fn setup_failures_are_not_config_errors_and_exit_1() {
+    // Inheritable capabilities outside the bounding set cannot be set:
+    // runc fails create with "unable to apply caps", exit 1. The error is
+    // about setting the process up, not about config.json's syntax.
+    let b = Bundle::new("setupfail");
+    let mut cfg = runc_spec(&b, &["true"]);
+    cfg["process"]["capabilities"]["inheritable"] = json!(["CAP_SYS_ADMIN"]);
+    let ours = b.run_config(&cfg);
+    let theirs = run_with_runc(&b, &cfg);
+    assert_eq!(theirs.status.code(), Some(1), "runc: {}", stderr(&theirs));
+    assert_eq!(ours.status.code(), Some(1), "{}", stderr(&ours));
+    let e = stderr(&ours);
+    assert!(e.contains("inheritable capability set"), "{e}");
+    assert!(!e.contains("config.json"), "{e}");
+    // Nothing stays behind.
+    assert!(!b.state_root.join(&b.id).exists());
+}
+
+#[test]
+fn devices_with_any_numbers_are_created_like_runc() {
+    // Numbers that exist nowhere on the host: runc's default device rules
+    // let the container mknod any node (c *:* m, b *:* m) but read and
+    // write only the allowed ones.
+    let b = Bundle::new("devnums");
+    let script =
+        "for d in /dev/test1 /dev/test2 /dev/fifo1; do stat -c '%n %F %t:%T %a %u:%g' $d; done; \
+        cat /dev/test1 2>/dev/null || echo unreadable; echo fifo-ok > /dev/fifo1 & cat /dev/fifo1";
+    let mut cfg = runc_spec(&b, &["sh", "-c", script]);
+    cfg["linux"]["devices"] = json!([
+        {"path": "/dev/test1", "type": "c", "major": 10, "minor": 666, "fileMode": 432, "uid": 0, "gid": 0},
+        {"path": "/dev/test2", "type": "b", "major": 250, "minor": 7, "fileMode": 384},
+        {"path": "/dev/fifo1", "type": "p", "major": 0, "minor": 0, "fileMode": 438, "uid": 1000, "gid": 1000}
+    ]);
+    let ours = ok(&b.run_config(&cfg));
+    let theirs = run_with_runc(&b, &cfg);
+    assert!(theirs.status.success(), "runc: {}", stderr(&theirs));
+    assert_eq!(ours, stdout(&theirs));
+    assert_eq!(
+        ours,
+        "/dev/test1 character special file a:29a 660 0:0\n\
+         /dev/test2 block special file fa:7 600 0:0\n\
+         /dev/fifo1 fifo 0:0 666 1000:1000\n\
+         unreadable\nfifo-ok\n"
+    );
+}
+
+#[test]
+fn no_mount_namespace_shares_the_callers_like_runc() {
+    // runc accepts a config without a mount namespace (and without masked
+    // or read-only paths, which need one): the container then lives in
+    // its caller's mount namespace, chrooted into the rootfs. Both run
+    // inside a mount namespace of the test's own: their mounts stay there.
+    let b = Bundle::new("nomntns");
+    let script = "readlink /proc/self/ns/mnt; test -e /bin/busybox && echo rootfs; \
+        test -e /work && echo host-visible; echo done";
+    let mut cfg = runc_spec(&b, &["sh", "-c", script]);
+    cfg["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|n| n["type"] != "mount");
+    cfg["linux"].as_object_mut().unwrap().remove("maskedPaths");
+    cfg["linux"]
+        .as_object_mut()
+        .unwrap()
+        .remove("readonlyPaths");
+    b.write_config(&cfg);
+    std::fs::rename(b.dir.join("config.json"), b.dir.join("ours.json")).unwrap();
+    let mut rcfg = cfg.clone();
+    rcfg["linux"]["cgroupsPath"] = json!(format!("{CGROUP_PARENT}/{}-runc", b.id));
+    b.write_config(&rcfg);
+    std::fs::rename(b.dir.join("config.json"), b.dir.join("runc.json")).unwrap();
+    let run = |runtime: &str, cfg: &str, id: &str| {
+        format!(
+            "cp $B/{cfg} $B/config.json; {runtime} --root $B/{cfg}.state run --bundle $B {id}; echo \"exit $?\"; "
+        )
+    };
+    let script = format!(
+        "readlink /proc/self/ns/mnt; {} {}",
+        run("$RUNC", "ours.json", "$ID"),
+        run("runc", "runc.json", "$ID-runc")
+    );
+    let out = capture(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .env("RUNC", runc_bin())
+            .env("B", &b.dir)
+            .env("ID", &b.id),
+        &b.dir,
+    );
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 9, "{text}{}", stderr(&out));
+    let ns = lines[0];
+    assert_ne!(ns, host_ns("mnt"));
+    assert_eq!(
+        lines[1..5],
+        [ns, "rootfs", "done", "exit 0"],
+        "{text}{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        lines[5..9],
+        [ns, "rootfs", "done", "exit 0"],
+        "runc: {text}"
+    );
+    // Masked paths without a mount namespace are refused, as by runc.
+    cfg["linux"]["maskedPaths"] = json!(["/proc/kcore"]);
+    let out = b.run_config(&cfg);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("linux.maskedPaths"),
+        "{}",
+        stderr(&out)
+    );
 }
