@@ -164,16 +164,19 @@ impl Fetcher {
             .write(true)
             .open(&path)
             .ctx(|| format!("opening {}", path.display()))?;
-        loop {
-            match rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive) {
-                Ok(()) => break,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(Error::io(format!("locking {}", path.display()), e.into())),
+        let mut file = file;
+        let lock = loop {
+            match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive) {
+                Ok(lock) => break lock,
+                Err((f, nix::errno::Errno::EINTR)) => file = f,
+                Err((_, e)) => {
+                    return Err(Error::io(format!("locking {}", path.display()), e.into()))
+                }
             }
-        }
+        };
         Ok(Session {
             f: self,
-            _lock: file,
+            _lock: lock,
             refreshed: Vec::new(),
             loaded: None,
         })
@@ -307,7 +310,7 @@ impl Fetcher {
 /// A locked view of the cache; see [`Fetcher::lock`].
 pub struct Session<'a> {
     f: &'a Fetcher,
-    _lock: File,
+    _lock: nix::fcntl::Flock<File>,
     /// Architectures whose index was fetched afresh in this session.
     refreshed: Vec<String>,
     /// The last Packages index read (path, text): lookups within one
