@@ -882,8 +882,17 @@ fn no_mount_namespace_shares_the_callers_like_runc() {
             "cp $B/{cfg} $B/config.json; {runtime} --root $B/{cfg}.state run --bundle $B {id}; echo \"exit $?\"; "
         )
     };
+    // `exec` into such a container lands in its root too.
+    let mut dcfg = cfg.clone();
+    dcfg["process"]["args"] = json!(["sleep", "1000"]);
+    b.write_config(&dcfg);
+    std::fs::rename(b.dir.join("config.json"), b.dir.join("detached.json")).unwrap();
+    let exec = "cp $B/detached.json $B/config.json; \
+        $RUNC --root $B/d.state run -d --bundle $B $ID-d < /dev/null > /dev/null; \
+        $RUNC --root $B/d.state exec $ID-d sh -c 'test -e /bin/busybox && echo exec-rootfs; test -e /work || echo exec-chrooted'; \
+        $RUNC --root $B/d.state delete --force $ID-d; echo \"exit $?\"";
     let script = format!(
-        "readlink /proc/self/ns/mnt; {} {}",
+        "readlink /proc/self/ns/mnt; {} {} {exec}",
         run("$RUNC", "ours.json", "$ID"),
         run("runc", "runc.json", "$ID-runc")
     );
@@ -897,7 +906,7 @@ fn no_mount_namespace_shares_the_callers_like_runc() {
     );
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 9, "{text}{}", stderr(&out));
+    assert_eq!(lines.len(), 12, "{text}{}", stderr(&out));
     let ns = lines[0];
     assert_ne!(ns, host_ns("mnt"));
     assert_eq!(
