@@ -38,6 +38,28 @@
 //! everything when the JIT is off ([`Hart::set_jit`]). Stores into pages
 //! holding decoded code, `fence.i`, and explicit invalidation calls drop
 //! stale blocks.
+//!
+//! # Layout
+//!
+//! Modules form layers; each uses only the layers below it (no import
+//! cycles; `PAGE_SIZE` and the re-exports here are the crate root's):
+//!
+//! ```text
+//! hart     Hart: Core + Engine + Tlb; the public run_user / run_system
+//!  engine  block cache, the JIT it owns, run loops, between-block service
+//!   jit/   x86.rs encoder, dispatch.rs fixed routines, emit/ per extension
+//!          (mem, rvi, rvm), mod.rs code buffer, block tables, run loops
+//!   exec/  interpreter: exec_block + one file per extension (rvi, rvm,
+//!          rva, rvfd, rvb, system)
+//!   block  block decoding (MAX_BLOCK, decode_block, translate_user)
+//!  mmu/    the Mem trait; user.rs (flat space), sys.rs (Sv39/48, TLB)
+//!  cpu     Core: registers, CSRs, traps, interrupts; HartControl, Clock
+//! decode, fpu, mem    leaves: decoder, softfloat glue, guest memory
+//! ```
+//!
+//! `jit` uses `exec` (helpers run one instruction through the
+//! interpreter), `block`, `mmu` and `cpu`; `exec` uses `mmu` and `cpu`;
+//! `mmu` uses `cpu` and `mem`. Nothing below `engine` knows of `Hart`.
 
 pub mod decode;
 mod fpu;

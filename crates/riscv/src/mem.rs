@@ -210,7 +210,7 @@ impl UserSpace {
             return Ok(());
         }
         host_mmap(
-            // SAFETY (pointer arithmetic): inside the reservation, checked above.
+            // SAFETY: pointer arithmetic inside the reservation, checked above.
             unsafe { self.base.add(addr as usize) },
             len as usize,
             libc::PROT_READ | libc::PROT_WRITE,
@@ -229,7 +229,7 @@ impl UserSpace {
         }
         self.set_perms(addr, len, 0)?;
         host_mmap(
-            // SAFETY (pointer arithmetic): inside the reservation, checked above.
+            // SAFETY: pointer arithmetic inside the reservation, checked above.
             unsafe { self.base.add(addr as usize) },
             len as usize,
             libc::PROT_NONE,
@@ -305,7 +305,7 @@ impl UserSpace {
         if !self.check(addr, len, need) {
             return None;
         }
-        // SAFETY (pointer arithmetic): inside the reservation, checked above.
+        // SAFETY: pointer arithmetic inside the reservation, checked above.
         Some(unsafe { self.base.add(addr as usize) })
     }
 

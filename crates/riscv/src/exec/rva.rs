@@ -9,6 +9,7 @@ use crate::cpu::{cause, Core, Trap};
 use crate::decode::{Insn, Kind};
 use crate::mmu::Mem;
 
+/// Runs one A instruction; `exec_block` routes only those kinds here.
 #[inline(always)]
 pub(super) fn exec<M: Mem>(core: &mut Core, mem: &mut M, i: &Insn) -> Step {
     operands!($ core, i);

@@ -5,6 +5,7 @@ use super::{sx32, Flow, Step};
 use crate::cpu::Core;
 use crate::decode::{Insn, Kind};
 
+/// Runs one Zba, Zbb or Zbs instruction; `exec_block` routes only those kinds here.
 #[inline(always)]
 pub(super) fn exec(core: &mut Core, i: &Insn) -> Step {
     operands!($ core, i);

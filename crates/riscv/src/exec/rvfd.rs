@@ -8,6 +8,7 @@ use crate::decode::{Insn, Kind};
 use crate::fpu;
 use crate::mmu::Mem;
 
+/// Runs one F or D instruction; `exec_block` routes only those kinds here.
 #[inline(always)]
 pub(super) fn exec<M: Mem>(core: &mut Core, mem: &mut M, i: &Insn) -> Step {
     operands!($ core, i);

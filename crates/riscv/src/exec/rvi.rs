@@ -9,6 +9,7 @@ use crate::cpu::Core;
 use crate::decode::{Insn, Kind};
 use crate::mmu::Mem;
 
+/// Runs one RV64I instruction; `exec_block` routes only those kinds here.
 #[inline(always)]
 pub(super) fn exec<M: Mem>(core: &mut Core, mem: &mut M, i: &Insn, start: u64) -> Step {
     operands!($ core, i, start);

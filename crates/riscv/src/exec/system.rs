@@ -7,7 +7,8 @@ use super::{Flow, Step};
 use crate::cpu::{cause, csr, mstatus, Core, Priv, Trap};
 use crate::decode::{Insn, Kind, ZERO_SINK};
 
-/// `n()`: instructions of the block retired before this one (the counter
+/// Runs one system instruction (all of them leave the block). `n()`:
+/// instructions of the block retired before this one (the counter
 /// CSRs must see them).
 #[inline(always)]
 pub(super) fn exec(core: &mut Core, i: &Insn, start: u64, n: impl Fn() -> u32) -> Step {
@@ -17,7 +18,7 @@ pub(super) fn exec(core: &mut Core, i: &Insn, start: u64, n: impl Fn() -> u32) -
         FenceI => {
             core.code_dirty = true;
             core.recheck = true;
-            return Ok(Flow::Jump(next!()));
+            Ok(Flow::Jump(next!()))
         }
         Ecall => trap!(Trap {
             cause: match core.prv {
@@ -35,13 +36,13 @@ pub(super) fn exec(core: &mut Core, i: &Insn, start: u64, n: impl Fn() -> u32) -
             if core.user_only {
                 ill!();
             }
-            return core.do_mret().map(Flow::Jump);
+            core.do_mret().map(Flow::Jump)
         }
         Sret => {
             if core.user_only {
                 ill!();
             }
-            return core.do_sret().map(Flow::Jump);
+            core.do_sret().map(Flow::Jump)
         }
         Wfi => {
             if core.user_only
@@ -52,7 +53,7 @@ pub(super) fn exec(core: &mut Core, i: &Insn, start: u64, n: impl Fn() -> u32) -
             }
             core.wfi = true;
             core.recheck = true;
-            return Ok(Flow::Jump(next!()));
+            Ok(Flow::Jump(next!()))
         }
         SfenceVma => {
             if core.user_only
@@ -63,7 +64,7 @@ pub(super) fn exec(core: &mut Core, i: &Insn, start: u64, n: impl Fn() -> u32) -
             }
             core.tlb_dirty = true;
             core.recheck = true;
-            return Ok(Flow::Jump(next!()));
+            Ok(Flow::Jump(next!()))
         }
         Csrrw | Csrrs | Csrrc | Csrrwi | Csrrsi | Csrrci => {
             let n16 = i.imm as u16;
@@ -106,7 +107,7 @@ pub(super) fn exec(core: &mut Core, i: &Insn, start: u64, n: impl Fn() -> u32) -
             let retired = n() as u64 + counter_written as u64;
             core.instret = core.instret.wrapping_sub(retired);
             wr!(old);
-            return Ok(Flow::Jump(next!()));
+            Ok(Flow::Jump(next!()))
         }
         // exec_block routes only the kinds above here.
         _ => unreachable!(),

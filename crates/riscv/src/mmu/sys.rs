@@ -137,7 +137,7 @@ impl<'a, B: Bus> SysMem<'a, B> {
     fn ram_host(&self, pa: u64) -> Option<*mut u8> {
         self.ram.iter().find_map(|r| {
             let off = pa.wrapping_sub(r.base());
-            // SAFETY (pointer arithmetic): off < len, inside the region.
+            // SAFETY: pointer arithmetic, off < len: inside the region.
             (off < r.len()).then(|| unsafe { r.host().add(off as usize) })
         })
     }
