@@ -1,38 +1,44 @@
-//! A strict parser for the parts of a riscv64 ELF file that a loader needs.
+//! A strict reader for the parts of a riscv64 ELF file that a loader needs,
+//! on top of the `object` crate's ELF structures (the same reader the
+//! system emulator's loader uses).
 //!
-//! Everything here works on an untrusted byte slice: every offset and size is
-//! checked before use, so a truncated or malicious file yields an [`ElfError`]
-//! and never a panic or an out-of-bounds read. It is fuzzed by
-//! `crates/linux-user/fuzz`.
+//! Everything here works on an untrusted byte slice: `object` bounds-checks
+//! every read, and the checks below (class, byte order, machine, type,
+//! header sizes, segment ranges, the interpreter path) give a specific
+//! [`ElfError`] for each way a file can be wrong, never a panic or an
+//! out-of-bounds read. It is fuzzed by `crates/linux-user/fuzz`.
 
+use object::elf::{FileHeader64, ProgramHeader64};
+use object::read::elf::{FileHeader as _, ProgramHeader as _};
+use object::LittleEndian as LE;
 use thiserror::Error;
 
 /// `e_machine` of RISC-V.
-pub const EM_RISCV: u16 = 243;
+pub const EM_RISCV: u16 = object::elf::EM_RISCV;
 /// `e_type` of a fixed-address executable.
-pub const ET_EXEC: u16 = 2;
+pub const ET_EXEC: u16 = object::elf::ET_EXEC;
 /// `e_type` of a position-independent object (PIE, static-PIE, ld.so).
-pub const ET_DYN: u16 = 3;
+pub const ET_DYN: u16 = object::elf::ET_DYN;
 /// A loadable segment.
-pub const PT_LOAD: u32 = 1;
+pub const PT_LOAD: u32 = object::elf::PT_LOAD;
 /// The path of the program interpreter (the dynamic linker).
-pub const PT_INTERP: u32 = 3;
+pub const PT_INTERP: u32 = object::elf::PT_INTERP;
 /// The program headers themselves.
-pub const PT_PHDR: u32 = 6;
+pub const PT_PHDR: u32 = object::elf::PT_PHDR;
 /// Stack permissions.
-pub const PT_GNU_STACK: u32 = 0x6474_e551;
+pub const PT_GNU_STACK: u32 = object::elf::PT_GNU_STACK;
 
 /// Segment is executable.
-pub const PF_X: u32 = 1;
+pub const PF_X: u32 = object::elf::PF_X;
 /// Segment is writable.
-pub const PF_W: u32 = 2;
+pub const PF_W: u32 = object::elf::PF_W;
 /// Segment is readable.
-pub const PF_R: u32 = 4;
+pub const PF_R: u32 = object::elf::PF_R;
 
 /// Size of an ELF64 file header.
-pub const EHDR_SIZE: usize = 64;
+pub const EHDR_SIZE: usize = std::mem::size_of::<FileHeader64<LE>>();
 /// Size of an ELF64 program header.
-pub const PHDR_SIZE: usize = 56;
+pub const PHDR_SIZE: usize = std::mem::size_of::<ProgramHeader64<LE>>();
 /// More program headers than this is no real program: Linux refuses more
 /// than 64 KiB of them, which is 1170 entries; we cap lower to keep the
 /// work per file small.
@@ -79,6 +85,20 @@ pub struct Phdr {
     pub align: u64,
 }
 
+impl Phdr {
+    fn from_object(ph: &ProgramHeader64<LE>) -> Phdr {
+        Phdr {
+            p_type: ph.p_type(LE),
+            flags: ph.p_flags(LE),
+            offset: ph.p_offset(LE),
+            vaddr: ph.p_vaddr(LE),
+            filesz: ph.p_filesz(LE),
+            memsz: ph.p_memsz(LE),
+            align: ph.p_align(LE),
+        }
+    }
+}
+
 /// The parsed, validated view of an ELF file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Elf {
@@ -92,107 +112,80 @@ pub struct Elf {
     pub interp: Option<Vec<u8>>,
 }
 
-fn u16_at(b: &[u8], off: usize) -> u16 {
-    u16::from_le_bytes([b[off], b[off + 1]])
-}
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes(b[off..off + 4].try_into().unwrap_or([0; 4]))
-}
-fn u64_at(b: &[u8], off: usize) -> u64 {
-    u64::from_le_bytes(b[off..off + 8].try_into().unwrap_or([0; 8]))
-}
-
 impl Elf {
     /// Parses and validates `file` (the whole file contents).
     ///
     /// `limit` is the size of the guest address space: every segment must fit
     /// below it (after relocation for position-independent files).
     pub fn parse(file: &[u8], limit: u64) -> Result<Elf, ElfError> {
-        if file.len() < 4 || &file[..4] != b"\x7fELF" {
+        if file.get(..4) != Some(&object::elf::ELFMAG[..]) {
             return Err(ElfError::NotElf);
         }
-        if file.len() < EHDR_SIZE {
-            return Err(ElfError::Truncated("file header"));
+        // `object`'s own `parse` folds class, byte order and version into
+        // one "unsupported" error; read the header and check each field so
+        // the message says which.
+        let (hdr, _) = object::pod::from_bytes::<FileHeader64<LE>>(file)
+            .map_err(|_| ElfError::Truncated("file header"))?;
+        let ident = hdr.e_ident();
+        if ident.class != object::elf::ELFCLASS64 {
+            return Err(ElfError::NotElf64(ident.class));
         }
-        if file[4] != 2 {
-            return Err(ElfError::NotElf64(file[4]));
-        }
-        if file[5] != 1 {
+        if ident.data != object::elf::ELFDATA2LSB {
             return Err(ElfError::NotLittleEndian);
         }
-        let e_type = u16_at(file, 16);
-        let machine = u16_at(file, 18);
+        let machine = hdr.e_machine(LE);
         if machine != EM_RISCV {
             return Err(ElfError::WrongMachine(machine));
         }
+        let e_type = hdr.e_type(LE);
         if e_type != ET_EXEC && e_type != ET_DYN {
             return Err(ElfError::NotExecutable(e_type));
         }
-        let entry = u64_at(file, 24);
-        let phoff = u64_at(file, 32);
-        let flags = u32_at(file, 48);
-        let phentsize = u16_at(file, 54);
-        let phnum = u16_at(file, 56) as usize;
+        let phentsize = hdr.e_phentsize(LE);
         if phentsize as usize != PHDR_SIZE {
             return Err(ElfError::BadPhentsize(phentsize));
         }
+        // The raw count: PN_XNUM (0xffff, "the count is in section 0")
+        // is over the cap too, so no section header is ever consulted.
+        let phnum = hdr.e_phnum(LE) as usize;
         if phnum > MAX_PHNUM {
             return Err(ElfError::TooManyPhdrs(phnum));
         }
-        let ph_end = (phnum as u64)
-            .checked_mul(PHDR_SIZE as u64)
-            .and_then(|n| n.checked_add(phoff))
-            .ok_or(ElfError::Truncated("program headers"))?;
-        if ph_end > file.len() as u64 {
-            return Err(ElfError::Truncated("program headers"));
-        }
-        let mut phdrs = Vec::with_capacity(phnum);
+        let raw = hdr
+            .program_headers(LE, file)
+            .map_err(|_| ElfError::Truncated("program headers"))?;
+        let mut phdrs = Vec::with_capacity(raw.len());
         let mut interp = None;
-        for i in 0..phnum {
-            let o = phoff as usize + i * PHDR_SIZE;
-            let ph = Phdr {
-                p_type: u32_at(file, o),
-                flags: u32_at(file, o + 4),
-                offset: u64_at(file, o + 8),
-                vaddr: u64_at(file, o + 16),
-                filesz: u64_at(file, o + 32),
-                memsz: u64_at(file, o + 40),
-                align: u64_at(file, o + 48),
-            };
-            match ph.p_type {
+        for ph in raw {
+            let p = Phdr::from_object(ph);
+            match p.p_type {
                 PT_LOAD => {
-                    if ph.filesz > ph.memsz {
+                    if p.filesz > p.memsz {
                         return Err(ElfError::BadSegment("file size larger than memory size"));
                     }
-                    let fend = ph
-                        .offset
-                        .checked_add(ph.filesz)
-                        .ok_or(ElfError::BadSegment("file range overflows"))?;
-                    if fend > file.len() as u64 {
-                        return Err(ElfError::Truncated("segment data"));
+                    if p.offset.checked_add(p.filesz).is_none() {
+                        return Err(ElfError::BadSegment("file range overflows"));
                     }
-                    let vend = ph
+                    ph.data(LE, file)
+                        .map_err(|_| ElfError::Truncated("segment data"))?;
+                    let vend = p
                         .vaddr
-                        .checked_add(ph.memsz)
+                        .checked_add(p.memsz)
                         .ok_or(ElfError::BadSegment("address range overflows"))?;
                     if vend > limit {
                         return Err(ElfError::BadSegment("segment outside the address space"));
                     }
                 }
                 PT_INTERP => {
-                    let end = ph
-                        .offset
-                        .checked_add(ph.filesz)
-                        .filter(|&e| e <= file.len() as u64)
-                        .ok_or(ElfError::Truncated("interpreter path"))?;
-                    if ph.filesz == 0 || ph.filesz as usize > MAX_INTERP_LEN {
+                    let raw = ph
+                        .data(LE, file)
+                        .map_err(|_| ElfError::Truncated("interpreter path"))?;
+                    if raw.is_empty() || raw.len() > MAX_INTERP_LEN {
                         return Err(ElfError::BadInterp);
                     }
-                    let raw = &file[ph.offset as usize..end as usize];
-                    let path = match raw.iter().position(|&c| c == 0) {
-                        Some(n) => &raw[..n],
-                        None => raw,
-                    };
+                    // Up to the first NUL; a missing terminator is
+                    // tolerated (Linux requires it, qemu does not).
+                    let path = raw.split(|&c| c == 0).next().unwrap_or(raw);
                     if path.is_empty() {
                         return Err(ElfError::BadInterp);
                     }
@@ -200,17 +193,17 @@ impl Elf {
                 }
                 _ => {}
             }
-            phdrs.push(ph);
+            phdrs.push(p);
         }
         if !phdrs.iter().any(|p| p.p_type == PT_LOAD && p.memsz > 0) {
             return Err(ElfError::NoLoad);
         }
         Ok(Elf {
             e_type,
-            entry,
-            phoff,
+            entry: hdr.e_entry(LE),
+            phoff: hdr.e_phoff(LE),
             phnum,
-            flags,
+            flags: hdr.e_flags(LE),
             phdrs,
             interp,
         })
@@ -303,5 +296,44 @@ mod tests {
             Elf::parse(&f, 1 << 38),
             Err(ElfError::BadSegment(_))
         ));
+    }
+
+    #[test]
+    fn says_which_header_field_is_wrong() {
+        let mut f = minimal(EM_RISCV);
+        f[5] = 2;
+        assert_eq!(Elf::parse(&f, 1 << 38), Err(ElfError::NotLittleEndian));
+        let mut f = minimal(EM_RISCV);
+        f[16..18].copy_from_slice(&1u16.to_le_bytes());
+        assert_eq!(Elf::parse(&f, 1 << 38), Err(ElfError::NotExecutable(1)));
+        let mut f = minimal(EM_RISCV);
+        f[54..56].copy_from_slice(&32u16.to_le_bytes());
+        assert_eq!(Elf::parse(&f, 1 << 38), Err(ElfError::BadPhentsize(32)));
+        let mut f = minimal(EM_RISCV);
+        f[56..58].copy_from_slice(&0xffffu16.to_le_bytes());
+        assert_eq!(Elf::parse(&f, 1 << 38), Err(ElfError::TooManyPhdrs(0xffff)));
+        let mut f = minimal(EM_RISCV);
+        f[64 + 32..64 + 40].copy_from_slice(&0x3000u64.to_le_bytes());
+        assert!(matches!(
+            Elf::parse(&f, 1 << 38),
+            Err(ElfError::BadSegment(_))
+        ));
+    }
+
+    #[test]
+    fn reads_unaligned_headers() {
+        // A file buffer at an odd address, and program headers at an odd
+        // offset: Linux copies them out of the file, so they need no
+        // alignment.
+        let f = minimal(EM_RISCV);
+        let mut odd = vec![0u8; f.len() + 1];
+        odd[1..].copy_from_slice(&f);
+        assert_eq!(Elf::parse(&odd[1..], 1 << 38), Elf::parse(&f, 1 << 38));
+        let mut g = f[..64].to_vec();
+        g.push(0);
+        g.extend_from_slice(&f[64..]);
+        g[32..40].copy_from_slice(&65u64.to_le_bytes());
+        let e = Elf::parse(&g, 1 << 38).unwrap();
+        assert_eq!(e.span(), (0x10000, 0x12000));
     }
 }
