@@ -43,71 +43,39 @@ fn module_name(file: &str) -> Option<String> {
 }
 
 /// Reads the `key=value` strings of the `.modinfo` section of an ELF64
-/// little-endian object (every riscv64 and x86-64 module).
+/// little-endian object (every riscv64 and x86-64 module), with the
+/// `object` crate's ELF reader (bounds-checked on untrusted input).
 pub fn modinfo(elf: &[u8], what: &str) -> Result<Vec<(String, String)>> {
+    use object::read::elf::{FileHeader as _, SectionHeader as _};
     let bad = |m: &str| Error::format(what, format!("not a valid kernel module: {m}"));
-    let u16_at = |o: usize| -> Result<u64> {
-        o.checked_add(2)
-            .and_then(|e| elf.get(o..e))
-            .map(|b| u16::from_le_bytes([b[0], b[1]]) as u64)
-            .ok_or_else(|| bad("truncated"))
-    };
-    let u32_at = |o: usize| -> Result<u64> {
-        o.checked_add(4)
-            .and_then(|e| elf.get(o..e))
-            .map(|b| u32::from_le_bytes(b.try_into().unwrap_or([0; 4])) as u64)
-            .ok_or_else(|| bad("truncated"))
-    };
-    let u64_at = |o: usize| -> Result<u64> {
-        o.checked_add(8)
-            .and_then(|e| elf.get(o..e))
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
-            .ok_or_else(|| bad("truncated"))
-    };
-    if elf.get(0..4) != Some(b"\x7fELF") {
+    if elf.get(0..4) != Some(&object::elf::ELFMAG[..]) {
         return Err(bad("no ELF magic"));
     }
-    if elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
+    if elf.get(4) != Some(&object::elf::ELFCLASS64) || elf.get(5) != Some(&object::elf::ELFDATA2LSB)
+    {
         return Err(bad("not 64-bit little-endian ELF"));
     }
-    let shoff = u64_at(0x28)? as usize;
-    let shentsize = u16_at(0x3a)? as usize;
-    let shnum = u16_at(0x3c)? as usize;
-    let shstrndx = u16_at(0x3e)? as usize;
-    if shentsize < 64 || shstrndx >= shnum {
-        return Err(bad("bad section header table"));
-    }
-    let section = |i: usize| -> Result<(u64, &[u8])> {
-        let h = shoff
-            .checked_add(i.checked_mul(shentsize).ok_or_else(|| bad("overflow"))?)
-            .ok_or_else(|| bad("overflow"))?;
-        let name = u32_at(h)?;
-        // Offsets come from the file: add without wrapping.
-        let off = u64_at(h.saturating_add(24))? as usize;
-        let size = u64_at(h.saturating_add(32))? as usize;
-        let data = off
-            .checked_add(size)
-            .and_then(|end| elf.get(off..end))
-            .ok_or_else(|| bad("section beyond end of file"))?;
-        Ok((name, data))
-    };
-    let (_, shstr) = section(shstrndx)?;
-    for i in 0..shnum {
-        let (name_off, data) = section(i)?;
-        let name = shstr
-            .get(name_off as usize..)
-            .and_then(|s| s.split(|&b| b == 0).next())
-            .unwrap_or(&[]);
-        if name == b".modinfo" {
-            return Ok(data
-                .split(|&b| b == 0)
-                .filter_map(|kv| std::str::from_utf8(kv).ok())
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect());
-        }
-    }
-    Err(bad("no .modinfo section"))
+    let le = object::LittleEndian;
+    // The header is read directly rather than with `FileHeader::parse`,
+    // which also insists on e_ident's version byte; the kernel's module
+    // loader does not look at it either.
+    let (hdr, _) = object::pod::from_bytes::<object::elf::FileHeader64<object::LittleEndian>>(elf)
+        .map_err(|_| bad("truncated"))?;
+    let sections = hdr
+        .sections(le, elf)
+        .map_err(|e| bad(&format!("bad section header table ({e})")))?;
+    let (_, sh) = sections
+        .section_by_name(le, b".modinfo")
+        .ok_or_else(|| bad("no .modinfo section"))?;
+    let data = sh
+        .data(le, elf)
+        .map_err(|_| bad("section beyond end of file"))?;
+    Ok(data
+        .split(|&b| b == 0)
+        .filter_map(|kv| std::str::from_utf8(kv).ok())
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect())
 }
 
 /// The modules of one kernel release in an unpacked linux-image package.
