@@ -10,7 +10,7 @@ impl Thread {
         let a0 = a[0];
         let a1 = a[1];
         let a2 = a[2];
-        if a0 % PAGE != 0 {
+        if !a0.is_multiple_of(PAGE) {
             return Err(EINVAL);
         }
         if a1 == 0 {
