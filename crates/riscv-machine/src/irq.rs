@@ -1,14 +1,6 @@
 //! How the interrupt controllers reach a hart's `mip` bits. (Devices drive
 //! their lines through the one interrupt-line trait, [`vmm::IrqLine`].)
 
-/// `mip` bit numbers of the interrupts the board drives.
-pub const SSIP: u64 = 1 << 1;
-pub const MSIP: u64 = 1 << 3;
-pub const STIP: u64 = 1 << 5;
-pub const MTIP: u64 = 1 << 7;
-pub const SEIP: u64 = 1 << 9;
-pub const MEIP: u64 = 1 << 11;
-
 /// The harts' interrupt-pending inputs, as the interrupt controllers see
 /// them. Implementations must be callable from any thread and must wake a
 /// hart that sleeps in WFI when a bit it waits for becomes pending.

@@ -7,7 +7,8 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::irq::{HartIrqs, MEIP, SEIP};
+use crate::irq::HartIrqs;
+use riscv::irq::{MEIP, SEIP};
 use crate::layout::PLIC_SOURCES;
 use crate::mmio::MmioDevice;
 use vmm::IrqLine;
