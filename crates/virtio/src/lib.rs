@@ -1,5 +1,6 @@
 //! Paravirtualized devices for virtkit: the virtio-mmio transport (version 2,
-//! modern only) and the block, entropy and console devices behind it.
+//! modern only) and the network, block, entropy and console devices behind
+//! it.
 //!
 //! The device models are architecture-neutral: each one sees only
 //!
@@ -57,7 +58,8 @@
 //!   and refuses chains with readable descriptors after writable ones,
 //! * caps descriptors per chain and bytes per request with named constants
 //!   ([`SEG_MAX`], [`MAX_REQUEST_BYTES`], [`MAX_DISCARD_SEGMENTS`],
-//!   [`MAX_RNG_BYTES_PER_REQUEST`], [`MAX_TX_CHAIN_BYTES`]) and copies
+//!   [`MAX_RNG_BYTES_PER_REQUEST`], [`MAX_TX_CHAIN_BYTES`],
+//!   [`MAX_NET_DESCRIPTORS`], `net::MAX_PACKET`) and copies
 //!   through fixed bounce buffers, so no guest value sizes a host allocation,
 //! * answers a bad block request with VIRTIO_BLK_S_IOERR / UNSUPP (short
 //!   header, sectors beyond the capacity or overflowing, partial sectors,
@@ -78,9 +80,11 @@
 mod blk;
 mod console;
 mod mmio;
+mod net;
 mod queue;
 mod rng;
 
+pub use self::net::{default_mac, net_features, Net, NetState, MAX_NET_DESCRIPTORS, MIN_TX_PACKET};
 pub use blk::{
     Block, BlockConfig, MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS, MAX_REQUEST_BYTES, SEG_MAX,
     SIZE_MAX,
@@ -113,6 +117,8 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// Virtio device type IDs (virtio 1.2, section 5).
 pub mod device_type {
+    /// Network card.
+    pub const NET: u32 = 1;
     /// Block device.
     pub const BLOCK: u32 = 2;
     /// Console.
