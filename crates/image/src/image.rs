@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use crate::lock::Request;
 use crate::qcow2::Qcow2;
 use crate::raw::RawImage;
 use crate::{
@@ -57,9 +58,15 @@ pub fn probe(path: &Path) -> Result<Format> {
 /// Opens the image at `path` (and, unless told otherwise, its backing chain,
 /// read-only). Relative backing names resolve against the image's folder;
 /// cycles and chains deeper than [`MAX_CHAIN_DEPTH`] are refused.
+///
+/// Each file of the chain is locked as QEMU locks it (see
+/// [`OpenOptions::sharing`]); an open that conflicts with another user of a
+/// file fails with [`Error::Locked`]. The locks go when the image drops.
 pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Image> {
+    let path = path.as_ref();
+    let req = Request::top(opts.sharing, opts.read_only)?;
     let mut seen = Vec::new();
-    open_chain(path.as_ref(), opts, opts.format, opts.read_only, &mut seen)
+    open_chain(path, opts, opts.format, opts.read_only, req, &mut seen)
 }
 
 fn open_chain(
@@ -67,6 +74,7 @@ fn open_chain(
     opts: &OpenOptions,
     format: Option<Format>,
     read_only: bool,
+    req: Request,
     seen: &mut Vec<PathBuf>,
 ) -> Result<Image> {
     let filename = path.display().to_string();
@@ -83,9 +91,9 @@ fn open_chain(
         None => probe(path)?,
     };
     let kind = match format {
-        Format::Raw => Kind::Raw(RawImage::open(path, &filename, read_only)?),
+        Format::Raw => Kind::Raw(RawImage::open(path, &filename, read_only, req)?),
         Format::Qcow2 => {
-            let mut q = Qcow2::open(path, &filename, read_only, opts)?;
+            let mut q = Qcow2::open(path, &filename, read_only, opts, req)?;
             if opts.follow_backing {
                 if let Some(name) = q.backing_name().map(str::to_string) {
                     let bpath = crate::resolve_backing_path(path, &name);
@@ -101,7 +109,7 @@ fn open_chain(
                         for_check: false,
                         ..opts.clone()
                     };
-                    let backing = open_chain(&bpath, &sub, bfmt, true, seen)?;
+                    let backing = open_chain(&bpath, &sub, bfmt, true, req.for_backing(), seen)?;
                     q.attach_backing(Box::new(backing));
                 }
             }
@@ -140,6 +148,7 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<()> {
                     let o = OpenOptions {
                         read_only: true,
                         format: opts.backing_format,
+                        sharing: crate::Sharing::Tool,
                         ..Default::default()
                     };
                     open(&bpath, &o)?.len()

@@ -7,11 +7,16 @@
 //! `qemu-img` needs: [`Image::info`], [`Image::block_status`], snapshots,
 //! [`Image::check`], [`Image::resize`], [`Image::write_compressed`],
 //! [`Image::set_backing`] and [`Image::make_empty`].
+//!
+//! Every open locks the image file as QEMU does (OFD byte-range locks on
+//! QEMU's bytes, see [`OpenOptions::sharing`]): a second writer, in this
+//! process, another virtkit or a QEMU, is refused with [`Error::Locked`].
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 mod image;
+mod lock;
 mod qcow2;
 mod raw;
 
@@ -32,6 +37,19 @@ pub enum Error {
     OutOfRange { offset: u64, len: u64, size: u64 },
     #[error("image is read-only")]
     ReadOnly,
+    /// Another user of the file (this process, another process, or QEMU)
+    /// holds a permission lock that conflicts with this open; QEMU's words.
+    /// `shared`: we refuse to share `perm` and someone holds it; otherwise
+    /// we want `perm` and someone refuses to share it.
+    #[error(
+        "Failed to get {}\"{perm}\" lock\nIs another process using the image [{path}]?",
+        if *shared { "shared " } else { "" }
+    )]
+    Locked {
+        path: String,
+        perm: &'static str,
+        shared: bool,
+    },
     /// The file is not in the format that was asked for (or probed).
     #[error("{path}: not a {format} image: {reason}")]
     NotFormat {
@@ -196,6 +214,33 @@ pub struct OpenOptions {
     /// corrupt-marked image may be opened read-write so that `check` can
     /// repair it.
     pub for_check: bool,
+    /// Who uses the image, which decides what others may do with the file
+    /// while it is open (QEMU's permission locks, see [`Sharing`]).
+    pub sharing: Sharing,
+}
+
+/// How an open image shares its file with other users. [`open`] publishes
+/// the choice with QEMU's lock bytes and refuses to open when it conflicts
+/// with another user's (then [`Error::Locked`]). In every mode a qcow2 file
+/// (and the backing chain, opened read-only) refuses other writers: its
+/// metadata must not change under it. The modes differ for raw files and
+/// in what `-U` allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sharing {
+    /// A guest's disk (QEMU's `-drive` with a virtio-blk device): others
+    /// may read the image, but nobody else may write it while it is open,
+    /// even when this open only reads.
+    #[default]
+    Device,
+    /// A one-shot tool (qemu-img, qemu-io): asks only for what it uses and
+    /// shares what the format allows, so a raw file can be read, or written
+    /// by two tools, at once; another user that refuses to share writes
+    /// still keeps a writing tool out.
+    Tool,
+    /// qemu-img's `-U`/`--force-share`: read-only, and lets anyone else do
+    /// anything, so it opens an image a VM is writing (what it reads may
+    /// then be inconsistent). Refused for a read-write open.
+    ForceShare,
 }
 
 /// Upper bound of the default L2 cache (QEMU's default maximum is 32 MiB too).
@@ -211,6 +256,7 @@ impl Default for OpenOptions {
             l2_cache_size: None,
             refcount_cache_size: None,
             for_check: false,
+            sharing: Sharing::Device,
         }
     }
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::image::io_err;
+use crate::lock::{HeldLocks, Request};
 use crate::{Error, LayerStatus, Preallocation, Result};
 
 /// Chunk size for writing zeros when the file system cannot punch holes.
@@ -14,6 +15,8 @@ const ZERO_CHUNK: usize = 1 << 20;
 
 pub(crate) struct RawImage {
     file: File,
+    /// QEMU-compatible locks on `file`, released on drop.
+    _locks: HeldLocks,
     path: String,
     read_only: bool,
     size: AtomicU64,
@@ -86,15 +89,18 @@ fn seek(file: &File, offset: u64, whence: i32) -> Option<u64> {
 }
 
 impl RawImage {
-    pub(crate) fn open(path: &Path, name: &str, read_only: bool) -> Result<RawImage> {
+    pub(crate) fn open(path: &Path, name: &str, read_only: bool, req: Request) -> Result<RawImage> {
         let file = FsOpenOptions::new()
             .read(true)
             .write(!read_only)
             .open(path)
             .map_err(|e| io_err(name, e))?;
+        let (perm, shared) = req.for_file(crate::Format::Raw, !read_only);
+        let locks = crate::lock::lock(&file, name, perm, shared)?;
         let size = file.metadata().map_err(|e| io_err(name, e))?.len();
         Ok(RawImage {
             file,
+            _locks: locks,
             path: name.to_string(),
             read_only,
             size: AtomicU64::new(size),
@@ -103,13 +109,8 @@ impl RawImage {
 
     pub(crate) fn create(path: &Path, size: u64, prealloc: Preallocation) -> Result<()> {
         let name = path.display().to_string();
-        let file = FsOpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .map_err(|e| io_err(&name, e))?;
+        // The locks stay until the new file is complete.
+        let (file, _locks) = crate::lock::create_file(path, &name)?;
         file.set_len(size).map_err(|e| io_err(&name, e))?;
         match prealloc {
             Preallocation::Off | Preallocation::Metadata => {}

@@ -16,9 +16,13 @@ use image::ops::options::{apply_create_options, parse_options, CREATE_OPTIONS_HE
 use image::ops::{bench, commit, compare, convert, map, measure, rebase, size};
 use image::{
     BlockBackend, CheckReport, Compat, CreateOptions, Format, Image, ImageInfo, OpenOptions,
-    Preallocation, Repair, SnapshotInfo,
+    Preallocation, Repair, Sharing, SnapshotInfo,
 };
 use serde_json::{json, Map, Value};
+
+/// `-U`: what qemu-img's man page says, in short.
+const FORCE_SHARE_HELP: &str = "Force share: open read-only without refusing other writers, \
+     so that an image in use (by a VM, say) can be read; what is read may be inconsistent";
 
 /// Arguments of `virtkit img` (parsed by [`main`]).
 #[derive(clap::Args)]
@@ -103,9 +107,8 @@ struct InfoArgs {
     /// Show every image of the backing chain
     #[arg(long = "backing-chain")]
     backing_chain: bool,
-    /// Force share (accepted for compatibility)
-    #[arg(short = 'U', long = "force-share")]
-    _force_share: bool,
+    #[arg(short = 'U', long = "force-share", help = FORCE_SHARE_HELP)]
+    force_share: bool,
     filename: String,
 }
 
@@ -120,8 +123,8 @@ struct CheckArgs {
     repair: Option<String>,
     #[arg(short = 'q')]
     quiet: bool,
-    #[arg(short = 'U', long = "force-share")]
-    _force_share: bool,
+    #[arg(short = 'U', long = "force-share", help = FORCE_SHARE_HELP)]
+    force_share: bool,
     #[arg(short = 'T')]
     _src_cache: Option<String>,
     filename: String,
@@ -158,8 +161,8 @@ struct ConvertArgs {
     /// Smallest zero run left sparse (default 4k; 0 allocates everything)
     #[arg(short = 'S')]
     sparse_size: Option<String>,
-    #[arg(short = 'U', long = "force-share")]
-    _force_share: bool,
+    #[arg(short = 'U', long = "force-share", help = FORCE_SHARE_HELP)]
+    force_share: bool,
     /// Allow out-of-order writes to the target (with -m)
     #[arg(short = 'W')]
     out_of_order: bool,
@@ -196,8 +199,8 @@ struct SnapshotArgs {
     format: Option<String>,
     #[arg(short = 'q')]
     quiet: bool,
-    #[arg(short = 'U', long = "force-share")]
-    _force_share: bool,
+    #[arg(short = 'U', long = "force-share", help = FORCE_SHARE_HELP)]
+    force_share: bool,
     filename: String,
 }
 
@@ -237,8 +240,8 @@ struct RebaseArgs {
     progress: bool,
     #[arg(short = 'q')]
     quiet: bool,
-    #[arg(short = 'U', long = "force-share")]
-    _force_share: bool,
+    #[arg(short = 'U', long = "force-share", help = FORCE_SHARE_HELP)]
+    force_share: bool,
     #[arg(short = 't')]
     _cache: Option<String>,
     #[arg(short = 'T')]
@@ -273,8 +276,8 @@ struct MapArgs {
     start_offset: Option<String>,
     #[arg(long = "max-length")]
     max_length: Option<String>,
-    #[arg(short = 'U', long = "force-share")]
-    _force_share: bool,
+    #[arg(short = 'U', long = "force-share", help = FORCE_SHARE_HELP)]
+    force_share: bool,
     filename: String,
 }
 
@@ -294,8 +297,8 @@ struct CompareArgs {
     /// Show a progress bar
     #[arg(short = 'p')]
     progress: bool,
-    #[arg(short = 'U', long = "force-share")]
-    _force_share: bool,
+    #[arg(short = 'U', long = "force-share", help = FORCE_SHARE_HELP)]
+    force_share: bool,
     #[arg(short = 'T')]
     _src_cache: Option<String>,
     filename1: String,
@@ -317,8 +320,8 @@ struct MeasureArgs {
     /// Format of the input image
     #[arg(short = 'f')]
     format: Option<String>,
-    #[arg(short = 'U', long = "force-share")]
-    _force_share: bool,
+    #[arg(short = 'U', long = "force-share", help = FORCE_SHARE_HELP)]
+    force_share: bool,
     filename: Option<String>,
 }
 
@@ -347,8 +350,8 @@ struct BenchArgs {
     /// Offset of the first request
     #[arg(short = 'o', default_value = "0")]
     offset: String,
-    /// Byte written by write tests
-    #[arg(long = "pattern", default_value_t = 0)]
+    /// Byte written by write tests: decimal, 0x hex or 0 octal (as C's strtol)
+    #[arg(long = "pattern", default_value = "0", value_parser = parse_pattern)]
     pattern: u8,
     /// Quiet (as in qemu-img 7.2, bench prints the same lines with it)
     #[arg(short = 'q')]
@@ -365,8 +368,8 @@ struct BenchArgs {
     /// Write instead of read
     #[arg(short = 'w')]
     write: bool,
-    #[arg(short = 'U', long = "force-share")]
-    _force_share: bool,
+    #[arg(short = 'U', long = "force-share", help = FORCE_SHARE_HELP)]
+    force_share: bool,
     filename: String,
 }
 
@@ -441,12 +444,51 @@ fn parse_size_arg(what: &str, text: &str) -> anyhow::Result<u64> {
     })
 }
 
-fn open_image(path: &str, format: Option<Format>, read_only: bool) -> anyhow::Result<Image> {
+/// Parses bench's `--pattern` as qemu-img does (`qemu_strtoul` with base
+/// 0): decimal, `0x` hexadecimal or `0` octal, at most 0xff.
+fn parse_pattern(text: &str) -> Result<u8, String> {
+    let t = text.trim_start();
+    let t = t.strip_prefix('+').unwrap_or(t);
+    let (digits, radix) = if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        (h, 16)
+    } else if t.len() > 1 && t.starts_with('0') {
+        (&t[1..], 8)
+    } else {
+        (t, 10)
+    };
+    // from_str_radix would take a sign of its own; strtoul's is handled above.
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return Err(format!("Invalid pattern byte specified: '{text}'"));
+    }
+    u64::from_str_radix(digits, radix)
+        .ok()
+        .and_then(|v| u8::try_from(v).ok())
+        .ok_or_else(|| format!("Invalid pattern byte specified: '{text}' (at most 0xff)"))
+}
+
+/// How qemu-img shares an image: as a tool (only what it uses, see
+/// [`Sharing::Tool`]), or with `-U` sharing everything (read-only opens
+/// only; the library refuses `-U` on a read-write open as QEMU does).
+fn sharing(force_share: bool) -> Sharing {
+    if force_share {
+        Sharing::ForceShare
+    } else {
+        Sharing::Tool
+    }
+}
+
+fn open_image(
+    path: &str,
+    format: Option<Format>,
+    read_only: bool,
+    force_share: bool,
+) -> anyhow::Result<Image> {
     open_with(
         path,
         &OpenOptions {
             read_only,
             format,
+            sharing: sharing(force_share),
             ..Default::default()
         },
     )
@@ -569,6 +611,7 @@ fn cmd_create(a: CreateArgs) -> anyhow::Result<i32> {
                 &OpenOptions {
                     read_only: true,
                     format: o.backing_format,
+                    sharing: Sharing::Tool,
                     ..Default::default()
                 },
             )
@@ -759,7 +802,7 @@ fn info_human(info: &ImageInfo) -> String {
 fn cmd_info(a: InfoArgs) -> anyhow::Result<i32> {
     let json = output_is_json(&a.output)?;
     let fmt = parse_opt_format(a.format.as_deref())?;
-    let img = open_image(&a.filename, fmt, true)?;
+    let img = open_image(&a.filename, fmt, true, a.force_share)?;
     let mut infos = Vec::new();
     let mut layer = Some(&img);
     while let Some(l) = layer {
@@ -868,6 +911,7 @@ fn cmd_check(a: CheckArgs) -> anyhow::Result<i32> {
             format: fmt,
             follow_backing: false,
             for_check: true,
+            sharing: sharing(a.force_share),
             ..Default::default()
         },
     )?;
@@ -902,6 +946,7 @@ fn cmd_check(a: CheckArgs) -> anyhow::Result<i32> {
                 format: fmt,
                 follow_backing: false,
                 for_check: true,
+                sharing: sharing(a.force_share),
                 ..Default::default()
             },
         )?;
@@ -990,7 +1035,7 @@ fn cmd_convert(a: ConvertArgs) -> anyhow::Result<i32> {
     }
     let srcs = sources
         .iter()
-        .map(|f| open_image(f, src_fmt, true))
+        .map(|f| open_image(f, src_fmt, true, a.force_share))
         .collect::<anyhow::Result<Vec<Image>>>()?;
     let src_size: u64 = srcs.iter().map(|s| s.len()).sum();
     let pairs = parse_options(&a.options);
@@ -1039,6 +1084,7 @@ fn cmd_convert(a: ConvertArgs) -> anyhow::Result<i32> {
         &OpenOptions {
             read_only: false,
             format: Some(out_fmt),
+            sharing: Sharing::Tool,
             ..Default::default()
         },
     )?;
@@ -1068,6 +1114,7 @@ fn cmd_snapshot(a: SnapshotArgs) -> anyhow::Result<i32> {
         &OpenOptions {
             read_only: list,
             format: fmt,
+            sharing: sharing(a.force_share),
             ..Default::default()
         },
     )?;
@@ -1104,6 +1151,7 @@ fn cmd_commit(a: CommitArgs) -> anyhow::Result<i32> {
                 read_only: true,
                 format: fmt,
                 follow_backing: false,
+                sharing: Sharing::Tool,
                 ..Default::default()
             },
         )?;
@@ -1163,6 +1211,7 @@ fn cmd_rebase(a: RebaseArgs) -> anyhow::Result<i32> {
         backing: Some(a.backing.as_str()),
         backing_format: bfmt,
         unsafe_mode: a.unsafe_mode,
+        force_share: a.force_share,
     };
     rebase::rebase(Path::new(&a.filename), &opts, &mut tick)
         .map_err(|e| anyhow!("{}: {e}", a.filename))?;
@@ -1197,6 +1246,7 @@ fn cmd_resize(a: ResizeArgs) -> anyhow::Result<i32> {
         &OpenOptions {
             read_only: false,
             format: fmt,
+            sharing: Sharing::Tool,
             ..Default::default()
         },
     )?;
@@ -1244,7 +1294,7 @@ fn cmd_map(a: MapArgs) -> anyhow::Result<i32> {
         .as_deref()
         .map(|s| parse_size_arg("max length", s))
         .transpose()?;
-    let img = open_image(&a.filename, fmt, true)?;
+    let img = open_image(&a.filename, fmt, true, a.force_share)?;
     if json {
         let entries = map::map(&img, start, max_len)?;
         print!("{}", map::render_json(&entries));
@@ -1259,8 +1309,8 @@ fn cmd_map(a: MapArgs) -> anyhow::Result<i32> {
 fn cmd_compare(a: CompareArgs) -> anyhow::Result<i32> {
     let f1 = parse_opt_format(a.format1.as_deref())?;
     let f2 = parse_opt_format(a.format2.as_deref())?;
-    let img1 = open_image(&a.filename1, f1, true)?;
-    let img2 = open_image(&a.filename2, f2, true)?;
+    let img1 = open_image(&a.filename1, f1, true, a.force_share)?;
+    let img2 = open_image(&a.filename2, f2, true, a.force_share)?;
     let side1 = compare::Side {
         backend: &img1,
         status: &img1,
@@ -1318,7 +1368,7 @@ fn cmd_measure(a: MeasureArgs) -> anyhow::Result<i32> {
         }
         (None, Some(f)) => {
             let fmt = parse_opt_format(a.format.as_deref())?;
-            let img = open_image(f, fmt, true)?;
+            let img = open_image(f, fmt, true, a.force_share)?;
             let size = img.len();
             let mut extents = Vec::new();
             let mut off = 0;
@@ -1397,7 +1447,7 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<i32> {
     };
     params.validate()?;
     let fmt = parse_opt_format(a.format.as_deref())?;
-    let img = open_image(&a.filename, fmt, !a.write)?;
+    let img = open_image(&a.filename, fmt, !a.write, a.force_share)?;
     // qemu-img 7.2 prints these lines with -q too (its -q only silences
     // messages bench never prints), so -q changes nothing here either.
     println!(

@@ -53,8 +53,10 @@ pub struct RunArgs {
     /// (or fw_jump.bin: the kernel is loaded where it jumps, RAM + 2 MiB)
     #[arg(long, default_value = "builtin")]
     firmware: String,
-    /// A disk image (raw or qcow2) on a virtio-blk slot; `FILE,ro` for
-    /// read-only. Repeat for more disks.
+    /// A disk image (raw or qcow2) on a virtio-blk slot. Options after
+    /// commas: ro (or readonly=on), format=raw|qcow2; a comma in the file
+    /// name is written ',,'. Repeat for more disks. The image is locked as
+    /// QEMU locks it: no other writer (VM, virtkit img, qemu-img) meanwhile
     #[arg(long = "disk", value_name = "FILE[,ro]")]
     disks: Vec<String>,
     /// Number of harts (each runs on its own host thread)
@@ -108,20 +110,94 @@ fn read_file(what: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
 }
 
-/// Opens `FILE[,ro]` as a virtio disk.
-pub fn open_disk(spec: &str) -> anyhow::Result<Disk> {
-    let (path, read_only) = match spec.strip_suffix(",ro") {
-        Some(p) => (p, true),
-        None => (spec.strip_suffix(",rw").unwrap_or(spec), false),
+/// A parsed `--disk FILE[,OPTION...]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSpec {
+    pub path: String,
+    pub read_only: bool,
+    /// `format=raw|qcow2`; probed when absent.
+    pub format: Option<image::Format>,
+}
+
+/// Help text for `--disk`, shared by `vm run` and `run`.
+pub const DISK_OPTIONS: &str = "ro (or readonly=on), rw (or readonly=off), format=raw|qcow2";
+
+/// Parses `FILE[,OPTION...]` like QEMU's `-drive file=...`: options are
+/// comma separated and a comma inside the file name is written twice
+/// (`my,,disk.img` is `my,disk.img`). Options: `ro`/`readonly=on`,
+/// `rw`/`readonly=off`, `format=raw|qcow2`.
+pub fn parse_disk_spec(spec: &str) -> anyhow::Result<DiskSpec> {
+    // Split on single commas; ",," is a literal comma.
+    let mut fields = vec![String::new()];
+    let mut chars = spec.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ',' {
+            if chars.peek() == Some(&',') {
+                chars.next();
+                fields.last_mut().expect("never empty").push(',');
+            } else {
+                fields.push(String::new());
+            }
+        } else {
+            fields.last_mut().expect("never empty").push(c);
+        }
+    }
+    let mut fields = fields.into_iter();
+    let path = fields.next().unwrap_or_default();
+    if path.is_empty() {
+        bail!("--disk {spec:?}: no file name (expected FILE[,OPTION...])");
+    }
+    let mut d = DiskSpec {
+        path,
+        read_only: false,
+        format: None,
     };
+    for opt in fields {
+        let (key, value) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt.as_str(), None),
+        };
+        match (key, value) {
+            ("ro", None) | ("readonly", Some("on")) => d.read_only = true,
+            ("rw", None) | ("readonly", Some("off")) => d.read_only = false,
+            ("readonly", Some(v)) => {
+                bail!("--disk {spec:?}: readonly={v:?}: expected on or off")
+            }
+            ("format", Some(f)) => {
+                d.format =
+                    Some(image::Format::from_name(f).with_context(|| format!("--disk {spec:?}"))?)
+            }
+            ("", None) => {
+                bail!("--disk {spec:?}: empty option (a comma in the file name is written ',,')")
+            }
+            _ => bail!(
+                "--disk {spec:?}: unknown option {opt:?} (known: {DISK_OPTIONS}; \
+                 a comma in the file name is written ',,')"
+            ),
+        }
+    }
+    Ok(d)
+}
+
+/// Opens `FILE[,OPTION...]` (see [`parse_disk_spec`]) as a virtio disk.
+pub fn open_disk(spec: &str) -> anyhow::Result<Disk> {
+    open_parsed_disk(&parse_disk_spec(spec)?)
+}
+
+/// Opens a parsed disk as a guest device does in QEMU: nobody else may
+/// write the image while the machine runs (a second `--disk` of the same
+/// file included), and a read-only disk refuses writers too.
+fn open_parsed_disk(d: &DiskSpec) -> anyhow::Result<Disk> {
+    let path = d.path.as_str();
     let meta = std::fs::metadata(path).with_context(|| format!("disk {path}"))?;
     if meta.is_dir() {
         bail!("disk {path} is a directory, not a disk image");
     }
-    let opts = if read_only {
-        image::OpenOptions::read_only()
-    } else {
-        image::OpenOptions::read_write()
+    let opts = image::OpenOptions {
+        read_only: d.read_only,
+        format: d.format,
+        sharing: image::Sharing::Device,
+        ..Default::default()
     };
     let img = image::open(path, &opts).with_context(|| format!("disk {path}"))?;
     let backend: Arc<dyn image::BlockBackend> = Arc::new(img);
@@ -131,7 +207,10 @@ pub fn open_disk(spec: &str) -> anyhow::Result<Disk> {
             backend.len()
         );
     }
-    Ok(Disk { backend, read_only })
+    Ok(Disk {
+        backend,
+        read_only: d.read_only,
+    })
 }
 
 /// Maps how the machine stopped to an exit status, printing why when it
@@ -167,6 +246,12 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
             a.arch
         );
     }
+    // Disk syntax first: a typo is reported before any file is read.
+    let disk_specs = a
+        .disks
+        .iter()
+        .map(|d| parse_disk_spec(d))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let kernel = read_file("kernel", &a.kernel)?;
     let initrd = a
         .initrd
@@ -180,10 +265,9 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
             data: read_file("firmware", Path::new(path))?,
         },
     };
-    let disks = a
-        .disks
+    let disks = disk_specs
         .iter()
-        .map(|d| open_disk(d))
+        .map(open_parsed_disk)
         .collect::<anyhow::Result<Vec<_>>>()?;
     // Like `virtkit run`, a kernel panic reboots (and so ends the run with
     // an error) unless the command line says otherwise.
@@ -237,5 +321,27 @@ mod tests {
         assert!(parse_size("12Q").is_err());
         assert!(parse_size("x").is_err());
         assert!(parse_size("99999999999G").is_err());
+    }
+
+    #[test]
+    fn disk_specs() {
+        let d = parse_disk_spec("a.img").unwrap();
+        assert_eq!(
+            (d.path.as_str(), d.read_only, d.format),
+            ("a.img", false, None)
+        );
+        assert!(parse_disk_spec("a.img,ro").unwrap().read_only);
+        assert!(parse_disk_spec("a.img,readonly=on").unwrap().read_only);
+        assert!(!parse_disk_spec("a.img,ro,rw").unwrap().read_only);
+        let d = parse_disk_spec("my,,disk.qcow2,format=qcow2,ro").unwrap();
+        assert_eq!(d.path, "my,disk.qcow2");
+        assert_eq!(d.format, Some(image::Format::Qcow2));
+        assert!(d.read_only);
+        let e = format!("{:#}", parse_disk_spec("a.img,foo=bar").unwrap_err());
+        assert!(e.contains("unknown option \"foo=bar\""), "{e}");
+        assert!(parse_disk_spec(",ro").is_err());
+        assert!(parse_disk_spec("a.img,").is_err());
+        assert!(parse_disk_spec("a.img,readonly=yes").is_err());
+        assert!(parse_disk_spec("a.img,format=vmdk").is_err());
     }
 }

@@ -40,6 +40,7 @@ pub fn commit(
             read_only: keep,
             format,
             follow_backing: false,
+            sharing: crate::Sharing::Tool,
             ..Default::default()
         },
     )?;
@@ -50,6 +51,7 @@ pub fn commit(
         &OpenOptions {
             read_only: false,
             format: top.backing_format(),
+            sharing: crate::Sharing::Tool,
             ..Default::default()
         },
     )?;

@@ -37,6 +37,9 @@ pub struct RebaseOptions<'a> {
     pub backing_format: Option<Format>,
     /// `-u`: rewrite the header only.
     pub unsafe_mode: bool,
+    /// `-U`: open the new backing file sharing everything (it may be in
+    /// use by a writer).
+    pub force_share: bool,
 }
 
 /// Rebases the image at `path`. Returns the bytes copied into the overlay.
@@ -54,6 +57,7 @@ pub fn rebase(
             &OpenOptions {
                 format: opts.format,
                 follow_backing: false,
+                sharing: crate::Sharing::Tool,
                 ..Default::default()
             },
         )?;
@@ -66,6 +70,7 @@ pub fn rebase(
         path,
         &OpenOptions {
             format: opts.format,
+            sharing: crate::Sharing::Tool,
             ..Default::default()
         },
     )?;
@@ -77,6 +82,11 @@ pub fn rebase(
                 &OpenOptions {
                     read_only: true,
                     format: opts.backing_format,
+                    sharing: if opts.force_share {
+                        crate::Sharing::ForceShare
+                    } else {
+                        crate::Sharing::Tool
+                    },
                     ..Default::default()
                 },
             )

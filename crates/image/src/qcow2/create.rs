@@ -132,13 +132,8 @@ pub(crate) fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<()>
         unknown_exts: Vec::new(),
     };
     let header = h.serialize()?;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(|e| io_err(&name, e))?;
+    // Locked before truncating, so that an image in use is not destroyed.
+    let (file, locks) = crate::lock::create_file(path, &name)?;
     // Cluster 0: header; 1: refcount table; 2: first refcount block, which
     // counts clusters 0..=2. The L1 table is allocated by the resize below.
     pwrite_all(&file, &name, &header, 0)?;
@@ -150,15 +145,18 @@ pub(crate) fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<()>
         set_entry(&mut block, h.refcount_order, c, 1);
     }
     pwrite_all(&file, &name, &block, 2 * cs)?;
+    drop(locks);
     drop(file);
     // Grow to the requested size through the engine (L1 allocation).
     let o = OpenOptions {
         read_only: false,
         format: Some(Format::Qcow2),
         follow_backing: false,
+        sharing: crate::Sharing::Tool,
         ..Default::default()
     };
-    let q = Qcow2::open(path, &name, false, &o)?;
+    let req = crate::lock::Request::top(o.sharing, false)?;
+    let q = Qcow2::open(path, &name, false, &o, req)?;
     q.resize(size)?;
     if opts.preallocation != Preallocation::Off {
         q.preallocate(opts.preallocation)?;

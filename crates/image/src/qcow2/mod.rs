@@ -201,6 +201,8 @@ impl AllocPlan {
 
 pub(crate) struct Qcow2 {
     file: File,
+    /// QEMU-compatible locks on `file`, released after `Drop` has flushed.
+    _locks: crate::lock::HeldLocks,
     path: String,
     g: Geo,
     read_only: bool,
@@ -596,12 +598,18 @@ impl Qcow2 {
         name: &str,
         read_only: bool,
         opts: &OpenOptions,
+        req: crate::lock::Request,
     ) -> Result<Qcow2> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(!read_only)
             .open(path)
             .map_err(|e| io_err(name, e))?;
+        // Lock before reading the header, as QEMU attaches the file with its
+        // permissions before qcow2 reads it. They are released when `locks`
+        // drops (with this Qcow2, after its Drop has flushed).
+        let (perm, shared) = req.for_file(Format::Qcow2, !read_only);
+        let locks = crate::lock::lock(&file, name, perm, shared)?;
         let file_len = file.metadata().map_err(|e| io_err(name, e))?.len();
         // The header, its extensions and the backing name live in cluster 0;
         // read the largest possible cluster, bounded by the file.
@@ -682,6 +690,7 @@ impl Qcow2 {
         }
         let q = Qcow2 {
             file,
+            _locks: locks,
             path: name.to_string(),
             g,
             read_only: effective_ro,
