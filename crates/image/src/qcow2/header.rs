@@ -21,6 +21,11 @@ const EXT_END: u32 = 0;
 const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
 const EXT_FEATURE_TABLE: u32 = 0x6803_f857;
 const EXT_DATA_FILE: u32 = 0x4441_5441;
+const EXT_CRYPTO_HEADER: u32 = 0x0537_be77;
+/// QEMU keeps the backing format in a 16-byte string: longer ones are refused.
+const MAX_BACKING_FORMAT: usize = 16;
+/// Autoclear bit "raw external data": only valid with an external data file.
+const AUTOCLEAR_DATA_FILE_RAW: u64 = 1 << 1;
 
 /// Fixed header lengths.
 const V2_HEADER_LEN: usize = 72;
@@ -147,6 +152,19 @@ impl Header {
             )));
         }
         let cs = 1u64 << cluster_bits;
+        // The caller passes the whole header cluster, or all of a shorter
+        // file; bytes past the end of the file read as zeros (as in QEMU).
+        if (buf.len() as u64) < cs.min(file_len) {
+            return Err(corrupt(format!(
+                "header cluster truncated: {} of {} bytes given",
+                buf.len(),
+                cs.min(file_len)
+            )));
+        }
+        let mut hc = buf[..buf.len().min(cs as usize)].to_vec();
+        // Room for an extension header straddling the end of the cluster.
+        hc.resize(cs as usize + 8, 0);
+        let buf = &hc[..];
         let mut h = Header {
             version,
             backing_file_offset: be64(buf, 8),
@@ -173,38 +191,55 @@ impl Header {
             feature_names: Vec::new(),
             unknown_exts: Vec::new(),
         };
+        // The checks below follow QEMU's qcow2_do_open, in its order, so
+        // that the same headers are refused.
         if version == 3 {
-            if buf.len() < V3_MIN_HEADER_LEN {
-                return Err(corrupt("v3 header truncated".into()));
-            }
             h.incompatible = be64(buf, 72);
             h.compatible = be64(buf, 80);
             h.autoclear = be64(buf, 88);
             h.refcount_order = be32(buf, 96);
             h.header_length = be32(buf, 100);
-            let hl = h.header_length as usize;
-            if hl < V3_MIN_HEADER_LEN || hl as u64 > cs || hl > buf.len() {
+            if (h.header_length as usize) < V3_MIN_HEADER_LEN {
                 return Err(corrupt(format!(
-                    "header_length {hl} invalid (must be {V3_MIN_HEADER_LEN}..=cluster size and within the file)"
+                    "header_length {} too short (v3 needs at least {V3_MIN_HEADER_LEN})",
+                    h.header_length
                 )));
             }
-            if h.incompatible & INCOMPAT_COMPRESSION != 0 {
-                if hl < 105 {
-                    return Err(corrupt(
-                        "compression type bit set but header too short for the field".into(),
-                    ));
+        }
+        let hl = h.header_length as usize;
+        if hl as u64 > cs {
+            return Err(corrupt(format!(
+                "header_length {hl} exceeds the cluster size ({cs})"
+            )));
+        }
+        if h.backing_file_offset > cs {
+            return Err(corrupt(format!(
+                "backing file name offset invalid: backing_file_offset {:#x} lies beyond the header cluster ({cs} bytes)",
+                h.backing_file_offset
+            )));
+        }
+        if version == 3 {
+            // The compression type byte, when the header is long enough for
+            // it; a type other than zlib needs the feature bit, zlib must
+            // not have it.
+            let ty = if hl > 104 { buf[104] } else { 0 };
+            h.compression = match ty {
+                0 => CompressionType::Zlib,
+                1 => CompressionType::Zstd,
+                t => {
+                    return Err(Error::Unsupported {
+                        path: path.to_string(),
+                        feature: format!("compression type {t}"),
+                    })
                 }
-                h.compression = match buf[104] {
-                    0 => CompressionType::Zlib,
-                    1 => CompressionType::Zstd,
-                    t => {
-                        return Err(Error::Unsupported {
-                            path: path.to_string(),
-                            feature: format!("compression type {t}"),
-                        })
-                    }
-                };
-            } else if hl > 104 && buf[104] != 0 {
+            };
+            let bit = h.incompatible & INCOMPAT_COMPRESSION != 0;
+            if ty == 0 && bit {
+                return Err(corrupt(
+                    "compression type feature bit set, but the compression type is zlib".into(),
+                ));
+            }
+            if ty != 0 && !bit {
                 return Err(corrupt(
                     "compression type set without the compression type feature bit".into(),
                 ));
@@ -213,24 +248,11 @@ impl Header {
                 h.extra_fields = buf[105..hl].to_vec();
             }
         }
-        if h.refcount_order > 6 {
-            return Err(corrupt(format!("refcount_order {} > 6", h.refcount_order)));
-        }
-        if version == 2 && h.refcount_order != 4 {
-            return Err(corrupt("version 2 requires 16-bit refcounts".into()));
-        }
-        if h.size > MAX_VIRTUAL_SIZE {
-            return Err(Error::TooLarge {
-                what: "virtual size",
-                value: h.size,
-                limit: MAX_VIRTUAL_SIZE,
-            });
-        }
-        // Header extensions (v3 and also v2 images written by QEMU).
-        h.parse_extensions(path, buf)?;
-        // Unknown incompatible features: refuse, naming them.
+        // Unknown incompatible features: refuse, naming them (from the
+        // feature name table if the extensions parse).
         let unknown = h.incompatible & !INCOMPAT_KNOWN;
         if unknown != 0 {
+            let _ = h.parse_extensions(path, buf, cs);
             let mut names = Vec::new();
             for bit in 0..64u8 {
                 if unknown & (1 << bit) != 0 {
@@ -248,11 +270,16 @@ impl Header {
                 feature: names.join(", "),
             });
         }
-        if h.incompatible & INCOMPAT_DATA_FILE != 0 {
-            return Err(Error::Unsupported {
-                path: path.to_string(),
-                feature: "external data file".into(),
-            });
+        if h.extended_l2() && cluster_bits < 14 {
+            return Err(corrupt(
+                "extended L2 entries need a cluster size of at least 16 KiB".into(),
+            ));
+        }
+        if h.refcount_order > 6 {
+            return Err(corrupt(format!(
+                "refcount_order {} > 6 (refcounts wider than 64 bits)",
+                h.refcount_order
+            )));
         }
         if h.crypt_method != 0 {
             return Err(Error::Unsupported {
@@ -260,71 +287,87 @@ impl Header {
                 feature: format!("encryption (method {})", h.crypt_method),
             });
         }
-        if h.extended_l2() && cluster_bits < 14 {
+        if h.size > MAX_VIRTUAL_SIZE {
+            return Err(Error::TooLarge {
+                what: "virtual size",
+                value: h.size,
+                limit: MAX_VIRTUAL_SIZE,
+            });
+        }
+        h.validate_tables(path, file_len)?;
+        h.parse_extensions(path, buf, cs)?;
+        if h.incompatible & INCOMPAT_DATA_FILE != 0 {
+            return Err(Error::Unsupported {
+                path: path.to_string(),
+                feature: "external data file".into(),
+            });
+        }
+        if h.autoclear & AUTOCLEAR_DATA_FILE_RAW != 0 {
             return Err(corrupt(
-                "extended L2 entries need a cluster size of at least 16 KiB".into(),
+                "the raw external data autoclear bit is set, but the image has no data file".into(),
             ));
         }
         // Backing file name.
         if h.backing_file_offset != 0 {
             let len = h.backing_file_size;
-            if len > MAX_BACKING_NAME {
+            let room = cs - h.backing_file_offset;
+            if len > MAX_BACKING_NAME || len as u64 > room {
                 return Err(corrupt(format!(
-                    "backing file name too long ({len} bytes, limit {MAX_BACKING_NAME})"
+                    "backing file name too long: backing_file_size {len} (limit {} at offset {:#x})",
+                    (MAX_BACKING_NAME as u64).min(room),
+                    h.backing_file_offset
                 )));
             }
-            let start = h.backing_file_offset;
-            // The offset comes straight from the file: add without wrapping.
-            let end = start.saturating_add(len as u64);
-            if end > buf.len() as u64 || start < h.header_length as u64 {
-                return Err(corrupt(format!(
-                    "backing file name at {start:#x}+{len} lies outside the header cluster"
-                )));
-            }
-            let name = &buf[start as usize..end as usize];
-            let name = String::from_utf8(name.to_vec())
-                .map_err(|_| corrupt("backing file name is not UTF-8".into()))?;
+            let start = h.backing_file_offset as usize;
+            let name = &buf[start..start + len as usize];
+            // A C string to QEMU: it ends at the first NUL.
+            let name = &name[..name.iter().position(|&c| c == 0).unwrap_or(name.len())];
             if !name.is_empty() {
-                h.backing_file = Some(name);
+                h.backing_file = Some(String::from_utf8_lossy(name).into_owned());
             }
         }
-        h.validate_tables(path, file_len)?;
         Ok(h)
     }
 
-    fn parse_extensions(&mut self, path: &str, buf: &[u8]) -> Result<()> {
+    /// Reads the header extensions from `buf` (the header cluster, zero
+    /// padded), as QEMU's qcow2_read_extensions does: they run from the end
+    /// of the header to the backing file name (or the end of the cluster),
+    /// and one that does not fit is an error, even the end marker.
+    fn parse_extensions(&mut self, path: &str, buf: &[u8], cs: u64) -> Result<()> {
         let corrupt = |what: String| Error::Corrupt {
             path: path.to_string(),
             what,
         };
-        let mut off = self.header_length as usize;
-        // Extensions end at the backing file name if there is one, else at
-        // the end of the first cluster.
-        let limit = if self.backing_file_offset != 0 {
-            (self.backing_file_offset as usize).min(buf.len())
+        let end = if self.backing_file_offset != 0 {
+            self.backing_file_offset
         } else {
-            buf.len()
-        };
-        loop {
-            if off + 8 > limit {
-                // QEMU tolerates a missing end marker when nothing follows.
-                return Ok(());
-            }
+            cs
+        } as usize;
+        self.feature_names.clear();
+        self.unknown_exts.clear();
+        let mut off = self.header_length as usize;
+        while off < end {
             let ty = be32(buf, off);
             let len = be32(buf, off + 4) as usize;
             off += 8;
-            if ty == EXT_END {
-                return Ok(());
-            }
-            if len > limit - off {
+            if off > end || len > end - off {
                 return Err(corrupt(format!(
-                    "header extension {ty:#x} of {len} bytes overruns the header cluster"
+                    "header extension {ty:#x} of {len} bytes at {:#x} is too large (the extension area ends at {end:#x})",
+                    off - 8
                 )));
             }
             let data = &buf[off..off + len];
             match ty {
+                EXT_END => return Ok(()),
                 EXT_BACKING_FORMAT => {
-                    let s = String::from_utf8_lossy(data).into_owned();
+                    if len >= MAX_BACKING_FORMAT {
+                        return Err(corrupt(format!(
+                            "backing format extension of {len} bytes too large (limit {})",
+                            MAX_BACKING_FORMAT - 1
+                        )));
+                    }
+                    let end = data.iter().position(|&c| c == 0).unwrap_or(len);
+                    let s = String::from_utf8_lossy(&data[..end]).into_owned();
                     match Format::from_name(&s) {
                         Ok(f) => self.backing_format = Some(f),
                         Err(_) => self.backing_format_raw = Some(s),
@@ -341,34 +384,61 @@ impl Header {
                         ));
                     }
                 }
-                EXT_DATA_FILE => {
+                EXT_CRYPTO_HEADER => {
+                    return Err(corrupt(
+                        "encryption header extension in an image without LUKS encryption".into(),
+                    ))
+                }
+                EXT_DATA_FILE if self.incompatible & INCOMPAT_DATA_FILE != 0 => {
                     return Err(Error::Unsupported {
                         path: path.to_string(),
                         feature: format!("external data file '{}'", String::from_utf8_lossy(data)),
                     })
                 }
+                // Without the feature bit QEMU ignores the name: kept as an
+                // unknown extension.
                 _ => self.unknown_exts.push((ty, data.to_vec())),
             }
             off += len.div_ceil(8) * 8;
         }
+        Ok(())
     }
 
-    /// Checks that the tables the header points at are aligned, inside the
-    /// file, of sane size and clear of the header.
+    /// Checks the tables the header points at, as QEMU's
+    /// qcow2_validate_table does (size limit, alignment, offset range; an
+    /// offset is checked even for an empty table), then what we need
+    /// beyond that: tables inside the file and clear of the header.
     fn validate_tables(&self, path: &str, file_len: u64) -> Result<()> {
         let cs = self.cluster_size();
         let corrupt = |what: String| Error::Corrupt {
             path: path.to_string(),
             what,
         };
-        let check = |name: &str, off: u64, bytes: u64| -> Result<()> {
+        // QEMU's check: `entries` of `len` bytes at `off`, at most `max`
+        // bytes, the offset aligned and the end within i64.
+        let qemu = |name: &str, field: &str, off: u64, entries: u64, len: u64, max: u64| {
+            if entries > max / len {
+                return Err(Error::TooLarge {
+                    what: match name {
+                        "L1 table" => "L1 table",
+                        "refcount table" => "refcount table",
+                        _ => "snapshot table",
+                    },
+                    value: entries * len,
+                    limit: max,
+                });
+            }
+            if (i64::MAX as u64 - entries * len) < off || !off.is_multiple_of(cs) {
+                return Err(corrupt(format!(
+                    "{name} offset invalid ({field} {off:#x}: not cluster aligned or out of range)"
+                )));
+            }
+            Ok(())
+        };
+        // Ours: the table must lie inside the file and clear of the header.
+        let inside = |name: &str, off: u64, bytes: u64| -> Result<()> {
             if bytes == 0 {
                 return Ok(());
-            }
-            if !off.is_multiple_of(cs) {
-                return Err(corrupt(format!(
-                    "{name} offset {off:#x} is not cluster aligned"
-                )));
             }
             if off == 0 {
                 return Err(corrupt(format!("{name} overlaps the header")));
@@ -380,43 +450,52 @@ impl Header {
                 ))),
             }
         };
-        let l1_bytes = self.l1_size as u64 * 8;
-        if l1_bytes > MAX_L1_BYTES {
-            return Err(Error::TooLarge {
-                what: "L1 table",
-                value: l1_bytes,
-                limit: MAX_L1_BYTES,
-            });
+        let rt_clusters = self.refcount_table_clusters as u64;
+        if rt_clusters == 0 {
+            return Err(corrupt(
+                "refcount_table_clusters is 0: the image has no refcount table".into(),
+            ));
         }
+        qemu(
+            "refcount table",
+            "refcount_table_offset",
+            self.refcount_table_offset,
+            rt_clusters,
+            cs,
+            MAX_REFTABLE_BYTES.max(cs),
+        )?;
+        qemu(
+            "snapshot table",
+            "snapshots_offset",
+            self.snapshots_offset,
+            self.nb_snapshots as u64,
+            40,
+            40 * MAX_SNAPSHOTS as u64,
+        )?;
+        let l1_bytes = self.l1_size as u64 * 8;
+        qemu(
+            "L1 table",
+            "l1_table_offset",
+            self.l1_table_offset,
+            self.l1_size as u64,
+            8,
+            MAX_L1_BYTES,
+        )?;
         let needed = l1_entries_for(self.size, self.cluster_bits, self.extended_l2());
         if (self.l1_size as u64) < needed {
             return Err(corrupt(format!(
-                "L1 table too small: {} entries for a virtual size of {} bytes needs {needed}",
+                "L1 table too small: l1_size {} for a virtual size of {} bytes needs {needed}",
                 self.l1_size, self.size
             )));
         }
-        check("L1 table", self.l1_table_offset, l1_bytes)?;
-        let rt_bytes = self.refcount_table_clusters as u64 * cs;
-        if rt_bytes > MAX_REFTABLE_BYTES.max(cs) {
-            return Err(Error::TooLarge {
-                what: "refcount table",
-                value: rt_bytes,
-                limit: MAX_REFTABLE_BYTES,
-            });
-        }
-        if rt_bytes == 0 {
-            return Err(corrupt("refcount table is empty".into()));
-        }
-        check("refcount table", self.refcount_table_offset, rt_bytes)?;
-        if self.nb_snapshots > MAX_SNAPSHOTS {
-            return Err(Error::TooLarge {
-                what: "snapshot count",
-                value: self.nb_snapshots as u64,
-                limit: MAX_SNAPSHOTS as u64,
-            });
-        }
+        inside("L1 table", self.l1_table_offset, l1_bytes)?;
+        inside(
+            "refcount table",
+            self.refcount_table_offset,
+            rt_clusters * cs,
+        )?;
         if self.nb_snapshots > 0 {
-            check("snapshot table", self.snapshots_offset, 40)?;
+            inside("snapshot table", self.snapshots_offset, 40)?;
         }
         Ok(())
     }
