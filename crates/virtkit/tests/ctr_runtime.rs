@@ -775,6 +775,11 @@ fn run_with_runc(b: &Bundle, cfg: &Value) -> Output {
             .args(["delete", "--force", &id]),
         &b.dir,
     );
+    // runc also makes the parent in the name=systemd and unified
+    // hierarchies, which Bundle's drop does not know; gone once unused.
+    for h in ["systemd", "unified"] {
+        let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{h}{CGROUP_PARENT}"));
+    }
     out
 }
 
