@@ -7,6 +7,8 @@
 //! segmentation offloads pass through unchanged (a tap device with
 //! IFF_VNET_HDR takes exactly this; the user-mode stack reads the header).
 
+pub mod user;
+
 /// Size of `struct virtio_net_hdr_v1` (virtio 1.x: flags, gso_type,
 /// hdr_len, gso_size, csum_start, csum_offset, num_buffers).
 pub const VNET_HDR_LEN: usize = 12;
