@@ -9,6 +9,8 @@
 
 pub mod user;
 
+pub mod tap;
+
 /// Size of `struct virtio_net_hdr_v1` (virtio 1.x: flags, gso_type,
 /// hdr_len, gso_size, csum_start, csum_offset, num_buffers).
 pub const VNET_HDR_LEN: usize = 12;
