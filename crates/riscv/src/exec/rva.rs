@@ -11,7 +11,7 @@ use crate::mmu::Mem;
 
 /// Runs one A instruction; `exec_block` routes only those kinds here.
 #[inline(always)]
-pub(super) fn exec<M: Mem>(core: &mut Core, mem: &mut M, i: &Insn) -> Step {
+pub(super) fn exec<M: Mem>(kind: Kind, core: &mut Core, mem: &mut M, i: &Insn) -> Step {
     operands!($ core, i);
     macro_rules! amo {
         ($n:literal, $atomic:ty, $op:ident, $val:expr, $ext:expr) => {{
@@ -24,7 +24,7 @@ pub(super) fn exec<M: Mem>(core: &mut Core, mem: &mut M, i: &Insn) -> Step {
         }};
     }
     use Kind::*;
-    match i.kind {
+    match kind {
         LrW => {
             let p = tri!(mem.atomic::<4>(core, rs1!(), false));
             // SAFETY: aligned host pointer to guest RAM (see `amo!`).

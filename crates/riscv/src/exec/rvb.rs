@@ -7,10 +7,10 @@ use crate::decode::{Insn, Kind};
 
 /// Runs one Zba, Zbb or Zbs instruction; `exec_block` routes only those kinds here.
 #[inline(always)]
-pub(super) fn exec(core: &mut Core, i: &Insn) -> Step {
+pub(super) fn exec(kind: Kind, core: &mut Core, i: &Insn) -> Step {
     operands!($ core, i);
     use Kind::*;
-    match i.kind {
+    match kind {
         // ---- Zba ----
         AddUw => wr!(rs2!().wrapping_add(rs1!() as u32 as u64)),
         Sh1add => wr!(rs2!().wrapping_add(rs1!() << 1)),

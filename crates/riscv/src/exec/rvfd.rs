@@ -10,7 +10,7 @@ use crate::mmu::Mem;
 
 /// Runs one F or D instruction; `exec_block` routes only those kinds here.
 #[inline(always)]
-pub(super) fn exec<M: Mem>(core: &mut Core, mem: &mut M, i: &Insn) -> Step {
+pub(super) fn exec<M: Mem>(kind: Kind, core: &mut Core, mem: &mut M, i: &Insn) -> Step {
     operands!($ core, i);
     macro_rules! fp_on {
         () => {
@@ -78,7 +78,7 @@ pub(super) fn exec<M: Mem>(core: &mut Core, mem: &mut M, i: &Insn) -> Step {
         }};
     }
     use Kind::*;
-    match i.kind {
+    match kind {
         Flw => {
             fp_on!();
             let v = tri!(mem.load::<4>(core, rs1!().wrapping_add(imm!())));
@@ -202,7 +202,7 @@ pub(super) fn exec<M: Mem>(core: &mut Core, mem: &mut M, i: &Insn) -> Step {
         FsgnjS | FsgnjnS | FsgnjxS => {
             fp_on!();
             let (a, b) = (fs1!(), fs2!());
-            let s = match i.kind {
+            let s = match kind {
                 FsgnjS => b,
                 FsgnjnS => !b,
                 _ => a ^ b,
@@ -213,7 +213,7 @@ pub(super) fn exec<M: Mem>(core: &mut Core, mem: &mut M, i: &Insn) -> Step {
         FsgnjD | FsgnjnD | FsgnjxD => {
             fp_on!();
             let (a, b) = (fd1!(), fd2!());
-            let s = match i.kind {
+            let s = match kind {
                 FsgnjD => b,
                 FsgnjnD => !b,
                 _ => a ^ b,
@@ -224,36 +224,36 @@ pub(super) fn exec<M: Mem>(core: &mut Core, mem: &mut M, i: &Insn) -> Step {
         FminS | FmaxS => {
             fp_on!();
             fpu::begin(0);
-            fwr_s!(fpu::minmax_s(fs1!(), fs2!(), i.kind == FmaxS));
+            fwr_s!(fpu::minmax_s(fs1!(), fs2!(), kind == FmaxS));
             fdone!();
         }
         FminD | FmaxD => {
             fp_on!();
             fpu::begin(0);
-            fwr_d!(fpu::minmax_d(fd1!(), fd2!(), i.kind == FmaxD));
+            fwr_d!(fpu::minmax_d(fd1!(), fd2!(), kind == FmaxD));
             fdone!();
         }
         FcvtWS | FcvtWuS | FcvtLS | FcvtLuS => {
             rm!();
-            let k = i.kind as u8 - FcvtWS as u8;
+            let k = kind as u8 - FcvtWS as u8;
             wr!(fpu::to_int_s(fs1!(), k));
             fdone!();
         }
         FcvtWD | FcvtWuD | FcvtLD | FcvtLuD => {
             rm!();
-            let k = i.kind as u8 - FcvtWD as u8;
+            let k = kind as u8 - FcvtWD as u8;
             wr!(fpu::to_int_d(fd1!(), k));
             fdone!();
         }
         FcvtSW | FcvtSWu | FcvtSL | FcvtSLu => {
             rm!();
-            let k = i.kind as u8 - FcvtSW as u8;
+            let k = kind as u8 - FcvtSW as u8;
             fwr_s!(fpu::from_int_s(rs1!(), k));
             fdone!();
         }
         FcvtDW | FcvtDWu | FcvtDL | FcvtDLu => {
             rm!();
-            let k = i.kind as u8 - FcvtDW as u8;
+            let k = kind as u8 - FcvtDW as u8;
             fwr_d!(fpu::from_int_d(rs1!(), k));
             fdone!();
         }
@@ -288,7 +288,7 @@ pub(super) fn exec<M: Mem>(core: &mut Core, mem: &mut M, i: &Insn) -> Step {
         FeqS | FltS | FleS => {
             fp_on!();
             fpu::begin(0);
-            let op = match i.kind {
+            let op = match kind {
                 FeqS => 0,
                 FltS => 1,
                 _ => 2,
@@ -299,7 +299,7 @@ pub(super) fn exec<M: Mem>(core: &mut Core, mem: &mut M, i: &Insn) -> Step {
         FeqD | FltD | FleD => {
             fp_on!();
             fpu::begin(0);
-            let op = match i.kind {
+            let op = match kind {
                 FeqD => 0,
                 FltD => 1,
                 _ => 2,

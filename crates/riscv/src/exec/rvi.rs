@@ -11,7 +11,7 @@ use crate::mmu::Mem;
 
 /// Runs one RV64I instruction; `exec_block` routes only those kinds here.
 #[inline(always)]
-pub(super) fn exec<M: Mem>(core: &mut Core, mem: &mut M, i: &Insn, start: u64) -> Step {
+pub(super) fn exec<M: Mem>(kind: Kind, core: &mut Core, mem: &mut M, i: &Insn, start: u64) -> Step {
     operands!($ core, i, start);
     macro_rules! branch {
         ($c:expr) => {{
@@ -23,7 +23,7 @@ pub(super) fn exec<M: Mem>(core: &mut Core, mem: &mut M, i: &Insn, start: u64) -
         }};
     }
     use Kind::*;
-    match i.kind {
+    match kind {
         Lui => wr!(imm!()),
         Auipc => wr!(pc!().wrapping_add(imm!())),
         Jal => {

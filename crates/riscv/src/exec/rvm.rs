@@ -6,10 +6,10 @@ use crate::decode::{Insn, Kind};
 
 /// Runs one M instruction; `exec_block` routes only those kinds here.
 #[inline(always)]
-pub(super) fn exec(core: &mut Core, i: &Insn) -> Step {
+pub(super) fn exec(kind: Kind, core: &mut Core, i: &Insn) -> Step {
     operands!($ core, i);
     use Kind::*;
-    match i.kind {
+    match kind {
         Mul => wr!(rs1!().wrapping_mul(rs2!())),
         Mulh => wr!(((rs1!() as i64 as i128 * rs2!() as i64 as i128) >> 64) as u64),
         Mulhsu => wr!(((rs1!() as i64 as i128).wrapping_mul(rs2!() as i128) >> 64) as u64),

@@ -11,10 +11,10 @@ use crate::decode::{Insn, Kind, ZERO_SINK};
 /// instructions of the block retired before this one (the counter
 /// CSRs must see them).
 #[inline(always)]
-pub(super) fn exec(core: &mut Core, i: &Insn, start: u64, n: impl Fn() -> u32) -> Step {
+pub(super) fn exec(kind: Kind, core: &mut Core, i: &Insn, start: u64, n: impl Fn() -> u32) -> Step {
     operands!($ core, i, start);
     use Kind::*;
-    match i.kind {
+    match kind {
         FenceI => {
             core.code_dirty = true;
             core.recheck = true;
@@ -68,14 +68,14 @@ pub(super) fn exec(core: &mut Core, i: &Insn, start: u64, n: impl Fn() -> u32) -
         }
         Csrrw | Csrrs | Csrrc | Csrrwi | Csrrsi | Csrrci => {
             let n16 = i.imm as u16;
-            let src = if matches!(i.kind, Csrrw | Csrrs | Csrrc) {
+            let src = if matches!(kind, Csrrw | Csrrs | Csrrc) {
                 rs1!()
             } else {
                 i.rs1 as u64
             };
             // csrrw with rd=x0 does not read; csrrs/c with rs1!()=x0 do not write.
-            let writes = matches!(i.kind, Csrrw | Csrrwi) || i.rs1 != 0;
-            let reads = !(matches!(i.kind, Csrrw | Csrrwi) && i.rd == ZERO_SINK);
+            let writes = matches!(kind, Csrrw | Csrrwi) || i.rs1 != 0;
+            let reads = !(matches!(kind, Csrrw | Csrrwi) && i.rd == ZERO_SINK);
             // Counters: retire the block's earlier instructions now so a
             // read sees them; a write of minstret/mcycle suppresses the
             // increment of the writing instruction (the block's last).
@@ -92,7 +92,7 @@ pub(super) fn exec(core: &mut Core, i: &Insn, start: u64, n: impl Fn() -> u32) -
                 0
             };
             if writes {
-                let new = match i.kind {
+                let new = match kind {
                     Csrrw | Csrrwi => src,
                     Csrrs | Csrrsi => core.csr_rmw_base(n16, old) | src,
                     _ => core.csr_rmw_base(n16, old) & !src,
