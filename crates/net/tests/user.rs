@@ -2,8 +2,10 @@
 //! smoltcp stack (or hand-built frames) as the guest. Traffic stays on
 //! 127.0.0.1.
 
+use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 use net::user::{HostFwd, UserConfig, UserNet, GATEWAY_MAC};
 use net::{Backend, MAX_PACKET, VNET_HDR_LEN};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::{self, DeviceCapabilities, Medium};
+use smoltcp::phy::{self, Checksum, DeviceCapabilities, Medium};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
@@ -51,7 +53,9 @@ fn wait_frame(net: &mut UserNet, want: impl Fn(&[u8]) -> bool) -> Vec<u8> {
 }
 
 /// The smoltcp "guest" sees the backend as its NIC.
-struct Nic<'a>(&'a mut UserNet, Vec<u8>);
+/// The NIC, its receive buffer, whether the guest takes offloads (then
+/// TCP checksums are partial and not verified) and the GSO sizes seen.
+struct Nic<'a>(&'a mut UserNet, Vec<u8>, bool, Rc<RefCell<Vec<u16>>>);
 struct Rx(Vec<u8>);
 struct Tx<'a>(&'a mut UserNet);
 
@@ -82,6 +86,11 @@ impl phy::Device for Nic<'_> {
 
     fn receive(&mut self, _: SmolInstant) -> Option<(Rx, Tx<'_>)> {
         let n = self.0.recv(&mut self.1).unwrap()?;
+        if self.1[1] != 0 {
+            self.3
+                .borrow_mut()
+                .push(u16::from_le_bytes([self.1[4], self.1[5]]));
+        }
         let frame = self.1[VNET_HDR_LEN..n].to_vec();
         Some((Rx(frame), Tx(self.0)))
     }
@@ -94,11 +103,16 @@ impl phy::Device for Nic<'_> {
         let mut c = DeviceCapabilities::default();
         c.medium = Medium::Ethernet;
         c.max_transmission_unit = 1514;
+        if self.2 {
+            c.checksum.tcp = Checksum::Tx;
+        }
         c
     }
 }
 
 struct Guest {
+    offload: bool,
+    gso: Rc<RefCell<Vec<u16>>>,
     iface: Interface,
     sockets: SocketSet<'static>,
     epoch: Instant,
@@ -106,8 +120,13 @@ struct Guest {
 
 impl Guest {
     fn new(net: &mut UserNet) -> Guest {
+        Self::with_offloads(net, false)
+    }
+
+    fn with_offloads(net: &mut UserNet, offload: bool) -> Guest {
         let epoch = Instant::now();
-        let mut nic = Nic(net, vec![0; MAX_PACKET]);
+        let gso = Rc::new(RefCell::new(Vec::new()));
+        let mut nic = Nic(net, vec![0; MAX_PACKET], offload, gso.clone());
         let cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(GUEST_MAC)));
         let mut iface = Interface::new(cfg, &mut nic, SmolInstant::from_millis(0));
         iface.update_ip_addrs(|a| {
@@ -119,6 +138,8 @@ impl Guest {
             .add_default_ipv4_route(Ipv4Addr::new(10, 0, 2, 2))
             .unwrap();
         Guest {
+            offload,
+            gso,
             iface,
             sockets: SocketSet::new(Vec::new()),
             epoch,
@@ -136,7 +157,7 @@ impl Guest {
     /// Runs the guest stack until `done` says so.
     fn run_until(&mut self, net: &mut UserNet, mut done: impl FnMut(&mut Self) -> bool) {
         let end = Instant::now() + DEADLINE;
-        let mut nic = Nic(net, vec![0; MAX_PACKET]);
+        let mut nic = Nic(net, vec![0; MAX_PACKET], self.offload, self.gso.clone());
         while Instant::now() < end {
             let now = SmolInstant::from_micros(self.epoch.elapsed().as_micros() as i64);
             self.iface.poll(now, &mut nic, &mut self.sockets);
@@ -274,6 +295,40 @@ fn guest_tcp_to_gateway_reaches_host_loopback_both_ways() {
         !g.tcp(h).is_active() || g.tcp(h).state() == tcp::State::TimeWait
     });
     assert_eq!(t.join().unwrap(), b"bye");
+}
+
+#[test]
+fn a_tso_guest_gets_large_segments_with_its_mss_as_gso_size() {
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let big = vec![0x5au8; 400_000];
+    let t = std::thread::spawn(move || {
+        let (mut c, _) = server.accept().unwrap();
+        c.write_all(&big).unwrap();
+    });
+    let mut net = UserNet::new(UserConfig::default()).unwrap();
+    net.set_features(net.offloads()).unwrap();
+    net.start(Box::new(|| {})).unwrap();
+    let mut g = Guest::with_offloads(&mut net, true);
+    let h = g.tcp_socket();
+    let cx = g.iface.context();
+    g.sockets
+        .get_mut::<tcp::Socket>(h)
+        .connect(cx, (IpAddress::v4(10, 0, 2, 2), port), 40003)
+        .unwrap();
+    let mut got = 0;
+    g.run_until(&mut net, |g| {
+        let s = g.tcp(h);
+        while s.can_recv() {
+            got += s.recv(|b| (b.len(), b.len())).unwrap();
+        }
+        got >= 400_000
+    });
+    t.join().unwrap();
+    let gso = g.gso.borrow();
+    assert!(!gso.is_empty(), "no GSO frame reached the guest");
+    // smoltcp as the guest advertises MSS 1460 for its 1514-byte MTU.
+    assert!(gso.iter().all(|&s| s == 1460), "{gso:?}");
 }
 
 #[test]

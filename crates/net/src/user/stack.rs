@@ -377,10 +377,12 @@ impl Stack {
             .iface
             .poll_delay(now, &self.sockets)
             .map_or(1000, |d| d.total_millis().min(1000));
-        let ready_tcp = self
-            .tcp
-            .values()
-            .any(|f| matches!(f, TcpFlow::Open(o) if o.readable && !o.host_eof));
+        // Host data known to be waiting and room for it: no sleeping (a
+        // full smoltcp buffer waits for the guest's ACKs instead).
+        let ready_tcp = self.tcp.values().any(|f| {
+            matches!(f, TcpFlow::Open(o) if o.readable && !o.host_eof
+                && self.sockets.get::<tcp::Socket>(o.handle).can_send())
+        });
         if !lock(&self.shared.from_guest).is_empty() || ready_tcp {
             timeout_ms = 0;
         }
