@@ -3,7 +3,9 @@
 //! translation, signals and threads; the CPU comes from the `riscv` crate.
 
 pub mod abi;
+mod clone;
 pub mod elf;
+mod exec;
 pub mod loader;
 pub mod mm;
 pub mod process;
