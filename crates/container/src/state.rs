@@ -101,15 +101,46 @@ impl std::fmt::Display for Status {
     }
 }
 
-/// The state directory of all containers (`--root`).
-#[derive(Debug, Clone)]
+/// Receives the runtime's warnings: setup steps a container goes on
+/// without (as runc does), failing poststart/poststop hooks, an OOM kill.
+/// The library prints nothing; the caller shows or logs them.
+pub type WarnFn = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
+/// The state directory of all containers (`--root`), and where the
+/// runtime's warnings go.
+#[derive(Clone)]
 pub struct Root {
     pub dir: PathBuf,
+    warn: Option<WarnFn>,
+}
+
+impl std::fmt::Debug for Root {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Root").field("dir", &self.dir).finish()
+    }
 }
 
 impl Root {
+    /// The state directory `dir`; warnings are dropped until
+    /// [`Root::with_warnings`] says where they go.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Root { dir: dir.into() }
+        Root {
+            dir: dir.into(),
+            warn: None,
+        }
+    }
+
+    /// Sends the runtime's warnings to `f`.
+    pub fn with_warnings(mut self, f: WarnFn) -> Self {
+        self.warn = Some(f);
+        self
+    }
+
+    /// Reports a warning to the caller's sink, if any.
+    pub fn warn(&self, msg: &str) {
+        if let Some(f) = &self.warn {
+            f(msg);
+        }
     }
 
     pub fn container_dir(&self, id: &str) -> Result<PathBuf> {

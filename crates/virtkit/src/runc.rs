@@ -237,8 +237,10 @@ impl Log {
         })
     }
 
-    fn write(&mut self, level: &str, msg: &str) {
-        let Some(f) = &mut self.file else { return };
+    fn write(&self, level: &str, msg: &str) {
+        let Some(mut f) = self.file.as_ref() else {
+            return;
+        };
         let time = container::state::now_rfc3339();
         let line = if self.json {
             serde_json::json!({"level": level, "msg": msg, "time": time}).to_string()
@@ -251,8 +253,8 @@ impl Log {
 
 /// Run a parsed command line; the exit code of the process.
 pub fn run(a: RuncArgs) -> i32 {
-    let mut log = match Log::open(&a.global) {
-        Ok(l) => l,
+    let log = match Log::open(&a.global) {
+        Ok(l) => std::sync::Arc::new(l),
         Err(e) => {
             eprintln!("virtkit-runc: {e}");
             return 1;
@@ -261,7 +263,13 @@ pub fn run(a: RuncArgs) -> i32 {
     if a.global.debug {
         log.write("debug", &format!("{:?}", a.command));
     }
-    match dispatch(a) {
+    // The runtime's warnings: on stderr (where runc says them) and in the log.
+    let warn_log = log.clone();
+    let warnings: container::state::WarnFn = std::sync::Arc::new(move |msg: &str| {
+        warn_log.write("warning", msg);
+        eprintln!("virtkit-runc: warning: {msg}");
+    });
+    match dispatch(a, warnings) {
         Ok(code) => code,
         Err(e) => {
             let msg = e.to_string();
@@ -289,7 +297,7 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
     writeln!(out, "{s}").ctx(|| "stdout".into())
 }
 
-fn dispatch(a: RuncArgs) -> Result<i32> {
+fn dispatch(a: RuncArgs, warnings: container::state::WarnFn) -> Result<i32> {
     let g = a.global;
     if g.systemd_cgroup {
         return Err(Error::Usage(
@@ -298,7 +306,7 @@ fn dispatch(a: RuncArgs) -> Result<i32> {
                 .into(),
         ));
     }
-    let root = Root::new(&g.root);
+    let root = Root::new(&g.root).with_warnings(warnings);
     // Commands that put a process into a container run from a sealed copy
     // of the runtime (CVE-2019-5736).
     if matches!(

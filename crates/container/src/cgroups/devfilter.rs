@@ -278,7 +278,7 @@ pub fn rules_for(devices: &[LinuxDeviceCgroup]) -> Result<Vec<Rule>> {
         .enumerate()
         .map(|(i, d)| Rule::from_spec(i, d))
         .collect::<Result<Vec<_>>>()?;
-    for r in crate::rootfs::DEFAULT_DEVICE_RULES {
+    for r in crate::cgroups::DEFAULT_DEVICE_RULES {
         rules.push(Rule::from_v1(r)?);
     }
     Ok(rules)

@@ -13,6 +13,25 @@ use oci_spec::runtime::LinuxResources;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// The devices-cgroup rules every container gets after its own, as runc's
+/// defaults: mknod of any node (`linux.devices` may name numbers that exist
+/// nowhere on the host; creating a node opens nothing), read/write of
+/// [`crate::rootfs::DEFAULT_DEVICES`], terminals and /dev/net/tun.
+pub const DEFAULT_DEVICE_RULES: &[&str] = &[
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:1 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+    "c 10:200 rwm",
+];
+
 /// Where a container's cgroup is, as remembered in its state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {

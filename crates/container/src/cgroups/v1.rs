@@ -227,7 +227,7 @@ impl Manager for V1 {
             }
             // The devices every container gets (see rootfs::DEFAULT_DEVICES),
             // plus /dev/pts/* and /dev/ptmx for terminals.
-            for rule in crate::rootfs::DEFAULT_DEVICE_RULES {
+            for rule in crate::cgroups::DEFAULT_DEVICE_RULES {
                 write(&dir.join("devices.allow"), rule)?;
             }
         }
