@@ -172,7 +172,9 @@ mod tests {
                 ..req()
             },
         ] {
-            let e = override_process(Process::default(), &r).unwrap_err().to_string();
+            let e = override_process(Process::default(), &r)
+                .unwrap_err()
+                .to_string();
             assert!(
                 e.contains("NOEQUALS") || e.contains("root") || e.contains("CAP_BOGUS"),
                 "{e}"
