@@ -8,9 +8,9 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::irq::HartIrqs;
-use riscv::irq::{MEIP, SEIP};
 use crate::layout::PLIC_SOURCES;
 use crate::mmio::MmioDevice;
+use riscv::irq::{MEIP, SEIP};
 use vmm::IrqLine;
 
 const PRIORITY_BASE: u64 = 0x0;
