@@ -15,6 +15,12 @@
 //! control flow (FP, atomics, division, bit manipulation) call
 //! [`helper`], which runs the interpreter on that one instruction.
 //!
+//! Files: `x86.rs` the encoder (knows nothing of guests), `dispatch.rs`
+//! the fixed routines at the start of the buffer (entry, epilogue, inline
+//! dispatch of indirect jumps), `emit/` the block translator split by ISA
+//! extension, and this file the code buffer, the pc -> code tables and
+//! the run loops.
+//!
 //! Written by hand rather than with an assembler crate (dynasm, iced): the
 //! code needs some twenty instruction forms, must be emitted at its final
 //! address (chained jumps are patched in place), and lives in one fixed
