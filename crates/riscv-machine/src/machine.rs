@@ -52,6 +52,14 @@ pub struct Disk {
     pub read_only: bool,
 }
 
+/// A network card on a virtio-net slot.
+pub struct Nic {
+    /// Where its frames go (tap, user-mode networking, ...).
+    pub backend: Box<dyn net::Backend>,
+    /// Its MAC address ([`virtio::default_mac`] gives QEMU's defaults).
+    pub mac: [u8; 6],
+}
+
 /// Everything a machine is made of.
 pub struct MachineConfig {
     pub board: BoardKind,
@@ -70,6 +78,9 @@ pub struct MachineConfig {
     /// host console with the UART: see [`console_input_to_hvc`] for where
     /// input goes.
     pub virtio_console: bool,
+    /// Network cards, each on its own virtio slot (after the disks, the
+    /// rng and the console, so adding one renames nothing else).
+    pub nics: Vec<Nic>,
     /// Where the console output goes.
     pub output: Box<dyn Write + Send>,
     /// Where console input comes from (e.g. stdin), if anywhere.
@@ -102,7 +113,7 @@ pub enum MachineError {
         need_mib: u64,
         have_mib: u64,
     },
-    #[error("{0} virtio devices requested: the board has {VIRTIO_SLOTS} slots")]
+    #[error("{0} virtio devices requested (disks, NICs, rng and console): the board has {VIRTIO_SLOTS} slots")]
     TooManyDevices(usize),
     #[error("a firmware file needs the virt machine")]
     FirmwareOnSpike,
@@ -435,7 +446,7 @@ fn check(cfg: &mut MachineConfig) -> Result<KernelKind, MachineError> {
     if cfg.mem_size < MIN_MEM_MIB * MIB || cfg.mem_size > MAX_MEM_GIB << 30 {
         return Err(MachineError::MemSize { size: cfg.mem_size });
     }
-    let nslots = cfg.disks.len() + cfg.rng as usize + cfg.virtio_console as usize;
+    let nslots = cfg.disks.len() + cfg.rng as usize + cfg.virtio_console as usize + cfg.nics.len();
     if nslots > VIRTIO_SLOTS {
         return Err(MachineError::TooManyDevices(nslots));
     }
@@ -556,6 +567,9 @@ fn build(cfg: &mut MachineConfig) -> Result<Board, MachineError> {
         let (dev, host) = virtio::Console::new(Box::new(ConsoleOut(console.clone())), None);
         add_virtio(Box::new(dev), &mut mmio);
         hvc_host = Some(host);
+    }
+    for nic in std::mem::take(&mut cfg.nics) {
+        add_virtio(Box::new(virtio::Net::new(nic.backend, nic.mac)), &mut mmio);
     }
     let virtio_slots: Vec<usize> = (0..transports.len()).collect();
     Ok(Board {
@@ -916,6 +930,11 @@ fn setup_builtin_sbi(h: &mut Hart) {
     h.write_csr(csr::MIDELEG, irq::SSIP | irq::STIP | irq::SEIP);
     // cycle, time, instret readable from S and U.
     h.write_csr(csr::MCOUNTEREN, 0x7);
+    // time readable from U-mode too (the vDSO's clock_gettime reads it):
+    // Linux sets this only in its SBI PMU driver, which OpenSBI's PMU
+    // extension enables and the builtin SBI does not offer, so without it
+    // every CLOCK_MONOTONIC reader (udhcpc, ...) dies of SIGILL.
+    h.write_csr(csr::SCOUNTEREN, 0x2);
     // Sstc: the kernel programs stimecmp itself.
     h.write_csr(csr::MENVCFG, 1 << 63);
     // PMP: all memory for S and U (TOR up to the top).

@@ -24,6 +24,18 @@ pub struct Args {
     /// guest; `FILE,ro` for read-only
     #[arg(long, value_name = "FILE[,ro]")]
     disk: Option<String>,
+    /// Networking: `user` (rootless NAT, the default: guest 10.0.2.15,
+    /// host loopback at 10.0.2.2, DNS at 10.0.2.3) or `none`
+    #[arg(long, value_enum, default_value = "user")]
+    net: NetArg,
+    /// Publish a guest port on the host, as `podman run -p`:
+    /// [HOSTIP:]HOSTPORT:GUESTPORT[/udp] (HOSTIP defaults to 127.0.0.1)
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "[HOSTIP:]HOSTPORT:GUESTPORT[/udp]"
+    )]
+    publish: Vec<String>,
     /// Show the kernel's boot messages
     #[arg(long)]
     verbose: bool,
@@ -43,12 +55,28 @@ pub struct Args {
     command: Vec<String>,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum NetArg {
+    /// User-mode networking (NAT through host sockets, no privileges)
+    User,
+    /// No network card
+    None,
+}
+
 /// Exit status when the guest did not finish its command: it panicked,
 /// rebooted or the emulation failed (as `podman run` uses 125 for errors
 /// of its own).
 const MACHINE_FAILURE: i32 = 125;
 
 pub fn main(args: Args) -> anyhow::Result<i32> {
+    let hostfwd = args
+        .publish
+        .iter()
+        .map(|p| crate::nic::parse_publish(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if args.net == NetArg::None && !hostfwd.is_empty() {
+        anyhow::bail!("-p needs a network: it cannot be used with --net none");
+    }
     let disk = args.disk.as_deref().map(open_disk).transpose()?;
     let mut fetcher =
         guest::Fetcher::new(guest::DEFAULT_SUITE).context("finding the Debian archive")?;
@@ -65,6 +93,16 @@ pub fn main(args: Args) -> anyhow::Result<i32> {
     if !args.verbose {
         append.push_str(" quiet");
     }
+    let nics = match args.net {
+        NetArg::None => Vec::new(),
+        NetArg::User => crate::nic::open_nics(&[crate::nic::NicSpec {
+            kind: crate::nic::NicKind::User {
+                restrict: false,
+                hostfwd,
+            },
+            mac: None,
+        }])?,
+    };
     let cfg = MachineConfig {
         board: BoardKind::Virt,
         harts: args.cpus,
@@ -77,6 +115,7 @@ pub fn main(args: Args) -> anyhow::Result<i32> {
         disks: disk.into_iter().collect(),
         rng: true,
         virtio_console: true,
+        nics,
         output: Box::new(std::io::stdout()),
         input: Some(0),
         timeout: args.timeout.map(Duration::from_secs),

@@ -59,6 +59,8 @@ pub struct RunArgs {
     /// QEMU locks it: no other writer (VM, virtkit img, qemu-img) meanwhile
     #[arg(long = "disk", value_name = "FILE[,ro]")]
     disks: Vec<String>,
+    #[arg(long = "nic", value_name = "TYPE[,OPTION...]", help = crate::nic::NIC_HELP)]
+    nics: Vec<String>,
     /// Number of harts (each runs on its own host thread)
     #[arg(long, default_value_t = 1)]
     cpus: usize,
@@ -252,6 +254,14 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         .iter()
         .map(|d| parse_disk_spec(d))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let nic_specs = a
+        .nics
+        .iter()
+        .map(|n| crate::nic::parse_nic(n))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if a.machine == MachineArg::Spike && !nic_specs.is_empty() {
+        bail!("--nic needs the virt machine (spike has no virtio slots)");
+    }
     let kernel = read_file("kernel", &a.kernel)?;
     let initrd = a
         .initrd
@@ -269,6 +279,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         .iter()
         .map(open_parsed_disk)
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let nics = crate::nic::open_nics(&nic_specs)?;
     // Like `virtkit run`, a kernel panic reboots (and so ends the run with
     // an error) unless the command line says otherwise.
     let mut append = a.append.clone();
@@ -294,6 +305,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         disks,
         rng: board == BoardKind::Virt,
         virtio_console: board == BoardKind::Virt,
+        nics,
         output: Box::new(std::io::stdout()),
         input: Some(0),
         timeout: a.timeout.map(std::time::Duration::from_secs),
