@@ -41,6 +41,49 @@ if [ -n "$has_disk" ]; then
 	fi
 fi
 
+# A virtio network card (device id 1) means a network: bring eth0 up and
+# ask for an address by DHCP (virtkit's user-mode network answers at once;
+# `virtkit.dhcp=0` on the kernel command line skips it, for static setups).
+# Without a card nothing here waits.
+has_nic=
+for d in /sys/bus/virtio/devices/*; do
+	[ "$(cat "$d/device" 2>/dev/null)" = 0x0001 ] && has_nic=1
+done
+if [ -n "$has_nic" ]; then
+	i=0
+	while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+	ip link set lo up
+	if [ ! -e /sys/class/net/eth0 ]; then
+		echo "virtkit-init: a virtio network card exists but eth0 did not appear" >&2
+	elif ip link set eth0 up && ! grep -q 'virtkit.dhcp=0' /proc/cmdline; then
+		mkdir -p /etc
+		cat >/run/virtkit-udhcpc <<'VKEOF'
+#!/bin/sh
+# udhcpc's hook: $1 is the event, the lease comes in the environment.
+case "$1" in
+deconfig)
+	ip addr flush dev "$interface"
+	;;
+bound | renew)
+	ip addr flush dev "$interface"
+	ip addr add "$ip/${mask:-24}" dev "$interface"
+	for r in $router; do
+		ip route replace default via "$r" dev "$interface"
+		break
+	done
+	: >/etc/resolv.conf
+	[ -n "$domain" ] && echo "search $domain" >>/etc/resolv.conf
+	for d in $dns; do echo "nameserver $d" >>/etc/resolv.conf; done
+	;;
+esac
+exit 0
+VKEOF
+		chmod 755 /run/virtkit-udhcpc
+		udhcpc -i eth0 -q -n -t 3 -T 1 -s /run/virtkit-udhcpc >/dev/null 2>&1 ||
+			echo "virtkit-init: no DHCP answer on eth0" >&2
+	fi
+fi
+
 # The session leader runs the command and waits until the terminal has sent
 # its output before it exits. When a session leader with a serial terminal
 # exits, the kernel hangs the terminal up, and a hang-up throws away output

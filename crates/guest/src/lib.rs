@@ -62,14 +62,16 @@ pub const DEFAULT_SUITE: &str = "trixie";
 
 /// Drivers the default guest needs, by kernel config option and module
 /// name; `true` means the guest cannot work without it. Debian's modules
-/// carry their symbols (ext4.ko is 7 MB), so virtio-net and vsock, which
-/// the VM does not offer yet, stay out to keep the initramfs and boot small.
+/// carry their symbols (ext4.ko is 7 MB), so vsock, which the VM does not
+/// offer yet, stays out to keep the initramfs and boot small. virtio_net
+/// brings its dependencies (failover, net_failover) through the closure.
 const GUEST_DRIVERS: &[(&str, &str, bool)] = &[
     ("CONFIG_VIRTIO_MMIO", "virtio_mmio", true),
     ("CONFIG_VIRTIO_BLK", "virtio_blk", true),
     ("CONFIG_EXT4_FS", "ext4", true),
     ("CONFIG_VIRTIO_CONSOLE", "virtio_console", false),
     ("CONFIG_HW_RANDOM_VIRTIO", "virtio_rng", false),
+    ("CONFIG_VIRTIO_NET", "virtio_net", false),
 ];
 
 /// Bump when the initramfs layout changes in a way the inputs' hashes do
