@@ -19,6 +19,7 @@ pkgs=(
   hyperfine             # benchmarks
   time                  # GNU time: peak RSS in bench/ctr.sh
   cpio                  # checks our initramfs against GNU cpio
+  iproute2              # ip netns / ip tuntap: the tap networking test
   gpgv                  # verifies Debian InRelease signatures
   debian-archive-keyring
   xz-utils
