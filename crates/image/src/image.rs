@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use crate::io::io_err;
 use crate::lock::Request;
 use crate::qcow2::Qcow2;
 use crate::raw::RawImage;
@@ -12,13 +13,6 @@ use crate::{
     BlockBackend, BlockStatus, CheckReport, CreateOptions, Error, Format, ImageInfo, LayerStatus,
     Measure, OpenOptions, Repair, Result, SnapshotInfo, MAX_CHAIN_DEPTH,
 };
-
-pub(crate) fn io_err(path: &str, source: std::io::Error) -> Error {
-    Error::Io {
-        path: path.to_string(),
-        source,
-    }
-}
 
 /// An opened image: raw file or qcow2, with its backing chain.
 ///

@@ -12,10 +12,10 @@
 //! QEMU's bytes, see [`OpenOptions::sharing`]): a second writer, in this
 //! process, another virtkit or a QEMU, is refused with [`Error::Locked`].
 
-use std::io;
 use std::path::{Path, PathBuf};
 
 mod image;
+mod io;
 mod lock;
 mod qcow2;
 mod raw;
@@ -31,7 +31,7 @@ pub enum Error {
     Io {
         path: String,
         #[source]
-        source: io::Error,
+        source: std::io::Error,
     },
     #[error("access beyond the end of the image: offset {offset} + length {len} > size {size}")]
     OutOfRange { offset: u64, len: u64, size: u64 },

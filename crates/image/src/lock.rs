@@ -246,10 +246,7 @@ pub(crate) fn lock(file: &File, path: &str, perm: u8, shared: u8) -> Result<Held
         }
     }
     let held = HeldLocks {
-        file: Some(
-            file.try_clone()
-                .map_err(|e| crate::image::io_err(path, e))?,
-        ),
+        file: Some(file.try_clone().map_err(|e| crate::io::io_err(path, e))?),
     };
     for (i, name) in NAMES.iter().enumerate() {
         let bit = 1u8 << i;
@@ -285,8 +282,8 @@ pub(crate) fn create_file(path: &std::path::Path, name: &str) -> Result<(File, H
         .create(true)
         .truncate(false)
         .open(path)
-        .map_err(|e| crate::image::io_err(name, e))?;
+        .map_err(|e| crate::io::io_err(name, e))?;
     let locks = lock(&file, name, WRITE | RESIZE, ALL & !RESIZE)?;
-    file.set_len(0).map_err(|e| crate::image::io_err(name, e))?;
+    file.set_len(0).map_err(|e| crate::io::io_err(name, e))?;
     Ok((file, locks))
 }

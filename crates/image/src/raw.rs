@@ -1,17 +1,14 @@
 //! Raw image files: the virtual disk is the file, byte for byte.
 
 use std::fs::{File, OpenOptions as FsOpenOptions};
-use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::image::io_err;
+use crate::io::{
+    fallocate, io_err, pread_zero_fill, pwrite_all, seek, sync_data, write_zeros, zero_file_range,
+};
 use crate::lock::{HeldLocks, Request};
 use crate::{Error, LayerStatus, Preallocation, Result};
-
-/// Chunk size for writing zeros when the file system cannot punch holes.
-const ZERO_CHUNK: usize = 1 << 20;
 
 pub(crate) struct RawImage {
     file: File,
@@ -20,72 +17,6 @@ pub(crate) struct RawImage {
     path: String,
     read_only: bool,
     size: AtomicU64,
-}
-
-/// Reads `buf.len()` bytes at `offset`, filling what lies past the end of the
-/// file with zeros (a short read means end of file).
-pub(crate) fn pread_zero_fill(file: &File, path: &str, buf: &mut [u8], offset: u64) -> Result<()> {
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => {
-                buf[done..].fill(0);
-                return Ok(());
-            }
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io_err(path, e)),
-        }
-    }
-    Ok(())
-}
-
-pub(crate) fn pwrite_all(file: &File, path: &str, buf: &[u8], offset: u64) -> Result<()> {
-    file.write_all_at(buf, offset).map_err(|e| io_err(path, e))
-}
-
-/// Makes `[offset, offset+len)` of `file` read as zeros: punches a hole when
-/// `unmap` and the file system supports it, else zero-range, else writes
-/// zeros.
-pub(crate) fn zero_file_range(
-    file: &File,
-    path: &str,
-    offset: u64,
-    len: u64,
-    unmap: bool,
-) -> Result<()> {
-    if len == 0 {
-        return Ok(());
-    }
-    let mode = if unmap {
-        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
-    } else {
-        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
-    };
-    // SAFETY: fallocate on a file descriptor we own, with plain integers.
-    let r = unsafe { libc::fallocate(file.as_raw_fd(), mode, offset as i64, len as i64) };
-    if r == 0 {
-        return Ok(());
-    }
-    let zeros = vec![0u8; ZERO_CHUNK.min(len as usize)];
-    let mut pos = offset;
-    let end = offset + len;
-    while pos < end {
-        let n = ((end - pos) as usize).min(zeros.len());
-        pwrite_all(file, path, &zeros[..n], pos)?;
-        pos += n as u64;
-    }
-    Ok(())
-}
-
-fn seek(file: &File, offset: u64, whence: i32) -> Option<u64> {
-    // SAFETY: lseek on a file descriptor we own; it does not touch memory.
-    let r = unsafe { libc::lseek(file.as_raw_fd(), offset as i64, whence) };
-    if r < 0 {
-        None
-    } else {
-        Some(r as u64)
-    }
 }
 
 impl RawImage {
@@ -115,21 +46,9 @@ impl RawImage {
         match prealloc {
             Preallocation::Off | Preallocation::Metadata => {}
             Preallocation::Falloc => {
-                // SAFETY: fallocate on our own descriptor with integer arguments.
-                let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, size as i64) };
-                if r != 0 {
-                    return Err(io_err(&name, std::io::Error::last_os_error()));
-                }
+                fallocate(&file, &name, 0, size)?;
             }
-            Preallocation::Full => {
-                let zeros = vec![0u8; ZERO_CHUNK];
-                let mut pos = 0;
-                while pos < size {
-                    let n = ((size - pos) as usize).min(ZERO_CHUNK);
-                    pwrite_all(&file, &name, &zeros[..n], pos)?;
-                    pos += n as u64;
-                }
-            }
+            Preallocation::Full => write_zeros(&file, &name, 0, size)?,
         }
         file.sync_all().map_err(|e| io_err(&name, e))
     }
@@ -163,7 +82,7 @@ impl RawImage {
         if self.read_only {
             return Ok(());
         }
-        self.file.sync_data().map_err(|e| io_err(&self.path, e))
+        sync_data(&self.file, &self.path)
     }
 
     pub(crate) fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {

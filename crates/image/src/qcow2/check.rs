@@ -15,6 +15,7 @@ use super::{
     Meta, BM_ALL_ALLOC, L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED,
     OFLAG_ZERO,
 };
+use crate::io::sync_data;
 use crate::{CheckReport, Error, Repair, Result};
 
 /// Most host clusters `check` accounts for (4 bytes each): 1 GiB of
@@ -161,9 +162,7 @@ impl Meta {
         };
         if repair != Repair::None {
             self.free_hint = 0;
-            self.file
-                .sync_data()
-                .map_err(|e| crate::image::io_err(&self.path, e))?;
+            sync_data(&self.file, &self.path)?;
         }
         Ok(self.report(out))
     }

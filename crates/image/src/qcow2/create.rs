@@ -5,8 +5,7 @@ use std::path::Path;
 
 use super::header::*;
 use super::{Meta, Qcow2, BM_ALL_ALLOC, L1E_OFFSET_MASK, OFLAG_COPIED};
-use crate::image::io_err;
-use crate::raw::pwrite_all;
+use crate::io::{fallocate, io_err, pwrite_all, write_zeros};
 use crate::{
     Compat, CompressionType, CreateOptions, Error, Format, OpenOptions, Preallocation, Result,
 };
@@ -212,23 +211,11 @@ impl Meta {
             let bytes = n << g.cb;
             match mode {
                 Preallocation::Full => {
-                    let zeros = vec![0u8; (1 << 20).min(bytes as usize)];
-                    let mut pos = 0;
-                    while pos < bytes {
-                        let k = ((bytes - pos) as usize).min(zeros.len());
-                        self.pwrite(&zeros[..k], data + pos)?;
-                        pos += k as u64;
-                    }
+                    write_zeros(&self.file, &self.path, data, bytes)?;
+                    self.file_end = self.file_end.max(data + bytes);
                 }
                 Preallocation::Falloc => {
-                    use std::os::unix::io::AsRawFd;
-                    // SAFETY: fallocate on our own descriptor, integer arguments.
-                    let r = unsafe {
-                        libc::fallocate(self.file.as_raw_fd(), 0, data as i64, bytes as i64)
-                    };
-                    if r != 0 {
-                        return Err(io_err(&self.path, std::io::Error::last_os_error()));
-                    }
+                    fallocate(&self.file, &self.path, data, bytes)?;
                     self.file_end = self.file_end.max(data + bytes);
                 }
                 _ => {}

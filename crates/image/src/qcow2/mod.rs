@@ -28,8 +28,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, RwLock};
 
-use crate::image::io_err;
-use crate::raw::{pread_zero_fill, pwrite_all};
+use crate::io::{io_err, pread_zero_fill, pwrite_all, sync_data};
 use crate::{
     BlockBackend, CompressionType, Error, Format, Image, LayerStatus, OpenOptions, Qcow2Info,
     Result, SnapshotInfo,
@@ -546,7 +545,7 @@ impl Meta {
         self.h.incompatible |= INCOMPAT_DIRTY;
         let v = self.h.incompatible;
         self.pwrite(&v.to_be_bytes(), OFF_INCOMPAT)?;
-        self.file.sync_data().map_err(|e| io_err(&self.path, e))?;
+        sync_data(&self.file, &self.path)?;
         self.dirty_marked = true;
         Ok(())
     }
@@ -554,9 +553,9 @@ impl Meta {
     fn clear_dirty(&mut self) -> Result<()> {
         self.h.incompatible &= !INCOMPAT_DIRTY;
         let v = self.h.incompatible;
-        self.file.sync_data().map_err(|e| io_err(&self.path, e))?;
+        sync_data(&self.file, &self.path)?;
         self.pwrite(&v.to_be_bytes(), OFF_INCOMPAT)?;
-        self.file.sync_data().map_err(|e| io_err(&self.path, e))?;
+        sync_data(&self.file, &self.path)?;
         self.dirty_marked = false;
         Ok(())
     }
@@ -963,7 +962,7 @@ impl Qcow2 {
         if self.read_only {
             return Ok(());
         }
-        self.file.sync_data().map_err(|e| io_err(&self.path, e))
+        sync_data(&self.file, &self.path)
     }
 
     pub(crate) fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
@@ -1053,7 +1052,7 @@ impl Qcow2 {
             m.h = old;
             return Err(e);
         }
-        m.file.sync_data().map_err(|e| io_err(&self.path, e))
+        sync_data(&m.file, &self.path)
     }
 
     pub(crate) fn resize(&self, new_size: u64) -> Result<()> {
@@ -1593,7 +1592,7 @@ impl Meta {
             self.grow_l1(need)?;
         }
         self.h.size = new_size;
-        self.file.sync_data().map_err(|e| io_err(&self.path, e))?;
+        sync_data(&self.file, &self.path)?;
         self.pwrite(&new_size.to_be_bytes(), OFF_SIZE)?;
         Ok(())
     }
@@ -1621,7 +1620,7 @@ impl Meta {
         let mut new_l1 = self.l1.clone();
         new_l1.resize(n as usize, 0);
         self.write_u64_table(new_off, &new_l1, (clusters * g.cs) as usize)?;
-        self.file.sync_data().map_err(|e| io_err(&self.path, e))?;
+        sync_data(&self.file, &self.path)?;
         let old_off = self.h.l1_table_offset;
         let old_clusters = (self.l1.len() as u64 * 8).div_ceil(g.cs);
         let mut hdr = [0u8; 12];

@@ -3,7 +3,7 @@
 
 use super::header::{MAX_REFTABLE_BYTES, OFF_RT_OFFSET};
 use super::{be64_at, Meta, OFLAG_COMPRESSED};
-use crate::image::io_err;
+use crate::io::sync_data;
 use crate::{Error, Result};
 
 /// Highest cluster index the allocator hands out: keeps byte offsets below
@@ -395,7 +395,7 @@ impl Meta {
         }
         let table_off = (s + nb) << g.cb;
         self.write_u64_table(table_off, &new_rt, (tc * cs) as usize)?;
-        self.file.sync_data().map_err(|e| io_err(&self.path, e))?;
+        sync_data(&self.file, &self.path)?;
         // 3. Switch the header to the new table.
         let mut hdr = [0u8; 12];
         hdr[..8].copy_from_slice(&table_off.to_be_bytes());

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use super::header::{l1_entries_for, MAX_L1_BYTES, MAX_SNAPSHOTS, MAX_VIRTUAL_SIZE};
 use super::switch::Target;
 use super::{be64_at, Meta, L1E_OFFSET_MASK, OFLAG_COPIED};
-use crate::image::io_err;
+use crate::io::sync_data;
 use crate::{Error, Result, SnapshotInfo};
 
 /// Largest snapshot table accepted (QEMU's QCOW_MAX_SNAPSHOTS_SIZE).
@@ -241,7 +241,7 @@ impl Meta {
                 self.l2c.insert(l2off, t);
             }
         }
-        self.file.sync_data().map_err(|e| io_err(&self.path, e))
+        sync_data(&self.file, &self.path)
     }
 
     /// Reverts to a snapshot; returns the virtual size it had.

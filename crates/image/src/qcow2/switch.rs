@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use super::header::{MAX_L1_BYTES, MAX_REFTABLE_BYTES, OFF_SIZE};
 use super::snapshot::Snapshot;
 use super::{Meta, L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED};
-use crate::image::io_err;
+use crate::io::sync_data;
 use crate::{Error, Result};
 
 /// Most host clusters a switch accounts for (4 bytes each, like `check`).
@@ -442,7 +442,7 @@ impl Meta {
             rt[idx as usize] = c << g.cb;
         }
         self.write_u64_table(table.0 << g.cb, &rt, (table.1 * cs) as usize)?;
-        self.file.sync_data().map_err(|e| io_err(&self.path, e))?;
+        sync_data(&self.file, &self.path)?;
         let mut hdr = [0u8; 48];
         hdr[0..8].copy_from_slice(&t.size.to_be_bytes());
         hdr[8..12].copy_from_slice(&self.h.crypt_method.to_be_bytes());
@@ -453,7 +453,7 @@ impl Meta {
         hdr[36..40].copy_from_slice(&(t.snapshots.len() as u32).to_be_bytes());
         hdr[40..48].copy_from_slice(&snap_off.to_be_bytes());
         self.pwrite(&hdr, OFF_SIZE)?;
-        self.file.sync_data().map_err(|e| io_err(&self.path, e))?;
+        sync_data(&self.file, &self.path)?;
 
         self.h.size = t.size;
         self.h.l1_size = new_l1.len() as u32;
