@@ -2,7 +2,9 @@
 //! host's own interfaces are never touched): one boot with two cards, one
 //! on a tap opened by name, one on a tap fd handed over as libvirt does;
 //! the guest pings the host end of both and fetches a file over one
-//! (checksum compared). Plus the command line's bad input.
+//! (checksum compared). `virtkit run`'s default user-mode network: DHCP
+//! addresses, a fetch from the host through 10.0.2.2 and a -p forward into
+//! the guest. Plus the command line's bad input.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -230,4 +232,80 @@ fn bad_nics_are_refused_with_the_reason() {
         &["run", "--net", "none", "-p", "8080:80", "--", "true"],
         "cannot be used with --net none",
     );
+}
+
+/// A TCP port that was free a moment ago on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn run_has_user_networking_by_default() {
+    // Guest to host: a server on the host's loopback, reached at 10.0.2.2.
+    let dir = tmpdir("usernet");
+    let payload: Vec<u8> = (0..1u32 << 20).map(|i| (i % 253) as u8).collect();
+    std::fs::write(dir.join("blob"), &payload).unwrap();
+    let want = sha256(&dir.join("blob"));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let http_port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let mut server = Command::new("python3")
+        .args(["-u", "-m", "http.server", "--bind", "127.0.0.1"])
+        .arg("--directory")
+        .arg(&dir)
+        .arg(http_port.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut banner = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut banner)
+        .unwrap();
+
+    // Host to guest: -p to a one-shot `nc -l` in the guest; the host
+    // retries until the guest listens.
+    let fwd_port = free_port();
+    let script = format!(
+        "ip -4 addr show eth0 | grep -o 'inet [0-9./]*'; ip route | grep default; cat /etc/resolv.conf; \
+         echo SUM $(wget -qO- http://10.0.2.2:{http_port}/blob | sha256sum | cut -c1-64); \
+         echo from-guest | nc -l -p 7777"
+    );
+    let vm = Command::new(VIRTKIT)
+        .args(["run", "--timeout", TIMEOUT, "-p"])
+        .arg(format!("{fwd_port}:7777"))
+        .args(["--", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut got = String::new();
+    for _ in 0..3000 {
+        if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", fwd_port)) {
+            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+            got.clear();
+            // Closing our end (the drop) lets the guest's nc finish.
+            let _ = BufReader::new(s).read_line(&mut got);
+            if got.contains("from-guest") {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let o = vm.wait_with_output().unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let out = String::from_utf8_lossy(&o.stdout).replace('\r', "");
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert_eq!(got, "from-guest\n", "{}", describe(&o));
+    assert!(out.contains("inet 10.0.2.15/24"), "{}", describe(&o));
+    assert!(out.contains("default via 10.0.2.2"), "{}", describe(&o));
+    assert!(out.contains("nameserver 10.0.2.3"), "{}", describe(&o));
+    assert!(out.contains(&format!("SUM {want}")), "{}", describe(&o));
+    let _ = std::fs::remove_dir_all(&dir);
 }
