@@ -227,6 +227,12 @@ fn bad_nics_are_refused_with_the_reason() {
     ] {
         refused(&["vm", "run", "--kernel", "/bin/true", "--nic", nic], want);
     }
+    // Seven cards, the rng and the console: one more than the slots.
+    let mut many = vec!["vm", "run", "--kernel", "/bin/true"];
+    for _ in 0..7 {
+        many.extend(["--nic", "user"]);
+    }
+    refused(&many, "9 virtio devices requested");
     refused(&["run", "-p", "80", "--", "true"], "-p \"80\"");
     refused(
         &["run", "--net", "none", "-p", "8080:80", "--", "true"],
