@@ -11,7 +11,7 @@ use crate::qcow2::Qcow2;
 use crate::raw::RawImage;
 use crate::{
     BlockBackend, BlockStatus, CheckReport, CreateOptions, Error, Format, ImageInfo, LayerStatus,
-    Measure, OpenOptions, Repair, Result, SnapshotInfo, MAX_CHAIN_DEPTH,
+    OpenOptions, Repair, Result, SnapshotInfo, MAX_CHAIN_DEPTH,
 };
 
 /// An opened image: raw file or qcow2, with its backing chain.
@@ -151,18 +151,6 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<()> {
             // qcow2 sizes are whole 512-byte sectors (QEMU rounds up too).
             crate::qcow2::create(path, size.div_ceil(512) * 512, opts)
         }
-    }
-}
-
-/// Estimates the file size a new image of `opts` needs (`qemu-img measure`):
-/// `allocated` is how many bytes of the `virtual_size` hold data.
-pub fn measure(opts: &CreateOptions, virtual_size: u64, allocated: u64) -> Result<Measure> {
-    match opts.format {
-        Format::Raw => Ok(Measure {
-            required: virtual_size,
-            fully_allocated: virtual_size,
-        }),
-        Format::Qcow2 => crate::qcow2::measure(opts, virtual_size, allocated),
     }
 }
 

@@ -20,7 +20,7 @@ mod lock;
 mod qcow2;
 mod raw;
 
-pub use image::{create, measure, open, probe, Image};
+pub use image::{create, open, probe, Image};
 pub use qcow2::compress::DecompressError;
 
 /// Errors of the image library. Every variant names what is wrong, so the
@@ -540,15 +540,6 @@ pub struct CheckReport {
     /// One line per problem, in qemu-img's wording ("ERROR cluster 5
     /// refcount=0 reference=1", "Leaked cluster 7 refcount=1 reference=0").
     pub messages: Vec<String>,
-}
-
-/// Output of [`measure`] (`qemu-img measure`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Measure {
-    /// File size needed for the allocated data plus metadata.
-    pub required: u64,
-    /// File size needed if every cluster were allocated.
-    pub fully_allocated: u64,
 }
 
 /// Resolves a backing file name against the folder of the image that names

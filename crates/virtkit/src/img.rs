@@ -6,6 +6,7 @@
 //! usage errors exit with 1, as qemu-img's do (clap's default is 2, which
 //! for `check` and `compare` would mean "corrupt" and "error").
 
+use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;
 use std::time::Duration;
@@ -13,7 +14,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use clap::{Parser, Subcommand};
 use image::ops::options::{apply_create_options, parse_options, CREATE_OPTIONS_HELP};
-use image::ops::{bench, commit, compare, convert, map, measure, rebase, size};
+use image::ops::{
+    bench, check, commit, compare, convert, create, map, measure, rebase, resize, size,
+};
 use image::{
     BlockBackend, CheckReport, Compat, CreateOptions, Format, Image, ImageInfo, OpenOptions,
     Preallocation, Repair, Sharing, SnapshotInfo,
@@ -586,48 +589,15 @@ fn cmd_create(a: CreateArgs) -> anyhow::Result<i32> {
             )
         })?);
     }
-    if let Some(backing) = o.backing_file.clone() {
-        if o.format != Format::Qcow2 {
-            bail!(
-                "{}: Backing file not supported for file format '{}'",
-                a.filename,
-                o.format
-            );
-        }
-        if o.backing_format.is_none() {
-            bail!(
-                "{}: Backing file specified without backing format\n\
-                 Detect the format with 'virtkit img info {backing}' and pass it with -F",
-                a.filename
-            );
-        }
-        if !a.unsafe_backing {
-            // Like qemu-img, check that the backing file opens (relative
-            // names are relative to the new image's folder) and take its
-            // size when none was given.
-            let bpath = image::resolve_backing_path(Path::new(&a.filename), &backing);
-            let b = image::open(
-                &bpath,
-                &OpenOptions {
-                    read_only: true,
-                    format: o.backing_format,
-                    sharing: Sharing::Tool,
-                    ..Default::default()
-                },
-            )
-            .map_err(|e| {
-                anyhow!(
-                    "{}: Could not open '{}': {e}\nCould not open backing image.",
-                    a.filename,
-                    bpath.display()
-                )
-            })?;
-            o.size.get_or_insert(b.len());
-        }
-    }
-    let size = o
-        .size
-        .ok_or_else(|| anyhow!("{}: Image creation needs a size parameter", a.filename))?;
+    let size = match create::prepare(Path::new(&a.filename), &mut o, !a.unsafe_backing) {
+        Ok(size) => size,
+        Err(create::CreateError::NoBackingFormat { backing }) => bail!(
+            "{}: Backing file specified without backing format\n\
+             Detect the format with 'virtkit img info {backing}' and pass it with -F",
+            a.filename
+        ),
+        Err(e) => bail!("{}: {e}", a.filename),
+    };
     if !a.quiet {
         println!("{}", formatting_line(&a.filename, &o, size));
     }
@@ -904,68 +874,40 @@ fn cmd_check(a: CheckArgs) -> anyhow::Result<i32> {
         Some(other) => bail!("Unknown option value for -r (expecting 'leaks' or 'all'): {other}"),
     };
     let fmt = parse_opt_format(a.format.as_deref())?;
-    let img = open_with(
-        &a.filename,
-        &OpenOptions {
-            read_only: repair == Repair::None,
-            format: fmt,
-            follow_backing: false,
-            for_check: true,
-            sharing: sharing(a.force_share),
-            ..Default::default()
-        },
-    )?;
-    if img.format() == Format::Raw {
-        eprintln!("virtkit img: This image format does not support checks");
-        return Ok(63);
-    }
-    let mut report = match img.check(repair) {
+    let run = match check::check(Path::new(&a.filename), fmt, sharing(a.force_share), repair) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("virtkit img: Check failed: {e}");
+        Err(check::CheckError::Unsupported) => {
+            eprintln!("virtkit img: This image format does not support checks");
+            return Ok(63);
+        }
+        Err(e @ check::CheckError::Check(_)) => {
+            eprintln!("virtkit img: {e}");
             return Ok(1);
         }
+        Err(e) => return Err(e.into()),
     };
-    for m in &report.messages {
+    for m in &run.first.messages {
         eprintln!("{m}");
     }
-    if report.leaks_fixed != 0 || report.corruptions_fixed != 0 {
+    if let Some(again) = &run.recheck {
         if !json && !a.quiet {
             print!(
                 "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    {} corruptions\n\nDouble checking the fixed image now...\n",
-                report.leaks_fixed, report.corruptions_fixed
+                again.leaks_fixed, again.corruptions_fixed
             );
         }
-        // Like qemu-img, report the state after the repair.
-        let (lf, cf) = (report.leaks_fixed, report.corruptions_fixed);
-        drop(img);
-        let again = open_with(
-            &a.filename,
-            &OpenOptions {
-                read_only: true,
-                format: fmt,
-                follow_backing: false,
-                for_check: true,
-                sharing: sharing(a.force_share),
-                ..Default::default()
-            },
-        )?;
-        report = again
-            .check(Repair::None)
-            .map_err(|e| anyhow!("Check failed: {e}"))?;
-        for m in &report.messages {
+        for m in &again.messages {
             eprintln!("{m}");
         }
-        report.leaks_fixed = lf;
-        report.corruptions_fixed = cf;
     }
+    let report = run.result();
     if json {
         println!(
             "{}",
-            json_pretty(&check_json(&report, &a.filename, Format::Qcow2))
+            json_pretty(&check_json(report, &a.filename, Format::Qcow2))
         );
     } else if !a.quiet {
-        print!("{}", check_human(&report));
+        print!("{}", check_human(report));
     }
     Ok(if report.check_errors != 0 {
         1
@@ -1055,17 +997,7 @@ fn cmd_convert(a: ConvertArgs) -> anyhow::Result<i32> {
         o.backing_format = Some(parse_format(f)?);
     }
     let has_backing = o.backing_file.is_some();
-    if has_backing && out_fmt != Format::Qcow2 {
-        bail!("Backing file not supported for file format '{out_fmt}'");
-    }
-    if has_backing && o.backing_format.is_none() {
-        // qemu-img 7 insists on a backing format; take the one of the file.
-        let b = o.backing_file.clone().unwrap_or_default();
-        let bpath = image::resolve_backing_path(Path::new(&output), &b);
-        let probed =
-            image::probe(&bpath).map_err(|e| anyhow!("Could not open backing file '{b}': {e}"))?;
-        o.backing_format = Some(probed);
-    }
+    create::prepare_convert_backing(Path::new(&output), &mut o)?;
     let opts = convert::ConvertOptions {
         sparse_size,
         compress: a.compress,
@@ -1144,29 +1076,7 @@ fn cmd_snapshot(a: SnapshotArgs) -> anyhow::Result<i32> {
 fn cmd_commit(a: CommitArgs) -> anyhow::Result<i32> {
     let fmt = parse_opt_format(a.format.as_deref())?;
     if let Some(base) = &a.base {
-        // Only the direct backing file is supported as a base.
-        let top = open_with(
-            &a.filename,
-            &OpenOptions {
-                read_only: true,
-                format: fmt,
-                follow_backing: false,
-                sharing: Sharing::Tool,
-                ..Default::default()
-            },
-        )?;
-        let backing = top
-            .backing_filename()
-            .ok_or_else(|| anyhow!("Image does not have a backing file"))?;
-        let direct = image::resolve_backing_path(Path::new(&a.filename), &backing);
-        let same = std::fs::canonicalize(&direct).ok() == std::fs::canonicalize(base).ok();
-        if !same {
-            bail!(
-                "'{base}' is not the backing file of '{}': committing into a deeper \
-                 backing file is not supported (commit one layer at a time)",
-                a.filename
-            );
-        }
+        commit::check_base(Path::new(&a.filename), fmt, Path::new(base))?;
     }
     let bar = progress_bar(a.progress && !a.quiet, 0);
     let mut tick = |done: u64, total: u64| {
@@ -1230,17 +1140,7 @@ fn cmd_resize(a: ResizeArgs) -> anyhow::Result<i32> {
         }
     }
     let fmt = parse_opt_format(a.format.as_deref())?;
-    let (sign, text) = match a.size.as_bytes().first() {
-        Some(b'+') => (1i8, &a.size[1..]),
-        Some(b'-') => (-1, &a.size[1..]),
-        _ => (0, a.size.as_str()),
-    };
-    let amount = size::parse_size(text).ok_or_else(|| {
-        anyhow!(
-            "Invalid image size specified. You may use k, M, G, T, P or E suffixes for \
-             kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."
-        )
-    })?;
+    let change = resize::SizeChange::parse(&a.size)?;
     let img = open_with(
         &a.filename,
         &OpenOptions {
@@ -1250,30 +1150,17 @@ fn cmd_resize(a: ResizeArgs) -> anyhow::Result<i32> {
             ..Default::default()
         },
     )?;
-    let current = img.len();
-    let new_size = match sign {
-        1 => current
-            .checked_add(amount)
-            .ok_or_else(|| anyhow!("Image size too large"))?,
-        -1 => {
-            if amount > current {
-                bail!("New image size must be positive.");
-            }
-            current - amount
-        }
-        _ => amount,
-    };
-    if new_size < current && !a.shrink {
-        bail!(
+    match resize::resize(&img, change, a.shrink) {
+        Ok(_) => {}
+        Err(resize::ResizeError::ShrinkNotAllowed) => bail!(
             "Use the --shrink option to perform a shrink operation.\n\
              virtkit img: warning: Shrinking an image will delete all data beyond the shrunken \
              image's end. Before performing such an operation, make sure there is no important \
              data there."
-        );
+        ),
+        Err(resize::ResizeError::Image(e)) => bail!("{}: {e}", a.filename),
+        Err(e) => return Err(e.into()),
     }
-    img.resize(new_size, a.shrink)
-        .map_err(|e| anyhow!("{}: {e}", a.filename))?;
-    img.flush()?;
     if !a.quiet {
         println!("Image resized.");
     }
@@ -1297,11 +1184,58 @@ fn cmd_map(a: MapArgs) -> anyhow::Result<i32> {
     let img = open_image(&a.filename, fmt, true, a.force_share)?;
     if json {
         let entries = map::map(&img, start, max_len)?;
-        print!("{}", map::render_json(&entries));
+        print!("{}", map_json(&entries));
     } else {
-        print!("{}", map::render_human(&img, start, max_len)?);
+        print!("{}", map_human(&map::map_human(&img, start, max_len)?));
     }
     Ok(0)
+}
+
+/// `qemu-img map --output=json`: one entry a line, in qemu's layout.
+fn map_json(entries: &[map::MapEntry]) -> String {
+    let mut s = String::from("[");
+    for (i, e) in entries.iter().enumerate() {
+        let _ = write!(
+            s,
+            "{{ \"start\": {}, \"length\": {}, \"depth\": {}, \"present\": {}, \"zero\": {}, \"data\": {}",
+            e.start, e.length, e.depth, e.present, e.zero, e.data
+        );
+        if let Some(o) = e.offset {
+            let _ = write!(s, ", \"offset\": {o}");
+        }
+        s.push('}');
+        if i + 1 < entries.len() {
+            s.push_str(",\n");
+        }
+    }
+    s.push_str("]\n");
+    s
+}
+
+/// C's `%#-16x`: `0x` prefix except for zero, left-justified in 16 columns.
+fn hex16(v: u64) -> String {
+    let h = if v == 0 {
+        "0".to_string()
+    } else {
+        format!("{v:#x}")
+    };
+    format!("{h:<16}")
+}
+
+/// `qemu-img map` (human): the extents that hold data, with where they live.
+fn map_human(entries: &[map::MapEntry]) -> String {
+    let mut s = String::from("Offset          Length          Mapped to       File\n");
+    for e in entries.iter().filter(|e| e.data && !e.zero) {
+        let _ = writeln!(
+            s,
+            "{}{}{}{}",
+            hex16(e.start),
+            hex16(e.length),
+            hex16(e.offset.unwrap_or(0)),
+            e.filename
+        );
+    }
+    s
 }
 
 // ---------------------------------------------------------------- compare
@@ -1348,17 +1282,7 @@ fn cmd_measure(a: MeasureArgs) -> anyhow::Result<i32> {
         ..Default::default()
     };
     apply_create_options(&mut o, &pairs)?;
-    let target = match out_fmt {
-        Format::Raw => measure::MeasureTarget::Raw,
-        Format::Qcow2 => measure::MeasureTarget::Qcow2 {
-            cluster_size: o.cluster_size,
-            refcount_order: o.refcount_bits.trailing_zeros(),
-            extended_l2: o.extended_l2,
-            v3: o.compat == Compat::V3,
-            full_prealloc: matches!(o.preallocation, Preallocation::Full | Preallocation::Falloc),
-            has_backing: o.backing_file.is_some(),
-        },
-    };
+    let target = measure::MeasureTarget::from_create_options(&o);
     let m = match (&a.size, &a.filename) {
         (Some(_), Some(_)) => bail!("--size N cannot be used together with a filename."),
         (None, None) => bail!("Either --size N or one filename must be specified."),
@@ -1369,22 +1293,7 @@ fn cmd_measure(a: MeasureArgs) -> anyhow::Result<i32> {
         (None, Some(f)) => {
             let fmt = parse_opt_format(a.format.as_deref())?;
             let img = open_image(f, fmt, true, a.force_share)?;
-            let size = img.len();
-            let mut extents = Vec::new();
-            let mut off = 0;
-            while off < size {
-                let st = img.block_status(off, size - off)?;
-                let len = st.len.clamp(1, size - off);
-                extents.push(measure::InputExtent {
-                    offset: off,
-                    len,
-                    zero: st.zero,
-                    data: st.data,
-                });
-                off += len;
-            }
-            let bitmaps_ok = img.info()?.qcow2.is_some_and(|q| q.compat == "1.1");
-            measure::measure(&target, size, Some((&extents, bitmaps_ok)))?
+            measure::measure_image(&target, &img)?
         }
     };
     if json {
@@ -1470,4 +1379,35 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<i32> {
         img.flush()?;
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(start: u64, length: u64, offset: Option<u64>) -> map::MapEntry {
+        map::MapEntry {
+            start,
+            length,
+            depth: 0,
+            present: true,
+            zero: false,
+            data: true,
+            compressed: false,
+            offset,
+            filename: "a".into(),
+        }
+    }
+
+    #[test]
+    fn map_json_layout() {
+        let s = map_json(&[e(0, 65536, Some(327680)), e(65536, 10, None)]);
+        assert_eq!(
+            s,
+            "[{ \"start\": 0, \"length\": 65536, \"depth\": 0, \"present\": true, \"zero\": false, \"data\": true, \"offset\": 327680},\n\
+             { \"start\": 65536, \"length\": 10, \"depth\": 0, \"present\": true, \"zero\": false, \"data\": true}]\n"
+        );
+        assert_eq!(hex16(0), "0               ");
+        assert_eq!(hex16(0x50000), "0x50000         ");
+    }
 }

@@ -14,6 +14,47 @@ pub enum CommitError {
     Image(#[from] crate::Error),
     #[error("Image does not have a backing file")]
     NoBacking,
+    #[error("Could not open '{path}': {source}")]
+    Open { path: String, source: crate::Error },
+    /// `-b BASE` names a file deeper in the chain than the direct backing
+    /// file.
+    #[error(
+        "'{base}' is not the backing file of '{top}': committing into a deeper backing file \
+         is not supported (commit one layer at a time)"
+    )]
+    NotDirectBase { base: String, top: String },
+}
+
+/// Checks that `base` (`commit -b`) is the direct backing file of the image
+/// at `path`: only one layer is committed at a time.
+pub fn check_base(
+    path: &Path,
+    format: Option<crate::Format>,
+    base: &Path,
+) -> Result<(), CommitError> {
+    let top = open(
+        path,
+        &OpenOptions {
+            read_only: true,
+            format,
+            follow_backing: false,
+            sharing: crate::Sharing::Tool,
+            ..Default::default()
+        },
+    )
+    .map_err(|source| CommitError::Open {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let backing = top.backing_filename().ok_or(CommitError::NoBacking)?;
+    let direct = crate::resolve_backing_path(path, &backing);
+    if std::fs::canonicalize(&direct).ok() != std::fs::canonicalize(base).ok() {
+        return Err(CommitError::NotDirectBase {
+            base: base.display().to_string(),
+            top: path.display().to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// What the commit did.

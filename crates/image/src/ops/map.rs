@@ -1,7 +1,5 @@
-//! `map`: the allocation map of an image and its backing chain, merged and
-//! printed exactly as `qemu-img map` prints it (human table or JSON lines).
-
-use std::fmt::Write as _;
+//! `map`: the allocation map of an image and its backing chain, merged as
+//! `qemu-img map` merges it (the CLI renders the human table or JSON).
 
 use super::{Status, StatusSource};
 use crate::Image;
@@ -112,41 +110,15 @@ fn map_with(
     Ok(out)
 }
 
-/// `qemu-img map --output=json`.
-pub fn render_json(entries: &[MapEntry]) -> String {
-    let mut s = String::from("[");
-    for (i, e) in entries.iter().enumerate() {
-        let _ = write!(
-            s,
-            "{{ \"start\": {}, \"length\": {}, \"depth\": {}, \"present\": {}, \"zero\": {}, \"data\": {}",
-            e.start, e.length, e.depth, e.present, e.zero, e.data
-        );
-        if let Some(o) = e.offset {
-            let _ = write!(s, ", \"offset\": {o}");
-        }
-        s.push('}');
-        if i + 1 < entries.len() {
-            s.push_str(",\n");
-        }
-    }
-    s.push_str("]\n");
-    s
-}
-
-/// C's `%#-16x`: `0x` prefix except for zero, left-justified in 16 columns.
-fn hex16(v: u64) -> String {
-    let h = if v == 0 {
-        "0".to_string()
-    } else {
-        format!("{v:#x}")
-    };
-    format!("{h:<16}")
-}
-
-/// `qemu-img map` (human): the extents that hold data, with where they live.
-pub fn render_human(image: &Image, start: u64, max_len: Option<u64>) -> Result<String, MapError> {
-    // The human format ignores the difference between unallocated, zero and
-    // zero-with-data, which lets more entries coalesce (as qemu-img does).
+/// The entries `qemu-img map`'s human format shows: like [`map`], but
+/// unallocated, zero and zero-with-data extents count as one kind (zero), so
+/// more of them coalesce, as qemu-img does. Fails when data has no host
+/// offset to show (compressed clusters).
+pub fn map_human(
+    image: &Image,
+    start: u64,
+    max_len: Option<u64>,
+) -> Result<Vec<MapEntry>, MapError> {
     let entries = map_with(image, start, max_len, |mut e, _| {
         if !e.data || e.zero {
             e.data = false;
@@ -154,23 +126,10 @@ pub fn render_human(image: &Image, start: u64, max_len: Option<u64>) -> Result<S
         }
         e
     })?;
-    let mut s = String::from("Offset          Length          Mapped to       File\n");
-    for e in &entries {
-        if e.data && e.offset.is_none() {
-            return Err(MapError::NoOffset);
-        }
-        if e.data && !e.zero {
-            let _ = writeln!(
-                s,
-                "{}{}{}{}",
-                hex16(e.start),
-                hex16(e.length),
-                hex16(e.offset.unwrap_or(0)),
-                e.filename
-            );
-        }
+    if entries.iter().any(|e| e.data && e.offset.is_none()) {
+        return Err(MapError::NoOffset);
     }
-    Ok(s)
+    Ok(entries)
 }
 
 #[cfg(test)]
@@ -202,17 +161,5 @@ mod tests {
             &e(4096, 4096, Some(65536))
         ));
         assert!(!mergeable(&e(0, 4096, Some(8192)), &e(4096, 4096, None)));
-    }
-
-    #[test]
-    fn json_layout() {
-        let s = render_json(&[e(0, 65536, Some(327680)), e(65536, 10, None)]);
-        assert_eq!(
-            s,
-            "[{ \"start\": 0, \"length\": 65536, \"depth\": 0, \"present\": true, \"zero\": false, \"data\": true, \"offset\": 327680},\n\
-             { \"start\": 65536, \"length\": 10, \"depth\": 0, \"present\": true, \"zero\": false, \"data\": true}]\n"
-        );
-        assert_eq!(hex16(0), "0               ");
-        assert_eq!(hex16(0x50000), "0x50000         ");
     }
 }

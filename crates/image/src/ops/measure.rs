@@ -1,5 +1,10 @@
 //! `measure`: how large a new image file must be, computed as qemu-img
 //! computes it, so scripts that size volumes with it get the same numbers.
+//! This is the one implementation: the CLI only parses arguments and prints
+//! the [`Measurement`].
+
+use super::StatusSource;
+use crate::{BlockBackend, Compat, CreateOptions, Format, Image, Preallocation};
 
 /// Largest L1 table qemu accepts (32 MiB), hence the largest image size for
 /// a given cluster size.
@@ -20,6 +25,26 @@ pub enum MeasureTarget {
         /// A backing file is given: all clusters are assumed to be needed.
         has_backing: bool,
     },
+}
+
+impl MeasureTarget {
+    /// The target a `create`/`convert -O` with these options would make.
+    pub fn from_create_options(o: &CreateOptions) -> MeasureTarget {
+        match o.format {
+            Format::Raw => MeasureTarget::Raw,
+            Format::Qcow2 => MeasureTarget::Qcow2 {
+                cluster_size: o.cluster_size,
+                refcount_order: o.refcount_bits.trailing_zeros(),
+                extended_l2: o.extended_l2,
+                v3: o.compat == Compat::V3,
+                full_prealloc: matches!(
+                    o.preallocation,
+                    Preallocation::Full | Preallocation::Falloc
+                ),
+                has_backing: o.backing_file.is_some(),
+            },
+        }
+    }
 }
 
 /// One extent of the input image as block status reports it over the whole
@@ -43,8 +68,10 @@ pub struct Measurement {
 }
 
 /// Errors of `measure`.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum MeasureError {
+    #[error(transparent)]
+    Image(#[from] crate::Error),
     #[error("The image size is too large (try using a larger cluster size)")]
     TooLarge,
     #[error("Cluster size must be a power of two between 512 and 2048k")]
@@ -180,6 +207,35 @@ pub fn measure(
     }
 }
 
+/// The extents of the first `size` bytes of `src`, in order, as block
+/// status reports them over the whole chain.
+pub fn input_extents(src: &dyn StatusSource, size: u64) -> crate::Result<Vec<InputExtent>> {
+    let mut extents = Vec::new();
+    let mut off = 0;
+    while off < size {
+        let st = src.status(off, size - off)?;
+        let len = st.len.clamp(1, size - off);
+        extents.push(InputExtent {
+            offset: off,
+            len,
+            zero: st.zero,
+            data: st.data,
+        });
+        off += len;
+    }
+    Ok(extents)
+}
+
+/// Measures a new image of `target` format holding the content of `img`
+/// (`qemu-img measure FILE`).
+pub fn measure_image(target: &MeasureTarget, img: &Image) -> Result<Measurement, MeasureError> {
+    let size = img.len();
+    let extents = input_extents(img, size)?;
+    // Bitmaps are reported only when the input could hold them too.
+    let bitmaps_ok = img.info()?.qcow2.is_some_and(|q| q.compat == "1.1");
+    measure(target, size, Some((&extents, bitmaps_ok)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,9 +283,9 @@ mod tests {
 
     #[test]
     fn too_large() {
-        assert_eq!(
+        assert!(matches!(
             measure(&qcow2(512), 1 << 50, None),
             Err(MeasureError::TooLarge)
-        );
+        ));
     }
 }

@@ -1,18 +1,31 @@
-//! Format-independent image operations behind `virtkit img` (convert,
-//! commit, rebase, compare, measure, map, bench).
+//! Format-independent image operations behind `virtkit img` (create's and
+//! convert's backing checks, check with repair, convert, commit, rebase,
+//! resize, compare, measure, map, bench), one operation a file.
 //!
 //! Everything here works on [`BlockBackend`](crate::BlockBackend)s plus a
 //! block-status query ([`Status`]), so it serves raw files and qcow2 chains
-//! alike.
+//! alike. Long operations report progress through a `FnMut(done, total)`
+//! callback.
+//!
+//! Where rendering lives: the library decides and returns structured
+//! results (plain structs such as [`map::MapEntry`], [`check::CheckRun`],
+//! [`measure::Measurement`], [`crate::ImageInfo`], whose field names follow
+//! qemu-img's JSON keys); it never formats qemu-img's human text or JSON
+//! output and never prints. The CLI (`virtkit img`) renders every command's
+//! output, human and JSON alike. Error messages are the exception: their
+//! `Display` uses qemu-img's wording so the CLI can show them as they are.
 
 pub mod bench;
+pub mod check;
 pub mod commit;
 pub mod compare;
 pub mod convert;
+pub mod create;
 pub mod map;
 pub mod measure;
 pub mod options;
 pub mod rebase;
+pub mod resize;
 pub mod size;
 
 pub use crate::BlockStatus as Status;

@@ -1,5 +1,5 @@
-//! Creating qcow2 images and measuring what they need (`qemu-img create`,
-//! `qemu-img measure`).
+//! Creating qcow2 images (`qemu-img create`); what they need is measured
+//! by [`crate::ops::measure`].
 
 use std::path::Path;
 
@@ -232,53 +232,4 @@ impl Meta {
         let _ = L1E_OFFSET_MASK;
         Ok(())
     }
-}
-
-/// `qemu-img measure` for qcow2, with QEMU's formula.
-pub(crate) fn measure(
-    opts: &CreateOptions,
-    virtual_size: u64,
-    allocated: u64,
-) -> Result<crate::Measure> {
-    let (cb, rb) = validate(opts, virtual_size)?;
-    let cs = 1u64 << cb;
-    let vsize = virtual_size.div_ceil(cs) * cs;
-    let full = prealloc_size(vsize, cs, rb.trailing_zeros(), opts.extended_l2);
-    let data = match opts.preallocation {
-        Preallocation::Full | Preallocation::Falloc => vsize,
-        _ => allocated.div_ceil(cs) * cs,
-    };
-    Ok(crate::Measure {
-        required: full - vsize + data.min(vsize),
-        fully_allocated: full,
-    })
-}
-
-fn prealloc_size(total: u64, cs: u64, refcount_order: u32, ext: bool) -> u64 {
-    let l2e = if ext { 16 } else { 8 };
-    let mut meta = cs; // header
-    let mut nl2e = total / cs;
-    nl2e = nl2e.div_ceil(cs / l2e) * (cs / l2e);
-    meta += nl2e * l2e;
-    let mut nl1e = nl2e * l2e / cs;
-    nl1e = nl1e.div_ceil(cs / 8) * (cs / 8);
-    meta += nl1e * 8;
-    meta += refcount_metadata_size((meta + total) / cs, cs, refcount_order);
-    meta + total
-}
-
-fn refcount_metadata_size(clusters: u64, cs: u64, order: u32) -> u64 {
-    let per_table_cluster = cs / 8;
-    let per_block = cs * 8 / (1 << order);
-    let (mut table, mut blocks, mut n) = (0u64, 0u64, 0u64);
-    loop {
-        let last = n;
-        blocks = (clusters + table + blocks).div_ceil(per_block);
-        table = blocks.div_ceil(per_table_cluster);
-        n = clusters + blocks + table;
-        if n == last {
-            break;
-        }
-    }
-    (blocks + table) * cs
 }

@@ -34,7 +34,7 @@ use crate::{
     Result, SnapshotInfo,
 };
 use cache::Cache;
-pub(crate) use create::{create, measure};
+pub(crate) use create::create;
 pub(crate) use header::MAGIC;
 use header::*;
 use snapshot::Snapshot;
