@@ -3,7 +3,9 @@
 # (libslirp), side by side in one run: same Debian kernel, same initramfs
 # (its init loads virtio_net and brings eth0 up by DHCP under both), same
 # RAM, one hart, a virtio-net card on virtio-mmio in both.
-#   guest->host  the guest pipes SIZE bytes of zeros into busybox nc to a host
+#   guest->host  the guest pipes SIZE bytes of zeros (dd, 1 MB blocks: busybox
+#                head -c reads in small pieces and costs guest CPU of its own)
+#                into busybox nc to a host
 #                sink on 127.0.0.1 (through 10.0.2.2); the sink closes after
 #                the last byte, so the time covers delivery to the host
 #   host->guest  the guest's busybox wget fetches SIZE bytes from a host HTTP
@@ -25,6 +27,7 @@ SIZE=${SIZE:-200000000}
 REQS=${REQS:-1000}
 MEM=${MEM:-512M}
 TIMEOUT=${TIMEOUT:-900}
+[ $((SIZE % 1000000)) = 0 ] && [ "$SIZE" -gt 0 ] || { echo "SIZE must be a positive multiple of 1000000, not $SIZE" >&2; exit 1; }
 WORK=$(mktemp -d /tmp/virtkit-net-bench.XXXXXX)
 PIDS=()
 cleanup() {
@@ -119,7 +122,7 @@ KERNEL=$("$VIRTKIT" guest path kernel)
 "$VIRTKIT" guest initramfs -o "$WORK/net.cpio" -- sh -c "
     up() { cut -d' ' -f1 /proc/uptime; }
     ip -4 addr show eth0 | grep -q 'inet 10.0.2.15' || echo 'no address on eth0'
-    a=\$(up); head -c $SIZE /dev/zero | nc 10.0.2.2 $SINK; b=\$(up); echo \"tx \$a \$b\"
+    a=\$(up); dd if=/dev/zero bs=1000000 count=$((SIZE / 1000000)) 2>/dev/null | nc 10.0.2.2 $SINK; b=\$(up); echo \"tx \$a \$b\"
     a=\$(up); wget -q -O /dev/null http://10.0.2.2:$SOURCE/zeros; b=\$(up); echo \"rx \$a \$b\"
     mkdir -p /www; echo hello > /www/index.html
     httpd -p 8080 -h /www && echo ready
