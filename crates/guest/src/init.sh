@@ -23,24 +23,6 @@ if [ -f "/lib/modules/$rel/virtkit.order" ]; then
 	done <"/lib/modules/$rel/virtkit.order"
 fi
 
-# A virtio block device (device id 2) means a disk was given: wait for it
-# briefly (probing is asynchronous) and mount it at /mnt.
-has_disk=
-for d in /sys/bus/virtio/devices/*; do
-	[ "$(cat "$d/device" 2>/dev/null)" = 0x0002 ] && has_disk=1
-done
-if [ -n "$has_disk" ]; then
-	i=0
-	while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
-	opts=rw
-	[ "$(cat /sys/block/vda/ro 2>/dev/null)" = 1 ] && opts=ro
-	if [ -b /dev/vda ]; then
-		mount -t ext4 -o "$opts" /dev/vda /mnt || echo "virtkit-init: could not mount /dev/vda (ext4) at /mnt" >&2
-	else
-		echo "virtkit-init: a virtio disk exists but /dev/vda did not appear" >&2
-	fi
-fi
-
 # A virtio network card (device id 1) means a network: bring eth0 up and
 # ask for an address by DHCP (virtkit's user-mode network answers at once;
 # `virtkit.dhcp=0` on the kernel command line skips it, for static setups).
@@ -99,8 +81,31 @@ exit $s
 VKEOF
 chmod 755 /run/virtkit-session
 
-status=0
-if [ -s /virtkit/argv ]; then
+# Waiting mode (`virtkit.wait=1`, how `virtkit run` builds the snapshot it
+# restores): with the machine set up, say so on the console and read the
+# command from it as one line, `V1 EPOCH SEED BASE64`: the host's time
+# (the guest's clock continues from the snapshot, so set it to now), bytes
+# for the entropy pool (clones of one snapshot must not share random
+# numbers), and the base64 of "ENV... virtkit-argv ARGV..." (NUL-separated;
+# no argv: an interactive shell). The host pauses the machine after the
+# marker and snapshots it; each restored copy gets its own line.
+if grep -q 'virtkit.wait=1' /proc/cmdline; then
+	saved=$(stty -g 2>/dev/null)
+	stty raw -echo 2>/dev/null
+	echo "virtkit-init: ready for a command"
+	IFS=' ' read -r ver epoch seed b64 || ver=
+	stty "$saved" 2>/dev/null
+	if [ "$ver" != V1 ]; then
+		echo "virtkit-init: unreadable command line from the host" >&2
+		devmem 0x100000 32 $(((125 << 16) | 0x3333))
+		poweroff -f
+	fi
+	date -s "@$epoch" >/dev/null 2>&1
+	echo "$seed" >/dev/urandom
+	if [ -n "$b64" ]; then
+		echo "$b64" | base64 -d >/run/virtkit-cmd
+	fi
+elif [ -s /virtkit/argv ]; then
 	# The command reaches sh as "$@" through xargs -0, which alone can read
 	# NUL-separated words; env entries come first, up to a marker word.
 	{
@@ -108,6 +113,28 @@ if [ -s /virtkit/argv ]; then
 		printf 'virtkit-argv\0'
 		cat /virtkit/argv
 	} >/run/virtkit-cmd
+fi
+
+# A virtio block device (device id 2) means a disk was given: wait for it
+# briefly (probing is asynchronous) and mount it at /mnt.
+has_disk=
+for d in /sys/bus/virtio/devices/*; do
+	[ "$(cat "$d/device" 2>/dev/null)" = 0x0002 ] && has_disk=1
+done
+if [ -n "$has_disk" ]; then
+	i=0
+	while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+	opts=rw
+	[ "$(cat /sys/block/vda/ro 2>/dev/null)" = 1 ] && opts=ro
+	if [ -b /dev/vda ]; then
+		mount -t ext4 -o "$opts" /dev/vda /mnt || echo "virtkit-init: could not mount /dev/vda (ext4) at /mnt" >&2
+	else
+		echo "virtkit-init: a virtio disk exists but /dev/vda did not appear" >&2
+	fi
+fi
+
+status=0
+if [ -s /run/virtkit-cmd ]; then
 	rm -f /run/virtkit-status
 	xargs -0 -x -a /run/virtkit-cmd sh -c '
 		while [ $# -gt 0 ] && [ "$1" != virtkit-argv ]; do export "$1"; shift; done

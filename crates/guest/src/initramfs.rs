@@ -67,6 +67,76 @@ pub fn build_base(busybox: &[u8], release: &str, modules: &[Module]) -> Result<V
 /// yields an archive without `/virtkit/argv`: the guest then starts an
 /// interactive shell.
 pub fn run_archive(argv: &[String], env: &[(String, String)]) -> Result<Vec<u8>> {
+    let (args, envb) = encode_command(argv, env)?;
+    let mut w = CpioWriter::new();
+    w.dir("virtkit", 0o755)?;
+    if !argv.is_empty() {
+        w.file("virtkit/argv", 0o644, &args)?;
+    }
+    if !env.is_empty() {
+        w.file("virtkit/env", 0o644, &envb)?;
+    }
+    Ok(w.finish())
+}
+
+/// What the init prints on its console when, in waiting mode
+/// ([`WAIT_ARG`] on the kernel command line), it is ready to read the
+/// command line built by [`command_line`].
+pub const READY_MARKER: &[u8] = b"virtkit-init: ready for a command";
+
+/// The kernel argument that puts the init in waiting mode: it sets up the
+/// machine (modules, network), prints [`READY_MARKER`] and reads its
+/// command from the console instead of `/virtkit/argv`.
+pub const WAIT_ARG: &str = "virtkit.wait=1";
+
+/// The line a waiting init reads from its console (newline included):
+/// `V1 EPOCH SEED BASE64`, where EPOCH is the host's time in seconds (the
+/// guest sets its clock to it), SEED is hex mixed into the guest's entropy
+/// pool, and BASE64 encodes the environment entries, the word
+/// `virtkit-argv`, then the arguments, each NUL-terminated (nothing at all
+/// for an interactive shell).
+pub fn command_line(
+    argv: &[String],
+    env: &[(String, String)],
+    epoch: u64,
+    seed: &[u8],
+) -> Result<Vec<u8>> {
+    let (args, envb) = encode_command(argv, env)?;
+    let mut payload = envb;
+    if !argv.is_empty() {
+        payload.extend_from_slice(b"virtkit-argv\0");
+        payload.extend_from_slice(&args);
+    } else {
+        payload.clear();
+    }
+    let seed_hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
+    let mut line = format!("V1 {epoch} {seed_hex} ").into_bytes();
+    line.extend_from_slice(base64(&payload).as_bytes());
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// Standard base64 with padding (what busybox `base64 -d` reads). A dozen
+/// lines here rather than a dependency for one call.
+fn base64(data: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The NUL-terminated arguments and `KEY=VALUE` entries, checked.
+fn encode_command(argv: &[String], env: &[(String, String)]) -> Result<(Vec<u8>, Vec<u8>)> {
     let mut args = Vec::new();
     for a in argv {
         if a.contains('\0') {
@@ -101,15 +171,7 @@ pub fn run_archive(argv: &[String], env: &[(String, String)]) -> Result<Vec<u8>>
             args.len() + envb.len()
         )));
     }
-    let mut w = CpioWriter::new();
-    w.dir("virtkit", 0o755)?;
-    if !argv.is_empty() {
-        w.file("virtkit/argv", 0o644, &args)?;
-    }
-    if !env.is_empty() {
-        w.file("virtkit/env", 0o644, &envb)?;
-    }
-    Ok(w.finish())
+    Ok((args, envb))
 }
 
 /// Reads the base initramfs at `base` and appends the run archive for
@@ -128,6 +190,42 @@ pub fn run_initramfs(base: &Path, argv: &[String], env: &[(String, String)]) -> 
 mod tests {
     use super::*;
     use std::process::Command;
+
+    #[test]
+    fn command_line_decodes_with_base64_and_splits_like_the_init() {
+        let argv = vec!["sh".to_string(), "-c".into(), "echo 'a b'; exit 7".into()];
+        let env = vec![("FOO".to_string(), "bar baz".to_string())];
+        let line = command_line(&argv, &env, 1234, &[0xab, 0x01]).unwrap();
+        let text = String::from_utf8(line).unwrap();
+        assert!(text.ends_with('\n'));
+        let words: Vec<&str> = text.trim_end().split(' ').collect();
+        assert_eq!(&words[..3], &["V1", "1234", "ab01"]);
+        let out = Command::new("base64")
+            .arg("-d")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(words[3].as_bytes())?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        assert_eq!(
+            out.stdout,
+            b"FOO=bar baz\0virtkit-argv\0sh\0-c\0echo 'a b'; exit 7\0"
+        );
+        for n in 0..7 {
+            let data: Vec<u8> = (0..n).map(|i| i * 37).collect();
+            let enc = base64(&data);
+            assert_eq!(enc.len() % 4, 0);
+        }
+        assert_eq!(base64(b"hello\0world"), "aGVsbG8Ad29ybGQ=");
+        // An interactive shell: no payload at all.
+        let shell = command_line(&[], &env, 1, &[]).unwrap();
+        assert_eq!(shell, b"V1 1  \n");
+        assert!(command_line(&["a\0b".to_string()], &[], 1, &[]).is_err());
+    }
 
     #[test]
     fn run_archive_contents_via_gnu_cpio() {
