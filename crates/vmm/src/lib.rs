@@ -8,11 +8,16 @@
 //!   UART) drive a line; interrupt controllers (the PLIC, a KVM irqfd)
 //!   implement it.
 //!
+//! - [`snapshot`]: snapshot state files (magic, version, length, CRC,
+//!   a serde body) and memory files mapped back `MAP_PRIVATE`
+//!   ([`GuestRam::from_file`]).
+//!
 //! Layering: `vmm` sits under the device models (`virtio`) and the boards
 //! (`riscv-machine`), and knows neither.
 
 mod irq;
 mod memory;
+pub mod snapshot;
 
 pub use irq::IrqLine;
 pub use memory::GuestRam;

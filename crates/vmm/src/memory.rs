@@ -91,7 +91,7 @@ impl GuestRam {
         Self::from_region(region, base)
     }
 
-    fn from_region(region: MmapRegion, base: u64) -> Result<Self> {
+    pub(crate) fn from_region(region: MmapRegion, base: u64) -> Result<Self> {
         let size = region.size();
         let host = region.as_ptr();
         let err = |reason: &str| Error::GuestRam {
