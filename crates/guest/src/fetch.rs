@@ -440,14 +440,38 @@ impl Session<'_> {
     }
 
     /// Looks up packages of `arch` by name.
+    ///
+    /// Entries found once are kept in a small file beside the index (named
+    /// after it, so a new index starts afresh): reading and scanning the
+    /// 50 MB index costs a tenth of a second, which `virtkit run` restoring
+    /// a snapshot cannot afford on every start.
     pub fn packages(&mut self, arch: &str, names: &[&str]) -> Result<HashMap<String, Package>> {
         let path = self.index(arch, false)?;
+        let mut side = path.clone().into_os_string();
+        side.push(".found");
+        let side = PathBuf::from(side);
+        let known = fs::read_to_string(&side).unwrap_or_default();
+        if let Ok(found) = index::find_packages(&known, names) {
+            if found.len() == names.len() {
+                return Ok(found);
+            }
+        }
         if self.loaded.as_ref().is_none_or(|(p, _)| *p != path) {
             let text = fs::read_to_string(&path).ctx(|| format!("reading {}", path.display()))?;
             self.loaded = Some((path, text));
         }
         let text = self.loaded.as_ref().map(|(_, t)| t.as_str()).unwrap_or("");
-        index::find_packages(text, names)
+        let found = index::find_packages(text, names)?;
+        let mut all = known;
+        for p in found.values() {
+            if !all.is_empty() && !all.ends_with("\n\n") {
+                all.push('\n');
+            }
+            all.push_str(&p.to_stanza());
+        }
+        // Only a cache: failing to write it costs the next run time, nothing else.
+        let _ = write_atomic(&side, all.as_bytes());
+        Ok(found)
     }
 
     /// Looks up one package of `arch`.

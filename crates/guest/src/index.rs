@@ -160,6 +160,21 @@ pub struct Package {
 }
 
 impl Package {
+    /// The package as a Packages stanza with the fields this crate reads
+    /// ([`find_packages`] parses it back to the same value).
+    pub fn to_stanza(&self) -> String {
+        format!(
+            "Package: {}\nVersion: {}\nArchitecture: {}\nFilename: {}\nSize: {}\nSHA256: {}\nDepends: {}\n",
+            self.name,
+            self.version,
+            self.architecture,
+            self.filename,
+            self.size,
+            self.sha256,
+            self.depends
+        )
+    }
+
     /// Names in `Depends`, first alternative of each, without versions.
     pub fn depends_names(&self) -> Vec<String> {
         self.depends
@@ -248,6 +263,31 @@ mod tests {
 3e498904a30e240573dac8ddac594e6f  1961125 contrib/Contents-all\nSHA256:\n \
 0f29f58fb195d4e44daefa1a416ea34d1fd5f4908f54968286ad115384372298 54322586 main/binary-riscv64/Packages\n \
 7778d3e3f303b7ddb8ce0fe7c8d57473a076c6bf2e8f241f75421d2396352498  9678380 main/binary-amd64/Packages.xz\n";
+
+    #[test]
+    fn stanza_round_trip() {
+        let p = Package {
+            name: "linux-image-riscv64".into(),
+            version: "6.12.1-1".into(),
+            architecture: "riscv64".into(),
+            filename: "pool/main/l/x.deb".into(),
+            size: 1234,
+            sha256: "ab".repeat(32),
+            depends: "linux-image-6.12-riscv64 (= 6.12.1-1), a | b".into(),
+        };
+        let two = format!(
+            "{}\n{}",
+            p.to_stanza(),
+            Package {
+                name: "other".into(),
+                ..p.clone()
+            }
+            .to_stanza()
+        );
+        let found = find_packages(&two, &["linux-image-riscv64", "other"]).unwrap();
+        assert_eq!(found["linux-image-riscv64"], p);
+        assert_eq!(found["other"].name, "other");
+    }
 
     #[test]
     fn release_sha256_list() {
