@@ -15,6 +15,7 @@
 //! Layering: `vmm` sits under the device models (`virtio`) and the boards
 //! (`riscv-machine`), and knows neither.
 
+pub mod api;
 mod irq;
 mod memory;
 pub mod snapshot;
