@@ -175,6 +175,48 @@ impl VirtioDevice for Block {
         copy_config(&self.config, offset, data);
     }
 
+    fn save_state(&self) -> crate::persist::DeviceState {
+        crate::persist::DeviceState::Block {
+            capacity: self.capacity(),
+            read_only: self.read_only,
+        }
+    }
+
+    fn restore_state(
+        &mut self,
+        state: &crate::persist::DeviceState,
+    ) -> std::result::Result<(), crate::persist::PersistError> {
+        let crate::persist::DeviceState::Block {
+            capacity,
+            read_only,
+        } = *state
+        else {
+            return Err(crate::persist::wrong_state(device_type::BLOCK, state));
+        };
+        let what = if capacity != self.capacity() {
+            format!(
+                "the disk has {} sectors, the snapshot's had {capacity}: the guest would see its disk change size",
+                self.capacity()
+            )
+        } else if read_only != self.read_only {
+            format!(
+                "the disk is {} but was {} when the snapshot was taken",
+                if self.read_only {
+                    "read-only"
+                } else {
+                    "read-write"
+                },
+                if read_only { "read-only" } else { "read-write" }
+            )
+        } else {
+            return Ok(());
+        };
+        Err(crate::persist::PersistError::Mismatch {
+            device_type: device_type::BLOCK,
+            what,
+        })
+    }
+
     fn activate(&mut self, ctx: ActivateContext) -> Result<Box<dyn QueueHandler>> {
         Ok(Box::new(BlockHandler {
             req: RequestContext {

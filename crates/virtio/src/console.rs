@@ -272,6 +272,44 @@ impl VirtioDevice for Console {
     fn reset(&mut self) {
         self.detach();
     }
+
+    fn save_state(&self) -> crate::persist::DeviceState {
+        crate::persist::DeviceState::Console {
+            pending_input: lock(&self.shared.input).pending.iter().copied().collect(),
+            size: *lock(&self.shared.size),
+        }
+    }
+
+    fn restore_state(
+        &mut self,
+        state: &crate::persist::DeviceState,
+    ) -> std::result::Result<(), crate::persist::PersistError> {
+        let crate::persist::DeviceState::Console {
+            pending_input,
+            size,
+        } = state
+        else {
+            return Err(crate::persist::wrong_state(device_type::CONSOLE, state));
+        };
+        if pending_input.len() > MAX_PENDING_INPUT {
+            return Err(crate::persist::PersistError::Mismatch {
+                device_type: device_type::CONSOLE,
+                what: format!(
+                    "{} bytes of pending input, over the {MAX_PENDING_INPUT}-byte limit",
+                    pending_input.len()
+                ),
+            });
+        }
+        if size.is_some() != self.has_size {
+            return Err(crate::persist::PersistError::Mismatch {
+                device_type: device_type::CONSOLE,
+                what: "the console size feature differs from the snapshot's".into(),
+            });
+        }
+        lock(&self.shared.input).pending = pending_input.iter().copied().collect();
+        *lock(&self.shared.size) = *size;
+        Ok(())
+    }
 }
 
 struct ConsoleHandler {

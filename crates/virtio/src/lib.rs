@@ -81,6 +81,7 @@ mod blk;
 mod console;
 mod mmio;
 mod net;
+pub mod persist;
 mod queue;
 mod rng;
 

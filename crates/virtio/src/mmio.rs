@@ -6,7 +6,7 @@ use std::thread::JoinHandle;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use crate::queue::{run_worker, ActivateContext, DeviceSignals, WorkerEvents};
+use crate::queue::{run_worker, ActivateContext, DeviceSignals, Parked, WorkerEvents};
 use crate::{features, Error, Result, VirtioDevice};
 use vmm::IrqLine;
 
@@ -93,7 +93,7 @@ impl QueueConfig {
 
 struct Worker {
     events: Arc<WorkerEvents>,
-    thread: JoinHandle<()>,
+    thread: JoinHandle<Parked>,
 }
 
 /// One virtio device behind a virtio-mmio register window.
@@ -115,6 +115,9 @@ pub struct MmioTransport {
     queue_sel: u32,
     queues: Vec<QueueConfig>,
     worker: Option<Worker>,
+    /// A paused worker's handler and queues, with the events it waits on
+    /// (see [`pause`](Self::pause)).
+    parked: Option<(Parked, Arc<WorkerEvents>)>,
 }
 
 impl MmioTransport {
@@ -137,6 +140,7 @@ impl MmioTransport {
             queue_sel: 0,
             queues,
             worker: None,
+            parked: None,
         }
     }
 
@@ -354,6 +358,15 @@ impl MmioTransport {
             signals: self.signals.clone(),
             events: events.clone(),
         })?;
+        self.spawn_worker(handler, queues, events)
+    }
+
+    fn spawn_worker(
+        &mut self,
+        handler: Box<dyn crate::QueueHandler>,
+        queues: Vec<Queue>,
+        events: Arc<WorkerEvents>,
+    ) -> Result<()> {
         let signals = self.signals.clone();
         let ev = events.clone();
         let thread = std::thread::Builder::new()
@@ -365,6 +378,7 @@ impl MmioTransport {
     }
 
     fn stop_worker(&mut self) {
+        self.parked = None;
         if let Some(w) = self.worker.take() {
             w.events.stop();
             // A panicking worker already reported through the panic hook;
@@ -428,5 +442,200 @@ mod tests {
         assert_eq!(r, 0xaaaa_bbbb_3333_4444);
         set_half(&mut r, false, 0xcccc_dddd);
         assert_eq!(r, 0xaaaa_bbbb_cccc_dddd);
+    }
+}
+
+// ---- persist: pause, resume, save and restore for snapshots ----
+
+use crate::persist::{PersistError, QueueState, TransportState, TRANSPORT_STATE_VERSION};
+
+impl MmioTransport {
+    /// Stops the device's worker after the request it is on and keeps its
+    /// queues, so the device is quiescent (no guest memory access, no
+    /// interrupt) and its ring positions are known. Notifications that
+    /// arrive while paused are not lost: [`resume`](Self::resume) scans
+    /// every queue first. A no-op if the device is not running.
+    pub fn pause(&mut self) {
+        if let Some(w) = self.worker.take() {
+            w.events.stop();
+            // A worker that panicked has nothing to hand back: the device
+            // stays dead, as it would have without the pause.
+            if let Ok(parked) = w.thread.join() {
+                self.parked = Some((parked, w.events));
+            }
+        }
+    }
+
+    /// Starts the worker of a paused (or restored) device again.
+    pub fn resume(&mut self) -> Result<()> {
+        if self.signals.needs_reset() {
+            // A broken device stays stopped until the driver resets it.
+            return Ok(());
+        }
+        if let Some(((handler, queues), events)) = self.parked.take() {
+            events.restart();
+            self.spawn_worker(handler, queues, events)?;
+        }
+        Ok(())
+    }
+
+    /// The transport's and device's state. The transport must be paused
+    /// (or never activated).
+    pub fn save(&self) -> std::result::Result<TransportState, PersistError> {
+        let device_type = self.device.device_type();
+        if self.worker.is_some() {
+            return Err(PersistError::NotPaused { device_type });
+        }
+        let parked = self.parked.as_ref().map(|((_, q), _)| q);
+        let queues = self
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let pos = parked.and_then(|q| q.get(i)).map(|q| q.state());
+                QueueState {
+                    max_size: c.max_size,
+                    size: c.size,
+                    ready: c.ready,
+                    desc: c.desc,
+                    avail: c.avail,
+                    used: c.used,
+                    next_avail: pos.map_or(0, |p| p.next_avail),
+                    next_used: pos.map_or(0, |p| p.next_used),
+                }
+            })
+            .collect();
+        Ok(TransportState {
+            version: TRANSPORT_STATE_VERSION,
+            device_type,
+            status: self.status,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel,
+            queues,
+            interrupt_status: self.signals.interrupt_status(),
+            config_generation: self.signals.config_generation(),
+            needs_reset: if self.signals.needs_reset() {
+                Some(self.signals.last_error().unwrap_or_default())
+            } else {
+                None
+            },
+            device: self.device.save_state(),
+        })
+    }
+
+    /// A transport for `device` (fresh, of the snapshot's kind) in the
+    /// saved state, paused: call [`resume`](Self::resume) once the rest of
+    /// the board (interrupt controller included) is restored. Everything
+    /// is checked before the device is activated; on error nothing runs.
+    pub fn restore(
+        mut device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        irq: Arc<dyn IrqLine>,
+        st: &TransportState,
+    ) -> std::result::Result<Self, PersistError> {
+        let device_type = device.device_type();
+        if st.version != TRANSPORT_STATE_VERSION {
+            return Err(PersistError::Version(st.version));
+        }
+        if st.device_type != device_type {
+            return Err(PersistError::DeviceType {
+                expected: device_type,
+                found: st.device_type,
+            });
+        }
+        let max_sizes = device.queue_max_sizes().to_vec();
+        if st.queues.len() != max_sizes.len() {
+            return Err(PersistError::QueueCount {
+                device_type,
+                expected: max_sizes.len(),
+                found: st.queues.len(),
+            });
+        }
+        for (index, (q, &max)) in st.queues.iter().zip(&max_sizes).enumerate() {
+            if q.max_size != max {
+                return Err(PersistError::Queue {
+                    device_type,
+                    index,
+                    reason: format!("maximum size {} in the snapshot, {max} here", q.max_size),
+                });
+            }
+        }
+        device.restore_state(&st.device)?;
+        let mut t = MmioTransport::new(device, mem, irq);
+        t.status = st.status & 0xff & !status::DEVICE_NEEDS_RESET;
+        t.device_features_sel = st.device_features_sel;
+        t.driver_features_sel = st.driver_features_sel;
+        t.driver_features = st.driver_features;
+        t.queue_sel = st.queue_sel;
+        for (c, q) in t.queues.iter_mut().zip(&st.queues) {
+            c.size = q.size;
+            c.ready = q.ready;
+            c.desc = q.desc;
+            c.avail = q.avail;
+            c.used = q.used;
+        }
+        let running = t.status & status::DRIVER_OK != 0 && st.needs_reset.is_none();
+        if running {
+            let queues = t.restored_queues(&st.queues)?;
+            let events = Arc::new(WorkerEvents::default());
+            t.signals.set_driver_ok(true);
+            let handler = t
+                .device
+                .activate(ActivateContext {
+                    features: t.driver_features,
+                    mem: t.mem.clone(),
+                    signals: t.signals.clone(),
+                    events: events.clone(),
+                })
+                .map_err(|e| PersistError::Activate {
+                    device_type,
+                    reason: e.to_string(),
+                })?;
+            t.parked = Some(((handler, queues), events));
+        }
+        t.signals.restore(
+            st.interrupt_status,
+            st.config_generation,
+            t.status & status::DRIVER_OK != 0,
+            st.needs_reset.clone(),
+        );
+        Ok(t)
+    }
+
+    /// The running queues of a restored, activated device, checked as
+    /// activation checks them, at their saved positions.
+    fn restored_queues(
+        &self,
+        saved: &[QueueState],
+    ) -> std::result::Result<Vec<Queue>, PersistError> {
+        let device_type = self.device.device_type();
+        let event_idx = self.driver_features & (1 << features::RING_EVENT_IDX) != 0;
+        let mut queues = Vec::with_capacity(saved.len());
+        for (index, s) in saved.iter().enumerate() {
+            let qerr = |reason: String| PersistError::Queue {
+                device_type,
+                index,
+                reason,
+            };
+            let state = virtio_queue::QueueState {
+                max_size: s.max_size,
+                next_avail: s.next_avail,
+                next_used: s.next_used,
+                event_idx_enabled: event_idx,
+                size: if s.ready { s.size } else { s.max_size },
+                ready: s.ready,
+                desc_table: if s.ready { s.desc } else { 0 },
+                avail_ring: if s.ready { s.avail } else { 0 },
+                used_ring: if s.ready { s.used } else { 0 },
+            };
+            let q = Queue::try_from(state).map_err(|e| qerr(e.to_string()))?;
+            if s.ready && !q.is_valid(&self.mem) {
+                return Err(qerr("rings are not inside guest memory".into()));
+            }
+            queues.push(q);
+        }
+        Ok(queues)
     }
 }

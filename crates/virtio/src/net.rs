@@ -270,6 +270,17 @@ impl VirtioDevice for Net {
         self.stop_backend();
         self.state.acked_features = 0;
     }
+
+    fn save_state(&self) -> crate::persist::DeviceState {
+        self.persist_save()
+    }
+
+    fn restore_state(
+        &mut self,
+        state: &crate::persist::DeviceState,
+    ) -> std::result::Result<(), crate::persist::PersistError> {
+        self.persist_restore(state)
+    }
 }
 
 struct NetHandler {
@@ -469,5 +480,40 @@ mod tests {
     fn default_macs_count_up_from_qemus() {
         assert_eq!(default_mac(0), [0x52, 0x54, 0, 0x12, 0x34, 0x56]);
         assert_eq!(default_mac(2)[5], 0x58);
+    }
+}
+
+// ---- persist: snapshot state (see crate::persist) ----
+
+impl Net {
+    fn persist_save(&self) -> crate::persist::DeviceState {
+        crate::persist::DeviceState::Net {
+            mac: self.state.mac,
+            link_up: self.state.link_up,
+            acked_features: self.state.acked_features,
+        }
+    }
+
+    /// The restored guest's driver knows the saved MAC: it wins over the
+    /// one this NIC was created with (as Firecracker does).
+    fn persist_restore(
+        &mut self,
+        state: &crate::persist::DeviceState,
+    ) -> std::result::Result<(), crate::persist::PersistError> {
+        let crate::persist::DeviceState::Net {
+            mac,
+            link_up,
+            acked_features,
+        } = *state
+        else {
+            return Err(crate::persist::wrong_state(device_type::NET, state));
+        };
+        self.state = NetState {
+            version: NetState::VERSION,
+            mac,
+            link_up,
+            acked_features,
+        };
+        Ok(())
     }
 }

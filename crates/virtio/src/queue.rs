@@ -34,6 +34,21 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, ctx: ActivateContext) -> Result<Box<dyn QueueHandler>>;
     /// The driver reset the device (the worker is already stopped).
     fn reset(&mut self) {}
+    /// The device's own state for a snapshot, beyond the transport's
+    /// (taken while the worker is paused). Devices with none keep the
+    /// default.
+    fn save_state(&self) -> crate::persist::DeviceState {
+        crate::persist::DeviceState::None
+    }
+    /// Restores [`save_state`](Self::save_state)'s result into a fresh
+    /// device, before the transport activates it again. A state for
+    /// another kind of device is refused.
+    fn restore_state(
+        &mut self,
+        state: &crate::persist::DeviceState,
+    ) -> std::result::Result<(), crate::persist::PersistError> {
+        crate::persist::expect_none(self.device_type(), state)
+    }
 }
 
 /// Everything an activated device needs.
@@ -144,6 +159,24 @@ impl DeviceSignals {
         lock(&self.error).clone()
     }
 
+    /// Puts saved signal state back (snapshot restore) and drives the
+    /// line to match the interrupt status.
+    pub(crate) fn restore(
+        &self,
+        status: u32,
+        generation: u32,
+        driver_ok: bool,
+        error: Option<String>,
+    ) {
+        self.config_generation.store(generation, Ordering::Release);
+        self.driver_ok.store(driver_ok, Ordering::Release);
+        self.needs_reset.store(error.is_some(), Ordering::Release);
+        *lock(&self.error) = error;
+        let mut s = lock(&self.status);
+        *s = status & (INT_VRING | INT_CONFIG);
+        self.irq.set_level(*s != 0);
+    }
+
     pub(crate) fn reset(&self) {
         self.needs_reset.store(false, Ordering::Release);
         self.driver_ok.store(false, Ordering::Release);
@@ -183,6 +216,12 @@ impl WorkerEvents {
         self.cv.notify_one();
     }
 
+    /// Undoes [`stop`](Self::stop) so a paused worker can run again on the
+    /// same events (host-side producers keep their handle to them).
+    pub(crate) fn restart(&self) {
+        lock(&self.state).stop = false;
+    }
+
     /// Waits for work: `Some(pending queues)` or `None` when asked to stop.
     fn wait(&self) -> Option<u32> {
         let mut st = lock(&self.state);
@@ -198,14 +237,19 @@ impl WorkerEvents {
     }
 }
 
+/// What a stopped worker hands back: its handler and queues (with their
+/// ring positions), so the transport can save them or run them again.
+pub(crate) type Parked = (Box<dyn QueueHandler>, Vec<Queue>);
+
 /// The worker thread's body: process everything once (buffers may have
-/// been posted before DRIVER_OK), then whatever is notified, until stopped.
+/// been posted before DRIVER_OK, or notified while the worker was paused),
+/// then whatever is notified, until stopped.
 pub(crate) fn run_worker(
     mut handler: Box<dyn QueueHandler>,
     mut queues: Vec<Queue>,
     events: Arc<WorkerEvents>,
     signals: Arc<DeviceSignals>,
-) {
+) -> Parked {
     let all = if queues.len() >= 32 {
         u32::MAX
     } else {
@@ -217,11 +261,11 @@ pub(crate) fn run_worker(
             signals.set_needs_reset(e.to_string());
             // Stay parked until the driver resets the device.
             while events.wait().is_some() {}
-            return;
+            return (handler, queues);
         }
         match events.wait() {
             Some(p) => pending = p,
-            None => return,
+            None => return (handler, queues),
         }
     }
 }
