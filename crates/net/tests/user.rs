@@ -556,3 +556,40 @@ fn stop_and_restart_keeps_the_forwards() {
     wait_frame(&mut net, |f| f.len() > 42 && f[23] == 17);
     assert!(TcpStream::connect(addr).is_ok(), "forward still bound");
 }
+
+#[test]
+fn dns_to_10_0_2_3_goes_to_the_configured_resolver_and_port() {
+    // A "resolver" on a port other than 53: the configured address and
+    // port are used as given.
+    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let resolver = server.local_addr().unwrap();
+    let t = std::thread::spawn(move || {
+        let mut b = [0u8; 100];
+        let (n, from) = server.recv_from(&mut b).unwrap();
+        server.send_to(&b[..n].to_ascii_uppercase(), from).unwrap();
+    });
+    let (mut net, _) = start(UserConfig {
+        dns_servers: Some(vec![resolver]),
+        ..UserConfig::default()
+    });
+    let mut g = Guest::new(&mut net);
+    let buf = || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4096]);
+    let h = g.sockets.add(udp::Socket::new(buf(), buf()));
+    let s = g.sockets.get_mut::<udp::Socket>(h);
+    s.bind(5001).unwrap();
+    s.send_slice(b"query", (IpAddress::v4(10, 0, 2, 3), 53))
+        .unwrap();
+    let mut reply = None;
+    g.run_until(&mut net, |g| {
+        let s = g.sockets.get_mut::<udp::Socket>(h);
+        if let Ok((d, meta)) = s.recv() {
+            reply = Some((d.to_vec(), meta.endpoint));
+        }
+        reply.is_some()
+    });
+    let (data, from) = reply.unwrap();
+    assert_eq!(data, b"QUERY");
+    assert_eq!(from.addr, IpAddress::v4(10, 0, 2, 3));
+    assert_eq!(from.port, 53);
+    t.join().unwrap();
+}

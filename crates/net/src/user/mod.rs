@@ -96,24 +96,31 @@ const F_GUEST_TSO4: u64 = 1 << 7;
 const F_HOST_TSO4: u64 = 1 << 11;
 
 /// Configuration of one user-mode network.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UserConfig {
     /// QEMU's `restrict=on`: the guest reaches nothing outside; only the
     /// forwards work.
     pub restrict: bool,
     /// Host-to-guest port forwards.
     pub hostfwd: Vec<HostFwd>,
-    /// Resolvers behind 10.0.2.3; `None` reads `/etc/resolv.conf`.
-    pub dns_servers: Option<Vec<IpAddr>>,
+    /// Resolvers behind 10.0.2.3 (address and port; the first is used);
+    /// `None` reads `/etc/resolv.conf` (port 53).
+    pub dns_servers: Option<Vec<SocketAddr>>,
 }
 
-/// The host's resolvers from resolv.conf text (`nameserver` lines).
-fn parse_resolv_conf(text: &str) -> Vec<IpAddr> {
+/// The host's resolvers from resolv.conf text (`nameserver` lines), on
+/// port 53.
+fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
     text.lines()
         .filter_map(|l| {
             let mut words = l.split_whitespace();
             match (words.next(), words.next()) {
-                (Some("nameserver"), Some(a)) => a.split('%').next()?.parse().ok(),
+                (Some("nameserver"), Some(a)) => a
+                    .split('%')
+                    .next()?
+                    .parse::<IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, 53)),
                 _ => None,
             }
         })
@@ -345,8 +352,8 @@ mod tests {
         assert_eq!(
             parse_resolv_conf(t),
             vec![
-                IpAddr::from([127, 0, 0, 53]),
-                "fe80::1".parse::<IpAddr>().unwrap()
+                SocketAddr::from(([127, 0, 0, 53], 53)),
+                "[fe80::1]:53".parse::<SocketAddr>().unwrap()
             ]
         );
     }

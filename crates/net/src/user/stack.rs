@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::Ordering;
@@ -210,7 +210,7 @@ enum Token {
 
 pub(super) struct Stack {
     restrict: bool,
-    dns: Vec<IpAddr>,
+    dns: Vec<SocketAddr>,
     listeners: Listeners,
     shared: Arc<Shared>,
     iface: Interface,
@@ -239,7 +239,7 @@ fn smol_now(epoch: Instant) -> SmolInstant {
 impl Stack {
     pub(super) fn new(
         restrict: bool,
-        dns: Vec<IpAddr>,
+        dns: Vec<SocketAddr>,
         listeners: Listeners,
         shared: Arc<Shared>,
     ) -> Stack {
@@ -422,7 +422,7 @@ impl Stack {
 
 /// Where a guest's outbound flow to `dst:port` goes on the host, or `None`
 /// when it goes nowhere (restricted network, our own subnet, multicast).
-fn host_target(restrict: bool, dns: &[IpAddr], dst: Ipv4Addr, port: u16) -> Option<SocketAddr> {
+fn host_target(restrict: bool, dns: &[SocketAddr], dst: Ipv4Addr, port: u16) -> Option<SocketAddr> {
     if restrict || dst.is_broadcast() || dst.is_multicast() || dst.is_unspecified() {
         return None;
     }
@@ -430,7 +430,7 @@ fn host_target(restrict: bool, dns: &[IpAddr], dst: Ipv4Addr, port: u16) -> Opti
         return Some(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
     }
     if dst == DNS_ADDR {
-        return (port == 53).then(|| dns.first().map(|a| SocketAddr::new(*a, 53)))?;
+        return (port == 53).then(|| dns.first().copied())?;
     }
     let o = dst.octets();
     if o[0] == 10 && o[1] == 0 && o[2] == 2 {
