@@ -405,6 +405,11 @@ impl HartControl {
         self.posted.swap(0, Ordering::AcqRel)
     }
 
+    /// Posted `mip` bits not yet taken by the hart (for snapshots).
+    pub(crate) fn peek_posted(&self) -> u64 {
+        self.posted.load(Ordering::Acquire)
+    }
+
     /// Sleeps until poked or `timeout` passes.
     pub(crate) fn sleep(&self, timeout: Option<Duration>) {
         let guard = self.sleep.lock().unwrap_or_else(|e| e.into_inner());

@@ -45,6 +45,7 @@
 //! cycles; `PAGE_SIZE` and the re-exports here are the crate root's):
 //!
 //! ```text
+//! persist  HartState: a stopped hart's saved state (snapshots)
 //! hart     Hart: Core + Engine + Tlb; the public run_user / run_system
 //!  engine  block cache, the JIT it owns, run loops, between-block service
 //!   jit/   x86.rs encoder, dispatch.rs fixed routines, emit/ per extension
@@ -75,11 +76,13 @@ mod jit;
 
 mod engine;
 mod hart;
+mod persist;
 
 pub use cpu::{
     csr, irq, Clock, Core, Exit, HartConfig, HartControl, MemAccess, MemFault, MemFaultKind, Priv,
 };
 pub use hart::Hart;
+pub use persist::{CsrState, HartState, PersistError, HART_STATE_VERSION};
 pub use mem::{perm, Bus, CodeMap, MemError, RamRegion, UserSpace};
 
 /// Guest page size.
