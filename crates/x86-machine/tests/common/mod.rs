@@ -93,7 +93,14 @@ pub fn build_guest(dir: &Path, name: &str, body: &str) -> PathBuf {
         .expect("GNU as (binutils) is needed to build the test guests");
     assert!(st.success(), "as failed on {}", src.display());
     let st = std::process::Command::new("ld")
-        .args(["-static", "-nostdlib", "-z", "max-page-size=4096", "-T"])
+        .args([
+            "-static",
+            "-nostdlib",
+            "--no-warn-rwx-segments",
+            "-z",
+            "max-page-size=4096",
+            "-T",
+        ])
         .arg(&ld)
         .arg("-o")
         .arg(&elf)
