@@ -153,6 +153,16 @@ fn head_lines(head: &[u8]) -> Result<Vec<&str>, HttpError> {
 
 /// Parses one request from the start of `buf`.
 pub fn parse_request(buf: &[u8]) -> Result<Parsed<HttpRequest>, HttpError> {
+    // Refuse a request line that cannot become valid at once, rather
+    // than after the timeout: it is visible ASCII and spaces, ended by CRLF.
+    let line_end = buf
+        .iter()
+        .position(|&b| !(0x20..0x7f).contains(&b))
+        .unwrap_or(buf.len());
+    if line_end < buf.len() && !buf[line_end..].starts_with(b"\r\n") && buf[line_end..] != *b"\r" {
+        let shown = String::from_utf8_lossy(&buf[..(line_end + 1).min(80)]).into_owned();
+        return Err(HttpError::RequestLine(shown));
+    }
     let Some(end) = head_end(&buf[..buf.len().min(MAX_HEAD_BYTES + 4)]) else {
         if buf.len() > MAX_HEAD_BYTES {
             return Err(HttpError::HeadTooLarge);
@@ -407,6 +417,8 @@ mod tests {
                 b"GET / HTTP/2.0\r\n\r\n",
                 HttpError::Version("HTTP/2.0".into()),
             ),
+            (b"\xff\xfe", HttpError::RequestLine("\u{fffd}".into())),
+            (b"GET /\n", HttpError::RequestLine("GET /\n".into())),
             (
                 b"GET / HTTP/1.1\r\nNoColon\r\n\r\n",
                 HttpError::Header("NoColon".into()),
