@@ -23,6 +23,7 @@ pkgs=(
   gpgv                  # verifies Debian InRelease signatures
   debian-archive-keyring
   xz-utils
+  curl                  # drives the VM control API in tests (curl --unix-socket)
 )
 
 missing=()
