@@ -163,3 +163,63 @@ pub fn value(out: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name}= in the guest's output:\n{out}"));
     u64::from_str_radix(line.trim(), 16).unwrap()
 }
+
+/// Wraps `body` (its entry `_start` first) as a bzImage: a setup header
+/// of boot protocol 2.15 with a 64-bit entry, and the flat payload that
+/// loads at 1 MiB with `_start` at its 64-bit entry (+0x200).
+pub fn build_bzimage(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let src = dir.join(format!("{name}.s"));
+    let obj = dir.join(format!("{name}.o"));
+    let ld = dir.join("bz.ld");
+    let elf = dir.join(format!("{name}.elf"));
+    let flat = dir.join(format!("{name}.bin"));
+    std::fs::write(
+        &src,
+        format!(".intel_syntax noprefix\n.code64\n.text\n.globl _start\n{body}\n{LIB}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        &ld,
+        "ENTRY(_start)\nSECTIONS {\n  . = 0x100000;\n  .text : { . = 0x200; *(.text*) *(.rodata*) *(.data*) }\n}\n",
+    )
+    .unwrap();
+    let ok = |c: &mut std::process::Command| assert!(c.status().unwrap().success(), "{c:?}");
+    ok(std::process::Command::new("as")
+        .args(["--64", "-o"])
+        .arg(&obj)
+        .arg(&src));
+    ok(std::process::Command::new("ld")
+        .args(["-static", "-nostdlib", "--no-warn-rwx-segments", "-T"])
+        .arg(&ld)
+        .arg("-o")
+        .arg(&elf)
+        .arg(&obj));
+    ok(std::process::Command::new("objcopy")
+        .args(["-O", "binary"])
+        .arg(&elf)
+        .arg(&flat));
+    let mut payload = std::fs::read(&flat).unwrap();
+    payload.resize(payload.len().next_multiple_of(16), 0);
+    let mut img = vec![0u8; 5 * 512];
+    let put = |img: &mut Vec<u8>, off: usize, v: &[u8]| img[off..off + v.len()].copy_from_slice(v);
+    put(&mut img, 0x1f1, &[4]); // setup_sects
+    put(
+        &mut img,
+        0x1f4,
+        &((payload.len() / 16) as u32).to_le_bytes(),
+    ); // syssize
+    put(&mut img, 0x1fe, &0xaa55u16.to_le_bytes());
+    put(&mut img, 0x202, b"HdrS");
+    put(&mut img, 0x206, &0x020fu16.to_le_bytes()); // protocol 2.15
+    put(&mut img, 0x211, &[1]); // LOADED_HIGH
+    put(&mut img, 0x214, &0x10_0000u32.to_le_bytes()); // code32_start
+    put(&mut img, 0x22c, &0x7fff_ffffu32.to_le_bytes()); // initrd_addr_max
+    put(&mut img, 0x230, &0x20_0000u32.to_le_bytes()); // kernel_alignment
+    put(&mut img, 0x236, &1u16.to_le_bytes()); // XLF_KERNEL_64
+    put(&mut img, 0x238, &2047u32.to_le_bytes()); // cmdline_size
+    put(&mut img, 0x260, &(0x10_0000u32).to_le_bytes()); // init_size
+    img.extend_from_slice(&payload);
+    let out = dir.join(name);
+    std::fs::write(&out, img).unwrap();
+    out
+}
