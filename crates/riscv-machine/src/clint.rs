@@ -180,3 +180,44 @@ mod tests {
         assert_eq!(write_part(5, 9, 8, 1), 5);
     }
 }
+
+// ---- persist: the CLINT's state for snapshots ----
+
+/// The CLINT's own state: each hart's `msip`. (`mtimecmp` is saved with
+/// each hart, `mtime` is the machine's clock.)
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClintState {
+    pub msip: Vec<u32>,
+}
+
+impl Clint {
+    /// The CLINT's state (harts stopped).
+    pub fn save(&self) -> ClintState {
+        ClintState {
+            msip: self
+                .msip
+                .iter()
+                .map(|m| *m.lock().unwrap_or_else(|e| e.into_inner()))
+                .collect(),
+        }
+    }
+
+    /// Restores `msip` and drives the harts' MSIP lines to match.
+    pub fn restore(&self, st: &ClintState) -> Result<(), crate::snapshot::DeviceStateError> {
+        if st.msip.len() != self.msip.len() {
+            return Err(crate::snapshot::DeviceStateError::new(
+                "clint",
+                format!(
+                    "{} msip registers for {} harts",
+                    st.msip.len(),
+                    self.msip.len()
+                ),
+            ));
+        }
+        for (i, &v) in st.msip.iter().enumerate() {
+            self.write(MSIP_OFF + 4 * i as u64, 4, v as u64);
+        }
+        Ok(())
+    }
+}

@@ -19,5 +19,6 @@ pub mod mmio;
 pub mod plic;
 pub mod power;
 pub mod sbi;
+pub mod snapshot;
 pub mod terminal;
 pub mod uart;

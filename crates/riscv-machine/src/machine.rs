@@ -7,8 +7,11 @@
 
 use std::io::Write;
 use std::os::fd::RawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use riscv::{csr, irq, Bus, Clock, CodeMap, Exit, Hart, HartConfig, HartControl, Priv, RamRegion};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -23,6 +26,7 @@ use crate::mmio::{MmioBus, MmioDevice};
 use crate::plic::Plic;
 use crate::power::{Power, StopReason, TestFinisher};
 use crate::sbi::{self, Fence, SbiAction, SbiHost};
+use crate::snapshot::{DiskSnapshot, HsmState, MachineState, MachineSummary};
 use crate::terminal::InputSink;
 use crate::uart::{Console, Uart};
 
@@ -50,6 +54,37 @@ pub enum Firmware {
 pub struct Disk {
     pub backend: Arc<dyn image::BlockBackend>,
     pub read_only: bool,
+    /// The image file behind `backend`, if it is one (see
+    /// [`Disk::from_image`]): snapshots take a qcow2 internal snapshot of
+    /// it, restores revert it. Without it, only a read-only disk can be
+    /// part of a snapshot.
+    pub image: Option<Arc<image::Image>>,
+}
+
+impl Disk {
+    /// A disk over any backend (snapshots only if it is read-only).
+    pub fn new(backend: Arc<dyn image::BlockBackend>, read_only: bool) -> Disk {
+        Disk {
+            backend,
+            read_only,
+            image: None,
+        }
+    }
+
+    /// A disk over an image file: a qcow2 image can be snapshotted with
+    /// the machine.
+    pub fn from_image(image: image::Image, read_only: bool) -> Disk {
+        let image = Arc::new(image);
+        Disk {
+            backend: image.clone(),
+            read_only,
+            image: Some(image),
+        }
+    }
+
+    fn writable(&self) -> bool {
+        !self.read_only && !self.backend.is_read_only()
+    }
 }
 
 /// A network card on a virtio-net slot.
@@ -121,6 +156,39 @@ pub enum MachineError {
     Thread(#[source] std::io::Error),
     #[error("the program's `{symbol}` symbol at {addr:#x} is not an 8-byte aligned word in RAM")]
     BadHtifSymbol { symbol: &'static str, addr: u64 },
+    #[error(transparent)]
+    SnapshotFile(#[from] vmm::snapshot::SnapshotError),
+    #[error("cannot restore the snapshot into this machine: {0}")]
+    SnapshotMismatch(String),
+    #[error("the snapshot state is inconsistent: {0}")]
+    SnapshotState(String),
+    #[error("the machine must be paused first")]
+    NotPaused,
+    #[error("the machine is not running (it stopped: {0:?})")]
+    NotRunning(Option<StopReason>),
+    #[error("snapshots of the spike machine are not supported (its HTIF page lives outside RAM)")]
+    SpikeSnapshot,
+    #[error("disk {index} is a raw image opened read-write: a snapshot could not give back its contents of this moment on restore; use a qcow2 image (internal snapshots) or attach it read-only")]
+    RawDiskSnapshot { index: usize },
+    #[error("disk {index}: {what}: {source}")]
+    DiskSnapshot {
+        index: usize,
+        what: String,
+        #[source]
+        source: image::Error,
+    },
+    #[error("a virtio device cannot be saved or restored: {0}")]
+    Virtio(#[from] virtio::persist::PersistError),
+    #[error("hart {hart}: {source}")]
+    HartState {
+        hart: usize,
+        #[source]
+        source: riscv::PersistError,
+    },
+    #[error(transparent)]
+    DeviceState(#[from] crate::snapshot::DeviceStateError),
+    #[error("cannot restart a virtio device: {0}")]
+    VirtioResume(#[source] virtio::Error),
 }
 
 /// Most harts a machine may have (PLIC contexts and CLINT registers are
@@ -134,14 +202,6 @@ const MIB: u64 = 1 << 20;
 const ISA_EXTENSIONS: &[&str] = &[
     "i", "m", "a", "f", "d", "c", "zicntr", "zicsr", "zifencei", "zba", "zbb", "zbs", "sstc",
 ];
-
-/// An HSM hart state (SBI hart state management).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum HartState {
-    Started,
-    Stopped,
-    StartPending { addr: u64, opaque: u64 },
-}
 
 /// The physical address space the harts see.
 struct BoardBus {
@@ -169,16 +229,55 @@ impl Bus for BoardBus {
 struct Shared {
     bus: BoardBus,
     controls: Vec<Arc<HartControl>>,
-    hsm: Mutex<Vec<HartState>>,
+    hsm: Mutex<Vec<HsmState>>,
     hsm_cond: Condvar,
     power: Arc<Power>,
     console: Arc<Console>,
     mem: GuestMemoryMmap,
+    /// Set (under `pause`'s lock) while the machine is to be paused.
+    pause_requested: AtomicBool,
+    pause: Mutex<Parking>,
+    pause_cond: Condvar,
+}
+
+/// Harts parked by a pause, with their saved states.
+struct Parking {
+    parked: usize,
+    states: Vec<Option<riscv::HartState>>,
+    /// The clock when the pause completed, restored on resume so the guest
+    /// does not see the paused time.
+    time: u64,
 }
 
 impl Shared {
-    fn hsm(&self) -> MutexGuard<'_, Vec<HartState>> {
+    fn hsm(&self) -> MutexGuard<'_, Vec<HsmState>> {
         self.hsm.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn parking(&self) -> MutexGuard<'_, Parking> {
+        self.pause.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// If a pause is requested, saves the hart's state, counts it parked
+    /// and waits for the resume (or the machine's stop). Returns whether
+    /// it parked.
+    fn park_if_paused(&self, id: usize, hart: &Hart) -> bool {
+        if !self.pause_requested.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut p = self.parking();
+        if !self.pause_requested.load(Ordering::Acquire) {
+            return false;
+        }
+        p.states[id] = Some(hart.save_state());
+        p.parked += 1;
+        self.pause_cond.notify_all();
+        while self.pause_requested.load(Ordering::Acquire) && !self.power.is_stopped() {
+            p = self.pause_cond.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+        p.parked -= 1;
+        p.states[id] = None;
+        true
     }
 }
 
@@ -430,16 +529,145 @@ pub struct Outcome {
 /// Builds the machine described by `cfg`, runs it until it stops, and
 /// returns why it stopped.
 pub fn run(cfg: MachineConfig) -> Result<Outcome, MachineError> {
+    start(cfg)?.wait()
+}
+
+/// Builds the machine described by `cfg`, loads its kernel and starts it;
+/// returns a handle to pause, snapshot, resume and wait for it.
+pub fn start(cfg: MachineConfig) -> Result<RunningMachine, MachineError> {
     let mut cfg = cfg;
     let kernel = check(&mut cfg)?;
-    let mut board = build(&mut cfg)?;
+    let summary = summary(&cfg);
+    let mut board = build(&mut cfg, None)?;
     let loaded = load(&cfg, &board, &kernel)?;
-    start(cfg, &mut board, loaded)
+    let hsm = initial_harts(&mut board, &loaded);
+    let input_to_hvc = console_input_to_hvc(&cfg.append);
+    launch(cfg, board, summary, hsm, loaded.htif, input_to_hvc)
+}
+
+/// Builds a machine from a snapshot (the state file `state_path` and the
+/// memory file `mem_path`, as [`RunningMachine::snapshot`] wrote them) and
+/// runs it from the snapshot's instant.
+///
+/// `cfg` supplies what a snapshot cannot hold: the disks' and NICs'
+/// backends, the console's output and input, the JIT choice and the time
+/// limit. Its harts, RAM size, firmware kind and devices must match the
+/// snapshot's (else [`MachineError::SnapshotMismatch`] says what
+/// differs); its kernel, initrd and command line are not used. qcow2
+/// disks are reverted to the internal snapshot taken with the state (as
+/// QEMU's `loadvm`). Everything is checked before a hart runs: on error
+/// nothing was started.
+pub fn restore(
+    cfg: MachineConfig,
+    state_path: &Path,
+    mem_path: &Path,
+) -> Result<RunningMachine, MachineError> {
+    let mut cfg = cfg;
+    let st: MachineState = vmm::snapshot::read_state(state_path)?;
+    check_limits(&cfg)?;
+    if cfg.board == BoardKind::Spike {
+        return Err(MachineError::SpikeSnapshot);
+    }
+    check_state(&st)?;
+    let summary = summary(&cfg);
+    if let Some(what) = st.machine.mismatch(&summary) {
+        return Err(MachineError::SnapshotMismatch(what));
+    }
+    revert_disks(&cfg, &st.disks)?;
+    let ram = vmm::GuestRam::from_file(RAM_BASE, mem_path, summary.mem_size as usize)?;
+    let board = build(&mut cfg, Some((&st, ram)))?;
+    launch(cfg, board, summary, st.hsm.clone(), None, st.input_to_hvc)
+}
+
+/// Checks the parts of a state file the summary does not cover.
+fn check_state(st: &MachineState) -> Result<(), MachineError> {
+    let bad = |what: String| Err(MachineError::SnapshotState(what));
+    if st.version != crate::snapshot::MACHINE_STATE_VERSION {
+        return bad(format!(
+            "machine state version {} (this build reads version {})",
+            st.version,
+            crate::snapshot::MACHINE_STATE_VERSION
+        ));
+    }
+    let m = &st.machine;
+    if st.harts.len() != m.harts || st.hsm.len() != m.harts {
+        return bad(format!(
+            "{} hart states and {} HSM states for {} harts",
+            st.harts.len(),
+            st.hsm.len(),
+            m.harts
+        ));
+    }
+    if st.virtio.len() != m.devices.len() {
+        return bad(format!(
+            "{} virtio states for {} devices",
+            st.virtio.len(),
+            m.devices.len()
+        ));
+    }
+    if m.disk_sizes.len() != m.devices.iter().filter(|d| *d == "block").count() {
+        return bad("the disk list does not match the device list".into());
+    }
+    for d in &st.disks {
+        if d.disk >= m.disk_sizes.len() {
+            return bad(format!(
+                "a disk snapshot names disk {}, which does not exist",
+                d.disk
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reverts each qcow2 disk to its internal snapshot; a read-write disk
+/// the snapshot did not cover is refused (its contents may not be what
+/// the restored guest believes).
+fn revert_disks(cfg: &MachineConfig, snaps: &[DiskSnapshot]) -> Result<(), MachineError> {
+    for (index, d) in cfg.disks.iter().enumerate() {
+        let snap = snaps.iter().find(|s| s.disk == index);
+        match (snap, &d.image) {
+            (Some(s), Some(img)) => {
+                img.snapshot_apply(&s.name)
+                    .map_err(|source| MachineError::DiskSnapshot {
+                        index,
+                        what: format!("cannot revert to internal snapshot {}", s.name),
+                        source,
+                    })?;
+            }
+            (Some(s), None) => {
+                return Err(MachineError::SnapshotMismatch(format!(
+                    "disk {index} must be the qcow2 image holding internal snapshot {}",
+                    s.name
+                )))
+            }
+            (None, _) if d.writable() => {
+                return Err(MachineError::SnapshotMismatch(format!(
+                    "disk {index} is read-write but the snapshot holds no copy of it: attach it read-only"
+                )))
+            }
+            (None, _) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a configuration this board cannot run, and identifies the
 /// kernel, before anything is allocated.
 fn check(cfg: &mut MachineConfig) -> Result<KernelKind, MachineError> {
+    check_limits(cfg)?;
+    let kernel = loader::identify_kernel(&cfg.kernel_name, std::mem::take(&mut cfg.kernel))?;
+    if cfg.board == BoardKind::Spike && matches!(kernel, KernelKind::Image(..)) {
+        return Err(LoadError::BadElf {
+            what: cfg.kernel_name.clone(),
+            msg: "the spike machine runs ELF programs, not Linux Images".into(),
+        }
+        .into());
+    }
+    Ok(kernel)
+}
+
+/// The board's limits: harts, RAM size, slots.
+fn check_limits(cfg: &MachineConfig) -> Result<(), MachineError> {
     if cfg.harts == 0 || cfg.harts > MAX_HARTS {
         return Err(MachineError::Harts { harts: cfg.harts });
     }
@@ -453,15 +681,7 @@ fn check(cfg: &mut MachineConfig) -> Result<KernelKind, MachineError> {
     if cfg.board == BoardKind::Spike && !matches!(cfg.firmware, Firmware::Builtin) {
         return Err(MachineError::FirmwareOnSpike);
     }
-    let kernel = loader::identify_kernel(&cfg.kernel_name, std::mem::take(&mut cfg.kernel))?;
-    if cfg.board == BoardKind::Spike && matches!(kernel, KernelKind::Image(..)) {
-        return Err(LoadError::BadElf {
-            what: cfg.kernel_name.clone(),
-            msg: "the spike machine runs ELF programs, not Linux Images".into(),
-        }
-        .into());
-    }
-    Ok(kernel)
+    Ok(())
 }
 
 /// The board's hardware, built but not yet started.
@@ -472,8 +692,12 @@ struct Board {
     builtin_sbi: bool,
     harts: Vec<Hart>,
     controls: Vec<Arc<HartControl>>,
+    clock: Arc<Clock>,
     power: Arc<Power>,
     console: Arc<Console>,
+    clint: Arc<Clint>,
+    plic: Arc<Plic>,
+    uart: Arc<Uart>,
     mmio: MmioBus,
     transports: Vec<Arc<VirtioSlot>>,
     /// The virtio console's input handle, if there is one.
@@ -492,25 +716,65 @@ impl Board {
     }
 }
 
-/// Allocates RAM, makes the harts and wires up the devices.
-fn build(cfg: &mut MachineConfig) -> Result<Board, MachineError> {
+/// The device in each virtio slot, as [`build`] places them.
+fn device_kinds(cfg: &MachineConfig) -> Vec<String> {
+    let mut v = vec!["block".to_string(); cfg.disks.len()];
+    if cfg.rng {
+        v.push("rng".into());
+    }
+    if cfg.virtio_console {
+        v.push("console".into());
+    }
+    v.extend(cfg.nics.iter().map(|_| "net".to_string()));
+    v
+}
+
+/// The configuration a snapshot records and a restore must match.
+fn summary(cfg: &MachineConfig) -> MachineSummary {
+    MachineSummary {
+        board: crate::snapshot::BOARD_NAME.into(),
+        harts: cfg.harts,
+        mem_size: cfg.mem_size & !(PAGE - 1),
+        builtin_sbi: cfg.board == BoardKind::Virt && matches!(cfg.firmware, Firmware::Builtin),
+        devices: device_kinds(cfg),
+        disk_sizes: cfg.disks.iter().map(|d| d.backend.len()).collect(),
+    }
+}
+
+/// Allocates RAM (or takes the snapshot's), makes the harts and wires up
+/// the devices; with a snapshot, puts every device's saved state back
+/// (the interrupt controller last, so it drives the harts' lines from its
+/// own state) and sets the clock to the snapshot's time.
+fn build(
+    cfg: &mut MachineConfig,
+    restore: Option<(&MachineState, vmm::GuestRam)>,
+) -> Result<Board, MachineError> {
     let mem_size = cfg.mem_size & !(PAGE - 1);
-    let ram = vmm::GuestRam::new(RAM_BASE, mem_size as usize).map_err(MachineError::Ram)?;
+    let (ram, saved) = match restore {
+        Some((st, ram)) => (ram, Some(st)),
+        None => (
+            vmm::GuestRam::new(RAM_BASE, mem_size as usize).map_err(MachineError::Ram)?,
+            None,
+        ),
+    };
     let mem = ram.memory().clone();
 
     let clock = Arc::new(Clock::new(TIMEBASE_HZ));
     let builtin_sbi = cfg.board == BoardKind::Virt && matches!(cfg.firmware, Firmware::Builtin);
-    let harts: Vec<Hart> = (0..cfg.harts)
-        .map(|i| {
-            let mut h = Hart::new_system(HartConfig {
-                hart_id: i as u64,
-                clock: clock.clone(),
-                sbi_ecalls: builtin_sbi,
-            });
-            h.set_jit(cfg.jit);
-            h
-        })
-        .collect();
+    let mut harts = Vec::with_capacity(cfg.harts);
+    for i in 0..cfg.harts {
+        let mut h = Hart::new_system(HartConfig {
+            hart_id: i as u64,
+            clock: clock.clone(),
+            sbi_ecalls: builtin_sbi,
+        });
+        h.set_jit(cfg.jit);
+        if let Some(st) = saved {
+            h.restore_state(&st.harts[i])
+                .map_err(|source| MachineError::HartState { hart: i, source })?;
+        }
+        harts.push(h);
+    }
     let controls: Vec<Arc<HartControl>> = harts.iter().map(|h| h.control().clone()).collect();
 
     let power = Power::new();
@@ -519,6 +783,7 @@ fn build(cfg: &mut MachineConfig) -> Result<Board, MachineError> {
     let lines = Arc::new(HartLines(controls.clone()));
     let plic = Arc::new(Plic::new(cfg.harts, lines));
     let uart = Uart::new(console.clone(), Arc::new(plic.line(UART_IRQ)));
+    let clint = Arc::new(Clint::new(controls.clone(), clock.clone()));
 
     let mut mmio = MmioBus::new();
     mmio.add(
@@ -526,25 +791,24 @@ fn build(cfg: &mut MachineConfig) -> Result<Board, MachineError> {
         TEST_SIZE,
         Arc::new(TestFinisher::new(power.clone())),
     );
-    mmio.add(
-        CLINT_BASE,
-        CLINT_SIZE,
-        Arc::new(Clint::new(controls.clone(), clock.clone())),
-    );
+    mmio.add(CLINT_BASE, CLINT_SIZE, clint.clone());
     mmio.add(PLIC_BASE, PLIC_SIZE, plic.clone());
-    mmio.add(UART_BASE, UART_SIZE, uart);
+    mmio.add(UART_BASE, UART_SIZE, uart.clone());
 
     let mut transports = Vec::new();
-    let mut add_virtio = |dev: Box<dyn virtio::VirtioDevice>, mmio: &mut MmioBus| {
+    let mut add_virtio = |dev: Box<dyn virtio::VirtioDevice>,
+                          mmio: &mut MmioBus|
+     -> Result<(), MachineError> {
         let slot = transports.len();
         let line = Arc::new(plic.line(VIRTIO_IRQ_BASE + slot as u32));
-        let t = Arc::new(VirtioSlot(Mutex::new(virtio::MmioTransport::new(
-            dev,
-            mem.clone(),
-            line,
-        ))));
+        let t = match saved {
+            Some(st) => virtio::MmioTransport::restore(dev, mem.clone(), line, &st.virtio[slot])?,
+            None => virtio::MmioTransport::new(dev, mem.clone(), line),
+        };
+        let t = Arc::new(VirtioSlot(Mutex::new(t)));
         mmio.add(virtio_base(slot), VIRTIO_STRIDE, t.clone());
         transports.push(t);
+        Ok(())
     };
     for (i, d) in cfg.disks.iter().enumerate() {
         let blk = virtio::Block::new(
@@ -554,10 +818,10 @@ fn build(cfg: &mut MachineConfig) -> Result<Board, MachineError> {
                 serial: format!("virtkit-disk{i}"),
             },
         );
-        add_virtio(Box::new(blk), &mut mmio);
+        add_virtio(Box::new(blk), &mut mmio)?;
     }
     if cfg.rng {
-        add_virtio(Box::new(virtio::Rng::new()), &mut mmio);
+        add_virtio(Box::new(virtio::Rng::new()), &mut mmio)?;
     }
     // The virtio console writes to the same host output as the UART (one
     // lock orders their bytes); its input handle goes to the terminal
@@ -565,11 +829,17 @@ fn build(cfg: &mut MachineConfig) -> Result<Board, MachineError> {
     let mut hvc_host = None;
     if cfg.virtio_console {
         let (dev, host) = virtio::Console::new(Box::new(ConsoleOut(console.clone())), None);
-        add_virtio(Box::new(dev), &mut mmio);
+        add_virtio(Box::new(dev), &mut mmio)?;
         hvc_host = Some(host);
     }
     for nic in std::mem::take(&mut cfg.nics) {
-        add_virtio(Box::new(virtio::Net::new(nic.backend, nic.mac)), &mut mmio);
+        add_virtio(Box::new(virtio::Net::new(nic.backend, nic.mac)), &mut mmio)?;
+    }
+    if let Some(st) = saved {
+        clint.restore(&st.clint)?;
+        uart.restore(&st.uart)?;
+        plic.restore(&st.plic)?;
+        clock.set(st.time);
     }
     let virtio_slots: Vec<usize> = (0..transports.len()).collect();
     Ok(Board {
@@ -578,8 +848,12 @@ fn build(cfg: &mut MachineConfig) -> Result<Board, MachineError> {
         builtin_sbi,
         harts,
         controls,
+        clock,
         power,
         console,
+        clint,
+        plic,
+        uart,
         mmio,
         transports,
         hvc_host,
@@ -811,19 +1085,12 @@ fn ram_regions(
     regions
 }
 
-/// Sets the harts' initial registers, starts one thread per hart and the
-/// terminal reader, waits until the machine stops, and tears it down.
-fn start(cfg: MachineConfig, board: &mut Board, loaded: Loaded) -> Result<Outcome, MachineError> {
-    let mut mmio = std::mem::take(&mut board.mmio);
-    let regions = ram_regions(board, loaded.htif, &mut mmio);
-    let code = CodeMap::new(&regions);
+/// Sets the harts' initial registers for a cold boot; returns their HSM
+/// states.
+fn initial_harts(board: &mut Board, loaded: &Loaded) -> Vec<HsmState> {
     let place = loaded.place;
-    let power = board.power.clone();
-
-    // Initial hart states.
-    let mut harts = std::mem::take(&mut board.harts);
-    let mut states = vec![HartState::Started; cfg.harts];
-    for (i, h) in harts.iter_mut().enumerate() {
+    let mut states = vec![HsmState::Started; board.harts.len()];
+    for (i, h) in board.harts.iter_mut().enumerate() {
         h.set_x(10, i as u64);
         h.set_x(11, place.dtb);
         if board.builtin_sbi {
@@ -832,13 +1099,61 @@ fn start(cfg: MachineConfig, board: &mut Board, loaded: Loaded) -> Result<Outcom
                 h.pc = place.entry;
                 h.set_privilege(Priv::Supervisor);
             } else {
-                states[i] = HartState::Stopped;
+                states[i] = HsmState::Stopped;
             }
         } else {
             h.pc = place.entry;
             h.set_x(12, place.dyn_info);
         }
     }
+    states
+}
+
+/// A disk as the running machine keeps it for snapshots.
+struct DiskSlot {
+    backend: Arc<dyn image::BlockBackend>,
+    image: Option<Arc<image::Image>>,
+    writable: bool,
+}
+
+/// A started machine: its harts run on their own threads until the guest
+/// powers off, resets, the user quits or the time limit passes. Every
+/// method takes `&self`, so a control thread (an API server) can pause,
+/// snapshot and resume it while another waits for it.
+pub struct RunningMachine {
+    shared: Arc<Shared>,
+    ram: vmm::GuestRam,
+    transports: Vec<Arc<VirtioSlot>>,
+    clint: Arc<Clint>,
+    plic: Arc<Plic>,
+    uart: Arc<Uart>,
+    clock: Arc<Clock>,
+    summary: MachineSummary,
+    disks: Vec<DiskSlot>,
+    input_to_hvc: bool,
+    spike: bool,
+    timeout: Option<Duration>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    input: Mutex<Option<JoinHandle<()>>>,
+    /// Serialises pause, resume, snapshot and teardown.
+    ops: Mutex<()>,
+}
+
+/// Starts one thread per hart and the terminal reader.
+fn launch(
+    cfg: MachineConfig,
+    mut board: Board,
+    summary: MachineSummary,
+    hsm: Vec<HsmState>,
+    htif: Option<(u64, Option<u64>)>,
+    input_to_hvc: bool,
+) -> Result<RunningMachine, MachineError> {
+    let mut mmio = std::mem::take(&mut board.mmio);
+    let regions = ram_regions(&board, htif, &mut mmio);
+    let code = CodeMap::new(&regions);
+    let power = board.power.clone();
+    let harts = std::mem::take(&mut board.harts);
+    let nharts = harts.len();
 
     let shared = Arc::new(Shared {
         bus: BoardBus {
@@ -847,11 +1162,18 @@ fn start(cfg: MachineConfig, board: &mut Board, loaded: Loaded) -> Result<Outcom
             mmio,
         },
         controls: board.controls.clone(),
-        hsm: Mutex::new(states),
+        hsm: Mutex::new(hsm),
         hsm_cond: Condvar::new(),
         power: power.clone(),
         console: board.console.clone(),
         mem: board.mem().clone(),
+        pause_requested: AtomicBool::new(false),
+        pause: Mutex::new(Parking {
+            parked: 0,
+            states: vec![None; nharts],
+            time: 0,
+        }),
+        pause_cond: Condvar::new(),
     });
     {
         let s = Arc::downgrade(&shared);
@@ -860,21 +1182,57 @@ fn start(cfg: MachineConfig, board: &mut Board, loaded: Loaded) -> Result<Outcom
                 for c in &s.controls {
                     c.request_stop();
                 }
-                let _g = s.hsm();
+                drop(s.hsm());
                 s.hsm_cond.notify_all();
+                drop(s.parking());
+                s.pause_cond.notify_all();
             }
         }));
     }
 
+    // A restored device runs again only now that the whole board
+    // (interrupt controller included) is back.
+    for t in &board.transports {
+        t.0.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .resume()
+            .map_err(MachineError::VirtioResume)?;
+    }
+
     let sink = match board.hvc_host.take() {
-        Some(host) if console_input_to_hvc(&cfg.append) => InputSink::Virtio(host),
+        Some(host) if input_to_hvc => InputSink::Virtio(host),
         _ => InputSink::Uart(board.console.clone()),
     };
     let input = cfg
         .input
         .map(|fd| crate::terminal::spawn_input(fd, sink, power.clone()));
 
-    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    let disks = cfg
+        .disks
+        .iter()
+        .map(|d| DiskSlot {
+            backend: d.backend.clone(),
+            image: d.image.clone(),
+            writable: d.writable(),
+        })
+        .collect();
+    let m = RunningMachine {
+        shared: shared.clone(),
+        ram: board.ram.clone(),
+        transports: board.transports.clone(),
+        clint: board.clint.clone(),
+        plic: board.plic.clone(),
+        uart: board.uart.clone(),
+        clock: board.clock.clone(),
+        summary,
+        disks,
+        input_to_hvc,
+        spike: cfg.board == BoardKind::Spike,
+        timeout: cfg.timeout,
+        threads: Mutex::new(Vec::new()),
+        input: Mutex::new(input),
+        ops: Mutex::new(()),
+    };
     for (i, hart) in harts.into_iter().enumerate() {
         let s = shared.clone();
         let t = std::thread::Builder::new()
@@ -883,42 +1241,254 @@ fn start(cfg: MachineConfig, board: &mut Board, loaded: Loaded) -> Result<Outcom
             .map_err(|e| {
                 power.stop(StopReason::Fatal("thread start failed".into()));
                 MachineError::Thread(e)
-            });
-        match t {
-            Ok(t) => threads.push(t),
-            Err(e) => {
-                for t in threads {
-                    let _ = t.join();
-                }
-                return Err(e);
+            })?;
+        m.lock_threads().push(t);
+    }
+    Ok(m)
+}
+
+impl RunningMachine {
+    fn lock_threads(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.threads.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_ops(&self) -> MutexGuard<'_, ()> {
+        self.ops.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Why the machine stopped, once it has.
+    pub fn stopped(&self) -> Option<StopReason> {
+        self.shared.power.reason()
+    }
+
+    /// Stops the machine for `reason` (the first reason wins).
+    pub fn stop(&self, reason: StopReason) {
+        self.shared.power.stop(reason);
+    }
+
+    /// Whether the machine is paused.
+    pub fn is_paused(&self) -> bool {
+        self.shared.pause_requested.load(Ordering::Acquire)
+    }
+
+    /// The configuration a snapshot of this machine records.
+    pub fn summary(&self) -> &MachineSummary {
+        &self.summary
+    }
+
+    /// Stops every hart at an instruction boundary and quiesces the
+    /// virtio devices (each finishes the request it is on). The guest's
+    /// clock stops with it. A no-op if already paused.
+    pub fn pause(&self) -> Result<(), MachineError> {
+        let _op = self.lock_ops();
+        let s = &self.shared;
+        if s.power.is_stopped() {
+            return Err(MachineError::NotRunning(s.power.reason()));
+        }
+        if self.is_paused() {
+            return Ok(());
+        }
+        {
+            let _p = s.parking();
+            s.pause_requested.store(true, Ordering::Release);
+        }
+        for c in &s.controls {
+            c.request_stop();
+        }
+        drop(s.hsm());
+        s.hsm_cond.notify_all();
+        let n = s.controls.len();
+        let mut p = s.parking();
+        while p.parked < n && !s.power.is_stopped() {
+            if self.lock_threads().iter().any(|t| t.is_finished()) {
+                // A hart thread died (it reported through the panic
+                // hook): it will never park.
+                s.power
+                    .stop(StopReason::Fatal("a hart thread crashed".into()));
+                break;
+            }
+            p = s
+                .pause_cond
+                .wait_timeout(p, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        if s.power.is_stopped() {
+            drop(p);
+            s.pause_requested.store(false, Ordering::Release);
+            return Err(MachineError::NotRunning(s.power.reason()));
+        }
+        p.time = self.clock.now();
+        drop(p);
+        for t in &self.transports {
+            t.0.lock().unwrap_or_else(|e| e.into_inner()).pause();
+        }
+        Ok(())
+    }
+
+    /// Runs a paused machine again from where it stopped; the guest does
+    /// not see the paused time. A no-op if it is not paused.
+    pub fn resume(&self) -> Result<(), MachineError> {
+        let _op = self.lock_ops();
+        let s = &self.shared;
+        if !self.is_paused() {
+            return Ok(());
+        }
+        let time = s.parking().time;
+        self.clock.set(time);
+        for t in &self.transports {
+            t.0.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .resume()
+                .map_err(MachineError::VirtioResume)?;
+        }
+        let _p = s.parking();
+        s.pause_requested.store(false, Ordering::Release);
+        s.pause_cond.notify_all();
+        Ok(())
+    }
+
+    /// Writes a snapshot of the paused machine: its state to `state_path`,
+    /// its RAM to `mem_path`, and an internal snapshot into each
+    /// read-write qcow2 disk (named in the state file). A read-write disk
+    /// that is not qcow2 makes it refuse before anything is written. The
+    /// machine stays paused.
+    pub fn snapshot(&self, state_path: &Path, mem_path: &Path) -> Result<(), MachineError> {
+        let _op = self.lock_ops();
+        if self.spike {
+            return Err(MachineError::SpikeSnapshot);
+        }
+        if !self.is_paused() {
+            return Err(MachineError::NotPaused);
+        }
+        for (index, d) in self.disks.iter().enumerate() {
+            let qcow2 = d
+                .image
+                .as_ref()
+                .is_some_and(|i| i.format() == image::Format::Qcow2);
+            if d.writable && !qcow2 {
+                return Err(MachineError::RawDiskSnapshot { index });
             }
         }
-    }
-    if let Some(t) = cfg.timeout {
-        if power.wait_timeout(t).is_none() {
-            power.stop(StopReason::Timeout);
+        let s = &self.shared;
+        let (harts, time) = {
+            let p = s.parking();
+            let harts = p
+                .states
+                .iter()
+                .cloned()
+                .collect::<Option<Vec<_>>>()
+                .ok_or(MachineError::NotPaused)?;
+            (harts, p.time)
+        };
+        let virtio = self
+            .transports
+            .iter()
+            .map(|t| t.0.lock().unwrap_or_else(|e| e.into_inner()).save())
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut state = MachineState {
+            version: crate::snapshot::MACHINE_STATE_VERSION,
+            machine: self.summary.clone(),
+            time,
+            harts,
+            hsm: s.hsm().clone(),
+            clint: self.clint.save(),
+            plic: self.plic.save(),
+            uart: self.uart.save(),
+            input_to_hvc: self.input_to_hvc,
+            virtio,
+            disks: Vec::new(),
+        };
+        let result = self
+            .snapshot_disks(&mut state.disks)
+            .and_then(|()| vmm::snapshot::write_memory(mem_path, &self.ram).map_err(Into::into))
+            .and_then(|()| vmm::snapshot::write_state(state_path, &state).map_err(Into::into));
+        if result.is_err() {
+            // Leave no orphaned internal snapshots behind.
+            for d in &state.disks {
+                if let Some(img) = &self.disks[d.disk].image {
+                    let _ = img.snapshot_delete(&d.name);
+                }
+            }
         }
+        result
     }
-    let reason = power.wait();
-    for t in threads {
-        if t.join().is_err() {
+
+    fn snapshot_disks(&self, out: &mut Vec<DiskSnapshot>) -> Result<(), MachineError> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        for (index, d) in self.disks.iter().enumerate() {
+            let Some(img) = d.image.as_ref().filter(|_| d.writable) else {
+                continue;
+            };
+            let err = |what: &str| {
+                let what = what.to_string();
+                move |source| MachineError::DiskSnapshot {
+                    index,
+                    what,
+                    source,
+                }
+            };
+            d.backend.flush().map_err(err("cannot flush"))?;
+            let name = format!(
+                "virtkit-{}.{:09}-{}",
+                stamp.as_secs(),
+                stamp.subsec_nanos(),
+                std::process::id()
+            );
+            img.snapshot_create(&name)
+                .map_err(err("cannot take an internal snapshot"))?;
+            out.push(DiskSnapshot { disk: index, name });
+        }
+        Ok(())
+    }
+
+    /// Waits until the machine stops (or its time limit passes), tears it
+    /// down (device workers stopped, threads joined) and returns why it
+    /// stopped.
+    pub fn wait(&self) -> Result<Outcome, MachineError> {
+        let power = &self.shared.power;
+        if let Some(t) = self.timeout {
+            if power.wait_timeout(t).is_none() {
+                power.stop(StopReason::Timeout);
+            }
+        }
+        let reason = power.wait();
+        let _op = self.lock_ops();
+        let threads = std::mem::take(&mut *self.lock_threads());
+        let mut crashed = false;
+        for t in threads {
+            crashed |= t.join().is_err();
+        }
+        // Stop the device workers (each finishes the request it is on)
+        // before the RAM goes away.
+        for t in &self.transports {
+            t.0.lock().unwrap_or_else(|e| e.into_inner()).shutdown();
+        }
+        if let Some(t) = self.input.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+        if crashed {
             // A hart thread panicked: report it rather than the guest's
             // status.
             return Ok(Outcome {
                 reason: StopReason::Fatal("a hart thread crashed".into()),
             });
         }
+        Ok(Outcome { reason })
     }
-    // Stop the device workers (each finishes the request it is on) before
-    // the RAM goes away.
-    for t in &board.transports {
-        t.0.lock().unwrap_or_else(|e| e.into_inner()).shutdown();
+}
+
+impl Drop for RunningMachine {
+    /// A machine dropped while running is stopped and torn down first, so
+    /// no thread outlives it.
+    fn drop(&mut self) {
+        if !self.lock_threads().is_empty() {
+            self.shared.power.stop(StopReason::Quit);
+            let _ = self.wait();
+        }
     }
-    if let Some(t) = input {
-        let _ = t.join();
-    }
-    drop(shared);
-    Ok(Outcome { reason })
 }
 
 /// M-mode state for a kernel started directly in S-mode: what OpenSBI
@@ -991,8 +1561,8 @@ impl SbiHost for SbiCtx<'_> {
     fn hart_start(&self, hart: usize, start: u64, opaque: u64) -> i64 {
         let mut st = self.s.hsm();
         match st[hart] {
-            HartState::Stopped => {
-                st[hart] = HartState::StartPending {
+            HsmState::Stopped => {
+                st[hart] = HsmState::StartPending {
                     addr: start,
                     opaque,
                 };
@@ -1004,9 +1574,9 @@ impl SbiHost for SbiCtx<'_> {
     }
     fn hart_status(&self, hart: usize) -> i64 {
         match self.s.hsm()[hart] {
-            HartState::Started => sbi::HART_STARTED,
-            HartState::Stopped => sbi::HART_STOPPED,
-            HartState::StartPending { .. } => sbi::HART_START_PENDING,
+            HsmState::Started => sbi::HART_STARTED,
+            HsmState::Stopped => sbi::HART_STOPPED,
+            HsmState::StartPending { .. } => sbi::HART_START_PENDING,
         }
     }
     fn console_write(&self, bytes: &[u8]) {
@@ -1031,9 +1601,12 @@ impl SbiHost for SbiCtx<'_> {
 }
 
 fn hart_thread(s: Arc<Shared>, mut hart: Hart, id: usize) {
-    loop {
+    'run: loop {
         if s.power.is_stopped() {
             return;
+        }
+        if s.park_if_paused(id, &hart) {
+            continue;
         }
         // HSM: a stopped hart waits to be started.
         {
@@ -1042,13 +1615,16 @@ fn hart_thread(s: Arc<Shared>, mut hart: Hart, id: usize) {
                 if s.power.is_stopped() {
                     return;
                 }
+                if s.pause_requested.load(Ordering::Acquire) {
+                    continue 'run;
+                }
                 match st[id] {
-                    HartState::Started => break,
-                    HartState::Stopped => {
+                    HsmState::Started => break,
+                    HsmState::Stopped => {
                         st = s.hsm_cond.wait(st).unwrap_or_else(|e| e.into_inner());
                     }
-                    HartState::StartPending { addr, opaque } => {
-                        st[id] = HartState::Started;
+                    HsmState::StartPending { addr, opaque } => {
+                        st[id] = HsmState::Started;
                         hart.pc = addr;
                         hart.set_x(10, id as u64);
                         hart.set_x(11, opaque);
@@ -1102,7 +1678,7 @@ fn hart_thread(s: Arc<Shared>, mut hart: Hart, id: usize) {
                         hart.pc += 4;
                     }
                     SbiAction::StopHart => {
-                        s.hsm()[id] = HartState::Stopped;
+                        s.hsm()[id] = HsmState::Stopped;
                     }
                     SbiAction::Halt => {}
                 }

@@ -332,3 +332,82 @@ mod tests {
         plic.write(1, 1, 0xff);
     }
 }
+
+// ---- persist: the PLIC's state for snapshots ----
+
+/// The PLIC's registers and line state.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlicState {
+    pub priority: Vec<u32>,
+    pub level: Vec<u32>,
+    pub pending: Vec<u32>,
+    pub claimed: Vec<u32>,
+    /// Per context (2 per hart), the enable words.
+    pub enable: Vec<Vec<u32>>,
+    pub threshold: Vec<u32>,
+}
+
+impl Plic {
+    /// The PLIC's state.
+    pub fn save(&self) -> PlicState {
+        let s = self.lock();
+        PlicState {
+            priority: s.priority.clone(),
+            level: s.level.to_vec(),
+            pending: s.pending.to_vec(),
+            claimed: s.claimed.to_vec(),
+            enable: s.enable.iter().map(|e| e.to_vec()).collect(),
+            threshold: s.threshold.clone(),
+        }
+    }
+
+    /// Restores the registers (all checked first) and drives the harts'
+    /// external interrupt lines to match.
+    pub fn restore(&self, st: &PlicState) -> Result<(), crate::snapshot::DeviceStateError> {
+        let bad = |what: String| crate::snapshot::DeviceStateError::new("plic", what);
+        let words =
+            |name: &str, v: &[u32]| -> Result<[u32; WORDS], crate::snapshot::DeviceStateError> {
+                v.try_into()
+                    .map_err(|_| bad(format!("{name} has {} words, expected {WORDS}", v.len())))
+            };
+        if st.priority.len() != PLIC_SOURCES as usize {
+            return Err(bad(format!(
+                "{} priorities, expected {PLIC_SOURCES}",
+                st.priority.len()
+            )));
+        }
+        if st.enable.len() != self.contexts || st.threshold.len() != self.contexts {
+            return Err(bad(format!(
+                "{} enable sets and {} thresholds for {} contexts",
+                st.enable.len(),
+                st.threshold.len(),
+                self.contexts
+            )));
+        }
+        let level = words("level", &st.level)?;
+        let pending = words("pending", &st.pending)?;
+        let claimed = words("claimed", &st.claimed)?;
+        let enable = st
+            .enable
+            .iter()
+            .map(|e| words("enable", e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut s = self.lock();
+        s.priority = st.priority.iter().map(|p| p & PRIORITY_MASK).collect();
+        s.level = level;
+        s.pending = pending;
+        s.claimed = claimed;
+        s.enable = enable;
+        s.threshold = st.threshold.iter().map(|t| t & PRIORITY_MASK).collect();
+        // Outputs are recomputed from the state and every line driven to
+        // its level (devices restored before the PLIC may have moved them).
+        for ctx in 0..self.contexts {
+            let out = Self::best(&s, ctx) != 0;
+            s.output[ctx] = out;
+            let mask = if ctx % 2 == 0 { MEIP } else { SEIP };
+            self.irqs.set_mip(ctx / 2, mask, out);
+        }
+        Ok(())
+    }
+}

@@ -390,3 +390,120 @@ mod tests {
         assert!(sink.0.lock().unwrap().is_empty(), "loopback stays inside");
     }
 }
+
+// ---- persist: the UART's state for snapshots ----
+
+/// The UART's registers and the console's unread input bytes.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UartState {
+    pub ier: u8,
+    pub lcr: u8,
+    pub mcr: u8,
+    pub lsr_errors: u8,
+    pub msr: u8,
+    pub scr: u8,
+    pub dll: u8,
+    pub dlm: u8,
+    pub fifo: bool,
+    pub thr_pending: bool,
+    pub loop_byte: Option<u8>,
+    /// Host input received and not yet read by the guest.
+    pub input: Vec<u8>,
+}
+
+impl Uart {
+    /// The UART's state.
+    pub fn save(&self) -> UartState {
+        let r = self.lock();
+        UartState {
+            ier: r.ier,
+            lcr: r.lcr,
+            mcr: r.mcr,
+            lsr_errors: r.lsr_errors,
+            msr: r.msr,
+            scr: r.scr,
+            dll: r.dll,
+            dlm: r.dlm,
+            fifo: r.fifo,
+            thr_pending: r.thr_pending,
+            loop_byte: r.loop_byte,
+            input: self.console.input().iter().copied().collect(),
+        }
+    }
+
+    /// Restores the registers and the unread input, then drives the
+    /// interrupt line to match.
+    pub fn restore(&self, st: &UartState) -> Result<(), crate::snapshot::DeviceStateError> {
+        if st.input.len() > INPUT_CAPACITY {
+            return Err(crate::snapshot::DeviceStateError::new(
+                "uart",
+                format!(
+                    "{} bytes of pending input, more than the {INPUT_CAPACITY}-byte queue",
+                    st.input.len()
+                ),
+            ));
+        }
+        {
+            let mut q = self.console.input();
+            q.clear();
+            q.extend(st.input.iter().copied());
+        }
+        let mut r = self.lock();
+        r.ier = st.ier & 0x0f;
+        r.lcr = st.lcr;
+        r.mcr = st.mcr & 0x1f;
+        r.lsr_errors = st.lsr_errors;
+        r.msr = st.msr;
+        r.scr = st.scr;
+        r.dll = st.dll;
+        r.dlm = st.dlm;
+        r.fifo = st.fifo;
+        r.thr_pending = st.thr_pending;
+        r.loop_byte = st.loop_byte;
+        // Force the line to be driven to the restored level.
+        r.line = false;
+        self.irq.set_level(false);
+        self.update(&mut r);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod persist_tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[derive(Default)]
+    struct Line(AtomicBool);
+    impl IrqLine for Line {
+        fn set_level(&self, level: bool) {
+            self.0.store(level, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn uart_state_round_trips_with_pending_input_and_irq() {
+        let c1 = Arc::new(Console::new(Box::new(std::io::sink())));
+        let u1 = Uart::new(c1.clone(), Arc::new(Line::default()));
+        u1.write(LCR, 1, 0x83);
+        u1.write(RBR_THR_DLL, 1, 0x12);
+        u1.write(LCR, 1, 0x03);
+        u1.write(SCR, 1, 0x5a);
+        u1.write(IER_DLM, 1, IER_RDI as u64);
+        c1.push_input(b"xy");
+        let st = u1.save();
+        assert_eq!(st.input, b"xy");
+
+        let c2 = Arc::new(Console::new(Box::new(std::io::sink())));
+        let line = Arc::new(Line::default());
+        let u2 = Uart::new(c2, line.clone());
+        u2.restore(&st).unwrap();
+        assert_eq!(u2.save(), st);
+        assert!(line.0.load(Ordering::SeqCst), "RDI pending after restore");
+        assert_eq!(u2.read(RBR_THR_DLL, 1), b'x' as u64);
+        let mut big = st.clone();
+        big.input = vec![0; INPUT_CAPACITY + 1];
+        assert!(u2.restore(&big).is_err());
+    }
+}

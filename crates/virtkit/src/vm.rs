@@ -202,7 +202,8 @@ fn open_parsed_disk(d: &DiskSpec) -> anyhow::Result<Disk> {
         ..Default::default()
     };
     let img = image::open(path, &opts).with_context(|| format!("disk {path}"))?;
-    let backend: Arc<dyn image::BlockBackend> = Arc::new(img);
+    let img = Arc::new(img);
+    let backend: Arc<dyn image::BlockBackend> = img.clone();
     if backend.len() < 512 {
         bail!(
             "disk {path} is not a disk image: its size ({} bytes) is less than one 512-byte sector",
@@ -212,6 +213,8 @@ fn open_parsed_disk(d: &DiskSpec) -> anyhow::Result<Disk> {
     Ok(Disk {
         backend,
         read_only: d.read_only,
+        // Lets a snapshot take a qcow2 internal snapshot of it.
+        image: Some(img),
     })
 }
 
