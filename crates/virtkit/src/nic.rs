@@ -1,7 +1,7 @@
 //! `--nic` (QEMU's `-nic` syntax as far as it applies) and `virtkit run`'s
 //! `-p` port publishing: parsing, then opening the backends.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::RawFd;
 
 use anyhow::{bail, Context};
@@ -10,8 +10,8 @@ use net::user::{HostFwd, Proto, UserConfig, UserNet};
 use riscv_machine::machine::Nic;
 
 /// Help text for `--nic`.
-pub const NIC_HELP: &str = "A network card (virtio-net): `user[,hostfwd=tcp:127.0.0.1:2222-:22][,hostfwd=udp::5353-:53][,restrict=on][,mac=52:54:00:..]` \
-(rootless NAT: guest 10.0.2.15, gateway 10.0.2.2 = host loopback, DNS 10.0.2.3) or \
+pub const NIC_HELP: &str = "A network card (virtio-net): `user[,hostfwd=tcp:127.0.0.1:2222-:22][,hostfwd=udp::5353-:53][,restrict=on][,resolver=IP[:PORT]][,mac=52:54:00:..]` \
+(rootless NAT: guest 10.0.2.15, gateway 10.0.2.2 = host loopback, DNS 10.0.2.3 forwarded to resolver= or else to /etc/resolv.conf's first nameserver) or \
 `tap,ifname=NAME|fd=N[,mac=...]` (an existing tap device, or an open tap fd). Repeat for more cards";
 
 /// A parsed `--nic`.
@@ -24,10 +24,14 @@ pub struct NicSpec {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum NicKind {
+    /// User-mode networking with only these two options (what `virtkit
+    /// run` builds); the rest at their defaults.
     User {
         restrict: bool,
         hostfwd: Vec<HostFwd>,
     },
+    /// User-mode networking with every option `--nic user,...` takes.
+    UserWith(UserConfig),
     Tap(TapSource),
 }
 
@@ -60,6 +64,17 @@ pub fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
     Ok(mac)
 }
 
+/// Parses a resolver `IP`, `IP:PORT` or `[IPv6]:PORT` (port 53 when
+/// left out).
+fn parse_resolver(spec: &str, v: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(ip) = v.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, 53));
+    }
+    v.parse::<SocketAddr>().ok().with_context(|| {
+        format!("--nic {spec:?}: resolver={v:?}: expected IP or IP:PORT, like 127.0.0.1:53")
+    })
+}
+
 /// Parses `user[,...]` or `tap,...`.
 pub fn parse_nic(spec: &str) -> anyhow::Result<NicSpec> {
     let mut parts = spec.split(',');
@@ -67,9 +82,10 @@ pub fn parse_nic(spec: &str) -> anyhow::Result<NicSpec> {
     let mut mac = None;
     let mut restrict = false;
     let mut hostfwd = Vec::new();
+    let mut resolvers = Vec::new();
     let mut tap: Option<TapSource> = None;
     let known = match kind {
-        "user" => "hostfwd, restrict, mac, model",
+        "user" => "hostfwd, restrict, resolver, mac, model",
         "tap" => "ifname, fd, mac, model",
         "" => bail!("--nic {spec:?}: no network type (expected user or tap)"),
         other => bail!("--nic {spec:?}: unknown network type {other:?} (expected user or tap)"),
@@ -90,6 +106,7 @@ pub fn parse_nic(spec: &str) -> anyhow::Result<NicSpec> {
                     .with_context(|| format!("--nic {spec:?}"))?,
             ),
             ("user", "restrict") => restrict = on_off(spec, key, value)?,
+            ("user", "resolver") => resolvers.push(parse_resolver(spec, value)?),
             ("tap", "ifname") => {
                 if value.is_empty() {
                     bail!("--nic {spec:?}: ifname= needs a tap device name");
@@ -106,7 +123,11 @@ pub fn parse_nic(spec: &str) -> anyhow::Result<NicSpec> {
         }
     }
     let kind = match kind {
-        "user" => NicKind::User { restrict, hostfwd },
+        "user" => NicKind::UserWith(UserConfig {
+            restrict,
+            hostfwd,
+            dns_servers: (!resolvers.is_empty()).then_some(resolvers),
+        }),
         _ => NicKind::Tap(
             tap.with_context(|| format!("--nic {spec:?}: a tap card needs ifname=NAME or fd=N"))?,
         ),
@@ -172,6 +193,9 @@ pub fn open_nics(specs: &[NicSpec]) -> anyhow::Result<Vec<Nic>> {
                     })
                     .context("user-mode networking")?,
                 ),
+                NicKind::UserWith(cfg) => {
+                    Box::new(UserNet::new(cfg.clone()).context("user-mode networking")?)
+                }
                 NicKind::Tap(src) => Box::new(Tap::open(src)?),
             };
             Ok(Nic {
@@ -189,21 +213,26 @@ mod tests {
     #[test]
     fn nic_specs() {
         let n = parse_nic("user").unwrap();
+        assert_eq!(n.kind, NicKind::UserWith(UserConfig::default()));
+        let n = parse_nic("user,resolver=127.0.0.1:5353,resolver=::1").unwrap();
+        let NicKind::UserWith(cfg) = n.kind else {
+            panic!("not user")
+        };
         assert_eq!(
-            n.kind,
-            NicKind::User {
-                restrict: false,
-                hostfwd: vec![]
-            }
+            cfg.dns_servers,
+            Some(vec![
+                "127.0.0.1:5353".parse::<SocketAddr>().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ])
         );
         let n = parse_nic("user,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=udp::5353-:53,restrict=on,mac=52:54:00:00:00:09")
             .unwrap();
-        let NicKind::User { restrict, hostfwd } = n.kind else {
+        let NicKind::UserWith(cfg) = n.kind else {
             panic!("not user")
         };
-        assert!(restrict);
-        assert_eq!(hostfwd.len(), 2);
-        assert_eq!(hostfwd[1].proto, Proto::Udp);
+        assert!(cfg.restrict);
+        assert_eq!(cfg.hostfwd.len(), 2);
+        assert_eq!(cfg.hostfwd[1].proto, Proto::Udp);
         assert_eq!(n.mac, Some([0x52, 0x54, 0, 0, 0, 9]));
         assert_eq!(
             parse_nic("tap,ifname=tap0").unwrap().kind,
@@ -224,6 +253,7 @@ mod tests {
             ),
             ("user,ifname=x", "unknown option \"ifname\" for user"),
             ("user,restrict=maybe", "expected on or off"),
+            ("user,resolver=dns.example", "expected IP or IP:PORT"),
             ("user,mac=01:00:00:00:00:01", "multicast"),
             ("user,mac=52:54", "six hex bytes"),
             ("user,model=e1000", "only virtio-net"),
