@@ -234,6 +234,55 @@ fn bad_nics_are_refused_with_the_reason() {
     }
     refused(&many, "9 virtio devices requested");
     refused(&["run", "-p", "80", "--", "true"], "-p \"80\"");
+    // A host port that is taken, TCP and UDP: the error names it.
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    refused(
+        &[
+            "vm",
+            "run",
+            "--kernel",
+            "/bin/true",
+            "--nic",
+            &format!("user,hostfwd=tcp::{port}-:22"),
+        ],
+        &format!("host address 127.0.0.1:{port}: the port is already in use"),
+    );
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = udp.local_addr().unwrap().port();
+    refused(
+        &["run", "-p", &format!("{port}:53/udp"), "--", "true"],
+        &format!("host address 127.0.0.1:{port}: the port is already in use"),
+    );
+    // A privileged port without CAP_NET_BIND_SERVICE (dropped from the
+    // bounding set, so not even root has it after exec).
+    let unprivileged_start: u32 =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1024);
+    if unprivileged_start > 1 {
+        let o = Command::new("setpriv")
+            .args([
+                "--bounding-set=-net_bind_service",
+                "--inh-caps=-net_bind_service",
+                VIRTKIT,
+            ])
+            .args([
+                "vm",
+                "run",
+                "--kernel",
+                "/bin/true",
+                "--nic",
+                "user,hostfwd=tcp::1-:22",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
+        assert!(err.contains("port 1 is privileged"), "{}", describe(&o));
+    }
     refused(
         &["run", "--net", "none", "-p", "8080:80", "--", "true"],
         "cannot be used with --net none",
@@ -313,5 +362,322 @@ fn run_has_user_networking_by_default() {
     assert!(out.contains("default via 10.0.2.2"), "{}", describe(&o));
     assert!(out.contains("nameserver 10.0.2.3"), "{}", describe(&o));
     assert!(out.contains(&format!("SUM {want}")), "{}", describe(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A UDP echo server for the guest (busybox's nc has no UDP): answers
+/// every datagram on the port in argv[1] to its sender.
+const UDP_ECHO_C: &str = r#"
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+int main(int argc, char **argv) {
+	int s = socket(AF_INET, SOCK_DGRAM, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[1]))};
+	if (argc < 2 || s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) < 0) return 1;
+	for (;;) {
+		char b[2048];
+		struct sockaddr_in p;
+		socklen_t l = sizeof p;
+		ssize_t n = recvfrom(s, b, sizeof b, 0, (struct sockaddr *)&p, &l);
+		if (n >= 0) sendto(s, b, n, 0, (struct sockaddr *)&p, l);
+	}
+}
+"#;
+
+/// A DNS server on 127.0.0.1 (port printed first) that answers every A
+/// query with 192.0.2.123 and every other query with no records.
+const DNS_PY: &str = r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1], flush=True)
+while True:
+    q, peer = s.recvfrom(512)
+    end = 12
+    while q[end] != 0:
+        end += q[end] + 1
+    end += 5
+    a = q[end - 4:end - 2] == b"\x00\x01"
+    hdr = q[:2] + b"\x81\x80" + q[4:6] + (b"\x00\x01" if a else b"\x00\x00") + b"\x00" * 4
+    ans = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + bytes([192, 0, 2, 123]) if a else b""
+    s.sendto(hdr + q[12:end] + ans, peer)
+"#;
+
+/// Kills and reaps the host helpers when the test ends, however it ends.
+struct Reaper(Vec<Child>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts `cmd`, reads its first stdout line (a banner or a port) and
+/// keeps it for the reaper.
+fn start_helper(reaper: &mut Reaper, cmd: &mut Command) -> String {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    reaper.0.push(child);
+    line
+}
+
+/// `virtkit vm run` of the default guest running `script`, with `nics`.
+fn spawn_vm(
+    dir: &Path,
+    name: &str,
+    script: &str,
+    nics: &[String],
+    extra: &[(&str, &[u8])],
+) -> Child {
+    let assets = guest::default_riscv64().unwrap();
+    let argv = vec!["sh".to_string(), "-c".to_string(), script.to_string()];
+    let mut initrd = guest::run_initramfs(&assets.initramfs, &argv).unwrap();
+    if !extra.is_empty() {
+        // One more archive after the others (4-aligned, as the kernel's
+        // unpacker wants): the extra files under /opt.
+        while !initrd.len().is_multiple_of(4) {
+            initrd.push(0);
+        }
+        let mut w = guest::cpio::CpioWriter::new();
+        w.dir("opt", 0o755).unwrap();
+        for (path, data) in extra {
+            w.file(path, 0o755, data).unwrap();
+        }
+        initrd.extend(w.finish());
+    }
+    let initrd_path = dir.join(format!("{name}.cpio"));
+    std::fs::write(&initrd_path, initrd).unwrap();
+    let mut cmd = Command::new(VIRTKIT);
+    cmd.args(["vm", "run", "--kernel"])
+        .arg(&assets.kernel)
+        .arg("--initrd")
+        .arg(&initrd_path)
+        .args(["--append", "console=ttyS0 quiet", "--timeout", TIMEOUT]);
+    for n in nics {
+        cmd.args(["--nic", n]);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Connects to 127.0.0.1:`port` until the guest behind the forward
+/// answers: `request` is sent, the reply read to the end and returned once
+/// it contains `want` (the guest's server may not be listening yet).
+fn fetch_through(port: u16, request: &[u8], want: &str) -> String {
+    use std::io::{Read, Write};
+    let mut got = String::new();
+    for _ in 0..3000 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+            let _ = s.write_all(request);
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf);
+            got = String::from_utf8_lossy(&buf).into_owned();
+            if got.contains(want) {
+                return got;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    got
+}
+
+/// Whether net.ipv4.ping_group_range admits this process's group.
+fn ping_sockets_allowed() -> bool {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ping_group_range").unwrap_or_default();
+    let v: Vec<u32> = range
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    // SAFETY: getgid has no preconditions and cannot fail.
+    let gid = unsafe { libc::getgid() };
+    v.len() == 2 && v[0] <= gid && gid <= v[1]
+}
+
+/// One boot of `--nic user` does every guest-side check of the user-mode
+/// network while a second, restricted VM runs at the same time with
+/// forwards of its own.
+///
+/// VM A (forwards tcp->80, udp->7, tcp->9): the DHCP lease (10.0.2.15/24,
+/// gateway 10.0.2.2, DNS 10.0.2.3); a name resolved through 10.0.2.3 by a
+/// test DNS server the card forwards to (`resolver=`); ping to the gateway
+/// (and to the host's own address when ping sockets are allowed); 50 MB
+/// from a host HTTP server through 10.0.2.2, sha256 compared; then busybox
+/// httpd and a UDP echo server the host reaches through the forwards.
+/// VM B (restrict=on, tcp->80): its connection to the same host server
+/// fails, its forward works.
+#[test]
+fn user_net_guest_both_ways_dns_ping_restrict_two_vms() {
+    let dir = tmpdir("usercheck");
+    let mut reaper = Reaper(Vec::new());
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let blob: Vec<u8> = (0..50_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(www.join("blob"), &blob).unwrap();
+    drop(blob);
+    let want = sha256(&www.join("blob"));
+    let http_port = free_port();
+    let banner = start_helper(
+        &mut reaper,
+        Command::new("python3")
+            .args([
+                "-u",
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(&www)
+            .arg(http_port.to_string()),
+    );
+    assert!(banner.contains("Serving HTTP"), "server: {banner:?}");
+    let dns_port = start_helper(&mut reaper, Command::new("python3").args(["-c", DNS_PY]));
+    let dns_port: u16 = dns_port.trim().parse().expect("DNS helper's port");
+
+    // The guest's UDP echo server, built for riscv64.
+    let src = dir.join("udpecho.c");
+    std::fs::write(&src, UDP_ECHO_C).unwrap();
+    let exe = dir.join("udpecho");
+    run(
+        "riscv64-linux-gnu-gcc",
+        &[
+            "-static",
+            "-Os",
+            "-s",
+            "-o",
+            exe.to_str().unwrap(),
+            src.to_str().unwrap(),
+        ],
+    );
+    let udpecho = std::fs::read(&exe).unwrap();
+
+    let ping_host = if ping_sockets_allowed() {
+        // The host's own address: the ping leaves through a ping socket
+        // and stays on this machine.
+        let o = run("ip", &["-4", "-o", "addr", "show", "scope", "global"]);
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .and_then(|a| a.split('/').next().map(str::to_string))
+    } else {
+        None
+    };
+    if ping_host.is_none() {
+        eprintln!(
+            "note: net.ipv4.ping_group_range does not admit this group (or the host has no \
+             global address): only the gateway's own ping answer is checked"
+        );
+    }
+    let ping_cmd = match &ping_host {
+        Some(h) => format!("ping -c 2 -W 5 {h} >/dev/null && echo PING-HOST-OK;"),
+        None => String::new(),
+    };
+
+    let (a_http, a_udp, a_done, b_http) = (free_port(), free_port(), free_port(), free_port());
+    let script_a = format!(
+        "ip -4 addr show eth0 | grep -o 'inet [0-9./]*'; ip route | grep default; cat /etc/resolv.conf; \
+         nslookup vk-test.example | grep -q 192.0.2.123 && echo DNS-OK; \
+         ping -c 2 -W 5 10.0.2.2 >/dev/null && echo PING-GW-OK; {ping_cmd} \
+         echo SUM $(wget -qO- http://10.0.2.2:{http_port}/blob | sha256sum | cut -c1-64); \
+         mkdir -p /www && echo served-by-guest-a >/www/index.html && httpd -p 80 -h /www; \
+         /opt/udpecho 7 & \
+         echo done | nc -l -p 9"
+    );
+    let vm_a = spawn_vm(
+        &dir,
+        "a",
+        &script_a,
+        &[format!(
+            "user,hostfwd=tcp::{a_http}-:80,hostfwd=udp:127.0.0.1:{a_udp}-:7,hostfwd=tcp::{a_done}-:9,resolver=127.0.0.1:{dns_port}"
+        )],
+        &[("opt/udpecho", &udpecho)],
+    );
+    let script_b = format!(
+        "wget -qO- -T 10 http://10.0.2.2:{http_port}/ >/dev/null 2>&1 && echo RESTRICT-LEAKED || echo RESTRICT-BLOCKED; \
+         echo served-by-guest-b | nc -l -p 80"
+    );
+    let vm_b = spawn_vm(
+        &dir,
+        "b",
+        &script_b,
+        &[format!("user,restrict=on,hostfwd=tcp::{b_http}-:80")],
+        &[],
+    );
+
+    // Host to guest: each VM's forward reaches that VM's server.
+    let got_b = fetch_through(b_http, b"", "served-by-guest-b");
+    let got_a = fetch_through(a_http, b"GET / HTTP/1.0\r\n\r\n", "served-by-guest-a");
+    // A UDP echo through the UDP forward (retried: the first datagrams may
+    // come before the echo server is up).
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(std::time::Duration::from_secs(1)))
+        .unwrap();
+    let mut echo = String::new();
+    for i in 0..300 {
+        let msg = format!("udp-echo-{i}");
+        udp.send_to(msg.as_bytes(), ("127.0.0.1", a_udp)).unwrap();
+        let mut b = [0u8; 64];
+        if let Ok(n) = udp.recv(&mut b) {
+            echo = String::from_utf8_lossy(&b[..n]).into_owned();
+            if echo.starts_with("udp-echo-") {
+                break;
+            }
+        }
+    }
+    // Lets VM A finish.
+    let done = fetch_through(a_done, b"", "done");
+
+    let oa = vm_a.wait_with_output().unwrap();
+    let ob = vm_b.wait_with_output().unwrap();
+    let out_a = String::from_utf8_lossy(&oa.stdout).replace('\r', "");
+    let out_b = String::from_utf8_lossy(&ob.stdout).replace('\r', "");
+    assert_eq!(oa.status.code(), Some(0), "A: {}", describe(&oa));
+    assert_eq!(ob.status.code(), Some(0), "B: {}", describe(&ob));
+    assert!(
+        got_a.contains("served-by-guest-a"),
+        "{got_a:?}\n{}",
+        describe(&oa)
+    );
+    assert!(
+        got_b.contains("served-by-guest-b"),
+        "{got_b:?}\n{}",
+        describe(&ob)
+    );
+    assert!(echo.starts_with("udp-echo-"), "{echo:?}\n{}", describe(&oa));
+    assert!(done.contains("done"), "{}", describe(&oa));
+    for want in [
+        "inet 10.0.2.15/24",
+        "default via 10.0.2.2",
+        "nameserver 10.0.2.3",
+        "DNS-OK",
+        "PING-GW-OK",
+        &format!("SUM {want}"),
+    ] {
+        assert!(out_a.contains(want), "A lacks {want:?}: {}", describe(&oa));
+    }
+    if ping_host.is_some() {
+        assert!(out_a.contains("PING-HOST-OK"), "{}", describe(&oa));
+    }
+    assert!(out_b.contains("RESTRICT-BLOCKED"), "{}", describe(&ob));
+    drop(reaper);
     let _ = std::fs::remove_dir_all(&dir);
 }
