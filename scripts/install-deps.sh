@@ -15,6 +15,7 @@ pkgs=(
   busybox-static        # amd64 busybox for container bundles
   runc                  # the peer of `virtkit ctr`
   podman                # drives `virtkit-runc` as its OCI runtime
+  slirp4netns           # Podman's user-mode network in the ctr_net test
   containerd            # containerd, ctr and the runc v2 shim: run containers through `virtkit-runc`
   hyperfine             # benchmarks
   time                  # GNU time: peak RSS in bench/ctr.sh
