@@ -277,6 +277,18 @@ fn out_of_order_requests_get_400_with_firecrackers_messages() {
         fault(&body).contains("kernel_image_path /nonexistent/Image"),
         "{body}"
     );
+    // A FIFO would block an ordinary open until a writer comes: refused
+    // at once instead, as is a directory.
+    let fifo = dir.path().join("fifo");
+    let c_fifo = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates a file.
+    assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o600) }, 0);
+    for bad in [&fifo, &dir.path().to_path_buf()] {
+        let body = format!(r#"{{"kernel_image_path": "{}"}}"#, bad.display());
+        let (code, resp) = curl(&sock, "PUT", "/boot-source", Some(&body));
+        assert_eq!(code, 400);
+        assert!(fault(&resp).contains("not a regular file"), "{resp}");
+    }
     let (code, body) = curl(
         &sock,
         "PUT",

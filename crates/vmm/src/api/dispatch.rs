@@ -3,7 +3,8 @@
 //! into an empty VM), the stored configuration, and the calls into the
 //! board's [`VmController`].
 
-use std::fs::File;
+use std::fs::OpenOptions;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
 use super::request::{check_mac, ApiRequest};
@@ -81,11 +82,23 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<ApiReply, ApiError> {
 }
 
 /// Firecracker opens the files named at configuration time, so a typo
-/// fails at `PUT`, not later at `InstanceStart`.
-fn check_readable(what: &str, path: &Path) -> Result<(), ApiError> {
-    File::open(path)
-        .map(drop)
-        .map_err(|e| ApiError::BadRequest(format!("{what} {}: {e}", path.display())))
+/// fails at `PUT`, not later at `InstanceStart`. The open never blocks
+/// (O_NONBLOCK: a FIFO would otherwise wait for a writer and hang the
+/// API), and only regular files (or, for disks, block devices) pass.
+fn check_readable(what: &str, path: &Path, block_ok: bool) -> Result<(), ApiError> {
+    let fail =
+        |e: &dyn std::fmt::Display| ApiError::BadRequest(format!("{what} {}: {e}", path.display()));
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| fail(&e))?;
+    let kind = file.metadata().map_err(|e| fail(&e))?.file_type();
+    if kind.is_file() || (block_ok && kind.is_block_device()) {
+        Ok(())
+    } else {
+        Err(fail(&"not a regular file"))
+    }
 }
 
 impl<C: VmController> Dispatcher<C> {
@@ -169,15 +182,15 @@ impl<C: VmController> Dispatcher<C> {
             }
             ApiRequest::PutBootSource(bs) => {
                 self.pre_boot()?;
-                check_readable("kernel_image_path", &bs.kernel_image_path)?;
+                check_readable("kernel_image_path", &bs.kernel_image_path, false)?;
                 if let Some(initrd) = &bs.initrd_path {
-                    check_readable("initrd_path", initrd)?;
+                    check_readable("initrd_path", initrd, false)?;
                 }
                 self.update(|c| c.boot_source = Some(bs))
             }
             ApiRequest::PutDrive(drive) => {
                 self.pre_boot()?;
-                check_readable("path_on_host", &drive.path_on_host)?;
+                check_readable("path_on_host", &drive.path_on_host, true)?;
                 let other_root = self
                     .config
                     .drives
