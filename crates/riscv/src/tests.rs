@@ -477,11 +477,13 @@ fn next(rng: &mut u64) -> u64 {
 }
 
 /// Registers the generator keeps fixed: x5 = DATA + 0x800 (loads, stores,
-/// atomics), x6 = RO + 0x800 (stores fault), x8 = a jalr target.
+/// atomics), x6 = RO + 0x800 (stores fault), x8 = a jalr target, x9 = near
+/// the end of DATA (accesses through it cross into the unmapped page
+/// after it; only `addi x9, x9, imm` moves it).
 fn random_dest(rng: &mut u64) -> u32 {
     loop {
         let r = (next(rng) % 32) as u32;
-        if ![5, 6, 8].contains(&r) {
+        if ![5, 6, 8, 9].contains(&r) {
             return r;
         }
     }
@@ -546,7 +548,14 @@ fn random_program(rng: &mut u64, n: usize) -> Vec<u32> {
         let rs1 = (next(rng) % 32) as u32;
         let rs2 = (next(rng) % 32) as u32;
         let imm = (next(rng) % 4096) as i32 - 2048;
-        let base = [5, 5, 5, 5, 5, 5, 5, 5, 6, 7][(next(rng) % 10) as usize];
+        // Memory offsets: often small, so that accesses through one base
+        // form the JIT's check groups (some crossing DATA's end via x9).
+        let mem_imm = if next(rng) & 1 == 0 {
+            imm
+        } else {
+            (next(rng) % 160) as i32 - 80
+        };
+        let base = [5, 5, 5, 5, 5, 9, 9, 9, 6, 7][(next(rng) % 10) as usize];
         let w = match next(rng) % 20 {
             0..=4 => {
                 let (f3, f7) = ALU[(next(rng) as usize) % ALU.len()];
@@ -570,8 +579,8 @@ fn random_program(rng: &mut u64, n: usize) -> Vec<u32> {
             },
             10 => lui(rd, (next(rng) & 0xfffff) as u32),
             11 => (((next(rng) & 0xfffff) as u32) << 12) | (rd << 7) | 0x17, // auipc
-            12 | 13 => i(0x03, (next(rng) % 7) as u32, rd, base, imm),
-            14 | 15 => s((next(rng) % 4) as u32, base, rs2, imm),
+            12 | 13 => i(0x03, (next(rng) % 7) as u32, rd, base, mem_imm),
+            14 | 15 => s((next(rng) % 4) as u32, base, rs2, mem_imm),
             16 => {
                 // AMO / LR / SC, word or double, on x5 (aligned).
                 let f3 = 2 + (next(rng) % 2) as u32;
@@ -588,9 +597,15 @@ fn random_program(rng: &mut u64, n: usize) -> Vec<u32> {
                 let off = 4 * (1 + (next(rng) % 12) as i32);
                 b([0, 1, 4, 5, 6, 7][(next(rng) % 6) as usize], rs1, rs2, off)
             }
-            18 => match next(rng) % 3 {
+            18 => match next(rng) % 4 {
                 0 => jal(rd, 4 * (1 + (next(rng) % 8) as i32)),
                 1 => i(0x67, 0, rd, 8, 0), // jalr rd, 0(x8)
+                // Moves a group's base between its accesses.
+                2 => addi(
+                    9,
+                    9,
+                    [-2040, -16, -8, 8, 16, 2040][(next(rng) % 6) as usize],
+                ),
                 _ => ECALL,
             },
             _ => {
@@ -598,8 +613,8 @@ fn random_program(rng: &mut u64, n: usize) -> Vec<u32> {
                 let (fd, fs1, fs2) = (rd, rs1, rs2);
                 match next(rng) % 8 {
                     // flw / fld, fsw / fsd
-                    6 => i(0x07, 2 + (next(rng) % 2) as u32, fd, base, imm),
-                    7 => s(2 + (next(rng) % 2) as u32, base, fs2, imm) ^ 0x23 ^ 0x27,
+                    6 => i(0x07, 2 + (next(rng) % 2) as u32, fd, base, mem_imm),
+                    7 => s(2 + (next(rng) % 2) as u32, base, fs2, mem_imm) ^ 0x23 ^ 0x27,
                     0 => r(0x53, 0, 0x79, fd, rs1, 0),   // fmv.d.x
                     1 => r(0x53, 0, 0x71, rd, fs1, 0),   // fmv.x.d
                     2 => r(0x53, 7, 0x01, fd, fs1, fs2), // fadd.d
@@ -630,6 +645,7 @@ fn run_mode(prog: &[u32], regs: &[u64; 32], data: &[u8], jit: bool) -> (Hart, Ex
     h.set_x(5, DATA + 0x800);
     h.set_x(6, RO + 0x800);
     h.set_x(8, CODE + 4 * (prog.len() as u64 - 4));
+    h.set_x(9, DATA + 0xf80 + (regs[9] & 0x78));
     h.pc = CODE;
     let e = h.run_user(&sp);
     let mut page = vec![0u8; 0x1000];

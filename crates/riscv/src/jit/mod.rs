@@ -2,9 +2,9 @@
 //!
 //! The interpreter's cost is dispatch: one indirect branch, operand
 //! fetches and a loop per guest instruction. Here each block becomes
-//! straight-line host code that keeps guest registers in `Core::x` (no
-//! register allocation: every instruction loads its operands and stores its
-//! result, all L1 hits), checks the permission table inline on every load
+//! straight-line host code that keeps guest registers in `Core::x`, with
+//! the ones a block uses most also cached in host registers within the
+//! block (write-through, so exits need no write-back), checks the permission table inline on every load
 //! and store exactly as [`crate::mmu::UserMem`] does, and ends by jumping
 //! straight into the next block (chaining, patched on first use) or through
 //! an inline hash lookup (indirect jumps). Traps, stores into pages holding
@@ -30,7 +30,8 @@
 //! keep them): rbx = `&core.x[16]` (so every register is a disp8),
 //! r12 = guest memory base, r13 = permission table, r14 = [`Ctx`],
 //! r15 = the hart's attention word, rbp = the address space's code
-//! generation. rax, rcx, rdx, rsi, rdi are scratch.
+//! generation. rax, rcx, rdx are scratch; r8-r11, rsi and rdi cache guest
+//! registers within a block (see `emit::RegCache`).
 
 use std::collections::HashMap;
 
@@ -256,10 +257,7 @@ impl Jit {
             return None;
         }
         let buf = p.cast::<u8>();
-        let mut a = Asm {
-            b: Vec::new(),
-            base: buf as usize,
-        };
+        let mut a = Asm::new(buf as usize, 1024);
         let r = dispatch::write(&mut a);
         let n = a.b.len();
         // SAFETY: `n` bytes fit easily in the fresh CODE_SIZE mapping.

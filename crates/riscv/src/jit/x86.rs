@@ -10,6 +10,10 @@ pub(super) const RBX: u8 = 3;
 pub(super) const RBP: u8 = 5;
 pub(super) const RSI: u8 = 6;
 pub(super) const RDI: u8 = 7;
+pub(super) const R8: u8 = 8;
+pub(super) const R9: u8 = 9;
+pub(super) const R10: u8 = 10;
+pub(super) const R11: u8 = 11;
 pub(super) const R12: u8 = 12;
 pub(super) const R13: u8 = 13;
 pub(super) const R14: u8 = 14;
@@ -41,9 +45,19 @@ pub(super) const SAR: u8 = 7;
 pub(super) struct Asm {
     pub(super) b: Vec<u8>,
     pub(super) base: usize,
+    /// Guest registers held in host registers (used by the block
+    /// translator only; the encoder never reads it).
+    pub(super) cache: super::emit::RegCache,
 }
 
 impl Asm {
+    pub(super) fn new(base: usize, capacity: usize) -> Asm {
+        Asm {
+            b: Vec::with_capacity(capacity),
+            base,
+            cache: super::emit::RegCache::default(),
+        }
+    }
     pub(super) fn addr(&self) -> usize {
         self.base + self.b.len()
     }
@@ -78,9 +92,18 @@ impl Asm {
     }
     /// ModRM + SIB for `[base + index]` (disp8 0, so rbp/r13 bases work).
     pub(super) fn m_bi(&mut self, reg: u8, base: u8, index: u8) {
-        self.u8(0x40 | (reg & 7) << 3 | 4);
+        self.m_bid(reg, base, index, 0);
+    }
+    /// ModRM + SIB for `[base + index + disp]` (index is never rsp).
+    pub(super) fn m_bid(&mut self, reg: u8, base: u8, index: u8, disp: i32) {
+        let small = (-128..=127).contains(&disp);
+        self.u8(if small { 0x40 } else { 0x80 } | (reg & 7) << 3 | 4);
         self.u8((index & 7) << 3 | (base & 7));
-        self.u8(0);
+        if small {
+            self.u8(disp as i8 as u8);
+        } else {
+            self.u32(disp as u32);
+        }
     }
     /// `op reg, [base + disp]` or `op [base + disp], reg`.
     pub(super) fn op_m(&mut self, w: bool, op: &[u8], reg: u8, base: u8, disp: i32) {
@@ -93,6 +116,12 @@ impl Asm {
         self.rex(w, reg, index, base);
         self.b.extend_from_slice(op);
         self.m_bi(reg, base, index);
+    }
+    /// `op reg, [base + index + disp]` or the store direction.
+    pub(super) fn op_bid(&mut self, w: bool, op: &[u8], reg: u8, base: u8, index: u8, disp: i32) {
+        self.rex(w, reg, index, base);
+        self.b.extend_from_slice(op);
+        self.m_bid(reg, base, index, disp);
     }
     /// Register-register form: ModRM reg field `reg`, r/m field `rm`.
     pub(super) fn op_rr(&mut self, w: bool, op: &[u8], reg: u8, rm: u8) {

@@ -69,15 +69,17 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
         if is_store {
             // Stores into pages holding translated code take the
             // slow path (it drops the stale translations).
-            a.load(RSI, RDX, offset_of!(crate::mmu::Entry, code) as i32);
-            a.op_m(false, &[0x80], 7, RSI, 0); // cmp byte [rsi], 0
+            // (rcx, the vpn, is free after the tag compare; rsi and rdi
+            // belong to the register cache.)
+            a.load(RCX, RDX, offset_of!(crate::mmu::Entry, code) as i32);
+            a.op_m(false, &[0x80], 7, RCX, 0); // cmp byte [rcx], 0
             a.u8(0);
             f.slow.push((a.jcc(CC_NE), k));
         }
         if n > 1 {
-            a.op_rr(false, &[0x89], RAX, RSI); // mov esi, eax
-            a.alu_imm(false, AND, RSI, 0xfff);
-            a.alu_imm(false, CMP, RSI, 0x1000 - n as i32);
+            a.op_rr(false, &[0x89], RAX, RCX); // mov ecx, eax
+            a.alu_imm(false, AND, RCX, 0xfff);
+            a.alu_imm(false, CMP, RCX, 0x1000 - n as i32);
             f.slow.push((a.jcc(CC_A), k));
         }
         // add rax, [rdx + addend]: the host address.
@@ -114,67 +116,49 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
         return true;
     }
     if let Some((n, signed, is_store)) = mem_shape(i.kind).or(fp) {
-        // va = rs1 + imm in rax; page index in rcx.
-        a.ld_x(RAX, i.rs1);
-        if imm != 0 {
-            a.alu_imm(true, ADD, RAX, imm);
-        }
-        a.mov_rr(RCX, RAX);
-        a.shift_imm(true, SHR, RCX, 12);
-        let pages = space_pages(f.space_size);
-        if pages <= i32::MAX as u64 {
-            a.alu_imm(true, CMP, RCX, pages as i32);
-            f.slow.push((a.jcc(CC_AE), k));
-        } else {
-            a.mov_rr(RDX, RAX);
-            a.shift_imm(true, SHR, RDX, f.space_bits);
-            f.slow.push((a.jcc(CC_NE), k));
-        }
+        let is_fp = fp.is_some();
+        // The host address is r12 + index + disp once checked.
+        let (index, disp) = match f.plan.get(k).copied().unwrap_or(Plan::Own) {
+            Plan::Covered => {
+                // A group leader earlier in the block checked this
+                // access's page with the base register unchanged since.
+                (a.x_reg(i.rs1), imm)
+            }
+            Plan::Own => {
+                check(a, f, k, i.rs1, imm, n as i32, !is_store, is_store);
+                (RAX, 0)
+            }
+            Plan::Lead { lo, hi, r, w } => {
+                check(a, f, k, i.rs1, lo, hi - lo, r, w);
+                (RAX, imm - lo)
+            }
+        };
         if is_store {
-            // movzx edx, byte [r13 + rcx]; and edx, W|CODE; cmp edx, W
-            a.op_bi(false, &[0x0f, 0xb6], RDX, R13, RCX);
-            a.alu_imm(false, AND, RDX, (perm::W | perm::CODE) as i32);
-            a.alu_imm(false, CMP, RDX, perm::W as i32);
-            f.slow.push((a.jcc(CC_NE), k));
-        } else {
-            // test byte [r13 + rcx], R
-            a.op_bi(false, &[0xf6], 0, R13, RCX);
-            a.u8(perm::R);
-            f.slow.push((a.jcc(CC_E), k));
-        }
-        if n > 1 {
-            // The access must not cross the page end.
-            a.op_rr(false, &[0x89], RAX, RDX); // mov edx, eax
-            a.alu_imm(false, AND, RDX, 0xfff);
-            a.alu_imm(false, CMP, RDX, 0x1000 - n as i32);
-            f.slow.push((a.jcc(CC_A), k));
-        }
-        if is_store {
-            if fp.is_some() {
+            if is_fp {
                 a.load(RDX, RBX, fd(i.rs2));
             } else {
                 a.ld_x(RDX, i.rs2);
             }
             match n {
-                1 => a.op_bi(false, &[0x88], RDX, R12, RAX),
+                1 => a.op_bid(false, &[0x88], RDX, R12, index, disp),
                 2 => {
                     a.u8(0x66);
-                    a.op_bi(false, &[0x89], RDX, R12, RAX);
+                    a.op_bid(false, &[0x89], RDX, R12, index, disp);
                 }
-                4 => a.op_bi(false, &[0x89], RDX, R12, RAX),
-                _ => a.op_bi(true, &[0x89], RDX, R12, RAX),
+                4 => a.op_bid(false, &[0x89], RDX, R12, index, disp),
+                _ => a.op_bid(true, &[0x89], RDX, R12, index, disp),
             }
         } else {
             match (n, signed) {
-                (1, true) => a.op_bi(true, &[0x0f, 0xbe], RAX, R12, RAX),
-                (1, false) => a.op_bi(false, &[0x0f, 0xb6], RAX, R12, RAX),
-                (2, true) => a.op_bi(true, &[0x0f, 0xbf], RAX, R12, RAX),
-                (2, false) => a.op_bi(false, &[0x0f, 0xb7], RAX, R12, RAX),
-                (4, true) => a.op_bi(true, &[0x63], RAX, R12, RAX),
-                (4, false) => a.op_bi(false, &[0x8b], RAX, R12, RAX),
-                _ => a.op_bi(true, &[0x8b], RAX, R12, RAX),
+                (1, true) => a.op_bid(true, &[0x0f, 0xbe], RAX, R12, index, disp),
+                (1, false) => a.op_bid(false, &[0x0f, 0xb6], RAX, R12, index, disp),
+                (2, true) => a.op_bid(true, &[0x0f, 0xbf], RAX, R12, index, disp),
+                (2, false) => a.op_bid(false, &[0x0f, 0xb7], RAX, R12, index, disp),
+                (4, true) => a.op_bid(true, &[0x63], RAX, R12, index, disp),
+                (4, false) => a.op_bid(false, &[0x8b], RAX, R12, index, disp),
+                _ => a.op_bid(true, &[0x8b], RAX, R12, index, disp),
             }
-            if fp.is_some() {
+            if is_fp {
                 if n == 4 {
                     // NaN-box the single.
                     a.mov_imm(RCX, 0xffff_ffff_0000_0000);
@@ -188,4 +172,123 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
         return true;
     }
     false
+}
+
+/// User mode: leaves rax = `x[base] + off` after checking that the `span`
+/// bytes from there lie in one page of the address space that allows
+/// reading (`r`) and writing without holding code (`w`); any failure
+/// leaves for the interpreter at instruction `k`.
+#[allow(clippy::too_many_arguments)]
+fn check(a: &mut Asm, f: &mut Frame, k: usize, base: u8, off: i32, span: i32, r: bool, w: bool) {
+    a.ld_x(RAX, base);
+    if off != 0 {
+        a.alu_imm(true, ADD, RAX, off);
+    }
+    a.mov_rr(RCX, RAX);
+    a.shift_imm(true, SHR, RCX, 12);
+    let pages = space_pages(f.space_size);
+    if pages <= i32::MAX as u64 {
+        a.alu_imm(true, CMP, RCX, pages as i32);
+        f.slow.push((a.jcc(CC_AE), k));
+    } else {
+        a.mov_rr(RDX, RAX);
+        a.shift_imm(true, SHR, RDX, f.space_bits);
+        f.slow.push((a.jcc(CC_NE), k));
+    }
+    if w {
+        // movzx edx, byte [r13 + rcx]; and edx, R?|W|CODE; cmp edx, R?|W
+        let need = perm::W | if r { perm::R } else { 0 };
+        a.op_bi(false, &[0x0f, 0xb6], RDX, R13, RCX);
+        a.alu_imm(false, AND, RDX, (need | perm::CODE) as i32);
+        a.alu_imm(false, CMP, RDX, need as i32);
+        f.slow.push((a.jcc(CC_NE), k));
+    } else {
+        // test byte [r13 + rcx], R
+        a.op_bi(false, &[0xf6], 0, R13, RCX);
+        a.u8(perm::R);
+        f.slow.push((a.jcc(CC_E), k));
+    }
+    if span > 1 {
+        // The bytes must not cross the page end.
+        a.op_rr(false, &[0x89], RAX, RDX); // mov edx, eax
+        a.alu_imm(false, AND, RDX, 0xfff);
+        a.alu_imm(false, CMP, RDX, 0x1000 - span);
+        f.slow.push((a.jcc(CC_A), k));
+    }
+}
+
+/// How a user-mode load or store is checked (see [`plan`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Plan {
+    /// Checks its own bytes.
+    Own,
+    /// Checks `x[rs1] + [lo, hi)` for itself and the later accesses of
+    /// its group: reading allowed when `r`, writing when `w`.
+    Lead { lo: i32, hi: i32, r: bool, w: bool },
+    /// Checked by its group's leader.
+    Covered,
+}
+
+/// Widest byte range one group check covers: wider groups cross page
+/// ends more often, and a group whose range crosses one runs in the
+/// interpreter from its leader on (exact, but slower).
+const GROUP_SPAN: i32 = 128;
+
+/// Groups the user-mode loads and stores of a block that go through the
+/// same base register, unchanged in between, within `GROUP_SPAN` bytes:
+/// the first checks the whole range once (one page, every permission the
+/// group needs), the others go unchecked. Exact: if the range check
+/// fails, the interpreter runs the block from the leader, before any
+/// access of the group happened; and nothing between the leader and
+/// the last member can change permissions (system calls end blocks).
+pub(super) fn plan(insns: &[Insn]) -> Vec<Plan> {
+    let shape = |i: &Insn| {
+        mem_shape(i.kind).or(match i.kind {
+            Kind::Flw => Some((4, false, false)),
+            Kind::Fld => Some((8, false, false)),
+            Kind::Fsw => Some((4, false, true)),
+            Kind::Fsd => Some((8, false, true)),
+            _ => None,
+        })
+    };
+    let mut plan = vec![Plan::Own; insns.len()];
+    for k in 0..insns.len() {
+        let i = &insns[k];
+        let Some((n, _, st)) = shape(i) else { continue };
+        if plan[k] != Plan::Own || i.rs1 == 0 {
+            continue;
+        }
+        let base = i.rs1;
+        let (mut lo, mut hi) = (i.imm, i.imm + n as i32);
+        let (mut r, mut w) = (!st, st);
+        let mut members = Vec::new();
+        // An instruction writing the base ends the group after itself
+        // (`rd` of any kind: conservative for FP destinations).
+        if i.rd != base {
+            for (j, ij) in insns.iter().enumerate().skip(k + 1) {
+                if let Some((nj, _, stj)) = shape(ij) {
+                    if ij.rs1 == base {
+                        let (l, h) = (lo.min(ij.imm), hi.max(ij.imm + nj as i32));
+                        if h - l > GROUP_SPAN {
+                            break;
+                        }
+                        (lo, hi) = (l, h);
+                        r |= !stj;
+                        w |= stj;
+                        members.push(j);
+                    }
+                }
+                if ij.rd == base || ij.ends_block() {
+                    break;
+                }
+            }
+        }
+        if !members.is_empty() {
+            plan[k] = Plan::Lead { lo, hi, r, w };
+            for j in members {
+                plan[j] = Plan::Covered;
+            }
+        }
+    }
+    plan
 }

@@ -30,6 +30,8 @@ struct Frame {
     /// User mode: the address space's size and log2 size (bounds checks).
     space_size: u64,
     space_bits: u8,
+    /// User mode: how each instruction's memory access is checked.
+    plan: Vec<mem::Plan>,
     /// Jumps to the out-of-line slow exits: (rel32 offset, index of the
     /// instruction to resume at).
     slow: Vec<(usize, usize)>,
@@ -63,15 +65,79 @@ fn fd(r: u8) -> i32 {
     (offset_of!(Core, f) as i32 - offset_of!(Core, x) as i32) + (r as i32 & 31) * 8 - 128
 }
 
+/// Host registers that hold guest registers within a block. All are
+/// caller-saved (a helper call forgets them) and none is a scratch
+/// register of the translator (rax, rcx, rdx) or of the fixed routines
+/// at block exits (which run after the cache is dead).
+const CACHE_REGS: [u8; 6] = [R8, R9, R10, R11, RSI, RDI];
+
+/// Guest integer registers cached in host registers within one block,
+/// write-through: every result is stored to `Core::x` as before *and*
+/// kept in a host register, so later reads in the block skip the
+/// store-to-load round trip through memory (about five cycles on every
+/// dependent instruction). Because memory is always current, no exit,
+/// slow path or trap needs a write-back: the cache just dies with the
+/// block. Anything that could change a guest register behind the
+/// translator's back (a helper call) forgets it all. Replacement is LRU.
+#[derive(Default)]
+pub(super) struct RegCache {
+    /// Guest register held by each of `CACHE_REGS` (0: none; x0 is never
+    /// cached).
+    guest: [u8; CACHE_REGS.len()],
+    /// Last use of each slot, for LRU replacement.
+    used: [u32; CACHE_REGS.len()],
+    tick: u32,
+}
+
+impl RegCache {
+    /// The host register holding guest `r`, if any (marks it used).
+    fn get(&mut self, r: u8) -> Option<u8> {
+        let s = self.guest.iter().position(|&g| g == r && r != 0)?;
+        self.tick += 1;
+        self.used[s] = self.tick;
+        Some(CACHE_REGS[s])
+    }
+    /// A host register for guest `r`: its own if cached, else an empty or
+    /// the least recently used slot (write-through: nothing to write back).
+    fn slot(&mut self, r: u8) -> u8 {
+        if let Some(h) = self.get(r) {
+            return h;
+        }
+        let s = (0..CACHE_REGS.len())
+            .min_by_key(|&s| (self.guest[s] != 0, self.used[s]))
+            .unwrap_or(0);
+        self.tick += 1;
+        self.guest[s] = r;
+        self.used[s] = self.tick;
+        CACHE_REGS[s]
+    }
+    /// Forgets every cached register (their host registers may be
+    /// clobbered, or the guest registers changed, behind the translator).
+    pub(super) fn forget_all(&mut self) {
+        self.guest = [0; CACHE_REGS.len()];
+    }
+}
+
 /// Guest-aware helpers on top of the encoder.
 impl Asm {
-    /// `op dst, <guest register r>` straight from memory (x0 reads as 0).
+    /// Host register holding guest `r` (x1..x31), loading it into the
+    /// cache first when it is not there yet.
+    pub(super) fn x_reg(&mut self, r: u8) -> u8 {
+        debug_assert!(r != 0 && r < 32);
+        if let Some(h) = self.cache.get(r) {
+            return h;
+        }
+        let h = self.cache.slot(r);
+        self.load(h, RBX, xd(r));
+        h
+    }
+    /// `op dst, <guest register r>` (x0 reads as 0).
     pub(super) fn alu_x(&mut self, w: bool, op: (u8, u8), dst: u8, r: u8) {
         if r == 0 {
             self.alu_imm(w, op, dst, 0);
         } else {
-            // The `op reg, r/m` form is the `op r/m, reg` opcode + 2.
-            self.op_m(w, &[op.0 + 2], dst, RBX, xd(r));
+            let h = self.x_reg(r);
+            self.alu_rr(w, op, dst, h);
         }
     }
     /// Guest register `r` into host `h` (x0 reads as 0).
@@ -79,14 +145,32 @@ impl Asm {
         if r == 0 {
             self.op_rr(false, &[0x31], h, h);
         } else {
-            self.load(h, RBX, xd(r));
+            let c = self.x_reg(r);
+            self.mov_rr(h, c);
         }
     }
-    /// Host `h` into guest register `r` (writes to x0 vanish).
+    /// Host `h` into guest register `r` (writes to x0 vanish): stored to
+    /// `Core::x` and kept in the cache.
     pub(super) fn st_x(&mut self, r: u8, h: u8) {
         if r != 0 && r != ZERO_SINK {
             self.store(RBX, xd(r), h);
+            let c = self.cache.slot(r);
+            self.mov_rr(c, h);
         }
+    }
+    /// Guest `rd` (not x0) = `rd + imm`, in place.
+    pub(super) fn add_x_imm(&mut self, rd: u8, imm: i32) {
+        let c = self.x_reg(rd);
+        self.alu_imm(true, ADD, c, imm);
+        self.store(RBX, xd(rd), c);
+    }
+    /// Guest `rd` (not x0) = sign-extended `imm`.
+    pub(super) fn li_x(&mut self, rd: u8, imm: i32) {
+        let c = self.cache.slot(rd);
+        // mov c, simm32 (sign-extended to 64 bits)
+        self.op_rr(true, &[0xc7], 0, c);
+        self.u32(imm as u32);
+        self.store(RBX, xd(rd), c);
     }
     pub(super) fn add_icount(&mut self, n: u32) {
         if n != 0 {
@@ -124,10 +208,7 @@ impl Jit {
         sys: Option<usize>,
     ) -> Vec<u8> {
         use Kind::*;
-        let mut a = Asm {
-            b: Vec::with_capacity(insns.len() * 48 + 256),
-            base: at,
-        };
+        let mut a = Asm::new(at, insns.len() * 48 + 256);
         let epi = self.epilogue;
         // Entry: leave when another thread asked for attention or the
         // address space's code changed since this block was translated.
@@ -153,6 +234,11 @@ impl Jit {
             dispatch_sys: self.dispatch_sys,
             space_size: self.space_size,
             space_bits: self.space_bits,
+            plan: if sys.is_none() {
+                mem::plan(insns)
+            } else {
+                Vec::new()
+            },
             slow: Vec::new(),
         };
         for (k, i) in insns.iter().enumerate() {
@@ -180,6 +266,9 @@ impl Jit {
                 _ => {
                     let idx = self.helpers.len() as u32;
                     self.helpers.push(*i);
+                    // The call clobbers the cache's host registers, and
+                    // the instruction writes a guest register.
+                    a.cache.forget_all();
                     a.mov_rr(RDI, R14);
                     a.mov_imm(RSI, idx as u64);
                     a.mov_imm(RDX, ipc);

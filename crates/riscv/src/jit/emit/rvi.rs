@@ -4,7 +4,7 @@
 
 use std::mem::offset_of;
 
-use super::{ctx_off, xd, Frame};
+use super::{ctx_off, Frame};
 use crate::decode::{Insn, Kind, ZERO_SINK};
 use crate::jit::x86::*;
 use crate::jit::Ctx;
@@ -118,21 +118,8 @@ pub(super) fn emit(a: &mut Asm, f: &Frame, k: usize, i: &Insn, ipc: u64, next: u
         Bltu => branch!(CC_B),
         Bgeu => branch!(CC_AE),
         Addi if rd == ZERO_SINK => {}
-        Addi if i.rs1 == 0 => {
-            // li: mov qword [rbx + rd], simm32
-            a.op_m(true, &[0xc7], 0, RBX, xd(rd));
-            a.u32(imm as u32);
-        }
-        Addi if i.rs1 == rd => {
-            // add qword [rbx + rd], imm
-            if (-128..=127).contains(&imm) {
-                a.op_m(true, &[0x83], 0, RBX, xd(rd));
-                a.u8(imm as i8 as u8);
-            } else {
-                a.op_m(true, &[0x81], 0, RBX, xd(rd));
-                a.u32(imm as u32);
-            }
-        }
+        Addi if i.rs1 == 0 => a.li_x(rd, imm),
+        Addi if i.rs1 == rd => a.add_x_imm(rd, imm),
         Addi if imm == 0 => {
             // mv
             a.ld_x(RAX, i.rs1);
