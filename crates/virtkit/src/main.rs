@@ -13,6 +13,7 @@ mod nic;
 mod progress;
 mod run;
 mod vm;
+mod vm_x86;
 
 #[derive(Parser)]
 #[command(

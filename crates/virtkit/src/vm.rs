@@ -32,9 +32,12 @@ enum MachineArg {
 /// Arguments of `virtkit vm run`.
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// Guest architecture (only riscv64 is emulated)
+    /// Guest architecture: riscv64 (emulated) or x86_64 (on KVM)
     #[arg(long, default_value = "riscv64")]
     arch: String,
+    // --accel and --kvm-device (vm_x86.rs).
+    #[command(flatten)]
+    accel: crate::vm_x86::AccelArgs,
     /// Board to emulate
     #[arg(long, value_enum, default_value = "virt")]
     machine: MachineArg,
@@ -245,6 +248,22 @@ pub fn exit_status(reason: &StopReason) -> i32 {
 }
 
 fn run(a: RunArgs) -> anyhow::Result<i32> {
+    // x86_64 guests go to the KVM monitor (vm_x86.rs).
+    if crate::vm_x86::is_x86_64(&a.arch) {
+        return crate::vm_x86::run(crate::vm_x86::Request {
+            accel: a.accel,
+            kernel: a.kernel,
+            initrd: a.initrd,
+            append: a.append,
+            cpus: a.cpus,
+            mem: a.mem,
+            disks: a.disks,
+            timeout: a.timeout,
+            nics: a.nics,
+            spike: a.machine == MachineArg::Spike,
+        });
+    }
+    crate::vm_x86::check_emulated(&a.accel, &a.arch)?;
     if a.arch != "riscv64" {
         bail!(
             "--arch {}: only riscv64 guests are emulated (x86-64 guests need the KVM monitor)",

@@ -62,11 +62,6 @@ pub enum StopReason {
     /// The guest reset the machine through the i8042 (Linux's `reboot`
     /// and `poweroff` with `reboot=k`); a normal end, as in Firecracker.
     Reset,
-    /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN), with its registers.
-    TripleFault {
-        vcpu: usize,
-        regs: String,
-    },
     /// The guest asked KVM for a system event (PSCI-like shutdown/reset
     /// through the hypervisor, or a crash report).
     SystemEvent {
@@ -76,8 +71,9 @@ pub enum StopReason {
     /// Ctrl-A x on the input.
     Quit,
     Timeout,
-    /// An exit the board cannot handle, a bad access, or a KVM failure;
-    /// the message includes the guest's registers where they help.
+    /// An exit the board cannot handle (a triple fault included), a bad
+    /// access, or a KVM failure; the message includes the guest's
+    /// registers.
     Fatal(String),
 }
 

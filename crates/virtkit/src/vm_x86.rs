@@ -1,0 +1,168 @@
+//! `virtkit vm run --arch x86_64`: the KVM monitor (crate `x86-machine`),
+//! and the accelerator choice (`--accel`) shared with the riscv64 path.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use x86_machine::probe::ProbeReport;
+use x86_machine::{Disk, MachineConfig, StopReason};
+
+/// `--accel` and `--kvm-device`, flattened into `vm run`'s arguments.
+#[derive(clap::Args, Clone)]
+pub struct AccelArgs {
+    /// How guest CPUs run: kvm (hardware-assisted, x86_64 guests on an
+    /// x86-64 host), tcg (the emulator: riscv64 guests), auto (kvm for the
+    /// host's own architecture, the emulator otherwise)
+    #[arg(long, value_enum, default_value = "auto")]
+    pub accel: Accel,
+    /// The KVM device to open (another path to use a KVM elsewhere, or a
+    /// missing one to see how its absence is reported)
+    #[arg(long, value_name = "PATH", default_value = x86_machine::DEFAULT_KVM_PATH)]
+    pub kvm_device: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+    Auto,
+}
+
+/// Whether `--arch` names x86-64 (QEMU's and Debian's spellings).
+pub fn is_x86_64(arch: &str) -> bool {
+    matches!(arch, "x86_64" | "x86-64" | "amd64")
+}
+
+/// Refuses an accelerator the riscv64 emulator path cannot honour.
+pub fn check_emulated(accel: &AccelArgs, arch: &str) -> anyhow::Result<()> {
+    if accel.accel == Accel::Kvm {
+        bail!(
+            "--accel kvm: KVM runs guests of the host's architecture (x86_64), \
+             not {arch}; use --accel tcg or auto"
+        );
+    }
+    Ok(())
+}
+
+/// What `vm run --arch x86_64` was asked to do.
+pub struct Request {
+    pub accel: AccelArgs,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub append: String,
+    pub cpus: usize,
+    pub mem: String,
+    pub disks: Vec<String>,
+    pub timeout: Option<u64>,
+    pub nics: Vec<String>,
+    /// `--machine spike` (a riscv-only board).
+    pub spike: bool,
+}
+
+/// Runs the probe and says, on stderr, when this KVM emulates guest ring 0.
+fn probe(path: &std::path::Path) -> anyhow::Result<ProbeReport> {
+    let r = x86_machine::probe::probe(path).map_err(flat)?;
+    if r.ring0_emulated {
+        eprintln!(
+            "virtkit: warning: {} emulates guest ring 0 (about {:.1} million instructions/s; \
+             ring 3 runs natively): small guests run well, a Linux kernel takes hours to boot",
+            path.display(),
+            r.ring0_ips() / 1e6
+        );
+    }
+    Ok(r)
+}
+
+pub fn run(req: Request) -> anyhow::Result<i32> {
+    if req.accel.accel == Accel::Tcg {
+        bail!(
+            "--accel tcg: virtkit has no x86-64 emulator; x86_64 guests run on KVM (--accel kvm)"
+        );
+    }
+    if req.spike {
+        bail!("--machine spike is a riscv64 board; x86_64 guests run on the KVM board");
+    }
+    if !req.nics.is_empty() {
+        bail!("--nic: network cards for x86_64 guests are not supported yet");
+    }
+    // Disk syntax first: a typo is reported before any file is read.
+    for d in &req.disks {
+        crate::vm::parse_disk_spec(d)?;
+    }
+    let mem_size = crate::vm::parse_size(&req.mem)?;
+    let kernel = std::fs::read(&req.kernel)
+        .with_context(|| format!("cannot read the kernel {}", req.kernel.display()))?;
+    let kernel_name = req.kernel.display().to_string();
+    // A wrong file is reported before the probe's warning.
+    x86_machine::boot::identify(&kernel, &kernel_name).map_err(flat)?;
+    let initrd = req
+        .initrd
+        .as_deref()
+        .map(|p| {
+            std::fs::read(p).with_context(|| format!("cannot read the initrd {}", p.display()))
+        })
+        .transpose()?;
+    probe(&req.accel.kvm_device)?;
+    let disks = req
+        .disks
+        .iter()
+        .map(|d| {
+            let disk = crate::vm::open_disk(d)?;
+            Ok(Disk {
+                backend: disk.backend,
+                read_only: disk.read_only,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cfg = MachineConfig {
+        kvm_path: req.accel.kvm_device.clone(),
+        vcpus: req.cpus,
+        mem_size,
+        kernel,
+        kernel_name,
+        initrd,
+        cmdline: req.append,
+        disks,
+        rng: true,
+        virtio_console: None,
+        output: Box::new(std::io::stdout()),
+        input: Some(0),
+        timeout: req.timeout.map(Duration::from_secs),
+    };
+    let outcome = {
+        // Raw mode only while the machine runs; restored on every way out.
+        let _raw = riscv_machine::terminal::RawMode::enter(0);
+        x86_machine::run(cfg)
+    }
+    .map_err(flat)?;
+    Ok(exit_status(&outcome.reason))
+}
+
+/// The library's errors already name their cause in their message: keep
+/// anyhow from printing the cause a second time.
+fn flat(e: x86_machine::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}
+
+/// Exit status for how the machine stopped, saying why when it failed.
+fn exit_status(reason: &StopReason) -> i32 {
+    match reason {
+        // Linux's reboot and poweroff (reboot=k) end here, as in Firecracker.
+        StopReason::Reset | StopReason::Quit => 0,
+        // KVM_SYSTEM_EVENT_SHUTDOWN and _RESET are orderly; _CRASH is not.
+        StopReason::SystemEvent { kind: 1 | 2, .. } => 0,
+        StopReason::SystemEvent { vcpu, kind } => {
+            eprintln!("virtkit: vCPU {vcpu} reported system event {kind} (a guest crash)");
+            1
+        }
+        StopReason::Timeout => {
+            eprintln!("virtkit: the guest did not stop within the timeout");
+            124
+        }
+        StopReason::Fatal(m) => {
+            eprintln!("virtkit: {m}");
+            1
+        }
+    }
+}
