@@ -308,6 +308,32 @@ fn out_of_order_requests_get_400_with_firecrackers_messages() {
     assert_eq!(code, 400);
     assert!(fault(&body).contains("not supported"), "{body}");
 
+    // PATCH /machine-config changes only the fields it names.
+    let (code, body) = curl(
+        &sock,
+        "PATCH",
+        "/machine-config",
+        Some(r#"{"mem_size_mib": 300}"#),
+    );
+    assert_eq!(code, 204, "{body}");
+    let (_, body) = curl(&sock, "GET", "/machine-config", None);
+    let mc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (mc["vcpu_count"].as_u64(), mc["mem_size_mib"].as_u64()),
+        (Some(1), Some(300))
+    );
+    let (code, body) = curl(
+        &sock,
+        "PATCH",
+        "/machine-config",
+        Some(r#"{"vcpu_count": 0}"#),
+    );
+    assert_eq!(code, 400);
+    assert!(fault(&body).contains("vCPU number is invalid"), "{body}");
+    let (code, body) = curl(&sock, "PATCH", "/machine-config", Some(r#"{"cpus": 2}"#));
+    assert_eq!(code, 400);
+    assert!(fault(&body).contains("unknown field `cpus`"), "{body}");
+
     // Configured: a snapshot can no longer be loaded.
     let boot = format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.display());
     assert_eq!(curl(&sock, "PUT", "/boot-source", Some(&boot)).0, 204);
@@ -337,6 +363,11 @@ fn out_of_order_requests_get_400_with_firecrackers_messages() {
             "PUT",
             "/machine-config",
             r#"{"vcpu_count": 1, "mem_size_mib": 64}"#.to_string(),
+        ),
+        (
+            "PATCH",
+            "/machine-config",
+            r#"{"mem_size_mib": 64}"#.to_string(),
         ),
         ("PUT", "/boot-source", boot.clone()),
         (

@@ -9,8 +9,8 @@ use std::path::Path;
 
 use super::request::{check_mac, ApiRequest};
 use super::types::{
-    ActionType, InstanceInfo, MemBackendType, SnapshotCreateParams, SnapshotLoadParams,
-    SnapshotType, VmConfig, VmState, VmStateRequest,
+    ActionType, InstanceInfo, MachineConfig, MemBackendType, SnapshotCreateParams,
+    SnapshotLoadParams, SnapshotType, VmConfig, VmState, VmStateRequest,
 };
 use super::ApiError;
 
@@ -101,6 +101,21 @@ fn check_readable(what: &str, path: &Path, block_ok: bool) -> Result<(), ApiErro
     }
 }
 
+fn check_machine_config(mc: &MachineConfig) -> Result<(), ApiError> {
+    if mc.vcpu_count == 0 || mc.vcpu_count > MAX_VCPUS {
+        return Err(ApiError::BadRequest(format!(
+            "The vCPU number is invalid! The vCPU number can only be 1 or an even \
+             number when SMT is enabled, and at most {MAX_VCPUS}."
+        )));
+    }
+    if mc.mem_size_mib == 0 {
+        return Err(ApiError::BadRequest(
+            "The memory size (MiB) is invalid.".into(),
+        ));
+    }
+    Ok(())
+}
+
 impl<C: VmController> Dispatcher<C> {
     /// `id` is the instance name `GET /` reports.
     pub fn new(controller: C, initial: InitialState, id: impl Into<String>) -> Self {
@@ -167,17 +182,13 @@ impl<C: VmController> Dispatcher<C> {
             ApiRequest::GetVmConfig => to_json(&self.config),
             ApiRequest::PutMachineConfig(mc) => {
                 self.pre_boot()?;
-                if mc.vcpu_count == 0 || mc.vcpu_count > MAX_VCPUS {
-                    return Err(ApiError::BadRequest(format!(
-                        "The vCPU number is invalid! The vCPU number can only be 1 or an even \
-                         number when SMT is enabled, and at most {MAX_VCPUS}."
-                    )));
-                }
-                if mc.mem_size_mib == 0 {
-                    return Err(ApiError::BadRequest(
-                        "The memory size (MiB) is invalid.".into(),
-                    ));
-                }
+                check_machine_config(&mc)?;
+                self.update(|c| c.machine_config = mc)
+            }
+            ApiRequest::PatchMachineConfig(update) => {
+                self.pre_boot()?;
+                let mc = self.config.machine_config.updated(&update);
+                check_machine_config(&mc)?;
                 self.update(|c| c.machine_config = mc)
             }
             ApiRequest::PutBootSource(bs) => {

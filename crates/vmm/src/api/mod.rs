@@ -8,6 +8,7 @@
 //! | `GET /machine-config` | | [`MachineConfig`] |
 //! | `GET /vm/config` | | [`VmConfig`] |
 //! | `PUT /machine-config` | [`MachineConfig`] | 204, before start only |
+//! | `PATCH /machine-config` | [`MachineConfigUpdate`] (fields to change) | 204, before start only |
 //! | `PUT /boot-source` | [`BootSource`] | 204, before start only |
 //! | `PUT /drives/{id}` | [`Drive`] | 204, before start only |
 //! | `PUT /network-interfaces/{id}` | [`NetworkInterface`] | 204, before start only |
@@ -40,9 +41,9 @@ pub use http::MAX_BODY_BYTES;
 pub use request::ApiRequest;
 pub use server::{ApiServer, ServerError, ServerOptions, MAX_CONNECTIONS};
 pub use types::{
-    ActionType, BootSource, Drive, Fault, InstanceAction, InstanceInfo, MachineConfig, MemBackend,
-    MemBackendType, NetworkInterface, SnapshotCreateParams, SnapshotLoadParams, SnapshotType,
-    UserNet, VmConfig, VmState, VmStateChange, VmStateRequest,
+    ActionType, BootSource, Drive, Fault, InstanceAction, InstanceInfo, MachineConfig,
+    MachineConfigUpdate, MemBackend, MemBackendType, NetworkInterface, SnapshotCreateParams,
+    SnapshotLoadParams, SnapshotType, UserNet, VmConfig, VmState, VmStateChange, VmStateRequest,
 };
 
 /// Why a request was refused; its message becomes the `fault_message`.

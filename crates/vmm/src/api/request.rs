@@ -6,9 +6,9 @@ use serde::de::DeserializeOwned;
 
 use super::http::HttpRequest;
 use super::types::{
-    ActionType, BootSource, Drive, InstanceAction, MachineConfig, MemBackend, MemBackendType,
-    NetworkInterface, SnapshotCreateParams, SnapshotLoadBody, SnapshotLoadParams, VmStateChange,
-    VmStateRequest,
+    ActionType, BootSource, Drive, InstanceAction, MachineConfig, MachineConfigUpdate, MemBackend,
+    MemBackendType, NetworkInterface, SnapshotCreateParams, SnapshotLoadBody, SnapshotLoadParams,
+    VmStateChange, VmStateRequest,
 };
 use super::ApiError;
 
@@ -23,6 +23,8 @@ pub enum ApiRequest {
     GetVmConfig,
     /// `PUT /machine-config`
     PutMachineConfig(MachineConfig),
+    /// `PATCH /machine-config`
+    PatchMachineConfig(MachineConfigUpdate),
     /// `PUT /boot-source`
     PutBootSource(BootSource),
     /// `PUT /drives/{id}`
@@ -122,6 +124,9 @@ impl ApiRequest {
             ("PUT", "machine-config", None, Some(b)) => {
                 let mc: MachineConfig = json(b)?;
                 Ok(ApiRequest::PutMachineConfig(mc))
+            }
+            ("PATCH", "machine-config", None, Some(b)) => {
+                Ok(ApiRequest::PatchMachineConfig(json(b)?))
             }
             ("PUT", "boot-source", None, Some(b)) => Ok(ApiRequest::PutBootSource(json(b)?)),
             ("PUT", "drives", id, Some(b)) => {

@@ -65,6 +65,32 @@ impl Default for MachineConfig {
     }
 }
 
+/// `PATCH /machine-config`: only the fields given change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfigUpdate {
+    #[serde(default)]
+    pub vcpu_count: Option<u8>,
+    #[serde(default)]
+    pub mem_size_mib: Option<u64>,
+    #[serde(default)]
+    pub smt: Option<bool>,
+    #[serde(default)]
+    pub track_dirty_pages: Option<bool>,
+}
+
+impl MachineConfig {
+    /// This configuration with `update`'s fields applied.
+    pub fn updated(&self, update: &MachineConfigUpdate) -> MachineConfig {
+        MachineConfig {
+            vcpu_count: update.vcpu_count.unwrap_or(self.vcpu_count),
+            mem_size_mib: update.mem_size_mib.unwrap_or(self.mem_size_mib),
+            smt: update.smt.unwrap_or(self.smt),
+            track_dirty_pages: update.track_dirty_pages.unwrap_or(self.track_dirty_pages),
+        }
+    }
+}
+
 /// `PUT /boot-source`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
