@@ -95,6 +95,23 @@ fn state_pause_resume_and_snapshot_of_a_running_vm() {
 }
 
 #[test]
+fn snapshot_of_a_paused_vm_leaves_it_paused() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let vm = MockVm::default();
+    let _server =
+        ApiServer::start(&sock, vm.clone(), InitialState::Paused(VmConfig::default())).unwrap();
+    assert_eq!(api_client::query_state(&sock).unwrap(), VmState::Paused);
+    let snap = dir.path().join("snap");
+    assert_eq!(
+        api_client::snapshot_to_dir(&sock, &snap).unwrap(),
+        VmState::Paused
+    );
+    assert_eq!(vm.calls(), ["snapshot"]);
+    assert_eq!(api_client::query_state(&sock).unwrap(), VmState::Paused);
+}
+
+#[test]
 fn restore_waits_for_the_socket_and_loads_the_directory() {
     let dir = tempfile::tempdir().unwrap();
     let snap = dir.path().join("snap");

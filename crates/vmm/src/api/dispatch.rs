@@ -53,6 +53,9 @@ pub enum InitialState {
     /// Already built and running (from the command line), with this
     /// configuration.
     Running(VmConfig),
+    /// Already built and paused (e.g. restored from a snapshot without
+    /// resuming), with this configuration.
+    Paused(VmConfig),
 }
 
 /// A successful reply.
@@ -122,6 +125,7 @@ impl<C: VmController> Dispatcher<C> {
         let (state, config) = match initial {
             InitialState::AwaitingConfig => (VmState::NotStarted, VmConfig::default()),
             InitialState::Running(config) => (VmState::Running, config),
+            InitialState::Paused(config) => (VmState::Paused, config),
         };
         Dispatcher {
             controller,
