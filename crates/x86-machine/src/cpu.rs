@@ -57,7 +57,7 @@ fn kvm_segment_from_gdt(entry: u64, index: u16, rpl: u16) -> kvm_segment {
         } else {
             raw_limit as u32
         },
-        selector: index * 8 | rpl,
+        selector: (index * 8) | rpl,
         type_: ((entry >> 40) & 0xf) as u8,
         present: ((entry >> 47) & 1) as u8,
         dpl: ((entry >> 45) & 3) as u8,

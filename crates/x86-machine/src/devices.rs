@@ -22,6 +22,9 @@ impl Trigger for IrqFdTrigger {
     }
 }
 
+/// The virtio-mmio QueueNotify register.
+pub const QUEUE_NOTIFY: u64 = 0x50;
+
 /// What a device access asks the machine to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -45,6 +48,9 @@ pub struct Devices {
     /// as on a PC bus; counted for the run's report.
     pub unhandled_io: std::sync::atomic::AtomicU64,
     pub unhandled_mmio: std::sync::atomic::AtomicU64,
+    /// QueueNotify writes that reached the vCPU loop as MMIO exits instead
+    /// of the slot's ioeventfds (none, while KVM honours them).
+    pub notify_exits: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -132,7 +138,13 @@ impl Devices {
             return Err(BadSize { len: data.len() });
         }
         match self.slot(addr, data.len()) {
-            Some((slot, off)) => lock(&slot.transport).write(off, data),
+            Some((slot, off)) => {
+                if off == QUEUE_NOTIFY {
+                    self.notify_exits
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                lock(&slot.transport).write(off, data)
+            }
             None => {
                 self.unhandled_mmio
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

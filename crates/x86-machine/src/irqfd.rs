@@ -25,7 +25,7 @@ use vmm::IrqLine;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::devices::VirtioSlot;
+use crate::devices::{VirtioSlot, QUEUE_NOTIFY};
 use crate::{Error, Result};
 
 /// A level-triggered IOAPIC pin driven through a KVM irqfd + resamplefd.
@@ -95,7 +95,6 @@ pub fn start_relay(
     queues: usize,
     line: Arc<IrqFdLine>,
 ) -> Result<Relay> {
-    const QUEUE_NOTIFY: u64 = 0x50;
     let epoll = Epoll::new().map_err(|e| Error::Io("epoll_create", e))?;
     let stop = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd", e))?;
     let mut kicks = Vec::with_capacity(queues);

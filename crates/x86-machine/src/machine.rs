@@ -84,6 +84,9 @@ pub struct Outcome {
     /// Port and MMIO accesses no device answered.
     pub unhandled_io: u64,
     pub unhandled_mmio: u64,
+    /// Virtio queue notifications that took a vCPU exit (0 while the
+    /// ioeventfds work).
+    pub notify_exits: u64,
 }
 
 /// The stop latch every thread can pull, and the main thread waits on.
@@ -297,6 +300,7 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome> {
         virtio: slots,
         unhandled_io: Default::default(),
         unhandled_mmio: Default::default(),
+        notify_exits: Default::default(),
     });
 
     // Load.
@@ -388,6 +392,9 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome> {
             .load(std::sync::atomic::Ordering::Relaxed),
         unhandled_mmio: devices
             .unhandled_mmio
+            .load(std::sync::atomic::Ordering::Relaxed),
+        notify_exits: devices
+            .notify_exits
             .load(std::sync::atomic::Ordering::Relaxed),
     })
 }
