@@ -356,6 +356,15 @@ impl Stack {
                     if s.recv_queue() > 0 {
                         ev |= PollFlags::POLLOUT;
                     }
+                    if ev.is_empty() {
+                        // Nothing wanted from this socket now. poll(2)
+                        // reports POLLHUP even for no events: a host peer
+                        // that closed while the guest still finishes its
+                        // side would make every poll return at once and
+                        // the thread spin (stealing a core from the
+                        // guest's CPU) until the guest's FIN.
+                        continue;
+                    }
                     (o.host.as_fd(), ev)
                 }
             };
