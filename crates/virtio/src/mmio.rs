@@ -6,6 +6,7 @@ use std::thread::JoinHandle;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
+use crate::persist::{PersistError, QueueState, TransportState, TRANSPORT_STATE_VERSION};
 use crate::queue::{run_worker, ActivateContext, DeviceSignals, Parked, WorkerEvents};
 use crate::{features, Error, Result, VirtioDevice};
 use vmm::IrqLine;
@@ -423,31 +424,7 @@ fn set_half(reg: &mut u64, high: bool, v: u32) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn transport_can_be_shared_behind_a_mutex() {
-        fn shareable<T: Send + Sync>() {}
-        shareable::<std::sync::Mutex<MmioTransport>>();
-        shareable::<vmm::GuestRam>();
-        shareable::<crate::ConsoleHost>();
-    }
-
-    #[test]
-    fn set_half_keeps_the_other_half() {
-        let mut r = 0x1111_2222_3333_4444u64;
-        set_half(&mut r, true, 0xaaaa_bbbb);
-        assert_eq!(r, 0xaaaa_bbbb_3333_4444);
-        set_half(&mut r, false, 0xcccc_dddd);
-        assert_eq!(r, 0xaaaa_bbbb_cccc_dddd);
-    }
-}
-
 // ---- persist: pause, resume, save and restore for snapshots ----
-
-use crate::persist::{PersistError, QueueState, TransportState, TRANSPORT_STATE_VERSION};
 
 impl MmioTransport {
     /// Stops the device's worker after the request it is on and keeps its
@@ -637,5 +614,27 @@ impl MmioTransport {
             queues.push(q);
         }
         Ok(queues)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_can_be_shared_behind_a_mutex() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<std::sync::Mutex<MmioTransport>>();
+        shareable::<vmm::GuestRam>();
+        shareable::<crate::ConsoleHost>();
+    }
+
+    #[test]
+    fn set_half_keeps_the_other_half() {
+        let mut r = 0x1111_2222_3333_4444u64;
+        set_half(&mut r, true, 0xaaaa_bbbb);
+        assert_eq!(r, 0xaaaa_bbbb_3333_4444);
+        set_half(&mut r, false, 0xcccc_dddd);
+        assert_eq!(r, 0xaaaa_bbbb_cccc_dddd);
     }
 }

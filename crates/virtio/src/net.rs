@@ -462,27 +462,6 @@ impl QueueHandler for NetHandler {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tso_is_offered_only_with_its_checksum() {
-        let all = OFFLOADS;
-        assert_eq!(offered_offloads(all), all);
-        let f = offered_offloads(all & !(1 << nf::CSUM));
-        assert_eq!(f & (1 << nf::HOST_TSO4 | 1 << nf::HOST_TSO6), 0);
-        assert_ne!(f & 1 << nf::GUEST_TSO4, 0);
-        assert_eq!(offered_offloads(1 << 40 | 1 << nf::MRG_RXBUF), 0);
-    }
-
-    #[test]
-    fn default_macs_count_up_from_qemus() {
-        assert_eq!(default_mac(0), [0x52, 0x54, 0, 0x12, 0x34, 0x56]);
-        assert_eq!(default_mac(2)[5], 0x58);
-    }
-}
-
 // ---- persist: snapshot state (see crate::persist) ----
 
 impl Net {
@@ -515,5 +494,26 @@ impl Net {
             acked_features,
         };
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tso_is_offered_only_with_its_checksum() {
+        let all = OFFLOADS;
+        assert_eq!(offered_offloads(all), all);
+        let f = offered_offloads(all & !(1 << nf::CSUM));
+        assert_eq!(f & (1 << nf::HOST_TSO4 | 1 << nf::HOST_TSO6), 0);
+        assert_ne!(f & 1 << nf::GUEST_TSO4, 0);
+        assert_eq!(offered_offloads(1 << 40 | 1 << nf::MRG_RXBUF), 0);
+    }
+
+    #[test]
+    fn default_macs_count_up_from_qemus() {
+        assert_eq!(default_mac(0), [0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        assert_eq!(default_mac(2)[5], 0x58);
     }
 }
