@@ -100,3 +100,47 @@ pub(crate) fn translate_user(space: &UserSpace, pc: u64, buf: &mut Vec<Insn>) ->
     }
     Ok(())
 }
+
+/// Longest chain of blocks [`extend_user`] joins, in instructions.
+pub(crate) const MAX_EXTENDED: usize = 192;
+
+/// JIT, user mode: while `buf` (the block at `pc`, as `translate_user`
+/// built it) ends in a conditional branch whose fall-through stays in the
+/// same page, appends the block that follows it, with offsets still
+/// relative to `pc`. The translator then keeps going on the not-taken
+/// path (one block entry, its checks and the register cache's reloads
+/// fewer) and leaves only on the taken one. Instruction `k` of the chain
+/// is still the `k`th executed from `pc` on the fall-through path, so
+/// exits retire `k` instructions as before.
+pub(crate) fn extend_user(space: &UserSpace, pc: u64, buf: &mut Vec<Insn>) {
+    use Kind::*;
+    let page = pc & !(PAGE_SIZE - 1);
+    let base = space.host_base();
+    let mut more = Vec::with_capacity(MAX_BLOCK + 1);
+    while buf.len() < MAX_EXTENDED {
+        let Some(last) = buf.last() else { return };
+        if !matches!(last.kind, Beq | Bne | Blt | Bge | Bltu | Bgeu) {
+            return;
+        }
+        let next = pc + last.off as u64 + last.size() as u64;
+        if next >= page + PAGE_SIZE {
+            return;
+        }
+        // `translate_user` checked the page executable and marked it as
+        // holding code, so its bytes can be read as it reads them.
+        let crosses = decode_block(next, &mut more, |a| {
+            // SAFETY: `a` lies in the executable page of `pc`, inside the
+            // reservation (decode_block never leaves the page of `next`,
+            // which is `pc`'s).
+            unsafe { base.add(a as usize).cast::<u16>().read_unaligned() }
+        });
+        if crosses {
+            return;
+        }
+        let shift = (next - pc) as u16;
+        buf.extend(more.drain(..).map(|mut i| {
+            i.off += shift;
+            i
+        }));
+    }
+}

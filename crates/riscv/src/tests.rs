@@ -675,6 +675,7 @@ fn jit_matches_interpreter_on_random_programs() {
         let ctx = || format!("round {round}: program {prog:08x?}");
         assert_eq!(ea, eb, "exit differs, {}", ctx());
         assert_eq!(a.pc, b.pc, "pc differs, {}", ctx());
+        assert_eq!(a.instret(), b.instret(), "instret differs, {}", ctx());
         for r in 0..32 {
             assert_eq!(a.x(r), b.x(r), "x{r} differs, {}", ctx());
         }

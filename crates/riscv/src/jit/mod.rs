@@ -35,7 +35,7 @@
 
 use std::collections::HashMap;
 
-use crate::block::{decode_block, translate_user, MAX_BLOCK, POLL_BLOCKS};
+use crate::block::{decode_block, extend_user, translate_user, MAX_BLOCK, POLL_BLOCKS};
 use crate::cpu::Core;
 use crate::decode::{Insn, Kind};
 use crate::exec::exec_block;
@@ -389,6 +389,9 @@ impl Jit {
     fn compile(&mut self, space: &UserSpace, pc: u64) -> Option<usize> {
         let mut insns = std::mem::take(&mut self.decode_buf);
         let r = translate_user(space, pc, &mut insns);
+        if r.is_ok() {
+            extend_user(space, pc, &mut insns);
+        }
         let out = r.ok().map(|()| {
             if self.len + HEADROOM > CODE_SIZE || self.helpers.len() + insns.len() > MAX_HELPERS {
                 self.flush();

@@ -32,6 +32,11 @@ struct Frame {
     space_bits: u8,
     /// User mode: how each instruction's memory access is checked.
     plan: Vec<mem::Plan>,
+    /// Instructions in the block.
+    len: usize,
+    /// Taken branches of an extended block: (rel32 offset, index of the
+    /// branch, target), each to an out-of-line chained exit.
+    taken: Vec<(usize, usize, u64)>,
     /// Jumps to the out-of-line slow exits: (rel32 offset, index of the
     /// instruction to resume at).
     slow: Vec<(usize, usize)>,
@@ -239,6 +244,8 @@ impl Jit {
             } else {
                 Vec::new()
             },
+            len: insns.len(),
+            taken: Vec::new(),
             slow: Vec::new(),
         };
         for (k, i) in insns.iter().enumerate() {
@@ -255,7 +262,7 @@ impl Jit {
                 Lui | Auipc | Jal | Jalr | Beq | Bne | Blt | Bge | Bltu | Bgeu | Addi | Xori
                 | Ori | Andi | Addiw | Slti | Sltiu | Slt | Sltu | Slli | Srli | Srai | Slliw
                 | Srliw | Sraiw | Sll | Srl | Sra | Sllw | Srlw | Sraw | Add | Sub | Xor | Or
-                | And | Addw | Subw | Fence => rvi::emit(&mut a, &f, k, i, ipc, next),
+                | And | Addw | Subw | Fence => rvi::emit(&mut a, &mut f, k, i, ipc, next),
                 Mul | Mulw | Mulh | Mulhu => rvm::emit(&mut a, i),
                 _ if i.ends_block() => {
                     // System instructions, ecall, illegal words: the
@@ -281,6 +288,11 @@ impl Jit {
             }
         }
         // Out-of-line exits.
+        for &(at, k, target) in &f.taken {
+            a.bind(at);
+            a.add_icount(k as u32 + 1);
+            f.static_exit(&mut a, target);
+        }
         a.bind(attn1);
         a.bind(attn2);
         if let Some(at) = attn3 {

@@ -11,7 +11,7 @@ use crate::jit::Ctx;
 
 /// Emits `i`, the `k`th instruction of the block, at guest pc `ipc`
 /// (`next`: the pc after it).
-pub(super) fn emit(a: &mut Asm, f: &Frame, k: usize, i: &Insn, ipc: u64, next: u64) {
+pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, next: u64) {
     let imm = i.imm;
     let rd = i.rd;
     // rd = op(rs1, ...): rs1 in rax, `$op` computes, then the
@@ -66,13 +66,24 @@ pub(super) fn emit(a: &mut Asm, f: &Frame, k: usize, i: &Insn, ipc: u64, next: u
     }
     macro_rules! branch {
         ($cc:expr) => {{
-            a.add_icount(k as u32 + 1);
-            a.ld_x(RAX, i.rs1);
-            a.alu_x(true, CMP, RAX, i.rs2);
-            let taken = a.jcc($cc);
-            f.static_exit(a, next);
-            a.bind(taken);
-            f.static_exit(a, ipc.wrapping_add(imm as i64 as u64));
+            let target = ipc.wrapping_add(imm as i64 as u64);
+            if k + 1 < f.len {
+                // An extended block (see `block::extend_user`): the
+                // fall-through path goes on here, the taken one leaves
+                // through an out-of-line exit.
+                a.ld_x(RAX, i.rs1);
+                a.alu_x(true, CMP, RAX, i.rs2);
+                let at = a.jcc($cc);
+                f.taken.push((at, k, target));
+            } else {
+                a.add_icount(k as u32 + 1);
+                a.ld_x(RAX, i.rs1);
+                a.alu_x(true, CMP, RAX, i.rs2);
+                let taken = a.jcc($cc);
+                f.static_exit(a, next);
+                a.bind(taken);
+                f.static_exit(a, target);
+            }
         }};
     }
     use Kind::*;
