@@ -174,17 +174,21 @@ pub(crate) struct Vm {
     pub ram: GuestRam,
 }
 
-pub(crate) fn create_vm(kvm: Kvm, mem_size: u64) -> Result<Vm> {
+/// `irqchip`: KVM's in-kernel LAPICs, IOAPIC, PIC and PIT (without them,
+/// as the probe wants, every vCPU starts runnable).
+pub(crate) fn create_vm(kvm: Kvm, mem_size: u64, irqchip: bool) -> Result<Vm> {
     let k = |what: &'static str| move |source| Error::Kvm { what, source };
     let fd = kvm.create_vm().map_err(k("KVM_CREATE_VM"))?;
     fd.set_tss_address(KVM_TSS_ADDR as usize)
         .map_err(k("KVM_SET_TSS_ADDR"))?;
-    fd.create_irq_chip().map_err(k("KVM_CREATE_IRQCHIP"))?;
-    let pit = kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    };
-    fd.create_pit2(pit).map_err(k("KVM_CREATE_PIT2"))?;
+    if irqchip {
+        fd.create_irq_chip().map_err(k("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit).map_err(k("KVM_CREATE_PIT2"))?;
+    }
     let ram = GuestRam::new(0, mem_size as usize)?;
     let region = kvm_userspace_memory_region {
         slot: 0,
@@ -243,7 +247,7 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome> {
     let kvm = open_kvm(&cfg.kvm_path)?;
     // Recognise the kernel before building anything.
     boot::identify(&cfg.kernel, &cfg.kernel_name)?;
-    let vm = create_vm(kvm, cfg.mem_size)?;
+    let vm = create_vm(kvm, cfg.mem_size, true)?;
     let mem = vm.ram.memory().clone();
 
     // Devices.
