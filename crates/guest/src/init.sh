@@ -2,8 +2,9 @@
 # /init of virtkit's default guest (built by the guest crate; busybox sh).
 #
 # Protocol with the host (see the guest crate's documentation):
-#   /virtkit/argv  the command, NUL-separated (absent: an interactive shell)
-#   /virtkit/env   extra environment, NUL-separated KEY=VALUE (optional)
+#   /virtkit/cmd   one line of shell that exports the command's environment
+#                  and sets "$@" to it (absent: an interactive shell), or,
+#                  with virtkit.wait=1, the same from the console (below)
 # The exit status leaves through the "sifive,test" finisher of QEMU's virt
 # board at 0x100000: 0x5555 for 0, (status << 16) | 0x3333 otherwise.
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM="${TERM:-vt100}"
@@ -66,35 +67,46 @@ VKEOF
 	fi
 fi
 
+# The console's real device (the kernel's /dev/console cannot become a
+# controlling terminal): the last of the active consoles.
+con=console
+read -r cons </sys/class/tty/console/active 2>/dev/null
+for c in $cons; do con=$c; done
+# Its modes, to restore and to drain output with (see the session below).
+stty -g </dev/$con >/run/virtkit-tty 2>/dev/null
+read -r modes </run/virtkit-tty
+
 # The session leader runs the command and waits until the terminal has sent
 # its output before it exits. When a session leader with a serial terminal
 # exits, the kernel hangs the terminal up, and a hang-up throws away output
 # still queued in the serial driver: on a multi-hart guest the command's
-# last lines (or all of a short output) were lost that way. stty applies the
-# unchanged modes with TCSADRAIN, which waits until the UART sent all.
+# last lines (or all of a short output) were lost that way. stty applies
+# the modes with TCSADRAIN, which waits until the UART sent all.
 cat >/run/virtkit-session <<'VKEOF'
 #!/bin/sh
 "$@"
 s=$?
-stty "$(stty -g 2>/dev/null)" 2>/dev/null
+read -r m </run/virtkit-tty && stty "$m" 2>/dev/null
 exit $s
 VKEOF
 chmod 755 /run/virtkit-session
 
-# Waiting mode (`virtkit.wait=1`, how `virtkit run` builds the snapshot it
-# restores): with the machine set up, say so on the console and read the
-# command from it as one line, `V1 EPOCH SEED BASE64`: the host's time
-# (the guest's clock continues from the snapshot, so set it to now), bytes
-# for the entropy pool (clones of one snapshot must not share random
-# numbers), and the base64 of "ENV... virtkit-argv ARGV..." (NUL-separated;
-# no argv: an interactive shell). The host pauses the machine after the
-# marker and snapshots it; each restored copy gets its own line.
+# The command: one line of shell that exports the environment and sets
+# "$@" (the guest crate's command_script), from /virtkit/cmd or, in
+# waiting mode (`virtkit.wait=1`, how `virtkit run` builds the snapshot it
+# restores), from the console: with the machine set up the init says so
+# and reads `V1 EPOCH SEED SCRIPT`: the host's time (the guest's clock
+# continues from the snapshot, so set it to now), bytes for the entropy
+# pool (clones of one snapshot must not share random numbers) and the
+# script. The host pauses the machine after the marker and snapshots it;
+# each restored copy gets its own line. What runs after this point runs on
+# every restored start: keep it to few processes.
+cmd=
 if grep -q 'virtkit.wait=1' /proc/cmdline; then
-	saved=$(stty -g 2>/dev/null)
-	stty raw -echo 2>/dev/null
+	stty raw -echo </dev/$con 2>/dev/null
 	echo "virtkit-init: ready for a command"
-	IFS=' ' read -r ver epoch seed b64 || ver=
-	stty "$saved" 2>/dev/null
+	IFS=' ' read -r ver epoch seed cmd </dev/$con || ver=
+	stty "$modes" </dev/$con 2>/dev/null
 	if [ "$ver" != V1 ]; then
 		echo "virtkit-init: unreadable command line from the host" >&2
 		devmem 0x100000 32 $(((125 << 16) | 0x3333))
@@ -102,57 +114,44 @@ if grep -q 'virtkit.wait=1' /proc/cmdline; then
 	fi
 	date -s "@$epoch" >/dev/null 2>&1
 	echo "$seed" >/dev/urandom
-	if [ -n "$b64" ]; then
-		echo "$b64" | base64 -d >/run/virtkit-cmd
-	fi
-elif [ -s /virtkit/argv ]; then
-	# The command reaches sh as "$@" through xargs -0, which alone can read
-	# NUL-separated words; env entries come first, up to a marker word.
-	{
-		[ -f /virtkit/env ] && cat /virtkit/env
-		printf 'virtkit-argv\0'
-		cat /virtkit/argv
-	} >/run/virtkit-cmd
+elif [ -f /virtkit/cmd ]; then
+	read -r cmd </virtkit/cmd
 fi
 
 # A virtio block device (device id 2) means a disk was given: wait for it
 # briefly (probing is asynchronous) and mount it at /mnt.
-has_disk=
+mounted=
 for d in /sys/bus/virtio/devices/*; do
-	[ "$(cat "$d/device" 2>/dev/null)" = 0x0002 ] && has_disk=1
-done
-if [ -n "$has_disk" ]; then
+	read -r id <"$d/device" 2>/dev/null
+	[ "$id" = 0x0002 ] || continue
 	i=0
 	while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 	opts=rw
-	[ "$(cat /sys/block/vda/ro 2>/dev/null)" = 1 ] && opts=ro
-	if [ -b /dev/vda ]; then
-		mount -t ext4 -o "$opts" /dev/vda /mnt || echo "virtkit-init: could not mount /dev/vda (ext4) at /mnt" >&2
-	else
+	read -r ro </sys/block/vda/ro 2>/dev/null
+	[ "$ro" = 1 ] && opts=ro
+	if [ ! -b /dev/vda ]; then
 		echo "virtkit-init: a virtio disk exists but /dev/vda did not appear" >&2
+	elif mount -t ext4 -o "$opts" /dev/vda /mnt; then
+		mounted=1
+	else
+		echo "virtkit-init: could not mount /dev/vda (ext4) at /mnt" >&2
 	fi
-fi
+	break
+done
 
-status=0
-if [ -s /run/virtkit-cmd ]; then
-	rm -f /run/virtkit-status
-	xargs -0 -x -a /run/virtkit-cmd sh -c '
-		while [ $# -gt 0 ] && [ "$1" != virtkit-argv ]; do export "$1"; shift; done
-		shift
-		setsid cttyhack /run/virtkit-session "$@"
-		echo $? >/run/virtkit-status' virtkit-init
-	status=$(cat /run/virtkit-status 2>/dev/null || echo 127)
+if [ -n "$cmd" ]; then
+	eval "$cmd"
+	setsid -c /run/virtkit-session "$@" <>/dev/$con >&0 2>&0
+	status=$?
 else
-	setsid cttyhack /run/virtkit-session sh -l
+	setsid -c /run/virtkit-session sh -l <>/dev/$con >&0 2>&0
 	status=$?
 fi
 
-sync
-grep -q ' /mnt ' /proc/mounts && umount /mnt
-# The command's last output can still sit in the serial driver's buffer,
-# and the finisher cuts power at once: drain it first (stty applies the
-# unchanged modes with TCSADRAIN, which waits until the UART sent all).
-stty -F /dev/console "$(stty -F /dev/console -g 2>/dev/null)" 2>/dev/null
+if [ -n "$mounted" ]; then
+	sync
+	umount /mnt
+fi
 if [ "$status" -eq 0 ]; then
 	devmem 0x100000 32 0x5555
 else

@@ -61,20 +61,16 @@ pub fn build_base(busybox: &[u8], release: &str, modules: &[Module]) -> Result<V
     Ok(w.finish())
 }
 
-/// Builds the small archive carrying one run's command: `/virtkit/argv`
-/// (arguments, each followed by NUL) and, if `env` is not empty,
-/// `/virtkit/env` (`KEY=VALUE`, each followed by NUL). An empty `argv`
-/// yields an archive without `/virtkit/argv`: the guest then starts an
-/// interactive shell.
+/// Builds the small archive carrying one run's command: `/virtkit/cmd`,
+/// one line of shell ([`command_script`]) that exports `env` and sets the
+/// positional parameters to `argv`. An empty `argv` yields an archive
+/// without it: the guest then starts an interactive shell.
 pub fn run_archive(argv: &[String], env: &[(String, String)]) -> Result<Vec<u8>> {
-    let (args, envb) = encode_command(argv, env)?;
+    let script = command_script(argv, env)?;
     let mut w = CpioWriter::new();
     w.dir("virtkit", 0o755)?;
     if !argv.is_empty() {
-        w.file("virtkit/argv", 0o644, &args)?;
-    }
-    if !env.is_empty() {
-        w.file("virtkit/env", 0o644, &envb)?;
+        w.file("virtkit/cmd", 0o644, format!("{script}\n").as_bytes())?;
     }
     Ok(w.finish())
 }
@@ -86,57 +82,66 @@ pub const READY_MARKER: &[u8] = b"virtkit-init: ready for a command";
 
 /// The kernel argument that puts the init in waiting mode: it sets up the
 /// machine (modules, network), prints [`READY_MARKER`] and reads its
-/// command from the console instead of `/virtkit/argv`.
+/// command from the console instead of `/virtkit/cmd`.
 pub const WAIT_ARG: &str = "virtkit.wait=1";
 
 /// The line a waiting init reads from its console (newline included):
-/// `V1 EPOCH SEED BASE64`, where EPOCH is the host's time in seconds (the
+/// `V1 EPOCH SEED SCRIPT`, where EPOCH is the host's time in seconds (the
 /// guest sets its clock to it), SEED is hex mixed into the guest's entropy
-/// pool, and BASE64 encodes the environment entries, the word
-/// `virtkit-argv`, then the arguments, each NUL-terminated (nothing at all
-/// for an interactive shell).
+/// pool, and SCRIPT is [`command_script`] (empty for an interactive shell).
 pub fn command_line(
     argv: &[String],
     env: &[(String, String)],
     epoch: u64,
     seed: &[u8],
 ) -> Result<Vec<u8>> {
-    let (args, envb) = encode_command(argv, env)?;
-    let mut payload = envb;
-    if !argv.is_empty() {
-        payload.extend_from_slice(b"virtkit-argv\0");
-        payload.extend_from_slice(&args);
-    } else {
-        payload.clear();
-    }
+    let script = command_script(argv, env)?;
     let seed_hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
-    let mut line = format!("V1 {epoch} {seed_hex} ").into_bytes();
-    line.extend_from_slice(base64(&payload).as_bytes());
-    line.push(b'\n');
-    Ok(line)
+    // An empty seed would shift the words the init reads.
+    let seed_hex = if seed_hex.is_empty() {
+        "00".into()
+    } else {
+        seed_hex
+    };
+    Ok(format!("V1 {epoch} {seed_hex} {script}\n").into_bytes())
 }
 
-/// Standard base64 with padding (what busybox `base64 -d` reads). A dozen
-/// lines here rather than a dependency for one call.
-fn base64(data: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
+/// One line of busybox sh that the init `eval`s: `export`s for `env`, then
+/// `set --` with `argv` (empty when `argv` is: an interactive shell). Every
+/// word is quoted as `$'...'` with anything but plain characters written
+/// `\xHH`, so no byte (newline, quote, backslash, control characters,
+/// UTF-8) can end the line or the word early. The shell reads the script
+/// without starting a process, which the restored guest's start-up time
+/// counts.
+pub fn command_script(argv: &[String], env: &[(String, String)]) -> Result<String> {
+    let (args, envb) = encode_command(argv, env)?;
+    if argv.is_empty() {
+        return Ok(String::new());
+    }
+    let mut out = String::new();
+    for kv in envb.split(|&b| b == 0).filter(|w| !w.is_empty()) {
+        out.push_str("export ");
+        quote(&mut out, kv);
+        out.push_str("; ");
+    }
+    out.push_str("set --");
+    for a in args.split(|&b| b == 0).take(argv.len()) {
+        out.push(' ');
+        quote(&mut out, a);
+    }
+    Ok(out)
+}
+
+fn quote(out: &mut String, word: &[u8]) {
+    out.push_str("$'");
+    for &b in word {
+        if b.is_ascii_alphanumeric() || b"-_./=:,+@%^ ".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("\\x{b:02x}"));
         }
     }
-    out
+    out.push('\'');
 }
 
 /// The NUL-terminated arguments and `KEY=VALUE` entries, checked.
@@ -195,39 +200,46 @@ mod tests {
     use super::*;
     use std::process::Command;
 
+    /// What busybox sh makes of a script: the exported variable and the
+    /// arguments, each in brackets.
+    fn busybox_eval(script: &str) -> Vec<u8> {
+        let probe = format!("{script}; printf '<%s>' \"$FOO\"; printf '[%s]' \"$@\"");
+        Command::new("busybox")
+            .args(["sh", "-c", &probe])
+            .output()
+            .unwrap()
+            .stdout
+    }
+
     #[test]
-    fn command_line_decodes_with_base64_and_splits_like_the_init() {
-        let argv = vec!["sh".to_string(), "-c".into(), "echo 'a b'; exit 7".into()];
-        let env = vec![("FOO".to_string(), "bar baz".to_string())];
-        let line = command_line(&argv, &env, 1234, &[0xab, 0x01]).unwrap();
-        let text = String::from_utf8(line).unwrap();
-        assert!(text.ends_with('\n'));
-        let words: Vec<&str> = text.trim_end().split(' ').collect();
-        assert_eq!(&words[..3], &["V1", "1234", "ab01"]);
-        let out = Command::new("base64")
-            .arg("-d")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                use std::io::Write;
-                c.stdin.take().unwrap().write_all(words[3].as_bytes())?;
-                c.wait_with_output()
-            })
-            .unwrap();
-        assert_eq!(
-            out.stdout,
-            b"FOO=bar baz\0virtkit-argv\0sh\0-c\0echo 'a b'; exit 7\0"
-        );
-        for n in 0..7 {
-            let data: Vec<u8> = (0..n).map(|i| i * 37).collect();
-            let enc = base64(&data);
-            assert_eq!(enc.len() % 4, 0);
+    fn command_script_survives_busybox_sh_for_any_bytes() {
+        let argv = vec![
+            "sh".to_string(),
+            "-c".into(),
+            "echo 'a b'; exit 7".into(),
+            "new\nline\ttab \\ back $HOME `x` \"q\" \u{e9}".into(),
+            String::new(),
+        ];
+        let env = vec![("FOO".to_string(), "bar 'baz'".to_string())];
+        let script = command_script(&argv, &env).unwrap();
+        assert!(!script.contains('\n'));
+        let mut want = b"<bar 'baz'>".to_vec();
+        for a in &argv {
+            want.extend_from_slice(format!("[{a}]").as_bytes());
         }
-        assert_eq!(base64(b"hello\0world"), "aGVsbG8Ad29ybGQ=");
-        // An interactive shell: no payload at all.
-        let shell = command_line(&[], &env, 1, &[]).unwrap();
-        assert_eq!(shell, b"V1 1  \n");
+        assert_eq!(
+            String::from_utf8_lossy(&busybox_eval(&script)),
+            String::from_utf8_lossy(&want)
+        );
+    }
+
+    #[test]
+    fn command_line_carries_time_seed_and_script() {
+        let argv = vec!["true".to_string()];
+        let line = command_line(&argv, &[], 1234, &[0xab, 0x01]).unwrap();
+        assert_eq!(line, b"V1 1234 ab01 set -- $'true'\n");
+        // An interactive shell: no script; an empty seed still fills its word.
+        assert_eq!(command_line(&[], &[], 1, &[]).unwrap(), b"V1 1 00 \n");
         assert!(command_line(&["a\0b".to_string()], &[], 1, &[]).is_err());
     }
 
@@ -259,12 +271,8 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(
-            std::fs::read(x.join("virtkit/argv")).unwrap(),
-            b"sh\0-c\0echo 'a b'; exit 7\0"
-        );
-        assert_eq!(
-            std::fs::read(x.join("virtkit/env")).unwrap(),
-            b"FOO=bar baz\0"
+            std::fs::read_to_string(x.join("virtkit/cmd")).unwrap(),
+            "export $'FOO=bar baz'; set -- $'sh' $'-c' $'echo \\x27a b\\x27\\x3b exit 7'\n"
         );
     }
 

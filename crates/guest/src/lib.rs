@@ -23,9 +23,12 @@
 //!
 //! The initramfs's `/init` mounts proc, sys and devtmpfs, loads the virtio
 //! and ext4 modules, mounts `/dev/vda` (ext4) at `/mnt` when a virtio disk
-//! exists, then runs the command found in `/virtkit/argv` (NUL-separated
-//! words; environment in `/virtkit/env` as NUL-separated `KEY=VALUE`) with
-//! the console as its terminal, or an interactive shell without one. Then it
+//! exists, then runs the command found in `/virtkit/cmd` (one line of shell
+//! that exports the environment and sets `"$@"`: [`initramfs::command_script`])
+//! with the console as its terminal, or an interactive shell without one.
+//! With `virtkit.wait=1` on the kernel command line it reads that line from
+//! the console instead, after printing [`READY_MARKER`]
+//! ([`command_line`]): how `virtkit run` snapshots a booted guest. Then it
 //! syncs, unmounts, and reports the exit status by writing to the
 //! "sifive,test" finisher of QEMU's `virt` board at physical `0x100000`
 //! (32 bits): `0x5555` when the status is 0, `(status << 16) | 0x3333`

@@ -9,6 +9,7 @@ mod ctr;
 mod emu;
 mod guest;
 mod img;
+mod instant;
 mod nic;
 mod progress;
 mod run;

@@ -6,9 +6,13 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use riscv_machine::machine::{self, BoardKind, Firmware, MachineConfig};
+use riscv_machine::machine::{self, BoardKind, Firmware, MachineConfig, Nic};
 use riscv_machine::power::StopReason;
 
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use crate::instant;
 use crate::vm::{open_disk, parse_size};
 
 /// Arguments of `virtkit run`.
@@ -36,9 +40,15 @@ pub struct Args {
         value_name = "[HOSTIP:]HOSTPORT:GUESTPORT[/udp]"
     )]
     publish: Vec<String>,
-    /// Show the kernel's boot messages
+    /// Show the kernel's boot messages (implies --cold: a restored guest
+    /// does not boot)
     #[arg(long)]
     verbose: bool,
+    /// Boot the kernel from scratch instead of restoring the cached
+    /// snapshot of the booted guest (which the first run of each machine
+    /// shape builds)
+    #[arg(long)]
+    cold: bool,
     /// Stop the guest after this many seconds (exit status 124)
     #[arg(long, value_name = "SECS")]
     timeout: Option<u64>,
@@ -83,48 +93,90 @@ pub fn main(args: Args) -> anyhow::Result<i32> {
     fetcher.set_progress(Some(crate::progress::downloads()));
     let assets = guest::guest_assets(&fetcher, guest::Arch::Riscv64)
         .context("preparing the default riscv64 guest")?;
-    let kernel = std::fs::read(&assets.kernel)
-        .with_context(|| format!("cannot read {}", assets.kernel.display()))?;
-    let initrd = guest::run_initramfs(&assets.initramfs, &args.command)
-        .context("building the guest's command archive")?;
     // panic=-1: a kernel panic reboots at once, which ends the run with an
     // error instead of hanging.
     let mut append = String::from("console=ttyS0 panic=-1");
     if !args.verbose {
         append.push_str(" quiet");
     }
-    let nics = match args.net {
-        NetArg::None => Vec::new(),
-        NetArg::User => crate::nic::open_nics(&[crate::nic::NicSpec {
+    let net = args.net == NetArg::User;
+    let nics = |hostfwd: Vec<net::user::HostFwd>| -> anyhow::Result<_> {
+        if !net {
+            return Ok(Vec::new());
+        }
+        crate::nic::open_nics(&[crate::nic::NicSpec {
             kind: crate::nic::NicKind::User {
                 restrict: false,
                 hostfwd,
             },
             mac: None,
-        }])?,
+        }])
     };
-    let cfg = MachineConfig {
-        board: BoardKind::Virt,
+    let machine = Machine {
         harts: args.cpus,
         mem_size: parse_size(&args.mem)?,
-        kernel_name: assets.kernel.display().to_string(),
-        kernel,
-        initrd: Some(initrd),
-        append,
-        firmware: Firmware::Builtin,
-        disks: disk.into_iter().collect(),
-        rng: true,
-        virtio_console: true,
-        nics,
-        output: Box::new(std::io::stdout()),
-        input: Some(0),
-        timeout: args.timeout.map(Duration::from_secs),
         jit: !args.no_jit && std::env::var_os("VIRTKIT_JIT").is_none_or(|v| v != "0"),
     };
-    let outcome = {
+    // A disk is not in the snapshot (its size and contents differ from run
+    // to run), so a run with one boots.
+    let outcome = if args.cold || args.verbose || disk.is_some() {
+        let kernel = read(&assets.kernel)?;
+        let initrd = guest::run_initramfs(&assets.initramfs, &args.command)
+            .context("building the guest's command archive")?;
+        let mut cfg = machine.config(kernel, Some(initrd), append, nics(hostfwd)?);
+        cfg.disks = disk.into_iter().collect();
+        cfg.input = Some(0);
+        cfg.output = Box::new(std::io::stdout());
+        cfg.timeout = args.timeout.map(Duration::from_secs);
         let _raw = riscv_machine::terminal::RawMode::enter(0);
-        machine::run(cfg)
-    }?;
+        machine::run(cfg)?
+    } else {
+        append.push(' ');
+        append.push_str(guest::WAIT_ARG);
+        let shape = instant::Shape {
+            kernel: &assets.kernel,
+            initramfs: &assets.initramfs,
+            harts: machine.harts,
+            mem_size: machine.mem_size,
+            net,
+        };
+        let snap = instant::cached(fetcher.cache_dir(), &shape)?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            if !snap.exists() {
+                let _lock = instant::BuildLock::take(&snap.dir.with_extension("lock"))?;
+                if !snap.exists() {
+                    eprintln!(
+                        "virtkit: booting the guest once to snapshot it (later runs with {} hart(s) and {} restore it)",
+                        machine.harts, args.mem
+                    );
+                    let kernel = read(&assets.kernel)?;
+                    let initrd = read(&assets.initramfs)?;
+                    let cfg =
+                        machine.config(kernel, Some(initrd), append.clone(), nics(Vec::new())?);
+                    instant::build(&snap, cfg)?;
+                }
+            }
+            let line = instant::command_line(&args.command, &[])?;
+            let input = instant::input_with_command(line, 0)?;
+            let mut cfg = machine.config(Vec::new(), None, append.clone(), nics(hostfwd.clone())?);
+            cfg.input = Some(input.as_raw_fd());
+            cfg.output = Box::new(std::io::stdout());
+            cfg.timeout = args.timeout.map(Duration::from_secs);
+            let _raw = riscv_machine::terminal::RawMode::enter(0);
+            match machine::restore(cfg, &snap.state, &snap.memory) {
+                Ok(running) => break running.wait()?,
+                // A snapshot this build cannot use (an older format, a
+                // damaged file): build a new one, once.
+                Err(e) if attempt == 1 => {
+                    eprintln!("virtkit: the cached snapshot is unusable ({e}); rebuilding it");
+                    snap.discard();
+                }
+                Err(e) => return Err(e).context("restoring the guest's snapshot"),
+            }
+        }
+    };
     Ok(match outcome.reason {
         StopReason::PowerOff(s) if s != 0 && s & 0xff == 0 => 1,
         StopReason::PowerOff(s) => (s & 0xff) as i32,
@@ -142,4 +194,47 @@ pub fn main(args: Args) -> anyhow::Result<i32> {
             MACHINE_FAILURE
         }
     })
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// What every machine of a run shares, cold or restored.
+struct Machine {
+    harts: usize,
+    mem_size: u64,
+    jit: bool,
+}
+
+impl Machine {
+    /// The default guest's machine: the virt board with the builtin SBI,
+    /// virtio rng and console; no console input, output discarded, no
+    /// time limit (callers set them).
+    fn config(
+        &self,
+        kernel: Vec<u8>,
+        initrd: Option<Vec<u8>>,
+        append: String,
+        nics: Vec<Nic>,
+    ) -> MachineConfig {
+        MachineConfig {
+            board: BoardKind::Virt,
+            harts: self.harts,
+            mem_size: self.mem_size,
+            kernel_name: "the default guest's kernel".into(),
+            kernel,
+            initrd,
+            append,
+            firmware: Firmware::Builtin,
+            disks: Vec::new(),
+            rng: true,
+            virtio_console: true,
+            nics,
+            output: Box::new(std::io::sink()),
+            input: None,
+            timeout: None,
+            jit: self.jit,
+        }
+    }
 }
