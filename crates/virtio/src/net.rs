@@ -91,6 +91,15 @@ const OFFLOADS: u64 = 1 << nf::CSUM
     | 1 << nf::HOST_UFO;
 
 /// Link up in the status field.
+///
+/// The link is up from the start. A Linux 6.12 guest that configures eth0
+/// right after loading virtio_net may still show NO-CARRIER (operstate
+/// "down") for up to a second while /sys/class/net/eth0/carrier reads 1:
+/// the driver's carrier-on is a non-urgent link-watch event, which the
+/// kernel applies at most once a second (the probe's carrier-off used the
+/// slot). Traffic flows meanwhile; an ETHTOOL_GLINK ioctl (`ethtool eth0`)
+/// applies the pending event at once. Nothing the device reports changes
+/// that.
 const S_LINK_UP: u16 = 1;
 
 /// Bytes of virtio_net_config we fill in: mac[6], status u16.
