@@ -1361,6 +1361,12 @@ impl RunningMachine {
         if !self.is_paused() {
             return Err(MachineError::NotPaused);
         }
+        if state_path == mem_path {
+            return Err(MachineError::SnapshotState(format!(
+                "the state file and the memory file are both {}",
+                state_path.display()
+            )));
+        }
         for (index, d) in self.disks.iter().enumerate() {
             let qcow2 = d
                 .image
@@ -1698,6 +1704,12 @@ fn hart_thread(s: Arc<Shared>, mut hart: Hart, id: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn running_machine_can_be_shared_with_a_control_thread() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<RunningMachine>();
+    }
 
     #[test]
     fn input_follows_the_last_console_argument() {
