@@ -24,6 +24,7 @@ pkgs=(
   gpgv                  # verifies Debian InRelease signatures
   debian-archive-keyring
   xz-utils
+  binutils              # as/ld/objcopy: the small x86-64 guests of the KVM tests and bench/kvm.sh
   curl                  # drives the VM control API in tests (curl --unix-socket)
 )
 
