@@ -365,17 +365,37 @@ fn run_has_user_networking_by_default() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A UDP echo server for the guest (busybox's nc has no UDP): answers
-/// every datagram on the port in argv[1] to its sender.
-const UDP_ECHO_C: &str = r#"
+/// Two guest tools busybox lacks: `vktool echo PORT`, a UDP echo server
+/// (busybox's nc has no UDP) answering every datagram to its sender, and
+/// `vktool glink IF`, the link state by ETHTOOL_GLINK as `ethtool IF`
+/// reads it (which also applies the kernel's pending link-watch event).
+const GUEST_TOOL_C: &str = r#"
 #include <arpa/inet.h>
+#include <linux/ethtool.h>
+#include <linux/sockios.h>
+#include <net/if.h>
 #include <netinet/in.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 int main(int argc, char **argv) {
+	if (argc < 3) return 2;
+	if (strcmp(argv[1], "glink") == 0) {
+		struct ethtool_value v = {.cmd = ETHTOOL_GLINK};
+		struct ifreq r;
+		memset(&r, 0, sizeof r);
+		strncpy(r.ifr_name, argv[2], IFNAMSIZ - 1);
+		r.ifr_data = (void *)&v;
+		int s = socket(AF_INET, SOCK_DGRAM, 0);
+		if (s < 0 || ioctl(s, SIOCETHTOOL, &r) < 0) return 1;
+		printf("GLINK %u\n", v.data);
+		return 0;
+	}
 	int s = socket(AF_INET, SOCK_DGRAM, 0);
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[1]))};
-	if (argc < 2 || s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) < 0) return 1;
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
+	if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) < 0) return 1;
 	for (;;) {
 		char b[2048];
 		struct sockaddr_in p;
@@ -552,10 +572,10 @@ fn user_net_guest_both_ways_dns_ping_restrict_two_vms() {
     let dns_port = start_helper(&mut reaper, Command::new("python3").args(["-c", DNS_PY]));
     let dns_port: u16 = dns_port.trim().parse().expect("DNS helper's port");
 
-    // The guest's UDP echo server, built for riscv64.
-    let src = dir.join("udpecho.c");
-    std::fs::write(&src, UDP_ECHO_C).unwrap();
-    let exe = dir.join("udpecho");
+    // The guest's tools, built for riscv64.
+    let src = dir.join("vktool.c");
+    std::fs::write(&src, GUEST_TOOL_C).unwrap();
+    let exe = dir.join("vktool");
     run(
         "riscv64-linux-gnu-gcc",
         &[
@@ -567,7 +587,7 @@ fn user_net_guest_both_ways_dns_ping_restrict_two_vms() {
             src.to_str().unwrap(),
         ],
     );
-    let udpecho = std::fs::read(&exe).unwrap();
+    let vktool = std::fs::read(&exe).unwrap();
 
     let ping_host = if ping_sockets_allowed() {
         // The host's own address: the ping leaves through a ping socket
@@ -595,11 +615,12 @@ fn user_net_guest_both_ways_dns_ping_restrict_two_vms() {
     let (a_http, a_udp, a_done, b_http) = (free_port(), free_port(), free_port(), free_port());
     let script_a = format!(
         "ip -4 addr show eth0 | grep -o 'inet [0-9./]*'; ip route | grep default; cat /etc/resolv.conf; \
+         cat /sys/class/net/eth0/carrier; /opt/vktool glink eth0; ip link show eth0 | head -1; \
          nslookup vk-test.example | grep -q 192.0.2.123 && echo DNS-OK; \
          ping -c 2 -W 5 10.0.2.2 >/dev/null && echo PING-GW-OK; {ping_cmd} \
          echo SUM $(wget -qO- http://10.0.2.2:{http_port}/blob | sha256sum | cut -c1-64); \
          mkdir -p /www && echo served-by-guest-a >/www/index.html && httpd -p 80 -h /www; \
-         /opt/udpecho 7 & \
+         /opt/vktool echo 7 & \
          echo done | nc -l -p 9"
     );
     let vm_a = spawn_vm(
@@ -609,7 +630,7 @@ fn user_net_guest_both_ways_dns_ping_restrict_two_vms() {
         &[format!(
             "user,hostfwd=tcp::{a_http}-:80,hostfwd=udp:127.0.0.1:{a_udp}-:7,hostfwd=tcp::{a_done}-:9,resolver=127.0.0.1:{dns_port}"
         )],
-        &[("opt/udpecho", &udpecho)],
+        &[("opt/vktool", &vktool)],
     );
     let script_b = format!(
         "wget -qO- -T 10 http://10.0.2.2:{http_port}/ >/dev/null 2>&1 && echo RESTRICT-LEAKED || echo RESTRICT-BLOCKED; \
@@ -669,6 +690,10 @@ fn user_net_guest_both_ways_dns_ping_restrict_two_vms() {
         "default via 10.0.2.2",
         "nameserver 10.0.2.3",
         "DNS-OK",
+        // The device reports the link up; once the kernel applied that
+        // (ETHTOOL_GLINK does at once), eth0 is RUNNING, not NO-CARRIER.
+        "GLINK 1",
+        "<BROADCAST,MULTICAST,UP,LOWER_UP>",
         "PING-GW-OK",
         &format!("SUM {want}"),
     ] {
