@@ -103,7 +103,11 @@ pub fn run(req: Request) -> anyhow::Result<i32> {
             std::fs::read(p).with_context(|| format!("cannot read the initrd {}", p.display()))
         })
         .transpose()?;
-    probe(&req.accel.kvm_device)?;
+    // The probe runs in its own small VM beside the machine's start-up
+    // (it only decides a warning), so it adds little to the start time.
+    // KVM missing or broken: the machine itself reports it.
+    let probe_path = req.accel.kvm_device.clone();
+    let probe = std::thread::spawn(move || probe(&probe_path));
     let disks = req
         .disks
         .iter()
@@ -135,7 +139,12 @@ pub fn run(req: Request) -> anyhow::Result<i32> {
         let _raw = riscv_machine::terminal::RawMode::enter(0);
         x86_machine::run(cfg)
     }
-    .map_err(flat)?;
+    .map_err(flat);
+    let probed = probe.join();
+    let outcome = outcome?;
+    if let Ok(Err(e)) = probed {
+        eprintln!("virtkit: warning: the accelerator probe failed: {e:#}");
+    }
     Ok(exit_status(&outcome.reason))
 }
 
