@@ -98,5 +98,5 @@ print("%.1f %.1f %.1f" % (r["mean"]*1e3, r["stddev"]*1e3, r["median"]*1e3))
     "$(python3 -c "print(f'{$kb/1024:.1f}')")"
 done
 echo
-echo "(${RUNS} runs each, 1 vCPU, 64 MiB. On a KVM that emulates guest ring 0, virtkit's time includes"
-echo " its accelerator probe, about 10 ms there; on hardware virtualization the probe takes microseconds.)"
+echo "(${RUNS} runs each, 1 vCPU, 64 MiB. On a KVM that emulates guest ring 0, virtkit runs its accelerator"
+echo " probe, about 10 ms there, beside the start of the machine; on hardware it takes microseconds.)"
