@@ -479,11 +479,12 @@ fn next(rng: &mut u64) -> u64 {
 /// Registers the generator keeps fixed: x5 = DATA + 0x800 (loads, stores,
 /// atomics), x6 = RO + 0x800 (stores fault), x8 = a jalr target, x9 = near
 /// the end of DATA (accesses through it cross into the unmapped page
-/// after it; only `addi x9, x9, imm` moves it).
+/// after it; only `addi x9, x9, imm` moves it), x31 = the loop counter
+/// (see `random_program`).
 fn random_dest(rng: &mut u64) -> u32 {
     loop {
         let r = (next(rng) % 32) as u32;
-        if ![5, 6, 8, 9].contains(&r) {
+        if ![5, 6, 8, 9, 31].contains(&r) {
             return r;
         }
     }
@@ -627,6 +628,13 @@ fn random_program(rng: &mut u64, n: usize) -> Vec<u32> {
         let _ = k;
         p.push(w);
     }
+    if next(rng) & 1 == 0 {
+        // A loop back to the start (a block that jumps to itself, once
+        // extended past its forward branches): x31 counts down on every
+        // pass through the start, so the loop ends.
+        p[0] = addi(31, 31, -1);
+        p.push(b(4, 0, 31, -4 * n as i32)); // blt x0, x31, start
+    }
     p.extend(std::iter::repeat_n(ECALL, 24));
     p
 }
@@ -646,6 +654,7 @@ fn run_mode(prog: &[u32], regs: &[u64; 32], data: &[u8], jit: bool) -> (Hart, Ex
     h.set_x(6, RO + 0x800);
     h.set_x(8, CODE + 4 * (prog.len() as u64 - 4));
     h.set_x(9, DATA + 0xf80 + (regs[9] & 0x78));
+    h.set_x(31, regs[31] % 4);
     h.pc = CODE;
     let e = h.run_user(&sp);
     let mut page = vec![0u8; 0x1000];

@@ -34,6 +34,8 @@ struct Frame {
     plan: Vec<mem::Plan>,
     /// Instructions in the block.
     len: usize,
+    /// User mode, a block that jumps back to its start.
+    looping: Option<Loop>,
     /// Taken branches of an extended block: (rel32 offset, index of the
     /// branch, target), each to an out-of-line chained exit.
     taken: Vec<(usize, usize, u64)>,
@@ -52,6 +54,21 @@ impl Frame {
             a.jmp_abs(self.dispatch_sys);
         } else {
             a.chain_exit(self.epilogue, target);
+        }
+    }
+    /// Whether jumping to `target` is a back edge of this block's loop.
+    fn is_back_edge(&self, target: u64) -> bool {
+        self.looping.is_some() && target == self.pc
+    }
+    /// Leaves for `target` after retiring `retired` instructions: a back
+    /// edge of the block's loop or a static exit.
+    fn exit_to(&self, a: &mut Asm, target: u64, retired: u32) {
+        match &self.looping {
+            Some(l) if target == self.pc => l.back_edge(a, retired),
+            _ => {
+                a.add_icount(retired);
+                self.static_exit(a, target);
+            }
         }
     }
 }
@@ -121,6 +138,56 @@ impl RegCache {
     pub(super) fn forget_all(&mut self) {
         self.guest = [0; CACHE_REGS.len()];
     }
+    /// The cache holding exactly `regs` (at most one per slot, in order).
+    fn preset(regs: &[u8]) -> RegCache {
+        let mut c = RegCache::default();
+        for (s, &r) in regs.iter().take(CACHE_REGS.len()).enumerate() {
+            c.guest[s] = r;
+            c.used[s] = s as u32;
+        }
+        c.tick = CACHE_REGS.len() as u32;
+        c
+    }
+}
+
+/// A block that jumps back to its own start (a loop): the loop head, past
+/// the prologue that fills the register cache, and the cache's contents
+/// there, which every back edge restores before jumping to it, so the
+/// loop's registers stay in host registers across iterations.
+struct Loop {
+    head: usize,
+    regs: Vec<u8>,
+}
+
+impl Loop {
+    /// A back edge from the current point: reloads (from `Core::x`, always
+    /// current: the cache is write-through) every register of the loop
+    /// head's cache not already in its host register, then jumps to the
+    /// head (which checks for attention again).
+    fn back_edge(&self, a: &mut Asm, retired: u32) {
+        for (s, &g) in self.regs.iter().enumerate() {
+            if a.cache.guest[s] != g {
+                a.load(CACHE_REGS[s], RBX, xd(g));
+            }
+        }
+        a.add_icount(retired);
+        a.jmp_abs(a.base + self.head);
+    }
+}
+
+/// The integer registers a block names, first named first (at most as
+/// many as the cache holds): what a loop's prologue loads. Reading a
+/// field that is not an integer register only costs a useless load.
+fn loop_regs(insns: &[Insn]) -> Vec<u8> {
+    let mut regs = Vec::new();
+    for i in insns {
+        for r in [i.rs1, i.rs2, i.rd] {
+            if r != 0 && r < 32 && !regs.contains(&r) && regs.len() < CACHE_REGS.len() {
+                regs.push(r);
+            }
+        }
+    }
+    regs
 }
 
 /// Guest-aware helpers on top of the encoder.
@@ -217,6 +284,27 @@ impl Jit {
         let epi = self.epilogue;
         // Entry: leave when another thread asked for attention or the
         // address space's code changed since this block was translated.
+        // User mode, a loop: the prologue fills the register cache, and
+        // back edges jump to the head below it.
+        let is_loop = sys.is_none()
+            && insns.iter().any(|i| {
+                matches!(i.kind, Beq | Bne | Blt | Bge | Bltu | Bgeu | Jal)
+                    && pc
+                        .wrapping_add(i.off as u64)
+                        .wrapping_add(i.imm as i64 as u64)
+                        == pc
+            });
+        let looping = is_loop.then(|| {
+            let regs = loop_regs(insns);
+            for (s, &g) in regs.iter().enumerate() {
+                a.load(CACHE_REGS[s], RBX, xd(g));
+            }
+            a.cache = RegCache::preset(&regs);
+            Loop {
+                head: a.b.len(),
+                regs,
+            }
+        });
         a.op_m(false, &[0x83], 7, R15, 0);
         a.u8(0);
         let attn1 = a.jcc(CC_NE);
@@ -245,6 +333,7 @@ impl Jit {
                 Vec::new()
             },
             len: insns.len(),
+            looping,
             taken: Vec::new(),
             slow: Vec::new(),
         };

@@ -67,22 +67,25 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
     macro_rules! branch {
         ($cc:expr) => {{
             let target = ipc.wrapping_add(imm as i64 as u64);
-            if k + 1 < f.len {
+            a.ld_x(RAX, i.rs1);
+            a.alu_x(true, CMP, RAX, i.rs2);
+            if k + 1 < f.len && f.is_back_edge(target) {
+                // The loop's back edge, inline (it restores the cache as
+                // it is here), skipped on the fall-through path.
+                let skip = a.jcc($cc ^ 1);
+                f.exit_to(a, target, k as u32 + 1);
+                a.bind(skip);
+            } else if k + 1 < f.len {
                 // An extended block (see `block::extend_user`): the
                 // fall-through path goes on here, the taken one leaves
                 // through an out-of-line exit.
-                a.ld_x(RAX, i.rs1);
-                a.alu_x(true, CMP, RAX, i.rs2);
                 let at = a.jcc($cc);
                 f.taken.push((at, k, target));
             } else {
-                a.add_icount(k as u32 + 1);
-                a.ld_x(RAX, i.rs1);
-                a.alu_x(true, CMP, RAX, i.rs2);
                 let taken = a.jcc($cc);
-                f.static_exit(a, next);
+                f.exit_to(a, next, k as u32 + 1);
                 a.bind(taken);
-                f.static_exit(a, target);
+                f.exit_to(a, target, k as u32 + 1);
             }
         }};
     }
@@ -101,8 +104,7 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
                 a.mov_imm(RAX, next);
                 a.st_x(rd, RAX);
             }
-            a.add_icount(k as u32 + 1);
-            f.static_exit(a, ipc.wrapping_add(imm as i64 as u64));
+            f.exit_to(a, ipc.wrapping_add(imm as i64 as u64), k as u32 + 1);
         }
         Jalr => {
             a.ld_x(RAX, i.rs1);
