@@ -26,7 +26,7 @@ use crate::mmio::{MmioBus, MmioDevice};
 use crate::plic::Plic;
 use crate::power::{Power, StopReason, TestFinisher};
 use crate::sbi::{self, Fence, SbiAction, SbiHost};
-use crate::snapshot::{DiskSnapshot, HsmState, MachineState, MachineSummary};
+use crate::snapshot::{DiskSnapshot, HsmState, HtifState, MachineState, MachineSummary};
 use crate::terminal::InputSink;
 use crate::uart::{Console, Uart};
 
@@ -166,8 +166,6 @@ pub enum MachineError {
     NotPaused,
     #[error("the machine is not running (it stopped: {0:?})")]
     NotRunning(Option<StopReason>),
-    #[error("snapshots of the spike machine are not supported (its HTIF page lives outside RAM)")]
-    SpikeSnapshot,
     #[error("disk {index} is a raw image opened read-write: a snapshot could not give back its contents of this moment on restore; use a qcow2 image (internal snapshots) or attach it read-only")]
     RawDiskSnapshot { index: usize },
     #[error("disk {index}: {what}: {source}")]
@@ -565,9 +563,6 @@ pub fn restore(
     let mut cfg = cfg;
     let st: MachineState = vmm::snapshot::read_state(state_path)?;
     check_limits(&cfg)?;
-    if cfg.board == BoardKind::Spike {
-        return Err(MachineError::SpikeSnapshot);
-    }
     check_state(&st)?;
     let summary = summary(&cfg);
     if let Some(what) = st.machine.mismatch(&summary) {
@@ -576,7 +571,14 @@ pub fn restore(
     revert_disks(&cfg, &st.disks)?;
     let ram = vmm::GuestRam::from_file(RAM_BASE, mem_path, summary.mem_size as usize)?;
     let board = build(&mut cfg, Some((&st, ram)))?;
-    launch(cfg, board, summary, st.hsm.clone(), None, st.input_to_hvc)
+    let htif = st.htif.as_ref().map(|h| (h.tohost, h.fromhost));
+    let m = launch_paused(cfg, board, summary, st.hsm.clone(), htif, st.input_to_hvc)?;
+    if let (Some(page), Some(saved)) = (&m.htif, &st.htif) {
+        let mut b = page.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        b.copy_from_slice(&saved.bytes);
+    }
+    m.start_harts()?;
+    Ok(m)
 }
 
 /// Checks the parts of a state file the summary does not cover.
@@ -607,6 +609,22 @@ fn check_state(st: &MachineState) -> Result<(), MachineError> {
     }
     if m.disk_sizes.len() != m.devices.iter().filter(|d| *d == "block").count() {
         return bad("the disk list does not match the device list".into());
+    }
+    if let Some(h) = &st.htif {
+        let ok = h.bytes.len() == PAGE as usize
+            && h.tohost.is_multiple_of(8)
+            && h.tohost >= RAM_BASE
+            && h.tohost
+                .checked_add(8)
+                .is_some_and(|e| e <= RAM_BASE + m.mem_size)
+            && h.fromhost.is_none_or(|f| {
+                f.is_multiple_of(8)
+                    && f >= RAM_BASE
+                    && f.checked_add(8).is_some_and(|e| e <= RAM_BASE + m.mem_size)
+            });
+        if !ok {
+            return bad("the HTIF page is not a page of RAM-aligned words".into());
+        }
     }
     for d in &st.disks {
         if d.disk >= m.disk_sizes.len() {
@@ -732,7 +750,11 @@ fn device_kinds(cfg: &MachineConfig) -> Vec<String> {
 /// The configuration a snapshot records and a restore must match.
 fn summary(cfg: &MachineConfig) -> MachineSummary {
     MachineSummary {
-        board: crate::snapshot::BOARD_NAME.into(),
+        board: match cfg.board {
+            BoardKind::Virt => crate::snapshot::BOARD_NAME,
+            BoardKind::Spike => crate::snapshot::SPIKE_BOARD_NAME,
+        }
+        .into(),
         harts: cfg.harts,
         mem_size: cfg.mem_size & !(PAGE - 1),
         builtin_sbi: cfg.board == BoardKind::Virt && matches!(cfg.firmware, Firmware::Builtin),
@@ -1045,7 +1067,7 @@ fn ram_regions(
     board: &Board,
     htif: Option<(u64, Option<u64>)>,
     mmio: &mut MmioBus,
-) -> Vec<RamRegion> {
+) -> (Vec<RamRegion>, Option<Arc<HtifPage>>) {
     let ram_end = board.ram_end();
     let host = board.ram.host_ptr();
     let region = |base: u64, end: u64| {
@@ -1055,6 +1077,7 @@ fn ram_regions(
         unsafe { RamRegion::new(base, end - base, host.add((base - RAM_BASE) as usize)) }
     };
     let mut regions = Vec::new();
+    let mut page_dev = None;
     match htif {
         Some((tohost, fromhost)) if tohost >= RAM_BASE && tohost + 8 <= ram_end => {
             let page = tohost & !(PAGE - 1);
@@ -1066,23 +1089,21 @@ fn ram_regions(
             }
             let mut bytes = vec![0u8; PAGE as usize];
             let _ = board.mem().read_slice(&mut bytes, GuestAddress(page));
-            mmio.add(
+            let dev = Arc::new(HtifPage {
                 page,
-                PAGE,
-                Arc::new(HtifPage {
-                    page,
-                    tohost,
-                    fromhost,
-                    bytes: Mutex::new(bytes),
-                    console: board.console.clone(),
-                    power: board.power.clone(),
-                    mem: board.mem().clone(),
-                }),
-            );
+                tohost,
+                fromhost,
+                bytes: Mutex::new(bytes),
+                console: board.console.clone(),
+                power: board.power.clone(),
+                mem: board.mem().clone(),
+            });
+            mmio.add(page, PAGE, dev.clone());
+            page_dev = Some(dev);
         }
         _ => regions.push(region(RAM_BASE, ram_end)),
     }
-    regions
+    (regions, page_dev)
 }
 
 /// Sets the harts' initial registers for a cold boot; returns their HSM
@@ -1131,7 +1152,9 @@ pub struct RunningMachine {
     summary: MachineSummary,
     disks: Vec<DiskSlot>,
     input_to_hvc: bool,
-    spike: bool,
+    htif: Option<Arc<HtifPage>>,
+    /// The harts, until [`RunningMachine::start_harts`] gives each a thread.
+    harts: Mutex<Vec<Hart>>,
     timeout: Option<Duration>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     input: Mutex<Option<JoinHandle<()>>>,
@@ -1142,6 +1165,20 @@ pub struct RunningMachine {
 /// Starts one thread per hart and the terminal reader.
 fn launch(
     cfg: MachineConfig,
+    board: Board,
+    summary: MachineSummary,
+    hsm: Vec<HsmState>,
+    htif: Option<(u64, Option<u64>)>,
+    input_to_hvc: bool,
+) -> Result<RunningMachine, MachineError> {
+    let m = launch_paused(cfg, board, summary, hsm, htif, input_to_hvc)?;
+    m.start_harts()?;
+    Ok(m)
+}
+
+/// Everything [`launch`] does but starting the hart threads.
+fn launch_paused(
+    cfg: MachineConfig,
     mut board: Board,
     summary: MachineSummary,
     hsm: Vec<HsmState>,
@@ -1149,7 +1186,7 @@ fn launch(
     input_to_hvc: bool,
 ) -> Result<RunningMachine, MachineError> {
     let mut mmio = std::mem::take(&mut board.mmio);
-    let regions = ram_regions(&board, htif, &mut mmio);
+    let (regions, htif_page) = ram_regions(&board, htif, &mut mmio);
     let code = CodeMap::new(&regions);
     let power = board.power.clone();
     let harts = std::mem::take(&mut board.harts);
@@ -1227,27 +1264,36 @@ fn launch(
         summary,
         disks,
         input_to_hvc,
-        spike: cfg.board == BoardKind::Spike,
+        htif: htif_page,
+        harts: Mutex::new(harts),
         timeout: cfg.timeout,
         threads: Mutex::new(Vec::new()),
         input: Mutex::new(input),
         ops: Mutex::new(()),
     };
-    for (i, hart) in harts.into_iter().enumerate() {
-        let s = shared.clone();
-        let t = std::thread::Builder::new()
-            .name(format!("vk-hart{i}"))
-            .spawn(move || hart_thread(s, hart, i))
-            .map_err(|e| {
-                power.stop(StopReason::Fatal("thread start failed".into()));
-                MachineError::Thread(e)
-            })?;
-        m.lock_threads().push(t);
-    }
     Ok(m)
 }
 
 impl RunningMachine {
+    /// Gives each hart its thread.
+    fn start_harts(&self) -> Result<(), MachineError> {
+        let harts = std::mem::take(&mut *self.harts.lock().unwrap_or_else(|e| e.into_inner()));
+        for (i, hart) in harts.into_iter().enumerate() {
+            let s = self.shared.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("vk-hart{i}"))
+                .spawn(move || hart_thread(s, hart, i))
+                .map_err(|e| {
+                    self.shared
+                        .power
+                        .stop(StopReason::Fatal("thread start failed".into()));
+                    MachineError::Thread(e)
+                })?;
+            self.lock_threads().push(t);
+        }
+        Ok(())
+    }
+
     fn lock_threads(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
         self.threads.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -1355,9 +1401,6 @@ impl RunningMachine {
     /// machine stays paused.
     pub fn snapshot(&self, state_path: &Path, mem_path: &Path) -> Result<(), MachineError> {
         let _op = self.lock_ops();
-        if self.spike {
-            return Err(MachineError::SpikeSnapshot);
-        }
         if !self.is_paused() {
             return Err(MachineError::NotPaused);
         }
@@ -1404,6 +1447,11 @@ impl RunningMachine {
             input_to_hvc: self.input_to_hvc,
             virtio,
             disks: Vec::new(),
+            htif: self.htif.as_ref().map(|h| HtifState {
+                tohost: h.tohost,
+                fromhost: h.fromhost,
+                bytes: h.bytes.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            }),
         };
         let result = self
             .snapshot_disks(&mut state.disks)

@@ -28,8 +28,10 @@ use crate::uart::UartState;
 /// Version of [`MachineState`] this build writes and reads.
 pub const MACHINE_STATE_VERSION: u32 = 1;
 
-/// The board a state file is for (refuses state files of other boards).
+/// The `virt` board's name in a state file (refuses other boards' files).
 pub const BOARD_NAME: &str = "riscv64-virt";
+/// The `spike` board's name in a state file.
+pub const SPIKE_BOARD_NAME: &str = "riscv64-spike";
 
 /// A device state that does not fit the device it is restored into.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -49,7 +51,7 @@ impl DeviceStateError {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MachineSummary {
-    /// [`BOARD_NAME`].
+    /// [`BOARD_NAME`] or [`SPIKE_BOARD_NAME`].
     pub board: String,
     pub harts: usize,
     /// RAM size in bytes (page aligned).
@@ -135,7 +137,18 @@ pub struct DiskSnapshot {
     pub name: String,
 }
 
-/// The body of a `virt` board's state file.
+/// A spike program's HTIF page: served as MMIO (so every store to
+/// `tohost` reaches the host at once), its bytes live outside RAM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HtifState {
+    pub tohost: u64,
+    pub fromhost: Option<u64>,
+    /// The page's 4096 bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// The body of a `virt` or `spike` board's state file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MachineState {
@@ -155,6 +168,8 @@ pub struct MachineState {
     pub virtio: Vec<virtio::persist::TransportState>,
     /// Internal snapshots of the read-write qcow2 disks.
     pub disks: Vec<DiskSnapshot>,
+    /// The spike program's HTIF page, if it has one.
+    pub htif: Option<HtifState>,
 }
 
 #[cfg(test)]
