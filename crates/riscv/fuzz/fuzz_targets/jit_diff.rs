@@ -1,7 +1,8 @@
 //! The JIT and the interpreter agree: arbitrary 32-bit instruction words
 //! (control flow made forward-only so every program ends) run both ways
 //! from the same registers and memory; registers, FP state, pc, the exit
-//! and the data page must match.
+//! and the data page must match. Half the programs loop back to their
+//! start a few times (x31 counts the passes).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -12,6 +13,8 @@ const CODE: u64 = 0x10000;
 const DATA: u64 = 0x20000;
 const NOP: u32 = 0x13;
 const ECALL: u32 = 0x73;
+/// addi x31, x31, -1
+const ADDI_X31_M1: u32 = 0xffff_8f93;
 
 fn run(words: &[u32], regs: &[u64], data: &[u8], jit: bool) -> (Hart, Exit, Vec<u8>) {
     let space = UserSpace::new(24).expect("reserve");
@@ -75,6 +78,32 @@ fuzz_target!(|input: &[u8]| {
         if !ok {
             *w = NOP;
         }
+    }
+    // (Up to 1000 words: the back edge is a branch, +-4 KiB.)
+    if n > 0 && n <= 1000 && regs[31] & 1 == 1 {
+        // A loop back to the start, counted down by x31 on every pass
+        // through it: exercises the JIT's loops (registers kept in host
+        // registers across the back edge).
+        // Nothing else may write x31 (an increment would never end).
+        for w in words.iter_mut() {
+            if decode(*w).rd == 31 {
+                *w = NOP;
+            }
+        }
+        words[0] = ADDI_X31_M1;
+        let off = -4 * n as i32;
+        let o = off as u32;
+        // blt x0, x31, start
+        words.push(
+            ((o >> 12 & 1) << 31)
+                | ((o >> 5 & 0x3f) << 25)
+                | (31 << 20)
+                | (4 << 12)
+                | ((o >> 1 & 0xf) << 8)
+                | ((o >> 11 & 1) << 7)
+                | 0x63,
+        );
+        regs[31] = (regs[31] >> 1) % 4;
     }
     words.extend(std::iter::repeat_n(ECALL, 16));
     let data: Vec<u8> = (0..0x1000u32)
