@@ -438,7 +438,22 @@ enum Next {
     InternalError,
 }
 
+/// Stops the machine if a vCPU thread ends without having stopped it
+/// (a panic unwinding through it): the main thread must not wait forever.
+struct StopOnExit<'a>(&'a Power, usize);
+
+impl Drop for StopOnExit<'_> {
+    fn drop(&mut self) {
+        // The first reason wins: after a normal stop this changes nothing.
+        self.0.stop(StopReason::Fatal(format!(
+            "vCPU {} thread ended unexpectedly",
+            self.1
+        )));
+    }
+}
+
 fn vcpu_loop(mut vcpu: VcpuFd, index: usize, devices: &Devices, power: &Power) {
+    let _guard = StopOnExit(power, index);
     loop {
         if power.is_stopped() {
             return;
