@@ -1348,9 +1348,12 @@ impl RunningMachine {
         while p.parked < n && !s.power.is_stopped() {
             if self.lock_threads().iter().any(|t| t.is_finished()) {
                 // A hart thread died (it reported through the panic
-                // hook): it will never park.
+                // hook): it will never park. Stop the machine, without
+                // the parking lock (the stop hook takes it).
+                drop(p);
                 s.power
                     .stop(StopReason::Fatal("a hart thread crashed".into()));
+                p = s.parking();
                 break;
             }
             p = s
