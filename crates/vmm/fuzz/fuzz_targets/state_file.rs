@@ -24,8 +24,14 @@ struct Hart {
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum Device {
     None,
-    Block { capacity: u64, read_only: bool },
-    Console { pending_input: Vec<u8>, size: Option<(u16, u16)> },
+    Block {
+        capacity: u64,
+        read_only: bool,
+    },
+    Console {
+        pending_input: Vec<u8>,
+        size: Option<(u16, u16)>,
+    },
 }
 
 #[derive(serde::Deserialize, serde::Serialize, Debug, PartialEq)]
