@@ -65,6 +65,14 @@ VKEOF
 		udhcpc -i eth0 -q -n -t 3 -T 1 -s /run/virtkit-udhcpc >/dev/null 2>&1 ||
 			echo "virtkit-init: no DHCP answer on eth0" >&2
 	fi
+	# The kernel applies the card's carrier to the interface's state at
+	# most once a second (a non-urgent link-watch event), so right after
+	# the fast DHCP `ip link` can still say NO-CARRIER: wait for it.
+	i=0
+	while read -r st </sys/class/net/eth0/operstate && [ "$st" != up ] && [ $i -lt 15 ]; do
+		sleep 0.1
+		i=$((i + 1))
+	done
 fi
 
 # The console's real device (the kernel's /dev/console cannot become a
