@@ -180,9 +180,15 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
 /// leaves for the interpreter at instruction `k`.
 #[allow(clippy::too_many_arguments)]
 fn check(a: &mut Asm, f: &mut Frame, k: usize, base: u8, off: i32, span: i32, r: bool, w: bool) {
-    a.ld_x(RAX, base);
-    if off != 0 {
-        a.alu_imm(true, ADD, RAX, off);
+    if base != 0 && off != 0 {
+        // lea rax, [base + off]
+        let c = a.x_reg(base);
+        a.op_m(true, &[0x8d], RAX, c, off);
+    } else {
+        a.ld_x(RAX, base);
+        if off != 0 {
+            a.alu_imm(true, ADD, RAX, off);
+        }
     }
     a.mov_rr(RCX, RAX);
     a.shift_imm(true, SHR, RCX, 12);
