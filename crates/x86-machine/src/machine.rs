@@ -3,7 +3,7 @@
 //! vCPU), wait for a stop, tear down.
 
 use std::io::Write;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::thread::JoinHandleExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
@@ -364,15 +364,22 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome> {
             .map_err(|e| Error::Io("spawning a vCPU thread", e))?;
         threads.push(t);
     }
+    let input_stop = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd", e))?;
     let input = match cfg.input {
-        Some(fd) => Some(spawn_input(fd, devices.clone(), power.clone())?),
+        Some(fd) => {
+            let stop = input_stop
+                .try_clone()
+                .map_err(|e| Error::Io("eventfd", e))?;
+            Some(spawn_input(fd, stop, devices.clone(), power.clone())?)
+        }
         None => None,
     };
 
     let reason = power.wait(cfg.timeout);
     stop_threads(threads, kick);
     if let Some(t) = input {
-        // It polls with a short timeout and sees the stop.
+        // Wake its poll so that it sees the stop at once.
+        let _ = input_stop.write(1);
         let _ = t.join();
     }
     // Devices stop before the RAM and the VM go away.
@@ -526,23 +533,38 @@ fn handle_exit(exit: VcpuExit<'_>, index: usize, devices: &Devices) -> Next {
 }
 
 /// Reads the host's input into the serial port; Ctrl-A x quits, Ctrl-A
-/// Ctrl-A sends a Ctrl-A (QEMU's escapes). Ends at EOF or when the machine
-/// stops (it polls so that it notices).
-fn spawn_input(fd: RawFd, devices: Arc<Devices>, power: Arc<Power>) -> Result<JoinHandle<()>> {
+/// Ctrl-A sends a Ctrl-A (QEMU's escapes). Ends at EOF, or when `stop`
+/// is signalled after the machine stopped.
+fn spawn_input(
+    fd: RawFd,
+    stop: EventFd,
+    devices: Arc<Devices>,
+    power: Arc<Power>,
+) -> Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("serial-input".into())
         .spawn(move || {
             let mut escape = false;
             let mut buf = [0u8; 256];
             while !power.is_stopped() {
-                let mut pfd = libc::pollfd {
-                    fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd.
-                let n = unsafe { libc::poll(&mut pfd, 1, 50) };
-                if n <= 0 {
+                let mut pfds = [
+                    libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    },
+                    libc::pollfd {
+                        fd: stop.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    },
+                ];
+                // SAFETY: two valid pollfds in an array we own.
+                let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, -1) };
+                if n <= 0 || pfds[1].revents != 0 {
+                    continue;
+                }
+                if pfds[0].revents == 0 {
                     continue;
                 }
                 // SAFETY: reads into a buffer we own, of its length.
