@@ -22,6 +22,8 @@ pub struct FdtConfig {
     /// virtio-mmio slots to list (indices into the board's 8 slots).
     pub virtio_slots: Vec<usize>,
     pub rng_seed: Option<[u8; 32]>,
+    /// List the VM generation ID device ("microsoft,vmgenid").
+    pub vmgenid: bool,
 }
 
 impl FdtConfig {
@@ -154,6 +156,15 @@ pub fn build(cfg: &FdtConfig) -> Result<Vec<u8>, FdtError> {
     f.property_string("compatible", "ns16550a")?;
     f.end_node(uart)?;
 
+    if cfg.vmgenid {
+        let n = f.begin_node(&format!("vmgenid@{VMGENID_BASE:x}"))?;
+        f.property_u32("interrupts", VMGENID_IRQ)?;
+        f.property_u32("interrupt-parent", PHANDLE_PLIC)?;
+        f.property_array_u64("reg", &[VMGENID_BASE, VMGENID_SIZE])?;
+        f.property_string("compatible", "microsoft,vmgenid")?;
+        f.end_node(n)?;
+    }
+
     // In slot order: Linux probes the nodes in tree order, so the device in
     // slot 0 (the first --disk) becomes virtio0 and /dev/vda.
     let mut slots = cfg.virtio_slots.clone();
@@ -223,6 +234,7 @@ mod tests {
             initrd: Some((0x8800_0000, 0x8810_0000)),
             virtio_slots: vec![0, 1],
             rng_seed: Some([7; 32]),
+            vmgenid: true,
         }
     }
 

@@ -15,6 +15,12 @@ pub const UART_BASE: u64 = 0x1000_0000;
 pub const UART_SIZE: u64 = 0x100;
 /// PLIC source of the UART.
 pub const UART_IRQ: u32 = 10;
+/// The VM generation ID device (16 bytes; see `vmgenid.rs`), in a hole of
+/// QEMU's map (its board has no such device).
+pub const VMGENID_BASE: u64 = 0x1020_0000;
+pub const VMGENID_SIZE: u64 = 0x1000;
+/// PLIC source of the VM generation ID device (QEMU's RTC uses 11).
+pub const VMGENID_IRQ: u32 = 12;
 /// First virtio-mmio slot; slots follow at [`VIRTIO_STRIDE`].
 pub const VIRTIO_BASE: u64 = 0x1000_1000;
 pub const VIRTIO_STRIDE: u64 = 0x1000;

@@ -22,3 +22,4 @@ pub mod sbi;
 pub mod snapshot;
 pub mod terminal;
 pub mod uart;
+pub mod vmgenid;

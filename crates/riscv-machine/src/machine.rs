@@ -29,6 +29,7 @@ use crate::sbi::{self, Fence, SbiAction, SbiHost};
 use crate::snapshot::{DiskSnapshot, HsmState, HtifState, MachineState, MachineSummary};
 use crate::terminal::InputSink;
 use crate::uart::{Console, Uart};
+use crate::vmgenid::VmGenId;
 
 /// Which board to build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -560,6 +561,33 @@ pub fn restore(
     state_path: &Path,
     mem_path: &Path,
 ) -> Result<RunningMachine, MachineError> {
+    restore_with(cfg, state_path, mem_path, false)
+}
+
+/// [`restore`], but the machine is left paused before any hart runs an
+/// instruction (the control API's `snapshot/load` without `resume_vm`):
+/// [`RunningMachine::resume`] starts it.
+pub fn restore_paused(
+    cfg: MachineConfig,
+    state_path: &Path,
+    mem_path: &Path,
+) -> Result<RunningMachine, MachineError> {
+    restore_with(cfg, state_path, mem_path, true)
+}
+
+/// The VM configuration a snapshot recorded for its restorer (see
+/// [`RunningMachine::snapshot_with_config`]), if any.
+pub fn snapshot_config(state_path: &Path) -> Result<Option<serde_json::Value>, MachineError> {
+    let st: MachineState = vmm::snapshot::read_state(state_path)?;
+    Ok(st.vm_config)
+}
+
+fn restore_with(
+    cfg: MachineConfig,
+    state_path: &Path,
+    mem_path: &Path,
+    paused: bool,
+) -> Result<RunningMachine, MachineError> {
     let mut cfg = cfg;
     let st: MachineState = vmm::snapshot::read_state(state_path)?;
     check_limits(&cfg)?;
@@ -577,7 +605,16 @@ pub fn restore(
         let mut b = page.bytes.lock().unwrap_or_else(|e| e.into_inner());
         b.copy_from_slice(&saved.bytes);
     }
+    if paused {
+        // Each hart parks at the top of its loop, before its first
+        // instruction.
+        let _p = m.shared.parking();
+        m.shared.pause_requested.store(true, Ordering::Release);
+    }
     m.start_harts()?;
+    if paused {
+        m.wait_parked()?;
+    }
     Ok(m)
 }
 
@@ -722,6 +759,8 @@ struct Board {
     hvc_host: Option<virtio::ConsoleHost>,
     /// Virtio slots in use, for the device tree.
     virtio_slots: Vec<usize>,
+    /// The VM generation ID device (the `virt` board's).
+    vmgenid: Option<Arc<VmGenId>>,
 }
 
 impl Board {
@@ -857,11 +896,22 @@ fn build(
     for nic in std::mem::take(&mut cfg.nics) {
         add_virtio(Box::new(virtio::Net::new(nic.backend, nic.mac)), &mut mmio)?;
     }
+    // Linux's vmgenid driver reseeds the guest's random number generator
+    // when the ID changes: a restored machine is a new generation (after
+    // the PLIC's restore, which sets every line's level).
+    let vmgenid = (cfg.board == BoardKind::Virt).then(|| {
+        let g = Arc::new(VmGenId::new(random_id(), Arc::new(plic.line(VMGENID_IRQ))));
+        mmio.add(VMGENID_BASE, VMGENID_SIZE, g.clone());
+        g
+    });
     if let Some(st) = saved {
         clint.restore(&st.clint)?;
         uart.restore(&st.uart)?;
         plic.restore(&st.plic)?;
         clock.set(st.time);
+        if let Some(g) = &vmgenid {
+            g.new_generation(random_id());
+        }
     }
     let virtio_slots: Vec<usize> = (0..transports.len()).collect();
     Ok(Board {
@@ -880,6 +930,7 @@ fn build(
         transports,
         hvc_host,
         virtio_slots,
+        vmgenid,
     })
 }
 
@@ -906,6 +957,7 @@ fn load(cfg: &MachineConfig, board: &Board, kernel: &KernelKind) -> Result<Loade
         initrd: None,
         virtio_slots: board.virtio_slots.clone(),
         rng_seed: Some(rng_seed()),
+        vmgenid: board.vmgenid.is_some(),
     };
     let (mut kernel_end, kernel_entry, htif) = load_kernel(cfg, board, kernel)?;
     if let Some(initrd) = &cfg.initrd {
@@ -1343,6 +1395,13 @@ impl RunningMachine {
         }
         drop(s.hsm());
         s.hsm_cond.notify_all();
+        self.wait_parked()
+    }
+
+    /// The second half of a pause, once `pause_requested` is set: waits
+    /// until every hart parked, then stops the clock and the devices.
+    fn wait_parked(&self) -> Result<(), MachineError> {
+        let s = &self.shared;
         let n = s.controls.len();
         let mut p = s.parking();
         while p.parked < n && !s.power.is_stopped() {
@@ -1403,6 +1462,18 @@ impl RunningMachine {
     /// that is not qcow2 makes it refuse before anything is written. The
     /// machine stays paused.
     pub fn snapshot(&self, state_path: &Path, mem_path: &Path) -> Result<(), MachineError> {
+        self.snapshot_with_config(state_path, mem_path, None)
+    }
+
+    /// [`RunningMachine::snapshot`], recording `vm_config` (the caller's
+    /// description of the machine: disk paths, networks) in the state file
+    /// for whoever restores it ([`snapshot_config`]).
+    pub fn snapshot_with_config(
+        &self,
+        state_path: &Path,
+        mem_path: &Path,
+        vm_config: Option<serde_json::Value>,
+    ) -> Result<(), MachineError> {
         let _op = self.lock_ops();
         if !self.is_paused() {
             return Err(MachineError::NotPaused);
@@ -1455,6 +1526,7 @@ impl RunningMachine {
                 fromhost: h.fromhost,
                 bytes: h.bytes.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             }),
+            vm_config,
         };
         let result = self
             .snapshot_disks(&mut state.disks)
@@ -1567,6 +1639,13 @@ fn setup_builtin_sbi(h: &mut Hart) {
     // PMP: all memory for S and U (TOR up to the top).
     h.write_csr(csr::PMPADDR0, u64::MAX >> 10);
     h.write_csr(csr::PMPCFG0, 0x0f);
+}
+
+/// A VM generation ID: 16 random bytes from the host.
+fn random_id() -> [u8; crate::vmgenid::ID_LEN] {
+    let mut id = [0u8; crate::vmgenid::ID_LEN];
+    id.copy_from_slice(&rng_seed()[..crate::vmgenid::ID_LEN]);
+    id
 }
 
 fn rng_seed() -> [u8; 32] {

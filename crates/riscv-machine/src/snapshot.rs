@@ -170,6 +170,11 @@ pub struct MachineState {
     pub disks: Vec<DiskSnapshot>,
     /// The spike program's HTIF page, if it has one.
     pub htif: Option<HtifState>,
+    /// What the snapshot's taker recorded about the machine for its
+    /// restorer (the control API's VM configuration: disk paths, networks);
+    /// the board itself does not read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_config: Option<serde_json::Value>,
 }
 
 #[cfg(test)]
