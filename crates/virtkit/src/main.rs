@@ -14,6 +14,7 @@ mod nic;
 mod progress;
 mod run;
 mod vm;
+mod vm_api;
 mod vm_x86;
 
 #[derive(Parser)]

@@ -18,7 +18,34 @@ pub struct Args {
 #[derive(clap::Subcommand)]
 enum Command {
     /// Boot a kernel (or a bare-metal ELF with --machine spike)
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Print the state of the VM behind an API socket (Not started,
+    /// Running, Paused)
+    State(virtkit::api_client::SockArgs),
+    /// Pause the VM behind an API socket (every hart stops)
+    Pause(virtkit::api_client::SockArgs),
+    /// Resume the VM behind an API socket
+    Resume(virtkit::api_client::SockArgs),
+    /// Snapshot the VM behind an API socket into DIR (DIR/state and
+    /// DIR/memory; a running VM is paused meanwhile)
+    Snapshot(virtkit::api_client::SnapshotArgs),
+    /// Start a new VM from a snapshot directory (DIR/state, DIR/memory),
+    /// running, with the disks and networks it was taken with
+    Restore(RestoreArgs),
+}
+
+/// Arguments of `virtkit vm restore`.
+#[derive(clap::Args)]
+pub struct RestoreArgs {
+    /// The snapshot directory (written by `virtkit vm snapshot`)
+    #[arg(value_name = "DIR")]
+    dir: PathBuf,
+    /// Serve the control API on this Unix socket (created mode 0600)
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
+    /// Run guest code in the interpreter only (also: VIRTKIT_JIT=0)
+    #[arg(long = "no-jit")]
+    no_jit: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -43,7 +70,12 @@ pub struct RunArgs {
     machine: MachineArg,
     /// Linux kernel Image (gzip allowed), or an ELF program for spike
     #[arg(long)]
-    kernel: PathBuf,
+    kernel: Option<PathBuf>,
+    /// Serve the control API (Firecracker's endpoints, HTTP on a Unix
+    /// socket created mode 0600) on PATH. Without --kernel the VM waits to
+    /// be configured and started (or loaded from a snapshot) through it
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
     /// Initial ramdisk (cpio archive, possibly compressed)
     #[arg(long)]
     initrd: Option<PathBuf>,
@@ -81,8 +113,62 @@ pub struct RunArgs {
 
 pub fn main(args: Args) -> anyhow::Result<i32> {
     match args.command {
-        Command::Run(a) => run(a),
+        Command::Run(a) => run(*a),
+        Command::State(a) => virtkit::api_client::state(&a),
+        Command::Pause(a) => virtkit::api_client::pause(&a),
+        Command::Resume(a) => virtkit::api_client::resume(&a),
+        Command::Snapshot(a) => virtkit::api_client::snapshot(&a),
+        Command::Restore(a) => restore(a),
     }
+}
+
+fn jit_default(no_jit: bool) -> bool {
+    !no_jit && std::env::var_os("VIRTKIT_JIT").is_none_or(|v| v != "0")
+}
+
+/// `virtkit vm restore DIR`: a new VM from a snapshot, running.
+fn restore(a: RestoreArgs) -> anyhow::Result<i32> {
+    let defaults = crate::vm_api::Defaults {
+        jit: jit_default(a.no_jit),
+    };
+    let (m, config) = crate::vm_api::restore(
+        &a.dir.join(vmm::api::STATE_FILE),
+        &a.dir.join(vmm::api::MEMORY_FILE),
+        defaults,
+        false,
+    )?;
+    let m = Arc::new(m);
+    let slot = Arc::new(crate::vm_api::Slot::default());
+    slot.set(m.clone());
+    let _server = a
+        .api_sock
+        .as_deref()
+        .map(|p| {
+            crate::vm_api::serve(
+                p,
+                slot.clone(),
+                defaults,
+                vmm::api::InitialState::Running(config),
+            )
+        })
+        .transpose()?;
+    let outcome = {
+        let _raw = riscv_machine::terminal::RawMode::enter(0);
+        m.wait()
+    }?;
+    Ok(exit_status(&outcome.reason))
+}
+
+/// Adds `panic=-1` unless the command line sets `panic=`: like `virtkit
+/// run`, a kernel panic reboots (and so ends the run with an error).
+pub fn with_panic_reboot(mut append: String) -> String {
+    if !append.split_whitespace().any(|w| w.starts_with("panic=")) {
+        if !append.is_empty() {
+            append.push(' ');
+        }
+        append.push_str("panic=-1");
+    }
+    append
 }
 
 /// Parses a memory size like QEMU's `-m`: a plain number is MiB when small,
@@ -192,7 +278,7 @@ pub fn open_disk(spec: &str) -> anyhow::Result<Disk> {
 /// Opens a parsed disk as a guest device does in QEMU: nobody else may
 /// write the image while the machine runs (a second `--disk` of the same
 /// file included), and a read-only disk refuses writers too.
-fn open_parsed_disk(d: &DiskSpec) -> anyhow::Result<Disk> {
+pub fn open_parsed_disk(d: &DiskSpec) -> anyhow::Result<Disk> {
     let path = d.path.as_str();
     let meta = std::fs::metadata(path).with_context(|| format!("disk {path}"))?;
     if meta.is_dir() {
@@ -250,9 +336,14 @@ pub fn exit_status(reason: &StopReason) -> i32 {
 fn run(a: RunArgs) -> anyhow::Result<i32> {
     // x86_64 guests go to the KVM monitor (vm_x86.rs).
     if crate::vm_x86::is_x86_64(&a.arch) {
+        if a.api_sock.is_some() {
+            bail!("--api-sock: the control API serves riscv64 VMs only so far");
+        }
         return crate::vm_x86::run(crate::vm_x86::Request {
             accel: a.accel,
-            kernel: a.kernel,
+            kernel: a
+                .kernel
+                .context("--kernel is required: which kernel should the VM boot?")?,
             initrd: a.initrd,
             append: a.append,
             cpus: a.cpus,
@@ -284,7 +375,34 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
     if a.machine == MachineArg::Spike && !nic_specs.is_empty() {
         bail!("--nic needs the virt machine (spike has no virtio slots)");
     }
-    let kernel = read_file("kernel", &a.kernel)?;
+    if a.machine == MachineArg::Spike && a.api_sock.is_some() {
+        bail!("--api-sock needs the virt machine");
+    }
+    let defaults = crate::vm_api::Defaults {
+        jit: jit_default(a.no_jit),
+    };
+    let Some(kernel_path) = a.kernel.clone() else {
+        // Configured and started (or loaded) through the API.
+        let Some(sock) = &a.api_sock else {
+            bail!(
+                "--kernel is required (or --api-sock, to configure the VM through the control API)"
+            );
+        };
+        let slot = Arc::new(crate::vm_api::Slot::default());
+        let _server = crate::vm_api::serve(
+            sock,
+            slot.clone(),
+            defaults,
+            vmm::api::InitialState::AwaitingConfig,
+        )?;
+        let m = slot.wait();
+        let outcome = {
+            let _raw = riscv_machine::terminal::RawMode::enter(0);
+            m.wait()
+        }?;
+        return Ok(exit_status(&outcome.reason));
+    };
+    let kernel = read_file("kernel", &kernel_path)?;
     let initrd = a
         .initrd
         .as_deref()
@@ -302,15 +420,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         .map(open_parsed_disk)
         .collect::<anyhow::Result<Vec<_>>>()?;
     let nics = crate::nic::open_nics(&nic_specs)?;
-    // Like `virtkit run`, a kernel panic reboots (and so ends the run with
-    // an error) unless the command line says otherwise.
-    let mut append = a.append.clone();
-    if !append.split_whitespace().any(|w| w.starts_with("panic=")) {
-        if !append.is_empty() {
-            append.push(' ');
-        }
-        append.push_str("panic=-1");
-    }
+    let append = with_panic_reboot(a.append.clone());
     let board = match a.machine {
         MachineArg::Virt => BoardKind::Virt,
         MachineArg::Spike => BoardKind::Spike,
@@ -319,7 +429,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         board,
         harts: a.cpus,
         mem_size: parse_size(&a.mem)?,
-        kernel_name: a.kernel.display().to_string(),
+        kernel_name: kernel_path.display().to_string(),
         kernel,
         initrd,
         append,
@@ -331,13 +441,38 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         output: Box::new(std::io::stdout()),
         input: Some(0),
         timeout: a.timeout.map(std::time::Duration::from_secs),
-        jit: !a.no_jit && std::env::var_os("VIRTKIT_JIT").is_none_or(|v| v != "0"),
+        jit: defaults.jit,
     };
+    let Some(sock) = &a.api_sock else {
+        let outcome = {
+            // Raw mode only while the machine runs; the guard restores the
+            // terminal on every way out of this block.
+            let _raw = riscv_machine::terminal::RawMode::enter(0);
+            machine::run(cfg)
+        }?;
+        return Ok(exit_status(&outcome.reason));
+    };
+    let config = crate::vm_api::describe(
+        &kernel_path,
+        a.initrd.as_deref(),
+        &cfg.append,
+        cfg.harts,
+        cfg.mem_size,
+        &disk_specs,
+        &a.nics,
+    )?;
+    let m = Arc::new(machine::start(cfg)?);
+    let slot = Arc::new(crate::vm_api::Slot::default());
+    slot.set(m.clone());
+    let _server = crate::vm_api::serve(
+        sock,
+        slot,
+        defaults,
+        vmm::api::InitialState::Running(config),
+    )?;
     let outcome = {
-        // Raw mode only while the machine runs; the guard restores the
-        // terminal on every way out of this block.
         let _raw = riscv_machine::terminal::RawMode::enter(0);
-        machine::run(cfg)
+        m.wait()
     }?;
     Ok(exit_status(&outcome.reason))
 }
