@@ -1,5 +1,5 @@
 //! Guest assets for virtkit: Debian packages fetched and verified as apt
-//! does, and the initramfs of the default riscv64 guest.
+//! does, and the initramfs of the default riscv64 and amd64 guests.
 //!
 //! # Quick use
 //!
@@ -33,7 +33,11 @@
 //! "sifive,test" finisher of QEMU's `virt` board at physical `0x100000`
 //! (32 bits): `0x5555` when the status is 0, `(status << 16) | 0x3333`
 //! otherwise; QEMU then exits with that status. Should that write not power
-//! the machine off, the init runs `poweroff -f`.
+//! the machine off, the init runs `poweroff -f`. Boards without that
+//! finisher (virtkit's x86-64 KVM board) put [`EXIT_SERIAL_ARG`] on the
+//! kernel command line: the init then prints [`EXIT_MARKER`], the decimal
+//! status and a newline on the console, for the host to strip and parse,
+//! and runs `reboot -f` (with `reboot=k`, a reset through the i8042).
 
 // Parsing untrusted archives needs no unsafe code; keep it that way.
 #![forbid(unsafe_code)]
@@ -59,6 +63,14 @@ pub use fetch::{Fetcher, Progress, ProgressFn};
 pub use initramfs::{command_line, run_archive, INIT_SCRIPT, READY_MARKER, WAIT_ARG};
 
 use error::IoContext;
+
+/// Kernel command-line word asking the init to report the exit status on
+/// the console (see the crate documentation) instead of the finisher.
+pub const EXIT_SERIAL_ARG: &str = "virtkit.exit=serial";
+
+/// What precedes the exit status on the console with [`EXIT_SERIAL_ARG`]:
+/// an ASCII record separator, so no ordinary output line looks like it.
+pub const EXIT_MARKER: &[u8] = b"\x1evirtkit-exit ";
 
 /// Debian release the guest packages come from: Debian 13.
 pub const DEFAULT_SUITE: &str = "trixie";
@@ -141,8 +153,9 @@ fn find_busybox(tree: &Path, pkg: &str) -> Result<PathBuf> {
 /// The default guest: Debian's kernel and an initramfs built for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestAssets {
-    /// The kernel Image (Debian's `/boot/vmlinux-*`: a RISC-V `Image` with
-    /// an EFI header, bootable directly at the start of RAM + 2 MiB).
+    /// The kernel: on riscv64 Debian's `/boot/vmlinux-*` (a RISC-V `Image`
+    /// with an EFI header, bootable directly at the start of RAM + 2 MiB),
+    /// on amd64 its `/boot/vmlinuz-*` (a bzImage). Cached as `Image`.
     pub kernel: PathBuf,
     /// The base initramfs (uncompressed newc cpio); append a run archive
     /// with [`run_initramfs`].
@@ -179,16 +192,10 @@ pub fn run_initramfs_with_env(
     initramfs::run_initramfs(base, argv, env)
 }
 
-/// Fetches the kernel and busybox of `arch` with `fetcher` and builds the
-/// guest's initramfs. Only riscv64 has a default guest today.
-pub fn guest_assets(fetcher: &Fetcher, arch: Arch) -> Result<GuestAssets> {
-    if arch != Arch::Riscv64 {
-        return Err(Error::Invalid(format!(
-            "no default {arch} guest: only riscv64 guests are built (busybox is available for {arch})"
-        )));
-    }
+/// The unpacked kernel package of `arch` (what `linux-image-<arch>`
+/// depends on) under a held fetch session.
+fn kernel_package(s: &mut fetch::Session<'_>, arch: Arch) -> Result<(index::Package, PathBuf)> {
     let a = arch.debian_name();
-    let mut s = fetcher.lock()?;
     let meta_name = format!("linux-image-{a}");
     let meta = s.package(a, &meta_name)?;
     let real = meta
@@ -201,7 +208,66 @@ pub fn guest_assets(fetcher: &Fetcher, arch: Arch) -> Result<GuestAssets> {
                 format!("no linux-image dependency in {:?}", meta.depends),
             )
         })?;
-    let (kpkg, ktree) = s.fetch(a, &real)?;
+    s.fetch(a, &real)
+}
+
+/// The modules directory (`lib/modules/<release>`) of an unpacked kernel
+/// package.
+fn module_dir(ktree: &Path, pkg: &str, release: &str) -> Result<PathBuf> {
+    ["usr/lib/modules", "lib/modules"]
+        .iter()
+        .map(|d| ktree.join(d).join(release))
+        .find(|d| d.is_dir())
+        .ok_or_else(|| Error::format(pkg, format!("package has no lib/modules/{release}")))
+}
+
+/// The kernel image in `/boot` of an unpacked kernel package and its
+/// release (`vmlinux-*` on riscv64, the `vmlinuz-*` bzImage on amd64).
+fn boot_kernel(ktree: &Path, pkg: &str) -> Result<(PathBuf, String)> {
+    let boot = ktree.join("boot");
+    for e in fs::read_dir(&boot).ctx(|| format!("reading {}", boot.display()))? {
+        let e = e.ctx(|| format!("reading {}", boot.display()))?;
+        let n = e.file_name().to_string_lossy().to_string();
+        for prefix in ["vmlinux-", "vmlinuz-"] {
+            if let Some(r) = n.strip_prefix(prefix) {
+                return Ok((e.path(), r.to_string()));
+            }
+        }
+    }
+    Err(Error::format(
+        pkg,
+        "package has no /boot/vmlinux-* or /boot/vmlinuz-*",
+    ))
+}
+
+/// Modules `names` of the default kernel of `arch` with their
+/// dependencies, in load order, and the kernel's release: for initramfs
+/// images built elsewhere (the nested-KVM test loads `kvm_amd` this way).
+pub fn kernel_modules(
+    fetcher: &Fetcher,
+    arch: Arch,
+    names: &[&str],
+) -> Result<(String, Vec<modules::Module>)> {
+    let mut s = fetcher.lock()?;
+    let (kpkg, ktree) = kernel_package(&mut s, arch)?;
+    let (_, release) = boot_kernel(&ktree, &kpkg.name)?;
+    let tree = modules::ModuleTree::open(&module_dir(&ktree, &kpkg.name, &release)?)?;
+    for n in names {
+        if !tree.has_module(n) && !tree.is_builtin(n) {
+            return Err(Error::Invalid(format!(
+                "kernel {release} has no module {n}"
+            )));
+        }
+    }
+    Ok((release, tree.closure(names)?))
+}
+
+/// Fetches the kernel and busybox of `arch` with `fetcher` and builds the
+/// guest's initramfs: riscv64 (kernel `Image`) and amd64 (a bzImage).
+pub fn guest_assets(fetcher: &Fetcher, arch: Arch) -> Result<GuestAssets> {
+    let a = arch.debian_name();
+    let mut s = fetcher.lock()?;
+    let (kpkg, ktree) = kernel_package(&mut s, arch)?;
     let (bpkg, btree) = s.fetch(a, "busybox-static")?;
 
     let mut h = Sha256::new();
@@ -224,33 +290,13 @@ pub fn guest_assets(fetcher: &Fetcher, arch: Arch) -> Result<GuestAssets> {
     }
 
     // The kernel and its config in /boot.
+    let (kernel, release) = boot_kernel(&ktree, &kpkg.name)?;
     let boot = ktree.join("boot");
-    let mut kernel = None;
-    let mut release = None;
-    for e in fs::read_dir(&boot).ctx(|| format!("reading {}", boot.display()))? {
-        let e = e.ctx(|| format!("reading {}", boot.display()))?;
-        let n = e.file_name().to_string_lossy().to_string();
-        for prefix in ["vmlinux-", "vmlinuz-"] {
-            if let Some(r) = n.strip_prefix(prefix) {
-                kernel = Some(e.path());
-                release = Some(r.to_string());
-            }
-        }
-    }
-    let (Some(kernel), Some(release)) = (kernel, release) else {
-        return Err(Error::format(&kpkg.name, "package has no /boot/vmlinux-*"));
-    };
     let config_path = boot.join(format!("config-{release}"));
     let config = modules::parse_config(
         &fs::read_to_string(&config_path).ctx(|| format!("reading {}", config_path.display()))?,
     );
-    let moddir = ["usr/lib/modules", "lib/modules"]
-        .iter()
-        .map(|d| ktree.join(d).join(&release))
-        .find(|d| d.is_dir())
-        .ok_or_else(|| {
-            Error::format(&kpkg.name, format!("package has no lib/modules/{release}"))
-        })?;
+    let moddir = module_dir(&ktree, &kpkg.name, &release)?;
     let tree = modules::ModuleTree::open(&moddir)?;
     let mut wanted = Vec::new();
     for (opt, name, required) in GUEST_DRIVERS {
@@ -338,5 +384,18 @@ mod tests {
         assert_eq!(Arch::Amd64.to_string(), "amd64");
         let e = "arm".parse::<Arch>().unwrap_err().to_string();
         assert!(e.contains("unknown architecture"), "{e}");
+    }
+
+    #[test]
+    fn init_reports_status_on_the_console_when_asked() {
+        // The host side (virtkit run --arch x86_64) parses exactly this.
+        assert!(INIT_SCRIPT.contains(EXIT_SERIAL_ARG));
+        let marker = std::str::from_utf8(EXIT_MARKER)
+            .unwrap()
+            .replace('\x1e', "\\036");
+        assert!(
+            INIT_SCRIPT.contains(&format!("printf '{marker}%d\\n'")),
+            "{marker}"
+        );
     }
 }

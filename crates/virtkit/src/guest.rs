@@ -54,9 +54,9 @@ impl Common {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum What {
-    /// The kernel Image (riscv64)
+    /// The kernel (riscv64: Image, amd64: bzImage)
     Kernel,
-    /// The base initramfs (riscv64)
+    /// The base initramfs
     Initramfs,
     /// The kernel's configuration
     Config,
@@ -107,17 +107,15 @@ pub fn main(args: Args) -> anyhow::Result<i32> {
                 f.mirror().keyring.display()
             )?;
             let arch: Arch = common.arch.into();
-            if arch == Arch::Riscv64 {
-                let a = guest::guest_assets(&f, arch)?;
-                for (p, v) in &a.packages {
-                    writeln!(out, "package    {p} {v}")?;
-                }
-                writeln!(out, "kernel     {}", a.kernel.display())?;
-                writeln!(out, "initramfs  {}", a.initramfs.display())?;
-                writeln!(out, "config     {}", a.config.display())?;
-                writeln!(out, "release    {}", a.kernel_release)?;
-                writeln!(out, "modules    {}", a.modules.join(" "))?;
+            let a = guest::guest_assets(&f, arch)?;
+            for (p, v) in &a.packages {
+                writeln!(out, "package    {p} {v}")?;
             }
+            writeln!(out, "kernel     {}", a.kernel.display())?;
+            writeln!(out, "initramfs  {}", a.initramfs.display())?;
+            writeln!(out, "config     {}", a.config.display())?;
+            writeln!(out, "release    {}", a.kernel_release)?;
+            writeln!(out, "modules    {}", a.modules.join(" "))?;
             let bb = guest::busybox_with(&f, arch)?;
             writeln!(out, "busybox    {}", bb.display())?;
         }
