@@ -111,11 +111,6 @@ impl Console {
     fn has_input(&self) -> bool {
         !self.input().is_empty()
     }
-
-    fn clear_input(&self) {
-        self.input().clear();
-        self.room.notify_all();
-    }
 }
 
 #[derive(Default)]
@@ -134,6 +129,12 @@ struct Regs {
     /// Byte looped back in loopback mode.
     loop_byte: Option<u8>,
     line: bool,
+    /// The guest's driver has enabled the receive interrupt at least once:
+    /// only then does host input show in LSR and RBR. Until then it waits
+    /// "on the wire": a driver starting up clears the FIFO and reads RBR to
+    /// empty it, which ate whatever the host had sent (a pipe's whole
+    /// contents, sent before the guest booted).
+    rx_open: bool,
 }
 
 /// The 16550A device.
@@ -172,7 +173,7 @@ impl Uart {
         if r.mcr & MCR_LOOP != 0 {
             r.loop_byte.is_some()
         } else {
-            self.console.has_input()
+            r.rx_open && self.console.has_input()
         }
     }
 
@@ -215,8 +216,10 @@ impl MmioDevice for Uart {
             RBR_THR_DLL => {
                 let b = if r.mcr & MCR_LOOP != 0 {
                     r.loop_byte.take()
-                } else {
+                } else if r.rx_open {
                     self.console.pop_input()
+                } else {
+                    None
                 };
                 b.unwrap_or(0)
             }
@@ -274,6 +277,7 @@ impl MmioDevice for Uart {
             IER_DLM => {
                 let old = r.ier;
                 r.ier = v & 0x0f;
+                r.rx_open |= r.ier & IER_RDI != 0;
                 if (old ^ r.ier) & IER_THRI != 0 {
                     // Enabling the THR-empty interrupt while THR is empty
                     // raises it at once; Linux's startup probe relies on it.
@@ -282,8 +286,9 @@ impl MmioDevice for Uart {
             }
             IIR_FCR => {
                 r.fifo = v & FCR_ENABLE != 0;
+                // Host input is still on the wire, not in the FIFO: a
+                // clear keeps it (see `rx_open`).
                 if v & FCR_CLEAR_RX != 0 {
-                    self.console.clear_input();
                     r.loop_byte = None;
                 }
             }
@@ -370,6 +375,27 @@ mod tests {
     }
 
     #[test]
+    fn input_waits_until_the_driver_opens_the_receiver() {
+        let (_s, line, console, u) = setup();
+        // Sent before the driver is up (a pipe into `virtkit run`).
+        console.push_input(b"xy");
+        assert_eq!(u.read(LSR, 1) as u8 & LSR_DR, 0);
+        // Linux's startup clears the FIFO and reads RBR to empty it.
+        u.write(IIR_FCR, 1, (FCR_ENABLE | FCR_CLEAR_RX) as u64);
+        assert_eq!(u.read(RBR_THR_DLL, 1), 0);
+        assert!(!line.0.load(Ordering::SeqCst));
+        // Enabling the receive interrupt opens it: nothing was lost.
+        u.write(IER_DLM, 1, IER_RDI as u64);
+        assert!(line.0.load(Ordering::SeqCst));
+        assert_eq!(u.read(RBR_THR_DLL, 1), b'x' as u64);
+        // Throttled (RDI off), the data still shows in LSR.
+        u.write(IER_DLM, 1, 0);
+        assert_eq!(u.read(LSR, 1) as u8 & LSR_DR, LSR_DR);
+        assert_eq!(u.read(RBR_THR_DLL, 1), b'y' as u64);
+        assert!(u.save().rx_open);
+    }
+
+    #[test]
     fn divisor_latch_scratch_and_loopback() {
         let (sink, _l, _c, u) = setup();
         u.write(LCR, 1, 0x83);
@@ -410,6 +436,14 @@ pub struct UartState {
     pub loop_byte: Option<u8>,
     /// Host input received and not yet read by the guest.
     pub input: Vec<u8>,
+    /// The driver opened the receiver (states from before this field
+    /// existed were all of running guests).
+    #[serde(default = "opened")]
+    pub rx_open: bool,
+}
+
+fn opened() -> bool {
+    true
 }
 
 impl Uart {
@@ -429,6 +463,7 @@ impl Uart {
             thr_pending: r.thr_pending,
             loop_byte: r.loop_byte,
             input: self.console.input().iter().copied().collect(),
+            rx_open: r.rx_open,
         }
     }
 
@@ -461,6 +496,7 @@ impl Uart {
         r.fifo = st.fifo;
         r.thr_pending = st.thr_pending;
         r.loop_byte = st.loop_byte;
+        r.rx_open = st.rx_open;
         // Force the line to be driven to the restored level.
         r.line = false;
         self.irq.set_level(false);
