@@ -347,6 +347,22 @@ pub fn guest_assets(fetcher: &Fetcher, arch: Arch) -> Result<GuestAssets> {
     assets_from(&out, &manifest, packages)
 }
 
+/// The guest built earlier into `dir` (a directory [`guest_assets`]
+/// made: `Image`, `initramfs.cpio`, `config`, `manifest`), used as is:
+/// no Debian archive, no apt configuration (offline machines; the nested
+/// KVM test copies one into its outer guest). `packages` stays empty.
+pub fn prebuilt_assets(dir: &Path) -> Result<GuestAssets> {
+    let path = dir.join("manifest");
+    let manifest = fs::read_to_string(&path).ctx(|| {
+        format!(
+            "reading {} (is {} a guest directory built by virtkit?)",
+            path.display(),
+            dir.display()
+        )
+    })?;
+    assets_from(dir, &manifest, Vec::new())
+}
+
 fn assets_from(dir: &Path, manifest: &str, packages: Vec<(String, String)>) -> Result<GuestAssets> {
     let field = |name: &str| {
         manifest
@@ -384,6 +400,18 @@ mod tests {
         assert_eq!(Arch::Amd64.to_string(), "amd64");
         let e = "arm".parse::<Arch>().unwrap_err().to_string();
         assert!(e.contains("unknown architecture"), "{e}");
+    }
+
+    #[test]
+    fn prebuilt_assets_read_the_manifest() {
+        let d = tempfile::tempdir().unwrap();
+        let e = prebuilt_assets(d.path()).unwrap_err().to_string();
+        assert!(e.contains("guest directory built by virtkit"), "{e}");
+        fs::write(d.path().join("manifest"), "release 6.1\nmodules a b\n").unwrap();
+        let a = prebuilt_assets(d.path()).unwrap();
+        assert_eq!(a.kernel, d.path().join("Image"));
+        assert_eq!(a.kernel_release, "6.1");
+        assert_eq!(a.modules, ["a", "b"]);
     }
 
     #[test]

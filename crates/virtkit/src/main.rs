@@ -13,6 +13,7 @@ mod instant;
 mod nic;
 mod progress;
 mod run;
+mod run_x86;
 mod vm;
 mod vm_api;
 mod vm_x86;

@@ -18,6 +18,13 @@ use crate::vm::{open_disk, parse_size};
 /// Arguments of `virtkit run`.
 #[derive(clap::Args)]
 pub struct Args {
+    /// Guest architecture: riscv64 (emulated) or x86_64 (KVM, cold boot)
+    #[arg(long, default_value = "riscv64")]
+    arch: String,
+    /// How guest CPUs run: kvm (x86_64 guests), tcg (the emulator:
+    /// riscv64 guests), auto (whichever runs the guest's architecture)
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: crate::vm_x86::Accel,
     /// Number of harts
     #[arg(long, default_value_t = 1)]
     cpus: usize,
@@ -79,6 +86,18 @@ enum NetArg {
 const MACHINE_FAILURE: i32 = 125;
 
 pub fn main(args: Args) -> anyhow::Result<i32> {
+    if crate::run_x86::wants_x86(&args.arch, args.accel)? {
+        return crate::run_x86::main(crate::run_x86::Request {
+            accel: args.accel,
+            cpus: args.cpus,
+            mem: args.mem,
+            disk: args.disk,
+            publish: args.publish,
+            verbose: args.verbose,
+            timeout: args.timeout,
+            command: args.command,
+        });
+    }
     let hostfwd = args
         .publish
         .iter()
@@ -159,10 +178,11 @@ pub fn main(args: Args) -> anyhow::Result<i32> {
                 }
             }
             let line = instant::command_line(&args.command, &[])?;
-            let input = instant::input_with_command(line, 0)?;
+            let (output, go) = instant::GoFilter::new(Box::new(std::io::stdout()));
+            let input = instant::input_with_command(line, 0, go)?;
             let mut cfg = machine.config(Vec::new(), None, append.clone(), nics(hostfwd.clone())?);
             cfg.input = Some(input.as_raw_fd());
-            cfg.output = Box::new(std::io::stdout());
+            cfg.output = Box::new(output);
             cfg.timeout = args.timeout.map(Duration::from_secs);
             let _raw = riscv_machine::terminal::RawMode::enter(0);
             match machine::restore(cfg, &snap.state, &snap.memory) {
