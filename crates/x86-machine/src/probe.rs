@@ -101,11 +101,19 @@ pub fn probe(kvm_path: &Path) -> Result<ProbeReport> {
     cpu::write_boot_tables(mem, true)?;
     mem.write_slice(&probe_code(PROBE_ITERATIONS), GuestAddress(HIMEM_START))
         .map_err(|e| Error::GuestMemory(format!("probe code: {e}")))?;
+    // A KVM on real SVM/VMX refuses long mode (EFER.LME) in KVM_SET_SREGS
+    // unless the vCPU's CPUID offers it, so the CPUID comes first.
+    let cpuid = cpu::supported_cpuid(&vm.kvm)?;
     let vcpu = |id| {
-        vm.fd.create_vcpu(id).map_err(|source| Error::Kvm {
+        let v = vm.fd.create_vcpu(id).map_err(|source| Error::Kvm {
             what: "KVM_CREATE_VCPU",
             source,
-        })
+        })?;
+        v.set_cpuid2(&cpuid).map_err(|source| Error::Kvm {
+            what: "KVM_SET_CPUID2",
+            source,
+        })?;
+        Ok::<_, Error>(v)
     };
     let (mut user, mut kernel) = (vcpu(0)?, vcpu(1)?);
     // Ring 3 twice (microseconds either way), so that one descheduled
