@@ -8,6 +8,7 @@ pkgs=(
   qemu-utils            # qemu-img: the peer of `virtkit img`
   qemu-user-static      # qemu-riscv64-static: the peer of `virtkit emu user`
   qemu-system-misc      # qemu-system-riscv64: the peer of `virtkit vm`
+  qemu-system-x86       # qemu-system-x86_64 -cpu max: the nested KVM of tests/kvm_nested.rs
   opensbi               # firmware for riscv64 guests
   gcc-riscv64-linux-gnu # cross compiler for riscv64 test programs
   libc6-dev-riscv64-cross

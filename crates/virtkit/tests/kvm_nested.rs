@@ -1,0 +1,203 @@
+//! Real Linux under virtkit's KVM monitor, one level down (issue 13's
+//! acceptance test). This host's /dev/kvm emulates guest ring 0, so Linux
+//! does not boot on it; QEMU's TCG with `-cpu max` emulates AMD SVM with
+//! nested paging, so Debian's amd64 kernel inside it loads `kvm_amd` and
+//! has a working /dev/kvm. The test boots such a QEMU (the outer guest,
+//! "L1") with an initramfs it builds here: busybox, the kvm modules, the
+//! `virtkit` binary with the shared libraries it needs, and the default
+//! amd64 guest (kernel and initramfs). Inside it `virtkit run --arch
+//! x86_64` boots that guest ("L2") on the nested KVM and runs a command;
+//! L1's init reports the results on QEMU's serial console as `L1-...`
+//! lines, which the test reads.
+//!
+//! The Debian packages come from the guest crate's cache; the outer
+//! initramfs is built afresh (seconds) into a temporary directory.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use guest::cpio::CpioWriter;
+use guest::Arch;
+
+/// The whole outer run normally takes well under a minute; past this the
+/// test stops QEMU and fails with what it printed.
+const OUTER_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// L1's /init: load KVM, run virtkit, report, power off.
+const OUTER_INIT: &str = r#"#!/bin/sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /tmp /root
+while read -r m; do
+	insmod "/kvm/$m.ko" || echo "L1-ERROR insmod $m"
+done </kvm/order
+[ -c /dev/kvm ] && echo "L1-KVM ok" || echo "L1-KVM missing"
+export HOME=/root VIRTKIT_X86_GUEST=/guest
+/bin/virtkit run --arch x86_64 --cpus 2 -- sh -c 'echo hello from L2; echo "L2-NPROC $(nproc)"; exit 7' </dev/null
+echo "L1-RUN-STATUS $?"
+poweroff -f
+"#;
+
+/// The files of an executable's shared libraries (and the dynamic loader),
+/// by `ldd`.
+fn shared_libraries(exe: &Path) -> Vec<PathBuf> {
+    let out = Command::new("ldd").arg(exe).output().expect("ldd runs");
+    assert!(out.status.success(), "ldd {}: {:?}", exe.display(), out);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = match l.split_once("=>") {
+                Some((_, r)) => r.trim().split_whitespace().next()?,
+                None => l.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
+/// Adds `path` (a file on this host) at the same path in the archive,
+/// creating its parent directories.
+fn add_host_file(w: &mut CpioWriter, dirs: &mut Vec<String>, path: &Path, data: &[u8]) {
+    let rel = path.to_str().unwrap().trim_start_matches('/');
+    let mut parent = String::new();
+    for part in rel.split('/').collect::<Vec<_>>().split_last().unwrap().1 {
+        if !parent.is_empty() {
+            parent.push('/');
+        }
+        parent.push_str(part);
+        if !dirs.contains(&parent) {
+            w.dir(&parent, 0o755).unwrap();
+            dirs.push(parent.clone());
+        }
+    }
+    w.file(rel, 0o755, data).unwrap();
+}
+
+/// Builds the outer initramfs; returns (its path, the outer kernel).
+fn outer_guest(tmp: &Path) -> (PathBuf, PathBuf) {
+    let fetcher = guest::Fetcher::new(guest::DEFAULT_SUITE).unwrap();
+    let assets = guest::guest_assets(&fetcher, Arch::Amd64).unwrap();
+    let (_, kvm) = guest::kernel_modules(&fetcher, Arch::Amd64, &["kvm_amd"]).unwrap();
+    let names: Vec<&str> = kvm.iter().map(|m| m.name.as_str()).collect();
+    for want in ["kvm", "kvm_amd"] {
+        assert!(names.contains(&want), "kvm_amd's closure: {names:?}");
+    }
+    let busybox = fs::read(guest::busybox_with(&fetcher, Arch::Amd64).unwrap()).unwrap();
+
+    // The test binary's debug information would make the archive ten
+    // times larger: L1 gets a stripped copy.
+    let vk = tmp.join("virtkit");
+    let st = Command::new("objcopy")
+        .args(["--strip-debug", env!("CARGO_BIN_EXE_virtkit")])
+        .arg(&vk)
+        .status()
+        .expect("objcopy (binutils) runs");
+    assert!(st.success(), "objcopy --strip-debug failed");
+
+    let mut w = CpioWriter::new();
+    let mut dirs = Vec::new();
+    for d in ["bin", "dev", "proc", "sys", "tmp", "root", "kvm", "guest"] {
+        w.dir(d, 0o755).unwrap();
+        dirs.push(d.to_string());
+    }
+    w.char_dev("dev/console", 0o600, 5, 1).unwrap();
+    w.file("bin/busybox", 0o755, &busybox).unwrap();
+    w.symlink("bin/sh", "busybox").unwrap();
+    w.file("bin/virtkit", 0o755, &fs::read(&vk).unwrap())
+        .unwrap();
+    for lib in shared_libraries(&vk) {
+        // fs::read follows the symlinks ldd names.
+        let data = fs::read(&lib).unwrap();
+        add_host_file(&mut w, &mut dirs, &lib, &data);
+    }
+    for m in &kvm {
+        w.file(&format!("kvm/{}.ko", m.name), 0o644, &m.data)
+            .unwrap();
+    }
+    w.file("kvm/order", 0o644, (names.join("\n") + "\n").as_bytes())
+        .unwrap();
+    for f in ["Image", "initramfs.cpio", "manifest"] {
+        let src = assets.kernel.parent().unwrap().join(f);
+        w.file(&format!("guest/{f}"), 0o644, &fs::read(&src).unwrap())
+            .unwrap();
+    }
+    w.file("init", 0o755, OUTER_INIT.as_bytes()).unwrap();
+    let cpio = tmp.join("outer.cpio");
+    fs::write(&cpio, w.finish()).unwrap();
+    (cpio, assets.kernel)
+}
+
+/// Runs QEMU until it exits or [`OUTER_TIMEOUT`]; returns its console.
+fn run_outer(kernel: &Path, initrd: &Path) -> String {
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "2G"])
+        .args([
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+        ])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("qemu-system-x86_64 runs (scripts/install-deps.sh installs qemu-system-x86)");
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = stdout.read_to_end(&mut s);
+        s
+    });
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if start.elapsed() > OUTER_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = String::from_utf8_lossy(&reader.join().unwrap()).replace('\r', "");
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    eprintln!(
+        "outer QEMU ran {:?}; its console:\n{out}\nstderr: {err}",
+        start.elapsed()
+    );
+    out
+}
+
+#[test]
+fn debian_amd64_boots_under_virtkit_run_on_nested_kvm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (initrd, kernel) = outer_guest(tmp.path());
+    let out = run_outer(&kernel, &initrd);
+    assert!(
+        out.contains("L1-KVM ok"),
+        "no /dev/kvm in the outer guest:\n{out}"
+    );
+    assert!(!out.contains("L1-ERROR"), "{out}");
+    assert!(out.contains("hello from L2\n"), "{out}");
+    assert!(out.contains("L2-NPROC 2\n"), "{out}");
+    assert!(
+        !out.contains("virtkit-exit"),
+        "the exit marker must be stripped:\n{out}"
+    );
+    assert!(out.contains("L1-RUN-STATUS 7\n"), "{out}");
+}
