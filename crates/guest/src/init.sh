@@ -131,7 +131,8 @@ fi
 # briefly (probing is asynchronous) and mount it at /mnt.
 mounted=
 for d in /sys/bus/virtio/devices/*; do
-	read -r id <"$d/device" 2>/dev/null
+	# (stderr first: with no virtio device the glob stays unexpanded)
+	read -r id 2>/dev/null <"$d/device"
 	[ "$id" = 0x0002 ] || continue
 	i=0
 	while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
