@@ -57,7 +57,7 @@ fn shared_libraries(exe: &Path) -> Vec<PathBuf> {
         .filter_map(|l| {
             let l = l.trim();
             let path = match l.split_once("=>") {
-                Some((_, r)) => r.trim().split_whitespace().next()?,
+                Some((_, r)) => r.split_whitespace().next()?,
                 None => l.split_whitespace().next()?,
             };
             path.starts_with('/').then(|| PathBuf::from(path))
@@ -228,4 +228,50 @@ fn debian_amd64_boots_under_virtkit_run_on_nested_kvm() {
     assert!(out.contains("vm run: x86_64 1\n"), "{out}");
     assert!(out.contains("\x1evirtkit-exit 0\n"), "{out}");
     assert!(out.contains("L1-VM-RUN-STATUS 0\n"), "{out}");
+}
+
+fn virtkit_run(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_virtkit"))
+        .arg("run")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("virtkit runs")
+}
+
+/// On this host's own /dev/kvm (ring 0 emulated) `virtkit run --arch
+/// x86_64` stops at once with one line saying why; requests the x86 guest
+/// cannot honour are refused before anything starts.
+#[test]
+fn run_x86_64_refuses_what_cannot_work() {
+    let one_error = |args: &[&str], want: &str| {
+        let out = virtkit_run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {out:?}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
+    };
+    one_error(
+        &["--arch", "x86_64", "--accel", "tcg", "--", "true"],
+        "no x86-64 emulator",
+    );
+    one_error(
+        &["--arch", "x86_64", "--disk", "x.img", "--", "true"],
+        "--disk",
+    );
+    one_error(&["--arch", "x86_64", "-p", "8080:80", "--", "true"], "-p");
+    one_error(&["--arch", "arm64", "--", "true"], "unknown architecture");
+    one_error(
+        &["--accel", "kvm", "--", "true"],
+        "riscv64 guests run on the emulator",
+    );
+    let kvm = Path::new(x86_machine::DEFAULT_KVM_PATH);
+    match x86_machine::probe::probe(kvm) {
+        Ok(p) if p.ring0_emulated => {
+            one_error(&["--arch", "x86_64", "--", "true"], "emulates guest ring 0")
+        }
+        Ok(_) => eprintln!("{} runs ring 0 natively: nothing to refuse", kvm.display()),
+        Err(e) => one_error(&["--arch", "x86_64", "--", "true"], &e.to_string()),
+    }
 }
