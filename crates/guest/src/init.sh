@@ -116,6 +116,9 @@ if grep -q 'virtkit.wait=1' /proc/cmdline; then
 	echo "virtkit-init: ready for a command"
 	IFS=' ' read -r ver epoch seed cmd </dev/$con || ver=
 	stty "$modes" </dev/$con 2>/dev/null
+	# Tell the host its input may follow now that the terminal echoes
+	# again (an OSC sequence: the host removes it, terminals ignore it).
+	printf '\033]6;virtkit-go\007'
 	if [ "$ver" != V1 ]; then
 		echo "virtkit-init: unreadable command line from the host" >&2
 		devmem 0x100000 32 $(((125 << 16) | 0x3333))

@@ -80,6 +80,12 @@ pub fn run_archive(argv: &[String], env: &[(String, String)]) -> Result<Vec<u8>>
 /// command line built by [`command_line`].
 pub const READY_MARKER: &[u8] = b"virtkit-init: ready for a command";
 
+/// What a waiting init prints once it has read its command line and put
+/// the terminal back in its usual modes: the host sends the user's input
+/// only after it (bytes arriving earlier would not be echoed), and removes
+/// it from the output (an OSC sequence, which terminals ignore anyway).
+pub const GO_MARKER: &[u8] = b"\x1b]6;virtkit-go\x07";
+
 /// The kernel argument that puts the init in waiting mode: it sets up the
 /// machine (modules, network), prints [`READY_MARKER`] and reads its
 /// command from the console instead of `/virtkit/cmd`.

@@ -60,7 +60,7 @@ use sha2::{Digest, Sha256};
 
 pub use error::{Error, Result};
 pub use fetch::{Fetcher, Progress, ProgressFn};
-pub use initramfs::{command_line, run_archive, INIT_SCRIPT, READY_MARKER, WAIT_ARG};
+pub use initramfs::{command_line, run_archive, GO_MARKER, INIT_SCRIPT, READY_MARKER, WAIT_ARG};
 
 use error::IoContext;
 

@@ -18,7 +18,7 @@
 use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
@@ -135,7 +135,9 @@ impl Write for Watch {
             let cut = g.0.len() - 16 * 1024;
             g.0.drain(..cut);
         }
-        if !g.1 && find(&g.0, guest::READY_MARKER) {
+        // The whole line: the snapshot must not catch the newline still
+        // on its way out (the restored guest would print it).
+        if !g.1 && find(&g.0, &[guest::READY_MARKER, b"\n"].concat()) {
             g.1 = true;
             c.notify_all();
         }
@@ -220,14 +222,24 @@ pub fn build(snap: &Cached, mut cfg: MachineConfig) -> anyhow::Result<()> {
 
 /// The guest's console input for a restored run: a pipe whose first line
 /// is the command line, followed by whatever `stdin` gives (copied by a
-/// thread until its end). Returns the pipe's read end.
-pub fn input_with_command(line: Vec<u8>, stdin: RawFd) -> anyhow::Result<OwnedFd> {
+/// thread until its end) once `go` fires (see [`GoFilter`]). Returns the
+/// pipe's read end.
+pub fn input_with_command(
+    line: Vec<u8>,
+    stdin: RawFd,
+    go: mpsc::Receiver<()>,
+) -> anyhow::Result<OwnedFd> {
     let (r, w) = nix::unistd::pipe().context("creating the console pipe")?;
     std::thread::Builder::new()
         .name("vk-command".into())
         .spawn(move || {
             let mut w = std::fs::File::from(w);
             if w.write_all(&line).is_err() {
+                return;
+            }
+            // A guest that never says go has stopped: its run ends, and
+            // this thread with the process.
+            if go.recv().is_err() {
                 return;
             }
             // SAFETY: the caller's stdin stays open for the process's life;
@@ -237,6 +249,62 @@ pub fn input_with_command(line: Vec<u8>, stdin: RawFd) -> anyhow::Result<OwnedFd
         })
         .context("starting the console input thread")?;
     Ok(r)
+}
+
+/// The console output of a restored run: passes everything to `inner`
+/// but [`guest::GO_MARKER`], which it removes, firing `go` when it sees it
+/// (the init prints it when the terminal is ready for the user's input).
+pub struct GoFilter {
+    inner: Box<dyn Write + Send>,
+    /// Bytes that may be the start of the marker, held back.
+    carry: Vec<u8>,
+    go: Option<mpsc::Sender<()>>,
+}
+
+impl GoFilter {
+    pub fn new(inner: Box<dyn Write + Send>) -> (GoFilter, mpsc::Receiver<()>) {
+        let (tx, rx) = mpsc::channel();
+        (
+            GoFilter {
+                inner,
+                carry: Vec::new(),
+                go: Some(tx),
+            },
+            rx,
+        )
+    }
+}
+
+impl Write for GoFilter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let Some(go) = &self.go else {
+            return self.inner.write(buf);
+        };
+        self.carry.extend_from_slice(buf);
+        let m = guest::GO_MARKER;
+        if let Some(i) = self.carry.windows(m.len()).position(|w| w == m) {
+            let mut out = self.carry[..i].to_vec();
+            out.extend_from_slice(&self.carry[i + m.len()..]);
+            self.carry.clear();
+            let _ = go.send(());
+            self.go = None;
+            self.inner.write_all(&out)?;
+        } else {
+            // Hold back the longest tail that could begin the marker.
+            let keep = (1..m.len().min(self.carry.len() + 1))
+                .rev()
+                .find(|&k| self.carry.ends_with(&m[..k]))
+                .unwrap_or(0);
+            let n = self.carry.len() - keep;
+            let out: Vec<u8> = self.carry.drain(..n).collect();
+            self.inner.write_all(&out)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// The line handed to the restored guest: the command, its environment,
@@ -256,4 +324,41 @@ fn getrandom(buf: &mut [u8]) -> anyhow::Result<()> {
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(buf))
         .context("reading /dev/urandom")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Out(Arc<Mutex<Vec<u8>>>);
+    impl Write for Out {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn go_filter_removes_the_marker_across_writes_and_fires_once() {
+        let m = guest::GO_MARKER;
+        for split in 0..=m.len() {
+            let out = Out::default();
+            let (mut f, go) = GoFilter::new(Box::new(out.clone()));
+            f.write_all(b"before\x1b[0m").unwrap();
+            f.write_all(&m[..split]).unwrap();
+            assert!(go.try_recv().is_err());
+            f.write_all(&m[split..]).unwrap();
+            f.write_all(b"after").unwrap();
+            assert!(go.try_recv().is_ok());
+            f.write_all(m).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&out.0.lock().unwrap()),
+                String::from_utf8_lossy(&[b"before\x1b[0mafter".as_slice(), m].concat())
+            );
+        }
+    }
 }
