@@ -82,8 +82,8 @@ pub use cpu::{
     csr, irq, Clock, Core, Exit, HartConfig, HartControl, MemAccess, MemFault, MemFaultKind, Priv,
 };
 pub use hart::Hart;
-pub use persist::{CsrState, HartState, PersistError, HART_STATE_VERSION};
 pub use mem::{perm, Bus, CodeMap, MemError, RamRegion, UserSpace};
+pub use persist::{CsrState, HartState, PersistError, HART_STATE_VERSION};
 
 /// Guest page size.
 pub const PAGE_SIZE: u64 = 4096;
