@@ -13,7 +13,10 @@
 //!   page (`boot_params`: e820 map, command line, initrd).
 //! - CPUID is KVM's supported set filtered per vCPU (APIC id, topology,
 //!   no nested virtualization, no PMU); KVM's in-kernel LAPIC/IOAPIC/PIC
-//!   and PIT; an MP table ([`mptable`]) describes the CPUs to SMP guests.
+//!   and PIT; an MP table ([`mptable`]) describes the CPUs to SMP guests,
+//!   and ACPI tables ([`acpi`]) describe them, the serial port and the
+//!   virtio-mmio slots to kernels that cannot take the slots from the
+//!   command line (Debian's amd64 kernel).
 //! - Devices: a 16550 at 0x3f8 (`vm-superio`) interrupting on pin 4 through
 //!   an irqfd; the i8042's reset command (0xfe to port 0x64), which ends
 //!   the run as a reset ([`StopReason::Reset`], exit status 0 as in
@@ -28,6 +31,7 @@
 //! caller gives, and how the machine stopped comes back as an
 //! [`Outcome`].
 
+pub mod acpi;
 pub mod boot;
 pub mod cpu;
 pub mod devices;

@@ -20,7 +20,7 @@ use crate::cpu::{self, Entry};
 use crate::devices::{Action, Devices, IrqFdTrigger, VirtioSlot};
 use crate::irqfd::{self, IrqFdLine, Relay};
 use crate::layout::*;
-use crate::{mptable, Error, Result};
+use crate::{acpi, mptable, Error, Result};
 
 /// Where KVM is unless the caller says otherwise.
 pub const DEFAULT_KVM_PATH: &str = "/dev/kvm";
@@ -321,6 +321,15 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome> {
     )?;
     cpu::write_boot_tables(&mem, false)?;
     mptable::write(&mem, cfg.vcpus)?;
+    // ACPI too: kernels without virtio_mmio's command-line devices
+    // (Debian's) find the slots in its DSDT.
+    let acpi_slots: Vec<_> = (devices.virtio.iter().enumerate())
+        .map(|(i, s)| acpi::VirtioMmio {
+            base: s.base,
+            gsi: VIRTIO_IRQ_BASE + i as u32,
+        })
+        .collect();
+    acpi::write(&mem, cfg.vcpus, &acpi_slots)?;
 
     // vCPUs: all get the entry state; KVM keeps the application
     // processors waiting for INIT/SIPI from the bootstrap one (its LAPIC
