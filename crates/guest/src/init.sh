@@ -170,6 +170,8 @@ fi
 # host strips (RS, "virtkit-exit ", the status), then the machine resets.
 if grep -q 'virtkit.exit=serial' /proc/cmdline; then
 	printf '\036virtkit-exit %d\n' "$status"
+	# Setting the modes waits until the UART has sent it (TCSADRAIN).
+	stty "$modes" </dev/$con 2>/dev/null
 	reboot -f
 fi
 if [ "$status" -eq 0 ]; then
