@@ -124,6 +124,9 @@ fn dirs_riscv_image() -> Option<std::path::PathBuf> {
     std::fs::read_dir(guest)
         .ok()?
         .filter_map(|e| e.ok())
+        // The guest crate names its directories SUITE-ARCH-KEY; the amd64
+        // guest's kernel is called Image too.
+        .filter(|e| e.file_name().to_string_lossy().contains("-riscv64-"))
         .map(|e| e.path().join("Image"))
         .find(|p| p.is_file())
 }
