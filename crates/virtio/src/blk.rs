@@ -92,9 +92,53 @@ pub struct BlockConfig {
     pub serial: String,
 }
 
+/// The medium of a drive that has none: zero sectors, every access out
+/// of range. A snapshot taken with an empty drive can be restored with a
+/// disk in it (see [`Block`]'s `restore_state`): that is how `virtkit run`
+/// restores one snapshot of its booted guest with whatever disk a run names.
+pub struct EmptyMedium;
+
+impl BlockBackend for EmptyMedium {
+    fn len(&self) -> u64 {
+        0
+    }
+    fn is_read_only(&self) -> bool {
+        false
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> image::Result<()> {
+        empty_access(offset, buf.len() as u64)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> image::Result<()> {
+        empty_access(offset, buf.len() as u64)
+    }
+    fn flush(&self) -> image::Result<()> {
+        Ok(())
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, _may_unmap: bool) -> image::Result<()> {
+        empty_access(offset, len)
+    }
+    fn discard(&self, offset: u64, len: u64) -> image::Result<()> {
+        empty_access(offset, len)
+    }
+}
+
+fn empty_access(offset: u64, len: u64) -> image::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    Err(image::Error::OutOfRange {
+        offset,
+        len,
+        size: 0,
+    })
+}
+
 /// The block device.
 pub struct Block {
     backend: Arc<dyn BlockBackend>,
+    /// Restored from a snapshot whose drive was empty, with a medium now:
+    /// the driver is told of the new capacity (a configuration change).
+    inserted: bool,
     read_only: bool,
     serial: [u8; ID_BYTES],
     config: [u8; CONFIG_SIZE],
@@ -133,6 +177,7 @@ impl Block {
         c[56] = 1; // write_zeroes_may_unmap
         Block {
             backend,
+            inserted: false,
             read_only,
             serial,
             config: c,
@@ -193,7 +238,12 @@ impl VirtioDevice for Block {
         else {
             return Err(crate::persist::wrong_state(device_type::BLOCK, state));
         };
-        let what = if capacity != self.capacity() {
+        // A medium in a drive that was empty: the guest saw a disk of zero
+        // sectors, so it holds nothing of the old contents; it learns the
+        // new capacity through a configuration change, as when QEMU
+        // changes a drive's medium.
+        let inserted = capacity == 0 && self.capacity() != 0;
+        let what = if capacity != self.capacity() && !inserted {
             format!(
                 "the disk has {} sectors, the snapshot's had {capacity}: the guest would see its disk change size",
                 self.capacity()
@@ -209,12 +259,17 @@ impl VirtioDevice for Block {
                 if read_only { "read-only" } else { "read-write" }
             )
         } else {
+            self.inserted = inserted;
             return Ok(());
         };
         Err(crate::persist::PersistError::Mismatch {
             device_type: device_type::BLOCK,
             what,
         })
+    }
+
+    fn config_changed_by_restore(&self) -> bool {
+        self.inserted
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<Box<dyn QueueHandler>> {

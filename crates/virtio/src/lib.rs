@@ -87,8 +87,8 @@ mod rng;
 
 pub use self::net::{default_mac, net_features, Net, NetState, MAX_NET_DESCRIPTORS, MIN_TX_PACKET};
 pub use blk::{
-    Block, BlockConfig, MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS, MAX_REQUEST_BYTES, SEG_MAX,
-    SIZE_MAX,
+    Block, BlockConfig, EmptyMedium, MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS, MAX_REQUEST_BYTES,
+    SEG_MAX, SIZE_MAX,
 };
 pub use console::{Console, ConsoleHost, MAX_PENDING_INPUT, MAX_TX_CHAIN_BYTES};
 pub use mmio::{status, MmioTransport, MMIO_WINDOW_SIZE};

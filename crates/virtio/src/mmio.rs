@@ -119,6 +119,11 @@ pub struct MmioTransport {
     /// A paused worker's handler and queues, with the events it waits on
     /// (see [`pause`](Self::pause)).
     parked: Option<(Parked, Arc<WorkerEvents>)>,
+    /// A restore changed the device's configuration (see
+    /// [`VirtioDevice::config_changed_by_restore`]): the first
+    /// [`resume`](Self::resume) interrupts the driver about it, once the
+    /// board's interrupt controller is back.
+    config_change_on_resume: bool,
 }
 
 impl MmioTransport {
@@ -135,6 +140,7 @@ impl MmioTransport {
             mem,
             signals: Arc::new(DeviceSignals::new(irq)),
             status: 0,
+            config_change_on_resume: false,
             device_features_sel: 0,
             driver_features_sel: 0,
             driver_features: 0,
@@ -449,6 +455,9 @@ impl MmioTransport {
             // A broken device stays stopped until the driver resets it.
             return Ok(());
         }
+        if std::mem::take(&mut self.config_change_on_resume) {
+            self.signals.signal_config_change();
+        }
         if let Some(((handler, queues), events)) = self.parked.take() {
             events.restart();
             self.spawn_worker(handler, queues, events)?;
@@ -540,7 +549,9 @@ impl MmioTransport {
             }
         }
         device.restore_state(&st.device)?;
+        let config_changed = device.config_changed_by_restore();
         let mut t = MmioTransport::new(device, mem, irq);
+        t.config_change_on_resume = config_changed;
         t.status = st.status & 0xff & !status::DEVICE_NEEDS_RESET;
         t.device_features_sel = st.device_features_sel;
         t.driver_features_sel = st.driver_features_sel;

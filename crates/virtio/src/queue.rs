@@ -49,6 +49,13 @@ pub trait VirtioDevice: Send {
     ) -> std::result::Result<(), crate::persist::PersistError> {
         crate::persist::expect_none(self.device_type(), state)
     }
+    /// Whether [`restore_state`](Self::restore_state) accepted a
+    /// configuration that differs from the saved one in a way the driver
+    /// must be told of (a medium inserted into a drive that was empty):
+    /// the transport then signals a configuration change when it resumes.
+    fn config_changed_by_restore(&self) -> bool {
+        false
+    }
 }
 
 /// Everything an activated device needs.
