@@ -139,6 +139,14 @@ for d in /sys/bus/virtio/devices/*; do
 	[ "$id" = 0x0002 ] || continue
 	i=0
 	while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+	# A restored guest's disk goes into a drive that was empty when the
+	# snapshot was taken: the driver learns its capacity from a
+	# configuration-change interrupt, asynchronously.
+	i=0
+	while read -r size </sys/block/vda/size 2>/dev/null && [ "$size" = 0 ] && [ $i -lt 50 ]; do
+		sleep 0.1
+		i=$((i + 1))
+	done
 	opts=rw
 	read -r ro </sys/block/vda/ro 2>/dev/null
 	[ "$ro" = 1 ] && opts=ro

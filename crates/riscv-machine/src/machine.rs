@@ -51,7 +51,8 @@ pub enum Firmware {
     File { name: String, data: Vec<u8> },
 }
 
-/// A disk on a virtio-blk slot.
+/// A disk on a virtio-blk slot. Clones share the open image.
+#[derive(Clone)]
 pub struct Disk {
     pub backend: Arc<dyn image::BlockBackend>,
     pub read_only: bool,
@@ -83,8 +84,18 @@ impl Disk {
         }
     }
 
+    /// An empty drive: no medium (zero sectors), read-write or read-only
+    /// as the guest will see it. A snapshot of a machine with one can be
+    /// restored with a disk in that slot: the guest is told of the new
+    /// capacity (see [`restore`]).
+    pub fn empty(read_only: bool) -> Disk {
+        Disk::new(Arc::new(virtio::EmptyMedium), read_only)
+    }
+
+    /// Whether the guest can change what the disk holds (an empty drive
+    /// holds nothing).
     fn writable(&self) -> bool {
-        !self.read_only && !self.backend.is_read_only()
+        !self.read_only && !self.backend.is_read_only() && !self.backend.is_empty()
     }
 }
 
@@ -596,7 +607,7 @@ fn restore_with(
     if let Some(what) = st.machine.mismatch(&summary) {
         return Err(MachineError::SnapshotMismatch(what));
     }
-    revert_disks(&cfg, &st.disks)?;
+    revert_disks(&cfg, &st.disks, &st.machine.disk_sizes)?;
     let ram = vmm::GuestRam::from_file(RAM_BASE, mem_path, summary.mem_size as usize)?;
     let board = build(&mut cfg, Some((&st, ram)))?;
     let htif = st.htif.as_ref().map(|h| (h.tohost, h.fromhost));
@@ -676,11 +687,19 @@ fn check_state(st: &MachineState) -> Result<(), MachineError> {
 
 /// Reverts each qcow2 disk to its internal snapshot; a read-write disk
 /// the snapshot did not cover is refused (its contents may not be what
-/// the restored guest believes).
-fn revert_disks(cfg: &MachineConfig, snaps: &[DiskSnapshot]) -> Result<(), MachineError> {
+/// the restored guest believes), unless its drive was empty then (the
+/// guest believes nothing of it). `saved_sizes` are the snapshot's disk
+/// sizes, checked against `cfg` before.
+fn revert_disks(
+    cfg: &MachineConfig,
+    snaps: &[DiskSnapshot],
+    saved_sizes: &[u64],
+) -> Result<(), MachineError> {
     for (index, d) in cfg.disks.iter().enumerate() {
         let snap = snaps.iter().find(|s| s.disk == index);
+        let was_empty = saved_sizes.get(index) == Some(&0);
         match (snap, &d.image) {
+            (None, _) if was_empty => {}
             (Some(s), Some(img)) => {
                 img.snapshot_apply(&s.name)
                     .map_err(|source| MachineError::DiskSnapshot {

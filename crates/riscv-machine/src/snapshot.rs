@@ -110,7 +110,9 @@ impl MachineSummary {
             ));
         }
         for (i, (a, b)) in self.disk_sizes.iter().zip(&target.disk_sizes).enumerate() {
-            if a != b {
+            // A drive that was empty (size 0) takes any medium: the guest
+            // is told of its capacity on restore.
+            if a != b && *a != 0 {
                 return Some(format!("disk {i} has {b} bytes, the snapshot's had {a}"));
             }
         }
@@ -208,6 +210,10 @@ mod tests {
         let mut b = summary();
         b.disk_sizes[0] = 4096;
         assert!(a.mismatch(&b).unwrap().contains("disk 0"));
+        let mut a0 = summary();
+        a0.disk_sizes[0] = 0;
+        assert_eq!(a0.mismatch(&summary()), None, "a medium in an empty drive");
+        assert!(summary().mismatch(&a0).unwrap().contains("disk 0"));
         let mut b = summary();
         b.builtin_sbi = false;
         assert!(a.mismatch(&b).unwrap().contains("firmware"));

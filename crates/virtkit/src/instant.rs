@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 
 /// Bump when what goes into a snapshot changes in a way the key's inputs
 /// do not show (the init's protocol, the machine's wiring).
-const SNAPSHOT_LAYOUT: &str = "virtkit-run-snapshot-1";
+const SNAPSHOT_LAYOUT: &str = "virtkit-run-snapshot-2";
 
 /// How long the first boot may take to reach the waiting init.
 const BOOT_LIMIT: Duration = Duration::from_secs(300);
@@ -47,6 +47,9 @@ pub struct Shape<'a> {
     pub harts: usize,
     pub mem_size: u64,
     pub net: bool,
+    /// A drive for a disk: `Some(read_only)` (the snapshot holds it empty,
+    /// the restore inserts the run's disk), `None` for no drive.
+    pub disk: Option<bool>,
 }
 
 impl Shape<'_> {
@@ -66,7 +69,13 @@ impl Shape<'_> {
                 .unwrap_or_default();
             h.update(format!("{}\0{}\0{}\0", p.display(), m.len(), mtime.as_nanos()).as_bytes());
         }
-        h.update(format!("{}\0{}\0{}\0", self.harts, self.mem_size, self.net).as_bytes());
+        h.update(
+            format!(
+                "{}\0{}\0{}\0{:?}\0",
+                self.harts, self.mem_size, self.net, self.disk
+            )
+            .as_bytes(),
+        );
         Ok(h.finalize()[..10]
             .iter()
             .map(|b| format!("{b:02x}"))

@@ -136,9 +136,13 @@ pub fn main(args: Args) -> anyhow::Result<i32> {
         mem_size: parse_size(&args.mem)?,
         jit: !args.no_jit && std::env::var_os("VIRTKIT_JIT").is_none_or(|v| v != "0"),
     };
-    // A disk is not in the snapshot (its size and contents differ from run
-    // to run), so a run with one boots.
-    let outcome = if args.cold || args.verbose || disk.is_some() {
+    // The snapshot of a run with a disk has an empty drive (read-write or
+    // read-only, as the guest's driver sets that up when it probes), which
+    // the restore fills with this run's disk.
+    let disk_mode = disk
+        .as_ref()
+        .map(|d| d.read_only || d.backend.is_read_only());
+    let outcome = if args.cold || args.verbose {
         let kernel = read(&assets.kernel)?;
         let initrd = guest::run_initramfs(&assets.initramfs, &args.command)
             .context("building the guest's command archive")?;
@@ -158,6 +162,7 @@ pub fn main(args: Args) -> anyhow::Result<i32> {
             harts: machine.harts,
             mem_size: machine.mem_size,
             net,
+            disk: disk_mode,
         };
         let snap = instant::cached(fetcher.cache_dir(), &shape)?;
         let mut attempt = 0;
@@ -172,8 +177,9 @@ pub fn main(args: Args) -> anyhow::Result<i32> {
                     );
                     let kernel = read(&assets.kernel)?;
                     let initrd = read(&assets.initramfs)?;
-                    let cfg =
+                    let mut cfg =
                         machine.config(kernel, Some(initrd), append.clone(), nics(Vec::new())?);
+                    cfg.disks = disk_mode.map(machine::Disk::empty).into_iter().collect();
                     instant::build(&snap, cfg)?;
                 }
             }
@@ -181,6 +187,7 @@ pub fn main(args: Args) -> anyhow::Result<i32> {
             let (output, go) = instant::GoFilter::new(Box::new(std::io::stdout()));
             let input = instant::input_with_command(line, 0, go)?;
             let mut cfg = machine.config(Vec::new(), None, append.clone(), nics(hostfwd.clone())?);
+            cfg.disks = disk.clone().into_iter().collect();
             cfg.input = Some(input.as_raw_fd());
             cfg.output = Box::new(output);
             cfg.timeout = args.timeout.map(Duration::from_secs);
