@@ -10,8 +10,9 @@
 //! reset through the i8042 (`reboot=k`) ends the run.
 //!
 //! Debian's amd64 kernel lacks `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`: it
-//! finds the board's virtio-mmio devices (`--disk`) in its ACPI tables.
-//! The board has no network card yet, so `-p` is refused.
+//! finds the board's virtio-mmio devices (`--disk`, the network card) in
+//! its ACPI tables. The guest always gets a user-mode network card (as
+//! riscv64's default `--net user`), with `-p`'s forwards.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -65,9 +66,11 @@ pub fn main(req: Request) -> anyhow::Result<i32> {
             "--accel tcg: virtkit has no x86-64 emulator; x86_64 guests run on KVM (--accel kvm)"
         );
     }
-    if !req.publish.is_empty() {
-        bail!("-p: the x86_64 guest has no network card yet (the x86 board has no virtio-net)");
-    }
+    let hostfwd = req
+        .publish
+        .iter()
+        .map(|p| crate::nic::parse_publish(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mem_size = crate::vm::parse_size(&req.mem)?;
     let disks = req
         .disk
@@ -126,6 +129,13 @@ pub fn main(req: Request) -> anyhow::Result<i32> {
         // errors; panics still show.
         cmdline.push_str(" quiet loglevel=2");
     }
+    let nics = crate::vm_x86::open_nics(&[crate::nic::NicSpec {
+        kind: crate::nic::NicKind::User {
+            restrict: false,
+            hostfwd,
+        },
+        mac: None,
+    }])?;
     let status = Arc::new(Mutex::new(None));
     let cfg = MachineConfig {
         kvm_path,
@@ -138,6 +148,7 @@ pub fn main(req: Request) -> anyhow::Result<i32> {
         disks,
         rng: false,
         virtio_console: None,
+        nics,
         output: Box::new(ExitFilter::new(std::io::stdout(), status.clone())),
         input: Some(0),
         timeout: req.timeout.map(Duration::from_secs),

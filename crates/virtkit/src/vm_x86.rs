@@ -83,13 +83,15 @@ pub fn run(req: Request) -> anyhow::Result<i32> {
     if req.spike {
         bail!("--machine spike is a riscv64 board; x86_64 guests run on the KVM board");
     }
-    if !req.nics.is_empty() {
-        bail!("--nic: network cards for x86_64 guests are not supported yet");
-    }
-    // Disk syntax first: a typo is reported before any file is read.
+    // Disk and NIC syntax first: a typo is reported before any file is read.
     for d in &req.disks {
         crate::vm::parse_disk_spec(d)?;
     }
+    let nic_specs = req
+        .nics
+        .iter()
+        .map(|n| crate::nic::parse_nic(n))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mem_size = crate::vm::parse_size(&req.mem)?;
     let kernel = std::fs::read(&req.kernel)
         .with_context(|| format!("cannot read the kernel {}", req.kernel.display()))?;
@@ -119,6 +121,7 @@ pub fn run(req: Request) -> anyhow::Result<i32> {
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let nics = open_nics(&nic_specs)?;
     let cfg = MachineConfig {
         kvm_path: req.accel.kvm_device.clone(),
         vcpus: req.cpus,
@@ -130,6 +133,7 @@ pub fn run(req: Request) -> anyhow::Result<i32> {
         disks,
         rng: true,
         virtio_console: None,
+        nics,
         output: Box::new(std::io::stdout()),
         input: Some(0),
         timeout: req.timeout.map(Duration::from_secs),
@@ -146,6 +150,18 @@ pub fn run(req: Request) -> anyhow::Result<i32> {
         eprintln!("virtkit: warning: the accelerator probe failed: {e:#}");
     }
     Ok(exit_status(&outcome.reason))
+}
+
+/// Opens the backends of parsed `--nic`s (the same backends and MAC
+/// defaults as the riscv64 board's) as the x86 board's cards.
+pub fn open_nics(specs: &[crate::nic::NicSpec]) -> anyhow::Result<Vec<x86_machine::Nic>> {
+    Ok(crate::nic::open_nics(specs)?
+        .into_iter()
+        .map(|n| x86_machine::Nic {
+            backend: n.backend,
+            mac: n.mac,
+        })
+        .collect())
 }
 
 /// The library's errors already name their cause in their message: keep

@@ -292,7 +292,7 @@ fn run_x86_64_refuses_what_cannot_work() {
         &["--arch", "x86_64", "--disk", "x.img", "--", "true"],
         "disk x.img:",
     );
-    one_error(&["--arch", "x86_64", "-p", "8080:80", "--", "true"], "-p");
+    one_error(&["--arch", "x86_64", "-p", "80", "--", "true"], "-p \"80\"");
     one_error(&["--arch", "arm64", "--", "true"], "unknown architecture");
     one_error(
         &["--accel", "kvm", "--", "true"],

@@ -85,6 +85,30 @@ fn small_guest_runs_and_resets_with_status_0() {
 }
 
 #[test]
+fn nic_user_gives_the_guest_a_virtio_net_card() {
+    let dir = tempfile::tempdir().unwrap();
+    // vm run gives the board a virtio-rng in slot 0: the card is slot 1.
+    let guest = common::build_guest(dir.path(), "net", &common::net_guest(1));
+    let out = virtkit(&[
+        "vm",
+        "run",
+        "--arch",
+        "x86_64",
+        "--kernel",
+        guest.to_str().unwrap(),
+        "--mem",
+        "16M",
+        "--nic",
+        "user,hostfwd=tcp:127.0.0.1:0-:22",
+        "--timeout",
+        "60",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    common::check_net_guest(&stdout);
+}
+
+#[test]
 fn a_crashing_guest_fails_with_its_registers() {
     let dir = tempfile::tempdir().unwrap();
     let guest = common::build_guest(
@@ -154,7 +178,7 @@ fn bad_input_is_refused_clearly() {
     );
     run(&["--kernel", g, "--accel", "tcg"], "no x86-64 emulator");
     run(&["--kernel", g, "--cpus", "0"], "vCPUs");
-    run(&["--kernel", g, "--nic", "user"], "not supported");
+    run(&["--kernel", g, "--nic", "bogus"], "unknown network type");
     run(
         &["--kernel", "/nonexistent/vmlinux"],
         "cannot read the kernel",

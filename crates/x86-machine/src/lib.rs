@@ -40,8 +40,12 @@ pub mod layout;
 pub mod machine;
 pub mod mptable;
 pub mod probe;
+pub mod snapshot;
 
-pub use machine::{run, Disk, MachineConfig, Outcome, StopReason, DEFAULT_KVM_PATH};
+pub use machine::{
+    restore, run, snapshot_config, start, Disk, MachineConfig, Nic, Outcome, RunningMachine,
+    StopReason, DEFAULT_KVM_PATH,
+};
 
 /// Errors of the x86-64 board.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +84,18 @@ pub enum Error {
     Io(&'static str, #[source] std::io::Error),
     #[error(transparent)]
     Ram(#[from] vmm::Error),
+    #[error(transparent)]
+    Snapshot(#[from] vmm::snapshot::SnapshotError),
+    #[error("the snapshot does not fit this machine: {0}")]
+    SnapshotMismatch(String),
+    #[error("snapshot state: {0}")]
+    SnapshotState(String),
+    #[error("the machine is not paused: pause it before taking a snapshot")]
+    NotPaused,
+    #[error("the machine is not running{}", .0.as_ref().map(|r| format!(" (it stopped: {r:?})")).unwrap_or_default())]
+    NotRunning(Option<StopReason>),
+    #[error("disk {index} is read-write: a snapshot of the x86 board holds no copy of a disk, so its contents would not match the snapshot's memory; attach it read-only")]
+    WritableDiskSnapshot { index: usize },
 }
 
 /// Result type of the x86-64 board.

@@ -5,8 +5,9 @@
 use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::thread::JoinHandleExt;
-use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use crate::cpu::{self, Entry};
 use crate::devices::{Action, Devices, IrqFdTrigger, VirtioSlot};
 use crate::irqfd::{self, IrqFdLine, Relay};
 use crate::layout::*;
+use crate::snapshot::{self, MachineState, MachineSummary, VcpuState};
 use crate::{acpi, mptable, Error, Result};
 
 /// Where KVM is unless the caller says otherwise.
@@ -29,6 +31,15 @@ pub const DEFAULT_KVM_PATH: &str = "/dev/kvm";
 pub struct Disk {
     pub backend: Arc<dyn image::BlockBackend>,
     pub read_only: bool,
+}
+
+/// A network card on a virtio-net slot (the same device and backends as
+/// the riscv64 board's).
+pub struct Nic {
+    /// Where its frames go (tap, user-mode networking, ...).
+    pub backend: Box<dyn net::Backend>,
+    /// Its MAC address ([`virtio::default_mac`] gives QEMU's defaults).
+    pub mac: [u8; 6],
 }
 
 /// Everything the machine is made of.
@@ -49,6 +60,9 @@ pub struct MachineConfig {
     pub rng: bool,
     /// A virtio console whose output goes to `console_output`.
     pub virtio_console: Option<Box<dyn Write + Send>>,
+    /// Network cards, each on its own virtio slot after the disks, the
+    /// rng and the console.
+    pub nics: Vec<Nic>,
     /// Serial port output.
     pub output: Box<dyn Write + Send>,
     /// Serial port input (a terminal or pipe); Ctrl-A x on it quits.
@@ -78,7 +92,7 @@ pub enum StopReason {
 }
 
 /// How a run ended.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Outcome {
     pub reason: StopReason,
     /// Port and MMIO accesses no device answered.
@@ -177,6 +191,13 @@ pub(crate) struct Vm {
 /// `irqchip`: KVM's in-kernel LAPICs, IOAPIC, PIC and PIT (without them,
 /// as the probe wants, every vCPU starts runnable).
 pub(crate) fn create_vm(kvm: Kvm, mem_size: u64, irqchip: bool) -> Result<Vm> {
+    let ram = GuestRam::new(0, mem_size as usize)?;
+    create_vm_with_ram(kvm, ram, irqchip)
+}
+
+/// [`create_vm`] over given RAM (a snapshot's memory file).
+fn create_vm_with_ram(kvm: Kvm, ram: GuestRam, irqchip: bool) -> Result<Vm> {
+    let mem_size = ram.size() as u64;
     let k = |what: &'static str| move |source| Error::Kvm { what, source };
     let fd = kvm.create_vm().map_err(k("KVM_CREATE_VM"))?;
     fd.set_tss_address(KVM_TSS_ADDR as usize)
@@ -189,7 +210,6 @@ pub(crate) fn create_vm(kvm: Kvm, mem_size: u64, irqchip: bool) -> Result<Vm> {
         };
         fd.create_pit2(pit).map_err(k("KVM_CREATE_PIT2"))?;
     }
-    let ram = GuestRam::new(0, mem_size as usize)?;
     let region = kvm_userspace_memory_region {
         slot: 0,
         flags: 0,
@@ -232,7 +252,8 @@ fn check(cfg: &MachineConfig) -> Result<()> {
             cfg.mem_size
         )));
     }
-    let devices = cfg.disks.len() + cfg.rng as usize + cfg.virtio_console.is_some() as usize;
+    let devices =
+        cfg.disks.len() + cfg.rng as usize + cfg.virtio_console.is_some() as usize + cfg.nics.len();
     if devices > MAX_VIRTIO_DEVICES {
         return Err(Error::Config(format!(
             "{devices} virtio devices: the board has {MAX_VIRTIO_DEVICES} slots"
@@ -243,14 +264,51 @@ fn check(cfg: &MachineConfig) -> Result<()> {
 
 /// Boots the machine and runs it until it stops.
 pub fn run(cfg: MachineConfig) -> Result<Outcome> {
-    check(&cfg)?;
-    let kvm = open_kvm(&cfg.kvm_path)?;
-    // Recognise the kernel before building anything.
-    boot::identify(&cfg.kernel, &cfg.kernel_name)?;
-    let vm = create_vm(kvm, cfg.mem_size, true)?;
-    let mem = vm.ram.memory().clone();
+    start(cfg)?.wait()
+}
 
-    // Devices.
+/// The device kinds of each virtio slot, in slot order (as the state
+/// file names them).
+fn device_kinds(cfg: &MachineConfig) -> Vec<String> {
+    let mut v: Vec<String> = cfg.disks.iter().map(|_| "block".to_string()).collect();
+    if cfg.rng {
+        v.push("rng".into());
+    }
+    if cfg.virtio_console.is_some() {
+        v.push("console".into());
+    }
+    v.extend(cfg.nics.iter().map(|_| "net".to_string()));
+    v
+}
+
+fn summary(cfg: &MachineConfig) -> MachineSummary {
+    MachineSummary {
+        board: snapshot::BOARD_NAME.into(),
+        vcpus: cfg.vcpus,
+        mem_size: cfg.mem_size,
+        devices: device_kinds(cfg),
+        disk_sizes: cfg.disks.iter().map(|d| d.backend.len()).collect(),
+    }
+}
+
+/// The devices of a machine, built (or restored) and wired to the VM.
+struct Board {
+    devices: Arc<Devices>,
+    relays: Vec<Relay>,
+    /// `virtio_mmio.device=` for each slot.
+    cmdline: String,
+    console_host: Option<virtio::ConsoleHost>,
+    writable_disks: Vec<usize>,
+}
+
+/// Builds the serial port and the virtio slots (fresh, or from `saved`
+/// serial and transport states), their irqfds and ioeventfds.
+fn build_devices(
+    vm: &Vm,
+    cfg: &mut MachineConfig,
+    saved: Option<(&snapshot::SerialState, &[virtio::persist::TransportState])>,
+) -> Result<Board> {
+    let mem = vm.ram.memory().clone();
     let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd", e))?;
     vm.fd
         .register_irqfd(&serial_irq, COM1_IRQ)
@@ -259,7 +317,11 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome> {
             source,
         })?;
     let mut virtio_devs: Vec<Box<dyn virtio::VirtioDevice>> = Vec::new();
+    let mut writable_disks = Vec::new();
     for (i, d) in cfg.disks.iter().enumerate() {
+        if !d.read_only && !d.backend.is_read_only() {
+            writable_disks.push(i);
+        }
         virtio_devs.push(Box::new(virtio::Block::new(
             d.backend.clone(),
             virtio::BlockConfig {
@@ -271,13 +333,16 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome> {
     if cfg.rng {
         virtio_devs.push(Box::new(virtio::Rng::new()));
     }
-    let mut _console_host = None;
-    if let Some(out) = cfg.virtio_console {
+    let mut console_host = None;
+    if let Some(out) = cfg.virtio_console.take() {
         let (dev, host) = virtio::Console::new(out, None);
-        _console_host = Some(host);
+        console_host = Some(host);
         virtio_devs.push(Box::new(dev));
     }
-    let mut cmdline = cfg.cmdline.clone();
+    for nic in std::mem::take(&mut cfg.nics) {
+        virtio_devs.push(Box::new(virtio::Net::new(nic.backend, nic.mac)));
+    }
+    let mut cmdline = String::new();
     let mut slots = Vec::new();
     let mut relays: Vec<Relay> = Vec::new();
     for (i, dev) in virtio_devs.into_iter().enumerate() {
@@ -285,9 +350,16 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome> {
         let gsi = VIRTIO_IRQ_BASE + i as u32;
         let queues = dev.queue_max_sizes().len();
         let line = IrqFdLine::new(&vm.fd, gsi)?;
+        let transport = match saved {
+            None => virtio::MmioTransport::new(dev, mem.clone(), line.clone()),
+            Some((_, states)) => {
+                virtio::MmioTransport::restore(dev, mem.clone(), line.clone(), &states[i])
+                    .map_err(|e| Error::SnapshotState(format!("virtio slot {i}: {e}")))?
+            }
+        };
         let slot = Arc::new(VirtioSlot {
             base,
-            transport: Mutex::new(virtio::MmioTransport::new(dev, mem.clone(), line.clone())),
+            transport: Mutex::new(transport),
         });
         relays.push(irqfd::start_relay(&vm.fd, slot.clone(), queues, line)?);
         slots.push(slot);
@@ -296,20 +368,70 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome> {
         }
         cmdline.push_str(&format!("virtio_mmio.device=4K@{base:#x}:{gsi}"));
     }
-    let devices = Arc::new(Devices {
-        serial: Mutex::new(vm_superio::Serial::new(
+    let output = std::mem::replace(&mut cfg.output, Box::new(std::io::sink()));
+    let serial = match saved {
+        None => vm_superio::Serial::new(IrqFdTrigger(serial_irq), output),
+        Some((s, _)) => vm_superio::Serial::from_state(
+            &s.into(),
             IrqFdTrigger(serial_irq),
-            cfg.output,
-        )),
+            vm_superio::serial::NoEvents,
+            output,
+        )
+        .map_err(|e| Error::SnapshotState(format!("serial port: {e:?}")))?,
+    };
+    let devices = Arc::new(Devices {
+        serial: Mutex::new(serial),
         virtio: slots,
         unhandled_io: Default::default(),
         unhandled_mmio: Default::default(),
         notify_exits: Default::default(),
     });
+    Ok(Board {
+        devices,
+        relays,
+        cmdline,
+        console_host,
+        writable_disks,
+    })
+}
+
+fn create_vcpu(vm: &Vm, cpuid: &kvm_bindings::CpuId, i: usize, count: usize) -> Result<VcpuFd> {
+    let vcpu = vm.fd.create_vcpu(i as u64).map_err(|source| Error::Kvm {
+        what: "KVM_CREATE_VCPU",
+        source,
+    })?;
+    let mut cpuid = cpuid.clone();
+    cpu::filter_cpuid(&mut cpuid, i as u32, count as u32);
+    vcpu.set_cpuid2(&cpuid).map_err(|source| Error::Kvm {
+        what: "KVM_SET_CPUID2",
+        source,
+    })?;
+    Ok(vcpu)
+}
+
+/// Builds the machine described by `cfg`, loads its kernel and starts its
+/// vCPUs; returns a handle to pause, snapshot, resume and wait for it.
+pub fn start(cfg: MachineConfig) -> Result<RunningMachine> {
+    let mut cfg = cfg;
+    check(&cfg)?;
+    let kvm = open_kvm(&cfg.kvm_path)?;
+    // Recognise the kernel before building anything.
+    boot::identify(&cfg.kernel, &cfg.kernel_name)?;
+    let summary = summary(&cfg);
+    let vm = create_vm(kvm, cfg.mem_size, true)?;
+    let mem = vm.ram.memory().clone();
+    let mut board = build_devices(&vm, &mut cfg, None)?;
+    let mut cmdline = cfg.cmdline.clone();
+    if !board.cmdline.is_empty() {
+        if !cmdline.is_empty() {
+            cmdline.push(' ');
+        }
+        cmdline.push_str(&std::mem::take(&mut board.cmdline));
+    }
 
     // Load.
     let kernel = boot::load_kernel(&mem, cfg.mem_size, &cfg.kernel, &cfg.kernel_name)?;
-    drop(cfg.kernel);
+    cfg.kernel = Vec::new();
     boot::write_boot_params(
         &mem,
         &kernel,
@@ -323,7 +445,7 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome> {
     mptable::write(&mem, cfg.vcpus)?;
     // ACPI too: kernels without virtio_mmio's command-line devices
     // (Debian's) find the slots in its DSDT.
-    let acpi_slots: Vec<_> = (devices.virtio.iter().enumerate())
+    let acpi_slots: Vec<_> = (board.devices.virtio.iter().enumerate())
         .map(|(i, s)| acpi::VirtioMmio {
             base: s.base,
             gsi: VIRTIO_IRQ_BASE + i as u32,
@@ -337,16 +459,7 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome> {
     let base_cpuid = cpu::supported_cpuid(&vm.kvm)?;
     let mut vcpus = Vec::with_capacity(cfg.vcpus);
     for i in 0..cfg.vcpus {
-        let vcpu = vm.fd.create_vcpu(i as u64).map_err(|source| Error::Kvm {
-            what: "KVM_CREATE_VCPU",
-            source,
-        })?;
-        let mut cpuid = base_cpuid.clone();
-        cpu::filter_cpuid(&mut cpuid, i as u32, cfg.vcpus as u32);
-        vcpu.set_cpuid2(&cpuid).map_err(|source| Error::Kvm {
-            what: "KVM_SET_CPUID2",
-            source,
-        })?;
+        let vcpu = create_vcpu(&vm, &base_cpuid, i, cfg.vcpus)?;
         cpu::setup_registers(
             &vcpu,
             Entry {
@@ -358,65 +471,424 @@ pub fn run(cfg: MachineConfig) -> Result<Outcome> {
         cpu::setup_lint(&vcpu)?;
         vcpus.push(vcpu);
     }
+    launch(vm, board, vcpus, summary, &cfg, false)
+}
 
+/// Builds a machine from a snapshot (the state file `state_path` and the
+/// memory file `mem_path`, as [`RunningMachine::snapshot`] wrote them) and
+/// runs it from the snapshot's instant (left paused when `paused`:
+/// [`RunningMachine::resume`] starts it).
+///
+/// `cfg` supplies what a snapshot cannot hold: the disks' and NICs'
+/// backends, the serial port's output and input, the time limit. Its
+/// vCPUs, RAM size and devices must match the snapshot's (else
+/// [`Error::SnapshotMismatch`] says what differs); its kernel, initrd and
+/// command line are not used. A riscv64 snapshot is refused by name.
+/// RAM is the memory file mapped `MAP_PRIVATE`: pages are read on first
+/// touch and the guest's writes never reach the file.
+pub fn restore(
+    cfg: MachineConfig,
+    state_path: &Path,
+    mem_path: &Path,
+    paused: bool,
+) -> Result<RunningMachine> {
+    let mut cfg = cfg;
+    let st = snapshot::read(state_path)?;
+    check(&cfg)?;
+    let summary = summary(&cfg);
+    if let Some(what) = st.machine.mismatch(&summary) {
+        return Err(Error::SnapshotMismatch(what));
+    }
+    let kvm = open_kvm(&cfg.kvm_path)?;
+    let ram = GuestRam::from_file(0, mem_path, cfg.mem_size as usize)?;
+    let vm = create_vm_with_ram(kvm, ram, true)?;
+    let board = build_devices(&vm, &mut cfg, Some((&st.serial, &st.virtio)))?;
+    let base_cpuid = cpu::supported_cpuid(&vm.kvm)?;
+    let mut vcpus = Vec::with_capacity(cfg.vcpus);
+    for i in 0..cfg.vcpus {
+        vcpus.push(create_vcpu(&vm, &base_cpuid, i, cfg.vcpus)?);
+    }
+    snapshot::restore_vm(&vm.fd, &st.vm)?;
+    for (i, (vcpu, s)) in vcpus.iter().zip(&st.vcpus).enumerate() {
+        snapshot::restore_vcpu(vcpu, s)
+            .map_err(|e| Error::SnapshotState(format!("vCPU {i}: {e}")))?;
+    }
+    launch(vm, board, vcpus, summary, &cfg, paused)
+}
+
+/// The VM configuration a snapshot recorded for its restorer (see
+/// [`RunningMachine::snapshot_with_config`]), if any.
+pub fn snapshot_config(state_path: &Path) -> Result<Option<serde_json::Value>> {
+    Ok(snapshot::read(state_path)?.vm_config)
+}
+
+/// Starts the device workers, one thread per vCPU and the serial input.
+fn launch(
+    vm: Vm,
+    board: Board,
+    vcpus: Vec<VcpuFd>,
+    summary: MachineSummary,
+    cfg: &MachineConfig,
+    paused: bool,
+) -> Result<RunningMachine> {
+    // A restored device runs again only now that the whole board
+    // (interrupt controllers included) is back.
+    for slot in &board.devices.virtio {
+        slot.transport
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .resume()
+            .map_err(|e| Error::SnapshotState(format!("resuming a virtio device: {e}")))?;
+    }
+    let msrs = Arc::new(snapshot::msr_list(&vm.kvm)?);
     let power = Arc::new(Power {
         reason: Mutex::new(None),
         cv: Condvar::new(),
     });
+    let n = vcpus.len();
+    let ctl = Arc::new(Control {
+        pause: AtomicBool::new(paused),
+        parking: Mutex::new(Parking {
+            parked: 0,
+            states: vec![None; n],
+        }),
+        cv: Condvar::new(),
+    });
     let kick = kick_signal()?;
-    let mut threads = Vec::with_capacity(vcpus.len());
+    let m = RunningMachine {
+        devices: board.devices,
+        relays: Mutex::new(board.relays),
+        _console_host: board.console_host,
+        writable_disks: board.writable_disks,
+        power,
+        ctl,
+        summary,
+        threads: Mutex::new(Vec::new()),
+        input: Mutex::new(None),
+        kick,
+        timeout: cfg.timeout,
+        ops: Mutex::new(()),
+        outcome: Mutex::new(None),
+        vm,
+    };
     for (i, vcpu) in vcpus.into_iter().enumerate() {
-        let (devices, power) = (devices.clone(), power.clone());
+        let (devices, power, ctl, msrs) = (
+            m.devices.clone(),
+            m.power.clone(),
+            m.ctl.clone(),
+            msrs.clone(),
+        );
         let t = std::thread::Builder::new()
             .name(format!("vcpu{i}"))
-            .spawn(move || vcpu_loop(vcpu, i, &devices, &power))
-            .map_err(|e| Error::Io("spawning a vCPU thread", e))?;
-        threads.push(t);
+            .spawn(move || vcpu_loop(vcpu, i, &devices, &power, &ctl, &msrs))
+            .map_err(|e| {
+                m.power
+                    .stop(StopReason::Fatal("vCPU thread start failed".into()));
+                Error::Io("spawning a vCPU thread", e)
+            })?;
+        m.lock_threads().push(t);
     }
-    let input_stop = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd", e))?;
-    let input = match cfg.input {
-        Some(fd) => {
-            let stop = input_stop
-                .try_clone()
-                .map_err(|e| Error::Io("eventfd", e))?;
-            Some(spawn_input(fd, stop, devices.clone(), power.clone())?)
-        }
-        None => None,
-    };
+    if let Some(fd) = cfg.input {
+        let input_stop = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd", e))?;
+        let stop = input_stop
+            .try_clone()
+            .map_err(|e| Error::Io("eventfd", e))?;
+        let t = spawn_input(fd, stop, m.devices.clone(), m.power.clone())?;
+        *m.input.lock().unwrap_or_else(|e| e.into_inner()) = Some((t, input_stop));
+    }
+    if paused {
+        m.wait_parked()?;
+    }
+    Ok(m)
+}
 
-    let reason = power.wait(cfg.timeout);
-    stop_threads(threads, kick);
-    if let Some(t) = input {
-        // Wake its poll so that it sees the stop at once.
-        let _ = input_stop.write(1);
-        let _ = t.join();
+/// What a parked vCPU left behind.
+struct Parking {
+    parked: usize,
+    /// Each vCPU's state at its last pause (or why it could not be read).
+    states: Vec<Option<std::result::Result<VcpuState, String>>>,
+}
+
+/// The pause latch the vCPU threads park on.
+struct Control {
+    pause: AtomicBool,
+    parking: Mutex<Parking>,
+    cv: Condvar,
+}
+
+impl Control {
+    fn lock(&self) -> MutexGuard<'_, Parking> {
+        self.parking.lock().unwrap_or_else(|e| e.into_inner())
     }
-    // Devices stop before the RAM and the VM go away.
-    drop(relays);
-    for slot in &devices.virtio {
-        slot.transport
+}
+
+/// A started machine: its vCPUs run on their own threads until the guest
+/// resets, the user quits or the time limit passes. Every method takes
+/// `&self`, so a control thread (an API server) can pause, snapshot and
+/// resume it while another waits for it.
+pub struct RunningMachine {
+    devices: Arc<Devices>,
+    relays: Mutex<Vec<Relay>>,
+    _console_host: Option<virtio::ConsoleHost>,
+    /// Disks the guest can write: a snapshot has no copy of them.
+    writable_disks: Vec<usize>,
+    power: Arc<Power>,
+    ctl: Arc<Control>,
+    summary: MachineSummary,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    input: Mutex<Option<(JoinHandle<()>, EventFd)>>,
+    kick: i32,
+    timeout: Option<Duration>,
+    /// Serialises pause, resume, snapshot and teardown.
+    ops: Mutex<()>,
+    /// Set once torn down.
+    outcome: Mutex<Option<Outcome>>,
+    // Last: the VM (and its RAM) outlive every thread and device above.
+    vm: Vm,
+}
+
+impl RunningMachine {
+    fn lock_threads(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.threads.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_ops(&self) -> MutexGuard<'_, ()> {
+        self.ops.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Why the machine stopped, once it has.
+    pub fn stopped(&self) -> Option<StopReason> {
+        self.power
+            .reason
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .shutdown();
+            .clone()
     }
-    let _ = devices
-        .serial
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .writer_mut()
-        .flush();
-    Ok(Outcome {
-        reason,
-        unhandled_io: devices
-            .unhandled_io
-            .load(std::sync::atomic::Ordering::Relaxed),
-        unhandled_mmio: devices
-            .unhandled_mmio
-            .load(std::sync::atomic::Ordering::Relaxed),
-        notify_exits: devices
-            .notify_exits
-            .load(std::sync::atomic::Ordering::Relaxed),
-    })
+
+    /// Stops the machine for `reason` (the first reason wins).
+    pub fn stop(&self, reason: StopReason) {
+        self.power.stop(reason);
+    }
+
+    /// Whether the machine is paused.
+    pub fn is_paused(&self) -> bool {
+        self.ctl.pause.load(Ordering::Acquire)
+    }
+
+    /// The configuration a snapshot of this machine records.
+    pub fn summary(&self) -> &MachineSummary {
+        &self.summary
+    }
+
+    /// Takes every vCPU out of KVM_RUN (any I/O it was in completed) and
+    /// parks it with its state read, then quiesces the virtio devices
+    /// (each finishes the request it is on). A no-op if already paused.
+    pub fn pause(&self) -> Result<()> {
+        let _op = self.lock_ops();
+        if self.power.is_stopped() {
+            return Err(Error::NotRunning(self.stopped()));
+        }
+        if self.is_paused() {
+            return Ok(());
+        }
+        self.ctl.pause.store(true, Ordering::Release);
+        self.wait_parked()
+    }
+
+    /// The second half of a pause, once the latch is set: knocks the vCPU
+    /// threads out of KVM_RUN until all have parked, then pauses the
+    /// devices.
+    fn wait_parked(&self) -> Result<()> {
+        let n = self.lock_threads().len();
+        loop {
+            {
+                let p = self.ctl.lock();
+                if p.parked == n || self.power.is_stopped() {
+                    break;
+                }
+            }
+            // A signal can land just before a thread enters KVM_RUN;
+            // knocking again until it parks covers that.
+            for t in self.lock_threads().iter() {
+                if !t.is_finished() {
+                    // SAFETY: the thread has not been joined (the handle is
+                    // still in the list), so its pthread_t is valid; the
+                    // signal's handler does nothing.
+                    unsafe { libc::pthread_kill(t.as_pthread_t(), self.kick) };
+                }
+            }
+            let p = self.ctl.lock();
+            let _ = self
+                .ctl
+                .cv
+                .wait_timeout(p, Duration::from_millis(2))
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        if self.power.is_stopped() {
+            self.ctl.pause.store(false, Ordering::Release);
+            return Err(Error::NotRunning(self.stopped()));
+        }
+        for slot in &self.devices.virtio {
+            slot.transport
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pause();
+        }
+        Ok(())
+    }
+
+    /// Runs a paused machine again from where it stopped. A no-op if it
+    /// is not paused.
+    pub fn resume(&self) -> Result<()> {
+        let _op = self.lock_ops();
+        if !self.is_paused() {
+            return Ok(());
+        }
+        if self.power.is_stopped() {
+            return Err(Error::NotRunning(self.stopped()));
+        }
+        for slot in &self.devices.virtio {
+            slot.transport
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .resume()
+                .map_err(|e| Error::SnapshotState(format!("resuming a virtio device: {e}")))?;
+        }
+        let _p = self.ctl.lock();
+        self.ctl.pause.store(false, Ordering::Release);
+        self.ctl.cv.notify_all();
+        Ok(())
+    }
+
+    /// Writes a snapshot of the paused machine: its state to `state_path`,
+    /// its RAM to `mem_path` (sparse). The machine stays paused.
+    pub fn snapshot(&self, state_path: &Path, mem_path: &Path) -> Result<()> {
+        self.snapshot_with_config(state_path, mem_path, None)
+    }
+
+    /// [`RunningMachine::snapshot`], recording `vm_config` (the caller's
+    /// description of the machine: disk paths, networks) in the state file
+    /// for whoever restores it ([`snapshot_config`]).
+    pub fn snapshot_with_config(
+        &self,
+        state_path: &Path,
+        mem_path: &Path,
+        vm_config: Option<serde_json::Value>,
+    ) -> Result<()> {
+        let _op = self.lock_ops();
+        if !self.is_paused() || self.power.is_stopped() {
+            return Err(Error::NotPaused);
+        }
+        if state_path == mem_path {
+            return Err(Error::SnapshotState(format!(
+                "the state file and the memory file are both {}",
+                state_path.display()
+            )));
+        }
+        if let Some(&index) = self.writable_disks.first() {
+            return Err(Error::WritableDiskSnapshot { index });
+        }
+        let vcpus = self
+            .ctl
+            .lock()
+            .states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| match s {
+                Some(Ok(s)) => Ok(s.clone()),
+                Some(Err(e)) => Err(Error::SnapshotState(format!(
+                    "cannot read the state of vCPU {i}: {e}"
+                ))),
+                None => Err(Error::NotPaused),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let serial = self
+            .devices
+            .serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .state()
+            .into();
+        let virtio = self
+            .devices
+            .virtio
+            .iter()
+            .map(|s| {
+                s.transport
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .save()
+                    .map_err(|e| Error::SnapshotState(e.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let state = MachineState {
+            version: snapshot::MACHINE_STATE_VERSION,
+            machine: self.summary.clone(),
+            vcpus,
+            vm: snapshot::save_vm(&self.vm.fd)?,
+            serial,
+            virtio,
+            vm_config,
+        };
+        vmm::snapshot::write_memory(mem_path, &self.vm.ram)?;
+        vmm::snapshot::write_state(state_path, &state)?;
+        Ok(())
+    }
+
+    /// Waits until the machine stops (or its time limit passes), tears it
+    /// down (threads joined, device workers stopped) and returns why it
+    /// stopped. Later calls return the same outcome.
+    pub fn wait(&self) -> Result<Outcome> {
+        let reason = self.power.wait(self.timeout);
+        let _op = self.lock_ops();
+        let mut outcome = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(o) = outcome.as_ref() {
+            return Ok(o.clone());
+        }
+        let threads = std::mem::take(&mut *self.lock_threads());
+        stop_threads(threads, self.kick);
+        if let Some((t, stop)) = self.input.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            // Wake its poll so that it sees the stop at once.
+            let _ = stop.write(1);
+            let _ = t.join();
+        }
+        // Devices stop before the RAM and the VM go away.
+        self.relays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        for slot in &self.devices.virtio {
+            slot.transport
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .shutdown();
+        }
+        let _ = self
+            .devices
+            .serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .writer_mut()
+            .flush();
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let o = Outcome {
+            reason,
+            unhandled_io: load(&self.devices.unhandled_io),
+            unhandled_mmio: load(&self.devices.unhandled_mmio),
+            notify_exits: load(&self.devices.notify_exits),
+        };
+        *outcome = Some(o.clone());
+        Ok(o)
+    }
+}
+
+impl Drop for RunningMachine {
+    /// A machine dropped while running is stopped and torn down first, so
+    /// no thread outlives it.
+    fn drop(&mut self) {
+        self.power.stop(StopReason::Quit);
+        let _ = self.wait();
+    }
 }
 
 /// The real-time signal that knocks a vCPU thread out of KVM_RUN.
@@ -468,39 +940,89 @@ impl Drop for StopOnExit<'_> {
     }
 }
 
-fn vcpu_loop(mut vcpu: VcpuFd, index: usize, devices: &Devices, power: &Power) {
+fn vcpu_loop(
+    mut vcpu: VcpuFd,
+    index: usize,
+    devices: &Devices,
+    power: &Power,
+    ctl: &Control,
+    msrs: &[u32],
+) {
     let _guard = StopOnExit(power, index);
     loop {
         if power.is_stopped() {
             return;
+        }
+        if ctl.pause.load(Ordering::Acquire) {
+            park(&mut vcpu, index, power, ctl, msrs);
+            continue;
         }
         let next = match vcpu.run() {
             Ok(exit) => handle_exit(exit, index, devices),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Next::Continue,
             Err(e) => Next::Fault(format!("KVM_RUN failed: {e}")),
         };
-        match next {
-            Next::Continue => {}
-            Next::Stop(reason) => return power.stop(reason),
-            Next::Fault(what) => {
-                let regs = cpu::describe(&vcpu);
-                return power.stop(StopReason::Fatal(format!("vCPU {index}: {what}; {regs}")));
-            }
-            Next::InternalError => {
-                // SAFETY: after KVM_EXIT_INTERNAL_ERROR the `internal` member
-                // of the kvm_run union is the one KVM filled in.
-                let sub = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
-                let kind = match sub {
-                    1 => " (instruction emulation failed)",
-                    2 => " (exception while delivering an event)",
-                    3 => " (delivery of an event failed)",
-                    _ => "",
-                };
-                let regs = cpu::describe(&vcpu);
-                return power.stop(StopReason::Fatal(format!(
-                    "vCPU {index}: KVM internal error {sub}{kind}; {regs}"
-                )));
-            }
+        if let Some(reason) = stop_reason(&mut vcpu, index, next) {
+            return power.stop(reason);
+        }
+    }
+}
+
+/// Parks a vCPU for a pause: first one KVM_RUN with `immediate_exit` set,
+/// which completes an I/O instruction whose exit was just handled
+/// (otherwise its result would be lost from the saved registers) and
+/// returns before running guest code; then its state is read for a
+/// snapshot and the thread waits for the resume.
+fn park(vcpu: &mut VcpuFd, index: usize, power: &Power, ctl: &Control, msrs: &[u32]) {
+    vcpu.set_kvm_immediate_exit(1);
+    let r = vcpu.run().err().map(|e| e.errno());
+    vcpu.set_kvm_immediate_exit(0);
+    let state = match r {
+        Some(libc::EINTR) => snapshot::save_vcpu(vcpu, msrs).map_err(|e| e.to_string()),
+        Some(errno) => Err(format!(
+            "KVM_RUN with immediate_exit failed: {}",
+            std::io::Error::from_raw_os_error(errno)
+        )),
+        None => Err("KVM_RUN with immediate_exit ran the guest".into()),
+    };
+    let mut p = ctl.lock();
+    p.states[index] = Some(state);
+    p.parked += 1;
+    ctl.cv.notify_all();
+    while ctl.pause.load(Ordering::Acquire) && !power.is_stopped() {
+        // Polled: the stop latch has its own condition variable.
+        p = ctl
+            .cv
+            .wait_timeout(p, Duration::from_millis(50))
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+    p.parked -= 1;
+}
+
+/// How the machine stops after `next`, if it does.
+fn stop_reason(vcpu: &mut VcpuFd, index: usize, next: Next) -> Option<StopReason> {
+    match next {
+        Next::Continue => None,
+        Next::Stop(reason) => Some(reason),
+        Next::Fault(what) => {
+            let regs = cpu::describe(vcpu);
+            Some(StopReason::Fatal(format!("vCPU {index}: {what}; {regs}")))
+        }
+        Next::InternalError => {
+            // SAFETY: after KVM_EXIT_INTERNAL_ERROR the `internal` member
+            // of the kvm_run union is the one KVM filled in.
+            let sub = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
+            let kind = match sub {
+                1 => " (instruction emulation failed)",
+                2 => " (exception while delivering an event)",
+                3 => " (delivery of an event failed)",
+                _ => "",
+            };
+            let regs = cpu::describe(vcpu);
+            Some(StopReason::Fatal(format!(
+                "vCPU {index}: KVM internal error {sub}{kind}; {regs}"
+            )))
         }
     }
 }

@@ -144,6 +144,7 @@ pub fn config(kernel: &Path, out: &Capture) -> MachineConfig {
         disks: Vec::new(),
         rng: false,
         virtio_console: None,
+        nics: Vec::new(),
         output: Box::new(out.clone()),
         input: None,
         timeout: Some(Duration::from_secs(30)),
@@ -222,4 +223,222 @@ pub fn build_bzimage(dir: &Path, name: &str, body: &str) -> PathBuf {
     let out = dir.join(name);
     std::fs::write(&out, img).unwrap();
     out
+}
+
+/// The ARP guest for a network card in virtio slot `slot` (the slots
+/// before it hold other devices): the card's registers and IOAPIC pin
+/// follow from the slot.
+pub fn net_guest(slot: u32) -> String {
+    format!(
+        ".equ NET_BASE, {:#x}\n.equ NET_PIN, {}\n{NET_GUEST}",
+        0xd000_0000u32 + slot * 0x1000,
+        5 + slot
+    )
+}
+
+const NET_GUEST: &str = r#"
+_start:
+    mov al, 0xff
+    out 0x21, al
+    out 0xa1, al
+    lea rax, [rip + irq_handler]
+    lea rdi, [rip + idt + 0x30 * 16]
+    mov word ptr [rdi], ax
+    mov word ptr [rdi + 2], 0x08
+    mov word ptr [rdi + 4], 0x8e00
+    shr rax, 16
+    mov word ptr [rdi + 6], ax
+    shr rax, 16
+    mov dword ptr [rdi + 8], eax
+    mov dword ptr [rdi + 12], 0
+    lidt [rip + idtr]
+    # LAPIC on; IOAPIC pin NET_PIN -> vector 0x30, level triggered, to APIC 0.
+    mov rbx, 0xfee00000
+    mov dword ptr [rbx + 0xf0], 0x1ff
+    mov rbx, 0xfec00000
+    mov dword ptr [rbx], 0x10 + 2 * NET_PIN + 1
+    mov dword ptr [rbx + 0x10], 0
+    mov dword ptr [rbx], 0x10 + 2 * NET_PIN
+    mov dword ptr [rbx + 0x10], 0x8030
+
+    mov rbx, NET_BASE
+    mov eax, [rbx + 0x08]
+    lea rdi, [rip + s_devid]
+    call kv
+    # Reset, ACKNOWLEDGE, DRIVER; accept VIRTIO_F_VERSION_1 only (no
+    # mergeable buffers: one receive chain per packet).
+    mov dword ptr [rbx + 0x70], 0
+    mov dword ptr [rbx + 0x70], 1
+    mov dword ptr [rbx + 0x70], 3
+    mov dword ptr [rbx + 0x24], 1
+    mov dword ptr [rbx + 0x20], 1
+    mov dword ptr [rbx + 0x24], 0
+    mov dword ptr [rbx + 0x20], 0
+    mov dword ptr [rbx + 0x70], 11
+    mov eax, [rbx + 0x70]
+    lea rdi, [rip + s_features_ok]
+    call kv
+    # The MAC address in the configuration space.
+    mov eax, [rbx + 0x100]
+    movzx ecx, word ptr [rbx + 0x104]
+    shl rcx, 32
+    or rax, rcx
+    lea rdi, [rip + s_mac]
+    call kv
+    # Queue 0 (receive) and 1 (transmit): 8 entries each.
+    xor r8d, r8d
+    lea r9, [rip + rx_desc]
+    call setup_queue
+    mov r8d, 1
+    lea r9, [rip + tx_desc]
+    call setup_queue
+    mov dword ptr [rbx + 0x70], 15
+    sti
+
+    # One 2 KiB receive buffer, device-writable.
+    lea rdi, [rip + rx_desc]
+    lea rax, [rip + rxbuf]
+    mov [rdi], rax
+    mov dword ptr [rdi + 8], 2048
+    mov word ptr [rdi + 12], 2
+    mov word ptr [rdi + 14], 0
+    lea rdi, [rip + rx_desc + 128]
+    mov word ptr [rdi + 4], 0
+    mov word ptr [rdi + 2], 1
+    mov dword ptr [rbx + 0x50], 0
+
+    # The ARP request: a 12-byte vnet header and a 42-byte frame.
+    lea rdi, [rip + tx_desc]
+    lea rax, [rip + txpkt]
+    mov [rdi], rax
+    mov dword ptr [rdi + 8], txpkt_end - txpkt
+    mov word ptr [rdi + 12], 0
+    mov word ptr [rdi + 14], 0
+    lea rdi, [rip + tx_desc + 128]
+    mov word ptr [rdi + 4], 0
+    mov word ptr [rdi + 2], 1
+    mov dword ptr [rbx + 0x50], 1
+
+    # Wait for the reply in the receive queue's used ring.
+1:  cli
+    movzx eax, word ptr [rip + rx_desc + 256 + 2]
+    test eax, eax
+    jnz 2f
+    sti
+    hlt
+    jmp 1b
+2:  sti
+    mov eax, [rip + rx_desc + 256 + 8]
+    lea rdi, [rip + s_rxlen]
+    call kv
+    movzx eax, word ptr [rip + rxbuf + 12 + 12]
+    xchg al, ah
+    lea rdi, [rip + s_ethertype]
+    call kv
+    movzx eax, word ptr [rip + rxbuf + 12 + 20]
+    xchg al, ah
+    lea rdi, [rip + s_arpop]
+    call kv
+    mov eax, [rip + rxbuf + 12 + 28]
+    bswap eax
+    lea rdi, [rip + s_sender_ip]
+    call kv
+    mov eax, [rip + rxbuf + 12 + 38]
+    bswap eax
+    lea rdi, [rip + s_target_ip]
+    call kv
+    # The transmitted chain came back too.
+3:  movzx eax, word ptr [rip + tx_desc + 256 + 2]
+    test eax, eax
+    jz 3b
+    lea rdi, [rip + s_tx_used]
+    call kv
+    mov rax, [rip + irqs]
+    lea rdi, [rip + s_irqs]
+    call kv
+    call reset
+
+# Queue r8d with its descriptor table at r9 (avail +128, used +256).
+setup_queue:
+    mov [rbx + 0x30], r8d
+    mov dword ptr [rbx + 0x38], 8
+    mov rax, r9
+    mov [rbx + 0x80], eax
+    shr rax, 32
+    mov [rbx + 0x84], eax
+    lea rax, [r9 + 128]
+    mov [rbx + 0x90], eax
+    shr rax, 32
+    mov [rbx + 0x94], eax
+    lea rax, [r9 + 256]
+    mov [rbx + 0xa0], eax
+    shr rax, 32
+    mov [rbx + 0xa4], eax
+    mov dword ptr [rbx + 0x44], 1
+    ret
+
+irq_handler:
+    push rax
+    push rbx
+    mov rbx, NET_BASE
+    mov eax, [rbx + 0x60]
+    mov [rbx + 0x64], eax
+    lock inc qword ptr [rip + irqs]
+    mov rbx, 0xfee00000
+    mov dword ptr [rbx + 0xb0], 0
+    pop rbx
+    pop rax
+    iretq
+
+.section .rodata
+s_devid: .asciz "devid"
+s_features_ok: .asciz "status"
+s_mac: .asciz "mac"
+s_rxlen: .asciz "rxlen"
+s_ethertype: .asciz "ethertype"
+s_arpop: .asciz "arpop"
+s_sender_ip: .asciz "sender_ip"
+s_target_ip: .asciz "target_ip"
+s_tx_used: .asciz "tx_used"
+s_irqs: .asciz "irqs"
+.data
+.balign 16
+idtr: .word 256 * 16 - 1
+      .quad idt
+.balign 16
+txpkt:
+    .fill 12, 1, 0
+    .byte 0xff, 0xff, 0xff, 0xff, 0xff, 0xff
+    .byte 0x52, 0x54, 0x00, 0x12, 0x34, 0x56
+    .byte 0x08, 0x06
+    .byte 0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01
+    .byte 0x52, 0x54, 0x00, 0x12, 0x34, 0x56
+    .byte 10, 0, 2, 15
+    .byte 0, 0, 0, 0, 0, 0
+    .byte 10, 0, 2, 2
+txpkt_end:
+.bss
+.balign 4096
+idt: .skip 4096
+rx_desc: .skip 512
+tx_desc: .skip 512
+rxbuf: .skip 2048
+.balign 8
+irqs: .skip 8
+.text
+"#;
+
+/// Checks what the ARP guest printed: the card, its MAC address, and the
+/// gateway's ARP reply.
+pub fn check_net_guest(text: &str) {
+    assert_eq!(value(text, "devid"), 1, "network device: {text}");
+    assert_eq!(value(text, "status"), 11, "FEATURES_OK kept: {text}");
+    // 52:54:00:12:34:56, read as a little-endian 48-bit number.
+    assert_eq!(value(text, "mac"), 0x5634_1200_5452, "{text}");
+    assert!(value(text, "rxlen") >= 12 + 42, "{text}");
+    assert_eq!(value(text, "ethertype"), 0x0806, "an ARP frame: {text}");
+    assert_eq!(value(text, "arpop"), 2, "an ARP reply: {text}");
+    assert_eq!(value(text, "sender_ip"), 0x0a00_0202, "from 10.0.2.2: {text}");
+    assert_eq!(value(text, "target_ip"), 0x0a00_020f, "to 10.0.2.15: {text}");
+    assert_eq!(value(text, "tx_used"), 1, "{text}");
 }
