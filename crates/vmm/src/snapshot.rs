@@ -223,7 +223,7 @@ pub fn write_state<T: Serialize>(path: &Path, state: &T) -> Result<(), SnapshotE
     let bytes = encode_state(state)?;
     let tmp = tmp_name(path);
     let write = || -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
+        let mut f = create_private(&tmp)?;
         f.write_all(&bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
@@ -277,10 +277,23 @@ const COPY_CHUNK: usize = 1 << 20;
 /// Writes guest RAM to the memory file `path`, all-zero pages as holes
 /// (a freshly booted guest's RAM is mostly zeros). The machine must be
 /// paused: RAM is read as it is at this moment.
+/// Creates (or truncates) a snapshot file readable by its owner only: it
+/// holds the guest's memory and registers, secrets included (the API
+/// socket is 0600 for the same reason).
+fn create_private(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    File::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
 pub fn write_memory(path: &Path, ram: &GuestRam) -> Result<(), SnapshotError> {
     let tmp = tmp_name(path);
     let write = || -> Result<(), SnapshotError> {
-        let f = File::create(&tmp).map_err(io_err(path))?;
+        let f = create_private(&tmp).map_err(io_err(path))?;
         let size = ram.size();
         let mut buf = vec![0u8; COPY_CHUNK.min(size)];
         let mut off = 0usize;
@@ -376,6 +389,10 @@ mod tests {
         assert_eq!(read_state::<S>(&path).unwrap(), sample());
         // No temporary file is left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // Guest secrets: the owner's only.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]
@@ -470,6 +487,8 @@ mod tests {
         write_memory(&path, &ram).unwrap();
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.len(), size as u64);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
 
         let restored = GuestRam::from_file(base, &path, size).unwrap();
         let m = restored.memory();
