@@ -416,7 +416,7 @@ native = rows[0][5]
 print(f"\n| kind | run by | start-up (ms) | peak RSS (MB) | peak PSS (MB) | compute {mib} MiB (s) | speed vs native |")
 print("|---|---|---|---|---|---|---|")
 for name, how, st, rss, pss, secs in rows:
-    print(f"| {name} | `{how}` | {st * 1000:.1f} | {rss:.1f} | {pss:.1f} | {secs:.3f} | {native / secs:.2f}x |")
+    print(f"| {name} | `{how}` | {st * 1000:.1f} | {rss:.2f} | {pss:.2f} | {secs:.3f} | {native / secs:.2f}x |")
 speed = {r[0]: native / r[5] for r in rows}
 start = {r[0]: r[2] for r in rows}
 emu = sorted([speed["riscv64 VM, restored"], speed["riscv64 VM, cold"], speed["user-mode emulation"]])

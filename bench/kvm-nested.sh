@@ -7,10 +7,15 @@
 # run, L1 boots the same guest ("L2": Debian's amd64 kernel, 1 vCPU,
 # 256 MiB, a busybox initramfs whose init prints its uptime and reboots
 # through the i8042) RUNS times under each monitor, alternating:
-#   virtkit      `virtkit vm run --arch x86_64` with the kernel's bzImage
-#   firecracker  `firecracker --no-api --config-file` with its vmlinux
-#                (uncompressed here from the bzImage's payload:
-#                Firecracker loads ELF kernels only on x86-64)
+#   virtkit          `virtkit vm run --arch x86_64` with the kernel's bzImage
+#   virtkit-vmlinux  the same with Firecracker's vmlinux (the same kernel,
+#                    without the bzImage's decompressor running in L2)
+#   firecracker      `firecracker --no-api --config-file` with its vmlinux
+#                    (uncompressed here from the bzImage's payload:
+#                    Firecracker loads ELF kernels only on x86-64)
+#   *-tiny           bench/kvm.sh's tiny guest (a serial line, then the
+#                    i8042 reset) under each monitor: the monitor's own
+#                    start and exit cost in L1, without a kernel to boot
 # and reports, per monitor, the L2 kernel's uptime when its init runs
 # (boot to userspace, in guest time), the monitor's wall time from start
 # to exit and its peak RSS, both measured in L1 by busybox `time`.
@@ -31,7 +36,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || { echo "RUNS must be a positive number" >&2; exit 2; }
-for tool in qemu-system-x86_64 python3 ldd objcopy zstd xz; do
+for tool in qemu-system-x86_64 python3 ldd objcopy zstd xz as ld; do
   command -v "$tool" >/dev/null || { echo "kvm-nested.sh: $tool is needed (scripts/install-deps.sh)" >&2; exit 2; }
 done
 if [[ -n ${FIRECRACKER:-} && ! -x $FIRECRACKER ]]; then
@@ -57,6 +62,30 @@ objcopy --strip-debug "$VIRTKIT" "$W/virtkit"
 
 APPEND="console=ttyS0 reboot=k panic=-1 pci=off quiet loglevel=2"
 
+# bench/kvm.sh's tiny guest (a line on the serial port, then the i8042
+# reset): what each monitor costs without a kernel to boot.
+cat > "$W/hello.s" <<'EOF'
+.intel_syntax noprefix
+.code64
+.globl _start
+_start:
+    lea rsi, [rip + msg]
+1:  mov al, [rsi]
+    test al, al
+    jz 2f
+    mov dx, 0x3f8
+    out dx, al
+    inc rsi
+    jmp 1b
+2:  mov al, 0xfe
+    out 0x64, al
+    jmp 2b
+msg: .asciz "hello from a tiny KVM guest\n"
+.section .note.GNU-stack, "", @progbits
+EOF
+as --64 -o "$W/hello.o" "$W/hello.s"
+ld -static -nostdlib -Ttext=0x200000 -o "$W/hello" "$W/hello.o"
+
 # L1's /init: load KVM, then boot L2 RUNS times under each monitor.
 cat > "$W/init" <<EOF
 #!/bin/sh
@@ -77,10 +106,19 @@ cat >/tmp/fc.json <<JSON
   "machine-config": { "vcpu_count": 1, "mem_size_mib": 256 }
 }
 JSON
+cat >/tmp/fc-tiny.json <<JSON
+{
+  "boot-source": { "kernel_image_path": "/guest/hello", "boot_args": "console=ttyS0" },
+  "drives": [],
+  "machine-config": { "vcpu_count": 1, "mem_size_mib": 256 }
+}
+JSON
 one() { # name command...
 	name=\$1; shift
 	time -f "L1-TIME %e %M %x" -o /tmp/time "\$@" </dev/null >/tmp/out 2>&1
 	up=\$(sed -n 's/.*L2-UPTIME \([0-9.]*\).*/\1/p' /tmp/out | head -1)
+	# The tiny guest has no uptime: its line is the proof it ran.
+	grep -q "hello from a tiny KVM guest" /tmp/out && up=0
 	set -- \$(cat /tmp/time | grep L1-TIME)
 	echo "L1-RESULT \$name \${up:-none} \$2 \$3 \$4"
 	[ -n "\$up" ] || { echo "L1-OUTPUT of \$name:"; tail -20 /tmp/out; }
@@ -89,7 +127,11 @@ i=0
 while [ \$i -lt $RUNS ]; do
 	one virtkit /bin/virtkit vm run --arch x86_64 --kernel /guest/bzImage --initrd /guest/l2.cpio \
 		--append "$APPEND" --mem 256M --cpus 1
+	one virtkit-vmlinux /bin/virtkit vm run --arch x86_64 --kernel /guest/vmlinux --initrd /guest/l2.cpio \
+		--append "$APPEND" --mem 256M --cpus 1
 	[ -x /bin/firecracker ] && one firecracker /bin/firecracker --no-api --config-file /tmp/fc.json --level Error
+	one virtkit-tiny /bin/virtkit vm run --arch x86_64 --kernel /guest/hello --mem 256M --cpus 1
+	[ -x /bin/firecracker ] && one firecracker-tiny /bin/firecracker --no-api --config-file /tmp/fc-tiny.json --level Error
 	i=\$((i + 1))
 done
 poweroff -f
@@ -206,6 +248,7 @@ l1.file("kvm/order", ("\n".join(order) + "\n").encode(), 0o644)
 l1.file("guest/bzImage", bz, 0o644)
 l1.file("guest/vmlinux", vmlinux, 0o644)
 l1.file("guest/l2.cpio", l2, 0o644)
+l1.file("guest/hello", read(os.path.join(w, "hello")), 0o644)
 l1.file("init", read(os.path.join(w, "init")))
 with open(os.path.join(w, "l1.cpio"), "wb") as f:
     f.write(l1.finish())
@@ -239,7 +282,7 @@ med = lambda xs: statistics.median(xs)
 print(f"\n| monitor (in L1, median of {runs}) | L2 uptime at init (s) | wall time (s) | peak RSS (MB) | exit status |")
 print("|---|---|---|---|---|")
 rows = {}
-for name in ("virtkit", "firecracker"):
+for name in ("virtkit", "virtkit-vmlinux", "firecracker", "virtkit-tiny", "firecracker-tiny"):
     if name not in res:
         continue
     r = res[name]
@@ -248,10 +291,17 @@ for name in ("virtkit", "firecracker"):
     allup = " ".join(f"{x[0]:.2f}" for x in r)
     allwall = " ".join(f"{x[1]:.2f}" for x in r)
     st = ",".join(sorted({str(x[3]) for x in r}))
-    print(f"| {name} | {up:.2f} ({allup}) | {wall:.2f} ({allwall}) | {rss:.1f} | {st} |")
-if len(rows) == 2:
-    v, f = rows["virtkit"], rows["firecracker"]
-    print(f"| ratio virtkit/firecracker | {v[0]/f[0]:.2f} | {v[1]/f[1]:.2f} | {v[2]/f[2]:.2f} | |")
+    if name.endswith("-tiny"):
+        rows[name] = (None, wall, rss)
+        print(f"| {name} (no Linux) | - | {wall:.2f} ({allwall}) | {rss:.1f} | {st} |")
+    else:
+        print(f"| {name} | {up:.2f} ({allup}) | {wall:.2f} ({allwall}) | {rss:.1f} | {st} |")
+for name, peer in (("virtkit", "firecracker"), ("virtkit-vmlinux", "firecracker"),
+                   ("virtkit-tiny", "firecracker-tiny")):
+    if name in rows and peer in rows:
+        v, f = rows[name], rows[peer]
+        up = "-" if v[0] is None else f"{v[0]/f[0]:.2f}"
+        print(f"| ratio {name}/{peer} | {up} | {v[1]/f[1]:.2f} | {v[2]/f[2]:.2f} | |")
 print(f"\n(one outer QEMU run of {outer:.0f} s; L2 is Debian's amd64 kernel with a busybox initramfs,"
       "\n 1 vCPU, 256 MiB; every number is from a machine emulated by QEMU's TCG, so only ratios carry over"
       "\n to hardware virtualization.)")
