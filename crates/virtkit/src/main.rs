@@ -16,6 +16,7 @@ mod run;
 mod run_x86;
 mod vm;
 mod vm_api;
+mod vm_api_x86;
 mod vm_x86;
 
 #[derive(Parser)]

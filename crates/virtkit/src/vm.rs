@@ -128,6 +128,12 @@ fn jit_default(no_jit: bool) -> bool {
 
 /// `virtkit vm restore DIR`: a new VM from a snapshot, running.
 fn restore(a: RestoreArgs) -> anyhow::Result<i32> {
+    // An x86 snapshot goes to the KVM board (vm_x86.rs).
+    let state = a.dir.join(vmm::api::STATE_FILE);
+    if x86_machine::snapshot::board_of(&state).is_ok_and(|b| b == x86_machine::snapshot::BOARD_NAME)
+    {
+        return crate::vm_x86::restore(&a.dir, a.api_sock.as_deref());
+    }
     let defaults = crate::vm_api::Defaults {
         jit: jit_default(a.no_jit),
     };
@@ -336,14 +342,10 @@ pub fn exit_status(reason: &StopReason) -> i32 {
 fn run(a: RunArgs) -> anyhow::Result<i32> {
     // x86_64 guests go to the KVM monitor (vm_x86.rs).
     if crate::vm_x86::is_x86_64(&a.arch) {
-        if a.api_sock.is_some() {
-            bail!("--api-sock: the control API serves riscv64 VMs only so far");
-        }
         return crate::vm_x86::run(crate::vm_x86::Request {
             accel: a.accel,
-            kernel: a
-                .kernel
-                .context("--kernel is required: which kernel should the VM boot?")?,
+            kernel: a.kernel,
+            api_sock: a.api_sock,
             initrd: a.initrd,
             append: a.append,
             cpus: a.cpus,

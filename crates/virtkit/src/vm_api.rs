@@ -153,6 +153,16 @@ pub fn restore(
     defaults: Defaults,
     paused: bool,
 ) -> anyhow::Result<(RunningMachine, VmConfig)> {
+    // Another board's snapshot (same file format) is refused by name.
+    if let Ok(board) = x86_machine::snapshot::board_of(state) {
+        if !board.starts_with("riscv64") {
+            anyhow::bail!(
+                "{} is a snapshot of the {board} board, not of a riscv64 machine \
+                 (restore it with `virtkit vm restore`, or load it into `vm run --arch x86_64 --api-sock`)",
+                state.display()
+            );
+        }
+    }
     let saved = machine::snapshot_config(state)
         .with_context(|| format!("reading the snapshot {}", state.display()))?;
     let config: VmConfig = match saved {
@@ -247,7 +257,7 @@ fn machine_config(c: &VmConfig, defaults: Defaults, boot: bool) -> anyhow::Resul
 }
 
 /// A network interface as `--nic` would say it.
-fn nic_spec(n: &NetworkInterface) -> anyhow::Result<String> {
+pub(crate) fn nic_spec(n: &NetworkInterface) -> anyhow::Result<String> {
     let mut s = match (&n.host_dev_name, &n.virtkit_user_net) {
         (Some(tap), None) => format!("tap,ifname={tap}"),
         (None, Some(u)) => {

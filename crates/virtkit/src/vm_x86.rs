@@ -2,6 +2,7 @@
 //! and the accelerator choice (`--accel`) shared with the riscv64 path.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -48,7 +49,10 @@ pub fn check_emulated(accel: &AccelArgs, arch: &str) -> anyhow::Result<()> {
 /// What `vm run --arch x86_64` was asked to do.
 pub struct Request {
     pub accel: AccelArgs,
-    pub kernel: PathBuf,
+    /// None: configured (or loaded from a snapshot) through the API.
+    pub kernel: Option<PathBuf>,
+    /// Serve the control API on this socket.
+    pub api_sock: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
     pub append: String,
     pub cpus: usize,
@@ -93,9 +97,29 @@ pub fn run(req: Request) -> anyhow::Result<i32> {
         .map(|n| crate::nic::parse_nic(n))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mem_size = crate::vm::parse_size(&req.mem)?;
-    let kernel = std::fs::read(&req.kernel)
-        .with_context(|| format!("cannot read the kernel {}", req.kernel.display()))?;
-    let kernel_name = req.kernel.display().to_string();
+    let defaults = crate::vm_api_x86::Defaults {
+        kvm_path: req.accel.kvm_device.clone(),
+        timeout: req.timeout.map(Duration::from_secs),
+    };
+    let Some(kernel_path) = req.kernel.clone() else {
+        let Some(sock) = &req.api_sock else {
+            bail!(
+                "--kernel is required (or --api-sock, to configure the VM through the control API)"
+            );
+        };
+        // Configured and started (or loaded) through the API.
+        let slot = Arc::new(crate::vm_api_x86::Slot::default());
+        let _server = crate::vm_api_x86::serve(
+            sock,
+            slot.clone(),
+            defaults,
+            vmm::api::InitialState::AwaitingConfig,
+        )?;
+        return wait(&slot.wait());
+    };
+    let kernel = std::fs::read(&kernel_path)
+        .with_context(|| format!("cannot read the kernel {}", kernel_path.display()))?;
+    let kernel_name = kernel_path.display().to_string();
     // A wrong file is reported before the probe's warning.
     x86_machine::boot::identify(&kernel, &kernel_name).map_err(flat)?;
     let initrd = req
@@ -122,6 +146,11 @@ pub fn run(req: Request) -> anyhow::Result<i32> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let nics = open_nics(&nic_specs)?;
+    let disk_specs = req
+        .disks
+        .iter()
+        .map(|d| crate::vm::parse_disk_spec(d))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let cfg = MachineConfig {
         kvm_path: req.accel.kvm_device.clone(),
         vcpus: req.cpus,
@@ -129,7 +158,7 @@ pub fn run(req: Request) -> anyhow::Result<i32> {
         kernel,
         kernel_name,
         initrd,
-        cmdline: req.append,
+        cmdline: req.append.clone(),
         disks,
         rng: true,
         virtio_console: None,
@@ -138,18 +167,79 @@ pub fn run(req: Request) -> anyhow::Result<i32> {
         input: Some(0),
         timeout: req.timeout.map(Duration::from_secs),
     };
-    let outcome = {
-        // Raw mode only while the machine runs; restored on every way out.
-        let _raw = riscv_machine::terminal::RawMode::enter(0);
-        x86_machine::run(cfg)
-    }
-    .map_err(flat);
+    let outcome = match &req.api_sock {
+        None => {
+            // Raw mode only while the machine runs; restored on every way out.
+            let _raw = riscv_machine::terminal::RawMode::enter(0);
+            x86_machine::run(cfg).map_err(flat)
+        }
+        Some(sock) => {
+            let config = crate::vm_api::describe(
+                &kernel_path,
+                req.initrd.as_deref(),
+                &req.append,
+                req.cpus,
+                mem_size,
+                &disk_specs,
+                &req.nics,
+            )?;
+            let m = Arc::new(x86_machine::start(cfg).map_err(flat)?);
+            let slot = Arc::new(crate::vm_api_x86::Slot::default());
+            slot.set(m.clone());
+            let _server = crate::vm_api_x86::serve(
+                sock,
+                slot,
+                defaults,
+                vmm::api::InitialState::Running(config),
+            )?;
+            let _raw = riscv_machine::terminal::RawMode::enter(0);
+            m.wait().map_err(flat)
+        }
+    };
     let probed = probe.join();
     let outcome = outcome?;
     if let Ok(Err(e)) = probed {
         eprintln!("virtkit: warning: the accelerator probe failed: {e:#}");
     }
     Ok(exit_status(&outcome.reason))
+}
+
+/// Waits for a machine the API built or restored; its exit status.
+fn wait(m: &x86_machine::RunningMachine) -> anyhow::Result<i32> {
+    let outcome = {
+        let _raw = riscv_machine::terminal::RawMode::enter(0);
+        m.wait()
+    }
+    .map_err(flat)?;
+    Ok(exit_status(&outcome.reason))
+}
+
+/// `virtkit vm restore DIR` of an x86 snapshot: a new VM, running.
+pub fn restore(dir: &std::path::Path, api_sock: Option<&std::path::Path>) -> anyhow::Result<i32> {
+    let defaults = crate::vm_api_x86::Defaults {
+        kvm_path: x86_machine::DEFAULT_KVM_PATH.into(),
+        timeout: None,
+    };
+    let (m, config) = crate::vm_api_x86::restore(
+        &dir.join(vmm::api::STATE_FILE),
+        &dir.join(vmm::api::MEMORY_FILE),
+        &defaults,
+        false,
+    )?;
+    let m = Arc::new(m);
+    let slot = Arc::new(crate::vm_api_x86::Slot::default());
+    slot.set(m.clone());
+    let _server = api_sock
+        .map(|p| {
+            crate::vm_api_x86::serve(
+                p,
+                slot.clone(),
+                defaults.clone(),
+                vmm::api::InitialState::Running(config),
+            )
+        })
+        .transpose()?;
+    wait(&m)
 }
 
 /// Opens the backends of parsed `--nic`s (the same backends and MAC

@@ -156,8 +156,7 @@ unsafe impl Pod for kvm_clock_data {}
 fn to_blob<T: Pod>(v: &T) -> Blob {
     // SAFETY: `T: Pod` has no padding, so all its size_of::<T>() bytes are
     // initialised; the slice borrows `v` for the copy only.
-    let bytes =
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) };
+    let bytes = unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) };
     Blob(bytes.to_vec())
 }
 
@@ -364,7 +363,11 @@ pub fn save_vcpu(vcpu: &VcpuFd, msr_indices: &[u32]) -> Result<VcpuState> {
         sregs: to_blob(&vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?),
         xsave: to_blob(&vcpu.get_xsave().map_err(kvm_err("KVM_GET_XSAVE"))?),
         xcrs: to_blob(&vcpu.get_xcrs().map_err(kvm_err("KVM_GET_XCRS"))?),
-        debugregs: to_blob(&vcpu.get_debug_regs().map_err(kvm_err("KVM_GET_DEBUGREGS"))?),
+        debugregs: to_blob(
+            &vcpu
+                .get_debug_regs()
+                .map_err(kvm_err("KVM_GET_DEBUGREGS"))?,
+        ),
         lapic: to_blob(&vcpu.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?),
         mp_state: to_blob(&vcpu.get_mp_state().map_err(kvm_err("KVM_GET_MP_STATE"))?),
         events: to_blob(

@@ -17,79 +17,11 @@ use x86_machine::{Disk, Error, StopReason};
 const COUNT: u64 = 120;
 
 fn counter_guest() -> String {
-    format!(
-        r#"
-_start:
-    mov al, 0xff
-    out 0x21, al
-    out 0xa1, al
-    lea rax, [rip + timer]
-    lea rdi, [rip + idt + 0x40 * 16]
-    mov word ptr [rdi], ax
-    mov word ptr [rdi + 2], 0x08
-    mov word ptr [rdi + 4], 0x8e00
-    shr rax, 16
-    mov word ptr [rdi + 6], ax
-    shr rax, 16
-    mov dword ptr [rdi + 8], eax
-    mov dword ptr [rdi + 12], 0
-    lidt [rip + idtr]
-    # LAPIC on; its timer periodic on vector 0x40, every 3 ms (KVM's
-    # LAPIC bus runs at 1 GHz), divide by 1.
-    mov rbx, 0xfee00000
-    mov dword ptr [rbx + 0xf0], 0x1ff
-    mov dword ptr [rbx + 0x3e0], 0xb
-    mov dword ptr [rbx + 0x320], 0x20040
-    mov dword ptr [rbx + 0x380], 3000000
-    mov r13, 0x1122334455667788
-    xor r12d, r12d
-    sti
-1:  inc r12
-    mov rax, r12
-    lea rdi, [rip + s_n]
-    call kv
-    cmp r12, {COUNT}
-    jae 2f
-    hlt
-    jmp 1b
-2:  mov rax, r13
-    lea rdi, [rip + s_r13]
-    call kv
-    call reset
-
-timer:
-    push rax
-    lock inc qword ptr [rip + ticks]
-    mov rax, 0xfee00000
-    mov dword ptr [rax + 0xb0], 0
-    pop rax
-    iretq
-
-.section .rodata
-s_n: .asciz "n"
-s_r13: .asciz "r13"
-.data
-.balign 16
-idtr: .word 256 * 16 - 1
-      .quad idt
-.bss
-.balign 4096
-idt: .skip 4096
-.balign 8
-ticks: .skip 8
-.text
-"#
-    )
+    common::counter_guest(COUNT, 3_000_000)
 }
 
-/// What the guest prints from start to end.
 fn expected() -> String {
-    let mut s = String::new();
-    for n in 1..=COUNT {
-        s.push_str(&format!("n={n:016x}\n"));
-    }
-    s.push_str("r13=1122334455667788\n");
-    s
+    common::counter_expected(COUNT)
 }
 
 fn wait_for(out: &Capture, what: &str) {
@@ -188,7 +120,10 @@ fn mismatched_and_foreign_snapshots_are_refused() {
     let e = restore(&|c| c.mem_size = 32 << 20);
     assert!(e.contains("16 MiB of RAM"), "{e}");
     let e = restore(&|c| c.rng = true);
-    assert!(e.contains("virtio devices are [], the machine's [rng]"), "{e}");
+    assert!(
+        e.contains("virtio devices are [], the machine's [rng]"),
+        "{e}"
+    );
 
     // A riscv64 board's state file (same container format).
     let rv = dir.path().join("riscv-state");
@@ -204,8 +139,14 @@ fn mismatched_and_foreign_snapshots_are_refused() {
         .unwrap()
         .to_string();
     assert!(e.contains("riscv64-virt"), "{e}");
-    assert_eq!(x86_machine::snapshot::board_of(&rv).unwrap(), "riscv64-virt");
-    assert_eq!(x86_machine::snapshot::board_of(&state).unwrap(), "x86_64-kvm");
+    assert_eq!(
+        x86_machine::snapshot::board_of(&rv).unwrap(),
+        "riscv64-virt"
+    );
+    assert_eq!(
+        x86_machine::snapshot::board_of(&state).unwrap(),
+        "x86_64-kvm"
+    );
 
     // Not a snapshot at all, and a memory file of the wrong size.
     let e = x86_machine::restore(config(&guest, &out), &guest, &memory, false)

@@ -10,7 +10,6 @@ mod common;
 use common::*;
 use x86_machine::{Nic, StopReason};
 
-
 #[test]
 fn virtio_net_arp_round_trip_through_user_networking() {
     let dir = tempfile::tempdir().unwrap();

@@ -438,7 +438,94 @@ pub fn check_net_guest(text: &str) {
     assert!(value(text, "rxlen") >= 12 + 42, "{text}");
     assert_eq!(value(text, "ethertype"), 0x0806, "an ARP frame: {text}");
     assert_eq!(value(text, "arpop"), 2, "an ARP reply: {text}");
-    assert_eq!(value(text, "sender_ip"), 0x0a00_0202, "from 10.0.2.2: {text}");
-    assert_eq!(value(text, "target_ip"), 0x0a00_020f, "to 10.0.2.15: {text}");
+    assert_eq!(
+        value(text, "sender_ip"),
+        0x0a00_0202,
+        "from 10.0.2.2: {text}"
+    );
+    assert_eq!(
+        value(text, "target_ip"),
+        0x0a00_020f,
+        "to 10.0.2.15: {text}"
+    );
     assert_eq!(value(text, "tx_used"), 1, "{text}");
+}
+
+/// Counts on the serial port (`n=HEX` lines, 1 to `count`), one line per
+/// LAPIC timer tick of `tick_ns` (it waits in HLT for each), then prints
+/// r13 (set once at the start) and resets.
+pub fn counter_guest(count: u64, tick_ns: u32) -> String {
+    format!(
+        r#"
+_start:
+    mov al, 0xff
+    out 0x21, al
+    out 0xa1, al
+    lea rax, [rip + timer]
+    lea rdi, [rip + idt + 0x40 * 16]
+    mov word ptr [rdi], ax
+    mov word ptr [rdi + 2], 0x08
+    mov word ptr [rdi + 4], 0x8e00
+    shr rax, 16
+    mov word ptr [rdi + 6], ax
+    shr rax, 16
+    mov dword ptr [rdi + 8], eax
+    mov dword ptr [rdi + 12], 0
+    lidt [rip + idtr]
+    # LAPIC on; its timer periodic on vector 0x40, divide by 1 (KVM's
+    # LAPIC bus runs at 1 GHz: a count is a nanosecond).
+    mov rbx, 0xfee00000
+    mov dword ptr [rbx + 0xf0], 0x1ff
+    mov dword ptr [rbx + 0x3e0], 0xb
+    mov dword ptr [rbx + 0x320], 0x20040
+    mov dword ptr [rbx + 0x380], {tick_ns}
+    mov r13, 0x1122334455667788
+    xor r12d, r12d
+    sti
+1:  inc r12
+    mov rax, r12
+    lea rdi, [rip + s_n]
+    call kv
+    cmp r12, {count}
+    jae 2f
+    hlt
+    jmp 1b
+2:  mov rax, r13
+    lea rdi, [rip + s_r13]
+    call kv
+    call reset
+
+timer:
+    push rax
+    lock inc qword ptr [rip + ticks]
+    mov rax, 0xfee00000
+    mov dword ptr [rax + 0xb0], 0
+    pop rax
+    iretq
+
+.section .rodata
+s_n: .asciz "n"
+s_r13: .asciz "r13"
+.data
+.balign 16
+idtr: .word 256 * 16 - 1
+      .quad idt
+.bss
+.balign 4096
+idt: .skip 4096
+.balign 8
+ticks: .skip 8
+.text
+"#
+    )
+}
+
+/// What [`counter_guest`] prints from start to end.
+pub fn counter_expected(count: u64) -> String {
+    let mut s = String::new();
+    for n in 1..=count {
+        s.push_str(&format!("n={n:016x}\n"));
+    }
+    s.push_str("r13=1122334455667788\n");
+    s
 }
