@@ -182,3 +182,30 @@ fn a_writable_disk_is_not_snapshotted() {
     assert!(e.contains("disk 0 is read-write"), "{e}");
     assert!(!state.exists());
 }
+
+#[test]
+fn a_two_vcpu_machine_is_restored_with_its_waiting_application_processor() {
+    // The second vCPU waits for a SIPI inside KVM the whole time: the
+    // pause must still take it out of KVM_RUN, and its wait-for-SIPI
+    // state must come back.
+    let dir = tempfile::tempdir().unwrap();
+    let guest = build_guest(dir.path(), "count", &counter_guest());
+    let (state, memory) = snapshot_paths(dir.path());
+    let out = Capture::default();
+    let mut cfg = config(&guest, &out);
+    cfg.vcpus = 2;
+    let m = x86_machine::start(cfg).unwrap();
+    wait_for(&out, "n=0000000000000004\n");
+    m.pause().unwrap();
+    let at_pause = out.text();
+    m.snapshot(&state, &memory).unwrap();
+    m.stop(StopReason::Quit);
+    assert_eq!(m.wait().unwrap().reason, StopReason::Quit);
+
+    let out2 = Capture::default();
+    let mut cfg = config(&guest, &out2);
+    cfg.vcpus = 2;
+    let m2 = x86_machine::restore(cfg, &state, &memory, false).unwrap();
+    assert_eq!(m2.wait().unwrap().reason, StopReason::Reset);
+    assert_eq!(format!("{at_pause}{}", out2.text()), expected());
+}
