@@ -593,6 +593,15 @@ fn random_program(rng: &mut u64, n: usize) -> Vec<u32> {
                 let rs2 = if f5 == 2 { 0 } else { rs2 };
                 r(0x2f, f3, f5 << 2, rd, 5, rs2)
             }
+            17 if k > 0 && next(rng).is_multiple_of(4) => {
+                // Backward branch inside the block (the JIT jumps within
+                // an extended block): its target counts x31 down, so
+                // every taken back edge (all of them `x31 > 0`) runs a
+                // decrement before the next one and the loop ends.
+                let d = 1 + (next(rng) as usize) % k.min(8);
+                p[k - d] = addi(31, 31, -1);
+                b(4, 0, 31, -4 * d as i32) // blt x0, x31, back
+            }
             17 => {
                 // Forward branch, within the program or its padding.
                 let off = 4 * (1 + (next(rng) % 12) as i32);
@@ -625,7 +634,6 @@ fn random_program(rng: &mut u64, n: usize) -> Vec<u32> {
                 }
             }
         };
-        let _ = k;
         p.push(w);
     }
     if next(rng) & 1 == 0 {
@@ -697,6 +705,42 @@ fn jit_matches_interpreter_on_random_programs() {
         retired > 3000 * 15,
         "programs too short: {retired} instructions"
     );
+}
+
+/// A loop inside an extended block (a backward branch to an instruction
+/// after the block's start, which the JIT jumps to without leaving the
+/// block) still sees another thread's stop request.
+#[test]
+fn jit_inner_loop_honours_stop_request() {
+    let sp = space();
+    load_code(
+        &sp,
+        CODE,
+        &[
+            addi(12, 12, 1),
+            b(1, 0, 0, 8), // bne x0, x0: never taken, the block goes on
+            addi(10, 10, 1),
+            b(1, 10, 0, -4), // bnez a0, back to the addi (not the start)
+            ECALL,
+        ],
+    );
+    let mut h = Hart::new_user();
+    h.set_jit(true);
+    h.pc = CODE;
+    let ctl = h.control().clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        ctl.request_stop();
+    });
+    assert_eq!(h.run_user(&sp), Exit::Stopped);
+    t.join().unwrap();
+    assert_eq!(h.x(12), 1, "the start ran once");
+    assert!(h.x(10) > 1000, "the loop ran: {}", h.x(10));
+    // Retired: the first two, then two per pass (the pc is at the addi
+    // or the branch).
+    let passes = h.x(10);
+    let expect = 2 + 2 * passes - if h.pc == CODE + 8 { 0 } else { 1 };
+    assert_eq!(h.instret(), expect, "pc {:#x}", h.pc);
 }
 
 /// A loop the JIT chains to itself still sees another thread's stop

@@ -2,7 +2,9 @@
 //! (control flow made forward-only so every program ends) run both ways
 //! from the same registers and memory; registers, FP state, pc, the exit
 //! and the data page must match. Half the programs loop back to their
-//! start a few times (x31 counts the passes).
+//! start a few times (x31 counts the passes), and their backward
+//! branches then become loops inside the block (each target counts x31
+//! down, so every loop ends).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -42,6 +44,18 @@ fn run(words: &[u32], regs: &[u64], data: &[u8], jit: bool) -> (Hart, Exit, Vec<
     (hart, exit, page)
 }
 
+/// `blt x0, x31, off`.
+fn blt_x0_x31(off: i32) -> u32 {
+    let o = off as u32;
+    ((o >> 12 & 1) << 31)
+        | ((o >> 5 & 0x3f) << 25)
+        | (31 << 20)
+        | (4 << 12)
+        | ((o >> 1 & 0xf) << 8)
+        | ((o >> 11 & 1) << 7)
+        | 0x63
+}
+
 fuzz_target!(|input: &[u8]| {
     // 32 registers (8 bytes each) of which x1..x7 point into DATA, then
     // the code words.
@@ -64,6 +78,7 @@ fuzz_target!(|input: &[u8]| {
         .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) | 3)
         .collect();
     let n = words.len();
+    let orig = words.clone();
     for (k, w) in words.iter_mut().enumerate() {
         let i = decode(*w);
         let forward =
@@ -90,19 +105,26 @@ fuzz_target!(|input: &[u8]| {
                 *w = NOP;
             }
         }
+        // Backward conditional branches the filter above turned into
+        // NOPs come back as `blt x0, x31, back` (as the input had them,
+        // by their offset) to a target that counts x31 down: every taken
+        // back edge (all `x31 > 0`) reaches a decrement before the next,
+        // so the loops inside the JIT's extended blocks end.
+        for k in 1..n {
+            let i = decode(orig[k]);
+            let is_branch = matches!(
+                i.kind,
+                Kind::Beq | Kind::Bne | Kind::Blt | Kind::Bge | Kind::Bltu | Kind::Bgeu
+            );
+            if is_branch && i.imm < 0 && i.imm % 4 == 0 && (-i.imm / 4) as usize <= k {
+                let t = k - (-i.imm / 4) as usize;
+                words[t] = ADDI_X31_M1;
+                words[k] = blt_x0_x31(i.imm);
+            }
+        }
         words[0] = ADDI_X31_M1;
-        let off = -4 * n as i32;
-        let o = off as u32;
         // blt x0, x31, start
-        words.push(
-            ((o >> 12 & 1) << 31)
-                | ((o >> 5 & 0x3f) << 25)
-                | (31 << 20)
-                | (4 << 12)
-                | ((o >> 1 & 0xf) << 8)
-                | ((o >> 11 & 1) << 7)
-                | 0x63,
-        );
+        words.push(blt_x0_x31(-4 * n as i32));
         regs[31] = (regs[31] >> 1) % 4;
     }
     words.extend(std::iter::repeat_n(ECALL, 16));

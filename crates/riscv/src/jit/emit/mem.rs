@@ -247,7 +247,11 @@ const GROUP_SPAN: i32 = 128;
 /// fails, the interpreter runs the block from the leader, before any
 /// access of the group happened; and nothing between the leader and
 /// the last member can change permissions (system calls end blocks).
-pub(super) fn plan(insns: &[Insn]) -> Vec<Plan> {
+///
+/// `merge[j]`: instruction `j` is also reached by a jump inside the block
+/// (see `Frame::internal`), which may skip a leader before it: a group
+/// never reaches past such an instruction.
+pub(super) fn plan(insns: &[Insn], merge: &[bool]) -> Vec<Plan> {
     let shape = |i: &Insn| {
         mem_shape(i.kind).or(match i.kind {
             Kind::Flw => Some((4, false, false)),
@@ -272,6 +276,9 @@ pub(super) fn plan(insns: &[Insn]) -> Vec<Plan> {
         // (`rd` of any kind: conservative for FP destinations).
         if i.rd != base {
             for (j, ij) in insns.iter().enumerate().skip(k + 1) {
+                if merge.get(j).copied().unwrap_or(false) {
+                    break;
+                }
                 if let Some((nj, _, stj)) = shape(ij) {
                     if ij.rs1 == base {
                         let (l, h) = (lo.min(ij.imm), hi.max(ij.imm + nj as i32));

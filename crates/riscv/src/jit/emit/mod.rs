@@ -42,6 +42,20 @@ struct Frame {
     /// Jumps to the out-of-line slow exits: (rel32 offset, index of the
     /// instruction to resume at).
     slow: Vec<(usize, usize)>,
+    /// User mode: byte offset (from `pc`) of each instruction, to find
+    /// branch targets inside the block.
+    offs: Vec<u16>,
+    /// Instructions that some branch of the block jumps to from inside it
+    /// (see [`Frame::internal`]).
+    merge: Vec<bool>,
+    /// Code offset of each merge point once emitted.
+    labels: Vec<Option<usize>>,
+    /// Forward jumps to merge points not emitted yet: (rel32 offset,
+    /// index of the target instruction).
+    forward: Vec<(usize, usize)>,
+    /// Backward jumps' attention exits: (rel32 offset, index of the
+    /// target instruction).
+    attn_back: Vec<(usize, usize)>,
 }
 
 impl Frame {
@@ -59,6 +73,47 @@ impl Frame {
     /// Whether jumping to `target` is a back edge of this block's loop.
     fn is_back_edge(&self, target: u64) -> bool {
         self.looping.is_some() && target == self.pc
+    }
+    /// User mode: the index of the instruction at `target` when it lies
+    /// in this (extended) block after its first instruction, so that a
+    /// branch there can stay inside the block instead of leaving through
+    /// a chained exit and entering another block (with its entry checks
+    /// and an empty register cache). Jumps to the first instruction are
+    /// the loop's back edges instead (see [`Loop`]). System mode never
+    /// jumps inside a block: its blocks count down to the next interrupt
+    /// poll at every entry.
+    fn internal(&self, target: u64) -> Option<usize> {
+        if self.sys.is_some() {
+            return None;
+        }
+        let off = target.wrapping_sub(self.pc);
+        let j = self.offs.binary_search(&u16::try_from(off).ok()?).ok()?;
+        (j > 0).then_some(j)
+    }
+    /// Jumps from the branch at index `k` to the instruction at index `j`
+    /// of the same block (see [`Frame::internal`]). Exits retire their
+    /// index on the fall-through path, so the jump adds the difference to
+    /// the count of retired instructions (negative forward, where it
+    /// skips instructions). A backward jump is a loop: it checks for
+    /// attention (stop requests, signals, code changes) as block entries
+    /// do. The target's register cache is empty (see `emit_code`), which
+    /// needs nothing here: the cache is write-through.
+    fn jump_internal(&mut self, a: &mut Asm, k: usize, j: usize, gen: u32) {
+        a.add_icount((k as i64 + 1 - j as i64) as i32 as u32);
+        if j <= k {
+            a.op_m(false, &[0x83], 7, R15, 0);
+            a.u8(0);
+            self.attn_back.push((a.jcc(CC_NE), j));
+            a.op_m(false, &[0x81], 7, RBP, 0);
+            a.u32(gen);
+            self.attn_back.push((a.jcc(CC_NE), j));
+            let label = self.labels[j].expect("a backward target is emitted");
+            a.jmp_abs(a.base + label);
+        } else {
+            a.u8(0xe9);
+            a.u32(0);
+            self.forward.push((a.b.len() - 4, j));
+        }
     }
     /// Leaves for `target` after retiring `retired` instructions: a back
     /// edge of the block's loop or a static exit.
@@ -319,6 +374,22 @@ impl Jit {
             a.u8(1);
             a.jcc(CC_E)
         });
+        // Merge points: instructions a branch of the block jumps to from
+        // inside it (user mode; see `Frame::internal`).
+        let offs: Vec<u16> = insns.iter().map(|i| i.off).collect();
+        let mut merge = vec![false; insns.len()];
+        if sys.is_none() {
+            for i in insns {
+                if matches!(i.kind, Beq | Bne | Blt | Bge | Bltu | Bgeu | Jal) {
+                    let off = (i.off as i64).wrapping_add(i.imm as i64);
+                    if let Ok(j) = offs.binary_search(&(u16::try_from(off).unwrap_or(u16::MAX))) {
+                        if j > 0 && off >= 0 {
+                            merge[j] = true;
+                        }
+                    }
+                }
+            }
+        }
         let mut f = Frame {
             pc,
             sys,
@@ -328,7 +399,7 @@ impl Jit {
             space_size: self.space_size,
             space_bits: self.space_bits,
             plan: if sys.is_none() {
-                mem::plan(insns)
+                mem::plan(insns, &merge)
             } else {
                 Vec::new()
             },
@@ -336,10 +407,26 @@ impl Jit {
             looping,
             taken: Vec::new(),
             slow: Vec::new(),
+            labels: vec![None; insns.len()],
+            offs,
+            merge,
+            forward: Vec::new(),
+            attn_back: Vec::new(),
         };
         for (k, i) in insns.iter().enumerate() {
             let ipc = pc.wrapping_add(i.off as u64);
             let next = ipc.wrapping_add(i.size() as u64);
+            if f.merge[k] {
+                // Reached from elsewhere in the block too: start from an
+                // empty register cache, which is right on every path.
+                a.cache.forget_all();
+                f.labels[k] = Some(a.b.len());
+                let (here, later) = f.forward.drain(..).partition(|&(_, j)| j == k);
+                f.forward = later;
+                for (at, _) in here {
+                    a.bind(at);
+                }
+            }
             if mem::emit(&mut a, &mut f, k, i) {
                 continue;
             }
@@ -351,7 +438,9 @@ impl Jit {
                 Lui | Auipc | Jal | Jalr | Beq | Bne | Blt | Bge | Bltu | Bgeu | Addi | Xori
                 | Ori | Andi | Addiw | Slti | Sltiu | Slt | Sltu | Slli | Srli | Srai | Slliw
                 | Srliw | Sraiw | Sll | Srl | Sra | Sllw | Srlw | Sraw | Add | Sub | Xor | Or
-                | And | Addw | Subw | Fence => rvi::emit(&mut a, &mut f, k, i, ipc, next),
+                | And | Addw | Subw | Fence => {
+                    rvi::emit(&mut a, &mut f, k, i, ipc, next, self.gen as u32)
+                }
                 Mul | Mulw | Mulh | Mulhu => rvm::emit(&mut a, i),
                 _ if i.ends_block() => {
                     // System instructions, ecall, illegal words: the
@@ -388,6 +477,14 @@ impl Jit {
             a.bind(at);
         }
         a.exit_pc(epi, pc, EXIT_ATTN);
+        for &(at, j) in &f.attn_back {
+            // A backward jump inside the block saw attention: leave at
+            // its target, the jump retired (it added k + 1 - j).
+            a.bind(at);
+            a.add_icount(j as u32);
+            a.exit_pc(epi, pc.wrapping_add(insns[j].off as u64), EXIT_ATTN);
+        }
+        debug_assert!(f.forward.is_empty(), "every forward target is emitted");
         let mut k_done = usize::MAX;
         f.slow.sort_by_key(|&(_, k)| k);
         let mut stub = 0;

@@ -11,7 +11,8 @@ use crate::jit::Ctx;
 
 /// Emits `i`, the `k`th instruction of the block, at guest pc `ipc`
 /// (`next`: the pc after it).
-pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, next: u64) {
+#[allow(clippy::too_many_arguments)]
+pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, next: u64, gen: u32) {
     let imm = i.imm;
     let rd = i.rd;
     // rd = op(rs1, ...): rs1 in rax, `$op` computes, then the
@@ -75,6 +76,16 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
                 let skip = a.jcc($cc ^ 1);
                 f.exit_to(a, target, k as u32 + 1);
                 a.bind(skip);
+            } else if let Some(j) = f.internal(target) {
+                // A target inside the block: jump there (inline, the
+                // fall-through path skips it); the fall-through goes on
+                // or, at the block's end, leaves.
+                let skip = a.jcc($cc ^ 1);
+                f.jump_internal(a, k, j, gen);
+                a.bind(skip);
+                if k + 1 == f.len {
+                    f.exit_to(a, next, k as u32 + 1);
+                }
             } else if k + 1 < f.len {
                 // An extended block (see `block::extend_user`): the
                 // fall-through path goes on here, the taken one leaves
@@ -104,7 +115,11 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
                 a.mov_imm(RAX, next);
                 a.st_x(rd, RAX);
             }
-            f.exit_to(a, ipc.wrapping_add(imm as i64 as u64), k as u32 + 1);
+            let target = ipc.wrapping_add(imm as i64 as u64);
+            match f.internal(target) {
+                Some(j) if !f.is_back_edge(target) => f.jump_internal(a, k, j, gen),
+                _ => f.exit_to(a, target, k as u32 + 1),
+            }
         }
         Jalr => {
             a.ld_x(RAX, i.rs1);
