@@ -79,6 +79,7 @@ pub fn main(req: Request) -> anyhow::Result<i32> {
             crate::vm::open_disk(d).map(|disk| x86_machine::Disk {
                 backend: disk.backend,
                 read_only: disk.read_only,
+                image: disk.image,
             })
         })
         .into_iter()

@@ -213,6 +213,7 @@ fn machine_config(c: &VmConfig, d: &Defaults, boot: bool) -> anyhow::Result<Mach
             Ok(x86_machine::Disk {
                 backend: disk.backend,
                 read_only: disk.read_only,
+                image: disk.image,
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;

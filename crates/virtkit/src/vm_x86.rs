@@ -142,6 +142,7 @@ pub fn run(req: Request) -> anyhow::Result<i32> {
             Ok(Disk {
                 backend: disk.backend,
                 read_only: disk.read_only,
+                image: disk.image,
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;

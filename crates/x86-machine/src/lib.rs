@@ -94,7 +94,7 @@ pub enum Error {
     NotPaused,
     #[error("the machine is not running{}", .0.as_ref().map(|r| format!(" (it stopped: {r:?})")).unwrap_or_default())]
     NotRunning(Option<StopReason>),
-    #[error("disk {index} is read-write: a snapshot of the x86 board holds no copy of a disk, so its contents would not match the snapshot's memory; attach it read-only")]
+    #[error("disk {index} is read-write and not a qcow2 image: a snapshot needs a qcow2 internal snapshot of a disk the guest can write; attach it read-only or use qcow2")]
     WritableDiskSnapshot { index: usize },
 }
 

@@ -21,7 +21,7 @@ use crate::cpu::{self, Entry};
 use crate::devices::{Action, Devices, IrqFdTrigger, VirtioSlot};
 use crate::irqfd::{self, IrqFdLine, Relay};
 use crate::layout::*;
-use crate::snapshot::{self, MachineState, MachineSummary, VcpuState};
+use crate::snapshot::{self, DiskSnapshot, MachineState, MachineSummary, VcpuState};
 use crate::{acpi, mptable, Error, Result};
 
 /// Where KVM is unless the caller says otherwise.
@@ -31,6 +31,43 @@ pub const DEFAULT_KVM_PATH: &str = "/dev/kvm";
 pub struct Disk {
     pub backend: Arc<dyn image::BlockBackend>,
     pub read_only: bool,
+    /// The image file behind `backend`, if it is one: a snapshot takes a
+    /// qcow2 internal snapshot of it, a restore reverts it (as the riscv64
+    /// board does). Without it, only a read-only disk can be part of a
+    /// snapshot.
+    pub image: Option<Arc<image::Image>>,
+}
+
+impl Disk {
+    /// A disk over any backend (snapshots only if it is read-only).
+    pub fn new(backend: Arc<dyn image::BlockBackend>, read_only: bool) -> Disk {
+        Disk {
+            backend,
+            read_only,
+            image: None,
+        }
+    }
+
+    /// A disk over an image file: a qcow2 image can be snapshotted with
+    /// the machine.
+    pub fn from_image(image: Arc<image::Image>, read_only: bool) -> Disk {
+        Disk {
+            backend: image.clone(),
+            read_only,
+            image: Some(image),
+        }
+    }
+
+    fn writable(&self) -> bool {
+        !self.read_only && !self.backend.is_read_only()
+    }
+}
+
+/// What a running machine keeps of a disk for its snapshots.
+struct DiskSlot {
+    backend: Arc<dyn image::BlockBackend>,
+    image: Option<Arc<image::Image>>,
+    writable: bool,
 }
 
 /// A network card on a virtio-net slot (the same device and backends as
@@ -298,7 +335,7 @@ struct Board {
     /// `virtio_mmio.device=` for each slot.
     cmdline: String,
     console_host: Option<virtio::ConsoleHost>,
-    writable_disks: Vec<usize>,
+    disks: Vec<DiskSlot>,
 }
 
 /// Builds the serial port and the virtio slots (fresh, or from `saved`
@@ -317,11 +354,16 @@ fn build_devices(
             source,
         })?;
     let mut virtio_devs: Vec<Box<dyn virtio::VirtioDevice>> = Vec::new();
-    let mut writable_disks = Vec::new();
+    let disks = cfg
+        .disks
+        .iter()
+        .map(|d| DiskSlot {
+            backend: d.backend.clone(),
+            image: d.image.clone(),
+            writable: d.writable(),
+        })
+        .collect();
     for (i, d) in cfg.disks.iter().enumerate() {
-        if !d.read_only && !d.backend.is_read_only() {
-            writable_disks.push(i);
-        }
         virtio_devs.push(Box::new(virtio::Block::new(
             d.backend.clone(),
             virtio::BlockConfig {
@@ -391,7 +433,7 @@ fn build_devices(
         relays,
         cmdline,
         console_host,
-        writable_disks,
+        disks,
     })
 }
 
@@ -500,6 +542,7 @@ pub fn restore(
         return Err(Error::SnapshotMismatch(what));
     }
     let kvm = open_kvm(&cfg.kvm_path)?;
+    revert_disks(&cfg, &st.disks)?;
     let ram = GuestRam::from_file(0, mem_path, cfg.mem_size as usize)?;
     let vm = create_vm_with_ram(kvm, ram, true)?;
     let board = build_devices(&vm, &mut cfg, Some((&st.serial, &st.virtio)))?;
@@ -514,6 +557,43 @@ pub fn restore(
             .map_err(|e| Error::SnapshotState(format!("vCPU {i}: {e}")))?;
     }
     launch(vm, board, vcpus, summary, &cfg, paused)
+}
+
+/// Reverts each qcow2 disk to its internal snapshot; a read-write disk
+/// the snapshot did not cover is refused (its contents may not be what
+/// the restored guest believes).
+fn revert_disks(cfg: &MachineConfig, snaps: &[DiskSnapshot]) -> Result<()> {
+    for s in snaps {
+        if s.disk >= cfg.disks.len() {
+            return Err(Error::SnapshotState(format!(
+                "a disk snapshot names disk {}, which does not exist",
+                s.disk
+            )));
+        }
+    }
+    for (index, d) in cfg.disks.iter().enumerate() {
+        match (snaps.iter().find(|s| s.disk == index), &d.image) {
+            (Some(s), Some(img)) => img.snapshot_apply(&s.name).map_err(|e| {
+                Error::SnapshotMismatch(format!(
+                    "disk {index}: cannot revert to internal snapshot {}: {e}",
+                    s.name
+                ))
+            })?,
+            (Some(s), None) => {
+                return Err(Error::SnapshotMismatch(format!(
+                    "disk {index} must be the qcow2 image holding internal snapshot {}",
+                    s.name
+                )))
+            }
+            (None, _) if d.writable() => {
+                return Err(Error::SnapshotMismatch(format!(
+                    "disk {index} is read-write but the snapshot holds no copy of it: attach it read-only"
+                )))
+            }
+            (None, _) => {}
+        }
+    }
+    Ok(())
 }
 
 /// The VM configuration a snapshot recorded for its restorer (see
@@ -559,7 +639,7 @@ fn launch(
         devices: board.devices,
         relays: Mutex::new(board.relays),
         _console_host: board.console_host,
-        writable_disks: board.writable_disks,
+        disks: board.disks,
         power,
         ctl,
         summary,
@@ -630,8 +710,7 @@ pub struct RunningMachine {
     devices: Arc<Devices>,
     relays: Mutex<Vec<Relay>>,
     _console_host: Option<virtio::ConsoleHost>,
-    /// Disks the guest can write: a snapshot has no copy of them.
-    writable_disks: Vec<usize>,
+    disks: Vec<DiskSlot>,
     power: Arc<Power>,
     ctl: Arc<Control>,
     summary: MachineSummary,
@@ -785,8 +864,14 @@ impl RunningMachine {
                 state_path.display()
             )));
         }
-        if let Some(&index) = self.writable_disks.first() {
-            return Err(Error::WritableDiskSnapshot { index });
+        for (index, d) in self.disks.iter().enumerate() {
+            let qcow2 = d
+                .image
+                .as_ref()
+                .is_some_and(|i| i.format() == image::Format::Qcow2);
+            if d.writable && !qcow2 {
+                return Err(Error::WritableDiskSnapshot { index });
+            }
         }
         let vcpus = self
             .ctl
@@ -821,17 +906,55 @@ impl RunningMachine {
                     .map_err(|e| Error::SnapshotState(e.to_string()))
             })
             .collect::<Result<Vec<_>>>()?;
-        let state = MachineState {
+        let mut state = MachineState {
             version: snapshot::MACHINE_STATE_VERSION,
             machine: self.summary.clone(),
             vcpus,
             vm: snapshot::save_vm(&self.vm.fd)?,
             serial,
             virtio,
+            disks: Vec::new(),
             vm_config,
         };
-        vmm::snapshot::write_memory(mem_path, &self.vm.ram)?;
-        vmm::snapshot::write_state(state_path, &state)?;
+        let result = self
+            .snapshot_disks(&mut state.disks)
+            .and_then(|()| Ok(vmm::snapshot::write_memory(mem_path, &self.vm.ram)?))
+            .and_then(|()| Ok(vmm::snapshot::write_state(state_path, &state)?));
+        if result.is_err() {
+            // Leave no orphaned internal snapshots behind.
+            for d in &state.disks {
+                if let Some(img) = &self.disks[d.disk].image {
+                    let _ = img.snapshot_delete(&d.name);
+                }
+            }
+        }
+        result
+    }
+
+    /// Takes an internal snapshot of each read-write qcow2 disk (flushed
+    /// first), recording its name.
+    fn snapshot_disks(&self, out: &mut Vec<DiskSnapshot>) -> Result<()> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        for (index, d) in self.disks.iter().enumerate() {
+            let Some(img) = d.image.as_ref().filter(|_| d.writable) else {
+                continue;
+            };
+            let fail = |what: &str, e: &dyn std::fmt::Display| {
+                Error::SnapshotState(format!("disk {index}: {what}: {e}"))
+            };
+            d.backend.flush().map_err(|e| fail("cannot flush", &e))?;
+            let name = format!(
+                "virtkit-{}.{:09}-{}",
+                stamp.as_secs(),
+                stamp.subsec_nanos(),
+                std::process::id()
+            );
+            img.snapshot_create(&name)
+                .map_err(|e| fail("cannot take an internal snapshot", &e))?;
+            out.push(DiskSnapshot { disk: index, name });
+        }
         Ok(())
     }
 

@@ -251,6 +251,16 @@ impl From<&SerialState> for vm_superio::serial::SerialState {
     }
 }
 
+/// A qcow2 disk's internal snapshot taken at the same instant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSnapshot {
+    /// Disk index (in `MachineConfig::disks` order).
+    pub disk: usize,
+    /// Name of the internal snapshot in that qcow2 image.
+    pub name: String,
+}
+
 /// The body of the x86 board's state file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -263,6 +273,8 @@ pub struct MachineState {
     pub serial: SerialState,
     /// One per virtio slot, in slot order.
     pub virtio: Vec<virtio::persist::TransportState>,
+    /// Internal snapshots of the read-write qcow2 disks.
+    pub disks: Vec<DiskSnapshot>,
     /// What the snapshot's taker recorded about the machine for its
     /// restorer (the control API's VM configuration); not read here.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -171,16 +171,92 @@ fn a_writable_disk_is_not_snapshotted() {
     let img = image::open(&raw, &image::OpenOptions::default()).unwrap();
     let out = Capture::default();
     let mut cfg = config(&guest, &out);
-    cfg.disks = vec![Disk {
-        backend: Arc::new(img),
-        read_only: false,
-    }];
+    cfg.disks = vec![Disk::from_image(Arc::new(img), false)];
     let m = x86_machine::start(cfg).unwrap();
     m.pause().unwrap();
     let (state, memory) = snapshot_paths(dir.path());
     let e = m.snapshot(&state, &memory).unwrap_err().to_string();
-    assert!(e.contains("disk 0 is read-write"), "{e}");
+    assert!(
+        e.contains("disk 0 is read-write and not a qcow2 image"),
+        "{e}"
+    );
     assert!(!state.exists());
+}
+
+fn qcow2(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("disk.qcow2");
+    let st = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&path)
+        .arg("1M")
+        .status()
+        .expect("qemu-img (qemu-utils) is needed");
+    assert!(st.success());
+    path
+}
+
+fn open_rw(path: &Path) -> image::Image {
+    image::open(path, &image::OpenOptions::default()).unwrap()
+}
+
+#[test]
+fn a_qcow2_disk_is_snapshotted_with_the_machine_and_reverted_on_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let guest = build_guest(dir.path(), "count", &counter_guest());
+    let disk = qcow2(dir.path());
+    let (state, memory) = snapshot_paths(dir.path());
+    let out = Capture::default();
+    let mut cfg = config(&guest, &out);
+    cfg.disks = vec![Disk::from_image(Arc::new(open_rw(&disk)), false)];
+    let m = x86_machine::start(cfg).unwrap();
+    wait_for(
+        &out,
+        "n=0000000000000003
+",
+    );
+    m.pause().unwrap();
+    let at_pause = out.text();
+    m.snapshot(&state, &memory).unwrap();
+    m.stop(StopReason::Quit);
+    m.wait().unwrap();
+    drop(m);
+    let list = std::process::Command::new("qemu-img")
+        .args(["snapshot", "-l"])
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&list.stdout).contains("virtkit-"),
+        "{list:?}"
+    );
+
+    // The disk changes after the snapshot; the restore reverts it.
+    {
+        let img = open_rw(&disk);
+        image::BlockBackend::write_at(&img, b"CHANGED!", 0).unwrap();
+        image::BlockBackend::flush(&img).unwrap();
+    }
+    // A raw disk in its place is refused.
+    let raw = dir.path().join("disk.raw");
+    std::fs::write(&raw, vec![0u8; 1 << 20]).unwrap();
+    let out2 = Capture::default();
+    let mut cfg = config(&guest, &out2);
+    cfg.disks = vec![Disk::new(Arc::new(open_rw(&raw)), false)];
+    let e = x86_machine::restore(cfg, &state, &memory, false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("must be the qcow2 image"), "{e}");
+
+    let mut cfg = config(&guest, &out2);
+    let img = Arc::new(open_rw(&disk));
+    cfg.disks = vec![Disk::from_image(img.clone(), false)];
+    let m2 = x86_machine::restore(cfg, &state, &memory, false).unwrap();
+    assert_eq!(m2.wait().unwrap().reason, StopReason::Reset);
+    assert_eq!(format!("{at_pause}{}", out2.text()), expected());
+    let mut back = [0u8; 8];
+    image::BlockBackend::read_at(img.as_ref(), &mut back, 0).unwrap();
+    assert_eq!(back, [0u8; 8], "the write after the snapshot was reverted");
 }
 
 #[test]

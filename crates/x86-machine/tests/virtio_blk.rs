@@ -223,10 +223,7 @@ fn virtio_blk_write_and_read_on_qcow2_with_irqfd_completion() {
     .unwrap();
     let out = Capture::default();
     let mut cfg = config(&guest, &out);
-    cfg.disks = vec![Disk {
-        backend: Arc::new(img),
-        read_only: false,
-    }];
+    cfg.disks = vec![Disk::new(Arc::new(img), false)];
     cfg.cmdline = "console=ttyS0".into();
     let outcome = run(cfg);
     let text = out.text();
