@@ -387,12 +387,18 @@ def measured(cmd):
     return out[0], rss, pss
 
 med = statistics.median
-rows, digest, tsc_per_ns = [], None, None
+# Runs go round the kinds (each round runs every kind once), so a change
+# in the load of this shared machine touches every kind alike.
 for name, how, start, compute in kinds:
     run(start)  # warm caches
-    st = med([wall(start) for _ in range(runs)])
-    secs, rss, pss = [], [], []
-    for _ in range(runs):
+st = {k[0]: [] for k in kinds}
+secs, rss, pss = ({k[0]: [] for k in kinds} for _ in range(3))
+for _ in range(runs):
+    for name, how, start, compute in kinds:
+        st[name].append(wall(start))
+digest, tsc_per_ns = None, None
+for _ in range(runs):
+    for name, how, start, compute in kinds:
         out, r, p = measured(compute)
         m = re.search(r"digest=([0-9a-f]{64})(?: ns=(\d+))? cycles=(\d+)", out)
         if not m:
@@ -403,14 +409,15 @@ for name, how, start, compute in kinds:
             sys.exit(f"kinds.sh: {name} computed {m[1]}, native {digest}")
         if m[2] is not None:
             ns = int(m[2])
-            if name == "native":
+            if name == "native" and tsc_per_ns is None:
                 tsc_per_ns = int(m[3]) / ns
         else:  # the KVM guest: TSC cycles only
             ns = int(m[3]) / tsc_per_ns
-        secs.append(ns / 1e9)
-        rss.append(r)
-        pss.append(p)
-    rows.append((name, how, st, med(rss) / 1024, med(pss) / 1024, med(secs)))
+        secs[name].append(ns / 1e9)
+        rss[name].append(r)
+        pss[name].append(p)
+rows = [(k[0], k[1], med(st[k[0]]), med(rss[k[0]]) / 1024, med(pss[k[0]]) / 1024, med(secs[k[0]]))
+        for k in kinds]
 
 native = rows[0][5]
 print(f"\n| kind | run by | start-up (ms) | peak RSS (MB) | peak PSS (MB) | compute {mib} MiB (s) | speed vs native |")
