@@ -124,14 +124,8 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
                 // access's page with the base register unchanged since.
                 (a.x_reg(i.rs1), imm)
             }
-            Plan::Own => {
-                check(a, f, k, i.rs1, imm, n as i32, !is_store, is_store);
-                (RAX, 0)
-            }
-            Plan::Lead { lo, hi, r, w } => {
-                check(a, f, k, i.rs1, lo, hi - lo, r, w);
-                (RAX, imm - lo)
-            }
+            Plan::Own => (check(a, f, k, i.rs1, imm, n as i32, !is_store, is_store), 0),
+            Plan::Lead { lo, hi, r, w } => (check(a, f, k, i.rs1, lo, hi - lo, r, w), imm - lo),
         };
         if is_store {
             if is_fp {
@@ -149,14 +143,18 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
                 _ => a.op_bid(true, &[0x89], RDX, R12, index, disp),
             }
         } else {
+            // Integer loads land in rd's cache slot (chosen after the
+            // index register was last used, so it cannot evict it; the
+            // index may be that very register, read before written).
+            let d = if is_fp { RAX } else { a.rd_host(rd) };
             match (n, signed) {
-                (1, true) => a.op_bid(true, &[0x0f, 0xbe], RAX, R12, index, disp),
-                (1, false) => a.op_bid(false, &[0x0f, 0xb6], RAX, R12, index, disp),
-                (2, true) => a.op_bid(true, &[0x0f, 0xbf], RAX, R12, index, disp),
-                (2, false) => a.op_bid(false, &[0x0f, 0xb7], RAX, R12, index, disp),
-                (4, true) => a.op_bid(true, &[0x63], RAX, R12, index, disp),
-                (4, false) => a.op_bid(false, &[0x8b], RAX, R12, index, disp),
-                _ => a.op_bid(true, &[0x8b], RAX, R12, index, disp),
+                (1, true) => a.op_bid(true, &[0x0f, 0xbe], d, R12, index, disp),
+                (1, false) => a.op_bid(false, &[0x0f, 0xb6], d, R12, index, disp),
+                (2, true) => a.op_bid(true, &[0x0f, 0xbf], d, R12, index, disp),
+                (2, false) => a.op_bid(false, &[0x0f, 0xb7], d, R12, index, disp),
+                (4, true) => a.op_bid(true, &[0x63], d, R12, index, disp),
+                (4, false) => a.op_bid(false, &[0x8b], d, R12, index, disp),
+                _ => a.op_bid(true, &[0x8b], d, R12, index, disp),
             }
             if is_fp {
                 if n == 4 {
@@ -166,7 +164,7 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
                 }
                 a.store(RBX, fd(rd), RAX);
             } else {
-                a.st_x(rd, RAX);
+                a.rd_commit(rd, d);
             }
         }
         return true;
@@ -174,30 +172,44 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
     false
 }
 
-/// User mode: leaves rax = `x[base] + off` after checking that the `span`
-/// bytes from there lie in one page of the address space that allows
-/// reading (`r`) and writing without holding code (`w`); any failure
-/// leaves for the interpreter at instruction `k`.
+/// User mode: returns a register holding `x[base] + off` (rax, or with
+/// no offset the base's own cache register) after checking that the
+/// `span` bytes from there lie in one page of the address space that
+/// allows reading (`r`) and writing without holding code (`w`); any
+/// failure leaves for the interpreter at instruction `k`.
 #[allow(clippy::too_many_arguments)]
-fn check(a: &mut Asm, f: &mut Frame, k: usize, base: u8, off: i32, span: i32, r: bool, w: bool) {
-    if base != 0 && off != 0 {
+fn check(
+    a: &mut Asm,
+    f: &mut Frame,
+    k: usize,
+    base: u8,
+    off: i32,
+    span: i32,
+    r: bool,
+    w: bool,
+) -> u8 {
+    let addr = if base != 0 && off != 0 {
         // lea rax, [base + off]
         let c = a.x_reg(base);
         a.op_m(true, &[0x8d], RAX, c, off);
+        RAX
+    } else if base != 0 {
+        a.x_reg(base)
     } else {
         a.ld_x(RAX, base);
         if off != 0 {
             a.alu_imm(true, ADD, RAX, off);
         }
-    }
-    a.mov_rr(RCX, RAX);
+        RAX
+    };
+    a.mov_rr(RCX, addr);
     a.shift_imm(true, SHR, RCX, 12);
     let pages = space_pages(f.space_size);
     if pages <= i32::MAX as u64 {
         a.alu_imm(true, CMP, RCX, pages as i32);
         f.slow.push((a.jcc(CC_AE), k));
     } else {
-        a.mov_rr(RDX, RAX);
+        a.mov_rr(RDX, addr);
         a.shift_imm(true, SHR, RDX, f.space_bits);
         f.slow.push((a.jcc(CC_NE), k));
     }
@@ -216,11 +228,12 @@ fn check(a: &mut Asm, f: &mut Frame, k: usize, base: u8, off: i32, span: i32, r:
     }
     if span > 1 {
         // The bytes must not cross the page end.
-        a.op_rr(false, &[0x89], RAX, RDX); // mov edx, eax
+        a.op_rr(false, &[0x89], addr, RDX); // mov edx, addr32
         a.alu_imm(false, AND, RDX, 0xfff);
         a.alu_imm(false, CMP, RDX, 0x1000 - span);
         f.slow.push((a.jcc(CC_A), k));
     }
+    addr
 }
 
 /// How a user-mode load or store is checked (see [`plan`]).

@@ -48,11 +48,12 @@ struct Frame {
     /// Instructions that some branch of the block jumps to from inside it
     /// (see [`Frame::internal`]).
     merge: Vec<bool>,
-    /// Code offset of each merge point once emitted.
-    labels: Vec<Option<usize>>,
+    /// Code offset of each merge point once emitted, and the guest
+    /// registers its register cache holds there.
+    labels: Vec<Option<(usize, CacheMap)>>,
     /// Forward jumps to merge points not emitted yet: (rel32 offset,
-    /// index of the target instruction).
-    forward: Vec<(usize, usize)>,
+    /// index of the target instruction, the cache at the jump).
+    forward: Vec<(usize, usize, CacheMap)>,
     /// Backward jumps' attention exits: (rel32 offset, index of the
     /// target instruction).
     attn_back: Vec<(usize, usize)>,
@@ -96,8 +97,10 @@ impl Frame {
     /// the count of retired instructions (negative forward, where it
     /// skips instructions). A backward jump is a loop: it checks for
     /// attention (stop requests, signals, code changes) as block entries
-    /// do. The target's register cache is empty (see `emit_code`), which
-    /// needs nothing here: the cache is write-through.
+    /// do. The cache at a merge point holds only what every forward jump
+    /// to it agrees on (see `emit_code`); a backward jump first reloads
+    /// (from `Core::x`: the cache is write-through) the slots that differ
+    /// from the target's.
     fn jump_internal(&mut self, a: &mut Asm, k: usize, j: usize, gen: u32) {
         a.add_icount((k as i64 + 1 - j as i64) as i32 as u32);
         if j <= k {
@@ -107,12 +110,17 @@ impl Frame {
             a.op_m(false, &[0x81], 7, RBP, 0);
             a.u32(gen);
             self.attn_back.push((a.jcc(CC_NE), j));
-            let label = self.labels[j].expect("a backward target is emitted");
+            let (label, want) = self.labels[j].expect("a backward target is emitted");
+            for (s, &g) in want.iter().enumerate() {
+                if g != 0 && a.cache.guest[s] != g {
+                    a.load(CACHE_REGS[s], RBX, xd(g));
+                }
+            }
             a.jmp_abs(a.base + label);
         } else {
             a.u8(0xe9);
             a.u32(0);
-            self.forward.push((a.b.len() - 4, j));
+            self.forward.push((a.b.len() - 4, j, a.cache.guest));
         }
     }
     /// Leaves for `target` after retiring `retired` instructions: a back
@@ -142,6 +150,9 @@ fn fd(r: u8) -> i32 {
     (offset_of!(Core, f) as i32 - offset_of!(Core, x) as i32) + (r as i32 & 31) * 8 - 128
 }
 
+/// The guest register in each of `CACHE_REGS` (0: none).
+type CacheMap = [u8; CACHE_REGS.len()];
+
 /// Host registers that hold guest registers within a block. All are
 /// caller-saved (a helper call forgets them) and none is a scratch
 /// register of the translator (rax, rcx, rdx) or of the fixed routines
@@ -160,7 +171,7 @@ const CACHE_REGS: [u8; 6] = [R8, R9, R10, R11, RSI, RDI];
 pub(super) struct RegCache {
     /// Guest register held by each of `CACHE_REGS` (0: none; x0 is never
     /// cached).
-    guest: [u8; CACHE_REGS.len()],
+    guest: CacheMap,
     /// Last use of each slot, for LRU replacement.
     used: [u32; CACHE_REGS.len()],
     tick: u32,
@@ -283,6 +294,24 @@ impl Asm {
             self.store(RBX, xd(r), h);
             let c = self.cache.slot(r);
             self.mov_rr(c, h);
+        }
+    }
+    /// The host register an instruction that writes guest `r` computes
+    /// its result in: `r`'s cache slot (so the result needs no copy), or
+    /// rax when the write vanishes (x0). Call it after the operands are
+    /// in their registers: the slot may evict the least recently used.
+    pub(super) fn rd_host(&mut self, r: u8) -> u8 {
+        if r != 0 && r != ZERO_SINK {
+            self.cache.slot(r)
+        } else {
+            RAX
+        }
+    }
+    /// Ends a write of guest `r` computed in `h` (from [`Asm::rd_host`]):
+    /// stores it to `Core::x` (the cache is write-through).
+    pub(super) fn rd_commit(&mut self, r: u8, h: u8) {
+        if r != 0 && r != ZERO_SINK {
+            self.store(RBX, xd(r), h);
         }
     }
     /// Guest `rd` (not x0) = `rd + imm`, in place.
@@ -417,15 +446,22 @@ impl Jit {
             let ipc = pc.wrapping_add(i.off as u64);
             let next = ipc.wrapping_add(i.size() as u64);
             if f.merge[k] {
-                // Reached from elsewhere in the block too: start from an
-                // empty register cache, which is right on every path.
-                a.cache.forget_all();
-                f.labels[k] = Some(a.b.len());
-                let (here, later) = f.forward.drain(..).partition(|&(_, j)| j == k);
+                // Reached from elsewhere in the block too: the cache keeps
+                // the slots every forward jump here agrees on (each holds
+                // its guest register's current value on every path);
+                // backward jumps will restore exactly this map.
+                let (here, later): (Vec<_>, Vec<_>) =
+                    f.forward.drain(..).partition(|&(_, j, _)| j == k);
                 f.forward = later;
-                for (at, _) in here {
+                for (at, _, map) in here {
+                    for (s, g) in a.cache.guest.iter_mut().enumerate() {
+                        if map[s] != *g {
+                            *g = 0;
+                        }
+                    }
                     a.bind(at);
                 }
+                f.labels[k] = Some((a.b.len(), a.cache.guest));
             }
             if mem::emit(&mut a, &mut f, k, i) {
                 continue;

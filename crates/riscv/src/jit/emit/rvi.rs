@@ -11,56 +11,107 @@ use crate::jit::Ctx;
 
 /// Emits `i`, the `k`th instruction of the block, at guest pc `ipc`
 /// (`next`: the pc after it).
+/// Guest `rd` = guest `rs` (x0 reads as 0).
+fn mv(a: &mut Asm, rd: u8, rs: u8) {
+    if rs == 0 {
+        a.ld_x(RAX, 0);
+        a.st_x(rd, RAX);
+    } else {
+        let s = a.x_reg(rs);
+        let d = a.rd_host(rd);
+        if d != s {
+            a.mov_rr(d, s);
+        }
+        a.rd_commit(rd, d);
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, next: u64, gen: u32) {
     let imm = i.imm;
     let rd = i.rd;
-    // rd = op(rs1, ...): rs1 in rax, `$op` computes, then the
-    // result (sign-extended from 32 bits for W forms) goes to rd.
+    // rd = op(rs1, ...): `$op` computes in `d`, which holds rs1 first,
+    // then the result (sign-extended from 32 bits for W forms) goes to
+    // rd. `d` is rd's cache slot, so the result needs no copy, unless
+    // the op still reads rs2 after `d` is written and rs2 is rd (or rs1
+    // is x0, rare): then rax, as before the cache.
     macro_rules! into_rd {
-        ($w:expr, $op:expr) => {{
-            a.ld_x(RAX, i.rs1);
-            $op;
-            if !$w {
-                a.sext32(RAX, RAX);
+        ($w:expr, $reads_rs2:expr, |$d:ident| $op:expr) => {{
+            let direct = i.rs1 != 0 && !($reads_rs2 && rd == i.rs2 && i.rs1 != i.rs2);
+            if direct {
+                let s1 = a.x_reg(i.rs1);
+                if $reads_rs2 && i.rs2 != 0 {
+                    // In its register before rd's slot is chosen, so the
+                    // slot cannot evict it.
+                    a.x_reg(i.rs2);
+                }
+                let $d = a.rd_host(rd);
+                if $d != s1 {
+                    a.mov_rr($d, s1);
+                }
+                $op;
+                if !$w {
+                    a.sext32($d, $d);
+                }
+                a.rd_commit(rd, $d);
+            } else {
+                let $d = RAX;
+                a.ld_x(RAX, i.rs1);
+                $op;
+                if !$w {
+                    a.sext32(RAX, RAX);
+                }
+                a.st_x(rd, RAX);
             }
-            a.st_x(rd, RAX);
         }};
     }
     macro_rules! rr {
         ($w:expr, $op:expr) => {
-            into_rd!($w, a.alu_x($w, $op, RAX, i.rs2))
+            into_rd!($w, true, |d| a.alu_x($w, $op, d, i.rs2))
         };
     }
     macro_rules! ri {
         ($w:expr, $op:expr) => {
-            into_rd!($w, a.alu_imm($w, $op, RAX, imm))
+            into_rd!($w, false, |d| a.alu_imm($w, $op, d, imm))
         };
     }
     macro_rules! sh_imm {
-        ($w:expr, $d:expr) => {
-            into_rd!(
+        ($w:expr, $sh:expr) => {
+            into_rd!($w, false, |d| a.shift_imm(
                 $w,
-                a.shift_imm($w, $d, RAX, (imm as u8) & if $w { 63 } else { 31 })
-            )
+                $sh,
+                d,
+                (imm as u8) & if $w { 63 } else { 31 }
+            ))
         };
     }
     macro_rules! sh_reg {
-        ($w:expr, $d:expr) => {
-            into_rd!($w, {
+        ($w:expr, $sh:expr) => {
+            into_rd!($w, true, |d| {
                 a.ld_x(RCX, i.rs2);
-                a.shift_cl($w, $d, RAX)
+                a.shift_cl($w, $sh, d)
             })
         };
     }
+    // Compares rs1 with rs2 (or imm) in place, no copy (x0 through rax).
+    macro_rules! compare {
+        ($imm:expr) => {{
+            let s1 = if i.rs1 != 0 {
+                a.x_reg(i.rs1)
+            } else {
+                a.ld_x(RAX, 0);
+                RAX
+            };
+            if $imm {
+                a.alu_imm(true, CMP, s1, imm);
+            } else {
+                a.alu_x(true, CMP, s1, i.rs2);
+            }
+        }};
+    }
     macro_rules! set {
         ($cc:expr, $imm:expr) => {{
-            a.ld_x(RAX, i.rs1);
-            if $imm {
-                a.alu_imm(true, CMP, RAX, imm);
-            } else {
-                a.alu_x(true, CMP, RAX, i.rs2);
-            }
+            compare!($imm);
             a.setcc_rax($cc);
             a.st_x(rd, RAX);
         }};
@@ -68,8 +119,7 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
     macro_rules! branch {
         ($cc:expr) => {{
             let target = ipc.wrapping_add(imm as i64 as u64);
-            a.ld_x(RAX, i.rs1);
-            a.alu_x(true, CMP, RAX, i.rs2);
+            compare!(false);
             if k + 1 < f.len && f.is_back_edge(target) {
                 // The loop's back edge, inline (it restores the cache as
                 // it is here), skipped on the fall-through path.
@@ -148,11 +198,10 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
         Addi if rd == ZERO_SINK => {}
         Addi if i.rs1 == 0 => a.li_x(rd, imm),
         Addi if i.rs1 == rd => a.add_x_imm(rd, imm),
-        Addi if imm == 0 => {
-            // mv
-            a.ld_x(RAX, i.rs1);
-            a.st_x(rd, RAX);
-        }
+        Addi if imm == 0 => mv(a, rd, i.rs1),
+        // c.mv is `add rd, x0, rs2`; x ^ 0, x | 0, x + 0, x - 0 are x.
+        Add | Or | Xor if i.rs1 == 0 => mv(a, rd, i.rs2),
+        Add | Or | Xor | Sub if i.rs2 == 0 => mv(a, rd, i.rs1),
         Addi => ri!(true, ADD),
         Xori => ri!(true, XOR),
         Ori => ri!(true, OR),
