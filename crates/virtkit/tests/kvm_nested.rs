@@ -6,7 +6,10 @@
 //! "L1") with an initramfs it builds here: busybox, the kvm modules, the
 //! `virtkit` binary with the shared libraries it needs, and the default
 //! amd64 guest (kernel and initramfs). Inside it `virtkit run --arch
-//! x86_64` boots that guest ("L2") on the nested KVM and runs a command;
+//! x86_64` boots that guest ("L2") on the nested KVM and runs commands
+//! (output, status, `nproc`, a qcow2 disk, a download from L1's loopback
+//! through user-mode networking), and `virtkit vm run --arch x86_64
+//! --api-sock` is paused, snapshotted and restored with `vm restore`;
 //! L1's init reports the results on QEMU's serial console as `L1-...`
 //! lines, which the test reads.
 //!
@@ -48,6 +51,24 @@ echo "L1-DISK-READ-STATUS $?"
 /bin/virtkit vm run --arch x86_64 --kernel /guest/Image --initrd /guest/vm-run.cpio \
 	--append 'console=ttyS0 reboot=k panic=-1 pci=off quiet loglevel=2 virtkit.exit=serial' </dev/null
 echo "L1-VM-RUN-STATUS $?"
+ip link set lo up
+mkdir -p /www && echo "served by L1" >/www/index.html
+httpd -p 127.0.0.1:8080 -h /www
+/bin/virtkit run --arch x86_64 -- sh -c 'echo "L2-WGET $(wget -qO- http://10.0.2.2:8080/index.html)"' </dev/null
+echo "L1-NET-STATUS $?"
+/bin/virtkit vm run --arch x86_64 --mem 256M --kernel /guest/Image --initrd /guest/vm-snap.cpio \
+	--append 'console=ttyS0 reboot=k panic=-1 pci=off quiet loglevel=2 virtkit.exit=serial' \
+	--nic user --api-sock /tmp/api.sock </dev/null >/tmp/vm1.out 2>&1 &
+i=0
+while ! grep -q L2-BEFORE /tmp/vm1.out && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
+/bin/virtkit vm pause --api-sock /tmp/api.sock && /bin/virtkit vm snapshot --api-sock /tmp/api.sock /tmp/snap
+echo "L1-SNAPSHOT-STATUS $?"
+/bin/virtkit vm resume --api-sock /tmp/api.sock
+wait
+tr -d '\r' </tmp/vm1.out | sed 's/^/L1-VM1 /'
+/bin/virtkit vm restore /tmp/snap </dev/null >/tmp/vm2.out 2>&1
+echo "L1-RESTORE-STATUS $?"
+tr -d '\r' </tmp/vm2.out | sed 's/^/L1-VM2 /'
 poweroff -f
 "#;
 
@@ -147,6 +168,18 @@ fn outer_guest(tmp: &Path) -> (PathBuf, PathBuf) {
     )
     .unwrap();
     w.file("guest/vm-run.cpio", 0o644, &vm_run).unwrap();
+    // For the snapshot: a line, a pause long enough to snapshot in, a
+    // line only the restored copy prints before the original does.
+    let vm_snap = guest::run_initramfs(
+        &assets.initramfs,
+        &[
+            "sh".into(),
+            "-c".into(),
+            "echo L2-BEFORE; sleep 3; echo \"L2-AFTER $(wget -qO- http://10.0.2.2:8080/index.html)\"".into(),
+        ],
+    )
+    .unwrap();
+    w.file("guest/vm-snap.cpio", 0o644, &vm_snap).unwrap();
     w.file("disk.qcow2", 0o644, &ext4_qcow2(tmp)).unwrap();
     w.file("init", 0o755, OUTER_INIT.as_bytes()).unwrap();
     let cpio = tmp.join("outer.cpio");
@@ -260,6 +293,17 @@ fn debian_amd64_boots_under_virtkit_run_on_nested_kvm() {
     assert!(out.contains("vm run: x86_64 1\n"), "{out}");
     assert!(out.contains("\x1evirtkit-exit 0\n"), "{out}");
     assert!(out.contains("L1-VM-RUN-STATUS 0\n"), "{out}");
+    // User-mode networking: L2 downloads from L1's loopback.
+    assert!(out.contains("L2-WGET served by L1\n"), "{out}");
+    assert!(out.contains("L1-NET-STATUS 0\n"), "{out}");
+    // A snapshot through the control API while L2 sleeps; the original
+    // resumes and finishes; `vm restore` continues from the snapshot
+    // (after L2-BEFORE) with a working network card.
+    assert!(out.contains("L1-SNAPSHOT-STATUS 0\n"), "{out}");
+    assert!(out.contains("L1-VM1 L2-AFTER served by L1\n"), "{out}");
+    assert!(out.contains("L1-RESTORE-STATUS 0\n"), "{out}");
+    assert!(out.contains("L1-VM2 L2-AFTER served by L1\n"), "{out}");
+    assert!(!out.contains("L1-VM2 L2-BEFORE"), "{out}");
 }
 
 fn virtkit_run(args: &[&str]) -> std::process::Output {
