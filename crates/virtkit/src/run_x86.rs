@@ -1,7 +1,8 @@
 //! `virtkit run --arch x86_64`: boot Debian's amd64 kernel with the
 //! default busybox initramfs (the `guest` crate) on the KVM board
 //! (`x86-machine`), run a command, stream its output, exit with its
-//! status. Always a cold boot: x86 snapshots are not implemented.
+//! status. Always a cold boot: unlike riscv64's `virtkit run`, no snapshot
+//! of the booted guest is cached (the board can snapshot, see vm_api_x86).
 //!
 //! The x86 board has no "sifive,test" finisher, so the guest's init
 //! reports the status on the serial console (`virtkit.exit=serial` on the

@@ -213,3 +213,44 @@ fn x86_snapshots_through_the_api_and_the_command_line() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+#[test]
+fn an_x86_vm_is_configured_and_started_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let guest = common::build_guest(dir.path(), "count", &common::counter_guest(5, 1_000_000));
+    let sock = dir.path().join("api.sock");
+    let v = Vm::spawn(&[
+        "vm",
+        "run",
+        "--arch",
+        "x86_64",
+        "--api-sock",
+        sock.to_str().unwrap(),
+    ]);
+    let mut c = client(&sock);
+    let mut put = |path: &str, body: String| {
+        let r = c.request("PUT", path, Some(&body)).unwrap();
+        assert_eq!(
+            r.status,
+            204,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    };
+    put(
+        "/machine-config",
+        r#"{"vcpu_count": 2, "mem_size_mib": 16}"#.into(),
+    );
+    put(
+        "/boot-source",
+        format!(r#"{{"kernel_image_path": "{}"}}"#, guest.display()),
+    );
+    put(
+        "/network-interfaces/eth0",
+        r#"{"iface_id": "eth0", "virtkit_user_net": {}}"#.into(),
+    );
+    put("/actions", r#"{"action_type": "InstanceStart"}"#.into());
+    let (ok, out, err) = v.finish();
+    assert!(ok, "{err}");
+    assert_eq!(out, common::counter_expected(5), "{err}");
+}
