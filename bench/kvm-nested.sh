@@ -278,8 +278,12 @@ for line in open(console):
         res.setdefault(name, []).append((float(up), float(wall), int(rss), int(status)))
 if "virtkit" not in res:
     sys.exit("kvm-nested.sh: no results in the outer console:\n" + open(console).read()[-3000:])
+short = {n: len(r) for n, r in res.items() if len(r) < runs}
+if short:
+    print(f"kvm-nested.sh: the outer run ended early (results per monitor: {short} of {runs}); its console's end:\n"
+          + "".join(open(console).readlines()[-25:]), file=sys.stderr)
 med = lambda xs: statistics.median(xs)
-print(f"\n| monitor (in L1, median of {runs}) | L2 uptime at init (s) | wall time (s) | peak RSS (MB) | exit status |")
+print(f"\n| monitor (in L1, median of {min(len(r) for r in res.values())}+ runs) | L2 uptime at init (s) | wall time (s) | peak RSS (MB) | exit status |")
 print("|---|---|---|---|---|")
 rows = {}
 for name in ("virtkit", "virtkit-vmlinux", "firecracker", "virtkit-tiny", "firecracker-tiny"):
