@@ -21,7 +21,7 @@ const GDT: [(u16, u32, u32); 6] = [
     (0xc0f3, 0, 0xfffff),
     (0xa0fb, 0, 0xfffff),
 ];
-/// Selectors into [`GDT`].
+/// Selectors into `GDT`.
 pub const KERNEL_CS: u16 = 0x08;
 pub const KERNEL_DS: u16 = 0x10;
 pub const TSS_SEL: u16 = 0x18;

@@ -23,6 +23,14 @@
 //!   Firecracker); virtio-mmio devices from `crates/virtio` announced on
 //!   the command line (`virtio_mmio.device=4K@ADDR:IRQ`), kicked through
 //!   ioeventfds and interrupting through irqfds ([`irqfd`]).
+//!   The network cards are `crates/virtio`'s virtio-net over `crates/net`'s
+//!   backends (user-mode networking, tap), as on the riscv64 board.
+//! - [`start`] returns a [`RunningMachine`]: pause (each vCPU thread leaves
+//!   KVM_RUN through an immediate-exit run that completes a pending I/O
+//!   instruction, reads its state and parks), resume, snapshot (vCPU,
+//!   irqchip, PIT and clock state, the 16550 and the virtio transports in
+//!   `vmm`'s state-file format, RAM in a sparse memory file, qcow2
+//!   internal snapshots of read-write disks) and [`restore`] ([`snapshot`]).
 //! - [`probe`] tells a KVM that emulates guest ring 0 (a paravirtualized
 //!   nested KVM like this project's build machines') from one that runs
 //!   it natively.

@@ -1,6 +1,7 @@
 //! Building and running the machine: check, build (VM, RAM, irqchip,
-//! devices), load (kernel, zero page, tables), start (one thread per
-//! vCPU), wait for a stop, tear down.
+//! devices), load (kernel, zero page, tables) or restore (a snapshot's
+//! state and memory file), start (one thread per vCPU), then pause,
+//! resume and snapshot on request, wait for a stop, tear down.
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
