@@ -57,6 +57,10 @@ struct Frame {
     /// Backward jumps' attention exits: (rel32 offset, index of the
     /// target instruction).
     attn_back: Vec<(usize, usize)>,
+    /// User mode: misaligned accesses' out-of-line page-end tests (see
+    /// `mem::check`): (rel32 offset of the jump there, code offset to
+    /// return to, address register, bytes, instruction index).
+    cross: Vec<(usize, usize, u8, i32, usize)>,
 }
 
 impl Frame {
@@ -406,14 +410,19 @@ impl Jit {
         // Merge points: instructions a branch of the block jumps to from
         // inside it (user mode; see `Frame::internal`).
         let offs: Vec<u16> = insns.iter().map(|i| i.off).collect();
+        // Loop heads among them: the last backward jump to each.
         let mut merge = vec![false; insns.len()];
+        let mut back_last: Vec<Option<usize>> = vec![None; insns.len()];
         if sys.is_none() {
-            for i in insns {
+            for (m, i) in insns.iter().enumerate() {
                 if matches!(i.kind, Beq | Bne | Blt | Bge | Bltu | Bgeu | Jal) {
                     let off = (i.off as i64).wrapping_add(i.imm as i64);
                     if let Ok(j) = offs.binary_search(&(u16::try_from(off).unwrap_or(u16::MAX))) {
                         if j > 0 && off >= 0 {
                             merge[j] = true;
+                            if j <= m {
+                                back_last[j] = Some(m);
+                            }
                         }
                     }
                 }
@@ -441,6 +450,7 @@ impl Jit {
             merge,
             forward: Vec::new(),
             attn_back: Vec::new(),
+            cross: Vec::new(),
         };
         for (k, i) in insns.iter().enumerate() {
             let ipc = pc.wrapping_add(i.off as u64);
@@ -460,6 +470,19 @@ impl Jit {
                         }
                     }
                     a.bind(at);
+                }
+                if let Some(last) = back_last[k] {
+                    // A loop head: fill the cache with the registers the
+                    // loop names (as a block's loop prologue does), so the
+                    // body does not evict its own registers for ones from
+                    // before the loop and back edges find them in place.
+                    let regs = loop_regs(&insns[k..=last]);
+                    for (s, &g) in regs.iter().enumerate() {
+                        if a.cache.guest[s] != g {
+                            a.load(CACHE_REGS[s], RBX, xd(g));
+                        }
+                    }
+                    a.cache = RegCache::preset(&regs);
                 }
                 f.labels[k] = Some((a.b.len(), a.cache.guest));
             }
@@ -500,6 +523,12 @@ impl Jit {
                     f.slow.push((a.jcc(CC_NE), k));
                 }
             }
+        }
+        // Out-of-line page-end tests of misaligned accesses.
+        for (at, back, addr, span, k) in std::mem::take(&mut f.cross) {
+            a.bind(at);
+            mem::cross_check(&mut a, &mut f, addr, span, k);
+            a.jmp_abs(a.base + back);
         }
         // Out-of-line exits.
         for &(at, k, target) in &f.taken {
