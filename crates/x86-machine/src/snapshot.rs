@@ -341,14 +341,25 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
     move |source| Error::Kvm { what, source }
 }
 
-/// The MSRs worth saving: KVM's list of MSRs to save, sorted so that the
-/// TSC (0x10) is set back before the MSRs relative to it (the TSC
-/// deadline, TSC_ADJUST).
+/// The MTRRs, which KVM_GET_MSR_INDEX_LIST leaves out (Firecracker
+/// saves them too): the default type, the fixed-range ones and eight
+/// variable-range base/mask pairs.
+const MTRR_MSRS: [u32; 28] = [
+    0x2ff, 0x250, 0x258, 0x259, 0x268, 0x269, 0x26a, 0x26b, 0x26c, 0x26d, 0x26e, 0x26f, 0x200,
+    0x201, 0x202, 0x203, 0x204, 0x205, 0x206, 0x207, 0x208, 0x209, 0x20a, 0x20b, 0x20c, 0x20d,
+    0x20e, 0x20f,
+];
+
+/// The MSRs worth saving: KVM's list of MSRs to save and the MTRRs,
+/// sorted so that the TSC (0x10) is set back before the MSRs relative to
+/// it (the TSC deadline, TSC_ADJUST). Those a vCPU cannot read are left
+/// out when it is saved.
 pub fn msr_list(kvm: &Kvm) -> Result<Vec<u32>> {
     let list = kvm
         .get_msr_index_list()
         .map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?;
     let mut v = list.as_slice().to_vec();
+    v.extend_from_slice(&MTRR_MSRS);
     v.sort_unstable();
     v.dedup();
     Ok(v)

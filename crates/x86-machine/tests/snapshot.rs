@@ -69,6 +69,13 @@ fn a_restored_guest_continues_where_the_snapshot_paused_it() {
     assert_eq!(out.text(), expected());
     assert!(at_pause.len() < expected().len());
 
+    // The state holds the vCPU's MSRs, the MTRRs (not in KVM's list of
+    // MSRs to save) among them: the default type the board set at boot.
+    let st = x86_machine::snapshot::read(&state).unwrap();
+    let msrs = &st.vcpus[0].msrs;
+    assert!(msrs.contains(&(0x2ff, 0x806)), "{msrs:x?}");
+    assert!(msrs.iter().any(|&(i, _)| i == 0x10), "the TSC: {msrs:x?}");
+
     // The memory file is sparse and as large as RAM.
     let meta = std::fs::metadata(&memory).unwrap();
     assert_eq!(meta.len(), 16 << 20);
