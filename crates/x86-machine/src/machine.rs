@@ -438,14 +438,14 @@ fn build_devices(
     })
 }
 
-fn create_vcpu(vm: &Vm, cpuid: &kvm_bindings::CpuId, i: usize, count: usize) -> Result<VcpuFd> {
+/// Creates vCPU `i` with `cpuid` (before any register: KVM checks
+/// EFER.LME and friends against it).
+fn create_vcpu(vm: &Vm, cpuid: &kvm_bindings::CpuId, i: usize) -> Result<VcpuFd> {
     let vcpu = vm.fd.create_vcpu(i as u64).map_err(|source| Error::Kvm {
         what: "KVM_CREATE_VCPU",
         source,
     })?;
-    let mut cpuid = cpuid.clone();
-    cpu::filter_cpuid(&mut cpuid, i as u32, count as u32);
-    vcpu.set_cpuid2(&cpuid).map_err(|source| Error::Kvm {
+    vcpu.set_cpuid2(cpuid).map_err(|source| Error::Kvm {
         what: "KVM_SET_CPUID2",
         source,
     })?;
@@ -502,7 +502,9 @@ pub fn start(cfg: MachineConfig) -> Result<RunningMachine> {
     let base_cpuid = cpu::supported_cpuid(&vm.kvm)?;
     let mut vcpus = Vec::with_capacity(cfg.vcpus);
     for i in 0..cfg.vcpus {
-        let vcpu = create_vcpu(&vm, &base_cpuid, i, cfg.vcpus)?;
+        let mut cpuid = base_cpuid.clone();
+        cpu::filter_cpuid(&mut cpuid, i as u32, cfg.vcpus as u32);
+        let vcpu = create_vcpu(&vm, &cpuid, i)?;
         cpu::setup_registers(
             &vcpu,
             Entry {
@@ -547,10 +549,12 @@ pub fn restore(
     let ram = GuestRam::from_file(0, mem_path, cfg.mem_size as usize)?;
     let vm = create_vm_with_ram(kvm, ram, true)?;
     let board = build_devices(&vm, &mut cfg, Some((&st.serial, &st.virtio)))?;
-    let base_cpuid = cpu::supported_cpuid(&vm.kvm)?;
+    // Each vCPU gets the CPUID its guest saw, not this host's.
     let mut vcpus = Vec::with_capacity(cfg.vcpus);
-    for i in 0..cfg.vcpus {
-        vcpus.push(create_vcpu(&vm, &base_cpuid, i, cfg.vcpus)?);
+    for (i, s) in st.vcpus.iter().enumerate() {
+        let cpuid =
+            snapshot::saved_cpuid(s).map_err(|e| Error::SnapshotState(format!("vCPU {i}: {e}")))?;
+        vcpus.push(create_vcpu(&vm, &cpuid, i)?);
     }
     snapshot::restore_vm(&vm.fd, &st.vm)?;
     for (i, (vcpu, s)) in vcpus.iter().zip(&st.vcpus).enumerate() {

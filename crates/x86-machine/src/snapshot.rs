@@ -16,9 +16,10 @@
 //! does the same).
 
 use kvm_bindings::{
-    kvm_clock_data, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msr_entry,
-    kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, Msrs,
-    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
+    kvm_msr_entry, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+    CpuId, Msrs, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
@@ -152,6 +153,8 @@ unsafe impl Pod for kvm_irqchip {}
 unsafe impl Pod for kvm_pit_state2 {}
 // SAFETY: as above.
 unsafe impl Pod for kvm_clock_data {}
+// SAFETY: as above.
+unsafe impl Pod for kvm_cpuid_entry2 {}
 
 fn to_blob<T: Pod>(v: &T) -> Blob {
     // SAFETY: `T: Pod` has no padding, so all its size_of::<T>() bytes are
@@ -177,6 +180,9 @@ fn from_blob<T: Pod>(what: &str, b: &Blob) -> Result<T> {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VcpuState {
+    /// The CPUID entries the guest saw (`kvm_cpuid_entry2` each): a
+    /// restore gives it the same, whatever this host's KVM offers.
+    pub cpuid: Vec<Blob>,
     pub regs: Blob,
     pub sregs: Blob,
     pub xsave: Blob,
@@ -381,7 +387,11 @@ pub fn save_vcpu(vcpu: &VcpuFd, msr_indices: &[u32]) -> Result<VcpuState> {
             msrs.push((index, m.as_slice()[0].data));
         }
     }
+    let cpuid = vcpu
+        .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("KVM_GET_CPUID2"))?;
     Ok(VcpuState {
+        cpuid: cpuid.as_slice().iter().map(to_blob).collect(),
         regs: to_blob(&vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))?),
         sregs: to_blob(&vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?),
         xsave: to_blob(&vcpu.get_xsave().map_err(kvm_err("KVM_GET_XSAVE"))?),
@@ -400,6 +410,22 @@ pub fn save_vcpu(vcpu: &VcpuFd, msr_indices: &[u32]) -> Result<VcpuState> {
         ),
         msrs,
     })
+}
+
+/// The CPUID a vCPU state was saved with, for KVM_SET_CPUID2.
+pub fn saved_cpuid(st: &VcpuState) -> Result<CpuId> {
+    if st.cpuid.is_empty() || st.cpuid.len() > KVM_MAX_CPUID_ENTRIES {
+        return Err(Error::SnapshotState(format!(
+            "{} CPUID entries (1 to {KVM_MAX_CPUID_ENTRIES} expected)",
+            st.cpuid.len()
+        )));
+    }
+    let entries = st
+        .cpuid
+        .iter()
+        .map(|b| from_blob::<kvm_cpuid_entry2>("a CPUID entry", b))
+        .collect::<Result<Vec<_>>>()?;
+    CpuId::from_entries(&entries).map_err(|e| Error::SnapshotState(format!("CPUID: {e:?}")))
 }
 
 /// Writes a saved state into a fresh vCPU whose CPUID is already set (in

@@ -284,6 +284,14 @@ fn a_two_vcpu_machine_is_restored_with_its_waiting_application_processor() {
     m.snapshot(&state, &memory).unwrap();
     m.stop(StopReason::Quit);
     assert_eq!(m.wait().unwrap().reason, StopReason::Quit);
+    // Each vCPU's CPUID is saved (a restore sets it back as it was): leaf
+    // 1's EBX holds the APIC id.
+    let st = x86_machine::snapshot::read(&state).unwrap();
+    for (i, v) in st.vcpus.iter().enumerate() {
+        let word = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+        let leaf1 = v.cpuid.iter().find(|b| word(&b.0, 0) == 1).unwrap();
+        assert_eq!(word(&leaf1.0, 16) >> 24, i as u32);
+    }
 
     let out2 = Capture::default();
     let mut cfg = config(&guest, &out2);
