@@ -152,6 +152,18 @@ fn mul_div_corner_cases() {
         r(0x33, 3, 1, 15, 5, 5), // mulhu(-1,-1) = 0xff..fe
         r(0x33, 1, 1, 16, 6, 6), // mulh(MIN,MIN) = 2^62
         r(0x3b, 4, 1, 17, 6, 0), // divw by zero = -1
+        addi(7, 0, 1),
+        i(0x13, 1, 7, 7, 31),    // t2 = 1 << 31 (i32::MIN as a word)
+        r(0x3b, 4, 1, 18, 7, 5), // divw MIN / -1 = MIN (sign-extended)
+        r(0x3b, 6, 1, 19, 7, 5), // remw MIN % -1 = 0
+        r(0x3b, 6, 1, 20, 5, 0), // remw -1 % 0 = -1
+        r(0x3b, 5, 1, 21, 7, 0), // divuw by zero = all ones
+        r(0x3b, 7, 1, 22, 7, 0), // remuw by zero = sext(dividend)
+        r(0x33, 7, 1, 23, 5, 0), // remu by zero = dividend
+        r(0x33, 5, 1, 24, 5, 7), // divu MAX / 2^31
+        r(0x33, 6, 1, 25, 5, 6), // rem -1 % MIN = -1
+        r(0x33, 4, 1, 26, 6, 7), // div MIN / 2^31 = -2^32
+        r(0x3b, 5, 1, 27, 5, 7), // divuw 0xffffffff / 0x80000000 = 1
         ECALL,
     ];
     let (h, e, _) = run(&prog);
@@ -164,6 +176,26 @@ fn mul_div_corner_cases() {
     assert_eq!(h.x(15), u64::MAX - 1);
     assert_eq!(h.x(16), 1 << 62);
     assert_eq!(h.x(17), u64::MAX);
+    assert_eq!(h.x(18), i32::MIN as i64 as u64);
+    assert_eq!(h.x(19), 0);
+    assert_eq!(h.x(20), u64::MAX);
+    assert_eq!(h.x(21), u64::MAX);
+    assert_eq!(h.x(22), i32::MIN as i64 as u64);
+    assert_eq!(h.x(23), u64::MAX);
+    assert_eq!(h.x(24), u64::MAX / (1 << 31));
+    assert_eq!(h.x(25), u64::MAX);
+    assert_eq!(h.x(26), (-(1i64 << 32)) as u64);
+    assert_eq!(h.x(27), 1);
+    // The same program translated must agree (the JIT divides inline).
+    let sp = space();
+    load_code(&sp, CODE, &prog);
+    let mut j = Hart::new_user();
+    j.set_jit(true);
+    j.pc = CODE;
+    assert_eq!(j.run_user(&sp), Exit::Ecall);
+    for r in 0..32 {
+        assert_eq!(j.x(r), h.x(r), "x{r}, translated");
+    }
 }
 
 #[test]
@@ -678,10 +710,19 @@ fn jit_matches_interpreter_on_random_programs() {
         let prog = random_program(&mut rng, 40);
         let mut regs = [0u64; 32];
         for v in regs.iter_mut() {
-            *v = match next(&mut rng) % 4 {
+            *v = match next(&mut rng) % 5 {
                 0 => next(&mut rng) % 64,
                 1 => (next(&mut rng) as i64 % 64) as u64,
                 2 => 1u64 << (next(&mut rng) % 64),
+                // Division's corner values: zero, -1, MIN (64 and 32 bit).
+                3 => [
+                    0,
+                    u64::MAX,
+                    1 << 63,
+                    1 << 31,
+                    0xffff_ffff,
+                    i32::MIN as i64 as u64,
+                ][(next(&mut rng) % 6) as usize],
                 _ => next(&mut rng),
             };
         }

@@ -12,7 +12,7 @@
 //! rare leave the JIT at the instruction's pc, and the interpreter runs the
 //! block from there: it owns all the precise slow paths, so the JIT never
 //! has to reproduce them. Instructions that are neither common nor
-//! control flow (FP, atomics, division, bit manipulation) call
+//! control flow (FP, atomics, bit manipulation) call
 //! [`helper`], which runs the interpreter on that one instruction.
 //!
 //! Files: `x86.rs` the encoder (knows nothing of guests), `dispatch.rs`

@@ -192,6 +192,12 @@ impl Asm {
         let rel = target as i64 - (self.addr() as i64 + 4);
         self.u32(rel as i32 as u32);
     }
+    /// `jmp rel32` with a placeholder; returns the offset of the rel32.
+    pub(super) fn jmp_fwd(&mut self) -> usize {
+        self.u8(0xe9);
+        self.u32(0);
+        self.b.len() - 4
+    }
     /// Points the rel32 at offset `at` to the current position.
     pub(super) fn bind(&mut self, at: usize) {
         let rel = (self.b.len() - (at + 4)) as u32;

@@ -2,8 +2,8 @@
 //!
 //! Split by ISA extension as the interpreter (`crate::exec`) is: `mem`
 //! (loads and stores, inline), `rvi` (the rest of the base integer set),
-//! `rvm` (multiplications). Everything else that does not end a block (FP
-//! arithmetic, atomics, division, bit manipulation) calls the interpreter
+//! `rvm` (multiplications, divisions). Everything else that does not end a
+//! block (FP arithmetic, atomics, bit manipulation) calls the interpreter
 //! on that one instruction through [`helper`]; system instructions, which
 //! end blocks, leave for the interpreter.
 
@@ -500,7 +500,8 @@ impl Jit {
                 | And | Addw | Subw | Fence => {
                     rvi::emit(&mut a, &mut f, k, i, ipc, next, self.gen as u32)
                 }
-                Mul | Mulw | Mulh | Mulhu => rvm::emit(&mut a, i),
+                Mul | Mulw | Mulh | Mulhu | Div | Divu | Rem | Remu | Divw | Divuw | Remw
+                | Remuw => rvm::emit(&mut a, i),
                 _ if i.ends_block() => {
                     // System instructions, ecall, illegal words: the
                     // interpreter runs the block from here.
