@@ -86,6 +86,9 @@ enum NetArg {
 const MACHINE_FAILURE: i32 = 125;
 
 pub fn main(args: Args) -> anyhow::Result<i32> {
+    if args.net == NetArg::None && !args.publish.is_empty() {
+        anyhow::bail!("-p needs a network: it cannot be used with --net none");
+    }
     if crate::run_x86::wants_x86(&args.arch, args.accel)? {
         return crate::run_x86::main(crate::run_x86::Request {
             accel: args.accel,
@@ -93,6 +96,7 @@ pub fn main(args: Args) -> anyhow::Result<i32> {
             mem: args.mem,
             disk: args.disk,
             publish: args.publish,
+            net: args.net == NetArg::User,
             verbose: args.verbose,
             timeout: args.timeout,
             command: args.command,
@@ -103,9 +107,6 @@ pub fn main(args: Args) -> anyhow::Result<i32> {
         .iter()
         .map(|p| crate::nic::parse_publish(p))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    if args.net == NetArg::None && !hostfwd.is_empty() {
-        anyhow::bail!("-p needs a network: it cannot be used with --net none");
-    }
     let disk = args.disk.as_deref().map(open_disk).transpose()?;
     let mut fetcher =
         guest::Fetcher::new(guest::DEFAULT_SUITE).context("finding the Debian archive")?;

@@ -31,6 +31,8 @@ pub struct Request {
     pub mem: String,
     pub disk: Option<String>,
     pub publish: Vec<String>,
+    /// User-mode networking (`--net user`, the default) or no card.
+    pub net: bool,
     pub verbose: bool,
     pub timeout: Option<u64>,
     pub command: Vec<String>,
@@ -131,13 +133,17 @@ pub fn main(req: Request) -> anyhow::Result<i32> {
         // errors; panics still show.
         cmdline.push_str(" quiet loglevel=2");
     }
-    let nics = crate::vm_x86::open_nics(&[crate::nic::NicSpec {
-        kind: crate::nic::NicKind::User {
-            restrict: false,
-            hostfwd,
-        },
-        mac: None,
-    }])?;
+    let nics = if req.net {
+        crate::vm_x86::open_nics(&[crate::nic::NicSpec {
+            kind: crate::nic::NicKind::User {
+                restrict: false,
+                hostfwd,
+            },
+            mac: None,
+        }])?
+    } else {
+        Vec::new()
+    };
     let status = Arc::new(Mutex::new(None));
     let cfg = MachineConfig {
         kvm_path,

@@ -337,6 +337,12 @@ fn run_x86_64_refuses_what_cannot_work() {
         "disk x.img:",
     );
     one_error(&["--arch", "x86_64", "-p", "80", "--", "true"], "-p \"80\"");
+    one_error(
+        &[
+            "--arch", "x86_64", "--net", "none", "-p", "8080:80", "--", "true",
+        ],
+        "--net none",
+    );
     one_error(&["--arch", "arm64", "--", "true"], "unknown architecture");
     one_error(
         &["--accel", "kvm", "--", "true"],
