@@ -18,21 +18,29 @@ use vmm::api::{
 
 use crate::vm::{open_parsed_disk, DiskSpec};
 
-/// The machine once there is one, shared by the API thread and the main
-/// thread.
-#[derive(Default)]
-pub struct Slot {
-    machine: Mutex<Option<Arc<RunningMachine>>>,
+/// The machine once there is one (a riscv64 or an x86 board's running
+/// machine), shared by the API thread and the main thread.
+pub struct Slot<M = RunningMachine> {
+    machine: Mutex<Option<Arc<M>>>,
     ready: Condvar,
 }
 
-impl Slot {
-    pub fn set(&self, m: Arc<RunningMachine>) {
+impl<M> Default for Slot<M> {
+    fn default() -> Self {
+        Slot {
+            machine: Mutex::new(None),
+            ready: Condvar::new(),
+        }
+    }
+}
+
+impl<M> Slot<M> {
+    pub fn set(&self, m: Arc<M>) {
         *self.machine.lock().unwrap_or_else(|e| e.into_inner()) = Some(m);
         self.ready.notify_all();
     }
 
-    fn get(&self) -> Option<Arc<RunningMachine>> {
+    pub(crate) fn get(&self) -> Option<Arc<M>> {
         self.machine
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -40,7 +48,7 @@ impl Slot {
     }
 
     /// Blocks until a machine exists.
-    pub fn wait(&self) -> Arc<RunningMachine> {
+    pub fn wait(&self) -> Arc<M> {
         let mut g = self.machine.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(m) = g.as_ref() {
@@ -48,6 +56,29 @@ impl Slot {
             }
             g = self.ready.wait(g).unwrap_or_else(|e| e.into_inner());
         }
+    }
+}
+
+/// The VM configuration a snapshot's state file recorded (`saved`, as the
+/// board's `snapshot_config` read it): which disks and networks a restore
+/// attaches.
+pub(crate) fn saved_config(
+    state: &Path,
+    saved: anyhow::Result<Option<serde_json::Value>>,
+) -> anyhow::Result<VmConfig> {
+    let saved = saved.with_context(|| format!("reading the snapshot {}", state.display()))?;
+    match saved {
+        Some(v) => serde_json::from_value(v).with_context(|| {
+            format!(
+                "the snapshot {} has an unreadable VM configuration",
+                state.display()
+            )
+        }),
+        None => anyhow::bail!(
+            "the snapshot {} does not record its VM's disks and networks \
+             (it was not taken through the control API or `virtkit vm snapshot`)",
+            state.display()
+        ),
     }
 }
 
@@ -163,21 +194,7 @@ pub fn restore(
             );
         }
     }
-    let saved = machine::snapshot_config(state)
-        .with_context(|| format!("reading the snapshot {}", state.display()))?;
-    let config: VmConfig = match saved {
-        Some(v) => serde_json::from_value(v).with_context(|| {
-            format!(
-                "the snapshot {} has an unreadable VM configuration",
-                state.display()
-            )
-        })?,
-        None => anyhow::bail!(
-            "the snapshot {} does not record its VM's disks and networks \
-             (it was not taken through the control API or `virtkit vm snapshot`)",
-            state.display()
-        ),
-    };
+    let config = saved_config(state, machine::snapshot_config(state).map_err(Into::into))?;
     let cfg = machine_config(&config, defaults, false)?;
     let m = if paused {
         machine::restore_paused(cfg, state, memory)

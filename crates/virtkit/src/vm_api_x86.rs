@@ -5,7 +5,7 @@
 //! them is `x86_machine::RunningMachine`.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,38 +17,8 @@ use x86_machine::{MachineConfig, RunningMachine};
 
 use crate::vm::{open_parsed_disk, DiskSpec};
 
-/// The machine once there is one, shared by the API thread and the main
-/// thread.
-#[derive(Default)]
-pub struct Slot {
-    machine: Mutex<Option<Arc<RunningMachine>>>,
-    ready: Condvar,
-}
-
-impl Slot {
-    pub fn set(&self, m: Arc<RunningMachine>) {
-        *self.machine.lock().unwrap_or_else(|e| e.into_inner()) = Some(m);
-        self.ready.notify_all();
-    }
-
-    fn get(&self) -> Option<Arc<RunningMachine>> {
-        self.machine
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Blocks until a machine exists.
-    pub fn wait(&self) -> Arc<RunningMachine> {
-        let mut g = self.machine.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(m) = g.as_ref() {
-                return m.clone();
-            }
-            g = self.ready.wait(g).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-}
+/// The x86 machine once there is one.
+pub type Slot = crate::vm_api::Slot<RunningMachine>;
 
 /// Choices the command line makes for machines the API builds.
 #[derive(Clone)]
@@ -151,22 +121,8 @@ pub fn restore(
     defaults: &Defaults,
     paused: bool,
 ) -> anyhow::Result<(RunningMachine, VmConfig)> {
-    let saved = x86_machine::snapshot_config(state)
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .with_context(|| format!("reading the snapshot {}", state.display()))?;
-    let config: VmConfig = match saved {
-        Some(v) => serde_json::from_value(v).with_context(|| {
-            format!(
-                "the snapshot {} has an unreadable VM configuration",
-                state.display()
-            )
-        })?,
-        None => anyhow::bail!(
-            "the snapshot {} does not record its VM's disks and networks \
-             (it was not taken through the control API or `virtkit vm snapshot`)",
-            state.display()
-        ),
-    };
+    let saved = x86_machine::snapshot_config(state).map_err(|e| anyhow::anyhow!("{e}"));
+    let config = crate::vm_api::saved_config(state, saved)?;
     let cfg = machine_config(&config, defaults, false)?;
     let m = x86_machine::restore(cfg, state, memory, paused)
         .map_err(|e| anyhow::anyhow!("{e}"))
