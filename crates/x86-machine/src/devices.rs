@@ -1,6 +1,6 @@
 //! The board's devices behind port and MMIO exits: the 16550 serial port
-//! (vm-superio) at 0x3f8, the i8042's reset line, and the virtio-mmio
-//! slots. Guest-controlled access sizes are checked here: a port access
+//! (vm-superio) at 0x3f8, the i8042 keyboard controller (its reset line
+//! ends the run), and the virtio-mmio slots. Guest-controlled access sizes are checked here: a port access
 //! is 1, 2 or 4 bytes, an MMIO access 1 to 8.
 
 use std::io::Write;
@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::i8042::{Effect, I8042};
 use crate::layout::*;
 
 /// Interrupt of the serial port: a KVM irqfd on IOAPIC pin 4 (an edge, as
@@ -44,6 +45,9 @@ pub struct VirtioSlot {
 pub struct Devices {
     pub serial: Mutex<Serial<IrqFdTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>>,
     pub virtio: Vec<Arc<VirtioSlot>>,
+    pub i8042: Mutex<I8042>,
+    /// IRQ 1, the keyboard's interrupt (an irqfd).
+    pub kbd_irq: IrqFdTrigger,
     /// Accesses nobody answers (reads give all ones, writes are dropped),
     /// as on a PC bus; counted for the run's report.
     pub unhandled_io: std::sync::atomic::AtomicU64,
@@ -79,8 +83,13 @@ impl Devices {
                     // An output error (stdout closed) is not the guest's fault.
                     let _ = lock(&self.serial).write((p - COM1_PORT) as u8, b);
                 }
-                I8042_CMD_PORT if b == 0xfe => return Ok(Action::Reset),
-                I8042_CMD_PORT | I8042_DATA_PORT => {}
+                I8042_CMD_PORT | I8042_DATA_PORT => {
+                    match lock(&self.i8042).write((p - I8042_DATA_PORT) as u8, b) {
+                        Effect::Reset => return Ok(Action::Reset),
+                        Effect::Interrupt => self.kbd_interrupt(),
+                        Effect::None => {}
+                    }
+                }
                 _ => {
                     self.unhandled_io
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -98,8 +107,13 @@ impl Devices {
             let p = port.wrapping_add(i as u16);
             *b = match p {
                 COM1_PORT..=0x3ff => lock(&self.serial).read((p - COM1_PORT) as u8),
-                // Status: output buffer empty, input buffer empty.
-                I8042_CMD_PORT | I8042_DATA_PORT => 0,
+                I8042_CMD_PORT | I8042_DATA_PORT => {
+                    let (b, more) = lock(&self.i8042).read((p - I8042_DATA_PORT) as u8);
+                    if more {
+                        self.kbd_interrupt();
+                    }
+                    b
+                }
                 _ => {
                     self.unhandled_io
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -108,6 +122,12 @@ impl Devices {
             };
         }
         Ok(())
+    }
+
+    fn kbd_interrupt(&self) {
+        // A failed eventfd write (its counter full) loses nothing: an
+        // interrupt is pending already.
+        let _ = self.kbd_irq.trigger();
     }
 
     fn slot(&self, addr: u64, len: usize) -> Option<(&VirtioSlot, u64)> {

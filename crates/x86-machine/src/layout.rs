@@ -69,6 +69,8 @@ pub const COM1_IRQ: u32 = 4;
 /// The i8042 keyboard controller's data and command ports.
 pub const I8042_DATA_PORT: u16 = 0x60;
 pub const I8042_CMD_PORT: u16 = 0x64;
+/// The keyboard's IOAPIC pin (ISA IRQ 1).
+pub const KBD_IRQ: u32 = 1;
 /// Most vCPUs: the MP table's and xAPIC ids' 8-bit range, and what the
 /// board has been tested with well beyond.
 pub const MAX_VCPUS: usize = 254;

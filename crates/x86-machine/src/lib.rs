@@ -18,9 +18,10 @@
 //!   virtio-mmio slots to kernels that cannot take the slots from the
 //!   command line (Debian's amd64 kernel).
 //! - Devices: a 16550 at 0x3f8 (`vm-superio`) interrupting on pin 4 through
-//!   an irqfd; the i8042's reset command (0xfe to port 0x64), which ends
-//!   the run as a reset ([`StopReason::Reset`], exit status 0 as in
-//!   Firecracker); virtio-mmio devices from `crates/virtio` announced on
+//!   an irqfd; an i8042 ([`i8042`]) that answers Linux's probe at once
+//!   (keyboard on IRQ 1, no mouse), whose reset command (0xfe to port
+//!   0x64) ends the run as a reset ([`StopReason::Reset`], exit status 0
+//!   as in Firecracker); virtio-mmio devices from `crates/virtio` announced on
 //!   the command line (`virtio_mmio.device=4K@ADDR:IRQ`), kicked through
 //!   ioeventfds and interrupting through irqfds ([`irqfd`]).
 //!   The network cards are `crates/virtio`'s virtio-net over `crates/net`'s
@@ -43,6 +44,7 @@ pub mod acpi;
 pub mod boot;
 pub mod cpu;
 pub mod devices;
+pub mod i8042;
 pub mod irqfd;
 pub mod layout;
 pub mod machine;

@@ -339,19 +339,22 @@ struct Board {
     disks: Vec<DiskSlot>,
 }
 
-/// Builds the serial port and the virtio slots (fresh, or from `saved`
-/// serial and transport states), their irqfds and ioeventfds.
-fn build_devices(
-    vm: &Vm,
-    cfg: &mut MachineConfig,
-    saved: Option<(&snapshot::SerialState, &[virtio::persist::TransportState])>,
-) -> Result<Board> {
+/// Builds the serial port, the i8042 and the virtio slots (fresh, or
+/// from a snapshot's states), their irqfds and ioeventfds.
+fn build_devices(vm: &Vm, cfg: &mut MachineConfig, saved: Option<&MachineState>) -> Result<Board> {
     let mem = vm.ram.memory().clone();
     let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd", e))?;
     vm.fd
         .register_irqfd(&serial_irq, COM1_IRQ)
         .map_err(|source| Error::Kvm {
             what: "KVM_IRQFD (serial)",
+            source,
+        })?;
+    let kbd_irq = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd", e))?;
+    vm.fd
+        .register_irqfd(&kbd_irq, KBD_IRQ)
+        .map_err(|source| Error::Kvm {
+            what: "KVM_IRQFD (i8042)",
             source,
         })?;
     let mut virtio_devs: Vec<Box<dyn virtio::VirtioDevice>> = Vec::new();
@@ -395,8 +398,8 @@ fn build_devices(
         let line = IrqFdLine::new(&vm.fd, gsi)?;
         let transport = match saved {
             None => virtio::MmioTransport::new(dev, mem.clone(), line.clone()),
-            Some((_, states)) => {
-                virtio::MmioTransport::restore(dev, mem.clone(), line.clone(), &states[i])
+            Some(st) => {
+                virtio::MmioTransport::restore(dev, mem.clone(), line.clone(), &st.virtio[i])
                     .map_err(|e| Error::SnapshotState(format!("virtio slot {i}: {e}")))?
             }
         };
@@ -414,8 +417,8 @@ fn build_devices(
     let output = std::mem::replace(&mut cfg.output, Box::new(std::io::sink()));
     let serial = match saved {
         None => vm_superio::Serial::new(IrqFdTrigger(serial_irq), output),
-        Some((s, _)) => vm_superio::Serial::from_state(
-            &s.into(),
+        Some(st) => vm_superio::Serial::from_state(
+            &(&st.serial).into(),
             IrqFdTrigger(serial_irq),
             vm_superio::serial::NoEvents,
             output,
@@ -425,6 +428,8 @@ fn build_devices(
     let devices = Arc::new(Devices {
         serial: Mutex::new(serial),
         virtio: slots,
+        i8042: Mutex::new(saved.map(|st| st.i8042.clone()).unwrap_or_default()),
+        kbd_irq: IrqFdTrigger(kbd_irq),
         unhandled_io: Default::default(),
         unhandled_mmio: Default::default(),
         notify_exits: Default::default(),
@@ -548,7 +553,7 @@ pub fn restore(
     revert_disks(&cfg, &st.disks)?;
     let ram = GuestRam::from_file(0, mem_path, cfg.mem_size as usize)?;
     let vm = create_vm_with_ram(kvm, ram, true)?;
-    let board = build_devices(&vm, &mut cfg, Some((&st.serial, &st.virtio)))?;
+    let board = build_devices(&vm, &mut cfg, Some(&st))?;
     // Each vCPU gets the CPUID its guest saw, not this host's.
     let mut vcpus = Vec::with_capacity(cfg.vcpus);
     for (i, s) in st.vcpus.iter().enumerate() {
@@ -917,6 +922,12 @@ impl RunningMachine {
             vcpus,
             vm: snapshot::save_vm(&self.vm.fd)?,
             serial,
+            i8042: self
+                .devices
+                .i8042
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             virtio,
             disks: Vec::new(),
             vm_config,

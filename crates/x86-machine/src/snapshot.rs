@@ -277,6 +277,10 @@ pub struct MachineState {
     pub vcpus: Vec<VcpuState>,
     pub vm: VmState,
     pub serial: SerialState,
+    /// The i8042's registers and output queue (a state file written
+    /// before the board had them restores a freshly reset controller).
+    #[serde(default)]
+    pub i8042: crate::i8042::I8042,
     /// One per virtio slot, in slot order.
     pub virtio: Vec<virtio::persist::TransportState>,
     /// Internal snapshots of the read-write qcow2 disks.
