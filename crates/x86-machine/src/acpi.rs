@@ -12,7 +12,10 @@
 
 use vmm::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::layout::{COM1_IRQ, COM1_PORT, IOAPIC_ADDR, LAPIC_ADDR, VIRTIO_MMIO_STRIDE};
+use crate::layout::{
+    COM1_IRQ, COM1_PORT, I8042_CMD_PORT, I8042_DATA_PORT, IOAPIC_ADDR, KBD_IRQ, LAPIC_ADDR,
+    VIRTIO_MMIO_STRIDE,
+};
 use crate::{Error, Result};
 
 /// RSDP, then the other tables: in the 0xe0000..0x100000 range Linux scans.
@@ -103,6 +106,24 @@ fn aml_serial() -> Vec<u8> {
     aml_device(b"COM1", b"PNP0501", 0, &crs)
 }
 
+/// `Device(PS2_) { _HID "PNP0303", _UID 0, _CRS { IO 0x60, IO 0x64,
+/// Interrupt (edge, active high, pin 1) } }`: the i8042's keyboard port,
+/// for the same reason as the serial port (without it Linux's i8042
+/// driver finds the controller but no interrupt, and gives up with
+/// EINVAL). No aux (mouse) device is listed: Linux then leaves the aux
+/// port alone.
+fn aml_i8042() -> Vec<u8> {
+    let mut crs = Vec::new();
+    for port in [I8042_DATA_PORT, I8042_CMD_PORT] {
+        let p = port.to_le_bytes();
+        crs.extend_from_slice(&[0x47, 0x01, p[0], p[1], p[0], p[1], 0x01, 0x01]);
+    }
+    crs.extend_from_slice(&[0x89, 0x06, 0x00, 0x03, 0x01]);
+    crs.extend_from_slice(&KBD_IRQ.to_le_bytes());
+    crs.extend_from_slice(&[0x79, 0x00]);
+    aml_device(b"PS2_", b"PNP0303", 0, &crs)
+}
+
 /// `Device(NAME) { _HID hid, _UID uid, _CRS crs }`.
 fn aml_device(name: &[u8; 4], hid: &[u8], uid: u8, crs: &[u8]) -> Vec<u8> {
     let mut buffer = vec![0x0a, crs.len() as u8]; // BufferSize as a byte
@@ -123,10 +144,12 @@ fn aml_device(name: &[u8; 4], hid: &[u8], uid: u8, crs: &[u8]) -> Vec<u8> {
     dev
 }
 
-/// The DSDT's AML: `Scope(\_SB) { the serial port, the virtio devices }`.
+/// The DSDT's AML: `Scope(\_SB) { the serial port, the i8042, the
+/// virtio devices }`.
 fn dsdt(virtio: &[VirtioMmio]) -> Vec<u8> {
     let mut body = b"\\_SB_".to_vec();
     body.extend_from_slice(&aml_serial());
+    body.extend_from_slice(&aml_i8042());
     for (i, d) in virtio.iter().enumerate() {
         body.extend_from_slice(&aml_virtio_device(i, *d));
     }
@@ -272,6 +295,11 @@ mod tests {
         let count = aml.windows(8).filter(|w| w == b"LNRO0005").count();
         assert_eq!(count, 2);
         assert!(aml.windows(7).any(|w| w == b"PNP0501"));
+        assert!(aml.windows(7).any(|w| w == b"PNP0303"));
+        // The keyboard's pin 1, after the i8042's two ports.
+        assert!(aml
+            .windows(17)
+            .any(|w| w[..8] == [0x47, 0x01, 0x64, 0, 0x64, 0, 1, 1] && w[13..] == [1, 0, 0, 0]));
         // The second device's register page and pin, in its _CRS.
         let base = 0xd000_1000u32.to_le_bytes();
         assert!(aml.windows(4).any(|w| w == base));
