@@ -115,7 +115,7 @@ pub fn main(req: Request) -> anyhow::Result<i32> {
                 .context("preparing the default amd64 guest")?
         }
     };
-    let kernel = std::fs::read(&assets.kernel)
+    let kernel = x86_machine::BootFile::open(&assets.kernel)
         .with_context(|| format!("cannot read {}", assets.kernel.display()))?;
     let initrd = guest::run_initramfs(&assets.initramfs, &req.command)
         .context("building the guest's command archive")?;
@@ -151,7 +151,7 @@ pub fn main(req: Request) -> anyhow::Result<i32> {
         mem_size,
         kernel,
         kernel_name: "the default amd64 guest's kernel".into(),
-        initrd: Some(initrd),
+        initrd: Some(initrd.into()),
         cmdline,
         disks,
         rng: false,

@@ -135,14 +135,14 @@ pub fn restore(
 fn machine_config(c: &VmConfig, d: &Defaults, boot: bool) -> anyhow::Result<MachineConfig> {
     let (kernel_name, kernel, initrd, cmdline) = match (&c.boot_source, boot) {
         (Some(b), true) => {
-            let kernel = std::fs::read(&b.kernel_image_path).with_context(|| {
+            let kernel = x86_machine::BootFile::open(&b.kernel_image_path).with_context(|| {
                 format!("cannot read the kernel {}", b.kernel_image_path.display())
             })?;
             let initrd = b
                 .initrd_path
                 .as_ref()
                 .map(|p| {
-                    std::fs::read(p)
+                    x86_machine::BootFile::open(p)
                         .with_context(|| format!("cannot read the initrd {}", p.display()))
                 })
                 .transpose()?;
@@ -154,7 +154,7 @@ fn machine_config(c: &VmConfig, d: &Defaults, boot: bool) -> anyhow::Result<Mach
             )
         }
         (None, true) => anyhow::bail!("no boot source: PUT /boot-source first"),
-        (_, false) => (String::new(), Vec::new(), None, String::new()),
+        (_, false) => (String::new(), Vec::new().into(), None, String::new()),
     };
     let disks = c
         .drives

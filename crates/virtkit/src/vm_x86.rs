@@ -117,16 +117,18 @@ pub fn run(req: Request) -> anyhow::Result<i32> {
         )?;
         return wait(&slot.wait());
     };
-    let kernel = std::fs::read(&kernel_path)
+    // Opened, not read: the board reads them straight into guest RAM.
+    let kernel = x86_machine::BootFile::open(&kernel_path)
         .with_context(|| format!("cannot read the kernel {}", kernel_path.display()))?;
     let kernel_name = kernel_path.display().to_string();
     // A wrong file is reported before the probe's warning.
-    x86_machine::boot::identify(&kernel, &kernel_name).map_err(flat)?;
+    x86_machine::boot::identify_file(&kernel, &kernel_name).map_err(flat)?;
     let initrd = req
         .initrd
         .as_deref()
         .map(|p| {
-            std::fs::read(p).with_context(|| format!("cannot read the initrd {}", p.display()))
+            x86_machine::BootFile::open(p)
+                .with_context(|| format!("cannot read the initrd {}", p.display()))
         })
         .transpose()?;
     // The probe runs in its own small VM beside the machine's start-up

@@ -3,15 +3,23 @@
 //! initrd at the top of RAM, the command line, and the zero page
 //! (`boot_params`) with the e820 map, which rsi points to at entry.
 //!
+//! The kernel and initrd are [`BootFile`]s: bytes the caller already
+//! holds, or open files read straight into guest RAM (the monitor keeps
+//! no copy: a 60 MB vmlinux would otherwise cost its size again in the
+//! monitor's memory while the guest's pages fill).
+//!
 //! The kernel file is untrusted: its kind is recognised from its own
 //! headers before anything is loaded, and a kernel of another architecture,
 //! a truncated bzImage or one that does not fit in RAM is refused with a
 //! message that says so.
 
-use std::io::Cursor;
+use std::fs::File;
+use std::io::{Cursor, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
-use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader};
+use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader, KernelLoaderResult};
 use object::elf;
 use object::read::elf::{FileHeader, ProgramHeader};
 use vmm::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -32,6 +40,88 @@ const LOADED_HIGH: u8 = 0x01;
 /// e820 types.
 const E820_RAM: u32 = 1;
 const E820_RESERVED: u32 = 2;
+
+/// A kernel or initrd: bytes in memory, or a file the loader reads into
+/// guest RAM as it goes.
+#[derive(Debug)]
+pub enum BootFile {
+    Bytes(Vec<u8>),
+    File(File),
+}
+
+impl From<Vec<u8>> for BootFile {
+    fn from(v: Vec<u8>) -> Self {
+        BootFile::Bytes(v)
+    }
+}
+
+/// Most header bytes read to recognise a kernel file (the bzImage setup
+/// header and, in any sane ELF file, its program headers lie well
+/// within).
+const HEAD: usize = 64 << 10;
+/// Largest ELF program header table looked at.
+const MAX_PHDRS: u64 = 1 << 20;
+
+impl BootFile {
+    /// Opens `path` for reading.
+    pub fn open(path: &Path) -> std::io::Result<BootFile> {
+        File::open(path).map(BootFile::File)
+    }
+
+    /// Its size in bytes.
+    pub fn len(&self) -> std::io::Result<u64> {
+        match self {
+            BootFile::Bytes(b) => Ok(b.len() as u64),
+            BootFile::File(f) => Ok(f.metadata()?.len()),
+        }
+    }
+
+    /// Whether it holds no byte.
+    pub fn is_empty(&self) -> std::io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Bytes `off..off + len`, fewer at the end of the file.
+    fn read_range(&self, off: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        match self {
+            BootFile::Bytes(b) => {
+                let start = (off.min(b.len() as u64)) as usize;
+                let end = start.saturating_add(len).min(b.len());
+                Ok(b[start..end].to_vec())
+            }
+            BootFile::File(f) => {
+                let mut buf = vec![0u8; len];
+                let mut got = 0;
+                while got < len {
+                    match f.read_at(&mut buf[got..], off + got as u64) {
+                        Ok(0) => break,
+                        Ok(n) => got += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                buf.truncate(got);
+                Ok(buf)
+            }
+        }
+    }
+
+    /// Copies all of it to guest-physical `addr`.
+    fn copy_to(&self, mem: &GuestMemoryMmap, addr: u64) -> std::result::Result<(), String> {
+        match self {
+            BootFile::Bytes(b) => mem
+                .write_slice(b, GuestAddress(addr))
+                .map_err(|e| e.to_string()),
+            BootFile::File(f) => {
+                let len = f.metadata().map_err(|e| e.to_string())?.len() as usize;
+                let mut r = f;
+                r.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+                mem.read_exact_volatile_from(GuestAddress(addr), &mut r, len)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+}
 
 /// What kind of kernel file this is, from its headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +146,41 @@ pub struct LoadedKernel {
 
 /// Identifies `data` as an x86-64 kernel, or says what it is instead.
 pub fn identify(data: &[u8], name: &str) -> Result<KernelKind> {
+    identify_head(data, data.len() as u64, name)
+}
+
+/// [`identify`] for a [`BootFile`], from its first bytes.
+pub fn identify_file(file: &BootFile, name: &str) -> Result<KernelKind> {
+    let (head, len) = head(file, name)?;
+    identify_head(&head, len, name)
+}
+
+/// The first bytes of `file` (its ELF program headers included) and its
+/// length.
+fn head(file: &BootFile, name: &str) -> Result<(Vec<u8>, u64)> {
+    let unreadable = |e: std::io::Error| Error::Kernel {
+        name: name.to_string(),
+        reason: format!("cannot be read: {e}"),
+    };
+    let len = file.len().map_err(unreadable)?;
+    let mut head = file.read_range(0, HEAD).map_err(unreadable)?;
+    if head.len() >= 64 && head[..4] == *b"\x7fELF" {
+        // e_phoff (0x20), e_phentsize (0x36), e_phnum (0x38) of an ELF64
+        // file; a table beyond the first bytes is read as well (a bad
+        // one is refused by the checks that follow).
+        let phoff = u64::from_le_bytes(head[0x20..0x28].try_into().unwrap());
+        let phsize = u16::from_le_bytes([head[0x36], head[0x37]]) as u64;
+        let phnum = u16::from_le_bytes([head[0x38], head[0x39]]) as u64;
+        let end = phoff.saturating_add(phsize * phnum);
+        if end > head.len() as u64 && end <= len && phsize * phnum <= MAX_PHDRS {
+            head = file.read_range(0, end as usize).map_err(unreadable)?;
+        }
+    }
+    Ok((head, len))
+}
+
+/// [`identify`] from the first bytes of a kernel file of `len` bytes.
+fn identify_head(data: &[u8], len: u64, name: &str) -> Result<KernelKind> {
     let bad = |reason: String| Error::Kernel {
         name: name.to_string(),
         reason,
@@ -92,7 +217,7 @@ pub fn identify(data: &[u8], name: &str) -> Result<KernelKind> {
     if data.len() >= 0x206
         && u32::from_le_bytes(data[0x202..0x206].try_into().unwrap()) == HDRS_MAGIC
     {
-        check_bzimage(data).map_err(bad)?;
+        check_bzimage(data, len).map_err(bad)?;
         return Ok(KernelKind::BzImage);
     }
     if data.len() >= 2 && data[..2] == [0x1f, 0x8b] {
@@ -108,13 +233,12 @@ pub fn identify(data: &[u8], name: &str) -> Result<KernelKind> {
 
 /// Checks the parts of a bzImage header the loader relies on, and that
 /// the file holds what the header promises.
-fn check_bzimage(data: &[u8]) -> std::result::Result<(), String> {
+fn check_bzimage(data: &[u8], len: u64) -> std::result::Result<(), String> {
     let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]);
     let u32_at = |o: usize| u32::from_le_bytes(data[o..o + 4].try_into().unwrap());
     if data.len() < 0x268 {
         return Err(format!(
-            "is a truncated bzImage: {} bytes, shorter than its setup header",
-            data.len()
+            "is a truncated bzImage: {len} bytes, shorter than its setup header"
         ));
     }
     let version = u16_at(0x206);
@@ -138,11 +262,10 @@ fn check_bzimage(data: &[u8]) -> std::result::Result<(), String> {
     let setup_bytes = (setup_sects + 1) * 512;
     // syssize counts 16-byte paragraphs of the protected-mode payload.
     let payload = u32_at(0x1f4) as usize * 16;
-    let want = setup_bytes + payload;
-    if data.len() < want {
+    let want = (setup_bytes + payload) as u64;
+    if len < want {
         return Err(format!(
-            "is a truncated bzImage: its header describes {want} bytes, the file has {}",
-            data.len()
+            "is a truncated bzImage: its header describes {want} bytes, the file has {len}"
         ));
     }
     Ok(())
@@ -152,17 +275,18 @@ fn check_bzimage(data: &[u8]) -> std::result::Result<(), String> {
 pub fn load_kernel(
     mem: &GuestMemoryMmap,
     mem_size: u64,
-    data: &[u8],
+    kernel: &BootFile,
     name: &str,
 ) -> Result<LoadedKernel> {
-    let kind = identify(data, name)?;
+    let (data, len) = head(kernel, name)?;
+    let kind = identify_head(&data, len, name)?;
     let bad = |reason: String| Error::Kernel {
         name: name.to_string(),
         reason,
     };
     match kind {
         KernelKind::Elf => {
-            let (entry, end) = elf_extent(data).map_err(bad)?;
+            let (entry, end) = elf_extent(&data, len).map_err(bad)?;
             if end > mem_size {
                 return Err(Error::TooLittleMemory {
                     mem_size,
@@ -170,13 +294,8 @@ pub fn load_kernel(
                     what: format!("the ELF kernel {name}, which loads up to {end:#x}"),
                 });
             }
-            let r = Elf::load(
-                mem,
-                None,
-                &mut Cursor::new(data),
-                Some(GuestAddress(HIMEM_START)),
-            )
-            .map_err(|e| bad(format!("cannot be loaded: {e}")))?;
+            let r =
+                load_with::<Elf>(mem, kernel).map_err(|e| bad(format!("cannot be loaded: {e}")))?;
             Ok(LoadedKernel {
                 kind,
                 entry: entry.max(r.kernel_load.0),
@@ -188,7 +307,7 @@ pub fn load_kernel(
             // The payload decompresses itself in place: it needs init_size
             // bytes from its load address.
             let init_size = u32::from_le_bytes(data[0x260..0x264].try_into().unwrap()) as u64;
-            let need = HIMEM_START + init_size.max(data.len() as u64);
+            let need = HIMEM_START + init_size.max(len);
             if need > mem_size {
                 return Err(Error::TooLittleMemory {
                     mem_size,
@@ -196,13 +315,8 @@ pub fn load_kernel(
                     what: format!("the bzImage {name} (init_size {init_size:#x} at 1 MiB)"),
                 });
             }
-            let r = BzImage::load(
-                mem,
-                None,
-                &mut Cursor::new(data),
-                Some(GuestAddress(HIMEM_START)),
-            )
-            .map_err(|e| bad(format!("cannot be loaded: {e}")))?;
+            let r = load_with::<BzImage>(mem, kernel)
+                .map_err(|e| bad(format!("cannot be loaded: {e}")))?;
             Ok(LoadedKernel {
                 kind,
                 entry: r.kernel_load.0 + BZIMAGE_64BIT_ENTRY,
@@ -213,9 +327,22 @@ pub fn load_kernel(
     }
 }
 
+/// Runs linux-loader's `L` over the kernel (a file is read straight
+/// into guest RAM).
+fn load_with<L: KernelLoader>(
+    mem: &GuestMemoryMmap,
+    kernel: &BootFile,
+) -> linux_loader::loader::Result<KernelLoaderResult> {
+    let high = Some(GuestAddress(HIMEM_START));
+    match kernel {
+        BootFile::Bytes(b) => L::load(mem, None, &mut Cursor::new(b.as_slice()), high),
+        BootFile::File(f) => L::load(mem, None, &mut &*f, high),
+    }
+}
+
 /// Entry point and end of an x86-64 ELF's loadable image, checked: every
 /// PT_LOAD segment lies in the file and at or above 1 MiB.
-fn elf_extent(data: &[u8]) -> std::result::Result<(u64, u64), String> {
+fn elf_extent(data: &[u8], len: u64) -> std::result::Result<(u64, u64), String> {
     let hdr = elf::FileHeader64::<object::Endianness>::parse(data).map_err(|e| e.to_string())?;
     let endian = hdr.endian().map_err(|e| e.to_string())?;
     let phdrs = hdr
@@ -234,13 +361,9 @@ fn elf_extent(data: &[u8]) -> std::result::Result<(u64, u64), String> {
             ph.p_memsz(endian),
             ph.p_offset(endian),
         );
-        if off
-            .checked_add(filesz)
-            .is_none_or(|e| e > data.len() as u64)
-        {
+        if off.checked_add(filesz).is_none_or(|e| e > len) {
             return Err(format!(
-                "is truncated: a segment at file offset {off:#x} of {filesz:#x} bytes lies past its end ({} bytes)",
-                data.len()
+                "is truncated: a segment at file offset {off:#x} of {filesz:#x} bytes lies past its end ({len} bytes)"
             ));
         }
         if paddr < HIMEM_START {
@@ -263,7 +386,7 @@ fn elf_extent(data: &[u8]) -> std::result::Result<(u64, u64), String> {
 pub struct BootSetup<'a> {
     pub mem_size: u64,
     pub cmdline: &'a str,
-    pub initrd: Option<&'a [u8]>,
+    pub initrd: Option<&'a BootFile>,
 }
 
 /// Writes the command line, the initrd and the zero page. Returns the
@@ -309,11 +432,15 @@ pub fn write_boot_params(
             m => m as u64,
         };
         let top = setup.mem_size.min(max + 1);
-        let size = initrd.len() as u64;
+        let size = initrd
+            .len()
+            .map_err(|e| Error::GuestMemory(format!("cannot read the initrd: {e}")))?;
         let addr = top.checked_sub(size).map(|a| a & !0xfff);
         match addr {
             Some(a) if a >= kernel.end.max(HIMEM_START) => {
-                write(mem, a, initrd)?;
+                initrd.copy_to(mem, a).map_err(|e| {
+                    Error::GuestMemory(format!("initrd of {size} bytes at {a:#x}: {e}"))
+                })?;
                 params.hdr.ramdisk_image = a as u32;
                 params.hdr.ramdisk_size = size as u32;
                 initrd_at = Some((a, size));

@@ -52,6 +52,7 @@ pub mod mptable;
 pub mod probe;
 pub mod snapshot;
 
+pub use boot::BootFile;
 pub use machine::{
     restore, run, snapshot_config, start, Disk, MachineConfig, Nic, Outcome, RunningMachine,
     StopReason, DEFAULT_KVM_PATH,

@@ -17,7 +17,7 @@ use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 use vmm::GuestRam;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::boot::{self, BootSetup};
+use crate::boot::{self, BootFile, BootSetup};
 use crate::cpu::{self, Entry};
 use crate::devices::{Action, Devices, IrqFdTrigger, VirtioSlot};
 use crate::irqfd::{self, IrqFdLine, Relay};
@@ -87,11 +87,12 @@ pub struct MachineConfig {
     pub kvm_path: PathBuf,
     pub vcpus: usize,
     pub mem_size: u64,
-    /// ELF vmlinux (or small ELF64 guest) or bzImage.
-    pub kernel: Vec<u8>,
+    /// ELF vmlinux (or small ELF64 guest) or bzImage: bytes, or a file
+    /// read straight into guest RAM.
+    pub kernel: BootFile,
     /// For messages.
     pub kernel_name: String,
-    pub initrd: Option<Vec<u8>>,
+    pub initrd: Option<BootFile>,
     /// The command line; the board appends its `virtio_mmio.device=`s.
     pub cmdline: String,
     pub disks: Vec<Disk>,
@@ -464,7 +465,7 @@ pub fn start(cfg: MachineConfig) -> Result<RunningMachine> {
     check(&cfg)?;
     let kvm = open_kvm(&cfg.kvm_path)?;
     // Recognise the kernel before building anything.
-    boot::identify(&cfg.kernel, &cfg.kernel_name)?;
+    boot::identify_file(&cfg.kernel, &cfg.kernel_name)?;
     let summary = summary(&cfg);
     let vm = create_vm(kvm, cfg.mem_size, true)?;
     let mem = vm.ram.memory().clone();
@@ -479,14 +480,14 @@ pub fn start(cfg: MachineConfig) -> Result<RunningMachine> {
 
     // Load.
     let kernel = boot::load_kernel(&mem, cfg.mem_size, &cfg.kernel, &cfg.kernel_name)?;
-    cfg.kernel = Vec::new();
+    cfg.kernel = BootFile::Bytes(Vec::new());
     boot::write_boot_params(
         &mem,
         &kernel,
         &BootSetup {
             mem_size: cfg.mem_size,
             cmdline: &cmdline,
-            initrd: cfg.initrd.as_deref(),
+            initrd: cfg.initrd.as_ref(),
         },
     )?;
     cpu::write_boot_tables(&mem, false)?;

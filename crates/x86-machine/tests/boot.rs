@@ -152,15 +152,28 @@ s_rd_head: .asciz "initrd_head"
 fn entry_state_and_zero_page() {
     let dir = tempfile::tempdir().unwrap();
     let guest = build_guest(dir.path(), "entry", ENTRY_GUEST);
-    let out = Capture::default();
-    let mut cfg = config(&guest, &out);
-    cfg.mem_size = 64 << 20;
-    cfg.cmdline = "console=ttyS0 virtkit.test=42".into();
     let initrd = b"INITRD!!and some more bytes".to_vec();
-    cfg.initrd = Some(initrd.clone());
-    let outcome = run(cfg);
-    let text = out.text();
-    assert_eq!(outcome.reason, StopReason::Reset, "{text}");
+    // The initrd from a file (read straight into guest RAM), then from
+    // bytes: the guest sees the same.
+    let rd_path = dir.path().join("initrd");
+    std::fs::write(&rd_path, &initrd).unwrap();
+    let mut texts = Vec::new();
+    for from_file in [true, false] {
+        let out = Capture::default();
+        let mut cfg = config(&guest, &out);
+        cfg.mem_size = 64 << 20;
+        cfg.cmdline = "console=ttyS0 virtkit.test=42".into();
+        cfg.initrd = Some(if from_file {
+            x86_machine::BootFile::open(&rd_path).unwrap()
+        } else {
+            initrd.clone().into()
+        });
+        let outcome = run(cfg);
+        assert_eq!(outcome.reason, StopReason::Reset, "{}", out.text());
+        texts.push(out.text());
+    }
+    assert_eq!(texts[0], texts[1]);
+    let text = texts.pop().unwrap();
 
     // Entry state: long mode with the monitor's GDT and page tables.
     assert_eq!(value(&text, "rsi"), 0x7000, "{text}");

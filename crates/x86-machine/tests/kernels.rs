@@ -40,12 +40,21 @@ s_cmdline: .asciz "cmdline="
 fn bzimage_boots_through_its_64bit_entry() {
     let dir = tempfile::tempdir().unwrap();
     let bz = build_bzimage(dir.path(), "bzImage", BZ_GUEST);
-    let out = Capture::default();
-    let mut cfg = config(&bz, &out);
-    cfg.cmdline = "console=ttyS0 reboot=k".into();
-    let outcome = run(cfg);
-    let text = out.text();
-    assert_eq!(outcome.reason, StopReason::Reset, "{text}");
+    // From the file (read into guest RAM as it loads) and from bytes.
+    let mut texts = Vec::new();
+    for from_file in [true, false] {
+        let out = Capture::default();
+        let mut cfg = config(&bz, &out);
+        if !from_file {
+            cfg.kernel = std::fs::read(&bz).unwrap().into();
+        }
+        cfg.cmdline = "console=ttyS0 reboot=k".into();
+        let outcome = run(cfg);
+        assert_eq!(outcome.reason, StopReason::Reset, "{}", out.text());
+        texts.push(out.text());
+    }
+    assert_eq!(texts[0], texts[1]);
+    let text = texts.pop().unwrap();
     assert_eq!(value(&text, "rip"), 0x10_0200, "{text}");
     assert_eq!(value(&text, "setup_sects"), 4);
     assert_eq!(value(&text, "version"), 0x020f);

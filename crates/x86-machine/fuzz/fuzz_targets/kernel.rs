@@ -13,16 +13,17 @@ const MEM: u64 = 8 << 20;
 fuzz_target!(|data: &[u8]| {
     let ram = vmm::GuestRam::new(0, MEM as usize).unwrap();
     let mem = ram.memory();
-    if let Ok(k) = boot::load_kernel(mem, MEM, data, "fuzz") {
+    let kernel = boot::BootFile::from(data.to_vec());
+    if let Ok(k) = boot::load_kernel(mem, MEM, &kernel, "fuzz") {
         assert!(k.end <= MEM, "{k:?}");
-        let initrd = &data[..data.len().min(4096)];
+        let initrd = boot::BootFile::from(data[..data.len().min(4096)].to_vec());
         let _ = boot::write_boot_params(
             mem,
             &k,
             &BootSetup {
                 mem_size: MEM,
                 cmdline: "console=ttyS0",
-                initrd: Some(initrd),
+                initrd: Some(&initrd),
             },
         );
     }

@@ -131,13 +131,14 @@ impl Capture {
     }
 }
 
-/// A configuration for `kernel` with 1 vCPU and 16 MiB, serial to `out`.
+/// A configuration for `kernel` (opened: read straight into guest RAM,
+/// as the CLI does) with 1 vCPU and 16 MiB, serial to `out`.
 pub fn config(kernel: &Path, out: &Capture) -> MachineConfig {
     MachineConfig {
         kvm_path: x86_machine::DEFAULT_KVM_PATH.into(),
         vcpus: 1,
         mem_size: 16 << 20,
-        kernel: std::fs::read(kernel).unwrap(),
+        kernel: x86_machine::BootFile::open(kernel).unwrap(),
         kernel_name: kernel.display().to_string(),
         initrd: None,
         cmdline: String::new(),
