@@ -131,11 +131,12 @@ pub fn run(req: Request) -> anyhow::Result<i32> {
                 .with_context(|| format!("cannot read the initrd {}", p.display()))
         })
         .transpose()?;
-    // The probe runs in its own small VM beside the machine's start-up
-    // (it only decides a warning), so it adds little to the start time.
+    // The probe runs in its own small VM once the machine has started,
+    // beside the guest (it only decides a warning): creating two VMs at
+    // once would slow the machine's own start-up, on a nested KVM most.
     // KVM missing or broken: the machine itself reports it.
     let probe_path = req.accel.kvm_device.clone();
-    let probe = std::thread::spawn(move || probe(&probe_path));
+    let spawn_probe = move || std::thread::spawn(move || probe(&probe_path));
     let disks = req
         .disks
         .iter()
@@ -170,11 +171,13 @@ pub fn run(req: Request) -> anyhow::Result<i32> {
         input: Some(0),
         timeout: req.timeout.map(Duration::from_secs),
     };
-    let outcome = match &req.api_sock {
+    let (outcome, probe) = match &req.api_sock {
         None => {
             // Raw mode only while the machine runs; restored on every way out.
             let _raw = riscv_machine::terminal::RawMode::enter(0);
-            x86_machine::run(cfg).map_err(flat)
+            let m = x86_machine::start(cfg).map_err(flat)?;
+            let probe = spawn_probe();
+            (m.wait().map_err(flat), probe)
         }
         Some(sock) => {
             let config = crate::vm_api::describe(
@@ -187,6 +190,7 @@ pub fn run(req: Request) -> anyhow::Result<i32> {
                 &req.nics,
             )?;
             let m = Arc::new(x86_machine::start(cfg).map_err(flat)?);
+            let probe = spawn_probe();
             let slot = Arc::new(crate::vm_api_x86::Slot::default());
             slot.set(m.clone());
             let _server = crate::vm_api_x86::serve(
@@ -196,7 +200,7 @@ pub fn run(req: Request) -> anyhow::Result<i32> {
                 vmm::api::InitialState::Running(config),
             )?;
             let _raw = riscv_machine::terminal::RawMode::enter(0);
-            m.wait().map_err(flat)
+            (m.wait().map_err(flat), probe)
         }
     };
     let probed = probe.join();
