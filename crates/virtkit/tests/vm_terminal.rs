@@ -57,15 +57,27 @@ fn a_signal_restores_the_terminal_before_virtkit_dies() {
         // never blocks virtkit.
         let mut reader = std::fs::File::from(master.try_clone().unwrap());
         std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-        let mut child = Command::new(VIRTKIT)
-            .args(["vm", "run", "--kernel"])
+        let mut cmd = Command::new(VIRTKIT);
+        cmd.args(["vm", "run", "--kernel"])
             .arg(&kernel)
             .args(["--append", "console=ttyS0", "--timeout", "120"])
             .stdin(Stdio::from(slave.try_clone().unwrap()))
             .stdout(Stdio::from(slave.try_clone().unwrap()))
-            .stderr(Stdio::from(slave.try_clone().unwrap()))
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::from(slave.try_clone().unwrap()));
+        // virtkit as started from a terminal: the signal's default action.
+        // A test run under nohup (or a job control shell's background
+        // job) passes SIGHUP or SIGINT ignored, and virtkit rightly keeps
+        // an ignored signal ignored.
+        // SAFETY: signal() is async-signal-safe; the closure touches
+        // nothing else between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(move || {
+                libc::signal(sig, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
         let start = Instant::now();
         while key(&settings(fd)) == before {
             assert!(
