@@ -784,6 +784,48 @@ fn jit_inner_loop_honours_stop_request() {
     assert_eq!(h.instret(), expect, "pc {:#x}", h.pc);
 }
 
+/// A stop request seen at an inner loop's back edge or at the outer
+/// loop's head leaves with every register the loops wrote in `Core`
+/// (the register cache writes back at attention exits): the counters
+/// and instret agree with the pc the hart stopped at.
+#[test]
+fn jit_stop_in_nested_loop_writes_back_registers() {
+    let sp = space();
+    load_code(
+        &sp,
+        CODE,
+        &[
+            addi(11, 0, 100), // outer head: x11 = 100 inner passes
+            addi(10, 10, 1),  // inner head: x10 counts inner passes
+            addi(11, 11, -1),
+            b(1, 11, 0, -8), // bnez x11, inner head
+            jal(0, -16),     // outer head
+        ],
+    );
+    let mut h = Hart::new_user();
+    h.set_jit(true);
+    h.pc = CODE;
+    let ctl = h.control().clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        ctl.request_stop();
+    });
+    assert_eq!(h.run_user(&sp), Exit::Stopped);
+    t.join().unwrap();
+    let (x10, x11) = (h.x(10), h.x(11));
+    assert!(x10 > 1000, "the loops ran: {x10}");
+    // Inner passes done in the current outer pass, and outer passes done.
+    let (i, outer) = match h.pc - CODE {
+        0 => (0, x10 / 100),
+        4 => (100 - x11, (x10 - (100 - x11)) / 100),
+        8 | 12 | 16 => panic!("stopped mid-loop at {:#x}", h.pc),
+        _ => unreachable!(),
+    };
+    assert_eq!((x10 - i) % 100, 0, "x10 {x10}, x11 {x11}, pc {:#x}", h.pc);
+    let expect = 302 * outer + if h.pc == CODE { 0 } else { 1 + 3 * i };
+    assert_eq!(h.instret(), expect, "x10 {x10}, x11 {x11}, pc {:#x}", h.pc);
+}
+
 /// A loop the JIT chains to itself still sees another thread's stop
 /// request (checked at every block entry).
 #[test]

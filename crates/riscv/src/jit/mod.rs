@@ -4,7 +4,7 @@
 //! fetches and a loop per guest instruction. Here each block becomes
 //! straight-line host code that keeps guest registers in `Core::x`, with
 //! the ones a block uses most also cached in host registers within the
-//! block (write-through, so exits need no write-back), checks the permission table inline on every load
+//! block (write-back: dirty ones are stored at every exit), checks the permission table inline on every load
 //! and store exactly as [`crate::mmu::UserMem`] does, and ends by jumping
 //! straight into the next block (chaining, patched on first use) or through
 //! an inline hash lookup (indirect jumps). Traps, stores into pages holding

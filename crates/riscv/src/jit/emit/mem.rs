@@ -6,7 +6,7 @@
 
 use std::mem::offset_of;
 
-use super::{fd, space_pages, Frame};
+use super::{fd, space_pages, CacheMap, Frame};
 use crate::decode::{Insn, Kind};
 use crate::jit::x86::*;
 use crate::mem::perm;
@@ -65,7 +65,7 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
             offset_of!(crate::mmu::Entry, tag_r)
         };
         a.op_m(true, &[0x3b], RCX, RDX, tag as i32); // cmp rcx, [rdx + tag]
-        f.slow.push((a.jcc(CC_NE), k));
+        f.slow.push((a.jcc(CC_NE), k, a.cache.dirty_map()));
         if is_store {
             // Stores into pages holding translated code take the
             // slow path (it drops the stale translations).
@@ -74,13 +74,13 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
             a.load(RCX, RDX, offset_of!(crate::mmu::Entry, code) as i32);
             a.op_m(false, &[0x80], 7, RCX, 0); // cmp byte [rcx], 0
             a.u8(0);
-            f.slow.push((a.jcc(CC_NE), k));
+            f.slow.push((a.jcc(CC_NE), k, a.cache.dirty_map()));
         }
         if n > 1 {
             a.op_rr(false, &[0x89], RAX, RCX); // mov ecx, eax
             a.alu_imm(false, AND, RCX, 0xfff);
             a.alu_imm(false, CMP, RCX, 0x1000 - n as i32);
-            f.slow.push((a.jcc(CC_A), k));
+            f.slow.push((a.jcc(CC_A), k, a.cache.dirty_map()));
         }
         // add rax, [rdx + addend]: the host address.
         a.op_m(
@@ -218,11 +218,11 @@ fn check(
     let pages = space_pages(f.space_size);
     if pages <= i32::MAX as u64 {
         a.alu_imm(true, CMP, RCX, pages as i32);
-        f.slow.push((a.jcc(CC_AE), k));
+        f.slow.push((a.jcc(CC_AE), k, a.cache.dirty_map()));
     } else {
         a.mov_rr(RDX, addr);
         a.shift_imm(true, SHR, RDX, f.space_bits);
-        f.slow.push((a.jcc(CC_NE), k));
+        f.slow.push((a.jcc(CC_NE), k, a.cache.dirty_map()));
     }
     if w {
         // movzx edx, byte [r13 + rcx]; and edx, R?|W|CODE; cmp edx, R?|W
@@ -230,12 +230,12 @@ fn check(
         a.op_bi(false, &[0x0f, 0xb6], RDX, R13, RCX);
         a.alu_imm(false, AND, RDX, (need | perm::CODE) as i32);
         a.alu_imm(false, CMP, RDX, need as i32);
-        f.slow.push((a.jcc(CC_NE), k));
+        f.slow.push((a.jcc(CC_NE), k, a.cache.dirty_map()));
     } else {
         // test byte [r13 + rcx], R
         a.op_bi(false, &[0xf6], 0, R13, RCX);
         a.u8(perm::R);
-        f.slow.push((a.jcc(CC_E), k));
+        f.slow.push((a.jcc(CC_E), k, a.cache.dirty_map()));
     }
     if span > 1 && natural {
         // test addr8, span - 1; jnz <page-end test, out of line>
@@ -248,21 +248,31 @@ fn check(
         a.u8(0xc0 | (addr & 7));
         a.u8((span - 1) as u8);
         let at = a.jcc(CC_NE);
-        f.cross.push((at, a.b.len(), addr, span, k));
+        f.cross
+            .push((at, a.b.len(), addr, span, k, a.cache.dirty_map()));
     } else if span > 1 {
         // The bytes must not cross the page end.
-        cross_check(a, f, addr, span, k);
+        let dirty = a.cache.dirty_map();
+        cross_check(a, f, addr, span, k, dirty);
     }
     addr
 }
 
 /// Leaves for the interpreter at instruction `k` unless the `span` bytes
-/// from `addr` stay in one page.
-pub(super) fn cross_check(a: &mut Asm, f: &mut Frame, addr: u8, span: i32, k: usize) {
+/// from `addr` stay in one page (`dirty`: the cache's dirty registers at
+/// the test, which that exit writes back).
+pub(super) fn cross_check(
+    a: &mut Asm,
+    f: &mut Frame,
+    addr: u8,
+    span: i32,
+    k: usize,
+    dirty: CacheMap,
+) {
     a.op_rr(false, &[0x89], addr, RDX); // mov edx, addr32
     a.alu_imm(false, AND, RDX, 0xfff);
     a.alu_imm(false, CMP, RDX, 0x1000 - span);
-    f.slow.push((a.jcc(CC_A), k));
+    f.slow.push((a.jcc(CC_A), k, dirty));
 }
 
 /// How a user-mode load or store is checked (see [`plan`]).

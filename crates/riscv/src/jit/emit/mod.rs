@@ -38,10 +38,12 @@ struct Frame {
     looping: Option<Loop>,
     /// Taken branches of an extended block: (rel32 offset, index of the
     /// branch, target), each to an out-of-line chained exit.
-    taken: Vec<(usize, usize, u64)>,
+    /// (And the cache's dirty registers there, which the exit writes
+    /// back.)
+    taken: Vec<(usize, usize, u64, CacheMap)>,
     /// Jumps to the out-of-line slow exits: (rel32 offset, index of the
-    /// instruction to resume at).
-    slow: Vec<(usize, usize)>,
+    /// instruction to resume at, dirty registers to write back).
+    slow: Vec<(usize, usize, CacheMap)>,
     /// User mode: byte offset (from `pc`) of each instruction, to find
     /// branch targets inside the block.
     offs: Vec<u16>,
@@ -55,12 +57,13 @@ struct Frame {
     /// index of the target instruction, the cache at the jump).
     forward: Vec<(usize, usize, CacheMap)>,
     /// Backward jumps' attention exits: (rel32 offset, index of the
-    /// target instruction).
-    attn_back: Vec<(usize, usize)>,
+    /// target instruction, dirty registers to write back).
+    attn_back: Vec<(usize, usize, CacheMap)>,
     /// User mode: misaligned accesses' out-of-line page-end tests (see
     /// `mem::check`): (rel32 offset of the jump there, code offset to
-    /// return to, address register, bytes, instruction index).
-    cross: Vec<(usize, usize, u8, i32, usize)>,
+    /// return to, address register, bytes, instruction index, dirty
+    /// registers there).
+    cross: Vec<(usize, usize, u8, i32, usize, CacheMap)>,
 }
 
 impl Frame {
@@ -102,26 +105,26 @@ impl Frame {
     /// skips instructions). A backward jump is a loop: it checks for
     /// attention (stop requests, signals, code changes) as block entries
     /// do. The cache at a merge point holds only what every forward jump
-    /// to it agrees on (see `emit_code`); a backward jump first reloads
-    /// (from `Core::x`: the cache is write-through) the slots that differ
-    /// from the target's.
+    /// to it agrees on (see `emit_code`), and forward jumps arrive with
+    /// nothing dirty (they write back first); a backward jump goes to a
+    /// loop head, whose cached registers all count as dirty: it writes
+    /// back the dirty slots the head does not keep, then reloads the
+    /// slots that differ from the head's.
     fn jump_internal(&mut self, a: &mut Asm, k: usize, j: usize, gen: u32) {
         a.add_icount((k as i64 + 1 - j as i64) as i32 as u32);
         if j <= k {
+            let dirty = a.cache.dirty_map();
             a.op_m(false, &[0x83], 7, R15, 0);
             a.u8(0);
-            self.attn_back.push((a.jcc(CC_NE), j));
+            self.attn_back.push((a.jcc(CC_NE), j, dirty));
             a.op_m(false, &[0x81], 7, RBP, 0);
             a.u32(gen);
-            self.attn_back.push((a.jcc(CC_NE), j));
+            self.attn_back.push((a.jcc(CC_NE), j, dirty));
             let (label, want) = self.labels[j].expect("a backward target is emitted");
-            for (s, &g) in want.iter().enumerate() {
-                if g != 0 && a.cache.guest[s] != g {
-                    a.load(CACHE_REGS[s], RBX, xd(g));
-                }
-            }
+            a.restore(&want);
             a.jmp_abs(a.base + label);
         } else {
+            a.flush_dirty(a.cache.dirty_map());
             a.u8(0xe9);
             a.u32(0);
             self.forward.push((a.b.len() - 4, j, a.cache.guest));
@@ -133,6 +136,7 @@ impl Frame {
         match &self.looping {
             Some(l) if target == self.pc => l.back_edge(a, retired),
             _ => {
+                a.flush_dirty(a.cache.dirty_map());
                 a.add_icount(retired);
                 self.static_exit(a, target);
             }
@@ -164,18 +168,26 @@ type CacheMap = [u8; CACHE_REGS.len()];
 const CACHE_REGS: [u8; 6] = [R8, R9, R10, R11, RSI, RDI];
 
 /// Guest integer registers cached in host registers within one block,
-/// write-through: every result is stored to `Core::x` as before *and*
-/// kept in a host register, so later reads in the block skip the
-/// store-to-load round trip through memory (about five cycles on every
-/// dependent instruction). Because memory is always current, no exit,
-/// slow path or trap needs a write-back: the cache just dies with the
-/// block. Anything that could change a guest register behind the
-/// translator's back (a helper call) forgets it all. Replacement is LRU.
+/// write-back: a result only goes to its host register and marks it
+/// dirty, so loops neither store nor reload their registers. Every
+/// place where anything else can look at `Core::x` writes the dirty
+/// ones back first: every exit (chained, dispatched, slow paths of
+/// loads and stores that the interpreter redoes or traps on, helper
+/// calls, system instructions, attention checks at loop heads and back
+/// edges), a slot's reuse for another register, and forward jumps and
+/// merge points inside the block (which agree on a clean state, see
+/// `emit_code`). Loop heads count every cached register as dirty (some
+/// back edge may arrive with it so; writing back a clean one is only a
+/// useless store). Anything that could change a guest register behind
+/// the translator's back (a helper call) forgets it all after the
+/// write-back. Replacement is LRU.
 #[derive(Default)]
 pub(super) struct RegCache {
     /// Guest register held by each of `CACHE_REGS` (0: none; x0 is never
     /// cached).
     guest: CacheMap,
+    /// Slots whose guest register is newer than `Core::x`.
+    dirty: [bool; CACHE_REGS.len()],
     /// Last use of each slot, for LRU replacement.
     used: [u32; CACHE_REGS.len()],
     tick: u32,
@@ -189,30 +201,50 @@ impl RegCache {
         self.used[s] = self.tick;
         Some(CACHE_REGS[s])
     }
-    /// A host register for guest `r`: its own if cached, else an empty or
-    /// the least recently used slot (write-through: nothing to write back).
-    fn slot(&mut self, r: u8) -> u8 {
-        if let Some(h) = self.get(r) {
-            return h;
+    /// A slot for guest `r`: its own if cached, else an empty or the
+    /// least recently used slot, with the guest register it held if that
+    /// one is dirty (the caller writes it back before reusing the slot).
+    fn slot(&mut self, r: u8) -> (usize, Option<u8>) {
+        if let Some(s) = self.guest.iter().position(|&g| g == r && r != 0) {
+            self.tick += 1;
+            self.used[s] = self.tick;
+            return (s, None);
         }
         let s = (0..CACHE_REGS.len())
             .min_by_key(|&s| (self.guest[s] != 0, self.used[s]))
             .unwrap_or(0);
+        let evicted = (self.dirty[s] && self.guest[s] != 0).then_some(self.guest[s]);
         self.tick += 1;
         self.guest[s] = r;
+        self.dirty[s] = false;
         self.used[s] = self.tick;
-        CACHE_REGS[s]
+        (s, evicted)
+    }
+    /// Marks guest `r`'s slot (it must be cached) as newer than memory.
+    fn set_dirty(&mut self, r: u8) {
+        if let Some(s) = self.guest.iter().position(|&g| g == r && r != 0) {
+            self.dirty[s] = true;
+        }
+    }
+    /// Per slot, the guest register it holds when that one is dirty (0
+    /// otherwise): what an exit from here must write back.
+    pub(super) fn dirty_map(&self) -> CacheMap {
+        std::array::from_fn(|s| if self.dirty[s] { self.guest[s] } else { 0 })
     }
     /// Forgets every cached register (their host registers may be
     /// clobbered, or the guest registers changed, behind the translator).
+    /// The caller has written the dirty ones back.
     pub(super) fn forget_all(&mut self) {
         self.guest = [0; CACHE_REGS.len()];
+        self.dirty = [false; CACHE_REGS.len()];
     }
-    /// The cache holding exactly `regs` (at most one per slot, in order).
+    /// The cache holding exactly `regs` (at most one per slot, in order),
+    /// all counted dirty (a loop head: see [`RegCache`]).
     fn preset(regs: &[u8]) -> RegCache {
         let mut c = RegCache::default();
         for (s, &r) in regs.iter().take(CACHE_REGS.len()).enumerate() {
             c.guest[s] = r;
+            c.dirty[s] = true;
             c.used[s] = s as u32;
         }
         c.tick = CACHE_REGS.len() as u32;
@@ -230,16 +262,13 @@ struct Loop {
 }
 
 impl Loop {
-    /// A back edge from the current point: reloads (from `Core::x`, always
-    /// current: the cache is write-through) every register of the loop
-    /// head's cache not already in its host register, then jumps to the
-    /// head (which checks for attention again).
+    /// A back edge from the current point: makes the cache the loop
+    /// head's (see [`Asm::restore`]), then jumps to the head (which checks
+    /// for attention again).
     fn back_edge(&self, a: &mut Asm, retired: u32) {
-        for (s, &g) in self.regs.iter().enumerate() {
-            if a.cache.guest[s] != g {
-                a.load(CACHE_REGS[s], RBX, xd(g));
-            }
-        }
+        let mut want = [0; CACHE_REGS.len()];
+        want[..self.regs.len()].copy_from_slice(&self.regs);
+        a.restore(&want);
         a.add_icount(retired);
         a.jmp_abs(a.base + self.head);
     }
@@ -262,6 +291,42 @@ fn loop_regs(insns: &[Insn]) -> Vec<u8> {
 
 /// Guest-aware helpers on top of the encoder.
 impl Asm {
+    /// A host register for guest `r` (see [`RegCache::slot`]), writing
+    /// back the dirty register it held before.
+    fn cache_slot(&mut self, r: u8) -> u8 {
+        let (s, evicted) = self.cache.slot(r);
+        if let Some(g) = evicted {
+            self.store(RBX, xd(g), CACHE_REGS[s]);
+        }
+        CACHE_REGS[s]
+    }
+    /// Writes back the registers of `dirty` (from [`RegCache::dirty_map`])
+    /// to `Core::x`, leaving the cache as it is: for a path that leaves
+    /// (the path the translator goes on with keeps them dirty).
+    pub(super) fn flush_dirty(&mut self, dirty: CacheMap) {
+        for (s, &g) in dirty.iter().enumerate() {
+            if g != 0 {
+                self.store(RBX, xd(g), CACHE_REGS[s]);
+            }
+        }
+    }
+    /// On a path that jumps to a loop head with the cache `want` (all
+    /// counted dirty there): writes back the dirty registers in slots
+    /// that `want` does not keep, then loads the slots that differ.
+    /// Leaves the translator's cache as it is (the jump leaves this path).
+    fn restore(&mut self, want: &CacheMap) {
+        for s in 0..CACHE_REGS.len() {
+            let g = self.cache.guest[s];
+            if g != 0 && self.cache.dirty[s] && want[s] != g {
+                self.store(RBX, xd(g), CACHE_REGS[s]);
+            }
+        }
+        for (s, &g) in want.iter().enumerate() {
+            if g != 0 && self.cache.guest[s] != g {
+                self.load(CACHE_REGS[s], RBX, xd(g));
+            }
+        }
+    }
     /// Host register holding guest `r` (x1..x31), loading it into the
     /// cache first when it is not there yet.
     pub(super) fn x_reg(&mut self, r: u8) -> u8 {
@@ -269,7 +334,7 @@ impl Asm {
         if let Some(h) = self.cache.get(r) {
             return h;
         }
-        let h = self.cache.slot(r);
+        let h = self.cache_slot(r);
         self.load(h, RBX, xd(r));
         h
     }
@@ -291,13 +356,13 @@ impl Asm {
             self.mov_rr(h, c);
         }
     }
-    /// Host `h` into guest register `r` (writes to x0 vanish): stored to
-    /// `Core::x` and kept in the cache.
+    /// Host `h` into guest register `r` (writes to x0 vanish): into its
+    /// cache slot, dirty.
     pub(super) fn st_x(&mut self, r: u8, h: u8) {
         if r != 0 && r != ZERO_SINK {
-            self.store(RBX, xd(r), h);
-            let c = self.cache.slot(r);
+            let c = self.cache_slot(r);
             self.mov_rr(c, h);
+            self.cache.set_dirty(r);
         }
     }
     /// The host register an instruction that writes guest `r` computes
@@ -306,31 +371,40 @@ impl Asm {
     /// in their registers: the slot may evict the least recently used.
     pub(super) fn rd_host(&mut self, r: u8) -> u8 {
         if r != 0 && r != ZERO_SINK {
-            self.cache.slot(r)
+            self.cache_slot(r)
         } else {
             RAX
         }
     }
     /// Ends a write of guest `r` computed in `h` (from [`Asm::rd_host`]):
-    /// stores it to `Core::x` (the cache is write-through).
+    /// marks it dirty (no exit may come between the two: the slot holds
+    /// a half-computed value until here).
     pub(super) fn rd_commit(&mut self, r: u8, h: u8) {
         if r != 0 && r != ZERO_SINK {
-            self.store(RBX, xd(r), h);
+            debug_assert!(
+                self.cache
+                    .guest
+                    .iter()
+                    .position(|&g| g == r)
+                    .map(|s| CACHE_REGS[s])
+                    == Some(h)
+            );
+            self.cache.set_dirty(r);
         }
     }
     /// Guest `rd` (not x0) = `rd + imm`, in place.
     pub(super) fn add_x_imm(&mut self, rd: u8, imm: i32) {
         let c = self.x_reg(rd);
         self.alu_imm(true, ADD, c, imm);
-        self.store(RBX, xd(rd), c);
+        self.cache.set_dirty(rd);
     }
     /// Guest `rd` (not x0) = sign-extended `imm`.
     pub(super) fn li_x(&mut self, rd: u8, imm: i32) {
-        let c = self.cache.slot(rd);
+        let c = self.cache_slot(rd);
         // mov c, simm32 (sign-extended to 64 bits)
         self.op_rr(true, &[0xc7], 0, c);
         self.u32(imm as u32);
-        self.store(RBX, xd(rd), c);
+        self.cache.set_dirty(rd);
     }
     pub(super) fn add_icount(&mut self, n: u32) {
         if n != 0 {
@@ -460,15 +534,31 @@ impl Jit {
                 // the slots every forward jump here agrees on (each holds
                 // its guest register's current value on every path);
                 // backward jumps will restore exactly this map.
+                // Forward jumps arrive clean (they write back first); the
+                // fall-through path writes back the dirty slots dropped
+                // here, before the jumps' label.
                 let (here, later): (Vec<_>, Vec<_>) =
                     f.forward.drain(..).partition(|&(_, j, _)| j == k);
                 f.forward = later;
-                for (at, _, map) in here {
-                    for (s, g) in a.cache.guest.iter_mut().enumerate() {
+                let mut keep = a.cache.guest;
+                for (_, _, map) in &here {
+                    for (s, g) in keep.iter_mut().enumerate() {
                         if map[s] != *g {
                             *g = 0;
                         }
                     }
+                }
+                for s in 0..CACHE_REGS.len() {
+                    let g = a.cache.guest[s];
+                    if keep[s] != g {
+                        if a.cache.dirty[s] {
+                            a.store(RBX, xd(g), CACHE_REGS[s]);
+                        }
+                        a.cache.guest[s] = 0;
+                        a.cache.dirty[s] = false;
+                    }
+                }
+                for (at, _, _) in here {
                     a.bind(at);
                 }
                 if let Some(last) = back_last[k] {
@@ -477,11 +567,9 @@ impl Jit {
                     // body does not evict its own registers for ones from
                     // before the loop and back edges find them in place.
                     let regs = loop_regs(&insns[k..=last]);
-                    for (s, &g) in regs.iter().enumerate() {
-                        if a.cache.guest[s] != g {
-                            a.load(CACHE_REGS[s], RBX, xd(g));
-                        }
-                    }
+                    let mut want = [0; CACHE_REGS.len()];
+                    want[..regs.len()].copy_from_slice(&regs);
+                    a.restore(&want);
                     a.cache = RegCache::preset(&regs);
                 }
                 f.labels[k] = Some((a.b.len(), a.cache.guest));
@@ -491,6 +579,7 @@ impl Jit {
             }
             match i.kind {
                 BlockEnd => {
+                    a.flush_dirty(a.cache.dirty_map());
                     a.add_icount(k as u32);
                     f.static_exit(&mut a, ipc);
                 }
@@ -505,14 +594,16 @@ impl Jit {
                 _ if i.ends_block() => {
                     // System instructions, ecall, illegal words: the
                     // interpreter runs the block from here.
+                    a.flush_dirty(a.cache.dirty_map());
                     a.add_icount(k as u32);
                     a.exit_pc(epi, ipc, EXIT_SLOW);
                 }
                 _ => {
                     let idx = self.helpers.len() as u32;
                     self.helpers.push(*i);
-                    // The call clobbers the cache's host registers, and
-                    // the instruction writes a guest register.
+                    // The call reads and writes guest registers in
+                    // `Core::x` and clobbers the cache's host registers.
+                    a.flush_dirty(a.cache.dirty_map());
                     a.cache.forget_all();
                     a.mov_rr(RDI, R14);
                     a.mov_imm(RSI, idx as u64);
@@ -521,19 +612,20 @@ impl Jit {
                     a.mov_imm(RAX, sys.unwrap_or(user as usize) as u64);
                     a.b.extend_from_slice(&[0xff, 0xd0]); // call rax
                     a.op_rr(false, &[0x85], RAX, RAX); // test eax, eax
-                    f.slow.push((a.jcc(CC_NE), k));
+                    f.slow.push((a.jcc(CC_NE), k, [0; CACHE_REGS.len()]));
                 }
             }
         }
         // Out-of-line page-end tests of misaligned accesses.
-        for (at, back, addr, span, k) in std::mem::take(&mut f.cross) {
+        for (at, back, addr, span, k, dirty) in std::mem::take(&mut f.cross) {
             a.bind(at);
-            mem::cross_check(&mut a, &mut f, addr, span, k);
+            mem::cross_check(&mut a, &mut f, addr, span, k, dirty);
             a.jmp_abs(a.base + back);
         }
         // Out-of-line exits.
-        for &(at, k, target) in &f.taken {
+        for &(at, k, target, dirty) in &f.taken {
             a.bind(at);
+            a.flush_dirty(dirty);
             a.add_icount(k as u32 + 1);
             f.static_exit(&mut a, target);
         }
@@ -542,22 +634,32 @@ impl Jit {
         if let Some(at) = attn3 {
             a.bind(at);
         }
+        if let Some(l) = &f.looping {
+            // The loop head's registers, all counted dirty (a back edge
+            // may have written them).
+            for (s, &g) in l.regs.iter().enumerate() {
+                a.store(RBX, xd(g), CACHE_REGS[s]);
+            }
+        }
         a.exit_pc(epi, pc, EXIT_ATTN);
-        for &(at, j) in &f.attn_back {
+        for &(at, j, dirty) in &f.attn_back {
             // A backward jump inside the block saw attention: leave at
             // its target, the jump retired (it added k + 1 - j).
             a.bind(at);
+            a.flush_dirty(dirty);
             a.add_icount(j as u32);
             a.exit_pc(epi, pc.wrapping_add(insns[j].off as u64), EXIT_ATTN);
         }
         debug_assert!(f.forward.is_empty(), "every forward target is emitted");
-        let mut k_done = usize::MAX;
-        f.slow.sort_by_key(|&(_, k)| k);
+        // Slow exits share a stub per instruction and dirty set.
+        let mut done = None;
+        f.slow.sort_by_key(|&(_, k, dirty)| (k, dirty));
         let mut stub = 0;
-        for &(at, k) in &f.slow {
-            if k != k_done {
-                k_done = k;
+        for &(at, k, dirty) in &f.slow {
+            if done != Some((k, dirty)) {
+                done = Some((k, dirty));
                 stub = a.b.len();
+                a.flush_dirty(dirty);
                 a.add_icount(k as u32);
                 a.exit_pc(epi, pc.wrapping_add(insns[k].off as u64), EXIT_SLOW);
             }

@@ -141,7 +141,7 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
                 // fall-through path goes on here, the taken one leaves
                 // through an out-of-line exit.
                 let at = a.jcc($cc);
-                f.taken.push((at, k, target));
+                f.taken.push((at, k, target, a.cache.dirty_map()));
             } else {
                 let taken = a.jcc($cc);
                 f.exit_to(a, next, k as u32 + 1);
@@ -181,6 +181,7 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
                 a.mov_imm(RCX, next);
                 a.st_x(rd, RCX);
             }
+            a.flush_dirty(a.cache.dirty_map());
             a.add_icount(k as u32 + 1);
             a.store(R14, ctx_off(offset_of!(Ctx, pc)), RAX);
             if f.sys.is_some() {
