@@ -131,12 +131,11 @@ pub fn run(req: Request) -> anyhow::Result<i32> {
                 .with_context(|| format!("cannot read the initrd {}", p.display()))
         })
         .transpose()?;
-    // The probe runs in its own small VM once the machine has started,
-    // beside the guest (it only decides a warning): creating two VMs at
-    // once would slow the machine's own start-up, on a nested KVM most.
+    // The probe runs in its own small VM beside the machine's start-up
+    // (it only decides a warning), so it adds little to the start time.
     // KVM missing or broken: the machine itself reports it.
     let probe_path = req.accel.kvm_device.clone();
-    let spawn_probe = move || std::thread::spawn(move || probe(&probe_path));
+    let probe = std::thread::spawn(move || probe(&probe_path));
     let disks = req
         .disks
         .iter()
@@ -171,13 +170,11 @@ pub fn run(req: Request) -> anyhow::Result<i32> {
         input: Some(0),
         timeout: req.timeout.map(Duration::from_secs),
     };
-    let (outcome, probe) = match &req.api_sock {
+    let outcome = match &req.api_sock {
         None => {
             // Raw mode only while the machine runs; restored on every way out.
             let _raw = riscv_machine::terminal::RawMode::enter(0);
-            let m = x86_machine::start(cfg).map_err(flat)?;
-            let probe = spawn_probe();
-            (m.wait().map_err(flat), probe)
+            x86_machine::run(cfg).map_err(flat)
         }
         Some(sock) => {
             let config = crate::vm_api::describe(
@@ -190,7 +187,6 @@ pub fn run(req: Request) -> anyhow::Result<i32> {
                 &req.nics,
             )?;
             let m = Arc::new(x86_machine::start(cfg).map_err(flat)?);
-            let probe = spawn_probe();
             let slot = Arc::new(crate::vm_api_x86::Slot::default());
             slot.set(m.clone());
             let _server = crate::vm_api_x86::serve(
@@ -200,7 +196,7 @@ pub fn run(req: Request) -> anyhow::Result<i32> {
                 vmm::api::InitialState::Running(config),
             )?;
             let _raw = riscv_machine::terminal::RawMode::enter(0);
-            (m.wait().map_err(flat), probe)
+            m.wait().map_err(flat)
         }
     };
     let probed = probe.join();
