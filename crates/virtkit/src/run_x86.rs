@@ -129,8 +129,8 @@ pub fn main(req: Request) -> anyhow::Result<i32> {
     );
     if !req.verbose {
         // loglevel=2 beyond quiet: Debian's kernel reports the hardware
-        // this board lacks (no ACPI tables, no PCI, the i8042's CTR) as
-        // errors; panics still show.
+        // this board lacks (no PCI, and with i8042.nopnp no keyboard port
+        // described) as errors; panics still show.
         cmdline.push_str(" quiet loglevel=2");
     }
     let nics = if req.net {
