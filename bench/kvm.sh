@@ -99,4 +99,4 @@ print("%.1f %.1f %.1f" % (r["mean"]*1e3, r["stddev"]*1e3, r["median"]*1e3))
 done
 echo
 echo "(${RUNS} runs each, 1 vCPU, 64 MiB. On a KVM that emulates guest ring 0, virtkit runs its accelerator"
-echo " probe, about 10 ms there, beside the start of the machine; on hardware it takes microseconds.)"
+echo " probe, 5 to 10 ms there (twice a 5,000-instruction loop in ring 0), beside the start of the machine; on hardware it takes microseconds.)"
