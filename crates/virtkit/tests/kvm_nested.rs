@@ -258,11 +258,24 @@ fn run_outer(kernel: &Path, initrd: &Path) -> String {
     out
 }
 
+/// Whether the outer guest's own kernel oopsed before its script ended:
+/// QEMU's TCG now and then breaks Linux's live code patching on two vCPUs
+/// (an int3 oops in the scheduler early in L1's boot, seen a few times in
+/// some tens of runs), which says nothing about virtkit. Only L1's kernel
+/// reports QEMU's machine as its hardware.
+fn outer_kernel_crashed(out: &str) -> bool {
+    out.contains("Hardware name: QEMU Standard PC") && !out.contains("L1-RESTORE-STATUS")
+}
+
 #[test]
 fn debian_amd64_boots_under_virtkit_run_on_nested_kvm() {
     let tmp = tempfile::tempdir().unwrap();
     let (initrd, kernel) = outer_guest(tmp.path());
-    let out = run_outer(&kernel, &initrd);
+    let mut out = run_outer(&kernel, &initrd);
+    if outer_kernel_crashed(&out) {
+        eprintln!("the outer guest's kernel crashed under TCG (see above): running it once more");
+        out = run_outer(&kernel, &initrd);
+    }
     assert!(
         out.contains("L1-KVM ok"),
         "no /dev/kvm in the outer guest:\n{out}"
