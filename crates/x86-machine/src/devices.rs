@@ -3,8 +3,10 @@
 //! ends the run), and the virtio-mmio slots. Guest-controlled access sizes are checked here: a port access
 //! is 1, 2 or 4 bytes, an MMIO access 1 to 8.
 
+use std::collections::VecDeque;
 use std::io::Write;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
@@ -41,11 +43,31 @@ pub struct VirtioSlot {
     pub transport: Mutex<virtio::MmioTransport>,
 }
 
+/// How many bytes of host input wait behind the 16550's 64-byte receive
+/// FIFO before the terminal reader is made to wait (as the riscv64
+/// board's console queue): bounds memory when the guest does not read.
+pub const SERIAL_INPUT_CAPACITY: usize = 4096;
+
+/// Host input on its way to the serial port: bytes the FIFO has no room
+/// for yet, and whether the machine is paused (then nothing moves into the
+/// device, so that a paused machine's state, and a snapshot of it, stays
+/// what the guest last saw; the bytes follow on resume).
+#[derive(Default)]
+pub struct SerialInput {
+    pub held: bool,
+    pub queue: VecDeque<u8>,
+}
+
 /// Port and MMIO devices; shared by all vCPU threads.
 pub struct Devices {
     pub serial: Mutex<Serial<IrqFdTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>>,
     pub virtio: Vec<Arc<VirtioSlot>>,
     pub i8042: Mutex<I8042>,
+    /// Host input not yet in the serial port's FIFO (locked before
+    /// `serial` when both are).
+    pub serial_input: Mutex<SerialInput>,
+    /// Signalled when the input queue has room again.
+    pub serial_room: Condvar,
     /// IRQ 1, the keyboard's interrupt (an irqfd).
     pub kbd_irq: IrqFdTrigger,
     /// Accesses nobody answers (reads give all ones, writes are dropped),
@@ -106,7 +128,12 @@ impl Devices {
         for (i, b) in data.iter_mut().enumerate() {
             let p = port.wrapping_add(i as u16);
             *b = match p {
-                COM1_PORT..=0x3ff => lock(&self.serial).read((p - COM1_PORT) as u8),
+                COM1_PORT..=0x3ff => {
+                    let b = lock(&self.serial).read((p - COM1_PORT) as u8);
+                    // A read may have made room in the FIFO.
+                    self.fill_serial(&mut lock(&self.serial_input));
+                    b
+                }
                 I8042_CMD_PORT | I8042_DATA_PORT => {
                     let (b, more) = lock(&self.i8042).read((p - I8042_DATA_PORT) as u8);
                     if more {
@@ -124,7 +151,7 @@ impl Devices {
         Ok(())
     }
 
-    fn kbd_interrupt(&self) {
+    pub fn kbd_interrupt(&self) {
         // A failed eventfd write (its counter full) loses nothing: an
         // interrupt is pending already.
         let _ = self.kbd_irq.trigger();
@@ -174,7 +201,59 @@ impl Devices {
     }
 }
 
-/// Feeds host input bytes to the serial port (it raises its interrupt).
-pub fn serial_input(devices: &Devices, bytes: &[u8]) {
-    let _ = lock(&devices.serial).enqueue_raw_bytes(bytes);
+impl Devices {
+    /// Moves queued host input into the serial port's FIFO as far as it
+    /// has room (the port raises its interrupt), unless held.
+    pub fn fill_serial(&self, input: &mut SerialInput) {
+        if input.held || input.queue.is_empty() {
+            return;
+        }
+        let mut serial = lock(&self.serial);
+        let n = serial.fifo_capacity().min(input.queue.len());
+        if n == 0 {
+            return;
+        }
+        let bytes: Vec<u8> = input.queue.iter().take(n).copied().collect();
+        // In loopback mode the port takes nothing: the bytes stay queued.
+        // A failed interrupt (its eventfd counter full) loses nothing: one
+        // is pending already.
+        let taken = match serial.enqueue_raw_bytes(&bytes) {
+            Ok(taken) => taken,
+            Err(_) => n,
+        };
+        input.queue.drain(..taken);
+        if taken > 0 {
+            self.serial_room.notify_all();
+        }
+    }
+
+    /// Holds host input out of the serial port (a pause) or lets it in
+    /// again (a resume).
+    pub fn hold_serial_input(&self, held: bool) {
+        let mut input = lock(&self.serial_input);
+        input.held = held;
+        self.fill_serial(&mut input);
+    }
+}
+
+/// Feeds host input bytes to the serial port, queued behind earlier ones
+/// and moved into its FIFO as the guest reads; waits while the queue is
+/// full, until `stopped` says the machine has stopped.
+pub fn serial_input(devices: &Devices, bytes: &[u8], stopped: &dyn Fn() -> bool) {
+    let mut input = lock(&devices.serial_input);
+    for chunk in bytes.chunks(SERIAL_INPUT_CAPACITY) {
+        loop {
+            devices.fill_serial(&mut input);
+            if input.queue.len() + chunk.len() <= SERIAL_INPUT_CAPACITY || stopped() {
+                break;
+            }
+            input = devices
+                .serial_room
+                .wait_timeout(input, Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        input.queue.extend(chunk);
+    }
+    devices.fill_serial(&mut input);
 }

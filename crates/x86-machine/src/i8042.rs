@@ -15,6 +15,13 @@
 //! connector does, and bytes meant for it go to the keyboard as on an
 //! AT-type controller, so Linux's aux and mux probes end at their first
 //! answer instead of a timeout.
+//!
+//! The keyboard itself has one key event to send: Ctrl+Alt+Del (the
+//! control API's `SendCtrlAltDel`, as Firecracker's), which Linux's
+//! atkbd driver turns into its reboot request. The scancodes are set 2's
+//! as a keyboard sends them, translated to set 1 when the control
+//! register asks for translation (as firmware leaves it, and Linux keeps
+//! it), each make code followed by its break code.
 
 use std::collections::VecDeque;
 
@@ -71,6 +78,42 @@ const KBD_CMD_RESET: u8 = 0xff;
 /// Bytes the output queue holds at most (a real controller holds one;
 /// the keyboard's answers queue behind it).
 const QUEUE_MAX: usize = 16;
+
+/// A key as the keyboard reports it: its set 2 make code (prefixed with
+/// 0xe0 when extended) and the set 1 code the controller translates it to.
+struct Key {
+    extended: bool,
+    set2: u8,
+    set1: u8,
+}
+
+const KEY_LEFT_CTRL: Key = Key {
+    extended: false,
+    set2: 0x14,
+    set1: 0x1d,
+};
+const KEY_LEFT_ALT: Key = Key {
+    extended: false,
+    set2: 0x11,
+    set1: 0x38,
+};
+const KEY_DELETE: Key = Key {
+    extended: true,
+    set2: 0x71,
+    set1: 0x53,
+};
+const SCAN_EXTENDED: u8 = 0xe0;
+/// Set 2's break prefix; set 1 marks a break with bit 7 instead.
+const SET2_BREAK: u8 = 0xf0;
+const SET1_BREAK: u8 = 0x80;
+
+/// Key events that did not fit the output queue: the guest has not read
+/// the bytes queued before them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the keyboard's output buffer is full ({queued} bytes unread by the guest): try again once it has read them")]
+pub struct QueueFull {
+    pub queued: usize,
+}
 
 /// What a write asks of the board.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +180,58 @@ impl I8042 {
             DATA => self.data(value),
             _ => Effect::None,
         }
+    }
+
+    /// Presses and releases Ctrl+Alt+Del: Ctrl, Alt and Del down, then
+    /// up in reverse order. All or nothing: refused when the sequence does
+    /// not fit behind the bytes already queued.
+    pub fn ctrl_alt_del(&mut self) -> Result<Effect, QueueFull> {
+        let keys = [KEY_LEFT_CTRL, KEY_LEFT_ALT, KEY_DELETE];
+        let mut bytes = Vec::with_capacity(12);
+        for k in &keys {
+            self.scancode(k, true, &mut bytes);
+        }
+        for k in keys.iter().rev() {
+            self.scancode(k, false, &mut bytes);
+        }
+        if self.queue.len() + bytes.len() > QUEUE_MAX {
+            return Err(QueueFull {
+                queued: self.queue.len(),
+            });
+        }
+        self.queue.extend(bytes);
+        self.status |= STS_OBF;
+        Ok(if self.kbd_irq_enabled() {
+            Effect::Interrupt
+        } else {
+            Effect::None
+        })
+    }
+
+    /// The bytes of one key event, in the scancode set the guest reads.
+    fn scancode(&self, key: &Key, down: bool, out: &mut Vec<u8>) {
+        if key.extended {
+            out.push(SCAN_EXTENDED);
+        }
+        if self.control & CTR_XLATE != 0 {
+            out.push(if down {
+                key.set1
+            } else {
+                key.set1 | SET1_BREAK
+            });
+        } else {
+            if !down {
+                out.push(SET2_BREAK);
+            }
+            out.push(key.set2);
+        }
+    }
+
+    /// Whether bytes wait in the output queue and the keyboard interrupt
+    /// is on: a restored machine raises IRQ 1 again for them (the edge
+    /// that announced them may have been lost with the vCPUs' state).
+    pub fn wants_interrupt(&self) -> bool {
+        !self.queue.is_empty() && self.kbd_irq_enabled()
     }
 
     fn kbd_irq_enabled(&self) -> bool {
@@ -273,6 +368,37 @@ mod tests {
         assert_eq!(k.write(DATA, KBD_CMD_RESET), Effect::None);
         assert_eq!(read_data(&mut k), KBD_ACK);
         assert_eq!(read_data(&mut k), KBD_BAT_OK);
+    }
+
+    #[test]
+    fn ctrl_alt_del_in_set_1_and_set_2() {
+        let mut k = I8042::default();
+        assert!(!k.wants_interrupt());
+        assert_eq!(k.ctrl_alt_del(), Ok(Effect::Interrupt));
+        assert!(k.wants_interrupt());
+        let mut got = Vec::new();
+        while k.read(COMMAND).0 & STS_OBF != 0 {
+            got.push(read_data(&mut k));
+        }
+        // Translated (the firmware default): set 1 make and break codes.
+        assert_eq!(got, [0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d]);
+        // Untranslated, with the keyboard interrupt off: set 2, polled.
+        k.write(COMMAND, CMD_WRITE_CTR);
+        k.write(DATA, CTR_SYS);
+        assert_eq!(k.ctrl_alt_del(), Ok(Effect::None));
+        assert!(!k.wants_interrupt());
+        let got: Vec<u8> = (0..11).map(|_| read_data(&mut k)).collect();
+        assert_eq!(
+            got,
+            [0x14, 0x11, 0xe0, 0x71, 0xe0, 0xf0, 0x71, 0xf0, 0x11, 0xf0, 0x14]
+        );
+        assert_eq!(k.read(COMMAND).0 & STS_OBF, 0);
+        // A guest that reads nothing fills the queue: the next sequence
+        // is refused whole, not cut.
+        k.ctrl_alt_del().unwrap();
+        assert_eq!(k.ctrl_alt_del(), Err(QueueFull { queued: 11 }));
+        assert_eq!((0..11).map(|_| read_data(&mut k)).count(), 11);
+        assert_eq!(k.read(COMMAND).0 & STS_OBF, 0);
     }
 
     #[test]

@@ -105,6 +105,8 @@ pub enum Error {
     NotPaused,
     #[error("the machine is not running{}", .0.as_ref().map(|r| format!(" (it stopped: {r:?})")).unwrap_or_default())]
     NotRunning(Option<StopReason>),
+    #[error(transparent)]
+    Keyboard(#[from] i8042::QueueFull),
     #[error("disk {index} is read-write and not a qcow2 image: a snapshot needs a qcow2 internal snapshot of a disk the guest can write; attach it read-only or use qcow2")]
     WritableDiskSnapshot { index: usize },
 }

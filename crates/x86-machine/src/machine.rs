@@ -19,7 +19,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::boot::{self, BootFile, BootSetup};
 use crate::cpu::{self, Entry};
-use crate::devices::{Action, Devices, IrqFdTrigger, VirtioSlot};
+use crate::devices::{Action, Devices, IrqFdTrigger, SerialInput, VirtioSlot};
 use crate::irqfd::{self, IrqFdLine, Relay};
 use crate::layout::*;
 use crate::snapshot::{self, DiskSnapshot, MachineState, MachineSummary, VcpuState};
@@ -430,6 +430,13 @@ fn build_devices(vm: &Vm, cfg: &mut MachineConfig, saved: Option<&MachineState>)
         serial: Mutex::new(serial),
         virtio: slots,
         i8042: Mutex::new(saved.map(|st| st.i8042.clone()).unwrap_or_default()),
+        serial_input: Mutex::new(SerialInput {
+            held: true,
+            queue: saved
+                .map(|st| st.serial_input.iter().copied().collect())
+                .unwrap_or_default(),
+        }),
+        serial_room: Condvar::new(),
         kbd_irq: IrqFdTrigger(kbd_irq),
         unhandled_io: Default::default(),
         unhandled_mmio: Default::default(),
@@ -546,6 +553,13 @@ pub fn restore(
     let mut cfg = cfg;
     let st = snapshot::read(state_path)?;
     check(&cfg)?;
+    if st.serial_input.len() > crate::devices::SERIAL_INPUT_CAPACITY {
+        return Err(Error::SnapshotState(format!(
+            "{} bytes of pending serial input, more than the {}-byte queue",
+            st.serial_input.len(),
+            crate::devices::SERIAL_INPUT_CAPACITY
+        )));
+    }
     let summary = summary(&cfg);
     if let Some(what) = st.machine.mismatch(&summary) {
         return Err(Error::SnapshotMismatch(what));
@@ -567,7 +581,31 @@ pub fn restore(
         snapshot::restore_vcpu(vcpu, s)
             .map_err(|e| Error::SnapshotState(format!("vCPU {i}: {e}")))?;
     }
+    replay_interrupts(&vm, &st)?;
     launch(vm, board, vcpus, summary, &cfg, paused)
+}
+
+/// Raises the serial port's and the keyboard's interrupts again when
+/// they hold bytes the guest has not read. The edge that announced them
+/// may be missing from the saved vCPU state (it can reach a LAPIC after
+/// its vCPU parked); a spurious one costs the guest's driver a status
+/// read. Done through KVM_IRQ_LINE, which delivers before any vCPU runs.
+fn replay_interrupts(vm: &Vm, st: &MachineState) -> Result<()> {
+    const IER_RDA: u8 = 0x01;
+    let serial = !st.serial.in_buffer.is_empty() && st.serial.interrupt_enable & IER_RDA != 0;
+    for (gsi, on) in [(COM1_IRQ, serial), (KBD_IRQ, st.i8042.wants_interrupt())] {
+        if on {
+            for level in [true, false] {
+                vm.fd
+                    .set_irq_line(gsi, level)
+                    .map_err(|source| Error::Kvm {
+                        what: "KVM_IRQ_LINE",
+                        source,
+                    })?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reverts each qcow2 disk to its internal snapshot; a read-write disk
@@ -689,6 +727,8 @@ fn launch(
     }
     if paused {
         m.wait_parked()?;
+    } else {
+        m.devices.hold_serial_input(false);
     }
     Ok(m)
 }
@@ -760,6 +800,39 @@ impl RunningMachine {
         self.power.stop(reason);
     }
 
+    /// Presses and releases Ctrl+Alt+Del on the i8042 keyboard and raises
+    /// IRQ 1 for the first byte (the control API's `SendCtrlAltDel`, as
+    /// Firecracker's); Linux's keyboard driver answers with a reboot.
+    /// On a paused machine the keys wait in the controller until it runs
+    /// (a snapshot keeps them, and its restore raises the interrupt anew).
+    pub fn send_ctrl_alt_del(&self) -> Result<()> {
+        let _op = self.lock_ops();
+        if self.power.is_stopped() {
+            return Err(Error::NotRunning(self.stopped()));
+        }
+        let effect = self
+            .devices
+            .i8042
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ctrl_alt_del()?;
+        if effect == crate::i8042::Effect::Interrupt {
+            self.devices.kbd_interrupt();
+        }
+        Ok(())
+    }
+
+    /// Bytes of host input waiting for room in the serial port's FIFO
+    /// (or for the resume of a paused machine).
+    pub fn serial_input_queued(&self) -> usize {
+        self.devices
+            .serial_input
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .queue
+            .len()
+    }
+
     /// Whether the machine is paused.
     pub fn is_paused(&self) -> bool {
         self.ctl.pause.load(Ordering::Acquire)
@@ -781,6 +854,8 @@ impl RunningMachine {
         if self.is_paused() {
             return Ok(());
         }
+        // Host input waits outside the device until the resume.
+        self.devices.hold_serial_input(true);
         self.ctl.pause.store(true, Ordering::Release);
         self.wait_parked()
     }
@@ -844,9 +919,12 @@ impl RunningMachine {
                 .resume()
                 .map_err(|e| Error::SnapshotState(format!("resuming a virtio device: {e}")))?;
         }
-        let _p = self.ctl.lock();
-        self.ctl.pause.store(false, Ordering::Release);
-        self.ctl.cv.notify_all();
+        {
+            let _p = self.ctl.lock();
+            self.ctl.pause.store(false, Ordering::Release);
+            self.ctl.cv.notify_all();
+        }
+        self.devices.hold_serial_input(false);
         Ok(())
     }
 
@@ -917,12 +995,22 @@ impl RunningMachine {
                     .map_err(|e| Error::SnapshotState(e.to_string()))
             })
             .collect::<Result<Vec<_>>>()?;
+        let serial_input = self
+            .devices
+            .serial_input
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .queue
+            .iter()
+            .copied()
+            .collect();
         let mut state = MachineState {
             version: snapshot::MACHINE_STATE_VERSION,
             machine: self.summary.clone(),
             vcpus,
             vm: snapshot::save_vm(&self.vm.fd)?,
             serial,
+            serial_input,
             i8042: self
                 .devices
                 .i8042
@@ -1255,7 +1343,7 @@ fn spawn_input(
                         (false, b) => out.push(b),
                     }
                 }
-                crate::devices::serial_input(&devices, &out);
+                crate::devices::serial_input(&devices, &out, &|| power.is_stopped());
             }
         })
         .map_err(|e| Error::Io("spawning the serial input thread", e))

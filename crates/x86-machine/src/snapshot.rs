@@ -277,6 +277,11 @@ pub struct MachineState {
     pub vcpus: Vec<VcpuState>,
     pub vm: VmState,
     pub serial: SerialState,
+    /// Host input received and not yet in the serial port's FIFO (typed
+    /// while the machine was paused, or beyond the FIFO's 64 bytes); it
+    /// follows the FIFO's bytes once the restored machine runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub serial_input: Vec<u8>,
     /// The i8042's registers and output queue (a state file written
     /// before the board had them restores a freshly reset controller).
     #[serde(default)]

@@ -123,3 +123,61 @@ fn i8042_answers_the_linux_probe() {
     assert_eq!(value(&text, "id2"), 0x83, "{text}");
     assert_eq!(value(&text, "empty"), 0x1ff, "{text}");
 }
+
+/// Ctrl+Alt+Del reaches a guest that takes keyboard interrupts: eight
+/// bytes (make and break codes, translated to set 1), one IRQ 1 each.
+#[test]
+fn ctrl_alt_del_reaches_the_keyboard_interrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let guest = build_guest(dir.path(), "kbd", &keyboard_guest(8));
+    let out = Capture::default();
+    let m = x86_machine::start(config(&guest, &out)).unwrap();
+    wait_until(&out, "ready\n");
+    m.send_ctrl_alt_del().unwrap();
+    let o = m.wait().unwrap();
+    assert_eq!(o.reason, StopReason::Reset, "{}", out.text());
+    assert_eq!(out.text(), format!("ready\n{CTRL_ALT_DEL_LINES}"));
+    // A stopped machine takes no keys.
+    assert!(matches!(
+        m.send_ctrl_alt_del().unwrap_err(),
+        x86_machine::Error::NotRunning(_)
+    ));
+}
+
+/// Keys sent to a paused machine wait in the controller; a snapshot
+/// taken then keeps them, and the restored machine raises IRQ 1 for them
+/// (the interrupt raised during the pause is not in the vCPU state the
+/// pause saved).
+#[test]
+fn ctrl_alt_del_sent_while_paused_survives_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let guest = build_guest(dir.path(), "kbd", &keyboard_guest(8));
+    let (state, memory) = (dir.path().join("state"), dir.path().join("memory"));
+    let out = Capture::default();
+    let m = x86_machine::start(config(&guest, &out)).unwrap();
+    wait_until(&out, "ready\n");
+    m.pause().unwrap();
+    m.send_ctrl_alt_del().unwrap();
+    m.snapshot(&state, &memory).unwrap();
+    m.stop(StopReason::Quit);
+    assert_eq!(m.wait().unwrap().reason, StopReason::Quit);
+    assert_eq!(out.text(), "ready\n");
+
+    let out2 = Capture::default();
+    let m2 = x86_machine::restore(config(&guest, &out2), &state, &memory, false).unwrap();
+    let o = m2.wait().unwrap();
+    assert_eq!(o.reason, StopReason::Reset, "{}", out2.text());
+    assert_eq!(out2.text(), CTRL_ALT_DEL_LINES);
+}
+
+fn wait_until(out: &Capture, what: &str) {
+    let start = std::time::Instant::now();
+    while !out.text().contains(what) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "no {what:?} in {}",
+            out.text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}

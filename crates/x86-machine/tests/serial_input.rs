@@ -79,3 +79,67 @@ fn ctrl_a_x_quits() {
     assert_eq!(outcome.reason, StopReason::Quit, "{}", out.text());
     drop(r);
 }
+
+fn wait_for(out: &Capture, what: &str) {
+    let start = std::time::Instant::now();
+    while !out.text().contains(what) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "no {what:?} in {}",
+            out.text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// "got=<c>\n" for each byte of `bytes`.
+fn echoed(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|&b| format!("got={}\n", b as char))
+        .collect()
+}
+
+/// Input typed while the machine is paused stays out of the guest's
+/// 16550 until the resume, all of it (more than the FIFO's 64 bytes), and
+/// a snapshot taken meanwhile keeps it for the restored machine.
+#[test]
+fn input_typed_while_paused_waits_for_the_resume_and_is_snapshotted() {
+    let dir = tempfile::tempdir().unwrap();
+    let guest = build_guest(dir.path(), "echo", ECHO_GUEST);
+    let (state, memory) = (dir.path().join("state"), dir.path().join("memory"));
+    let (r, mut w) = pipe();
+    let out = Capture::default();
+    let mut cfg = config(&guest, &out);
+    cfg.input = Some(r.as_raw_fd());
+    let m = x86_machine::start(cfg).unwrap();
+    wait_for(&out, "ready\n");
+    m.pause().unwrap();
+    let typed: Vec<u8> = (0..100u8).map(|i| b'0' + i % 75).collect();
+    w.write_all(&typed).unwrap();
+    let start = std::time::Instant::now();
+    while m.serial_input_queued() < typed.len() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(30));
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    m.snapshot(&state, &memory).unwrap();
+    assert_eq!(out.text(), "ready\n", "nothing reached the paused guest");
+    m.resume().unwrap();
+    wait_for(&out, &echoed(&typed));
+    w.write_all(b"!").unwrap();
+    assert_eq!(m.wait().unwrap().reason, StopReason::Reset);
+    assert_eq!(out.text(), format!("ready\n{}", echoed(&typed)));
+
+    // The snapshot holds what was typed while it was paused.
+    let st = x86_machine::snapshot::read(&state).unwrap();
+    assert_eq!(st.serial_input, typed);
+    let (r2, mut w2) = pipe();
+    let out2 = Capture::default();
+    let mut cfg = config(&guest, &out2);
+    cfg.input = Some(r2.as_raw_fd());
+    w2.write_all(b"z!").unwrap();
+    let m2 = x86_machine::restore(cfg, &state, &memory, false).unwrap();
+    assert_eq!(m2.wait().unwrap().reason, StopReason::Reset);
+    assert_eq!(out2.text(), format!("{}got=z\n", echoed(&typed)));
+    drop((r, r2));
+}

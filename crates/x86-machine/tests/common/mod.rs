@@ -530,3 +530,88 @@ pub fn counter_expected(count: u64) -> String {
     s.push_str("r13=1122334455667788\n");
     s
 }
+
+/// Takes keyboard interrupts: IRQ 1 through the IOAPIC (pin 1, vector
+/// 0x41; the 8259s masked), the i8042's keyboard interrupt enabled with
+/// translation (CTR 0x45). Prints "ready", then for each byte it reads
+/// from port 0x60 on an interrupt a line "k=HEX"; after `count` bytes it
+/// resets through the i8042.
+pub fn keyboard_guest(count: u64) -> String {
+    format!(
+        r#"
+_start:
+    mov al, 0xff
+    out 0x21, al
+    out 0xa1, al
+    lea rax, [rip + kbd]
+    lea rdi, [rip + idt + 0x41 * 16]
+    mov word ptr [rdi], ax
+    mov word ptr [rdi + 2], 0x08
+    mov word ptr [rdi + 4], 0x8e00
+    shr rax, 16
+    mov word ptr [rdi + 6], ax
+    shr rax, 16
+    mov dword ptr [rdi + 8], eax
+    mov dword ptr [rdi + 12], 0
+    lidt [rip + idtr]
+    mov rbx, 0xfee00000
+    mov dword ptr [rbx + 0xf0], 0x1ff
+    # IOAPIC redirection entry 1: vector 0x41, fixed, edge, APIC 0.
+    mov rbx, 0xfec00000
+    mov dword ptr [rbx], 0x13
+    mov dword ptr [rbx + 0x10], 0
+    mov dword ptr [rbx], 0x12
+    mov dword ptr [rbx + 0x10], 0x41
+    # i8042 control register: keyboard interrupt, system flag, translation.
+    mov al, 0x60
+    out 0x64, al
+    mov al, 0x45
+    out 0x60, al
+    lea rdi, [rip + s_ready]
+    call puts
+    sti
+1:  hlt
+    jmp 1b
+
+kbd:
+    push rax
+    push rdi
+    in al, 0x64
+    test al, 1
+    jz 9f
+    in al, 0x60
+    movzx eax, al
+    lea rdi, [rip + s_k]
+    call kv
+    inc qword ptr [rip + seen]
+    cmp qword ptr [rip + seen], {count}
+    jb 9f
+    call reset
+9:  mov rax, 0xfee00000
+    mov dword ptr [rax + 0xb0], 0
+    pop rdi
+    pop rax
+    iretq
+
+.section .rodata
+s_ready: .asciz "ready\n"
+s_k: .asciz "k"
+.data
+.balign 16
+idtr: .word 256 * 16 - 1
+      .quad idt
+.bss
+.balign 4096
+idt: .skip 4096
+.balign 8
+seen: .skip 8
+.text
+"#
+    )
+}
+
+/// What [`keyboard_guest`] prints for Ctrl+Alt+Del pressed and released
+/// (set 1: the controller translates).
+pub const CTRL_ALT_DEL_LINES: &str = "k=000000000000001d\nk=0000000000000038\n\
+k=00000000000000e0\nk=0000000000000053\nk=00000000000000e0\nk=00000000000000d3\n\
+k=00000000000000b8\nk=000000000000009d\n";
