@@ -4,7 +4,7 @@
 //! `snapshot/load` into a new `vm run --arch x86_64 --api-sock` each
 //! continue the guest's serial output exactly where the pause cut it.
 //! A snapshot of one architecture loaded into the other is refused by
-//! name.
+//! name. `SendCtrlAltDel` reaches the guest's keyboard interrupt.
 
 #[path = "../../x86-machine/tests/common/mod.rs"]
 mod common;
@@ -253,4 +253,43 @@ fn an_x86_vm_is_configured_and_started_through_the_api() {
     let (ok, out, err) = v.finish();
     assert!(ok, "{err}");
     assert_eq!(out, common::counter_expected(5), "{err}");
+}
+
+/// `PUT /actions {"action_type": "SendCtrlAltDel"}` presses and releases
+/// Ctrl+Alt+Del on the i8042: the guest reads the scancodes on IRQ 1,
+/// prints them and resets, and virtkit exits 0.
+#[test]
+fn send_ctrl_alt_del_reaches_the_x86_keyboard() {
+    let dir = tempfile::tempdir().unwrap();
+    let guest = common::build_guest(dir.path(), "kbd", &common::keyboard_guest(8));
+    let sock = dir.path().join("api.sock");
+    let v = Vm::spawn(&[
+        "vm",
+        "run",
+        "--arch",
+        "x86_64",
+        "--kernel",
+        guest.to_str().unwrap(),
+        "--mem",
+        "16M",
+        "--api-sock",
+        sock.to_str().unwrap(),
+    ]);
+    let mut c = client(&sock);
+    v.wait_for("ready\n");
+    let r = c
+        .request(
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "SendCtrlAltDel"}"#),
+        )
+        .unwrap();
+    assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+    let (ok, out, err) = v.finish();
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        format!("ready\n{}", common::CTRL_ALT_DEL_LINES),
+        "{err}"
+    );
 }
