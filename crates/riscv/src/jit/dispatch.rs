@@ -36,9 +36,12 @@ pub(super) fn write(a: &mut Asm) -> Routines {
     a.load(R12, R14, ctx_off(offset_of!(Ctx, membase)));
     a.load(R13, R14, ctx_off(offset_of!(Ctx, perms)));
     a.load(R15, R14, ctx_off(offset_of!(Ctx, attn)));
-    a.load(RBP, R14, ctx_off(offset_of!(Ctx, codegen)));
+    // rbp counts the instructions retired since entry (see
+    // `Asm::add_icount`); the epilogue stores it in `Ctx::icount`.
+    a.op_rr(false, &[0x31], RBP, RBP); // xor ebp, ebp
     a.b.extend_from_slice(&[0xff, 0xe6]); // jmp rsi
     let epilogue = a.addr();
+    a.store(R14, ctx_off(offset_of!(Ctx, icount)), RBP);
     a.alu_imm(true, ADD, 4, 8);
     a.b.extend_from_slice(&[
         0x41, 0x5f, 0x41, 0x5e, 0x41, 0x5d, 0x41, 0x5c, 0x5d, 0x5b, 0xc3,

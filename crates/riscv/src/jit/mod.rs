@@ -29,8 +29,9 @@
 //! Register use inside generated code (all callee-saved, so helper calls
 //! keep them): rbx = `&core.x[16]` (so every register is a disp8),
 //! r12 = guest memory base, r13 = permission table, r14 = [`Ctx`],
-//! r15 = the hart's attention word, rbp = the address space's code
-//! generation. rax, rcx, rdx are scratch; r8-r11, rsi and rdi cache guest
+//! r15 = the hart's attention word, rbp = instructions retired since
+//! entry (the address space's code generation is read through `Ctx`).
+//! rax, rcx, rdx are scratch; r8-r11, rsi and rdi cache guest
 //! registers within a block (see `emit::RegCache`).
 
 use std::collections::HashMap;

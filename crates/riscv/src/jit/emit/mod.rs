@@ -54,8 +54,9 @@ struct Frame {
     /// registers its register cache holds there.
     labels: Vec<Option<(usize, CacheMap)>>,
     /// Forward jumps to merge points not emitted yet: (rel32 offset,
-    /// index of the target instruction, the cache at the jump).
-    forward: Vec<(usize, usize, CacheMap)>,
+    /// index of the target instruction, the cache at the jump and its
+    /// dirty registers, see [`RegCache::dirty_map`]).
+    forward: Vec<(usize, usize, CacheMap, CacheMap)>,
     /// Backward jumps' attention exits: (rel32 offset, index of the
     /// target instruction, dirty registers to write back).
     attn_back: Vec<(usize, usize, CacheMap)>,
@@ -105,8 +106,9 @@ impl Frame {
     /// skips instructions). A backward jump is a loop: it checks for
     /// attention (stop requests, signals, code changes) as block entries
     /// do. The cache at a merge point holds only what every forward jump
-    /// to it agrees on (see `emit_code`), and forward jumps arrive with
-    /// nothing dirty (they write back first); a backward jump goes to a
+    /// to it agrees on (see `emit_code`); forward jumps keep their dirty
+    /// registers (the merge point writes back, on the paths that need
+    /// it, the dirty ones it does not keep); a backward jump goes to a
     /// loop head, whose cached registers all count as dirty: it writes
     /// back the dirty slots the head does not keep, then reloads the
     /// slots that differ from the head's.
@@ -117,17 +119,16 @@ impl Frame {
             a.op_m(false, &[0x83], 7, R15, 0);
             a.u8(0);
             self.attn_back.push((a.jcc(CC_NE), j, dirty));
-            a.op_m(false, &[0x81], 7, RBP, 0);
-            a.u32(gen);
+            a.cmp_codegen(gen);
             self.attn_back.push((a.jcc(CC_NE), j, dirty));
             let (label, want) = self.labels[j].expect("a backward target is emitted");
             a.restore(&want);
             a.jmp_abs(a.base + label);
         } else {
-            a.flush_dirty(a.cache.dirty_map());
             a.u8(0xe9);
             a.u32(0);
-            self.forward.push((a.b.len() - 4, j, a.cache.guest));
+            self.forward
+                .push((a.b.len() - 4, j, a.cache.guest, a.cache.dirty_map()));
         }
     }
     /// Leaves for `target` after retiring `retired` instructions: a back
@@ -406,13 +407,23 @@ impl Asm {
         self.u32(imm as u32);
         self.cache.set_dirty(rd);
     }
+    /// Counts `n` more retired instructions (two's complement: a jump
+    /// back inside the block subtracts). The count lives in rbp while
+    /// generated code runs (the epilogue stores it in `Ctx::icount`): a
+    /// register, not memory, so consecutive blocks and loop iterations
+    /// do not chain through a store and a reload. `lea` leaves the flags
+    /// alone.
     pub(super) fn add_icount(&mut self, n: u32) {
         if n != 0 {
-            self.rex(true, 0, 0, R14);
-            self.u8(0x81);
-            self.m_disp(0, R14, ctx_off(offset_of!(Ctx, icount)));
-            self.u32(n);
+            self.op_m(true, &[0x8d], RBP, RBP, n as i32);
         }
+    }
+    /// `cmp dword [codegen], gen` (through `Ctx::codegen`; clobbers rax):
+    /// whether the address space's code changed since translation.
+    pub(super) fn cmp_codegen(&mut self, gen: u32) {
+        self.load(RAX, R14, ctx_off(offset_of!(Ctx, codegen)));
+        self.op_m(false, &[0x81], 7, RAX, 0);
+        self.u32(gen);
     }
     /// Exit to Rust with `reason`, next pc `pc`.
     pub(super) fn exit_pc(&mut self, epilogue: usize, pc: u64, reason: u32) {
@@ -470,8 +481,7 @@ impl Jit {
         a.op_m(false, &[0x83], 7, R15, 0);
         a.u8(0);
         let attn1 = a.jcc(CC_NE);
-        a.op_m(false, &[0x81], 7, RBP, 0);
-        a.u32(self.gen as u32);
+        a.cmp_codegen(self.gen as u32);
         let attn2 = a.jcc(CC_NE);
         // System mode: every POLL_BLOCKS blocks, back to the run loop to
         // check for interrupts and timer deadlines.
@@ -532,16 +542,17 @@ impl Jit {
             if f.merge[k] {
                 // Reached from elsewhere in the block too: the cache keeps
                 // the slots every forward jump here agrees on (each holds
-                // its guest register's current value on every path);
-                // backward jumps will restore exactly this map.
-                // Forward jumps arrive clean (they write back first); the
-                // fall-through path writes back the dirty slots dropped
-                // here, before the jumps' label.
+                // its guest register's current value on every path),
+                // dirty when dirty on any path; backward jumps will
+                // restore exactly this map. Every path writes back its
+                // dirty slots that are dropped here: the fall-through
+                // inline, each forward jump that has some in a stub of
+                // its own on the way to the label.
                 let (here, later): (Vec<_>, Vec<_>) =
-                    f.forward.drain(..).partition(|&(_, j, _)| j == k);
+                    f.forward.drain(..).partition(|&(_, j, _, _)| j == k);
                 f.forward = later;
                 let mut keep = a.cache.guest;
-                for (_, _, map) in &here {
+                for (_, _, map, _) in &here {
                     for (s, g) in keep.iter_mut().enumerate() {
                         if map[s] != *g {
                             *g = 0;
@@ -558,8 +569,37 @@ impl Jit {
                         a.cache.dirty[s] = false;
                     }
                 }
-                for (at, _, _) in here {
+                let drops = |dirty: &CacheMap| -> CacheMap {
+                    std::array::from_fn(|s| if keep[s] != dirty[s] { dirty[s] } else { 0 })
+                };
+                let (direct, stubs): (Vec<_>, Vec<_>) = here
+                    .iter()
+                    .partition(|(_, _, _, dirty)| drops(dirty) == [0; CACHE_REGS.len()]);
+                // The fall-through jumps over the stubs; each stub jumps
+                // to the label (the last one falls into it).
+                let mut to_label = Vec::new();
+                if !stubs.is_empty() {
+                    to_label.push(a.jmp_fwd());
+                }
+                for (n, (at, _, _, dirty)) in stubs.iter().enumerate() {
+                    a.bind(*at);
+                    a.flush_dirty(drops(dirty));
+                    if n + 1 < stubs.len() {
+                        to_label.push(a.jmp_fwd());
+                    }
+                }
+                for at in to_label {
                     a.bind(at);
+                }
+                for (at, _, _, _) in direct {
+                    a.bind(at);
+                }
+                for (_, _, _, dirty) in &here {
+                    for s in 0..CACHE_REGS.len() {
+                        if dirty[s] != 0 && keep[s] == dirty[s] {
+                            a.cache.dirty[s] = true;
+                        }
+                    }
                 }
                 if let Some(last) = back_last[k] {
                     // A loop head: fill the cache with the registers the
