@@ -91,11 +91,23 @@ pub fn main(req: Request) -> anyhow::Result<i32> {
     // Before anything is downloaded: a KVM that emulates ring 0 would take
     // hours to boot Linux, so say so at once instead of starting.
     let probe_once = || x86_machine::probe::probe(&kvm_path).map_err(|e| anyhow::anyhow!("{e}"));
-    let mut probe = probe_once()?;
+    let cache = guest::fetch::default_cache_dir().ok();
+    // A usable KVM remembered for this boot is not probed again; one
+    // remembered as emulating ring 0 is, before the run is refused.
+    let mut probe = match cache
+        .as_deref()
+        .and_then(|dir| x86_machine::probe::remembered(&kvm_path, dir))
+    {
+        Some(r) if !r.ring0_emulated => r,
+        _ => probe_once()?,
+    };
     if probe.ring0_emulated {
         // Once more before refusing: a KVM that is itself emulated (the
         // nested test under QEMU's TCG) can time one loop badly.
         probe = probe_once()?;
+    }
+    if let Some(dir) = &cache {
+        x86_machine::probe::remember(&kvm_path, dir, &probe);
     }
     if probe.ring0_emulated {
         bail!(

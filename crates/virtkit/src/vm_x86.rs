@@ -64,9 +64,8 @@ pub struct Request {
     pub spike: bool,
 }
 
-/// Runs the probe and says, on stderr, when this KVM emulates guest ring 0.
-fn probe(path: &std::path::Path) -> anyhow::Result<ProbeReport> {
-    let r = x86_machine::probe::probe(path).map_err(flat)?;
+/// Says, on stderr, when this KVM emulates guest ring 0.
+fn warn_if_emulated(path: &std::path::Path, r: &ProbeReport) {
     if r.ring0_emulated {
         eprintln!(
             "virtkit: warning: {} emulates guest ring 0 (about {:.1} million instructions/s; \
@@ -74,6 +73,15 @@ fn probe(path: &std::path::Path) -> anyhow::Result<ProbeReport> {
             path.display(),
             r.ring0_ips() / 1e6
         );
+    }
+}
+
+/// Runs the probe, says what it found and remembers it for this boot.
+fn probe(path: &std::path::Path) -> anyhow::Result<ProbeReport> {
+    let r = x86_machine::probe::probe(path).map_err(flat)?;
+    warn_if_emulated(path, &r);
+    if let Ok(dir) = guest::fetch::default_cache_dir() {
+        x86_machine::probe::remember(path, &dir, &r);
     }
     Ok(r)
 }
@@ -131,11 +139,22 @@ pub fn run(req: Request) -> anyhow::Result<i32> {
                 .with_context(|| format!("cannot read the initrd {}", p.display()))
         })
         .transpose()?;
-    // The probe runs in its own small VM beside the machine's start-up
-    // (it only decides a warning), so it adds little to the start time.
-    // KVM missing or broken: the machine itself reports it.
+    // What the probe found is remembered for the host's boot (see
+    // x86_machine::probe::remembered). Otherwise the probe runs in its own
+    // small VM beside the machine's start-up (it only decides a warning),
+    // so it adds little to the start time. KVM missing or broken: the
+    // machine itself reports it.
     let probe_path = req.accel.kvm_device.clone();
-    let probe = std::thread::spawn(move || probe(&probe_path));
+    let remembered = guest::fetch::default_cache_dir()
+        .ok()
+        .and_then(|dir| x86_machine::probe::remembered(&probe_path, &dir));
+    let probe = match remembered {
+        Some(r) => {
+            warn_if_emulated(&probe_path, &r);
+            None
+        }
+        None => Some(std::thread::spawn(move || probe(&probe_path))),
+    };
     let disks = req
         .disks
         .iter()
@@ -199,9 +218,9 @@ pub fn run(req: Request) -> anyhow::Result<i32> {
             m.wait().map_err(flat)
         }
     };
-    let probed = probe.join();
+    let probed = probe.map(|p| p.join());
     let outcome = outcome?;
-    if let Ok(Err(e)) = probed {
+    if let Some(Ok(Err(e))) = probed {
         eprintln!("virtkit: warning: the accelerator probe failed: {e:#}");
     }
     Ok(exit_status(&outcome.reason))

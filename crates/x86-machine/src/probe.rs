@@ -140,3 +140,139 @@ pub fn probe(kvm_path: &Path) -> Result<ProbeReport> {
         ring0_emulated,
     })
 }
+
+/// The probe's result as remembered in a cache file, for one boot of the
+/// host and one KVM device: whether a KVM emulates ring 0 cannot change
+/// while the host runs, and the probe costs several milliseconds (a VM,
+/// two vCPUs and the emulated loop) of every start of a small guest.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Remembered {
+    /// `/proc/sys/kernel/random/boot_id` when it was measured.
+    boot_id: String,
+    /// The KVM device's path and device number.
+    path: String,
+    rdev: u64,
+    ring0_ns: u64,
+    ring3_ns: u64,
+    instructions: u64,
+    ring0_emulated: bool,
+}
+
+/// Name of the cache file inside the cache directory.
+pub const CACHE_FILE: &str = "kvm-probe.json";
+
+/// The key of this host boot and KVM device, or `None` where it cannot be
+/// known (then nothing is remembered).
+fn cache_key(kvm_path: &Path) -> Option<(String, String, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let boot = boot.trim();
+    if boot.is_empty() {
+        return None;
+    }
+    let rdev = std::fs::metadata(kvm_path).ok()?.rdev();
+    Some((boot.to_string(), kvm_path.display().to_string(), rdev))
+}
+
+/// The result remembered in `cache_dir` for this boot and this KVM
+/// device, if any. A missing, unreadable or foreign file is no result
+/// (the caller probes).
+pub fn remembered(kvm_path: &Path, cache_dir: &Path) -> Option<ProbeReport> {
+    let (boot_id, path, rdev) = cache_key(kvm_path)?;
+    // The file is tiny; a larger one is not ours.
+    let file = std::fs::File::open(cache_dir.join(CACHE_FILE)).ok()?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(file, 4096), &mut text).ok()?;
+    let r: Remembered = serde_json::from_str(&text).ok()?;
+    (r.boot_id == boot_id && r.path == path && r.rdev == rdev).then(|| ProbeReport {
+        ring0: Duration::from_nanos(r.ring0_ns),
+        ring3: Duration::from_nanos(r.ring3_ns),
+        instructions: r.instructions,
+        ring0_emulated: r.ring0_emulated,
+    })
+}
+
+/// Remembers `report` in `cache_dir` for this boot and KVM device (best
+/// effort: a cache that cannot be written only means probing again next
+/// time). Written to a temporary file and renamed, so a concurrent reader
+/// sees the old file or the new one.
+pub fn remember(kvm_path: &Path, cache_dir: &Path, report: &ProbeReport) {
+    let Some((boot_id, path, rdev)) = cache_key(kvm_path) else {
+        return;
+    };
+    let r = Remembered {
+        boot_id,
+        path,
+        rdev,
+        ring0_ns: report.ring0.as_nanos().min(u64::MAX as u128) as u64,
+        ring3_ns: report.ring3.as_nanos().min(u64::MAX as u128) as u64,
+        instructions: report.instructions,
+        ring0_emulated: report.ring0_emulated,
+    };
+    let Ok(text) = serde_json::to_string(&r) else {
+        return;
+    };
+    if std::fs::create_dir_all(cache_dir).is_err() {
+        return;
+    }
+    let tmp = cache_dir.join(format!("{CACHE_FILE}.{}", std::process::id()));
+    if std::fs::write(&tmp, text).is_err()
+        || std::fs::rename(&tmp, cache_dir.join(CACHE_FILE)).is_err()
+    {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(emulated: bool) -> ProbeReport {
+        ProbeReport {
+            ring0: Duration::from_micros(2900),
+            ring3: Duration::from_micros(60),
+            instructions: 5002,
+            ring0_emulated: emulated,
+        }
+    }
+
+    // /dev/null stands in for the KVM device: only its path and device
+    // number make the key.
+    const DEV: &str = "/dev/null";
+
+    #[test]
+    fn a_remembered_finding_comes_back_for_the_same_boot_and_device() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(remembered(Path::new(DEV), dir.path()).is_none());
+        remember(Path::new(DEV), dir.path(), &report(true));
+        let r = remembered(Path::new(DEV), dir.path()).expect("remembered");
+        assert!(r.ring0_emulated);
+        assert_eq!(r.instructions, 5002);
+        assert_eq!(r.ring0, Duration::from_micros(2900));
+        // Another device is another key.
+        assert!(remembered(Path::new("/dev/zero"), dir.path()).is_none());
+        // A later finding replaces it; no temporary file is left.
+        remember(Path::new(DEV), dir.path(), &report(false));
+        assert!(!remembered(Path::new(DEV), dir.path()).unwrap().ring0_emulated);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn another_boot_or_a_damaged_file_is_no_finding() {
+        let dir = tempfile::tempdir().unwrap();
+        remember(Path::new(DEV), dir.path(), &report(true));
+        let file = dir.path().join(CACHE_FILE);
+        let text = std::fs::read_to_string(&file).unwrap();
+        let (boot, _, _) = cache_key(Path::new(DEV)).unwrap();
+        std::fs::write(&file, text.replace(&boot, "00000000-0000-0000-0000-000000000000")).unwrap();
+        assert!(remembered(Path::new(DEV), dir.path()).is_none());
+        for junk in ["", "{", "null", "[1,2]", "{\"boot_id\": 3}"] {
+            std::fs::write(&file, junk).unwrap();
+            assert!(remembered(Path::new(DEV), dir.path()).is_none(), "{junk}");
+        }
+        // An oversized file is not read whole.
+        std::fs::write(&file, " ".repeat(1 << 20)).unwrap();
+        assert!(remembered(Path::new(DEV), dir.path()).is_none());
+    }
+}
