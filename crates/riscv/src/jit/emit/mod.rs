@@ -10,7 +10,7 @@
 use std::mem::offset_of;
 
 use super::x86::*;
-use super::{helper, space_pages, Ctx, Jit, EXIT_ATTN, EXIT_CHAIN, EXIT_SLOW};
+use super::{helper, space_pages, Ctx, Jit, EXIT_ATTN, EXIT_CHAIN, EXIT_SLOW, RAS_SIZE};
 use crate::cpu::Core;
 use crate::decode::{Insn, Kind, ZERO_SINK};
 
@@ -41,6 +41,10 @@ struct Frame {
     /// (And the cache's dirty registers there, which the exit writes
     /// back.)
     taken: Vec<(usize, usize, u64, CacheMap)>,
+    /// User mode, calls: (offset of the `lea`'s disp32 that points at
+    /// the return landing, return address), each landing an out-of-line
+    /// chained exit to the return address (see [`super::Ras`]).
+    landings: Vec<(usize, u64)>,
     /// Jumps to the out-of-line slow exits: (rel32 offset, index of the
     /// instruction to resume at, dirty registers to write back).
     slow: Vec<(usize, usize, CacheMap)>,
@@ -78,6 +82,44 @@ impl Frame {
         } else {
             a.chain_exit(self.epilogue, target);
         }
+    }
+    /// User mode, a call: pushes `ret` (the return address) and its
+    /// landing (see [`super::Ras`]) on the return-address stack.
+    /// Clobbers rax, rcx and rdx only.
+    fn ras_push(&mut self, a: &mut Asm, ret: u64) {
+        a.load(RDX, R14, ctx_off(offset_of!(Ctx, ras)));
+        a.op_m(false, &[0x8b], RCX, RDX, 0); // mov ecx, [rdx]: top
+        a.alu_imm(false, ADD, RCX, 1);
+        a.alu_imm(false, AND, RCX, RAS_SIZE as i32 - 1);
+        a.op_m(false, &[0x89], RCX, RDX, 0); // mov [rdx], ecx
+        a.shift_imm(false, SHL, RCX, 4);
+        a.alu_rr(true, ADD, RDX, RCX);
+        a.mov_imm(RAX, ret);
+        a.store(RDX, 16, RAX);
+        // lea rax, [rip + landing]
+        a.b.extend_from_slice(&[0x48, 0x8d, 0x05]);
+        a.u32(0);
+        self.landings.push((a.b.len() - 4, ret));
+        a.store(RDX, 24, RAX);
+    }
+    /// User mode, a return to rax (stored in `Ctx::pc`, everything
+    /// written back and counted): pops the return-address stack and
+    /// jumps to the landing when its address is rax's; otherwise goes
+    /// on (to the dispatch the caller emits next). Clobbers rcx, rdx
+    /// and r8 (the register cache is dead at a block's end).
+    fn ras_pop(&mut self, a: &mut Asm) {
+        a.cache.forget_all();
+        a.load(RDX, R14, ctx_off(offset_of!(Ctx, ras)));
+        a.op_m(false, &[0x8b], RCX, RDX, 0); // mov ecx, [rdx]: top
+        a.op_m(false, &[0x8d], R8, RCX, -1); // lea r8d, [rcx - 1]
+        a.alu_imm(false, AND, R8, RAS_SIZE as i32 - 1);
+        a.op_m(false, &[0x89], R8, RDX, 0); // mov [rdx], r8d
+        a.shift_imm(false, SHL, RCX, 4);
+        a.alu_rr(true, ADD, RDX, RCX);
+        a.op_m(true, &[0x3b], RAX, RDX, 16); // cmp rax, [rdx + 16]
+        let miss = a.jcc(CC_NE);
+        a.op_m(false, &[0xff], 4, RDX, 24); // jmp [rdx + 24]
+        a.bind(miss);
     }
     /// Whether jumping to `target` is a back edge of this block's loop.
     fn is_back_edge(&self, target: u64) -> bool {
@@ -528,6 +570,7 @@ impl Jit {
             len: insns.len(),
             looping,
             taken: Vec::new(),
+            landings: Vec::new(),
             slow: Vec::new(),
             labels: vec![None; insns.len()],
             offs,
@@ -668,6 +711,12 @@ impl Jit {
             a.flush_dirty(dirty);
             a.add_icount(k as u32 + 1);
             f.static_exit(&mut a, target);
+        }
+        // Return landings: everything was written back and counted at
+        // the call.
+        for &(at, ret) in &f.landings {
+            a.bind(at);
+            f.static_exit(&mut a, ret);
         }
         a.bind(attn1);
         a.bind(attn2);

@@ -9,8 +9,12 @@ use crate::decode::{Insn, Kind, ZERO_SINK};
 use crate::jit::x86::*;
 use crate::jit::Ctx;
 
-/// Emits `i`, the `k`th instruction of the block, at guest pc `ipc`
-/// (`next`: the pc after it).
+/// Whether `r` is a link register (x1 or x5): by the ISA's hints a
+/// `jal`/`jalr` writing one is a call, a `jalr x0` through one a return.
+fn is_link(r: u8) -> bool {
+    r == 1 || r == 5
+}
+
 /// Guest `rd` = guest `rs` (x0 reads as 0).
 fn mv(a: &mut Asm, rd: u8, rs: u8) {
     if rs == 0 {
@@ -26,6 +30,8 @@ fn mv(a: &mut Asm, rd: u8, rs: u8) {
     }
 }
 
+/// Emits `i`, the `k`th instruction of the block, at guest pc `ipc`
+/// (`next`: the pc after it).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, next: u64, gen: u32) {
     let imm = i.imm;
@@ -165,6 +171,9 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
                 a.mov_imm(RAX, next);
                 a.st_x(rd, RAX);
             }
+            if f.sys.is_none() && is_link(rd) {
+                f.ras_push(a, next);
+            }
             let target = ipc.wrapping_add(imm as i64 as u64);
             match f.internal(target) {
                 Some(j) if !f.is_back_edge(target) => f.jump_internal(a, k, j, gen),
@@ -172,6 +181,12 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
             }
         }
         Jalr => {
+            // A call pushes its return address, before rax gets the
+            // target; a return pops it (see `jit::Ras`).
+            if f.sys.is_none() && is_link(rd) {
+                f.ras_push(a, next);
+            }
+            let ret = f.sys.is_none() && rd == ZERO_SINK && is_link(i.rs1) && imm == 0;
             a.ld_x(RAX, i.rs1);
             if imm != 0 {
                 a.alu_imm(true, ADD, RAX, imm);
@@ -187,6 +202,9 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
             if f.sys.is_some() {
                 a.jmp_abs(f.dispatch_sys);
             } else {
+                if ret {
+                    f.ras_pop(a);
+                }
                 a.jmp_abs(f.dispatch);
             }
         }
