@@ -1,25 +1,38 @@
 #!/usr/bin/env bash
 # virtkit's user-mode network vs qemu-system-riscv64's `-netdev user`
-# (libslirp), side by side in one run: same Debian kernel, same initramfs
-# (its init loads virtio_net and brings eth0 up by DHCP under both), same
-# RAM, one hart, a virtio-net card on virtio-mmio in both.
+# (libslirp) and, when Debian's `passt` is installed, QEMU with passt
+# (`-netdev stream` to passt's UNIX socket), side by side in one run: same
+# Debian kernel, same initramfs (its init loads virtio_net and brings eth0 up
+# by DHCP under all three), same RAM, one hart, a virtio-net card on
+# virtio-mmio in all.
 #   guest->host  the guest pipes SIZE bytes of zeros (dd, 1 MB blocks: busybox
 #                head -c reads in small pieces and costs guest CPU of its own)
-#                into busybox nc to a host
-#                sink on 127.0.0.1 (through 10.0.2.2); the sink closes after
+#                into busybox nc to a host sink on 127.0.0.1, through the
+#                guest's default gateway (see below); the sink closes after
 #                the last byte, so the time covers delivery to the host
 #   host->guest  the guest's busybox wget fetches SIZE bytes from a host HTTP
-#                source on 127.0.0.1 (through 10.0.2.2) into /dev/null
-#   requests     the guest runs busybox httpd behind a hostfwd; the host makes
-#                REQS small HTTP GETs through the forward, one connection each
+#                source on 127.0.0.1 (through the gateway) into /dev/null
+#   requests     the guest runs busybox httpd behind a forward of a port on
+#                127.0.0.1; the host makes REQS small HTTP GETs through it,
+#                one connection each
+# The gateway is whatever DHCP gave the guest: 10.0.2.2 under virtkit and
+# slirp; under passt the guest gets the host's own address and the host's
+# default gateway (192.0.2.1 if the host routes via 192.0.2.1), and passt
+# maps TCP to that gateway address onto the host's 127.0.0.1 (its default;
+# --no-map-gw turns it off), so all traffic stays on the host's loopback.
+# passt runs as this script's child (foreground, --one-off: it exits when
+# QEMU closes its socket; killed at the end in any case), its socket in the
+# script's temp dir, with `-t 127.0.0.1/PORT:8080` for the forward.
 # Both transfers are timed by the guest's /proc/uptime (boot not counted);
 # the request rate by the host's clock. One boot per VMM per run does all
-# three. Prints medians of RUNS runs (default 1, to keep the run short) and
-# the ratio virtkit/qemu of the throughputs (higher is better; the target
-# for the transfers is at least 1.5). passt is not measured.
+# three; the VMMs take turns within a run. Prints medians of RUNS runs
+# (default 1, to keep the run short) and the ratios virtkit/qemu of the
+# throughputs (higher is better; the target for the transfers is at least
+# 1.5 against slirp). Without passt its column says n/a and a note says why.
 #
 # Usage: bench/net.sh            (builds virtkit --release first)
 # Env:   RUNS=3  SIZE=200000000  REQS=1000  MEM=512M  VIRTKIT=/path/to/virtkit
+#        PASST=/path/to/passt (default: passt on PATH; PASST=none skips it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-1}
@@ -32,6 +45,9 @@ WORK=$(mktemp -d /tmp/virtkit-net-bench.XXXXXX)
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    # passt is started inside the QEMU runner's subshell, which leaves its
+    # pid here; --one-off makes it exit with QEMU, this is the safety net.
+    [ -s "$WORK/passt.pid" ] && kill "$(cat "$WORK/passt.pid")" 2>/dev/null || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -42,6 +58,21 @@ if [ -z "${VIRTKIT:-}" ]; then
 fi
 command -v qemu-system-riscv64 >/dev/null || { echo "qemu-system-riscv64 (qemu-system-misc) is needed" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
+PASST=${PASST:-$(command -v passt || true)}
+PASST_NOTE=
+if [ "$PASST" = none ]; then
+    PASST_NOTE="qemu passt: not measured (PASST=none)"
+    PASST=
+elif [ -z "$PASST" ]; then
+    PASST_NOTE="qemu passt: not measured, passt is not installed (Debian: apt-get install passt)"
+elif [ ! -x "$PASST" ]; then
+    PASST_NOTE="qemu passt: not measured, $PASST is not an executable"
+    PASST=
+elif ! qemu-system-riscv64 -netdev help | grep -qx stream; then
+    # -netdev stream (QEMU 7.2 and later) is how QEMU talks to passt's socket.
+    PASST_NOTE="qemu passt: not measured, this qemu-system-riscv64 has no -netdev stream (QEMU 7.2 or later is needed)"
+    PASST=
+fi
 
 # Host side: a sink (counts SIZE bytes, then closes) and an HTTP source
 # (answers any request with SIZE zero bytes), both on 127.0.0.1, on ports
@@ -121,9 +152,11 @@ read -r SINK SOURCE < "$WORK/ports"
 KERNEL=$("$VIRTKIT" guest path kernel)
 "$VIRTKIT" guest initramfs -o "$WORK/net.cpio" -- sh -c "
     up() { cut -d' ' -f1 /proc/uptime; }
-    ip -4 addr show eth0 | grep -q 'inet 10.0.2.15' || echo 'no address on eth0'
-    a=\$(up); dd if=/dev/zero bs=1000000 count=$((SIZE / 1000000)) 2>/dev/null | nc 10.0.2.2 $SINK; b=\$(up); echo \"tx \$a \$b\"
-    a=\$(up); wget -q -O /dev/null http://10.0.2.2:$SOURCE/zeros; b=\$(up); echo \"rx \$a \$b\"
+    ip -4 addr show eth0 | grep -q 'inet ' || echo 'no address on eth0'
+    gw=\$(ip route | awk '/^default/ { print \$3; exit }')
+    [ -n \"\$gw\" ] || echo 'no default route'
+    a=\$(up); dd if=/dev/zero bs=1000000 count=$((SIZE / 1000000)) 2>/dev/null | nc \$gw $SINK; b=\$(up); echo \"tx \$a \$b\"
+    a=\$(up); wget -q -O /dev/null http://\$gw:$SOURCE/zeros; b=\$(up); echo \"rx \$a \$b\"
     mkdir -p /www; echo hello > /www/index.html
     httpd -p 8080 -h /www && echo ready
     sleep 3600"
@@ -138,10 +171,39 @@ run_qemu() { # hostport
         -kernel "$KERNEL" -initrd "$WORK/net.cpio" -append "$APPEND" \
         -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$1-:8080" -device virtio-net-device,netdev=n0 </dev/null
 }
+# passt drops root for nobody before it binds its socket (and cannot then
+# open a --pid file in a root-only directory), so as root its socket lives in
+# a directory nobody may write. Its log (opened before the drop) goes to
+# $WORK/passt.log.
+if [ -n "$PASST" ]; then
+    mkdir "$WORK/passt"
+    if [ "$(id -u)" = 0 ]; then chmod 711 "$WORK"; chown nobody "$WORK/passt"; fi
+fi
+run_passt() { # hostport
+    local sock="$WORK/passt/sock" i
+    rm -f "$sock"
+    # -u none: passt would otherwise also forward the UDP port of the same
+    # number, which nothing here uses.
+    "$PASST" --foreground --one-off --socket "$sock" --log-file "$WORK/passt.log" \
+        -t "127.0.0.1/$1:8080" -u none &
+    echo $! > "$WORK/passt.pid"
+    for i in $(seq 100); do
+        [ -S "$sock" ] && break
+        kill -0 "$(cat "$WORK/passt.pid")" 2>/dev/null || break
+        sleep 0.1
+    done
+    [ -S "$sock" ] || { echo "passt did not open its socket; its log:"; cat "$WORK/passt.log"; exit 1; }
+    exec timeout "$TIMEOUT" qemu-system-riscv64 -M virt -smp 1 -m "$MEM" -nographic -no-reboot \
+        -kernel "$KERNEL" -initrd "$WORK/net.cpio" -append "$APPEND" \
+        -netdev "stream,id=n0,server=off,addr.type=unix,addr.path=$sock" -device virtio-net-device,netdev=n0 </dev/null
+}
 
 # One boot: prints "txMB/s rxMB/s req/s" (n/a for what failed).
 measure() { # runner
-    local port out pid i tx rx rq
+    local port out pid i tx rx rq sunk
+    # The host sink logs every full delivery: a guest->host figure counts
+    # only if the bytes reached it (through the gateway onto 127.0.0.1).
+    sunk=$(grep -c "^sink got $SIZE\$" "$WORK/host.log" || true)
     port=$(free_port)
     out="$WORK/out.$1"
     "$1" "$port" > "$out" 2>&1 &
@@ -158,7 +220,13 @@ measure() { # runner
     fi
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
+    if [ "$1" = run_passt ] && [ -s "$WORK/passt.pid" ]; then
+        kill "$(cat "$WORK/passt.pid")" 2>/dev/null || true
+        rm -f "$WORK/passt.pid"
+    fi
     tx=$(tr -d '\r' < "$out" | awk -v s="$SIZE" '/^tx / && $3 > $2 { printf "%.3f\n", s / 1e6 / ($3 - $2) }')
+    [ "$(grep -c "^sink got $SIZE\$" "$WORK/host.log" || true)" -gt "$sunk" ] ||
+        { echo "$1: the host sink did not get all $SIZE bytes" >&2; tx=; }
     rx=$(tr -d '\r' < "$out" | awk -v s="$SIZE" '/^rx / && $3 > $2 { printf "%.3f\n", s / 1e6 / ($3 - $2) }')
     if [ -z "$tx" ] || [ -z "$rx" ] || [ "$rq" = n/a ]; then
         echo "$1: something failed; its console:" >&2
@@ -167,23 +235,30 @@ measure() { # runner
     echo "${tx:-n/a} ${rx:-n/a} ${rq:-n/a}"
 }
 
-median() { grep -v '^n/a$' | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "n/a"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+median() { { grep -v '^n/a$' || true; } | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "n/a"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
-: > "$WORK/v"; : > "$WORK/q"
+: > "$WORK/v"; : > "$WORK/q"; : > "$WORK/p"
 for _ in $(seq "$RUNS"); do
     measure run_virtkit >> "$WORK/v"
     measure run_qemu >> "$WORK/q"
+    if [ -n "$PASST" ]; then measure run_passt >> "$WORK/p"; else echo "n/a n/a n/a" >> "$WORK/p"; fi
 done
 
-printf '%-34s %12s %12s %8s\n' "benchmark (median of $RUNS)" "virtkit" "qemu slirp" "ratio"
+ratio() { # v q
+    if [ "$1" = n/a ] || [ "$2" = n/a ] || [ "$(echo "$2 == 0" | bc)" = 1 ]; then
+        echo n/a
+    else
+        printf '%.2f\n' "$(echo "$1 / $2" | bc -l)"
+    fi
+}
+num() { if [ "$1" = n/a ]; then echo n/a; else printf '%.1f\n' "$1"; fi; }
+printf '%-32s %9s %11s %11s %11s %11s\n' "benchmark (median of $RUNS)" "virtkit" "qemu slirp" "qemu passt" "vk/slirp" "vk/passt"
 col=1
 for name in "TCP guest->host, MB/s" "TCP host->guest, MB/s" "HTTP requests/s (1 conn each)"; do
     v=$(awk -v c=$col '{ print $c }' "$WORK/v" | median)
     q=$(awk -v c=$col '{ print $c }' "$WORK/q" | median)
-    if [ "$v" = n/a ] || [ "$q" = n/a ] || [ "$(echo "$q == 0" | bc)" = 1 ]; then
-        printf '%-34s %12s %12s %8s\n' "$name" "$v" "$q" "n/a"
-    else
-        printf '%-34s %12.1f %12.1f %8.2f\n' "$name" "$v" "$q" "$(echo "$v / $q" | bc -l)"
-    fi
+    p=$(awk -v c=$col '{ print $c }' "$WORK/p" | median)
+    printf '%-32s %9s %11s %11s %11s %11s\n' "$name" "$(num "$v")" "$(num "$q")" "$(num "$p")" "$(ratio "$v" "$q")" "$(ratio "$v" "$p")"
     col=$((col + 1))
 done
+[ -z "$PASST_NOTE" ] || echo "$PASST_NOTE"
