@@ -13,6 +13,8 @@ pub struct Args {
 }
 
 #[derive(clap::Subcommand)]
+// Each subcommand's arguments are built only when it runs (as in main.rs).
+#[command(defer = true)]
 enum Cmd {
     /// Run a riscv64 Linux program on this host (like qemu-riscv64)
     User(UserArgs),

@@ -65,6 +65,8 @@ enum What {
 }
 
 #[derive(Subcommand)]
+// Each subcommand's arguments are built only when it runs (as in main.rs).
+#[command(defer = true)]
 enum Cmd {
     /// Download, verify and build the guest assets; print where they are
     Fetch {

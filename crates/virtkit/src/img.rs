@@ -48,6 +48,8 @@ struct Img {
 }
 
 #[derive(Subcommand)]
+// Each subcommand's arguments are built only when it runs (as in main.rs).
+#[command(defer = true)]
 enum Cmd {
     /// Create a new image
     Create(CreateArgs),

@@ -84,6 +84,8 @@ pub struct CreateArgs {
 }
 
 #[derive(Subcommand, Debug)]
+// Each subcommand's arguments are built only when it runs (as in main.rs).
+#[command(defer = true)]
 pub enum Command {
     /// Create a container (its process waits for `start`)
     Create(CreateArgs),

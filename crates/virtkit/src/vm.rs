@@ -16,6 +16,8 @@ pub struct Args {
 }
 
 #[derive(clap::Subcommand)]
+// Each subcommand's arguments are built only when it runs (as in main.rs).
+#[command(defer = true)]
 enum Command {
     /// Boot a kernel (or a bare-metal ELF with --machine spike)
     Run(Box<RunArgs>),
