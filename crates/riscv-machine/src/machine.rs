@@ -26,7 +26,7 @@ use crate::mmio::{MmioBus, MmioDevice};
 use crate::plic::Plic;
 use crate::power::{Power, StopReason, TestFinisher};
 use crate::sbi::{self, Fence, SbiAction, SbiHost};
-use crate::snapshot::{DiskSnapshot, HsmState, HtifState, MachineState, MachineSummary};
+use crate::snapshot::{HsmState, HtifState, MachineState, MachineSummary};
 use crate::terminal::InputSink;
 use crate::uart::{Console, Uart};
 use crate::vmgenid::VmGenId;
@@ -51,52 +51,15 @@ pub enum Firmware {
     File { name: String, data: Vec<u8> },
 }
 
-/// A disk on a virtio-blk slot. Clones share the open image.
-#[derive(Clone)]
-pub struct Disk {
-    pub backend: Arc<dyn image::BlockBackend>,
-    pub read_only: bool,
-    /// The image file behind `backend`, if it is one (see
-    /// [`Disk::from_image`]): snapshots take a qcow2 internal snapshot of
-    /// it, restores revert it. Without it, only a read-only disk can be
-    /// part of a snapshot.
-    pub image: Option<Arc<image::Image>>,
-}
+/// A disk on a virtio-blk slot (the same type as the x86 board's).
+pub use vmm::board::Disk;
 
-impl Disk {
-    /// A disk over any backend (snapshots only if it is read-only).
-    pub fn new(backend: Arc<dyn image::BlockBackend>, read_only: bool) -> Disk {
-        Disk {
-            backend,
-            read_only,
-            image: None,
-        }
-    }
-
-    /// A disk over an image file: a qcow2 image can be snapshotted with
-    /// the machine.
-    pub fn from_image(image: image::Image, read_only: bool) -> Disk {
-        let image = Arc::new(image);
-        Disk {
-            backend: image.clone(),
-            read_only,
-            image: Some(image),
-        }
-    }
-
-    /// An empty drive: no medium (zero sectors), read-write or read-only
-    /// as the guest will see it. A snapshot of a machine with one can be
-    /// restored with a disk in that slot: the guest is told of the new
-    /// capacity (see [`restore`]).
-    pub fn empty(read_only: bool) -> Disk {
-        Disk::new(Arc::new(virtio::EmptyMedium), read_only)
-    }
-
-    /// Whether the guest can change what the disk holds (an empty drive
-    /// holds nothing).
-    fn writable(&self) -> bool {
-        !self.read_only && !self.backend.is_read_only() && !self.backend.is_empty()
-    }
+/// An empty drive: no medium (zero sectors), read-write or read-only as
+/// the guest will see it. A snapshot of a machine with one can be
+/// restored with a disk in that slot: the guest is told of the new
+/// capacity (see [`restore`]).
+pub fn empty_disk(read_only: bool) -> Disk {
+    Disk::new(Arc::new(virtio::EmptyMedium), read_only)
 }
 
 /// A network card on a virtio-net slot.
@@ -607,7 +570,7 @@ fn restore_with(
     if let Some(what) = st.machine.mismatch(&summary) {
         return Err(MachineError::SnapshotMismatch(what));
     }
-    revert_disks(&cfg, &st.disks, &st.machine.disk_sizes)?;
+    vmm::board::revert_disks(&cfg.disks, &st.disks, &st.machine.disk_sizes).map_err(disk_error)?;
     let ram = vmm::GuestRam::from_file(RAM_BASE, mem_path, summary.mem_size as usize)?;
     let board = build(&mut cfg, Some((&st, ram)))?;
     let htif = st.htif.as_ref().map(|h| (h.tohost, h.fromhost));
@@ -640,12 +603,12 @@ fn check_state(st: &MachineState) -> Result<(), MachineError> {
         ));
     }
     let m = &st.machine;
-    if st.harts.len() != m.harts || st.hsm.len() != m.harts {
+    if st.harts.len() != m.vcpus || st.hsm.len() != m.vcpus {
         return bad(format!(
             "{} hart states and {} HSM states for {} harts",
             st.harts.len(),
             st.hsm.len(),
-            m.harts
+            m.vcpus
         ));
     }
     if st.virtio.len() != m.devices.len() {
@@ -685,44 +648,20 @@ fn check_state(st: &MachineState) -> Result<(), MachineError> {
     Ok(())
 }
 
-/// Reverts each qcow2 disk to its internal snapshot; a read-write disk
-/// the snapshot did not cover is refused (its contents may not be what
-/// the restored guest believes), unless its drive was empty then (the
-/// guest believes nothing of it). `saved_sizes` are the snapshot's disk
-/// sizes, checked against `cfg` before.
-fn revert_disks(
-    cfg: &MachineConfig,
-    snaps: &[DiskSnapshot],
-    saved_sizes: &[u64],
-) -> Result<(), MachineError> {
-    for (index, d) in cfg.disks.iter().enumerate() {
-        let snap = snaps.iter().find(|s| s.disk == index);
-        let was_empty = saved_sizes.get(index) == Some(&0);
-        match (snap, &d.image) {
-            (None, _) if was_empty => {}
-            (Some(s), Some(img)) => {
-                img.snapshot_apply(&s.name)
-                    .map_err(|source| MachineError::DiskSnapshot {
-                        index,
-                        what: format!("cannot revert to internal snapshot {}", s.name),
-                        source,
-                    })?;
-            }
-            (Some(s), None) => {
-                return Err(MachineError::SnapshotMismatch(format!(
-                    "disk {index} must be the qcow2 image holding internal snapshot {}",
-                    s.name
-                )))
-            }
-            (None, _) if d.writable() => {
-                return Err(MachineError::SnapshotMismatch(format!(
-                    "disk {index} is read-write but the snapshot holds no copy of it: attach it read-only"
-                )))
-            }
-            (None, _) => {}
-        }
+/// The disks' part of a snapshot or restore, in this board's errors.
+fn disk_error(e: vmm::board::DiskSnapshotError) -> MachineError {
+    match e {
+        vmm::board::DiskSnapshotError::Image {
+            index,
+            what,
+            source,
+        } => MachineError::DiskSnapshot {
+            index,
+            what,
+            source,
+        },
+        vmm::board::DiskSnapshotError::Mismatch(what) => MachineError::SnapshotMismatch(what),
     }
-    Ok(())
 }
 
 /// Refuses a configuration this board cannot run, and identifies the
@@ -813,9 +752,11 @@ fn summary(cfg: &MachineConfig) -> MachineSummary {
             BoardKind::Spike => crate::snapshot::SPIKE_BOARD_NAME,
         }
         .into(),
-        harts: cfg.harts,
+        vcpus: cfg.harts,
         mem_size: cfg.mem_size & !(PAGE - 1),
-        builtin_sbi: cfg.board == BoardKind::Virt && matches!(cfg.firmware, Firmware::Builtin),
+        builtin_sbi: Some(
+            cfg.board == BoardKind::Virt && matches!(cfg.firmware, Firmware::Builtin),
+        ),
         devices: device_kinds(cfg),
         disk_sizes: cfg.disks.iter().map(|d| d.backend.len()).collect(),
     }
@@ -1201,13 +1142,6 @@ fn initial_harts(board: &mut Board, loaded: &Loaded) -> Vec<HsmState> {
     states
 }
 
-/// A disk as the running machine keeps it for snapshots.
-struct DiskSlot {
-    backend: Arc<dyn image::BlockBackend>,
-    image: Option<Arc<image::Image>>,
-    writable: bool,
-}
-
 /// A started machine: its harts run on their own threads until the guest
 /// powers off, resets, the user quits or the time limit passes. Every
 /// method takes `&self`, so a control thread (an API server) can pause,
@@ -1221,7 +1155,8 @@ pub struct RunningMachine {
     uart: Arc<Uart>,
     clock: Arc<Clock>,
     summary: MachineSummary,
-    disks: Vec<DiskSlot>,
+    /// The disks, for snapshots.
+    disks: Vec<Disk>,
     input_to_hvc: bool,
     htif: Option<Arc<HtifPage>>,
     /// The harts, until [`RunningMachine::start_harts`] gives each a thread.
@@ -1315,15 +1250,7 @@ fn launch_paused(
         .input
         .map(|fd| crate::terminal::spawn_input(fd, sink, power.clone()));
 
-    let disks = cfg
-        .disks
-        .iter()
-        .map(|d| DiskSlot {
-            backend: d.backend.clone(),
-            image: d.image.clone(),
-            writable: d.writable(),
-        })
-        .collect();
+    let disks = cfg.disks.clone();
     let m = RunningMachine {
         shared: shared.clone(),
         ram: board.ram.clone(),
@@ -1503,14 +1430,8 @@ impl RunningMachine {
                 state_path.display()
             )));
         }
-        for (index, d) in self.disks.iter().enumerate() {
-            let qcow2 = d
-                .image
-                .as_ref()
-                .is_some_and(|i| i.format() == image::Format::Qcow2);
-            if d.writable && !qcow2 {
-                return Err(MachineError::RawDiskSnapshot { index });
-            }
+        if let Some(index) = vmm::board::unsnapshottable_disk(&self.disks) {
+            return Err(MachineError::RawDiskSnapshot { index });
         }
         let s = &self.shared;
         let (harts, time) = {
@@ -1528,7 +1449,8 @@ impl RunningMachine {
             .iter()
             .map(|t| t.0.lock().unwrap_or_else(|e| e.into_inner()).save())
             .collect::<Result<Vec<_>, _>>()?;
-        let mut state = MachineState {
+        let disks = vmm::board::snapshot_disks(&self.disks).map_err(disk_error)?;
+        let state = MachineState {
             version: crate::snapshot::MACHINE_STATE_VERSION,
             machine: self.summary.clone(),
             time,
@@ -1539,7 +1461,7 @@ impl RunningMachine {
             uart: self.uart.save(),
             input_to_hvc: self.input_to_hvc,
             virtio,
-            disks: Vec::new(),
+            disks,
             htif: self.htif.as_ref().map(|h| HtifState {
                 tohost: h.tohost,
                 fromhost: h.fromhost,
@@ -1547,49 +1469,13 @@ impl RunningMachine {
             }),
             vm_config,
         };
-        let result = self
-            .snapshot_disks(&mut state.disks)
-            .and_then(|()| vmm::snapshot::write_memory(mem_path, &self.ram).map_err(Into::into))
-            .and_then(|()| vmm::snapshot::write_state(state_path, &state).map_err(Into::into));
+        let result = vmm::snapshot::write_memory(mem_path, &self.ram)
+            .and_then(|()| vmm::snapshot::write_state(state_path, &state));
         if result.is_err() {
             // Leave no orphaned internal snapshots behind.
-            for d in &state.disks {
-                if let Some(img) = &self.disks[d.disk].image {
-                    let _ = img.snapshot_delete(&d.name);
-                }
-            }
+            vmm::board::delete_disk_snapshots(&self.disks, &state.disks);
         }
-        result
-    }
-
-    fn snapshot_disks(&self, out: &mut Vec<DiskSnapshot>) -> Result<(), MachineError> {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        for (index, d) in self.disks.iter().enumerate() {
-            let Some(img) = d.image.as_ref().filter(|_| d.writable) else {
-                continue;
-            };
-            let err = |what: &str| {
-                let what = what.to_string();
-                move |source| MachineError::DiskSnapshot {
-                    index,
-                    what,
-                    source,
-                }
-            };
-            d.backend.flush().map_err(err("cannot flush"))?;
-            let name = format!(
-                "virtkit-{}.{:09}-{}",
-                stamp.as_secs(),
-                stamp.subsec_nanos(),
-                std::process::id()
-            );
-            img.snapshot_create(&name)
-                .map_err(err("cannot take an internal snapshot"))?;
-            out.push(DiskSnapshot { disk: index, name });
-        }
-        Ok(())
+        Ok(result?)
     }
 
     /// Waits until the machine stops (or its time limit passes), tears it

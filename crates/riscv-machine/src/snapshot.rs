@@ -3,9 +3,10 @@
 //! matches it.
 //!
 //! The body names the machine configuration (harts, RAM size, the kind of
-//! M-mode software, the device in each virtio slot and each disk's size),
-//! so restoring into a different machine is refused with a message saying
-//! what differs, before anything is built. Each device's state is its own
+//! M-mode software, the device in each virtio slot and each disk's size:
+//! `vmm::board::MachineSummary`, shared with the x86 board), so restoring
+//! into a different machine is refused with a message saying what
+//! differs, before anything is built. Each device's state is its own
 //! versioned struct (`ClintState`, `PlicState`, `UartState`,
 //! `virtio::persist::TransportState`, `riscv::HartState`).
 //!
@@ -47,78 +48,9 @@ impl DeviceStateError {
     }
 }
 
-/// The machine configuration a snapshot was taken of.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MachineSummary {
-    /// [`BOARD_NAME`] or [`SPIKE_BOARD_NAME`].
-    pub board: String,
-    pub harts: usize,
-    /// RAM size in bytes (page aligned).
-    pub mem_size: u64,
-    /// The kernel runs on the built-in SBI (no firmware in M-mode).
-    pub builtin_sbi: bool,
-    /// The device in each virtio slot: "block", "rng", "console", "net".
-    pub devices: Vec<String>,
-    /// Each disk's size in bytes, in slot order.
-    pub disk_sizes: Vec<u64>,
-}
-
-impl MachineSummary {
-    /// What differs between the snapshot's machine (`self`) and the one it
-    /// is restored into, in words; `None` if they match.
-    pub fn mismatch(&self, target: &MachineSummary) -> Option<String> {
-        if self.board != target.board {
-            return Some(format!(
-                "the snapshot is of a {} machine, not {}",
-                self.board, target.board
-            ));
-        }
-        if self.harts != target.harts {
-            return Some(format!(
-                "the snapshot has {} harts, the machine {} (use --cpus {})",
-                self.harts, target.harts, self.harts
-            ));
-        }
-        if self.mem_size != target.mem_size {
-            return Some(format!(
-                "the snapshot has {} MiB of RAM, the machine {} MiB (use --mem {})",
-                self.mem_size >> 20,
-                target.mem_size >> 20,
-                self.mem_size >> 20
-            ));
-        }
-        if self.builtin_sbi != target.builtin_sbi {
-            let name = |b: bool| {
-                if b {
-                    "the built-in SBI"
-                } else {
-                    "a firmware file"
-                }
-            };
-            return Some(format!(
-                "the snapshot ran {}, the machine {}",
-                name(self.builtin_sbi),
-                name(target.builtin_sbi)
-            ));
-        }
-        if self.devices != target.devices {
-            return Some(format!(
-                "the snapshot's virtio devices are [{}], the machine's [{}]",
-                self.devices.join(", "),
-                target.devices.join(", ")
-            ));
-        }
-        for (i, (a, b)) in self.disk_sizes.iter().zip(&target.disk_sizes).enumerate() {
-            // A drive that was empty (size 0) takes any medium: the guest
-            // is told of its capacity on restore.
-            if a != b && *a != 0 {
-                return Some(format!("disk {i} has {b} bytes, the snapshot's had {a}"));
-            }
-        }
-        None
-    }
-}
+/// The machine configuration a snapshot was taken of (shared with the
+/// x86 board: `vcpus` counts the harts, `builtin_sbi` is always given).
+pub use vmm::board::MachineSummary;
 
 /// SBI hart state management, per hart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,14 +62,7 @@ pub enum HsmState {
 }
 
 /// A qcow2 disk's internal snapshot taken at the same instant.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DiskSnapshot {
-    /// Disk index (in `MachineConfig::disks` order).
-    pub disk: usize,
-    /// Name of the internal snapshot in that qcow2 image.
-    pub name: String,
-}
+pub use vmm::board::DiskSnapshot;
 
 /// A spike program's HTIF page: served as MMIO (so every store to
 /// `tohost` reaches the host at once), its bytes live outside RAM.
@@ -177,45 +102,4 @@ pub struct MachineState {
     /// the board itself does not read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm_config: Option<serde_json::Value>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn summary() -> MachineSummary {
-        MachineSummary {
-            board: BOARD_NAME.into(),
-            harts: 2,
-            mem_size: 256 << 20,
-            builtin_sbi: true,
-            devices: vec!["block".into(), "rng".into()],
-            disk_sizes: vec![1 << 30],
-        }
-    }
-
-    #[test]
-    fn mismatches_are_named() {
-        let a = summary();
-        assert_eq!(a.mismatch(&summary()), None);
-        let mut b = summary();
-        b.harts = 4;
-        assert!(a.mismatch(&b).unwrap().contains("2 harts"));
-        let mut b = summary();
-        b.mem_size = 512 << 20;
-        assert!(a.mismatch(&b).unwrap().contains("256 MiB"));
-        let mut b = summary();
-        b.devices.pop();
-        assert!(a.mismatch(&b).unwrap().contains("block, rng"));
-        let mut b = summary();
-        b.disk_sizes[0] = 4096;
-        assert!(a.mismatch(&b).unwrap().contains("disk 0"));
-        let mut a0 = summary();
-        a0.disk_sizes[0] = 0;
-        assert_eq!(a0.mismatch(&summary()), None, "a medium in an empty drive");
-        assert!(summary().mismatch(&a0).unwrap().contains("disk 0"));
-        let mut b = summary();
-        b.builtin_sbi = false;
-        assert!(a.mismatch(&b).unwrap().contains("firmware"));
-    }
 }

@@ -180,7 +180,7 @@ pub fn main(args: Args) -> anyhow::Result<i32> {
                     let initrd = read(&assets.initramfs)?;
                     let mut cfg =
                         machine.config(kernel, Some(initrd), append.clone(), nics(Vec::new())?);
-                    cfg.disks = disk_mode.map(machine::Disk::empty).into_iter().collect();
+                    cfg.disks = disk_mode.map(machine::empty_disk).into_iter().collect();
                     instant::build(&snap, cfg)?;
                 }
             }

@@ -12,10 +12,15 @@
 //!   a serde body) and memory files mapped back `MAP_PRIVATE`
 //!   ([`GuestRam::from_file`]).
 //!
+//! - [`board`]: what both boards keep for snapshots: the [`board::Disk`]
+//!   on a virtio-blk slot, the [`board::MachineSummary`] a restore must
+//!   match, qcow2 internal snapshots of the disks and their revert.
+//!
 //! Layering: `vmm` sits under the device models (`virtio`) and the boards
 //! (`riscv-machine`), and knows neither.
 
 pub mod api;
+pub mod board;
 mod irq;
 mod memory;
 pub mod snapshot;

@@ -22,54 +22,17 @@ use crate::cpu::{self, Entry};
 use crate::devices::{Action, Devices, IrqFdTrigger, SerialInput, VirtioSlot};
 use crate::irqfd::{self, IrqFdLine, Relay};
 use crate::layout::*;
-use crate::snapshot::{self, DiskSnapshot, MachineState, MachineSummary, VcpuState};
+use crate::snapshot::{self, MachineState, MachineSummary, VcpuState};
 use crate::{acpi, mptable, Error, Result};
 
 /// Where KVM is unless the caller says otherwise.
 pub const DEFAULT_KVM_PATH: &str = "/dev/kvm";
 
-/// A disk for a virtio-blk slot.
-pub struct Disk {
-    pub backend: Arc<dyn image::BlockBackend>,
-    pub read_only: bool,
-    /// The image file behind `backend`, if it is one: a snapshot takes a
-    /// qcow2 internal snapshot of it, a restore reverts it (as the riscv64
-    /// board does). Without it, only a read-only disk can be part of a
-    /// snapshot.
-    pub image: Option<Arc<image::Image>>,
-}
-
-impl Disk {
-    /// A disk over any backend (snapshots only if it is read-only).
-    pub fn new(backend: Arc<dyn image::BlockBackend>, read_only: bool) -> Disk {
-        Disk {
-            backend,
-            read_only,
-            image: None,
-        }
-    }
-
-    /// A disk over an image file: a qcow2 image can be snapshotted with
-    /// the machine.
-    pub fn from_image(image: Arc<image::Image>, read_only: bool) -> Disk {
-        Disk {
-            backend: image.clone(),
-            read_only,
-            image: Some(image),
-        }
-    }
-
-    fn writable(&self) -> bool {
-        !self.read_only && !self.backend.is_read_only()
-    }
-}
-
-/// What a running machine keeps of a disk for its snapshots.
-struct DiskSlot {
-    backend: Arc<dyn image::BlockBackend>,
-    image: Option<Arc<image::Image>>,
-    writable: bool,
-}
+/// A disk for a virtio-blk slot (the same type as the riscv64 board's):
+/// with its image file, a qcow2 disk is snapshotted with the machine and
+/// reverted on restore; without it, only a read-only disk can be part of
+/// a snapshot.
+pub use vmm::board::Disk;
 
 /// A network card on a virtio-net slot (the same device and backends as
 /// the riscv64 board's).
@@ -325,6 +288,7 @@ fn summary(cfg: &MachineConfig) -> MachineSummary {
         board: snapshot::BOARD_NAME.into(),
         vcpus: cfg.vcpus,
         mem_size: cfg.mem_size,
+        builtin_sbi: None,
         devices: device_kinds(cfg),
         disk_sizes: cfg.disks.iter().map(|d| d.backend.len()).collect(),
     }
@@ -337,7 +301,7 @@ struct Board {
     /// `virtio_mmio.device=` for each slot.
     cmdline: String,
     console_host: Option<virtio::ConsoleHost>,
-    disks: Vec<DiskSlot>,
+    disks: Vec<Disk>,
 }
 
 /// Builds the serial port, the i8042 and the virtio slots (fresh, or
@@ -359,15 +323,7 @@ fn build_devices(vm: &Vm, cfg: &mut MachineConfig, saved: Option<&MachineState>)
             source,
         })?;
     let mut virtio_devs: Vec<Box<dyn virtio::VirtioDevice>> = Vec::new();
-    let disks = cfg
-        .disks
-        .iter()
-        .map(|d| DiskSlot {
-            backend: d.backend.clone(),
-            image: d.image.clone(),
-            writable: d.writable(),
-        })
-        .collect();
+    let disks = cfg.disks.clone();
     for (i, d) in cfg.disks.iter().enumerate() {
         virtio_devs.push(Box::new(virtio::Block::new(
             d.backend.clone(),
@@ -565,7 +521,9 @@ pub fn restore(
         return Err(Error::SnapshotMismatch(what));
     }
     let kvm = open_kvm(&cfg.kvm_path)?;
-    revert_disks(&cfg, &st.disks)?;
+    // A disk that cannot be reverted does not fit the snapshot either.
+    vmm::board::revert_disks(&cfg.disks, &st.disks, &st.machine.disk_sizes)
+        .map_err(|e| Error::SnapshotMismatch(e.to_string()))?;
     let ram = GuestRam::from_file(0, mem_path, cfg.mem_size as usize)?;
     let vm = create_vm_with_ram(kvm, ram, true)?;
     let board = build_devices(&vm, &mut cfg, Some(&st))?;
@@ -603,43 +561,6 @@ fn replay_interrupts(vm: &Vm, st: &MachineState) -> Result<()> {
                         source,
                     })?;
             }
-        }
-    }
-    Ok(())
-}
-
-/// Reverts each qcow2 disk to its internal snapshot; a read-write disk
-/// the snapshot did not cover is refused (its contents may not be what
-/// the restored guest believes).
-fn revert_disks(cfg: &MachineConfig, snaps: &[DiskSnapshot]) -> Result<()> {
-    for s in snaps {
-        if s.disk >= cfg.disks.len() {
-            return Err(Error::SnapshotState(format!(
-                "a disk snapshot names disk {}, which does not exist",
-                s.disk
-            )));
-        }
-    }
-    for (index, d) in cfg.disks.iter().enumerate() {
-        match (snaps.iter().find(|s| s.disk == index), &d.image) {
-            (Some(s), Some(img)) => img.snapshot_apply(&s.name).map_err(|e| {
-                Error::SnapshotMismatch(format!(
-                    "disk {index}: cannot revert to internal snapshot {}: {e}",
-                    s.name
-                ))
-            })?,
-            (Some(s), None) => {
-                return Err(Error::SnapshotMismatch(format!(
-                    "disk {index} must be the qcow2 image holding internal snapshot {}",
-                    s.name
-                )))
-            }
-            (None, _) if d.writable() => {
-                return Err(Error::SnapshotMismatch(format!(
-                    "disk {index} is read-write but the snapshot holds no copy of it: attach it read-only"
-                )))
-            }
-            (None, _) => {}
         }
     }
     Ok(())
@@ -761,7 +682,8 @@ pub struct RunningMachine {
     devices: Arc<Devices>,
     relays: Mutex<Vec<Relay>>,
     _console_host: Option<virtio::ConsoleHost>,
-    disks: Vec<DiskSlot>,
+    /// The disks, for snapshots.
+    disks: Vec<Disk>,
     power: Arc<Power>,
     ctl: Arc<Control>,
     summary: MachineSummary,
@@ -953,14 +875,8 @@ impl RunningMachine {
                 state_path.display()
             )));
         }
-        for (index, d) in self.disks.iter().enumerate() {
-            let qcow2 = d
-                .image
-                .as_ref()
-                .is_some_and(|i| i.format() == image::Format::Qcow2);
-            if d.writable && !qcow2 {
-                return Err(Error::WritableDiskSnapshot { index });
-            }
+        if let Some(index) = vmm::board::unsnapshottable_disk(&self.disks) {
+            return Err(Error::WritableDiskSnapshot { index });
         }
         let vcpus = self
             .ctl
@@ -1004,7 +920,9 @@ impl RunningMachine {
             .iter()
             .copied()
             .collect();
-        let mut state = MachineState {
+        let disks = vmm::board::snapshot_disks(&self.disks)
+            .map_err(|e| Error::SnapshotState(e.to_string()))?;
+        let state = MachineState {
             version: snapshot::MACHINE_STATE_VERSION,
             machine: self.summary.clone(),
             vcpus,
@@ -1018,49 +936,16 @@ impl RunningMachine {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
             virtio,
-            disks: Vec::new(),
+            disks,
             vm_config,
         };
-        let result = self
-            .snapshot_disks(&mut state.disks)
-            .and_then(|()| Ok(vmm::snapshot::write_memory(mem_path, &self.vm.ram)?))
-            .and_then(|()| Ok(vmm::snapshot::write_state(state_path, &state)?));
+        let result = vmm::snapshot::write_memory(mem_path, &self.vm.ram)
+            .and_then(|()| vmm::snapshot::write_state(state_path, &state));
         if result.is_err() {
             // Leave no orphaned internal snapshots behind.
-            for d in &state.disks {
-                if let Some(img) = &self.disks[d.disk].image {
-                    let _ = img.snapshot_delete(&d.name);
-                }
-            }
+            vmm::board::delete_disk_snapshots(&self.disks, &state.disks);
         }
-        result
-    }
-
-    /// Takes an internal snapshot of each read-write qcow2 disk (flushed
-    /// first), recording its name.
-    fn snapshot_disks(&self, out: &mut Vec<DiskSnapshot>) -> Result<()> {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        for (index, d) in self.disks.iter().enumerate() {
-            let Some(img) = d.image.as_ref().filter(|_| d.writable) else {
-                continue;
-            };
-            let fail = |what: &str, e: &dyn std::fmt::Display| {
-                Error::SnapshotState(format!("disk {index}: {what}: {e}"))
-            };
-            d.backend.flush().map_err(|e| fail("cannot flush", &e))?;
-            let name = format!(
-                "virtkit-{}.{:09}-{}",
-                stamp.as_secs(),
-                stamp.subsec_nanos(),
-                std::process::id()
-            );
-            img.snapshot_create(&name)
-                .map_err(|e| fail("cannot take an internal snapshot", &e))?;
-            out.push(DiskSnapshot { disk: index, name });
-        }
-        Ok(())
+        Ok(result?)
     }
 
     /// Waits until the machine stops (or its time limit passes), tears it

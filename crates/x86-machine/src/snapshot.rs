@@ -33,60 +33,9 @@ pub const MACHINE_STATE_VERSION: u32 = 1;
 /// riscv64 boards write "riscv64-virt" and "riscv64-spike").
 pub const BOARD_NAME: &str = "x86_64-kvm";
 
-/// The machine configuration a snapshot was taken of.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MachineSummary {
-    /// [`BOARD_NAME`].
-    pub board: String,
-    pub vcpus: usize,
-    /// RAM size in bytes.
-    pub mem_size: u64,
-    /// The device in each virtio slot: "block", "rng", "console", "net".
-    pub devices: Vec<String>,
-    /// Each disk's size in bytes, in slot order.
-    pub disk_sizes: Vec<u64>,
-}
-
-impl MachineSummary {
-    /// What differs between the snapshot's machine (`self`) and the one it
-    /// is restored into, in words; `None` if they match.
-    pub fn mismatch(&self, target: &MachineSummary) -> Option<String> {
-        if self.board != target.board {
-            return Some(format!(
-                "the snapshot is of a {} machine, not {}",
-                self.board, target.board
-            ));
-        }
-        if self.vcpus != target.vcpus {
-            return Some(format!(
-                "the snapshot has {} vCPUs, the machine {} (use --cpus {})",
-                self.vcpus, target.vcpus, self.vcpus
-            ));
-        }
-        if self.mem_size != target.mem_size {
-            return Some(format!(
-                "the snapshot has {} MiB of RAM, the machine {} MiB (use --mem {}M)",
-                self.mem_size >> 20,
-                target.mem_size >> 20,
-                self.mem_size >> 20
-            ));
-        }
-        if self.devices != target.devices {
-            return Some(format!(
-                "the snapshot's virtio devices are [{}], the machine's [{}]",
-                self.devices.join(", "),
-                target.devices.join(", ")
-            ));
-        }
-        for (i, (a, b)) in self.disk_sizes.iter().zip(&target.disk_sizes).enumerate() {
-            if a != b {
-                return Some(format!("disk {i} has {b} bytes, the snapshot's had {a}"));
-            }
-        }
-        None
-    }
-}
+/// The machine configuration a snapshot was taken of (shared with the
+/// riscv64 boards; `builtin_sbi` is `None` here).
+pub use vmm::board::MachineSummary;
 
 /// The exact bytes of a KVM structure; hex in the JSON body.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -258,14 +207,7 @@ impl From<&SerialState> for vm_superio::serial::SerialState {
 }
 
 /// A qcow2 disk's internal snapshot taken at the same instant.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DiskSnapshot {
-    /// Disk index (in `MachineConfig::disks` order).
-    pub disk: usize,
-    /// Name of the internal snapshot in that qcow2 image.
-    pub name: String,
-}
+pub use vmm::board::DiskSnapshot;
 
 /// The body of the x86 board's state file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -551,29 +493,5 @@ mod tests {
         assert!(e.to_string().contains("regs has 10 bytes"), "{e}");
         assert!(serde_json::from_str::<Blob>("\"abc\"").is_err());
         assert!(serde_json::from_str::<Blob>("\"zz\"").is_err());
-    }
-
-    #[test]
-    fn mismatches_are_named() {
-        let a = MachineSummary {
-            board: BOARD_NAME.into(),
-            vcpus: 2,
-            mem_size: 64 << 20,
-            devices: vec!["rng".into(), "net".into()],
-            disk_sizes: vec![],
-        };
-        assert_eq!(a.mismatch(&a.clone()), None);
-        let mut b = a.clone();
-        b.vcpus = 1;
-        assert!(a.mismatch(&b).unwrap().contains("2 vCPUs"));
-        let mut b = a.clone();
-        b.mem_size = 32 << 20;
-        assert!(a.mismatch(&b).unwrap().contains("64 MiB"));
-        let mut b = a.clone();
-        b.devices.pop();
-        assert!(a.mismatch(&b).unwrap().contains("rng, net"));
-        let mut b = a.clone();
-        b.board = "riscv64-virt".into();
-        assert!(a.mismatch(&b).unwrap().contains("riscv64-virt"));
     }
 }
