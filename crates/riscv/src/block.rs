@@ -73,24 +73,21 @@ pub(crate) fn translate_user(space: &UserSpace, pc: u64, buf: &mut Vec<Insn>) ->
     }
     // Mark before reading so a concurrent store cannot slip between.
     space.mark_code(pc / PAGE_SIZE);
-    let base = space.host_base();
-    let crosses = decode_block(pc, buf, |a| {
-        // SAFETY: `a` lies in the executable (hence host-readable) page of
-        // `pc`, inside the reservation.
-        unsafe { base.add(a as usize).cast::<u16>().read_unaligned() }
-    });
+    let page = pc & !(PAGE_SIZE - 1);
+    // An execute-only page the host cannot read in place and that cannot
+    // be copied either: the fetch faults, as it would on an unmapped page.
+    let bytes = space.fetch_page(pc / PAGE_SIZE).ok_or(fetch_fault(pc))?;
+    // `decode_block` never leaves the page of `pc`.
+    let crosses = decode_block(pc, buf, |a| bytes.read_u16(a - page));
     if crosses {
         // A 32-bit instruction straddling two pages.
-        let next = (pc & !(PAGE_SIZE - 1)) + PAGE_SIZE;
+        let next = page + PAGE_SIZE;
         if space.perms(next) & perm::X == 0 {
             return Err(fetch_fault(next));
         }
         space.mark_code(next / PAGE_SIZE);
-        // SAFETY: both halves were checked executable above.
-        let w = unsafe {
-            base.add(pc as usize).cast::<u16>().read_unaligned() as u32
-                | (base.add(next as usize).cast::<u16>().read_unaligned() as u32) << 16
-        };
+        let hi = space.fetch_page(next / PAGE_SIZE).ok_or(fetch_fault(next))?;
+        let w = bytes.read_u16(pc - page) as u32 | (hi.read_u16(0) as u32) << 16;
         buf.clear();
         let insn = decode(w);
         buf.push(insn);
@@ -115,7 +112,9 @@ pub(crate) const MAX_EXTENDED: usize = 192;
 pub(crate) fn extend_user(space: &UserSpace, pc: u64, buf: &mut Vec<Insn>) {
     use Kind::*;
     let page = pc & !(PAGE_SIZE - 1);
-    let base = space.host_base();
+    let Some(bytes) = space.fetch_page(pc / PAGE_SIZE) else {
+        return;
+    };
     let mut more = Vec::with_capacity(MAX_BLOCK + 1);
     while buf.len() < MAX_EXTENDED {
         let Some(last) = buf.last() else { return };
@@ -128,12 +127,8 @@ pub(crate) fn extend_user(space: &UserSpace, pc: u64, buf: &mut Vec<Insn>) {
         }
         // `translate_user` checked the page executable and marked it as
         // holding code, so its bytes can be read as it reads them.
-        let crosses = decode_block(next, &mut more, |a| {
-            // SAFETY: `a` lies in the executable page of `pc`, inside the
-            // reservation (decode_block never leaves the page of `next`,
-            // which is `pc`'s).
-            unsafe { base.add(a as usize).cast::<u16>().read_unaligned() }
-        });
+        // decode_block never leaves the page of `next`, which is `pc`'s.
+        let crosses = decode_block(next, &mut more, |a| bytes.read_u16(a - page));
         if crosses {
             return;
         }

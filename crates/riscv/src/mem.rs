@@ -5,11 +5,16 @@
 //!
 //! * [`UserSpace`]: user-mode emulation. The whole guest virtual address
 //!   space is one reserved range of host virtual memory (`host_base() + addr`),
-//!   with one permission byte per 4 KiB guest page. Faults are precise
-//!   because every access checks the permission table first; no host signal
-//!   handler is needed. `linux-user` owns the layout (mmap, brk, munmap,
-//!   mprotect) and keeps the table in step through [`UserSpace::set_perms`] or
-//!   the `map_*`/`unmap`/`protect` helpers.
+//!   with one permission byte per 4 KiB guest page. The interpreter checks
+//!   the table before every access, so its faults are precise. The host
+//!   protection of every page mirrors the table (never more than the guest
+//!   may do; pages holding translated code are host read-only), and guard
+//!   pages surround the reservation: the JIT's inline accesses only test
+//!   the address against the space size and let the host fault the rest
+//!   (see `jit::fault`), then leave for the interpreter, which redoes the
+//!   access the checked way. `linux-user` owns the layout (mmap, brk,
+//!   munmap, mprotect) and keeps the table in step through
+//!   [`UserSpace::set_perms`] or the `map_*`/`unmap`/`protect` helpers.
 //! * [`Bus`]: system mode. The machine gives the physical memory map: RAM
 //!   regions as host pointers (obtained once, used by the TLB fast path) and
 //!   MMIO callbacks for everything else. The hart's MMU (Sv39/Sv48 + TLB)
@@ -19,7 +24,8 @@
 //! pages invalidate the decoded-block caches of every hart (see
 //! [`CodeMap`]).
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Mutex;
 
 use crate::PAGE_SIZE;
 
@@ -69,6 +75,33 @@ pub mod perm {
     pub(crate) const CODE: u8 = 8;
 }
 
+/// Inaccessible host bytes below and above the reservation: an inline
+/// access of the JIT adds a 12-bit signed offset (and its size) to a base
+/// register it only checked against the space size, so it may reach up to
+/// 2 KiB outside; there it faults like any unmapped guest page.
+pub(crate) const GUARD: u64 = 64 << 10;
+
+/// Host `PROT_*` bits that let the host do exactly what guest permissions
+/// `p` allow, or less: RISC-V has no write-only pages (W comes with R), and
+/// execute-only pages stay inaccessible (instructions are fetched through
+/// [`UserSpace::fetch_page`], which reads them without host permission).
+/// A page holding translated code (`perm::CODE`) loses host write, so
+/// stores into it fault and drop the stale translations on their way.
+fn host_prot(p: u8) -> i32 {
+    if p & perm::W != 0 && p & perm::CODE == 0 {
+        libc::PROT_READ | libc::PROT_WRITE
+    } else if p & (perm::R | perm::W) != 0 {
+        libc::PROT_READ
+    } else {
+        libc::PROT_NONE
+    }
+}
+
+/// Order of host protections by what they allow (host_prot's values).
+fn prot_rank(h: i32) -> u8 {
+    (h & libc::PROT_READ != 0) as u8 + (h & libc::PROT_WRITE != 0) as u8
+}
+
 /// A user-mode guest address space: a host reservation plus a permission
 /// table. Shared by all guest threads of a process (`Arc<UserSpace>`); all
 /// methods take `&self`.
@@ -77,6 +110,16 @@ pub struct UserSpace {
     size: u64,
     perms: *mut AtomicU8,
     code_gen: AtomicU64,
+    /// Serializes changes of host protection with the table changes they
+    /// mirror (a code mark and a store's unmark racing in two threads must
+    /// not leave the host writable under a code mark, or read-only under a
+    /// writable page without one).
+    prot_lock: Mutex<()>,
+    /// The host refused to write-protect a page holding code (it ran out of
+    /// mappings): stores that do not check the table would miss stale
+    /// translations, so the JIT stands down and the interpreter, which
+    /// checks every store, runs alone from then on.
+    unprotected: AtomicBool,
 }
 
 // SAFETY: the raw pointers refer to host mappings owned by this value for its
@@ -112,11 +155,19 @@ impl UserSpace {
     /// riscv64 Sv39 gives user space 38 bits; 47 is the most an x86-64 host
     /// can reserve). Nothing is accessible until mapped.
     pub fn new(addr_bits: u32) -> Result<Self, MemError> {
+        // Host faults of guest accesses (another thread's mprotect between
+        // a check and the access; the JIT's unchecked accesses) are caught
+        // (see `crate::mmu::guard`). Without the handler they crash the
+        // process, as they did before host protection mirrored the guest's.
+        crate::mmu::guard::install();
         let addr_bits = addr_bits.clamp(20, 46);
         let size = 1u64 << addr_bits;
         let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
-        let base = host_mmap(std::ptr::null_mut(), size as usize, libc::PROT_NONE, flags)
+        let outer = (size + 2 * GUARD) as usize;
+        let low = host_mmap(std::ptr::null_mut(), outer, libc::PROT_NONE, flags)
             .map_err(MemError::Host)?;
+        // SAFETY: GUARD bytes into the reservation just made.
+        let base = unsafe { low.add(GUARD as usize) };
         let pages = (size / PAGE_SIZE) as usize;
         let perms = match host_mmap(
             std::ptr::null_mut(),
@@ -127,7 +178,7 @@ impl UserSpace {
             Ok(p) => p.cast::<AtomicU8>(),
             Err(e) => {
                 // SAFETY: unmapping the reservation made just above.
-                unsafe { libc::munmap(base.cast(), size as usize) };
+                unsafe { libc::munmap(low.cast(), outer) };
                 return Err(MemError::Host(e));
             }
         };
@@ -136,7 +187,38 @@ impl UserSpace {
             size,
             perms,
             code_gen: AtomicU64::new(0),
+            prot_lock: Mutex::new(()),
+            unprotected: AtomicBool::new(false),
         })
+    }
+
+    fn lock_prot(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.prot_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the host protection of guest pages `[addr, addr+len)` (inside
+    /// the space, page aligned).
+    fn host_protect(&self, addr: u64, len: u64, prot: i32) -> Result<(), MemError> {
+        // SAFETY: the range lies inside the reservation this value owns
+        // (callers checked it); changing its protection touches no Rust
+        // object (guest memory is only reached through checked raw
+        // pointers).
+        let r = unsafe { libc::mprotect(self.base.add(addr as usize).cast(), len as usize, prot) };
+        if r != 0 {
+            return Err(MemError::Host(std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    /// The host protection page `page` has now (the mirror of its table
+    /// byte).
+    fn host_prot_of(&self, page: u64) -> i32 {
+        host_prot(self.perm_slot(page).load(Ordering::Relaxed))
+    }
+
+    /// Whether the JIT may run on this space (see `unprotected`).
+    pub(crate) fn jit_ok(&self) -> bool {
+        !self.unprotected.load(Ordering::Relaxed)
     }
 
     /// Host address of guest address 0. Guest address `a` lives at
@@ -185,19 +267,44 @@ impl UserSpace {
     }
 
     /// Sets the guest permissions of the pages `[addr, addr+len)` (page
-    /// aligned). The host mapping must already allow what the guest may do:
-    /// readable for R or X, writable for W. Invalidates decoded code in the
-    /// range.
+    /// aligned), and the host protection to match. The host mapping must
+    /// allow what the guest may do (a shared mapping of a file opened
+    /// read-only cannot become writable: the host's error is returned).
+    /// Invalidates decoded code in the range.
     pub fn set_perms(&self, addr: u64, len: u64, perms: u8) -> Result<(), MemError> {
         self.check_page_range(addr, len)?;
+        if len == 0 {
+            return Ok(());
+        }
         let perms = perms & (perm::R | perm::W | perm::X);
+        let pages = addr / PAGE_SIZE..(addr + len) / PAGE_SIZE;
+        let new = host_prot(perms);
+        let _g = self.lock_prot();
+        // The host never allows more than the table: when every page gains
+        // (or keeps) host access, the host changes first; otherwise the
+        // table does. (Mixed ranges are only reachable by a guest racing
+        // its own mprotect with accesses to the range.)
+        let grows = pages
+            .clone()
+            .all(|p| prot_rank(self.host_prot_of(p)) <= prot_rank(new));
+        if grows {
+            self.host_protect(addr, len, new)?;
+        }
         let mut had_code = false;
-        for page in addr / PAGE_SIZE..(addr + len) / PAGE_SIZE {
+        for page in pages {
             let old = self.perm_slot(page).swap(perms, Ordering::Relaxed);
             had_code |= old & perm::CODE != 0;
         }
         if had_code {
             self.code_gen.fetch_add(1, Ordering::Release);
+        }
+        if !grows {
+            if let Err(e) = self.host_protect(addr, len, new) {
+                // The host allows more than the table now: only the
+                // interpreter, which checks the table, stays exact.
+                self.unprotected.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -209,11 +316,14 @@ impl UserSpace {
         if len == 0 {
             return Ok(());
         }
+        // Code marks go first (and with them the host write protection
+        // they imply): the fresh pages hold no code.
+        self.invalidate_code(addr, len);
         host_mmap(
             // SAFETY: pointer arithmetic inside the reservation, checked above.
             unsafe { self.base.add(addr as usize) },
             len as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
+            host_prot(perms & (perm::R | perm::W | perm::X)),
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
         )
         .map_err(MemError::Host)?;
@@ -317,10 +427,36 @@ impl UserSpace {
             return;
         }
         let end = addr.saturating_add(len).min(self.size);
+        let pages = addr / PAGE_SIZE..=(end - 1) / PAGE_SIZE;
+        if !pages
+            .clone()
+            .any(|p| self.perm_slot(p).load(Ordering::Relaxed) & perm::CODE != 0)
+        {
+            return;
+        }
+        let _g = self.lock_prot();
         let mut had = false;
-        for p in addr / PAGE_SIZE..=(end - 1) / PAGE_SIZE {
-            let old = self.perm_slot(p).fetch_and(!perm::CODE, Ordering::Relaxed);
-            had |= old & perm::CODE != 0;
+        for p in pages {
+            let slot = self.perm_slot(p);
+            let v = slot.load(Ordering::Relaxed);
+            if v & perm::CODE == 0 {
+                continue;
+            }
+            // Writable first, unmarked second: the host never refuses a
+            // store the table allows without a code mark (the interpreter
+            // stores through the host without more checks). A JIT store
+            // slipping in between is followed by the generation bump below.
+            if v & perm::W != 0
+                && self
+                    .host_protect(p * PAGE_SIZE, PAGE_SIZE, host_prot(v & !perm::CODE))
+                    .is_err()
+            {
+                // Stays marked and read-only: stores keep faulting into
+                // the interpreter, whose next attempt retries this.
+                continue;
+            }
+            slot.fetch_and(!perm::CODE, Ordering::Relaxed);
+            had = true;
         }
         if had {
             self.code_gen.fetch_add(1, Ordering::Release);
@@ -352,16 +488,91 @@ impl UserSpace {
         self.code_gen.load(Ordering::Acquire)
     }
 
+    /// Marks `page` as holding code about to be decoded. A writable page
+    /// also loses host write permission (before the decoder reads it), so
+    /// that stores which do not check the table (the JIT's) fault.
     pub(crate) fn mark_code(&self, page: u64) {
-        self.perm_slot(page).fetch_or(perm::CODE, Ordering::Relaxed);
+        let slot = self.perm_slot(page);
+        let v = slot.load(Ordering::Relaxed);
+        if v & perm::W == 0 {
+            // Host-read-only already; nothing but the mark to set.
+            slot.fetch_or(perm::CODE, Ordering::Relaxed);
+            return;
+        }
+        let _g = self.lock_prot();
+        // Marked first: a store allowed by the host meanwhile is one the
+        // decoder sees (it reads after this returns).
+        let old = slot.fetch_or(perm::CODE, Ordering::Relaxed);
+        if old & perm::W != 0
+            && self
+                .host_protect(page * PAGE_SIZE, PAGE_SIZE, libc::PROT_READ)
+                .is_err()
+        {
+            self.unprotected.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The bytes of guest page `page` (which the caller found executable)
+    /// for the instruction decoder. Readable pages are read in place;
+    /// execute-only pages, which the host keeps inaccessible so that loads
+    /// fault, are copied out through `/proc/self/mem` (which reads
+    /// regardless of protection, as a debugger does). `None` when that
+    /// copy fails.
+    pub(crate) fn fetch_page(&self, page: u64) -> Option<CodePage> {
+        // SAFETY: the page lies inside the reservation (the caller checked
+        // its permissions, which only pages of the space have).
+        let at = unsafe { self.base.add((page * PAGE_SIZE) as usize) };
+        if self.perms(page * PAGE_SIZE) & perm::R != 0 {
+            return Some(CodePage::Host(at));
+        }
+        use std::os::unix::fs::FileExt;
+        let mut copy = Box::new([0u8; PAGE_SIZE as usize]);
+        let f = std::fs::File::open("/proc/self/mem").ok()?;
+        f.read_exact_at(&mut copy[..], at as u64).ok()?;
+        Some(CodePage::Copy(copy))
+    }
+}
+
+/// A guest page's bytes for the decoder (see [`UserSpace::fetch_page`]).
+pub(crate) enum CodePage {
+    /// Host-readable in place.
+    Host(*const u8),
+    /// A copy of an execute-only page.
+    Copy(Box<[u8; PAGE_SIZE as usize]>),
+}
+
+impl CodePage {
+    /// The little-endian halfword at byte offset `off` of the page
+    /// (`off` <= PAGE_SIZE - 2).
+    pub(crate) fn read_u16(&self, off: u64) -> u16 {
+        debug_assert!(off <= PAGE_SIZE - 2);
+        match self {
+            // SAFETY: `off + 2` stays inside the page, which is guest
+            // memory. Another thread may take its permission away while
+            // it is decoded: the bytes then read as 0, an illegal
+            // instruction, and the change (which drops every translation
+            // of a page holding code) sends the hart back to fetch, which
+            // faults.
+            CodePage::Host(p) => unsafe {
+                crate::mmu::guard::load::<2>(p.add(off as usize)).unwrap_or(0) as u16
+            },
+            CodePage::Copy(c) => {
+                let o = off as usize;
+                u16::from_le_bytes([c[o], c[o + 1]])
+            }
+        }
     }
 }
 
 impl Drop for UserSpace {
     fn drop(&mut self) {
-        // SAFETY: both mappings were created in `new` and are owned here.
+        // SAFETY: both mappings were created in `new` and are owned here
+        // (the reservation with its guards).
         unsafe {
-            libc::munmap(self.base.cast(), self.size as usize);
+            libc::munmap(
+                self.base.sub(GUARD as usize).cast(),
+                (self.size + 2 * GUARD) as usize,
+            );
             libc::munmap(self.perms.cast(), (self.size / PAGE_SIZE) as usize);
         }
     }

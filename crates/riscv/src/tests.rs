@@ -588,7 +588,9 @@ fn random_program(rng: &mut u64, n: usize) -> Vec<u32> {
         } else {
             (next(rng) % 160) as i32 - 80
         };
-        let base = [5, 5, 5, 5, 5, 9, 9, 9, 6, 7][(next(rng) % 10) as usize];
+        // x8 points into the program's own page (stores there change
+        // code: see `run_mode`), x7 near the space's ends, x0 is 0.
+        let base = [5, 5, 5, 5, 5, 9, 9, 9, 6, 7, 8, 0][(next(rng) % 12) as usize];
         let w = match next(rng) % 20 {
             0..=4 => {
                 let (f3, f7) = ALU[(next(rng) as usize) % ALU.len()];
@@ -694,6 +696,16 @@ fn run_mode(prog: &[u32], regs: &[u64; 32], data: &[u8], jit: bool) -> (Hart, Ex
     h.set_x(6, RO + 0x800);
     h.set_x(8, CODE + 4 * (prog.len() as u64 - 4));
     h.set_x(9, DATA + 0xf80 + (regs[9] & 0x78));
+    // Around the ends of the (4 GiB) space, where accesses reach into the
+    // guards, or anywhere.
+    h.set_x(
+        7,
+        match regs[7] % 3 {
+            0 => (1 << 32) - 1 - (regs[7] >> 2 & 0xfff),
+            1 => regs[7] >> 2 & 0xfff,
+            _ => regs[7],
+        },
+    );
     h.set_x(31, regs[31] % 4);
     h.pc = CODE;
     let e = h.run_user(&sp);
@@ -921,4 +933,179 @@ fn jit_return_after_code_change_runs_new_code() {
     assert_eq!(h.run_user(&sp), Exit::Ecall);
     assert_eq!(h.x(10), 100);
     assert_eq!(h.instret(), 6);
+}
+
+// ---- host faults of the JIT's inline accesses (see `jit::fault`) ----
+
+/// The host protection of host address `a` as /proc/self/maps shows it
+/// ("rw-p", "r--p", "---p").
+fn host_prot_at(a: usize) -> String {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    for l in maps.lines() {
+        let mut f = l.split_whitespace();
+        let (range, prot) = (f.next().unwrap(), f.next().unwrap());
+        let (lo, hi) = range.split_once('-').unwrap();
+        let lo = usize::from_str_radix(lo, 16).unwrap();
+        let hi = usize::from_str_radix(hi, 16).unwrap();
+        if (lo..hi).contains(&a) {
+            return prot.to_string();
+        }
+    }
+    panic!("{a:#x} is not mapped");
+}
+
+/// Runs `prog` with the JIT on and off from the same registers, and
+/// checks that both end alike: exit, pc, instret, registers, DATA.
+fn same_both_ways(prog: &[u32], setup: impl Fn(&UserSpace)) -> (Hart, Exit) {
+    let mut out = Vec::new();
+    for jit in [true, false] {
+        let sp = space();
+        load_code(&sp, CODE, prog);
+        sp.set_perms(CODE, 0x1000, perm::R | perm::W | perm::X)
+            .unwrap();
+        setup(&sp);
+        let mut h = Hart::new_user();
+        h.set_jit(jit);
+        h.pc = CODE;
+        let e = h.run_user(&sp);
+        let mut page = vec![0u8; 0x1000];
+        sp.read(DATA, &mut page).unwrap();
+        out.push((h, e, page));
+    }
+    let (b, a) = (out.pop().unwrap(), out.pop().unwrap());
+    assert_eq!(a.1, b.1, "exit");
+    assert_eq!((a.0.pc, a.0.instret()), (b.0.pc, b.0.instret()), "pc, instret");
+    for r in 0..32 {
+        assert_eq!(a.0.x(r), b.0.x(r), "x{r}");
+    }
+    assert!(a.2 == b.2, "DATA differs");
+    (a.0, a.1)
+}
+
+/// Dirty registers, then an access that faults on the host in the middle
+/// of a block: the guest sees the fault at that instruction with every
+/// earlier result in its registers, as the interpreter gives it.
+#[test]
+fn jit_host_faults_are_precise() {
+    let fault = |addr, access| {
+        Exit::MemFault(MemFault {
+            addr,
+            access,
+            kind: MemFaultKind::Unmapped,
+        })
+    };
+    let dirty = [addi(10, 0, 1), addi(11, 0, 2), addi(12, 0, 3), addi(13, 0, 4)];
+    let cases: [(u32, u32, Exit); 7] = [
+        // ld from the unmapped page after DATA
+        (lui(5, 0x21), i(0x03, 3, 14, 5, 8), fault(0x21008, MemAccess::Load)),
+        // sd into the read-only page
+        (lui(5, 0x30), s(3, 5, 10, 16), fault(RO + 16, MemAccess::Store)),
+        // a misaligned ld across DATA's end into the unmapped page
+        (lui(5, 0x21), i(0x03, 3, 14, 5, -4), fault(0x21000, MemAccess::Load)),
+        // a misaligned sw across DATA's end: nothing of it is stored
+        (lui(5, 0x21), s(2, 5, 11, -2), fault(0x21000, MemAccess::Store)),
+        // negative offset from a small base: below the space (low guard)
+        (addi(5, 0, 16), i(0x03, 3, 14, 5, -32), fault(u64::MAX - 15, MemAccess::Load)),
+        // x0 base, negative offset
+        (addi(5, 0, 0), i(0x03, 2, 14, 0, -8), fault(u64::MAX - 7, MemAccess::Load)),
+        // the last byte of the space plus an offset: the high guard
+        (addi(5, 0, -1), i(0x03, 3, 14, 5, 0), fault(u64::MAX, MemAccess::Load)),
+    ];
+    for (set, access, exit) in cases {
+        let mut prog = dirty.to_vec();
+        prog.extend([set, access, addi(10, 0, 7), ECALL]);
+        let (h, e) = same_both_ways(&prog, |_| {});
+        assert_eq!(e, exit, "{access:08x}");
+        assert_eq!(h.pc, CODE + 4 * 5, "{access:08x}");
+        assert_eq!((h.x(10), h.x(13), h.x(14)), (1, 4, 0), "{access:08x}");
+    }
+    // The high guard of a base just below the space's size (4 GiB here):
+    // lui+addiw cannot make it, so the base comes from a load.
+    let top = (1u64 << 32) - 4;
+    let prog = [
+        lui(5, 0x20),
+        i(0x03, 3, 6, 5, 0), // x6 = *DATA = size - 4
+        addi(10, 0, 5),
+        i(0x03, 3, 14, 6, 8),
+        ECALL,
+    ];
+    let (h, e) = same_both_ways(&prog, |sp| sp.write(DATA, &top.to_le_bytes()).unwrap());
+    assert_eq!(e, fault(top + 8, MemAccess::Load));
+    assert_eq!((h.pc, h.x(10)), (CODE + 12, 5));
+}
+
+/// Host protection mirrors the guest's: read-only stays read-only,
+/// execute-only is inaccessible (loads fault, fetches work), and a
+/// writable page loses host write while it holds translated code, until a
+/// store (which drops the translations) gives it back.
+#[test]
+fn host_protection_mirrors_guest_permissions() {
+    let sp = space();
+    let host = |a: u64| sp.host_base() as usize + a as usize;
+    assert_eq!(host_prot_at(host(DATA)), "rw-p");
+    assert_eq!(host_prot_at(host(RO)), "r--p");
+    assert_eq!(host_prot_at(host(0x50000)), "---p");
+    // The guards around the space.
+    assert_eq!(host_prot_at(host(0) - 1), "---p");
+    assert_eq!(host_prot_at(host(sp.size())), "---p");
+    // Execute-only code runs, but loads from it fault.
+    let prog = [
+        addi(10, 0, 1),
+        lui(5, CODE as u32 >> 12),
+        i(0x03, 2, 11, 5, 0),
+        ECALL,
+    ];
+    load_code(&sp, CODE, &prog);
+    sp.set_perms(CODE, 0x1000, perm::X).unwrap();
+    assert_eq!(host_prot_at(host(CODE)), "---p");
+    for jit in [true, false] {
+        let mut h = Hart::new_user();
+        h.set_jit(jit);
+        h.pc = CODE;
+        assert_eq!(
+            h.run_user(&sp),
+            Exit::MemFault(MemFault {
+                addr: CODE,
+                access: MemAccess::Load,
+                kind: MemFaultKind::Unmapped
+            })
+        );
+        assert_eq!((h.pc, h.x(10)), (CODE + 8, 1));
+    }
+    // Writable code: host read-only once translated, writable again
+    // after a store.
+    load_code(&sp, CODE, &[addi(10, 0, 1), ECALL]);
+    sp.set_perms(CODE, 0x1000, perm::R | perm::W | perm::X)
+        .unwrap();
+    assert_eq!(host_prot_at(host(CODE)), "rw-p");
+    let mut h = Hart::new_user();
+    h.set_jit(true);
+    h.pc = CODE;
+    assert_eq!(h.run_user(&sp), Exit::Ecall);
+    assert_eq!(host_prot_at(host(CODE)), "r--p");
+    sp.write(CODE + 8, &[0; 4]).unwrap();
+    assert_eq!(host_prot_at(host(CODE)), "rw-p");
+}
+
+/// A guest store into the page its own block runs from (no fence.i): the
+/// store faults on the host, the interpreter drops the translations and
+/// stores, and the new instruction runs the next time around, with the
+/// JIT as without it.
+#[test]
+fn jit_store_into_running_code_page() {
+    let new = addi(10, 10, 100);
+    let prog = [
+        lui(5, new >> 12),
+        addi(5, 5, (new & 0xfff) as i32 - if new & 0x800 != 0 { 0x1000 } else { 0 }),
+        lui(6, CODE as u32 >> 12),
+        addi(12, 0, 2),
+        addi(11, 11, 1),   // loop head
+        addi(10, 10, 1),   // CODE + 20: becomes addi a0, a0, 100
+        s(2, 6, 5, 20),    // sw x5, 20(x6)
+        b(1, 11, 12, -12), // bne x11, x12: twice round
+        ECALL,
+    ];
+    let (h, e) = same_both_ways(&prog, |_| {});
+    assert_eq!(e, Exit::Ecall);
+    assert_eq!(h.x(10), 101, "the second pass runs the new instruction");
 }

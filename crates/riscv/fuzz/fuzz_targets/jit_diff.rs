@@ -4,7 +4,10 @@
 //! and the data page must match. Half the programs loop back to their
 //! start a few times (x31 counts the passes), and their backward
 //! branches then become loops inside the block (each target counts x31
-//! down, so every loop ends).
+//! down, so every loop ends). x8 points into the code, which is
+//! writable for some inputs (stores change it while it runs: the JIT's
+//! host write protection of translated code), and x9 near the end of the
+//! space (accesses reaching into the guard pages).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -18,8 +21,17 @@ const ECALL: u32 = 0x73;
 /// addi x31, x31, -1
 const ADDI_X31_M1: u32 = 0xffff_8f93;
 
-fn run(words: &[u32], regs: &[u64], data: &[u8], jit: bool) -> (Hart, Exit, Vec<u8>) {
-    let space = UserSpace::new(24).expect("reserve");
+/// Log2 of the space's size.
+const SPACE_BITS: u32 = 24;
+
+fn run(
+    words: &[u32],
+    regs: &[u64],
+    data: &[u8],
+    code_writable: bool,
+    jit: bool,
+) -> (Hart, Exit, Vec<u8>) {
+    let space = UserSpace::new(SPACE_BITS).expect("reserve");
     space
         .map_anonymous(CODE, 0x4000, perm::R | perm::W)
         .expect("map code");
@@ -29,8 +41,9 @@ fn run(words: &[u32], regs: &[u64], data: &[u8], jit: bool) -> (Hart, Exit, Vec<
     let code: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
     space.write(CODE, &code).expect("write code");
     space.write(DATA, data).expect("write data");
+    let w = if code_writable { perm::W } else { 0 };
     space
-        .set_perms(CODE, 0x4000, perm::R | perm::X)
+        .set_perms(CODE, 0x4000, perm::R | perm::X | w)
         .expect("perms");
     let mut hart = Hart::new_user();
     hart.set_jit(jit);
@@ -57,8 +70,8 @@ fn blt_x0_x31(off: i32) -> u32 {
 }
 
 fuzz_target!(|input: &[u8]| {
-    // 32 registers (8 bytes each) of which x1..x7 point into DATA, then
-    // the code words.
+    // 32 registers (2 bytes each) of which x1..x7 point into DATA, x8
+    // into the code and x9 near the space's end, then the code words.
     if input.len() < 64 {
         return;
     }
@@ -68,6 +81,10 @@ fuzz_target!(|input: &[u8]| {
         let v = u16::from_le_bytes([c[0], c[1]]) as u64;
         regs[k] = if k < 8 {
             DATA + (v & 0xfff)
+        } else if k == 8 {
+            CODE + (v & 0x3fff)
+        } else if k == 9 {
+            (1 << SPACE_BITS) - 1 - (v & 0xfff)
         } else if v >> 12 == 0xf {
             // Division's corner values: zero, -1, MIN (64 and 32 bit).
             [0, u64::MAX, 1 << 63, 1 << 31, 0xffff_ffff, i32::MIN as i64 as u64][v as usize % 6]
@@ -134,8 +151,9 @@ fuzz_target!(|input: &[u8]| {
     let data: Vec<u8> = (0..0x1000u32)
         .map(|k| (k.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
-    let (a, ea, ma) = run(&words, &regs, &data, true);
-    let (b, eb, mb) = run(&words, &regs, &data, false);
+    let code_writable = regs[30] & 1 == 1;
+    let (a, ea, ma) = run(&words, &regs, &data, code_writable, true);
+    let (b, eb, mb) = run(&words, &regs, &data, code_writable, false);
     assert_eq!(ea, eb, "exit");
     assert_eq!(a.pc, b.pc, "pc");
     for r in 0..32 {

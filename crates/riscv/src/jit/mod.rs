@@ -45,7 +45,10 @@ use crate::mmu::{SysMem, UserMem};
 
 mod dispatch;
 mod emit;
+mod fault;
 mod x86;
+
+pub(crate) use fault::resume_at;
 
 use x86::Asm;
 
@@ -102,6 +105,9 @@ struct Ctx {
     itlb: *const u8,
     systable: *const SysSlot,
     epoch: u64,
+    /// User mode: the address space's size, the bound of inline accesses'
+    /// base registers (see `emit::mem`).
+    space_size: u64,
 }
 
 #[repr(C)]
@@ -185,10 +191,8 @@ pub(crate) struct Jit {
     flushes: u64,
     decode_buf: Vec<Insn>,
     /// The address space the translations are for (its address and host
-    /// base), its size and log2 size (baked into the bounds checks).
+    /// base).
     space_id: (usize, usize),
-    space_size: u64,
-    space_bits: u8,
     /// System mode: (virtual pc, physical pc) -> code, direct-mapped in
     /// front of `sys_blocks` (no inline dispatch in system mode: every
     /// indirect jump translates its target through the fetch TLB in Rust).
@@ -200,6 +204,9 @@ pub(crate) struct Jit {
     fence_epoch: u64,
     /// Translating for a system-mode hart (set by the first `run_sys`).
     sys_mode: bool,
+    /// User mode: where inline loads and stores are and their slow exits,
+    /// for the host fault handler (see [`fault`]).
+    sites: fault::Sites,
     /// `VIRTKIT_PERF_MAP=1`: each block is listed in `/tmp/perf-PID.map`
     /// (the perf tool's convention for JIT code) with its guest pc, so
     /// `perf report` names guest code instead of bare addresses.
@@ -296,6 +303,11 @@ impl Jit {
             return None;
         }
         let buf = p.cast::<u8>();
+        if !crate::mmu::guard::install() {
+            // SAFETY: the mapping made just above, not used yet.
+            unsafe { libc::munmap(p, CODE_SIZE) };
+            return None;
+        }
         let mut a = Asm::new(buf as usize, 1024);
         let r = dispatch::write(&mut a);
         let n = a.b.len();
@@ -321,13 +333,16 @@ impl Jit {
             flushes: 0,
             decode_buf: Vec::with_capacity(MAX_BLOCK + 1),
             space_id: (0, 0),
-            space_size: 0,
-            space_bits: 0,
             sys_table: vec![NO_SLOT; TABLE_SIZE].into_boxed_slice(),
             sys_blocks: HashMap::new(),
             sys_pages: HashMap::new(),
             fence_epoch: 0,
             sys_mode: false,
+            sites: fault::Sites {
+                code: (buf as usize, buf as usize + CODE_SIZE),
+                guest: (0, 0),
+                exits: Vec::new(),
+            },
             perf_map: std::env::var_os("VIRTKIT_PERF_MAP")
                 .is_some_and(|v| v != "0")
                 .then(|| {
@@ -390,6 +405,7 @@ impl Jit {
         // Its entries point into the code just dropped.
         *self.ras = Ras::EMPTY;
         self.helpers.clear();
+        self.sites.exits.clear();
         self.flushes += 1;
     }
 
@@ -469,6 +485,9 @@ impl Jit {
     /// Runs translated code from `core.pc` until something needs the
     /// interpreter or the run loop.
     pub(crate) fn run(&mut self, core: &mut Core, space: &UserSpace) -> JitExit {
+        if !space.jit_ok() {
+            return JitExit::Slow;
+        }
         let id = (
             space as *const UserSpace as usize,
             space.host_base() as usize,
@@ -476,8 +495,9 @@ impl Jit {
         if id != self.space_id {
             self.flush();
             self.space_id = id;
-            self.space_size = space.size();
-            self.space_bits = space.size().trailing_zeros() as u8;
+            let guard = crate::mem::GUARD as usize;
+            let base = space.host_base() as usize;
+            self.sites.guest = (base - guard, base + space.size() as usize + guard);
         }
         let g = space.code_gen();
         if g != self.gen {
@@ -510,12 +530,17 @@ impl Jit {
                 itlb: std::ptr::null(),
                 systable: std::ptr::null(),
                 epoch: 0,
+                space_size: space.size(),
             };
+            // Host faults of inline accesses resume at their slow exits
+            // while the code runs.
+            let running = fault::Running::new(&self.sites);
             // SAFETY: `code` is the entry of a block translated into this
             // hart's buffer for the current code generation; the context
             // points at live data that nothing else touches during the
             // call (the core is this thread's, the space outlives the run).
             let r = unsafe { (self.enter)(&mut ctx, code as *const u8) };
+            drop(running);
             // SAFETY: the generated code has returned; no other access to
             // the core is live.
             let core = unsafe { &mut *core_ptr };
@@ -704,6 +729,7 @@ impl Jit {
                 itlb,
                 systable: self.sys_table.as_ptr(),
                 epoch: self.fence_epoch,
+                space_size: 0,
             };
             // SAFETY: `code` is the entry of a block translated into this
             // hart's buffer for the current code generation, and the
@@ -744,6 +770,3 @@ extern "sysv64" fn helper_sys<B: Bus>(ctx: *mut Ctx, idx: u32, pc: u64) -> u32 {
     }
 }
 
-fn space_pages(size: u64) -> u64 {
-    size / crate::PAGE_SIZE
-}

@@ -90,10 +90,6 @@ impl Asm {
             self.u32(disp as u32);
         }
     }
-    /// ModRM + SIB for `[base + index]` (disp8 0, so rbp/r13 bases work).
-    pub(super) fn m_bi(&mut self, reg: u8, base: u8, index: u8) {
-        self.m_bid(reg, base, index, 0);
-    }
     /// ModRM + SIB for `[base + index + disp]` (index is never rsp).
     pub(super) fn m_bid(&mut self, reg: u8, base: u8, index: u8, disp: i32) {
         let small = (-128..=127).contains(&disp);
@@ -110,12 +106,6 @@ impl Asm {
         self.rex(w, reg, 0, base);
         self.b.extend_from_slice(op);
         self.m_disp(reg, base, disp);
-    }
-    /// `op reg, [base + index]` or the store direction.
-    pub(super) fn op_bi(&mut self, w: bool, op: &[u8], reg: u8, base: u8, index: u8) {
-        self.rex(w, reg, index, base);
-        self.b.extend_from_slice(op);
-        self.m_bi(reg, base, index);
     }
     /// `op reg, [base + index + disp]` or the store direction.
     pub(super) fn op_bid(&mut self, w: bool, op: &[u8], reg: u8, base: u8, index: u8, disp: i32) {

@@ -7,6 +7,7 @@
 use crate::cpu::{cause, Core, Trap};
 use crate::PAGE_SIZE;
 
+pub(crate) mod guard;
 mod sys;
 mod user;
 

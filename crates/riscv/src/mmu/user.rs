@@ -2,10 +2,15 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{misaligned, page_fault, rd, wr, Acc, Mem, OFF_MASK};
+use super::{guard, misaligned, page_fault, Acc, Mem, OFF_MASK};
 use crate::cpu::{Core, Trap};
 use crate::mem::{perm, UserSpace};
 use crate::PAGE_SIZE;
+
+/// Attempts of a checked access whose host access keeps failing while the
+/// table allows it: only a host that refuses to give a page its protection
+/// back (out of mappings) gets that far, and the guest sees a fault.
+const RETRIES: usize = 64;
 
 /// The user-mode memory path: `host = base + va` after a permission check.
 pub(crate) struct UserMem<'a> {
@@ -32,6 +37,42 @@ impl<'a> UserMem<'a> {
         }
     }
 
+    /// A load that crosses pages, or that the fast path's host access
+    /// failed: the table is checked again and the access retried, since
+    /// the host refuses an access the table allowed only while another
+    /// thread is taking the permission away (the next check sees that).
+    #[cold]
+    #[inline(never)]
+    fn load_checked<const N: usize>(&self, va: u64) -> Result<u64, Trap> {
+        for _ in 0..RETRIES {
+            self.check(va, N as u64, perm::R)
+                .map_err(|a| page_fault(Acc::Load, a))?;
+            // SAFETY: checked inside the space (its guard covers the rest).
+            if let Some(v) = unsafe { guard::load::<N>(self.base.add(va as usize)) } {
+                return Ok(v);
+            }
+        }
+        Err(page_fault(Acc::Load, va))
+    }
+
+    /// The store of [`UserMem::load_checked`]; it also drops translated
+    /// code it overwrites (which gives the page host write permission
+    /// back).
+    #[cold]
+    #[inline(never)]
+    fn store_checked<const N: usize>(&self, va: u64, v: u64) -> Result<(), Trap> {
+        for _ in 0..RETRIES {
+            self.check(va, N as u64, perm::W)
+                .map_err(|a| page_fault(Acc::Store, a))?;
+            self.space.note_store(va, N as u64);
+            // SAFETY: as in `load_checked`.
+            if unsafe { guard::store::<N>(self.base.add(va as usize), v) } {
+                return Ok(());
+            }
+        }
+        Err(page_fault(Acc::Store, va))
+    }
+
     /// Checks all pages of `[va, va+n)` for `need`; returns the first bad
     /// address.
     fn check(&self, va: u64, n: u64, need: u8) -> Result<(), u64> {
@@ -56,15 +97,12 @@ impl Mem for UserMem<'_> {
             && (N == 1 || va & OFF_MASK <= PAGE_SIZE - N as u64)
             && self.space.perm_slot(va / PAGE_SIZE).load(Ordering::Relaxed) & perm::R != 0
         {
-            // SAFETY: the page is mapped readable (permission table) and the
-            // access stays inside it.
-            return Ok(unsafe { rd::<N>(self.base.add(va as usize)) });
+            // SAFETY: the access stays inside one page of the reservation.
+            if let Some(v) = unsafe { guard::load::<N>(self.base.add(va as usize)) } {
+                return Ok(v);
+            }
         }
-        match self.check(va, N as u64, perm::R) {
-            // SAFETY: both pages checked readable.
-            Ok(()) => Ok(unsafe { rd::<N>(self.base.add(va as usize)) }),
-            Err(a) => Err(page_fault(Acc::Load, a)),
-        }
+        self.load_checked::<N>(va)
     }
 
     #[inline(always)]
@@ -74,19 +112,12 @@ impl Mem for UserMem<'_> {
             && self.space.perm_slot(va / PAGE_SIZE).load(Ordering::Relaxed) & (perm::W | perm::CODE)
                 == perm::W
         {
-            // SAFETY: the page is mapped writable and the access stays inside.
-            unsafe { wr::<N>(self.base.add(va as usize), v) };
-            return Ok(());
-        }
-        match self.check(va, N as u64, perm::W) {
-            Ok(()) => {
-                self.space.note_store(va, N as u64);
-                // SAFETY: both pages checked writable.
-                unsafe { wr::<N>(self.base.add(va as usize), v) };
-                Ok(())
+            // SAFETY: the access stays inside one page of the reservation.
+            if unsafe { guard::store::<N>(self.base.add(va as usize), v) } {
+                return Ok(());
             }
-            Err(a) => Err(page_fault(Acc::Store, a)),
         }
+        self.store_checked::<N>(va, v)
     }
 
     fn atomic<const N: usize>(

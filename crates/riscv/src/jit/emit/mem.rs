@@ -1,15 +1,24 @@
 //! Loads and stores of RV64I and, in user mode (where FP is always on),
-//! of F and D, inline: user mode checks the permission table as
-//! `crate::mmu::UserMem` does, system mode walks the data TLB; anything
-//! else (a miss, a store into a page holding code, an access crossing a
-//! page) leaves for the interpreter.
+//! of F and D, inline. System mode walks the data TLB; a miss, a store
+//! into a page holding code or an access crossing a page leaves for the
+//! interpreter.
+//!
+//! User mode checks only that the base register is below the address
+//! space's size: the host protection of guest memory mirrors the guest's
+//! permissions (pages holding translated code are host read-only), guard
+//! pages around the reservation catch the 12-bit offset's reach past
+//! either end, and x86-64 does misaligned and page-crossing accesses
+//! itself (a faulting one changes nothing). So an access the guest may
+//! not do faults on the host, and `jit::fault` resumes it at its slow
+//! exit: the interpreter redoes it the checked way, exactly as
+//! `crate::mmu::UserMem` does (a guest fault, or a store into code that
+//! drops the stale translations).
 
 use std::mem::offset_of;
 
-use super::{fd, space_pages, CacheMap, Frame};
+use super::{fd, Ctx, Frame};
 use crate::decode::{Insn, Kind};
 use crate::jit::x86::*;
-use crate::mem::perm;
 use crate::mmu::TLB_SIZE;
 
 /// Loads and stores handled inline: (bytes, sign-extend, is a store).
@@ -117,27 +126,23 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
     }
     if let Some((n, signed, is_store)) = mem_shape(i.kind).or(fp) {
         let is_fp = fp.is_some();
-        // The host address is r12 + index + disp once checked.
-        let (index, disp) = match f.plan.get(k).copied().unwrap_or(Plan::Own) {
-            Plan::Covered => {
-                // A group leader earlier in the block checked this
-                // access's page with the base register unchanged since.
-                (a.x_reg(i.rs1), imm)
-            }
-            Plan::Own => (
-                check(a, f, k, i.rs1, imm, n as i32, !is_store, is_store, true),
-                0,
-            ),
-            Plan::Lead { lo, hi, r, w } => {
-                (check(a, f, k, i.rs1, lo, hi - lo, r, w, false), imm - lo)
-            }
+        // The host address is r12 + index + imm.
+        let index = match f.plan.get(k).copied().unwrap_or(Plan::Own) {
+            // An earlier access of the block checked the base register,
+            // unchanged since.
+            Plan::Covered => a.x_reg(i.rs1),
+            Plan::Own => check(a, f, k, i.rs1),
         };
+        let disp = imm;
         if is_store {
             if is_fp {
                 a.load(RDX, RBX, fd(i.rs2));
             } else {
                 a.ld_x(RDX, i.rs2);
             }
+            // The access may fault on the host: it then leaves at `k` with
+            // the cache as it is here.
+            f.faults.push((a.b.len(), k, a.cache.dirty_map()));
             match n {
                 1 => a.op_bid(false, &[0x88], RDX, R12, index, disp),
                 2 => {
@@ -152,6 +157,9 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
             // index register was last used, so it cannot evict it; the
             // index may be that very register, read before written).
             let d = if is_fp { RAX } else { a.rd_host(rd) };
+            // As for stores: a fault leaves `d` as it was, and rd's slot
+            // is not dirty with the load's value yet.
+            f.faults.push((a.b.len(), k, a.cache.dirty_map()));
             match (n, signed) {
                 (1, true) => a.op_bid(true, &[0x0f, 0xbe], d, R12, index, disp),
                 (1, false) => a.op_bid(false, &[0x0f, 0xb6], d, R12, index, disp),
@@ -177,182 +185,70 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
     false
 }
 
-/// User mode: returns a register holding `x[base] + off` (rax, or with
-/// no offset the base's own cache register) after checking that the
-/// `span` bytes from there lie in one page of the address space that
-/// allows reading (`r`) and writing without holding code (`w`); any
-/// failure leaves for the interpreter at instruction `k`. `natural`: the
-/// span is one access of a power-of-two size, so an aligned address
-/// cannot cross a page: the page-end test moves out of line, behind an
-/// alignment test (one fused compare-and-branch instead of four
-/// instructions when aligned; misaligned accesses stay inline, just
-/// slower).
-#[allow(clippy::too_many_arguments)]
-fn check(
-    a: &mut Asm,
-    f: &mut Frame,
-    k: usize,
-    base: u8,
-    off: i32,
-    span: i32,
-    r: bool,
-    w: bool,
-    natural: bool,
-) -> u8 {
-    let addr = if base != 0 && off != 0 {
-        // lea rax, [base + off]
-        let c = a.x_reg(base);
-        a.op_m(true, &[0x8d], RAX, c, off);
-        RAX
-    } else if base != 0 {
-        a.x_reg(base)
-    } else {
-        a.ld_x(RAX, base);
-        if off != 0 {
-            a.alu_imm(true, ADD, RAX, off);
-        }
-        RAX
-    };
-    a.mov_rr(RCX, addr);
-    a.shift_imm(true, SHR, RCX, 12);
-    let pages = space_pages(f.space_size);
-    if pages <= i32::MAX as u64 {
-        a.alu_imm(true, CMP, RCX, pages as i32);
-        f.slow.push((a.jcc(CC_AE), k, a.cache.dirty_map()));
-    } else {
-        a.mov_rr(RDX, addr);
-        a.shift_imm(true, SHR, RDX, f.space_bits);
-        f.slow.push((a.jcc(CC_NE), k, a.cache.dirty_map()));
+/// User mode: the register holding guest `base` (rax for x0, which reads
+/// as 0) after checking it is below the address space's size (one compare
+/// with the bound in [`Ctx`]); a base at or above it leaves for the
+/// interpreter at instruction `k`. The access at `base + imm` may still
+/// reach 2 KiB outside the space (into a guard) or pages the guest may not
+/// access: the host faults those (see the module's comment).
+fn check(a: &mut Asm, f: &mut Frame, k: usize, base: u8) -> u8 {
+    if base == 0 {
+        // The address is the offset itself: below 2 KiB, in the space; or
+        // negative, 2 KiB below it, in the low guard.
+        a.ld_x(RAX, 0);
+        return RAX;
     }
-    if w {
-        // movzx edx, byte [r13 + rcx]; and edx, R?|W|CODE; cmp edx, R?|W
-        let need = perm::W | if r { perm::R } else { 0 };
-        a.op_bi(false, &[0x0f, 0xb6], RDX, R13, RCX);
-        a.alu_imm(false, AND, RDX, (need | perm::CODE) as i32);
-        a.alu_imm(false, CMP, RDX, need as i32);
-        f.slow.push((a.jcc(CC_NE), k, a.cache.dirty_map()));
-    } else {
-        // test byte [r13 + rcx], R
-        a.op_bi(false, &[0xf6], 0, R13, RCX);
-        a.u8(perm::R);
-        f.slow.push((a.jcc(CC_E), k, a.cache.dirty_map()));
-    }
-    if span > 1 && natural {
-        // test addr8, span - 1; jnz <page-end test, out of line>
-        if addr >= 4 {
-            // REX (.B for r8-r15; a bare one for sil/dil, which without
-            // it would be dh/bh).
-            a.u8(0x40 | addr >> 3);
-        }
-        a.u8(0xf6);
-        a.u8(0xc0 | (addr & 7));
-        a.u8((span - 1) as u8);
-        let at = a.jcc(CC_NE);
-        f.cross
-            .push((at, a.b.len(), addr, span, k, a.cache.dirty_map()));
-    } else if span > 1 {
-        // The bytes must not cross the page end.
-        let dirty = a.cache.dirty_map();
-        cross_check(a, f, addr, span, k, dirty);
-    }
-    addr
-}
-
-/// Leaves for the interpreter at instruction `k` unless the `span` bytes
-/// from `addr` stay in one page (`dirty`: the cache's dirty registers at
-/// the test, which that exit writes back).
-pub(super) fn cross_check(
-    a: &mut Asm,
-    f: &mut Frame,
-    addr: u8,
-    span: i32,
-    k: usize,
-    dirty: CacheMap,
-) {
-    a.op_rr(false, &[0x89], addr, RDX); // mov edx, addr32
-    a.alu_imm(false, AND, RDX, 0xfff);
-    a.alu_imm(false, CMP, RDX, 0x1000 - span);
-    f.slow.push((a.jcc(CC_A), k, dirty));
+    let c = a.x_reg(base);
+    // cmp c, [r14 + space_size]; jae slow
+    a.op_m(true, &[0x3b], c, R14, offset_of!(Ctx, space_size) as i32);
+    f.slow.push((a.jcc(CC_AE), k, a.cache.dirty_map()));
+    c
 }
 
 /// How a user-mode load or store is checked (see [`plan`]).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum Plan {
-    /// Checks its own bytes.
+    /// Checks its base register itself.
     Own,
-    /// Checks `x[rs1] + [lo, hi)` for itself and the later accesses of
-    /// its group: reading allowed when `r`, writing when `w`.
-    Lead { lo: i32, hi: i32, r: bool, w: bool },
-    /// Checked by its group's leader.
+    /// Its base register was checked by an earlier access of the block and
+    /// has not changed since.
     Covered,
 }
 
-/// Widest byte range one group check covers: wider groups cross page
-/// ends more often, and a group whose range crosses one runs in the
-/// interpreter from its leader on (exact, but slower).
-const GROUP_SPAN: i32 = 128;
-
-/// Groups the user-mode loads and stores of a block that go through the
-/// same base register, unchanged in between, within `GROUP_SPAN` bytes:
-/// the first checks the whole range once (one page, every permission the
-/// group needs), the others go unchecked. Exact: if the range check
-/// fails, the interpreter runs the block from the leader, before any
-/// access of the group happened; and nothing between the leader and
-/// the last member can change permissions (system calls end blocks).
+/// Marks the user-mode loads and stores of a block whose base register an
+/// earlier access already checked, unchanged in between: the check is a
+/// bound on the base alone, which the offset cannot break (its reach past
+/// the space ends in a guard). Exact: nothing between the two can change
+/// the base, and the host protection does the rest at each access.
 ///
 /// `merge[j]`: instruction `j` is also reached by a jump inside the block
-/// (see `Frame::internal`), which may skip a leader before it: a group
+/// (see `Frame::internal`), which may skip the check before it: coverage
 /// never reaches past such an instruction.
 pub(super) fn plan(insns: &[Insn], merge: &[bool]) -> Vec<Plan> {
-    let shape = |i: &Insn| {
-        mem_shape(i.kind).or(match i.kind {
-            Kind::Flw => Some((4, false, false)),
-            Kind::Fld => Some((8, false, false)),
-            Kind::Fsw => Some((4, false, true)),
-            Kind::Fsd => Some((8, false, true)),
-            _ => None,
-        })
+    let is_mem = |i: &Insn| {
+        mem_shape(i.kind).is_some()
+            || matches!(i.kind, Kind::Flw | Kind::Fld | Kind::Fsw | Kind::Fsd)
     };
     let mut plan = vec![Plan::Own; insns.len()];
-    for k in 0..insns.len() {
-        let i = &insns[k];
-        let Some((n, _, st)) = shape(i) else { continue };
-        if plan[k] != Plan::Own || i.rs1 == 0 {
-            continue;
+    // Integer registers checked since the last merge point.
+    let mut checked = 0u32;
+    for (k, i) in insns.iter().enumerate() {
+        if merge.get(k).copied().unwrap_or(false) {
+            checked = 0;
         }
-        let base = i.rs1;
-        let (mut lo, mut hi) = (i.imm, i.imm + n as i32);
-        let (mut r, mut w) = (!st, st);
-        let mut members = Vec::new();
-        // An instruction writing the base ends the group after itself
-        // (`rd` of any kind: conservative for FP destinations).
-        if i.rd != base {
-            for (j, ij) in insns.iter().enumerate().skip(k + 1) {
-                if merge.get(j).copied().unwrap_or(false) {
-                    break;
-                }
-                if let Some((nj, _, stj)) = shape(ij) {
-                    if ij.rs1 == base {
-                        let (l, h) = (lo.min(ij.imm), hi.max(ij.imm + nj as i32));
-                        if h - l > GROUP_SPAN {
-                            break;
-                        }
-                        (lo, hi) = (l, h);
-                        r |= !stj;
-                        w |= stj;
-                        members.push(j);
-                    }
-                }
-                if ij.rd == base || ij.ends_block() {
-                    break;
-                }
+        if is_mem(i) && i.rs1 != 0 {
+            if checked & 1 << i.rs1 != 0 {
+                plan[k] = Plan::Covered;
             }
+            checked |= 1 << i.rs1;
         }
-        if !members.is_empty() {
-            plan[k] = Plan::Lead { lo, hi, r, w };
-            for j in members {
-                plan[j] = Plan::Covered;
-            }
+        // An instruction writing a register ends its coverage (`rd` of
+        // any kind: conservative for FP destinations; block ends too).
+        if i.rd < 32 {
+            checked &= !(1 << i.rd);
+        }
+        if i.ends_block() {
+            checked = 0;
         }
     }
     plan

@@ -10,7 +10,7 @@
 use std::mem::offset_of;
 
 use super::x86::*;
-use super::{helper, space_pages, Ctx, Jit, EXIT_ATTN, EXIT_CHAIN, EXIT_SLOW, RAS_SIZE};
+use super::{helper, Ctx, Jit, EXIT_ATTN, EXIT_CHAIN, EXIT_SLOW, RAS_SIZE};
 use crate::cpu::Core;
 use crate::decode::{Insn, Kind, ZERO_SINK};
 
@@ -27,9 +27,6 @@ struct Frame {
     epilogue: usize,
     dispatch: usize,
     dispatch_sys: usize,
-    /// User mode: the address space's size and log2 size (bounds checks).
-    space_size: u64,
-    space_bits: u8,
     /// User mode: how each instruction's memory access is checked.
     plan: Vec<mem::Plan>,
     /// Instructions in the block.
@@ -64,11 +61,10 @@ struct Frame {
     /// Backward jumps' attention exits: (rel32 offset, index of the
     /// target instruction, dirty registers to write back).
     attn_back: Vec<(usize, usize, CacheMap)>,
-    /// User mode: misaligned accesses' out-of-line page-end tests (see
-    /// `mem::check`): (rel32 offset of the jump there, code offset to
-    /// return to, address register, bytes, instruction index, dirty
-    /// registers there).
-    cross: Vec<(usize, usize, u8, i32, usize, CacheMap)>,
+    /// User mode: inline loads and stores that may fault on the host (see
+    /// `jit::fault`): (code offset of the access, instruction index, dirty
+    /// registers there), resumed at the slow exit of that index and set.
+    faults: Vec<(usize, usize, CacheMap)>,
 }
 
 impl Frame {
@@ -560,8 +556,6 @@ impl Jit {
             epilogue: epi,
             dispatch: self.dispatch,
             dispatch_sys: self.dispatch_sys,
-            space_size: self.space_size,
-            space_bits: self.space_bits,
             plan: if sys.is_none() {
                 mem::plan(insns, &merge)
             } else {
@@ -577,7 +571,7 @@ impl Jit {
             merge,
             forward: Vec::new(),
             attn_back: Vec::new(),
-            cross: Vec::new(),
+            faults: Vec::new(),
         };
         for (k, i) in insns.iter().enumerate() {
             let ipc = pc.wrapping_add(i.off as u64);
@@ -699,12 +693,6 @@ impl Jit {
                 }
             }
         }
-        // Out-of-line page-end tests of misaligned accesses.
-        for (at, back, addr, span, k, dirty) in std::mem::take(&mut f.cross) {
-            a.bind(at);
-            mem::cross_check(&mut a, &mut f, addr, span, k, dirty);
-            a.jmp_abs(a.base + back);
-        }
         // Out-of-line exits.
         for &(at, k, target, dirty) in &f.taken {
             a.bind(at);
@@ -740,20 +728,31 @@ impl Jit {
             a.exit_pc(epi, pc.wrapping_add(insns[j].off as u64), EXIT_ATTN);
         }
         debug_assert!(f.forward.is_empty(), "every forward target is emitted");
-        // Slow exits share a stub per instruction and dirty set.
-        let mut done = None;
-        f.slow.sort_by_key(|&(_, k, dirty)| (k, dirty));
-        let mut stub = 0;
+        // Slow exits share a stub per instruction and dirty set; host
+        // faults of inline accesses resume at the same stubs.
+        let mut keys: Vec<(usize, CacheMap)> = (f.slow.iter().chain(&f.faults))
+            .map(|&(_, k, dirty)| (k, dirty))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let mut stubs = Vec::with_capacity(keys.len());
+        for &(k, dirty) in &keys {
+            stubs.push(a.b.len());
+            a.flush_dirty(dirty);
+            a.add_icount(k as u32);
+            a.exit_pc(epi, pc.wrapping_add(insns[k].off as u64), EXIT_SLOW);
+        }
+        let stub = |k, dirty| keys.binary_search(&(k, dirty)).map(|i| stubs[i]);
         for &(at, k, dirty) in &f.slow {
-            if done != Some((k, dirty)) {
-                done = Some((k, dirty));
-                stub = a.b.len();
-                a.flush_dirty(dirty);
-                a.add_icount(k as u32);
-                a.exit_pc(epi, pc.wrapping_add(insns[k].off as u64), EXIT_SLOW);
+            if let Ok(s) = stub(k, dirty) {
+                let rel = (s - (at + 4)) as u32;
+                a.b[at..at + 4].copy_from_slice(&rel.to_le_bytes());
             }
-            let rel = (stub - (at + 4)) as u32;
-            a.b[at..at + 4].copy_from_slice(&rel.to_le_bytes());
+        }
+        for &(off, k, dirty) in &f.faults {
+            if let Ok(s) = stub(k, dirty) {
+                self.sites.exits.push((a.base + off, a.base + s));
+            }
         }
         a.b
     }

@@ -1,0 +1,309 @@
+//! User-mode guest memory accesses that survive the host refusing them,
+//! and the host SIGSEGV/SIGBUS handler that makes them (and the JIT's
+//! inline accesses) survive.
+//!
+//! The host protection of guest memory mirrors the guest's permissions
+//! (see [`crate::UserSpace`]), changed by the thread that runs the guest's
+//! mprotect or munmap while other threads run on. The interpreter checks
+//! the permission table and then accesses the host; between the two,
+//! another thread may take the permission away, and the host access
+//! faults. So the interpreter's host accesses go through the few leaf
+//! routines below: when one faults, the handler resumes it at a common
+//! exit that reports the failure, and the interpreter checks the table
+//! again (which by then says no: the guest fault is delivered as if the
+//! other thread's change came first, which it did). The JIT's inline
+//! accesses resume at their slow exits (`crate::jit` keeps where they
+//! are); every other fault goes to the handler that was there before
+//! (Rust's stack overflow handler or the default action), so a real crash
+//! stays a crash.
+//!
+//! Global state, and why: a signal handler is process-wide and receives
+//! only the signal and the interrupted context, so it needs the action it
+//! replaced, to chain to (written once, at installation). The JIT adds a
+//! thread-local pointer to its fault sites (see `crate::jit`).
+
+/// A load's value, or its failure (returned in rax:rdx by the routines).
+#[repr(C)]
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+struct Loaded {
+    value: u64,
+    failed: u64,
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod routines {
+    use super::Loaded;
+
+    // Leaf routines that touch no stack before their one access, so a
+    // fault can resume at `virtkit_ga_fail`, which returns "failed" to the
+    // caller in place of the routine (rax = rdx = 1).
+    std::arch::global_asm!(
+        ".pushsection .text.virtkit_guest_access,\"ax\",@progbits",
+        ".p2align 4",
+        ".globl virtkit_ga_ld1",
+        ".hidden virtkit_ga_ld1",
+        "virtkit_ga_ld1:",
+        "movzx eax, byte ptr [rdi]",
+        "xor edx, edx",
+        "ret",
+        ".globl virtkit_ga_ld2",
+        ".hidden virtkit_ga_ld2",
+        "virtkit_ga_ld2:",
+        "movzx eax, word ptr [rdi]",
+        "xor edx, edx",
+        "ret",
+        ".globl virtkit_ga_ld4",
+        ".hidden virtkit_ga_ld4",
+        "virtkit_ga_ld4:",
+        "mov eax, dword ptr [rdi]",
+        "xor edx, edx",
+        "ret",
+        ".globl virtkit_ga_ld8",
+        ".hidden virtkit_ga_ld8",
+        "virtkit_ga_ld8:",
+        "mov rax, qword ptr [rdi]",
+        "xor edx, edx",
+        "ret",
+        ".globl virtkit_ga_st1",
+        ".hidden virtkit_ga_st1",
+        "virtkit_ga_st1:",
+        "mov byte ptr [rdi], sil",
+        "xor eax, eax",
+        "ret",
+        ".globl virtkit_ga_st2",
+        ".hidden virtkit_ga_st2",
+        "virtkit_ga_st2:",
+        "mov word ptr [rdi], si",
+        "xor eax, eax",
+        "ret",
+        ".globl virtkit_ga_st4",
+        ".hidden virtkit_ga_st4",
+        "virtkit_ga_st4:",
+        "mov dword ptr [rdi], esi",
+        "xor eax, eax",
+        "ret",
+        ".globl virtkit_ga_st8",
+        ".hidden virtkit_ga_st8",
+        "virtkit_ga_st8:",
+        "mov qword ptr [rdi], rsi",
+        "xor eax, eax",
+        "ret",
+        ".globl virtkit_ga_fail",
+        ".hidden virtkit_ga_fail",
+        "virtkit_ga_fail:",
+        "mov eax, 1",
+        "mov edx, 1",
+        "ret",
+        ".popsection",
+    );
+
+    extern "sysv64" {
+        pub(super) fn virtkit_ga_ld1(p: *const u8) -> Loaded;
+        pub(super) fn virtkit_ga_ld2(p: *const u8) -> Loaded;
+        pub(super) fn virtkit_ga_ld4(p: *const u8) -> Loaded;
+        pub(super) fn virtkit_ga_ld8(p: *const u8) -> Loaded;
+        pub(super) fn virtkit_ga_st1(p: *mut u8, v: u64) -> u32;
+        pub(super) fn virtkit_ga_st2(p: *mut u8, v: u64) -> u32;
+        pub(super) fn virtkit_ga_st4(p: *mut u8, v: u64) -> u32;
+        pub(super) fn virtkit_ga_st8(p: *mut u8, v: u64) -> u32;
+        pub(super) fn virtkit_ga_fail();
+    }
+
+    /// The routines' code: from the first (`virtkit_ga_ld1`, the section's
+    /// start) up to `virtkit_ga_fail`, which follows the last.
+    pub(super) fn range() -> (usize, usize) {
+        (
+            virtkit_ga_ld1 as *const () as usize,
+            virtkit_ga_fail as *const () as usize,
+        )
+    }
+}
+
+/// Loads `N` bytes (1, 2, 4, 8) from guest memory at host `p`,
+/// zero-extended; `None` when the host refused (see the module's comment).
+///
+/// # Safety
+/// `p` must point into the guest reservation of a [`crate::UserSpace`]
+/// (with the `N` bytes inside it or its guard).
+#[inline(always)]
+pub(crate) unsafe fn load<const N: usize>(p: *const u8) -> Option<u64> {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        use routines::*;
+        // SAFETY: the routines read `N` bytes at `p`, which the caller
+        // vouches is guest memory; a fault there resumes at the failure
+        // exit (the handler is installed with the space).
+        let r = unsafe {
+            match N {
+                1 => virtkit_ga_ld1(p),
+                2 => virtkit_ga_ld2(p),
+                4 => virtkit_ga_ld4(p),
+                _ => virtkit_ga_ld8(p),
+            }
+        };
+        (r.failed == 0).then_some(r.value)
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    // SAFETY: without the handler, accessible memory is the caller's
+    // promise (checked against the permission table).
+    Some(unsafe { super::rd::<N>(p) })
+}
+
+/// Stores the low `N` bytes of `v` to guest memory at host `p`; `false`
+/// when the host refused.
+///
+/// # Safety
+/// As for [`load`].
+#[inline(always)]
+pub(crate) unsafe fn store<const N: usize>(p: *mut u8, v: u64) -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        use routines::*;
+        // SAFETY: as in `load`.
+        let r = unsafe {
+            match N {
+                1 => virtkit_ga_st1(p, v),
+                2 => virtkit_ga_st2(p, v),
+                4 => virtkit_ga_st4(p, v),
+                _ => virtkit_ga_st8(p, v),
+            }
+        };
+        r == 0
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        // SAFETY: as in `load`.
+        unsafe { super::wr::<N>(p, v) };
+        true
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod handler {
+    use std::sync::OnceLock;
+
+    /// The actions of SIGSEGV and SIGBUS before ours (written once, by
+    /// [`install`]; `None` when installing failed).
+    static PREVIOUS: OnceLock<Option<[libc::sigaction; 2]>> = OnceLock::new();
+
+    const SIGNALS: [libc::c_int; 2] = [libc::SIGSEGV, libc::SIGBUS];
+
+    fn index(sig: libc::c_int) -> usize {
+        (sig == libc::SIGBUS) as usize
+    }
+
+    pub(crate) fn install() -> bool {
+        PREVIOUS
+            .get_or_init(|| {
+                // SAFETY: zeroed sigactions are valid values to fill in; the
+                // handler only reads thread-local state and the context it
+                // is given, and chains to the saved actions otherwise.
+                unsafe {
+                    let mut old: [libc::sigaction; 2] = std::mem::zeroed();
+                    for sig in SIGNALS {
+                        if libc::sigaction(sig, std::ptr::null(), &mut old[index(sig)]) != 0 {
+                            return None;
+                        }
+                    }
+                    let mut sa: libc::sigaction = std::mem::zeroed();
+                    sa.sa_sigaction = on_fault as *const () as usize;
+                    // On the thread's alternate stack when it has one (Rust's
+                    // stack overflow detection, which we chain to, needs it).
+                    sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+                    libc::sigemptyset(&mut sa.sa_mask);
+                    for sig in SIGNALS {
+                        if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
+                            for s in SIGNALS {
+                                libc::sigaction(s, &old[index(s)], std::ptr::null_mut());
+                            }
+                            return None;
+                        }
+                    }
+                    Some(old)
+                }
+            })
+            .is_some()
+    }
+
+    extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+        // SAFETY: the kernel passes a valid siginfo and ucontext
+        // (SA_SIGINFO); only the interrupted instruction pointer changes.
+        unsafe {
+            // Kernel-made faults only (si_code > 0): a SIGSEGV sent by
+            // kill() is nobody's access.
+            if !info.is_null() && !uc.is_null() && (*info).si_code > 0 {
+                let uc = &mut *uc.cast::<libc::ucontext_t>();
+                let rip = &mut uc.uc_mcontext.gregs[libc::REG_RIP as usize];
+                let pc = *rip as usize;
+                let (lo, fail) = super::routines::range();
+                // A shared file mapping read past its file's end (SIGBUS)
+                // is not a permission the table knows of: it stays fatal,
+                // as it was before the host protected anything.
+                if sig == libc::SIGSEGV && (lo..fail).contains(&pc) {
+                    *rip = fail as i64;
+                    return;
+                }
+                let addr = (*info).si_addr() as usize;
+                if let Some(exit) = crate::jit::resume_at(pc, addr) {
+                    *rip = exit as i64;
+                    return;
+                }
+            }
+            chain(sig, info, uc);
+        }
+    }
+
+    /// Hands a fault that is not ours to the action installed before.
+    ///
+    /// # Safety
+    /// Called from the signal handler with its arguments.
+    unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+        // Still being installed (another thread is in `install`):
+        // returning retries the instruction until the saved actions are
+        // there.
+        let Some(Some(prev)) = PREVIOUS.get() else {
+            return;
+        };
+        let prev = &prev[index(sig)];
+        let h = prev.sa_sigaction;
+        // SAFETY: `info` is the kernel's (or null).
+        let sent = info.is_null() || unsafe { (*info).si_code } <= 0;
+        if h == libc::SIG_IGN && sent {
+            // An ignored signal someone sent.
+        } else if h == libc::SIG_DFL || h == libc::SIG_IGN {
+            // The default action: put it back and let the fault happen
+            // again on return, which kills as it would have without us (a
+            // sent signal is raised again; it stays blocked until this
+            // returns). An ignored fault would loop forever; the kernel
+            // kills for it, and so do we.
+            // SAFETY: installs the default action, then maybe raises.
+            unsafe {
+                let mut dfl: libc::sigaction = std::mem::zeroed();
+                dfl.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+                if sent {
+                    libc::raise(sig);
+                }
+            }
+        } else if prev.sa_flags & libc::SA_SIGINFO != 0 {
+            // SAFETY: an SA_SIGINFO handler has this signature.
+            let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                unsafe { std::mem::transmute(h) };
+            f(sig, info, uc);
+        } else {
+            // SAFETY: a plain handler has this signature.
+            let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(h) };
+            f(sig);
+        }
+    }
+}
+
+/// Installs the host fault handler (once per process). `false` when the
+/// host refused: guest accesses then fault the process as they did before
+/// (and the JIT, which needs the handler, does not run).
+pub(crate) fn install() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    return handler::install();
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    false
+}
