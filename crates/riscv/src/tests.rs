@@ -1109,3 +1109,48 @@ fn jit_store_into_running_code_page() {
     assert_eq!(e, Exit::Ecall);
     assert_eq!(h.x(10), 101, "the second pass runs the new instruction");
 }
+
+/// Chained jumps to a later block skip its entry checks; a loop of
+/// blocks still has a backward jump that checks, so it sees another
+/// thread's stop request (and a loop through a predicted return, whose
+/// landing always checks, too).
+#[test]
+fn jit_forward_chains_keep_loops_stoppable() {
+    let sp = space();
+    load_code(
+        &sp,
+        CODE,
+        &[
+            addi(10, 10, 1), // 0: A
+            jal(0, 8),       // 4: forward to C
+            ECALL,           // 8
+            addi(11, 11, 1), // 12: C
+            jal(1, 12),      // 16: call F (forward)
+            jal(0, -20),     // 20: back to A
+            ECALL,           // 24
+            addi(12, 12, 1), // 28: F
+            i(0x67, 0, 0, 1, 0), // 32: ret
+        ],
+    );
+    let mut h = Hart::new_user();
+    h.set_jit(true);
+    h.pc = CODE;
+    let ctl = h.control().clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        ctl.request_stop();
+    });
+    assert_eq!(h.run_user(&sp), Exit::Stopped);
+    t.join().unwrap();
+    let (a, c, f) = (h.x(10), h.x(11), h.x(12));
+    assert!(a > 1000, "the loop ran: {a}");
+    // It stops where blocks are entered through their checks: A (from
+    // the backward jump) or the return's landing, with the counts and
+    // instret of the passes done.
+    let expect = match h.pc - CODE {
+        0 => (a, a, 7 * a),
+        20 => (a, a, 7 * a - 1),
+        pc => panic!("stopped at {pc:#x}"),
+    };
+    assert_eq!((c, f, h.instret()), expect, "pc {:#x}", h.pc);
+}

@@ -73,6 +73,9 @@ const EXIT_DISPATCH: u32 = 0;
 const EXIT_CHAIN: u32 = 1;
 const EXIT_SLOW: u32 = 2;
 const EXIT_ATTN: u32 = 3;
+/// A chained exit to a block after the exiting one's start (see
+/// `Frame::static_exit`): patched to skip the target's entry checks.
+const EXIT_CHAIN_FWD: u32 = 4;
 
 /// State shared between Rust and generated code (offsets are baked into
 /// the code, hence `repr(C)`).
@@ -184,6 +187,11 @@ pub(crate) struct Jit {
     /// direct-mapped cache of it for generated code; a block evicted from
     /// the table is found here instead of being translated again).
     blocks: HashMap<u64, usize>,
+    /// User mode: bytes of entry checks at the start of each block's code
+    /// (by its address), which forward chained exits jump past.
+    skips: HashMap<usize, u16>,
+    /// The entry checks' length of the block `emit_code` just wrote.
+    last_skip: u16,
     helpers: Vec<Insn>,
     /// Code generation of the address space the translations match.
     gen: u64,
@@ -328,6 +336,8 @@ impl Jit {
             table: vec![EMPTY; TABLE_SIZE].into_boxed_slice(),
             ras: Box::new(Ras::EMPTY),
             blocks: HashMap::new(),
+            skips: HashMap::new(),
+            last_skip: 0,
             helpers: Vec::new(),
             gen: 0,
             flushes: 0,
@@ -395,6 +405,7 @@ impl Jit {
     pub(crate) fn flush(&mut self) {
         self.len = self.blocks_start;
         self.blocks.clear();
+        self.skips.clear();
         self.sys_blocks.clear();
         self.sys_pages.clear();
         if self.sys_mode {
@@ -462,6 +473,9 @@ impl Jit {
             self.len = (self.len + code.len() + 15) & !15;
             self.table_insert(pc, at);
             self.blocks.insert(pc, at);
+            if self.last_skip != 0 {
+                self.skips.insert(at, self.last_skip);
+            }
             at
         });
         self.decode_buf = insns;
@@ -565,12 +579,17 @@ impl Jit {
         core.instret = core.instret.wrapping_add(ctx.icount);
         core.pc = ctx.pc;
         match r {
-            EXIT_CHAIN | EXIT_DISPATCH => {
+            EXIT_CHAIN | EXIT_CHAIN_FWD | EXIT_DISPATCH => {
                 let flushes = self.flushes;
                 let next = next_code(self, core).ok_or(JitExit::Slow)?;
-                if r == EXIT_CHAIN && self.flushes == flushes {
+                if r != EXIT_DISPATCH && self.flushes == flushes {
                     let site = ctx.site as usize;
-                    let rel = (next as i64 - (site as i64 + 5)) as i32;
+                    let to = if r == EXIT_CHAIN_FWD {
+                        next + self.skips.get(&next).map_or(0, |&n| n as usize)
+                    } else {
+                        next
+                    };
+                    let rel = (to as i64 - (site as i64 + 5)) as i32;
                     // SAFETY: `site` is a `jmp rel32` inside this buffer's
                     // blocks (no flush since it was recorded; in system mode
                     // chain exits only target the block's own page), and no

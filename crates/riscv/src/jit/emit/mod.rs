@@ -10,7 +10,7 @@
 use std::mem::offset_of;
 
 use super::x86::*;
-use super::{helper, Ctx, Jit, EXIT_ATTN, EXIT_CHAIN, EXIT_SLOW, RAS_SIZE};
+use super::{helper, Ctx, Jit, EXIT_ATTN, EXIT_CHAIN, EXIT_CHAIN_FWD, EXIT_SLOW, RAS_SIZE};
 use crate::cpu::Core;
 use crate::decode::{Insn, Kind, ZERO_SINK};
 
@@ -69,14 +69,24 @@ struct Frame {
 
 impl Frame {
     /// A static exit: chained (patched jmp) unless system mode leaves the
-    /// block's page (a different page may translate differently).
+    /// block's page (a different page may translate differently). In
+    /// user mode a jump to a block after this block's start goes past
+    /// the target's entry checks (attention, code changes): every cycle
+    /// of blocks has a jump that is not forward, which checks, so a stop
+    /// request or a code change still ends any loop.
     fn static_exit(&self, a: &mut Asm, target: u64) {
+        self.static_exit_from(a, target, self.pc);
+    }
+    /// [`Frame::static_exit`] as if leaving a block that starts at
+    /// `from` (returns' landings: see `emit_code`).
+    fn static_exit_from(&self, a: &mut Asm, target: u64, from: u64) {
         if self.sys.is_some() && target >> 12 != self.pc >> 12 {
             a.mov_imm(RAX, target);
             a.store(R14, ctx_off(offset_of!(Ctx, pc)), RAX);
             a.jmp_abs(self.dispatch_sys);
         } else {
-            a.chain_exit(self.epilogue, target);
+            let fwd = self.sys.is_none() && target > from;
+            a.chain_exit(self.epilogue, target, fwd);
         }
     }
     /// User mode, a call: pushes `ret` (the return address) and its
@@ -471,14 +481,15 @@ impl Asm {
         self.jmp_abs(epilogue);
     }
     /// A patchable chained exit to the static target `pc`: a `jmp` to the
-    /// stub right behind it, which asks Rust to patch the jmp.
-    pub(super) fn chain_exit(&mut self, epilogue: usize, pc: u64) {
+    /// stub right behind it, which asks Rust to patch the jmp (`fwd`: to
+    /// the target's code past its entry checks).
+    pub(super) fn chain_exit(&mut self, epilogue: usize, pc: u64, fwd: bool) {
         let site = self.addr();
         self.u8(0xe9);
         self.u32(0);
         self.mov_imm(RAX, site as u64);
         self.store(R14, ctx_off(offset_of!(Ctx, site)), RAX);
-        self.exit_pc(epilogue, pc, EXIT_CHAIN);
+        self.exit_pc(epilogue, pc, if fwd { EXIT_CHAIN_FWD } else { EXIT_CHAIN });
     }
 }
 
@@ -521,6 +532,14 @@ impl Jit {
         let attn1 = a.jcc(CC_NE);
         a.cmp_codegen(self.gen as u32);
         let attn2 = a.jcc(CC_NE);
+        // Forward chained exits enter past the checks, which must then
+        // be all a skipped entry misses: not a loop's block, whose
+        // prologue comes first (see `Frame::static_exit`).
+        self.last_skip = if sys.is_none() && looping.is_none() {
+            a.b.len() as u16
+        } else {
+            0
+        };
         // System mode: every POLL_BLOCKS blocks, back to the run loop to
         // check for interrupts and timer deadlines.
         let attn3 = sys.map(|_| {
@@ -701,10 +720,13 @@ impl Jit {
             f.static_exit(&mut a, target);
         }
         // Return landings: everything was written back and counted at
-        // the call.
+        // the call. They enter the return address's block through its
+        // checks (as if from a block after it): a return can go back
+        // to a lower address, and a chain of predicted returns could
+        // otherwise loop without one.
         for &(at, ret) in &f.landings {
             a.bind(at);
-            f.static_exit(&mut a, ret);
+            f.static_exit_from(&mut a, ret, u64::MAX);
         }
         a.bind(attn1);
         a.bind(attn2);
