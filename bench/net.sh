@@ -156,7 +156,7 @@ KERNEL=$("$VIRTKIT" guest path kernel)
     gw=\$(ip route | awk '/^default/ { print \$3; exit }')
     [ -n \"\$gw\" ] || echo 'no default route'
     a=\$(up); dd if=/dev/zero bs=1000000 count=$((SIZE / 1000000)) 2>/dev/null | nc \$gw $SINK; b=\$(up); echo \"tx \$a \$b\"
-    a=\$(up); wget -q -O /dev/null http://\$gw:$SOURCE/zeros; b=\$(up); echo \"rx \$a \$b\"
+    a=\$(up); if wget -q -O /dev/null http://\$gw:$SOURCE/zeros; then b=\$(up); echo \"rx \$a \$b\"; else echo 'rx failed'; fi
     mkdir -p /www; echo hello > /www/index.html
     httpd -p 8080 -h /www && echo ready
     sleep 3600"
@@ -179,6 +179,15 @@ if [ -n "$PASST" ]; then
     mkdir "$WORK/passt"
     if [ "$(id -u)" = 0 ]; then chmod 711 "$WORK"; chown nobody "$WORK/passt"; fi
 fi
+# Known limit of Debian bookworm's passt (0.0~git20230309): it resets a
+# guest->host TCP connection about 24 s after it opened, whatever the MTU
+# (-m 65520 too) and whatever was sent: a packet capture (passt -p) shows
+# passt's RST with seq/ack in order, everything acknowledged and no stall
+# before it. The guest's nc then says "Connection reset by peer" and the sink
+# has some 26 to 30 MB; 200 MB at this emulated guest's ~1 MB/s needs longer,
+# so that row is n/a for passt and a note after the table gives the rate
+# until the reset. Shorter transfers (SIZE=20000000) complete. The other
+# two rows take well under 24 s a connection.
 run_passt() { # hostport
     local sock="$WORK/passt/sock" i
     rm -f "$sock"
@@ -225,8 +234,15 @@ measure() { # runner
         rm -f "$WORK/passt.pid"
     fi
     tx=$(tr -d '\r' < "$out" | awk -v s="$SIZE" '/^tx / && $3 > $2 { printf "%.3f\n", s / 1e6 / ($3 - $2) }')
-    [ "$(grep -c "^sink got $SIZE\$" "$WORK/host.log" || true)" -gt "$sunk" ] ||
-        { echo "$1: the host sink did not get all $SIZE bytes" >&2; tx=; }
+    if [ "$(grep -c "^sink got $SIZE\$" "$WORK/host.log" || true)" -le "$sunk" ]; then
+        echo "$1: the host sink did not get all $SIZE bytes" >&2
+        # A connection cut short still says how fast it went until then.
+        tr -d '\r' < "$out" | awk -v r="$1" -v n="$(tail -n 1 "$WORK/host.log" | awk '/^sink got/ { print $3 }')" \
+            '/reset by peer/ { reset = 1 } /^tx / && reset && n > 0 && $3 > $2 {
+                printf "%s: guest->host reset by the peer after %.1f MB in %.1f s (%.1f MB/s until then)\n", r, n / 1e6, $3 - $2, n / 1e6 / ($3 - $2) }' \
+            >> "$WORK/notes"
+        tx=
+    fi
     rx=$(tr -d '\r' < "$out" | awk -v s="$SIZE" '/^rx / && $3 > $2 { printf "%.3f\n", s / 1e6 / ($3 - $2) }')
     if [ -z "$tx" ] || [ -z "$rx" ] || [ "$rq" = n/a ]; then
         echo "$1: something failed; its console:" >&2
@@ -237,7 +253,7 @@ measure() { # runner
 
 median() { { grep -v '^n/a$' || true; } | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "n/a"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
-: > "$WORK/v"; : > "$WORK/q"; : > "$WORK/p"
+: > "$WORK/v"; : > "$WORK/q"; : > "$WORK/p"; : > "$WORK/notes"
 for _ in $(seq "$RUNS"); do
     measure run_virtkit >> "$WORK/v"
     measure run_qemu >> "$WORK/q"
@@ -262,3 +278,4 @@ for name in "TCP guest->host, MB/s" "TCP host->guest, MB/s" "HTTP requests/s (1 
     col=$((col + 1))
 done
 [ -z "$PASST_NOTE" ] || echo "$PASST_NOTE"
+[ ! -s "$WORK/notes" ] || cat "$WORK/notes"
