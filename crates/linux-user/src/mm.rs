@@ -1,9 +1,11 @@
 //! The guest address space: one flat host reservation.
 //!
 //! The CPU crate's [`UserSpace`] owns the reservation (guest address `a` at
-//! host `base + a`, `GUEST_SIZE` bytes of `PROT_NONE` memory) and the
-//! per-page permission table its loads and stores check, which makes faults
-//! precise. This module owns the layout on top: which ranges are mapped,
+//! host `base + a`, `GUEST_SIZE` bytes of `PROT_NONE` memory between guard
+//! pages) and the per-page permission table its loads and stores check,
+//! which makes faults precise; it keeps the host protection of every page
+//! in step with the table (the JIT's inline accesses rely on the host to
+//! fault what the guest may not do). This module owns the layout on top: which ranges are mapped,
 //! where new mappings go, the program break, and file mappings. Guest
 //! mappings are `MAP_FIXED` into the reservation and a guest `munmap` puts
 //! the reservation back, so the range never has holes another host
@@ -60,19 +62,18 @@ impl MmError {
     }
 }
 
-/// Host `PROT_*` bits for a shared file mapping with guest permissions `p`
-/// (private and anonymous memory is always host read-write: the guest's
-/// permissions live in the CPU's table). Executable pages must be readable
-/// by the host because the CPU fetches instructions with loads.
+/// Host `PROT_*` bits for a mapping with guest permissions `p`: what the
+/// guest may do and no more (the CPU crate sets the same on every change
+/// of the table). Execute-only pages stay inaccessible to the host: the
+/// CPU fetches their instructions without host permission.
 fn host_prot(p: u8) -> i32 {
-    let mut h = 0;
-    if p & (PROT_R | PROT_X) != 0 {
-        h |= libc::PROT_READ;
-    }
     if p & PROT_W != 0 {
-        h |= libc::PROT_WRITE | libc::PROT_READ;
+        libc::PROT_READ | libc::PROT_WRITE
+    } else if p & PROT_R != 0 {
+        libc::PROT_READ
+    } else {
+        libc::PROT_NONE
     }
-    h
 }
 
 /// Guest permission bits from `PROT_*` of the riscv64 ABI (same values as
@@ -406,13 +407,13 @@ impl AddressSpace {
     ) -> Result<(), MmError> {
         let len = page_up(len).ok_or(MmError::NoSpace(len))?;
         let end = Self::range_ok(addr, len)?;
-        // Private and anonymous memory is host read-write (the guest's
-        // permissions are enforced by the CPU's table); a shared file
-        // mapping must match the file's open mode, so it gets the guest's.
-        let (hprot, mut flags) = match (shared, fd >= 0) {
-            (true, true) => (host_prot(prot), libc::MAP_SHARED),
-            (true, false) => (libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED),
-            (false, _) => (libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE),
+        // The guest's permissions on the host too (a shared file mapping
+        // must also match the file's open mode, which the host checks).
+        let hprot = host_prot(prot);
+        let mut flags = if shared {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
         };
         flags |= libc::MAP_FIXED;
         if fd < 0 {
@@ -439,7 +440,7 @@ impl AddressSpace {
         l.maps.insert(addr, (end, kind(shared, fd >= 0)));
         self.space
             .set_perms(addr, len, prot)
-            .map_err(|_| MmError::OutOfRange { addr, len })?;
+            .map_err(|e| mem_error(e, addr, len))?;
         Ok(())
     }
 
@@ -461,41 +462,25 @@ impl AddressSpace {
         let len = page_up(len).ok_or(MmError::NoSpace(len))?;
         let end = Self::range_ok(addr, len)?;
         let l = self.lock();
-        // Fully covered by mappings? Shared file mappings also get the host
-        // protection changed, so the kernel enforces the file's open mode.
+        // Fully covered by mappings? (The CPU crate changes the host
+        // protection with the table; for a shared file mapping the host
+        // refuses write permission the file's open mode does not allow.)
         let mut a = addr;
-        let mut shared = Vec::new();
-        for (&s, &(e, sh)) in l.maps.range(..end) {
+        for (&s, &(e, _)) in l.maps.range(..end) {
             if e <= a {
                 continue;
             }
             if s > a {
                 break;
             }
-            if sh == KIND_SHARED | KIND_FILE {
-                shared.push((s.max(addr), e.min(end)));
-            }
             a = e;
         }
         if a < end {
             return Err(MmError::OutOfRange { addr, len });
         }
-        for (s, e) in shared {
-            // SAFETY: inside the reservation and mapped.
-            let r = unsafe {
-                libc::mprotect(
-                    self.base.add(s as usize) as *mut libc::c_void,
-                    (e - s) as usize,
-                    host_prot(prot),
-                )
-            };
-            if r != 0 {
-                return Err(MmError::Host(errno()));
-            }
-        }
         self.space
             .set_perms(addr, len, prot)
-            .map_err(|_| MmError::OutOfRange { addr, len })?;
+            .map_err(|e| mem_error(e, addr, len))?;
         Ok(())
     }
 
@@ -624,10 +609,7 @@ impl AddressSpace {
         l.maps.insert(new, (new_end, k));
         self.space
             .set_perms(new, new_len, prot)
-            .map_err(|_| MmError::OutOfRange {
-                addr: new,
-                len: new_len,
-            })?;
+            .map_err(|e| mem_error(e, new, new_len))?;
         Ok(new)
     }
 
@@ -704,6 +686,15 @@ impl AddressSpace {
     pub fn mappings(&self) -> Vec<(u64, u64)> {
         let l = self.lock();
         l.maps.iter().map(|(&s, &(e, _))| (s, e)).collect()
+    }
+}
+
+/// An error of the CPU crate's space as the syscall's error: the host's
+/// errno when the host refused a protection change.
+fn mem_error(e: MemError, addr: u64, len: u64) -> MmError {
+    match e {
+        MemError::Host(e) => MmError::Host(e.raw_os_error().unwrap_or(libc::ENOMEM)),
+        _ => MmError::OutOfRange { addr, len },
     }
 }
 

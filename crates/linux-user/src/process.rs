@@ -325,7 +325,9 @@ impl Thread {
                     MemFaultKind::Unmapped => {
                         // SEGV_ACCERR (2) for a mapped page the access is
                         // not allowed on, SEGV_MAPERR (1) for no mapping.
-                        let mapped = self.proc.mm.page_perm(f.addr) != 0;
+                        // (Mapped with no permission, PROT_NONE, is ACCERR.)
+                        let page = crate::mm::page_down(f.addr);
+                        let mapped = self.proc.mm.is_mapped(page, crate::mm::PAGE);
                         self.fault(libc::SIGSEGV, if mapped { 2 } else { 1 }, f.addr)
                     }
                     // BUS_ADRALN (1) / BUS_ADRERR (2).

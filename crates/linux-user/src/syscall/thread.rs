@@ -229,13 +229,21 @@ impl Thread {
         if !uaddr.is_multiple_of(4) {
             return Err(EINVAL);
         }
-        let u = self.buf(uaddr, 4, PROT_R)?;
+        // The PI operations have the host kernel write the word: it must be
+        // writable for the guest (and so on the host, whose protection
+        // mirrors the guest's; a page holding code gets host write back).
+        let need = if matches!(cmd, 6 | 7 | 8 | 13) {
+            PROT_R | PROT_W
+        } else {
+            PROT_R
+        };
+        let u = self.buf(uaddr, 4, need)?;
         Ok(match cmd {
             // WAIT, WAIT_BITSET, LOCK_PI, LOCK_PI2, WAIT_REQUEUE_PI: a3 is a timeout.
             0 | 9 | 6 | 13 | 11 => {
                 let ts = self.opt(a3, 16, PROT_R)?;
                 let u2 = if cmd == 11 {
-                    self.buf(uaddr2, 4, PROT_R)?
+                    self.buf(uaddr2, 4, PROT_R | PROT_W)?
                 } else {
                     std::ptr::null_mut()
                 };

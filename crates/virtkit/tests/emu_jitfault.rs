@@ -1,0 +1,40 @@
+//! `virtkit emu user`: faults of translated loads and stores. The JIT's
+//! inline accesses check only the address space's bounds and let the
+//! host's page protection (which mirrors the guest's) fault the rest, so
+//! what the guest sees must still be what qemu-riscv64 gives and what the
+//! interpreter gives: SIGSEGV with the exact si_addr and si_code after
+//! mprotect/munmap (also another thread's), misaligned accesses running
+//! into an inaccessible page, self-modifying code.
+
+mod emu_common;
+use emu_common::*;
+
+/// What `jitfault` prints on riscv64 Linux.
+const EXPECTED: &str = "sum before: 0 669120000\n\
+    load after PROT_NONE: fault at base+0x1000 code 2\n\
+    sum readable again: 0 669120000\n\
+    store to PROT_READ: fault at base+0x1000 code 2\n\
+    first page written: 518\n\
+    store after munmap: fault at base+0x1000 code 1\n\
+    remapped: 0\n\
+    misaligned across: fault at base+0x3000 code 2\n\
+    other thread's mprotect: fault 1 in page 6: 1\n\
+    self-modifying: total 8200, data 40\n\
+    call into PROT_READ: fault 1 at code: 1\n\
+    faults: 6\n";
+
+#[test]
+fn translated_accesses_fault_like_qemu_and_the_interpreter() {
+    let p = build("jitfault", false);
+    let ours = emu(&[], &p, &[], None, None);
+    assert_eq!(
+        String::from_utf8_lossy(&ours.stdout),
+        EXPECTED,
+        "stderr: {}",
+        ours.stderr
+    );
+    assert_eq!(ours.code, Some(0), "{ours:?}");
+    assert_same("jitfault", &ours, &qemu(&[], &p, &[], None, None));
+    let interp = emu(&["--no-jit"], &p, &[], None, None);
+    assert_same("jitfault --no-jit", &interp, &ours);
+}
