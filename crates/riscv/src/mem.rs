@@ -478,11 +478,6 @@ impl UserSpace {
         self.code_gen.as_ptr()
     }
 
-    /// The permission table (one byte per page), for generated code.
-    pub(crate) fn perm_table(&self) -> *const u8 {
-        self.perms.cast()
-    }
-
     #[inline(always)]
     pub(crate) fn code_gen(&self) -> u64 {
         self.code_gen.load(Ordering::Acquire)

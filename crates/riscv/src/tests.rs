@@ -857,84 +857,6 @@ fn jit_chained_loop_honours_stop_request() {
     assert!(h.x(10) > 1000, "the loop ran: {}", h.x(10));
 }
 
-/// Calls and returns as the JIT predicts them (a return-address stack):
-/// a recursion deeper than the stack (the outer returns find their
-/// entries overwritten), a return to an address other than the pushed
-/// one, and x5 as the link register, three times over so that every
-/// block is translated and chained; the JIT agrees with the interpreter.
-#[test]
-fn jit_predicted_returns_match_interpreter() {
-    let jalr = |rd, rs1, imm| i(0x67, 0, rd, rs1, imm);
-    let prog = [
-        addi(10, 0, 40),       // 0: recursion depth
-        addi(2, 5, 0x7f0),     // 4: sp = end of DATA
-        jal(1, 48),            // 8: call F (56)
-        jal(1, 12),            // 12: call 24, which returns to 20
-        jal(0, 16),            // 16: (skipped)
-        jal(0, 12),            // 20: -> 32
-        addi(1, 1, 4),         // 24: return address + 4
-        jalr(0, 1, 0),         // 28: returns to 20, not 16
-        jal(5, 8),             // 32: call 40 through x5
-        jal(0, 8),             // 36: -> 44
-        jalr(0, 5, 0),         // 40: returns to 36
-        addi(12, 12, -1),      // 44
-        b(1, 12, 0, -48),      // 48: again from 0 while x12 != 0
-        ECALL,                 // 52
-        b(0, 10, 0, 28),       // 56: F: if x10 == 0 goto 84
-        addi(2, 2, -16),       // 60
-        s(3, 2, 1, 0),         // 64: sd ra, 0(sp)
-        addi(10, 10, -1),      // 68
-        jal(1, -16),           // 72: call F
-        i(0x03, 3, 1, 2, 0),   // 76: ld ra, 0(sp)
-        addi(2, 2, 16),        // 80
-        addi(11, 11, 1),       // 84: counts returns
-        jalr(0, 1, 0),         // 88: ret
-    ];
-    let mut regs = [0u64; 32];
-    regs[12] = 3;
-    let data = vec![0u8; 0x1000];
-    let (a, ea, ma) = run_mode(&prog, &regs, &data, true);
-    let (b, eb, mb) = run_mode(&prog, &regs, &data, false);
-    assert_eq!(ea, Exit::Ecall);
-    assert_eq!(ea, eb);
-    assert_eq!(a.pc, CODE + 52);
-    assert_eq!(a.x(11), 3 * 41, "returns counted");
-    assert_eq!(a.pc, b.pc);
-    assert_eq!(a.instret(), b.instret());
-    for r in 0..32 {
-        assert_eq!(a.x(r), b.x(r), "x{r} differs");
-    }
-    assert!(ma == mb, "DATA page differs");
-}
-
-/// A call pushes a predicted return into code that a store then drops
-/// (self-modifying code): the return, translated after the flush, must
-/// not take the stale prediction, and runs the new code.
-#[test]
-fn jit_return_after_code_change_runs_new_code() {
-    let sp = space();
-    let prog = [
-        jal(1, 12),            // 0: call 12
-        addi(10, 10, 1),       // 4: replaced by addi x10, x10, 100
-        ECALL,                 // 8
-        s(2, 13, 12, 4),       // 12: sw x12, 4(x13)
-        FENCE_I,               // 16
-        jal(0, 4),             // 20: a block boundary
-        i(0x67, 0, 0, 1, 0),   // 24: ret
-    ];
-    load_code(&sp, CODE, &prog);
-    sp.set_perms(CODE, 0x1000, perm::R | perm::W | perm::X)
-        .unwrap();
-    let mut h = Hart::new_user();
-    h.set_jit(true);
-    h.set_x(12, addi(10, 10, 100) as u64);
-    h.set_x(13, CODE);
-    h.pc = CODE;
-    assert_eq!(h.run_user(&sp), Exit::Ecall);
-    assert_eq!(h.x(10), 100);
-    assert_eq!(h.instret(), 6);
-}
-
 // ---- host faults of the JIT's inline accesses (see `jit::fault`) ----
 
 /// The host protection of host address `a` as /proc/self/maps shows it
@@ -1110,6 +1032,84 @@ fn jit_store_into_running_code_page() {
     assert_eq!(h.x(10), 101, "the second pass runs the new instruction");
 }
 
+/// Calls and returns as the JIT predicts them (a return-address stack):
+/// a recursion deeper than the stack (the outer returns find their
+/// entries overwritten), a return to an address other than the pushed
+/// one, and x5 as the link register, three times over so that every
+/// block is translated and chained; the JIT agrees with the interpreter.
+#[test]
+fn jit_predicted_returns_match_interpreter() {
+    let jalr = |rd, rs1, imm| i(0x67, 0, rd, rs1, imm);
+    let prog = [
+        addi(10, 0, 40),     // 0: recursion depth
+        addi(2, 5, 0x7f0),   // 4: sp = end of DATA
+        jal(1, 48),          // 8: call F (56)
+        jal(1, 12),          // 12: call 24, which returns to 20
+        jal(0, 16),          // 16: (skipped)
+        jal(0, 12),          // 20: -> 32
+        addi(1, 1, 4),       // 24: return address + 4
+        jalr(0, 1, 0),       // 28: returns to 20, not 16
+        jal(5, 8),           // 32: call 40 through x5
+        jal(0, 8),           // 36: -> 44
+        jalr(0, 5, 0),       // 40: returns to 36
+        addi(12, 12, -1),    // 44
+        b(1, 12, 0, -48),    // 48: again from 0 while x12 != 0
+        ECALL,               // 52
+        b(0, 10, 0, 28),     // 56: F: if x10 == 0 goto 84
+        addi(2, 2, -16),     // 60
+        s(3, 2, 1, 0),       // 64: sd ra, 0(sp)
+        addi(10, 10, -1),    // 68
+        jal(1, -16),         // 72: call F
+        i(0x03, 3, 1, 2, 0), // 76: ld ra, 0(sp)
+        addi(2, 2, 16),      // 80
+        addi(11, 11, 1),     // 84: counts returns
+        jalr(0, 1, 0),       // 88: ret
+    ];
+    let mut regs = [0u64; 32];
+    regs[12] = 3;
+    let data = vec![0u8; 0x1000];
+    let (a, ea, ma) = run_mode(&prog, &regs, &data, true);
+    let (b, eb, mb) = run_mode(&prog, &regs, &data, false);
+    assert_eq!(ea, Exit::Ecall);
+    assert_eq!(ea, eb);
+    assert_eq!(a.pc, CODE + 52);
+    assert_eq!(a.x(11), 3 * 41, "returns counted");
+    assert_eq!(a.pc, b.pc);
+    assert_eq!(a.instret(), b.instret());
+    for r in 0..32 {
+        assert_eq!(a.x(r), b.x(r), "x{r} differs");
+    }
+    assert!(ma == mb, "DATA page differs");
+}
+
+/// A call pushes a predicted return into code that a store then drops
+/// (self-modifying code): the return, translated after the flush, must
+/// not take the stale prediction, and runs the new code.
+#[test]
+fn jit_return_after_code_change_runs_new_code() {
+    let sp = space();
+    let prog = [
+        jal(1, 12),          // 0: call 12
+        addi(10, 10, 1),     // 4: replaced by addi x10, x10, 100
+        ECALL,               // 8
+        s(2, 13, 12, 4),     // 12: sw x12, 4(x13)
+        FENCE_I,             // 16
+        jal(0, 4),           // 20: a block boundary
+        i(0x67, 0, 0, 1, 0), // 24: ret
+    ];
+    load_code(&sp, CODE, &prog);
+    sp.set_perms(CODE, 0x1000, perm::R | perm::W | perm::X)
+        .unwrap();
+    let mut h = Hart::new_user();
+    h.set_jit(true);
+    h.set_x(12, addi(10, 10, 100) as u64);
+    h.set_x(13, CODE);
+    h.pc = CODE;
+    assert_eq!(h.run_user(&sp), Exit::Ecall);
+    assert_eq!(h.x(10), 100);
+    assert_eq!(h.instret(), 6);
+}
+
 /// Chained jumps to a later block skip its entry checks; a loop of
 /// blocks still has a backward jump that checks, so it sees another
 /// thread's stop request (and a loop through a predicted return, whose
@@ -1121,14 +1121,14 @@ fn jit_forward_chains_keep_loops_stoppable() {
         &sp,
         CODE,
         &[
-            addi(10, 10, 1), // 0: A
-            jal(0, 8),       // 4: forward to C
-            ECALL,           // 8
-            addi(11, 11, 1), // 12: C
-            jal(1, 12),      // 16: call F (forward)
-            jal(0, -20),     // 20: back to A
-            ECALL,           // 24
-            addi(12, 12, 1), // 28: F
+            addi(10, 10, 1),     // 0: A
+            jal(0, 8),           // 4: forward to C
+            ECALL,               // 8
+            addi(11, 11, 1),     // 12: C
+            jal(1, 12),          // 16: call F (forward)
+            jal(0, -20),         // 20: back to A
+            ECALL,               // 24
+            addi(12, 12, 1),     // 28: F
             i(0x67, 0, 0, 1, 0), // 32: ret
         ],
     );

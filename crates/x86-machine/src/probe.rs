@@ -253,7 +253,11 @@ mod tests {
         assert!(remembered(Path::new("/dev/zero"), dir.path()).is_none());
         // A later finding replaces it; no temporary file is left.
         remember(Path::new(DEV), dir.path(), &report(false));
-        assert!(!remembered(Path::new(DEV), dir.path()).unwrap().ring0_emulated);
+        assert!(
+            !remembered(Path::new(DEV), dir.path())
+                .unwrap()
+                .ring0_emulated
+        );
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
     }
@@ -265,7 +269,11 @@ mod tests {
         let file = dir.path().join(CACHE_FILE);
         let text = std::fs::read_to_string(&file).unwrap();
         let (boot, _, _) = cache_key(Path::new(DEV)).unwrap();
-        std::fs::write(&file, text.replace(&boot, "00000000-0000-0000-0000-000000000000")).unwrap();
+        std::fs::write(
+            &file,
+            text.replace(&boot, "00000000-0000-0000-0000-000000000000"),
+        )
+        .unwrap();
         assert!(remembered(Path::new(DEV), dir.path()).is_none());
         for junk in ["", "{", "null", "[1,2]", "{\"boot_id\": 3}"] {
             std::fs::write(&file, junk).unwrap();

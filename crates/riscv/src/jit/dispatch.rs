@@ -34,7 +34,6 @@ pub(super) fn write(a: &mut Asm) -> Routines {
     a.mov_rr(R14, RDI);
     a.load(RBX, R14, ctx_off(offset_of!(Ctx, xregs)));
     a.load(R12, R14, ctx_off(offset_of!(Ctx, membase)));
-    a.load(R13, R14, ctx_off(offset_of!(Ctx, perms)));
     a.load(R15, R14, ctx_off(offset_of!(Ctx, attn)));
     // rbp counts the instructions retired since entry (see
     // `Asm::add_icount`); the epilogue stores it in `Ctx::icount`.

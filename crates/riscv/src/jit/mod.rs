@@ -28,10 +28,10 @@
 //!
 //! Register use inside generated code (all callee-saved, so helper calls
 //! keep them): rbx = `&core.x[16]` (so every register is a disp8),
-//! r12 = guest memory base, r13 = permission table, r14 = [`Ctx`],
+//! r12 = guest memory base (user mode) or the data TLB, r14 = [`Ctx`],
 //! r15 = the hart's attention word, rbp = instructions retired since
 //! entry (the address space's code generation is read through `Ctx`).
-//! rax, rcx, rdx are scratch; r8-r11, rsi and rdi cache guest
+//! rax, rcx, rdx are scratch; r8-r11, rsi, rdi and r13 cache guest
 //! registers within a block (see `emit::RegCache`).
 
 use std::collections::HashMap;
@@ -96,7 +96,6 @@ struct Ctx {
     xregs: *mut u64,
     /// r12: user mode, guest memory base; system mode, the data TLB.
     membase: *const u8,
-    perms: *const u8,
     attn: *const u32,
     codegen: *const u64,
     /// System mode: the `SysMem` helpers run instructions with.
@@ -536,7 +535,6 @@ impl Jit {
                 // SAFETY: index 16 is inside the 64-entry register array.
                 xregs: unsafe { (*core_ptr).x.as_mut_ptr().add(16) },
                 membase: space.host_base().cast_const(),
-                perms: space.perm_table(),
                 attn,
                 codegen: space.code_gen_ptr(),
                 mem: std::ptr::null_mut(),
@@ -740,7 +738,6 @@ impl Jit {
                 // SAFETY: index 16 is inside the 64-entry register array.
                 xregs: unsafe { (*core_ptr).x.as_mut_ptr().add(16) },
                 membase: tlb,
-                perms: std::ptr::null(),
                 attn,
                 codegen,
                 mem: mem_ptr.cast(),

@@ -210,11 +210,11 @@ fn fd(r: u8) -> i32 {
 /// The guest register in each of `CACHE_REGS` (0: none).
 type CacheMap = [u8; CACHE_REGS.len()];
 
-/// Host registers that hold guest registers within a block. All are
-/// caller-saved (a helper call forgets them) and none is a scratch
-/// register of the translator (rax, rcx, rdx) or of the fixed routines
-/// at block exits (which run after the cache is dead).
-const CACHE_REGS: [u8; 6] = [R8, R9, R10, R11, RSI, RDI];
+/// Host registers that hold guest registers within a block. A helper
+/// call forgets them all (all but r13 are caller-saved), and none is a
+/// scratch register of the translator (rax, rcx, rdx) or of the fixed
+/// routines at block exits (which run after the cache is dead).
+const CACHE_REGS: [u8; 7] = [R8, R9, R10, R11, RSI, RDI, R13];
 
 /// Guest integer registers cached in host registers within one block,
 /// write-back: a result only goes to its host register and marks it
