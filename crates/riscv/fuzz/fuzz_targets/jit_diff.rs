@@ -8,6 +8,8 @@
 //! writable for some inputs (stores change it while it runs: the JIT's
 //! host write protection of translated code), and x9 near the end of the
 //! space (accesses reaching into the guard pages).
+//! Where the input had a `jalr`, a call and its return (see
+//! `call_patterns`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -67,6 +69,82 @@ fn blt_x0_x31(off: i32) -> u32 {
         | ((o >> 1 & 0xf) << 8)
         | ((o >> 11 & 1) << 7)
         | 0x63
+}
+
+fn jal(rd: u32, off: i32) -> u32 {
+    let o = off as u32;
+    ((o >> 20 & 1) << 31)
+        | ((o >> 1 & 0x3ff) << 21)
+        | ((o >> 11 & 1) << 20)
+        | ((o >> 12 & 0xff) << 12)
+        | (rd << 7)
+        | 0x6f
+}
+
+fn jalr(rd: u32, rs1: u32) -> u32 {
+    (rs1 << 15) | (rd << 7) | 0x67
+}
+
+fn addi(rd: u32, rs1: u32, imm: i32) -> u32 {
+    ((imm as u32) << 20) | (rs1 << 15) | (rd << 7) | 0x13
+}
+
+/// Calls and returns, which the JIT predicts with a return-address
+/// stack: where the input had a `jalr` (which the filter turned into a
+/// NOP), a call through x1 or x5 to a return two words on, which comes
+/// back right after the call (the prediction holds) or, in the longer
+/// form, with its link moved on by a word first (a return elsewhere than
+/// predicted). Each pattern ends past its last word; patterns never
+/// overwrite the loop counter's words, and jumps into a pattern's middle
+/// (where a return through a stale link could go backwards forever)
+/// become NOPs.
+fn call_patterns(words: &mut [u32], orig: &[u32], n: usize) {
+    let mut inside = vec![false; n];
+    let mut k = 0;
+    while k < n {
+        let i = decode(orig[k]);
+        let link = if i.rd & 1 == 0 { 1 } else { 5 };
+        let long = orig[k] >> 31 == 1;
+        let len = if long { 5 } else { 3 };
+        let free = k + len <= n
+            && words[k..k + len].iter().all(|&w| {
+                let d = decode(w);
+                w != ADDI_X31_M1 && !(d.kind == Kind::Blt && d.rs2 == 31)
+            });
+        if i.kind != Kind::Jalr || !free {
+            k += 1;
+            continue;
+        }
+        let p: &[u32] = if long {
+            &[
+                jal(link, 12),
+                jal(0, 16),
+                jal(0, 12),
+                addi(link, link, 4),
+                jalr(0, link),
+            ]
+        } else {
+            &[jal(link, 8), jal(0, 8), jalr(0, link)]
+        };
+        words[k..k + len].copy_from_slice(p);
+        inside[k + 1..k + len].fill(true);
+        k += len;
+    }
+    let mut k = 0;
+    while k < n {
+        let i = decode(words[k]);
+        let jumps = matches!(
+            i.kind,
+            Kind::Jal | Kind::Beq | Kind::Bne | Kind::Blt | Kind::Bge | Kind::Bltu | Kind::Bgeu
+        );
+        if jumps && !inside[k] {
+            let t = k as i64 + i.imm as i64 / 4;
+            if (0..n as i64).contains(&t) && inside[t as usize] {
+                words[k] = NOP;
+            }
+        }
+        k += 1;
+    }
 }
 
 fuzz_target!(|input: &[u8]| {
@@ -147,6 +225,7 @@ fuzz_target!(|input: &[u8]| {
         words.push(blt_x0_x31(-4 * n as i32));
         regs[31] = (regs[31] >> 1) % 4;
     }
+    call_patterns(&mut words, &orig, n);
     words.extend(std::iter::repeat_n(ECALL, 16));
     let data: Vec<u8> = (0..0x1000u32)
         .map(|k| (k.wrapping_mul(2654435761) >> 13) as u8)
