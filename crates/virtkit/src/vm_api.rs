@@ -12,7 +12,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use anyhow::Context;
 use riscv_machine::machine::{self, BoardKind, Firmware, MachineConfig, RunningMachine};
 use vmm::api::{
-    ApiError, ApiServer, BootSource, Drive, InitialState, MachineConfig as ApiMachine,
+    ApiError, ApiServer, BootSource, Drive, InitialState, MachineConfig as ApiMachineConfig,
     NetworkInterface, SnapshotCreateParams, SnapshotLoadParams, UserNet, VmConfig, VmController,
 };
 
@@ -82,22 +82,70 @@ pub(crate) fn saved_config(
     }
 }
 
-/// Choices the command line makes for machines the API builds.
-#[derive(Clone, Copy)]
-pub struct Defaults {
-    pub jit: bool,
+/// A board's running machine as the control API drives it. [`Controller`]
+/// does the rest, the same for every board: the machine's slot, the VM
+/// configuration that snapshots record, the checks and the replies.
+pub(crate) trait ApiMachine: Sized + Send + Sync + 'static {
+    /// Choices the command line makes for machines the API builds.
+    type Defaults: Send + 'static;
+    /// The most vCPUs the board runs.
+    const MAX_VCPUS: usize;
+    /// Builds and starts the machine `config` describes.
+    fn start(config: &VmConfig, defaults: &Self::Defaults) -> anyhow::Result<Self>;
+    /// Builds a machine from a snapshot, paused, with the disks and
+    /// networks its configuration names.
+    fn restore_paused(
+        state: &Path,
+        memory: &Path,
+        defaults: &Self::Defaults,
+    ) -> anyhow::Result<(Self, VmConfig)>;
+    fn pause_vm(&self) -> Result<(), String>;
+    fn resume_vm(&self) -> Result<(), String>;
+    fn send_ctrl_alt_del(&self) -> Result<(), ApiError>;
+    /// A snapshot of the paused machine, recording `config`.
+    fn snapshot(
+        &self,
+        state: &Path,
+        memory: &Path,
+        config: Option<serde_json::Value>,
+    ) -> Result<(), String>;
 }
 
-/// The riscv64 board behind the API.
-pub struct Controller {
-    pub slot: Arc<Slot>,
-    pub defaults: Defaults,
+/// The [`ApiMachine`] methods that both boards' `RunningMachine`s answer
+/// with methods of the same names and signatures of their own.
+macro_rules! machine_ops {
+    () => {
+        fn pause_vm(&self) -> Result<(), String> {
+            self.pause().map_err(|e| e.to_string())
+        }
+
+        fn resume_vm(&self) -> Result<(), String> {
+            self.resume().map_err(|e| e.to_string())
+        }
+
+        fn snapshot(
+            &self,
+            state: &Path,
+            memory: &Path,
+            config: Option<serde_json::Value>,
+        ) -> Result<(), String> {
+            self.snapshot_with_config(state, memory, config)
+                .map_err(|e| e.to_string())
+        }
+    };
+}
+pub(crate) use machine_ops;
+
+/// The control API's controller over a board's machine.
+pub(crate) struct Controller<M: ApiMachine> {
+    slot: Arc<Slot<M>>,
+    defaults: M::Defaults,
     /// The configuration of the running machine, saved into snapshots so
     /// that `snapshot/load` knows which disks and networks to attach.
-    pub config: Option<VmConfig>,
+    config: Option<VmConfig>,
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
+fn bad(e: impl std::fmt::Display) -> ApiError {
     ApiError::BadRequest(e.to_string())
 }
 
@@ -105,49 +153,43 @@ fn chain(e: anyhow::Error) -> ApiError {
     ApiError::BadRequest(format!("{e:#}"))
 }
 
-impl Controller {
-    fn machine(&self) -> Result<Arc<RunningMachine>, ApiError> {
+impl<M: ApiMachine> Controller<M> {
+    fn machine(&self) -> Result<Arc<M>, ApiError> {
         self.slot
             .get()
             .ok_or_else(|| ApiError::BadRequest("no machine is running".into()))
     }
 }
 
-impl VmController for Controller {
+impl<M: ApiMachine> VmController for Controller<M> {
     fn check_config(&mut self, c: &VmConfig) -> Result<(), ApiError> {
-        let harts = usize::from(c.machine_config.vcpu_count);
-        if harts == 0 || harts > machine::MAX_HARTS {
+        let n = usize::from(c.machine_config.vcpu_count);
+        if n == 0 || n > M::MAX_VCPUS {
             return Err(ApiError::BadRequest(format!(
-                "vcpu_count {harts}: this machine supports 1 to {}",
-                machine::MAX_HARTS
+                "vcpu_count {n}: this machine supports 1 to {}",
+                M::MAX_VCPUS
             )));
         }
         Ok(())
     }
 
     fn start(&mut self, config: &VmConfig) -> Result<(), ApiError> {
-        let cfg = machine_config(config, self.defaults, true).map_err(chain)?;
-        let m = machine::start(cfg).map_err(internal)?;
+        let m = M::start(config, &self.defaults).map_err(chain)?;
         self.config = Some(config.clone());
         self.slot.set(Arc::new(m));
         Ok(())
     }
 
     fn pause(&mut self) -> Result<(), ApiError> {
-        self.machine()?.pause().map_err(internal)
+        self.machine()?.pause_vm().map_err(bad)
     }
 
     fn resume(&mut self) -> Result<(), ApiError> {
-        self.machine()?.resume().map_err(internal)
+        self.machine()?.resume_vm().map_err(bad)
     }
 
     fn send_ctrl_alt_del(&mut self) -> Result<(), ApiError> {
-        // As on Firecracker's aarch64 machines: the key combination is an
-        // i8042 keyboard event, and this board has no keyboard.
-        Err(ApiError::NotSupported(
-            "SendCtrlAltDel needs an i8042 keyboard, which the riscv64 virt board does not have"
-                .into(),
-        ))
+        self.machine()?.send_ctrl_alt_del()
     }
 
     fn create_snapshot(&mut self, p: &SnapshotCreateParams) -> Result<(), ApiError> {
@@ -157,22 +199,81 @@ impl VmController for Controller {
             .as_ref()
             .map(serde_json::to_value)
             .transpose()
-            .map_err(internal)?;
-        m.snapshot_with_config(&p.snapshot_path, &p.mem_file_path, config)
-            .map_err(internal)
+            .map_err(bad)?;
+        m.snapshot(&p.snapshot_path, &p.mem_file_path, config)
+            .map_err(bad)
     }
 
     fn load_snapshot(&mut self, p: &SnapshotLoadParams) -> Result<VmConfig, ApiError> {
-        let (m, config) = restore(
+        let (m, config) = M::restore_paused(
             &p.snapshot_path,
             &p.mem_backend.backend_path,
-            self.defaults,
-            true,
+            &self.defaults,
         )
         .map_err(chain)?;
         self.config = Some(config.clone());
         self.slot.set(Arc::new(m));
         Ok(config)
+    }
+}
+
+/// Serves the control API on `path` for the machine in `slot` (or the one
+/// the API will build), of either board.
+pub(crate) fn serve_board<M: ApiMachine>(
+    path: &Path,
+    slot: Arc<Slot<M>>,
+    defaults: M::Defaults,
+    initial: InitialState,
+) -> anyhow::Result<ApiServer> {
+    let config = match &initial {
+        InitialState::Running(c) | InitialState::Paused(c) => Some(c.clone()),
+        InitialState::AwaitingConfig => None,
+    };
+    ApiServer::start(
+        path,
+        Controller {
+            slot,
+            defaults,
+            config,
+        },
+        initial,
+    )
+    .with_context(|| format!("serving the control API on {}", path.display()))
+}
+
+/// Choices the command line makes for riscv64 machines the API builds.
+#[derive(Clone, Copy)]
+pub struct Defaults {
+    pub jit: bool,
+}
+
+/// The riscv64 board behind the API.
+impl ApiMachine for RunningMachine {
+    type Defaults = Defaults;
+    const MAX_VCPUS: usize = machine::MAX_HARTS;
+
+    fn start(config: &VmConfig, defaults: &Defaults) -> anyhow::Result<Self> {
+        let cfg = machine_config(config, *defaults, true)?;
+        machine::start(cfg).map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    fn restore_paused(
+        state: &Path,
+        memory: &Path,
+        defaults: &Defaults,
+    ) -> anyhow::Result<(Self, VmConfig)> {
+        restore(state, memory, *defaults, true)
+    }
+
+    machine_ops!();
+
+    fn send_ctrl_alt_del(&self) -> Result<(), ApiError> {
+        // As on Firecracker's aarch64 machines: the key combination is an
+        // i8042 keyboard event, and this board has no keyboard.
+        Err(ApiError::NotSupported(
+            "SendCtrlAltDel needs an i8042 keyboard, which the riscv64 virt board does not have"
+                .into(),
+        ))
     }
 }
 
@@ -205,34 +306,49 @@ pub fn restore(
     Ok((m, config))
 }
 
-/// The board's configuration for an API `VmConfig`. `boot` reads the
-/// kernel and initrd (a restore needs neither).
-fn machine_config(c: &VmConfig, defaults: Defaults, boot: bool) -> anyhow::Result<MachineConfig> {
-    let (kernel_name, kernel, initrd, append) = match (&c.boot_source, boot) {
-        (Some(b), true) => {
-            let kernel = std::fs::read(&b.kernel_image_path).with_context(|| {
-                format!("cannot read the kernel {}", b.kernel_image_path.display())
-            })?;
-            let initrd = b
-                .initrd_path
-                .as_ref()
-                .map(|p| {
-                    std::fs::read(p)
-                        .with_context(|| format!("cannot read the initrd {}", p.display()))
-                })
-                .transpose()?;
-            let append = crate::vm::with_panic_reboot(b.boot_args.clone().unwrap_or_default());
-            (
-                b.kernel_image_path.display().to_string(),
-                kernel,
-                initrd,
-                append,
-            )
-        }
-        (None, true) => anyhow::bail!("no boot source: PUT /boot-source first"),
-        (_, false) => (String::new(), Vec::new(), None, String::new()),
+/// What an API `VmConfig` gives either board (see [`parts`]).
+pub(crate) struct Parts<T> {
+    pub kernel_name: String,
+    pub kernel: Option<T>,
+    pub initrd: Option<T>,
+    pub boot_args: String,
+    pub disks: Vec<riscv_machine::machine::Disk>,
+    pub nics: Vec<crate::nic::NicSpec>,
+}
+
+/// Reads what `c` gives either board: with `boot`, its kernel, initrd and
+/// boot arguments (each file opened by `open`; a restore needs none of
+/// them), and always its drives, opened, and its network interfaces,
+/// parsed (each board opens its own kind of card).
+pub(crate) fn parts<T>(
+    c: &VmConfig,
+    boot: bool,
+    open: impl Fn(&Path) -> std::io::Result<T>,
+) -> anyhow::Result<Parts<T>> {
+    let mut parts = Parts {
+        kernel_name: String::new(),
+        kernel: None,
+        initrd: None,
+        boot_args: String::new(),
+        disks: Vec::new(),
+        nics: Vec::new(),
     };
-    let disks = c
+    if boot {
+        let Some(b) = &c.boot_source else {
+            anyhow::bail!("no boot source: PUT /boot-source first");
+        };
+        let kernel = open(&b.kernel_image_path)
+            .with_context(|| format!("cannot read the kernel {}", b.kernel_image_path.display()))?;
+        parts.kernel = Some(kernel);
+        parts.initrd = b
+            .initrd_path
+            .as_ref()
+            .map(|p| open(p).with_context(|| format!("cannot read the initrd {}", p.display())))
+            .transpose()?;
+        parts.kernel_name = b.kernel_image_path.display().to_string();
+        parts.boot_args = b.boot_args.clone().unwrap_or_default();
+    }
+    parts.disks = c
         .drives
         .iter()
         .map(|d| {
@@ -244,7 +360,7 @@ fn machine_config(c: &VmConfig, defaults: Defaults, boot: bool) -> anyhow::Resul
             .with_context(|| format!("drive {}", d.drive_id))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let specs = c
+    parts.nics = c
         .network_interfaces
         .iter()
         .map(|n| {
@@ -252,17 +368,29 @@ fn machine_config(c: &VmConfig, defaults: Defaults, boot: bool) -> anyhow::Resul
                 .with_context(|| format!("network interface {}", n.iface_id))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let nics = crate::nic::open_nics(&specs)?;
+    Ok(parts)
+}
+
+/// The board's configuration for an API `VmConfig`. `boot` reads the
+/// kernel and initrd (a restore needs neither).
+fn machine_config(c: &VmConfig, defaults: Defaults, boot: bool) -> anyhow::Result<MachineConfig> {
+    let p = parts(c, boot, |f| std::fs::read(f))?;
+    let append = if boot {
+        crate::vm::with_panic_reboot(p.boot_args)
+    } else {
+        String::new()
+    };
+    let nics = crate::nic::open_nics(&p.nics)?;
     Ok(MachineConfig {
         board: BoardKind::Virt,
         harts: usize::from(c.machine_config.vcpu_count),
         mem_size: c.machine_config.mem_size_mib << 20,
-        kernel_name,
-        kernel,
-        initrd,
+        kernel_name: p.kernel_name,
+        kernel: p.kernel.unwrap_or_default(),
+        initrd: p.initrd,
         append,
         firmware: Firmware::Builtin,
-        disks,
+        disks: p.disks,
         rng: true,
         virtio_console: true,
         nics,
@@ -341,7 +469,7 @@ pub fn describe(
             initrd_path: initrd.map(Path::to_path_buf),
             boot_args: Some(append.to_string()),
         }),
-        machine_config: ApiMachine {
+        machine_config: ApiMachineConfig {
             vcpu_count: u8::try_from(harts).context("too many harts for the API")?,
             mem_size_mib: mem_size >> 20,
             ..Default::default()
@@ -360,26 +488,13 @@ pub fn describe(
     })
 }
 
-/// Serves the control API on `path` for the machine in `slot` (or the one
-/// the API will build).
-pub fn serve(
+/// Serves the control API on `path` for the riscv64 machine in `slot` (or
+/// the one the API will build).
+pub(crate) fn serve(
     path: &Path,
     slot: Arc<Slot>,
     defaults: Defaults,
     initial: InitialState,
 ) -> anyhow::Result<ApiServer> {
-    let config = match &initial {
-        InitialState::Running(c) | InitialState::Paused(c) => Some(c.clone()),
-        InitialState::AwaitingConfig => None,
-    };
-    ApiServer::start(
-        path,
-        Controller {
-            slot,
-            defaults,
-            config,
-        },
-        initial,
-    )
-    .with_context(|| format!("serving the control API on {}", path.display()))
+    serve_board(path, slot, defaults, initial)
 }
