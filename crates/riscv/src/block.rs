@@ -86,7 +86,9 @@ pub(crate) fn translate_user(space: &UserSpace, pc: u64, buf: &mut Vec<Insn>) ->
             return Err(fetch_fault(next));
         }
         space.mark_code(next / PAGE_SIZE);
-        let hi = space.fetch_page(next / PAGE_SIZE).ok_or(fetch_fault(next))?;
+        let hi = space
+            .fetch_page(next / PAGE_SIZE)
+            .ok_or(fetch_fault(next))?;
         let w = bytes.read_u16(pc - page) as u32 | (hi.read_u16(0) as u32) << 16;
         buf.clear();
         let insn = decode(w);

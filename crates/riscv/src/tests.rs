@@ -896,7 +896,11 @@ fn same_both_ways(prog: &[u32], setup: impl Fn(&UserSpace)) -> (Hart, Exit) {
     }
     let (b, a) = (out.pop().unwrap(), out.pop().unwrap());
     assert_eq!(a.1, b.1, "exit");
-    assert_eq!((a.0.pc, a.0.instret()), (b.0.pc, b.0.instret()), "pc, instret");
+    assert_eq!(
+        (a.0.pc, a.0.instret()),
+        (b.0.pc, b.0.instret()),
+        "pc, instret"
+    );
     for r in 0..32 {
         assert_eq!(a.0.x(r), b.0.x(r), "x{r}");
     }
@@ -916,22 +920,55 @@ fn jit_host_faults_are_precise() {
             kind: MemFaultKind::Unmapped,
         })
     };
-    let dirty = [addi(10, 0, 1), addi(11, 0, 2), addi(12, 0, 3), addi(13, 0, 4)];
+    let dirty = [
+        addi(10, 0, 1),
+        addi(11, 0, 2),
+        addi(12, 0, 3),
+        addi(13, 0, 4),
+    ];
     let cases: [(u32, u32, Exit); 7] = [
         // ld from the unmapped page after DATA
-        (lui(5, 0x21), i(0x03, 3, 14, 5, 8), fault(0x21008, MemAccess::Load)),
+        (
+            lui(5, 0x21),
+            i(0x03, 3, 14, 5, 8),
+            fault(0x21008, MemAccess::Load),
+        ),
         // sd into the read-only page
-        (lui(5, 0x30), s(3, 5, 10, 16), fault(RO + 16, MemAccess::Store)),
+        (
+            lui(5, 0x30),
+            s(3, 5, 10, 16),
+            fault(RO + 16, MemAccess::Store),
+        ),
         // a misaligned ld across DATA's end into the unmapped page
-        (lui(5, 0x21), i(0x03, 3, 14, 5, -4), fault(0x21000, MemAccess::Load)),
+        (
+            lui(5, 0x21),
+            i(0x03, 3, 14, 5, -4),
+            fault(0x21000, MemAccess::Load),
+        ),
         // a misaligned sw across DATA's end: nothing of it is stored
-        (lui(5, 0x21), s(2, 5, 11, -2), fault(0x21000, MemAccess::Store)),
+        (
+            lui(5, 0x21),
+            s(2, 5, 11, -2),
+            fault(0x21000, MemAccess::Store),
+        ),
         // negative offset from a small base: below the space (low guard)
-        (addi(5, 0, 16), i(0x03, 3, 14, 5, -32), fault(u64::MAX - 15, MemAccess::Load)),
+        (
+            addi(5, 0, 16),
+            i(0x03, 3, 14, 5, -32),
+            fault(u64::MAX - 15, MemAccess::Load),
+        ),
         // x0 base, negative offset
-        (addi(5, 0, 0), i(0x03, 2, 14, 0, -8), fault(u64::MAX - 7, MemAccess::Load)),
+        (
+            addi(5, 0, 0),
+            i(0x03, 2, 14, 0, -8),
+            fault(u64::MAX - 7, MemAccess::Load),
+        ),
         // the last byte of the space plus an offset: the high guard
-        (addi(5, 0, -1), i(0x03, 3, 14, 5, 0), fault(u64::MAX, MemAccess::Load)),
+        (
+            addi(5, 0, -1),
+            i(0x03, 3, 14, 5, 0),
+            fault(u64::MAX, MemAccess::Load),
+        ),
     ];
     for (set, access, exit) in cases {
         let mut prog = dirty.to_vec();
@@ -1018,7 +1055,11 @@ fn jit_store_into_running_code_page() {
     let new = addi(10, 10, 100);
     let prog = [
         lui(5, new >> 12),
-        addi(5, 5, (new & 0xfff) as i32 - if new & 0x800 != 0 { 0x1000 } else { 0 }),
+        addi(
+            5,
+            5,
+            (new & 0xfff) as i32 - if new & 0x800 != 0 { 0x1000 } else { 0 },
+        ),
         lui(6, CODE as u32 >> 12),
         addi(12, 0, 2),
         addi(11, 11, 1),   // loop head

@@ -35,7 +35,8 @@ impl Sites {
     /// The slow exit of the inline access at `pc`, if `addr` (the faulting
     /// data address) is where such an access can fault.
     fn exit_for(&self, pc: usize, addr: usize) -> Option<usize> {
-        if !(self.code.0..self.code.1).contains(&pc) || !(self.guest.0..self.guest.1).contains(&addr)
+        if !(self.code.0..self.code.1).contains(&pc)
+            || !(self.guest.0..self.guest.1).contains(&addr)
         {
             return None;
         }
