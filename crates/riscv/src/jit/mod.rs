@@ -785,4 +785,3 @@ extern "sysv64" fn helper_sys<B: Bus>(ctx: *mut Ctx, idx: u32, pc: u64) -> u32 {
         Err(_) => 1,
     }
 }
-
