@@ -397,7 +397,7 @@ mod tests {
 
         // A writable disk the snapshot did not cover, a snapshot of a disk
         // that is not there: refused.
-        let e = revert_disks(&[qcow.clone()], &[], &[1 << 20]).unwrap_err();
+        let e = revert_disks(std::slice::from_ref(&qcow), &[], &[1 << 20]).unwrap_err();
         assert!(e.to_string().contains("read-write"), "{e}");
         let far = DiskSnapshot {
             disk: 3,
