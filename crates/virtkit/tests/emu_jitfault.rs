@@ -19,7 +19,7 @@ const EXPECTED: &str = "sum before: 0 669120000\n\
     remapped: 0\n\
     misaligned across: fault at base+0x3000 code 2\n\
     other thread's mprotect: fault 1 in page 6: 1\n\
-    self-modifying: total 8200, data 40\n\
+    self-modifying: total 360, data 8\n\
     call into PROT_READ: fault 1 at code: 1\n\
     faults: 6\n";
 

@@ -142,13 +142,13 @@ int main(void) {
     uint32_t *code =
         mmap(NULL, PG, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     long total = 0;
-    for (int v = 1; v <= 40; v++) {
+    for (int v = 1; v <= 8; v++) {
         write_fn(code, v);
         __builtin___clear_cache((char *)code, (char *)(code + 2));
         for (int k = 0; k < 10; k++) total += ((fn_t)code)();
         code[100 + v] = v; /* a store into the page holding code */
     }
-    printf("self-modifying: total %ld, data %u\n", total, code[140]);
+    printf("self-modifying: total %ld, data %u\n", total, code[108]);
 
     /* Code made non-executable faults on the call. */
     mprotect(code, PG, PROT_READ);
