@@ -1162,6 +1162,8 @@ pub struct RunningMachine {
     /// The harts, until [`RunningMachine::start_harts`] gives each a thread.
     harts: Mutex<Vec<Hart>>,
     timeout: Option<Duration>,
+    /// Running time, pauses left out: what `timeout` limits.
+    run_clock: vmm::RunClock,
     threads: Mutex<Vec<JoinHandle<()>>>,
     input: Mutex<Option<JoinHandle<()>>>,
     /// Serialises pause, resume, snapshot and teardown.
@@ -1265,6 +1267,7 @@ fn launch_paused(
         htif: htif_page,
         harts: Mutex::new(harts),
         timeout: cfg.timeout,
+        run_clock: vmm::RunClock::new(false),
         threads: Mutex::new(Vec::new()),
         input: Mutex::new(input),
         ops: Mutex::new(()),
@@ -1377,6 +1380,7 @@ impl RunningMachine {
         for t in &self.transports {
             t.0.lock().unwrap_or_else(|e| e.into_inner()).pause();
         }
+        self.run_clock.pause();
         Ok(())
     }
 
@@ -1399,6 +1403,7 @@ impl RunningMachine {
         let _p = s.parking();
         s.pause_requested.store(false, Ordering::Release);
         s.pause_cond.notify_all();
+        self.run_clock.resume();
         Ok(())
     }
 
@@ -1484,7 +1489,12 @@ impl RunningMachine {
     pub fn wait(&self) -> Result<Outcome, MachineError> {
         let power = &self.shared.power;
         if let Some(t) = self.timeout {
-            if power.wait_timeout(t).is_none() {
+            // The limit counts running time only: pauses are left out.
+            if self
+                .run_clock
+                .wait_limit(t, |d| power.wait_timeout(d))
+                .is_none()
+            {
                 power.stop(StopReason::Timeout);
             }
         }

@@ -16,6 +16,9 @@
 //!   on a virtio-blk slot, the [`board::MachineSummary`] a restore must
 //!   match, qcow2 internal snapshots of the disks and their revert.
 //!
+//! - [`RunClock`]: a machine's running time, pauses left out (what
+//!   `--timeout` counts on both boards).
+//!
 //! Layering: `vmm` sits under the device models (`virtio`) and the boards
 //! (`riscv-machine`), and knows neither.
 
@@ -23,10 +26,12 @@ pub mod api;
 pub mod board;
 mod irq;
 mod memory;
+mod run_clock;
 pub mod snapshot;
 
 pub use irq::IrqLine;
 pub use memory::GuestRam;
+pub use run_clock::RunClock;
 /// The `vm-memory` version guest RAM is built on.
 pub use vm_memory;
 

@@ -125,29 +125,25 @@ impl Power {
             .unwrap_or_else(|e| e.into_inner())
             .is_some()
     }
-    fn wait(&self, timeout: Option<Duration>) -> StopReason {
-        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    /// Waits until the machine stops.
+    fn wait(&self) -> StopReason {
         let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(reason) = r.clone() {
                 return reason;
             }
-            match deadline {
-                None => r = self.cv.wait(r).unwrap_or_else(|e| e.into_inner()),
-                Some(d) => {
-                    let now = std::time::Instant::now();
-                    if now >= d {
-                        *r = Some(StopReason::Timeout);
-                        continue;
-                    }
-                    r = self
-                        .cv
-                        .wait_timeout(r, d - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                }
-            }
+            r = self.cv.wait(r).unwrap_or_else(|e| e.into_inner());
         }
+    }
+
+    /// Waits up to `timeout` for the machine to stop.
+    fn wait_for(&self, timeout: Duration) -> Option<StopReason> {
+        let r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        self.cv
+            .wait_timeout_while(r, timeout, |r| r.is_none())
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
     }
 }
 
@@ -617,6 +613,7 @@ fn launch(
         input: Mutex::new(None),
         kick,
         timeout: cfg.timeout,
+        clock: vmm::RunClock::new(paused),
         ops: Mutex::new(()),
         outcome: Mutex::new(None),
         vm,
@@ -691,6 +688,8 @@ pub struct RunningMachine {
     input: Mutex<Option<(JoinHandle<()>, EventFd)>>,
     kick: i32,
     timeout: Option<Duration>,
+    /// Running time, pauses left out: what `timeout` limits.
+    clock: vmm::RunClock,
     /// Serialises pause, resume, snapshot and teardown.
     ops: Mutex<()>,
     /// Set once torn down.
@@ -779,7 +778,9 @@ impl RunningMachine {
         // Host input waits outside the device until the resume.
         self.devices.hold_serial_input(true);
         self.ctl.pause.store(true, Ordering::Release);
-        self.wait_parked()
+        self.wait_parked()?;
+        self.clock.pause();
+        Ok(())
     }
 
     /// The second half of a pause, once the latch is set: knocks the vCPU
@@ -847,6 +848,7 @@ impl RunningMachine {
             self.ctl.cv.notify_all();
         }
         self.devices.hold_serial_input(false);
+        self.clock.resume();
         Ok(())
     }
 
@@ -952,7 +954,15 @@ impl RunningMachine {
     /// down (threads joined, device workers stopped) and returns why it
     /// stopped. Later calls return the same outcome.
     pub fn wait(&self) -> Result<Outcome> {
-        let reason = self.power.wait(self.timeout);
+        // The time limit counts running time only: a paused machine's
+        // clock stands still.
+        if let Some(limit) = self.timeout {
+            let stopped = self.clock.wait_limit(limit, |d| self.power.wait_for(d));
+            if stopped.is_none() {
+                self.power.stop(StopReason::Timeout);
+            }
+        }
+        let reason = self.power.wait();
         let _op = self.lock_ops();
         let mut outcome = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(o) = outcome.as_ref() {

@@ -300,3 +300,30 @@ fn a_two_vcpu_machine_is_restored_with_its_waiting_application_processor() {
     assert_eq!(m2.wait().unwrap().reason, StopReason::Reset);
     assert_eq!(format!("{at_pause}{}", out2.text()), expected());
 }
+
+/// The time limit counts running time only: a machine paused for longer
+/// than its limit is still running after the resume, and times out once
+/// it has run for the limit.
+#[test]
+fn the_time_limit_does_not_count_a_pause() {
+    let dir = tempfile::tempdir().unwrap();
+    let guest = build_guest(
+        dir.path(),
+        "count",
+        &common::counter_guest(1_000_000, 10_000_000),
+    );
+    let out = Capture::default();
+    let mut cfg = config(&guest, &out);
+    cfg.timeout = Some(Duration::from_secs(2));
+    let m = Arc::new(x86_machine::start(cfg).unwrap());
+    let waiter = {
+        let m = m.clone();
+        std::thread::spawn(move || m.wait().unwrap().reason)
+    };
+    wait_for(&out, "n=0000000000000001\n");
+    m.pause().unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(m.stopped(), None, "the pause counted against the limit");
+    m.resume().unwrap();
+    assert_eq!(waiter.join().unwrap(), StopReason::Timeout);
+}
