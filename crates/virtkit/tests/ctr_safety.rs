@@ -177,8 +177,10 @@ roots() {
     if [ -e /sys/fs/cgroup/cgroup.procs ]; then echo /sys/fs/cgroup; else ls -d /sys/fs/cgroup/*; fi
 }
 canary() {
-    rm -f /tmp/canary-ready
-    ROOTS="$(roots)" sh -c '
+    # The ready file is the test's own (tests run in parallel; a shared
+    # one let a test go on while its canary was still forking).
+    rm -f "$B/canary-ready"
+    ROOTS="$(roots)" READY="$B/canary-ready" sh -c '
         for d in $ROOTS; do
             mkdir -p "$d/$0"
             if [ -e "$d/$0/cpuset.cpus" ] && [ -z "$(cat "$d/$0/cpuset.cpus")" ]; then
@@ -187,10 +189,10 @@ canary() {
             fi
             echo $$ > "$d/$0/cgroup.procs"
         done
-        : > /tmp/canary-ready  # a builtin: a forked touch would be counted in the cgroup until it exits
+        : > "$READY"  # a builtin: a forked touch would be counted in the cgroup until it exits
         exec sleep 1000' "$1" &
     canary=$!
-    while [ ! -e /tmp/canary-ready ]; do sleep 0.01; done
+    while [ ! -e "$B/canary-ready" ]; do sleep 0.01; done
 }
 alive() { if kill -0 "$2" 2>/dev/null; then echo "$1 alive"; else echo "$1 dead"; fi; }
 "#;
