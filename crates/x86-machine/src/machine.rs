@@ -597,6 +597,8 @@ fn launch(
         parking: Mutex::new(Parking {
             parked: 0,
             states: vec![None; n],
+            reread: 0,
+            reread_done: 0,
         }),
         cv: Condvar::new(),
     });
@@ -656,6 +658,13 @@ struct Parking {
     parked: usize,
     /// Each vCPU's state at its last pause (or why it could not be read).
     states: Vec<Option<std::result::Result<VcpuState, String>>>,
+    /// Raised once the devices are paused, so that every parked vCPU
+    /// reads its state again: an interrupt a device raised between a
+    /// vCPU's parking and the devices' pause reached that vCPU's local
+    /// APIC after its first reading (see `RunningMachine::wait_parked`).
+    reread: u64,
+    /// vCPUs that have read their state again since `reread` was raised.
+    reread_done: usize,
 }
 
 /// The pause latch the vCPU threads park on.
@@ -821,6 +830,27 @@ impl RunningMachine {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .pause();
+        }
+        // A device could still finish a request and interrupt (irqfd)
+        // until its pause above; the local APIC that took it was read
+        // when its vCPU parked. Every vCPU reads its state again now that
+        // nothing can interrupt, so a snapshot holds those interrupts.
+        let mut p = self.ctl.lock();
+        p.reread += 1;
+        p.reread_done = 0;
+        self.ctl.cv.notify_all();
+        while p.reread_done < n && !self.power.is_stopped() {
+            p = self
+                .ctl
+                .cv
+                .wait_timeout(p, Duration::from_millis(2))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        drop(p);
+        if self.power.is_stopped() {
+            self.ctl.pause.store(false, Ordering::Release);
+            return Err(Error::NotRunning(self.stopped()));
         }
         Ok(())
     }
@@ -1111,8 +1141,23 @@ fn park(vcpu: &mut VcpuFd, index: usize, power: &Power, ctl: &Control, msrs: &[u
     let mut p = ctl.lock();
     p.states[index] = Some(state);
     p.parked += 1;
+    let mut reread = p.reread;
     ctl.cv.notify_all();
     while ctl.pause.load(Ordering::Acquire) && !power.is_stopped() {
+        if p.reread != reread {
+            // Read again once the devices are paused (see Parking::reread);
+            // a state that could not be read the first time stays an error.
+            reread = p.reread;
+            if matches!(p.states[index], Some(Ok(_))) {
+                drop(p);
+                let state = snapshot::save_vcpu(vcpu, msrs).map_err(|e| e.to_string());
+                p = ctl.lock();
+                p.states[index] = Some(state);
+            }
+            p.reread_done += 1;
+            ctl.cv.notify_all();
+            continue;
+        }
         // Polled: the stop latch has its own condition variable.
         p = ctl
             .cv
