@@ -296,6 +296,9 @@ pub(crate) mod attn {
     pub const IRQ: u32 = 2;
     pub const FLUSH_TLB: u32 = 4;
     pub const FLUSH_CODE: u32 = 8;
+    /// User mode: the address space's code changed (translated code
+    /// leaves; the run loop compares code generations).
+    pub const CODE_CHANGED: u32 = 16;
 }
 
 /// The part of a hart that other threads may touch while it runs: device
@@ -381,6 +384,12 @@ impl HartControl {
     /// drops its decoded blocks at its next block boundary.
     pub fn request_fence_i(&self) {
         self.poke(attn::FLUSH_CODE);
+    }
+
+    /// User mode: the hart's address space changed code (see
+    /// `UserSpace::code_changed`). No wake-up: nothing sleeps on it.
+    pub(crate) fn note_code_change(&self) {
+        self.attention.fetch_or(attn::CODE_CHANGED, Ordering::AcqRel);
     }
 
     #[inline(always)]

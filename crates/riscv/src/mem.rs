@@ -110,6 +110,9 @@ pub struct UserSpace {
     size: u64,
     perms: *mut AtomicU8,
     code_gen: AtomicU64,
+    /// Harts whose translated code runs from this space: a code change
+    /// raises their attention (see [`UserSpace::watch_code`]).
+    watchers: Mutex<Vec<std::sync::Weak<crate::cpu::HartControl>>>,
     /// Serializes changes of host protection with the table changes they
     /// mirror (a code mark and a store's unmark racing in two threads must
     /// not leave the host writable under a code mark, or read-only under a
@@ -187,6 +190,7 @@ impl UserSpace {
             size,
             perms,
             code_gen: AtomicU64::new(0),
+            watchers: Mutex::new(Vec::new()),
             prot_lock: Mutex::new(()),
             unprotected: AtomicBool::new(false),
         })
@@ -296,7 +300,7 @@ impl UserSpace {
             had_code |= old & perm::CODE != 0;
         }
         if had_code {
-            self.code_gen.fetch_add(1, Ordering::Release);
+            self.code_changed();
         }
         if !grows {
             if let Err(e) = self.host_protect(addr, len, new) {
@@ -459,7 +463,7 @@ impl UserSpace {
             had = true;
         }
         if had {
-            self.code_gen.fetch_add(1, Ordering::Release);
+            self.code_changed();
         }
     }
 
@@ -470,6 +474,33 @@ impl UserSpace {
         let last = (addr + len - 1) / PAGE_SIZE;
         if (first..=last).any(|p| self.perm_slot(p).load(Ordering::Relaxed) & perm::CODE != 0) {
             self.invalidate_code(addr, len);
+        }
+    }
+
+    /// Bumps the code generation and raises the attention of every hart
+    /// running translated code from this space, so that their loops, which
+    /// poll only their attention word, leave stale code (translated code
+    /// does not read the generation itself; the JIT's run loop does).
+    fn code_changed(&self) {
+        self.code_gen.fetch_add(1, Ordering::Release);
+        let mut w = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        w.retain(|c| match c.upgrade() {
+            Some(c) => {
+                c.note_code_change();
+                true
+            }
+            None => false,
+        });
+    }
+
+    /// Registers a hart about to run translated code from this space (see
+    /// [`UserSpace::code_changed`]). The caller reads the code generation
+    /// after this: a change made before the registration shows there.
+    pub(crate) fn watch_code(&self, c: &std::sync::Arc<crate::cpu::HartControl>) {
+        let mut w = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        w.retain(|c| c.strong_count() > 0);
+        if !w.iter().any(|x| std::ptr::eq(x.as_ptr(), std::sync::Arc::as_ptr(c))) {
+            w.push(std::sync::Arc::downgrade(c));
         }
     }
 

@@ -857,6 +857,45 @@ fn jit_chained_loop_honours_stop_request() {
     assert!(h.x(10) > 1000, "the loop ran: {}", h.x(10));
 }
 
+/// Translated loops poll only their hart's attention word; another
+/// thread's change of the code they run (here: the page loses execute
+/// permission) raises it (`UserSpace::code_changed`), so each kind of
+/// loop leaves and the next fetch faults: a loop inside an extended
+/// block, a block branching to its own start, a block chained to itself.
+#[test]
+fn jit_loops_leave_on_another_threads_code_change() {
+    let progs: [&[u32]; 3] = [
+        &[
+            addi(12, 12, 1),
+            b(1, 0, 0, 8), // never taken: the block goes on
+            addi(10, 10, 1),
+            jal(0, -4), // back to the addi, inside the block
+        ],
+        &[addi(10, 10, 1), b(0, 0, 0, -4)], // beq x0, x0: to the start
+        &[addi(10, 10, 1), lui(5, 1), b(1, 0, 0, 8), jal(0, -12)],
+    ];
+    for prog in progs {
+        let sp = space();
+        load_code(&sp, CODE, prog);
+        let mut h = Hart::new_user();
+        h.set_jit(true);
+        h.pc = CODE;
+        let sp2 = sp.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            sp2.set_perms(CODE, 0x1000, perm::R | perm::W).unwrap();
+        });
+        let e = h.run_user(&sp);
+        t.join().unwrap();
+        assert!(
+            matches!(e, Exit::MemFault(MemFault { access: MemAccess::Fetch, .. })),
+            "{e:?}"
+        );
+        assert!(h.x(10) > 1000, "the loop ran: {}", h.x(10));
+        assert!((CODE..CODE + 4 * prog.len() as u64).contains(&h.pc));
+    }
+}
+
 // ---- host faults of the JIT's inline accesses (see `jit::fault`) ----
 
 /// The host protection of host address `a` as /proc/self/maps shows it

@@ -508,6 +508,9 @@ impl Jit {
         if id != self.space_id {
             self.flush();
             self.space_id = id;
+            // Code changes raise this hart's attention, which is all that
+            // translated code polls (before the generation is read below).
+            space.watch_code(&core.control);
             let guard = crate::mem::GUARD as usize;
             let base = space.host_base() as usize;
             self.sites.guest = (base - guard, base + space.size() as usize + guard);

@@ -160,14 +160,12 @@ impl Frame {
     /// loop head, whose cached registers all count as dirty: it writes
     /// back the dirty slots the head does not keep, then reloads the
     /// slots that differ from the head's.
-    fn jump_internal(&mut self, a: &mut Asm, k: usize, j: usize, gen: u32) {
+    fn jump_internal(&mut self, a: &mut Asm, k: usize, j: usize) {
         a.add_icount((k as i64 + 1 - j as i64) as i32 as u32);
         if j <= k {
             let dirty = a.cache.dirty_map();
             a.op_m(false, &[0x83], 7, R15, 0);
             a.u8(0);
-            self.attn_back.push((a.jcc(CC_NE), j, dirty));
-            a.cmp_codegen(gen);
             self.attn_back.push((a.jcc(CC_NE), j, dirty));
             let (label, want) = self.labels[j].expect("a backward target is emitted");
             a.restore(&want);
@@ -530,8 +528,13 @@ impl Jit {
         a.op_m(false, &[0x83], 7, R15, 0);
         a.u8(0);
         let attn1 = a.jcc(CC_NE);
-        a.cmp_codegen(self.gen as u32);
-        let attn2 = a.jcc(CC_NE);
+        // User mode: a code change raises the attention of every hart
+        // running the space's code (`UserSpace::code_changed`), so the
+        // check above covers it; system mode compares generations here.
+        let attn2 = sys.map(|_| {
+            a.cmp_codegen(self.gen as u32);
+            a.jcc(CC_NE)
+        });
         // Forward chained exits enter past the checks, which must then
         // be all a skipped entry misses: not a loop's block, whose
         // prologue comes first (see `Frame::static_exit`).
@@ -683,7 +686,7 @@ impl Jit {
                 | Ori | Andi | Addiw | Slti | Sltiu | Slt | Sltu | Slli | Srli | Srai | Slliw
                 | Srliw | Sraiw | Sll | Srl | Sra | Sllw | Srlw | Sraw | Add | Sub | Xor | Or
                 | And | Addw | Subw | Fence => {
-                    rvi::emit(&mut a, &mut f, k, i, ipc, next, self.gen as u32)
+                    rvi::emit(&mut a, &mut f, k, i, ipc, next)
                 }
                 Mul | Mulw | Mulh | Mulhu | Div | Divu | Rem | Remu | Divw | Divuw | Remw
                 | Remuw => rvm::emit(&mut a, i),
@@ -729,7 +732,9 @@ impl Jit {
             f.static_exit_from(&mut a, ret, u64::MAX);
         }
         a.bind(attn1);
-        a.bind(attn2);
+        if let Some(at) = attn2 {
+            a.bind(at);
+        }
         if let Some(at) = attn3 {
             a.bind(at);
         }

@@ -33,7 +33,7 @@ fn mv(a: &mut Asm, rd: u8, rs: u8) {
 /// Emits `i`, the `k`th instruction of the block, at guest pc `ipc`
 /// (`next`: the pc after it).
 #[allow(clippy::too_many_arguments)]
-pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, next: u64, gen: u32) {
+pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, next: u64) {
     let imm = i.imm;
     let rd = i.rd;
     // rd = op(rs1, ...): `$op` computes in `d`, which holds rs1 first,
@@ -137,7 +137,7 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
                 // fall-through path skips it); the fall-through goes on
                 // or, at the block's end, leaves.
                 let skip = a.jcc($cc ^ 1);
-                f.jump_internal(a, k, j, gen);
+                f.jump_internal(a, k, j);
                 a.bind(skip);
                 if k + 1 == f.len {
                     f.exit_to(a, next, k as u32 + 1);
@@ -176,7 +176,7 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
             }
             let target = ipc.wrapping_add(imm as i64 as u64);
             match f.internal(target) {
-                Some(j) if !f.is_back_edge(target) => f.jump_internal(a, k, j, gen),
+                Some(j) if !f.is_back_edge(target) => f.jump_internal(a, k, j),
                 _ => f.exit_to(a, target, k as u32 + 1),
             }
         }
