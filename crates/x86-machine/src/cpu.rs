@@ -4,7 +4,7 @@
 //! FPU defaults and the LAPIC's LINT0/LINT1 wired as a PC's.
 
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, CpuId, Msrs};
-use kvm_ioctls::{Kvm, VcpuFd};
+use kvm_ioctls::{Cap, Kvm, VcpuFd};
 use vmm::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::layout::*;
@@ -207,13 +207,37 @@ fn setup_msrs(vcpu: &VcpuFd) -> Result<()> {
     Ok(())
 }
 
-/// KVM's supported CPUID, read once per machine.
+/// KVM's supported CPUID, read once per machine, with the TSC-deadline
+/// timer added where KVM's local APIC emulates it.
 pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId> {
-    kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+    let mut cpuid = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| Error::Kvm {
             what: "KVM_GET_SUPPORTED_CPUID",
             source: e,
-        })
+        })?;
+    // KVM_GET_SUPPORTED_CPUID never reports the TSC-deadline bit: the
+    // timer lives in the in-kernel LAPIC, so KVM leaves it to the monitor
+    // (KVM_CAP_TSC_DEADLINE_TIMER), as QEMU and Firecracker set it.
+    // Without it Linux calibrates the LAPIC timer against the TSC at boot,
+    // a busy loop of 100 ms (HZ/10 ticks) of guest time.
+    set_tsc_deadline(&mut cpuid, kvm.check_extension(Cap::TscDeadlineTimer));
+    Ok(cpuid)
+}
+
+/// CPUID.01H:ECX[24], the TSC-deadline mode of the LAPIC timer.
+const CPUID_1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+
+fn set_tsc_deadline(cpuid: &mut CpuId, available: bool) {
+    for e in cpuid.as_mut_slice() {
+        if e.function == 1 {
+            if available {
+                e.ecx |= CPUID_1_ECX_TSC_DEADLINE;
+            } else {
+                e.ecx &= !CPUID_1_ECX_TSC_DEADLINE;
+            }
+        }
+    }
 }
 
 /// Filters KVM's CPUID for vCPU `index` of `count`: topology (one core per
@@ -331,6 +355,20 @@ pub fn describe(vcpu: &VcpuFd) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tsc_deadline_bit_follows_kvm() {
+        let leaf1 = |ecx| kvm_bindings::kvm_cpuid_entry2 {
+            function: 1,
+            ecx,
+            ..Default::default()
+        };
+        let mut cpuid = CpuId::from_entries(&[leaf1(1 << 31)]).unwrap();
+        set_tsc_deadline(&mut cpuid, true);
+        assert_eq!(cpuid.as_slice()[0].ecx, (1 << 31) | (1 << 24));
+        set_tsc_deadline(&mut cpuid, false);
+        assert_eq!(cpuid.as_slice()[0].ecx, 1 << 31);
+    }
 
     #[test]
     fn gdt_entries_decode_as_kvm_segments() {

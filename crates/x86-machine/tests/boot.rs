@@ -58,6 +58,13 @@ _start:
     shr eax, 31
     lea rdi, [rip + s_hv]
     call kv
+    mov eax, 1
+    cpuid
+    mov eax, ecx
+    shr eax, 24
+    and eax, 1
+    lea rdi, [rip + s_tscdl]
+    call kv
     # The zero page.
     movzx eax, word ptr [r15 + 0x1fe]
     lea rdi, [rip + s_bootflag]
@@ -135,6 +142,7 @@ s_cr4: .asciz "cr4"
 s_efer: .asciz "efer"
 s_apic: .asciz "apic"
 s_hv: .asciz "hypervisor"
+s_tscdl: .asciz "tsc_deadline"
 s_bootflag: .asciz "boot_flag"
 s_header: .asciz "header"
 s_loader: .asciz "loader"
@@ -188,6 +196,11 @@ fn entry_state_and_zero_page() {
     assert_eq!(value(&text, "efer") & 0x500, 0x500, "LME and LMA");
     assert_eq!(value(&text, "apic"), 0);
     assert_eq!(value(&text, "hypervisor"), 1);
+    // The LAPIC's TSC-deadline timer is announced wherever KVM has it
+    // (KVM's supported CPUID leaves that bit to the monitor).
+    let kvm = kvm_ioctls::Kvm::new().unwrap();
+    let deadline = kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
+    assert_eq!(value(&text, "tsc_deadline"), deadline as u64, "{text}");
 
     // The zero page.
     assert_eq!(value(&text, "boot_flag"), 0xaa55);
