@@ -17,6 +17,8 @@ use crate::decode::{Insn, Kind, ZERO_SINK};
 mod mem;
 mod rvi;
 mod rvm;
+#[cfg(test)]
+mod tests;
 
 /// The block being translated, as the per-extension emitters see it.
 struct Frame {
@@ -223,9 +225,10 @@ const CACHE_REGS: [u8; 7] = [R8, R9, R10, R11, RSI, RDI, R13];
 /// calls, system instructions, attention checks at loop heads and back
 /// edges), a slot's reuse for another register, and forward jumps and
 /// merge points inside the block (which agree on a clean state, see
-/// `emit_code`). Loop heads count every cached register as dirty (some
-/// back edge may arrive with it so; writing back a clean one is only a
-/// useless store). Anything that could change a guest register behind
+/// `emit_code`). Loop heads count every cached register the block
+/// writes anywhere as dirty (some back edge may arrive with it so;
+/// writing back a clean one is only a useless store); one it never
+/// writes is never dirty. Anything that could change a guest register behind
 /// the translator's back (a helper call) forgets it all after the
 /// write-back. Replacement is LRU.
 #[derive(Default)]
@@ -285,18 +288,60 @@ impl RegCache {
         self.guest = [0; CACHE_REGS.len()];
         self.dirty = [false; CACHE_REGS.len()];
     }
-    /// The cache holding exactly `regs` (at most one per slot, in order),
-    /// all counted dirty (a loop head: see [`RegCache`]).
-    fn preset(regs: &[u8]) -> RegCache {
+    /// The cache holding exactly `map` at a loop head: each register
+    /// some instruction of the block writes (bit `r` of `written`)
+    /// counted dirty, since a back edge may arrive with it so; the
+    /// others can never be dirty in this block (see [`RegCache`]).
+    fn preset(map: &CacheMap, written: u32) -> RegCache {
         let mut c = RegCache::default();
-        for (s, &r) in regs.iter().take(CACHE_REGS.len()).enumerate() {
+        for (s, &r) in map.iter().enumerate() {
             c.guest[s] = r;
-            c.dirty[s] = true;
+            c.dirty[s] = r != 0 && written & 1 << r != 0;
             c.used[s] = s as u32;
         }
         c.tick = CACHE_REGS.len() as u32;
         c
     }
+}
+
+/// The integer registers some instruction of `insns` writes, as a bit
+/// mask (bit `r`: `rd` of any kind, conservative for FP destinations).
+/// Only these can ever be dirty in the block's register cache.
+fn written_regs(insns: &[Insn]) -> u32 {
+    insns
+        .iter()
+        .filter(|i| i.rd < 32)
+        .fold(0, |m, i| m | 1 << i.rd)
+        & !1
+}
+
+/// The cache map of a loop head reached with the cache `current`: the
+/// loop's registers `regs` (see [`loop_regs`]), each one already cached
+/// kept in its slot (so entering the loop moves nothing it need not),
+/// the others in the remaining slots; slots left over stay empty (a
+/// register kept there for no loop use would be reloaded by back edges
+/// whenever the body evicts it).
+fn head_map(current: &CacheMap, regs: &[u8]) -> CacheMap {
+    let mut map = [0; CACHE_REGS.len()];
+    for (s, &g) in current.iter().enumerate() {
+        if g != 0 && regs.contains(&g) {
+            map[s] = g;
+        }
+    }
+    let mut free = (0..CACHE_REGS.len()).filter(|&s| map[s] == 0).collect::<Vec<_>>();
+    // Slots whose current register the loop does not use: empty ones
+    // first, so that a slot holding some other register keeps it when
+    // the loop leaves it free.
+    free.sort_by_key(|&s| current[s] != 0);
+    let mut free = free.into_iter();
+    for &r in regs {
+        if !map.contains(&r) {
+            if let Some(s) = free.next() {
+                map[s] = r;
+            }
+        }
+    }
+    map
 }
 
 /// A block that jumps back to its own start (a loop): the loop head, past
@@ -305,7 +350,9 @@ impl RegCache {
 /// loop's registers stay in host registers across iterations.
 struct Loop {
     head: usize,
-    regs: Vec<u8>,
+    map: CacheMap,
+    /// The block's written registers (see [`written_regs`]).
+    written: u32,
 }
 
 impl Loop {
@@ -313,27 +360,34 @@ impl Loop {
     /// head's (see [`Asm::restore`]), then jumps to the head (which checks
     /// for attention again).
     fn back_edge(&self, a: &mut Asm, retired: u32) {
-        let mut want = [0; CACHE_REGS.len()];
-        want[..self.regs.len()].copy_from_slice(&self.regs);
-        a.restore(&want);
+        a.restore(&self.map);
         a.add_icount(retired);
         a.jmp_abs(a.base + self.head);
     }
 }
 
-/// The integer registers a block names, first named first (at most as
-/// many as the cache holds): what a loop's prologue loads. Reading a
-/// field that is not an integer register only costs a useless load.
+/// The integer registers a loop names most often (at most as many as the
+/// cache holds; ties go to the first named): what a loop's prologue
+/// loads. Reading a field that is not an integer register only costs a
+/// useless load.
 fn loop_regs(insns: &[Insn]) -> Vec<u8> {
-    let mut regs = Vec::new();
-    for i in insns {
+    // (uses, first use, register)
+    let mut uses: Vec<(u32, usize, u8)> = Vec::new();
+    for (n, i) in insns.iter().enumerate() {
         for r in [i.rs1, i.rs2, i.rd] {
-            if r != 0 && r < 32 && !regs.contains(&r) && regs.len() < CACHE_REGS.len() {
-                regs.push(r);
+            if r != 0 && r < 32 {
+                match uses.iter_mut().find(|u| u.2 == r) {
+                    Some(u) => u.0 += 1,
+                    None => uses.push((1, n, r)),
+                }
             }
         }
     }
-    regs
+    uses.sort_by_key(|&(count, first, _)| (std::cmp::Reverse(count), first));
+    uses.iter()
+        .take(CACHE_REGS.len())
+        .map(|&(_, _, r)| r)
+        .collect()
 }
 
 /// Guest-aware helpers on top of the encoder.
@@ -514,15 +568,19 @@ impl Jit {
                         .wrapping_add(i.imm as i64 as u64)
                         == pc
             });
+        let written = written_regs(insns);
         let looping = is_loop.then(|| {
-            let regs = loop_regs(insns);
-            for (s, &g) in regs.iter().enumerate() {
-                a.load(CACHE_REGS[s], RBX, xd(g));
+            let map = head_map(&[0; CACHE_REGS.len()], &loop_regs(insns));
+            for (s, &g) in map.iter().enumerate() {
+                if g != 0 {
+                    a.load(CACHE_REGS[s], RBX, xd(g));
+                }
             }
-            a.cache = RegCache::preset(&regs);
+            a.cache = RegCache::preset(&map, written);
             Loop {
                 head: a.b.len(),
-                regs,
+                map,
+                written,
             }
         });
         a.op_m(false, &[0x83], 7, R15, 0);
@@ -665,11 +723,9 @@ impl Jit {
                     // loop names (as a block's loop prologue does), so the
                     // body does not evict its own registers for ones from
                     // before the loop and back edges find them in place.
-                    let regs = loop_regs(&insns[k..=last]);
-                    let mut want = [0; CACHE_REGS.len()];
-                    want[..regs.len()].copy_from_slice(&regs);
+                    let want = head_map(&a.cache.guest, &loop_regs(&insns[k..=last]));
                     a.restore(&want);
-                    a.cache = RegCache::preset(&regs);
+                    a.cache = RegCache::preset(&want, written);
                 }
                 f.labels[k] = Some((a.b.len(), a.cache.guest));
             }
@@ -739,10 +795,12 @@ impl Jit {
             a.bind(at);
         }
         if let Some(l) = &f.looping {
-            // The loop head's registers, all counted dirty (a back edge
-            // may have written them).
-            for (s, &g) in l.regs.iter().enumerate() {
-                a.store(RBX, xd(g), CACHE_REGS[s]);
+            // The loop head's registers that the block writes (a back
+            // edge may have written them).
+            for (s, &g) in l.map.iter().enumerate() {
+                if g != 0 && l.written & 1 << g != 0 {
+                    a.store(RBX, xd(g), CACHE_REGS[s]);
+                }
             }
         }
         a.exit_pc(epi, pc, EXIT_ATTN);
