@@ -165,10 +165,6 @@ impl Frame {
     fn jump_internal(&mut self, a: &mut Asm, k: usize, j: usize) {
         a.add_icount((k as i64 + 1 - j as i64) as i32 as u32);
         if j <= k {
-            let dirty = a.cache.dirty_map();
-            a.op_m(false, &[0x83], 7, R15, 0);
-            a.u8(0);
-            self.attn_back.push((a.jcc(CC_NE), j, dirty));
             let (label, want) = self.labels[j].expect("a backward target is emitted");
             a.restore(&want);
             a.jmp_abs(a.base + label);
@@ -177,6 +173,64 @@ impl Frame {
             a.u32(0);
             self.forward
                 .push((a.b.len() - 4, j, a.cache.guest, a.cache.dirty_map()));
+        }
+    }
+    /// The attention check at the head of a loop inside the block, the
+    /// instruction at index `j` (see [`Frame::jump_internal`]): leaves
+    /// there with the head's dirty registers written back.
+    fn head_check(&mut self, a: &mut Asm, j: usize) {
+        a.op_m(false, &[0x83], 7, R15, 0);
+        a.u8(0);
+        self.attn_back.push((a.jcc(CC_NE), j, a.cache.dirty_map()));
+    }
+    /// A conditional backward jump (the flags hold the comparison, `cc`
+    /// the condition) to the instruction at `target`: a back edge of the
+    /// block's loop or a jump to an inner loop's head `j` (both check for
+    /// attention where they land), from the branch at index `k`. The
+    /// retired count is raised by the jump's difference before the
+    /// comparison (`lea` keeps the flags) and lowered again on the
+    /// fall-through, so that when the cache already matches the head's,
+    /// the taken path is one `jcc` straight to the head.
+    pub(super) fn branch_back(&mut self, a: &mut Asm, target: u64, cc: u8) {
+        let (label, want) = match self.internal(target) {
+            Some(j) if !self.is_back_edge(target) => {
+                self.labels[j].expect("a backward target is emitted")
+            }
+            _ => {
+                let l = self.looping.as_ref().expect("a back edge");
+                (l.head, l.map)
+            }
+        };
+        if a.restore_is_noop(&want) {
+            let at = a.jcc(cc);
+            let rel = (label as i64 - (at as i64 + 4)) as i32;
+            a.b[at..at + 4].copy_from_slice(&rel.to_le_bytes());
+        } else {
+            let skip = a.jcc(cc ^ 1);
+            a.restore(&want);
+            a.jmp_abs(a.base + label);
+            a.bind(skip);
+        }
+    }
+    /// A conditional forward jump (flags and `cc` as in
+    /// [`Frame::branch_back`]) to the instruction at index `j` of the
+    /// block, the count already adjusted as [`Frame::jump_internal`]
+    /// does: one `jcc` to the merge point.
+    pub(super) fn branch_fwd(&mut self, a: &mut Asm, j: usize, cc: u8) {
+        let at = a.jcc(cc);
+        self.forward
+            .push((at, j, a.cache.guest, a.cache.dirty_map()));
+    }
+    /// For a jump from index `k` to `target`: the instructions it counts
+    /// as retired when it goes backward inside the block (see
+    /// [`Frame::branch_back`]), `None` otherwise.
+    pub(super) fn back_jump(&self, k: usize, target: u64) -> Option<u32> {
+        if self.is_back_edge(target) {
+            return Some(k as u32 + 1);
+        }
+        match self.internal(target) {
+            Some(j) if j <= k => Some((k + 1 - j) as u32),
+            _ => None,
         }
     }
     /// Leaves for `target` after retiring `retired` instructions: a back
@@ -410,6 +464,13 @@ impl Asm {
                 self.store(RBX, xd(g), CACHE_REGS[s]);
             }
         }
+    }
+    /// Whether [`Asm::restore`] to `want` would emit nothing.
+    pub(super) fn restore_is_noop(&self, want: &CacheMap) -> bool {
+        (0..CACHE_REGS.len()).all(|s| {
+            let g = self.cache.guest[s];
+            (want[s] == 0 || want[s] == g) && !(g != 0 && self.cache.dirty[s] && want[s] != g)
+        })
     }
     /// On a path that jumps to a loop head with the cache `want` (all
     /// counted dirty there): writes back the dirty registers in slots
@@ -728,6 +789,12 @@ impl Jit {
                     a.cache = RegCache::preset(&want, written);
                 }
                 f.labels[k] = Some((a.b.len(), a.cache.guest));
+                if back_last[k].is_some() {
+                    // Every pass of the loop comes through its head,
+                    // which checks for attention (stop requests, signals,
+                    // code changes) so its back edges need not.
+                    f.head_check(&mut a, k);
+                }
             }
             if mem::emit(&mut a, &mut f, k, i) {
                 continue;

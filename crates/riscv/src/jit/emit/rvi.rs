@@ -125,20 +125,28 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
     macro_rules! branch {
         ($cc:expr) => {{
             let target = ipc.wrapping_add(imm as i64 as u64);
+            // A target inside the block: a loop's back edge (to the
+            // head, which checks for attention) or a forward jump to a
+            // merge point. The jump's count adjustment (see
+            // `Frame::jump_internal`) comes before the comparison (`lea`
+            // keeps the flags) and is taken back on the fall-through
+            // path, so the taken path is a single `jcc` where it can be.
+            let back = f.back_jump(k, target);
+            let fwd = f.internal(target).filter(|&j| j > k && back.is_none());
+            let adj = match (back, fwd) {
+                (Some(n), _) => n,
+                (None, Some(j)) => (k as u32 + 1).wrapping_sub(j as u32),
+                (None, None) => 0,
+            };
+            a.add_icount(adj);
             compare!(false);
-            if k + 1 < f.len && f.is_back_edge(target) {
-                // The loop's back edge, inline (it restores the cache as
-                // it is here), skipped on the fall-through path.
-                let skip = a.jcc($cc ^ 1);
-                f.exit_to(a, target, k as u32 + 1);
-                a.bind(skip);
-            } else if let Some(j) = f.internal(target) {
-                // A target inside the block: jump there (inline, the
-                // fall-through path skips it); the fall-through goes on
-                // or, at the block's end, leaves.
-                let skip = a.jcc($cc ^ 1);
-                f.jump_internal(a, k, j);
-                a.bind(skip);
+            if back.is_some() || fwd.is_some() {
+                match fwd {
+                    Some(j) => f.branch_fwd(a, j, $cc),
+                    None => f.branch_back(a, target, $cc),
+                }
+                // The fall-through goes on or, at the block's end, leaves.
+                a.add_icount(adj.wrapping_neg());
                 if k + 1 == f.len {
                     f.exit_to(a, next, k as u32 + 1);
                 }
