@@ -1060,11 +1060,17 @@ fn kick_signal() -> Result<i32> {
 /// again until it ends covers that.)
 pub(crate) fn stop_threads(threads: Vec<JoinHandle<()>>, sig: i32) {
     for t in threads {
+        // A thread out of KVM_RUN ends within microseconds: wait that
+        // long first, and longer only for one that is slow to notice
+        // (a fixed millisecond per thread was most of a tiny guest's
+        // shutdown).
+        let mut pause = Duration::from_micros(20);
         while !t.is_finished() {
             // SAFETY: the thread has not been joined, so its pthread_t is
             // valid; the signal has a handler that does nothing.
             unsafe { libc::pthread_kill(t.as_pthread_t(), sig) };
-            std::thread::sleep(Duration::from_millis(1));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(1));
         }
         let _ = t.join();
     }
