@@ -379,6 +379,28 @@ pub fn saved_cpuid(st: &VcpuState) -> Result<CpuId> {
     CpuId::from_entries(&entries).map_err(|e| Error::SnapshotState(format!("CPUID: {e:?}")))
 }
 
+const MSR_IA32_TSC: u32 = 0x10;
+const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
+
+/// The saved MSRs to set back, a zero TSC deadline replaced by the saved
+/// TSC (as Firecracker does). KVM zeroes the deadline when the timer
+/// fires and injects the interrupt at the vCPU's next entry; a vCPU saved
+/// in between (parked by an immediate-exit KVM_RUN, which enters nothing)
+/// can lose that interrupt (the LAPIC state holds no pending expiry), and a guest in TSC-deadline mode waiting for
+/// it (an idle Linux) would wait forever. A deadline at the saved TSC
+/// fires at once after the restore: at worst a spurious tick, which Linux
+/// ignores. KVM ignores the deadline unless the restored LAPIC's timer is
+/// in TSC-deadline mode.
+fn rearm_tsc_deadline(msrs: &[(u32, u64)]) -> Vec<(u32, u64)> {
+    let tsc = msrs.iter().find(|m| m.0 == MSR_IA32_TSC).map(|m| m.1);
+    msrs.iter()
+        .map(|&(index, data)| match (index, data, tsc) {
+            (MSR_IA32_TSC_DEADLINE, 0, Some(tsc)) => (index, tsc.max(1)),
+            _ => (index, data),
+        })
+        .collect()
+}
+
 /// Writes a saved state into a fresh vCPU whose CPUID is already set (in
 /// Firecracker's order: the MSRs after the LAPIC, the events last).
 pub fn restore_vcpu(vcpu: &VcpuFd, st: &VcpuState) -> Result<()> {
@@ -398,10 +420,9 @@ pub fn restore_vcpu(vcpu: &VcpuFd, st: &VcpuState) -> Result<()> {
         .map_err(kvm_err("KVM_SET_DEBUGREGS"))?;
     vcpu.set_lapic(&from_blob("lapic", &st.lapic)?)
         .map_err(kvm_err("KVM_SET_LAPIC"))?;
-    let entries: Vec<kvm_msr_entry> = st
-        .msrs
-        .iter()
-        .map(|&(index, data)| kvm_msr_entry {
+    let entries: Vec<kvm_msr_entry> = rearm_tsc_deadline(&st.msrs)
+        .into_iter()
+        .map(|(index, data)| kvm_msr_entry {
             index,
             data,
             ..Default::default()
@@ -475,6 +496,19 @@ pub fn restore_vm(vm: &VmFd, st: &VmState) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_tsc_deadline_is_rearmed_at_the_saved_tsc() {
+        let saved = [(0x10, 5000), (0x3b, 7), (0x6e0, 0)];
+        assert_eq!(
+            rearm_tsc_deadline(&saved),
+            [(0x10, 5000), (0x3b, 7), (0x6e0, 5000)]
+        );
+        // An armed deadline, or no TSC saved, is left alone.
+        let armed = [(0x10, 5000), (0x6e0, 9000)];
+        assert_eq!(rearm_tsc_deadline(&armed), armed);
+        assert_eq!(rearm_tsc_deadline(&[(0x6e0, 0)]), [(0x6e0, 0)]);
+    }
 
     #[test]
     fn blobs_round_trip_and_are_checked() {
