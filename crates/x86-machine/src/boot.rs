@@ -90,6 +90,11 @@ impl BootFile {
                 Ok(b[start..end].to_vec())
             }
             BootFile::File(f) => {
+                // No bigger than what the file holds there: the first
+                // 64 KB asked of a small guest would be zeroed (and stay
+                // resident) for nothing.
+                let size = f.metadata()?.len();
+                let len = len.min(size.saturating_sub(off).try_into().unwrap_or(usize::MAX));
                 let mut buf = vec![0u8; len];
                 let mut got = 0;
                 while got < len {
