@@ -62,13 +62,8 @@ pub fn empty_disk(read_only: bool) -> Disk {
     Disk::new(Arc::new(virtio::EmptyMedium), read_only)
 }
 
-/// A network card on a virtio-net slot.
-pub struct Nic {
-    /// Where its frames go (tap, user-mode networking, ...).
-    pub backend: Box<dyn net::Backend>,
-    /// Its MAC address ([`virtio::default_mac`] gives QEMU's defaults).
-    pub mac: [u8; 6],
-}
+/// A network card on a virtio-net slot (the same type on both boards).
+pub use virtio::Nic;
 
 /// Everything a machine is made of.
 pub struct MachineConfig {

@@ -85,7 +85,9 @@ pub mod persist;
 mod queue;
 mod rng;
 
-pub use self::net::{default_mac, net_features, Net, NetState, MAX_NET_DESCRIPTORS, MIN_TX_PACKET};
+pub use self::net::{
+    default_mac, net_features, Net, NetState, Nic, MAX_NET_DESCRIPTORS, MIN_TX_PACKET,
+};
 pub use blk::{
     Block, BlockConfig, EmptyMedium, MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS, MAX_REQUEST_BYTES,
     SEG_MAX, SIZE_MAX,

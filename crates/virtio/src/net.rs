@@ -108,6 +108,15 @@ const CONFIG_SIZE: usize = 8;
 /// Offset of num_buffers in the vnet header.
 const NUM_BUFFERS_OFFSET: u64 = 10;
 
+/// A network card a board puts on a virtio-net slot: what both boards'
+/// configurations take.
+pub struct Nic {
+    /// Where its frames go (tap, user-mode networking, ...).
+    pub backend: Box<dyn net::Backend>,
+    /// Its MAC address ([`default_mac`] gives QEMU's defaults).
+    pub mac: [u8; 6],
+}
+
 /// The MAC address QEMU gives its NIC number `index` (52:54:00:12:34:56,
 /// then counting up in the last byte), stable across runs.
 pub fn default_mac(index: u8) -> [u8; 6] {

@@ -34,14 +34,8 @@ pub const DEFAULT_KVM_PATH: &str = "/dev/kvm";
 /// a snapshot.
 pub use vmm::board::Disk;
 
-/// A network card on a virtio-net slot (the same device and backends as
-/// the riscv64 board's).
-pub struct Nic {
-    /// Where its frames go (tap, user-mode networking, ...).
-    pub backend: Box<dyn net::Backend>,
-    /// Its MAC address ([`virtio::default_mac`] gives QEMU's defaults).
-    pub mac: [u8; 6],
-}
+/// A network card on a virtio-net slot (the same type on both boards).
+pub use virtio::Nic;
 
 /// Everything the machine is made of.
 pub struct MachineConfig {

@@ -135,22 +135,35 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
         };
         let disp = imm;
         if is_store {
-            if is_fp {
+            // The value: straight from rs2's cache register (through rdx
+            // for x0, FP registers, and byte stores from rsi or rdi, whose
+            // low bytes need a REX prefix that `op_bid` leaves out).
+            let src = if is_fp {
                 a.load(RDX, RBX, fd(i.rs2));
+                RDX
+            } else if i.rs2 == 0 {
+                a.ld_x(RDX, 0);
+                RDX
             } else {
-                a.ld_x(RDX, i.rs2);
-            }
+                let c = a.x_reg(i.rs2);
+                if n == 1 && (c == RSI || c == RDI) {
+                    a.mov_rr(RDX, c);
+                    RDX
+                } else {
+                    c
+                }
+            };
             // The access may fault on the host: it then leaves at `k` with
             // the cache as it is here.
             f.faults.push((a.b.len(), k, a.cache.dirty_map()));
             match n {
-                1 => a.op_bid(false, &[0x88], RDX, R12, index, disp),
+                1 => a.op_bid(false, &[0x88], src, R12, index, disp),
                 2 => {
                     a.u8(0x66);
-                    a.op_bid(false, &[0x89], RDX, R12, index, disp);
+                    a.op_bid(false, &[0x89], src, R12, index, disp);
                 }
-                4 => a.op_bid(false, &[0x89], RDX, R12, index, disp),
-                _ => a.op_bid(true, &[0x89], RDX, R12, index, disp),
+                4 => a.op_bid(false, &[0x89], src, R12, index, disp),
+                _ => a.op_bid(true, &[0x89], src, R12, index, disp),
             }
         } else {
             // Integer loads land in rd's cache slot (chosen after the

@@ -14,6 +14,8 @@ use super::{helper, Ctx, Jit, EXIT_ATTN, EXIT_CHAIN, EXIT_CHAIN_FWD, EXIT_SLOW, 
 use crate::cpu::Core;
 use crate::decode::{Insn, Kind, ZERO_SINK};
 
+mod alu;
+mod fuse;
 mod mem;
 mod rvi;
 mod rvm;
@@ -382,7 +384,9 @@ fn head_map(current: &CacheMap, regs: &[u8]) -> CacheMap {
             map[s] = g;
         }
     }
-    let mut free = (0..CACHE_REGS.len()).filter(|&s| map[s] == 0).collect::<Vec<_>>();
+    let mut free = (0..CACHE_REGS.len())
+        .filter(|&s| map[s] == 0)
+        .collect::<Vec<_>>();
     // Slots whose current register the loop does not use: empty ones
     // first, so that a slot holding some other register keeps it when
     // the loop leaves it free.
@@ -691,6 +695,10 @@ impl Jit {
                 }
             }
         }
+        // Fused pairs (see `fuse`), for the translator's eyes only.
+        let mut fused = insns.to_vec();
+        fuse::pairs(&mut fused, &merge);
+        let insns = &fused[..];
         let mut f = Frame {
             pc,
             sys,
@@ -796,7 +804,7 @@ impl Jit {
                     f.head_check(&mut a, k);
                 }
             }
-            if mem::emit(&mut a, &mut f, k, i) {
+            if mem::emit(&mut a, &mut f, k, i) || alu::emit(&mut a, i, ipc) {
                 continue;
             }
             match i.kind {

@@ -75,7 +75,10 @@ pub(super) fn both_ways(prog: &[u32], regs: &[(usize, u64)]) -> [u64; 32] {
         let x: [u64; 32] = std::array::from_fn(|r| h.x(r));
         out.push((e, h.pc, h.instret(), x));
     }
-    assert_eq!(out[0], out[1], "translated vs interpreted, program {prog:08x?}");
+    assert_eq!(
+        out[0], out[1],
+        "translated vs interpreted, program {prog:08x?}"
+    );
     out[0].3
 }
 
@@ -102,4 +105,208 @@ fn nested_loops_keep_registers_across_heads() {
     assert_eq!(x[12], 3 * 15);
     assert_eq!(x[15], 1 + 15 * 7);
     assert_eq!((x[16], x[17], x[18]), (3, 3, 3));
+}
+
+// ---- encoders ----
+fn r(op: u32, f3: u32, f7: u32, rd: u32, rs1: u32, rs2: u32) -> u32 {
+    (f7 << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op
+}
+fn i(op: u32, f3: u32, rd: u32, rs1: u32, imm: i32) -> u32 {
+    ((imm as u32 & 0xfff) << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op
+}
+fn addi(rd: u32, rs1: u32, imm: i32) -> u32 {
+    i(0x13, 0, rd, rs1, imm)
+}
+fn addiw(rd: u32, rs1: u32, imm: i32) -> u32 {
+    i(0x1b, 0, rd, rs1, imm)
+}
+fn lui(rd: u32, imm20: u32) -> u32 {
+    (imm20 << 12) | (rd << 7) | 0x37
+}
+fn auipc(rd: u32, imm20: u32) -> u32 {
+    (imm20 << 12) | (rd << 7) | 0x17
+}
+fn slli(rd: u32, rs1: u32, n: i32) -> u32 {
+    i(0x13, 1, rd, rs1, n)
+}
+fn srli(rd: u32, rs1: u32, n: i32) -> u32 {
+    i(0x13, 5, rd, rs1, n)
+}
+fn srai(rd: u32, rs1: u32, n: i32) -> u32 {
+    i(0x13, 5, rd, rs1, 0x400 | n)
+}
+/// `bne rs1, rs2, off`.
+fn bne(rs1: u32, rs2: u32, off: i32) -> u32 {
+    let o = off as u32;
+    ((o >> 12 & 1) << 31)
+        | ((o >> 5 & 0x3f) << 25)
+        | (rs2 << 20)
+        | (rs1 << 15)
+        | (1 << 12)
+        | ((o >> 1 & 0xf) << 8)
+        | ((o >> 11 & 1) << 7)
+        | 0x63
+}
+
+/// Sign-heavy register values: every register gets one.
+const VALUES: [u64; 8] = [
+    0,
+    1,
+    u64::MAX,
+    0x8000_0000_0000_0000,
+    0x0000_0000_8000_0000,
+    0xffff_ffff_7fff_ffff,
+    0x1234_5678_9abc_def0,
+    0xfedc_ba98_8765_ff80,
+];
+
+fn regs_from(seed: usize) -> Vec<(usize, u64)> {
+    (1..32)
+        .map(|r| (r, VALUES[(r * 3 + seed) % VALUES.len()]))
+        .collect()
+}
+
+#[test]
+fn fused_constants_match_the_interpreter() {
+    for (hi, lo) in [
+        (0x12345, 0x678),
+        (0x80000, -1),
+        (0x7ffff, 0x7ff), // lui + addi leaves i32: not fused
+        (0xfffff, -2048),
+        (0, 5),
+    ] {
+        for rd in [10, 0] {
+            both_ways(&[lui(rd, hi), addi(rd, rd, lo)], &[]);
+            both_ways(&[lui(rd, hi), addiw(rd, rd, lo)], &[]);
+            both_ways(&[auipc(rd, hi), addi(rd, rd, lo)], &[]);
+            // Not a pair: the second reads another register.
+            both_ways(&[lui(rd, hi), addi(rd, 11, lo)], &regs_from(1));
+        }
+    }
+    // addiw wraps around 32 bits: MIN - 1 is MAX.
+    let x = both_ways(&[lui(10, 0x80000), addiw(10, 10, -1)], &[]);
+    assert_eq!(x[10], 0x7fff_ffff);
+    let x = both_ways(&[lui(10, 0x7ffff), addi(10, 10, 0x7ff)], &[]);
+    assert_eq!(x[10], 0x7fff_f7ff);
+    let x = both_ways(&[auipc(10, 1), addi(10, 10, -4)], &[]);
+    assert_eq!(x[10], CODE + 0x1000 - 4);
+}
+
+#[test]
+fn fused_extensions_match_the_interpreter() {
+    for seed in 0..VALUES.len() {
+        let regs = regs_from(seed);
+        for n in [8, 16, 31, 32, 40, 48, 56, 63] {
+            for (rd, rs) in [(10, 10), (10, 11), (0, 11), (12, 0)] {
+                both_ways(&[slli(rd, rs, n), srli(rd, rd, n)], &regs);
+                both_ways(&[slli(rd, rs, n), srai(rd, rd, n)], &regs);
+                // Different shift amounts: not a pair.
+                both_ways(&[slli(rd, rs, n), srli(rd, rd, n ^ 8)], &regs);
+            }
+        }
+    }
+    let x = both_ways(
+        &[slli(10, 11, 48), srai(10, 10, 48)],
+        &[(11, 0x1234_5678_9abc_8001)],
+    );
+    assert_eq!(x[10], 0xffff_ffff_ffff_8001);
+    assert_eq!(x[11], 0x1234_5678_9abc_8001, "the source stays");
+    let x = both_ways(&[slli(10, 10, 32), srli(10, 10, 32)], &[(10, u64::MAX)]);
+    assert_eq!(x[10], 0xffff_ffff);
+}
+
+#[test]
+fn a_jump_between_a_pair_splits_it() {
+    // bne x1, x2 skips the lui: the addi alone runs on x10 = 7 (a merge
+    // point at the pair's second half), or the pair on the fall-through.
+    for x1 in [0u64, 1] {
+        let prog = [
+            bne(1, 0, 8),
+            lui(10, 0x12345),
+            addi(10, 10, 0x10),
+            slli(11, 12, 48),
+            bne(1, 0, 8),
+            slli(11, 11, 4),
+            srli(11, 11, 48),
+        ];
+        let x = both_ways(&prog, &[(1, x1), (10, 7), (12, u64::MAX)]);
+        if x1 == 0 {
+            assert_eq!(x[10], 0x1234_5010);
+            assert_eq!(x[11], 0xfff0);
+        } else {
+            assert_eq!(x[10], 0x17);
+            assert_eq!(x[11], 0xffff);
+        }
+    }
+}
+
+/// Random sequences over the forms `alu` and `mem` choose specially
+/// (lea additions, set-on-compare, shifts by a register, extensions,
+/// stores from cached registers) on more registers than the cache holds,
+/// so every host register serves as source and destination, with rd
+/// aliasing either source and x0 on both sides.
+#[test]
+fn special_forms_match_the_interpreter() {
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    // (opcode, funct3, funct7) of the register forms.
+    const RR: [(u32, u32, u32); 12] = [
+        (0x33, 0, 0),    // add
+        (0x3b, 0, 0),    // addw
+        (0x33, 2, 0),    // slt
+        (0x33, 3, 0),    // sltu
+        (0x33, 1, 0),    // sll
+        (0x33, 5, 0),    // srl
+        (0x33, 5, 0x20), // sra
+        (0x3b, 1, 0),    // sllw
+        (0x3b, 5, 0),    // srlw
+        (0x3b, 5, 0x20), // sraw
+        (0x3b, 0, 4),    // add.uw
+        (0x33, 0, 0x20), // sub
+    ];
+    for round in 0..300 {
+        let mut prog = Vec::new();
+        // x5 points at DATA (stores land there), never written.
+        let reg = |v: u64| [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15][(v % 15) as usize];
+        for _ in 0..30 {
+            let (rd, rs1, rs2) = (reg(next()), reg(next()), reg(next()));
+            let imm = (next() % 4096) as i32 - 2048;
+            prog.push(match next() % 12 {
+                0..=3 => {
+                    let (op, f3, f7) = RR[(next() as usize) % RR.len()];
+                    r(op, f3, f7, rd, rs1, rs2)
+                }
+                4 => addi(rd, rs1, imm),
+                5 => addiw(rd, rs1, [0, imm][(next() % 2) as usize]),
+                6 => i(0x13, 2 + (next() % 2) as u32, rd, rs1, imm), // slti, sltiu
+                7 => i(0x13, 7, rd, rs1, 0xff),                      // andi 0xff
+                8 => match next() % 3 {
+                    0 => 0x6040_1013 | rd << 7 | rs1 << 15, // sext.b
+                    1 => 0x6050_1013 | rd << 7 | rs1 << 15, // sext.h
+                    _ => 0x0800_403b | rd << 7 | rs1 << 15, // zext.h
+                },
+                // sb / sh / sw / sd rs2, off(x5)
+                9 => {
+                    let off = (next() % 256) as u32 * 8;
+                    ((off >> 5) << 25)
+                        | rs2 << 20
+                        | 5 << 15
+                        | ((next() % 4) as u32) << 12
+                        | (off & 31) << 7
+                        | 0x23
+                }
+                10 => lui(rd, (next() & 0xfffff) as u32),
+                _ => auipc(rd, (next() & 0xfffff) as u32),
+            });
+        }
+        let mut regs = regs_from(round);
+        regs.retain(|&(r, _)| r != 5);
+        regs.push((5, DATA + 0x400));
+        both_ways(&prog, &regs);
+    }
 }
