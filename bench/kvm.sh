@@ -4,7 +4,7 @@
 # i8042, process exit. Wall time and peak RSS of each run, the monitors
 # alternating run by run.
 #
-# The guest is a few instructions of 64-bit code in an ELF file at
+# The guest (bench/tiny-kvm-guest.s) is a few instructions of 64-bit code in an ELF file at
 # physical 2 MiB (built here with GNU as and ld), entered in long mode by
 # both monitors, 1 vCPU, 64 MiB of RAM.
 #
@@ -36,25 +36,7 @@ VIRTKIT=$PWD/target/release/virtkit
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-cat > "$work/hello.s" <<'EOF'
-.intel_syntax noprefix
-.code64
-.globl _start
-_start:
-    lea rsi, [rip + msg]
-1:  mov al, [rsi]
-    test al, al
-    jz 2f
-    mov dx, 0x3f8
-    out dx, al
-    inc rsi
-    jmp 1b
-2:  mov al, 0xfe
-    out 0x64, al
-    jmp 2b
-msg: .asciz "hello from a tiny KVM guest\n"
-EOF
-as --64 -o "$work/hello.o" "$work/hello.s"
+as --64 -o "$work/hello.o" bench/tiny-kvm-guest.s
 ld -static -nostdlib -Ttext=0x200000 -o "$work/hello" "$work/hello.o"
 
 vk=("$VIRTKIT" vm run --arch x86_64 --kernel "$work/hello" --mem 64M --cpus 1)

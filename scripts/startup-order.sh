@@ -49,25 +49,7 @@ trace() { # name, command...
 
 lists=()
 if [[ -c /dev/kvm ]]; then
-  cat >"$work/hello.s" <<'EOF'
-.intel_syntax noprefix
-.code64
-.globl _start
-_start:
-    lea rsi, [rip + msg]
-1:  mov al, [rsi]
-    test al, al
-    jz 2f
-    mov dx, 0x3f8
-    out dx, al
-    inc rsi
-    jmp 1b
-2:  mov al, 0xfe
-    out 0x64, al
-    jmp 2b
-msg: .asciz "hello from a tiny KVM guest\n"
-EOF
-  as --64 -o "$work/hello.o" "$work/hello.s"
+  as --64 -o "$work/hello.o" bench/tiny-kvm-guest.s
   ld -static -nostdlib -Ttext=0x200000 -o "$work/hello" "$work/hello.o"
   trace x86 "$B" vm run --arch x86_64 --kernel "$work/hello" --mem 64M --cpus 1
   lists+=("$work/x86.fns")
