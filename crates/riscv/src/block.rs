@@ -4,7 +4,7 @@
 //! Shared by the interpreter's block cache and the JIT.
 
 use crate::cpu::{cause, Trap};
-use crate::decode::{decode, decode_c, Insn, Kind};
+use crate::decode::{decode, decode_c, Insn, Kind, ZERO_SINK};
 use crate::mem::{perm, UserSpace};
 use crate::PAGE_SIZE;
 
@@ -103,6 +103,10 @@ pub(crate) fn translate_user(space: &UserSpace, pc: u64, buf: &mut Vec<Insn>) ->
 /// Longest chain of blocks [`extend_user`] joins, in instructions.
 pub(crate) const MAX_EXTENDED: usize = 192;
 
+/// How far past an unconditional jump [`extend_user`] looks for a
+/// target of the block's own jumps, in bytes.
+const JUMP_REACH: u64 = 512;
+
 /// JIT, user mode: while `buf` (the block at `pc`, as `translate_user`
 /// built it) ends in a conditional branch whose fall-through stays in the
 /// same page, appends the block that follows it, with offsets still
@@ -111,6 +115,15 @@ pub(crate) const MAX_EXTENDED: usize = 192;
 /// fewer) and leaves only on the taken one. Instruction `k` of the chain
 /// is still the `k`th executed from `pc` on the fall-through path, so
 /// exits retire `k` instructions as before.
+///
+/// The same after an unconditional direct jump (`jal x0`) when some jump
+/// of the block (this one included) targets the code that follows within
+/// [`JUMP_REACH`] bytes: an if/else's join, a loop entered at its
+/// condition, the rest of a loop whose body jumps back. That code is
+/// reached only through jumps inside the block, which the translator
+/// turns into jumps to merge points (each adjusting the retired count to
+/// its target's index), so small loops and their bodies become one block
+/// whose registers stay cached.
 pub(crate) fn extend_user(space: &UserSpace, pc: u64, buf: &mut Vec<Insn>) {
     use Kind::*;
     let page = pc & !(PAGE_SIZE - 1);
@@ -120,11 +133,18 @@ pub(crate) fn extend_user(space: &UserSpace, pc: u64, buf: &mut Vec<Insn>) {
     let mut more = Vec::with_capacity(MAX_BLOCK + 1);
     while buf.len() < MAX_EXTENDED {
         let Some(last) = buf.last() else { return };
-        if !matches!(last.kind, Beq | Bne | Blt | Bge | Bltu | Bgeu) {
-            return;
-        }
         let next = pc + last.off as u64 + last.size() as u64;
-        if next >= page + PAGE_SIZE {
+        let go_on = match last.kind {
+            Beq | Bne | Blt | Bge | Bltu | Bgeu => true,
+            Jal if last.rd == ZERO_SINK => buf.iter().any(|i| {
+                matches!(i.kind, Beq | Bne | Blt | Bge | Bltu | Bgeu | Jal) && {
+                    let t = (pc + i.off as u64).wrapping_add(i.imm as i64 as u64);
+                    t >= next && t - next < JUMP_REACH
+                }
+            }),
+            _ => false,
+        };
+        if !go_on || next >= page + PAGE_SIZE {
             return;
         }
         // `translate_user` checked the page executable and marked it as

@@ -642,7 +642,13 @@ fn random_program(rng: &mut u64, n: usize) -> Vec<u32> {
                 b([0, 1, 4, 5, 6, 7][(next(rng) % 6) as usize], rs1, rs2, off)
             }
             18 => match next(rng) % 4 {
-                0 => jal(rd, 4 * (1 + (next(rng) % 8) as i32)),
+                // Half of them `j` (jal x0), which blocks extend past
+                // when the code after it is a target (see
+                // `block::extend_user`).
+                0 => jal(
+                    if next(rng) % 2 == 0 { 0 } else { rd },
+                    4 * (1 + (next(rng) % 8) as i32),
+                ),
                 1 => i(0x67, 0, rd, 8, 0), // jalr rd, 0(x8)
                 // Moves a group's base between its accesses.
                 2 => addi(
@@ -894,6 +900,46 @@ fn jit_loops_leave_on_another_threads_code_change() {
         assert!(h.x(10) > 1000, "the loop ran: {}", h.x(10));
         assert!((CODE..CODE + 4 * prog.len() as u64).contains(&h.pc));
     }
+}
+
+/// A loop entered at its condition (`j cond; body: ...; cond: branch
+/// body`): the block goes on past the `j` (see `block::extend_user`),
+/// the loop runs inside it, and its head still stops on another
+/// thread's request with a count that matches the pc.
+#[test]
+fn jit_loop_past_a_jump_honours_stop_request() {
+    let sp = space();
+    load_code(
+        &sp,
+        CODE,
+        &[
+            addi(12, 12, 1),
+            jal(0, 8), // to the condition
+            addi(10, 10, 1),
+            b(0, 0, 0, -4), // beq x0, x0: to the body
+            ECALL,
+        ],
+    );
+    let mut h = Hart::new_user();
+    h.set_jit(true);
+    h.pc = CODE;
+    let ctl = h.control().clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        ctl.request_stop();
+    });
+    assert_eq!(h.run_user(&sp), Exit::Stopped);
+    t.join().unwrap();
+    assert_eq!(h.x(12), 1, "the start ran once");
+    let passes = h.x(10);
+    assert!(passes > 1000, "the loop ran: {passes}");
+    // addi, j, the first branch, then (addi, branch) per pass.
+    let expect = match h.pc - CODE {
+        8 => 3 + 2 * passes,
+        12 => 2 + 2 * passes,
+        _ => panic!("stopped at {:#x}", h.pc),
+    };
+    assert_eq!(h.instret(), expect, "pc {:#x}", h.pc);
 }
 
 // ---- host faults of the JIT's inline accesses (see `jit::fault`) ----

@@ -737,6 +737,16 @@ impl Jit {
                 let (here, later): (Vec<_>, Vec<_>) =
                     f.forward.drain(..).partition(|&(_, j, _, _)| j == k);
                 f.forward = later;
+                if k > 0 && matches!(insns[k - 1].kind, Jal | Jalr) {
+                    if let Some(&(_, _, map, dirty)) = here.first() {
+                        // No fall-through (the block goes on past a jump,
+                        // see `block::extend_user`): start from a jump's
+                        // cache, not the dead path's (whose inline stores
+                        // below never run).
+                        a.cache.guest = map;
+                        a.cache.dirty = std::array::from_fn(|s| dirty[s] != 0);
+                    }
+                }
                 let mut keep = a.cache.guest;
                 for (_, _, map, _) in &here {
                     for (s, g) in keep.iter_mut().enumerate() {
