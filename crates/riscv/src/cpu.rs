@@ -389,7 +389,8 @@ impl HartControl {
     /// User mode: the hart's address space changed code (see
     /// `UserSpace::code_changed`). No wake-up: nothing sleeps on it.
     pub(crate) fn note_code_change(&self) {
-        self.attention.fetch_or(attn::CODE_CHANGED, Ordering::AcqRel);
+        self.attention
+            .fetch_or(attn::CODE_CHANGED, Ordering::AcqRel);
     }
 
     #[inline(always)]

@@ -499,7 +499,10 @@ impl UserSpace {
     pub(crate) fn watch_code(&self, c: &std::sync::Arc<crate::cpu::HartControl>) {
         let mut w = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
         w.retain(|c| c.strong_count() > 0);
-        if !w.iter().any(|x| std::ptr::eq(x.as_ptr(), std::sync::Arc::as_ptr(c))) {
+        if !w
+            .iter()
+            .any(|x| std::ptr::eq(x.as_ptr(), std::sync::Arc::as_ptr(c)))
+        {
             w.push(std::sync::Arc::downgrade(c));
         }
     }

@@ -646,7 +646,7 @@ fn random_program(rng: &mut u64, n: usize) -> Vec<u32> {
                 // when the code after it is a target (see
                 // `block::extend_user`).
                 0 => jal(
-                    if next(rng) % 2 == 0 { 0 } else { rd },
+                    if next(rng).is_multiple_of(2) { 0 } else { rd },
                     4 * (1 + (next(rng) % 8) as i32),
                 ),
                 1 => i(0x67, 0, rd, 8, 0), // jalr rd, 0(x8)
@@ -894,7 +894,13 @@ fn jit_loops_leave_on_another_threads_code_change() {
         let e = h.run_user(&sp);
         t.join().unwrap();
         assert!(
-            matches!(e, Exit::MemFault(MemFault { access: MemAccess::Fetch, .. })),
+            matches!(
+                e,
+                Exit::MemFault(MemFault {
+                    access: MemAccess::Fetch,
+                    ..
+                })
+            ),
             "{e:?}"
         );
         assert!(h.x(10) > 1000, "the loop ran: {}", h.x(10));

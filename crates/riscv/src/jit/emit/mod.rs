@@ -826,9 +826,7 @@ impl Jit {
                 Lui | Auipc | Jal | Jalr | Beq | Bne | Blt | Bge | Bltu | Bgeu | Addi | Xori
                 | Ori | Andi | Addiw | Slti | Sltiu | Slt | Sltu | Slli | Srli | Srai | Slliw
                 | Srliw | Sraiw | Sll | Srl | Sra | Sllw | Srlw | Sraw | Add | Sub | Xor | Or
-                | And | Addw | Subw | Fence => {
-                    rvi::emit(&mut a, &mut f, k, i, ipc, next)
-                }
+                | And | Addw | Subw | Fence => rvi::emit(&mut a, &mut f, k, i, ipc, next),
                 Mul | Mulw | Mulh | Mulhu | Div | Divu | Rem | Remu | Divw | Divuw | Remw
                 | Remuw => rvm::emit(&mut a, i),
                 _ if i.ends_block() => {
