@@ -21,20 +21,31 @@
 # to exit and its peak RSS, both measured in L1 by busybox `time`.
 # Everything runs under TCG, so the absolute times are those of an
 # emulated machine (tens of times slower than hardware); the ratio is the
-# useful part.
+# useful part. Two kinds of noise make single runs meaningless, hence the
+# alternating runs and medians: the host's own load (the outer QEMU's
+# threads share its cores), and a stall of 1 to 2 s of guest time in the
+# L2 kernel's IPv6 set-up (inet6_init, between "NET: Registered PF_INET6"
+# and "Segment Routing with IPv6" in its dmesg) that some boots take and
+# others do not, under either monitor (7 of 12 vmlinux boots in one
+# sample, none of 6 bzImage boots). Compared like for like (the same
+# vmlinux), the two monitors make the same number of KVM exits per boot
+# (about 3,500: ~200 port I/O, ~40 nested page faults), and their guests'
+# boots differ in small ways only (Firecracker's has a CMOS RTC; both
+# offer the TSC-deadline timer, which spares Linux a 100 ms calibration
+# of the LAPIC timer); what remains between their medians is noise.
 #
 # Firecracker is not part of virtkit and is never committed: build it from
 # its public source as bench/kvm.sh says and give its path in FIRECRACKER
 # (without it, only virtkit is measured).
 #
-# Usage: bench/kvm-nested.sh [RUNS]   (default 3; builds virtkit --release)
+# Usage: bench/kvm-nested.sh [RUNS]   (default 5; builds virtkit --release)
 # Env:   FIRECRACKER=/path/to/firecracker  VIRTKIT=/path/to/virtkit
 #        KEEP=1 (keep the work directory and print its path)
 # Needs: qemu-system-x86_64 (qemu-system-x86), python3, ldd, objcopy, and
 # the amd64 guest assets (`virtkit guest fetch --arch amd64`, run here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=${1:-3}
+RUNS=${1:-5}
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || { echo "RUNS must be a positive number" >&2; exit 2; }
 for tool in qemu-system-x86_64 python3 ldd objcopy zstd xz as ld; do
   command -v "$tool" >/dev/null || { echo "kvm-nested.sh: $tool is needed (scripts/install-deps.sh)" >&2; exit 2; }
