@@ -621,15 +621,23 @@ fn launch(
             m.ctl.clone(),
             msrs.clone(),
         );
-        let t = std::thread::Builder::new()
+        let in_loop = Arc::new(AtomicBool::new(true));
+        let left = in_loop.clone();
+        let handle = std::thread::Builder::new()
             .name(format!("vcpu{i}"))
-            .spawn(move || vcpu_loop(vcpu, i, &devices, &power, &ctl, &msrs))
+            .spawn(move || {
+                let mut vcpu = vcpu;
+                vcpu_loop(&mut vcpu, i, &devices, &power, &ctl, &msrs);
+                // Before the vCPU fd's close, which can take a while
+                // (a nested KVM): the stopper kicks no longer.
+                left.store(false, Ordering::Release);
+            })
             .map_err(|e| {
                 m.power
                     .stop(StopReason::Fatal("vCPU thread start failed".into()));
                 Error::Io("spawning a vCPU thread", e)
             })?;
-        m.lock_threads().push(t);
+        m.lock_threads().push(VcpuThread { handle, in_loop });
     }
     if let Some(fd) = cfg.input {
         let input_stop = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd", e))?;
@@ -687,7 +695,7 @@ pub struct RunningMachine {
     power: Arc<Power>,
     ctl: Arc<Control>,
     summary: MachineSummary,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    threads: Mutex<Vec<VcpuThread>>,
     input: Mutex<Option<(JoinHandle<()>, EventFd)>>,
     kick: i32,
     timeout: Option<Duration>,
@@ -702,7 +710,7 @@ pub struct RunningMachine {
 }
 
 impl RunningMachine {
-    fn lock_threads(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
+    fn lock_threads(&self) -> MutexGuard<'_, Vec<VcpuThread>> {
         self.threads.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -801,12 +809,7 @@ impl RunningMachine {
             // A signal can land just before a thread enters KVM_RUN;
             // knocking again until it parks covers that.
             for t in self.lock_threads().iter() {
-                if !t.is_finished() {
-                    // SAFETY: the thread has not been joined (the handle is
-                    // still in the list), so its pthread_t is valid; the
-                    // signal's handler does nothing.
-                    unsafe { libc::pthread_kill(t.as_pthread_t(), self.kick) };
-                }
+                t.kick(self.kick);
             }
             let p = self.ctl.lock();
             let _ = self
@@ -1049,24 +1052,48 @@ fn kick_signal() -> Result<i32> {
     Ok(sig)
 }
 
+/// A vCPU thread, and whether it is still in its run loop (where a stop
+/// or a pause must knock it out of KVM_RUN).
+pub(crate) struct VcpuThread {
+    handle: JoinHandle<()>,
+    in_loop: Arc<AtomicBool>,
+}
+
+impl VcpuThread {
+    /// Whether it may still be in KVM_RUN.
+    fn running(&self) -> bool {
+        self.in_loop.load(Ordering::Acquire) && !self.handle.is_finished()
+    }
+
+    /// Knocks it out of KVM_RUN, if it may be there.
+    fn kick(&self, sig: i32) {
+        if self.running() {
+            // SAFETY: the thread has not been joined (self owns its
+            // handle), so its pthread_t is valid; the signal has a handler
+            // that does nothing.
+            unsafe { libc::pthread_kill(self.handle.as_pthread_t(), sig) };
+        }
+    }
+}
+
 /// Knocks every vCPU thread out of KVM_RUN until it notices the stop.
 /// (A signal can arrive just before a thread enters KVM_RUN; knocking
-/// again until it ends covers that.)
-pub(crate) fn stop_threads(threads: Vec<JoinHandle<()>>, sig: i32) {
+/// again until it leaves its loop covers that.) A thread that has left it
+/// is only joined: knocking it while it closes its vCPU fd, which a nested
+/// KVM makes slow, only slowed that down.
+pub(crate) fn stop_threads(threads: Vec<VcpuThread>, sig: i32) {
     for t in threads {
-        // A thread out of KVM_RUN ends within microseconds: wait that
+        // A thread out of KVM_RUN leaves within microseconds: wait that
         // long first, and longer only for one that is slow to notice
         // (a fixed millisecond per thread was most of a tiny guest's
         // shutdown).
         let mut pause = Duration::from_micros(20);
-        while !t.is_finished() {
-            // SAFETY: the thread has not been joined, so its pthread_t is
-            // valid; the signal has a handler that does nothing.
-            unsafe { libc::pthread_kill(t.as_pthread_t(), sig) };
+        while t.running() {
+            t.kick(sig);
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(1));
         }
-        let _ = t.join();
+        let _ = t.handle.join();
     }
 }
 
@@ -1094,7 +1121,7 @@ impl Drop for StopOnExit<'_> {
 }
 
 fn vcpu_loop(
-    mut vcpu: VcpuFd,
+    vcpu: &mut VcpuFd,
     index: usize,
     devices: &Devices,
     power: &Power,
@@ -1107,7 +1134,7 @@ fn vcpu_loop(
             return;
         }
         if ctl.pause.load(Ordering::Acquire) {
-            park(&mut vcpu, index, power, ctl, msrs);
+            park(vcpu, index, power, ctl, msrs);
             continue;
         }
         let next = match vcpu.run() {
@@ -1115,7 +1142,7 @@ fn vcpu_loop(
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Next::Continue,
             Err(e) => Next::Fault(format!("KVM_RUN failed: {e}")),
         };
-        if let Some(reason) = stop_reason(&mut vcpu, index, next) {
+        if let Some(reason) = stop_reason(vcpu, index, next) {
             return power.stop(reason);
         }
     }
