@@ -73,28 +73,9 @@ objcopy --strip-debug "$VIRTKIT" "$W/virtkit"
 
 APPEND="console=ttyS0 reboot=k panic=-1 pci=off quiet loglevel=2"
 
-# bench/kvm.sh's tiny guest (a line on the serial port, then the i8042
-# reset): what each monitor costs without a kernel to boot.
-cat > "$W/hello.s" <<'EOF'
-.intel_syntax noprefix
-.code64
-.globl _start
-_start:
-    lea rsi, [rip + msg]
-1:  mov al, [rsi]
-    test al, al
-    jz 2f
-    mov dx, 0x3f8
-    out dx, al
-    inc rsi
-    jmp 1b
-2:  mov al, 0xfe
-    out 0x64, al
-    jmp 2b
-msg: .asciz "hello from a tiny KVM guest\n"
-.section .note.GNU-stack, "", @progbits
-EOF
-as --64 -o "$W/hello.o" "$W/hello.s"
+# bench/kvm.sh's tiny guest, bench/tiny-kvm-guest.s (a line on the serial
+# port, then the i8042 reset): what each monitor costs without a kernel to boot.
+as --64 -o "$W/hello.o" bench/tiny-kvm-guest.s
 ld -static -nostdlib -Ttext=0x200000 -o "$W/hello" "$W/hello.o"
 
 # L1's /init: load KVM, then boot L2 RUNS times under each monitor.
