@@ -310,3 +310,42 @@ fn special_forms_match_the_interpreter() {
         both_ways(&prog, &regs);
     }
 }
+
+#[test]
+fn replacement_evicts_the_register_named_latest() {
+    let mut c = RegCache {
+        guest: [1, 2, 3, 4, 5, 6, 7],
+        // Instruction 0 names x8 (being loaded) and x1; then x2..x7 in
+        // order, x5 never.
+        names: vec![
+            [8, 1, 0],
+            [2, 0, 0],
+            [3, 0, 0],
+            [4, 0, 0],
+            [6, 0, 0],
+            [7, 0, 0],
+        ],
+        ..RegCache::default()
+    };
+    c.dirty[4] = true;
+    assert_eq!(c.slot(8), (4, Some(5)), "x5, named never again");
+    // x8 (in x5's slot) and x1 are not named again either.
+    c.names[1] = [2, 8, 1];
+    c.pos = 1;
+    assert_eq!(c.slot(9).0, 6, "x7, named the latest");
+    // A register of the loop being translated is needed again after the
+    // back edge (at 3) even when the rest of the body does not name it:
+    // x2 stays, x3 (named at 5) goes.
+    let loop_case = |looping| {
+        let mut c = RegCache {
+            guest: [2, 3, 4, 5, 6, 7, 8],
+            names: vec![[0; 3], [0; 3], [4, 5, 6], [7, 8, 0], [0; 3], [3, 0, 0]],
+            pos: 2,
+            looping,
+            ..RegCache::default()
+        };
+        c.slot(9).0
+    };
+    assert_eq!(loop_case(([2, 0, 0, 0, 0, 0, 0], 3)), 1, "x3's slot");
+    assert_eq!(loop_case(([0; 7], 0)), 0, "x2's slot, outside a loop");
+}
