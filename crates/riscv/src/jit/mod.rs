@@ -30,7 +30,9 @@
 //! keep them): rbx = `&core.x[16]` (so every register is a disp8),
 //! r12 = guest memory base (user mode) or the data TLB, r14 = [`Ctx`],
 //! r15 = the hart's attention word, rbp = instructions retired since
-//! entry (the address space's code generation is read through `Ctx`).
+//! entry. User-mode code polls only the attention word, which a change
+//! of the space's code raises (`UserSpace::code_changed`); system-mode
+//! blocks also compare the code map's generation, read through `Ctx`.
 //! rax, rcx, rdx are scratch; r8-r11, rsi, rdi and r13 cache guest
 //! registers within a block (see `emit::RegCache`).
 
@@ -97,6 +99,8 @@ struct Ctx {
     /// r12: user mode, guest memory base; system mode, the data TLB.
     membase: *const u8,
     attn: *const u32,
+    /// System mode: the code map's generation (user-mode code does not
+    /// read the space's: see the module comment).
     codegen: *const u64,
     /// System mode: the `SysMem` helpers run instructions with.
     mem: *mut (),
