@@ -867,10 +867,11 @@ fn jit_chained_loop_honours_stop_request() {
 /// thread's change of the code they run (here: the page loses execute
 /// permission) raises it (`UserSpace::code_changed`), so each kind of
 /// loop leaves and the next fetch faults: a loop inside an extended
-/// block, a block branching to its own start, a block chained to itself.
+/// block, a block branching to its own start, a block chained to itself,
+/// a loop inside a block that goes on past a `j`.
 #[test]
 fn jit_loops_leave_on_another_threads_code_change() {
-    let progs: [&[u32]; 3] = [
+    let progs: [&[u32]; 4] = [
         &[
             addi(12, 12, 1),
             b(1, 0, 0, 8), // never taken: the block goes on
@@ -879,6 +880,8 @@ fn jit_loops_leave_on_another_threads_code_change() {
         ],
         &[addi(10, 10, 1), b(0, 0, 0, -4)], // beq x0, x0: to the start
         &[addi(10, 10, 1), lui(5, 1), b(1, 0, 0, 8), jal(0, -12)],
+        // Entered at its condition: the block goes on past the `j`.
+        &[addi(12, 12, 1), jal(0, 8), addi(10, 10, 1), b(0, 0, 0, -4)],
     ];
     for prog in progs {
         let sp = space();
