@@ -147,6 +147,37 @@ fn call_patterns(words: &mut [u32], orig: &[u32], n: usize) {
     }
 }
 
+/// The pairs the JIT fuses (`lui`/`auipc` + `addi`/`addiw`, `slli` +
+/// `srli`/`srai` by the same amount, both on one register), which random
+/// words rarely make: where the input has a `lui`, `auipc` or `slli`,
+/// the next word becomes its partner when that word's low opcode bit
+/// pattern says so (about half the time), with its own immediate. The
+/// loop counter's words are left alone.
+fn fusion_pairs(words: &mut [u32], orig: &[u32]) {
+    for k in 0..words.len().saturating_sub(1) {
+        let i = decode(words[k]);
+        let next = decode(words[k + 1]);
+        let keep = words[k + 1] == ADDI_X31_M1 || (next.kind == Kind::Blt && next.rs2 == 31);
+        if keep || orig[k + 1] & 0x80 == 0 || i.rd >= 31 {
+            continue;
+        }
+        let rd = i.rd as u32;
+        let imm = (orig[k + 1] >> 20) as i32;
+        words[k + 1] = match i.kind {
+            Kind::Lui | Kind::Auipc if orig[k + 1] & 0x100 == 0 => addi(rd, rd, imm),
+            // addiw
+            Kind::Lui | Kind::Auipc => addi(rd, rd, imm) ^ 0x13 ^ 0x1b,
+            Kind::Slli => {
+                let n = (i.imm & 63) as u32;
+                // srli, or srai (bit 30)
+                let sra = (orig[k + 1] >> 8 & 1) << 30;
+                sra | n << 20 | rd << 15 | 5 << 12 | rd << 7 | 0x13
+            }
+            _ => continue,
+        };
+    }
+}
+
 fuzz_target!(|input: &[u8]| {
     // 32 registers (2 bytes each) of which x1..x7 point into DATA, x8
     // into the code and x9 near the space's end, then the code words.
@@ -225,6 +256,7 @@ fuzz_target!(|input: &[u8]| {
         words.push(blt_x0_x31(-4 * n as i32));
         regs[31] = (regs[31] >> 1) % 4;
     }
+    fusion_pairs(&mut words[..n], &orig);
     call_patterns(&mut words, &orig, n);
     words.extend(std::iter::repeat_n(ECALL, 16));
     let data: Vec<u8> = (0..0x1000u32)
