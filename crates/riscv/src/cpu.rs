@@ -296,8 +296,9 @@ pub(crate) mod attn {
     pub const IRQ: u32 = 2;
     pub const FLUSH_TLB: u32 = 4;
     pub const FLUSH_CODE: u32 = 8;
-    /// User mode: the address space's code changed (translated code
-    /// leaves; the run loop compares code generations).
+    /// The code the hart runs changed (the user-mode address space's, or
+    /// the machine's RAM holding code): translated code leaves, and the
+    /// run loop compares code generations.
     pub const CODE_CHANGED: u32 = 16;
 }
 
@@ -386,8 +387,8 @@ impl HartControl {
         self.poke(attn::FLUSH_CODE);
     }
 
-    /// User mode: the hart's address space changed code (see
-    /// `UserSpace::code_changed`). No wake-up: nothing sleeps on it.
+    /// The code this hart runs changed (see `UserSpace::code_changed`,
+    /// `CodeMap::bump`). No wake-up: a sleeping hart runs no code.
     pub(crate) fn note_code_change(&self) {
         self.attention
             .fetch_or(attn::CODE_CHANGED, Ordering::AcqRel);

@@ -112,7 +112,7 @@ pub struct UserSpace {
     code_gen: AtomicU64,
     /// Harts whose translated code runs from this space: a code change
     /// raises their attention (see [`UserSpace::watch_code`]).
-    watchers: Mutex<Vec<std::sync::Weak<crate::cpu::HartControl>>>,
+    watchers: Watchers,
     /// Serializes changes of host protection with the table changes they
     /// mirror (a code mark and a store's unmark racing in two threads must
     /// not leave the host writable under a code mark, or read-only under a
@@ -483,33 +483,14 @@ impl UserSpace {
     /// does not read the generation itself; the JIT's run loop does).
     fn code_changed(&self) {
         self.code_gen.fetch_add(1, Ordering::Release);
-        let mut w = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
-        w.retain(|c| match c.upgrade() {
-            Some(c) => {
-                c.note_code_change();
-                true
-            }
-            None => false,
-        });
+        notify(&self.watchers);
     }
 
     /// Registers a hart about to run translated code from this space (see
     /// [`UserSpace::code_changed`]). The caller reads the code generation
     /// after this: a change made before the registration shows there.
     pub(crate) fn watch_code(&self, c: &std::sync::Arc<crate::cpu::HartControl>) {
-        let mut w = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
-        w.retain(|c| c.strong_count() > 0);
-        if !w
-            .iter()
-            .any(|x| std::ptr::eq(x.as_ptr(), std::sync::Arc::as_ptr(c)))
-        {
-            w.push(std::sync::Arc::downgrade(c));
-        }
-    }
-
-    /// The code generation counter, for generated code that polls it.
-    pub(crate) fn code_gen_ptr(&self) -> *const u64 {
-        self.code_gen.as_ptr()
+        watch(&self.watchers, c);
     }
 
     #[inline(always)]
@@ -650,6 +631,35 @@ impl RamRegion {
     }
 }
 
+/// Harts to tell about code changes (see `UserSpace::code_changed`,
+/// `CodeMap::bump`).
+type Watchers = Mutex<Vec<std::sync::Weak<crate::cpu::HartControl>>>;
+
+/// Adds `c` to `w` once, dropping harts that are gone.
+fn watch(w: &Watchers, c: &std::sync::Arc<crate::cpu::HartControl>) {
+    let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
+    w.retain(|c| c.strong_count() > 0);
+    if !w
+        .iter()
+        .any(|x| std::ptr::eq(x.as_ptr(), std::sync::Arc::as_ptr(c)))
+    {
+        w.push(std::sync::Arc::downgrade(c));
+    }
+}
+
+/// Raises the attention of every hart in `w` (no wake-up: a sleeping hart
+/// runs no translated code).
+fn notify(w: &Watchers) {
+    let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
+    w.retain(|c| match c.upgrade() {
+        Some(c) => {
+            c.note_code_change();
+            true
+        }
+        None => false,
+    });
+}
+
 /// Per-physical-page "holds decoded code" marks shared by all harts of a
 /// machine, plus a generation counter the harts watch: when a page with a
 /// mark is stored to (by a hart, or by a device through
@@ -659,6 +669,9 @@ impl RamRegion {
 pub struct CodeMap {
     regions: Vec<(u64, u64, Box<[AtomicU8]>)>,
     generation: AtomicU64,
+    /// Harts running translated code from this machine's RAM: a bump
+    /// raises their attention (see [`CodeMap::watch`]).
+    watchers: Watchers,
 }
 
 impl CodeMap {
@@ -677,7 +690,15 @@ impl CodeMap {
                 })
                 .collect(),
             generation: AtomicU64::new(0),
+            watchers: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Registers a hart about to run translated code from this machine
+    /// (see [`CodeMap::bump`]). The caller reads the generation after
+    /// this: a bump made before the registration shows there.
+    pub(crate) fn watch(&self, c: &std::sync::Arc<crate::cpu::HartControl>) {
+        watch(&self.watchers, c);
     }
 
     /// The mark byte of the page holding physical address `pa`, if in RAM.
@@ -710,13 +731,11 @@ impl CodeMap {
         }
     }
 
+    /// Bumps the generation and raises the attention of every watching
+    /// hart: translated code polls only its attention word.
     pub(crate) fn bump(&self) {
         self.generation.fetch_add(1, Ordering::Release);
-    }
-
-    /// The generation counter, for generated code that polls it.
-    pub(crate) fn generation_ptr(&self) -> *const u64 {
-        self.generation.as_ptr()
+        notify(&self.watchers);
     }
 
     #[inline(always)]

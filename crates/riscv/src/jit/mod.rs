@@ -30,9 +30,8 @@
 //! keep them): rbx = `&core.x[16]` (so every register is a disp8),
 //! r12 = guest memory base (user mode) or the data TLB, r14 = [`Ctx`],
 //! r15 = the hart's attention word, rbp = instructions retired since
-//! entry. User-mode code polls only the attention word, which a change
-//! of the space's code raises (`UserSpace::code_changed`); system-mode
-//! blocks also compare the code map's generation, read through `Ctx`.
+//! entry. Translated code polls only the attention word for code
+//! changes, which raise it (`UserSpace::code_changed`, `CodeMap::bump`).
 //! rax, rcx, rdx are scratch; r8-r11, rsi, rdi and r13 cache guest
 //! registers within a block (see `emit::RegCache`).
 
@@ -99,9 +98,6 @@ struct Ctx {
     /// r12: user mode, guest memory base; system mode, the data TLB.
     membase: *const u8,
     attn: *const u32,
-    /// System mode: the code map's generation (user-mode code does not
-    /// read the space's: see the module comment).
-    codegen: *const u64,
     /// System mode: the `SysMem` helpers run instructions with.
     mem: *mut (),
     /// System mode: blocks left before the run loop polls for interrupts.
@@ -543,7 +539,6 @@ impl Jit {
                 xregs: unsafe { (*core_ptr).x.as_mut_ptr().add(16) },
                 membase: space.host_base().cast_const(),
                 attn,
-                codegen: space.code_gen_ptr(),
                 mem: std::ptr::null_mut(),
                 poll: u32::MAX,
                 itlb: std::ptr::null(),
@@ -714,6 +709,9 @@ impl Jit {
         if !self.sys_mode {
             self.sys_mode = true;
             self.flush();
+            // Code changes raise this hart's attention, which is all that
+            // translated code polls (before the generation is read below).
+            mem.code_map().watch(&core.control);
         }
         let g = mem.code_map().generation();
         if g != self.gen {
@@ -724,7 +722,6 @@ impl Jit {
             return JitExit::Slow;
         };
         let attn = core.control.attention_ptr();
-        let codegen = mem.code_map().generation_ptr();
         let tlb = mem.data_tlb().cast::<u8>();
         let itlb = mem.fetch_tlb().cast::<u8>();
         let core_ptr: *mut Core = core;
@@ -746,7 +743,6 @@ impl Jit {
                 xregs: unsafe { (*core_ptr).x.as_mut_ptr().add(16) },
                 membase: tlb,
                 attn,
-                codegen,
                 mem: mem_ptr.cast(),
                 poll,
                 itlb,

@@ -637,13 +637,6 @@ impl Asm {
             self.op_m(true, &[0x8d], RBP, RBP, n as i32);
         }
     }
-    /// `cmp dword [codegen], gen` (through `Ctx::codegen`; clobbers rax):
-    /// whether the address space's code changed since translation.
-    pub(super) fn cmp_codegen(&mut self, gen: u32) {
-        self.load(RAX, R14, ctx_off(offset_of!(Ctx, codegen)));
-        self.op_m(false, &[0x81], 7, RAX, 0);
-        self.u32(gen);
-    }
     /// Exit to Rust with `reason`, next pc `pc`.
     pub(super) fn exit_pc(&mut self, epilogue: usize, pc: u64, reason: u32) {
         self.mov_imm(RAX, pc);
@@ -709,13 +702,9 @@ impl Jit {
         a.op_m(false, &[0x83], 7, R15, 0);
         a.u8(0);
         let attn1 = a.jcc(CC_NE);
-        // User mode: a code change raises the attention of every hart
-        // running the space's code (`UserSpace::code_changed`), so the
-        // check above covers it; system mode compares generations here.
-        let attn2 = sys.map(|_| {
-            a.cmp_codegen(self.gen as u32);
-            a.jcc(CC_NE)
-        });
+        // A code change raises the attention of every hart running the
+        // code (`UserSpace::code_changed`, `CodeMap::bump`), so the check
+        // above covers it.
         // Forward chained exits enter past the checks, which must then
         // be all a skipped entry misses: not a loop's block, whose
         // prologue comes first (see `Frame::static_exit`).
@@ -938,9 +927,6 @@ impl Jit {
             f.static_exit_from(&mut a, ret, u64::MAX);
         }
         a.bind(attn1);
-        if let Some(at) = attn2 {
-            a.bind(at);
-        }
         if let Some(at) = attn3 {
             a.bind(at);
         }
