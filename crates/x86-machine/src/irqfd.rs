@@ -7,13 +7,16 @@
 //! * one ioeventfd per queue (KVM signals it when the guest writes the
 //!   queue's index to QueueNotify, without leaving the guest); the relay
 //!   passes it to the transport, whose worker thread does the I/O;
-//! * the irqfd's resample eventfd: virtio-mmio's interrupt is level
-//!   triggered, so the line is an irqfd with a resampler. KVM asserts the
-//!   IOAPIC pin when the irqfd is written and deasserts it at the guest's
-//!   EOI, then signals the resampler; if the device still holds the line
-//!   high (an interrupt the driver has not acknowledged yet), the relay
-//!   asserts it again;
 //! * a stop eventfd.
+//!
+//! The device interrupts through a plain irqfd: each rise of its
+//! interrupt status is an edge on its IOAPIC pin (described as edge
+//! triggered in ACPI), as Firecracker does. The guest's handler reads the
+//! status, acknowledges it and then goes through the used rings, so what
+//! arrives before the acknowledgement is handled by that interrupt and
+//! what arrives after it raises a new edge. (A level-triggered line with a
+//! KVM resampler did the same with an extra eventfd, but registering a
+//! resampler waits for an SRCU grace period: 6 ms of every start here.)
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,44 +31,32 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::devices::{VirtioSlot, QUEUE_NOTIFY};
 use crate::{Error, Result};
 
-/// A level-triggered IOAPIC pin driven through a KVM irqfd + resamplefd.
+/// An edge-triggered IOAPIC pin driven through a KVM irqfd.
 pub struct IrqFdLine {
     level: AtomicBool,
     irqfd: EventFd,
-    resample: EventFd,
 }
 
 impl IrqFdLine {
-    /// Registers a new irqfd/resamplefd pair for `gsi` with `vm`.
+    /// Registers a new irqfd for `gsi` with `vm`.
     pub fn new(vm: &VmFd, gsi: u32) -> Result<Arc<IrqFdLine>> {
-        let ev = || EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd", e));
         let line = IrqFdLine {
             level: AtomicBool::new(false),
-            irqfd: ev()?,
-            resample: ev()?,
+            irqfd: EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd", e))?,
         };
-        vm.register_irqfd_with_resample(&line.irqfd, &line.resample, gsi)
+        vm.register_irqfd(&line.irqfd, gsi)
             .map_err(|e| Error::Kvm {
-                what: "KVM_IRQFD (with resample)",
+                what: "KVM_IRQFD",
                 source: e,
             })?;
         Ok(Arc::new(line))
-    }
-
-    /// Called when the guest's EOI deasserted the pin.
-    fn resampled(&self) {
-        let _ = self.resample.read();
-        if self.level.load(Ordering::SeqCst) {
-            let _ = self.irqfd.write(1);
-        }
     }
 }
 
 impl IrqLine for IrqFdLine {
     fn set_level(&self, level: bool) {
-        // Lowering needs no KVM call: the pin drops at the next EOI and the
-        // resampler then sees the line low. Raising asserts it now; KVM
-        // wakes a halted vCPU.
+        // A rise is an edge (KVM pulses the pin and wakes a halted vCPU);
+        // lowering needs no KVM call.
         if !self.level.swap(level, Ordering::SeqCst) && level {
             let _ = self.irqfd.write(1);
         }
@@ -89,12 +80,7 @@ impl Drop for Relay {
 
 /// Registers an ioeventfd for each of `queues` QueueNotify values of
 /// `slot` and starts its relay thread.
-pub fn start_relay(
-    vm: &VmFd,
-    slot: Arc<VirtioSlot>,
-    queues: usize,
-    line: Arc<IrqFdLine>,
-) -> Result<Relay> {
+pub fn start_relay(vm: &VmFd, slot: Arc<VirtioSlot>, queues: usize) -> Result<Relay> {
     let epoll = Epoll::new().map_err(|e| Error::Io("epoll_create", e))?;
     let stop = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd", e))?;
     let mut kicks = Vec::with_capacity(queues);
@@ -111,7 +97,7 @@ pub fn start_relay(
         })?;
         kicks.push(fd);
     }
-    // Tokens: 0..queues the kicks, queues the resampler, queues + 1 stop.
+    // Tokens: 0..queues the kicks, queues the stop.
     let add = |fd: i32, token: usize| {
         epoll
             .ctl(
@@ -124,12 +110,11 @@ pub fn start_relay(
     for (q, fd) in kicks.iter().enumerate() {
         add(fd.as_raw_fd(), q)?;
     }
-    add(line.resample.as_raw_fd(), queues)?;
-    add(stop.as_raw_fd(), queues + 1)?;
+    add(stop.as_raw_fd(), queues)?;
     let thread = std::thread::Builder::new()
         .name("virtio-relay".into())
         .spawn(move || {
-            let mut events = vec![EpollEvent::default(); queues + 2];
+            let mut events = vec![EpollEvent::default(); queues + 1];
             loop {
                 let n = match epoll.wait(-1, &mut events) {
                     Ok(n) => n,
@@ -145,8 +130,6 @@ pub fn start_relay(
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .write(QUEUE_NOTIFY, &idx);
-                    } else if token == queues {
-                        line.resampled();
                     } else {
                         return;
                     }

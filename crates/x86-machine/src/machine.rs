@@ -344,17 +344,15 @@ fn build_devices(vm: &Vm, cfg: &mut MachineConfig, saved: Option<&MachineState>)
         let queues = dev.queue_max_sizes().len();
         let line = IrqFdLine::new(&vm.fd, gsi)?;
         let transport = match saved {
-            None => virtio::MmioTransport::new(dev, mem.clone(), line.clone()),
-            Some(st) => {
-                virtio::MmioTransport::restore(dev, mem.clone(), line.clone(), &st.virtio[i])
-                    .map_err(|e| Error::SnapshotState(format!("virtio slot {i}: {e}")))?
-            }
+            None => virtio::MmioTransport::new(dev, mem.clone(), line),
+            Some(st) => virtio::MmioTransport::restore(dev, mem.clone(), line, &st.virtio[i])
+                .map_err(|e| Error::SnapshotState(format!("virtio slot {i}: {e}")))?,
         };
         let slot = Arc::new(VirtioSlot {
             base,
             transport: Mutex::new(transport),
         });
-        relays.push(irqfd::start_relay(&vm.fd, slot.clone(), queues, line)?);
+        relays.push(irqfd::start_relay(&vm.fd, slot.clone(), queues)?);
         slots.push(slot);
         if !cmdline.is_empty() {
             cmdline.push(' ');
