@@ -66,6 +66,7 @@ seen, order = set(), []
 for path in sys.argv[1:]:
     names = set()
     for n in open(path).read().split():
+        n = re.sub(r"'\d+$", '', n)                  # callgrind's recursion depth
         n = re.sub(r'\.llvm\.\d+$', '', n)          # thin LTO's promoted locals
         n = re.sub(r'17h[0-9a-f]{16}E$', '17h', n)   # legacy symbol hash
         names.add(n)
