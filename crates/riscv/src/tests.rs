@@ -418,20 +418,28 @@ fn external_code_change_invalidates() {
     assert_eq!(h.x(10), 3);
 }
 
-#[test]
-fn stop_request_interrupts_an_endless_loop() {
-    let sp = space();
-    load_code(&sp, CODE, &[jal(0, 0)]);
+/// Runs user code from CODE (translated) until another thread, 50 ms
+/// later, asks the hart to stop; the stopped hart.
+fn run_until_stopped(sp: &UserSpace) -> Hart {
     let mut h = Hart::new_user();
+    h.set_jit(true);
     h.pc = CODE;
     let ctl = h.control().clone();
     let t = std::thread::spawn(move || {
         std::thread::sleep(std::time::Duration::from_millis(50));
         ctl.request_stop();
     });
-    assert_eq!(h.run_user(&sp), Exit::Stopped);
-    assert_eq!(h.pc, CODE);
+    assert_eq!(h.run_user(sp), Exit::Stopped);
     t.join().unwrap();
+    h
+}
+
+#[test]
+fn stop_request_interrupts_an_endless_loop() {
+    let sp = space();
+    load_code(&sp, CODE, &[jal(0, 0)]);
+    let h = run_until_stopped(&sp);
+    assert_eq!(h.pc, CODE);
 }
 
 #[test]
@@ -783,16 +791,7 @@ fn jit_inner_loop_honours_stop_request() {
             ECALL,
         ],
     );
-    let mut h = Hart::new_user();
-    h.set_jit(true);
-    h.pc = CODE;
-    let ctl = h.control().clone();
-    let t = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        ctl.request_stop();
-    });
-    assert_eq!(h.run_user(&sp), Exit::Stopped);
-    t.join().unwrap();
+    let h = run_until_stopped(&sp);
     assert_eq!(h.x(12), 1, "the start ran once");
     assert!(h.x(10) > 1000, "the loop ran: {}", h.x(10));
     // Retired: the first two, then two per pass (the pc is at the addi
@@ -820,16 +819,7 @@ fn jit_stop_in_nested_loop_writes_back_registers() {
             jal(0, -16),     // outer head
         ],
     );
-    let mut h = Hart::new_user();
-    h.set_jit(true);
-    h.pc = CODE;
-    let ctl = h.control().clone();
-    let t = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        ctl.request_stop();
-    });
-    assert_eq!(h.run_user(&sp), Exit::Stopped);
-    t.join().unwrap();
+    let h = run_until_stopped(&sp);
     let (x10, x11) = (h.x(10), h.x(11));
     assert!(x10 > 1000, "the loops ran: {x10}");
     // Inner passes done in the current outer pass, and outer passes done.
@@ -850,16 +840,7 @@ fn jit_stop_in_nested_loop_writes_back_registers() {
 fn jit_chained_loop_honours_stop_request() {
     let sp = space();
     load_code(&sp, CODE, &[addi(10, 10, 1), jal(0, -4)]);
-    let mut h = Hart::new_user();
-    h.set_jit(true);
-    h.pc = CODE;
-    let ctl = h.control().clone();
-    let t = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        ctl.request_stop();
-    });
-    assert_eq!(h.run_user(&sp), Exit::Stopped);
-    t.join().unwrap();
+    let h = run_until_stopped(&sp);
     assert!(h.x(10) > 1000, "the loop ran: {}", h.x(10));
 }
 
@@ -929,16 +910,7 @@ fn jit_loop_past_a_jump_honours_stop_request() {
             ECALL,
         ],
     );
-    let mut h = Hart::new_user();
-    h.set_jit(true);
-    h.pc = CODE;
-    let ctl = h.control().clone();
-    let t = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        ctl.request_stop();
-    });
-    assert_eq!(h.run_user(&sp), Exit::Stopped);
-    t.join().unwrap();
+    let h = run_until_stopped(&sp);
     assert_eq!(h.x(12), 1, "the start ran once");
     let passes = h.x(10);
     assert!(passes > 1000, "the loop ran: {passes}");
@@ -1267,16 +1239,7 @@ fn jit_forward_chains_keep_loops_stoppable() {
             i(0x67, 0, 0, 1, 0), // 32: ret
         ],
     );
-    let mut h = Hart::new_user();
-    h.set_jit(true);
-    h.pc = CODE;
-    let ctl = h.control().clone();
-    let t = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        ctl.request_stop();
-    });
-    assert_eq!(h.run_user(&sp), Exit::Stopped);
-    t.join().unwrap();
+    let h = run_until_stopped(&sp);
     let (a, c, f) = (h.x(10), h.x(11), h.x(12));
     assert!(a > 1000, "the loop ran: {a}");
     // It stops where blocks are entered through their checks: A (from
