@@ -21,18 +21,31 @@
 # to exit and its peak RSS, both measured in L1 by busybox `time`.
 # Everything runs under TCG, so the absolute times are those of an
 # emulated machine (tens of times slower than hardware); the ratio is the
-# useful part. Two kinds of noise make single runs meaningless, hence the
-# alternating runs and medians: the host's own load (the outer QEMU's
-# threads share its cores), and a stall of 1 to 2 s of guest time in the
-# L2 kernel's IPv6 set-up (inet6_init, between "NET: Registered PF_INET6"
-# and "Segment Routing with IPv6" in its dmesg) that some boots take and
-# others do not, under either monitor (7 of 12 vmlinux boots in one
-# sample, none of 6 bzImage boots). Compared like for like (the same
-# vmlinux), the two monitors make the same number of KVM exits per boot
-# (about 3,500: ~200 port I/O, ~40 nested page faults), and their guests'
-# boots differ in small ways only (Firecracker's has a CMOS RTC; both
-# offer the TSC-deadline timer, which spares Linux a 100 ms calibration
-# of the LAPIC timer); what remains between their medians is noise.
+# useful part. Single runs are noisy (the outer QEMU's threads share the
+# host's cores with whatever else runs there), hence the alternating runs
+# and medians.
+#
+# L1 runs with transparent huge pages off, for both monitors alike. With
+# Debian's default (THP "always"), most vmlinux boots (7 of 8 in one
+# sample, under either monitor) stalled for 0.3 to 2 s of guest time in the
+# L2 kernel's IPv6 set-up, and no bzImage boot did. Traced in L2
+# (initcall_debug, sched events, function_graph): the time goes to the
+# first dynamic per-CPU chunk the kernel creates (pcpu_create_chunk, from
+# whichever of inet6_init's allocations comes first), inside
+# alloc_pages_bulk zeroing fresh pages for its maps: one call took 300 to
+# 650 ms where it takes 1 to 20 ms otherwise, with nothing else running in
+# L2 and no compaction in L1. That is time spent outside L2, by L1 and the
+# outer emulator, when L2 first touches RAM that L1 backs with 2 MiB
+# pages (a vmlinux boot has L1 fault in 48 of them, a bzImage boot 66,
+# most of those before the kernel's clock starts, while its decompressor
+# runs). With THP off in L1, 0 of 8 vmlinux boots stalled and the boots'
+# other phases took the same time under both monitors: per-initcall times
+# (initcall_debug) and the times of the boot's milestones match between
+# virtkit and Firecracker on the same vmlinux. The two monitors also make
+# the same number of KVM exits per boot (about 3,500: ~200 port I/O, ~40
+# nested page faults), and their guests' boots differ in small ways only
+# (Firecracker's has a CMOS RTC; both offer the TSC-deadline timer, which
+# spares Linux a 100 ms calibration of the LAPIC timer).
 #
 # Firecracker is not part of virtkit and is never committed: build it from
 # its public source as bench/kvm.sh says and give its path in FIRECRACKER
@@ -91,6 +104,9 @@ while read -r m; do
 	insmod "/kvm/\$m.ko" || echo "L1-ERROR insmod \$m"
 done </kvm/order
 [ -c /dev/kvm ] || echo "L1-ERROR no /dev/kvm"
+# No transparent huge pages for the monitors' guest RAM in L1 (see the
+# header: with them, most vmlinux boots stall 0.3-2 s under either monitor).
+echo never >/sys/kernel/mm/transparent_hugepage/enabled || echo "L1-ERROR THP setting"
 cat >/tmp/fc.json <<JSON
 {
   "boot-source": { "kernel_image_path": "/guest/vmlinux", "initrd_path": "/guest/l2.cpio", "boot_args": "$APPEND" },
