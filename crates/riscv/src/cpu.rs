@@ -388,7 +388,7 @@ impl HartControl {
     }
 
     /// The code this hart runs changed (see `UserSpace::code_changed`,
-    /// `CodeMap::bump`). No wake-up: a sleeping hart runs no code.
+    /// `CodeMap::changed`). No wake-up: a sleeping hart runs no code.
     pub(crate) fn note_code_change(&self) {
         self.attention
             .fetch_or(attn::CODE_CHANGED, Ordering::AcqRel);
@@ -511,6 +511,9 @@ pub struct Core {
     pub(crate) control: Arc<HartControl>,
     /// Set by CSR writes that change translation: flush the TLB.
     pub(crate) tlb_dirty: bool,
+    /// `sfence.vma` of one address: flush only its translations (unless
+    /// `tlb_dirty` asks for all of them).
+    pub(crate) tlb_flush_va: Option<u64>,
     /// Set by `fence.i`: drop decoded blocks.
     pub(crate) code_dirty: bool,
     pub(crate) wfi: bool,
@@ -572,6 +575,7 @@ impl Core {
             clock,
             control: Arc::new(HartControl::new()),
             tlb_dirty: true,
+            tlb_flush_va: None,
             code_dirty: false,
             wfi: false,
         };
@@ -1041,9 +1045,23 @@ impl Core {
         } else {
             base
         };
-        self.tlb_dirty = true;
+        // No TLB flush: each privilege (and SUM) has its own TLB, and the
+        // mode change selects it (`SysMem::update_modes`).
         self.recheck = true;
         self.res_addr = u64::MAX;
+    }
+
+    /// `sfence.vma` of virtual address `va`: its translations go at the
+    /// next block boundary (two different pages pending: all of them).
+    pub(crate) fn sfence_page(&mut self, va: u64) {
+        if self.tlb_dirty {
+            return;
+        }
+        match self.tlb_flush_va {
+            None => self.tlb_flush_va = Some(va),
+            Some(v) if v >> 12 == va >> 12 => {}
+            Some(_) => self.tlb_dirty = true,
+        }
     }
 
     pub(crate) fn do_mret(&mut self) -> Result<u64, Trap> {
@@ -1062,7 +1080,6 @@ impl Core {
         }
         self.csr.mstatus = s;
         self.prv = mpp;
-        self.tlb_dirty = true;
         self.recheck = true;
         self.res_addr = u64::MAX;
         Ok(self.csr.mepc)
@@ -1087,7 +1104,6 @@ impl Core {
         s |= mstatus::SPIE;
         self.csr.mstatus = s;
         self.prv = spp;
-        self.tlb_dirty = true;
         self.recheck = true;
         self.res_addr = u64::MAX;
         Ok(self.csr.sepc)

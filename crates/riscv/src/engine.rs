@@ -145,6 +145,12 @@ impl Engine {
         if let Some(j) = self.jit.as_mut() {
             j.fence_i();
         }
+        self.flush_decoded();
+    }
+
+    /// Drops the interpreter's decoded blocks only (the JIT follows code
+    /// changes page by page itself, see `Jit::run_sys`).
+    fn flush_decoded(&mut self) {
         self.insns.clear();
         self.epoch = (self.epoch + 1) & 0xff;
         if self.epoch == 0 {
@@ -265,7 +271,7 @@ pub(crate) fn run_system<B: Bus>(
         let g = code_map.generation();
         if g != engine.gen {
             engine.gen = g;
-            engine.flush();
+            engine.flush_decoded();
         }
         let pc = core.pc;
         let (pa, host) = match mem.translate_fetch(core, pc) {
@@ -371,7 +377,10 @@ fn service<B: Bus>(core: &mut Core, engine: &mut Engine, mem: &mut SysMem<'_, B>
         let a = core.control.take_attention();
         if a & attn::FLUSH_TLB != 0 || core.tlb_dirty {
             core.tlb_dirty = false;
+            core.tlb_flush_va = None;
             mem.flush();
+        } else if let Some(va) = core.tlb_flush_va.take() {
+            mem.flush_page(va);
         }
         if a & attn::FLUSH_CODE != 0 || core.code_dirty {
             core.code_dirty = false;

@@ -632,7 +632,7 @@ impl RamRegion {
 }
 
 /// Harts to tell about code changes (see `UserSpace::code_changed`,
-/// `CodeMap::bump`).
+/// `CodeMap::changed`).
 type Watchers = Mutex<Vec<std::sync::Weak<crate::cpu::HartControl>>>;
 
 /// Adds `c` to `w` once, dropping harts that are gone.
@@ -660,15 +660,32 @@ fn notify(w: &Watchers) {
     });
 }
 
+/// Pages the change log of a [`CodeMap`] remembers: a hart that falls
+/// further behind drops all its translations instead of some.
+const CHANGE_LOG: usize = 1024;
+
+/// The last [`CHANGE_LOG`] pages whose code changed, in order: entry
+/// `n % CHANGE_LOG` is the page of the `n`th change (`n` < `count`).
+#[derive(Debug)]
+struct ChangeLog {
+    pages: Box<[u64]>,
+    count: u64,
+}
+
 /// Per-physical-page "holds decoded code" marks shared by all harts of a
 /// machine, plus a generation counter the harts watch: when a page with a
 /// mark is stored to (by a hart, or by a device through
-/// [`CodeMap::invalidate`]), every hart drops its decoded blocks at its next
-/// block boundary.
+/// [`CodeMap::invalidate`]), every hart drops its decoded blocks of that
+/// page at its next block boundary. The generation counts the changed
+/// pages, which a log keeps (see [`CodeMap::changes_since`]), so that a
+/// JIT drops only the translations of those pages (Linux patches its own
+/// text hundreds of times per boot: jump labels, alternatives).
 #[derive(Debug)]
 pub struct CodeMap {
     regions: Vec<(u64, u64, Box<[AtomicU8]>)>,
+    /// The log's `count`, readable without its lock.
     generation: AtomicU64,
+    log: Mutex<ChangeLog>,
     /// Harts running translated code from this machine's RAM: a bump
     /// raises their attention (see [`CodeMap::watch`]).
     watchers: Watchers,
@@ -690,12 +707,16 @@ impl CodeMap {
                 })
                 .collect(),
             generation: AtomicU64::new(0),
+            log: Mutex::new(ChangeLog {
+                pages: vec![0; CHANGE_LOG].into_boxed_slice(),
+                count: 0,
+            }),
             watchers: Mutex::new(Vec::new()),
         }
     }
 
     /// Registers a hart about to run translated code from this machine
-    /// (see [`CodeMap::bump`]). The caller reads the generation after
+    /// (see [`CodeMap::changed`]). The caller reads the generation after
     /// this: a bump made before the registration shows there.
     pub(crate) fn watch(&self, c: &std::sync::Arc<crate::cpu::HartControl>) {
         watch(&self.watchers, c);
@@ -714,28 +735,52 @@ impl CodeMap {
         if len == 0 {
             return;
         }
-        let mut had = false;
+        let mut changed = Vec::new();
         let mut page = pa & !(PAGE_SIZE - 1);
         let end = pa.saturating_add(len);
         while page < end {
             if let Some(s) = self.slot(page) {
-                had |= s.swap(0, Ordering::Relaxed) != 0;
+                if s.swap(0, Ordering::Relaxed) != 0 {
+                    changed.push(page);
+                }
             }
             page = match page.checked_add(PAGE_SIZE) {
                 Some(p) => p,
                 None => break,
             };
         }
-        if had {
-            self.bump();
+        if !changed.is_empty() {
+            self.changed(&changed);
         }
     }
 
-    /// Bumps the generation and raises the attention of every watching
-    /// hart: translated code polls only its attention word.
-    pub(crate) fn bump(&self) {
-        self.generation.fetch_add(1, Ordering::Release);
+    /// The code of physical `pages` changed (their marks were just
+    /// cleared): logs them, bumps the generation and raises the attention
+    /// of every watching hart (translated code polls only that word).
+    pub(crate) fn changed(&self, pages: &[u64]) {
+        {
+            let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+            for &p in pages {
+                let i = (log.count % CHANGE_LOG as u64) as usize;
+                log.pages[i] = p & !(PAGE_SIZE - 1);
+                log.count += 1;
+            }
+            self.generation.store(log.count, Ordering::Release);
+        }
         notify(&self.watchers);
+    }
+
+    /// The pages whose code changed since generation `since` (appended to
+    /// `out`, oldest first, possibly repeated) and the generation they
+    /// bring the caller to; `None` when the log no longer holds them all
+    /// (the caller must then drop every translation).
+    pub(crate) fn changes_since(&self, since: u64, out: &mut Vec<u64>) -> Option<u64> {
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        if since > log.count || log.count - since > CHANGE_LOG as u64 {
+            return None;
+        }
+        out.extend((since..log.count).map(|n| log.pages[(n % CHANGE_LOG as u64) as usize]));
+        Some(log.count)
     }
 
     #[inline(always)]
@@ -760,4 +805,39 @@ pub trait Bus: Sync {
     fn read(&self, addr: u64, size: u8) -> Option<u64>;
     /// MMIO store of the low `size` bytes of `value` at physical `addr`.
     fn write(&self, addr: u64, size: u8, value: u64) -> bool;
+}
+
+#[cfg(test)]
+mod code_map_tests {
+    use super::*;
+
+    #[test]
+    fn changes_are_logged_by_page_until_the_log_overflows() {
+        let mut ram = vec![0u8; 64 * PAGE_SIZE as usize];
+        // SAFETY: the vector outlives the map and is not resized.
+        let region = unsafe { RamRegion::new(0x8000_0000, ram.len() as u64, ram.as_mut_ptr()) };
+        let map = CodeMap::new(&[region]);
+        let mark = |pa: u64| map.slot(pa).unwrap().store(1, Ordering::SeqCst);
+        mark(0x8000_3000);
+        mark(0x8000_5000);
+        // Unmarked pages change nothing.
+        map.invalidate(0x8000_0000, PAGE_SIZE);
+        assert_eq!(map.generation(), 0);
+        map.invalidate(0x8000_2ff8, 0x3000);
+        assert_eq!(map.generation(), 2);
+        let mut out = Vec::new();
+        assert_eq!(map.changes_since(0, &mut out), Some(2));
+        assert_eq!(out, [0x8000_3000, 0x8000_5000]);
+        out.clear();
+        assert_eq!(map.changes_since(1, &mut out), Some(2));
+        assert_eq!(out, [0x8000_5000]);
+        for _ in 0..CHANGE_LOG {
+            map.changed(&[0x8000_7123]);
+        }
+        out.clear();
+        assert_eq!(map.changes_since(2, &mut out), Some(2 + CHANGE_LOG as u64));
+        assert!(out.iter().all(|&p| p == 0x8000_7000));
+        // Fallen too far behind: everything must go.
+        assert_eq!(map.changes_since(1, &mut out), None);
+    }
 }

@@ -62,7 +62,13 @@ pub(super) fn exec(kind: Kind, core: &mut Core, i: &Insn, start: u64, n: impl Fn
             {
                 ill!();
             }
-            core.tlb_dirty = true;
+            // rs1 = x0: every address; otherwise only the one in rs1 (its
+            // leaf PTE), whatever the ASID in rs2.
+            if i.rs1 == 0 {
+                core.tlb_dirty = true;
+            } else {
+                core.sfence_page(rs1!());
+            }
             core.recheck = true;
             Ok(Flow::Jump(next!()))
         }

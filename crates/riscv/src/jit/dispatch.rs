@@ -64,7 +64,7 @@ pub(super) fn write(a: &mut Asm) -> Routines {
     a.jmp_abs(epilogue);
     // dispatch_sys: rax = virtual pc, already in ctx.pc. Translates it
     // through the fetch TLB (a miss or MMIO: back to Rust), then looks
-    // up (virtual pc, physical pc) in the system table, whose slot must
+    // up (virtual pc, physical pc) in the system table, whose page must
     // also be verified in the current fence epoch (see `fence_i`).
     let dispatch_sys = a.addr();
     a.mov_rr(RCX, RAX);
@@ -96,8 +96,11 @@ pub(super) fn write(a: &mut Asm) -> Routines {
     let miss2 = a.jcc(CC_NE);
     a.op_m(true, &[0x3b], RSI, RCX, offset_of!(SysSlot, ppc) as i32);
     let miss3 = a.jcc(CC_NE);
-    a.load(RDX, R14, ctx_off(offset_of!(Ctx, epoch)));
-    a.op_m(true, &[0x3b], RDX, RCX, offset_of!(SysSlot, epoch) as i32);
+    // The block's page must have been checked in the current fence
+    // epoch: the slot points at the page's epoch.
+    a.load(RDX, RCX, offset_of!(SysSlot, epoch) as i32);
+    a.load(RDX, RDX, 0);
+    a.op_m(true, &[0x3b], RDX, R14, ctx_off(offset_of!(Ctx, epoch)));
     let miss4 = a.jcc(CC_NE);
     a.op_m(false, &[0xff], 4, RCX, offset_of!(SysSlot, code) as i32); // jmp [rcx + code]
     for m in [miss1, miss2, miss3, miss4] {

@@ -31,7 +31,7 @@
 //! r12 = guest memory base (user mode) or the data TLB, r14 = [`Ctx`],
 //! r15 = the hart's attention word, rbp = instructions retired since
 //! entry. Translated code polls only the attention word for code
-//! changes, which raise it (`UserSpace::code_changed`, `CodeMap::bump`).
+//! changes, which raise it (`UserSpace::code_changed`, `CodeMap::changed`).
 //! rax, rcx, rdx are scratch; r8-r11, rsi, rdi and r13 cache guest
 //! registers within a block (see `emit::RegCache`).
 
@@ -102,8 +102,9 @@ struct Ctx {
     mem: *mut (),
     /// System mode: blocks left before the run loop polls for interrupts.
     poll: u32,
-    /// System mode: the fetch TLB, the block table and the fence epoch,
-    /// for the inline dispatch of indirect and cross-page jumps.
+    /// System mode: the fetch TLB, the block table and the fence epoch
+    /// (which a slot's page must have been checked in), for the inline
+    /// dispatch of indirect and cross-page jumps.
     itlb: *const u8,
     systable: *const SysSlot,
     epoch: u64,
@@ -207,6 +208,8 @@ pub(crate) struct Jit {
     sys_blocks: HashMap<(u64, u64), usize>,
     /// System mode: the physical pages blocks were translated from.
     sys_pages: HashMap<u64, SysPage>,
+    /// System mode: pages whose code changed (see `CodeMap::changes_since`).
+    changed: Vec<u64>,
     /// System mode: bumped by every `fence.i` (see [`Jit::fence_i`]).
     fence_epoch: u64,
     /// Translating for a system-mode hart (set by the first `run_sys`).
@@ -220,30 +223,36 @@ pub(crate) struct Jit {
     perf_map: Option<std::fs::File>,
 }
 
-/// A system-mode table slot: virtual pc, physical pc, code, and the fence
-/// epoch at which its page was last found unchanged.
+/// A system-mode table slot: virtual pc, physical pc, code, and where
+/// the fence epoch at which its page was last found unchanged is kept
+/// (the page's, shared by all its blocks: after a fence, one check of the
+/// page lets every block of it be entered inline again).
 #[derive(Clone, Copy)]
 #[repr(C)]
 struct SysSlot {
     vpc: u64,
     ppc: u64,
     code: usize,
-    epoch: u64,
+    /// `SysPage::epoch` of the block's page (read only when `vpc` and
+    /// `ppc` match, so null in empty slots).
+    epoch: *const u64,
 }
 
 const NO_SLOT: SysSlot = SysSlot {
     vpc: u64::MAX,
     ppc: 0,
     code: 0,
-    epoch: 0,
+    epoch: std::ptr::null(),
 };
 
 /// A physical page holding translated code (system mode).
 struct SysPage {
     /// The page's bytes when its first block was translated.
     copy: Box<[u8]>,
-    /// Fence epoch at which the page was last compared with `copy`.
-    epoch: u64,
+    /// Fence epoch at which the page was last compared with `copy`. Boxed:
+    /// table slots of the page's blocks point at it (see [`SysSlot`]), and
+    /// generated code reads it through them.
+    epoch: Box<std::cell::Cell<u64>>,
     /// Blocks translated from it: (virtual pc, physical pc).
     blocks: Vec<(u64, u64)>,
 }
@@ -345,6 +354,7 @@ impl Jit {
             sys_table: vec![NO_SLOT; TABLE_SIZE].into_boxed_slice(),
             sys_blocks: HashMap::new(),
             sys_pages: HashMap::new(),
+            changed: Vec::new(),
             fence_epoch: 0,
             sys_mode: false,
             sites: fault::Sites {
@@ -383,7 +393,8 @@ impl Jit {
         }
     }
 
-    /// Drops the translations of a changed physical page.
+    /// Drops the translations of a changed physical page (and the table
+    /// slots pointing at its epoch).
     fn drop_page(&mut self, ppage: u64) {
         if let Some(p) = self.sys_pages.remove(&ppage) {
             for (v, pp) in p.blocks {
@@ -624,7 +635,10 @@ impl Jit {
         let host = host?;
         let slot = Self::sys_slot(pc, pa);
         let s = self.sys_table[slot];
-        if s.vpc == pc && s.ppc == pa && s.epoch == self.fence_epoch {
+        // SAFETY: a slot whose pcs match holds a block of a live page
+        // (`drop_page` and `flush` empty the slots of the pages they drop),
+        // whose boxed epoch the slot points at.
+        if s.vpc == pc && s.ppc == pa && unsafe { *s.epoch } == self.fence_epoch {
             return Some(s.code);
         }
         let ppage = pa & !(crate::PAGE_SIZE - 1);
@@ -636,9 +650,9 @@ impl Jit {
         };
         let epoch = self.fence_epoch;
         match self.sys_pages.get_mut(&ppage) {
-            Some(p) if p.epoch != epoch => {
+            Some(p) if p.epoch.get() != epoch => {
                 if *p.copy == *page_bytes {
-                    p.epoch = epoch;
+                    p.epoch.set(epoch);
                 } else {
                     self.drop_page(ppage);
                 }
@@ -646,12 +660,14 @@ impl Jit {
             _ => {}
         }
         if let Some(&code) = self.sys_blocks.get(&(pc, pa)) {
-            self.sys_table[slot] = SysSlot {
-                vpc: pc,
-                ppc: pa,
-                code,
-                epoch,
-            };
+            if let Some(p) = self.sys_pages.get(&ppage) {
+                self.sys_table[slot] = SysSlot {
+                    vpc: pc,
+                    ppc: pa,
+                    code,
+                    epoch: p.epoch.as_ptr(),
+                };
+            }
             return Some(code);
         }
         let mut insns = std::mem::take(&mut self.decode_buf);
@@ -680,22 +696,19 @@ impl Jit {
             // check above left free at `len`.
             unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), at as *mut u8, code.len()) };
             self.len = (self.len + code.len() + 15) & !15;
+            self.sys_blocks.insert((pc, pa), at);
+            let p = self.sys_pages.entry(ppage).or_insert_with(|| SysPage {
+                copy: page_bytes.into(),
+                epoch: Box::new(std::cell::Cell::new(epoch)),
+                blocks: Vec::new(),
+            });
+            p.blocks.push((pc, pa));
             self.sys_table[slot] = SysSlot {
                 vpc: pc,
                 ppc: pa,
                 code: at,
-                epoch,
+                epoch: p.epoch.as_ptr(),
             };
-            self.sys_blocks.insert((pc, pa), at);
-            self.sys_pages
-                .entry(ppage)
-                .or_insert_with(|| SysPage {
-                    copy: page_bytes.into(),
-                    epoch,
-                    blocks: Vec::new(),
-                })
-                .blocks
-                .push((pc, pa));
             at
         });
         self.decode_buf = insns;
@@ -713,10 +726,25 @@ impl Jit {
             // translated code polls (before the generation is read below).
             mem.code_map().watch(&core.control);
         }
-        let g = mem.code_map().generation();
-        if g != self.gen {
-            self.flush();
-            self.gen = g;
+        let map = mem.code_map();
+        if map.generation() != self.gen {
+            // Only the changed pages lose their translations, unless this
+            // hart fell too far behind the log.
+            let mut changed = std::mem::take(&mut self.changed);
+            changed.clear();
+            match map.changes_since(self.gen, &mut changed) {
+                Some(g) => {
+                    for &p in &changed {
+                        self.drop_page(p);
+                    }
+                    self.gen = g;
+                }
+                None => {
+                    self.flush();
+                    self.gen = map.generation();
+                }
+            }
+            self.changed = changed;
         }
         let Some(mut code) = self.code_for_sys(core, mem, core.pc) else {
             return JitExit::Slow;

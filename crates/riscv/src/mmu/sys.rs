@@ -10,7 +10,7 @@ use crate::decode::{decode, decode_c, Insn};
 use crate::mem::{Bus, CodeMap, RamRegion};
 use crate::PAGE_SIZE;
 
-pub(crate) const TLB_SIZE: usize = 256;
+pub(crate) const TLB_SIZE: usize = 4096;
 /// Translation regimes with their own TLB: U, S, S with SUM, M (bare).
 const REGIMES: usize = 4;
 /// Tag flag: the page is MMIO (never matches a plain vpn).
@@ -43,6 +43,16 @@ const EMPTY: Entry = Entry {
 /// A hart's TLBs.
 pub(crate) struct Tlb {
     e: Box<[[Entry; TLB_SIZE]; REGIMES]>,
+    /// Per regime, which entries came from a superpage (a bit per entry)
+    /// and its level (1: 2 MiB, 2: 1 GiB, 3: 512 GiB): `sfence.vma` of
+    /// one address must also drop the entries of the other 4 KiB pages of
+    /// a superpage holding it (they share its leaf PTE).
+    big: [[u64; TLB_SIZE / 64]; REGIMES],
+    level: Box<[[u8; TLB_SIZE]; REGIMES]>,
+    /// Per regime, the entries filled since the last flush (possibly
+    /// repeated), so that a flush clears those rather than the whole
+    /// table: a big table stays cheap to flush.
+    filled: [Vec<u16>; REGIMES],
     /// Stands in for the code mark of RAM the code map does not cover.
     no_code: Box<AtomicU8>,
 }
@@ -55,15 +65,61 @@ impl Tlb {
     pub fn new() -> Self {
         Tlb {
             e: Box::new([[EMPTY; TLB_SIZE]; REGIMES]),
+            big: [[0; TLB_SIZE / 64]; REGIMES],
+            level: Box::new([[0; TLB_SIZE]; REGIMES]),
+            filled: Default::default(),
             no_code: Box::new(AtomicU8::new(0)),
         }
     }
 
     pub fn flush(&mut self) {
-        for r in self.e.iter_mut() {
-            r.fill(EMPTY);
+        for (r, filled) in self.e.iter_mut().zip(self.filled.iter_mut()) {
+            if filled.len() >= TLB_SIZE / 4 {
+                r.fill(EMPTY);
+            } else {
+                for &i in filled.iter() {
+                    r[i as usize] = EMPTY;
+                }
+            }
+            filled.clear();
+        }
+        self.big = [[0; TLB_SIZE / 64]; REGIMES];
+    }
+
+    /// `sfence.vma` of virtual address `va` (any address space): drops
+    /// every entry of every regime whose leaf PTE maps `va`.
+    pub fn flush_page(&mut self, va: u64) {
+        let vpn = va >> 12;
+        for r in 0..REGIMES {
+            let i = (vpn as usize) & (TLB_SIZE - 1);
+            if entry_vpn(&self.e[r][i]) == Some(vpn) {
+                self.e[r][i] = EMPTY;
+            }
+            for w in 0..TLB_SIZE / 64 {
+                let mut bits = self.big[r][w];
+                while bits != 0 {
+                    let j = w * 64 + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    let shift = 9 * self.level[r][j] as u32;
+                    match entry_vpn(&self.e[r][j]) {
+                        Some(v) if v >> shift != vpn >> shift => {}
+                        _ => {
+                            self.e[r][j] = EMPTY;
+                            self.big[r][w] &= !(1 << (j % 64));
+                        }
+                    }
+                }
+            }
         }
     }
+}
+
+/// The virtual page an entry maps, if it maps any.
+fn entry_vpn(e: &Entry) -> Option<u64> {
+    [e.tag_r, e.tag_w, e.tag_x]
+        .into_iter()
+        .find(|&t| t != INVALID)
+        .map(|t| t & !MMIO)
 }
 
 /// The system-mode memory path for one `run_system` call.
@@ -101,6 +157,11 @@ impl<'a, B: Bus> SysMem<'a, B> {
 
     pub fn flush(&mut self) {
         self.tlb.flush();
+    }
+
+    /// Drops the translations of `va` (see [`Tlb::flush_page`]).
+    pub fn flush_page(&mut self, va: u64) {
+        self.tlb.flush_page(va);
     }
 
     /// The TLB of data accesses in the current regime (for the JIT; stable
@@ -142,19 +203,19 @@ impl<'a, B: Bus> SysMem<'a, B> {
         })
     }
 
-    /// Page walk. Returns the physical page and which of read/write/exec
-    /// the TLB may cache for it.
+    /// Page walk. Returns the physical page, which of read/write/exec
+    /// the TLB may cache for it, and the leaf's level (0: a 4 KiB page).
     fn walk(
         &self,
         core: &Core,
         va: u64,
         acc: Acc,
         prv: Priv,
-    ) -> Result<(u64, bool, bool, bool), Trap> {
+    ) -> Result<(u64, bool, bool, bool, u8), Trap> {
         let satp = core.csr.satp;
         let mode = satp >> 60;
         if prv == Priv::Machine || mode == 0 {
-            return Ok((va & !OFF_MASK, true, true, true));
+            return Ok((va & !OFF_MASK, true, true, true, 0));
         }
         let levels: u32 = if mode == 8 { 3 } else { 4 };
         let va_bits = 12 + 9 * levels;
@@ -227,7 +288,7 @@ impl<'a, B: Bus> SysMem<'a, B> {
                     pte |= need;
                 }
                 let page = (ppn | ((va >> 12) & ((1 << (9 * i)) - 1))) << 12;
-                return Ok((page, r_ok, w_ok && pte & 0x80 != 0, x_ok));
+                return Ok((page, r_ok, w_ok && pte & 0x80 != 0, x_ok, i as u8));
             }
         }
     }
@@ -241,7 +302,7 @@ impl<'a, B: Bus> SysMem<'a, B> {
         reg: usize,
         prv: Priv,
     ) -> Result<Entry, Trap> {
-        let (pa_page, r, w, x) = self.walk(core, va, acc, prv)?;
+        let (pa_page, r, w, x, level) = self.walk(core, va, acc, prv)?;
         let vpn = va >> 12;
         let e = match self.ram_host(pa_page) {
             Some(h) => {
@@ -267,7 +328,19 @@ impl<'a, B: Bus> SysMem<'a, B> {
                 code: std::ptr::null(),
             },
         };
-        self.tlb.e[reg][(vpn as usize) & (TLB_SIZE - 1)] = e;
+        let i = (vpn as usize) & (TLB_SIZE - 1);
+        self.tlb.e[reg][i] = e;
+        self.tlb.level[reg][i] = level;
+        let filled = &mut self.tlb.filled[reg];
+        if filled.len() < TLB_SIZE {
+            filled.push(i as u16);
+        }
+        let bit = 1u64 << (i % 64);
+        if level != 0 {
+            self.tlb.big[reg][i / 64] |= bit;
+        } else {
+            self.tlb.big[reg][i / 64] &= !bit;
+        }
         Ok(e)
     }
 
@@ -330,7 +403,7 @@ impl<'a, B: Bus> SysMem<'a, B> {
         // stand-in).
         let slot = unsafe { &*e.code };
         if slot.load(Ordering::Relaxed) != 0 && slot.swap(0, Ordering::AcqRel) != 0 {
-            self.code_map.bump();
+            self.code_map.changed(&[e.pa_page]);
         }
     }
 
@@ -428,5 +501,103 @@ impl<B: Bus> Mem for SysMem<'_, B> {
             self.note_code_store(&e);
         }
         Ok(e.addend.wrapping_add(va as usize) as *mut u8)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    const RAM: u64 = 0x8000_0000;
+    const RAM_LEN: usize = 8 << 20;
+    /// V, R, W, A, D.
+    const LEAF: u64 = 0xc7;
+
+    struct TestBus {
+        // u64s: page-table entries are read as aligned atomics.
+        _mem: Vec<u64>,
+        ram: [RamRegion; 1],
+        code: CodeMap,
+    }
+
+    impl TestBus {
+        fn new() -> TestBus {
+            let mut mem = vec![0u64; RAM_LEN / 8];
+            // SAFETY: the vector lives as long as the bus, which owns it,
+            // and is never resized.
+            let ram = [unsafe { RamRegion::new(RAM, RAM_LEN as u64, mem.as_mut_ptr().cast()) }];
+            let code = CodeMap::new(&ram);
+            TestBus {
+                _mem: mem,
+                ram,
+                code,
+            }
+        }
+
+        fn put(&self, pa: u64, v: u64) {
+            // SAFETY: an aligned address inside the RAM region.
+            unsafe { *self.ram[0].host().add((pa - RAM) as usize).cast::<u64>() = v };
+        }
+    }
+
+    impl Bus for TestBus {
+        fn ram(&self) -> &[RamRegion] {
+            &self.ram
+        }
+        fn code_map(&self) -> &CodeMap {
+            &self.code
+        }
+        fn read(&self, _: u64, _: u8) -> Option<u64> {
+            None
+        }
+        fn write(&self, _: u64, _: u8, _: u64) -> bool {
+            false
+        }
+    }
+
+    fn pte(pa: u64, flags: u64) -> u64 {
+        (pa >> 12) << 10 | flags
+    }
+
+    #[test]
+    fn sfence_of_one_address_drops_its_superpage_and_only_it() {
+        let bus = TestBus::new();
+        // Sv39, root at RAM + 0x1000. VA 0x4000_0000: a 2 MiB superpage
+        // (root[1] -> L1 at +0x2000, L1[0] a leaf); VA 0x1000: a 4 KiB
+        // page (root[0] -> +0x3000, [0] -> +0x4000, [1] a leaf).
+        bus.put(RAM + 0x1000 + 8, pte(RAM + 0x2000, 1));
+        bus.put(RAM + 0x2000, pte(RAM + 0x20_0000, LEAF));
+        bus.put(RAM + 0x1000, pte(RAM + 0x3000, 1));
+        bus.put(RAM + 0x3000, pte(RAM + 0x4000, 1));
+        bus.put(RAM + 0x4000 + 8, pte(RAM + 0x5000, LEAF));
+        bus.put(RAM + 0x20_5000, 0x1111);
+        bus.put(RAM + 0x40_5000, 0x2222);
+        bus.put(RAM + 0x5000, 0x3333);
+        bus.put(RAM + 0x6000, 0x4444);
+        let mut core = Core::new(false, Arc::new(crate::Clock::new(10_000_000)));
+        core.set_privilege(Priv::Supervisor);
+        core.csr.satp = 8 << 60 | (RAM + 0x1000) >> 12;
+        let mut tlb = Tlb::new();
+        let mut mem = SysMem::new(&bus, &mut tlb);
+        mem.update_modes(&core);
+        assert_eq!(mem.load::<8>(&mut core, 0x4000_5000), Ok(0x1111));
+        assert_eq!(mem.load::<8>(&mut core, 0x1000), Ok(0x3333));
+        // Both mappings move; the TLB may keep the old ones until a fence.
+        bus.put(RAM + 0x2000, pte(RAM + 0x40_0000, LEAF));
+        bus.put(RAM + 0x4000 + 8, pte(RAM + 0x6000, LEAF));
+        assert_eq!(mem.load::<8>(&mut core, 0x4000_5000), Ok(0x1111));
+        // A fence naming another 4 KiB page of the superpage drops the
+        // entry of this one (they share the leaf PTE) and keeps the
+        // unrelated page's.
+        mem.flush_page(0x4000_0000);
+        assert_eq!(mem.load::<8>(&mut core, 0x4000_5000), Ok(0x2222));
+        assert_eq!(mem.load::<8>(&mut core, 0x1000), Ok(0x3333));
+        mem.flush_page(0x1234);
+        assert_eq!(mem.load::<8>(&mut core, 0x1000), Ok(0x4444));
+        // A whole flush after page flushes still clears everything.
+        bus.put(RAM + 0x4000 + 8, pte(RAM + 0x5000, LEAF));
+        mem.flush();
+        assert_eq!(mem.load::<8>(&mut core, 0x1000), Ok(0x3333));
     }
 }
