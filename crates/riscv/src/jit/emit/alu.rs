@@ -37,16 +37,19 @@ pub(super) fn emit(a: &mut Asm, i: &Insn, ipc: u64) -> bool {
             a.rd_commit(rd, d);
         }
         // sext.w (also `slli 32; srai 32`).
-        Addiw if rs1 != 0 && imm == 0 => unary(a, i, |a, d, s| a.sext32(d, s)),
-        Addiw if rs1 != 0 && rs1 != rd => unary(a, i, |a, d, s| {
+        Addiw if rs1 != 0 && imm == 0 => unary(a, i, Low, |a, d, s| a.sext32(d, s)),
+        // (Left unextended, see `RegCache::lazy`.)
+        Addiw if rs1 != 0 && rs1 != rd => unary(a, i, W, |a, d, s| {
             a.op_m(false, &[0x8d], d, s, imm); // lea d32, [s + imm]
-            a.sext32(d, d);
         }),
         Add | Addw if rs1 != 0 && rs2 != 0 => {
-            let s1 = a.x_reg(rs1);
-            let s2 = a.x_reg(rs2);
-            let d = a.rd_host(rd);
             let w = i.kind == Add;
+            let (s1, s2) = if w {
+                (a.x_reg(rs1), a.x_reg(rs2))
+            } else {
+                (a.x_reg32(rs1), a.x_reg32(rs2))
+            };
+            let d = a.rd_host(rd);
             if d == s1 {
                 a.alu_rr(w, ADD, d, s2);
             } else if d == s2 {
@@ -54,22 +57,21 @@ pub(super) fn emit(a: &mut Asm, i: &Insn, ipc: u64) -> bool {
             } else {
                 a.op_bid(w, &[0x8d], d, s1, s2, 0); // lea d, [s1 + s2]
             }
-            if !w {
-                a.sext32(d, d);
-            }
-            a.rd_commit(rd, d);
+            // addw: unextended (see `RegCache::lazy`).
+            a.rd_commit_as(rd, d, !w);
         }
         // zext.b, zext.h, zext.w (also `slli n; srli n`).
-        Andi if rs1 != 0 && imm == 0xff => unary(a, i, |a, d, s| {
+        Andi if rs1 != 0 && imm == 0xff => unary(a, i, Low, |a, d, s| {
             byte_rex(a, false, d, s);
             a.b.extend_from_slice(&[0x0f, 0xb6, 0xc0 | (d & 7) << 3 | (s & 7)]);
         }),
-        ZextH => unary(a, i, |a, d, s| a.op_rr(false, &[0x0f, 0xb7], d, s)),
-        SextH => unary(a, i, |a, d, s| a.op_rr(true, &[0x0f, 0xbf], d, s)),
-        SextB => unary(a, i, |a, d, s| a.op_rr(true, &[0x0f, 0xbe], d, s)),
-        AddUw if rs2 == 0 => unary(a, i, |a, d, s| a.op_rr(false, &[0x89], s, d)),
+        ZextH => unary(a, i, Low, |a, d, s| a.op_rr(false, &[0x0f, 0xb7], d, s)),
+        SextH => unary(a, i, Low, |a, d, s| a.op_rr(true, &[0x0f, 0xbf], d, s)),
+        SextB => unary(a, i, Low, |a, d, s| a.op_rr(true, &[0x0f, 0xbe], d, s)),
+        AddUw if rs2 == 0 => unary(a, i, Low, |a, d, s| a.op_rr(false, &[0x89], s, d)),
         AddUw if rs1 != 0 => {
-            let s1 = a.x_reg(rs1);
+            // zext.w's operand: its low half.
+            let s1 = a.x_reg32(rs1);
             let s2 = a.x_reg(rs2);
             let d = a.rd_host(rd);
             if d == s2 {
@@ -83,10 +85,12 @@ pub(super) fn emit(a: &mut Asm, i: &Insn, ipc: u64) -> bool {
         }
         Slt | Sltu | Slti | Sltiu => set(a, i),
         Sll | Srl | Sra | Sllw | Srlw | Sraw if rs1 != 0 && rs2 != 0 && bmi2() => {
-            let s1 = a.x_reg(rs1);
-            let s2 = a.x_reg(rs2);
-            let d = a.rd_host(rd);
             let w = matches!(i.kind, Sll | Srl | Sra);
+            // The count is masked to the low 5 or 6 bits; a W shift
+            // reads and writes low halves (see `RegCache::lazy`).
+            let s1 = if w { a.x_reg(rs1) } else { a.x_reg32(rs1) };
+            let s2 = a.x_reg32(rs2);
+            let d = a.rd_host(rd);
             // shlx (66), shrx (F2), sarx (F3): d = s1 shifted by s2, the
             // count masked to the operand size as RISC-V masks it.
             let pp = match i.kind {
@@ -101,10 +105,7 @@ pub(super) fn emit(a: &mut Asm, i: &Insn, ipc: u64) -> bool {
                 0xf7,
                 0xc0 | (d & 7) << 3 | (s1 & 7),
             ]);
-            if !w {
-                a.sext32(d, d);
-            }
-            a.rd_commit(rd, d);
+            a.rd_commit_as(rd, d, !w);
         }
         _ => return false,
     }
@@ -117,18 +118,29 @@ fn bmi2() -> bool {
     std::is_x86_feature_detected!("bmi2")
 }
 
+/// How a one-operand op reads its source and leaves its result (see
+/// `RegCache::lazy`).
+#[derive(Clone, Copy, PartialEq)]
+enum Width {
+    /// Reads only the low 32 bits (or fewer), writes a whole register.
+    Low,
+    /// Reads only the low 32 bits, leaves the result unextended.
+    W,
+}
+use Width::*;
+
 /// rd = op(rs1) for a one-operand op that reads its source before writing
 /// its destination (any register, possibly the same): `op(a, d, s)`. x0
 /// as the source gives 0 for every op routed here.
-fn unary(a: &mut Asm, i: &Insn, op: impl FnOnce(&mut Asm, u8, u8)) {
+fn unary(a: &mut Asm, i: &Insn, width: Width, op: impl FnOnce(&mut Asm, u8, u8)) {
     if i.rs1 == 0 {
         a.li_x(i.rd, 0);
         return;
     }
-    let s = a.x_reg(i.rs1);
+    let s = a.x_reg32(i.rs1);
     let d = a.rd_host(i.rd);
     op(a, d, s);
-    a.rd_commit(i.rd, d);
+    a.rd_commit_as(i.rd, d, width == W);
 }
 
 /// The REX prefix of an instruction with a byte register operand `rm`

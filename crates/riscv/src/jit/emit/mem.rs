@@ -145,7 +145,13 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
                 a.ld_x(RDX, 0);
                 RDX
             } else {
-                let c = a.x_reg(i.rs2);
+                // A narrow store reads only the low bits (an unextended
+                // W result needs no extension, see `RegCache::lazy`).
+                let c = if n < 8 {
+                    a.x_reg32(i.rs2)
+                } else {
+                    a.x_reg(i.rs2)
+                };
                 if n == 1 && (c == RSI || c == RDI) {
                     a.mov_rr(RDX, c);
                     RDX

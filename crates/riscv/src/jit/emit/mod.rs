@@ -19,6 +19,7 @@ mod fuse;
 mod mem;
 mod rvi;
 mod rvm;
+mod select;
 #[cfg(test)]
 mod tests;
 
@@ -55,13 +56,21 @@ struct Frame {
     /// Instructions that some branch of the block jumps to from inside it
     /// (see [`Frame::internal`]).
     merge: Vec<bool>,
-    /// Code offset of each merge point once emitted, and the guest
-    /// registers its register cache holds there.
-    labels: Vec<Option<(usize, CacheMap)>>,
+    /// Code offset of each merge point once emitted, the guest
+    /// registers its register cache holds there, and the slots that may
+    /// hold theirs unextended there (bit per slot, see
+    /// [`RegCache::lazy`]).
+    labels: Vec<Option<(usize, CacheMap, u8)>>,
+    /// Registers each loop head claims known sign-extended (see
+    /// [`RegCache::sx`]), and the back edges that could not keep a
+    /// claim: (head, registers) (see [`Jit::emit_code`]).
+    claims: Vec<u32>,
+    broken: Vec<(usize, u32)>,
     /// Forward jumps to merge points not emitted yet: (rel32 offset,
     /// index of the target instruction, the cache at the jump and its
-    /// dirty registers, see [`RegCache::dirty_map`]).
-    forward: Vec<(usize, usize, CacheMap, CacheMap)>,
+    /// dirty registers, see [`RegCache::dirty_map`], and the registers
+    /// known sign-extended there, see [`RegCache::sx`]).
+    forward: Vec<(usize, usize, CacheMap, CacheMap, u32)>,
     /// Backward jumps' attention exits: (rel32 offset, index of the
     /// target instruction, dirty registers to write back).
     attn_back: Vec<(usize, usize, CacheMap)>,
@@ -167,14 +176,30 @@ impl Frame {
     fn jump_internal(&mut self, a: &mut Asm, k: usize, j: usize) {
         a.add_icount((k as i64 + 1 - j as i64) as i32 as u32);
         if j <= k {
-            let (label, want) = self.labels[j].expect("a backward target is emitted");
+            let (label, want, ok) = self.labels[j].expect("a backward target is emitted");
+            self.vouch(a, j);
+            a.norm_for(ok);
             a.restore(&want);
             a.jmp_abs(a.base + label);
         } else {
             a.u8(0xe9);
             a.u32(0);
-            self.forward
-                .push((a.b.len() - 4, j, a.cache.guest, a.cache.dirty_map()));
+            self.forward.push((
+                a.b.len() - 4,
+                j,
+                a.cache.guest,
+                a.cache.dirty_map(),
+                a.cache.sx,
+            ));
+        }
+    }
+    /// A backward jump to the loop head at index `j`: notes the head's
+    /// sign-extension claims this path does not keep (see
+    /// [`Jit::emit_code`]).
+    fn vouch(&mut self, a: &Asm, j: usize) {
+        let bad = self.claims[j] & !a.cache.sx;
+        if bad != 0 {
+            self.broken.push((j, bad));
         }
     }
     /// The attention check at the head of a loop inside the block, the
@@ -194,15 +219,19 @@ impl Frame {
     /// fall-through, so that when the cache already matches the head's,
     /// the taken path is one `jcc` straight to the head.
     pub(super) fn branch_back(&mut self, a: &mut Asm, target: u64, cc: u8) {
-        let (label, want) = match self.internal(target) {
+        let (label, want, ok) = match self.internal(target) {
             Some(j) if !self.is_back_edge(target) => {
+                self.vouch(a, j);
                 self.labels[j].expect("a backward target is emitted")
             }
             _ => {
                 let l = self.looping.as_ref().expect("a back edge");
-                (l.head, l.map)
+                (l.head, l.map, 0)
             }
         };
+        // Extensions the head needs, before the jcc (both paths keep
+        // them; `movsxd` leaves the flags alone).
+        a.norm_for(ok);
         if a.restore_is_noop(&want) {
             let at = a.jcc(cc);
             let rel = (label as i64 - (at as i64 + 4)) as i32;
@@ -221,7 +250,7 @@ impl Frame {
     pub(super) fn branch_fwd(&mut self, a: &mut Asm, j: usize, cc: u8) {
         let at = a.jcc(cc);
         self.forward
-            .push((at, j, a.cache.guest, a.cache.dirty_map()));
+            .push((at, j, a.cache.guest, a.cache.dirty_map(), a.cache.sx));
     }
     /// For a jump from index `k` to `target`: the instructions it counts
     /// as retired when it goes backward inside the block (see
@@ -266,6 +295,11 @@ fn fd(r: u8) -> i32 {
 /// The guest register in each of `CACHE_REGS` (0: none).
 type CacheMap = [u8; CACHE_REGS.len()];
 
+/// In a map of dirty registers ([`RegCache::dirty_map`]): the slot holds
+/// its register unextended (see [`RegCache::lazy`]), so writing it back
+/// extends it first. (Guest registers are below 32.)
+const LAZY: u8 = 0x80;
+
 /// Host registers that hold guest registers within a block. A helper
 /// call forgets them all (all but r13 are caller-saved), and none is a
 /// scratch register of the translator (rax, rcx, rdx) or of the fixed
@@ -294,6 +328,17 @@ pub(super) struct RegCache {
     guest: CacheMap,
     /// Slots whose guest register is newer than `Core::x`.
     dirty: [bool; CACHE_REGS.len()],
+    /// Slots holding the result of a W instruction without its sign
+    /// extension: the low 32 bits are the guest register's, the upper
+    /// ones garbage (see [`Asm::x_reg32`]). Whatever reads the whole
+    /// register (a 64-bit operand, an address, a write-back to
+    /// `Core::x`) extends it first (`movsxd`, see [`Asm::norm`]).
+    lazy: [bool; CACHE_REGS.len()],
+    /// Bit `r`: guest `r`'s value here is known to be a sign-extended
+    /// 32-bit number (see [`sext_result`]) on every path (x0 always). Such
+    /// registers compare as their low halves, and a loop head may hold
+    /// them unextended (see [`lazy_ok`]).
+    sx: u32,
     /// Last use of each slot (replacement's last tie-break).
     used: [u32; CACHE_REGS.len()],
     tick: u32,
@@ -353,23 +398,51 @@ impl RegCache {
                 )
             })
             .unwrap_or(0);
-        let evicted = (self.dirty[s] && self.guest[s] != 0).then_some(self.guest[s]);
+        let evicted = (self.dirty[s] && self.guest[s] != 0)
+            .then_some(self.guest[s] | if self.lazy[s] { LAZY } else { 0 });
         self.tick += 1;
         self.guest[s] = r;
         self.dirty[s] = false;
+        self.lazy[s] = false;
         self.used[s] = self.tick;
         (s, evicted)
     }
-    /// Marks guest `r`'s slot (it must be cached) as newer than memory.
-    fn set_dirty(&mut self, r: u8) {
+    /// Marks guest `r`'s slot (it must be cached) as newer than memory,
+    /// holding the whole new value (`lazy`: only its low half, see
+    /// [`RegCache::lazy`]). Forgets what was known of the old value's
+    /// sign (the translator sets it again after the instruction, see
+    /// [`sext_result`]).
+    fn set_dirty(&mut self, r: u8, lazy: bool) {
         if let Some(s) = self.guest.iter().position(|&g| g == r && r != 0) {
             self.dirty[s] = true;
+            self.lazy[s] = lazy;
+        }
+        if r < 32 {
+            self.sx &= !(1 << r);
         }
     }
     /// Per slot, the guest register it holds when that one is dirty (0
-    /// otherwise): what an exit from here must write back.
+    /// otherwise), with [`LAZY`] when the slot still needs its sign
+    /// extension: what an exit from here must write back.
     pub(super) fn dirty_map(&self) -> CacheMap {
-        std::array::from_fn(|s| if self.dirty[s] { self.guest[s] } else { 0 })
+        std::array::from_fn(|s| {
+            if self.dirty[s] {
+                self.guest[s] | if self.lazy[s] { LAZY } else { 0 }
+            } else {
+                0
+            }
+        })
+    }
+    /// After instruction `i`: whether its result is known sign-extended
+    /// (see [`RegCache::sx`]).
+    fn note_write(&mut self, i: &Insn) {
+        if i.rd != 0 && i.rd < 32 {
+            if sext_result(i) {
+                self.sx |= 1 << i.rd;
+            } else {
+                self.sx &= !(1 << i.rd);
+            }
+        }
     }
     /// Forgets every cached register (their host registers may be
     /// clobbered, or the guest registers changed, behind the translator).
@@ -377,17 +450,65 @@ impl RegCache {
     pub(super) fn forget_all(&mut self) {
         self.guest = [0; CACHE_REGS.len()];
         self.dirty = [false; CACHE_REGS.len()];
+        self.lazy = [false; CACHE_REGS.len()];
     }
     /// The cache holding exactly `map` at a loop head: each register
     /// some instruction of the block writes (bit `r` of `written`)
     /// counted dirty, since a back edge may arrive with it so; the
     /// others can never be dirty in this block (see [`RegCache`]).
-    fn preset(&mut self, map: &CacheMap, written: u32) {
+    fn preset(&mut self, map: &CacheMap, written: u32, lazy: u8) {
         for (s, &r) in map.iter().enumerate() {
             self.guest[s] = r;
             self.dirty[s] = r != 0 && written & 1 << r != 0;
+            self.lazy[s] = r != 0 && lazy & 1 << s != 0;
         }
     }
+}
+
+/// Whether `i`'s result (in `rd`) is always a sign-extended 32-bit
+/// number: the W instructions, loads narrower than 64 bits but `lwu`,
+/// set-on-compare, small constants, masks and extensions to 16 bits or
+/// fewer, shifts right that leave 31 bits or fewer.
+pub(super) fn sext_result(i: &Insn) -> bool {
+    use Kind::*;
+    match i.kind {
+        Addw | Subw | Addiw | Sllw | Srlw | Sraw | Slliw | Srliw | Sraiw | Mulw | Divw | Divuw
+        | Remw | Remuw => true,
+        Lb | Lh | Lw | Lbu | Lhu => true,
+        Lui | Slt | Sltu | Slti | Sltiu | ZextH | SextH | SextB => true,
+        Addi => i.rs1 == 0,
+        Andi => i.imm >= 0,
+        Srli => i.imm & 63 >= 33,
+        Srai => i.imm & 63 >= 32,
+        _ => false,
+    }
+}
+
+/// Whether the translator leaves `i`'s result unextended (see
+/// [`RegCache::lazy`]): W arithmetic and shifts, whose host forms work
+/// on the low halves.
+fn lazy_result(i: &Insn) -> bool {
+    use Kind::*;
+    matches!(
+        i.kind,
+        Addw | Subw | Addiw | Sllw | Srlw | Sraw | Slliw | Srliw | Sraiw | Mulw
+    ) && !(i.kind == Addiw && i.imm == 0)
+}
+
+/// The registers `insns` write with results not known sign-extended
+/// (see [`sext_result`]), and those some W instruction writes
+/// unextended (see [`lazy_result`]), as bit masks.
+fn sext_writes(insns: &[Insn]) -> (u32, u32) {
+    insns
+        .iter()
+        .filter(|i| i.rd != 0 && i.rd < 32)
+        .fold((0, 0), |(others, w), i| {
+            let bit = 1u32 << i.rd;
+            (
+                if sext_result(i) { others } else { others | bit },
+                if lazy_result(i) { w | bit } else { w },
+            )
+        })
 }
 
 /// The integer registers some instruction of `insns` writes, as a bit
@@ -448,6 +569,7 @@ impl Loop {
     /// head's (see [`Asm::restore`]), then jumps to the head (which checks
     /// for attention again).
     fn back_edge(&self, a: &mut Asm, retired: u32) {
+        a.norm_for(0);
         a.restore(&self.map);
         a.add_icount(retired);
         a.jmp_abs(a.base + self.head);
@@ -509,9 +631,18 @@ impl Asm {
     fn cache_slot(&mut self, r: u8) -> u8 {
         let (s, evicted) = self.cache.slot(r);
         if let Some(g) = evicted {
-            self.store(RBX, xd(g), CACHE_REGS[s]);
+            self.write_back(s, g);
         }
         CACHE_REGS[s]
+    }
+    /// Stores slot `s` into guest `g & !LAZY`'s place in `Core::x`,
+    /// extending it first when `g` has [`LAZY`] (in place: the slot then
+    /// holds the same guest value, extended).
+    fn write_back(&mut self, s: usize, g: u8) {
+        if g & LAZY != 0 {
+            self.sext32(CACHE_REGS[s], CACHE_REGS[s]);
+        }
+        self.store(RBX, xd(g & !LAZY), CACHE_REGS[s]);
     }
     /// Writes back the registers of `dirty` (from [`RegCache::dirty_map`])
     /// to `Core::x`, leaving the cache as it is: for a path that leaves
@@ -519,7 +650,25 @@ impl Asm {
     pub(super) fn flush_dirty(&mut self, dirty: CacheMap) {
         for (s, &g) in dirty.iter().enumerate() {
             if g != 0 {
-                self.store(RBX, xd(g), CACHE_REGS[s]);
+                self.write_back(s, g);
+            }
+        }
+    }
+    /// Extends slot `s`'s register in place (see [`RegCache::lazy`]);
+    /// `movsxd` leaves the flags alone.
+    pub(super) fn norm(&mut self, s: usize) {
+        if self.cache.lazy[s] {
+            self.sext32(CACHE_REGS[s], CACHE_REGS[s]);
+            self.cache.lazy[s] = false;
+        }
+    }
+    /// Extends the unextended slots that a loop head's cache does not
+    /// allow so (`lazy_ok`, bit per slot), before jumping there (see
+    /// [`RegCache::lazy`]). Flags survive.
+    fn norm_for(&mut self, lazy_ok: u8) {
+        for s in 0..CACHE_REGS.len() {
+            if lazy_ok & 1 << s == 0 {
+                self.norm(s);
             }
         }
     }
@@ -534,11 +683,14 @@ impl Asm {
     /// counted dirty there): writes back the dirty registers in slots
     /// that `want` does not keep, then loads the slots that differ.
     /// Leaves the translator's cache as it is (the jump leaves this path).
+    /// The caller has extended the slots the head wants extended (see
+    /// [`Asm::norm_for`]).
     fn restore(&mut self, want: &CacheMap) {
-        for s in 0..CACHE_REGS.len() {
+        for (s, &w) in want.iter().enumerate() {
             let g = self.cache.guest[s];
-            if g != 0 && self.cache.dirty[s] && want[s] != g {
-                self.store(RBX, xd(g), CACHE_REGS[s]);
+            if g != 0 && self.cache.dirty[s] && w != g {
+                let lazy = if self.cache.lazy[s] { LAZY } else { 0 };
+                self.write_back(s, g | lazy);
             }
         }
         for (s, &g) in want.iter().enumerate() {
@@ -550,6 +702,17 @@ impl Asm {
     /// Host register holding guest `r` (x1..x31), loading it into the
     /// cache first when it is not there yet.
     pub(super) fn x_reg(&mut self, r: u8) -> u8 {
+        let h = self.x_reg32(r);
+        if let Some(s) = CACHE_REGS.iter().position(|&c| c == h) {
+            self.norm(s);
+        }
+        h
+    }
+    /// [`Asm::x_reg`] for a reader of the low 32 bits only (W
+    /// instructions' operands, narrow stores' values, compares of known
+    /// sign-extended values): the upper half may be garbage (see
+    /// [`RegCache::lazy`]).
+    pub(super) fn x_reg32(&mut self, r: u8) -> u8 {
         debug_assert!(r != 0 && r < 32);
         if let Some(h) = self.cache.get(r) {
             return h;
@@ -558,12 +721,13 @@ impl Asm {
         self.load(h, RBX, xd(r));
         h
     }
-    /// `op dst, <guest register r>` (x0 reads as 0).
+    /// `op dst, <guest register r>` (x0 reads as 0). A 32-bit op reads
+    /// only the low half (see [`Asm::x_reg32`]).
     pub(super) fn alu_x(&mut self, w: bool, op: (u8, u8), dst: u8, r: u8) {
         if r == 0 {
             self.alu_imm(w, op, dst, 0);
         } else {
-            let h = self.x_reg(r);
+            let h = if w { self.x_reg(r) } else { self.x_reg32(r) };
             self.alu_rr(w, op, dst, h);
         }
     }
@@ -582,7 +746,7 @@ impl Asm {
         if r != 0 && r != ZERO_SINK {
             let c = self.cache_slot(r);
             self.mov_rr(c, h);
-            self.cache.set_dirty(r);
+            self.cache.set_dirty(r, false);
         }
     }
     /// The host register an instruction that writes guest `r` computes
@@ -600,6 +764,11 @@ impl Asm {
     /// marks it dirty (no exit may come between the two: the slot holds
     /// a half-computed value until here).
     pub(super) fn rd_commit(&mut self, r: u8, h: u8) {
+        self.rd_commit_as(r, h, false);
+    }
+    /// [`Asm::rd_commit`] of a W instruction's result left unextended
+    /// in `h` (`lazy`; see [`RegCache::lazy`]).
+    pub(super) fn rd_commit_as(&mut self, r: u8, h: u8, lazy: bool) {
         if r != 0 && r != ZERO_SINK {
             debug_assert!(
                 self.cache
@@ -609,14 +778,14 @@ impl Asm {
                     .map(|s| CACHE_REGS[s])
                     == Some(h)
             );
-            self.cache.set_dirty(r);
+            self.cache.set_dirty(r, lazy);
         }
     }
     /// Guest `rd` (not x0) = `rd + imm`, in place.
     pub(super) fn add_x_imm(&mut self, rd: u8, imm: i32) {
         let c = self.x_reg(rd);
         self.alu_imm(true, ADD, c, imm);
-        self.cache.set_dirty(rd);
+        self.cache.set_dirty(rd, false);
     }
     /// Guest `rd` (not x0) = sign-extended `imm`.
     pub(super) fn li_x(&mut self, rd: u8, imm: i32) {
@@ -624,7 +793,7 @@ impl Asm {
         // mov c, simm32 (sign-extended to 64 bits)
         self.op_rr(true, &[0xc7], 0, c);
         self.u32(imm as u32);
-        self.cache.set_dirty(rd);
+        self.cache.set_dirty(rd, false);
     }
     /// Counts `n` more retired instructions (two's complement: a jump
     /// back inside the block subtracts). The count lives in rbp while
@@ -665,8 +834,41 @@ impl Jit {
         pc: u64,
         sys: Option<usize>,
     ) -> Vec<u8> {
+        // Loop heads claim registers known sign-extended (see
+        // `RegCache::sx`); a back edge that cannot vouch for a claim
+        // makes the block translate again without it (claims only
+        // shrink, so this ends; most blocks translate once).
+        let helpers = self.helpers.len();
+        let mut deny = vec![0u32; insns.len()];
+        loop {
+            match self.emit_try(at, insns, pc, sys, &deny) {
+                Ok(code) => return code,
+                Err(bad) => {
+                    self.helpers.truncate(helpers);
+                    for (j, bits) in bad {
+                        deny[j] |= bits;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One translation of the block (see [`Jit::emit_code`]) with the
+    /// loop heads' sign-extension claims less `deny[j]` at each head `j`;
+    /// `Err`: back edges that did not keep their head's claim, as (head,
+    /// registers).
+    fn emit_try(
+        &mut self,
+        at: usize,
+        insns: &[Insn],
+        pc: u64,
+        sys: Option<usize>,
+        deny: &[u32],
+    ) -> Result<Vec<u8>, Vec<(usize, u32)>> {
         use Kind::*;
         let mut a = Asm::new(at, insns.len() * 48 + 256);
+        // Nothing is known of the registers at entry but x0's value.
+        a.cache.sx = 1;
         let epi = self.epilogue;
         // Entry: leave when another thread asked for attention or the
         // address space's code changed since this block was translated.
@@ -688,7 +890,7 @@ impl Jit {
                     a.load(CACHE_REGS[s], RBX, xd(g));
                 }
             }
-            a.cache.preset(&map, written);
+            a.cache.preset(&map, written, 0);
             a.cache.looping = (map, insns.len());
             Loop {
                 head: {
@@ -767,13 +969,20 @@ impl Jit {
             landings: Vec::new(),
             slow: Vec::new(),
             labels: vec![None; insns.len()],
+            claims: vec![1; insns.len()],
+            broken: Vec::new(),
             offs,
             merge,
             forward: Vec::new(),
             attn_back: Vec::new(),
             faults: Vec::new(),
         };
+        // Instructions already emitted with a branch (see `select`).
+        let mut skip_to = 0;
         for (k, i) in insns.iter().enumerate() {
+            if k < skip_to {
+                continue;
+            }
             a.cache.pos = k;
             let ipc = pc.wrapping_add(i.off as u64);
             let next = ipc.wrapping_add(i.size() as u64);
@@ -787,51 +996,85 @@ impl Jit {
                 // inline, each forward jump that has some in a stub of
                 // its own on the way to the label.
                 let (here, later): (Vec<_>, Vec<_>) =
-                    f.forward.drain(..).partition(|&(_, j, _, _)| j == k);
+                    f.forward.drain(..).partition(|&(_, j, _, _, _)| j == k);
                 f.forward = later;
                 if k > 0 && matches!(insns[k - 1].kind, Jal | Jalr) {
-                    if let Some(&(_, _, map, dirty)) = here.first() {
+                    if let Some(&(_, _, map, dirty, sx)) = here.first() {
                         // No fall-through (the block goes on past a jump,
                         // see `block::extend_user`): start from a jump's
                         // cache, not the dead path's (whose inline stores
                         // below never run).
                         a.cache.guest = map;
                         a.cache.dirty = std::array::from_fn(|s| dirty[s] != 0);
+                        a.cache.lazy = std::array::from_fn(|s| dirty[s] & LAZY != 0);
+                        a.cache.sx = sx;
                     }
                 }
                 let mut keep = a.cache.guest;
-                for (_, _, map, _) in &here {
+                for (_, _, map, _, _) in &here {
                     for (s, g) in keep.iter_mut().enumerate() {
                         if map[s] != *g {
                             *g = 0;
                         }
                     }
                 }
-                for s in 0..CACHE_REGS.len() {
+                for (s, &kept) in keep.iter().enumerate() {
                     let g = a.cache.guest[s];
-                    if keep[s] != g {
+                    if kept != g {
                         if a.cache.dirty[s] {
-                            a.store(RBX, xd(g), CACHE_REGS[s]);
+                            let lazy = if a.cache.lazy[s] { LAZY } else { 0 };
+                            a.write_back(s, g | lazy);
                         }
                         a.cache.guest[s] = 0;
                         a.cache.dirty[s] = false;
+                        a.cache.lazy[s] = false;
                     }
                 }
+                // Known sign-extended on every path; a slot unextended on
+                // some path stays so only if its register is (the other
+                // paths' extended value is then a valid unextended one),
+                // else the paths that have it so extend it.
+                let sx = here.iter().fold(a.cache.sx, |m, h| m & h.4);
+                let fix: [bool; CACHE_REGS.len()] = std::array::from_fn(|s| {
+                    let g = keep[s];
+                    g != 0 && sx & 1 << g == 0
+                });
+                for (s, &fix) in fix.iter().enumerate() {
+                    if fix {
+                        a.norm(s);
+                    }
+                }
+                a.cache.sx = sx;
                 let drops = |dirty: &CacheMap| -> CacheMap {
-                    std::array::from_fn(|s| if keep[s] != dirty[s] { dirty[s] } else { 0 })
+                    std::array::from_fn(|s| {
+                        if keep[s] != dirty[s] & !LAZY {
+                            dirty[s]
+                        } else {
+                            0
+                        }
+                    })
                 };
-                let (direct, stubs): (Vec<_>, Vec<_>) = here
-                    .iter()
-                    .partition(|(_, _, _, dirty)| drops(dirty) == [0; CACHE_REGS.len()]);
+                let fixes = |dirty: &CacheMap| -> Vec<usize> {
+                    (0..CACHE_REGS.len())
+                        .filter(|&s| fix[s] && dirty[s] & LAZY != 0 && keep[s] == dirty[s] & !LAZY)
+                        .collect()
+                };
+                let (direct, stubs): (Vec<_>, Vec<_>) =
+                    here.iter().partition(|(_, _, _, dirty, _)| {
+                        drops(dirty) == [0; CACHE_REGS.len()] && fixes(dirty).is_empty()
+                    });
                 // The fall-through jumps over the stubs; each stub jumps
                 // to the label (the last one falls into it).
                 let mut to_label = Vec::new();
                 if !stubs.is_empty() {
                     to_label.push(a.jmp_fwd());
                 }
-                for (n, (at, _, _, dirty)) in stubs.iter().enumerate() {
+                for (n, (at, _, _, dirty, _)) in stubs.iter().enumerate() {
                     a.bind(*at);
                     a.flush_dirty(drops(dirty));
+                    for s in fixes(dirty) {
+                        a.sext32(CACHE_REGS[s], CACHE_REGS[s]);
+                    }
                     if n + 1 < stubs.len() {
                         to_label.push(a.jmp_fwd());
                     }
@@ -839,30 +1082,55 @@ impl Jit {
                 for at in to_label {
                     a.bind(at);
                 }
-                for (at, _, _, _) in direct {
+                for (at, _, _, _, _) in direct {
                     a.bind(at);
                 }
-                for (_, _, _, dirty) in &here {
+                for (_, _, _, dirty, _) in &here {
                     for s in 0..CACHE_REGS.len() {
-                        if dirty[s] != 0 && keep[s] == dirty[s] {
+                        let g = dirty[s] & !LAZY;
+                        if g != 0 && keep[s] == g {
                             a.cache.dirty[s] = true;
+                            if dirty[s] & LAZY != 0 && !fix[s] {
+                                a.cache.lazy[s] = true;
+                            }
                         }
                     }
                 }
+                let mut lazy_ok = 0u8;
                 if let Some(last) = back_last[k] {
                     // A loop head: fill the cache with the registers the
                     // loop names (as a block's loop prologue does), so the
                     // body does not evict its own registers for ones from
                     // before the loop and back edges find them in place.
                     let want = head_map(&a.cache.guest, &loop_regs(&insns[k..=last]));
+                    // What stays known sign-extended around the loop: of
+                    // the registers known so here, those the loop writes
+                    // only so. (A guess: every back edge must keep it,
+                    // see `Frame::vouch`, e.g. a loop entered at its
+                    // condition may break it.) Of those, the ones a W
+                    // instruction of the loop leaves unextended may stay
+                    // so at the head.
+                    let (others, w_loop) = sext_writes(&insns[k..=last]);
+                    let sx = a.cache.sx & !others & !deny[k];
+                    f.claims[k] = sx;
+                    for (s, &g) in want.iter().enumerate() {
+                        if g != 0 && sx & w_loop & 1 << g != 0 {
+                            lazy_ok |= 1 << s;
+                        }
+                    }
+                    a.norm_for(lazy_ok);
                     a.restore(&want);
-                    a.cache.preset(&want, written);
+                    // (A slot the head allows unextended is written in
+                    // the loop, so counted dirty; one loaded here or
+                    // extended is a valid unextended one.)
+                    a.cache.preset(&want, written, lazy_ok);
+                    a.cache.sx = sx;
                     a.cache.looping = (want, last);
                 }
                 if back_last[k].is_some() {
                     a.align_loop_head();
                 }
-                f.labels[k] = Some((a.b.len(), a.cache.guest));
+                f.labels[k] = Some((a.b.len(), a.cache.guest, lazy_ok));
                 if back_last[k].is_some() {
                     // Every pass of the loop comes through its head,
                     // which checks for attention (stop requests, signals,
@@ -870,7 +1138,22 @@ impl Jit {
                     f.head_check(&mut a, k);
                 }
             }
+            if let Some(n) = select::skips(insns, &f.merge, k).filter(|_| sys.is_none()) {
+                let op = insns[k + 1];
+                let opc = pc.wrapping_add(op.off as u64);
+                let onext = opc.wrapping_add(op.size() as u64);
+                let emit_op = |a: &mut Asm, f: &mut Frame| {
+                    if !alu::emit(a, &op, opc) {
+                        rvi::emit(a, f, k + 1, &op, opc, onext);
+                    }
+                };
+                if select::emit(&mut a, &mut f, insns, k, n, emit_op) {
+                    skip_to = k + 1 + n;
+                    continue;
+                }
+            }
             if mem::emit(&mut a, &mut f, k, i) || alu::emit(&mut a, i, ipc) {
+                a.cache.note_write(i);
                 continue;
             }
             match i.kind {
@@ -909,6 +1192,7 @@ impl Jit {
                     f.slow.push((a.jcc(CC_NE), k, [0; CACHE_REGS.len()]));
                 }
             }
+            a.cache.note_write(i);
         }
         // Out-of-line exits.
         for &(at, k, target, dirty) in &f.taken {
@@ -949,6 +1233,9 @@ impl Jit {
             a.exit_pc(epi, pc.wrapping_add(insns[j].off as u64), EXIT_ATTN);
         }
         debug_assert!(f.forward.is_empty(), "every forward target is emitted");
+        if !f.broken.is_empty() {
+            return Err(f.broken);
+        }
         // Slow exits share a stub per instruction and dirty set; host
         // faults of inline accesses resume at the same stubs.
         let mut keys: Vec<(usize, CacheMap)> = (f.slow.iter().chain(&f.faults))
@@ -975,6 +1262,6 @@ impl Jit {
                 self.sites.exits.push((a.base + off, a.base + s));
             }
         }
-        a.b
+        Ok(a.b)
     }
 }

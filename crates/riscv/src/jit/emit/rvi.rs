@@ -45,21 +45,24 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
         ($w:expr, $reads_rs2:expr, |$d:ident| $op:expr) => {{
             let direct = i.rs1 != 0 && !($reads_rs2 && rd == i.rs2 && i.rs1 != i.rs2);
             if direct {
-                let s1 = a.x_reg(i.rs1);
+                // W forms read and compute only low halves, and leave
+                // the result unextended (see `RegCache::lazy`).
+                let s1 = if $w { a.x_reg(i.rs1) } else { a.x_reg32(i.rs1) };
                 if $reads_rs2 && i.rs2 != 0 {
                     // In its register before rd's slot is chosen, so the
                     // slot cannot evict it.
-                    a.x_reg(i.rs2);
+                    if $w {
+                        a.x_reg(i.rs2);
+                    } else {
+                        a.x_reg32(i.rs2);
+                    }
                 }
                 let $d = a.rd_host(rd);
                 if $d != s1 {
                     a.mov_rr($d, s1);
                 }
                 $op;
-                if !$w {
-                    a.sext32($d, $d);
-                }
-                a.rd_commit(rd, $d);
+                a.rd_commit_as(rd, $d, !$w);
             } else {
                 let $d = RAX;
                 a.ld_x(RAX, i.rs1);
@@ -100,18 +103,25 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
         };
     }
     // Compares rs1 with rs2 (or imm) in place, no copy (x0 through rax).
+    // Two registers both known sign-extended from 32 bits (see
+    // `RegCache::sx`) compare as their low halves, in every condition
+    // (signed or not, sign extension keeps the order), so an unextended
+    // one needs no extension first.
     macro_rules! compare {
         ($imm:expr) => {{
-            let s1 = if i.rs1 != 0 {
-                a.x_reg(i.rs1)
-            } else {
+            let w = $imm || a.cache.sx & (1 << i.rs1 | 1 << i.rs2) != 1 << i.rs1 | 1 << i.rs2;
+            let s1 = if i.rs1 == 0 {
                 a.ld_x(RAX, 0);
                 RAX
+            } else if w {
+                a.x_reg(i.rs1)
+            } else {
+                a.x_reg32(i.rs1)
             };
             if $imm {
                 a.alu_imm(true, CMP, s1, imm);
             } else {
-                a.alu_x(true, CMP, s1, i.rs2);
+                a.alu_x(w, CMP, s1, i.rs2);
             }
         }};
     }

@@ -17,18 +17,20 @@ pub(super) fn emit(a: &mut Asm, i: &Insn) {
             // In rd's cache slot, no copies: imul d, rs2 (the operands
             // are in their registers before the slot is chosen, so it
             // cannot evict them; rd = rs2 alone would clobber rs2 first).
+            // mulw multiplies the low halves and leaves the product
+            // unextended (see `RegCache::lazy`).
             let w = i.kind == Mul;
-            let s1 = a.x_reg(i.rs1);
-            let s2 = a.x_reg(i.rs2);
+            let (s1, s2) = if w {
+                (a.x_reg(i.rs1), a.x_reg(i.rs2))
+            } else {
+                (a.x_reg32(i.rs1), a.x_reg32(i.rs2))
+            };
             let d = a.rd_host(rd);
             if d != s1 {
                 a.mov_rr(d, s1);
             }
             a.op_rr(w, &[0x0f, 0xaf], d, s2); // imul d, s2
-            if !w {
-                a.sext32(d, d);
-            }
-            a.rd_commit(rd, d);
+            a.rd_commit_as(rd, d, !w);
         }
         Mul | Mulw => {
             let w = i.kind == Mul;

@@ -349,3 +349,203 @@ fn replacement_evicts_the_register_named_latest() {
     assert_eq!(loop_case(([2, 0, 0, 0, 0, 0, 0], 3)), 1, "x3's slot");
     assert_eq!(loop_case(([0; 7], 0)), 0, "x2's slot, outside a loop");
 }
+
+/// `beq`/`blt`/`bltu` (`f3` 0, 4, 6) `rs1, rs2, off`.
+fn branch(f3: u32, rs1: u32, rs2: u32, off: i32) -> u32 {
+    bne(rs1, rs2, off) & !(7 << 12) | f3 << 12
+}
+fn add(rd: u32, rs1: u32, rs2: u32) -> u32 {
+    r(0x33, 0, 0, rd, rs1, rs2)
+}
+fn addw(rd: u32, rs1: u32, rs2: u32) -> u32 {
+    r(0x3b, 0, 0, rd, rs1, rs2)
+}
+fn mulw(rd: u32, rs1: u32, rs2: u32) -> u32 {
+    r(0x3b, 0, 1, rd, rs1, rs2)
+}
+fn sw(rs2: u32, rs1: u32, off: u32) -> u32 {
+    (off >> 5) << 25 | rs2 << 20 | rs1 << 15 | 2 << 12 | (off & 31) << 7 | 0x23
+}
+/// `jal x0, off`.
+fn j(off: i32) -> u32 {
+    let o = off as u32;
+    ((o >> 20 & 1) << 31)
+        | ((o >> 1 & 0x3ff) << 21)
+        | ((o >> 11 & 1) << 20)
+        | ((o >> 12 & 0xff) << 12)
+        | 0x6f
+}
+
+/// The host code of user-mode block `words` (then an ecall).
+fn host_code(words: &[u32]) -> Vec<u8> {
+    let mut jit = crate::jit::Jit::new().expect("a code buffer");
+    let mut insns: Vec<Insn> = words.iter().chain(&[0x73]).map(|&w| decode(w)).collect();
+    for (k, i) in insns.iter_mut().enumerate() {
+        i.off = 4 * k as u16;
+    }
+    jit.emit_code(0x10_0000, &insns, CODE, None)
+}
+
+/// How many `movsxd r64, r32` (register forms) `code` holds.
+fn sign_extensions(code: &[u8]) -> usize {
+    code.windows(3)
+        .filter(|w| w[0] & 0xf8 == 0x48 && w[1] == 0x63 && w[2] >= 0xc0)
+        .count()
+}
+
+/// How many `cmovcc r64, r64` `code` holds.
+fn cmovs(code: &[u8]) -> usize {
+    code.windows(4)
+        .filter(|w| w[0] & 0xf8 == 0x48 && w[1] == 0x0f && w[2] & 0xf0 == 0x40 && w[3] >= 0xc0)
+        .count()
+}
+
+#[test]
+fn w_results_stay_unextended_until_read_whole() {
+    // Two addw into x5: one extension, at the exit (instead of one per
+    // addw). Then a narrow store of it, and a 64-bit add reads it whole.
+    assert_eq!(
+        sign_extensions(&host_code(&[addw(5, 6, 7), addw(5, 5, 7)])),
+        1
+    );
+    let chain = [addw(5, 6, 7), addw(5, 5, 7), sw(5, 10, 0)];
+    let mut whole = chain.to_vec();
+    whole.push(add(8, 5, 5));
+    for seed in 0..VALUES.len() {
+        let mut regs = regs_from(seed);
+        regs.retain(|&(r, _)| r != 10);
+        regs.push((10, DATA + 0x100));
+        let x = both_ways(&whole, &regs);
+        assert_eq!(x[5], x[6].wrapping_add(2 * x[7]) as i32 as i64 as u64);
+        both_ways(&chain, &regs);
+    }
+}
+
+#[test]
+fn w_results_cross_loop_heads_unextended() {
+    // A multiply-accumulate loop (x11 += x12 * x13, x14 passes) inside a
+    // block: x11 stays unextended around the loop, its compare and
+    // exits extend as needed; x15 counts down with addw and compares
+    // against x0 as its low half.
+    let prog = [
+        addi(11, 0, 0),    // li x11, 0
+        mulw(16, 12, 13),  // head: x16 = x12 * x13 (32-bit)
+        addw(11, 11, 16),  // x11 += x16
+        addiw(14, 14, -1), // x14 -= 1
+        bne(14, 0, -12),   // loop
+        sw(11, 10, 0),     // store the sum
+        addw(17, 11, 11),  // read it again, W
+    ];
+    for (seed, n) in [(0, 1), (3, 5), (5, 17)] {
+        let mut regs = regs_from(seed);
+        regs.retain(|&(r, _)| ![10, 14].contains(&r));
+        regs.push((10, DATA + 0x200));
+        regs.push((14, n));
+        let x = both_ways(&prog, &regs);
+        let prod = (x[12] as i32).wrapping_mul(x[13] as i32);
+        assert_eq!(x[11], prod.wrapping_mul(n as i32) as i64 as u64);
+    }
+}
+
+#[test]
+fn a_loop_entered_at_its_condition_keeps_whole_values() {
+    // j cond; body: addw x5, x5, x6; addi x7, x7, -1; cond: bne x7, x0,
+    // body. x5 comes in not sign-extended (its upper half matters when
+    // the body never runs), so the loop head may not claim it is.
+    let prog = [
+        j(12),
+        addw(5, 5, 6),
+        addi(7, 7, -1),
+        bne(7, 0, -8),
+        add(8, 5, 0),
+        bne(5, 6, 8), // 64-bit compare of the two after the loop
+        addi(9, 0, 1),
+    ];
+    for passes in [0, 1, 3] {
+        for seed in 0..VALUES.len() {
+            let mut regs = regs_from(seed);
+            regs.retain(|&(r, _)| r != 7);
+            regs.push((7, passes));
+            both_ways(&prog, &regs);
+        }
+    }
+    // Entered both ways: falling in, x5 and x6 are sign-extended, so the
+    // head would claim them and compare them as low halves; jumping in
+    // (x10 = 0) they are not, and differ only in their upper halves. The
+    // jump's back edge breaks the claim: the block translates again
+    // without it.
+    let prog = [
+        branch(0, 10, 0, 24), // beqz x10, cond
+        addiw(5, 5, 0),
+        addiw(6, 6, 0),
+        bne(5, 6, 8), // body: skip the count when they differ
+        addi(9, 9, 1),
+        addw(5, 5, 6),
+        addi(7, 7, -1),
+        bne(7, 0, -16), // cond: loop to body
+    ];
+    for (x10, x7) in [(0, 2), (1, 2), (0, 1)] {
+        let regs = [(5, 0x1_0000_0005), (6, 5), (7, x7), (9, 0), (10, x10)];
+        let x = both_ways(&prog, &regs);
+        if x10 == 0 && x7 == 1 {
+            assert_eq!(x[9], 0, "x5 and x6 differ in their upper halves");
+        }
+    }
+}
+
+#[test]
+fn a_branch_over_one_op_becomes_conditional_moves() {
+    // The adds bring x5..x8 into host registers; then `beq x5, x6, +8;
+    // addi x7, x8, 1` (and its forms) is a compare and two cmovs (rd and
+    // the retired count).
+    let lead = [add(9, 5, 6), add(9, 7, 8)];
+    let shapes: [&[u32]; 5] = [
+        &[branch(0, 5, 6, 8), addi(7, 8, 1)],
+        &[branch(4, 5, 6, 8), add(7, 7, 8)],
+        &[branch(6, 6, 5, 8), addw(7, 8, 5)],
+        &[bne(5, 0, 12), slli(7, 8, 48), srli(7, 7, 48)],
+        &[branch(0, 0, 6, 8), addi(7, 7, -5)],
+    ];
+    for shape in shapes {
+        let mut prog = lead.to_vec();
+        prog.extend_from_slice(shape);
+        prog.push(add(10, 7, 9));
+        assert_eq!(cmovs(&host_code(&prog)), 2, "{prog:08x?}");
+        for seed in 0..VALUES.len() {
+            both_ways(&prog, &regs_from(seed));
+            // Equal operands: the branch is taken.
+            let mut regs = regs_from(seed);
+            regs.retain(|&(r, _)| r != 6);
+            regs.push((6, VALUES[(5 * 3 + seed) % VALUES.len()]));
+            both_ways(&prog, &regs);
+        }
+    }
+    // rd as a compare operand (the op would change the comparison): a
+    // branch as before.
+    let mut prog = lead.to_vec();
+    prog.extend_from_slice(&[branch(0, 5, 7, 8), addi(7, 8, 1)]);
+    assert_eq!(cmovs(&host_code(&prog)), 0);
+    both_ways(&prog, &regs_from(1));
+}
+
+#[test]
+fn conditional_moves_in_a_loop_count_exactly() {
+    // A CRC-like loop: x5 = x5 >> 1, and x5 = x5 ^ x6 (via x7) when the
+    // low bit was set; the branch goes both ways from pass to pass.
+    let prog = [
+        addi(8, 0, 32),         // li x8, 32
+        i(0x13, 7, 9, 5, 1),    // head: andi x9, x5, 1
+        srli(5, 5, 1),          // x5 >>= 1
+        r(0x33, 4, 0, 7, 5, 6), // xor x7, x5, x6
+        branch(0, 9, 0, 8),     // beqz x9, +8
+        addi(5, 7, 0),          // mv x5, x7
+        addi(8, 8, -1),         // x8 -= 1
+        bne(8, 0, -24),         // loop
+    ];
+    for seed in 0..VALUES.len() {
+        let mut regs = regs_from(seed);
+        regs.retain(|&(r, _)| r != 5);
+        regs.push((5, 0x9abc_def0_1234_5677u64.rotate_left(seed as u32 * 7)));
+        both_ways(&prog, &regs);
+    }
+}
