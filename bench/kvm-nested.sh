@@ -334,6 +334,8 @@ for name, peer in (("virtkit", "firecracker"), ("virtkit-vmlinux", "firecracker"
         print(f"| ratio {name}/{peer} | {up} | {v[1]/f[1]:.2f} | {v[2]/f[2]:.2f} | |")
 print(f"\n(one outer QEMU run of {outer:.0f} s; L2 is Debian's amd64 kernel with a busybox initramfs,"
       "\n 1 vCPU, 256 MiB; every number is from a machine emulated by QEMU's TCG, so only ratios carry over"
-      "\n to hardware virtualization. The L2 uptime is the guest's own clock, which under nested TCG runs"
-      "\n slower than L1's (about half here): compare uptimes with uptimes, wall times with wall times.)")
+      "\n to hardware virtualization. The L2 uptime is the guest's own clock, which keeps L1's pace but"
+      "\n starts with the kernel: the wall time adds the monitor's start (the kernel's loading), what runs"
+      "\n before the kernel's clock (a bzImage's decompressor), the reset and the exit. Compare uptimes"
+      "\n with uptimes, wall times with wall times.)")
 PY
