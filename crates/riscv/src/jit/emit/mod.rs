@@ -60,7 +60,8 @@ struct Frame {
     /// registers its register cache holds there, and the slots that may
     /// hold theirs unextended there (bit per slot, see
     /// [`RegCache::lazy`]).
-    labels: Vec<Option<(usize, CacheMap, u8)>>,
+    /// (And, at a loop head, its dirty slots, bit per slot.)
+    labels: Vec<Option<(usize, CacheMap, u8, u8)>>,
     /// Registers each loop head claims known sign-extended (see
     /// [`RegCache::sx`]), and the back edges that could not keep a
     /// claim: (head, registers) (see [`Jit::emit_code`]).
@@ -176,10 +177,10 @@ impl Frame {
     fn jump_internal(&mut self, a: &mut Asm, k: usize, j: usize) {
         a.add_icount((k as i64 + 1 - j as i64) as i32 as u32);
         if j <= k {
-            let (label, want, ok) = self.labels[j].expect("a backward target is emitted");
+            let (label, want, ok, dirty) = self.labels[j].expect("a backward target is emitted");
             self.vouch(a, j);
             a.norm_for(ok);
-            a.restore(&want);
+            a.restore(&want, dirty);
             a.jmp_abs(a.base + label);
         } else {
             a.u8(0xe9);
@@ -219,26 +220,26 @@ impl Frame {
     /// fall-through, so that when the cache already matches the head's,
     /// the taken path is one `jcc` straight to the head.
     pub(super) fn branch_back(&mut self, a: &mut Asm, target: u64, cc: u8) {
-        let (label, want, ok) = match self.internal(target) {
+        let (label, want, ok, dirty) = match self.internal(target) {
             Some(j) if !self.is_back_edge(target) => {
                 self.vouch(a, j);
                 self.labels[j].expect("a backward target is emitted")
             }
             _ => {
                 let l = self.looping.as_ref().expect("a back edge");
-                (l.head, l.map, 0)
+                (l.head, l.map, 0, l.dirty)
             }
         };
         // Extensions the head needs, before the jcc (both paths keep
         // them; `movsxd` leaves the flags alone).
         a.norm_for(ok);
-        if a.restore_is_noop(&want) {
+        if a.restore_is_noop(&want, dirty) {
             let at = a.jcc(cc);
             let rel = (label as i64 - (at as i64 + 4)) as i32;
             a.b[at..at + 4].copy_from_slice(&rel.to_le_bytes());
         } else {
             let skip = a.jcc(cc ^ 1);
-            a.restore(&want);
+            a.restore(&want, dirty);
             a.jmp_abs(a.base + label);
             a.bind(skip);
         }
@@ -511,6 +512,14 @@ fn sext_writes(insns: &[Insn]) -> (u32, u32) {
         })
 }
 
+/// The slots of `map` whose register is in bit mask `regs`, as a bit
+/// mask.
+fn slots_of(map: &CacheMap, regs: u32) -> u8 {
+    (0..CACHE_REGS.len()).fold(0, |m, s| {
+        m | ((map[s] != 0 && regs & 1 << map[s] != 0) as u8) << s
+    })
+}
+
 /// The integer registers some instruction of `insns` writes, as a bit
 /// mask (bit `r`: `rd` of any kind, conservative for FP destinations).
 /// Only these can ever be dirty in the block's register cache.
@@ -562,6 +571,8 @@ struct Loop {
     map: CacheMap,
     /// The block's written registers (see [`written_regs`]).
     written: u32,
+    /// The slots holding one of them, counted dirty at the head.
+    dirty: u8,
 }
 
 impl Loop {
@@ -570,7 +581,7 @@ impl Loop {
     /// for attention again).
     fn back_edge(&self, a: &mut Asm, retired: u32) {
         a.norm_for(0);
-        a.restore(&self.map);
+        a.restore(&self.map, self.dirty);
         a.add_icount(retired);
         a.jmp_abs(a.base + self.head);
     }
@@ -672,23 +683,25 @@ impl Asm {
             }
         }
     }
-    /// Whether [`Asm::restore`] to `want` would emit nothing.
-    pub(super) fn restore_is_noop(&self, want: &CacheMap) -> bool {
+    /// Whether [`Asm::restore`] to `want`, `dirty` would emit nothing.
+    pub(super) fn restore_is_noop(&self, want: &CacheMap, dirty: u8) -> bool {
         (0..CACHE_REGS.len()).all(|s| {
             let g = self.cache.guest[s];
-            (want[s] == 0 || want[s] == g) && !(g != 0 && self.cache.dirty[s] && want[s] != g)
+            (want[s] == 0 || want[s] == g)
+                && !(g != 0 && self.cache.dirty[s] && (want[s] != g || dirty & 1 << s == 0))
         })
     }
-    /// On a path that jumps to a loop head with the cache `want` (all
-    /// counted dirty there): writes back the dirty registers in slots
-    /// that `want` does not keep, then loads the slots that differ.
-    /// Leaves the translator's cache as it is (the jump leaves this path).
-    /// The caller has extended the slots the head wants extended (see
+    /// On a path that jumps to a loop head with the cache `want` (the
+    /// slots of bit mask `dirty` counted dirty there, the others clean):
+    /// writes back the dirty registers in slots that `want` does not keep
+    /// or keeps clean, then loads the slots that differ. Leaves the
+    /// translator's cache as it is (the jump leaves this path). The
+    /// caller has extended the slots the head wants extended (see
     /// [`Asm::norm_for`]).
-    fn restore(&mut self, want: &CacheMap) {
+    fn restore(&mut self, want: &CacheMap, dirty: u8) {
         for (s, &w) in want.iter().enumerate() {
             let g = self.cache.guest[s];
-            if g != 0 && self.cache.dirty[s] && w != g {
+            if g != 0 && self.cache.dirty[s] && (w != g || dirty & 1 << s == 0) {
                 let lazy = if self.cache.lazy[s] { LAZY } else { 0 };
                 self.write_back(s, g | lazy);
             }
@@ -899,6 +912,7 @@ impl Jit {
                 },
                 map,
                 written,
+                dirty: slots_of(&map, written),
             }
         });
         a.op_m(false, &[0x83], 7, R15, 0);
@@ -1097,6 +1111,7 @@ impl Jit {
                     }
                 }
                 let mut lazy_ok = 0u8;
+                let mut head_dirty = 0u8;
                 if let Some(last) = back_last[k] {
                     // A loop head: fill the cache with the registers the
                     // loop names (as a block's loop prologue does), so the
@@ -1118,19 +1133,27 @@ impl Jit {
                             lazy_ok |= 1 << s;
                         }
                     }
+                    // Registers the loop does not write are written back
+                    // here, once, and stay clean in the loop: its exits
+                    // and evictions store only what it changes. (A back
+                    // edge that arrives with one dirty, through code past
+                    // the loop's end, writes it back itself: see
+                    // `Asm::restore`.)
+                    let loop_written = written_regs(&insns[k..=last]);
+                    head_dirty = slots_of(&want, loop_written);
                     a.norm_for(lazy_ok);
-                    a.restore(&want);
+                    a.restore(&want, head_dirty);
                     // (A slot the head allows unextended is written in
                     // the loop, so counted dirty; one loaded here or
                     // extended is a valid unextended one.)
-                    a.cache.preset(&want, written, lazy_ok);
+                    a.cache.preset(&want, loop_written, lazy_ok);
                     a.cache.sx = sx;
                     a.cache.looping = (want, last);
                 }
                 if back_last[k].is_some() {
                     a.align_loop_head();
                 }
-                f.labels[k] = Some((a.b.len(), a.cache.guest, lazy_ok));
+                f.labels[k] = Some((a.b.len(), a.cache.guest, lazy_ok, head_dirty));
                 if back_last[k].is_some() {
                     // Every pass of the loop comes through its head,
                     // which checks for attention (stop requests, signals,

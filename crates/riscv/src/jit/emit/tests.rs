@@ -549,3 +549,34 @@ fn conditional_moves_in_a_loop_count_exactly() {
         both_ways(&prog, &regs);
     }
 }
+
+/// How many stores of a cached register into guest `r`'s place in
+/// `Core::x` (`mov [rbx + disp8], reg`) `code` holds.
+fn stores_of(code: &[u8], r: u8) -> usize {
+    let disp = xd(r) as i8 as u8;
+    code.windows(4)
+        .filter(|w| w[0] & 0xf8 == 0x48 && w[1] == 0x89 && w[2] & 0xc7 == 0x43 && w[3] == disp)
+        .count()
+}
+
+#[test]
+fn a_register_the_loop_only_reads_is_written_back_before_it() {
+    // x5 changes before the loop, which only reads it: one store, on the
+    // way in (not at the loop head's stop check, nor at the exit).
+    let prog = [
+        addi(5, 5, 7),
+        add(6, 6, 5), // head
+        addi(7, 7, -1),
+        bne(7, 0, -8),
+    ];
+    let code = host_code(&[&[addi(7, 0, 3)][..], &prog].concat());
+    assert_eq!(stores_of(&code, 5), 1);
+    for seed in 0..VALUES.len() {
+        let mut regs = regs_from(seed);
+        regs.retain(|&(r, _)| r != 7);
+        regs.push((7, 1 + seed as u64));
+        let x = both_ways(&prog, &regs);
+        let x5 = regs.iter().find(|r| r.0 == 5).unwrap().1.wrapping_add(7);
+        assert_eq!(x[5], x5);
+    }
+}
