@@ -233,7 +233,14 @@ fuzz_target!(|input: &[u8]| {
             (1 << SPACE_BITS) - 1 - (v & 0xfff)
         } else if v >> 12 == 0xf {
             // Division's corner values: zero, -1, MIN (64 and 32 bit).
-            [0, u64::MAX, 1 << 63, 1 << 31, 0xffff_ffff, i32::MIN as i64 as u64][v as usize % 6]
+            [
+                0,
+                u64::MAX,
+                1 << 63,
+                1 << 31,
+                0xffff_ffff,
+                i32::MIN as i64 as u64,
+            ][v as usize % 6]
         } else {
             v.wrapping_mul(0x9e37_79b9_7f4a_7c15)
         };
