@@ -34,18 +34,22 @@
 # whichever of inet6_init's allocations comes first), inside
 # alloc_pages_bulk zeroing fresh pages for its maps: one call took 300 to
 # 650 ms where it takes 1 to 20 ms otherwise, with nothing else running in
-# L2 and no compaction in L1. That is time spent outside L2, by L1 and the
-# outer emulator, when L2 first touches RAM that L1 backs with 2 MiB
-# pages (a vmlinux boot has L1 fault in 48 of them, a bzImage boot 66,
-# most of those before the kernel's clock starts, while its decompressor
-# runs). With THP off in L1, 0 of 8 vmlinux boots stalled and the boots'
-# other phases took the same time under both monitors: per-initcall times
-# (initcall_debug) and the times of the boot's milestones match between
-# virtkit and Firecracker on the same vmlinux. The two monitors also make
-# the same number of KVM exits per boot (about 3,500: ~200 port I/O, ~40
-# nested page faults), and their guests' boots differ in small ways only
-# (Firecracker's has a CMOS RTC; both offer the TSC-deadline timer, which
-# spares Linux a 100 ms calibration of the LAPIC timer).
+# L2 and no compaction in L1. As only L1's setting changes it, that is
+# time spent outside L2 (by L1 and the outer emulator) when L2 first
+# touches RAM that L1 backs with 2 MiB pages: a vmlinux boot has L1 fault
+# in 48 of them, a bzImage boot 66, whose decompressor touches much of its
+# memory before the kernel's clock starts (likely why no bzImage boot
+# showed the stall). With THP off in L1, 0 of 8 vmlinux boots stalled,
+# and the boots' other phases took the same time under both monitors:
+# per-initcall times (initcall_debug) and the times of the boot's
+# milestones match between virtkit and Firecracker on the same vmlinux.
+# The two monitors also make the same number of KVM exits per boot (about
+# 3,500: ~200 port I/O, ~40 nested page faults), and their guests' boots
+# differ in small ways only (Firecracker's has a CMOS RTC; both offer the
+# TSC-deadline timer, which spares Linux a 100 ms calibration of the
+# LAPIC timer). Both have the same devices: `vm run --arch x86_64` always
+# adds a virtio-rng, so Firecracker gets its entropy device, as in
+# bench/kvm.sh (L2's initramfs loads no driver for either).
 # Measured so (28 alternating runs per monitor in three outer runs, loaded
 # host): the same vmlinux reaches init after 4.66 s of guest time under
 # virtkit and 4.79 s under Firecracker (0.97x), in 8.55 and 8.67 s of
@@ -128,14 +132,16 @@ cat >/tmp/fc.json <<JSON
 {
   "boot-source": { "kernel_image_path": "/guest/vmlinux", "initrd_path": "/guest/l2.cpio", "boot_args": "$APPEND" },
   "drives": [],
-  "machine-config": { "vcpu_count": 1, "mem_size_mib": 256 }
+  "machine-config": { "vcpu_count": 1, "mem_size_mib": 256 },
+  "entropy": {}
 }
 JSON
 cat >/tmp/fc-tiny.json <<JSON
 {
   "boot-source": { "kernel_image_path": "/guest/hello", "boot_args": "console=ttyS0" },
   "drives": [],
-  "machine-config": { "vcpu_count": 1, "mem_size_mib": 256 }
+  "machine-config": { "vcpu_count": 1, "mem_size_mib": 256 },
+  "entropy": {}
 }
 JSON
 one() { # name command...
