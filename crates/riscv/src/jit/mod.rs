@@ -35,7 +35,8 @@
 //! rax, rcx, rdx are scratch; r8-r11, rsi, rdi and r13 cache guest
 //! registers within a block (see `emit::RegCache`).
 
-use std::collections::HashMap;
+use std::collections::HashMap as StdMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::block::{decode_block, extend_user, translate_user, MAX_BLOCK, POLL_BLOCKS};
 use crate::cpu::Core;
@@ -66,6 +67,33 @@ const TABLE_SIZE: usize = 1 << 14;
 const SET_BITS: u32 = 13;
 /// Fibonacci hashing: spreads nearby and page-aligned pcs over all sets.
 const HASH_MUL: u64 = 0x9e37_79b9_7f4a_7c15;
+/// The hasher of the JIT's pc and address maps: their keys are already
+/// well spread, so a multiply and a rotate do (std's SipHash showed in
+/// boot profiles, where every exit to Rust looks a block up).
+#[derive(Default)]
+struct PcHasher(u64);
+
+impl Hasher for PcHasher {
+    fn finish(&self) -> u64 {
+        // The product's low bits only see the key's low bits (zero in
+        // page addresses): fold the high half in, where the table indexes.
+        self.0 ^ (self.0 >> 32)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(29) ^ v).wrapping_mul(HASH_MUL);
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+}
+
+type HashMap<K, V> = StdMap<K, V, BuildHasherDefault<PcHasher>>;
+
 /// Cap on helper instructions before a flush (the table is a Vec whose
 /// pointer generated code reads through `Ctx`).
 const MAX_HELPERS: usize = 1 << 18;
@@ -343,8 +371,8 @@ impl Jit {
             dispatch_sys: r.dispatch_sys,
             table: vec![EMPTY; TABLE_SIZE].into_boxed_slice(),
             ras: Box::new(Ras::EMPTY),
-            blocks: HashMap::new(),
-            skips: HashMap::new(),
+            blocks: HashMap::default(),
+            skips: HashMap::default(),
             last_skip: 0,
             helpers: Vec::new(),
             gen: 0,
@@ -352,8 +380,8 @@ impl Jit {
             decode_buf: Vec::with_capacity(MAX_BLOCK + 1),
             space_id: (0, 0),
             sys_table: vec![NO_SLOT; TABLE_SIZE].into_boxed_slice(),
-            sys_blocks: HashMap::new(),
-            sys_pages: HashMap::new(),
+            sys_blocks: HashMap::default(),
+            sys_pages: HashMap::default(),
             changed: Vec::new(),
             fence_epoch: 0,
             sys_mode: false,
@@ -814,5 +842,103 @@ extern "sysv64" fn helper_sys<B: Bus>(ctx: *mut Ctx, idx: u32, pc: u64) -> u32 {
     match exec_block(core, mem, &block, pc) {
         Ok(_) => 0,
         Err(_) => 1,
+    }
+}
+
+#[cfg(test)]
+mod sys_tests {
+    use std::sync::{Arc, OnceLock};
+
+    use crate::{Bus, Clock, CodeMap, Exit, Hart, HartConfig, HartControl, RamRegion};
+
+    const RAM: u64 = 0x8000_0000;
+    const RAM_LEN: usize = 64 << 10;
+    /// `addi a0, x0, 1; jalr x0, 0(ra)` and the same returning 2.
+    const F1: [u32; 2] = [0x0010_0513, 0x0000_8067];
+    const F2: [u32; 2] = [0x0020_0513, 0x0000_8067];
+
+    /// RAM, a "device" that rewrites code at 0x8000_1000 behind the code
+    /// map's back (as DMA does) on a store to 0x1000_0000, and a stop
+    /// register at 0x1000_0008.
+    struct DmaBus {
+        _mem: Vec<u64>,
+        ram: [RamRegion; 1],
+        code: CodeMap,
+        control: OnceLock<Arc<HartControl>>,
+    }
+
+    impl DmaBus {
+        fn put(&self, pa: u64, words: &[u32]) {
+            for (k, w) in words.iter().enumerate() {
+                let off = (pa - RAM) as usize + 4 * k;
+                // SAFETY: inside the RAM region (the tests' addresses).
+                unsafe { self.ram[0].host().add(off).cast::<u32>().write(*w) };
+            }
+        }
+    }
+
+    impl Bus for DmaBus {
+        fn ram(&self) -> &[RamRegion] {
+            &self.ram
+        }
+        fn code_map(&self) -> &CodeMap {
+            &self.code
+        }
+        fn read(&self, _: u64, _: u8) -> Option<u64> {
+            None
+        }
+        fn write(&self, addr: u64, _: u8, _: u64) -> bool {
+            match addr {
+                0x1000_0000 => self.put(RAM + 0x1000, &F2),
+                0x1000_0008 => self.control.get().unwrap().request_stop(),
+                _ => return false,
+            }
+            true
+        }
+    }
+
+    fn run(jit: bool) -> (u64, u64) {
+        let mut mem = vec![0u64; RAM_LEN / 8];
+        // SAFETY: the vector lives as long as the bus, which owns it.
+        let ram = [unsafe { RamRegion::new(RAM, RAM_LEN as u64, mem.as_mut_ptr().cast()) }];
+        let bus = DmaBus {
+            code: CodeMap::new(&ram),
+            _mem: mem,
+            ram,
+            control: OnceLock::new(),
+        };
+        bus.put(
+            RAM,
+            &[
+                0x0000_10ef, // jal ra, +0x1000 (f)
+                0x0005_0413, // addi s0, a0, 0
+                0x1000_02b7, // lui t0, 0x10000
+                0x0002_a023, // sw zero, 0(t0): the device rewrites f
+                0x0000_100f, // fence.i
+                0x7ed0_00ef, // jal ra, f
+                0x0005_0493, // addi s1, a0, 0
+                0x0002_a423, // sw zero, 8(t0): stop
+                0x0000_006f, // j .
+            ],
+        );
+        bus.put(RAM + 0x1000, &F1);
+        let mut hart = Hart::new_system(HartConfig {
+            hart_id: 0,
+            clock: Arc::new(Clock::new(10_000_000)),
+            sbi_ecalls: false,
+        });
+        bus.control.set(hart.control().clone()).unwrap();
+        hart.set_jit(jit);
+        hart.pc = RAM;
+        assert!(matches!(hart.run_system(&bus), Exit::Stopped));
+        (hart.x[8], hart.x[9])
+    }
+
+    #[test]
+    fn fence_i_sees_code_a_device_wrote() {
+        // f ran translated before the device rewrote it: after fence.i
+        // the JIT must run the new code, as the interpreter does.
+        assert_eq!(run(false), (1, 2));
+        assert_eq!(run(true), (1, 2));
     }
 }
