@@ -50,12 +50,14 @@
 # LAPIC timer). Both have the same devices: `vm run --arch x86_64` always
 # adds a virtio-rng, so Firecracker gets its entropy device, as in
 # bench/kvm.sh (L2's initramfs loads no driver for either).
-# Measured so (28 alternating runs per monitor in three outer runs, loaded
-# host): the same vmlinux reaches init after 4.66 s of guest time under
-# virtkit and 4.79 s under Firecracker (0.97x), in 8.55 and 8.67 s of
-# monitor wall time (0.99x), 77 MB peak RSS each (1.00x); each outer run's
-# medians were at or under 1x, and run by run (each virtkit boot against
-# the Firecracker boot next to it) the two are a coin toss.
+# Measured so, with the same devices (16 alternating runs, loaded host):
+# the same vmlinux reaches init after 4.04 s of guest time under virtkit
+# and 4.57 s under Firecracker (0.89x), in 8.16 and 8.32 s of monitor
+# wall time (0.98x), 77 MB peak RSS each (1.00x). Over 60 runs in five
+# outer runs (the first 44 without Firecracker's entropy device): 0.96x,
+# 0.98x, 1.00x, every outer run's medians at or under 1x; run by run
+# (each virtkit boot against the Firecracker boot next to it) a coin toss:
+# virtkit's uptime was the lower in 29 of 60 pairs, its wall time in 36.
 #
 # Firecracker is not part of virtkit and is never committed: build it from
 # its public source as bench/kvm.sh says and give its path in FIRECRACKER
