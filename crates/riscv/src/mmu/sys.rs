@@ -49,6 +49,11 @@ pub(crate) struct Tlb {
     /// a superpage holding it (they share its leaf PTE).
     big: [[u64; TLB_SIZE / 64]; REGIMES],
     level: Box<[[u8; TLB_SIZE]; REGIMES]>,
+    /// Per regime, the superpages (virtual page number shifted right by
+    /// 9 * level, and the level) entries may have come from since the
+    /// last flush: a one-address fence outside all of them (most: user
+    /// and vmalloc pages) skips the scan of `big`.
+    supers: [Vec<(u64, u8)>; REGIMES],
     /// Per regime, the entries filled since the last flush (possibly
     /// repeated), so that a flush clears those rather than the whole
     /// table: a big table stays cheap to flush.
@@ -68,6 +73,7 @@ impl Tlb {
             big: [[0; TLB_SIZE / 64]; REGIMES],
             level: Box::new([[0; TLB_SIZE]; REGIMES]),
             filled: Default::default(),
+            supers: Default::default(),
             no_code: Box::new(AtomicU8::new(0)),
         }
     }
@@ -84,6 +90,9 @@ impl Tlb {
             filled.clear();
         }
         self.big = [[0; TLB_SIZE / 64]; REGIMES];
+        for s in self.supers.iter_mut() {
+            s.clear();
+        }
     }
 
     /// `sfence.vma` of virtual address `va` (any address space): drops
@@ -94,6 +103,11 @@ impl Tlb {
             let i = (vpn as usize) & (TLB_SIZE - 1);
             if entry_vpn(&self.e[r][i]) == Some(vpn) {
                 self.e[r][i] = EMPTY;
+            }
+            let before = self.supers[r].len();
+            self.supers[r].retain(|&(base, level)| vpn >> (9 * level as u32) != base);
+            if self.supers[r].len() == before {
+                continue;
             }
             for w in 0..TLB_SIZE / 64 {
                 let mut bits = self.big[r][w];
@@ -338,6 +352,10 @@ impl<'a, B: Bus> SysMem<'a, B> {
         let bit = 1u64 << (i % 64);
         if level != 0 {
             self.tlb.big[reg][i / 64] |= bit;
+            let sp = (vpn >> (9 * level as u32), level);
+            if !self.tlb.supers[reg].contains(&sp) {
+                self.tlb.supers[reg].push(sp);
+            }
         } else {
             self.tlb.big[reg][i / 64] &= !bit;
         }
