@@ -139,6 +139,8 @@ struct Ctx {
     /// User mode: the address space's size, the bound of inline accesses'
     /// base registers (see `emit::mem`).
     space_size: u64,
+    /// System mode: [`csr_sys`] for this run's bus.
+    csr: usize,
 }
 
 #[repr(C)]
@@ -584,6 +586,7 @@ impl Jit {
                 systable: std::ptr::null(),
                 epoch: 0,
                 space_size: space.size(),
+                csr: 0,
             };
             // Host faults of inline accesses resume at their slow exits
             // while the code runs.
@@ -778,7 +781,9 @@ impl Jit {
             return JitExit::Slow;
         };
         let attn = core.control.attention_ptr();
-        let tlb = mem.data_tlb().cast::<u8>();
+        // Changes with sstatus.SUM, which translated code may write (see
+        // `csr_sys`): carried from one entry to the next.
+        let mut tlb = mem.data_tlb().cast::<u8>();
         let itlb = mem.fetch_tlb().cast::<u8>();
         let core_ptr: *mut Core = core;
         let mem_ptr: *mut SysMem<'_, B> = mem;
@@ -805,6 +810,7 @@ impl Jit {
                 systable: self.sys_table.as_ptr(),
                 epoch: self.fence_epoch,
                 space_size: 0,
+                csr: csr_sys::<B> as extern "sysv64" fn(*mut Ctx, u32, u64) -> u32 as usize,
             };
             // SAFETY: `code` is the entry of a block translated into this
             // hart's buffer for the current code generation, and the
@@ -815,6 +821,7 @@ impl Jit {
             // the core or the memory path is live.
             let (core, mem) = unsafe { (&mut *core_ptr, &mut *mem_ptr) };
             poll = ctx.poll;
+            tlb = ctx.membase;
             let pc = ctx.pc;
             match self.after_exit(core, &ctx, r, |j, core| j.code_for_sys(core, mem, pc)) {
                 Ok(next) => code = next,
@@ -843,6 +850,40 @@ extern "sysv64" fn helper_sys<B: Bus>(ctx: *mut Ctx, idx: u32, pc: u64) -> u32 {
         Ok(_) => 0,
         Err(_) => 1,
     }
+}
+
+/// System mode: runs a CSR instruction on sstatus in place (see
+/// `emit_try`). 0: done, translated code goes on (with the data TLB of
+/// the regime SUM now selects in `Ctx::membase`); 1: it traps, nothing
+/// changed (the interpreter redoes it); 2: done, but the run loop's
+/// checks must come next: it changed what cached translations allow
+/// (MXR: `tlb_dirty`), or set SIE with an interrupt pending, which
+/// must be taken before the next instruction.
+extern "sysv64" fn csr_sys<B: Bus>(ctx: *mut Ctx, idx: u32, pc: u64) -> u32 {
+    // SAFETY: generated code passes the `Ctx` that `run_sys` set up; its
+    // `core` and `mem` point at the hart's core and `SysMem<B>` (this `B`:
+    // `run_sys::<B>` chose this instantiation), borrowed for the run.
+    let ctx = unsafe { &mut *ctx };
+    // SAFETY: as above.
+    let (core, mem) = unsafe { (&mut *ctx.core, &mut *ctx.mem.cast::<SysMem<'_, B>>()) };
+    // SAFETY: `idx` indexes the helper table `ctx.helpers` points at.
+    let mut insn = unsafe { *ctx.helpers.add(idx as usize) };
+    insn.off = 0;
+    let sie = crate::cpu::mstatus::SIE;
+    let enabled = core.csr.mstatus & sie != 0;
+    let block = [insn];
+    if exec_block(core, mem, &block, pc).is_err() {
+        return 1;
+    }
+    if core.tlb_dirty {
+        return 2;
+    }
+    mem.update_modes(core);
+    ctx.membase = mem.data_tlb().cast();
+    if !enabled && core.csr.mstatus & sie != 0 && core.pending_interrupt().is_some() {
+        return 2;
+    }
+    0
 }
 
 #[cfg(test)]
@@ -932,6 +973,197 @@ mod sys_tests {
         hart.pc = RAM;
         assert!(matches!(hart.run_system(&bus), Exit::Stopped));
         (hart.x[8], hart.x[9])
+    }
+
+    /// Runs `words` at RAM in M-mode (after `setup`) until the stop
+    /// register is written; returns the integer registers.
+    fn run_prog(words: &[u32], setup: impl Fn(&DmaBus), jit: bool) -> [u64; 32] {
+        let mut mem = vec![0u64; RAM_LEN / 8];
+        // SAFETY: the vector lives as long as the bus, which owns it.
+        let ram = [unsafe { RamRegion::new(RAM, RAM_LEN as u64, mem.as_mut_ptr().cast()) }];
+        let bus = DmaBus {
+            code: CodeMap::new(&ram),
+            _mem: mem,
+            ram,
+            control: OnceLock::new(),
+        };
+        bus.put(RAM, words);
+        setup(&bus);
+        let mut hart = Hart::new_system(HartConfig {
+            hart_id: 0,
+            clock: Arc::new(Clock::new(10_000_000)),
+            sbi_ecalls: false,
+        });
+        bus.control.set(hart.control().clone()).unwrap();
+        hart.set_jit(jit);
+        hart.pc = RAM;
+        assert!(matches!(hart.run_system(&bus), Exit::Stopped));
+        std::array::from_fn(|r| hart.x[r])
+    }
+
+    fn csr(f3: u32, rd: u32, rs1: u32, n: u32) -> u32 {
+        n << 20 | rs1 << 15 | f3 << 12 | rd << 7 | 0x73
+    }
+    fn itype(op: u32, f3: u32, rd: u32, rs1: u32, imm: i32) -> u32 {
+        ((imm as u32) << 20) | rs1 << 15 | f3 << 12 | rd << 7 | op
+    }
+    fn addi(rd: u32, rs1: u32, imm: i32) -> u32 {
+        itype(0x13, 0, rd, rs1, imm)
+    }
+    fn lui(rd: u32, imm20: u32) -> u32 {
+        imm20 << 12 | rd << 7 | 0x37
+    }
+    /// `auipc rd, 0; addi rd, rd, off - 0` for a label `off` bytes after
+    /// the auipc.
+    fn la(rd: u32, off: i32) -> [u32; 2] {
+        [rd << 7 | 0x17, addi(rd, rd, off)]
+    }
+    const MRET: u32 = 0x3020_0073;
+    const ECALL: u32 = 0x73;
+    const T0: u32 = 5;
+    const T1: u32 = 6;
+    const T2: u32 = 7;
+    /// M-mode trap handler: mcause into s2, stop.
+    const STOP: [u32; 4] = [
+        0x3420_2973, // csrr s2, mcause
+        0x1000_02b7, // lui t0, 0x10000
+        0x0002_a423, // sw zero, 8(t0)
+        0x0000_006f, // j .
+    ];
+
+    /// M-mode prologue: mtvec = the STOP handler at `stop`, mepc = `s`
+    /// (byte offsets from RAM), MPP = S, then `extra`, then mret.
+    fn to_s(stop: i32, s: i32, extra: &[u32]) -> Vec<u32> {
+        let mut p = Vec::new();
+        let here = |p: &Vec<u32>| 4 * p.len() as i32;
+        let l = la(T1, stop - here(&p));
+        p.extend(l);
+        p.push(csr(1, 0, T1, 0x305)); // csrw mtvec, t1
+        let l = la(T1, s - here(&p));
+        p.extend(l);
+        p.push(csr(1, 0, T1, 0x341)); // csrw mepc, t1
+        p.push(addi(T0, 0, 1));
+        p.push(itype(0x13, 1, T0, T0, 11)); // slli t0, t0, 11
+        p.push(csr(2, 0, T0, 0x300)); // csrs mstatus, t0: MPP = S
+        p.extend_from_slice(extra);
+        p.push(MRET);
+        p
+    }
+
+    #[test]
+    fn sstatus_write_enabling_a_pending_interrupt_takes_it_next() {
+        // S-mode sets SIE with a supervisor software interrupt pending
+        // (delegated): translated code runs the csrsi in place and must
+        // still take the interrupt right after it, at the next pc.
+        let extra = [
+            addi(T0, 0, 2),
+            csr(1, 0, T0, 0x303), // csrw mideleg, t0 (SSIP)
+            csr(1, 0, T0, 0x304), // csrw mie, t0
+            csr(2, 0, T0, 0x344), // csrs mip, t0: SSIP pending
+        ];
+        let (s, h, stop) = (0x100, 0x200, 0x300);
+        let mut p = to_s(stop, s, &extra);
+        p.resize(s as usize / 4, 0);
+        // S: stvec = H, s0 = 1, csrsi sstatus SIE, s0 = 2, ecall.
+        let l = la(T1, h - s);
+        p.extend(l);
+        p.push(csr(1, 0, T1, 0x105)); // csrw stvec, t1
+        p.push(addi(8, 0, 1));
+        p.push(csr(6, 0, 2, 0x100)); // csrsi sstatus, 2
+        p.push(addi(8, 0, 2));
+        p.push(ECALL);
+        p.resize(h as usize / 4, 0);
+        // H: s1 = sepc, s3 = scause, ecall (to M: stop).
+        p.push(csr(2, 9, 0, 0x141));
+        p.push(csr(2, 19, 0, 0x142));
+        p.push(ECALL);
+        p.resize(stop as usize / 4, 0);
+        p.extend(STOP);
+        let at = RAM + s as u64 + 20;
+        for jit in [false, true] {
+            let x = run_prog(&p, |_| {}, jit);
+            assert_eq!((x[8], x[9], x[19]), (1, at, 1 << 63 | 1), "jit {jit}");
+        }
+    }
+
+    #[test]
+    fn sstatus_sum_change_switches_the_data_tlb_of_translated_code() {
+        // Sv39: VA 0..1 GiB a user gigapage onto RAM, RAM's own addresses
+        // a supervisor one. S-mode reads the user page at 0x9000 with
+        // SUM set, clears SUM and reads it again: that must fault (M's
+        // handler stops with mcause 13), even though translated code,
+        // which runs the csrc in place, had the page in SUM's TLB.
+        let root = 0x8000u64;
+        let satp_ppn = (RAM + root) >> 12;
+        let extra = [
+            lui(T1, (satp_ppn >> 12) as u32 & 0xf_ffff),
+            addi(T1, T1, (satp_ppn & 0xfff) as i32),
+            addi(T0, 0, 8),
+            itype(0x13, 1, T0, T0, 60), // slli t0, t0, 60
+            0x0053_6333,                // or t1, t1, t0
+            csr(1, 0, T1, 0x180),       // csrw satp, t1
+        ];
+        let (s, stop) = (0x100, 0x300);
+        let mut p = to_s(stop, s, &extra);
+        p.resize(s as usize / 4, 0);
+        let ld = |rd| itype(0x03, 3, rd, T2, 0);
+        let csrs = csr(2, 0, T0, 0x100);
+        let csrc = csr(3, 0, T0, 0x100);
+        p.extend([
+            lui(T0, 0x40), // SUM
+            lui(T2, 0x9),
+            csrs,
+            ld(9), // fills SUM's TLB (a slow exit)
+            csrc,
+            csrs,
+            ld(21), // hits it in translated code
+            csrc,
+            ld(19), // must fault
+            addi(20, 0, 7),
+            ECALL,
+        ]);
+        p.resize(stop as usize / 4, 0);
+        p.extend(STOP);
+        // And a run-loop entry with SUM set (after the interpreter's
+        // `ld; csrs`) whose csrc is followed by a fresh entry: that one
+        // must use the TLB without SUM too.
+        let mut q = to_s(stop, s, &extra);
+        q.resize(s as usize / 4, 0);
+        q.extend([
+            lui(T0, 0x40),
+            lui(T2, 0x9),
+            csrs,
+            ld(9),
+            csrs,
+            csrc,
+            ld(19), // must fault
+            addi(20, 0, 7),
+            ECALL,
+        ]);
+        q.resize(stop as usize / 4, 0);
+        q.extend(STOP);
+        let setup = |bus: &DmaBus| {
+            let pte = |pa: u64, flags: u64| (pa >> 12) << 10 | flags;
+            let user = pte(RAM, 0xd7); // V R W U A D
+            let kernel = pte(RAM, 0xcf); // V R W X A D
+            bus.put(RAM + root, &[user as u32, (user >> 32) as u32]);
+            bus.put(RAM + root + 16, &[kernel as u32, (kernel >> 32) as u32]);
+            bus.put(RAM + 0x9000, &[0x1234_5678, 0]);
+        };
+        for jit in [false, true] {
+            let x = run_prog(&p, setup, jit);
+            assert_eq!(
+                (x[9], x[21], x[19], x[20], x[18]),
+                (0x1234_5678, 0x1234_5678, 0, 0, 13),
+                "jit {jit}"
+            );
+            let x = run_prog(&q, setup, jit);
+            assert_eq!(
+                (x[9], x[19], x[20], x[18]),
+                (0x1234_5678, 0, 0, 13),
+                "jit {jit}"
+            );
+        }
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! `rvm` (multiplications, divisions). Everything else that does not end a
 //! block (FP arithmetic, atomics, bit manipulation) calls the interpreter
 //! on that one instruction through [`helper`]; system instructions, which
-//! end blocks, leave for the interpreter.
+//! end blocks, leave for the interpreter (but for system mode's accesses
+//! to sstatus, run in place by [`super::csr_sys`]).
 
 use std::mem::offset_of;
 
@@ -919,7 +920,7 @@ impl Jit {
         a.u8(0);
         let attn1 = a.jcc(CC_NE);
         // A code change raises the attention of every hart running the
-        // code (`UserSpace::code_changed`, `CodeMap::bump`), so the check
+        // code (`UserSpace::code_changed`, `CodeMap::changed`), so the check
         // above covers it.
         // Forward chained exits enter past the checks, which must then
         // be all a skipped entry misses: not a loop's block, whose
@@ -1191,6 +1192,37 @@ impl Jit {
                 | And | Addw | Subw | Fence => rvi::emit(&mut a, &mut f, k, i, ipc, next),
                 Mul | Mulw | Mulh | Mulhu | Div | Divu | Rem | Remu | Divw | Divuw | Remw
                 | Remuw => rvm::emit(&mut a, i),
+                Csrrw | Csrrs | Csrrc | Csrrwi | Csrrsi | Csrrci
+                    if sys.is_some() && i.imm == i32::from(crate::cpu::csr::SSTATUS) =>
+                {
+                    // sstatus (the kernel toggles SIE and SUM around
+                    // every irq save/restore and user copy): run in place
+                    // by `super::csr_sys`, which also points the data
+                    // TLB at SUM's regime (r12 is reloaded from `Ctx`).
+                    // 0: done, chain on; 1: it traps (nothing changed),
+                    // the interpreter redoes it; 2: done, but an
+                    // interrupt it enabled is pending or the TLB must be
+                    // flushed: the run loop's checks, after it.
+                    let idx = self.helpers.len() as u32;
+                    self.helpers.push(*i);
+                    a.flush_dirty(a.cache.dirty_map());
+                    a.cache.forget_all();
+                    a.mov_rr(RDI, R14);
+                    a.mov_imm(RSI, idx as u64);
+                    a.mov_imm(RDX, ipc);
+                    // call [r14 + csr]
+                    a.op_m(false, &[0xff], 2, R14, ctx_off(offset_of!(Ctx, csr)));
+                    a.load(R12, R14, ctx_off(offset_of!(Ctx, membase)));
+                    a.op_rr(false, &[0x85], RAX, RAX); // test eax, eax
+                    let done = a.jcc(CC_E);
+                    a.alu_imm(false, CMP, RAX, 1);
+                    f.slow.push((a.jcc(CC_E), k, [0; CACHE_REGS.len()]));
+                    a.add_icount(k as u32 + 1);
+                    a.exit_pc(epi, next, EXIT_ATTN);
+                    a.bind(done);
+                    a.add_icount(k as u32 + 1);
+                    f.static_exit(&mut a, next);
+                }
                 _ if i.ends_block() => {
                     // System instructions, ecall, illegal words: the
                     // interpreter runs the block from here.
