@@ -141,8 +141,6 @@ struct Ctx {
     space_size: u64,
     /// System mode: [`csr_sys`] for this run's bus.
     csr: usize,
-    /// System mode: [`fill_sys`] for this run's bus.
-    fill: usize,
 }
 
 #[repr(C)]
@@ -589,7 +587,6 @@ impl Jit {
                 epoch: 0,
                 space_size: space.size(),
                 csr: 0,
-                fill: 0,
             };
             // Host faults of inline accesses resume at their slow exits
             // while the code runs.
@@ -814,7 +811,6 @@ impl Jit {
                 epoch: self.fence_epoch,
                 space_size: 0,
                 csr: csr_sys::<B> as extern "sysv64" fn(*mut Ctx, u32, u64) -> u32 as usize,
-                fill: fill_sys::<B> as extern "sysv64" fn(*mut Ctx, u64, u32) -> u32 as usize,
             };
             // SAFETY: `code` is the entry of a block translated into this
             // hart's buffer for the current code generation, and the
@@ -888,19 +884,6 @@ extern "sysv64" fn csr_sys<B: Bus>(ctx: *mut Ctx, idx: u32, pc: u64) -> u32 {
         return 2;
     }
     0
-}
-
-/// System mode: fills the data TLB for an access at `va` that missed it
-/// in translated code (`store`: 1 for a store). 0: the entry is there for
-/// RAM, the lookup hits when retried; 1: the interpreter must do the
-/// access (a fault, with nothing changed; MMIO).
-extern "sysv64" fn fill_sys<B: Bus>(ctx: *mut Ctx, va: u64, store: u32) -> u32 {
-    // SAFETY: as in `csr_sys`: the `Ctx` of `run_sys::<B>`, whose `core`
-    // and `mem` are borrowed for the run.
-    let ctx = unsafe { &*ctx };
-    // SAFETY: as above.
-    let (core, mem) = unsafe { (&*ctx.core, &mut *ctx.mem.cast::<SysMem<'_, B>>()) };
-    u32::from(!mem.fill_data(core, va, store != 0))
 }
 
 #[cfg(test)]

@@ -362,17 +362,6 @@ impl<'a, B: Bus> SysMem<'a, B> {
         Ok(e)
     }
 
-    /// The JIT's fill of a data-TLB miss: walks for a load or store at
-    /// `va` in the current regime. `true`: RAM, now in the TLB (the
-    /// inline lookup hits); `false`: a fault (nothing changed) or MMIO.
-    pub fn fill_data(&mut self, core: &Core, va: u64, store: bool) -> bool {
-        let acc = if store { Acc::Store } else { Acc::Load };
-        match self.fill(core, va, acc, self.data, self.data_prv) {
-            Ok(e) => (if store { e.tag_w } else { e.tag_r }) == va >> 12,
-            Err(_) => false,
-        }
-    }
-
     /// Entry for a data access: from the TLB or a fresh walk.
     fn data_entry(&mut self, core: &Core, va: u64, acc: Acc) -> Result<Entry, Trap> {
         let vpn = va >> 12;

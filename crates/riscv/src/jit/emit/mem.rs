@@ -1,8 +1,7 @@
 //! Loads and stores of RV64I and, in user mode (where FP is always on),
-//! of F and D, inline. System mode walks the data TLB; a miss calls
-//! `jit::fill_sys` to walk the page table and looks again; a fault, MMIO,
-//! a store into a page holding code or an access crossing a page leaves
-//! for the interpreter.
+//! of F and D, inline. System mode walks the data TLB; a miss, a store
+//! into a page holding code or an access crossing a page leaves for the
+//! interpreter.
 //!
 //! User mode checks only that the base register is below the address
 //! space's size: the host protection of guest memory mirrors the guest's
@@ -62,7 +61,6 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
         if imm != 0 {
             a.alu_imm(true, ADD, RAX, imm);
         }
-        let retry = a.b.len();
         a.mov_rr(RCX, RAX);
         a.shift_imm(true, SHR, RCX, 12);
         a.op_rr(false, &[0x89], RCX, RDX); // mov edx, ecx
@@ -76,10 +74,7 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
             offset_of!(crate::mmu::Entry, tag_r)
         };
         a.op_m(true, &[0x3b], RCX, RDX, tag as i32); // cmp rcx, [rdx + tag]
-                                                     // A miss: filled by a call, then the lookup again (see
-                                                     // `Frame::fills`).
-        f.fills
-            .push((a.jcc(CC_NE), retry, k, a.cache.dirty_map(), is_store));
+        f.slow.push((a.jcc(CC_NE), k, a.cache.dirty_map()));
         if is_store {
             // Stores into pages holding translated code take the
             // slow path (it drops the stale translations).

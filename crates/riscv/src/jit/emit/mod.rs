@@ -80,11 +80,6 @@ struct Frame {
     /// `jit::fault`): (code offset of the access, instruction index, dirty
     /// registers there), resumed at the slow exit of that index and set.
     faults: Vec<(usize, usize, CacheMap)>,
-    /// System mode: data-TLB misses, each to an out-of-line call of
-    /// `super::fill_sys` (rel32 offset of the miss jump, code offset to
-    /// retry the lookup at, instruction index, dirty registers, is a
-    /// store).
-    fills: Vec<(usize, usize, usize, CacheMap, bool)>,
 }
 
 impl Frame {
@@ -996,7 +991,6 @@ impl Jit {
             forward: Vec::new(),
             attn_back: Vec::new(),
             faults: Vec::new(),
-            fills: Vec::new(),
         };
         // Instructions already emitted with a branch (see `select`).
         let mut skip_to = 0;
@@ -1293,32 +1287,6 @@ impl Jit {
             a.add_icount(j as u32);
             a.exit_pc(epi, pc.wrapping_add(insns[j].off as u64), EXIT_ATTN);
         }
-        // Data-TLB misses: walk the page table (`super::fill_sys`) and
-        // retry the lookup, which then hits; a fault, MMIO or anything
-        // else leaves for the interpreter. The call clobbers the cache's
-        // caller-saved registers and rax (the address): saved around it,
-        // 8 pushes keeping the stack 16-byte aligned.
-        const SAVED: [u8; 7] = [RAX, RSI, RDI, R8, R9, R10, R11];
-        for &(at, retry, k, dirty, store) in &f.fills {
-            a.bind(at);
-            for &r in &SAVED {
-                push(&mut a, r);
-            }
-            push(&mut a, RAX);
-            a.mov_rr(RDI, R14);
-            a.mov_rr(RSI, RAX);
-            a.mov_imm(RDX, store as u64);
-            // call [r14 + fill]
-            a.op_m(false, &[0xff], 2, R14, ctx_off(offset_of!(Ctx, fill)));
-            a.op_rr(false, &[0x89], RAX, RCX); // mov ecx, eax
-            pop(&mut a, RAX);
-            for &r in SAVED.iter().rev() {
-                pop(&mut a, r);
-            }
-            a.op_rr(false, &[0x85], RCX, RCX); // test ecx, ecx
-            f.slow.push((a.jcc(CC_NE), k, dirty));
-            a.jmp_abs(a.base + retry);
-        }
         debug_assert!(f.forward.is_empty(), "every forward target is emitted");
         if !f.broken.is_empty() {
             return Err(f.broken);
@@ -1351,20 +1319,4 @@ impl Jit {
         }
         Ok(a.b)
     }
-}
-
-/// `push r64`.
-fn push(a: &mut Asm, r: u8) {
-    if r >= 8 {
-        a.u8(0x41);
-    }
-    a.u8(0x50 + (r & 7));
-}
-
-/// `pop r64`.
-fn pop(a: &mut Asm, r: u8) {
-    if r >= 8 {
-        a.u8(0x41);
-    }
-    a.u8(0x58 + (r & 7));
 }
