@@ -939,17 +939,7 @@ mod sys_tests {
     }
 
     fn run(jit: bool) -> (u64, u64) {
-        let mut mem = vec![0u64; RAM_LEN / 8];
-        // SAFETY: the vector lives as long as the bus, which owns it.
-        let ram = [unsafe { RamRegion::new(RAM, RAM_LEN as u64, mem.as_mut_ptr().cast()) }];
-        let bus = DmaBus {
-            code: CodeMap::new(&ram),
-            _mem: mem,
-            ram,
-            control: OnceLock::new(),
-        };
-        bus.put(
-            RAM,
+        let x = run_prog(
             &[
                 0x0000_10ef, // jal ra, +0x1000 (f)
                 0x0005_0413, // addi s0, a0, 0
@@ -961,18 +951,10 @@ mod sys_tests {
                 0x0002_a423, // sw zero, 8(t0): stop
                 0x0000_006f, // j .
             ],
+            |bus| bus.put(RAM + 0x1000, &F1),
+            jit,
         );
-        bus.put(RAM + 0x1000, &F1);
-        let mut hart = Hart::new_system(HartConfig {
-            hart_id: 0,
-            clock: Arc::new(Clock::new(10_000_000)),
-            sbi_ecalls: false,
-        });
-        bus.control.set(hart.control().clone()).unwrap();
-        hart.set_jit(jit);
-        hart.pc = RAM;
-        assert!(matches!(hart.run_system(&bus), Exit::Stopped));
-        (hart.x[8], hart.x[9])
+        (x[8], x[9])
     }
 
     /// Runs `words` at RAM in M-mode (after `setup`) until the stop
