@@ -7,7 +7,7 @@
 use std::mem::offset_of;
 
 use super::x86::*;
-use super::{Ctx, SysSlot, EXIT_DISPATCH, HASH_MUL, SET_BITS};
+use super::{Ctx, SysSlot, EXIT_DISPATCH, HASH_MUL, SET_BITS, SYS_SET_BITS};
 use crate::mmu::TLB_SIZE;
 
 /// Addresses of the fixed routines.
@@ -82,27 +82,37 @@ pub(super) fn write(a: &mut Asm) -> Routines {
     let pa_page = offset_of!(crate::mmu::Entry, pa_page) as i32;
     // or rsi, [rdx + pa_page]: the physical pc.
     a.op_m(true, &[0x0b], RSI, RDX, pa_page);
-    // The slot of (vpc, pa), as `Jit::sys_slot`: 32-byte slots, two
-    // per set.
+    // The set of (vpc, pa), as `Jit::sys_slot`: two 32-byte slots.
     a.mov_rr(RCX, RSI);
     a.shift_imm(true, SHL, RCX, 7);
     a.alu_rr(true, XOR, RCX, RAX);
     a.mov_imm(RDX, HASH_MUL);
     a.op_rr(true, &[0x0f, 0xaf], RCX, RDX); // imul rcx, rdx
-    a.shift_imm(true, SHR, RCX, 64 - SET_BITS as u8);
+    a.shift_imm(true, SHR, RCX, 64 - SYS_SET_BITS as u8);
     a.shift_imm(true, SHL, RCX, 6);
     a.op_m(true, &[0x03], RCX, R14, ctx_off(offset_of!(Ctx, systable)));
-    a.op_m(true, &[0x3b], RAX, RCX, offset_of!(SysSlot, vpc) as i32);
-    let miss2 = a.jcc(CC_NE);
-    a.op_m(true, &[0x3b], RSI, RCX, offset_of!(SysSlot, ppc) as i32);
-    let miss3 = a.jcc(CC_NE);
+    let vpc = offset_of!(SysSlot, vpc) as i32;
+    let ppc = offset_of!(SysSlot, ppc) as i32;
+    a.op_m(true, &[0x3b], RAX, RCX, vpc);
+    let way1 = a.jcc(CC_NE);
+    a.op_m(true, &[0x3b], RSI, RCX, ppc);
+    let way1b = a.jcc(CC_NE);
     // The block's page must have been checked in the current fence
     // epoch: the slot points at the page's epoch.
+    let hit = a.addr();
     a.load(RDX, RCX, offset_of!(SysSlot, epoch) as i32);
     a.load(RDX, RDX, 0);
     a.op_m(true, &[0x3b], RDX, R14, ctx_off(offset_of!(Ctx, epoch)));
-    let miss4 = a.jcc(CC_NE);
+    let miss2 = a.jcc(CC_NE);
     a.op_m(false, &[0xff], 4, RCX, offset_of!(SysSlot, code) as i32); // jmp [rcx + code]
+    a.bind(way1);
+    a.bind(way1b);
+    a.op_m(true, &[0x3b], RAX, RCX, 32 + vpc);
+    let miss3 = a.jcc(CC_NE);
+    a.op_m(true, &[0x3b], RSI, RCX, 32 + ppc);
+    let miss4 = a.jcc(CC_NE);
+    a.alu_imm(true, ADD, RCX, 32);
+    a.jmp_abs(hit);
     for m in [miss1, miss2, miss3, miss4] {
         a.bind(m);
     }

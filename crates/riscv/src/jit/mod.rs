@@ -65,6 +65,11 @@ const HEADROOM: usize = 64 << 10;
 /// other on every call), `TABLE_SIZE / 2` sets, power of two.
 const TABLE_SIZE: usize = 1 << 14;
 const SET_BITS: u32 = 13;
+/// System mode's (virtual pc, physical pc) -> code table: 2-way set
+/// associative as well, with more sets (a Linux boot translates some 60k
+/// blocks; the slow path of a miss is a trip through Rust).
+const SYS_SET_BITS: u32 = 14;
+const SYS_TABLE_SIZE: usize = 2 << SYS_SET_BITS;
 /// Fibonacci hashing: spreads nearby and page-aligned pcs over all sets.
 const HASH_MUL: u64 = 0x9e37_79b9_7f4a_7c15;
 /// The hasher of the JIT's pc and address maps: their keys are already
@@ -231,9 +236,9 @@ pub(crate) struct Jit {
     /// The address space the translations are for (its address and host
     /// base).
     space_id: (usize, usize),
-    /// System mode: (virtual pc, physical pc) -> code, direct-mapped in
-    /// front of `sys_blocks` (no inline dispatch in system mode: every
-    /// indirect jump translates its target through the fetch TLB in Rust).
+    /// System mode: (virtual pc, physical pc) -> code, 2-way set
+    /// associative (way 0 the most recently inserted) in front of
+    /// `sys_blocks`, read by the inline dispatch (`dispatch_sys`).
     sys_table: Box<[SysSlot]>,
     sys_blocks: HashMap<(u64, u64), usize>,
     /// System mode: the physical pages blocks were translated from.
@@ -381,7 +386,7 @@ impl Jit {
             flushes: 0,
             decode_buf: Vec::with_capacity(MAX_BLOCK + 1),
             space_id: (0, 0),
-            sys_table: vec![NO_SLOT; TABLE_SIZE].into_boxed_slice(),
+            sys_table: vec![NO_SLOT; SYS_TABLE_SIZE].into_boxed_slice(),
             sys_blocks: HashMap::default(),
             sys_pages: HashMap::default(),
             changed: Vec::new(),
@@ -429,17 +434,30 @@ impl Jit {
         if let Some(p) = self.sys_pages.remove(&ppage) {
             for (v, pp) in p.blocks {
                 self.sys_blocks.remove(&(v, pp));
-                let s = &mut self.sys_table[Self::sys_slot(v, pp)];
-                if s.vpc == v && s.ppc == pp {
-                    *s = NO_SLOT;
+                let set = Self::sys_slot(v, pp);
+                for s in &mut self.sys_table[set..set + 2] {
+                    if s.vpc == v && s.ppc == pp {
+                        *s = NO_SLOT;
+                    }
                 }
             }
         }
     }
 
+    /// Way 0 of the system table's set of (pc, pa); way 1 follows.
     #[inline(always)]
     fn sys_slot(pc: u64, pa: u64) -> usize {
-        Self::slot(pc ^ (pa << 7))
+        ((pc ^ (pa << 7)).wrapping_mul(HASH_MUL) >> (64 - SYS_SET_BITS)) as usize * 2
+    }
+
+    /// Puts (pc, pa) in way 0 of its set (replacing a stale entry of the
+    /// same pair in way 1, else moving way 0 to way 1).
+    fn sys_insert(&mut self, set: usize, slot: SysSlot) {
+        let w = &mut self.sys_table[set..set + 2];
+        if !(w[0].vpc == slot.vpc && w[0].ppc == slot.ppc) {
+            w[1] = w[0];
+        }
+        w[0] = slot;
     }
 
     pub(crate) fn flush(&mut self) {
@@ -665,12 +683,13 @@ impl Jit {
         let (pa, host) = mem.translate_fetch(core, pc).ok()?;
         let host = host?;
         let slot = Self::sys_slot(pc, pa);
-        let s = self.sys_table[slot];
-        // SAFETY: a slot whose pcs match holds a block of a live page
-        // (`drop_page` and `flush` empty the slots of the pages they drop),
-        // whose boxed epoch the slot points at.
-        if s.vpc == pc && s.ppc == pa && unsafe { *s.epoch } == self.fence_epoch {
-            return Some(s.code);
+        for s in &self.sys_table[slot..slot + 2] {
+            // SAFETY: a slot whose pcs match holds a block of a live page
+            // (`drop_page` and `flush` empty the slots of the pages they
+            // drop), whose boxed epoch the slot points at.
+            if s.vpc == pc && s.ppc == pa && unsafe { *s.epoch } == self.fence_epoch {
+                return Some(s.code);
+            }
         }
         let ppage = pa & !(crate::PAGE_SIZE - 1);
         let page = pc & !(crate::PAGE_SIZE - 1);
@@ -692,12 +711,16 @@ impl Jit {
         }
         if let Some(&code) = self.sys_blocks.get(&(pc, pa)) {
             if let Some(p) = self.sys_pages.get(&ppage) {
-                self.sys_table[slot] = SysSlot {
-                    vpc: pc,
-                    ppc: pa,
-                    code,
-                    epoch: p.epoch.as_ptr(),
-                };
+                let epoch = p.epoch.as_ptr();
+                self.sys_insert(
+                    slot,
+                    SysSlot {
+                        vpc: pc,
+                        ppc: pa,
+                        code,
+                        epoch,
+                    },
+                );
             }
             return Some(code);
         }
@@ -734,12 +757,16 @@ impl Jit {
                 blocks: Vec::new(),
             });
             p.blocks.push((pc, pa));
-            self.sys_table[slot] = SysSlot {
-                vpc: pc,
-                ppc: pa,
-                code: at,
-                epoch: p.epoch.as_ptr(),
-            };
+            let epoch = p.epoch.as_ptr();
+            self.sys_insert(
+                slot,
+                SysSlot {
+                    vpc: pc,
+                    ppc: pa,
+                    code: at,
+                    epoch,
+                },
+            );
             at
         });
         self.decode_buf = insns;
