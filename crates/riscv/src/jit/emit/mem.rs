@@ -56,14 +56,22 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
         _ => None,
     };
     if let (Some((n, signed, is_store)), Some(_)) = (mem_shape(i.kind), f.sys) {
-        // va = rs1 + imm in rax, vpn in rcx, TLB entry in rdx.
+        // va = rs1 + imm in rax; rcx = the vpn of the access's last
+        // byte, rdx = the TLB entry of its first: a tag that matches
+        // both means the access stays in one page (one that crosses
+        // compares vpn + 1 with a tag whose index bits are vpn's).
         a.ld_x(RAX, i.rs1);
         if imm != 0 {
             a.alu_imm(true, ADD, RAX, imm);
         }
-        a.mov_rr(RCX, RAX);
+        if n > 1 {
+            a.op_m(true, &[0x8d], RCX, RAX, n as i32 - 1); // lea rcx, [rax + n - 1]
+        } else {
+            a.mov_rr(RCX, RAX);
+        }
         a.shift_imm(true, SHR, RCX, 12);
-        a.op_rr(false, &[0x89], RCX, RDX); // mov edx, ecx
+        a.op_rr(false, &[0x89], RAX, RDX); // mov edx, eax
+        a.shift_imm(false, SHR, RDX, 12);
         a.alu_imm(false, AND, RDX, (TLB_SIZE - 1) as i32);
         a.b.extend_from_slice(&[0x8d, 0x14, 0x52]); // lea edx, [rdx + rdx*2]
         a.shift_imm(false, SHL, RDX, 4); // * 48 = size of a TLB entry
@@ -84,12 +92,6 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
             a.op_m(false, &[0x80], 7, RCX, 0); // cmp byte [rcx], 0
             a.u8(0);
             f.slow.push((a.jcc(CC_NE), k, a.cache.dirty_map()));
-        }
-        if n > 1 {
-            a.op_rr(false, &[0x89], RAX, RCX); // mov ecx, eax
-            a.alu_imm(false, AND, RCX, 0xfff);
-            a.alu_imm(false, CMP, RCX, 0x1000 - n as i32);
-            f.slow.push((a.jcc(CC_A), k, a.cache.dirty_map()));
         }
         // add rax, [rdx + addend]: the host address.
         a.op_m(
