@@ -151,9 +151,10 @@ impl Frame {
     /// branch there can stay inside the block instead of leaving through
     /// a chained exit and entering another block (with its entry checks
     /// and an empty register cache). Jumps to the first instruction are
-    /// the loop's back edges instead (see [`Loop`]). System mode never
-    /// jumps inside a block: its blocks count down to the next interrupt
-    /// poll at every entry.
+    /// the loop's back edges instead (see [`Loop`]). System mode jumps
+    /// inside a block only on those back edges: its blocks count down to
+    /// the next interrupt poll at every entry, and only the block's head
+    /// (where back edges land) does so.
     fn internal(&self, target: u64) -> Option<usize> {
         if self.sys.is_some() {
             return None;
@@ -886,16 +887,16 @@ impl Jit {
         let epi = self.epilogue;
         // Entry: leave when another thread asked for attention or the
         // address space's code changed since this block was translated.
-        // User mode, a loop: the prologue fills the register cache, and
-        // back edges jump to the head below it.
-        let is_loop = sys.is_none()
-            && insns.iter().any(|i| {
-                matches!(i.kind, Beq | Bne | Blt | Bge | Bltu | Bgeu | Jal)
-                    && pc
-                        .wrapping_add(i.off as u64)
-                        .wrapping_add(i.imm as i64 as u64)
-                        == pc
-            });
+        // A loop: the prologue fills the register cache, and back edges
+        // jump to the head below it (which, in system mode, also counts
+        // down to the next interrupt poll, as a block entry does).
+        let is_loop = insns.iter().any(|i| {
+            matches!(i.kind, Beq | Bne | Blt | Bge | Bltu | Bgeu | Jal)
+                && pc
+                    .wrapping_add(i.off as u64)
+                    .wrapping_add(i.imm as i64 as u64)
+                    == pc
+        });
         let written = written_regs(insns);
         let looping = is_loop.then(|| {
             let map = head_map(&[0; CACHE_REGS.len()], &loop_regs(insns));
@@ -930,8 +931,9 @@ impl Jit {
         } else {
             0
         };
-        // System mode: every POLL_BLOCKS blocks, back to the run loop to
-        // check for interrupts and timer deadlines.
+        // System mode: every POLL_BLOCKS blocks (or passes of a loop's
+        // back edge), back to the run loop to check for interrupts and
+        // timer deadlines.
         let attn3 = sys.map(|_| {
             // sub dword [r14 + poll], 1; je attn
             a.op_m(false, &[0x83], 5, R14, ctx_off(offset_of!(Ctx, poll)));
