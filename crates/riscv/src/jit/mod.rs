@@ -955,10 +955,11 @@ mod sys_tests {
         fn read(&self, _: u64, _: u8) -> Option<u64> {
             None
         }
-        fn write(&self, addr: u64, _: u8, _: u64) -> bool {
+        fn write(&self, addr: u64, _: u8, value: u64) -> bool {
             match addr {
                 0x1000_0000 => self.put(RAM + 0x1000, &F2),
                 0x1000_0008 => self.control.get().unwrap().request_stop(),
+                0x1000_0010 => self.control.get().unwrap().set_mtimecmp(value),
                 _ => return false,
             }
             true
@@ -1174,6 +1175,144 @@ mod sys_tests {
                 "jit {jit}"
             );
         }
+    }
+
+    fn branch(f3: u32, rs1: u32, rs2: u32, off: i32) -> u32 {
+        let o = off as u32;
+        (o >> 12 & 1) << 31
+            | (o >> 5 & 0x3f) << 25
+            | rs2 << 20
+            | rs1 << 15
+            | f3 << 12
+            | (o >> 1 & 0xf) << 8
+            | (o >> 11 & 1) << 7
+            | 0x63
+    }
+    fn store(f3: u32, rs2: u32, rs1: u32, imm: i32) -> u32 {
+        let o = imm as u32;
+        (o >> 5 & 0x7f) << 25 | rs2 << 20 | rs1 << 15 | f3 << 12 | (o & 0x1f) << 7 | 0x23
+    }
+    fn add(rd: u32, rs1: u32, rs2: u32) -> u32 {
+        rs2 << 20 | rs1 << 15 | rd << 7 | 0x33
+    }
+    /// M-mode trap handler: mcause, mepc and mtval into s2, s3 and s4,
+    /// stop.
+    const STOP3: [u32; 6] = [
+        0x3420_2973, // csrr s2, mcause
+        0x3410_29f3, // csrr s3, mepc
+        0x3430_2a73, // csrr s4, mtval
+        0x1000_02b7, // lui t0, 0x10000
+        0x0002_a423, // sw zero, 8(t0)
+        0x0000_006f, // j .
+    ];
+
+    #[test]
+    fn a_looping_block_takes_a_timer_interrupt() {
+        // A block that jumps back to its start keeps its registers in
+        // host registers across passes; its head must still count down
+        // to the interrupt poll, or the timer interrupt armed before it
+        // would wait for the loop's 2^30 passes to end.
+        let stop = 0x200;
+        let mut p = Vec::new();
+        p.extend(la(T1, stop));
+        p.push(csr(1, 0, T1, 0x305)); // csrw mtvec, t1
+        p.push(csr(2, T0, 0, 0xc01)); // csrr t0, time
+        p.push(addi(T0, T0, 1000)); // 100 us at 10 MHz
+        p.push(lui(T2, 0x10000));
+        p.push(store(3, T0, T2, 16)); // sd t0, 16(t2): mtimecmp
+        p.push(addi(T0, 0, 0x80));
+        p.push(csr(1, 0, T0, 0x304)); // csrw mie, t0 (MTIE)
+        p.push(csr(6, 0, 8, 0x300)); // csrsi mstatus, 8 (MIE)
+        p.push(addi(10, 0, 0));
+        p.push(lui(11, 0x40000)); // a1 = 2^30
+        let head = 4 * p.len() as u64;
+        p.push(addi(10, 10, 1));
+        p.push(addi(12, 12, 3));
+        p.push(branch(1, 10, 11, -8)); // bne a0, a1, head
+        p.push(ECALL);
+        p.resize(stop as usize / 4, 0);
+        p.extend(STOP3);
+        for jit in [false, true] {
+            let x = run_prog(&p, |_| {}, jit);
+            assert_eq!(x[18], 1 << 63 | 7, "jit {jit}: mcause");
+            assert!(
+                (RAM + head..=RAM + head + 8).contains(&x[19]),
+                "jit {jit}: mepc {:#x}",
+                x[19]
+            );
+            assert!(x[10] < 1 << 30, "jit {jit}: the loop ran to its end");
+            // The registers the loop kept in host registers were written
+            // back at the interrupt: a2 counts 3 per pass of a0.
+            assert!(
+                (x[12] / 3).abs_diff(x[10]) <= 1,
+                "jit {jit}: {} {}",
+                x[10],
+                x[12]
+            );
+        }
+    }
+
+    #[test]
+    fn accesses_crossing_a_page_leave_translated_code() {
+        // A loop over loads and stores near the end of RAM: the ones
+        // that stay in the last page run inline once its TLB entry is
+        // filled; the ones that cross into the page after it (no memory:
+        // an access fault) must not, even though the entry of the page
+        // they start in is there. The same registers and trap as the
+        // interpreter's.
+        let stop = 0x200;
+        let end = RAM + RAM_LEN as u64;
+        let mut p = Vec::new();
+        p.extend(la(T1, stop));
+        p.push(csr(1, 0, T1, 0x305)); // csrw mtvec, t1
+        p.push(lui(T2, (end >> 12) as u32));
+        p.push(itype(0x13, 1, T2, T2, 32)); // slli t2, t2, 32
+        p.push(itype(0x13, 5, T2, T2, 32)); // srli t2, t2, 32
+        p.push(addi(T2, T2, -16)); // t2 = end - 16
+        p.push(addi(12, 0, 3)); // a2 = 3 passes
+        let ld = |f3, rd, off| itype(0x03, f3, rd, T2, off);
+        let body = [
+            ld(3, 13, 8),        // ld a3, 8(t2): the last 8 bytes
+            ld(3, 14, 5),        // ld a4, 5(t2): misaligned, inside
+            add(9, 9, 14),       // s1 += a4
+            ld(2, 14, 11),       // lw a4, 11(t2): misaligned, inside
+            add(9, 9, 14),       // s1 += a4
+            store(3, 12, T2, 7), // sd a2, 7(t2): inside
+            ld(5, 14, 14),       // lhu a4, 14(t2)
+            add(9, 9, 14),       // s1 += a4
+            addi(12, 12, -1),    // a2 -= 1
+            branch(1, 12, 0, 0), // bne a2, zero, head (patched below)
+        ];
+        let head = p.len();
+        p.extend(body);
+        let back = head + 9;
+        p[back] = branch(1, 12, 0, -4 * 9);
+        // Then a block whose load crosses the end after one that stays
+        // in the last page (whose TLB entry the loop filled).
+        let head2 = p.len();
+        p.extend([
+            ld(3, 13, 8),       // ld a3, 8(t2)
+            addi(21, 21, 1),    // s5 += 1
+            ld(2, 16, 13),      // lw a6, 13(t2): crosses the end
+            addi(22, 0, 7),     // not reached
+            branch(1, 0, 0, 0), // the back edge (never reached)
+        ]);
+        let n = p.len();
+        p[n - 1] = branch(0, 0, 0, -4 * (n - 1 - head2) as i32); // beq zero, zero, head2
+        p.resize(stop as usize / 4, 0);
+        p.extend(STOP3);
+        let setup = |bus: &DmaBus| {
+            let words: Vec<u32> = (0..4).map(|k| 0x0102_0304u32.wrapping_mul(k + 7)).collect();
+            bus.put(RAM + RAM_LEN as u64 - 16, &words);
+        };
+        let interp = run_prog(&p, setup, false);
+        let jit = run_prog(&p, setup, true);
+        assert_eq!(interp, jit);
+        // A load access fault at the crossing lw.
+        assert_eq!(jit[18], 5, "mcause");
+        assert_eq!(jit[19], RAM + 4 * (head2 as u64 + 2), "mepc");
+        assert_ne!(jit[9], 0);
+        assert_eq!((jit[21], jit[22], jit[12]), (1, 0, 0));
     }
 
     #[test]

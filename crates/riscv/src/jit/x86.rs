@@ -24,6 +24,7 @@ pub(super) const CC_B: u8 = 0x2;
 pub(super) const CC_AE: u8 = 0x3;
 pub(super) const CC_E: u8 = 0x4;
 pub(super) const CC_NE: u8 = 0x5;
+#[allow(dead_code)] // (no user at the moment; part of the set)
 pub(super) const CC_A: u8 = 0x7;
 pub(super) const CC_L: u8 = 0xc;
 pub(super) const CC_GE: u8 = 0xd;
