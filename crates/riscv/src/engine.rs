@@ -115,9 +115,18 @@ impl Engine {
     #[inline(always)]
     fn run_jit_sys<B: Bus>(&mut self, core: &mut Core, mem: &mut SysMem<'_, B>) -> bool {
         #[cfg(target_arch = "x86_64")]
-        return self
-            .jit()
-            .is_some_and(|j| matches!(j.run_sys(core, mem), jit::JitExit::Yield));
+        {
+            let Some(j) = self.jit() else {
+                return false;
+            };
+            let r = j.run_sys(core, mem);
+            if j.take_fenced() {
+                // Translated code ran a `fence.i` in place (and started
+                // the JIT's new fence epoch itself).
+                self.flush_decoded();
+            }
+            matches!(r, jit::JitExit::Yield)
+        }
         #[cfg(not(target_arch = "x86_64"))]
         {
             let _ = (core, mem);

@@ -247,6 +247,9 @@ pub(crate) struct Jit {
     changed: Vec<u64>,
     /// System mode: bumped by every `fence.i` (see [`Jit::fence_i`]).
     fence_epoch: u64,
+    /// System mode: translated code ran a `fence.i` in place (see
+    /// [`csr_sys`]): the interpreter's decoded blocks must go too.
+    fenced: bool,
     /// Translating for a system-mode hart (set by the first `run_sys`).
     sys_mode: bool,
     /// User mode: where inline loads and stores are and their slow exits,
@@ -391,6 +394,7 @@ impl Jit {
             sys_pages: HashMap::default(),
             changed: Vec::new(),
             fence_epoch: 0,
+            fenced: false,
             sys_mode: false,
             sites: fault::Sites {
                 code: (buf as usize, buf as usize + CODE_SIZE),
@@ -426,6 +430,12 @@ impl Jit {
         } else {
             self.flush();
         }
+    }
+
+    /// Whether translated code ran a `fence.i` since the last call (the
+    /// caller drops the interpreter's decoded blocks then).
+    pub(crate) fn take_fenced(&mut self) -> bool {
+        std::mem::take(&mut self.fenced)
     }
 
     /// Drops the translations of a changed physical page (and the table
@@ -849,6 +859,11 @@ impl Jit {
             let (core, mem) = unsafe { (&mut *core_ptr, &mut *mem_ptr) };
             poll = ctx.poll;
             tlb = ctx.membase;
+            if ctx.epoch != self.fence_epoch {
+                // A `fence.i` ran in place (see `csr_sys`).
+                self.fence_epoch = ctx.epoch;
+                self.fenced = true;
+            }
             let pc = ctx.pc;
             match self.after_exit(core, &ctx, r, |j, core| j.code_for_sys(core, mem, pc)) {
                 Ok(next) => code = next,
@@ -879,13 +894,48 @@ extern "sysv64" fn helper_sys<B: Bus>(ctx: *mut Ctx, idx: u32, pc: u64) -> u32 {
     }
 }
 
-/// System mode: runs a CSR instruction on sstatus in place (see
-/// `emit_try`). 0: done, translated code goes on (with the data TLB of
-/// the regime SUM now selects in `Ctx::membase`); 1: it traps, nothing
-/// changed (the interpreter redoes it); 2: done, but the run loop's
-/// checks must come next: it changed what cached translations allow
-/// (MXR: `tlb_dirty`), or set SIE with an interrupt pending, which
-/// must be taken before the next instruction.
+/// System mode: whether translated code runs `i` in place through
+/// [`csr_sys`] instead of leaving for the interpreter: CSR accesses but
+/// to the instruction counters (which count the instructions translated
+/// code retired only at its exits), `sfence.vma` and `fence.i` (Linux
+/// runs some 100k, 50k and 150k of them per boot; a trip through the run
+/// loop costs about a microsecond).
+pub(super) fn runs_in_place(i: &Insn) -> bool {
+    use crate::cpu::csr;
+    match i.kind {
+        Kind::Csrrw | Kind::Csrrs | Kind::Csrrc | Kind::Csrrwi | Kind::Csrrsi | Kind::Csrrci => {
+            let n = i.imm as u16;
+            let counter = (csr::CYCLE..=csr::CYCLE + 0x1f).contains(&n) && n != csr::TIME
+                || (csr::MCYCLE..=csr::MCYCLE + 0x1f).contains(&n);
+            !counter
+        }
+        Kind::SfenceVma | Kind::FenceI => true,
+        _ => false,
+    }
+}
+
+/// What [`csr_sys`] tells translated code: go on (chained to the next
+/// instruction's block), leave for the interpreter (the instruction
+/// traps; nothing changed, it redoes it), leave for the run loop after
+/// it, or go on through the inline dispatch (the next pc's translation
+/// may have changed: after a fence).
+pub(super) const IN_PLACE_DONE: u32 = 0;
+pub(super) const IN_PLACE_TRAP: u32 = 1;
+pub(super) const IN_PLACE_RUN_LOOP: u32 = 2;
+pub(super) const IN_PLACE_DISPATCH: u32 = 3;
+
+/// System mode: runs an instruction of [`runs_in_place`] in place (see
+/// `emit_try`), with what the run loop's `service` would do after it
+/// done here:
+/// - a CSR access goes on with the data TLB of the regime it leaves
+///   (sstatus.SUM selects one: `Ctx::membase`), unless it changed what
+///   cached translations allow (`tlb_dirty`: satp, MPRV, MXR, MPP) or
+///   left an interrupt pending and enabled, which must be taken before
+///   the next instruction: those go to the run loop;
+/// - `sfence.vma` drops the TLB entries it names now and goes on
+///   through the dispatch (which translates the next pc again);
+/// - `fence.i` starts a new fence epoch (`Ctx::epoch`, which `run_sys`
+///   adopts, see [`Jit::fence_i`]) and goes on through the dispatch.
 extern "sysv64" fn csr_sys<B: Bus>(ctx: *mut Ctx, idx: u32, pc: u64) -> u32 {
     // SAFETY: generated code passes the `Ctx` that `run_sys` set up; its
     // `core` and `mem` point at the hart's core and `SysMem<B>` (this `B`:
@@ -896,21 +946,58 @@ extern "sysv64" fn csr_sys<B: Bus>(ctx: *mut Ctx, idx: u32, pc: u64) -> u32 {
     // SAFETY: `idx` indexes the helper table `ctx.helpers` points at.
     let mut insn = unsafe { *ctx.helpers.add(idx as usize) };
     insn.off = 0;
-    let sie = crate::cpu::mstatus::SIE;
-    let enabled = core.csr.mstatus & sie != 0;
     let block = [insn];
     if exec_block(core, mem, &block, pc).is_err() {
-        return 1;
+        return IN_PLACE_TRAP;
     }
-    if core.tlb_dirty {
-        return 2;
+    match insn.kind {
+        Kind::SfenceVma => {
+            // (Translated code runs with no flush pending: the run loop
+            // did them all before entering it.)
+            if core.tlb_dirty {
+                core.tlb_dirty = false;
+                core.tlb_flush_va = None;
+                mem.flush();
+            } else if let Some(va) = core.tlb_flush_va.take() {
+                mem.flush_page(va);
+            }
+            IN_PLACE_DISPATCH
+        }
+        Kind::FenceI => {
+            // The interpreter's decoded blocks are dropped when `run_sys`
+            // returns (see `Jit::take_fenced`).
+            core.code_dirty = false;
+            ctx.epoch += 1;
+            IN_PLACE_DISPATCH
+        }
+        _ => {
+            if core.tlb_dirty {
+                return IN_PLACE_RUN_LOOP;
+            }
+            mem.update_modes(core);
+            if mem.fetch_tlb().cast() != ctx.itlb {
+                return IN_PLACE_RUN_LOOP;
+            }
+            ctx.membase = mem.data_tlb().cast();
+            use crate::cpu::csr;
+            let n = insn.imm as u16;
+            let irq_bits = matches!(
+                n,
+                csr::SSTATUS
+                    | csr::MSTATUS
+                    | csr::SIE
+                    | csr::MIE
+                    | csr::SIP
+                    | csr::MIP
+                    | csr::MIDELEG
+                    | csr::STIMECMP
+            );
+            if irq_bits && core.pending_interrupt().is_some() {
+                return IN_PLACE_RUN_LOOP;
+            }
+            IN_PLACE_DONE
+        }
     }
-    mem.update_modes(core);
-    ctx.membase = mem.data_tlb().cast();
-    if !enabled && core.csr.mstatus & sie != 0 && core.pending_interrupt().is_some() {
-        return 2;
-    }
-    0
 }
 
 #[cfg(test)]
@@ -1313,6 +1400,120 @@ mod sys_tests {
         assert_eq!(jit[19], RAM + 4 * (head2 as u64 + 2), "mepc");
         assert_ne!(jit[9], 0);
         assert_eq!((jit[21], jit[22], jit[12]), (1, 0, 0));
+    }
+
+    /// `rd` = `v` (a RAM address: zero-extended from `lui`'s 32 bits).
+    fn li_ram(rd: u32, v: u64) -> [u32; 4] {
+        [
+            lui(rd, (v >> 12) as u32 & 0xf_ffff),
+            itype(0x13, 1, rd, rd, 32),
+            itype(0x13, 5, rd, rd, 32),
+            addi(rd, rd, (v & 0xfff) as i32),
+        ]
+    }
+
+    #[test]
+    fn sfence_vma_in_place_drops_the_page_it_names() {
+        // Sv39, S-mode: VA 0x9000 is a 4 KiB page that the loop maps to
+        // page A (holding 1) and page B (holding 2) in turn, each time
+        // with `sfence.vma` of it before reading through it again. From
+        // the second pass on, translated code reads through the TLB
+        // entry a first block filled and runs the sfence.vma in place:
+        // the read after it must see the new mapping.
+        let (root, l1, l0, pa, pb) = (0x8000u64, 0xa000u64, 0xb000u64, 0xc000u64, 0xd000u64);
+        let satp_ppn = (RAM + root) >> 12;
+        let pte = |pa: u64, flags: u64| (pa >> 12) << 10 | flags;
+        let extra = [
+            lui(T1, (satp_ppn >> 12) as u32 & 0xf_ffff),
+            addi(T1, T1, (satp_ppn & 0xfff) as i32),
+            addi(T0, 0, 8),
+            itype(0x13, 1, T0, T0, 60), // slli t0, t0, 60
+            0x0053_6333,                // or t1, t1, t0
+            csr(1, 0, T1, 0x180),       // csrw satp, t1
+        ];
+        let (s, stop) = (0x100, 0x300);
+        let mut p = to_s(stop, s, &extra);
+        p.resize(s as usize / 4, 0);
+        let (t3, t4, t5) = (28, 29, 30);
+        p.push(lui(T2, 0x9));
+        p.extend(li_ram(t3, RAM + l0 + 9 * 8));
+        p.extend(li_ram(t4, pte(RAM + pa, 0xc7)));
+        p.extend(li_ram(t5, pte(RAM + pb, 0xc7)));
+        p.push(addi(12, 0, 4)); // a2 = 4 passes
+        let head = p.len();
+        let ld = |rd| itype(0x03, 3, rd, T2, 0);
+        let sfence = 0x1200_0073 | T2 << 15; // sfence.vma t2
+        p.extend([
+            ld(15),                  // ld a5, 0(t2): fills the TLB
+            0x0040_006f,             // jal x0, +4: a new block
+            ld(13),                  // ld a3, 0(t2)
+            itype(0x13, 1, 9, 9, 4), // slli s1, s1, 4
+            add(9, 9, 13),           // s1 += a3
+            store(3, t5, t3, 0),     // map B
+            sfence,
+            ld(14),                    // ld a4, 0(t2)
+            itype(0x13, 1, 19, 19, 4), // slli s3, s3, 4
+            add(19, 19, 14),           // s3 += a4
+            store(3, t4, t3, 0),       // map A
+            sfence,
+            addi(12, 12, -1), // a2 -= 1
+        ]);
+        let n = p.len();
+        p.push(branch(1, 12, 0, -4 * (n - head) as i32)); // bne a2, zero, head
+        p.push(addi(20, 0, 7));
+        p.push(ECALL);
+        p.resize(stop as usize / 4, 0);
+        p.extend(STOP);
+        let setup = |bus: &DmaBus| {
+            let put64 = |at: u64, v: u64| bus.put(RAM + at, &[v as u32, (v >> 32) as u32]);
+            put64(root, pte(RAM + l1, 1));
+            put64(root + 16, pte(RAM, 0xcf)); // RAM's own addresses, V R W X A D
+            put64(l1, pte(RAM + l0, 1));
+            put64(l0 + 9 * 8, pte(RAM + pa, 0xc7));
+            put64(pa, 1);
+            put64(pb, 2);
+        };
+        for jit in [false, true] {
+            let x = run_prog(&p, setup, jit);
+            assert_eq!((x[9], x[19], x[20]), (0x1111, 0x2222, 7), "jit {jit}");
+        }
+    }
+
+    #[test]
+    fn csr_accesses_in_place_match_the_interpreter() {
+        // M-mode: scratch CSRs written, swapped and read in place; then
+        // an interrupt made pending (SSIP, not delegated) and enabled
+        // (MIE) by `csrs mie` must be taken right after it.
+        let stop = 0x200;
+        let mut p = Vec::new();
+        p.extend(la(T1, stop));
+        p.push(csr(1, 0, T1, 0x305)); // csrw mtvec, t1
+        p.push(addi(10, 0, 11));
+        p.push(addi(11, 0, 22));
+        p.push(csr(1, 0, 10, 0x340)); // csrw mscratch, a0
+        p.push(csr(1, 12, 11, 0x340)); // csrrw a2, mscratch, a1
+        p.push(csr(2, 13, 0, 0x340)); // csrr a3, mscratch
+        p.push(csr(1, 0, 12, 0x140)); // csrw sscratch, a2
+        p.push(csr(7, 14, 5, 0x140)); // csrrci a4, sscratch, 5
+        p.push(csr(2, 15, 0, 0x140)); // csrr a5, sscratch
+        p.push(addi(T0, 0, 2));
+        p.push(csr(2, 0, T0, 0x344)); // csrs mip, t0: SSIP pending
+        p.push(csr(6, 0, 8, 0x300)); // csrsi mstatus, 8: MIE
+        p.push(addi(16, 0, 1)); // a6 = 1
+        p.push(csr(2, 0, T0, 0x304)); // csrs mie, t0: SSIE
+        let at = RAM + 4 * p.len() as u64;
+        p.push(addi(16, 0, 2)); // not reached
+        p.push(ECALL);
+        p.resize(stop as usize / 4, 0);
+        p.extend(STOP3);
+        let interp = run_prog(&p, |_| {}, false);
+        let jit = run_prog(&p, |_| {}, true);
+        assert_eq!(interp, jit);
+        assert_eq!(
+            (jit[12], jit[13], jit[14], jit[15], jit[16]),
+            (11, 22, 11, 10, 1)
+        );
+        assert_eq!((jit[18], jit[19]), (1 << 63 | 1, at));
     }
 
     #[test]

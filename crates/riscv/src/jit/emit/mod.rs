@@ -1194,17 +1194,17 @@ impl Jit {
                 | And | Addw | Subw | Fence => rvi::emit(&mut a, &mut f, k, i, ipc, next),
                 Mul | Mulw | Mulh | Mulhu | Div | Divu | Rem | Remu | Divw | Divuw | Remw
                 | Remuw => rvm::emit(&mut a, i),
-                Csrrw | Csrrs | Csrrc | Csrrwi | Csrrsi | Csrrci
-                    if sys.is_some() && i.imm == i32::from(crate::cpu::csr::SSTATUS) =>
-                {
-                    // sstatus (the kernel toggles SIE and SUM around
-                    // every irq save/restore and user copy): run in place
-                    // by `super::csr_sys`, which also points the data
-                    // TLB at SUM's regime (r12 is reloaded from `Ctx`).
-                    // 0: done, chain on; 1: it traps (nothing changed),
-                    // the interpreter redoes it; 2: done, but an
-                    // interrupt it enabled is pending or the TLB must be
-                    // flushed: the run loop's checks, after it.
+                _ if sys.is_some() && super::runs_in_place(i) => {
+                    // CSR accesses (the kernel toggles SIE and SUM around
+                    // every irq save/restore and user copy, and reads and
+                    // writes the trap CSRs on every trap), `sfence.vma`,
+                    // `fence.i`: run in place by `super::csr_sys`, which
+                    // also points the data TLB at the regime they leave
+                    // (r12 is reloaded from `Ctx`). Its answer (see
+                    // `super::IN_PLACE_DONE` and the rest): done, chain
+                    // on; it traps (nothing changed), the interpreter
+                    // redoes it; done, the run loop's checks next; done,
+                    // on through the dispatch.
                     let idx = self.helpers.len() as u32;
                     self.helpers.push(*i);
                     a.flush_dirty(a.cache.dirty_map());
@@ -1217,10 +1217,16 @@ impl Jit {
                     a.load(R12, R14, ctx_off(offset_of!(Ctx, membase)));
                     a.op_rr(false, &[0x85], RAX, RAX); // test eax, eax
                     let done = a.jcc(CC_E);
-                    a.alu_imm(false, CMP, RAX, 1);
+                    a.alu_imm(false, CMP, RAX, super::IN_PLACE_TRAP as i32);
                     f.slow.push((a.jcc(CC_E), k, [0; CACHE_REGS.len()]));
                     a.add_icount(k as u32 + 1);
+                    a.alu_imm(false, CMP, RAX, super::IN_PLACE_DISPATCH as i32);
+                    let disp = a.jcc(CC_E);
                     a.exit_pc(epi, next, EXIT_ATTN);
+                    a.bind(disp);
+                    a.mov_imm(RAX, next);
+                    a.store(R14, ctx_off(offset_of!(Ctx, pc)), RAX);
+                    a.jmp_abs(self.dispatch_sys);
                     a.bind(done);
                     a.add_icount(k as u32 + 1);
                     f.static_exit(&mut a, next);
