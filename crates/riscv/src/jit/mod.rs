@@ -110,6 +110,25 @@ const EXIT_ATTN: u32 = 3;
 /// A chained exit to a block after the exiting one's start (see
 /// `Frame::static_exit`): patched to skip the target's entry checks.
 const EXIT_CHAIN_FWD: u32 = 4;
+/// System mode: a guarded chained exit to another page asks for its
+/// patch (see [`SysSite`]); `Ctx::site` is the site.
+const EXIT_CHAIN_SYS: u32 = 5;
+
+/// System mode: the patched fields of a guarded chained exit to another
+/// page (`Asm::sys_chain_exit`), as byte offsets from its site: the
+/// physical page its target must be fetched from (imm64), the epoch cell
+/// of that page (imm64), the rel32 of the jump to the target's code, the
+/// jump the failed guard takes (rel32 at `MISS + 1`: first to the exit
+/// that asks for the patch, then to the dispatch stub at `DISPATCH`).
+struct SysSite;
+
+impl SysSite {
+    const PA: usize = 2;
+    const EPOCH: usize = 25;
+    const CODE: usize = 50;
+    const MISS: usize = 54;
+    const DISPATCH: usize = 59;
+}
 
 /// State shared between Rust and generated code (offsets are baked into
 /// the code, hence `repr(C)`).
@@ -250,6 +269,10 @@ pub(crate) struct Jit {
     /// System mode: translated code ran a `fence.i` in place (see
     /// [`csr_sys`]): the interpreter's decoded blocks must go too.
     fenced: bool,
+    /// System mode: the epoch cells of dropped pages, which guarded
+    /// chained exits may still point at (set to `u64::MAX`, an epoch
+    /// never reached, so those guards fail); freed with the code.
+    dead_epochs: Vec<Box<std::cell::Cell<u64>>>,
     /// Translating for a system-mode hart (set by the first `run_sys`).
     sys_mode: bool,
     /// User mode: where inline loads and stores are and their slow exits,
@@ -395,6 +418,7 @@ impl Jit {
             changed: Vec::new(),
             fence_epoch: 0,
             fenced: false,
+            dead_epochs: Vec::new(),
             sys_mode: false,
             sites: fault::Sites {
                 code: (buf as usize, buf as usize + CODE_SIZE),
@@ -442,6 +466,8 @@ impl Jit {
     /// slots pointing at its epoch).
     fn drop_page(&mut self, ppage: u64) {
         if let Some(p) = self.sys_pages.remove(&ppage) {
+            p.epoch.set(u64::MAX);
+            self.dead_epochs.push(p.epoch);
             for (v, pp) in p.blocks {
                 self.sys_blocks.remove(&(v, pp));
                 let set = Self::sys_slot(v, pp);
@@ -476,6 +502,7 @@ impl Jit {
         self.skips.clear();
         self.sys_blocks.clear();
         self.sys_pages.clear();
+        self.dead_epochs.clear();
         if self.sys_mode {
             self.sys_table.fill(NO_SLOT);
         } else {
@@ -783,6 +810,48 @@ impl Jit {
         out
     }
 
+    /// Patches the guarded chained exit at `site` (see [`SysSite`]) to
+    /// the block at `pc` that `code_for_sys` just found (so in its table
+    /// set, with its page checked in the current epoch).
+    fn patch_sys_site<B: Bus>(
+        &mut self,
+        core: &Core,
+        mem: &mut SysMem<'_, B>,
+        site: usize,
+        pc: u64,
+    ) {
+        let Ok((pa, _)) = mem.translate_fetch(core, pc) else {
+            return;
+        };
+        let set = Self::sys_slot(pc, pa);
+        let Some(s) = self.sys_table[set..set + 2]
+            .iter()
+            .find(|s| s.vpc == pc && s.ppc == pa)
+            .copied()
+        else {
+            return;
+        };
+        let rel = |from: usize, to: usize| (to as i64 - from as i64) as i32;
+        // SAFETY: `site` is a guarded exit written by `sys_chain_exit`
+        // into this buffer (no flush since it ran), whose fields sit at
+        // the offsets of `SysSite`; no generated code is running.
+        unsafe {
+            let p = site as *mut u8;
+            p.add(SysSite::PA)
+                .cast::<u64>()
+                .write_unaligned(pa & !(crate::PAGE_SIZE - 1));
+            p.add(SysSite::EPOCH)
+                .cast::<u64>()
+                .write_unaligned(s.epoch as u64);
+            p.add(SysSite::CODE)
+                .cast::<i32>()
+                .write_unaligned(rel(site + SysSite::CODE + 4, s.code));
+            p.add(SysSite::MISS + 1)
+                .cast::<i32>()
+                .write_unaligned(rel(site + SysSite::DISPATCH, site + SysSite::DISPATCH));
+        }
+    }
+
     /// System mode: runs translated code from `core.pc` until something
     /// needs the interpreter (`Slow`: run one block there) or the run loop
     /// (`Yield`: interrupts, attention, code changes).
@@ -865,6 +934,19 @@ impl Jit {
                 self.fenced = true;
             }
             let pc = ctx.pc;
+            if r == EXIT_CHAIN_SYS {
+                core.instret = core.instret.wrapping_add(ctx.icount);
+                core.pc = pc;
+                let flushes = self.flushes;
+                let Some(next) = self.code_for_sys(core, mem, pc) else {
+                    return JitExit::Slow;
+                };
+                if self.flushes == flushes {
+                    self.patch_sys_site(core, mem, ctx.site as usize, pc);
+                }
+                code = next;
+                continue;
+            }
             match self.after_exit(core, &ctx, r, |j, core| j.code_for_sys(core, mem, pc)) {
                 Ok(next) => code = next,
                 Err(e) => return e,
@@ -1514,6 +1596,32 @@ mod sys_tests {
             (11, 22, 11, 10, 1)
         );
         assert_eq!((jit[18], jit[19]), (1 << 63 | 1, at));
+    }
+
+    #[test]
+    fn a_chained_call_to_another_page_sees_code_a_device_wrote() {
+        // The same call site (to a function in another page, a guarded
+        // chained exit once patched) runs twice; between the two, the
+        // device rewrites the function and fence.i makes it visible.
+        let p = [
+            0x0000_0493, // addi s1, x0, 0
+            0x0020_0913, // addi s2, x0, 2
+            0x1000_02b7, // lui t0, 0x10000
+            0x7f50_00ef, // 12: jal ra, f (0x1000)
+            0x0014_9493, // slli s1, s1, 1
+            0x00a4_84b3, // add s1, s1, a0
+            0x0002_a023, // sw zero, 0(t0): the device rewrites f
+            0x0000_100f, // fence.i
+            0xfff9_0913, // addi s2, s2, -1
+            0xfe09_14e3, // bne s2, zero, 12
+            0x0002_a423, // sw zero, 8(t0): stop
+            0x0000_006f, // j .
+        ];
+        for jit in [false, true] {
+            let x = run_prog(&p, |bus| bus.put(RAM + 0x1000, &F1), jit);
+            // 1, then 2: s1 = 1 * 2 + 2.
+            assert_eq!(x[9], 4, "jit {jit}");
+        }
     }
 
     #[test]

@@ -11,7 +11,9 @@
 use std::mem::offset_of;
 
 use super::x86::*;
-use super::{helper, Ctx, Jit, EXIT_ATTN, EXIT_CHAIN, EXIT_CHAIN_FWD, EXIT_SLOW, RAS_SIZE};
+use super::{
+    helper, Ctx, Jit, EXIT_ATTN, EXIT_CHAIN, EXIT_CHAIN_FWD, EXIT_CHAIN_SYS, EXIT_SLOW, RAS_SIZE,
+};
 use crate::cpu::Core;
 use crate::decode::{Insn, Kind, ZERO_SINK};
 
@@ -96,9 +98,7 @@ impl Frame {
     /// `from` (returns' landings: see `emit_code`).
     fn static_exit_from(&self, a: &mut Asm, target: u64, from: u64) {
         if self.sys.is_some() && target >> 12 != self.pc >> 12 {
-            a.mov_imm(RAX, target);
-            a.store(R14, ctx_off(offset_of!(Ctx, pc)), RAX);
-            a.jmp_abs(self.dispatch_sys);
+            a.sys_chain_exit(self.epilogue, self.dispatch_sys, target);
         } else {
             let fwd = self.sys.is_none() && target > from;
             a.chain_exit(self.epilogue, target, fwd);
@@ -831,6 +831,63 @@ impl Asm {
     /// A patchable chained exit to the static target `pc`: a `jmp` to the
     /// stub right behind it, which asks Rust to patch the jmp (`fwd`: to
     /// the target's code past its entry checks).
+    /// System mode: a static exit to `pc` in another page, chained
+    /// behind a guard (see [`super::SysSite`]): the fetch TLB must still
+    /// map `pc`'s page to the physical page the chained block was
+    /// translated from, and that page must have been checked in the
+    /// current fence epoch, as the inline dispatch requires. Until Rust
+    /// patches it on first use the guard fails (no physical page is
+    /// `u64::MAX`) into an exit that asks for the patch; a guard that
+    /// fails once patched goes through the inline dispatch.
+    pub(super) fn sys_chain_exit(&mut self, epilogue: usize, dispatch_sys: usize, pc: u64) {
+        use super::SysSite as S;
+        let vpn = pc >> 12;
+        let e = ((vpn as usize & (crate::mmu::TLB_SIZE - 1)) * 48) as i32;
+        let tag_x = offset_of!(crate::mmu::Entry, tag_x) as i32;
+        let pa_page = offset_of!(crate::mmu::Entry, pa_page) as i32;
+        self.load(RDX, R14, ctx_off(offset_of!(Ctx, itlb)));
+        self.mov_imm(RCX, vpn);
+        self.op_m(true, &[0x3b], RCX, RDX, e + tag_x); // cmp rcx, [rdx + tag_x]
+        let tag_miss = self.jcc(CC_NE);
+        let site = self.b.len();
+        // movabs rcx, pa page (patched)
+        self.b.extend_from_slice(&[0x48, 0xb9]);
+        self.u64(u64::MAX);
+        // cmp rcx, [rdx + disp32]
+        self.b.extend_from_slice(&[0x48, 0x3b, 0x8a]);
+        self.u32((e + pa_page) as u32);
+        let pa_miss = self.jcc(CC_NE);
+        assert_eq!(self.b.len() - site, S::EPOCH - 2);
+        // movabs rdx, the page's epoch cell (patched); mov rdx, [rdx]
+        self.b.extend_from_slice(&[0x48, 0xba]);
+        self.u64(0);
+        self.b.extend_from_slice(&[0x48, 0x8b, 0x12]);
+        // cmp rdx, [r14 + epoch] (disp32)
+        self.b.extend_from_slice(&[0x49, 0x3b, 0x96]);
+        self.u32(offset_of!(Ctx, epoch) as u32);
+        let epoch_miss = self.jcc(CC_NE);
+        assert_eq!(self.b.len() - site, S::CODE - 1);
+        // jmp code (patched)
+        self.u8(0xe9);
+        self.u32(0);
+        assert_eq!(self.b.len() - site, S::MISS);
+        for at in [tag_miss, pa_miss, epoch_miss] {
+            self.bind(at);
+        }
+        // jmp first use (patched to the dispatch stub right after it)
+        self.u8(0xe9);
+        let first = self.b.len();
+        self.u32(0);
+        assert_eq!(self.b.len() - site, S::DISPATCH);
+        self.mov_imm(RAX, pc);
+        self.store(R14, ctx_off(offset_of!(Ctx, pc)), RAX);
+        self.jmp_abs(dispatch_sys);
+        self.bind(first);
+        self.mov_imm(RAX, (self.base + site) as u64);
+        self.store(R14, ctx_off(offset_of!(Ctx, site)), RAX);
+        self.exit_pc(epilogue, pc, EXIT_CHAIN_SYS);
+    }
+
     pub(super) fn chain_exit(&mut self, epilogue: usize, pc: u64, fwd: bool) {
         let site = self.addr();
         self.u8(0xe9);
