@@ -788,6 +788,9 @@ impl Jit {
             unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), at as *mut u8, code.len()) };
             self.len = (self.len + code.len() + 15) & !15;
             self.sys_blocks.insert((pc, pa), at);
+            if self.last_skip != 0 {
+                self.skips.insert(at, self.last_skip);
+            }
             let p = self.sys_pages.entry(ppage).or_insert_with(|| SysPage {
                 copy: page_bytes.into(),
                 epoch: Box::new(std::cell::Cell::new(epoch)),

@@ -86,11 +86,12 @@ struct Frame {
 
 impl Frame {
     /// A static exit: chained (patched jmp) unless system mode leaves the
-    /// block's page (a different page may translate differently). In
-    /// user mode a jump to a block after this block's start goes past
-    /// the target's entry checks (attention, code changes): every cycle
-    /// of blocks has a jump that is not forward, which checks, so a stop
-    /// request or a code change still ends any loop.
+    /// block's page (a different page may translate differently). A
+    /// jump to a block after this block's start goes past the target's
+    /// entry checks (attention, code changes, system mode's countdown to
+    /// the interrupt poll): every cycle of blocks has a jump that is not
+    /// forward (or, in system mode, leaves the page), which checks, so a
+    /// stop request or a code change still ends any loop.
     fn static_exit(&self, a: &mut Asm, target: u64) {
         self.static_exit_from(a, target, self.pc);
     }
@@ -100,7 +101,7 @@ impl Frame {
         if self.sys.is_some() && target >> 12 != self.pc >> 12 {
             a.sys_chain_exit(self.epilogue, self.dispatch_sys, target);
         } else {
-            let fwd = self.sys.is_none() && target > from;
+            let fwd = target > from;
             a.chain_exit(self.epilogue, target, fwd);
         }
     }
@@ -980,14 +981,6 @@ impl Jit {
         // A code change raises the attention of every hart running the
         // code (`UserSpace::code_changed`, `CodeMap::changed`), so the check
         // above covers it.
-        // Forward chained exits enter past the checks, which must then
-        // be all a skipped entry misses: not a loop's block, whose
-        // prologue comes first (see `Frame::static_exit`).
-        self.last_skip = if sys.is_none() && looping.is_none() {
-            a.b.len() as u16
-        } else {
-            0
-        };
         // System mode: every POLL_BLOCKS blocks (or passes of a loop's
         // back edge), back to the run loop to check for interrupts and
         // timer deadlines.
@@ -997,6 +990,16 @@ impl Jit {
             a.u8(1);
             a.jcc(CC_E)
         });
+        // Forward chained exits enter past the checks, which must then
+        // be all a skipped entry misses: not a loop's block, whose
+        // prologue comes first (see `Frame::static_exit`). (System mode:
+        // a chain of forward exits stays in one page, so it ends soon in
+        // an entry that checks and counts down to the interrupt poll.)
+        self.last_skip = if looping.is_none() {
+            a.b.len() as u16
+        } else {
+            0
+        };
         // Merge points: instructions a branch of the block jumps to from
         // inside it (user mode; see `Frame::internal`).
         let offs: Vec<u16> = insns.iter().map(|i| i.off).collect();
