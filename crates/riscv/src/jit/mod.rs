@@ -746,6 +746,15 @@ impl Jit {
             }
             _ => {}
         }
+        // A slot of the block whose page just passed the check (or was
+        // dropped, with its slots): no lookup in `sys_blocks` (after a
+        // fence, most entries from the run loop come here).
+        for s in &self.sys_table[slot..slot + 2] {
+            // SAFETY: as above.
+            if s.vpc == pc && s.ppc == pa && unsafe { *s.epoch } == epoch {
+                return Some(s.code);
+            }
+        }
         if let Some(&code) = self.sys_blocks.get(&(pc, pa)) {
             if let Some(p) = self.sys_pages.get(&ppage) {
                 let epoch = p.epoch.as_ptr();
