@@ -271,7 +271,9 @@ pub(crate) struct Jit {
     fenced: bool,
     /// System mode: the epoch cells of dropped pages, which guarded
     /// chained exits may still point at (set to `u64::MAX`, an epoch
-    /// never reached, so those guards fail); freed with the code.
+    /// never reached, so those guards fail); freed with the code. (The
+    /// boxes moved out of `SysPage`s: guards hold their addresses.)
+    #[allow(clippy::vec_box)]
     dead_epochs: Vec<Box<std::cell::Cell<u64>>>,
     /// Translating for a system-mode hart (set by the first `run_sys`).
     sys_mode: bool,
