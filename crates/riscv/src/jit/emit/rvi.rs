@@ -137,22 +137,23 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
             let target = ipc.wrapping_add(imm as i64 as u64);
             // A target inside the block: a loop's back edge (to the
             // head, which checks for attention) or a forward jump to a
-            // merge point. The jump's count adjustment (see
+            // merge point. A back edge's count adjustment (see
             // `Frame::jump_internal`) comes before the comparison (`lea`
             // keeps the flags) and is taken back on the fall-through
-            // path, so the taken path is a single `jcc` where it can be.
+            // path, so the taken path is a single `jcc` where it can be;
+            // a forward jump's is added on the taken path only (see
+            // `Frame::branch_fwd`).
             let back = f.back_jump(k, target);
             let fwd = f.internal(target).filter(|&j| j > k && back.is_none());
-            let adj = match (back, fwd) {
-                (Some(n), _) => n,
-                (None, Some(j)) => (k as u32 + 1).wrapping_sub(j as u32),
-                (None, None) => 0,
-            };
+            let adj = back.unwrap_or(0);
             a.add_icount(adj);
             compare!(false);
             if back.is_some() || fwd.is_some() {
                 match fwd {
-                    Some(j) => f.branch_fwd(a, j, $cc),
+                    Some(j) => {
+                        let owed = (k as u32 + 1).wrapping_sub(j as u32);
+                        f.branch_fwd(a, j, $cc, owed)
+                    }
                     None => f.branch_back(a, target, $cc),
                 }
                 // The fall-through goes on or, at the block's end, leaves.
