@@ -146,6 +146,9 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
             let back = f.back_jump(k, target);
             let fwd = f.internal(target).filter(|&j| j > k && back.is_none());
             let adj = back.unwrap_or(0);
+            if back.is_some() {
+                f.norm_for_back(a, target);
+            }
             a.add_icount(adj);
             compare!(false);
             if back.is_some() || fwd.is_some() {
