@@ -756,3 +756,28 @@ fn back_edges_move_registers_between_slots_in_registers() {
         both_ways(&prog, &regs);
     }
 }
+
+#[test]
+fn branches_on_x0_against_a_register_match_the_interpreter() {
+    // `bxx x0, x5`: the JIT compares x5 with 0 and mirrors the condition;
+    // forward inside the block, leaving it, and a loop's back edge.
+    for f3 in [0, 1, 4, 5, 6, 7] {
+        let inside = [branch(f3, 0, 5, 8), addi(6, 6, 1), addi(7, 7, 1)];
+        let leaving = [addi(7, 7, 1), branch(f3, 0, 5, 64), addi(6, 6, 1)];
+        for (n, &v) in VALUES.iter().enumerate() {
+            let regs = [(5, v), (6, n as u64), (7, 0)];
+            both_ways(&inside, &regs);
+            both_ways(&leaving, &regs);
+            // A W result (unextended in its slot) as the operand.
+            let w = [addiw(5, 5, 1), branch(f3, 0, 5, 8), addi(6, 6, 1)];
+            both_ways(&w, &regs);
+        }
+    }
+    for f3 in [4, 6] {
+        // blt/bltu x0, x5: loops while x5 > 0 (or != 0).
+        let counted = [addi(5, 5, -1), addi(6, 6, 3), branch(f3, 0, 5, -8)];
+        for x5 in [1, 7, 200] {
+            both_ways(&counted, &[(5, x5)]);
+        }
+    }
+}
