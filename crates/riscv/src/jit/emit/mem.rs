@@ -13,6 +13,11 @@
 //! exit: the interpreter redoes it the checked way, exactly as
 //! `crate::mmu::UserMem` does (a guest fault, or a store into code that
 //! drops the stale translations).
+//!
+//! The check is paid once per base register where the guest pays once:
+//! accesses through a base an earlier access of the block checked,
+//! unchanged since, check nothing (see [`plan`]); a loop whose base only
+//! steps by an `addi` checks it once on the way in (see [`loop_bases`]).
 
 use std::mem::offset_of;
 
