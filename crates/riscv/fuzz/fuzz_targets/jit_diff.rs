@@ -11,7 +11,8 @@
 //! Where the input had a `jalr`, a call and its return (see
 //! `call_patterns`). Some words become the pairs the JIT fuses (see
 //! `fusion_pairs`), W chains and branches over one op (see
-//! `narrow_patterns`).
+//! `narrow_patterns`), and loops step a base register (see
+//! `stride_patterns`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -215,6 +216,31 @@ fn narrow_patterns(words: &mut [u32], orig: &[u32]) {
     }
 }
 
+/// In a program that loops back to its start, where the input's first
+/// word has bit 10 set: x9 becomes a base that the loop steps (the JIT
+/// then checks it once on the way into the loop, see
+/// `emit::mem::loop_bases`): the second word steps it by 8 or 2 KiB
+/// either way (so that passes run into the guard past the space's end,
+/// or back from it), no other word writes it, and the loads and stores
+/// whose input word had bit 11 set use it as their base.
+fn stride_patterns(words: &mut [u32], orig: &[u32]) {
+    if words.len() < 3 || orig[0] >> 10 & 1 == 0 {
+        return;
+    }
+    for (k, w) in words.iter_mut().enumerate() {
+        let op = *w & 0x7f;
+        let writes_rd = !matches!(op, 0x23 | 0x27 | 0x63);
+        if writes_rd && *w >> 7 & 31 == 9 {
+            *w = NOP;
+        } else if matches!(op, 0x03 | 0x07 | 0x23 | 0x27) && orig[k] >> 11 & 1 == 1 {
+            *w = (*w & !(31 << 15)) | 9 << 15;
+        }
+    }
+    if words[1] != ADDI_X31_M1 && decode(words[1]).kind != Kind::Blt {
+        words[1] = addi(9, 9, [8, -8, 2040, -2048][(orig[1] & 3) as usize]);
+    }
+}
+
 fuzz_target!(|input: &[u8]| {
     // 32 registers (2 bytes each) of which x1..x7 point into DATA, x8
     // into the code and x9 near the space's end, then the code words.
@@ -268,7 +294,8 @@ fuzz_target!(|input: &[u8]| {
         }
     }
     // (Up to 1000 words: the back edge is a branch, +-4 KiB.)
-    if n > 0 && n <= 1000 && regs[31] & 1 == 1 {
+    let looping = n > 0 && n <= 1000 && regs[31] & 1 == 1;
+    if looping {
         // A loop back to the start, counted down by x31 on every pass
         // through it: exercises the JIT's loops (registers kept in host
         // registers across the back edge).
@@ -303,6 +330,9 @@ fuzz_target!(|input: &[u8]| {
     narrow_patterns(&mut words[..n], &orig);
     fusion_pairs(&mut words[..n], &orig);
     call_patterns(&mut words, &orig, n);
+    if looping {
+        stride_patterns(&mut words[..n], &orig);
+    }
     words.extend(std::iter::repeat_n(ECALL, 16));
     let data: Vec<u8> = (0..0x1000u32)
         .map(|k| (k.wrapping_mul(2654435761) >> 13) as u8)

@@ -13,6 +13,11 @@
 //! exit: the interpreter redoes it the checked way, exactly as
 //! `crate::mmu::UserMem` does (a guest fault, or a store into code that
 //! drops the stale translations).
+//!
+//! The check is paid once per base register where the guest pays once:
+//! accesses through a base an earlier access of the block checked,
+//! unchanged since, check nothing (see [`plan`]); a loop whose base only
+//! steps by an `addi` checks it once on the way in (see [`loop_bases`]).
 
 use std::mem::offset_of;
 
@@ -273,4 +278,91 @@ pub(super) fn plan(insns: &[Insn], merge: &[bool]) -> Vec<Plan> {
         }
     }
     plan
+}
+
+/// User mode: the base registers whose checks the loop `insns[h..=last]`
+/// (head `h`, its only back edge at `last`) does once, on the way in, as
+/// a bit mask (bit `r`: guest `r`). Each is the base of some access of
+/// the loop and written in it only by one `addi r, r, c`; the loop has no
+/// other way in than its head (no merge point inside) and no other back
+/// edge, so every pass that goes around runs every access of the body.
+///
+/// Exact by induction over the passes: the entry check puts the base
+/// below the space's size; an access at most a few KiB outside the space
+/// faults on the host (into a guard) and leaves for the interpreter, as
+/// one to a page the guest may not touch does; so a pass that goes around
+/// had its accesses land inside the space, and the next pass's, which the
+/// `addi` moves by at most 2 KiB, land inside the space or its guards
+/// again.
+pub(super) fn loop_bases(insns: &[Insn], merge: &[bool], h: usize, last: usize) -> u32 {
+    use Kind::*;
+    let body = &insns[h..=last];
+    let head_off = insns[h].off as i64;
+    let back_edges = body
+        .iter()
+        .filter(|i| {
+            matches!(i.kind, Beq | Bne | Blt | Bge | Bltu | Bgeu | Jal)
+                && i.off as i64 + i.imm as i64 == head_off
+        })
+        .count();
+    let inner_merge = (h + 1..=last).any(|m| merge.get(m).copied().unwrap_or(true));
+    // System instructions, ecall, illegal words leave the block there.
+    let leaves = body.iter().any(|i| {
+        i.ends_block() && !matches!(i.kind, Jal | Jalr | Beq | Bne | Blt | Bge | Bltu | Bgeu)
+    });
+    if back_edges != 1 || inner_merge || leaves {
+        return 0;
+    }
+    let mut bases = 0u32;
+    for i in body {
+        if (mem_shape(i.kind).is_some() || matches!(i.kind, Flw | Fld | Fsw | Fsd)) && i.rs1 != 0 {
+            bases |= 1 << i.rs1;
+        }
+    }
+    for r in 1..32u8 {
+        if bases & 1 << r == 0 {
+            continue;
+        }
+        let mut writes = body.iter().filter(|i| i.rd == r);
+        let stepped = matches!(
+            (writes.next(), writes.next()),
+            (Some(w), None) if w.kind == Addi && w.rs1 == r && w.imm.abs() <= 2048
+        );
+        if !stepped {
+            bases &= !(1 << r);
+        }
+    }
+    bases
+}
+
+/// Marks the accesses of the loop `insns[h..=last]` through the registers
+/// of `bases` (see [`loop_bases`]) as covered by the loop's entry check.
+pub(super) fn cover_loop(plan: &mut [Plan], insns: &[Insn], h: usize, last: usize, bases: u32) {
+    for (p, i) in plan[h..=last].iter_mut().zip(&insns[h..=last]) {
+        let is_mem = mem_shape(i.kind).is_some()
+            || matches!(i.kind, Kind::Flw | Kind::Fld | Kind::Fsw | Kind::Fsd);
+        if is_mem && i.rs1 != 0 && bases & 1 << i.rs1 != 0 {
+            *p = Plan::Covered;
+        }
+    }
+}
+
+/// A loop's entry check of guest `r` (see [`loop_bases`]): compares it
+/// with the space's size, leaving the register cache exactly as it is
+/// (the loop head's state); returns the rel32 offset of the `jae` that
+/// the caller sends to the head's slow exit.
+pub(super) fn entry_check(a: &mut Asm, r: u8) -> usize {
+    let h = match a.cache.guest.iter().position(|&g| g == r) {
+        Some(s) if a.cache.lazy[s] => {
+            a.sext32(RAX, super::CACHE_REGS[s]);
+            RAX
+        }
+        Some(s) => super::CACHE_REGS[s],
+        None => {
+            a.load(RAX, RBX, super::xd(r));
+            RAX
+        }
+    };
+    a.op_m(true, &[0x3b], h, R14, offset_of!(Ctx, space_size) as i32);
+    a.jcc(CC_AE)
 }

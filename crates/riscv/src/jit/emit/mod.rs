@@ -72,9 +72,14 @@ struct Frame {
     broken: Vec<(usize, u32)>,
     /// Forward jumps to merge points not emitted yet: (rel32 offset,
     /// index of the target instruction, the cache at the jump and its
-    /// dirty registers, see [`RegCache::dirty_map`], and the registers
-    /// known sign-extended there, see [`RegCache::sx`]).
-    forward: Vec<(usize, usize, CacheMap, CacheMap, u32)>,
+    /// dirty registers, see [`RegCache::dirty_map`], the registers
+    /// known sign-extended there, see [`RegCache::sx`], and the count
+    /// adjustment the jump still owes, see [`Frame::branch_fwd`]).
+    forward: Vec<(usize, usize, CacheMap, CacheMap, u32, u32)>,
+    /// Out-of-line count adjustments of forward jumps that need nothing
+    /// else on their way to the merge point: (rel32 offset of the jump,
+    /// instructions to add to the count, code offset to go on at).
+    thunks: Vec<(usize, u32, usize)>,
     /// Backward jumps' attention exits: (rel32 offset, index of the
     /// target instruction, dirty registers to write back).
     attn_back: Vec<(usize, usize, CacheMap)>,
@@ -194,6 +199,7 @@ impl Frame {
                 a.cache.guest,
                 a.cache.dirty_map(),
                 a.cache.sx,
+                0,
             ));
         }
     }
@@ -222,6 +228,17 @@ impl Frame {
     /// comparison (`lea` keeps the flags) and lowered again on the
     /// fall-through, so that when the cache already matches the head's,
     /// the taken path is one `jcc` straight to the head.
+    /// The extensions a backward jump to `target` needs (see
+    /// [`Frame::branch_back`]), for the caller to emit before the
+    /// comparison: between it and the `jcc` they would keep the host
+    /// from fusing the two (measured: a loop of the C kernel 10% slower).
+    pub(super) fn norm_for_back(&self, a: &mut Asm, target: u64) {
+        let ok = match self.internal(target) {
+            Some(j) if !self.is_back_edge(target) => self.labels[j].map_or(0, |l| l.2),
+            _ => 0,
+        };
+        a.norm_for(ok);
+    }
     pub(super) fn branch_back(&mut self, a: &mut Asm, target: u64, cc: u8) {
         let (label, want, ok, dirty) = match self.internal(target) {
             Some(j) if !self.is_back_edge(target) => {
@@ -234,7 +251,8 @@ impl Frame {
             }
         };
         // Extensions the head needs, before the jcc (both paths keep
-        // them; `movsxd` leaves the flags alone).
+        // them; `movsxd` leaves the flags alone). Branches have done
+        // them before their comparison (see `Frame::norm_for_back`).
         a.norm_for(ok);
         if a.restore_is_noop(&want, dirty) {
             let at = a.jcc(cc);
@@ -249,12 +267,15 @@ impl Frame {
     }
     /// A conditional forward jump (flags and `cc` as in
     /// [`Frame::branch_back`]) to the instruction at index `j` of the
-    /// block, the count already adjusted as [`Frame::jump_internal`]
-    /// does: one `jcc` to the merge point.
-    pub(super) fn branch_fwd(&mut self, a: &mut Asm, j: usize, cc: u8) {
+    /// block: one `jcc`, which owes the count adjustment `adj` (see
+    /// [`Frame::jump_internal`]). The taken path adds it on its way to
+    /// the merge point (in the stub that writes back what the merge point
+    /// drops, or else in an out-of-line thunk), so the fall-through path
+    /// pays nothing for the count.
+    pub(super) fn branch_fwd(&mut self, a: &mut Asm, j: usize, cc: u8, adj: u32) {
         let at = a.jcc(cc);
         self.forward
-            .push((at, j, a.cache.guest, a.cache.dirty_map(), a.cache.sx));
+            .push((at, j, a.cache.guest, a.cache.dirty_map(), a.cache.sx, adj));
     }
     /// For a jump from index `k` to `target`: the instructions it counts
     /// as retired when it goes backward inside the block (see
@@ -696,23 +717,86 @@ impl Asm {
     }
     /// On a path that jumps to a loop head with the cache `want` (the
     /// slots of bit mask `dirty` counted dirty there, the others clean):
-    /// writes back the dirty registers in slots that `want` does not keep
-    /// or keeps clean, then loads the slots that differ. Leaves the
-    /// translator's cache as it is (the jump leaves this path). The
-    /// caller has extended the slots the head wants extended (see
+    /// writes back the dirty registers that `want` does not keep, or keeps
+    /// clean, then fills the slots that differ: from the slot their
+    /// register is in now (a register copy, extended on the way: a slot
+    /// the head allows unextended takes an extended value too), else from
+    /// `Core::x`. Copies go in an order that reads each slot before
+    /// overwriting it (a cycle goes through rax, free at every jump).
+    /// Leaves the translator's cache as it is (the jump leaves this path).
+    /// The caller has extended the slots the head wants extended (see
     /// [`Asm::norm_for`]).
     fn restore(&mut self, want: &CacheMap, dirty: u8) {
+        const N: usize = CACHE_REGS.len();
         for (s, &w) in want.iter().enumerate() {
             let g = self.cache.guest[s];
-            if g != 0 && self.cache.dirty[s] && (w != g || dirty & 1 << s == 0) {
+            if g == 0 || !self.cache.dirty[s] {
+                continue;
+            }
+            // Kept dirty where the head holds it (this slot or another).
+            let kept = if w == g {
+                dirty & 1 << s != 0
+            } else {
+                want.iter()
+                    .position(|&v| v == g)
+                    .is_some_and(|t| dirty & 1 << t != 0)
+            };
+            if !kept {
                 let lazy = if self.cache.lazy[s] { LAZY } else { 0 };
                 self.write_back(s, g | lazy);
             }
         }
-        for (s, &g) in want.iter().enumerate() {
-            if g != 0 && self.cache.guest[s] != g {
-                self.load(CACHE_REGS[s], RBX, xd(g));
+        /// Where a slot's value comes from.
+        #[derive(Clone, Copy, PartialEq)]
+        enum From {
+            Slot(usize),
+            Rax,
+            Memory,
+        }
+        let mut todo: Vec<(usize, From)> = (0..N)
+            .filter(|&s| want[s] != 0 && self.cache.guest[s] != want[s])
+            .map(|s| {
+                let from = (0..N)
+                    .find(|&t| self.cache.guest[t] == want[s])
+                    .map_or(From::Memory, From::Slot);
+                (s, from)
+            })
+            .collect();
+        while !todo.is_empty() {
+            // A slot no pending copy reads any more.
+            let ready = todo
+                .iter()
+                .position(|&(s, _)| !todo.iter().any(|&(_, f)| f == From::Slot(s)));
+            let n = match ready {
+                Some(n) => n,
+                None => {
+                    // Every pending slot is read by another: a cycle.
+                    // Save one's value in rax; its readers read rax.
+                    let (s, _) = todo[0];
+                    self.sext_or_mov(RAX, s);
+                    for (_, f) in todo.iter_mut() {
+                        if *f == From::Slot(s) {
+                            *f = From::Rax;
+                        }
+                    }
+                    0
+                }
+            };
+            let (s, from) = todo.remove(n);
+            match from {
+                From::Slot(t) => self.sext_or_mov(CACHE_REGS[s], t),
+                From::Rax => self.mov_rr(CACHE_REGS[s], RAX),
+                From::Memory => self.load(CACHE_REGS[s], RBX, xd(want[s])),
             }
+        }
+    }
+    /// Host `dst` = slot `t`'s value, extended when the slot holds it
+    /// unextended (see [`RegCache::lazy`]).
+    fn sext_or_mov(&mut self, dst: u8, t: usize) {
+        if self.cache.lazy[t] {
+            self.sext32(dst, CACHE_REGS[t]);
+        } else {
+            self.mov_rr(dst, CACHE_REGS[t]);
         }
     }
     /// Host register holding guest `r` (x1..x31), loading it into the
@@ -943,6 +1027,48 @@ impl Jit {
         // Nothing is known of the registers at entry but x0's value.
         a.cache.sx = 1;
         let epi = self.epilogue;
+        // Merge points: instructions a branch of the block jumps to from
+        // inside it (user mode; see `Frame::internal`).
+        let offs: Vec<u16> = insns.iter().map(|i| i.off).collect();
+        // Loop heads among them: the last backward jump to each.
+        let mut merge = vec![false; insns.len()];
+        let mut back_last: Vec<Option<usize>> = vec![None; insns.len()];
+        if sys.is_none() {
+            for (m, i) in insns.iter().enumerate() {
+                if matches!(i.kind, Beq | Bne | Blt | Bge | Bltu | Bgeu | Jal) {
+                    let off = (i.off as i64).wrapping_add(i.imm as i64);
+                    if let Ok(j) = offs.binary_search(&(u16::try_from(off).unwrap_or(u16::MAX))) {
+                        if j > 0 && off >= 0 {
+                            merge[j] = true;
+                            if j <= m {
+                                back_last[j] = Some(m);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Fused pairs (see `fuse`), for the translator's eyes only.
+        let mut fused = insns.to_vec();
+        fuse::pairs(&mut fused, &merge);
+        // Loops that check some base registers once on the way in rather
+        // than at each access (see `mem::loop_bases`): (head, last back
+        // edge, registers).
+        let mut entry_checks: Vec<(usize, usize, u32)> = Vec::new();
+        if sys.is_none() {
+            let to_start = fused.iter().rposition(|i| {
+                matches!(i.kind, Beq | Bne | Blt | Bge | Bltu | Bgeu | Jal)
+                    && i.off as i64 + i.imm as i64 == 0
+            });
+            let heads = (0..fused.len()).filter_map(|h| back_last[h].map(|l| (h, l)));
+            for (h, last) in to_start.map(|l| (0, l)).into_iter().chain(heads) {
+                let bases = mem::loop_bases(&fused, &merge, h, last);
+                if bases != 0 {
+                    entry_checks.push((h, last, bases));
+                }
+            }
+        }
+        let checks_at = |h: usize| entry_checks.iter().find(|c| c.0 == h).map_or(0, |c| c.2);
         // Entry: leave when another thread asked for attention or the
         // address space's code changed since this block was translated.
         // A loop: the prologue fills the register cache, and back edges
@@ -956,6 +1082,7 @@ impl Jit {
                     == pc
         });
         let written = written_regs(insns);
+        let mut entry_slow = Vec::new();
         let looping = is_loop.then(|| {
             let map = head_map(&[0; CACHE_REGS.len()], &loop_regs(insns));
             for (s, &g) in map.iter().enumerate() {
@@ -965,6 +1092,9 @@ impl Jit {
             }
             a.cache.preset(&map, written, 0);
             a.cache.looping = (map, insns.len());
+            for r in (1..32).filter(|r| checks_at(0) & 1 << r != 0) {
+                entry_slow.push((mem::entry_check(&mut a, r), 0, a.cache.dirty_map()));
+            }
             Loop {
                 head: {
                     a.align_loop_head();
@@ -1000,30 +1130,6 @@ impl Jit {
         } else {
             0
         };
-        // Merge points: instructions a branch of the block jumps to from
-        // inside it (user mode; see `Frame::internal`).
-        let offs: Vec<u16> = insns.iter().map(|i| i.off).collect();
-        // Loop heads among them: the last backward jump to each.
-        let mut merge = vec![false; insns.len()];
-        let mut back_last: Vec<Option<usize>> = vec![None; insns.len()];
-        if sys.is_none() {
-            for (m, i) in insns.iter().enumerate() {
-                if matches!(i.kind, Beq | Bne | Blt | Bge | Bltu | Bgeu | Jal) {
-                    let off = (i.off as i64).wrapping_add(i.imm as i64);
-                    if let Ok(j) = offs.binary_search(&(u16::try_from(off).unwrap_or(u16::MAX))) {
-                        if j > 0 && off >= 0 {
-                            merge[j] = true;
-                            if j <= m {
-                                back_last[j] = Some(m);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        // Fused pairs (see `fuse`), for the translator's eyes only.
-        let mut fused = insns.to_vec();
-        fuse::pairs(&mut fused, &merge);
         let insns = &fused[..];
         a.cache.names = insns
             .iter()
@@ -1036,7 +1142,11 @@ impl Jit {
             dispatch: self.dispatch,
             dispatch_sys: self.dispatch_sys,
             plan: if sys.is_none() {
-                mem::plan(insns, &merge)
+                let mut plan = mem::plan(insns, &merge);
+                for &(h, last, bases) in &entry_checks {
+                    mem::cover_loop(&mut plan, insns, h, last, bases);
+                }
+                plan
             } else {
                 Vec::new()
             },
@@ -1044,13 +1154,14 @@ impl Jit {
             looping,
             taken: Vec::new(),
             landings: Vec::new(),
-            slow: Vec::new(),
+            slow: entry_slow,
             labels: vec![None; insns.len()],
             claims: vec![1; insns.len()],
             broken: Vec::new(),
             offs,
             merge,
             forward: Vec::new(),
+            thunks: Vec::new(),
             attn_back: Vec::new(),
             faults: Vec::new(),
         };
@@ -1073,10 +1184,10 @@ impl Jit {
                 // inline, each forward jump that has some in a stub of
                 // its own on the way to the label.
                 let (here, later): (Vec<_>, Vec<_>) =
-                    f.forward.drain(..).partition(|&(_, j, _, _, _)| j == k);
+                    f.forward.drain(..).partition(|&(_, j, _, _, _, _)| j == k);
                 f.forward = later;
                 if k > 0 && matches!(insns[k - 1].kind, Jal | Jalr) {
-                    if let Some(&(_, _, map, dirty, sx)) = here.first() {
+                    if let Some(&(_, _, map, dirty, sx, _)) = here.first() {
                         // No fall-through (the block goes on past a jump,
                         // see `block::extend_user`): start from a jump's
                         // cache, not the dead path's (whose inline stores
@@ -1088,7 +1199,7 @@ impl Jit {
                     }
                 }
                 let mut keep = a.cache.guest;
-                for (_, _, map, _, _) in &here {
+                for (_, _, map, _, _, _) in &here {
                     for (s, g) in keep.iter_mut().enumerate() {
                         if map[s] != *g {
                             *g = 0;
@@ -1137,7 +1248,7 @@ impl Jit {
                         .collect()
                 };
                 let (direct, stubs): (Vec<_>, Vec<_>) =
-                    here.iter().partition(|(_, _, _, dirty, _)| {
+                    here.iter().partition(|(_, _, _, dirty, _, _)| {
                         drops(dirty) == [0; CACHE_REGS.len()] && fixes(dirty).is_empty()
                     });
                 // The fall-through jumps over the stubs; each stub jumps
@@ -1146,8 +1257,9 @@ impl Jit {
                 if !stubs.is_empty() {
                     to_label.push(a.jmp_fwd());
                 }
-                for (n, (at, _, _, dirty, _)) in stubs.iter().enumerate() {
+                for (n, (at, _, _, dirty, _, adj)) in stubs.iter().enumerate() {
                     a.bind(*at);
+                    a.add_icount(*adj);
                     a.flush_dirty(drops(dirty));
                     for s in fixes(dirty) {
                         a.sext32(CACHE_REGS[s], CACHE_REGS[s]);
@@ -1159,10 +1271,14 @@ impl Jit {
                 for at in to_label {
                     a.bind(at);
                 }
-                for (at, _, _, _, _) in direct {
-                    a.bind(at);
+                for (at, _, _, _, _, adj) in direct {
+                    if adj == 0 {
+                        a.bind(at);
+                    } else {
+                        f.thunks.push((at, adj, a.b.len()));
+                    }
                 }
-                for (_, _, _, dirty, _) in &here {
+                for (_, _, _, dirty, _, _) in &here {
                     for s in 0..CACHE_REGS.len() {
                         let g = dirty[s] & !LAZY;
                         if g != 0 && keep[s] == g {
@@ -1212,6 +1328,10 @@ impl Jit {
                     a.cache.preset(&want, loop_written, lazy_ok);
                     a.cache.sx = sx;
                     a.cache.looping = (want, last);
+                    for r in (1..32).filter(|r| checks_at(k) & 1 << r != 0) {
+                        let at = mem::entry_check(&mut a, r);
+                        f.slow.push((at, k, a.cache.dirty_map()));
+                    }
                 }
                 if back_last[k].is_some() {
                     a.align_loop_head();
@@ -1323,6 +1443,11 @@ impl Jit {
             a.flush_dirty(dirty);
             a.add_icount(k as u32 + 1);
             f.static_exit(&mut a, target);
+        }
+        for &(at, adj, to) in &f.thunks {
+            a.bind(at);
+            a.add_icount(adj);
+            a.jmp_abs(a.base + to);
         }
         // Return landings: everything was written back and counted at
         // the call. They enter the return address's block through its

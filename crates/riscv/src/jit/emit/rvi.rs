@@ -137,23 +137,37 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
             let target = ipc.wrapping_add(imm as i64 as u64);
             // A target inside the block: a loop's back edge (to the
             // head, which checks for attention) or a forward jump to a
-            // merge point. The jump's count adjustment (see
+            // merge point. A back edge's count adjustment (see
             // `Frame::jump_internal`) comes before the comparison (`lea`
             // keeps the flags) and is taken back on the fall-through
-            // path, so the taken path is a single `jcc` where it can be.
+            // path, so the taken path is a single `jcc` where it can be;
+            // a forward jump's is added on the taken path only (see
+            // `Frame::branch_fwd`).
             let back = f.back_jump(k, target);
             let fwd = f.internal(target).filter(|&j| j > k && back.is_none());
-            let adj = match (back, fwd) {
-                (Some(n), _) => n,
-                (None, Some(j)) => (k as u32 + 1).wrapping_sub(j as u32),
-                (None, None) => 0,
-            };
+            let adj = back.unwrap_or(0);
+            if back.is_some() {
+                f.norm_for_back(a, target);
+            }
             a.add_icount(adj);
-            compare!(false);
+            let cc = if i.rs1 == 0 && i.rs2 != 0 {
+                // x0 against a register: the register against 0, the
+                // condition mirrored (no zeroed rax to compare with).
+                let w = a.cache.sx & 1 << i.rs2 == 0;
+                let s2 = if w { a.x_reg(i.rs2) } else { a.x_reg32(i.rs2) };
+                a.alu_imm(w, CMP, s2, 0);
+                mirrored($cc)
+            } else {
+                compare!(false);
+                $cc
+            };
             if back.is_some() || fwd.is_some() {
                 match fwd {
-                    Some(j) => f.branch_fwd(a, j, $cc),
-                    None => f.branch_back(a, target, $cc),
+                    Some(j) => {
+                        let owed = (k as u32 + 1).wrapping_sub(j as u32);
+                        f.branch_fwd(a, j, cc, owed)
+                    }
+                    None => f.branch_back(a, target, cc),
                 }
                 // The fall-through goes on or, at the block's end, leaves.
                 a.add_icount(adj.wrapping_neg());
@@ -164,10 +178,10 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
                 // An extended block (see `block::extend_user`): the
                 // fall-through path goes on here, the taken one leaves
                 // through an out-of-line exit.
-                let at = a.jcc($cc);
+                let at = a.jcc(cc);
                 f.taken.push((at, k, target, a.cache.dirty_map()));
             } else {
-                let taken = a.jcc($cc);
+                let taken = a.jcc(cc);
                 f.exit_to(a, next, k as u32 + 1);
                 a.bind(taken);
                 f.exit_to(a, target, k as u32 + 1);
@@ -279,5 +293,23 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
         }
         // `emit_code` routes only the kinds above here.
         _ => unreachable!(),
+    }
+}
+
+/// The condition `cc` with its operands swapped (`a < b` as `b > a`).
+fn mirrored(cc: u8) -> u8 {
+    const CC_BE: u8 = 0x6;
+    const CC_LE: u8 = 0xe;
+    const CC_G: u8 = 0xf;
+    match cc {
+        CC_L => CC_G,
+        CC_GE => CC_LE,
+        CC_B => CC_A,
+        CC_AE => CC_BE,
+        CC_G => CC_L,
+        CC_LE => CC_GE,
+        CC_A => CC_B,
+        CC_BE => CC_AE,
+        _ => cc,
     }
 }

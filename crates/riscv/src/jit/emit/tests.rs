@@ -580,3 +580,204 @@ fn a_register_the_loop_only_reads_is_written_back_before_it() {
         assert_eq!(x[5], x5);
     }
 }
+
+/// How many `lea rbp, [rbp + disp]` (count adjustments) `code` holds.
+fn count_adds(code: &[u8]) -> usize {
+    code.windows(3)
+        .filter(|w| w[0] == 0x48 && w[1] == 0x8d && (w[2] == 0x6d || w[2] == 0xad))
+        .count()
+}
+
+#[test]
+fn forward_branches_count_on_the_taken_path_only() {
+    // Two forward branches inside a block, each taken or not, then a
+    // load that faults or not (an exit after the merge points: the count
+    // there must be the same whichever way the branches went).
+    let prog = [
+        branch(0, 10, 11, 12), // beq x10, x11, +12
+        addi(12, 12, 1),
+        addi(13, 13, 1),
+        addi(14, 14, 1), // merge
+        bne(10, 12, 8),  // bne x10, x12, +8
+        addi(15, 15, 1),
+        i(0x03, 2, 16, 17, 0), // merge: lw x16, 0(x17)
+        add(18, 16, 14),
+    ];
+    for (taken1, taken2, fault) in (0..8).map(|n| (n & 1 != 0, n & 2 != 0, n & 4 != 0)) {
+        let x10 = 5u64;
+        let x12 = if taken2 { 0 } else { 4 };
+        let regs = [
+            (10, x10),
+            (11, if taken1 { x10 } else { 6 }),
+            // Not taken, the first branch's path adds 1 to x12.
+            (12, if taken1 { x12 } else { x12.wrapping_sub(1) }),
+            (17, if fault { DATA + 0x10_0000 } else { DATA + 8 }),
+        ];
+        both_ways(&prog, &regs);
+    }
+    // The fall-through pays nothing for the count: the block's straight
+    // path adds it once, at its exit; each taken branch adds its own (in
+    // an out-of-line thunk), and the slow exit of the load its own.
+    let code = host_code(&prog);
+    assert!(count_adds(&code) <= 5, "{} count adds", count_adds(&code));
+}
+
+/// How many compares with the address space's size (`cmp r64, [r14 +
+/// space_size]`, the user-mode bound check) `code` holds.
+fn bound_checks(code: &[u8]) -> usize {
+    let disp = (offset_of!(Ctx, space_size) as u32).to_le_bytes();
+    code.windows(6)
+        .filter(|w| w[0] == 0x3b && w[1] & 0xc7 == 0x86 && w[2..6] == disp)
+        .count()
+}
+
+fn ld(rd: u32, rs1: u32, off: i32) -> u32 {
+    i(0x03, 3, rd, rs1, off)
+}
+fn sd(rs2: u32, rs1: u32, off: u32) -> u32 {
+    sw(rs2, rs1, off) | 1 << 12
+}
+
+/// A loop summing doublewords from x5 on, `step` bytes apart, x8 times
+/// (into x6, storing each running sum back), after `pre` (the loop is the
+/// block's start when `pre` is empty, an inner loop otherwise).
+fn stride_loop(pre: &[u32], step: i32) -> Vec<u32> {
+    let body = [
+        ld(7, 5, 0),
+        add(6, 6, 7),
+        sd(6, 5, 0),
+        addi(5, 5, step),
+        addi(8, 8, -1),
+        bne(8, 0, -20),
+    ];
+    [pre, &body[..]].concat()
+}
+
+#[test]
+fn loops_check_a_stepping_base_once_on_the_way_in() {
+    for pre in [&[][..], &[addi(6, 0, 0)][..]] {
+        let code = host_code(&stride_loop(pre, 8));
+        // The entry check only (plus the `ecall`'s block-end: none).
+        assert_eq!(bound_checks(&code), 1, "pre {pre:x?}");
+        for (step, x5, x8) in [
+            // Inside the page, then running off its end, or its start.
+            (8, DATA, 3),
+            (8, DATA, 600),
+            (8, DATA + 0xff8, 2),
+            (-8, DATA + 0xff8, 600),
+            (-2048, DATA + 0xff8, 5),
+            (2040, DATA, 5),
+            // Bases outside the space (4 GiB here) or near its end.
+            (8, 1 << 32, 2),
+            (8, (1 << 32) - 8, 2),
+            (-8, u64::MAX - 7, 2),
+            (8, 0x8000_0000_0000_0000, 1),
+        ] {
+            let prog = stride_loop(pre, step);
+            both_ways(&prog, &[(5, x5), (8, x8), (6, 1)]);
+        }
+    }
+}
+
+#[test]
+fn loops_keep_checking_bases_they_do_not_only_step() {
+    // x5 loaded (a linked list's next pointer, here garbage from the
+    // second pass on) or stepped twice, or the loop with two ways around:
+    // each pass checks again.
+    let linked = [ld(7, 5, 8), add(6, 6, 7), ld(5, 5, 0), bne(5, 0, -12)];
+    assert_eq!(bound_checks(&host_code(&linked)), 1);
+    let twice = [
+        ld(7, 5, 0),
+        addi(5, 5, 8),
+        ld(9, 5, 0),
+        addi(5, 5, 8),
+        addi(8, 8, -1),
+        bne(8, 0, -20),
+    ];
+    assert_eq!(bound_checks(&host_code(&twice)), 2);
+    let two_ways = [
+        ld(7, 5, 0),
+        addi(5, 5, 8),
+        branch(0, 7, 0, -8), // beqz x7, back to the head
+        addi(8, 8, -1),
+        bne(8, 0, -16),
+    ];
+    assert_eq!(bound_checks(&host_code(&two_ways)), 1);
+    for x5 in [DATA, DATA + 0xff0, 1 << 40] {
+        both_ways(&linked, &[(5, x5)]);
+        both_ways(&twice, &[(5, x5), (8, 300)]);
+        both_ways(&two_ways, &[(5, x5), (8, 300)]);
+    }
+}
+
+/// How many stores of a register into `Core::x` right before a load of
+/// the same place into another register (`mov [rbx + d], a; mov b, [rbx +
+/// d]`: a move through memory) `code` holds.
+fn moves_through_memory(code: &[u8]) -> usize {
+    code.windows(8)
+        .filter(|w| {
+            w[0] & 0xf8 == 0x48
+                && w[1] == 0x89
+                && w[2] & 0xc7 == 0x43
+                && w[4] & 0xf8 == 0x48
+                && w[5] == 0x8b
+                && w[6] & 0xc7 == 0x43
+                && w[3] == w[7]
+        })
+        .count()
+}
+
+#[test]
+fn back_edges_move_registers_between_slots_in_registers() {
+    // Ten registers in a loop of seven slots: the body evicts some, and
+    // at the back edge the loop's registers sit in other slots than at
+    // the head; W results among them (unextended until read whole).
+    let prog = [
+        add(5, 5, 6), // head
+        addw(7, 7, 5),
+        add(8, 8, 7),
+        addw(9, 9, 8),
+        add(10, 10, 9),
+        addw(11, 11, 10),
+        add(12, 12, 11),
+        addw(13, 13, 12),
+        add(14, 14, 13),
+        addw(6, 6, 14),
+        add(5, 5, 9),
+        addi(15, 15, -1),
+        bne(15, 0, -48),
+    ];
+    let code = host_code(&prog);
+    assert_eq!(moves_through_memory(&code), 0);
+    for seed in 0..VALUES.len() {
+        let mut regs = regs_from(seed);
+        regs.retain(|&(r, _)| r != 15);
+        regs.push((15, 1 + seed as u64 * 3));
+        both_ways(&prog, &regs);
+    }
+}
+
+#[test]
+fn branches_on_x0_against_a_register_match_the_interpreter() {
+    // `bxx x0, x5`: the JIT compares x5 with 0 and mirrors the condition;
+    // forward inside the block, leaving it, and a loop's back edge.
+    for f3 in [0, 1, 4, 5, 6, 7] {
+        let inside = [branch(f3, 0, 5, 8), addi(6, 6, 1), addi(7, 7, 1)];
+        let leaving = [addi(7, 7, 1), branch(f3, 0, 5, 64), addi(6, 6, 1)];
+        for (n, &v) in VALUES.iter().enumerate() {
+            let regs = [(5, v), (6, n as u64), (7, 0)];
+            both_ways(&inside, &regs);
+            both_ways(&leaving, &regs);
+            // A W result (unextended in its slot) as the operand.
+            let w = [addiw(5, 5, 1), branch(f3, 0, 5, 8), addi(6, 6, 1)];
+            both_ways(&w, &regs);
+        }
+    }
+    for f3 in [4, 6] {
+        // blt/bltu x0, x5: loops while x5 > 0 (or != 0).
+        let counted = [addi(5, 5, -1), addi(6, 6, 3), branch(f3, 0, 5, -8)];
+        for x5 in [1, 7, 200] {
+            both_ways(&counted, &[(5, x5)]);
+        }
+    }
+}
