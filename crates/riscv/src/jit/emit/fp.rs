@@ -250,18 +250,44 @@ fn rc_of(rm: u8) -> Option<u8> {
     }
 }
 
-/// Emits `i`, the `k`th instruction of the block at `pc`, when it is an
-/// FP instruction handled inline; `false` otherwise (the caller runs it
-/// through the helper). `helpers`: the JIT's table of helper
+/// Whether the translation of `i` leaves MXCSR alone on its way to the
+/// next instruction (no call into Rust, which may change it): integer
+/// arithmetic, multiplications and divisions, conditional branches (their
+/// fall-through), and in user mode loads and stores (inline; their slow
+/// paths leave the block). System mode's loads and stores may call into
+/// Rust (a TLB refill), so they do not count.
+fn keeps_mxcsr(i: &Insn, sys: bool) -> bool {
+    use Kind::*;
+    match i.kind {
+        Lui | Auipc | Beq | Bne | Blt | Bge | Bltu | Bgeu | Addi | Xori | Ori | Andi | Addiw
+        | Slti | Sltiu | Slt | Sltu | Slli | Srli | Srai | Slliw | Srliw | Sraiw | Sll | Srl
+        | Sra | Sllw | Srlw | Sraw | Add | Sub | Xor | Or | And | Addw | Subw | Mul | Mulw
+        | Mulh | Mulhu | Div | Divu | Rem | Remu | Divw | Divuw | Remw | Remuw | ZextH | SextH
+        | SextB => true,
+        Lb | Lh | Lw | Ld | Lbu | Lhu | Lwu | Sb | Sh | Sw | Sd | Flw | Fld | Fsw | Fsd => !sys,
+        _ => false,
+    }
+}
+
+/// Emits `insns[k]`, the `k`th instruction of the block at `pc`, when it
+/// is an FP instruction handled inline; `false` otherwise (the caller runs
+/// it through the helper). `helpers`: the JIT's table of helper
 /// instructions.
 pub(super) fn emit(
     a: &mut Asm,
     f: &mut Frame,
     helpers: &mut Vec<Insn>,
+    insns: &[Insn],
     k: usize,
-    i: &Insn,
     pc: u64,
 ) -> bool {
+    let i = &insns[k];
+    if matches!(
+        i.kind,
+        Kind::Csrrw | Kind::Csrrs | Kind::Csrrc | Kind::Csrrwi | Kind::Csrrsi | Kind::Csrrci
+    ) {
+        return csr(a, f, k, i, pc.wrapping_add(i.size() as u64));
+    }
     let Some((op, d)) = classify(i.kind) else {
         return false;
     };
@@ -307,7 +333,9 @@ pub(super) fn emit(
     };
     let dirty = a.cache.dirty_map();
     let mut jumps = Vec::new();
-    let known = f.fp.known == Some(k) && !f.merge[k];
+    let known = f.fp.known.is_some_and(|j| {
+        j <= k && (j..=k).all(|m| !f.merge[m]) && insns[j..k].iter().all(|i| keeps_mxcsr(i, sys))
+    });
     if has_rm && i.rm == 7 {
         // Dynamic: the host path only for RNE (for an exact result, any
         // legal mode); others (and illegal ones, which trap) in the helper.
@@ -596,6 +624,73 @@ pub(super) fn emit(
     // The invariant after it: instructions that read the flags establish
     // it, the others keep what held before (the helper path clears).
     f.fp.known = (flags || known).then_some(k + 1);
+    true
+}
+
+/// User mode: a CSR instruction on fflags, frm or fcsr (always legal
+/// there, see `Core::csr_write`) run in place, the block's last, then a
+/// chained exit to `next`: numeric code reads and restores the flags
+/// around library calls (glibc's `sqrt` and others), which would
+/// otherwise leave for the interpreter each time. Writing `fflags` may
+/// clear NX, which ends the MXCSR invariant (see the module's comment):
+/// no FP instruction after it counts on it (CSR instructions are not
+/// [`keeps_mxcsr`]).
+fn csr(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, next: u64) -> bool {
+    use Kind::*;
+    let n = i.imm;
+    if f.sys.is_some() || !(1..=3).contains(&n) {
+        return false;
+    }
+    let (ff, frm) = (fflags_d(), frm_d());
+    // The source in rdx (the 5-bit immediate of the i forms).
+    if matches!(i.kind, Csrrwi | Csrrsi | Csrrci) {
+        a.mov_imm(RDX, i.rs1 as u64);
+    } else {
+        a.ld_x(RDX, i.rs1);
+    }
+    // The old value in rax.
+    match n {
+        1 => a.load(RAX, RBX, ff),
+        2 => a.load(RAX, RBX, frm),
+        _ => {
+            a.load(RAX, RBX, frm);
+            a.shift_imm(true, SHL, RAX, 5);
+            a.op_m(true, &[0x0b], RAX, RBX, ff); // or rax, [fflags]
+        }
+    }
+    // csrrs/csrrc with rs1 = x0 (or a zero immediate) do not write.
+    if matches!(i.kind, Csrrw | Csrrwi) || i.rs1 != 0 {
+        match i.kind {
+            Csrrw | Csrrwi => {}
+            Csrrs | Csrrsi => a.alu_rr(true, OR, RDX, RAX),
+            _ => {
+                a.op_rr(true, &[0xf7], 2, RDX); // not rdx
+                a.alu_rr(true, AND, RDX, RAX);
+            }
+        }
+        match n {
+            1 => {
+                a.alu_imm(true, AND, RDX, 0x1f);
+                a.store(RBX, ff, RDX);
+            }
+            2 => {
+                a.alu_imm(true, AND, RDX, 7);
+                a.store(RBX, frm, RDX);
+            }
+            _ => {
+                a.mov_rr(RCX, RDX);
+                a.alu_imm(true, AND, RCX, 0x1f);
+                a.store(RBX, ff, RCX);
+                a.shift_imm(true, SHR, RDX, 5);
+                a.alu_imm(true, AND, RDX, 7);
+                a.store(RBX, frm, RDX);
+            }
+        }
+    }
+    a.st_x(i.rd, RAX);
+    a.flush_dirty(a.cache.dirty_map());
+    a.add_icount(k as u32 + 1);
+    f.static_exit(a, next);
     true
 }
 

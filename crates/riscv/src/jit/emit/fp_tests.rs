@@ -157,7 +157,7 @@ fn random_insn(rng: &mut u64) -> u32 {
     let xs = 10 + (next(rng) % 4) as u32;
     let fmt = (next(rng) % 2) as u32;
     let m = rm(rng);
-    match next(rng) % 22 {
+    match next(rng) % 23 {
         0..=3 => {
             // fadd, fsub, fmul, fdiv
             let f5 = (next(rng) % 4) as u32;
@@ -183,7 +183,20 @@ fn random_insn(rng: &mut u64) -> u32 {
             let imm = (next(rng) % 8) as u32;
             (2 << 20) | (imm << 15) | (5 << 12) | 0x73
         }
-        20 => (1 << 20) | (5 << 12) | 0x73, // csrwi fflags, 0
+        20 => {
+            // Any CSR instruction on fflags, frm or fcsr: register or
+            // immediate forms, x0 sources (no write) included.
+            let n = 1 + (next(rng) % 3) as u32;
+            let f3 = [1, 2, 3, 5, 6, 7][(next(rng) % 6) as usize];
+            let src = match next(rng) % 3 {
+                0 => 0,
+                1 => xs,
+                _ => (next(rng) % 32) as u32,
+            };
+            let rd = if next(rng).is_multiple_of(2) { 0 } else { xd };
+            (n << 20) | (src << 15) | (f3 << 12) | (rd << 7) | 0x73
+        }
+        21 => (1 << 20) | (5 << 12) | 0x73, // csrwi fflags, 0
         _ => {
             // An integer op between FP ones (the MXCSR state is unknown
             // after it): addi xd, xs, 1.

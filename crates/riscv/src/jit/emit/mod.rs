@@ -1184,7 +1184,7 @@ impl Jit {
             }
             if mem::emit(&mut a, &mut f, k, i)
                 || alu::emit(&mut a, i, ipc)
-                || fp::emit(&mut a, &mut f, &mut self.helpers, k, i, ipc)
+                || fp::emit(&mut a, &mut f, &mut self.helpers, insns, k, ipc)
             {
                 a.cache.note_write(i);
                 continue;
