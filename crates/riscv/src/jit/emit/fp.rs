@@ -7,28 +7,31 @@
 //!
 //! The host result is taken when the rounding mode is one the host has
 //! (RNE, RTZ, RDN, RUP statically; a dynamic one only when `frm` is RNE),
-//! the single-precision operands are properly NaN-boxed, the result is
-//! not a NaN (x86 propagates payloads and its default NaN is negative;
-//! RISC-V always gives the canonical NaN) and the host raised no flag but
-//! inexact (invalid, divide by zero, overflow or underflow: the helper
-//! redoes the instruction and sets the flags, so tininess, saturating
-//! conversions and NaN rules stay the interpreter's). Inexact is then
-//! the only flag, accrued into `fflags` as NX.
+//! the single-precision operands are properly NaN-boxed and the host
+//! raised no flag but inexact; inexact is then accrued into `fflags` as
+//! NX. Everything else (invalid, divide by zero, overflow, underflow, NaN
+//! results: x86 propagates payloads and its default NaN is negative,
+//! RISC-V always gives the canonical NaN; saturating conversions, RMM)
+//! goes to the helper, which redoes the instruction and sets the flags,
+//! so tininess, NaN and conversion rules stay the interpreter's.
 //!
-//! MXCSR: Rust code runs with the default one (RNE, all exceptions
-//! masked), so generated code keeps its rounding control RNE outside an
-//! instruction that needs another (set before it, restored right after).
-//! Flags are read with `stmxcsr` after each instruction that can raise
-//! them; stale ones must not count. The invariant that lets consecutive
-//! FP instructions skip clearing them (`ldmxcsr`) first: rounding RNE,
-//! no invalid/zero/overflow/underflow flag, and inexact only when `fflags`
-//! has NX already (within one run of generated code `fflags` only
-//! accrues: a CSR write leaves it). Every inline instruction ends in that
-//! state (the helper path clears the flags after the call), so it holds
-//! at the next instruction when nothing else ran in between; elsewhere
-//! (block starts, merge points, after other instructions, which may call
-//! Rust) the flags are cleared first. The scratch words live in the red
-//! zone below rsp (the kernel's signal frames skip it).
+//! Flags without reading MXCSR (`stmxcsr` measured ~6 ns a time here,
+//! several times the operation): every flag but inexact shows in the
+//! result, so
+//! the fast path checks the result's class instead: an exponent field
+//! away from both ends (no NaN, infinity, largest binade, which a
+//! directed rounding's overflow gives, zero, subnormal or smallest
+//! binade, where tininess lives) for FP results, not the host's "integer
+//! indefinite" for conversions to integers. And inexact matters only
+//! while `fflags` lacks NX, which numeric code sets early and keeps. When
+//! either check fails, the recheck path (out of line) runs the operation
+//! again with the flags cleared and reads them: back to the fast path
+//! with NX accrued when only inexact was raised, else to the helper.
+//! MXCSR stays the default that Rust code runs with (RNE, exceptions
+//! masked, no flush to zero) but
+//! around an instruction with another static mode (set before, restored
+//! right after; the recheck path's scratch word lives in the red zone
+//! below rsp, which the kernel's signal frames skip).
 //!
 //! mstatus.FS (system mode): with FS off the instruction leaves for the
 //! interpreter, which raises the illegal-instruction trap; those that the
@@ -74,7 +77,9 @@ fn mstatus_d() -> i32 {
 /// `join` (the end of the instruction's code).
 pub(super) struct Stub {
     jumps: Vec<usize>,
+    recheck: Option<Recheck>,
     k: usize,
+    insn: Insn,
     idx: u32,
     pc: u64,
     /// The cache's dirty registers at the jumps (all of them the same).
@@ -84,12 +89,25 @@ pub(super) struct Stub {
     join: usize,
 }
 
+/// The exact flags of an instruction whose fast path could not tell
+/// them from its result (see the module's comment): entered from
+/// `jumps`, it runs the operation again with the flags cleared and reads
+/// them; back to `commit` in the fast path when only inexact (accrued
+/// here) or none was raised and the result is no NaN, else on to the
+/// helper.
+struct Recheck {
+    jumps: Vec<usize>,
+    op: Op,
+    d: bool,
+    trunc: bool,
+    /// Rounding control.
+    rc: u8,
+    commit: usize,
+}
+
 /// Per-block FP state of the translator.
 #[derive(Default)]
 pub(super) struct FpState {
-    /// The MXCSR invariant (see the module's comment) holds at the start
-    /// of the instruction of this index.
-    known: Option<usize>,
     pub(super) stubs: Vec<Stub>,
 }
 
@@ -250,25 +268,6 @@ fn rc_of(rm: u8) -> Option<u8> {
     }
 }
 
-/// Whether the translation of `i` leaves MXCSR alone on its way to the
-/// next instruction (no call into Rust, which may change it): integer
-/// arithmetic, multiplications and divisions, conditional branches (their
-/// fall-through), and in user mode loads and stores (inline; their slow
-/// paths leave the block). System mode's loads and stores may call into
-/// Rust (a TLB refill), so they do not count.
-fn keeps_mxcsr(i: &Insn, sys: bool) -> bool {
-    use Kind::*;
-    match i.kind {
-        Lui | Auipc | Beq | Bne | Blt | Bge | Bltu | Bgeu | Addi | Xori | Ori | Andi | Addiw
-        | Slti | Sltiu | Slt | Sltu | Slli | Srli | Srai | Slliw | Srliw | Sraiw | Sll | Srl
-        | Sra | Sllw | Srlw | Sraw | Add | Sub | Xor | Or | And | Addw | Subw | Mul | Mulw
-        | Mulh | Mulhu | Div | Divu | Rem | Remu | Divw | Divuw | Remw | Remuw | ZextH | SextH
-        | SextB => true,
-        Lb | Lh | Lw | Ld | Lbu | Lhu | Lwu | Sb | Sh | Sw | Sd | Flw | Fld | Fsw | Fsd => !sys,
-        _ => false,
-    }
-}
-
 /// Emits `insns[k]`, the `k`th instruction of the block at `pc`, when it
 /// is an FP instruction handled inline; `false` otherwise (the caller runs
 /// it through the helper). `helpers`: the JIT's table of helper
@@ -333,9 +332,6 @@ pub(super) fn emit(
     };
     let dirty = a.cache.dirty_map();
     let mut jumps = Vec::new();
-    let known = f.fp.known.is_some_and(|j| {
-        j <= k && (j..=k).all(|m| !f.merge[m]) && insns[j..k].iter().all(|i| keeps_mxcsr(i, sys))
-    });
     if has_rm && i.rm == 7 {
         // Dynamic: the host path only for RNE (for an exact result, any
         // legal mode); others (and illegal ones, which trap) in the helper.
@@ -368,9 +364,8 @@ pub(super) fn emit(
             }
         }
     }
-    // Instructions that read the host's flags: clear them first unless
-    // the invariant holds (see the module's comment), with the rounding
-    // control they need.
+    // Instructions that may raise flags but inexact, or inexact (see
+    // the module's comment).
     let flags = matches!(
         op,
         Op::Arith(_) | Op::Sqrt | Op::Fma(_) | Op::DToS | Op::ToInt { .. }
@@ -378,103 +373,106 @@ pub(super) fn emit(
     // fcvt to an integer toward zero truncates whatever the control says.
     let trunc = matches!(op, Op::ToInt { .. }) && rc == 3;
     let rc = if trunc { 0 } else { rc };
-    if flags && (!known || rc != 0) {
+    if let Op::FromInt { wide, unsigned } = op {
+        // The source in rax (zero-extended for wu, x0 as 0): the
+        // operation converts rax (64-bit: every 32-bit source is exact
+        // there, and a 64-bit one rounds by the control).
+        let src = match xsrc {
+            Some(h) => h,
+            None => {
+                a.op_rr(false, &[0x31], RAX, RAX);
+                RAX
+            }
+        };
+        match (wide, unsigned) {
+            (false, false) => a.sext32(RAX, src),
+            (false, true) => a.op_rr(false, &[0x89], src, RAX), // mov eax, src32
+            (true, _) => a.mov_rr(RAX, src),
+        }
+        if wide && unsigned {
+            // At or above 2^63: no host instruction (the helper).
+            a.op_rr(true, &[0x85], RAX, RAX);
+            jumps.push(a.jcc(CC_S));
+        }
+    }
+    if rc != 0 {
         ld_mxcsr(a, rc);
     }
-    let p = sp(d);
     // The operation: an FP result in xmm0, an integer one in rax.
-    let mut nan_check = false;
-    match op {
-        Op::Arith(o) => {
-            sse_m(a, p, false, 0x10, 0, RBX, fd(i.rs1)); // movs* xmm0, [rs1]
-            sse_m(a, p, false, o, 0, RBX, fd(i.rs2));
-            nan_check = true;
+    operation(a, op, d, i, trunc);
+    if rc != 0 {
+        ld_mxcsr(a, 0);
+    }
+    let nan_check = matches!(
+        op,
+        Op::Arith(_) | Op::Sqrt | Op::Fma(_) | Op::DToS | Op::SToD
+    );
+    let mut recheck = Vec::new();
+    if matches!(op, Op::Cmp(_) | Op::MinMax { .. }) {
+        // ucomis* xmm0, xmm1: unordered (a NaN) goes to the helper (NV
+        // rules, canonical NaN).
+        sse_rr(a, if d { 0x66 } else { 0 }, false, 0x2e, 0, 1);
+        jumps.push(a.jcc(CC_P));
+    } else if op == Op::SToD {
+        // Exact: only a NaN needs the helper.
+        sse_rr(a, 0x66, false, 0x2e, 0, 0); // ucomisd xmm0, xmm0
+        jumps.push(a.jcc(CC_P));
+    } else if nan_check {
+        // The result's exponent field e must be in [2, max - 2]: a NaN,
+        // an infinity, the largest binade (a directed rounding's
+        // overflow), zero, subnormals and the smallest normal binade
+        // (tiny before or after rounding) are rechecked.
+        if d {
+            a.u8(0x66);
+            a.op_rr(true, &[0x0f, 0x7e], 0, RCX); // movq rcx, xmm0
+            a.shift_imm(true, SHL, RCX, 1);
+            a.shift_imm(true, SHR, RCX, 53);
+            a.alu_imm(false, SUB, RCX, 2);
+            a.alu_imm(false, CMP, RCX, 0x7fb);
+        } else {
+            a.u8(0x66);
+            a.op_rr(false, &[0x0f, 0x7e], 0, RCX); // movd ecx, xmm0
+            a.shift_imm(false, SHL, RCX, 1);
+            a.shift_imm(false, SHR, RCX, 24);
+            a.alu_imm(false, SUB, RCX, 2);
+            a.alu_imm(false, CMP, RCX, 0xfb);
         }
-        Op::Sqrt => {
-            sse_m(a, p, false, 0x51, 0, RBX, fd(i.rs1));
-            nan_check = true;
-        }
-        Op::Fma(o) => {
-            sse_m(a, p, false, 0x10, 0, RBX, fd(i.rs1));
-            sse_m(a, p, false, 0x10, 1, RBX, fd(i.rs2));
-            // vfm*213s* xmm0, xmm1, [rs3]: xmm0 = xmm1 * xmm0 (+-) [rs3]
-            a.u8(0xc4);
-            a.u8(0xe2);
-            a.u8((d as u8) << 7 | (!1u8 & 15) << 3 | 0x01);
-            a.u8(o);
-            a.m_disp(0, RBX, fd(i.rs3));
-            nan_check = true;
-        }
-        Op::DToS => {
-            sse_m(a, 0xf2, false, 0x5a, 0, RBX, fd(i.rs1)); // cvtsd2ss
-            nan_check = true;
-        }
-        Op::SToD => {
-            sse_m(a, 0xf3, false, 0x5a, 0, RBX, fd(i.rs1)); // cvtss2sd
-            nan_check = true;
-        }
-        Op::FromInt { wide, unsigned } => {
-            // The source in rax (zero-extended for wu, x0 as 0), then
-            // cvtsi2s* xmm0, rax (64-bit: every 32-bit source is exact
-            // there, and a 64-bit one rounds by the control).
-            let src = match xsrc {
-                Some(h) => h,
-                None => {
-                    a.op_rr(false, &[0x31], RAX, RAX);
-                    RAX
-                }
-            };
-            match (wide, unsigned) {
-                (false, false) => a.sext32(RAX, src),
-                (false, true) => a.op_rr(false, &[0x89], src, RAX), // mov eax, src32
-                (true, _) => a.mov_rr(RAX, src),
+        recheck.push(a.jcc(CC_A));
+    }
+    if let Op::ToInt { wide, unsigned } = op {
+        // The destination's range (what does not fit: the helper
+        // saturates; the recheck below reruns the same conversion).
+        match (wide, unsigned) {
+            (false, false) => {
+                a.sext32(RCX, RAX);
+                a.alu_rr(true, CMP, RCX, RAX);
+                jumps.push(a.jcc(CC_NE));
             }
-            if wide && unsigned {
-                // At or above 2^63: no host instruction (the helper).
+            (false, true) => {
+                a.mov_rr(RCX, RAX);
+                a.shift_imm(true, SHR, RCX, 32);
+                jumps.push(a.jcc(CC_NE));
+            }
+            (true, false) => {}
+            (true, true) => {
                 a.op_rr(true, &[0x85], RAX, RAX);
                 jumps.push(a.jcc(CC_S));
             }
-            // xorps xmm0, xmm0: no dependency on its old value.
-            sse_rr(a, 0, false, 0x57, 0, 0);
-            sse_rr(a, p, true, 0x2a, 0, RAX);
         }
-        Op::ToInt { .. } => {
-            // cvt(t)s*2si rax, [rs1]: 64 bits, then the range of the
-            // destination (what does not fit: the helper saturates).
-            sse_m(
-                a,
-                p,
-                true,
-                if trunc { 0x2c } else { 0x2d },
-                RAX,
-                RBX,
-                fd(i.rs1),
-            );
-        }
-        Op::Cmp(_) | Op::MinMax { .. } => {
-            sse_m(a, p, false, 0x10, 0, RBX, fd(i.rs1));
-            sse_m(a, p, false, 0x10, 1, RBX, fd(i.rs2));
-            // ucomis* xmm0, xmm1: unordered (a NaN) goes to the helper
-            // (NV rules, canonical NaN).
-            sse_rr(a, if d { 0x66 } else { 0 }, false, 0x2e, 0, 1);
-            jumps.push(a.jcc(CC_P));
-        }
-        Op::Sgnj(_) | Op::MvXF | Op::MvFX => {}
+        // The host's "integer indefinite" (NaN, out of range; also a
+        // true -2^63): rechecked. `neg` overflows only on it.
+        a.mov_rr(RCX, RAX);
+        a.op_rr(true, &[0xf7], 3, RCX); // neg rcx
+        recheck.push(a.jcc(0x0)); // jo
     }
     if flags {
-        a.op_m(false, &[0x0f, 0xae], 3, RSP, ST); // stmxcsr [rsp + ST]
-        if rc != 0 {
-            ld_mxcsr(a, 0);
-        }
-        a.op_m(false, &[0xf6], 0, RSP, ST); // test byte [rsp + ST], BAD
-        a.u8(BAD);
-        jumps.push(a.jcc(CC_NE));
+        // Inexact needs no flag when NX is set already; else recheck.
+        a.op_m(false, &[0xf6], 0, RBX, fflags_d()); // test byte [rbx+fflags], 1
+        a.u8(1);
+        recheck.push(a.jcc(CC_E));
     }
-    if nan_check {
-        // ucomis* xmm0, xmm0: parity on a NaN result.
-        sse_rr(a, if d { 0x66 } else { 0 }, false, 0x2e, 0, 0);
-        jumps.push(a.jcc(CC_P));
-    }
+    let commit = a.b.len();
+    let p = sp(d);
     // The result. FP destinations go straight to `Core::f`; integer ones
     // through the register cache (no jump to the helper after them).
     let fr = fd(i.rd);
@@ -491,25 +489,11 @@ pub(super) fn emit(
         Op::Arith(_) | Op::Sqrt | Op::Fma(_) | Op::DToS | Op::SToD | Op::FromInt { .. } => {
             store_f(a, 0, !d);
         }
-        Op::ToInt { wide, unsigned } => {
-            match (wide, unsigned) {
-                (false, false) => {
-                    a.sext32(RCX, RAX);
-                    a.alu_rr(true, CMP, RCX, RAX);
-                    jumps.push(a.jcc(CC_NE));
-                }
-                (false, true) => {
-                    a.mov_rr(RCX, RAX);
-                    a.shift_imm(true, SHR, RCX, 32);
-                    jumps.push(a.jcc(CC_NE));
-                    a.sext32(RCX, RAX);
-                }
-                (true, false) => a.mov_rr(RCX, RAX),
-                (true, true) => {
-                    a.op_rr(true, &[0x85], RAX, RAX);
-                    jumps.push(a.jcc(CC_S));
-                    a.mov_rr(RCX, RAX);
-                }
+        Op::ToInt { wide, .. } => {
+            if wide {
+                a.mov_rr(RCX, RAX);
+            } else {
+                a.sext32(RCX, RAX);
             }
             a.st_x(i.rd, RCX);
         }
@@ -594,47 +578,94 @@ pub(super) fn emit(
             }
         }
     }
-    if flags {
-        // Inexact: NX (see the module's comment for a stale flag).
-        a.op_m(false, &[0xf6], 0, RSP, ST); // test byte [rsp + ST], PE
-        a.u8(PE);
-        let exact = a.jcc(CC_E);
-        a.op_m(false, &[0x80], 1, RBX, fflags_d()); // or byte [rbx+fflags], 1
-        a.u8(1);
-        a.bind(exact);
-    }
     // The interpreter marks FS dirty for all but fmv.x.* (and fclass).
     if sys && op != Op::MvXF {
         a.op_m(false, &[0x81], 1, RBX, mstatus_d()); // or dword [rbx+ms], FS
         a.u32(FS);
     }
-    if !jumps.is_empty() {
+    if !jumps.is_empty() || !recheck.is_empty() {
         let idx = helpers.len() as u32;
         helpers.push(*i);
         f.fp.stubs.push(Stub {
             jumps,
+            recheck: (!recheck.is_empty()).then_some(Recheck {
+                jumps: recheck,
+                op,
+                d,
+                trunc,
+                rc,
+                commit,
+            }),
             k,
             idx,
             pc,
+            insn: *i,
             dirty,
             reload: a.cache.guest,
             join: a.b.len(),
         });
     }
-    // The invariant after it: instructions that read the flags establish
-    // it, the others keep what held before (the helper path clears).
-    f.fp.known = (flags || known).then_some(k + 1);
     true
+}
+
+/// The operation of `i` (`op`, double precision `d`): an FP result in
+/// xmm0, an integer one in rax (`trunc`: toward zero); the operands of
+/// compares and min/max in xmm0 and xmm1. Integer sources are in rax
+/// already. Touches no guest state, so the recheck path runs it again.
+fn operation(a: &mut Asm, op: Op, d: bool, i: &Insn, trunc: bool) {
+    let p = sp(d);
+    match op {
+        Op::Arith(o) => {
+            sse_m(a, p, false, 0x10, 0, RBX, fd(i.rs1)); // movs* xmm0, [rs1]
+            sse_m(a, p, false, o, 0, RBX, fd(i.rs2));
+        }
+        Op::Sqrt => sse_m(a, p, false, 0x51, 0, RBX, fd(i.rs1)),
+        Op::Fma(o) => {
+            sse_m(a, p, false, 0x10, 0, RBX, fd(i.rs1));
+            sse_m(a, p, false, 0x10, 1, RBX, fd(i.rs2));
+            // vfm*213s* xmm0, xmm1, [rs3]: xmm0 = xmm1 * xmm0 (+-) [rs3]
+            a.u8(0xc4);
+            a.u8(0xe2);
+            a.u8((d as u8) << 7 | (!1u8 & 15) << 3 | 0x01);
+            a.u8(o);
+            a.m_disp(0, RBX, fd(i.rs3));
+        }
+        Op::DToS => sse_m(a, 0xf2, false, 0x5a, 0, RBX, fd(i.rs1)), // cvtsd2ss
+        Op::SToD => sse_m(a, 0xf3, false, 0x5a, 0, RBX, fd(i.rs1)), // cvtss2sd
+        Op::FromInt { .. } => {
+            // xorps xmm0, xmm0 (no dependency on its old value), then
+            // cvtsi2s* xmm0, rax.
+            sse_rr(a, 0, false, 0x57, 0, 0);
+            sse_rr(a, p, true, 0x2a, 0, RAX);
+        }
+        // cvt(t)s*2si rax, [rs1]: 64 bits (the caller checks the
+        // destination's range).
+        Op::ToInt { .. } => {
+            sse_m(
+                a,
+                p,
+                true,
+                if trunc { 0x2c } else { 0x2d },
+                RAX,
+                RBX,
+                fd(i.rs1),
+            );
+        }
+        Op::Cmp(_) | Op::MinMax { .. } => {
+            sse_m(a, p, false, 0x10, 0, RBX, fd(i.rs1));
+            sse_m(a, p, false, 0x10, 1, RBX, fd(i.rs2));
+        }
+        Op::Sgnj(_) | Op::MvXF | Op::MvFX => {}
+    }
 }
 
 /// User mode: a CSR instruction on fflags, frm or fcsr (always legal
 /// there, see `Core::csr_write`) run in place, the block's last, then a
 /// chained exit to `next`: numeric code reads and restores the flags
 /// around library calls (glibc's `sqrt` and others), which would
-/// otherwise leave for the interpreter each time. Writing `fflags` may
-/// clear NX, which ends the MXCSR invariant (see the module's comment):
-/// no FP instruction after it counts on it (CSR instructions are not
-/// [`keeps_mxcsr`]).
+/// otherwise leave for the interpreter each time. (FP instructions read
+/// NX from `fflags` at run time, so a write that clears it sends the
+/// next inexact one through the recheck path, see the module's comment.)
 fn csr(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, next: u64) -> bool {
     use Kind::*;
     let n = i.imm;
@@ -697,7 +728,31 @@ fn csr(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, next: u64) -> bool {
 /// The out-of-line helper calls of the block's inline FP instructions
 /// (see [`Stub`]); `helper`: the address of the instruction helper.
 pub(super) fn stubs(a: &mut Asm, f: &mut Frame, helper: usize) {
-    for s in std::mem::take(&mut f.fp.stubs) {
+    for mut s in std::mem::take(&mut f.fp.stubs) {
+        if let Some(r) = s.recheck.take() {
+            for at in r.jumps {
+                a.bind(at);
+            }
+            ld_mxcsr(a, r.rc);
+            operation(a, r.op, r.d, &s.insn, r.trunc);
+            a.op_m(false, &[0x0f, 0xae], 3, RSP, ST); // stmxcsr [rsp + ST]
+            ld_mxcsr(a, 0);
+            a.op_m(false, &[0xf6], 0, RSP, ST); // test byte [rsp + ST], BAD
+            a.u8(BAD);
+            s.jumps.push(a.jcc(CC_NE));
+            if !matches!(r.op, Op::ToInt { .. } | Op::FromInt { .. }) {
+                // A NaN from a quiet NaN raises nothing.
+                sse_rr(a, if r.d { 0x66 } else { 0 }, false, 0x2e, 0, 0);
+                s.jumps.push(a.jcc(CC_P));
+            }
+            a.op_m(false, &[0xf6], 0, RSP, ST); // test byte [rsp + ST], PE
+            a.u8(PE);
+            let exact = a.jcc(CC_E);
+            a.op_m(false, &[0x80], 1, RBX, fflags_d()); // or byte [rbx+fflags], 1
+            a.u8(1);
+            a.bind(exact);
+            a.jmp_abs(a.base + r.commit);
+        }
         for at in s.jumps {
             a.bind(at);
         }
@@ -712,7 +767,6 @@ pub(super) fn stubs(a: &mut Asm, f: &mut Frame, helper: usize) {
         a.op_rr(false, &[0x85], RAX, RAX); // test eax, eax
                                            // A trap (nothing changed, all written back): the interpreter.
         f.slow.push((a.jcc(CC_NE), s.k, [0; CACHE_REGS.len()]));
-        ld_mxcsr(a, 0);
         for (slot, &g) in s.reload.iter().enumerate() {
             if g != 0 {
                 a.load(CACHE_REGS[slot], RBX, super::xd(g));
