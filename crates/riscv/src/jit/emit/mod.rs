@@ -16,6 +16,9 @@ use crate::cpu::Core;
 use crate::decode::{Insn, Kind, ZERO_SINK};
 
 mod alu;
+mod amo;
+#[cfg(test)]
+mod amo_tests;
 mod fp;
 #[cfg(test)]
 mod fp_tests;
@@ -1185,6 +1188,7 @@ impl Jit {
             if mem::emit(&mut a, &mut f, k, i)
                 || alu::emit(&mut a, i, ipc)
                 || fp::emit(&mut a, &mut f, &mut self.helpers, insns, k, ipc)
+                || amo::emit(&mut a, &mut f, k, i)
             {
                 a.cache.note_write(i);
                 continue;
