@@ -14,7 +14,9 @@
 //! `narrow_patterns`). FP registers start with special operands (see
 //! `FP_VALUES`) and frm with any mode, and some words become F/D
 //! instructions on them (see `fp_patterns`): the JIT runs those inline
-//! with host SSE where it can prove the result the interpreter's.
+//! with host SSE where it can prove the result the interpreter's. And
+//! some become valid AMOs, LRs and SCs (see `amo_patterns`), which it
+//! runs with host atomics.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -341,6 +343,38 @@ fn fp_patterns(words: &mut [u32], orig: &[u32]) {
     }
 }
 
+/// Valid A instructions, which random words rarely make (funct5 and
+/// funct3 must both fit): where bits 2..6 of the input's word are
+/// 0b01011 (the AMO opcode's), it becomes an AMO, LR or SC (word or
+/// double) through x1..x9 (DATA at any alignment, the code, the space's
+/// end), and an LR is followed by an SC on the same register when the
+/// input says so. None writes x31; the loop counter's words stay.
+fn amo_patterns(words: &mut [u32], orig: &[u32]) {
+    const F5: [u32; 11] = [2, 3, 1, 0, 4, 0xc, 8, 0x10, 0x14, 0x18, 0x1c];
+    let keep = |w: u32| {
+        let i = decode(w);
+        w == ADDI_X31_M1 || (i.kind == Kind::Blt && i.rs2 == 31)
+    };
+    for k in 0..words.len() {
+        let w = orig[k];
+        if keep(words[k]) || w >> 2 & 31 != 0x0b {
+            continue;
+        }
+        let f5 = F5[(w >> 27) as usize % F5.len()];
+        let f3 = 2 | (w >> 12 & 1);
+        let rs1 = 1 + (w >> 15 & 7) % 9;
+        let rd = (w >> 7 & 31).min(30);
+        let rs2 = if f5 == 2 { 0 } else { w >> 20 & 31 };
+        words[k] =
+            f5 << 27 | (w >> 25 & 3) << 25 | rs2 << 20 | rs1 << 15 | f3 << 12 | rd << 7 | 0x2f;
+        if f5 == 2 && w >> 24 & 1 == 1 && k + 1 < words.len() && !keep(words[k + 1]) {
+            let rs2 = w >> 20 & 31;
+            words[k + 1] =
+                3 << 27 | rs2 << 20 | rs1 << 15 | f3 << 12 | (rd ^ 1).min(30) << 7 | 0x2f;
+        }
+    }
+}
+
 fuzz_target!(|input: &[u8]| {
     // 32 registers (2 bytes each) of which x1..x7 point into DATA, x8
     // into the code and x9 near the space's end, then the code words.
@@ -427,6 +461,7 @@ fuzz_target!(|input: &[u8]| {
         regs[31] = (regs[31] >> 1) % 4;
     }
     fp_patterns(&mut words[..n], &orig);
+    amo_patterns(&mut words[..n], &orig);
     narrow_patterns(&mut words[..n], &orig);
     fusion_pairs(&mut words[..n], &orig);
     call_patterns(&mut words, &orig, n);
