@@ -87,7 +87,11 @@ fn inline_atomics_match_the_interpreter() {
                 0 => {
                     // An LR/SC pair (maybe through another base).
                     prog.push(amo(2, f3, rd, base, 0));
-                    let other = if next(&mut rng).is_multiple_of(4) { 6 } else { base };
+                    let other = if next(&mut rng).is_multiple_of(4) {
+                        6
+                    } else {
+                        base
+                    };
                     prog.push(amo(3, f3, 13, other, rs2));
                 }
                 1 => prog.push(addi(5, 5, [8, -8, 4, 16][(next(&mut rng) % 4) as usize])),
