@@ -198,8 +198,8 @@ fn random_insn(rng: &mut u64) -> u32 {
         }
         21 => (1 << 20) | (5 << 12) | 0x73, // csrwi fflags, 0
         _ => {
-            // An integer op between FP ones (the MXCSR state is unknown
-            // after it): addi xd, xs, 1.
+            // An integer op between FP ones (the register cache holds
+            // what FP conversions and compares wrote): addi xd, xs, 1.
             (1 << 20) | (xs << 15) | (xd << 7) | 0x13
         }
     }
