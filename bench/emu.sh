@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # virtkit emu user vs qemu-riscv64-static, side by side, same binaries and
 # inputs: busybox sha256sum (50 MB), busybox gzip -6 (20 MB), a busybox
-# shell loop (100000 iterations) and a CoreMark-like C kernel; plus one
+# shell loop (100000 iterations), a CoreMark-like C kernel and an FP kernel
+# (n-body steps in double, a float dot product); plus one
 # row with the same sha256sum run natively by the host's amd64 busybox
 # (busybox-static), to show how far emulation is from the physical limit.
 # Prints medians of RUNS runs (default 3) and the ratio virtkit/qemu;
@@ -10,7 +11,7 @@
 #
 # Usage: bench/emu.sh            (builds virtkit --release first)
 # Env:   RUNS=5  VIRTKIT=/path/to/virtkit  BUSYBOX=/path/to/riscv64/busybox
-#        KERNEL_ITERS=20000  PERF=1 (also record a perf profile of virtkit)
+#        KERNEL_ITERS=20000  FP_ITERS=3000  PERF=1 (also record a perf profile of virtkit)
 #        INTERP=0 (skip the interpreter-only column)
 #        NATIVE_BUSYBOX=/path/to/amd64/busybox (default: busybox on PATH)
 set -euo pipefail
@@ -18,6 +19,7 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 INTERP=${INTERP:-1}
 KERNEL_ITERS=${KERNEL_ITERS:-20000}
+FP_ITERS=${FP_ITERS:-3000}
 WORK=$(mktemp -d /tmp/virtkit-emu-bench.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 
@@ -48,6 +50,7 @@ head -c 50000000 /dev/urandom > "$WORK/50M.bin"
 { seq 1 1500000; head -c 6000000 /dev/urandom | base64; seq 1500000 3000000; } > "$WORK/20M.txt"
 truncate -s 20000000 "$WORK/20M.txt"
 riscv64-linux-gnu-gcc -O2 -static -o "$WORK/kernel" crates/linux-user/tests/progs/kernel.c
+riscv64-linux-gnu-gcc -O2 -static -o "$WORK/fpkernel" crates/linux-user/tests/progs/fpkernel.c -lm
 
 # name|command (run with the emulator prefix)
 BENCHES=(
@@ -57,6 +60,7 @@ BENCHES=(
     "gzip -6 20 MB|$BUSYBOX gzip -6 -c $WORK/20M.txt"
     "shell loop 100000|$BUSYBOX sh -c 'i=0; while [ \$i -lt 100000 ]; do i=\$((i+1)); done; echo \$i'"
     "C kernel ($KERNEL_ITERS iter)|$WORK/kernel $KERNEL_ITERS"
+    "FP kernel ($FP_ITERS iter)|$WORK/fpkernel $FP_ITERS"
 )
 
 now() { date +%s.%N; }

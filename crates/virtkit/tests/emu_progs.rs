@@ -66,6 +66,18 @@ fn compute_kernel_matches_qemu() {
 }
 
 #[test]
+fn fp_kernel_matches_qemu() {
+    // Inline FP in translated code (SSE, FMA) against qemu and the
+    // interpreter's soft-float: the same bits out.
+    let p = build("fpkernel", false);
+    let ours = emu(&[], &p, &["200"], None, None);
+    let peer = qemu(&[], &p, &["200"], None, None);
+    assert_same("fpkernel", &ours, &peer);
+    let interp = emu(&["--no-jit"], &p, &["200"], None, None);
+    assert_same("fpkernel --no-jit", &interp, &peer);
+}
+
+#[test]
 fn threads_hammer_shared_counters() {
     for dynamic in [false, true] {
         let p = build("threads", dynamic);

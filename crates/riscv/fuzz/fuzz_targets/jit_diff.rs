@@ -12,7 +12,12 @@
 //! `call_patterns`). Some words become the pairs the JIT fuses (see
 //! `fusion_pairs`), W chains and branches over one op (see
 //! `narrow_patterns`), and loops step a base register (see
-//! `stride_patterns`).
+//! `stride_patterns`). FP registers start with special operands (see
+//! `FP_VALUES`) and frm with any mode, and some words become F/D
+//! instructions on them (see `fp_patterns`): the JIT runs those inline
+//! with host SSE where it can prove the result the interpreter's. And
+//! some become valid AMOs, LRs and SCs (see `amo_patterns`), which it
+//! runs with host atomics.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -32,6 +37,7 @@ const SPACE_BITS: u32 = 24;
 fn run(
     words: &[u32],
     regs: &[u64],
+    fp: &([u64; 32], u64),
     data: &[u8],
     code_writable: bool,
     jit: bool,
@@ -55,6 +61,8 @@ fn run(
     for (r, &v) in regs.iter().enumerate().skip(1) {
         hart.set_x(r, v);
     }
+    hart.f = fp.0;
+    hart.set_fcsr(fp.1);
     hart.pc = CODE;
     let exit = hart.run_user(&space);
     let mut page = vec![0u8; 0x1000];
@@ -241,6 +249,158 @@ fn stride_patterns(words: &mut [u32], orig: &[u32]) {
     }
 }
 
+/// FP operands worth testing: doubles (signed zeros, ones, infinities,
+/// quiet NaNs canonical, with a payload and negative, signalling NaNs,
+/// subnormals, the normal range's edges, ties, the integer conversions'
+/// range edges), then the same for singles (NaN-boxed when used).
+const FP_VALUES: [u64; 32] = [
+    0,
+    1 << 63,
+    0x3ff0_0000_0000_0000,
+    0x7ff0_0000_0000_0000,
+    0xfff0_0000_0000_0000,
+    0x7ff8_0000_0000_0000,
+    0x7ff8_0000_0000_0123,
+    0xfff8_0000_0000_0000,
+    0x7ff0_0000_0000_0001,
+    1,
+    0x000f_ffff_ffff_ffff,
+    0x0010_0000_0000_0000,
+    0x7fef_ffff_ffff_ffff,
+    0x3fd5_5555_5555_5555,
+    0xc004_0000_0000_0000,
+    0x41e0_0000_0000_0000,
+    0xc3e0_0000_0000_0000,
+    0x43f0_0000_0000_0000,
+    0x8000_0000,
+    0x3f80_0000,
+    0x7f80_0000,
+    0x7fc0_0000,
+    0x7fc0_0123,
+    0x7f80_0001,
+    1,
+    0x0080_0000,
+    0x7f7f_ffff,
+    0x3eaa_aaab,
+    0xc020_0000,
+    0x4f00_0000,
+    0x5f00_0000,
+    0x4b80_0001,
+];
+
+/// The FP registers and fcsr, from the input's head: each register a
+/// special value (a single NaN-boxed, unless the input says otherwise:
+/// an improperly boxed one reads as the canonical NaN) or random bits;
+/// fcsr any rounding mode (illegal ones too) and flags.
+fn fp_state(head: &[u8]) -> ([u64; 32], u64) {
+    let f = std::array::from_fn(|k| {
+        let v = head[k] as usize;
+        let x = FP_VALUES[v % 32];
+        match v >> 5 {
+            0..=3 if v % 32 >= 18 => 0xffff_ffff_0000_0000 | x,
+            4 => x,
+            5 | 6 => x ^ (head[(k + 7) % 64] as u64) << 20,
+            _ => (head[(k + 1) % 64] as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ x,
+        }
+    });
+    let fcsr = (head[32] as u64) & if head[33] & 3 == 0 { 0xff } else { 0x1f };
+    (f, fcsr)
+}
+
+/// F and D instructions on the special operands, more of them than
+/// random words make: where bits 2..6 of the input's word are 0b10101
+/// (1 in 32), it becomes an OP-FP or fused multiply-add instruction of a
+/// kind the JIT runs inline (or fclass) chosen by its upper bits, with
+/// the rounding mode field as the input has it (static, dynamic or
+/// illegal). The loop counter's words are left alone, and none of these
+/// writes x31.
+fn fp_patterns(words: &mut [u32], orig: &[u32]) {
+    for k in 0..words.len() {
+        let w = orig[k];
+        let i = decode(words[k]);
+        if words[k] == ADDI_X31_M1 || (i.kind == Kind::Blt && i.rs2 == 31) || w >> 2 & 31 != 0x15 {
+            continue;
+        }
+        // Registers: f/x 0..31 from the word; funct5 from a list of the
+        // operations the JIT runs inline (and fclass).
+        const F5: [u32; 14] = [
+            0, 1, 2, 3, 0x0b, 4, 5, 0x14, 0x18, 0x1a, 0x1c, 0x1e, 0x08, 0x10,
+        ];
+        let f5 = F5[(w >> 27) as usize % F5.len()];
+        let fmt = w >> 25 & 1;
+        let mut rs2 = w >> 20 & 31;
+        let rm = w >> 12 & 7;
+        let mut funct7 = f5 << 2 | fmt;
+        let op = match f5 {
+            0x08 => {
+                // fcvt.s.d / fcvt.d.s
+                funct7 = 0x20 | fmt;
+                rs2 = 1 - fmt;
+                0x53
+            }
+            0x10 => {
+                // fused multiply-add family, rs3 from bits 7..11 mixed
+                funct7 = (w >> 7 & 31) << 2 | fmt;
+                [0x43, 0x47, 0x4b, 0x4f][(w >> 8) as usize % 4]
+            }
+            0x0b => {
+                rs2 = 0;
+                0x53
+            }
+            0x18 | 0x1a => {
+                rs2 &= 3;
+                0x53
+            }
+            0x1c | 0x1e => {
+                rs2 = 0;
+                0x53
+            }
+            _ => 0x53,
+        };
+        let rm = match f5 {
+            4 | 0x14 => rm % 3,
+            5 => rm % 2,
+            0x1c => rm % 2,
+            0x1e => 0,
+            _ => rm,
+        };
+        let rd = (w >> 7 & 31).min(30);
+        words[k] = funct7 << 25 | rs2 << 20 | (w >> 15 & 31) << 15 | rm << 12 | rd << 7 | op;
+    }
+}
+
+/// Valid A instructions, which random words rarely make (funct5 and
+/// funct3 must both fit): where bits 2..6 of the input's word are
+/// 0b01011 (the AMO opcode's), it becomes an AMO, LR or SC (word or
+/// double) through x1..x9 (DATA at any alignment, the code, the space's
+/// end), and an LR is followed by an SC on the same register when the
+/// input says so. None writes x31; the loop counter's words stay.
+fn amo_patterns(words: &mut [u32], orig: &[u32]) {
+    const F5: [u32; 11] = [2, 3, 1, 0, 4, 0xc, 8, 0x10, 0x14, 0x18, 0x1c];
+    let keep = |w: u32| {
+        let i = decode(w);
+        w == ADDI_X31_M1 || (i.kind == Kind::Blt && i.rs2 == 31)
+    };
+    for k in 0..words.len() {
+        let w = orig[k];
+        if keep(words[k]) || w >> 2 & 31 != 0x0b {
+            continue;
+        }
+        let f5 = F5[(w >> 27) as usize % F5.len()];
+        let f3 = 2 | (w >> 12 & 1);
+        let rs1 = 1 + (w >> 15 & 7) % 9;
+        let rd = (w >> 7 & 31).min(30);
+        let rs2 = if f5 == 2 { 0 } else { w >> 20 & 31 };
+        words[k] =
+            f5 << 27 | (w >> 25 & 3) << 25 | rs2 << 20 | rs1 << 15 | f3 << 12 | rd << 7 | 0x2f;
+        if f5 == 2 && w >> 24 & 1 == 1 && k + 1 < words.len() && !keep(words[k + 1]) {
+            let rs2 = w >> 20 & 31;
+            words[k + 1] =
+                3 << 27 | rs2 << 20 | rs1 << 15 | f3 << 12 | (rd ^ 1).min(30) << 7 | 0x2f;
+        }
+    }
+}
+
 fuzz_target!(|input: &[u8]| {
     // 32 registers (2 bytes each) of which x1..x7 point into DATA, x8
     // into the code and x9 near the space's end, then the code words.
@@ -327,6 +487,8 @@ fuzz_target!(|input: &[u8]| {
         words.push(blt_x0_x31(-4 * n as i32));
         regs[31] = (regs[31] >> 1) % 4;
     }
+    fp_patterns(&mut words[..n], &orig);
+    amo_patterns(&mut words[..n], &orig);
     narrow_patterns(&mut words[..n], &orig);
     fusion_pairs(&mut words[..n], &orig);
     call_patterns(&mut words, &orig, n);
@@ -338,8 +500,9 @@ fuzz_target!(|input: &[u8]| {
         .map(|k| (k.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
     let code_writable = regs[30] & 1 == 1;
-    let (a, ea, ma) = run(&words, &regs, &data, code_writable, true);
-    let (b, eb, mb) = run(&words, &regs, &data, code_writable, false);
+    let fp = fp_state(head);
+    let (a, ea, ma) = run(&words, &regs, &fp, &data, code_writable, true);
+    let (b, eb, mb) = run(&words, &regs, &fp, &data, code_writable, false);
     assert_eq!(ea, eb, "exit");
     assert_eq!(a.pc, b.pc, "pc");
     assert_eq!(a.instret(), b.instret(), "instret");

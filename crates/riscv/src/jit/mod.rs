@@ -1243,6 +1243,42 @@ mod sys_tests {
         p
     }
 
+    /// Inline FP in system mode (see `emit::fp`): with mstatus.FS off an
+    /// FP instruction is illegal (mcause 2); with FS on, arithmetic sets
+    /// FS dirty and `fmv.x.d` leaves it alone.
+    #[test]
+    fn inline_fp_honours_mstatus_fs() {
+        let fadd = (1 << 25) | (3 << 20) | (2 << 15) | (7 << 12) | (1 << 7) | 0x53;
+        let fmv_x_d = (0x71 << 25) | (11 << 7) | 0x53;
+        let stop = 0x100;
+        let prog = |body: &[u32]| {
+            let mut p = Vec::new();
+            let l = la(T1, stop);
+            p.extend(l);
+            p.push(csr(1, 0, T1, 0x305)); // csrw mtvec, t1
+            p.extend_from_slice(body);
+            p.extend_from_slice(&STOP[1..]);
+            p.resize(stop as usize / 4, 0);
+            p.extend(STOP);
+            p
+        };
+        let off = prog(&[fadd, addi(19, 0, 7)]);
+        let on = prog(&[
+            lui(T0, 2),
+            csr(2, 0, T0, 0x300), // csrs mstatus, t0: FS = initial
+            fmv_x_d,
+            csr(2, 12, 0, 0x300), // csrr a2, mstatus
+            fadd,
+            csr(2, 10, 0, 0x300), // csrr a0, mstatus
+        ]);
+        for jit in [false, true] {
+            let x = run_prog(&off, |_| {}, jit);
+            assert_eq!((x[18], x[19]), (2, 0), "jit {jit}");
+            let x = run_prog(&on, |_| {}, jit);
+            assert_eq!((x[12] >> 13 & 3, x[10] >> 13 & 3), (1, 3), "jit {jit}");
+        }
+    }
+
     #[test]
     fn sstatus_write_enabling_a_pending_interrupt_takes_it_next() {
         // S-mode sets SIE with a supervisor software interrupt pending

@@ -18,6 +18,12 @@ use crate::cpu::Core;
 use crate::decode::{Insn, Kind, ZERO_SINK};
 
 mod alu;
+mod amo;
+#[cfg(test)]
+mod amo_tests;
+mod fp;
+#[cfg(test)]
+mod fp_tests;
 mod fuse;
 mod mem;
 mod rvi;
@@ -87,6 +93,8 @@ struct Frame {
     /// `jit::fault`): (code offset of the access, instruction index, dirty
     /// registers there), resumed at the slow exit of that index and set.
     faults: Vec<(usize, usize, CacheMap)>,
+    /// Inline FP (see `fp`).
+    fp: fp::FpState,
 }
 
 impl Frame {
@@ -1164,6 +1172,7 @@ impl Jit {
             thunks: Vec::new(),
             attn_back: Vec::new(),
             faults: Vec::new(),
+            fp: fp::FpState::default(),
         };
         // Instructions already emitted with a branch (see `select`).
         let mut skip_to = 0;
@@ -1358,7 +1367,11 @@ impl Jit {
                     continue;
                 }
             }
-            if mem::emit(&mut a, &mut f, k, i) || alu::emit(&mut a, i, ipc) {
+            if mem::emit(&mut a, &mut f, k, i)
+                || alu::emit(&mut a, i, ipc)
+                || fp::emit(&mut a, &mut f, &mut self.helpers, insns, k, ipc)
+                || amo::emit(&mut a, &mut f, k, i)
+            {
                 a.cache.note_write(i);
                 continue;
             }
@@ -1437,6 +1450,8 @@ impl Jit {
             }
             a.cache.note_write(i);
         }
+        let user: extern "sysv64" fn(*mut Ctx, u32, u64) -> u32 = helper;
+        fp::stubs(&mut a, &mut f, sys.unwrap_or(user as usize));
         // Out-of-line exits.
         for &(at, k, target, dirty) in &f.taken {
             a.bind(at);
