@@ -20,6 +20,8 @@ use crate::decode::{Insn, Kind, ZERO_SINK};
 mod alu;
 mod amo;
 #[cfg(test)]
+mod amo_sys_tests;
+#[cfg(test)]
 mod amo_tests;
 mod fp;
 #[cfg(test)]

@@ -1,0 +1,396 @@
+//! System-mode inline atomics (see `amo::emit_sys`) against the
+//! interpreter: random sequences of every AMO, LR and SC, word and
+//! double, in S-mode under Sv39 (a writable page, a read-only one, an
+//! unmapped one, one writable but not dirty yet, the page holding the
+//! code, an MMIO page) and in M-mode without paging (RAM, the code page,
+//! MMIO, no memory), aligned and misaligned, LR/SC pairs that match and
+//! that do not; and harts counting on one word with AMOs and LR/SC loops.
+
+use std::sync::{Arc, OnceLock};
+
+use crate::{Bus, Clock, CodeMap, Exit, Hart, HartConfig, HartControl, RamRegion};
+
+const RAM: u64 = 0x8000_0000;
+const RAM_LEN: usize = 64 << 10;
+const MMIO: u64 = 0x1000_0000;
+/// Offsets in RAM: the program, the trap handler, data pages, the page
+/// tables.
+const PROG: u64 = 0x1000;
+const HANDLER: u64 = 0x3000;
+const DATA: u64 = 0x4000;
+const RO: u64 = 0x5000;
+const CLEAN: u64 = 0x6000;
+const ROOT: u64 = 0x8000;
+
+/// RAM; an MMIO word at `MMIO + 0x100` (reads 0x55, takes writes); a
+/// stop register per hart at `MMIO + 8 + 8 * hart`.
+struct TestBus {
+    _mem: Vec<u64>,
+    ram: [RamRegion; 1],
+    code: CodeMap,
+    harts: OnceLock<Vec<Arc<HartControl>>>,
+}
+
+impl TestBus {
+    fn new() -> TestBus {
+        let mut mem = vec![0u64; RAM_LEN / 8];
+        // SAFETY: the vector lives as long as the bus, which owns it, and
+        // is never resized.
+        let ram = [unsafe { RamRegion::new(RAM, RAM_LEN as u64, mem.as_mut_ptr().cast()) }];
+        TestBus {
+            code: CodeMap::new(&ram),
+            _mem: mem,
+            ram,
+            harts: OnceLock::new(),
+        }
+    }
+    fn put(&self, off: u64, bytes: &[u8]) {
+        assert!(off as usize + bytes.len() <= RAM_LEN);
+        // SAFETY: inside the RAM region (checked above).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.ram[0].host().add(off as usize),
+                bytes.len(),
+            )
+        };
+    }
+    fn put_words(&self, off: u64, words: &[u32]) {
+        let b: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        self.put(off, &b);
+    }
+    fn put_u64(&self, off: u64, v: u64) {
+        self.put(off, &v.to_le_bytes());
+    }
+    fn bytes(&self) -> Vec<u8> {
+        // SAFETY: the whole RAM region, live while the bus is.
+        unsafe { std::slice::from_raw_parts(self.ram[0].host(), RAM_LEN) }.to_vec()
+    }
+}
+
+impl Bus for TestBus {
+    fn ram(&self) -> &[RamRegion] {
+        &self.ram
+    }
+    fn code_map(&self) -> &CodeMap {
+        &self.code
+    }
+    fn read(&self, addr: u64, _: u8) -> Option<u64> {
+        (addr == MMIO + 0x100).then_some(0x55)
+    }
+    fn write(&self, addr: u64, _: u8, _: u64) -> bool {
+        if addr == MMIO + 0x100 {
+            return true;
+        }
+        let h = addr.wrapping_sub(MMIO + 8) / 8;
+        match self.harts.get().and_then(|v| v.get(h as usize)) {
+            Some(c) if addr >= MMIO + 8 && addr.is_multiple_of(8) => {
+                c.request_stop();
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+fn next(rng: &mut u64) -> u64 {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    *rng
+}
+
+fn amo(f5: u32, f3: u32, rd: u32, rs1: u32, rs2: u32) -> u32 {
+    (f5 << 27) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | 0x2f
+}
+fn itype(op: u32, f3: u32, rd: u32, rs1: u32, imm: i32) -> u32 {
+    ((imm as u32 & 0xfff) << 20) | rs1 << 15 | f3 << 12 | rd << 7 | op
+}
+fn addi(rd: u32, rs1: u32, imm: i32) -> u32 {
+    itype(0x13, 0, rd, rs1, imm)
+}
+fn lui(rd: u32, imm20: u32) -> u32 {
+    imm20 << 12 | rd << 7 | 0x37
+}
+fn csr(f3: u32, rd: u32, rs1: u32, n: u32) -> u32 {
+    n << 20 | rs1 << 15 | f3 << 12 | rd << 7 | 0x73
+}
+fn store(f3: u32, rs2: u32, rs1: u32, imm: i32) -> u32 {
+    let o = imm as u32;
+    (o >> 5 & 0x7f) << 25 | rs2 << 20 | rs1 << 15 | f3 << 12 | (o & 0x1f) << 7 | 0x23
+}
+fn bne(rs1: u32, rs2: u32, off: i32) -> u32 {
+    let o = off as u32;
+    (o >> 12 & 1) << 31
+        | (o >> 5 & 0x3f) << 25
+        | rs2 << 20
+        | rs1 << 15
+        | 1 << 12
+        | (o >> 1 & 0xf) << 8
+        | (o >> 11 & 1) << 7
+        | 0x63
+}
+/// `rd = v` for `v` below 2^32 with its low 12 bits clear (no sign
+/// extension).
+fn li_page(rd: u32, v: u64) -> [u32; 3] {
+    [
+        lui(rd, (v >> 12) as u32 & 0xf_ffff),
+        itype(0x13, 1, rd, rd, 32), // slli rd, rd, 32
+        itype(0x13, 5, rd, rd, 32), // srli rd, rd, 32
+    ]
+}
+const ECALL: u32 = 0x73;
+const MRET: u32 = 0x3020_0073;
+const F5: [u32; 11] = [2, 3, 1, 0, 4, 0xc, 8, 0x10, 0x14, 0x18, 0x1c];
+
+/// M-mode start at RAM: mtvec = the handler, then (paging) satp = Sv39
+/// at ROOT and S-mode, or M-mode without paging, at PROG.
+fn prologue(paging: bool) -> Vec<u32> {
+    let mut p = Vec::new();
+    p.extend(li_page(31, RAM + HANDLER));
+    p.push(csr(1, 0, 31, 0x305)); // csrw mtvec, x31
+    if paging {
+        p.extend(li_page(31, (RAM + ROOT) >> 12 << 12));
+        p.push(itype(0x13, 5, 31, 31, 12)); // srli x31, x31, 12: the ppn
+        p.push(addi(30, 0, 8));
+        p.push(itype(0x13, 1, 30, 30, 60)); // slli x30, x30, 60
+        p.push(30 << 20 | 31 << 15 | 6 << 12 | 31 << 7 | 0x33); // or x31, x31, x30
+        p.push(csr(1, 0, 31, 0x180)); // csrw satp, x31
+    }
+    p.extend(li_page(31, RAM + PROG));
+    p.push(csr(1, 0, 31, 0x341)); // csrw mepc, x31
+    p.push(addi(31, 0, if paging { 1 } else { 3 }));
+    p.push(itype(0x13, 1, 31, 31, 11)); // slli x31, x31, 11
+    p.push(csr(2, 0, 31, 0x300)); // csrs mstatus, x31: MPP
+    p.push(MRET);
+    p
+}
+
+/// The trap handler: mcause, mepc, mtval into x18, x19, x20; stop hart 0.
+fn handler() -> Vec<u32> {
+    let mut p = vec![
+        csr(2, 18, 0, 0x342),
+        csr(2, 19, 0, 0x341),
+        csr(2, 20, 0, 0x343),
+    ];
+    p.extend(li_page(31, MMIO));
+    p.push(store(3, 0, 31, 8)); // sd zero, 8(x31)
+    p.push(0x6f); // j .
+    p
+}
+
+struct Run {
+    x: [u64; 32],
+    instret: u64,
+    ram: Vec<u8>,
+}
+
+/// Runs `body` twice (x29 counts the passes) after a warm-up that fills
+/// the data TLB for the bases whose pages allow it (`warm`: loads, then
+/// stores of what they read), then ecall.
+fn run(paging: bool, warm: &[(u32, bool)], body: &[u32], x: &[u64; 32], jit: bool) -> Run {
+    let bus = TestBus::new();
+    bus.put_words(0, &prologue(paging));
+    let mut p = Vec::new();
+    for &(b, w) in warm {
+        p.push(itype(0x03, 3, 30, b, 0)); // ld x30, 0(b)
+        if w {
+            p.push(store(3, 30, b, 0)); // sd x30, 0(b)
+        }
+    }
+    p.push(addi(29, 0, 2));
+    let head = p.len();
+    p.extend_from_slice(body);
+    p.push(addi(29, 29, -1));
+    p.push(bne(29, 0, -4 * (p.len() - head) as i32));
+    p.push(ECALL);
+    bus.put_words(PROG, &p);
+    bus.put_words(HANDLER, &handler());
+    let pattern: Vec<u8> = (0..0x1000u32).map(|i| (i * 101 + 7) as u8).collect();
+    for page in [DATA, RO, CLEAN] {
+        bus.put(page, &pattern);
+    }
+    let pte = |off: u64, flags: u64| ((RAM + off) >> 12) << 10 | flags;
+    // Sv39: RAM's own addresses a supervisor gigapage (V R W X A D); VA
+    // 0..2 MiB through two tables: 0x1000 DATA (V R W A D), 0x2000 RO
+    // (V R A), 0x3000 unmapped, 0x4000 CLEAN (V R W A, not dirty), 0x5000
+    // the code page (V R W A D), 0x6000 MMIO.
+    bus.put_u64(ROOT + 16, (RAM >> 12) << 10 | 0xcf);
+    bus.put_u64(ROOT, pte(ROOT + 0x1000, 1));
+    bus.put_u64(ROOT + 0x1000, pte(ROOT + 0x2000, 1));
+    let l0 = ROOT + 0x2000;
+    bus.put_u64(l0 + 8, pte(DATA, 0xc7));
+    bus.put_u64(l0 + 16, pte(RO, 0x43));
+    bus.put_u64(l0 + 32, pte(CLEAN, 0x47));
+    bus.put_u64(l0 + 40, pte(PROG, 0xc7));
+    bus.put_u64(l0 + 48, (MMIO >> 12) << 10 | 0xc7);
+    let mut hart = Hart::new_system(HartConfig {
+        hart_id: 0,
+        clock: Arc::new(Clock::new(10_000_000)),
+        sbi_ecalls: false,
+    });
+    bus.harts.set(vec![hart.control().clone()]).ok().unwrap();
+    hart.set_jit(jit);
+    for (r, &v) in x.iter().enumerate().skip(1) {
+        hart.set_x(r, v);
+    }
+    hart.pc = RAM;
+    assert!(matches!(hart.run_system(&bus), Exit::Stopped));
+    Run {
+        x: std::array::from_fn(|r| hart.x[r]),
+        instret: hart.instret(),
+        ram: bus.bytes(),
+    }
+}
+
+fn differential(paging: bool, seed: u64, rounds: usize) {
+    // Bases: x5, x6 into the writable page (x7 misaligned by 1, x8 by 4),
+    // x9 the read-only one (without paging: another writable one), x10
+    // nothing (a page fault; an access fault), x11 MMIO, x12 the page
+    // not dirty yet, x13 the page holding the code.
+    let mut x = [0u64; 32];
+    let (warm, bases): (&[(u32, bool)], [u64; 9]) = if paging {
+        (
+            &[(5, true), (9, false), (12, false), (13, false)],
+            [
+                0x1800, 0x1100, 0x1201, 0x1304, 0x2040, 0x3040, 0x6100, 0x4080, 0x5f00,
+            ],
+        )
+    } else {
+        let r = |o: u64| RAM + o;
+        (
+            &[(5, true), (9, true), (12, true), (13, false)],
+            [
+                r(DATA + 0x800),
+                r(DATA + 0x100),
+                r(DATA + 0x201),
+                r(DATA + 0x304),
+                r(RO + 0x40),
+                0x4000_0040,
+                MMIO + 0x100,
+                r(CLEAN + 0x80),
+                r(PROG + 0xf00),
+            ],
+        )
+    };
+    x[5..14].copy_from_slice(&bases);
+    let mut rng = seed;
+    for round in 0..rounds {
+        let n = 1 + (next(&mut rng) % 12) as usize;
+        let mut prog = Vec::new();
+        for _ in 0..n {
+            let base = [5, 5, 5, 6, 6, 7, 8, 9, 10, 11, 12, 13][(next(&mut rng) % 12) as usize];
+            let f3 = 2 + (next(&mut rng) % 2) as u32;
+            let rd = [0, 14, 15, 16, 17, 5][(next(&mut rng) % 6) as usize];
+            let rs2 = [0, 14, 15, 16, 17][(next(&mut rng) % 5) as usize];
+            match next(&mut rng) % 8 {
+                0 => {
+                    // An LR/SC pair (maybe through another base).
+                    prog.push(amo(2, f3, rd, base, 0));
+                    let other = if next(&mut rng).is_multiple_of(4) {
+                        6
+                    } else {
+                        base
+                    };
+                    prog.push(amo(3, f3, 15, other, rs2));
+                }
+                1 => prog.push(addi(5, 5, [8, -8, 4, 16][(next(&mut rng) % 4) as usize])),
+                _ => {
+                    let f5 = F5[(next(&mut rng) as usize) % F5.len()];
+                    let rs2 = if f5 == 2 { 0 } else { rs2 };
+                    prog.push(amo(f5, f3, rd, base, rs2));
+                }
+            }
+        }
+        for v in &mut x[14..18] {
+            *v = match next(&mut rng) % 3 {
+                0 => next(&mut rng),
+                1 => next(&mut rng) as i32 as i64 as u64,
+                _ => [0, 1, u64::MAX, 1 << 63, 1 << 31, 0x7fff_ffff][(next(&mut rng) % 6) as usize],
+            };
+        }
+        let a = run(paging, warm, &prog, &x, true);
+        let b = run(paging, warm, &prog, &x, false);
+        let ctx = || format!("paging {paging}, round {round}: program {prog:08x?}");
+        assert_eq!(a.x, b.x, "x, {}", ctx());
+        assert_eq!(a.instret, b.instret, "instret, {}", ctx());
+        assert!(a.ram == b.ram, "RAM differs, {}", ctx());
+    }
+}
+
+#[test]
+fn sys_inline_atomics_match_the_interpreter_with_paging() {
+    differential(true, 0x5eed_1234_abcd_9876, 300);
+}
+
+#[test]
+fn sys_inline_atomics_match_the_interpreter_without_paging() {
+    differential(false, 0x0dd_ba11_cafe_f00d, 300);
+}
+
+/// Four harts increment one word, M-mode without paging: two with
+/// `amoadd.d` (one of them interpreting), two with an LR/SC loop; the
+/// total is exact.
+#[test]
+fn harts_count_exactly_with_amos_and_lr_sc() {
+    const N: u64 = 20000;
+    let bus = Arc::new(TestBus::new());
+    // a0 = &counter, t0 = N, t1 = 1, a1 = the hart's stop register.
+    // amo:  amoadd.d x0, t1, (a0); addi t0, t0, -1; bnez t0, amo
+    // lrsc: lr.d t2, (a0); addi t2, t2, 1; sc.d t3, t2, (a0);
+    //       bnez t3, lrsc; addi t0, t0, -1; bnez t0, lrsc
+    // then: sd zero, 0(a1); j .
+    let end = [store(3, 0, 11, 0), 0x6f];
+    let mut amo_loop = vec![amo(0, 3, 0, 10, 6), addi(5, 5, -1), bne(5, 0, -8)];
+    amo_loop.extend(end);
+    let mut lrsc_loop = vec![
+        amo(2, 3, 7, 10, 0),
+        addi(7, 7, 1),
+        amo(3, 3, 28, 10, 7),
+        bne(28, 0, -12),
+        addi(5, 5, -1),
+        bne(5, 0, -20),
+    ];
+    lrsc_loop.extend(end);
+    bus.put_words(PROG, &amo_loop);
+    bus.put_words(PROG + 0x100, &lrsc_loop);
+    let harts: Vec<Hart> = (0..4)
+        .map(|h| {
+            let mut hart = Hart::new_system(HartConfig {
+                hart_id: h,
+                clock: Arc::new(Clock::new(10_000_000)),
+                sbi_ecalls: false,
+            });
+            hart.set_jit(h != 2);
+            hart.set_x(10, RAM + DATA);
+            hart.set_x(5, N);
+            hart.set_x(6, 1);
+            hart.set_x(11, MMIO + 8 + 8 * h as u64);
+            hart.pc = RAM + PROG + if h % 2 == 0 { 0 } else { 0x100 };
+            hart
+        })
+        .collect();
+    bus.harts
+        .set(harts.iter().map(|h| h.control().clone()).collect())
+        .ok()
+        .unwrap();
+    let threads: Vec<_> = harts
+        .into_iter()
+        .map(|mut hart| {
+            let bus = bus.clone();
+            std::thread::spawn(move || {
+                assert!(matches!(hart.run_system(&*bus), Exit::Stopped));
+                hart.x[5]
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 0);
+    }
+    let c = bus.bytes();
+    let off = DATA as usize;
+    assert_eq!(
+        u64::from_le_bytes(c[off..off + 8].try_into().unwrap()),
+        4 * N
+    );
+}
