@@ -365,7 +365,7 @@ fn harts_count_exactly_with_amos_and_lr_sc() {
             hart.set_x(10, RAM + DATA);
             hart.set_x(5, N);
             hart.set_x(6, 1);
-            hart.set_x(11, MMIO + 8 + 8 * h as u64);
+            hart.set_x(11, MMIO + 8 + 8 * h);
             hart.pc = RAM + PROG + if h % 2 == 0 { 0 } else { 0x100 };
             hart
         })
