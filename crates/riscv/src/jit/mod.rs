@@ -1226,6 +1226,20 @@ mod sys_tests {
 
     /// M-mode prologue: mtvec = the STOP handler at `stop`, mepc = `s`
     /// (byte offsets from RAM), MPP = S, then `extra`, then mret.
+    /// M-mode code that turns on Sv39 with the root page table at `root`
+    /// (an offset into RAM), for [`to_s`]'s `extra`.
+    fn sv39_on(root: u64) -> [u32; 6] {
+        let satp_ppn = (RAM + root) >> 12;
+        [
+            lui(T1, (satp_ppn >> 12) as u32 & 0xf_ffff),
+            addi(T1, T1, (satp_ppn & 0xfff) as i32),
+            addi(T0, 0, 8),
+            itype(0x13, 1, T0, T0, 60), // slli t0, t0, 60
+            0x0053_6333,                // or t1, t1, t0
+            csr(1, 0, T1, 0x180),       // csrw satp, t1
+        ]
+    }
+
     fn to_s(stop: i32, s: i32, extra: &[u32]) -> Vec<u32> {
         let mut p = Vec::new();
         let here = |p: &Vec<u32>| 4 * p.len() as i32;
@@ -1323,15 +1337,7 @@ mod sys_tests {
         // handler stops with mcause 13), even though translated code,
         // which runs the csrc in place, had the page in SUM's TLB.
         let root = 0x8000u64;
-        let satp_ppn = (RAM + root) >> 12;
-        let extra = [
-            lui(T1, (satp_ppn >> 12) as u32 & 0xf_ffff),
-            addi(T1, T1, (satp_ppn & 0xfff) as i32),
-            addi(T0, 0, 8),
-            itype(0x13, 1, T0, T0, 60), // slli t0, t0, 60
-            0x0053_6333,                // or t1, t1, t0
-            csr(1, 0, T1, 0x180),       // csrw satp, t1
-        ];
+        let extra = sv39_on(root);
         let (s, stop) = (0x100, 0x300);
         let mut p = to_s(stop, s, &extra);
         p.resize(s as usize / 4, 0);
@@ -1553,16 +1559,8 @@ mod sys_tests {
         // entry a first block filled and runs the sfence.vma in place:
         // the read after it must see the new mapping.
         let (root, l1, l0, pa, pb) = (0x8000u64, 0xa000u64, 0xb000u64, 0xc000u64, 0xd000u64);
-        let satp_ppn = (RAM + root) >> 12;
         let pte = |pa: u64, flags: u64| (pa >> 12) << 10 | flags;
-        let extra = [
-            lui(T1, (satp_ppn >> 12) as u32 & 0xf_ffff),
-            addi(T1, T1, (satp_ppn & 0xfff) as i32),
-            addi(T0, 0, 8),
-            itype(0x13, 1, T0, T0, 60), // slli t0, t0, 60
-            0x0053_6333,                // or t1, t1, t0
-            csr(1, 0, T1, 0x180),       // csrw satp, t1
-        ];
+        let extra = sv39_on(root);
         let (s, stop) = (0x100, 0x300);
         let mut p = to_s(stop, s, &extra);
         p.resize(s as usize / 4, 0);
