@@ -994,6 +994,22 @@ impl Asm {
 }
 
 impl Jit {
+    /// Before a call of the interpreter on `i` (at `ipc`), through
+    /// [`helper`] or `helper_sys`, or of `csr_sys`: registers `i` in
+    /// the helper table, writes the register cache back and forgets it
+    /// (the call reads and writes guest registers in `Core::x` and
+    /// clobbers the cache's host registers), and loads the arguments
+    /// (ctx, the table index, the pc).
+    fn helper_args(&mut self, a: &mut Asm, i: &Insn, ipc: u64) {
+        let idx = self.helpers.len() as u32;
+        self.helpers.push(*i);
+        a.flush_dirty(a.cache.dirty_map());
+        a.cache.forget_all();
+        a.mov_rr(RDI, R14);
+        a.mov_imm(RSI, idx as u64);
+        a.mov_imm(RDX, ipc);
+    }
+
     pub(super) fn emit_code(
         &mut self,
         at: usize,
@@ -1400,13 +1416,7 @@ impl Jit {
                     // on; it traps (nothing changed), the interpreter
                     // redoes it; done, the run loop's checks next; done,
                     // on through the dispatch.
-                    let idx = self.helpers.len() as u32;
-                    self.helpers.push(*i);
-                    a.flush_dirty(a.cache.dirty_map());
-                    a.cache.forget_all();
-                    a.mov_rr(RDI, R14);
-                    a.mov_imm(RSI, idx as u64);
-                    a.mov_imm(RDX, ipc);
+                    self.helper_args(&mut a, i, ipc);
                     // call [r14 + csr]
                     a.op_m(false, &[0xff], 2, R14, ctx_off(offset_of!(Ctx, csr)));
                     a.load(R12, R14, ctx_off(offset_of!(Ctx, membase)));
@@ -1434,15 +1444,7 @@ impl Jit {
                     a.exit_pc(epi, ipc, EXIT_SLOW);
                 }
                 _ => {
-                    let idx = self.helpers.len() as u32;
-                    self.helpers.push(*i);
-                    // The call reads and writes guest registers in
-                    // `Core::x` and clobbers the cache's host registers.
-                    a.flush_dirty(a.cache.dirty_map());
-                    a.cache.forget_all();
-                    a.mov_rr(RDI, R14);
-                    a.mov_imm(RSI, idx as u64);
-                    a.mov_imm(RDX, ipc);
+                    self.helper_args(&mut a, i, ipc);
                     let user: extern "sysv64" fn(*mut Ctx, u32, u64) -> u32 = helper;
                     a.mov_imm(RAX, sys.unwrap_or(user as usize) as u64);
                     a.b.extend_from_slice(&[0xff, 0xd0]); // call rax
