@@ -140,7 +140,7 @@ struct Ctx {
     site: u64,
     /// Guest instructions retired since entry.
     icount: u64,
-    /// User mode: the return-address stack (see [`Ras`]).
+    /// The return-address stack (see [`Ras`]).
     ras: *mut Ras,
     table: *const Entry,
     core: *mut Core,
@@ -183,7 +183,7 @@ const EMPTY: Entry = Entry {
 /// chains wrap around and lose their oldest predictions).
 const RAS_SIZE: usize = 32;
 
-/// User mode: a return-address stack, as CPUs predict returns. A call
+/// A return-address stack, as CPUs predict returns. A call
 /// (`jal`/`jalr` writing x1 or x5) pushes its return address and the
 /// address of a chained exit to it in the calling block; a return
 /// (`jalr x0` through x1 or x5) pops the top and, when the address
@@ -192,7 +192,10 @@ const RAS_SIZE: usize = 32;
 /// badly, and whose entries are often not in the cache). A mismatch
 /// only costs the lookup. `tag` `u64::MAX` (odd, never a jump target)
 /// marks an empty entry; `Jit::flush` empties them all, since their
-/// code goes with it.
+/// code goes with it. In system mode the exit is a guarded chained exit
+/// (fetch TLB, physical page, fence epoch: see `Asm::sys_chain_exit`),
+/// so a prediction pushed under another address space or before its
+/// target's page changed fails the guard into the inline dispatch.
 #[repr(C)]
 struct Ras {
     /// Index of the top entry (generated code reads and writes its low
@@ -235,7 +238,7 @@ pub(crate) struct Jit {
     dispatch: usize,
     dispatch_sys: usize,
     table: Box<[Entry]>,
-    /// User mode: predicted returns, read and written by generated code.
+    /// Predicted returns, read and written by generated code.
     ras: Box<Ras>,
     /// Every block translated since the last flush (the table above is a
     /// direct-mapped cache of it for generated code; a block evicted from
@@ -913,9 +916,9 @@ impl Jit {
                 pc: 0,
                 site: 0,
                 icount: 0,
-                // System mode predicts no returns (a return address means
-                // nothing once satp changes).
-                ras: std::ptr::null_mut(),
+                // Return landings check the fetch TLB (see `emit_code`):
+                // a prediction made under another satp only misses.
+                ras: &mut *self.ras,
                 table: self.table.as_ptr(),
                 core: core_ptr,
                 space: std::ptr::null(),
@@ -1670,6 +1673,114 @@ mod sys_tests {
             // 1, then 2: s1 = 1 * 2 + 2.
             assert_eq!(x[9], 4, "jit {jit}");
         }
+    }
+
+    fn jal(rd: u32, off: i32) -> u32 {
+        let o = off as u32;
+        (o >> 20 & 1) << 31
+            | (o >> 1 & 0x3ff) << 21
+            | (o >> 11 & 1) << 20
+            | (o >> 12 & 0xff) << 12
+            | rd << 7
+            | 0x6f
+    }
+    fn jalr(rd: u32, rs1: u32) -> u32 {
+        itype(0x67, 0, rd, rs1, 0)
+    }
+
+    #[test]
+    fn a_predicted_return_sees_its_page_mapped_elsewhere() {
+        // Sv39, S-mode: code at VA 0x9000 calls f, which returns through
+        // a `ret` at VA 0x9020. The first call returns into page A
+        // (predicted, and the return landing gets patched to A's
+        // block); the second call remaps 0x9000 to page B (sfence.vma,
+        // then the `ret` in B fills the fetch TLB with it): the same
+        // predicted return address must now run B's code.
+        let (root, l1, l0, pa, pb) = (0x8000u64, 0xa000u64, 0xb000u64, 0xc000u64, 0xd000u64);
+        let pte = |pa: u64, flags: u64| (pa >> 12) << 10 | flags;
+        let extra = sv39_on(root);
+        let (s, stop, f) = (0x100, 0x300, 0x400);
+        let mut p = to_s(stop, s, &extra);
+        p.resize(s as usize / 4, 0);
+        let (t3, t4, t5, t6, s4) = (28, 29, 30, 31, 20);
+        p.push(lui(T2, 0x9));
+        p.extend(li_ram(t3, RAM + l0 + 9 * 8));
+        p.extend(li_ram(t4, pte(RAM + pa, 0xcf)));
+        p.extend(li_ram(t5, pte(RAM + pb, 0xcf)));
+        p.extend(li_ram(s4, RAM + f));
+        p.push(lui(t6, 0x9));
+        p.push(addi(t6, t6, 0x20));
+        p.push(addi(12, 0, 3)); // a2 = 3 passes at most
+        p.push(jalr(0, T2));
+        p.resize(stop as usize / 4, 0);
+        p.extend(STOP);
+        p.resize(f as usize / 4, 0);
+        p.extend([
+            store(3, t4, t3, 0),    // sd t4, 0(t3): map A or B
+            0x1200_0073 | T2 << 15, // sfence.vma t2
+            jalr(0, t6),            // to the `ret` at 0x9020
+        ]);
+        let page_a = [
+            jalr(1, s4),           // call f
+            addi(10, 10, 1),       // a0 += 1
+            addi(t4, t5, 0),       // the next call maps B
+            addi(12, 12, -1),      // a2 -= 1
+            branch(1, 12, 0, -16), // bne a2, zero, the call
+            ECALL,
+        ];
+        let page_b = [jalr(1, s4), addi(10, 10, 100), ECALL];
+        let ret = [0x0000_8067]; // jalr x0, 0(ra)
+        let setup = |bus: &DmaBus| {
+            let put64 = |at: u64, v: u64| bus.put(RAM + at, &[v as u32, (v >> 32) as u32]);
+            put64(root, pte(RAM + l1, 1));
+            put64(root + 16, pte(RAM, 0xcf)); // RAM's own addresses, V R W X A D
+            put64(l1, pte(RAM + l0, 1));
+            put64(l0 + 9 * 8, pte(RAM + pa, 0xcf));
+            bus.put(RAM + pa, &page_a);
+            bus.put(RAM + pa + 0x20, &ret);
+            bus.put(RAM + pb, &page_b);
+            bus.put(RAM + pb + 0x20, &ret);
+        };
+        let interp = run_prog(&p, setup, false);
+        let jit = run_prog(&p, setup, true);
+        assert_eq!(interp, jit);
+        // Once through A, then into B (ecall from S: mcause 9).
+        assert_eq!((jit[10], jit[12], jit[18]), (101, 2, 9));
+    }
+
+    #[test]
+    fn a_predicted_return_sees_code_rewritten_at_its_address() {
+        // M-mode: f (in another page) stores a word at its caller's
+        // return address, runs fence.i and returns. The first pass
+        // stores the word already there (and patches the return's
+        // landing); the second changes it: the predicted return must
+        // run the new instruction.
+        let (t3, t4, t5) = (28, 29, 30);
+        let mut p = Vec::new();
+        p.extend(la(t3, 32)); // t3 = the return address below
+        p.extend([lui(t4, 0x150), addi(t4, t4, 0x513)]); // addi a0, a0, 1
+        p.extend([lui(t5, 0x6450), addi(t5, t5, 0x513)]); // addi a0, a0, 100
+        p.push(addi(12, 0, 2)); // a2 = 2 passes
+        assert_eq!(p.len(), 7);
+        p.extend([
+            jal(1, 0x1000 - 28), // 28: jal ra, f
+            0x0015_0513,         // 32: addi a0, a0, 1 (rewritten)
+            addi(t4, t5, 0),     // the next call writes the new word
+            addi(12, 12, -1),
+            branch(1, 12, 0, -16), // bne a2, zero, the call
+            0x1000_02b7,           // lui t0, 0x10000
+            0x0002_a423,           // sw zero, 8(t0): stop
+            0x0000_006f,           // j .
+        ]);
+        let f = [
+            store(2, t4, t3, 0), // sw t4, 0(t3)
+            0x0000_100f,         // fence.i
+            0x0000_8067,         // ret
+        ];
+        let interp = run_prog(&p, |bus| bus.put(RAM + 0x1000, &f), false);
+        let jit = run_prog(&p, |bus| bus.put(RAM + 0x1000, &f), true);
+        assert_eq!(interp, jit);
+        assert_eq!(jit[10], 101);
     }
 
     #[test]

@@ -54,7 +54,7 @@ struct Frame {
     /// (And the cache's dirty registers there, which the exit writes
     /// back.)
     taken: Vec<(usize, usize, u64, CacheMap)>,
-    /// User mode, calls: (offset of the `lea`'s disp32 that points at
+    /// Calls: (offset of the `lea`'s disp32 that points at
     /// the return landing, return address), each landing an out-of-line
     /// chained exit to the return address (see [`super::Ras`]).
     landings: Vec<(usize, u64)>,
@@ -120,7 +120,7 @@ impl Frame {
             a.chain_exit(self.epilogue, target, fwd);
         }
     }
-    /// User mode, a call: pushes `ret` (the return address) and its
+    /// A call: pushes `ret` (the return address) and its
     /// landing (see [`super::Ras`]) on the return-address stack.
     /// Clobbers rax, rcx and rdx only.
     fn ras_push(&mut self, a: &mut Asm, ret: u64) {
@@ -139,7 +139,7 @@ impl Frame {
         self.landings.push((a.b.len() - 4, ret));
         a.store(RDX, 24, RAX);
     }
-    /// User mode, a return to rax (stored in `Ctx::pc`, everything
+    /// A return to rax (stored in `Ctx::pc`, everything
     /// written back and counted): pops the return-address stack and
     /// jumps to the landing when its address is rax's; otherwise goes
     /// on (to the dispatch the caller emits next). Clobbers rcx, rdx
@@ -1473,9 +1473,18 @@ impl Jit {
         // checks (as if from a block after it): a return can go back
         // to a lower address, and a chain of predicted returns could
         // otherwise loop without one.
+        // System mode: always behind the guard of a chained exit to
+        // another page (fetch TLB, physical page, fence epoch), even to
+        // this block's page: the return may run in another address
+        // space than the call (after a context switch, say), where the
+        // same address maps other code.
         for &(at, ret) in &f.landings {
             a.bind(at);
-            f.static_exit_from(&mut a, ret, u64::MAX);
+            if f.sys.is_some() {
+                a.sys_chain_exit(f.epilogue, f.dispatch_sys, ret);
+            } else {
+                f.static_exit_from(&mut a, ret, u64::MAX);
+            }
         }
         a.bind(attn1);
         if let Some(at) = attn3 {

@@ -203,7 +203,7 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
                 a.mov_imm(RAX, next);
                 a.st_x(rd, RAX);
             }
-            if f.sys.is_none() && is_link(rd) {
+            if is_link(rd) {
                 f.ras_push(a, next);
             }
             let target = ipc.wrapping_add(imm as i64 as u64);
@@ -215,10 +215,10 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
         Jalr => {
             // A call pushes its return address, before rax gets the
             // target; a return pops it (see `jit::Ras`).
-            if f.sys.is_none() && is_link(rd) {
+            if is_link(rd) {
                 f.ras_push(a, next);
             }
-            let ret = f.sys.is_none() && rd == ZERO_SINK && is_link(i.rs1) && imm == 0;
+            let ret = rd == ZERO_SINK && is_link(i.rs1) && imm == 0;
             a.ld_x(RAX, i.rs1);
             if imm != 0 {
                 a.alu_imm(true, ADD, RAX, imm);
@@ -231,12 +231,12 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
             a.flush_dirty(a.cache.dirty_map());
             a.add_icount(k as u32 + 1);
             a.store(R14, ctx_off(offset_of!(Ctx, pc)), RAX);
+            if ret {
+                f.ras_pop(a);
+            }
             if f.sys.is_some() {
                 a.jmp_abs(f.dispatch_sys);
             } else {
-                if ret {
-                    f.ras_pop(a);
-                }
                 a.jmp_abs(f.dispatch);
             }
         }
