@@ -75,37 +75,36 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
             a.mov_rr(RCX, RAX);
         }
         a.shift_imm(true, SHR, RCX, 12);
+        // rdx = 6 * the entry's index, so that the entry is at
+        // r12 + rdx * 8 (an entry is 48 bytes): the scale of the
+        // address does the rest of the multiplication and the add.
         a.op_rr(false, &[0x89], RAX, RDX); // mov edx, eax
-        a.shift_imm(false, SHR, RDX, 12);
-        a.alu_imm(false, AND, RDX, (TLB_SIZE - 1) as i32);
+        a.shift_imm(false, SHR, RDX, 11);
+        a.alu_imm(false, AND, RDX, 2 * (TLB_SIZE - 1) as i32);
         a.b.extend_from_slice(&[0x8d, 0x14, 0x52]); // lea edx, [rdx + rdx*2]
-        a.shift_imm(false, SHL, RDX, 4); // * 48 = size of a TLB entry
-        a.alu_rr(true, ADD, RDX, R12);
+        const _: () = assert!(std::mem::size_of::<crate::mmu::Entry>() == 6 * 8);
         let tag = if is_store {
             offset_of!(crate::mmu::Entry, tag_w)
         } else {
             offset_of!(crate::mmu::Entry, tag_r)
         };
-        a.op_m(true, &[0x3b], RCX, RDX, tag as i32); // cmp rcx, [rdx + tag]
+        // cmp rcx, [r12 + rdx*8 + tag]
+        a.op_bi8d(true, &[0x3b], RCX, R12, RDX, tag as i32);
         f.slow.push((a.jcc(CC_NE), k, a.cache.dirty_map()));
         if is_store {
             // Stores into pages holding translated code take the
             // slow path (it drops the stale translations).
             // (rcx, the vpn, is free after the tag compare; rsi and rdi
             // belong to the register cache.)
-            a.load(RCX, RDX, offset_of!(crate::mmu::Entry, code) as i32);
+            let code = offset_of!(crate::mmu::Entry, code) as i32;
+            a.op_bi8d(true, &[0x8b], RCX, R12, RDX, code);
             a.op_m(false, &[0x80], 7, RCX, 0); // cmp byte [rcx], 0
             a.u8(0);
             f.slow.push((a.jcc(CC_NE), k, a.cache.dirty_map()));
         }
-        // add rax, [rdx + addend]: the host address.
-        a.op_m(
-            true,
-            &[0x03],
-            RAX,
-            RDX,
-            offset_of!(crate::mmu::Entry, addend) as i32,
-        );
+        // add rax, [r12 + rdx*8 + addend]: the host address.
+        let addend = offset_of!(crate::mmu::Entry, addend) as i32;
+        a.op_bi8d(true, &[0x03], RAX, R12, RDX, addend);
         if is_store {
             a.ld_x(RDX, i.rs2);
             match n {
