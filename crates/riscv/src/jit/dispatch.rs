@@ -65,7 +65,8 @@ pub(super) fn write(a: &mut Asm) -> Routines {
     // dispatch_sys: rax = virtual pc, already in ctx.pc. Translates it
     // through the fetch TLB (a miss or MMIO: back to Rust), then looks
     // up (virtual pc, physical pc) in the system table, whose page must
-    // also be verified in the current fence epoch (see `fence_i`).
+    // also be verified in the current fence epoch (see `fence_i`; a page
+    // checked in an earlier one is compared here, by `recheck_page`).
     let dispatch_sys = a.addr();
     a.mov_rr(RCX, RAX);
     a.shift_imm(true, SHR, RCX, 12);
@@ -103,8 +104,24 @@ pub(super) fn write(a: &mut Asm) -> Routines {
     a.load(RDX, RCX, offset_of!(SysSlot, epoch) as i32);
     a.load(RDX, RDX, 0);
     a.op_m(true, &[0x3b], RDX, R14, ctx_off(offset_of!(Ctx, epoch)));
-    let miss2 = a.jcc(CC_NE);
+    let stale = a.jcc(CC_NE);
+    let go = a.addr();
     a.op_m(false, &[0xff], 4, RCX, offset_of!(SysSlot, code) as i32); // jmp [rcx + code]
+                                                                      // A page last checked in an earlier epoch: `recheck_page` compares
+                                                                      // it here (rsp stays 16-byte aligned across the call; rcx, the
+                                                                      // slot, is kept on the stack; the register cache is dead at a
+                                                                      // block's end) and, unchanged, the block is entered.
+    a.bind(stale);
+    a.u8(0x51); // push rcx
+    a.alu_imm(true, SUB, 4, 8); // sub rsp, 8
+    a.load(RDI, RCX, offset_of!(SysSlot, epoch) as i32);
+    a.load(RSI, R14, ctx_off(offset_of!(Ctx, epoch)));
+    a.op_m(false, &[0xff], 2, R14, ctx_off(offset_of!(Ctx, recheck))); // call [r14 + recheck]
+    a.alu_imm(true, ADD, 4, 8); // add rsp, 8
+    a.u8(0x59); // pop rcx
+    a.op_rr(false, &[0x85], RAX, RAX); // test eax, eax
+    let changed = a.jcc(CC_E);
+    a.jmp_abs(go);
     a.bind(way1);
     a.bind(way1b);
     a.op_m(true, &[0x3b], RAX, RCX, 32 + vpc);
@@ -113,7 +130,7 @@ pub(super) fn write(a: &mut Asm) -> Routines {
     let miss4 = a.jcc(CC_NE);
     a.alu_imm(true, ADD, RCX, 32);
     a.jmp_abs(hit);
-    for m in [miss1, miss2, miss3, miss4] {
+    for m in [miss1, changed, miss3, miss4] {
         a.bind(m);
     }
     a.mov_imm(RAX, EXIT_DISPATCH as u64);

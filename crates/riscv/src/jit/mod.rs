@@ -165,6 +165,8 @@ struct Ctx {
     space_size: u64,
     /// System mode: [`csr_sys`] for this run's bus.
     csr: usize,
+    /// System mode: [`recheck_page`].
+    recheck: usize,
 }
 
 #[repr(C)]
@@ -277,7 +279,7 @@ pub(crate) struct Jit {
     /// never reached, so those guards fail); freed with the code. (The
     /// boxes moved out of `SysPage`s: guards hold their addresses.)
     #[allow(clippy::vec_box)]
-    dead_epochs: Vec<Box<std::cell::Cell<u64>>>,
+    dead_epochs: Vec<Box<PageCheck>>,
     /// Translating for a system-mode hart (set by the first `run_sys`).
     sys_mode: bool,
     /// User mode: where inline loads and stores are and their slow exits,
@@ -313,14 +315,71 @@ const NO_SLOT: SysSlot = SysSlot {
 
 /// A physical page holding translated code (system mode).
 struct SysPage {
-    /// The page's bytes when its first block was translated.
-    copy: Box<[u8]>,
-    /// Fence epoch at which the page was last compared with `copy`. Boxed:
-    /// table slots of the page's blocks point at it (see [`SysSlot`]), and
-    /// generated code reads it through them.
-    epoch: Box<std::cell::Cell<u64>>,
+    /// When the page was last found unchanged. Boxed: table slots of the
+    /// page's blocks point at it (see [`SysSlot`]), and generated code
+    /// reads it through them.
+    check: Box<PageCheck>,
     /// Blocks translated from it: (virtual pc, physical pc).
     blocks: Vec<(u64, u64)>,
+}
+
+/// What checks a page of translated code against writes no hart made
+/// (see [`Jit::fence_i`]), from Rust or from the inline dispatch (see
+/// [`recheck_page`]).
+#[repr(C)]
+struct PageCheck {
+    /// Fence epoch at which the page was last compared with `copy`
+    /// (first: generated code reads it at the address slots hold);
+    /// `u64::MAX` once the page's translations are dropped.
+    epoch: std::cell::Cell<u64>,
+    /// The page in host memory (guest RAM, mapped for the machine's
+    /// life).
+    host: *const u8,
+    /// The page's bytes when its first block was translated (emptied
+    /// when dropped).
+    copy: Box<[u8]>,
+    /// The bytes the page's blocks were decoded from, `lo..hi`: only
+    /// those are compared (a kernel page's translated functions are
+    /// often a small part of it, and Linux checks pages some 400k
+    /// times per boot).
+    lo: usize,
+    hi: usize,
+}
+
+impl PageCheck {
+    /// Whether the bytes translated code was made from are as they were.
+    fn unchanged(&self, now: &[u8]) -> bool {
+        self.copy[self.lo..self.hi] == now[self.lo..self.hi]
+    }
+}
+
+const _: () = assert!(std::mem::offset_of!(PageCheck, epoch) == 0);
+
+/// System mode, from the inline dispatch: the block it found belongs to
+/// a page last checked in an earlier fence epoch. Compares the page with
+/// its copy and, unchanged, marks it checked in `epoch` (the current
+/// one) and returns 1: the dispatch enters the block, where a trip
+/// through the run loop (out of generated code and back, finding the
+/// block again) would do the same (Linux runs tens of thousands of
+/// `fence.i` per boot, each followed by such a check of every page it
+/// runs code from). 0: changed, or dropped: the run loop decides.
+extern "sysv64" fn recheck_page(check: *const PageCheck, epoch: u64) -> u32 {
+    // SAFETY: the dispatch passes the check a live table slot points at
+    // (`drop_page` and `flush` empty the slots of the pages they drop),
+    // owned by this hart's `Jit`, which generated code runs under.
+    let c = unsafe { &*check };
+    if c.epoch.get() == u64::MAX {
+        return 0;
+    }
+    // SAFETY: `host` is the start of a guest RAM page (see `PageCheck`),
+    // as `code_for_sys` reads it.
+    let now = unsafe { std::slice::from_raw_parts(c.host, crate::PAGE_SIZE as usize) };
+    if c.unchanged(now) {
+        c.epoch.set(epoch);
+        1
+    } else {
+        0
+    }
 }
 
 // The inline dispatch of system mode scales the slot index by 32.
@@ -449,8 +508,10 @@ impl Jit {
     /// pages holding code already drop translations (code marks, see
     /// [`crate::CodeMap`]); what a fence must still catch are writes no
     /// hart made (device DMA into RAM). So each page is compared with the
-    /// copy taken when it was translated, once per fence, when next
-    /// entered from the run loop; a changed page loses its blocks. Chained
+    /// copy taken when it was translated (the bytes its blocks came
+    /// from, see [`PageCheck`]), once per fence, when next entered from
+    /// the run loop or the inline dispatch (see [`recheck_page`]); a
+    /// changed page loses its blocks. Chained
     /// jumps never leave a page in system mode, so code reached through
     /// them belongs to a page already checked.
     pub(crate) fn fence_i(&mut self) {
@@ -471,8 +532,10 @@ impl Jit {
     /// slots pointing at its epoch).
     fn drop_page(&mut self, ppage: u64) {
         if let Some(p) = self.sys_pages.remove(&ppage) {
-            p.epoch.set(u64::MAX);
-            self.dead_epochs.push(p.epoch);
+            let mut check = p.check;
+            check.epoch.set(u64::MAX);
+            check.copy = Box::default();
+            self.dead_epochs.push(check);
             for (v, pp) in p.blocks {
                 self.sys_blocks.remove(&(v, pp));
                 let set = Self::sys_slot(v, pp);
@@ -647,6 +710,7 @@ impl Jit {
                 epoch: 0,
                 space_size: space.size(),
                 csr: 0,
+                recheck: 0,
             };
             // Host faults of inline accesses resume at their slow exits
             // while the code runs.
@@ -742,9 +806,9 @@ impl Jit {
         };
         let epoch = self.fence_epoch;
         match self.sys_pages.get_mut(&ppage) {
-            Some(p) if p.epoch.get() != epoch => {
-                if *p.copy == *page_bytes {
-                    p.epoch.set(epoch);
+            Some(p) if p.check.epoch.get() != epoch => {
+                if p.check.unchanged(page_bytes) {
+                    p.check.epoch.set(epoch);
                 } else {
                     self.drop_page(ppage);
                 }
@@ -762,7 +826,7 @@ impl Jit {
         }
         if let Some(&code) = self.sys_blocks.get(&(pc, pa)) {
             if let Some(p) = self.sys_pages.get(&ppage) {
-                let epoch = p.epoch.as_ptr();
+                let epoch = p.check.epoch.as_ptr();
                 self.sys_insert(
                     slot,
                     SysSlot {
@@ -805,13 +869,25 @@ impl Jit {
             if self.last_skip != 0 {
                 self.skips.insert(at, self.last_skip);
             }
+            // The bytes the block was decoded from (a generous end: every
+            // instruction counted 4 bytes long, and the end marker too).
+            let lo = (pc - page) as usize;
+            let len = insns.iter().map(|i| i.off as usize + 4).max().unwrap_or(4);
+            let hi = (lo + len).min(page_bytes.len());
             let p = self.sys_pages.entry(ppage).or_insert_with(|| SysPage {
-                copy: page_bytes.into(),
-                epoch: Box::new(std::cell::Cell::new(epoch)),
+                check: Box::new(PageCheck {
+                    epoch: std::cell::Cell::new(epoch),
+                    host: page_bytes.as_ptr(),
+                    copy: page_bytes.into(),
+                    lo,
+                    hi,
+                }),
                 blocks: Vec::new(),
             });
+            p.check.lo = p.check.lo.min(lo);
+            p.check.hi = p.check.hi.max(hi);
             p.blocks.push((pc, pa));
-            let epoch = p.epoch.as_ptr();
+            let epoch = p.check.epoch.as_ptr();
             self.sys_insert(
                 slot,
                 SysSlot {
@@ -934,6 +1010,7 @@ impl Jit {
                 epoch: self.fence_epoch,
                 space_size: 0,
                 csr: csr_sys::<B> as extern "sysv64" fn(*mut Ctx, u32, u64) -> u32 as usize,
+                recheck: recheck_page as extern "sysv64" fn(*const PageCheck, u64) -> u32 as usize,
             };
             // SAFETY: `code` is the entry of a block translated into this
             // hart's buffer for the current code generation, and the
@@ -1781,6 +1858,35 @@ mod sys_tests {
         let jit = run_prog(&p, |bus| bus.put(RAM + 0x1000, &f), true);
         assert_eq!(interp, jit);
         assert_eq!(jit[10], 101);
+    }
+
+    #[test]
+    fn pages_rechecked_by_the_inline_dispatch_see_code_a_device_wrote() {
+        // fence.i on every pass: the call to f (another page) finds
+        // f's page last checked before it; the dispatch compares the page
+        // in place (unchanged on the second pass), until the device
+        // rewrites f (on the second pass), after which the third call
+        // must run the new code.
+        let p = [
+            addi(9, 0, 0),           // s1 = 0
+            addi(18, 0, 3),          // s2 = 3 passes
+            0x1000_02b7,             // lui t0, 0x10000
+            addi(19, 0, 1),          // s3 = 1
+            jal(1, 0x1000 - 16),     // 16: jal ra, f
+            itype(0x13, 1, 9, 9, 4), // slli s1, s1, 4
+            add(9, 9, 10),           // s1 += a0
+            addi(18, 18, -1),        // s2 -= 1
+            branch(1, 18, 19, 8),    // bne s2, s3, the fence
+            0x0002_a023,             // sw zero, 0(t0): the device rewrites f
+            0x0000_100f,             // fence.i
+            branch(1, 18, 0, -28),   // bne s2, zero, the call
+            0x0002_a423,             // sw zero, 8(t0): stop
+            0x0000_006f,             // j .
+        ];
+        let interp = run_prog(&p, |bus| bus.put(RAM + 0x1000, &F1), false);
+        let jit = run_prog(&p, |bus| bus.put(RAM + 0x1000, &F1), true);
+        assert_eq!(interp, jit);
+        assert_eq!(jit[9], 0x112);
     }
 
     #[test]
