@@ -843,6 +843,16 @@ impl Jit {
         if let Some(s) = mem.code_map().slot(pa) {
             s.store(1, std::sync::atomic::Ordering::SeqCst);
         }
+        // A new page's copy is taken before decoding: a device writing the
+        // page in between then makes the next fence's compare fail (and
+        // the block go), where a copy taken after it would match the new
+        // bytes and keep a block decoded from the old ones. (Also when
+        // the flush below may drop the page's entry: a block has at most
+        // one helper per 2-byte instruction of the page, and its end.)
+        let may_flush = self.len + HEADROOM > CODE_SIZE
+            || self.helpers.len() + crate::PAGE_SIZE as usize / 2 + 1 > MAX_HELPERS;
+        let fresh_copy: Option<Box<[u8]>> =
+            (may_flush || !self.sys_pages.contains_key(&ppage)).then(|| page_bytes.into());
         let crosses = decode_block(pc, &mut insns, |a| {
             // SAFETY: `host` points at the RAM byte of `pc`; `a` stays in
             // the same guest page (decode_block never leaves it), so the
@@ -878,7 +888,7 @@ impl Jit {
                 check: Box::new(PageCheck {
                     epoch: std::cell::Cell::new(epoch),
                     host: page_bytes.as_ptr(),
-                    copy: page_bytes.into(),
+                    copy: fresh_copy.unwrap_or_else(|| page_bytes.into()),
                     lo,
                     hi,
                 }),
