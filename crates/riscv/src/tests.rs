@@ -1140,8 +1140,7 @@ fn jit_store_into_running_code_page() {
 }
 
 /// Calls and returns as the JIT predicts them (a return-address stack):
-/// a recursion deeper than the stack (the outer returns find their
-/// entries overwritten), a return to an address other than the pushed
+/// a recursion 40 deep, a return to an address other than the pushed
 /// one, and x5 as the link register, three times over so that every
 /// block is translated and chained; the JIT agrees with the interpreter.
 #[test]
@@ -1187,6 +1186,47 @@ fn jit_predicted_returns_match_interpreter() {
         assert_eq!(a.x(r), b.x(r), "x{r} differs");
     }
     assert!(ma == mb, "DATA page differs");
+}
+
+/// The return-address stack's bounds: a recursion deeper than the stack
+/// holds (a push onto a full stack empties it, so the outer returns find
+/// it empty), then calls that never return (more than the stack holds),
+/// then a call and its return; the JIT agrees with the interpreter.
+#[test]
+fn jit_return_stack_overflow_matches_interpreter() {
+    const STACK: u64 = 0x40000;
+    let jalr = |rd, rs1, imm| i(0x67, 0, rd, rs1, imm);
+    // More than twice `jit::RAS_DEPTH` (256).
+    let depth = 600;
+    let prog = [
+        lui(2, (STACK as u32 + 0x8000) >> 12), // 0: sp = top of STACK
+        addi(10, 0, depth),                    // 4
+        jal(1, 28),                            // 8: call F (36)
+        addi(13, 0, 700),                      // 12
+        jal(1, 4),                             // 16: call 20, never returns
+        addi(13, 13, -1),                      // 20
+        b(1, 13, 0, -8),                       // 24: again while x13 != 0
+        jal(1, 44),                            // 28: call G (72)
+        ECALL,                                 // 32
+        b(0, 10, 0, 28),                       // 36: F: if x10 == 0 goto 64
+        addi(2, 2, -16),                       // 40
+        s(3, 2, 1, 0),                         // 44: sd ra, 0(sp)
+        addi(10, 10, -1),                      // 48
+        jal(1, -16),                           // 52: call F
+        i(0x03, 3, 1, 2, 0),                   // 56: ld ra, 0(sp)
+        addi(2, 2, 16),                        // 60
+        addi(11, 11, 1),                       // 64: counts returns
+        jalr(0, 1, 0),                         // 68: ret
+        addi(12, 12, 1),                       // 72: G
+        jalr(0, 1, 0),                         // 76: ret
+    ];
+    let (h, e) = same_both_ways(&prog, |sp| {
+        sp.map_anonymous(STACK, 0x8000, perm::R | perm::W).unwrap();
+    });
+    assert_eq!(e, Exit::Ecall);
+    assert_eq!(h.pc, CODE + 32);
+    assert_eq!(h.x(11), depth as u64 + 1, "returns counted");
+    assert_eq!((h.x(12), h.x(13)), (1, 0));
 }
 
 /// A call pushes a predicted return into code that a store then drops

@@ -7,7 +7,7 @@
 use std::mem::offset_of;
 
 use super::x86::*;
-use super::{Ctx, SysSlot, EXIT_DISPATCH, HASH_MUL, SET_BITS, SYS_SET_BITS};
+use super::{Ctx, SysSlot, EXIT_DISPATCH, HASH_MUL, RAS_DEPTH, SET_BITS, SYS_SET_BITS};
 use crate::mmu::TLB_SIZE;
 
 /// Addresses of the fixed routines.
@@ -30,18 +30,24 @@ pub(super) fn write(a: &mut Asm) -> Routines {
     // enter(ctx: rdi, code: rsi)
     let enter = a.addr();
     a.b.extend_from_slice(&[0x53, 0x55, 0x41, 0x54, 0x41, 0x55, 0x41, 0x56, 0x41, 0x57]);
-    a.alu_imm(true, SUB, 4, 8); // sub rsp, 8: 16-byte alignment for calls
+    a.alu_imm(true, SUB, RSP, 8); // sub rsp, 8: 16-byte alignment for calls
     a.mov_rr(R14, RDI);
     a.load(RBX, R14, ctx_off(offset_of!(Ctx, xregs)));
     a.load(R12, R14, ctx_off(offset_of!(Ctx, membase)));
     a.load(R15, R14, ctx_off(offset_of!(Ctx, attn)));
+    // The return-address stack grows down from here (see `RAS_DEPTH`).
+    a.store(R14, ctx_off(offset_of!(Ctx, ras_base)), RSP);
+    a.op_m(true, &[0x8d], RAX, RSP, -16 * RAS_DEPTH as i32); // lea rax, [rsp - 16 * depth]
+    a.store(R14, ctx_off(offset_of!(Ctx, ras_limit)), RAX);
     // rbp counts the instructions retired since entry (see
     // `Asm::add_icount`); the epilogue stores it in `Ctx::icount`.
     a.op_rr(false, &[0x31], RBP, RBP); // xor ebp, ebp
     a.b.extend_from_slice(&[0xff, 0xe6]); // jmp rsi
     let epilogue = a.addr();
     a.store(R14, ctx_off(offset_of!(Ctx, icount)), RBP);
-    a.alu_imm(true, ADD, 4, 8);
+    // Drops what the return-address stack holds.
+    a.load(RSP, R14, ctx_off(offset_of!(Ctx, ras_base)));
+    a.alu_imm(true, ADD, RSP, 8);
     a.b.extend_from_slice(&[
         0x41, 0x5f, 0x41, 0x5e, 0x41, 0x5d, 0x41, 0x5c, 0x5d, 0x5b, 0xc3,
     ]);

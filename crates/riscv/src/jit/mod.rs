@@ -140,8 +140,12 @@ struct Ctx {
     site: u64,
     /// Guest instructions retired since entry.
     icount: u64,
-    /// The return-address stack (see [`Ras`]).
-    ras: *mut Ras,
+    /// The host stack pointer at entry, where the return-address stack
+    /// starts (empty), and its lowest allowed value (full); `enter` sets
+    /// both, the epilogue restores the stack pointer from the first. See
+    /// [`RAS_DEPTH`].
+    ras_base: u64,
+    ras_limit: u64,
     table: *const Entry,
     core: *mut Core,
     space: *const UserSpace,
@@ -181,42 +185,27 @@ const EMPTY: Entry = Entry {
     code: 0,
 };
 
-/// Entries of the return-address stack, a power of two (deeper call
-/// chains wrap around and lose their oldest predictions).
-const RAS_SIZE: usize = 32;
-
-/// A return-address stack, as CPUs predict returns. A call
-/// (`jal`/`jalr` writing x1 or x5) pushes its return address and the
-/// address of a chained exit to it in the calling block; a return
-/// (`jalr x0` through x1 or x5) pops the top and, when the address
-/// matches, jumps straight to that exit instead of looking its target
-/// up in the shared table (whose single indirect jump the host predicts
-/// badly, and whose entries are often not in the cache). A mismatch
-/// only costs the lookup. `tag` `u64::MAX` (odd, never a jump target)
-/// marks an empty entry; `Jit::flush` empties them all, since their
-/// code goes with it. In system mode the exit is a guarded chained exit
-/// (fetch TLB, physical page, fence epoch: see `Asm::sys_chain_exit`),
-/// so a prediction pushed under another address space or before its
-/// target's page changed fails the guard into the inline dispatch.
-#[repr(C)]
-struct Ras {
-    /// Index of the top entry (generated code reads and writes its low
-    /// 32 bits).
-    top: u64,
-    _pad: u64,
-    e: [Entry; RAS_SIZE],
-}
-
-impl Ras {
-    const EMPTY: Ras = Ras {
-        top: 0,
-        _pad: 0,
-        e: [EMPTY; RAS_SIZE],
-    };
-}
-
-// Generated code finds entry `i` at `16 + 16 * i`.
-const _: () = assert!(std::mem::offset_of!(Ras, e) == 16 && std::mem::size_of::<Entry>() == 16);
+/// Entries of the return-address stack, as CPUs predict
+/// returns. A call (`jal`/`jalr` writing x1 or x5) pushes onto the host
+/// stack, below the frame of `enter`, the address of a chained exit to
+/// its return address in the calling block and then the return address
+/// (16 bytes, so helper calls still find the stack aligned); a return
+/// (`jalr x0` through x1 or x5) pops the top entry and, when the address
+/// matches, jumps straight to that exit instead of looking its target up
+/// in the shared table (whose single indirect jump the host predicts
+/// badly, and whose entries are often not in the cache). A mismatch only
+/// costs the lookup. On the host stack, pushes and pops carry no
+/// dependency through memory (the stack engine tracks rsp), where an
+/// index kept in memory chained every call to the previous one. A push
+/// onto a full stack first empties it (deeper call chains lose their
+/// predictions, as do calls that never return: `longjmp`); every exit to
+/// Rust empties it too (the epilogue resets rsp), so an entry never
+/// outlives the code it points at (flushes happen only in Rust). In
+/// system mode the exit is a guarded chained exit (fetch TLB, physical
+/// page, fence epoch: see `Asm::sys_chain_exit`), so a prediction pushed
+/// under another address space or before its target's page changed
+/// fails the guard into the inline dispatch.
+const RAS_DEPTH: usize = 256;
 
 /// Why [`Jit::run`] returned.
 pub(crate) enum JitExit {
@@ -240,8 +229,6 @@ pub(crate) struct Jit {
     dispatch: usize,
     dispatch_sys: usize,
     table: Box<[Entry]>,
-    /// Predicted returns, read and written by generated code.
-    ras: Box<Ras>,
     /// Every block translated since the last flush (the table above is a
     /// direct-mapped cache of it for generated code; a block evicted from
     /// the table is found here instead of being translated again).
@@ -467,7 +454,6 @@ impl Jit {
             dispatch: r.dispatch,
             dispatch_sys: r.dispatch_sys,
             table: vec![EMPTY; TABLE_SIZE].into_boxed_slice(),
-            ras: Box::new(Ras::EMPTY),
             blocks: HashMap::default(),
             skips: HashMap::default(),
             last_skip: 0,
@@ -576,8 +562,6 @@ impl Jit {
         } else {
             self.table.fill(EMPTY);
         }
-        // Its entries point into the code just dropped.
-        *self.ras = Ras::EMPTY;
         self.helpers.clear();
         self.sites.exits.clear();
         self.flushes += 1;
@@ -694,7 +678,9 @@ impl Jit {
                 pc: 0,
                 site: 0,
                 icount: 0,
-                ras: &mut *self.ras,
+                // Set by `enter`.
+                ras_base: 0,
+                ras_limit: 0,
                 table: self.table.as_ptr(),
                 core: core_ptr,
                 space,
@@ -1002,9 +988,11 @@ impl Jit {
                 pc: 0,
                 site: 0,
                 icount: 0,
-                // Return landings check the fetch TLB (see `emit_code`):
-                // a prediction made under another satp only misses.
-                ras: &mut *self.ras,
+                // Set by `enter`. Return landings check the fetch TLB
+                // (see `emit_code`): a prediction made under another satp
+                // only misses.
+                ras_base: 0,
+                ras_limit: 0,
                 table: self.table.as_ptr(),
                 core: core_ptr,
                 space: std::ptr::null(),

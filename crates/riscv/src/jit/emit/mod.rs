@@ -11,9 +11,7 @@
 use std::mem::offset_of;
 
 use super::x86::*;
-use super::{
-    helper, Ctx, Jit, EXIT_ATTN, EXIT_CHAIN, EXIT_CHAIN_FWD, EXIT_CHAIN_SYS, EXIT_SLOW, RAS_SIZE,
-};
+use super::{helper, Ctx, Jit, EXIT_ATTN, EXIT_CHAIN, EXIT_CHAIN_FWD, EXIT_CHAIN_SYS, EXIT_SLOW};
 use crate::cpu::Core;
 use crate::decode::{Insn, Kind, ZERO_SINK};
 
@@ -56,7 +54,7 @@ struct Frame {
     taken: Vec<(usize, usize, u64, CacheMap)>,
     /// Calls: (offset of the `lea`'s disp32 that points at
     /// the return landing, return address), each landing an out-of-line
-    /// chained exit to the return address (see [`super::Ras`]).
+    /// chained exit to the return address (see [`super::RAS_DEPTH`]).
     landings: Vec<(usize, u64)>,
     /// Jumps to the out-of-line slow exits: (rel32 offset, index of the
     /// instruction to resume at, dirty registers to write back).
@@ -121,41 +119,40 @@ impl Frame {
         }
     }
     /// A call: pushes `ret` (the return address) and its
-    /// landing (see [`super::Ras`]) on the return-address stack.
-    /// Clobbers rax, rcx and rdx only.
+    /// landing (see [`super::RAS_DEPTH`]) on the return-address stack,
+    /// first emptying it when full. Clobbers rax only.
     fn ras_push(&mut self, a: &mut Asm, ret: u64) {
-        a.load(RDX, R14, ctx_off(offset_of!(Ctx, ras)));
-        a.op_m(false, &[0x8b], RCX, RDX, 0); // mov ecx, [rdx]: top
-        a.alu_imm(false, ADD, RCX, 1);
-        a.alu_imm(false, AND, RCX, RAS_SIZE as i32 - 1);
-        a.op_m(false, &[0x89], RCX, RDX, 0); // mov [rdx], ecx
-        a.shift_imm(false, SHL, RCX, 4);
-        a.alu_rr(true, ADD, RDX, RCX);
-        a.mov_imm(RAX, ret);
-        a.store(RDX, 16, RAX);
-        // lea rax, [rip + landing]
+        a.op_m(true, &[0x3b], RSP, R14, ctx_off(offset_of!(Ctx, ras_limit))); // cmp rsp, [limit]
+        let room = a.jcc(CC_A);
+        a.load(RSP, R14, ctx_off(offset_of!(Ctx, ras_base)));
+        a.bind(room);
+        // lea rax, [rip + landing]; push rax
         a.b.extend_from_slice(&[0x48, 0x8d, 0x05]);
         a.u32(0);
         self.landings.push((a.b.len() - 4, ret));
-        a.store(RDX, 24, RAX);
+        a.u8(0x50);
+        if ret as i64 == ret as i32 as i64 {
+            a.u8(0x68); // push imm32 (sign-extended)
+            a.u32(ret as u32);
+        } else {
+            a.mov_imm(RAX, ret);
+            a.u8(0x50); // push rax
+        }
     }
     /// A return to rax (stored in `Ctx::pc`, everything
     /// written back and counted): pops the return-address stack and
     /// jumps to the landing when its address is rax's; otherwise goes
-    /// on (to the dispatch the caller emits next). Clobbers rcx, rdx
-    /// and r8 (the register cache is dead at a block's end).
+    /// on (to the dispatch the caller emits next). Clobbers rcx and rdx.
+    /// (Measured: a host `call` at the push and a `ret` here, for the
+    /// host's own return predictor, made the shell loop slower.)
     fn ras_pop(&mut self, a: &mut Asm) {
-        a.cache.forget_all();
-        a.load(RDX, R14, ctx_off(offset_of!(Ctx, ras)));
-        a.op_m(false, &[0x8b], RCX, RDX, 0); // mov ecx, [rdx]: top
-        a.op_m(false, &[0x8d], R8, RCX, -1); // lea r8d, [rcx - 1]
-        a.alu_imm(false, AND, R8, RAS_SIZE as i32 - 1);
-        a.op_m(false, &[0x89], R8, RDX, 0); // mov [rdx], r8d
-        a.shift_imm(false, SHL, RCX, 4);
-        a.alu_rr(true, ADD, RDX, RCX);
-        a.op_m(true, &[0x3b], RAX, RDX, 16); // cmp rax, [rdx + 16]
+        a.op_m(true, &[0x3b], RSP, R14, ctx_off(offset_of!(Ctx, ras_base))); // cmp rsp, [base]
+        let empty = a.jcc(CC_AE);
+        a.b.extend_from_slice(&[0x59, 0x5a]); // pop rcx; pop rdx
+        a.alu_rr(true, CMP, RAX, RCX);
         let miss = a.jcc(CC_NE);
-        a.op_m(false, &[0xff], 4, RDX, 24); // jmp [rdx + 24]
+        a.b.extend_from_slice(&[0xff, 0xe2]); // jmp rdx
+        a.bind(empty);
         a.bind(miss);
     }
     /// Whether jumping to `target` is a back edge of this block's loop.

@@ -214,7 +214,7 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
         }
         Jalr => {
             // A call pushes its return address, before rax gets the
-            // target; a return pops it (see `jit::Ras`).
+            // target; a return pops it (see `jit::RAS_DEPTH`).
             if is_link(rd) {
                 f.ras_push(a, next);
             }
