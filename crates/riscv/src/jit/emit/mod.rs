@@ -1324,7 +1324,8 @@ impl Jit {
                 // keeping only what every way agrees on would drop most
                 // of the loop's registers, for its back edge to reload.
                 // A slot counts dirty when its register is dirty on some
-                // way in; none is left unextended.
+                // way in, unextended when so on some way in and known
+                // sign-extended on all (else the ways extend it).
                 let (loop_map, loop_end) = a.cache.looping;
                 let in_loop = k <= loop_end && loop_map.iter().any(|&g| g != 0);
                 if in_loop && !here.is_empty() {
@@ -1341,7 +1342,18 @@ impl Jit {
                         }
                     }
                     let sx = here.iter().fold(a.cache.sx, |m, h| m & h.4);
-                    a.norm_for(0);
+                    let ok = (0..N).fold(0u8, |m, s| {
+                        m | ((want[s] != 0 && sx & 1 << want[s] != 0) as u8) << s
+                    });
+                    // The slots a way into the merge leaves unextended.
+                    let unext = |a: &Asm| {
+                        (0..N).fold(0u8, |m, s| {
+                            let keep = a.cache.lazy[s] && a.cache.guest[s] == want[s];
+                            m | ((keep && ok & 1 << s != 0) as u8) << s
+                        })
+                    };
+                    let mut lazy = unext(&a);
+                    a.norm_for(ok);
                     a.restore(&want, mask);
                     let enter = |a: &mut Asm, map: &CacheMap, dirty: &CacheMap| {
                         a.cache.guest = *map;
@@ -1351,8 +1363,9 @@ impl Jit {
                     let (mut direct, mut stubs) = (Vec::new(), Vec::new());
                     for h in &here {
                         enter(&mut a, &h.2, &h.3);
-                        let lazy = h.3.iter().any(|&d| d & LAZY != 0);
-                        if !lazy && a.restore_is_noop(&want, mask) {
+                        lazy |= unext(&a);
+                        let norm = (0..N).any(|s| a.cache.lazy[s] && ok & 1 << s == 0);
+                        if !norm && a.restore_is_noop(&want, mask) {
                             direct.push(h);
                         } else {
                             stubs.push(h);
@@ -1368,7 +1381,7 @@ impl Jit {
                         a.bind(h.0);
                         a.add_icount(h.5);
                         enter(&mut a, &h.2, &h.3);
-                        a.norm_for(0);
+                        a.norm_for(ok);
                         a.restore(&want, mask);
                         if n + 1 < stubs.len() {
                             to_label.push(a.jmp_fwd());
@@ -1386,7 +1399,7 @@ impl Jit {
                     }
                     a.cache.guest = want;
                     a.cache.dirty = std::array::from_fn(|s| mask & 1 << s != 0);
-                    a.cache.lazy = [false; N];
+                    a.cache.lazy = std::array::from_fn(|s| lazy & 1 << s != 0);
                     a.cache.sx = sx;
                 } else {
                     let mut keep = a.cache.guest;

@@ -807,24 +807,26 @@ fn andi(rd: u32, rs1: u32, imm: i32) -> u32 {
 /// which reads loop invariants the head does not hold.
 fn search_loop() -> Vec<u32> {
     vec![
-        add(12, 20, 13),       // 0: both operands' sums
-        add(14, 12, 21),       // 1
-        xor(15, 14, 22),       // 2
-        andi(16, 15, 3),       // 3
-        bne(16, 23, 24),       // 4: -> 10 (the short way)
-        addw(17, 17, 14),      // 5: unextended at the merge
-        branch(0, 17, 24, 16), // 6: beq -> 10
-        sub(18, 18, 25),       // 7
-        bne(18, 26, 8),        // 8: -> 10
-        addw(19, 19, 27),      // 9
-        and(13, 13, 28),       // 10: the merge point
-        slli(13, 13, 1),       // 11
-        add(13, 13, 29),       // 12
-        sll(30, 13, 11),       // 13
-        branch(0, 25, 0, 8),   // 14: beqz x25 -> 16
-        branch(6, 24, 13, 12), // 15: bltu x24, x13 -> 18 (out)
-        addiw(10, 10, -1),     // 16
-        bne(10, 0, -68),       // 17: -> 0
+        addiw(31, 31, 1),      // 0: unextended on every way
+        add(12, 20, 13),       // 1: both operands' sums
+        add(14, 12, 21),       // 2
+        xor(15, 14, 22),       // 3
+        andi(16, 15, 3),       // 4
+        bne(16, 23, 24),       // 5: -> 11 (the short way)
+        addw(17, 17, 14),      // 6: unextended at the merge
+        branch(0, 17, 24, 16), // 7: beq -> 11
+        sub(18, 18, 25),       // 8
+        bne(18, 26, 8),        // 9: -> 11
+        addw(19, 19, 27),      // 10
+        and(13, 13, 28),       // 11: the merge point
+        slli(13, 13, 1),       // 12
+        add(13, 13, 29),       // 13
+        sll(30, 13, 11),       // 14
+        add(30, 30, 31),       // 15: x31 read whole
+        branch(0, 25, 0, 8),   // 16: beqz x25 -> 18
+        branch(6, 24, 13, 12), // 17: bltu x24, x13 -> 20 (out)
+        addiw(10, 10, -1),     // 18
+        bne(10, 0, -76),       // 19: -> 0
     ]
 }
 
