@@ -830,8 +830,8 @@ fn search_loop() -> Vec<u32> {
     ]
 }
 
-#[test]
-fn loop_regs_prefer_the_short_way_around() {
+/// The registers the search loop's head holds (see [`loop_regs`]).
+fn search_loop_regs() -> Vec<u8> {
     let insns: Vec<Insn> = search_loop()
         .iter()
         .enumerate()
@@ -841,7 +841,12 @@ fn loop_regs_prefer_the_short_way_around() {
             i
         })
         .collect();
-    let regs = loop_regs(&insns, 0, insns.len() - 1);
+    loop_regs(&insns, 0, insns.len() - 1)
+}
+
+#[test]
+fn loop_regs_prefer_the_short_way_around() {
+    let regs = search_loop_regs();
     // x18, x19, x26, x27 are named only on the longest ways (more
     // often than x20..x23, named once each on the short way).
     for r in [18, 19, 26, 27] {
@@ -867,5 +872,37 @@ fn a_search_loop_matches_the_interpreter() {
             regs.push((28, 0xffff_fff0 >> (seed % 4)));
             both_ways(&prog, &regs);
         }
+    }
+}
+
+/// How many ALU ops `code` holds that read guest `r` from `Core::x` as a
+/// memory operand (`op reg, [rbx + disp8]`, or `cmp [rbx + disp8], reg`).
+fn reads_in_place(code: &[u8], r: u8) -> usize {
+    let disp = xd(r) as i8 as u8;
+    code.windows(4)
+        .filter(|w| {
+            w[0] & 0xf0 == 0x40
+                && matches!(w[1], 0x03 | 0x0b | 0x23 | 0x2b | 0x33 | 0x3b | 0x39)
+                && w[2] & 0xc7 == 0x43
+                && w[3] == disp
+        })
+        .count()
+}
+
+#[test]
+fn a_loop_reads_the_registers_its_head_lacks_in_place() {
+    // The search loop's invariants on its short way (x20..x23, x28,
+    // x29: more registers than the cache holds besides its hot ones)
+    // are operands straight from `Core::x`, not loaded into the cache
+    // (which would evict a register the back edge then reloads).
+    let code = host_code(&search_loop());
+    let regs = search_loop_regs();
+    let in_place: Vec<u8> = [20u8, 21, 22, 23, 28, 29]
+        .into_iter()
+        .filter(|r| !regs.contains(r))
+        .collect();
+    assert!(!in_place.is_empty(), "{regs:?}");
+    for r in in_place {
+        assert!(reads_in_place(&code, r) > 0, "x{r} (head holds {regs:?})");
     }
 }
