@@ -906,3 +906,27 @@ fn a_loop_reads_the_registers_its_head_lacks_in_place() {
         assert!(reads_in_place(&code, r) > 0, "x{r} (head holds {regs:?})");
     }
 }
+
+fn lbu(rd: u32, rs1: u32, imm: i32) -> u32 {
+    i(0x03, 4, rd, rs1, imm)
+}
+
+#[test]
+fn a_base_checked_before_a_branch_stays_checked_after_it() {
+    // lbu x5, 0(x10); bne x5, x6, +8; lbu x7, 16(x10): the second
+    // access's base is the first's, unchanged, on the branch's
+    // fall-through (its target, a merge point, would not be).
+    let prog = [lbu(5, 10, 0), bne(5, 6, 8), lbu(7, 10, 16)];
+    let insns: Vec<Insn> = prog.iter().map(|&w| decode(w)).collect();
+    let plan = mem::plan(&insns, &[false; 3]);
+    assert_eq!(plan[2], mem::Plan::Covered);
+    assert_eq!(mem::plan(&insns, &[false, false, true])[2], mem::Plan::Own);
+    // Taken or not, in range, or the second access past the data page's
+    // end (a host fault, resumed by the interpreter), or the base out
+    // of the space: as the interpreter does it.
+    for base in [DATA, DATA + 0xff0, DATA + 0xfff, 1 << 40] {
+        for x6 in [0, 0x8b, 0xff] {
+            both_ways(&prog, &[(10, base), (6, x6)]);
+        }
+    }
+}
