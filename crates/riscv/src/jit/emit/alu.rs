@@ -6,7 +6,7 @@
 //! through rax, and BMI2's three-operand shifts by a register when the
 //! host has them.
 
-use super::CACHE_REGS;
+use super::{xd, CACHE_REGS};
 use crate::decode::{Insn, Kind, ZERO_SINK};
 use crate::jit::x86::*;
 
@@ -42,6 +42,33 @@ pub(super) fn emit(a: &mut Asm, i: &Insn, ipc: u64) -> bool {
         Addiw if rs1 != 0 && rs1 != rd => unary(a, i, W, |a, d, s| {
             a.op_m(false, &[0x8d], d, s, imm); // lea d32, [s + imm]
         }),
+        // An operand better read in place (see `RegCache::in_place`):
+        // the other one (or it too) into rd's register, then an `add`
+        // from `Core::x` (which still holds the operands' values when rd
+        // is one of them: rd is written back only after).
+        Add | Addw if rs1 != 0 && rs2 != 0 && (a.cache.in_place(rs1) || a.cache.in_place(rs2)) => {
+            let w = i.kind == Add;
+            let (mem, other) = if a.cache.in_place(rs2) {
+                (rs2, rs1)
+            } else {
+                (rs1, rs2)
+            };
+            let d = if a.cache.in_place(other) {
+                let d = a.rd_host(rd);
+                a.load(d, RBX, xd(other));
+                d
+            } else {
+                let c = if w { a.x_reg(other) } else { a.x_reg32(other) };
+                let d = a.rd_host(rd);
+                if d != c {
+                    a.mov_rr(d, c);
+                }
+                d
+            };
+            a.op_m(w, &[ADD.0 + 2], d, RBX, xd(mem));
+            // addw: unextended (see `RegCache::lazy`).
+            a.rd_commit_as(rd, d, !w);
+        }
         Add | Addw if rs1 != 0 && rs2 != 0 => {
             let w = i.kind == Add;
             let (s1, s2) = if w {

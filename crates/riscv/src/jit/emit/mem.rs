@@ -268,11 +268,18 @@ pub(super) fn plan(insns: &[Insn], merge: &[bool]) -> Vec<Plan> {
             checked |= 1 << i.rs1;
         }
         // An instruction writing a register ends its coverage (`rd` of
-        // any kind: conservative for FP destinations; block ends too).
+        // any kind: conservative for FP destinations; block ends too,
+        // but a conditional branch's: inside an extended block, the next
+        // instruction is its fall-through, reached from anywhere else
+        // only as a merge point, which resets the coverage above).
         if i.rd < 32 {
             checked &= !(1 << i.rd);
         }
-        if i.ends_block() {
+        let branch = matches!(
+            i.kind,
+            Kind::Beq | Kind::Bne | Kind::Blt | Kind::Bge | Kind::Bltu | Kind::Bgeu
+        );
+        if i.ends_block() && !branch {
             checked = 0;
         }
     }

@@ -439,6 +439,25 @@ impl RegCache {
         self.used[s] = self.tick;
         (s, evicted)
     }
+    /// Whether guest `r` (not x0), when not cached, is better read from
+    /// `Core::x` in place (a memory operand: the copy there is current
+    /// and extended) than brought into the cache, which would evict
+    /// another register: inside a loop, one its head does not hold (the
+    /// head holds the loop's hottest registers, see [`loop_regs`]; one
+    /// evicted on the way would cost its back edge a reload, and a store
+    /// when dirty); elsewhere, one no later instruction of the block
+    /// names.
+    fn in_place(&self, r: u8) -> bool {
+        if r == 0 || r >= 32 || self.guest.contains(&r) {
+            return false;
+        }
+        let (map, end) = self.looping;
+        if self.pos <= end && map.iter().any(|&g| g != 0) {
+            !map.contains(&r)
+        } else {
+            !self.names.iter().skip(self.pos + 1).any(|n| n.contains(&r))
+        }
+    }
     /// Marks guest `r`'s slot (it must be cached) as newer than memory,
     /// holding the whole new value (`lazy`: only its low half, see
     /// [`RegCache::lazy`]). Forgets what was known of the old value's
@@ -618,27 +637,86 @@ impl Loop {
     }
 }
 
-/// The integer registers a loop names most often (at most as many as the
-/// cache holds; ties go to the first named): what a loop's prologue
-/// loads. Reading a field that is not an integer register only costs a
-/// useless load.
-fn loop_regs(insns: &[Insn]) -> Vec<u8> {
-    // (uses, first use, register)
-    let mut uses: Vec<(u32, usize, u8)> = Vec::new();
-    for (n, i) in insns.iter().enumerate() {
+/// The integer registers the loop `insns[h..=last]` (head `h`) names
+/// most, each instruction weighted by an estimate of how often one pass
+/// runs it (at most as many as the cache holds; ties go to the most
+/// named, then the first named): what the loop's head holds. The
+/// estimate: the head runs once; a conditional branch splits its weight
+/// evenly between its two ways, a jump passes it on, both forward inside
+/// the loop only (ways out of the loop, and jumps back to an earlier
+/// point, drop theirs); an inner loop's head (the target of a later
+/// jump back) counts four times what reaches it. So a search loop
+/// holds the registers of its short way around (gzip's hash chain
+/// walk: most candidates fail the first compare) rather than those of
+/// its rarer long ways, which name more registers more often. Reading
+/// a field that is not an integer register only costs a useless load.
+fn loop_regs(insns: &[Insn], h: usize, last: usize) -> Vec<u8> {
+    use Kind::*;
+    const ONE: u64 = 1 << 24;
+    let body = &insns[h..=last];
+    let n = body.len();
+    let is_branch = |i: &Insn| matches!(i.kind, Beq | Bne | Blt | Bge | Bltu | Bgeu);
+    // Index in `body` of the instruction a jump of `body[m]` goes to.
+    let target = |m: usize| -> Option<usize> {
+        let i = &body[m];
+        if !is_branch(i) && i.kind != Jal {
+            return None;
+        }
+        let off = i.off as i64 + i.imm as i64;
+        body.iter().position(|t| t.off as i64 == off)
+    };
+    let mut inner = vec![false; n];
+    for m in 0..n {
+        if let Some(j) = target(m).filter(|&j| j > 0 && j <= m) {
+            inner[j] = true;
+        }
+    }
+    let mut freq = vec![0u64; n];
+    freq[0] = ONE;
+    for m in 0..n {
+        if inner[m] {
+            freq[m] = freq[m].saturating_mul(4);
+        }
+        let f = freq[m];
+        let fwd = target(m).filter(|&j| j > m);
+        let i = &body[m];
+        let (stay, jump) = if is_branch(i) {
+            (f - f / 2, f / 2)
+        } else if i.kind == Jal {
+            (0, f)
+        } else if i.ends_block() {
+            (0, 0)
+        } else {
+            (f, 0)
+        };
+        if m + 1 < n {
+            freq[m + 1] = freq[m + 1].saturating_add(stay);
+        }
+        if let Some(j) = fwd {
+            freq[j] = freq[j].saturating_add(jump);
+        }
+    }
+    // (weight, uses, first use, register)
+    let mut uses: Vec<(u64, u32, usize, u8)> = Vec::new();
+    for (m, i) in body.iter().enumerate() {
         for r in [i.rs1, i.rs2, i.rd] {
             if r != 0 && r < 32 {
-                match uses.iter_mut().find(|u| u.2 == r) {
-                    Some(u) => u.0 += 1,
-                    None => uses.push((1, n, r)),
+                match uses.iter_mut().find(|u| u.3 == r) {
+                    Some(u) => {
+                        u.0 = u.0.saturating_add(freq[m]);
+                        u.1 += 1;
+                    }
+                    None => uses.push((freq[m], 1, m, r)),
                 }
             }
         }
     }
-    uses.sort_by_key(|&(count, first, _)| (std::cmp::Reverse(count), first));
+    uses.sort_by_key(|&(weight, count, first, _)| {
+        (std::cmp::Reverse(weight), std::cmp::Reverse(count), first)
+    });
     uses.iter()
         .take(CACHE_REGS.len())
-        .map(|&(_, _, r)| r)
+        .map(|&(_, _, _, r)| r)
         .collect()
 }
 
@@ -830,9 +908,15 @@ impl Asm {
     }
     /// `op dst, <guest register r>` (x0 reads as 0). A 32-bit op reads
     /// only the low half (see [`Asm::x_reg32`]).
+    /// A register better read in place (see [`RegCache::in_place`]) is
+    /// a memory operand.
     pub(super) fn alu_x(&mut self, w: bool, op: (u8, u8), dst: u8, r: u8) {
         if r == 0 {
             self.alu_imm(w, op, dst, 0);
+        } else if self.cache.in_place(r) {
+            // The `op reg, r/m` form of the ALU op (`op.0` is `op r/m,
+            // reg`).
+            self.op_m(w, &[op.0 + 2], dst, RBX, xd(r));
         } else {
             let h = if w { self.x_reg(r) } else { self.x_reg32(r) };
             self.alu_rr(w, op, dst, h);
@@ -842,6 +926,9 @@ impl Asm {
     pub(super) fn ld_x(&mut self, h: u8, r: u8) {
         if r == 0 {
             self.op_rr(false, &[0x31], h, h);
+        } else if self.cache.in_place(r) {
+            // Straight from `Core::x` (see [`RegCache::in_place`]).
+            self.load(h, RBX, xd(r));
         } else {
             let c = self.x_reg(r);
             self.mov_rr(h, c);
@@ -1107,7 +1194,10 @@ impl Jit {
         let written = written_regs(insns);
         let mut entry_slow = Vec::new();
         let looping = is_loop.then(|| {
-            let map = head_map(&[0; CACHE_REGS.len()], &loop_regs(insns));
+            let map = head_map(
+                &[0; CACHE_REGS.len()],
+                &loop_regs(&fused, 0, fused.len() - 1),
+            );
             for (s, &g) in map.iter().enumerate() {
                 if g != 0 {
                     a.load(CACHE_REGS[s], RBX, xd(g));
@@ -1222,93 +1312,183 @@ impl Jit {
                         a.cache.sx = sx;
                     }
                 }
-                let mut keep = a.cache.guest;
-                for (_, _, map, _, _, _) in &here {
-                    for (s, g) in keep.iter_mut().enumerate() {
-                        if map[s] != *g {
-                            *g = 0;
+                // Inside a loop, a merge point takes the cache of its
+                // earliest forward jump (the way most passes take by the
+                // estimate of `loop_regs`: a search loop's early
+                // mismatch), and every other way in conforms to it as a
+                // back edge does to its head (see `Asm::restore`): the
+                // hot way then writes back and reloads nothing, where
+                // keeping only what every way agrees on would drop most
+                // of the loop's registers, for its back edge to reload.
+                // A slot counts dirty when its register is dirty on some
+                // way in, unextended when so on some way in and known
+                // sign-extended on all (else the ways extend it).
+                let (loop_map, loop_end) = a.cache.looping;
+                let in_loop = k <= loop_end && loop_map.iter().any(|&g| g != 0);
+                if in_loop && !here.is_empty() {
+                    const N: usize = CACHE_REGS.len();
+                    let want = here[0].2;
+                    let dirty_in =
+                        |d: &CacheMap, g: u8| d.iter().any(|&x| x != 0 && x & !LAZY == g);
+                    let fall = a.cache.dirty_map();
+                    let mut mask = 0u8;
+                    for (s, &g) in want.iter().enumerate() {
+                        if g != 0 && (dirty_in(&fall, g) || here.iter().any(|h| dirty_in(&h.3, g)))
+                        {
+                            mask |= 1 << s;
                         }
                     }
-                }
-                for (s, &kept) in keep.iter().enumerate() {
-                    let g = a.cache.guest[s];
-                    if kept != g {
-                        if a.cache.dirty[s] {
-                            let lazy = if a.cache.lazy[s] { LAZY } else { 0 };
-                            a.write_back(s, g | lazy);
-                        }
-                        a.cache.guest[s] = 0;
-                        a.cache.dirty[s] = false;
-                        a.cache.lazy[s] = false;
-                    }
-                }
-                // Known sign-extended on every path; a slot unextended on
-                // some path stays so only if its register is (the other
-                // paths' extended value is then a valid unextended one),
-                // else the paths that have it so extend it.
-                let sx = here.iter().fold(a.cache.sx, |m, h| m & h.4);
-                let fix: [bool; CACHE_REGS.len()] = std::array::from_fn(|s| {
-                    let g = keep[s];
-                    g != 0 && sx & 1 << g == 0
-                });
-                for (s, &fix) in fix.iter().enumerate() {
-                    if fix {
-                        a.norm(s);
-                    }
-                }
-                a.cache.sx = sx;
-                let drops = |dirty: &CacheMap| -> CacheMap {
-                    std::array::from_fn(|s| {
-                        if keep[s] != dirty[s] & !LAZY {
-                            dirty[s]
-                        } else {
-                            0
-                        }
-                    })
-                };
-                let fixes = |dirty: &CacheMap| -> Vec<usize> {
-                    (0..CACHE_REGS.len())
-                        .filter(|&s| fix[s] && dirty[s] & LAZY != 0 && keep[s] == dirty[s] & !LAZY)
-                        .collect()
-                };
-                let (direct, stubs): (Vec<_>, Vec<_>) =
-                    here.iter().partition(|(_, _, _, dirty, _, _)| {
-                        drops(dirty) == [0; CACHE_REGS.len()] && fixes(dirty).is_empty()
+                    let sx = here.iter().fold(a.cache.sx, |m, h| m & h.4);
+                    let ok = (0..N).fold(0u8, |m, s| {
+                        m | ((want[s] != 0 && sx & 1 << want[s] != 0) as u8) << s
                     });
-                // The fall-through jumps over the stubs; each stub jumps
-                // to the label (the last one falls into it).
-                let mut to_label = Vec::new();
-                if !stubs.is_empty() {
-                    to_label.push(a.jmp_fwd());
-                }
-                for (n, (at, _, _, dirty, _, adj)) in stubs.iter().enumerate() {
-                    a.bind(*at);
-                    a.add_icount(*adj);
-                    a.flush_dirty(drops(dirty));
-                    for s in fixes(dirty) {
-                        a.sext32(CACHE_REGS[s], CACHE_REGS[s]);
+                    // The slots a way into the merge leaves unextended.
+                    let unext = |a: &Asm| {
+                        (0..N).fold(0u8, |m, s| {
+                            let keep = a.cache.lazy[s] && a.cache.guest[s] == want[s];
+                            m | ((keep && ok & 1 << s != 0) as u8) << s
+                        })
+                    };
+                    let mut lazy = unext(&a);
+                    a.norm_for(ok);
+                    a.restore(&want, mask);
+                    let enter = |a: &mut Asm, map: &CacheMap, dirty: &CacheMap| {
+                        a.cache.guest = *map;
+                        a.cache.dirty = std::array::from_fn(|s| dirty[s] != 0);
+                        a.cache.lazy = std::array::from_fn(|s| dirty[s] & LAZY != 0);
+                    };
+                    let (mut direct, mut stubs) = (Vec::new(), Vec::new());
+                    for h in &here {
+                        enter(&mut a, &h.2, &h.3);
+                        lazy |= unext(&a);
+                        let norm = (0..N).any(|s| a.cache.lazy[s] && ok & 1 << s == 0);
+                        if !norm && a.restore_is_noop(&want, mask) {
+                            direct.push(h);
+                        } else {
+                            stubs.push(h);
+                        }
                     }
-                    if n + 1 < stubs.len() {
+                    // The fall-through jumps over the stubs; each stub
+                    // jumps to the label.
+                    let mut to_label = Vec::new();
+                    if !stubs.is_empty() {
                         to_label.push(a.jmp_fwd());
                     }
-                }
-                for at in to_label {
-                    a.bind(at);
-                }
-                for (at, _, _, _, _, adj) in direct {
-                    if adj == 0 {
-                        a.bind(at);
-                    } else {
-                        f.thunks.push((at, adj, a.b.len()));
+                    for (n, h) in stubs.iter().enumerate() {
+                        a.bind(h.0);
+                        a.add_icount(h.5);
+                        enter(&mut a, &h.2, &h.3);
+                        a.norm_for(ok);
+                        a.restore(&want, mask);
+                        if n + 1 < stubs.len() {
+                            to_label.push(a.jmp_fwd());
+                        }
                     }
-                }
-                for (_, _, _, dirty, _, _) in &here {
-                    for s in 0..CACHE_REGS.len() {
-                        let g = dirty[s] & !LAZY;
-                        if g != 0 && keep[s] == g {
-                            a.cache.dirty[s] = true;
-                            if dirty[s] & LAZY != 0 && !fix[s] {
-                                a.cache.lazy[s] = true;
+                    for at in to_label {
+                        a.bind(at);
+                    }
+                    for h in direct {
+                        if h.5 == 0 {
+                            a.bind(h.0);
+                        } else {
+                            f.thunks.push((h.0, h.5, a.b.len()));
+                        }
+                    }
+                    a.cache.guest = want;
+                    a.cache.dirty = std::array::from_fn(|s| mask & 1 << s != 0);
+                    a.cache.lazy = std::array::from_fn(|s| lazy & 1 << s != 0);
+                    a.cache.sx = sx;
+                } else {
+                    let mut keep = a.cache.guest;
+                    for (_, _, map, _, _, _) in &here {
+                        for (s, g) in keep.iter_mut().enumerate() {
+                            if map[s] != *g {
+                                *g = 0;
+                            }
+                        }
+                    }
+                    for (s, &kept) in keep.iter().enumerate() {
+                        let g = a.cache.guest[s];
+                        if kept != g {
+                            if a.cache.dirty[s] {
+                                let lazy = if a.cache.lazy[s] { LAZY } else { 0 };
+                                a.write_back(s, g | lazy);
+                            }
+                            a.cache.guest[s] = 0;
+                            a.cache.dirty[s] = false;
+                            a.cache.lazy[s] = false;
+                        }
+                    }
+                    // Known sign-extended on every path; a slot unextended on
+                    // some path stays so only if its register is (the other
+                    // paths' extended value is then a valid unextended one),
+                    // else the paths that have it so extend it.
+                    let sx = here.iter().fold(a.cache.sx, |m, h| m & h.4);
+                    let fix: [bool; CACHE_REGS.len()] = std::array::from_fn(|s| {
+                        let g = keep[s];
+                        g != 0 && sx & 1 << g == 0
+                    });
+                    for (s, &fix) in fix.iter().enumerate() {
+                        if fix {
+                            a.norm(s);
+                        }
+                    }
+                    a.cache.sx = sx;
+                    let drops = |dirty: &CacheMap| -> CacheMap {
+                        std::array::from_fn(|s| {
+                            if keep[s] != dirty[s] & !LAZY {
+                                dirty[s]
+                            } else {
+                                0
+                            }
+                        })
+                    };
+                    let fixes = |dirty: &CacheMap| -> Vec<usize> {
+                        (0..CACHE_REGS.len())
+                            .filter(|&s| {
+                                fix[s] && dirty[s] & LAZY != 0 && keep[s] == dirty[s] & !LAZY
+                            })
+                            .collect()
+                    };
+                    let (direct, stubs): (Vec<_>, Vec<_>) =
+                        here.iter().partition(|(_, _, _, dirty, _, _)| {
+                            drops(dirty) == [0; CACHE_REGS.len()] && fixes(dirty).is_empty()
+                        });
+                    // The fall-through jumps over the stubs; each stub jumps
+                    // to the label (the last one falls into it).
+                    let mut to_label = Vec::new();
+                    if !stubs.is_empty() {
+                        to_label.push(a.jmp_fwd());
+                    }
+                    for (n, (at, _, _, dirty, _, adj)) in stubs.iter().enumerate() {
+                        a.bind(*at);
+                        a.add_icount(*adj);
+                        a.flush_dirty(drops(dirty));
+                        for s in fixes(dirty) {
+                            a.sext32(CACHE_REGS[s], CACHE_REGS[s]);
+                        }
+                        if n + 1 < stubs.len() {
+                            to_label.push(a.jmp_fwd());
+                        }
+                    }
+                    for at in to_label {
+                        a.bind(at);
+                    }
+                    for (at, _, _, _, _, adj) in direct {
+                        if adj == 0 {
+                            a.bind(at);
+                        } else {
+                            f.thunks.push((at, adj, a.b.len()));
+                        }
+                    }
+                    for (_, _, _, dirty, _, _) in &here {
+                        for s in 0..CACHE_REGS.len() {
+                            let g = dirty[s] & !LAZY;
+                            if g != 0 && keep[s] == g {
+                                a.cache.dirty[s] = true;
+                                if dirty[s] & LAZY != 0 && !fix[s] {
+                                    a.cache.lazy[s] = true;
+                                }
                             }
                         }
                     }
@@ -1320,7 +1500,7 @@ impl Jit {
                     // loop names (as a block's loop prologue does), so the
                     // body does not evict its own registers for ones from
                     // before the loop and back edges find them in place.
-                    let want = head_map(&a.cache.guest, &loop_regs(&insns[k..=last]));
+                    let want = head_map(&a.cache.guest, &loop_regs(insns, k, last));
                     // What stays known sign-extended around the loop: of
                     // the registers known so here, those the loop writes
                     // only so. (A guess: every back edge must keep it,

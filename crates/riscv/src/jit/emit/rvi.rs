@@ -46,9 +46,19 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
             let direct = i.rs1 != 0 && !($reads_rs2 && rd == i.rs2 && i.rs1 != i.rs2);
             if direct {
                 // W forms read and compute only low halves, and leave
-                // the result unextended (see `RegCache::lazy`).
-                let s1 = if $w { a.x_reg(i.rs1) } else { a.x_reg32(i.rs1) };
-                if $reads_rs2 && i.rs2 != 0 {
+                // the result unextended (see `RegCache::lazy`). An
+                // operand better read in place (see `RegCache::in_place`)
+                // stays out of the cache: rs1 is loaded into rd's
+                // register, rs2 is a memory operand.
+                let mem1 = a.cache.in_place(i.rs1);
+                let s1 = if mem1 {
+                    RAX
+                } else if $w {
+                    a.x_reg(i.rs1)
+                } else {
+                    a.x_reg32(i.rs1)
+                };
+                if $reads_rs2 && i.rs2 != 0 && !a.cache.in_place(i.rs2) {
                     // In its register before rd's slot is chosen, so the
                     // slot cannot evict it.
                     if $w {
@@ -58,7 +68,9 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
                     }
                 }
                 let $d = a.rd_host(rd);
-                if $d != s1 {
+                if mem1 {
+                    a.load($d, RBX, super::xd(i.rs1));
+                } else if $d != s1 {
                     a.mov_rr($d, s1);
                 }
                 $op;
@@ -110,18 +122,38 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
     macro_rules! compare {
         ($imm:expr) => {{
             let w = $imm || a.cache.sx & (1 << i.rs1 | 1 << i.rs2) != 1 << i.rs1 | 1 << i.rs2;
-            let s1 = if i.rs1 == 0 {
-                a.ld_x(RAX, 0);
-                RAX
-            } else if w {
-                a.x_reg(i.rs1)
+            // rs1 better read in place (see `RegCache::in_place`) and
+            // rs2 not (or an immediate): `cmp [rs1], rs2`.
+            let mem1 = a.cache.in_place(i.rs1) && ($imm || !a.cache.in_place(i.rs2));
+            if mem1 {
+                let m = super::xd(i.rs1);
+                if $imm || i.rs2 == 0 {
+                    let v = if $imm { imm } else { 0 };
+                    if (-128..=127).contains(&v) {
+                        a.op_m(w, &[0x83], CMP.1, RBX, m);
+                        a.u8(v as i8 as u8);
+                    } else {
+                        a.op_m(w, &[0x81], CMP.1, RBX, m);
+                        a.u32(v as u32);
+                    }
+                } else {
+                    let s2 = if w { a.x_reg(i.rs2) } else { a.x_reg32(i.rs2) };
+                    a.op_m(w, &[CMP.0], s2, RBX, m);
+                }
             } else {
-                a.x_reg32(i.rs1)
-            };
-            if $imm {
-                a.alu_imm(true, CMP, s1, imm);
-            } else {
-                a.alu_x(w, CMP, s1, i.rs2);
+                let s1 = if i.rs1 == 0 {
+                    a.ld_x(RAX, 0);
+                    RAX
+                } else if w {
+                    a.x_reg(i.rs1)
+                } else {
+                    a.x_reg32(i.rs1)
+                };
+                if $imm {
+                    a.alu_imm(true, CMP, s1, imm);
+                } else {
+                    a.alu_x(w, CMP, s1, i.rs2);
+                }
             }
         }};
     }
