@@ -244,6 +244,9 @@ pub(crate) struct Jit {
     /// Bumped by every flush: a chain site recorded before a flush is gone.
     flushes: u64,
     decode_buf: Vec<Insn>,
+    /// System mode: the halfwords (page offset, value) the block being
+    /// translated was decoded from (a reused buffer).
+    fetched: Vec<(u16, u16)>,
     /// The address space the translations are for (its address and host
     /// base).
     space_id: (usize, usize),
@@ -322,8 +325,9 @@ struct PageCheck {
     /// The page in host memory (guest RAM, mapped for the machine's
     /// life).
     host: *const u8,
-    /// The page's bytes when its first block was translated (emptied
-    /// when dropped).
+    /// The page's bytes when its first block was translated, with the
+    /// bytes each block was decoded from written over them as it was
+    /// (emptied when dropped).
     copy: Box<[u8]>,
     /// The bytes the page's blocks were decoded from, `lo..hi`: only
     /// those are compared (a kernel page's translated functions are
@@ -461,6 +465,7 @@ impl Jit {
             gen: 0,
             flushes: 0,
             decode_buf: Vec::with_capacity(MAX_BLOCK + 1),
+            fetched: Vec::new(),
             space_id: (0, 0),
             sys_table: vec![NO_SLOT; SYS_TABLE_SIZE].into_boxed_slice(),
             sys_blocks: HashMap::default(),
@@ -829,28 +834,41 @@ impl Jit {
         if let Some(s) = mem.code_map().slot(pa) {
             s.store(1, std::sync::atomic::Ordering::SeqCst);
         }
-        // A new page's copy is taken before decoding: a device writing the
-        // page in between then makes the next fence's compare fail (and
-        // the block go), where a copy taken after it would match the new
-        // bytes and keep a block decoded from the old ones. (Also when
-        // the flush below may drop the page's entry: a block has at most
-        // one helper per 2-byte instruction of the page, and its end.)
-        let may_flush = self.len + HEADROOM > CODE_SIZE
-            || self.helpers.len() + crate::PAGE_SIZE as usize / 2 + 1 > MAX_HELPERS;
-        let fresh_copy: Option<Box<[u8]>> =
-            (may_flush || !self.sys_pages.contains_key(&ppage)).then(|| page_bytes.into());
+        // The halfwords the decoder reads, kept: the page's copy must hold
+        // exactly the bytes its blocks were made from (see below).
+        let mut fetched = std::mem::take(&mut self.fetched);
+        fetched.clear();
         let crosses = decode_block(pc, &mut insns, |a| {
+            let off = (a - page) as usize;
             // SAFETY: `host` points at the RAM byte of `pc`; `a` stays in
             // the same guest page (decode_block never leaves it), so the
             // read stays in the same host page.
-            unsafe {
+            let v = unsafe {
                 host.sub((pc - page) as usize)
-                    .add((a - page) as usize)
+                    .add(off)
                     .cast::<u16>()
                     .read_unaligned()
-            }
+            };
+            fetched.push((off as u16, v));
+            v
         });
         let out = (!crosses).then(|| {
+            // Where the range the page's other blocks are checked on holds
+            // a byte this block read differently from the copy, memory
+            // changed since those blocks were made (a device wrote it, no
+            // fence yet): they go, and the page starts again from this
+            // block. (Copying the new bytes into the copy instead would let
+            // them pass the next check with code made from the old ones.)
+            if let Some(p) = self.sys_pages.get(&ppage) {
+                let c = &p.check;
+                let changed = fetched.iter().any(|&(off, v)| {
+                    let o = off as usize;
+                    o + 2 > c.lo && o < c.hi && c.copy[o..o + 2] != v.to_le_bytes()
+                });
+                if changed {
+                    self.drop_page(ppage);
+                }
+            }
             if self.len + HEADROOM > CODE_SIZE || self.helpers.len() + insns.len() > MAX_HELPERS {
                 self.flush();
             }
@@ -874,12 +892,20 @@ impl Jit {
                 check: Box::new(PageCheck {
                     epoch: std::cell::Cell::new(epoch),
                     host: page_bytes.as_ptr(),
-                    copy: fresh_copy.unwrap_or_else(|| page_bytes.into()),
+                    copy: page_bytes.into(),
                     lo,
                     hi,
                 }),
                 blocks: Vec::new(),
             });
+            // The copy gets the bytes this block was decoded from, read
+            // before it was made: a device writing them meanwhile (or
+            // before, outside the range compared so far) then fails the
+            // next check instead of matching it.
+            for &(off, v) in &fetched {
+                let o = off as usize;
+                p.check.copy[o..o + 2].copy_from_slice(&v.to_le_bytes());
+            }
             p.check.lo = p.check.lo.min(lo);
             p.check.hi = p.check.hi.max(hi);
             p.blocks.push((pc, pa));
@@ -896,6 +922,7 @@ impl Jit {
             at
         });
         self.decode_buf = insns;
+        self.fetched = fetched;
         out
     }
 
@@ -1221,6 +1248,8 @@ mod sys_tests {
                 0x1000_0000 => self.put(RAM + 0x1000, &F2),
                 0x1000_0008 => self.control.get().unwrap().request_stop(),
                 0x1000_0010 => self.control.get().unwrap().set_mtimecmp(value),
+                // The device writes a word at 0x8000_1800.
+                0x1000_0020 => self.put(RAM + 0x1800, &[value as u32]),
                 _ => return false,
             }
             true
@@ -1856,6 +1885,69 @@ mod sys_tests {
         let jit = run_prog(&p, |bus| bus.put(RAM + 0x1000, &f), true);
         assert_eq!(interp, jit);
         assert_eq!(jit[10], 101);
+    }
+
+    #[test]
+    fn a_block_added_later_to_a_page_sees_a_device_restore_old_bytes() {
+        // f (0x1000) is translated first: the page's copy holds Y at
+        // 0x1800. The device writes X there, fence.i (f's range still
+        // matches), g (0x1800) is translated from X. The device writes Y
+        // back, fence.i: g must now run Y.
+        let p = [
+            0x1000_02b7,          // 0: lui t0, 0x10000
+            jal(1, 0x1000 - 4),   // 4: call f
+            lui(6, 0x700),        // 8: X = addi a0, zero, 7
+            addi(6, 6, 0x513),    // 12: t1 = X
+            store(2, 6, 5, 0x20), // 16: device writes X at 0x1800
+            0x0000_100f,          // 20: fence.i
+            jal(1, 0x1000 - 24),  // 24: call f
+            jal(1, 0x1800 - 28),  // 28: call g
+            addi(8, 10, 0),       // 32: s0 = a0
+            lui(6, 0x500),        // 36: Y = addi a0, zero, 5
+            addi(6, 6, 0x513),    // 40: t1 = Y
+            store(2, 6, 5, 0x20), // 44: device writes Y back
+            0x0000_100f,          // 48: fence.i
+            jal(1, 0x1800 - 52),  // 52: call g
+            addi(9, 10, 0),       // 56: s1 = a0
+            0x0002_a423,          // 60: stop
+            0x0000_006f,          // 64: j .
+        ];
+        let setup = |bus: &DmaBus| {
+            bus.put(RAM + 0x1000, &F1);
+            bus.put(RAM + 0x1800, &[0x0050_0513, 0x0000_8067]);
+        };
+        let interp = run_prog(&p, setup, false);
+        let jit = run_prog(&p, setup, true);
+        assert_eq!((interp[8], interp[9]), (7, 5));
+        assert_eq!((jit[8], jit[9]), (7, 5));
+    }
+
+    #[test]
+    fn a_block_reading_device_written_bytes_inside_a_checked_range_drops_the_page() {
+        // f (0x17fc..0x1808) is translated. The device writes X over its
+        // second instruction (no fence), g is translated at that address
+        // (from X), then fence.i: f, made from the old bytes, must not pass
+        // the check on a copy that now holds X.
+        let f = [addi(10, 0, 5), addi(11, 0, 1), 0x0000_8067]; // a1 = 1; ret
+        let p = [
+            0x1000_02b7,          // 0: lui t0, 0x10000
+            jal(1, 0x17fc - 4),   // 4: call f
+            lui(6, 0x200),        // 8: X = addi a1, zero, 2
+            addi(6, 6, 0x593),    // 12
+            store(2, 6, 5, 0x20), // 16: device writes X at 0x1800
+            jal(1, 0x1800 - 20),  // 20: call g (X; ret)
+            addi(8, 11, 0),       // 24: s0 = a1
+            0x0000_100f,          // 28: fence.i
+            jal(1, 0x17fc - 32),  // 32: call f
+            addi(9, 11, 0),       // 36: s1 = a1
+            0x0002_a423,          // 40: stop
+            0x0000_006f,          // 44: j .
+        ];
+        let setup = |bus: &DmaBus| bus.put(RAM + 0x17fc, &f);
+        let interp = run_prog(&p, setup, false);
+        let jit = run_prog(&p, setup, true);
+        assert_eq!((interp[8], interp[9]), (2, 2));
+        assert_eq!((jit[8], jit[9]), (2, 2));
     }
 
     #[test]
