@@ -116,10 +116,13 @@ const JUMP_REACH: u64 = 512;
 /// is still the `k`th executed from `pc` on the fall-through path, so
 /// exits retire `k` instructions as before.
 ///
-/// The same after an unconditional direct jump (`jal x0`) when some jump
-/// of the block (this one included) targets the code that follows within
-/// [`JUMP_REACH`] bytes: an if/else's join, a loop entered at its
-/// condition, the rest of a loop whose body jumps back. That code is
+/// The same after an unconditional jump that does not link (`jal x0`, or
+/// `jalr x0` as `ret`) when some jump of the block (a `jal` included)
+/// targets the code that follows within [`JUMP_REACH`] bytes: an
+/// if/else's join, a loop entered at its condition, the rest of a loop
+/// whose body jumps back (also one whose condition sits right before the
+/// function's `ret` and jumps over it to the body, as gcc lays out a
+/// `while` loop that ends its function: busybox's crc32 loop). That code is
 /// reached only through jumps inside the block, which the translator
 /// turns into jumps to merge points (each adjusting the retired count to
 /// its target's index), so small loops and their bodies become one block
@@ -136,7 +139,7 @@ pub(crate) fn extend_user(space: &UserSpace, pc: u64, buf: &mut Vec<Insn>) {
         let next = pc + last.off as u64 + last.size() as u64;
         let go_on = match last.kind {
             Beq | Bne | Blt | Bge | Bltu | Bgeu => true,
-            Jal if last.rd == ZERO_SINK => buf.iter().any(|i| {
+            Jal | Jalr if last.rd == ZERO_SINK => buf.iter().any(|i| {
                 matches!(i.kind, Beq | Bne | Blt | Bge | Bltu | Bgeu | Jal) && {
                     let t = (pc + i.off as u64).wrapping_add(i.imm as i64 as u64);
                     t >= next && t - next < JUMP_REACH

@@ -923,6 +923,38 @@ fn jit_loop_past_a_jump_honours_stop_request() {
     assert_eq!(h.instret(), expect, "pc {:#x}", h.pc);
 }
 
+/// A loop whose condition sits right before a `ret` and jumps over it to
+/// the body (`cond: bnez x13, body; ret; body: ...; j cond`): the block
+/// goes on past the `ret` (see `block::extend_user`), and the loop inside
+/// it still stops on another thread's request with a count that matches
+/// the pc.
+#[test]
+fn jit_loop_past_a_ret_honours_stop_request() {
+    let sp = space();
+    load_code(
+        &sp,
+        CODE,
+        &[
+            addi(13, 0, 1),
+            b(1, 13, 0, 8),      // cond: bnez x13, body
+            i(0x67, 0, 0, 1, 0), // ret
+            addi(10, 10, 1),     // body
+            jal(0, -12),         // to cond
+        ],
+    );
+    let h = run_until_stopped(&sp);
+    let passes = h.x(10);
+    assert!(passes > 1000, "the loop ran: {passes}");
+    // The li, then (bnez, addi, j) per pass.
+    let expect = match h.pc - CODE {
+        4 => 1 + 3 * passes,
+        12 => 2 + 3 * passes,
+        16 => 3 + 3 * passes,
+        _ => panic!("stopped at {:#x}", h.pc),
+    };
+    assert_eq!(h.instret(), expect, "pc {:#x}", h.pc);
+}
+
 // ---- host faults of the JIT's inline accesses (see `jit::fault`) ----
 
 /// The host protection of host address `a` as /proc/self/maps shows it
