@@ -19,7 +19,18 @@ pub(super) fn emit(a: &mut Asm, i: &Insn, ipc: u64) -> bool {
         // Results written to x0 vanish; none of these kinds traps.
         return matches!(
             i.kind,
-            Lui | Auipc | Slt | Sltu | Slti | Sltiu | AddUw | ZextH | SextH | SextB
+            Lui | Auipc
+                | Slt
+                | Sltu
+                | Slti
+                | Sltiu
+                | AddUw
+                | ZextH
+                | SextH
+                | SextB
+                | Sh1add
+                | Sh2add
+                | Sh3add
         );
     }
     match i.kind {
@@ -110,6 +121,32 @@ pub(super) fn emit(a: &mut Asm, i: &Insn, ipc: u64) -> bool {
             }
             a.rd_commit(rd, d);
         }
+        // rd = (rs1 << n) + rs2 (Zba, also `slli; add`, see `fuse`): one
+        // `lea`. An operand better read in place (see
+        // `RegCache::in_place`) comes through a scratch register, off
+        // the other operand's dependency chain.
+        Sh1add | Sh2add | Sh3add if rs1 != 0 && rs2 != 0 => {
+            let n = match i.kind {
+                Sh1add => 1,
+                Sh2add => 2,
+                _ => 3,
+            };
+            let s1 = if a.cache.in_place(rs1) {
+                a.load(RAX, RBX, xd(rs1));
+                RAX
+            } else {
+                a.x_reg(rs1)
+            };
+            let s2 = if a.cache.in_place(rs2) {
+                a.load(RCX, RBX, xd(rs2));
+                RCX
+            } else {
+                a.x_reg(rs2)
+            };
+            let d = a.rd_host(rd);
+            lea_scaled(a, d, s2, s1, n);
+            a.rd_commit(rd, d);
+        }
         Slt | Sltu | Slti | Sltiu => set(a, i),
         Sll | Srl | Sra | Sllw | Srlw | Sraw if rs1 != 0 && rs2 != 0 && bmi2() => {
             let w = matches!(i.kind, Sll | Srl | Sra);
@@ -137,6 +174,20 @@ pub(super) fn emit(a: &mut Asm, i: &Insn, ipc: u64) -> bool {
         _ => return false,
     }
     true
+}
+
+/// `lea d, [base + index << n]` (n = 0..=3; `index` is never rsp).
+fn lea_scaled(a: &mut Asm, d: u8, base: u8, index: u8, n: u8) {
+    a.rex(true, d, index, base);
+    a.u8(0x8d);
+    let sib = n << 6 | (index & 7) << 3 | (base & 7);
+    if base & 7 == 5 {
+        // rbp or r13 as the base needs a displacement (mod 00 would mean
+        // none and disp32): disp8 0.
+        a.b.extend_from_slice(&[0x44 | (d & 7) << 3, sib, 0]);
+    } else {
+        a.b.extend_from_slice(&[0x04 | (d & 7) << 3, sib]);
+    }
 }
 
 /// Whether the host has BMI2 (`shlx`, `shrx`, `sarx`). Detected once by

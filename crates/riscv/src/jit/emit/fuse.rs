@@ -17,6 +17,14 @@
 //! - `slli rd, rs, n; srli rd, rd, n` (n = 32, 48, 56): zero extension
 //!   (`zext.w`, `zext.h`, `andi 0xff`); with `srai`, sign extension
 //!   (`sext.w`, `sext.h`, `sext.b`).
+//! - `slli rd, rs, n; add rd, rd, rs2` (n = 1, 2, 3; either operand
+//!   order): an array index scaled and added to its base, Zba's
+//!   `shNadd`, one `lea` on the host (a cycle less on the chain of a
+//!   table walk: gzip's hash chains, crc32's table). Likewise the zero
+//!   extension above followed by such an `add` (n = 0): `add.uw`.
+//!
+//! In both `add` forms the other operand is not `rd` (its value is then
+//! the same before and after the first half) nor x0.
 
 use crate::decode::{Insn, Kind, ZERO_SINK};
 
@@ -26,7 +34,7 @@ pub(super) fn pairs(insns: &mut [Insn], merge: &[bool]) {
     use Kind::*;
     let mut k = 0;
     while k + 1 < insns.len() {
-        let (i, j) = (insns[k], insns[k + 1]);
+        let (i, j) = (insns[k], add_with_rd_first(insns[k], insns[k + 1]));
         let same = i.rd != ZERO_SINK && j.rd == i.rd && j.rs1 == i.rd;
         if !same || merge.get(k + 1).copied().unwrap_or(true) {
             k += 1;
@@ -48,6 +56,24 @@ pub(super) fn pairs(insns: &mut [Insn], merge: &[bool]) {
                 56 => Some(with(i, Andi, 0xff)),
                 _ => None,
             },
+            (Slli, Add) if i.rs1 != 0 && j.rs2 != 0 && j.rs2 != i.rd => match i.imm & 63 {
+                1 => Some(Insn {
+                    kind: Sh1add,
+                    rs2: j.rs2,
+                    ..i
+                }),
+                2 => Some(Insn {
+                    kind: Sh2add,
+                    rs2: j.rs2,
+                    ..i
+                }),
+                3 => Some(Insn {
+                    kind: Sh3add,
+                    rs2: j.rs2,
+                    ..i
+                }),
+                _ => None,
+            },
             (Slli, Srai) if i.imm & 63 == n => match n {
                 32 => Some(with(i, Addiw, 0)),
                 48 => Some(with(i, SextH, 0)),
@@ -59,19 +85,58 @@ pub(super) fn pairs(insns: &mut [Insn], merge: &[bool]) {
         match fused {
             Some(f) => {
                 insns[k] = f;
-                // The second half: `addi zero, x0, 0`, which emits nothing.
-                insns[k + 1] = Insn {
-                    kind: Addi,
-                    rd: ZERO_SINK,
-                    rs1: 0,
-                    rs2: 0,
-                    imm: 0,
-                    ..j
-                };
+                insns[k + 1] = sink(j);
+                // zext.w, then an add of it to another register: add.uw
+                // (the add right after the pair, not a merge point).
+                if let Some(&next) = insns.get(k + 2) {
+                    let add = add_with_rd_first(f, next);
+                    if f.kind == AddUw
+                        && f.rs2 == 0
+                        && f.rs1 != 0
+                        && add.kind == Add
+                        && add.rd == f.rd
+                        && add.rs1 == f.rd
+                        && add.rs2 != 0
+                        && add.rs2 != f.rd
+                        && !merge.get(k + 2).copied().unwrap_or(true)
+                    {
+                        insns[k].rs2 = add.rs2;
+                        insns[k + 2] = sink(next);
+                        k += 1;
+                    }
+                }
                 k += 2;
             }
             None => k += 1,
         }
+    }
+}
+
+/// `j` with its operands swapped when it is an `add` that reads `i`'s
+/// destination as its second operand only (so that the pair's shapes
+/// need only one operand order).
+fn add_with_rd_first(i: Insn, j: Insn) -> Insn {
+    if j.kind == Kind::Add && j.rs2 == i.rd && j.rs1 != i.rd {
+        Insn {
+            rs1: j.rs2,
+            rs2: j.rs1,
+            ..j
+        }
+    } else {
+        j
+    }
+}
+
+/// A fused pair's second half: `addi zero, x0, 0`, which emits nothing
+/// but retires where `j` did.
+fn sink(j: Insn) -> Insn {
+    Insn {
+        kind: Kind::Addi,
+        rd: ZERO_SINK,
+        rs1: 0,
+        rs2: 0,
+        imm: 0,
+        ..j
     }
 }
 

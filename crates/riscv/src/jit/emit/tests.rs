@@ -219,6 +219,73 @@ fn fused_extensions_match_the_interpreter() {
 }
 
 #[test]
+fn fused_scaled_additions_match_the_interpreter() {
+    // slli rd, rs, n; add rd, rd, rs2 (or add rd, rs2, rd): shNadd for
+    // n = 1..=3, not fused otherwise, nor when rs2 is rd or x0; and
+    // zext.w (slli 32; srli 32) then such an add: add.uw.
+    for seed in 0..VALUES.len() {
+        let regs = regs_from(seed);
+        for n in [0, 1, 2, 3, 4, 32] {
+            for (rd, rs, rs2) in [
+                (10, 10, 11),
+                (10, 11, 12),
+                (10, 11, 11),
+                (10, 11, 10),
+                (10, 11, 0),
+                (10, 0, 11),
+                (0, 11, 12),
+            ] {
+                both_ways(&[slli(rd, rs, n), add(rd, rd, rs2)], &regs);
+                both_ways(&[slli(rd, rs, n), add(rd, rs2, rd)], &regs);
+                let zext = [slli(rd, rs, 32), srli(rd, rd, 32)];
+                both_ways(&[zext[0], zext[1], add(rd, rd, rs2)], &regs);
+                both_ways(&[zext[0], zext[1], add(rd, rs2, rd)], &regs);
+            }
+        }
+    }
+    let x = both_ways(
+        &[slli(10, 11, 3), add(10, 12, 10)],
+        &[(11, 0x2000_0000_0000_0005), (12, 0x100)],
+    );
+    assert_eq!(x[10], 0x128);
+    assert_eq!(x[11], 0x2000_0000_0000_0005, "the source stays");
+    let x = both_ways(
+        &[slli(10, 11, 32), srli(10, 10, 32), add(10, 10, 12)],
+        &[(11, 0xffff_ffff_8000_0001), (12, 2)],
+    );
+    assert_eq!(x[10], 0x8000_0003);
+    // A jump to the add splits the pair (the add runs alone on x10 = 7).
+    for x1 in [0u64, 1] {
+        let prog = [bne(1, 0, 8), slli(10, 11, 2), add(10, 10, 12)];
+        let x = both_ways(&prog, &[(1, x1), (10, 7), (11, 3), (12, 100)]);
+        assert_eq!(x[10], if x1 == 0 { 112 } else { 107 });
+    }
+    // In a loop that names more registers than the cache holds, so that
+    // operands come from `Core::x` in place (see `RegCache::in_place`),
+    // as a table walk's base does.
+    let prog = [
+        add(5, 5, 6),
+        add(7, 7, 8),
+        add(9, 9, 6),
+        add(17, 17, 8),
+        xor(18, 18, 5),
+        slli(13, 14, 2),
+        add(13, 13, 15),
+        slli(19, 20, 1),
+        add(19, 21, 19),
+        addi(14, 14, 1),
+        addi(16, 16, -1),
+        bne(16, 0, -44),
+    ];
+    for seed in 0..VALUES.len() {
+        let mut regs = regs_from(seed);
+        regs.retain(|&(r, _)| r != 16);
+        regs.push((16, 5));
+        both_ways(&prog, &regs);
+    }
+}
+
+#[test]
 fn a_jump_between_a_pair_splits_it() {
     // bne x1, x2 skips the lui: the addi alone runs on x10 = 7 (a merge
     // point at the pair's second half), or the pair on the fall-through.
@@ -258,7 +325,7 @@ fn special_forms_match_the_interpreter() {
         rng
     };
     // (opcode, funct3, funct7) of the register forms.
-    const RR: [(u32, u32, u32); 12] = [
+    const RR: [(u32, u32, u32); 15] = [
         (0x33, 0, 0),    // add
         (0x3b, 0, 0),    // addw
         (0x33, 2, 0),    // slt
@@ -271,6 +338,9 @@ fn special_forms_match_the_interpreter() {
         (0x3b, 5, 0x20), // sraw
         (0x3b, 0, 4),    // add.uw
         (0x33, 0, 0x20), // sub
+        (0x33, 2, 0x10), // sh1add
+        (0x33, 4, 0x10), // sh2add
+        (0x33, 6, 0x10), // sh3add
     ];
     for round in 0..300 {
         let mut prog = Vec::new();
@@ -876,15 +946,18 @@ fn a_search_loop_matches_the_interpreter() {
 }
 
 /// How many ALU ops `code` holds that read guest `r` from `Core::x` as a
-/// memory operand (`op reg, [rbx + disp8]`, or `cmp [rbx + disp8], reg`).
+/// memory operand (`op reg, [rbx + disp8]`, or `cmp [rbx + disp8], reg`),
+/// or loads of it into a scratch register (`mov rax|rcx, [rbx + disp8]`,
+/// as a fused `slli; add` reads its base, see `alu`).
 fn reads_in_place(code: &[u8], r: u8) -> usize {
     let disp = xd(r) as i8 as u8;
     code.windows(4)
         .filter(|w| {
-            w[0] & 0xf0 == 0x40
+            let alu = w[0] & 0xf0 == 0x40
                 && matches!(w[1], 0x03 | 0x0b | 0x23 | 0x2b | 0x33 | 0x3b | 0x39)
-                && w[2] & 0xc7 == 0x43
-                && w[3] == disp
+                && w[2] & 0xc7 == 0x43;
+            let scratch = w[0] == 0x48 && w[1] == 0x8b && matches!(w[2], 0x43 | 0x4b);
+            (alu || scratch) && w[3] == disp
         })
         .count()
 }
