@@ -159,11 +159,12 @@ fn call_patterns(words: &mut [u32], orig: &[u32], n: usize) {
 }
 
 /// The pairs the JIT fuses (`lui`/`auipc` + `addi`/`addiw`, `slli` +
-/// `srli`/`srai` by the same amount, both on one register), which random
-/// words rarely make: where the input has a `lui`, `auipc` or `slli`,
-/// the next word becomes its partner when that word's low opcode bit
-/// pattern says so (about half the time), with its own immediate. The
-/// loop counter's words are left alone.
+/// `srli`/`srai` by the same amount, `slli` + `add`, zero extension +
+/// `add`, all on one register), which random words rarely make: where
+/// the input has a `lui`, `auipc`, `slli` or `srli`, the next word
+/// becomes its partner when that word's low opcode bit pattern says so
+/// (about half the time), with its own immediate or second register.
+/// The loop counter's words are left alone.
 fn fusion_pairs(words: &mut [u32], orig: &[u32]) {
     for k in 0..words.len().saturating_sub(1) {
         let i = decode(words[k]);
@@ -175,6 +176,18 @@ fn fusion_pairs(words: &mut [u32], orig: &[u32]) {
         let rd = i.rd as u32;
         let imm = (orig[k + 1] >> 20) as i32;
         words[k + 1] = match i.kind {
+            // add rd, rd, rs2 or (bit 10) add rd, rs2, rd: a scaled
+            // index added to its base (shNadd), or after a zero
+            // extension (add.uw).
+            Kind::Slli | Kind::Srli if orig[k + 1] & 0x200 != 0 => {
+                let rs2 = orig[k + 1] >> 20 & 31;
+                let (a, b) = if orig[k + 1] & 0x400 != 0 {
+                    (rs2, rd)
+                } else {
+                    (rd, rs2)
+                };
+                b << 20 | a << 15 | rd << 7 | 0x33
+            }
             Kind::Lui | Kind::Auipc if orig[k + 1] & 0x100 == 0 => addi(rd, rd, imm),
             // addiw
             Kind::Lui | Kind::Auipc => addi(rd, rd, imm) ^ 0x13 ^ 0x1b,
