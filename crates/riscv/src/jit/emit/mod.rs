@@ -684,15 +684,19 @@ fn loop_regs(insns: &[Insn], h: usize, last: usize) -> Vec<u8> {
 }
 
 /// [`loop_regs`], or with `nested` for the one map of a group of
-/// overlapping loops (see [`loop_groups`]), which must favour the
-/// innermost: an inner head then counts 16 times what reaches it and a
-/// jump back to it passes on only a 16th of its weight to the way past
-/// it (where an even split would make the code after an inner loop,
-/// which runs once per whole inner loop, outweigh the inner loop: the
-/// C kernel's matrix multiply then left its innermost bound out).
+/// overlapping loops (see [`loop_groups`]), which must favour what runs
+/// most in the innermost loops. There the estimate is the expected
+/// count of each instruction per pass of the group, with every jump
+/// back inside the group (a conditional one that closes a loop, the
+/// last one back to its head, taken 7 times in 8) followed
+/// around: counting an inner head 4 times what reaches it (once per
+/// head) misjudges overlapping loops, whose heads follow each other
+/// (`sort_list`, nine heads: the weights grew with each head passed),
+/// and nested ones, whose inner loop's way out would get half its
+/// weight (the C kernel's matrix multiply then left its innermost bound
+/// out).
 fn loop_regs_by(insns: &[Insn], h: usize, last: usize, nested: bool) -> Vec<u8> {
     use Kind::*;
-    let inner_weight: u64 = if nested { 16 } else { 4 };
     const ONE: u64 = 1 << 24;
     let body = &insns[h..=last];
     let n = body.len();
@@ -716,15 +720,12 @@ fn loop_regs_by(insns: &[Insn], h: usize, last: usize, nested: bool) -> Vec<u8> 
     freq[0] = ONE;
     for m in 0..n {
         if inner[m] {
-            freq[m] = freq[m].saturating_mul(inner_weight);
+            freq[m] = freq[m].saturating_mul(4);
         }
         let f = freq[m];
         let fwd = target(m).filter(|&j| j > m);
         let i = &body[m];
-        let back = target(m).is_some_and(|j| j > 0 && j <= m);
-        let (stay, jump) = if is_branch(i) && back && nested {
-            (f / inner_weight, 0)
-        } else if is_branch(i) {
+        let (stay, jump) = if is_branch(i) {
             (f - f / 2, f / 2)
         } else if i.kind == Jal {
             (0, f)
@@ -739,6 +740,10 @@ fn loop_regs_by(insns: &[Insn], h: usize, last: usize, nested: bool) -> Vec<u8> 
         if let Some(j) = fwd {
             freq[j] = freq[j].saturating_add(jump);
         }
+    }
+    // (The nested estimate replaces the above: see `expected_counts`.)
+    if nested {
+        freq = expected_counts(body, &target, &is_branch);
     }
     // (weight, uses, first use, register)
     let mut uses: Vec<(u64, u32, usize, u8)> = Vec::new();
@@ -761,6 +766,79 @@ fn loop_regs_by(insns: &[Insn], h: usize, last: usize, nested: bool) -> Vec<u8> 
     uses.iter()
         .take(CACHE_REGS.len())
         .map(|&(_, _, _, r)| r)
+        .collect()
+}
+
+/// The expected number of times each instruction of `body` runs per
+/// pass from its first (see [`loop_regs_by`]), in units of 2^-24,
+/// `target` giving the index in `body` a jump goes to: a conditional
+/// branch that is the last jump back to its target goes there 7 times
+/// in 8, a test against zero for equality a quarter of the time (for
+/// inequality three quarters), any other half the time; jumps back to
+/// the first instruction end the pass. Computed by sweeps in order
+/// (each adds a pass around every loop), until the counts settle or
+/// 512 sweeps (a cycle no branch leaves stops there).
+fn expected_counts(
+    body: &[Insn],
+    target: &dyn Fn(usize) -> Option<usize>,
+    is_branch: &dyn Fn(&Insn) -> bool,
+) -> Vec<u64> {
+    let n = body.len();
+    // The last jump back to each instruction (the one closing a loop).
+    let mut closing = vec![None; n];
+    for m in 0..n {
+        if let Some(j) = target(m).filter(|&j| j <= m) {
+            closing[j] = Some(m);
+        }
+    }
+    // (from, to, probability)
+    let mut edges: Vec<(usize, usize, f64)> = Vec::new();
+    for (m, i) in body.iter().enumerate() {
+        let t = target(m);
+        let (stay, jump) = if is_branch(i) {
+            match t {
+                Some(j) if j > 0 && closing[j] == Some(m) => (0.125, 0.875),
+                // A test of a register against zero for (in)equality:
+                // mostly a null pointer or a count at its end (rare).
+                _ if i.rs2 == 0 && i.kind == Kind::Beq => (0.75, 0.25),
+                _ if i.rs2 == 0 && i.kind == Kind::Bne => (0.25, 0.75),
+                _ => (0.5, 0.5),
+            }
+        } else if i.kind == Kind::Jal {
+            (0.0, 1.0)
+        } else if i.ends_block() {
+            (0.0, 0.0)
+        } else {
+            (1.0, 0.0)
+        };
+        if m + 1 < n && stay > 0.0 {
+            edges.push((m, m + 1, stay));
+        }
+        if let Some(j) = t.filter(|&j| j > 0 && jump > 0.0) {
+            edges.push((m, j, jump));
+        }
+    }
+    // In order of their targets, so a sweep carries forward ways in
+    // full (Gauss-Seidel).
+    edges.sort_by_key(|e| e.1);
+    let mut freq = vec![0f64; n];
+    for _ in 0..512 {
+        let mut moved = 0f64;
+        let mut e = edges.iter().peekable();
+        for j in 0..n {
+            let mut f = if j == 0 { 1.0 } else { 0.0 };
+            while let Some(&(m, _, p)) = e.next_if(|x| x.1 == j) {
+                f += freq[m] * p;
+            }
+            moved = moved.max((f - freq[j]).abs() / f.max(1.0));
+            freq[j] = f;
+        }
+        if moved < 1e-4 {
+            break;
+        }
+    }
+    freq.iter()
+        .map(|&f| (f.min(1e9) * (1u64 << 24) as f64) as u64)
         .collect()
 }
 
@@ -1549,10 +1627,10 @@ impl Jit {
                     // Heads of one group of overlapping loops (see
                     // `loop_groups`) share the map its first head picks
                     // for the whole group, so jumps between them move
-                    // no registers (measured: the C kernel 5% faster,
+                    // no registers (measured: the C kernel 5-7% faster,
                     // its `sort_list`, nine heads jumping into each
-                    // other, 20% fewer samples than with a map per head
-                    // that shuffled the others' registers).
+                    // other, 20-25% fewer samples than with a map per
+                    // head that shuffled the others' registers).
                     let (g0, g1) = groups[k];
                     let want = match group_map {
                         Some((g, map)) if g == g0 && k != g0 => map,

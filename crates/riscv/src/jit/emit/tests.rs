@@ -178,6 +178,33 @@ fn a_group_of_nested_loops_holds_the_innermost_registers() {
 }
 
 #[test]
+fn expected_counts_follow_loops_around() {
+    // The matrix loop: its inner body runs about 8 times per pass of
+    // the middle loop's, which runs about 8 times per pass of the outer.
+    let insns: Vec<Insn> = matrix_loop()
+        .iter()
+        .enumerate()
+        .map(|(k, &w)| {
+            let mut i = decode(w);
+            i.off = 4 * k as u16;
+            i
+        })
+        .collect();
+    let body = &insns[1..];
+    let target = |m: usize| {
+        let off = body[m].off as i64 + body[m].imm as i64;
+        body.iter().position(|t| t.off as i64 == off)
+    };
+    let is_branch = |i: &Insn| i.kind == Kind::Bne;
+    let f = expected_counts(body, &target, &is_branch);
+    let ratio = |a: usize, b: usize| f[a] as f64 / f[b] as f64;
+    // body[0] outer, body[3] middle, body[6] inner heads.
+    assert!((ratio(6, 3) - 8.0).abs() < 0.1, "{f:?}");
+    assert!((ratio(3, 0) - 8.0).abs() < 0.1, "{f:?}");
+    assert_eq!(f[0], 1 << 24);
+}
+
+#[test]
 fn a_group_of_nested_loops_matches_the_interpreter() {
     let data: Vec<u8> = (0..0x1000u32).map(|i| (i * 97 + 5) as u8).collect();
     for seed in 0..3 {
