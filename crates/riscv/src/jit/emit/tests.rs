@@ -56,6 +56,13 @@ fn written_regs_ignores_x0() {
 /// interpreted; every register, the pc and the retired count must agree.
 /// Returns the translated run's registers.
 pub(super) fn both_ways(prog: &[u32], regs: &[(usize, u64)]) -> [u64; 32] {
+    let data: Vec<u8> = (0..0x1000u32).map(|i| (i * 37 + 11) as u8 ^ 0x80).collect();
+    both_ways_data(prog, &data, regs)
+}
+
+/// [`both_ways`] with the data page holding `data` at first, which must
+/// agree at the end too.
+fn both_ways_data(prog: &[u32], data: &[u8], regs: &[(usize, u64)]) -> [u64; 32] {
     let mut out = Vec::new();
     for jit in [true, false] {
         let sp = UserSpace::new(32).unwrap();
@@ -65,8 +72,7 @@ pub(super) fn both_ways(prog: &[u32], regs: &[(usize, u64)]) -> [u64; 32] {
         words.push(0x73); // ecall
         let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
         sp.write(CODE, &bytes).unwrap();
-        let data: Vec<u8> = (0..0x1000u32).map(|i| (i * 37 + 11) as u8 ^ 0x80).collect();
-        sp.write(DATA, &data).unwrap();
+        sp.write(DATA, data).unwrap();
         sp.set_perms(CODE, 0x1000, perm::R | perm::X).unwrap();
         let mut h = Hart::new_user();
         h.set_jit(jit);
@@ -76,13 +82,182 @@ pub(super) fn both_ways(prog: &[u32], regs: &[(usize, u64)]) -> [u64; 32] {
         h.pc = CODE;
         let e = h.run_user(&sp);
         let x: [u64; 32] = std::array::from_fn(|r| h.x(r));
-        out.push((e, h.pc, h.instret(), x));
+        let mut mem = vec![0; 0x1000];
+        sp.read(DATA, &mut mem).unwrap();
+        out.push((e, h.pc, h.instret(), x, mem));
     }
     assert_eq!(
         out[0], out[1],
         "translated vs interpreted, program {prog:08x?}"
     );
     out[0].3
+}
+
+#[test]
+fn loop_groups_join_overlapping_loops() {
+    // Heads 1 (to 3) and 2 (to 5) overlap, 4 (to 4) lies inside them;
+    // 7 (to 8) stands alone; 6 and 9 are no heads.
+    let back_last = [
+        None,
+        Some(3),
+        Some(5),
+        None,
+        Some(4),
+        None,
+        None,
+        Some(8),
+        None,
+        None,
+    ];
+    let g = loop_groups(&back_last);
+    assert!(g[1..=5].iter().all(|&x| x == (1, 5)), "{g:?}");
+    assert_eq!((g[7], g[8]), ((7, 8), (7, 8)));
+}
+
+/// The C kernel's matrix multiply (N = 4, rows of 16 bytes) after one
+/// instruction, so its three nested loops are loops inside the block:
+/// A at `DATA`, B at `DATA + 0x100`, C at `DATA + 0x200` (see
+/// [`matrix_regs`]).
+fn matrix_loop() -> Vec<u32> {
+    let lw = |rd, rs1| i(0x03, 2, rd, rs1, 0);
+    vec![
+        addi(9, 9, 1),    // 0
+        addi(10, 25, 0),  // 1: outer: a0 = B
+        addi(17, 14, 0),  // 2: a7 = C row
+        addi(6, 16, -16), // 3: t1 = A row
+        addi(13, 6, 0),   // 4: middle: a3 = A row
+        addi(12, 10, 0),  // 5: a2 = B column
+        addi(11, 0, 0),   // 6: sum
+        lw(28, 13),       // 7: inner
+        lw(15, 12),       // 8
+        addi(13, 13, 4),  // 9
+        addi(12, 12, 16), // 10
+        mulw(15, 15, 28), // 11
+        addw(11, 11, 15), // 12
+        bne(13, 16, -24), // 13: -> 7
+        sw(11, 17, 0),    // 14
+        addi(10, 10, 4),  // 15
+        addi(17, 17, 4),  // 16
+        bne(18, 10, -52), // 17: -> 4
+        addi(16, 13, 16), // 18
+        addi(14, 14, 16), // 19
+        bne(27, 16, -76), // 20: -> 1
+    ]
+}
+
+fn matrix_regs() -> Vec<(usize, u64)> {
+    vec![
+        (16, DATA + 16),
+        (14, DATA + 0x200),
+        (25, DATA + 0x100),
+        (18, DATA + 0x110),
+        (27, DATA + 80),
+    ]
+}
+
+#[test]
+fn a_group_of_nested_loops_holds_the_innermost_registers() {
+    // One map for the three loops: it must hold the inner loop's
+    // registers, its bound x16 included (an even split at its back edge
+    // weighs the middle loop's x10 and x17 more).
+    let insns: Vec<Insn> = matrix_loop()
+        .iter()
+        .enumerate()
+        .map(|(k, &w)| {
+            let mut i = decode(w);
+            i.off = 4 * k as u16;
+            i
+        })
+        .collect();
+    let regs = loop_regs_by(&insns, 1, 20, true);
+    for r in [11, 12, 13, 15, 16, 28] {
+        assert!(regs.contains(&r), "x{r} in {regs:?}");
+    }
+    let code = host_code(&matrix_loop());
+    assert_eq!(moves_through_memory(&code), 0);
+}
+
+#[test]
+fn expected_counts_follow_loops_around() {
+    // The matrix loop: its inner body runs about 8 times per pass of
+    // the middle loop's, which runs about 8 times per pass of the outer.
+    let insns: Vec<Insn> = matrix_loop()
+        .iter()
+        .enumerate()
+        .map(|(k, &w)| {
+            let mut i = decode(w);
+            i.off = 4 * k as u16;
+            i
+        })
+        .collect();
+    let body = &insns[1..];
+    let target = |m: usize| {
+        let off = body[m].off as i64 + body[m].imm as i64;
+        body.iter().position(|t| t.off as i64 == off)
+    };
+    let is_branch = |i: &Insn| i.kind == Kind::Bne;
+    let f = expected_counts(body, &target, &is_branch);
+    let ratio = |a: usize, b: usize| f[a] as f64 / f[b] as f64;
+    // body[0] outer, body[3] middle, body[6] inner heads.
+    assert!((ratio(6, 3) - 8.0).abs() < 0.1, "{f:?}");
+    assert!((ratio(3, 0) - 8.0).abs() < 0.1, "{f:?}");
+    assert_eq!(f[0], 1 << 24);
+}
+
+#[test]
+fn a_group_of_nested_loops_matches_the_interpreter() {
+    let data: Vec<u8> = (0..0x1000u32).map(|i| (i * 97 + 5) as u8).collect();
+    for seed in 0..3 {
+        let mut regs = regs_from(seed);
+        regs.retain(|&(r, _)| !matrix_regs().iter().any(|&(m, _)| m == r));
+        regs.extend(matrix_regs());
+        let x = both_ways_data(&matrix_loop(), &data, &regs);
+        assert_eq!(x[16], DATA + 80);
+    }
+    // A column past the data page: a host fault in the inner loop.
+    let mut regs = matrix_regs();
+    regs[2] = (25, DATA + 0xfc0);
+    regs[3] = (18, DATA + 0xfd0);
+    both_ways_data(&matrix_loop(), &data, &regs);
+}
+
+/// The C kernel's `sort_list` (a merge sort of a linked list, gcc -O2,
+/// compressed instructions): nine loop heads in one group, reached by
+/// jumps into each other's middles. a0 = list, a1 = by key (else by
+/// value); returns to ra.
+const SORT_LIST: [u32; 38] = [
+    0x832e882a, 0x4f054885, 0x08080463, 0x46014501, 0x87424e85, 0xa0114781, 0x2785c709, 0x9de36318,
+    0x85c6fef8, 0x00f05c63, 0x86c2e58d, 0x00083803, 0xce0937fd, 0x8636e214, 0xfef048e3, 0x02b05d63,
+    0xeb89cf1d, 0x35fd86ba, 0xf66d6318, 0x86368536, 0xdf61b7e5, 0x00030b63, 0x00882e03, 0xd6e34714,
+    0x86bafdc6, 0x631835fd, 0x2e03b7e9, 0x475400c8, 0xffc6c9e3, 0xc701bf5d, 0x883a2e85, 0x3023bf59,
+    0x8a630006, 0x882a01ee, 0x0018989b, 0xf80810e3, 0x00003023, 0x80829002,
+];
+
+#[test]
+fn overlapping_loops_sort_a_list_as_the_interpreter() {
+    // Lists of nodes {next, key, val} (16 bytes) in the data page, sorted
+    // both ways, whole; and with a node pointing off the page (a host
+    // fault in the middle of the merge).
+    let ret = CODE + 4 * SORT_LIST.len() as u64;
+    for n in [1u64, 2, 3, 7, 40, 200] {
+        for by_key in [0, 1] {
+            for bad in [None, Some(n / 2)] {
+                let mut data = vec![0u8; 0x1000];
+                let mut seed = 0x1234u32.wrapping_add(n as u32);
+                for k in 0..n {
+                    seed = seed.wrapping_mul(1103515245).wrapping_add(12345);
+                    let node = &mut data[16 * k as usize..][..16];
+                    let next = if k + 1 < n { DATA + 16 * (k + 1) } else { 0 };
+                    let next = if bad == Some(k) { 0x7_0000 } else { next };
+                    node[..8].copy_from_slice(&next.to_le_bytes());
+                    node[8..12].copy_from_slice(&(seed >> 8 & 0xffff).to_le_bytes());
+                    node[12..].copy_from_slice(&(k as u32 ^ seed >> 20).to_le_bytes());
+                }
+                let regs = [(10, DATA), (11, by_key), (1, ret)];
+                both_ways_data(&SORT_LIST, &data, &regs);
+            }
+        }
+    }
 }
 
 #[test]
