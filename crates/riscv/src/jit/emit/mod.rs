@@ -159,22 +159,23 @@ impl Frame {
     fn is_back_edge(&self, target: u64) -> bool {
         self.looping.is_some() && target == self.pc
     }
-    /// User mode: the index of the instruction at `target` when it lies
-    /// in this (extended) block after its first instruction, so that a
-    /// branch there can stay inside the block instead of leaving through
-    /// a chained exit and entering another block (with its entry checks
+    /// The index of the instruction at `target` when it lies in this
+    /// (extended) block after its first instruction, so that a branch
+    /// there can stay inside the block instead of leaving through a
+    /// chained exit and entering another block (with its entry checks
     /// and an empty register cache). Jumps to the first instruction are
     /// the loop's back edges instead (see [`Loop`]). System mode jumps
-    /// inside a block only on those back edges: its blocks count down to
-    /// the next interrupt poll at every entry, and only the block's head
-    /// (where back edges land) does so.
+    /// backward inside a block only on those back edges: its blocks count
+    /// down to the next interrupt poll at every entry, and only the
+    /// block's head (where back edges land) does so; its forward jumps
+    /// stay inside where no jump reaches the target backward.
     fn internal(&self, target: u64) -> Option<usize> {
-        if self.sys.is_some() {
-            return None;
-        }
         let off = target.wrapping_sub(self.pc);
         let j = self.offs.binary_search(&u16::try_from(off).ok()?).ok()?;
-        (j > 0).then_some(j)
+        // System mode: only where no jump of the block comes backward
+        // (see `emit_try`), so every internal jump goes forward and every
+        // cycle still passes the head's countdown.
+        (j > 0 && (self.sys.is_none() || self.merge[j])).then_some(j)
     }
     /// Jumps from the branch at index `k` to the instruction at index `j`
     /// of the same block (see [`Frame::internal`]). Exits retire their
@@ -447,6 +448,22 @@ impl RegCache {
     /// evicted on the way would cost its back edge a reload, and a store
     /// when dirty); elsewhere, one no later instruction of the block
     /// names.
+    /// Whether a bitwise op of `r1` (not x0) and `r2` may work on the
+    /// low halves and leave its result unextended: both are known
+    /// sign-extended 32-bit values (see [`RegCache::sx`]; x0 is one) and
+    /// one is held unextended now, which a 64-bit op would first extend.
+    fn low_halves(&self, r1: u8, r2: u8) -> bool {
+        let known = |r: u8| r < 32 && self.sx & 1 << r != 0;
+        let lazy = |r: u8| {
+            r != 0
+                && self
+                    .guest
+                    .iter()
+                    .position(|&g| g == r)
+                    .is_some_and(|s| self.lazy[s])
+        };
+        r1 != 0 && known(r1) && known(r2) && (lazy(r1) || lazy(r2))
+    }
     fn in_place(&self, r: u8) -> bool {
         if r == 0 || r >= 32 || self.guest.contains(&r) {
             return false;
@@ -486,9 +503,20 @@ impl RegCache {
     }
     /// After instruction `i`: whether its result is known sign-extended
     /// (see [`RegCache::sx`]).
-    fn note_write(&mut self, i: &Insn) {
+    /// (`sx_in`: [`RegCache::sx`] before `i`, which writing rd, maybe
+    /// one of its sources, has changed.)
+    fn note_write(&mut self, i: &Insn, sx_in: u32) {
+        use Kind::*;
         if i.rd != 0 && i.rd < 32 {
-            if sext_result(i) {
+            // Bitwise ops keep both operands' sign extension (an
+            // immediate is one).
+            let known = |r: u8| r < 32 && sx_in & 1 << r != 0;
+            let bitwise = match i.kind {
+                And | Or | Xor => known(i.rs1) && known(i.rs2),
+                Andi | Ori | Xori => known(i.rs1),
+                _ => false,
+            };
+            if sext_result(i) || bitwise {
                 self.sx |= 1 << i.rd;
             } else {
                 self.sx &= !(1 << i.rd);
@@ -1143,19 +1171,27 @@ impl Jit {
         // Loop heads among them: the last backward jump to each.
         let mut merge = vec![false; insns.len()];
         let mut back_last: Vec<Option<usize>> = vec![None; insns.len()];
-        if sys.is_none() {
-            for (m, i) in insns.iter().enumerate() {
-                if matches!(i.kind, Beq | Bne | Blt | Bge | Bltu | Bgeu | Jal) {
-                    let off = (i.off as i64).wrapping_add(i.imm as i64);
-                    if let Ok(j) = offs.binary_search(&(u16::try_from(off).unwrap_or(u16::MAX))) {
-                        if j > 0 && off >= 0 {
-                            merge[j] = true;
-                            if j <= m {
-                                back_last[j] = Some(m);
-                            }
+        // System mode: forward jumps only (see `Frame::internal`); an
+        // instruction some jump reaches backward is no merge point.
+        let mut back_target = vec![false; insns.len()];
+        for (m, i) in insns.iter().enumerate() {
+            if matches!(i.kind, Beq | Bne | Blt | Bge | Bltu | Bgeu | Jal) {
+                let off = (i.off as i64).wrapping_add(i.imm as i64);
+                if let Ok(j) = offs.binary_search(&(u16::try_from(off).unwrap_or(u16::MAX))) {
+                    if j > 0 && off >= 0 {
+                        merge[j] = true;
+                        if j <= m {
+                            back_last[j] = Some(m);
+                            back_target[j] = true;
                         }
                     }
                 }
+            }
+        }
+        if sys.is_some() {
+            back_last.fill(None);
+            for (m, b) in merge.iter_mut().zip(&back_target) {
+                *m &= !b;
             }
         }
         // Fused pairs (see `fuse`), for the translator's eyes only.
@@ -1548,6 +1584,7 @@ impl Jit {
                     f.head_check(&mut a, k);
                 }
             }
+            let sx_in = a.cache.sx;
             if let Some(n) = select::skips(insns, &f.merge, k).filter(|_| sys.is_none()) {
                 let op = insns[k + 1];
                 let opc = pc.wrapping_add(op.off as u64);
@@ -1567,7 +1604,7 @@ impl Jit {
                 || fp::emit(&mut a, &mut f, &mut self.helpers, insns, k, ipc)
                 || amo::emit(&mut a, &mut f, k, i)
             {
-                a.cache.note_write(i);
+                a.cache.note_write(i, sx_in);
                 continue;
             }
             match i.kind {
@@ -1629,7 +1666,7 @@ impl Jit {
                     f.slow.push((a.jcc(CC_NE), k, [0; CACHE_REGS.len()]));
                 }
             }
-            a.cache.note_write(i);
+            a.cache.note_write(i, sx_in);
         }
         let user: extern "sysv64" fn(*mut Ctx, u32, u64) -> u32 = helper;
         fp::stubs(&mut a, &mut f, sys.unwrap_or(user as usize));
