@@ -125,21 +125,11 @@ const JUMP_REACH: u64 = 512;
 /// its target's index), so small loops and their bodies become one block
 /// whose registers stay cached.
 pub(crate) fn extend_user(space: &UserSpace, pc: u64, buf: &mut Vec<Insn>) {
+    use Kind::*;
     let page = pc & !(PAGE_SIZE - 1);
     let Some(bytes) = space.fetch_page(pc / PAGE_SIZE) else {
         return;
     };
-    // `translate_user` checked the page executable and marked it as
-    // holding code, so its bytes can be read as it reads them.
-    extend(pc, buf, |a| bytes.read_u16(a - page));
-}
-
-/// [`extend_user`] with `fetch16` reading the halfwords of `pc`'s page
-/// (as [`decode_block`]'s): also the JIT's system mode, whose caller
-/// records what was read for its fence checks.
-pub(crate) fn extend(pc: u64, buf: &mut Vec<Insn>, mut fetch16: impl FnMut(u64) -> u16) {
-    use Kind::*;
-    let page = pc & !(PAGE_SIZE - 1);
     let mut more = Vec::with_capacity(MAX_BLOCK + 1);
     while buf.len() < MAX_EXTENDED {
         let Some(last) = buf.last() else { return };
@@ -157,8 +147,10 @@ pub(crate) fn extend(pc: u64, buf: &mut Vec<Insn>, mut fetch16: impl FnMut(u64) 
         if !go_on || next >= page + PAGE_SIZE {
             return;
         }
+        // `translate_user` checked the page executable and marked it as
+        // holding code, so its bytes can be read as it reads them.
         // decode_block never leaves the page of `next`, which is `pc`'s.
-        let crosses = decode_block(next, &mut more, &mut fetch16);
+        let crosses = decode_block(next, &mut more, |a| bytes.read_u16(a - page));
         if crosses {
             return;
         }

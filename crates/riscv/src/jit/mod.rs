@@ -38,7 +38,7 @@
 use std::collections::HashMap as StdMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use crate::block::{decode_block, extend, extend_user, translate_user, MAX_BLOCK, POLL_BLOCKS};
+use crate::block::{decode_block, extend_user, translate_user, MAX_BLOCK, POLL_BLOCKS};
 use crate::cpu::Core;
 use crate::decode::{Insn, Kind};
 use crate::exec::exec_block;
@@ -56,7 +56,7 @@ use x86::Asm;
 
 /// Code buffer per hart. Reserved, not committed: pages are touched as
 /// code is written. Full: everything is flushed and translation restarts.
-const CODE_SIZE: usize = 128 << 20;
+const CODE_SIZE: usize = 32 << 20;
 /// Room kept free for one more block (96 instructions at well under 100
 /// bytes each, plus exit stubs).
 const HEADROOM: usize = 64 << 10;
@@ -838,7 +838,7 @@ impl Jit {
         // exactly the bytes its blocks were made from (see below).
         let mut fetched = std::mem::take(&mut self.fetched);
         fetched.clear();
-        let mut fetch = |a: u64| {
+        let crosses = decode_block(pc, &mut insns, |a| {
             let off = (a - page) as usize;
             // SAFETY: `host` points at the RAM byte of `pc`; `a` stays in
             // the same guest page (decode_block never leaves it), so the
@@ -851,14 +851,7 @@ impl Jit {
             };
             fetched.push((off as u16, v));
             v
-        };
-        let crosses = decode_block(pc, &mut insns, &mut fetch);
-        if !crosses {
-            // Past conditional branches and short forward jumps, as user
-            // mode does (see `block::extend_user`): the page's check range
-            // below covers the extension's bytes too.
-            extend(pc, &mut insns, &mut fetch);
-        }
+        });
         let out = (!crosses).then(|| {
             // Where the range the page's other blocks are checked on holds
             // a byte this block read differently from the copy, memory

@@ -410,13 +410,11 @@ fn jal0(off: i32) -> u32 {
         | 0x6f
 }
 
-/// Random straight-line code with forward branches and jumps over parts
-/// of it (system mode's extended blocks and their merge points, see
-/// `block::extend`), W arithmetic and shifts feeding bitwise ops (which
-/// keep low halves, see `RegCache::low_halves`), and loads and stores
-/// through every base of `differential` (page faults, MMIO and stores
-/// into the code page in the middle of an extended block), translated
-/// against interpreted.
+/// Random code with forward branches and jumps over parts of it, W
+/// arithmetic and shifts feeding bitwise ops (which keep low halves, see
+/// `RegCache::low_halves`), and loads and stores through every base of
+/// `differential` (page faults, MMIO, stores into the code page; narrow
+/// stores of unextended values), translated against interpreted.
 fn differential_branches(paging: bool, seed: u64, rounds: usize) {
     let mut x = [0u64; 32];
     let (warm, bases): (&[(u32, bool)], [u64; 9]) = if paging {
@@ -527,11 +525,11 @@ fn differential_branches(paging: bool, seed: u64, rounds: usize) {
 }
 
 #[test]
-fn sys_extended_blocks_match_the_interpreter_with_paging() {
+fn sys_branches_and_low_halves_match_the_interpreter_with_paging() {
     differential_branches(true, 0x1234_5678_9abc_def1, 300);
 }
 
 #[test]
-fn sys_extended_blocks_match_the_interpreter_without_paging() {
+fn sys_branches_and_low_halves_match_the_interpreter_without_paging() {
     differential_branches(false, 0xfeed_beef_0bad_c0de, 300);
 }

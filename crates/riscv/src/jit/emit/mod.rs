@@ -159,23 +159,22 @@ impl Frame {
     fn is_back_edge(&self, target: u64) -> bool {
         self.looping.is_some() && target == self.pc
     }
-    /// The index of the instruction at `target` when it lies in this
-    /// (extended) block after its first instruction, so that a branch
-    /// there can stay inside the block instead of leaving through a
-    /// chained exit and entering another block (with its entry checks
+    /// User mode: the index of the instruction at `target` when it lies
+    /// in this (extended) block after its first instruction, so that a
+    /// branch there can stay inside the block instead of leaving through
+    /// a chained exit and entering another block (with its entry checks
     /// and an empty register cache). Jumps to the first instruction are
     /// the loop's back edges instead (see [`Loop`]). System mode jumps
-    /// backward inside a block only on those back edges: its blocks count
-    /// down to the next interrupt poll at every entry, and only the
-    /// block's head (where back edges land) does so; its forward jumps
-    /// stay inside where no jump reaches the target backward.
+    /// inside a block only on those back edges: its blocks count down to
+    /// the next interrupt poll at every entry, and only the block's head
+    /// (where back edges land) does so.
     fn internal(&self, target: u64) -> Option<usize> {
+        if self.sys.is_some() {
+            return None;
+        }
         let off = target.wrapping_sub(self.pc);
         let j = self.offs.binary_search(&u16::try_from(off).ok()?).ok()?;
-        // System mode: only where no jump of the block comes backward
-        // (see `emit_try`), so every internal jump goes forward and every
-        // cycle still passes the head's countdown.
-        (j > 0 && (self.sys.is_none() || self.merge[j])).then_some(j)
+        (j > 0).then_some(j)
     }
     /// Jumps from the branch at index `k` to the instruction at index `j`
     /// of the same block (see [`Frame::internal`]). Exits retire their
@@ -440,14 +439,6 @@ impl RegCache {
         self.used[s] = self.tick;
         (s, evicted)
     }
-    /// Whether guest `r` (not x0), when not cached, is better read from
-    /// `Core::x` in place (a memory operand: the copy there is current
-    /// and extended) than brought into the cache, which would evict
-    /// another register: inside a loop, one its head does not hold (the
-    /// head holds the loop's hottest registers, see [`loop_regs`]; one
-    /// evicted on the way would cost its back edge a reload, and a store
-    /// when dirty); elsewhere, one no later instruction of the block
-    /// names.
     /// Whether a bitwise op of `r1` (not x0) and `r2` may work on the
     /// low halves and leave its result unextended: both are known
     /// sign-extended 32-bit values (see [`RegCache::sx`]; x0 is one) and
@@ -464,6 +455,14 @@ impl RegCache {
         };
         r1 != 0 && known(r1) && known(r2) && (lazy(r1) || lazy(r2))
     }
+    /// Whether guest `r` (not x0), when not cached, is better read from
+    /// `Core::x` in place (a memory operand: the copy there is current
+    /// and extended) than brought into the cache, which would evict
+    /// another register: inside a loop, one its head does not hold (the
+    /// head holds the loop's hottest registers, see [`loop_regs`]; one
+    /// evicted on the way would cost its back edge a reload, and a store
+    /// when dirty); elsewhere, one no later instruction of the block
+    /// names.
     fn in_place(&self, r: u8) -> bool {
         if r == 0 || r >= 32 || self.guest.contains(&r) {
             return false;
@@ -1171,27 +1170,19 @@ impl Jit {
         // Loop heads among them: the last backward jump to each.
         let mut merge = vec![false; insns.len()];
         let mut back_last: Vec<Option<usize>> = vec![None; insns.len()];
-        // System mode: forward jumps only (see `Frame::internal`); an
-        // instruction some jump reaches backward is no merge point.
-        let mut back_target = vec![false; insns.len()];
-        for (m, i) in insns.iter().enumerate() {
-            if matches!(i.kind, Beq | Bne | Blt | Bge | Bltu | Bgeu | Jal) {
-                let off = (i.off as i64).wrapping_add(i.imm as i64);
-                if let Ok(j) = offs.binary_search(&(u16::try_from(off).unwrap_or(u16::MAX))) {
-                    if j > 0 && off >= 0 {
-                        merge[j] = true;
-                        if j <= m {
-                            back_last[j] = Some(m);
-                            back_target[j] = true;
+        if sys.is_none() {
+            for (m, i) in insns.iter().enumerate() {
+                if matches!(i.kind, Beq | Bne | Blt | Bge | Bltu | Bgeu | Jal) {
+                    let off = (i.off as i64).wrapping_add(i.imm as i64);
+                    if let Ok(j) = offs.binary_search(&(u16::try_from(off).unwrap_or(u16::MAX))) {
+                        if j > 0 && off >= 0 {
+                            merge[j] = true;
+                            if j <= m {
+                                back_last[j] = Some(m);
+                            }
                         }
                     }
                 }
-            }
-        }
-        if sys.is_some() {
-            back_last.fill(None);
-            for (m, b) in merge.iter_mut().zip(&back_target) {
-                *m &= !b;
             }
         }
         // Fused pairs (see `fuse`), for the translator's eyes only.
