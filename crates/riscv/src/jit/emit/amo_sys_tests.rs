@@ -394,3 +394,142 @@ fn harts_count_exactly_with_amos_and_lr_sc() {
         4 * N
     );
 }
+
+fn rtype(f7: u32, f3: u32, op: u32, rd: u32, rs1: u32, rs2: u32) -> u32 {
+    f7 << 25 | rs2 << 20 | rs1 << 15 | f3 << 12 | rd << 7 | op
+}
+fn branch(f3: u32, rs1: u32, rs2: u32, off: i32) -> u32 {
+    bne(rs1, rs2, off) & !(7 << 12) | f3 << 12
+}
+fn jal0(off: i32) -> u32 {
+    let o = off as u32;
+    (o >> 20 & 1) << 31
+        | (o >> 1 & 0x3ff) << 21
+        | (o >> 11 & 1) << 20
+        | (o >> 12 & 0xff) << 12
+        | 0x6f
+}
+
+/// Random code with forward branches and jumps over parts of it, W
+/// arithmetic and shifts feeding bitwise ops (which keep low halves, see
+/// `RegCache::low_halves`), and loads and stores through every base of
+/// `differential` (page faults, MMIO, stores into the code page; narrow
+/// stores of unextended values), translated against interpreted.
+fn differential_branches(paging: bool, seed: u64, rounds: usize) {
+    let mut x = [0u64; 32];
+    let (warm, bases): (&[(u32, bool)], [u64; 9]) = if paging {
+        (
+            &[(5, true), (9, false), (12, false), (13, false)],
+            [
+                0x1800, 0x1100, 0x1201, 0x1304, 0x2040, 0x3040, 0x6100, 0x4080, 0x5f00,
+            ],
+        )
+    } else {
+        let r = |o: u64| RAM + o;
+        (
+            &[(5, true), (9, true), (12, true), (13, false)],
+            [
+                r(DATA + 0x800),
+                r(DATA + 0x100),
+                r(DATA + 0x201),
+                r(DATA + 0x304),
+                r(RO + 0x40),
+                0x4000_0040,
+                MMIO + 0x100,
+                r(CLEAN + 0x80),
+                r(PROG + 0xf00),
+            ],
+        )
+    };
+    x[5..14].copy_from_slice(&bases);
+    const REGS: [u32; 7] = [14, 15, 16, 17, 21, 22, 0];
+    let mut rng = seed;
+    for round in 0..rounds {
+        let n = 4 + (next(&mut rng) % 40) as usize;
+        // (instruction, skip: instructions a branch or jump jumps over)
+        let mut prog: Vec<(u32, Option<usize>)> = Vec::new();
+        let pick = |rng: &mut u64, k: usize| REGS[(next(rng) as usize) % k];
+        for _ in 0..n {
+            let rd = pick(&mut rng, 6);
+            let rs1 = pick(&mut rng, 7);
+            let rs2 = pick(&mut rng, 7);
+            let sh = (next(&mut rng) % 32) as i32;
+            let imm = [0, 1, -1, 0x7ff, -0x800, 0x55][(next(&mut rng) % 6) as usize];
+            let w = match next(&mut rng) % 16 {
+                0 => rtype(0, 0, 0x3b, rd, rs1, rs2), // addw
+                1 => itype(0x1b, 1, rd, rs1, sh),     // slliw
+                2 => itype(0x1b, 5, rd, rs1, sh),     // srliw
+                3 => rtype(0, 1, 0x3b, rd, rs1, rs2), // sllw
+                4 => rtype(0, 5, 0x3b, rd, rs1, rs2), // srlw
+                5 => rtype(0, 4, 0x33, rd, rs1, rs2), // xor
+                6 => rtype(0, 6, 0x33, rd, rs1, rs2), // or
+                7 => rtype(0, 7, 0x33, rd, rs1, rs2), // and
+                8 => itype(0x13, [4, 6, 7][(next(&mut rng) % 3) as usize], rd, rs1, imm),
+                9 => rtype(0, 0, 0x33, rd, rs1, rs2), // add
+                10 | 11 => {
+                    let base = [5, 5, 6, 7, 8, 9, 10, 11, 12, 13][(next(&mut rng) % 10) as usize];
+                    let off = [0, 8, -8, 4][(next(&mut rng) % 4) as usize];
+                    if next(&mut rng).is_multiple_of(2) {
+                        let f3 = [2, 3, 4, 6][(next(&mut rng) % 4) as usize];
+                        itype(0x03, f3, rd, base, off)
+                    } else {
+                        store([2, 3][(next(&mut rng) % 2) as usize], rs2, base, off)
+                    }
+                }
+                12..=14 => {
+                    let f3 = [0, 1, 4, 5, 6, 7][(next(&mut rng) % 6) as usize];
+                    prog.push((
+                        branch(f3, rs1, rs2, 0),
+                        Some(1 + (next(&mut rng) % 5) as usize),
+                    ));
+                    continue;
+                }
+                _ => {
+                    prog.push((jal0(0), Some(1 + (next(&mut rng) % 4) as usize)));
+                    continue;
+                }
+            };
+            prog.push((w, None));
+        }
+        let len = prog.len();
+        let body: Vec<u32> = prog
+            .iter()
+            .enumerate()
+            .map(|(k, &(w, skip))| match skip {
+                // At most to the end: the loop's counter update.
+                Some(s) => {
+                    let off = 4 * (1 + s.min(len - k - 1)) as i32;
+                    if w & 0x7f == 0x6f {
+                        jal0(off)
+                    } else {
+                        branch(w >> 12 & 7, w >> 15 & 31, w >> 20 & 31, off)
+                    }
+                }
+                None => w,
+            })
+            .collect();
+        for r in REGS.iter().take(6) {
+            x[*r as usize] = match next(&mut rng) % 3 {
+                0 => next(&mut rng),
+                1 => next(&mut rng) as i32 as i64 as u64,
+                _ => [0, 1, u64::MAX, 1 << 63, 1 << 31, 0x7fff_ffff][(next(&mut rng) % 6) as usize],
+            };
+        }
+        let a = run(paging, warm, &body, &x, true);
+        let b = run(paging, warm, &body, &x, false);
+        let ctx = || format!("paging {paging}, round {round}: program {body:08x?}");
+        assert_eq!(a.x, b.x, "x, {}", ctx());
+        assert_eq!(a.instret, b.instret, "instret, {}", ctx());
+        assert!(a.ram == b.ram, "RAM differs, {}", ctx());
+    }
+}
+
+#[test]
+fn sys_branches_and_low_halves_match_the_interpreter_with_paging() {
+    differential_branches(true, 0x1234_5678_9abc_def1, 300);
+}
+
+#[test]
+fn sys_branches_and_low_halves_match_the_interpreter_without_paging() {
+    differential_branches(false, 0xfeed_beef_0bad_c0de, 300);
+}

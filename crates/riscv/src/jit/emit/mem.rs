@@ -106,7 +106,14 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
         let addend = offset_of!(crate::mmu::Entry, addend) as i32;
         a.op_bi8d(true, &[0x03], RAX, R12, RDX, addend);
         if is_store {
-            a.ld_x(RDX, i.rs2);
+            if n < 8 && i.rs2 != 0 && !a.cache.in_place(i.rs2) {
+                // A narrow store reads only the low bits: an unextended W
+                // result goes as it is (see `RegCache::lazy`).
+                let c = a.x_reg32(i.rs2);
+                a.op_rr(false, &[0x89], c, RDX); // mov edx, c32
+            } else {
+                a.ld_x(RDX, i.rs2);
+            }
             match n {
                 1 => a.op_m(false, &[0x88], RDX, RAX, 0),
                 2 => {

@@ -439,6 +439,22 @@ impl RegCache {
         self.used[s] = self.tick;
         (s, evicted)
     }
+    /// Whether a bitwise op of `r1` (not x0) and `r2` may work on the
+    /// low halves and leave its result unextended: both are known
+    /// sign-extended 32-bit values (see [`RegCache::sx`]; x0 is one) and
+    /// one is held unextended now, which a 64-bit op would first extend.
+    fn low_halves(&self, r1: u8, r2: u8) -> bool {
+        let known = |r: u8| r < 32 && self.sx & 1 << r != 0;
+        let lazy = |r: u8| {
+            r != 0
+                && self
+                    .guest
+                    .iter()
+                    .position(|&g| g == r)
+                    .is_some_and(|s| self.lazy[s])
+        };
+        r1 != 0 && known(r1) && known(r2) && (lazy(r1) || lazy(r2))
+    }
     /// Whether guest `r` (not x0), when not cached, is better read from
     /// `Core::x` in place (a memory operand: the copy there is current
     /// and extended) than brought into the cache, which would evict
@@ -486,9 +502,20 @@ impl RegCache {
     }
     /// After instruction `i`: whether its result is known sign-extended
     /// (see [`RegCache::sx`]).
-    fn note_write(&mut self, i: &Insn) {
+    /// (`sx_in`: [`RegCache::sx`] before `i`, which writing rd, maybe
+    /// one of its sources, has changed.)
+    fn note_write(&mut self, i: &Insn, sx_in: u32) {
+        use Kind::*;
         if i.rd != 0 && i.rd < 32 {
-            if sext_result(i) {
+            // Bitwise ops keep both operands' sign extension (an
+            // immediate is one).
+            let known = |r: u8| r < 32 && sx_in & 1 << r != 0;
+            let bitwise = match i.kind {
+                And | Or | Xor => known(i.rs1) && known(i.rs2),
+                Andi | Ori | Xori => known(i.rs1),
+                _ => false,
+            };
+            if sext_result(i) || bitwise {
                 self.sx |= 1 << i.rd;
             } else {
                 self.sx &= !(1 << i.rd);
@@ -1687,6 +1714,7 @@ impl Jit {
                     f.head_check(&mut a, k);
                 }
             }
+            let sx_in = a.cache.sx;
             if let Some(n) = select::skips(insns, &f.merge, k).filter(|_| sys.is_none()) {
                 let op = insns[k + 1];
                 let opc = pc.wrapping_add(op.off as u64);
@@ -1706,7 +1734,7 @@ impl Jit {
                 || fp::emit(&mut a, &mut f, &mut self.helpers, insns, k, ipc)
                 || amo::emit(&mut a, &mut f, k, i)
             {
-                a.cache.note_write(i);
+                a.cache.note_write(i, sx_in);
                 continue;
             }
             match i.kind {
@@ -1768,7 +1796,7 @@ impl Jit {
                     f.slow.push((a.jcc(CC_NE), k, [0; CACHE_REGS.len()]));
                 }
             }
-            a.cache.note_write(i);
+            a.cache.note_write(i, sx_in);
         }
         let user: extern "sysv64" fn(*mut Ctx, u32, u64) -> u32 = helper;
         fp::stubs(&mut a, &mut f, sys.unwrap_or(user as usize));

@@ -285,6 +285,20 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
         // c.mv is `add rd, x0, rs2`; x ^ 0, x | 0, x + 0, x - 0 are x.
         Add | Or | Xor if i.rs1 == 0 => mv(a, rd, i.rs2),
         Add | Or | Xor | Sub if i.rs2 == 0 => mv(a, rd, i.rs1),
+        // Bitwise ops of sign-extended 32-bit values, one held
+        // unextended (a rotate's halves, see `RegCache::lazy`): on the
+        // low halves, the result unextended too (and sign-extended, see
+        // `RegCache::note_write`), no operand extended first.
+        Xor | Or | And if a.cache.low_halves(i.rs1, i.rs2) => match i.kind {
+            Xor => rr!(false, XOR),
+            Or => rr!(false, OR),
+            _ => rr!(false, AND),
+        },
+        Xori | Ori | Andi if a.cache.low_halves(i.rs1, 0) => match i.kind {
+            Xori => ri!(false, XOR),
+            Ori => ri!(false, OR),
+            _ => ri!(false, AND),
+        },
         Addi => ri!(true, ADD),
         Xori => ri!(true, XOR),
         Ori => ri!(true, OR),
