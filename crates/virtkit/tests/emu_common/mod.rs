@@ -19,11 +19,28 @@ fn progs_src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../linux-user/tests/progs")
 }
 
-/// A scratch directory unique to one test.
+/// A scratch directory unique to one test of this test process.
+///
+/// Per process, not only per test name: two test processes sharing a
+/// target directory (two `cargo test` runs at once) wiped each other's
+/// files when the directory was fixed per name. Directories left by
+/// processes that have exited are removed on the way.
 pub fn scratch(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("emu-scratch")
-        .join(name);
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("emu-scratch");
+    let me = std::process::id();
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for e in entries.flatten() {
+            let alive = e
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+                .is_some_and(|pid| pid == me || Path::new(&format!("/proc/{pid}")).exists());
+            if !alive {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let d = root.join(me.to_string()).join(name);
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("create scratch dir");
     d
