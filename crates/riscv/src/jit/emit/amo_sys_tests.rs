@@ -473,7 +473,7 @@ fn differential_branches(paging: bool, seed: u64, rounds: usize) {
                         let f3 = [2, 3, 4, 6][(next(&mut rng) % 4) as usize];
                         itype(0x03, f3, rd, base, off)
                     } else {
-                        store([2, 3][(next(&mut rng) % 2) as usize], rs2, base, off)
+                        store([0, 1, 2, 3][(next(&mut rng) % 4) as usize], rs2, base, off)
                     }
                 }
                 12..=14 => {

@@ -1228,3 +1228,219 @@ fn a_loop_whose_condition_precedes_a_ret_runs_inside_one_block() {
         }
     }
 }
+
+// Random loop nests (written by a review of the merged changes): rets the
+// block goes on past, nested and overlapping loops (loop groups), slli+add
+// and zext.w+add pairs (shNadd, add.uw), W results feeding bitwise ops
+// (low halves), loads and stores of every width, some faulting.
+
+#[derive(Clone, Copy)]
+enum RvItem {
+    W(u32),
+    Br(u32, u32, u32, usize),
+    Jal(usize),
+}
+
+fn rv_store(f3: u32, rs2: u32, rs1: u32, off: i32) -> u32 {
+    let o = off as u32 & 0xfff;
+    (o >> 5) << 25 | rs2 << 20 | rs1 << 15 | f3 << 12 | (o & 31) << 7 | 0x23
+}
+
+fn rv_random_body(rng: &mut u64, items: &mut Vec<RvItem>, n: usize, ret: bool) {
+    let mut next = || {
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        *rng
+    };
+    const D: [u32; 12] = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
+    let mut pend: Vec<(usize, usize)> = Vec::new(); // (item, skip)
+    for _ in 0..n {
+        let rd = D[(next() % 12) as usize];
+        let rs1 = if next() % 10 == 0 {
+            0
+        } else {
+            D[(next() % 12) as usize]
+        };
+        let rs2 = if next() % 10 == 0 {
+            0
+        } else {
+            D[(next() % 12) as usize]
+        };
+        let sh = (next() % 32) as i32;
+        let imm = [0, 1, -1, 0x7ff, -0x800, 0x55, 0xff][(next() % 7) as usize];
+        let w = match next() % 24 {
+            0 => r(0x3b, 0, 0, rd, rs1, rs2),     // addw
+            1 => r(0x3b, 0, 0x20, rd, rs1, rs2),  // subw
+            2 => i(0x1b, 0, rd, rs1, imm),        // addiw
+            3 => i(0x1b, 1, rd, rs1, sh),         // slliw
+            4 => i(0x1b, 5, rd, rs1, sh),         // srliw
+            5 => i(0x1b, 5, rd, rs1, 0x400 | sh), // sraiw
+            6 => r(0x3b, 1, 0, rd, rs1, rs2),     // sllw
+            7 => r(0x33, 4, 0, rd, rs1, rs2),     // xor
+            8 => r(0x33, 6, 0, rd, rs1, rs2),     // or
+            9 => r(0x33, 7, 0, rd, rs1, rs2),     // and
+            10 => i(0x13, [4, 6, 7][(next() % 3) as usize], rd, rs1, imm),
+            11 => r(0x33, 0, 0, rd, rs1, rs2), // add
+            12 => r(0x3b, 0, 1, rd, rs1, rs2), // mulw
+            13 => {
+                // slli + add (shNadd), either order
+                let n = 1 + (next() % 3) as i32;
+                items.push(RvItem::W(slli(rd, rs1, n)));
+                if next() % 2 == 0 {
+                    add(rd, rd, rs2)
+                } else {
+                    add(rd, rs2, rd)
+                }
+            }
+            14 => {
+                items.push(RvItem::W(slli(rd, rs1, 32)));
+                items.push(RvItem::W(srli(rd, rd, 32)));
+                if next() % 2 == 0 {
+                    add(rd, rd, rs2)
+                } else {
+                    add(rd, rs2, rd)
+                }
+            }
+            15 | 16 => {
+                let f3 = (next() % 4) as u32;
+                let off = ((next() % 0x100) as i32) << 3;
+                rv_store(
+                    f3,
+                    rs2,
+                    [18, 18, 18, 18, 18, 18, 19, 20][(next() % 8) as usize],
+                    off,
+                )
+            }
+            17 => {
+                let f3 = [0, 1, 2, 3, 4, 5, 6][(next() % 7) as usize];
+                let off = ((next() % 0x100) as i32) << 3;
+                i(
+                    0x03,
+                    f3,
+                    rd,
+                    [18, 18, 18, 18, 18, 18, 19, 20][(next() % 8) as usize],
+                    off,
+                )
+            }
+            18 => i(
+                0x13,
+                5,
+                rd,
+                rs1,
+                [32, 33, 0x420, 0x43f][(next() % 4) as usize],
+            ),
+            19 if rs2 != 0 && next() % 2 == 0 => {
+                // c.slli rd, n; c.add rd, rs2 (one word)
+                let n = 1 + (next() % 3) as u32;
+                let cs = (rd << 7) | (n << 2) | 0b10;
+                let ca = (0b1001 << 12) | (rd << 7) | (rs2 << 2) | 0b10;
+                cs | ca << 16
+            }
+            19 => r(0x33, 3, 0, rd, rs1, rs2), // sltu
+            20 | 21 => {
+                let f3 = [0, 1, 4, 5, 6, 7][(next() % 6) as usize];
+                pend.push((items.len(), 1 + (next() % 5) as usize));
+                items.push(RvItem::Br(f3, rs1, rs2, 0));
+                continue;
+            }
+            22 => {
+                pend.push((items.len(), 1 + (next() % 4) as usize));
+                items.push(RvItem::Jal(0));
+                continue;
+            }
+            _ if ret => {
+                // A ret the block goes on past: `b<cc> over; ret; over:`.
+                let f3 = [0, 1, 4, 5][(next() % 4) as usize];
+                items.push(RvItem::Br(f3, rs1, rs2, items.len() + 2));
+                jalr(0, 1, 0)
+            }
+            _ => match next() % 6 {
+                0 => r(0x33, 2, 0x10, rd, rs1, rs2), // sh1add
+                1 => r(0x33, 4, 0x10, rd, rs1, rs2), // sh2add
+                2 => r(0x33, 6, 0x10, rd, rs1, rs2), // sh3add
+                3 => r(0x3b, 0, 0x04, rd, rs1, rs2), // add.uw
+                _ => r(0x33, 0, 0x20, rd, rs1, rs2), // sub
+            },
+        };
+        items.push(RvItem::W(w));
+    }
+    let end = items.len();
+    for (at, skip) in pend {
+        let t = (at + 1 + skip).min(end);
+        items[at] = match items[at] {
+            RvItem::Br(f3, a, b, _) => RvItem::Br(f3, a, b, t),
+            _ => RvItem::Jal(t),
+        };
+    }
+}
+
+fn rv_resolve(items: &[RvItem]) -> Vec<u32> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(k, it)| match *it {
+            RvItem::W(w) => w,
+            RvItem::Br(f3, a, b, t) => branch(f3, a, b, 4 * (t as i32 - k as i32)),
+            RvItem::Jal(t) => j(4 * (t as i32 - k as i32)),
+        })
+        .collect()
+}
+
+/// Two nested loops (x29 outer, x30 inner, 3 passes each), sometimes a
+/// third overlapping them back to the outer head (x31, 4 passes).
+fn rv_random_prog(rng: &mut u64) -> Vec<u32> {
+    let (outer, inner, over) = (3, 3, 4);
+    let mut items = vec![RvItem::W(addi(29, 0, outer)), RvItem::W(addi(31, 0, over))];
+    let h1 = items.len();
+    items.push(RvItem::W(addi(30, 0, inner)));
+    let h2 = items.len();
+    let pick = |rng: &mut u64| {
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        *rng
+    };
+    let na = 2 + (pick(rng) % 14) as usize;
+    rv_random_body(rng, &mut items, na, true);
+    if pick(rng) % 2 == 0 {
+        // an overlapping loop back to h1, bounded by x31
+        items.push(RvItem::W(addi(31, 31, -1)));
+        items.push(RvItem::Br(4, 0, 31, h1)); // blt x0, x31, h1
+        let m = 1 + (pick(rng) % 4) as usize;
+        rv_random_body(rng, &mut items, m, false);
+    }
+    items.push(RvItem::W(addi(30, 30, -1)));
+    items.push(RvItem::Br(1, 30, 0, h2));
+    let nb = (pick(rng) % 8) as usize;
+    let rb = pick(rng) % 2 == 0;
+    rv_random_body(rng, &mut items, nb, rb);
+    items.push(RvItem::W(addi(29, 29, -1)));
+    items.push(RvItem::Br(1, 29, 0, h1));
+    rv_resolve(&items)
+}
+
+#[test]
+fn random_loop_nests_with_rets_and_fused_pairs_match_the_interpreter() {
+    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+    let data: Vec<u8> = (0..0x1000u32).map(|i| (i * 37 + 11) as u8 ^ 0x80).collect();
+    for _ in 0..3000 {
+        let prog = rv_random_prog(&mut rng);
+        let end = CODE + 4 * prog.len() as u64;
+        let mut regs = vec![(1usize, end), (18, DATA), (19, DATA + 0x3000), (20, CODE)];
+        for r in 5..=16usize {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let v = match rng % 4 {
+                0 => rng,
+                1 => rng as i32 as i64 as u64,
+                2 => [0, 1, u64::MAX, 1 << 63, 1 << 31, 0x7fff_ffff, 0xffff_ffff]
+                    [(rng >> 8) as usize % 7],
+                _ => (rng >> 20) & 7,
+            };
+            regs.push((r, v));
+        }
+        both_ways_data(&prog, &data, &regs);
+    }
+}
