@@ -243,13 +243,10 @@ fn run(paging: bool, warm: &[(u32, bool)], body: &[u32], x: &[u64; 32], jit: boo
     }
 }
 
-fn differential(paging: bool, seed: u64, rounds: usize) {
-    // Bases: x5, x6 into the writable page (x7 misaligned by 1, x8 by 4),
-    // x9 the read-only one (without paging: another writable one), x10
-    // nothing (a page fault; an access fault), x11 MMIO, x12 the page
-    // not dirty yet, x13 the page holding the code.
-    let mut x = [0u64; 32];
-    let (warm, bases): (&[(u32, bool)], [u64; 9]) = if paging {
+/// The pages a random program's bases warm in the TLB (writable or not),
+/// and the bases x5..=x13 (see `differential`).
+fn bases(paging: bool) -> (&'static [(u32, bool)], [u64; 9]) {
+    if paging {
         (
             &[(5, true), (9, false), (12, false), (13, false)],
             [
@@ -272,7 +269,16 @@ fn differential(paging: bool, seed: u64, rounds: usize) {
                 r(PROG + 0xf00),
             ],
         )
-    };
+    }
+}
+
+fn differential(paging: bool, seed: u64, rounds: usize) {
+    // Bases: x5, x6 into the writable page (x7 misaligned by 1, x8 by 4),
+    // x9 the read-only one (without paging: another writable one), x10
+    // nothing (a page fault; an access fault), x11 MMIO, x12 the page
+    // not dirty yet, x13 the page holding the code.
+    let mut x = [0u64; 32];
+    let (warm, bases) = bases(paging);
     x[5..14].copy_from_slice(&bases);
     let mut rng = seed;
     for round in 0..rounds {
@@ -417,30 +423,7 @@ fn jal0(off: i32) -> u32 {
 /// stores of unextended values), translated against interpreted.
 fn differential_branches(paging: bool, seed: u64, rounds: usize) {
     let mut x = [0u64; 32];
-    let (warm, bases): (&[(u32, bool)], [u64; 9]) = if paging {
-        (
-            &[(5, true), (9, false), (12, false), (13, false)],
-            [
-                0x1800, 0x1100, 0x1201, 0x1304, 0x2040, 0x3040, 0x6100, 0x4080, 0x5f00,
-            ],
-        )
-    } else {
-        let r = |o: u64| RAM + o;
-        (
-            &[(5, true), (9, true), (12, true), (13, false)],
-            [
-                r(DATA + 0x800),
-                r(DATA + 0x100),
-                r(DATA + 0x201),
-                r(DATA + 0x304),
-                r(RO + 0x40),
-                0x4000_0040,
-                MMIO + 0x100,
-                r(CLEAN + 0x80),
-                r(PROG + 0xf00),
-            ],
-        )
-    };
+    let (warm, bases) = bases(paging);
     x[5..14].copy_from_slice(&bases);
     const REGS: [u32; 7] = [14, 15, 16, 17, 21, 22, 0];
     let mut rng = seed;

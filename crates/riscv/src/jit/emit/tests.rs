@@ -160,15 +160,7 @@ fn a_group_of_nested_loops_holds_the_innermost_registers() {
     // One map for the three loops: it must hold the inner loop's
     // registers, its bound x16 included (an even split at its back edge
     // weighs the middle loop's x10 and x17 more).
-    let insns: Vec<Insn> = matrix_loop()
-        .iter()
-        .enumerate()
-        .map(|(k, &w)| {
-            let mut i = decode(w);
-            i.off = 4 * k as u16;
-            i
-        })
-        .collect();
+    let insns = decoded(matrix_loop());
     let regs = loop_regs_by(&insns, 1, 20, true);
     for r in [11, 12, 13, 15, 16, 28] {
         assert!(regs.contains(&r), "x{r} in {regs:?}");
@@ -181,15 +173,7 @@ fn a_group_of_nested_loops_holds_the_innermost_registers() {
 fn expected_counts_follow_loops_around() {
     // The matrix loop: its inner body runs about 8 times per pass of
     // the middle loop's, which runs about 8 times per pass of the outer.
-    let insns: Vec<Insn> = matrix_loop()
-        .iter()
-        .enumerate()
-        .map(|(k, &w)| {
-            let mut i = decode(w);
-            i.off = 4 * k as u16;
-            i
-        })
-        .collect();
+    let insns = decoded(matrix_loop());
     let body = &insns[1..];
     let target = |m: usize| {
         let off = body[m].off as i64 + body[m].imm as i64;
@@ -1076,8 +1060,9 @@ fn search_loop() -> Vec<u32> {
 }
 
 /// The registers the search loop's head holds (see [`loop_regs`]).
-fn search_loop_regs() -> Vec<u8> {
-    let insns: Vec<Insn> = search_loop()
+/// `words` decoded, each at its offset (4 bytes apart).
+fn decoded(words: Vec<u32>) -> Vec<Insn> {
+    words
         .iter()
         .enumerate()
         .map(|(k, &w)| {
@@ -1085,7 +1070,11 @@ fn search_loop_regs() -> Vec<u8> {
             i.off = 4 * k as u16;
             i
         })
-        .collect();
+        .collect()
+}
+
+fn search_loop_regs() -> Vec<u8> {
+    let insns = decoded(search_loop());
     loop_regs(&insns, 0, insns.len() - 1)
 }
 
