@@ -37,7 +37,18 @@ export DEBIAN_FRONTEND=noninteractive
 if ((${#missing[@]})); then
   echo "install-deps: installing ${missing[*]}"
   apt-get update -q
-  apt-get install -y -q "${missing[@]}"
+  # A machine may come with a newer qemu-utils (a backport) than Debian 12's
+  # QEMU system packages, which Break it: apt then refuses the whole install.
+  # qemu-img must come from the same QEMU as qemu-system, so take the
+  # archive's qemu-utils along (a downgrade) when they differ.
+  extra=()
+  sys_ver=$(apt-cache policy qemu-system-common | awk '/Candidate:/ {print $2}')
+  utils_ver=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
+  if [[ -n $utils_ver && -n $sys_ver && $sys_ver != "(none)" && $utils_ver != "$sys_ver" ]]; then
+    echo "install-deps: qemu-utils $utils_ver does not match qemu-system $sys_ver; installing the archive's"
+    extra=("qemu-utils=$sys_ver")
+  fi
+  apt-get install -y -q --allow-downgrades "${missing[@]}" "${extra[@]}"
 fi
 # A machine may come with a newer qemu-utils than Debian 12's QEMU
 # packages accept: installing qemu-system-misc then removes it, and
