@@ -834,6 +834,50 @@ fn jit_stop_in_nested_loop_writes_back_registers() {
     assert_eq!(h.instret(), expect, "x10 {x10}, x11 {x11}, pc {:#x}", h.pc);
 }
 
+/// A stop request at the head of a loop inside a block that writes x5
+/// only with `addw` (every other pass) leaves x5 whole and extended as
+/// the interpreter would have it, whether x5 came in sign-extended (the
+/// head's run-time check lets the loop keep it unextended) or not (the
+/// check leaves for the block at the head).
+#[test]
+fn jit_stop_in_a_loop_with_checked_w_register() {
+    let addw = |rd, rs1, rs2| r(0x3b, 0, 0, rd, rs1, rs2);
+    for x5 in [0x7fff_fff0u64, 0x1_0000_0005, u64::MAX] {
+        let sp = space();
+        load_code(
+            &sp,
+            CODE,
+            &[
+                addi(12, 12, 1),
+                addi(10, 10, 1),      // head
+                i(0x13, 7, 6, 10, 1), // andi x6, x10, 1
+                b(0, 6, 0, 8),        // beqz x6: skip the addw
+                addw(5, 5, 6),
+                b(1, 10, 0, -16), // bnez x10, head
+                ECALL,
+            ],
+        );
+        let mut h = Hart::new_user();
+        h.set_jit(true);
+        h.set_x(5, x5);
+        h.pc = CODE;
+        let ctl = h.control().clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            ctl.request_stop();
+        });
+        assert_eq!(h.run_user(&sp), Exit::Stopped);
+        t.join().unwrap();
+        let passes = h.x(10);
+        assert!(passes > 1000, "the loop ran: {passes}");
+        assert_eq!(h.pc, CODE + 4, "stopped at the head");
+        let odd = passes.div_ceil(2);
+        let want = (x5 as u32).wrapping_add(odd as u32) as i32 as i64 as u64;
+        assert_eq!(h.x(5), want, "x5 from {x5:#x}, {passes} passes");
+        assert_eq!(h.instret(), 1 + 5 * odd + 4 * (passes / 2));
+    }
+}
+
 /// A loop the JIT chains to itself still sees another thread's stop
 /// request (checked at every block entry).
 #[test]

@@ -1675,7 +1675,22 @@ impl Jit {
                     // instruction of the loop leaves unextended may stay
                     // so at the head.
                     let (others, w_loop) = sext_writes(&insns[k..=last]);
-                    let sx = a.cache.sx & !others & !deny[k];
+                    // Registers the head holds that the loop writes only
+                    // sign-extended, some of them unextended, but that
+                    // are not known so on the way in (a register reused
+                    // for a W temporary, the C kernel's matrix product):
+                    // the way in checks them at run time (below), so the
+                    // head may claim them too and its back edges keep
+                    // them unextended.
+                    let guarded = want
+                        .iter()
+                        .filter(|&&g| g != 0 && g < 32)
+                        .fold(0u32, |m, &g| m | 1 << g)
+                        & w_loop
+                        & !others
+                        & !deny[k]
+                        & !a.cache.sx;
+                    let sx = (a.cache.sx | guarded) & !others & !deny[k];
                     f.claims[k] = sx;
                     for (s, &g) in want.iter().enumerate() {
                         if g != 0 && sx & w_loop & 1 << g != 0 {
@@ -1691,7 +1706,33 @@ impl Jit {
                     let loop_written = written_regs(&insns[g0..=g1]);
                     head_dirty = slots_of(&want, loop_written);
                     a.norm_for(lazy_ok);
+                    // Slots that keep their register unextended into the
+                    // head (a W result, so sign-extended by nature).
+                    let unext = (0..CACHE_REGS.len()).fold(0u8, |m, s| {
+                        let keep = want[s] != 0 && a.cache.guest[s] == want[s] && a.cache.lazy[s];
+                        m | (keep as u8) << s
+                    });
                     a.restore(&want, head_dirty);
+                    // The run-time check of the guarded registers: one
+                    // that is not a sign-extended 32-bit value leaves,
+                    // with the cache as `restore` left it, for the block
+                    // at the head (whose loop makes no such claim). The
+                    // exits the loop takes before writing it would
+                    // otherwise store it extended.
+                    let fail: CacheMap = std::array::from_fn(|s| {
+                        if want[s] != 0 && head_dirty & 1 << s != 0 {
+                            want[s] | if unext & 1 << s != 0 { LAZY } else { 0 }
+                        } else {
+                            0
+                        }
+                    });
+                    for (s, &g) in want.iter().enumerate() {
+                        if g != 0 && g < 32 && guarded & 1 << g != 0 && unext & 1 << s == 0 {
+                            a.sext32(RAX, CACHE_REGS[s]);
+                            a.alu_rr(true, CMP, RAX, CACHE_REGS[s]);
+                            f.taken.push((a.jcc(CC_NE), k - 1, ipc, fail));
+                        }
+                    }
                     // (A slot the head allows unextended is written in
                     // the loop, so counted dirty; one loaded here or
                     // extended is a valid unextended one.)
