@@ -878,6 +878,37 @@ fn jit_stop_in_a_loop_with_checked_w_register() {
     }
 }
 
+/// Overlapping loops inside a block where only the inner head checks for
+/// attention (every pass of the outer loop goes through it): a stop
+/// request still ends them, at the inner head, with the counters and
+/// instret agreeing.
+#[test]
+fn jit_stop_in_overlapping_loops_checked_at_one_head() {
+    let sp = space();
+    load_code(
+        &sp,
+        CODE,
+        &[
+            addi(12, 12, 1),
+            addi(10, 10, 1),      // outer head
+            addi(11, 11, 1),      // inner head
+            i(0x13, 7, 6, 11, 3), // andi x6, x11, 3
+            b(1, 6, 0, -8),       // bnez x6, inner head
+            jal(0, -16),          // outer head
+        ],
+    );
+    let h = run_until_stopped(&sp);
+    let (x10, x11) = (h.x(10), h.x(11));
+    assert!(x11 > 1000, "the loops ran: {x11}");
+    assert_eq!(h.pc, CODE + 8, "stopped at the inner head");
+    // Each outer pass runs the inner body until x11 is a multiple of 4;
+    // the current one has begun.
+    assert_eq!(x10, x11 / 4 + 1, "x10 {x10}, x11 {x11}");
+    // Retired: 1 + per outer pass 2 (its head, the jal) + 3 per inner
+    // pass; the current outer pass has not reached its jal.
+    assert_eq!(h.instret(), 1 + 3 * x11 + 2 * x10 - 1);
+}
+
 /// A loop the JIT chains to itself still sees another thread's stop
 /// request (checked at every block entry).
 #[test]

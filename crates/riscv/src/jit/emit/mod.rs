@@ -668,6 +668,95 @@ fn loop_groups(back_last: &[Option<usize>]) -> Vec<(usize, usize)> {
     groups
 }
 
+/// Which loop heads (see `back_last` in [`Jit::emit_try`]) check for
+/// attention: enough that every cycle of jumps inside the block passes
+/// one (the block's start checks too, where its own back edges land), so
+/// a stop request or a code change still ends any loop. A group of
+/// overlapping loops (the C kernel's `sort_list`, a loop nest) would
+/// otherwise check at every head a pass goes through. Greedy: each head
+/// in turn, the smallest loops first, stops checking when the block's
+/// jumps, less the heads still checking, make no cycle. The jumps are
+/// over-estimated (every branch may go both ways), which can only keep
+/// more checks.
+fn checking_heads(insns: &[Insn], back_last: &[Option<usize>]) -> Vec<bool> {
+    use Kind::*;
+    let n = insns.len();
+    let offs: Vec<u16> = insns.iter().map(|i| i.off).collect();
+    // An instruction of the block after its start (jumps to the start
+    // land on its check).
+    let target = |i: &Insn| -> Option<usize> {
+        let off = (i.off as i64).wrapping_add(i.imm as i64);
+        let j = offs.binary_search(&u16::try_from(off).ok()?).ok()?;
+        (j > 0).then_some(j)
+    };
+    let succ: Vec<Vec<usize>> = insns
+        .iter()
+        .enumerate()
+        .map(|(k, i)| {
+            let mut s = Vec::new();
+            match i.kind {
+                Beq | Bne | Blt | Bge | Bltu | Bgeu => {
+                    s.push(k + 1);
+                    s.extend(target(i));
+                }
+                Jal => s.extend(target(i)),
+                // Returns and indirect jumps leave the block; so do
+                // system instructions (what follows is reached only by
+                // jumps).
+                _ if i.ends_block() => {}
+                _ => s.push(k + 1),
+            }
+            s.retain(|&j| j > 0 && j < n);
+            s
+        })
+        .collect();
+    let mut checks: Vec<bool> = (0..n)
+        .map(|k| k > 0 && back_last.get(k).is_some_and(|b| b.is_some()))
+        .collect();
+    let mut order: Vec<usize> = (0..n).filter(|&k| checks[k]).collect();
+    order.sort_by_key(|&k| back_last[k].map_or(0, |l| l - k));
+    for h in order {
+        checks[h] = false;
+        if has_cycle(&succ, &checks) {
+            checks[h] = true;
+        }
+    }
+    checks
+}
+
+/// Whether the graph `succ` less the nodes `removed` has a cycle.
+fn has_cycle(succ: &[Vec<usize>], removed: &[bool]) -> bool {
+    // 0: not seen, 1: on the path, 2: done.
+    let mut state = vec![0u8; succ.len()];
+    for start in 0..succ.len() {
+        if removed[start] || state[start] != 0 {
+            continue;
+        }
+        let mut stack = vec![(start, 0usize)];
+        state[start] = 1;
+        while let Some(&mut (v, ref mut e)) = stack.last_mut() {
+            if let Some(&w) = succ[v].get(*e) {
+                *e += 1;
+                if removed[w] {
+                    continue;
+                }
+                match state[w] {
+                    0 => {
+                        state[w] = 1;
+                        stack.push((w, 0));
+                    }
+                    1 => return true,
+                    _ => {}
+                }
+            } else {
+                state[v] = 2;
+                stack.pop();
+            }
+        }
+    }
+    false
+}
+
 /// A block that jumps back to its own start (a loop): the loop head, past
 /// the prologue that fills the register cache, and the cache's contents
 /// there, which every back edge restores before jumping to it, so the
@@ -1429,6 +1518,7 @@ impl Jit {
             fp: fp::FpState::default(),
         };
         let groups = loop_groups(&back_last);
+        let checking = checking_heads(&fused, &back_last);
         let mut group_map: Option<(usize, CacheMap)> = None;
         // Instructions already emitted with a branch (see `select`).
         let mut skip_to = 0;
@@ -1681,15 +1771,21 @@ impl Jit {
                     // for a W temporary, the C kernel's matrix product):
                     // the way in checks them at run time (below), so the
                     // head may claim them too and its back edges keep
-                    // them unextended.
-                    let guarded = want
-                        .iter()
-                        .filter(|&&g| g != 0 && g < 32)
-                        .fold(0u32, |m, &g| m | 1 << g)
-                        & w_loop
-                        & !others
-                        & !deny[k]
-                        & !a.cache.sx;
+                    // them unextended. Only a group's first head checks:
+                    // the others are entered from inside the group, on
+                    // its hot ways (measured: sort_list's heads), and
+                    // learn the first head's claims there.
+                    let guarded = if k != g0 {
+                        0
+                    } else {
+                        want.iter()
+                            .filter(|&&g| g != 0 && g < 32)
+                            .fold(0u32, |m, &g| m | 1 << g)
+                            & w_loop
+                            & !others
+                            & !deny[k]
+                            & !a.cache.sx
+                    };
                     let sx = (a.cache.sx | guarded) & !others & !deny[k];
                     f.claims[k] = sx;
                     for (s, &g) in want.iter().enumerate() {
@@ -1748,10 +1844,12 @@ impl Jit {
                     a.align_loop_head();
                 }
                 f.labels[k] = Some((a.b.len(), a.cache.guest, lazy_ok, head_dirty));
-                if back_last[k].is_some() {
+                if back_last[k].is_some() && checking[k] {
                     // Every pass of the loop comes through its head,
                     // which checks for attention (stop requests, signals,
-                    // code changes) so its back edges need not.
+                    // code changes) so its back edges need not; or, in a
+                    // group of overlapping loops, through another head
+                    // that checks (see `checking_heads`).
                     f.head_check(&mut a, k);
                 }
             }

@@ -1487,3 +1487,44 @@ fn a_loop_head_checks_unknown_w_registers_on_the_way_in() {
             .expect("a jne");
     assert_eq!(sign_extensions(&code[mul..back]), 0);
 }
+
+/// How many attention checks (`cmp dword [r15], 0`) `code` holds.
+fn attention_checks(code: &[u8]) -> usize {
+    code.windows(5)
+        .filter(|w| *w == [0x41, 0x83, 0x7f, 0x00, 0x00])
+        .count()
+}
+
+#[test]
+fn only_enough_loop_heads_check_for_attention() {
+    // The matrix product's nest: every pass of the middle and outer
+    // loops runs the inner one, whose head alone checks (and the
+    // block's start).
+    assert_eq!(attention_checks(&host_code(&matrix_loop())), 2);
+    // Overlapping loops: 1..=5 (its back edge a `j`) and 2..=4. A pass
+    // of the outer one goes through the inner head, which checks.
+    let prog = [
+        addi(12, 12, 1), // 0
+        addi(10, 10, 1), // 1: outer head
+        addi(11, 11, 1), // 2: inner head
+        andi(6, 11, 1),  // 3
+        bne(6, 0, -8),   // 4: -> 2
+        j(-16),          // 5: -> 1
+    ];
+    let insns = decoded(prog.to_vec());
+    let back_last = [None, Some(5), Some(4), None, None, None];
+    let checks = checking_heads(&insns, &back_last);
+    assert_eq!(checks, [false, false, true, false, false, false]);
+    // Two disjoint loops each keep their own.
+    let prog = [
+        addi(12, 12, 1),  // 0
+        addi(10, 10, -1), // 1: head
+        bne(10, 0, -4),   // 2: -> 1
+        addi(11, 11, -1), // 3: head
+        bne(11, 0, -4),   // 4: -> 3
+    ];
+    let insns = decoded(prog.to_vec());
+    let back_last = [None, Some(2), None, Some(4), None];
+    let checks = checking_heads(&insns, &back_last);
+    assert_eq!(checks, [false, true, false, true, false]);
+}
