@@ -279,6 +279,11 @@ pub(crate) struct Jit {
     /// (the perf tool's convention for JIT code) with its guest pc, so
     /// `perf report` names guest code instead of bare addresses.
     perf_map: Option<std::fs::File>,
+    /// `VIRTKIT_JIT_DUMP=DIR`: the code of each block as emitted (before
+    /// chained jumps are patched) goes to `DIR/<guest pc>-<host address>.bin`,
+    /// hex, for `objdump -D -b binary -mi386:x86-64 --adjust-vma=0x<host
+    /// address>` (`perf annotate` cannot read JIT code).
+    dump_dir: Option<std::path::PathBuf>,
 }
 
 /// A system-mode table slot: virtual pc, physical pc, code, and where
@@ -490,6 +495,7 @@ impl Jit {
                         .ok()
                 })
                 .flatten(),
+            dump_dir: std::env::var_os("VIRTKIT_JIT_DUMP").map(Into::into),
         })
     }
 
@@ -642,6 +648,10 @@ impl Jit {
             use std::io::Write;
             // Best effort: a profile without names is still a profile.
             let _ = writeln!(f, "{at:x} {:x} guest_{pc:x}", code.len());
+        }
+        if let Some(dir) = &self.dump_dir {
+            // Best effort too: a debugging aid.
+            let _ = std::fs::write(dir.join(format!("{pc:x}-{at:x}.bin")), &code);
         }
         code
     }

@@ -1609,6 +1609,20 @@ impl Jit {
                             stubs.push(h);
                         }
                     }
+                    // The hot way in (the first direct one that owes a
+                    // count adjustment, see `Frame::branch_fwd`; in a
+                    // search loop the early mismatch) lands on a `lea`
+                    // that adds its adjustment, right before the label,
+                    // rather than in an out-of-line thunk that adds it
+                    // and jumps back: one `jmp` fewer per pass. The
+                    // fall-through and the stubs, which also pass that
+                    // `lea`, take it back first.
+                    let hot = direct
+                        .iter()
+                        .map(|h| h.5)
+                        .find(|&adj| adj != 0)
+                        .unwrap_or(0);
+                    a.add_icount(hot.wrapping_neg());
                     // The fall-through jumps over the stubs; each stub
                     // jumps to the label.
                     let mut to_label = Vec::new();
@@ -1617,7 +1631,7 @@ impl Jit {
                     }
                     for (n, h) in stubs.iter().enumerate() {
                         a.bind(h.0);
-                        a.add_icount(h.5);
+                        a.add_icount(h.5.wrapping_sub(hot));
                         enter(&mut a, &h.2, &h.3);
                         a.norm_for(ok);
                         a.restore(&want, mask);
@@ -1628,7 +1642,11 @@ impl Jit {
                     for at in to_label {
                         a.bind(at);
                     }
-                    for h in direct {
+                    for h in direct.iter().filter(|h| hot != 0 && h.5 == hot) {
+                        a.bind(h.0);
+                    }
+                    a.add_icount(hot);
+                    for h in direct.iter().filter(|h| hot == 0 || h.5 != hot) {
                         if h.5 == 0 {
                             a.bind(h.0);
                         } else {

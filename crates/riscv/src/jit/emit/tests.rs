@@ -1528,3 +1528,45 @@ fn only_enough_loop_heads_check_for_attention() {
     let checks = checking_heads(&insns, &back_last);
     assert_eq!(checks, [false, true, false, true, false]);
 }
+
+#[test]
+fn a_search_loop_counts_its_early_mismatch_at_the_merge() {
+    // longest_match's shape: each pass loads a byte and, on a mismatch
+    // (the hot way), jumps forward over the match path to the merge
+    // point, whose `lea` adds the jump's count adjustment (the
+    // fall-through and the stubs take it back first). A load after the
+    // merge faults on pass `p`, so exits after the merge count exactly
+    // whichever way each pass went. `extra`: the match path writes more
+    // registers than the cache holds, and a second way in jumps from
+    // there, with another cache: a stub.
+    let lbu = |rd, rs1, off| i(0x03, 4, rd, rs1, off);
+    for extra in [false, true] {
+        let mut prog = vec![lbu(5, 10, 0)];
+        let mut body = vec![addi(7, 7, 1), lbu(8, 10, 1), add(9, 9, 8)];
+        if extra {
+            body.extend((14..22).map(|r| addi(r, r, r as i32)));
+            // A second way in, with another cache: a stub.
+            let to_merge = 4 * (body.len() as i32 - 2);
+            body.insert(3, bne(8, 6, to_merge));
+        }
+        prog.push(bne(5, 6, 4 * (body.len() as i32 + 1)));
+        prog.extend(body);
+        prog.extend([
+            ld(11, 12, 0), // merge: faults once x12 leaves the page
+            addi(10, 10, 1),
+            addi(12, 12, 8),
+            addi(13, 13, -1),
+        ]);
+        let back = -4 * prog.len() as i32;
+        prog.push(bne(13, 0, back));
+        // Bytes of the data page are (i * 37 + 11) ^ 0x80: x6 matches
+        // some passes or none.
+        for (x6, p) in [0x8bu64, 0xb0, 0x1ff]
+            .into_iter()
+            .flat_map(|x| (1..15).map(move |p| (x, p)))
+        {
+            let regs = [(6, x6), (10, DATA), (12, DATA + 0x1000 - 8 * p), (13, 12)];
+            both_ways(&prog, &regs);
+        }
+    }
+}
