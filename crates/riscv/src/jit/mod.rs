@@ -434,6 +434,13 @@ impl Jit {
         if p == libc::MAP_FAILED {
             return None;
         }
+        // Transparent huge pages where the host allows them: code is
+        // written front to back, so 2 MiB pages waste at most one page's
+        // tail, and save a page fault per 4 KiB of code (a Linux boot
+        // writes ~30 MB: ~7k faults, ~15% of the boot's) and iTLB misses
+        // in the code that runs. Refused (THP off): 4 KiB pages as before.
+        // SAFETY: advice on the mapping just made; no memory is changed.
+        unsafe { libc::madvise(p, CODE_SIZE, libc::MADV_HUGEPAGE) };
         let buf = p.cast::<u8>();
         if !crate::mmu::guard::install() {
             // SAFETY: the mapping made just above, not used yet.
