@@ -65,6 +65,9 @@ pub fn empty_disk(read_only: bool) -> Disk {
 /// A network card on a virtio-net slot (the same type on both boards).
 pub use virtio::Nic;
 
+/// A kernel or initrd, in memory or read from its file when loaded.
+pub use crate::loader::BootFile;
+
 /// Everything a machine is made of.
 pub struct MachineConfig {
     pub board: BoardKind,
@@ -72,8 +75,8 @@ pub struct MachineConfig {
     pub mem_size: u64,
     /// File name (for messages) and contents of the kernel or ELF program.
     pub kernel_name: String,
-    pub kernel: Vec<u8>,
-    pub initrd: Option<Vec<u8>>,
+    pub kernel: BootFile,
+    pub initrd: Option<BootFile>,
     pub append: String,
     pub firmware: Firmware,
     pub disks: Vec<Disk>,
@@ -464,6 +467,40 @@ fn put(
     Ok(())
 }
 
+/// The size of a kernel or initrd.
+fn file_len(what: &str, f: &BootFile) -> Result<u64, MachineError> {
+    f.len().map_err(|source| {
+        LoadError::Read {
+            what: what.into(),
+            source,
+        }
+        .into()
+    })
+}
+
+/// Copies a kernel or initrd to guest-physical `addr`; a file is read
+/// straight into RAM.
+fn put_file(board: &Board, what: &str, addr: u64, f: &BootFile) -> Result<(), MachineError> {
+    let len = file_len(what, f)?;
+    loader::check_fits(what, addr, len, RAM_BASE, board.mem_size)?;
+    // SAFETY: `check_fits` put `addr..addr + len` inside RAM, one
+    // contiguous host mapping that lives as long as the board; no hart
+    // runs yet, so nothing else accesses these bytes.
+    let dst = unsafe {
+        std::slice::from_raw_parts_mut(
+            board.ram.host_ptr().add((addr - RAM_BASE) as usize),
+            len as usize,
+        )
+    };
+    f.read_into(dst).map_err(|source| {
+        LoadError::Read {
+            what: what.into(),
+            source,
+        }
+        .into()
+    })
+}
+
 /// Loads an ELF program's segments; returns its entry point and the end of
 /// the highest segment.
 fn put_elf(
@@ -663,7 +700,7 @@ fn disk_error(e: vmm::board::DiskSnapshotError) -> MachineError {
 /// kernel, before anything is allocated.
 fn check(cfg: &mut MachineConfig) -> Result<KernelKind, MachineError> {
     check_limits(cfg)?;
-    let kernel = loader::identify_kernel(&cfg.kernel_name, std::mem::take(&mut cfg.kernel))?;
+    let kernel = loader::identify_kernel_file(&cfg.kernel_name, std::mem::take(&mut cfg.kernel))?;
     if cfg.board == BoardKind::Spike && matches!(kernel, KernelKind::Image(..)) {
         return Err(LoadError::BadElf {
             what: cfg.kernel_name.clone(),
@@ -928,12 +965,12 @@ fn load(cfg: &MachineConfig, board: &Board, kernel: &KernelKind) -> Result<Loade
             // not say which, so the window is kept free for both).
             start = RAM_BASE + FW_JUMP_FDT_OFFSET + FW_JUMP_FDT_ROOM;
         }
-        let end = start + initrd.len() as u64;
+        let end = start + file_len("initrd", initrd)?;
         // Keep the top 2 MiB for the device tree.
         if end + 2 * MIB > ram_end {
             return Err(too_little("the kernel and initrd", end + 2 * MIB, mem_size));
         }
-        put(mem, mem_size, "initrd", start, initrd)?;
+        put_file(board, "initrd", start, initrd)?;
         fdt_cfg.initrd = Some((start, end));
         kernel_end = end;
     }
@@ -972,7 +1009,7 @@ fn load_kernel(
     match kernel {
         KernelKind::Image(data, hdr) => {
             let addr = RAM_BASE + KERNEL_OFFSET;
-            let size = hdr.image_size.max(data.len() as u64);
+            let size = hdr.image_size.max(file_len(&cfg.kernel_name, data)?);
             let end = addr + size;
             if end > ram_end {
                 return Err(too_little(
@@ -981,7 +1018,7 @@ fn load_kernel(
                     mem_size,
                 ));
             }
-            put(mem, mem_size, &cfg.kernel_name, addr, data)?;
+            put_file(board, &cfg.kernel_name, addr, data)?;
             Ok((end, addr, None))
         }
         KernelKind::Elf(data) => {

@@ -75,7 +75,7 @@ fn config(elf: &Path, harts: usize, board: BoardKind, out: &Sink) -> MachineConf
         harts,
         mem_size: 64 << 20,
         kernel_name: elf.display().to_string(),
-        kernel: std::fs::read(elf).unwrap(),
+        kernel: std::fs::read(elf).unwrap().into(),
         initrd: None,
         append: String::new(),
         firmware: Firmware::Builtin,

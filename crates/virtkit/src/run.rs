@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use riscv_machine::machine::{self, BoardKind, Firmware, MachineConfig, Nic};
+use riscv_machine::machine::{self, BoardKind, BootFile, Firmware, MachineConfig, Nic};
 use riscv_machine::power::StopReason;
 
 use std::os::fd::AsRawFd;
@@ -144,10 +144,10 @@ pub fn main(args: Args) -> anyhow::Result<i32> {
         .as_ref()
         .map(|d| d.read_only || d.backend.is_read_only());
     let outcome = if args.cold || args.verbose {
-        let kernel = read(&assets.kernel)?;
+        let kernel = open(&assets.kernel)?;
         let initrd = guest::run_initramfs(&assets.initramfs, &args.command)
             .context("building the guest's command archive")?;
-        let mut cfg = machine.config(kernel, Some(initrd), append, nics(hostfwd)?);
+        let mut cfg = machine.config(kernel, Some(initrd.into()), append, nics(hostfwd)?);
         cfg.disks = disk.into_iter().collect();
         cfg.input = Some(0);
         cfg.output = Box::new(std::io::stdout());
@@ -176,8 +176,8 @@ pub fn main(args: Args) -> anyhow::Result<i32> {
                         "virtkit: booting the guest once to snapshot it (later runs with {} hart(s) and {} restore it)",
                         machine.harts, args.mem
                     );
-                    let kernel = read(&assets.kernel)?;
-                    let initrd = read(&assets.initramfs)?;
+                    let kernel = open(&assets.kernel)?;
+                    let initrd = open(&assets.initramfs)?;
                     let mut cfg =
                         machine.config(kernel, Some(initrd), append.clone(), nics(Vec::new())?);
                     cfg.disks = disk_mode.map(machine::empty_disk).into_iter().collect();
@@ -187,7 +187,12 @@ pub fn main(args: Args) -> anyhow::Result<i32> {
             let line = instant::command_line(&args.command, &[])?;
             let (output, go) = instant::GoFilter::new(Box::new(std::io::stdout()));
             let input = instant::input_with_command(line, 0, go)?;
-            let mut cfg = machine.config(Vec::new(), None, append.clone(), nics(hostfwd.clone())?);
+            let mut cfg = machine.config(
+                BootFile::default(),
+                None,
+                append.clone(),
+                nics(hostfwd.clone())?,
+            );
             cfg.disks = disk.clone().into_iter().collect();
             cfg.input = Some(input.as_raw_fd());
             cfg.output = Box::new(output);
@@ -224,8 +229,10 @@ pub fn main(args: Args) -> anyhow::Result<i32> {
     })
 }
 
-fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+/// A kernel or initramfs file, read straight into guest RAM when the
+/// machine loads it.
+fn open(path: &Path) -> anyhow::Result<BootFile> {
+    BootFile::open(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
 /// What every machine of a run shares, cold or restored.
@@ -241,8 +248,8 @@ impl Machine {
     /// time limit (callers set them).
     fn config(
         &self,
-        kernel: Vec<u8>,
-        initrd: Option<Vec<u8>>,
+        kernel: BootFile,
+        initrd: Option<BootFile>,
         append: String,
         nics: Vec<Nic>,
     ) -> MachineConfig {

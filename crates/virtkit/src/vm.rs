@@ -205,6 +205,11 @@ pub fn parse_size(s: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("memory size {s:?} is too large"))
 }
 
+fn open_boot_file(what: &str, path: &Path) -> anyhow::Result<riscv_machine::machine::BootFile> {
+    riscv_machine::machine::BootFile::open(path)
+        .with_context(|| format!("cannot read the {what} {}", path.display()))
+}
+
 fn read_file(what: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
 }
@@ -406,11 +411,12 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         }?;
         return Ok(exit_status(&outcome.reason));
     };
-    let kernel = read_file("kernel", &kernel_path)?;
+    // Read straight into guest RAM when the machine loads them.
+    let kernel = open_boot_file("kernel", &kernel_path)?;
     let initrd = a
         .initrd
         .as_deref()
-        .map(|p| read_file("initrd", p))
+        .map(|p| open_boot_file("initrd", p))
         .transpose()?;
     let firmware = match a.firmware.as_str() {
         "builtin" | "none" => Firmware::Builtin,

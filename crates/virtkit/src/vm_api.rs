@@ -374,7 +374,7 @@ pub(crate) fn parts<T>(
 /// The board's configuration for an API `VmConfig`. `boot` reads the
 /// kernel and initrd (a restore needs neither).
 fn machine_config(c: &VmConfig, defaults: Defaults, boot: bool) -> anyhow::Result<MachineConfig> {
-    let p = parts(c, boot, |f| std::fs::read(f))?;
+    let p = parts(c, boot, riscv_machine::machine::BootFile::open)?;
     let append = if boot {
         crate::vm::with_panic_reboot(p.boot_args)
     } else {

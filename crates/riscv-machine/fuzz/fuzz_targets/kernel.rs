@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         Ok(KernelKind::Image(image, hdr)) => {
-            let size = hdr.image_size.max(image.len() as u64);
+            let size = hdr.image_size.max(image.len().unwrap_or(0));
             let _ = loader::check_fits("fuzz", RAM_BASE + (2 << 20), size, RAM_BASE, RAM_SIZE);
         }
         Err(_) => {}

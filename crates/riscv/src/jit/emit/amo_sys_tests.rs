@@ -420,8 +420,10 @@ fn jal0(off: i32) -> u32 {
 /// arithmetic and shifts feeding bitwise ops (which keep low halves, see
 /// `RegCache::low_halves`), and loads and stores through every base of
 /// `differential` (page faults, MMIO, stores into the code page; narrow
-/// stores of unextended values), translated against interpreted.
-fn differential_branches(paging: bool, seed: u64, rounds: usize) {
+/// stores of unextended values), translated against interpreted. With
+/// `pause`: `pause` (which translated code runs as a call that yields
+/// the host thread, see `jit::pause_sys`) before a quarter of them.
+fn differential_branches(paging: bool, seed: u64, rounds: usize, pause: bool) {
     let mut x = [0u64; 32];
     let (warm, bases) = bases(paging);
     x[5..14].copy_from_slice(&bases);
@@ -433,6 +435,9 @@ fn differential_branches(paging: bool, seed: u64, rounds: usize) {
         let mut prog: Vec<(u32, Option<usize>)> = Vec::new();
         let pick = |rng: &mut u64, k: usize| REGS[(next(rng) as usize) % k];
         for _ in 0..n {
+            if pause && next(&mut rng).is_multiple_of(4) {
+                prog.push((crate::jit::PAUSE, None));
+            }
             let rd = pick(&mut rng, 6);
             let rs1 = pick(&mut rng, 7);
             let rs2 = pick(&mut rng, 7);
@@ -509,10 +514,88 @@ fn differential_branches(paging: bool, seed: u64, rounds: usize) {
 
 #[test]
 fn sys_branches_and_low_halves_match_the_interpreter_with_paging() {
-    differential_branches(true, 0x1234_5678_9abc_def1, 300);
+    differential_branches(true, 0x1234_5678_9abc_def1, 300, false);
 }
 
 #[test]
 fn sys_branches_and_low_halves_match_the_interpreter_without_paging() {
-    differential_branches(false, 0xfeed_beef_0bad_c0de, 300);
+    differential_branches(false, 0xfeed_beef_0bad_c0de, 300, false);
+}
+
+#[test]
+fn sys_pause_matches_the_interpreter() {
+    differential_branches(true, 0x9a05_e5ee_d000_0001, 200, true);
+    differential_branches(false, 0x9a05_e5ee_d000_0002, 200, true);
+}
+
+/// Harts taking a ticket lock (Linux's: amoadd of the next ticket, then
+/// spinning with `pause` until the owner half reaches it) around a plain
+/// increment, one hart interpreting: the count comes out exact and every
+/// hart gets through (translated `pause` yields the host thread).
+#[test]
+fn harts_count_exactly_under_a_ticket_lock_with_pause() {
+    const N: u64 = 3000;
+    let bus = Arc::new(TestBus::new());
+    // a0 = the lock word (owner: low half, next ticket: high half) with
+    // the counter 8 bytes on; t0 = N; a1 = the hart's stop register.
+    let prog = [
+        lui(6, 0x10),               // lock: lui t1, 0x10
+        amo(0, 2, 7, 10, 6),        // amoadd.w t2, t1, (a0)
+        itype(0x1b, 5, 28, 7, 16),  // srliw t3, t2, 16: my ticket
+        itype(0x03, 2, 29, 10, 0),  // wait: lw t4, 0(a0)
+        itype(0x13, 1, 29, 29, 48), // slli t4, t4, 48
+        itype(0x13, 5, 29, 29, 48), // srli t4, t4, 48: the owner
+        branch(0, 29, 28, 12),      // beq t4, t3, got
+        crate::jit::PAUSE,          // pause
+        jal0(-20),                  // j wait
+        itype(0x03, 3, 30, 10, 8),  // got: ld t5, 8(a0)
+        addi(30, 30, 1),            // addi t5, t5, 1
+        store(3, 30, 10, 8),        // sd t5, 8(a0)
+        itype(0x03, 5, 29, 10, 0),  // lhu t4, 0(a0)
+        addi(29, 29, 1),            // addi t4, t4, 1
+        store(1, 29, 10, 0),        // sh t4, 0(a0): unlock
+        addi(5, 5, -1),             // addi t0, t0, -1
+        bne(5, 0, -64),             // bnez t0, lock
+        store(3, 0, 11, 0),         // sd zero, 0(a1)
+        0x6f,                       // j .
+    ];
+    bus.put_words(PROG, &prog);
+    let harts: Vec<Hart> = (0..4)
+        .map(|h| {
+            let mut hart = Hart::new_system(HartConfig {
+                hart_id: h,
+                clock: Arc::new(Clock::new(10_000_000)),
+                sbi_ecalls: false,
+            });
+            hart.set_jit(h != 2);
+            hart.set_x(10, RAM + DATA);
+            hart.set_x(5, N);
+            hart.set_x(11, MMIO + 8 + 8 * h);
+            hart.pc = RAM + PROG;
+            hart
+        })
+        .collect();
+    bus.harts
+        .set(harts.iter().map(|h| h.control().clone()).collect())
+        .ok()
+        .unwrap();
+    let threads: Vec<_> = harts
+        .into_iter()
+        .map(|mut hart| {
+            let bus = bus.clone();
+            std::thread::spawn(move || {
+                assert!(matches!(hart.run_system(&*bus), Exit::Stopped));
+                hart.x[5]
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 0);
+    }
+    let c = bus.bytes();
+    let off = DATA as usize + 8;
+    assert_eq!(
+        u64::from_le_bytes(c[off..off + 8].try_into().unwrap()),
+        4 * N
+    );
 }

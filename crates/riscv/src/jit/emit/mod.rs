@@ -1900,6 +1900,18 @@ impl Jit {
                     a.add_icount(k as u32);
                     f.static_exit(&mut a, ipc);
                 }
+                Fence if sys.is_some() && i.raw == super::PAUSE => {
+                    // `pause`: yield the host thread and poll for
+                    // interrupts at the next block entry (see
+                    // `super::pause_sys`); the call clobbers the cache's
+                    // host registers.
+                    a.flush_dirty(a.cache.dirty_map());
+                    a.cache.forget_all();
+                    a.mov_rr(RDI, R14);
+                    let pause: extern "sysv64" fn(*mut Ctx) = super::pause_sys;
+                    a.mov_imm(RAX, pause as usize as u64);
+                    a.b.extend_from_slice(&[0xff, 0xd0]); // call rax
+                }
                 Lui | Auipc | Jal | Jalr | Beq | Bne | Blt | Bge | Bltu | Bgeu | Addi | Xori
                 | Ori | Andi | Addiw | Slti | Sltiu | Slt | Sltu | Slli | Srli | Srai | Slliw
                 | Srliw | Sraiw | Sll | Srl | Sra | Sllw | Srlw | Sraw | Add | Sub | Xor | Or
