@@ -281,7 +281,7 @@ pub(crate) struct Jit {
     perf_map: Option<std::fs::File>,
     /// `VIRTKIT_JIT_DUMP=DIR`: the code of each block as emitted (before
     /// chained jumps are patched) goes to `DIR/<guest pc>-<host address>.bin`,
-    /// hex, for `objdump -D -b binary -mi386:x86-64 --adjust-vma=0x<host
+    /// raw bytes, for `objdump -D -b binary -mi386:x86-64 --adjust-vma=0x<host
     /// address>` (`perf annotate` cannot read JIT code).
     dump_dir: Option<std::path::PathBuf>,
 }

@@ -1570,3 +1570,464 @@ fn a_search_loop_counts_its_early_mismatch_at_the_merge() {
         }
     }
 }
+
+// ---- review13: random block-internal control flow ----
+// Arbitrary (not only nested) loops inside one block, each back edge
+// bounded by a shared fuel register (x31), forward jumps landing on loop
+// heads, on the instruction after a back edge and on the second half of
+// an RVC pair, registers x5..x8 written (almost) only by W instructions
+// with values not sign-extended on the way in (run-time checks at loop
+// heads), rets the block goes on past, stores, and a pointer (x20) that
+// walks off the data page (a host fault mid-loop).
+
+#[derive(Clone, Copy, Debug)]
+enum Rx {
+    W(u32),
+    /// A conditional branch (f3, rs1, rs2) to (item, half).
+    Br(u32, u32, u32, usize, bool),
+    Jal(usize, bool),
+    /// A forward jump not resolved yet: branch (f3, rs1, rs2) or jal.
+    FwdBr(u32, u32, u32),
+    FwdJal,
+}
+
+fn rx_next(rng: &mut u64) -> u64 {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    *rng
+}
+
+fn rx_branch(f3: u32, rs1: u32, rs2: u32, off: i32) -> u32 {
+    bne(rs1, rs2, off) & !(7 << 12) | f3 << 12
+}
+
+fn c_addiw(rd: u32, imm: i32) -> u32 {
+    (1 << 13) | ((imm as u32 >> 5) & 1) << 12 | rd << 7 | (imm as u32 & 31) << 2 | 1
+}
+
+/// An RVC pair (one word): two 16-bit instructions.
+fn rx_rvc_pair(rng: &mut u64) -> u32 {
+    let half = |rng: &mut u64| -> u32 {
+        let w = [5u32, 6, 7, 8][(rx_next(rng) % 4) as usize];
+        let g = 9 + (rx_next(rng) % 8) as u32;
+        let c = 8 + (rx_next(rng) % 8) as u32; // x8..x15
+        let c2 = 8 + (rx_next(rng) % 8) as u32;
+        match rx_next(rng) % 7 {
+            0 => c_addiw(w, [1, -1, 31, -32, 0][(rx_next(rng) % 5) as usize]),
+            1 => c_addiw(g, 3),
+            // c.addw / c.subw rd', rs2'
+            2 => (0b100111 << 10) | (c - 8) << 7 | 1 << 5 | (c2 - 8) << 2 | 1,
+            3 => (0b100111 << 10) | (c - 8) << 7 | (c2 - 8) << 2 | 1,
+            4 => (g << 7) | ((1 + rx_next(rng) % 3) as u32) << 2 | 2, // c.slli
+            5 => (0b1001 << 12) | g << 7 | c << 2 | 2,                // c.add
+            _ => (0b1000 << 12) | g << 7 | w << 2 | 2,                // c.mv
+        }
+    };
+    let lo = half(rng);
+    let hi = half(rng);
+    lo | hi << 16
+}
+
+/// One random instruction (or pair) that does not jump.
+fn rx_op(rng: &mut u64, items: &mut Vec<Rx>, w_only: bool) {
+    const WR: [u32; 4] = [5, 6, 7, 8];
+    let any = |rng: &mut u64| -> u32 {
+        match rx_next(rng) % 14 {
+            0 => 0,
+            n if n < 5 => WR[(n - 1) as usize],
+            n => 9 + (n - 5) as u32 % 8,
+        }
+    };
+    let wr = WR[(rx_next(rng) % 4) as usize];
+    let gr = 9 + (rx_next(rng) % 8) as u32;
+    let (s1, s2) = (any(rng), any(rng));
+    let sh = (rx_next(rng) % 32) as i32;
+    let imm = [0, 1, -1, 0x7ff, -0x800, 0x55, 3][(rx_next(rng) % 7) as usize];
+    let w = match rx_next(rng) % 30 {
+        // W results into x5..x8
+        0 => addw(wr, s1, s2),
+        1 => r(0x3b, 0, 0x20, wr, s1, s2), // subw
+        2 => addiw(wr, s1, imm),
+        3 => i(0x1b, 1, wr, s1, sh),         // slliw
+        4 => i(0x1b, 5, wr, s1, sh),         // srliw
+        5 => i(0x1b, 5, wr, s1, 0x400 | sh), // sraiw
+        6 => r(0x3b, 1, 0, wr, s1, s2),      // sllw
+        7 => r(0x3b, 5, 0x20, wr, s1, s2),   // sraw
+        8 => mulw(wr, s1, s2),
+        9 => addw(wr, wr, s2),
+        10 => i(0x03, 2, wr, 18, ((rx_next(rng) % 0x200) as i32) << 3), // lw
+        // anything into x9..x16 (x5..x8 too, rarely: not W-only)
+        11 if !w_only && rx_next(rng).is_multiple_of(4) => add(wr, s1, s2),
+        11 | 12 => add(gr, s1, s2),
+        13 => r(0x33, 0, 0x20, gr, s1, s2), // sub
+        14 => r(0x33, 4, 0, gr, s1, s2),    // xor
+        15 => r(0x33, 6, 0, gr, s1, s2),    // or
+        16 => r(0x33, 7, 0, gr, s1, s2),    // and (bitwise of W values)
+        17 => i(0x13, [4, 6, 7][(rx_next(rng) % 3) as usize], gr, s1, imm),
+        18 => slli(gr, s1, sh),
+        19 => srai(gr, s1, sh),
+        20 => r(0x33, 3, 0, gr, s1, s2), // sltu
+        21 => {
+            let n = 1 + (rx_next(rng) % 3) as i32;
+            items.push(Rx::W(slli(gr, s1, n)));
+            add(gr, gr, s2)
+        }
+        22 => i(0x03, 3, gr, 18, ((rx_next(rng) % 0x200) as i32) << 3), // ld
+        23 => i(
+            0x03,
+            [3, 2, 4][(rx_next(rng) % 3) as usize],
+            any(rng).max(9),
+            20,
+            0,
+        ), // walks off
+        24 => addi(20, 20, 8),
+        25 => rv_store(
+            (rx_next(rng) % 4) as u32,
+            s2,
+            18,
+            ((rx_next(rng) % 0x200) as i32) << 3,
+        ),
+        26 | 27 => rx_rvc_pair(rng),
+        28 => addi(gr, gr, -1),
+        _ => mulw(gr, s1, s2),
+    };
+    items.push(Rx::W(w));
+}
+
+/// A random program: loops back to any earlier item (bounded by x31),
+/// forward jumps to any later point.
+fn rx_prog(rng: &mut u64) -> Vec<u32> {
+    let n = 6 + (rx_next(rng) % 40) as usize;
+    let w_only = !rx_next(rng).is_multiple_of(3);
+    let mut items: Vec<Rx> = Vec::new();
+    let mut fwd: Vec<usize> = Vec::new();
+    let mut heads: Vec<usize> = Vec::new();
+    let mut after_back: Vec<usize> = Vec::new();
+    // Items no jump may land on (a back edge's branches, which must come
+    // right after its fuel decrement).
+    let mut no_land: Vec<usize> = Vec::new();
+    let rs = |rng: &mut u64| -> u32 {
+        match rx_next(rng) % 6 {
+            0 => 0,
+            1 => 5 + (rx_next(rng) % 4) as u32,
+            _ => 9 + (rx_next(rng) % 8) as u32,
+        }
+    };
+    for _ in 0..n {
+        match rx_next(rng) % 16 {
+            0..=2 if !items.is_empty() => {
+                // A back edge to an earlier item (maybe the block's start,
+                // maybe an RVC pair's second half).
+                let t = (rx_next(rng) % items.len() as u64) as usize;
+                if no_land.contains(&t) {
+                    continue;
+                }
+                let half =
+                    matches!(items[t], Rx::W(w) if w & 3 != 3) && rx_next(rng).is_multiple_of(2);
+                heads.push(t);
+                items.push(Rx::W(addi(31, 31, -1)));
+                no_land.extend([items.len(), items.len() + 1]);
+                match rx_next(rng) % 3 {
+                    0 => items.push(Rx::Br(4, 0, 31, t, half)), // blt x0, x31
+                    k => {
+                        // bge x0, x31, over; (b<cc> | j) head; over:
+                        let at = items.len();
+                        items.push(Rx::Br(5, 0, 31, at + 2, false));
+                        if k == 1 {
+                            let f3 = [0, 1, 4, 5, 6, 7][(rx_next(rng) % 6) as usize];
+                            items.push(Rx::Br(f3, rs(rng), rs(rng), t, half));
+                        } else {
+                            items.push(Rx::Jal(t, half));
+                        }
+                    }
+                }
+                after_back.push(items.len());
+            }
+            3 | 4 => {
+                fwd.push(items.len());
+                let f3 = [0, 1, 4, 5, 6, 7][(rx_next(rng) % 6) as usize];
+                items.push(Rx::FwdBr(f3, rs(rng), rs(rng)));
+            }
+            5 => {
+                fwd.push(items.len());
+                items.push(Rx::FwdJal);
+            }
+            6 => {
+                // A ret the block goes on past.
+                let at = items.len();
+                let f3 = [0, 1, 4, 5][(rx_next(rng) % 4) as usize];
+                items.push(Rx::Br(f3, rs(rng), rs(rng), at + 2, false));
+                items.push(Rx::W(jalr(0, 1, 0)));
+            }
+            _ => rx_op(rng, &mut items, w_only),
+        }
+    }
+    let end = items.len();
+    for at in fwd {
+        // Later: a loop head, the point after a back edge, an RVC second
+        // half, or anywhere (the end included).
+        let later = |v: &Vec<usize>| v.iter().copied().filter(|&t| t > at).collect::<Vec<_>>();
+        let (hs, abs) = (later(&heads), later(&after_back));
+        let pick = rx_next(rng) % 4;
+        let mut t = if pick == 0 && !hs.is_empty() {
+            hs[(rx_next(rng) % hs.len() as u64) as usize]
+        } else if pick == 1 && !abs.is_empty() {
+            abs[(rx_next(rng) % abs.len() as u64) as usize]
+        } else {
+            at + 1 + (rx_next(rng) % (end - at) as u64) as usize
+        };
+        while no_land.contains(&t) {
+            t += 1;
+        }
+        let half =
+            t < end && matches!(items[t], Rx::W(w) if w & 3 != 3) && rx_next(rng).is_multiple_of(2);
+        items[at] = match items[at] {
+            Rx::FwdBr(f3, a, b) => Rx::Br(f3, a, b, t, half),
+            _ => Rx::Jal(t, half),
+        };
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(k, it)| {
+            let off = |t: usize, half: bool| 4 * (t as i32 - k as i32) + if half { 2 } else { 0 };
+            match *it {
+                Rx::W(w) => w,
+                Rx::Br(f3, a, b, t, h) => rx_branch(f3, a, b, off(t, h)),
+                Rx::Jal(t, h) => j(off(t, h)),
+                Rx::FwdBr(..) | Rx::FwdJal => unreachable!(),
+            }
+        })
+        .collect()
+}
+
+fn rx_regs(rng: &mut u64, prog_len: usize) -> Vec<(usize, u64)> {
+    let end = CODE + 4 * prog_len as u64;
+    let walk = 1 + rx_next(rng) % 24;
+    let mut regs = vec![
+        (1usize, end),
+        (18, DATA),
+        (20, DATA + 0x1000 - 8 * walk),
+        (31, 1 + rx_next(rng) % 40),
+    ];
+    for r in 5..=16usize {
+        let v = rx_next(rng);
+        let v = match v % 5 {
+            0 => v,
+            1 => v as i32 as i64 as u64,
+            2 => [
+                0,
+                1,
+                u64::MAX,
+                1 << 63,
+                1 << 31,
+                0x7fff_ffff,
+                0xffff_ffff,
+                0x1_0000_0000,
+            ][(v >> 8) as usize % 8],
+            3 => (v >> 40) & 0xf,
+            _ => 0x8000_0000 | (v & 0xffff),
+        };
+        regs.push((r, v));
+    }
+    regs
+}
+
+fn rx_run(seed: u64, count: usize) {
+    let mut rng = seed;
+    let data: Vec<u8> = (0..0x1000u32).map(|i| (i * 37 + 11) as u8 ^ 0x80).collect();
+    for _ in 0..count {
+        let prog = rx_prog(&mut rng);
+        let regs = rx_regs(&mut rng, prog.len());
+        both_ways_data(&prog, &data, &regs);
+    }
+}
+
+#[test]
+fn random_block_internal_loops_and_merges_match_the_interpreter() {
+    rx_run(0x2545_f491_4f6c_dd1d, 6000);
+}
+
+#[test]
+#[ignore]
+fn random_block_internal_loops_long() {
+    let n: usize = std::env::var("RX_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let seed: u64 = std::env::var("RX_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
+    rx_run(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1, n);
+}
+
+/// The interpreter one instruction at a time, `n` of them, from `regs`
+/// over a fresh space holding `prog` and `data`: (registers, pc, data).
+fn rx_interp_steps(
+    prog: &[u32],
+    data: &[u8],
+    regs: &[(usize, u64)],
+    n: u64,
+) -> ([u64; 32], u64, Vec<u8>) {
+    let sp = UserSpace::new(32).unwrap();
+    sp.map_anonymous(CODE, 0x1000, perm::R | perm::W).unwrap();
+    sp.map_anonymous(DATA, 0x1000, perm::R | perm::W).unwrap();
+    let mut words = prog.to_vec();
+    words.push(0x73);
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    sp.write(CODE, &bytes).unwrap();
+    sp.write(DATA, data).unwrap();
+    let mut h = Hart::new_user();
+    for &(r, v) in regs {
+        h.set_x(r, v);
+    }
+    h.pc = CODE;
+    let mut mem = crate::mmu::UserMem::new(&sp);
+    for _ in 0..n {
+        let pc = h.pc;
+        let mut b = [0u8; 4];
+        sp.read(pc, &mut b).unwrap();
+        let mut insn = decode(u32::from_le_bytes(b));
+        insn.off = 0;
+        let mut end = insn;
+        end.kind = Kind::BlockEnd;
+        end.off = insn.size() as u16;
+        let next = crate::exec::exec_block(&mut h.core, &mut mem, &[insn, end], pc)
+            .expect("no trap before the stop");
+        h.core.pc = next;
+    }
+    let x: [u64; 32] = std::array::from_fn(|r| h.x(r));
+    let mut m = vec![0; 0x1000];
+    sp.read(DATA, &mut m).unwrap();
+    (x, h.pc, m)
+}
+
+/// Random programs whose loops never run out of fuel (x31 huge), stopped
+/// by another thread: the translated run must stop (every cycle of jumps
+/// inside a block passes an attention check), and where it stops its
+/// registers, pc and memory must be the interpreter's after the same
+/// number of instructions.
+#[test]
+fn random_endless_block_internal_loops_stop_where_the_interpreter_agrees() {
+    let mut rng: u64 = 0x517c_c1b7_2722_0a95;
+    let data: Vec<u8> = (0..0x1000u32).map(|i| (i * 37 + 11) as u8 ^ 0x80).collect();
+    let mut stopped = 0;
+    for _ in 0..60 {
+        let prog = rx_prog(&mut rng);
+        let mut regs = rx_regs(&mut rng, prog.len());
+        regs.retain(|&(r, _)| r != 31 && r != 20);
+        regs.extend([(31, i64::MAX as u64), (20, DATA)]);
+        let (p2, r2, d2) = (prog.clone(), regs.clone(), data.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let sp = UserSpace::new(32).unwrap();
+            sp.map_anonymous(CODE, 0x1000, perm::R | perm::W).unwrap();
+            sp.map_anonymous(DATA, 0x1000, perm::R | perm::W).unwrap();
+            let mut words = p2.clone();
+            words.push(0x73);
+            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+            sp.write(CODE, &bytes).unwrap();
+            sp.write(DATA, &d2).unwrap();
+            sp.set_perms(CODE, 0x1000, perm::R | perm::X).unwrap();
+            let mut h = Hart::new_user();
+            h.set_jit(true);
+            for &(r, v) in &r2 {
+                h.set_x(r, v);
+            }
+            h.pc = CODE;
+            let ctl = h.control().clone();
+            let t = std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(3));
+                ctl.request_stop();
+            });
+            let e = h.run_user(&sp);
+            t.join().unwrap();
+            let x: [u64; 32] = std::array::from_fn(|r| h.x(r));
+            let mut m = vec![0; 0x1000];
+            sp.read(DATA, &mut m).unwrap();
+            let _ = tx.send((e, h.pc, h.instret(), x, m));
+        });
+        let (e, pc, n, x, m) = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("never stopped: program {prog:08x?}"));
+        if e != crate::Exit::Stopped {
+            continue;
+        }
+        stopped += 1;
+        let (xi, pci, mi) = rx_interp_steps(&prog, &data, &regs, n);
+        assert_eq!(
+            (pc, x),
+            (pci, xi),
+            "after {n} instructions, program {prog:08x?}"
+        );
+        assert!(
+            m == mi,
+            "memory after {n} instructions, program {prog:08x?}"
+        );
+    }
+    assert!(stopped > 20, "only {stopped} programs looped");
+}
+
+/// A tight endless nest with several heads in one block (a W register
+/// checked at the group's first head, a head that is also a merge point
+/// entered by a forward jump, a `j` back edge): a stop request ends it,
+/// where the interpreter agrees after the same number of instructions.
+#[test]
+fn a_tight_loop_with_several_heads_in_one_block_stops() {
+    let prog = [
+        addi(12, 12, 1), // 0
+        bne(13, 0, 20),  // 1: -> 6 (head C, a merge point)
+        addi(10, 10, 1), // 2: head A
+        addiw(5, 5, 1),  // 3: head B (x5: W only)
+        andi(6, 5, 3),   // 4
+        bne(6, 0, -8),   // 5: -> 3
+        addi(11, 11, 1), // 6: head C
+        andi(7, 11, 7),  // 7
+        bne(7, 0, -8),   // 8: -> 6
+        xor(14, 14, 11), // 9
+        j(-32),          // 10: -> 2
+    ];
+    let data = vec![0u8; 0x1000];
+    for (x13, x5) in [
+        (0u64, 0x1_0000_0001u64),
+        (1, 7),
+        (0, 0xffff_ffff_8000_0000),
+        (1, 1 << 40),
+    ] {
+        let regs = [(13usize, x13), (5, x5), (14, 0x1234_5678_9abc)];
+        let sp = UserSpace::new(32).unwrap();
+        sp.map_anonymous(CODE, 0x1000, perm::R | perm::W).unwrap();
+        sp.map_anonymous(DATA, 0x1000, perm::R | perm::W).unwrap();
+        let bytes: Vec<u8> = prog
+            .iter()
+            .chain(&[0x73])
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        sp.write(CODE, &bytes).unwrap();
+        sp.set_perms(CODE, 0x1000, perm::R | perm::X).unwrap();
+        let mut h = Hart::new_user();
+        h.set_jit(true);
+        for &(r, v) in &regs {
+            h.set_x(r, v);
+        }
+        h.pc = CODE;
+        let ctl = h.control().clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            ctl.request_stop();
+        });
+        assert_eq!(h.run_user(&sp), crate::Exit::Stopped);
+        t.join().unwrap();
+        let n = h.instret();
+        assert!(n > 10_000, "the loops ran: {n}");
+        let x: [u64; 32] = std::array::from_fn(|r| h.x(r));
+        let (xi, pci, _) = rx_interp_steps(&prog, &data, &regs, n);
+        assert_eq!(
+            (h.pc, x),
+            (pci, xi),
+            "x13 {x13} x5 {x5:#x}: after {n} instructions"
+        );
+    }
+}
