@@ -4,10 +4,7 @@
 //! Everything here parses untrusted files: every size and address is
 //! checked against the file and against RAM before use.
 
-use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::FileExt;
-use std::path::Path;
 
 use object::read::elf::{ElfFile64, FileHeader, ProgramHeader};
 use object::{Object, ObjectSymbol};
@@ -51,100 +48,7 @@ pub enum LoadError {
     },
 }
 
-/// A kernel or initrd: bytes in memory, or a file the loader reads
-/// straight into guest RAM (no copy in between: a boot's kernel and
-/// initrd are tens of MiB, and each page of a copy costs a page fault
-/// and its clearing, ~5% of a short boot).
-#[derive(Debug)]
-pub enum BootFile {
-    Bytes(Vec<u8>),
-    File(File),
-}
-
-impl Default for BootFile {
-    fn default() -> Self {
-        BootFile::Bytes(Vec::new())
-    }
-}
-
-impl From<Vec<u8>> for BootFile {
-    fn from(v: Vec<u8>) -> Self {
-        BootFile::Bytes(v)
-    }
-}
-
-impl BootFile {
-    /// Opens `path` for reading (its bytes are read when loaded).
-    pub fn open(path: &Path) -> std::io::Result<BootFile> {
-        File::open(path).map(BootFile::File)
-    }
-
-    /// Its size in bytes.
-    pub fn len(&self) -> std::io::Result<u64> {
-        match self {
-            BootFile::Bytes(b) => Ok(b.len() as u64),
-            BootFile::File(f) => Ok(f.metadata()?.len()),
-        }
-    }
-
-    /// Whether it holds no byte.
-    pub fn is_empty(&self) -> std::io::Result<bool> {
-        Ok(self.len()? == 0)
-    }
-
-    /// Up to `n` bytes from its start.
-    fn head(&self, n: usize) -> std::io::Result<Vec<u8>> {
-        match self {
-            BootFile::Bytes(b) => Ok(b[..n.min(b.len())].to_vec()),
-            BootFile::File(f) => {
-                let mut buf = vec![0u8; n];
-                let got = read_at_most(f, &mut buf, 0)?;
-                buf.truncate(got);
-                Ok(buf)
-            }
-        }
-    }
-
-    /// All of its bytes.
-    pub fn into_bytes(self) -> std::io::Result<Vec<u8>> {
-        match self {
-            BootFile::Bytes(b) => Ok(b),
-            BootFile::File(mut f) => {
-                let mut v = Vec::new();
-                f.read_to_end(&mut v)?;
-                Ok(v)
-            }
-        }
-    }
-
-    /// Fills `dst` with its bytes from offset 0; a file shorter than
-    /// `dst` (changed since its size was taken) is an error.
-    pub fn read_into(&self, dst: &mut [u8]) -> std::io::Result<()> {
-        match self {
-            BootFile::Bytes(b) if b.len() == dst.len() => {
-                dst.copy_from_slice(b);
-                Ok(())
-            }
-            BootFile::File(f) if read_at_most(f, dst, 0)? == dst.len() => Ok(()),
-            _ => Err(std::io::ErrorKind::UnexpectedEof.into()),
-        }
-    }
-}
-
-/// Reads into `buf` from `off` until it is full or the file ends;
-/// returns the bytes read.
-fn read_at_most(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match f.read_at(&mut buf[got..], off + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
-}
+pub use vmm::BootFile;
 
 /// The header of a RISC-V Linux `Image` (Documentation/riscv/boot-image-header.rst).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -238,7 +142,7 @@ pub fn identify_kernel_file(what: &str, file: BootFile) -> Result<KernelKind, Lo
     };
     let f = BootFile::File(f);
     // Every header identify_kernel looks at lies within 4 KiB.
-    let head = f.head(4096).map_err(read_err)?;
+    let head = f.read_range(0, 4096).map_err(read_err)?;
     if head.starts_with(&[0x1f, 0x8b]) || head.starts_with(ELF_MAGIC) {
         return identify_kernel(what, f.into_bytes().map_err(read_err)?);
     }

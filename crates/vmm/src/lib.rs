@@ -16,6 +16,9 @@
 //!   on a virtio-blk slot, the [`board::MachineSummary`] a restore must
 //!   match, qcow2 internal snapshots of the disks and their revert.
 //!
+//! - [`BootFile`]: a kernel or initrd, in memory or read from its file
+//!   straight into guest RAM.
+//!
 //! - [`RunClock`]: a machine's running time, pauses left out (what
 //!   `--timeout` counts on both boards).
 //!
@@ -24,11 +27,13 @@
 
 pub mod api;
 pub mod board;
+mod boot_file;
 mod irq;
 mod memory;
 mod run_clock;
 pub mod snapshot;
 
+pub use boot_file::BootFile;
 pub use irq::IrqLine;
 pub use memory::GuestRam;
 pub use run_clock::RunClock;

@@ -13,10 +13,7 @@
 //! a truncated bzImage or one that does not fit in RAM is refused with a
 //! message that says so.
 
-use std::fs::File;
-use std::io::{Cursor, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::io::Cursor;
 
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader, KernelLoaderResult};
@@ -41,19 +38,7 @@ const LOADED_HIGH: u8 = 0x01;
 const E820_RAM: u32 = 1;
 const E820_RESERVED: u32 = 2;
 
-/// A kernel or initrd: bytes in memory, or a file the loader reads into
-/// guest RAM as it goes.
-#[derive(Debug)]
-pub enum BootFile {
-    Bytes(Vec<u8>),
-    File(File),
-}
-
-impl From<Vec<u8>> for BootFile {
-    fn from(v: Vec<u8>) -> Self {
-        BootFile::Bytes(v)
-    }
-}
+pub use vmm::BootFile;
 
 /// Most header bytes read to recognise a kernel file (the bzImage setup
 /// header and, in any sane ELF file, its program headers lie well
@@ -61,72 +46,6 @@ impl From<Vec<u8>> for BootFile {
 const HEAD: usize = 64 << 10;
 /// Largest ELF program header table looked at.
 const MAX_PHDRS: u64 = 1 << 20;
-
-impl BootFile {
-    /// Opens `path` for reading.
-    pub fn open(path: &Path) -> std::io::Result<BootFile> {
-        File::open(path).map(BootFile::File)
-    }
-
-    /// Its size in bytes.
-    pub fn len(&self) -> std::io::Result<u64> {
-        match self {
-            BootFile::Bytes(b) => Ok(b.len() as u64),
-            BootFile::File(f) => Ok(f.metadata()?.len()),
-        }
-    }
-
-    /// Whether it holds no byte.
-    pub fn is_empty(&self) -> std::io::Result<bool> {
-        Ok(self.len()? == 0)
-    }
-
-    /// Bytes `off..off + len`, fewer at the end of the file.
-    fn read_range(&self, off: u64, len: usize) -> std::io::Result<Vec<u8>> {
-        match self {
-            BootFile::Bytes(b) => {
-                let start = (off.min(b.len() as u64)) as usize;
-                let end = start.saturating_add(len).min(b.len());
-                Ok(b[start..end].to_vec())
-            }
-            BootFile::File(f) => {
-                // No bigger than what the file holds there: the first
-                // 64 KB asked of a small guest would be zeroed (and stay
-                // resident) for nothing.
-                let size = f.metadata()?.len();
-                let len = len.min(size.saturating_sub(off).try_into().unwrap_or(usize::MAX));
-                let mut buf = vec![0u8; len];
-                let mut got = 0;
-                while got < len {
-                    match f.read_at(&mut buf[got..], off + got as u64) {
-                        Ok(0) => break,
-                        Ok(n) => got += n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                buf.truncate(got);
-                Ok(buf)
-            }
-        }
-    }
-
-    /// Copies all of it to guest-physical `addr`.
-    fn copy_to(&self, mem: &GuestMemoryMmap, addr: u64) -> std::result::Result<(), String> {
-        match self {
-            BootFile::Bytes(b) => mem
-                .write_slice(b, GuestAddress(addr))
-                .map_err(|e| e.to_string()),
-            BootFile::File(f) => {
-                let len = f.metadata().map_err(|e| e.to_string())?.len() as usize;
-                let mut r = f;
-                r.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
-                mem.read_exact_volatile_from(GuestAddress(addr), &mut r, len)
-                    .map_err(|e| e.to_string())
-            }
-        }
-    }
-}
 
 /// What kind of kernel file this is, from its headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
