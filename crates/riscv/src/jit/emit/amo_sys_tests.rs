@@ -334,6 +334,49 @@ fn sys_inline_atomics_match_the_interpreter_without_paging() {
     differential(false, 0x0dd_ba11_cafe_f00d, 300);
 }
 
+/// Runs four harts (hart 2 interpreting, the others translating) on
+/// `bus`, hart `h` from `RAM + PROG + pc_off(h)` with a0 = `RAM + DATA`,
+/// t0 = `n`, t1 = 1 and a1 = its stop register, until each stops itself;
+/// each must have counted t0 down to 0. Returns the word at `DATA + off`.
+fn four_harts_count(bus: &Arc<TestBus>, n: u64, pc_off: fn(u64) -> u64, off: usize) -> u64 {
+    let harts: Vec<Hart> = (0..4)
+        .map(|h| {
+            let mut hart = Hart::new_system(HartConfig {
+                hart_id: h,
+                clock: Arc::new(Clock::new(10_000_000)),
+                sbi_ecalls: false,
+            });
+            hart.set_jit(h != 2);
+            hart.set_x(10, RAM + DATA);
+            hart.set_x(5, n);
+            hart.set_x(6, 1);
+            hart.set_x(11, MMIO + 8 + 8 * h);
+            hart.pc = RAM + PROG + pc_off(h);
+            hart
+        })
+        .collect();
+    bus.harts
+        .set(harts.iter().map(|h| h.control().clone()).collect())
+        .ok()
+        .unwrap();
+    let threads: Vec<_> = harts
+        .into_iter()
+        .map(|mut hart| {
+            let bus = bus.clone();
+            std::thread::spawn(move || {
+                assert!(matches!(hart.run_system(&*bus), Exit::Stopped));
+                hart.x[5]
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 0);
+    }
+    let c = bus.bytes();
+    let off = DATA as usize + off;
+    u64::from_le_bytes(c[off..off + 8].try_into().unwrap())
+}
+
 /// Four harts increment one word, M-mode without paging: two with
 /// `amoadd.d` (one of them interpreting), two with an LR/SC loop; the
 /// total is exact.
@@ -360,45 +403,8 @@ fn harts_count_exactly_with_amos_and_lr_sc() {
     lrsc_loop.extend(end);
     bus.put_words(PROG, &amo_loop);
     bus.put_words(PROG + 0x100, &lrsc_loop);
-    let harts: Vec<Hart> = (0..4)
-        .map(|h| {
-            let mut hart = Hart::new_system(HartConfig {
-                hart_id: h,
-                clock: Arc::new(Clock::new(10_000_000)),
-                sbi_ecalls: false,
-            });
-            hart.set_jit(h != 2);
-            hart.set_x(10, RAM + DATA);
-            hart.set_x(5, N);
-            hart.set_x(6, 1);
-            hart.set_x(11, MMIO + 8 + 8 * h);
-            hart.pc = RAM + PROG + if h % 2 == 0 { 0 } else { 0x100 };
-            hart
-        })
-        .collect();
-    bus.harts
-        .set(harts.iter().map(|h| h.control().clone()).collect())
-        .ok()
-        .unwrap();
-    let threads: Vec<_> = harts
-        .into_iter()
-        .map(|mut hart| {
-            let bus = bus.clone();
-            std::thread::spawn(move || {
-                assert!(matches!(hart.run_system(&*bus), Exit::Stopped));
-                hart.x[5]
-            })
-        })
-        .collect();
-    for t in threads {
-        assert_eq!(t.join().unwrap(), 0);
-    }
-    let c = bus.bytes();
-    let off = DATA as usize;
-    assert_eq!(
-        u64::from_le_bytes(c[off..off + 8].try_into().unwrap()),
-        4 * N
-    );
+    let total = four_harts_count(&bus, N, |h| if h % 2 == 0 { 0 } else { 0x100 }, 0);
+    assert_eq!(total, 4 * N);
 }
 
 fn rtype(f7: u32, f3: u32, op: u32, rd: u32, rs1: u32, rs2: u32) -> u32 {
@@ -560,42 +566,6 @@ fn harts_count_exactly_under_a_ticket_lock_with_pause() {
         0x6f,                       // j .
     ];
     bus.put_words(PROG, &prog);
-    let harts: Vec<Hart> = (0..4)
-        .map(|h| {
-            let mut hart = Hart::new_system(HartConfig {
-                hart_id: h,
-                clock: Arc::new(Clock::new(10_000_000)),
-                sbi_ecalls: false,
-            });
-            hart.set_jit(h != 2);
-            hart.set_x(10, RAM + DATA);
-            hart.set_x(5, N);
-            hart.set_x(11, MMIO + 8 + 8 * h);
-            hart.pc = RAM + PROG;
-            hart
-        })
-        .collect();
-    bus.harts
-        .set(harts.iter().map(|h| h.control().clone()).collect())
-        .ok()
-        .unwrap();
-    let threads: Vec<_> = harts
-        .into_iter()
-        .map(|mut hart| {
-            let bus = bus.clone();
-            std::thread::spawn(move || {
-                assert!(matches!(hart.run_system(&*bus), Exit::Stopped));
-                hart.x[5]
-            })
-        })
-        .collect();
-    for t in threads {
-        assert_eq!(t.join().unwrap(), 0);
-    }
-    let c = bus.bytes();
-    let off = DATA as usize + 8;
-    assert_eq!(
-        u64::from_le_bytes(c[off..off + 8].try_into().unwrap()),
-        4 * N
-    );
+    // (t1 = 1 is unused here: the program sets it.)
+    assert_eq!(four_harts_count(&bus, N, |_| 0, 8), 4 * N);
 }
