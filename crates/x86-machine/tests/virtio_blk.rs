@@ -234,9 +234,14 @@ fn virtio_blk_write_and_read_on_qcow2_with_irqfd_completion() {
     assert_eq!(value(&text, "write_status"), 0, "VIRTIO_BLK_S_OK: {text}");
     assert_eq!(value(&text, "read_status"), 0);
     assert!(text.contains("read=written by host!\n"), "{text}");
+    // Each completion signals the irqfd, but KVM injects once for
+    // signals that arrive before its injection work runs (the guest sees
+    // the first request done in the used ring, sends the second, and both
+    // signals can land together on a loaded host): one interrupt or two.
+    let irqs = value(&text, "irqs");
     assert!(
-        value(&text, "irqs") >= 2,
-        "one interrupt per request: {text}"
+        (1..=2).contains(&irqs),
+        "interrupts for two requests: {text}"
     );
     // Both kicks went through the ioeventfd, not a vCPU exit; nothing
     // outside the device was touched.
