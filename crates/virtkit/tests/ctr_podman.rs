@@ -26,6 +26,11 @@ impl Podman {
 
     fn cmd(&self) -> Command {
         let mut c = Command::new("podman");
+        // Podman's conmon writes an `oom` file into its working directory
+        // when a container's memory cgroup goes away (Debian 12's conmon
+        // on cgroup v1 takes the removal for an OOM; runc's containers
+        // too): keep it out of the source tree.
+        c.current_dir(&self.dir);
         c.arg("--root")
             .arg(self.dir.join("storage"))
             .arg("--runroot")
