@@ -224,6 +224,8 @@ pub(crate) struct Jit {
     len: usize,
     /// Offset where blocks start (after the fixed routines).
     blocks_start: usize,
+    /// A translation's buffers, kept for the next.
+    scratch: emit::Scratch,
     enter: EnterFn,
     epilogue: usize,
     dispatch: usize,
@@ -465,6 +467,7 @@ impl Jit {
             buf,
             len: blocks_start,
             blocks_start,
+            scratch: emit::Scratch::default(),
             enter,
             epilogue: r.epilogue,
             dispatch: r.dispatch,
@@ -636,6 +639,7 @@ impl Jit {
             // check above left free at `len`.
             unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), at as *mut u8, code.len()) };
             self.len = (self.len + code.len() + 15) & !15;
+            self.reuse_code(code);
             self.table_insert(pc, at);
             self.blocks.insert(pc, at);
             if self.last_skip != 0 {
@@ -896,6 +900,7 @@ impl Jit {
             // check above left free at `len`.
             unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), at as *mut u8, code.len()) };
             self.len = (self.len + code.len() + 15) & !15;
+            self.reuse_code(code);
             self.sys_blocks.insert((pc, pa), at);
             if self.last_skip != 0 {
                 self.skips.insert(at, self.last_skip);

@@ -60,6 +60,15 @@ impl Asm {
             cache: super::emit::RegCache::default(),
         }
     }
+    /// An assembler writing into `b` (empty; its capacity is kept).
+    pub(super) fn with_buf(base: usize, b: Vec<u8>) -> Asm {
+        debug_assert!(b.is_empty());
+        Asm {
+            b,
+            base,
+            cache: super::emit::RegCache::default(),
+        }
+    }
     pub(super) fn addr(&self) -> usize {
         self.base + self.b.len()
     }

@@ -327,6 +327,33 @@ fn fd(r: u8) -> i32 {
 /// The guest register in each of `CACHE_REGS` (0: none).
 type CacheMap = [u8; CACHE_REGS.len()];
 
+/// Buffers of one translation, kept for the next (cleared, capacity
+/// kept): a Linux boot translates ~75k blocks, and allocating them anew
+/// each time was ~3% of the boot. (The code buffer comes back through
+/// [`Jit::reuse_code`] once copied into place.)
+#[derive(Default)]
+pub(super) struct Scratch {
+    code: Vec<u8>,
+    offs: Vec<u16>,
+    merge: Vec<bool>,
+    back_last: Vec<Option<usize>>,
+    fused: Vec<Insn>,
+    names: Vec<[u8; 3]>,
+    labels: Vec<Option<(usize, CacheMap, u8, u8)>>,
+    claims: Vec<u32>,
+    slow: Vec<(usize, usize, CacheMap)>,
+    keys: Vec<(usize, CacheMap)>,
+    stubs: Vec<usize>,
+}
+
+impl Jit {
+    /// Takes back the code an `emit` returned, copied into place, for the
+    /// next translation to write into (see [`Scratch`]).
+    pub(super) fn reuse_code(&mut self, code: Vec<u8>) {
+        self.scratch.code = code;
+    }
+}
+
 /// In a map of dirty registers ([`RegCache::dirty_map`]): the slot holds
 /// its register unextended (see [`RegCache::lazy`]), so writing it back
 /// extends it first. (Guest registers are below 32.)
@@ -681,6 +708,12 @@ fn loop_groups(back_last: &[Option<usize>]) -> Vec<(usize, usize)> {
 fn checking_heads(insns: &[Insn], back_last: &[Option<usize>]) -> Vec<bool> {
     use Kind::*;
     let n = insns.len();
+    // No loop inside (most blocks; every system-mode one): nothing to
+    // work out, and nothing to allocate per instruction (a translation
+    // is on the path of all code run once).
+    if !back_last.iter().any(Option::is_some) {
+        return vec![false; n];
+    }
     let offs: Vec<u16> = insns.iter().map(|i| i.off).collect();
     // An instruction of the block after its start (jumps to the start
     // land on its check).
@@ -1371,16 +1404,26 @@ impl Jit {
         deny: &[u32],
     ) -> Result<Vec<u8>, Vec<(usize, u32)>> {
         use Kind::*;
-        let mut a = Asm::new(at, insns.len() * 48 + 256);
+        let mut sc = std::mem::take(&mut self.scratch);
+        let mut code = std::mem::take(&mut sc.code);
+        code.clear();
+        code.reserve(insns.len() * 48 + 256);
+        let mut a = Asm::with_buf(at, code);
         // Nothing is known of the registers at entry but x0's value.
         a.cache.sx = 1;
         let epi = self.epilogue;
         // Merge points: instructions a branch of the block jumps to from
         // inside it (user mode; see `Frame::internal`).
-        let offs: Vec<u16> = insns.iter().map(|i| i.off).collect();
+        let mut offs = std::mem::take(&mut sc.offs);
+        offs.clear();
+        offs.extend(insns.iter().map(|i| i.off));
         // Loop heads among them: the last backward jump to each.
-        let mut merge = vec![false; insns.len()];
-        let mut back_last: Vec<Option<usize>> = vec![None; insns.len()];
+        let mut merge = std::mem::take(&mut sc.merge);
+        merge.clear();
+        merge.resize(insns.len(), false);
+        let mut back_last = std::mem::take(&mut sc.back_last);
+        back_last.clear();
+        back_last.resize(insns.len(), None);
         if sys.is_none() {
             for (m, i) in insns.iter().enumerate() {
                 if matches!(i.kind, Beq | Bne | Blt | Bge | Bltu | Bgeu | Jal) {
@@ -1397,7 +1440,9 @@ impl Jit {
             }
         }
         // Fused pairs (see `fuse`), for the translator's eyes only.
-        let mut fused = insns.to_vec();
+        let mut fused = std::mem::take(&mut sc.fused);
+        fused.clear();
+        fused.extend_from_slice(insns);
         fuse::pairs(&mut fused, &merge);
         // Loops that check some base registers once on the way in rather
         // than at each access (see `mem::loop_bases`): (head, last back
@@ -1430,7 +1475,8 @@ impl Jit {
                     == pc
         });
         let written = written_regs(insns);
-        let mut entry_slow = Vec::new();
+        let mut entry_slow = std::mem::take(&mut sc.slow);
+        entry_slow.clear();
         let looping = is_loop.then(|| {
             let map = head_map(
                 &[0; CACHE_REGS.len()],
@@ -1482,10 +1528,19 @@ impl Jit {
             0
         };
         let insns = &fused[..];
-        a.cache.names = insns
-            .iter()
-            .map(|i| [i.rs1, i.rs2, i.rd].map(|r| if r < 32 { r } else { 0 }))
-            .collect();
+        a.cache.names = std::mem::take(&mut sc.names);
+        a.cache.names.clear();
+        a.cache.names.extend(
+            insns
+                .iter()
+                .map(|i| [i.rs1, i.rs2, i.rd].map(|r| if r < 32 { r } else { 0 })),
+        );
+        let mut labels = std::mem::take(&mut sc.labels);
+        labels.clear();
+        labels.resize(insns.len(), None);
+        let mut claims = std::mem::take(&mut sc.claims);
+        claims.clear();
+        claims.resize(insns.len(), 1);
         let mut f = Frame {
             pc,
             sys,
@@ -1506,8 +1561,8 @@ impl Jit {
             taken: Vec::new(),
             landings: Vec::new(),
             slow: entry_slow,
-            labels: vec![None; insns.len()],
-            claims: vec![1; insns.len()],
+            labels,
+            claims,
             broken: Vec::new(),
             offs,
             merge,
@@ -2027,12 +2082,13 @@ impl Jit {
         }
         // Slow exits share a stub per instruction and dirty set; host
         // faults of inline accesses resume at the same stubs.
-        let mut keys: Vec<(usize, CacheMap)> = (f.slow.iter().chain(&f.faults))
-            .map(|&(_, k, dirty)| (k, dirty))
-            .collect();
-        keys.sort();
+        let mut keys = std::mem::take(&mut sc.keys);
+        keys.clear();
+        keys.extend((f.slow.iter().chain(&f.faults)).map(|&(_, k, dirty)| (k, dirty)));
+        keys.sort_unstable();
         keys.dedup();
-        let mut stubs = Vec::with_capacity(keys.len());
+        let mut stubs = std::mem::take(&mut sc.stubs);
+        stubs.clear();
         for &(k, dirty) in &keys {
             stubs.push(a.b.len());
             a.flush_dirty(dirty);
@@ -2051,6 +2107,19 @@ impl Jit {
                 self.sites.exits.push((a.base + off, a.base + s));
             }
         }
+        self.scratch = Scratch {
+            code: Vec::new(),
+            offs: f.offs,
+            merge: f.merge,
+            back_last,
+            fused,
+            names: std::mem::take(&mut a.cache.names),
+            labels: f.labels,
+            claims: f.claims,
+            slow: f.slow,
+            keys,
+            stubs,
+        };
         Ok(a.b)
     }
 }
