@@ -48,6 +48,7 @@ use crate::mmu::{SysMem, UserMem};
 mod dispatch;
 mod emit;
 mod fault;
+mod prefault;
 mod x86;
 
 pub(crate) use fault::resume_at;
@@ -224,6 +225,8 @@ pub(crate) struct Jit {
     len: usize,
     /// Offset where blocks start (after the fixed routines).
     blocks_start: usize,
+    /// Faults the buffer's pages in ahead of `len`.
+    prefault: prefault::Prefault,
     /// A translation's buffers, kept for the next.
     scratch: emit::Scratch,
     enter: EnterFn,
@@ -392,6 +395,8 @@ unsafe impl Send for Jit {}
 
 impl Drop for Jit {
     fn drop(&mut self) {
+        // Its worker may be using the buffer.
+        self.prefault.stop();
         // SAFETY: `buf` is the mapping of `CODE_SIZE` bytes made in `new`.
         unsafe { libc::munmap(self.buf.cast(), CODE_SIZE) };
     }
@@ -467,6 +472,7 @@ impl Jit {
             buf,
             len: blocks_start,
             blocks_start,
+            prefault: prefault::Prefault::new(buf, CODE_SIZE),
             scratch: emit::Scratch::default(),
             enter,
             epilogue: r.epilogue,
@@ -639,6 +645,7 @@ impl Jit {
             // check above left free at `len`.
             unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), at as *mut u8, code.len()) };
             self.len = (self.len + code.len() + 15) & !15;
+            self.prefault.filled(self.len);
             self.reuse_code(code);
             self.table_insert(pc, at);
             self.blocks.insert(pc, at);
@@ -900,6 +907,7 @@ impl Jit {
             // check above left free at `len`.
             unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), at as *mut u8, code.len()) };
             self.len = (self.len + code.len() + 15) & !15;
+            self.prefault.filled(self.len);
             self.reuse_code(code);
             self.sys_blocks.insert((pc, pa), at);
             if self.last_skip != 0 {
