@@ -105,8 +105,9 @@ fn addi(rd: u32, rs1: u32, imm: i32) -> u32 {
 /// NOP), a call through x1 or x5 to a return two words on, which comes
 /// back right after the call (the prediction holds) or, in the longer
 /// form, with its link moved on by a word first (a return elsewhere than
-/// predicted). Each pattern ends past its last word; patterns never
-/// overwrite the loop counter's words, and jumps into a pattern's middle
+/// predicted), or with the call made by `auipc` + `jalr`. Each pattern
+/// ends past its last word; patterns never overwrite the loop counter's
+/// words, and jumps into a pattern's middle
 /// (where a return through a stale link could go backwards forever)
 /// become NOPs.
 fn call_patterns(words: &mut [u32], orig: &[u32], n: usize) {
@@ -116,7 +117,16 @@ fn call_patterns(words: &mut [u32], orig: &[u32], n: usize) {
         let i = decode(orig[k]);
         let link = if i.rd & 1 == 0 { 1 } else { 5 };
         let long = orig[k] >> 31 == 1;
-        let len = if long { 5 } else { 3 };
+        // The call as unrelaxed code writes it: `auipc` + `jalr` (the
+        // JIT takes the target as known, see `emit::static_jalrs`).
+        let auipc = !long && orig[k] >> 30 & 1 == 1;
+        let len = if long {
+            5
+        } else if auipc {
+            4
+        } else {
+            3
+        };
         let free = k + len <= n
             && words[k..k + len].iter().all(|&w| {
                 let d = decode(w);
@@ -132,6 +142,13 @@ fn call_patterns(words: &mut [u32], orig: &[u32], n: usize) {
                 jal(0, 16),
                 jal(0, 12),
                 addi(link, link, 4),
+                jalr(0, link),
+            ]
+        } else if auipc {
+            &[
+                (link << 7) | 0x17, // auipc link, 0
+                (12 << 20) | jalr(link, link),
+                jal(0, 8),
                 jalr(0, link),
             ]
         } else {

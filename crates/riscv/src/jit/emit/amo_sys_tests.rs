@@ -569,3 +569,20 @@ fn harts_count_exactly_under_a_ticket_lock_with_pause() {
     // (t1 = 1 is unused here: the program sets it.)
     assert_eq!(four_harts_count(&bus, N, |_| 0, 8), 4 * N);
 }
+
+#[test]
+fn sys_calls_through_auipc_and_jalr_match_the_interpreter() {
+    // The straight part of `tests::auipc_calls` (a call, its return, a
+    // tail jump, a jump linking into its base register), twice, with and
+    // without paging: the targets are virtual addresses, chained like
+    // `jal`'s.
+    let body = &super::tests::auipc_calls()[..12];
+    for paging in [true, false] {
+        let a = run(paging, &[], body, &[0; 32], true);
+        let b = run(paging, &[], body, &[0; 32], false);
+        assert_eq!(a.x, b.x, "paging {paging}");
+        assert_eq!(a.instret, b.instret, "paging {paging}");
+        assert!(a.ram == b.ram, "paging {paging}");
+        assert_eq!((a.x[10], a.x[11], a.x[14]), (2, 14, 0), "paging {paging}");
+    }
+}

@@ -93,6 +93,9 @@ struct Frame {
     /// `jit::fault`): (code offset of the access, instruction index, dirty
     /// registers there), resumed at the slow exit of that index and set.
     faults: Vec<(usize, usize, CacheMap)>,
+    /// `jalr`s whose target is known when translating: (index, target),
+    /// see [`static_jalrs`].
+    static_jalr: Vec<(usize, u64)>,
     /// Inline FP (see `fp`).
     fp: fp::FpState,
 }
@@ -154,6 +157,14 @@ impl Frame {
         a.b.extend_from_slice(&[0xff, 0xe2]); // jmp rdx
         a.bind(empty);
         a.bind(miss);
+    }
+    /// The target of the `jalr` at index `k` when it is known (see
+    /// [`static_jalrs`]).
+    fn static_target(&self, k: usize) -> Option<u64> {
+        self.static_jalr
+            .iter()
+            .find(|&&(j, _)| j == k)
+            .map(|&(_, t)| t)
     }
     /// Whether jumping to `target` is a back edge of this block's loop.
     fn is_back_edge(&self, target: u64) -> bool {
@@ -322,6 +333,27 @@ fn xd(r: u8) -> i32 {
 /// Displacement of FP register `r` from rbx.
 fn fd(r: u8) -> i32 {
     (offset_of!(Core, f) as i32 - offset_of!(Core, x) as i32) + (r as i32 & 31) * 8 - 128
+}
+
+/// The `jalr`s of a block right after an `auipc` of their base register
+/// (no jump lands between them): `call`, `tail` and `jump` to a symbol as
+/// assemblers write them where the linker did not relax them to `jal`
+/// (Linux's kernel and modules: ~12M calls in a 1-hart boot, each of
+/// which went through the inline dispatch's table lookup). Their target
+/// is known: they leave through a chained exit as `jal` does.
+fn static_jalrs(insns: &[Insn], pc: u64, merge: &[bool]) -> Vec<(usize, u64)> {
+    let mut v = Vec::new();
+    for k in 1..insns.len() {
+        let (u, j) = (&insns[k - 1], &insns[k]);
+        if j.kind == Kind::Jalr && u.kind == Kind::Auipc && u.rd == j.rs1 && j.rs1 != 0 && !merge[k]
+        {
+            let base = pc
+                .wrapping_add(u.off as u64)
+                .wrapping_add(u.imm as i64 as u64);
+            v.push((k, base.wrapping_add(j.imm as i64 as u64) & !1));
+        }
+    }
+    v
 }
 
 /// The guest register in each of `CACHE_REGS` (0: none).
@@ -1541,6 +1573,7 @@ impl Jit {
         let mut claims = std::mem::take(&mut sc.claims);
         claims.clear();
         claims.resize(insns.len(), 1);
+        let static_jalr = static_jalrs(insns, pc, &merge);
         let mut f = Frame {
             pc,
             sys,
@@ -1570,6 +1603,7 @@ impl Jit {
             thunks: Vec::new(),
             attn_back: Vec::new(),
             faults: Vec::new(),
+            static_jalr,
             fp: fp::FpState::default(),
         };
         let groups = loop_groups(&back_last);

@@ -244,6 +244,20 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
                 _ => f.exit_to(a, target, k as u32 + 1),
             }
         }
+        Jalr if f.static_target(k).is_some() => {
+            // After an `auipc` of its base (see `emit::static_jalrs`): a
+            // jump to a known address, as `jal` (the link written, the
+            // return address pushed).
+            if rd != ZERO_SINK {
+                a.mov_imm(RAX, next);
+                a.st_x(rd, RAX);
+            }
+            if is_link(rd) {
+                f.ras_push(a, next);
+            }
+            let target = f.static_target(k).unwrap_or(next);
+            f.exit_to(a, target, k as u32 + 1);
+        }
         Jalr => {
             // A call pushes its return address, before rax gets the
             // target; a return pops it (see `jit::RAS_DEPTH`).

@@ -2031,3 +2031,44 @@ fn a_tight_loop_with_several_heads_in_one_block_stops() {
         );
     }
 }
+
+/// `call`, `tail` and `jump` as unrelaxed code writes them: `auipc` of
+/// the base, then `jalr` (see `static_jalrs`). Offsets from the program's
+/// start, which is the first `auipc`'s address.
+pub(super) fn auipc_calls() -> Vec<u32> {
+    vec![
+        auipc(5, 0),         // 0
+        jalr(1, 5, 21),      // 4: call 20 (bit 0 of the sum dropped), ra = 8
+        addi(10, 10, 1),     // 8
+        auipc(6, 0),         // 12
+        jalr(0, 6, 20),      // 16: tail to 32
+        addi(11, 11, 7),     // 20: the callee
+        jalr(0, 1, 0),       // 24: ret to 8
+        addi(14, 14, 100),   // 28: never
+        auipc(7, 0),         // 32
+        jalr(7, 7, 12),      // 36: to 44, the link into the base's register
+        addi(14, 14, 100),   // 40: never
+        addi(12, 7, 0),      // 44
+        branch(1, 10, 0, 8), // 48: bne x10, x0, 56 (lands on the jalr)
+        auipc(8, 0),         // 52: never (a jump lands past it)
+        jalr(0, 8, 12),      // 56: x8 is the caller's: to 64 (x8 = 52 at entry)
+        addi(14, 14, 100),   // 60: never
+        addi(13, 13, 3),     // 64
+    ]
+}
+
+#[test]
+fn calls_through_auipc_and_jalr_match_the_interpreter() {
+    let prog = auipc_calls();
+    // The jalr at 56 takes x8 from before the program: CODE + 52, so it
+    // goes to 64 as if the auipc at 52 had run; from CODE + 56 instead,
+    // to 68: the ecall. A translator that took the skipped `auipc` for
+    // the base would go to 64 both times.
+    for x8 in [CODE + 52, CODE + 56] {
+        let x = both_ways(&prog, &[(8, x8)]);
+        assert_eq!((x[1], x[10], x[11]), (CODE + 8, 1, 7));
+        assert_eq!((x[7], x[12]), (CODE + 40, CODE + 40));
+        assert_eq!(x[13], if x8 == CODE + 52 { 3 } else { 0 });
+        assert_eq!(x[14], 0);
+    }
+}
