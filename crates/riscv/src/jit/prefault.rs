@@ -53,6 +53,9 @@ impl Prefault {
             let (base, size) = (self.base, self.size);
             let spawned = std::thread::Builder::new()
                 .name("vk-jit-prefault".into())
+                // It only calls madvise: a small stack (one per hart with
+                // over 1 MiB of code).
+                .stack_size(64 << 10)
                 .spawn(move || {
                     for step in rx {
                         let at = step * STEP;
