@@ -335,12 +335,13 @@ fn fd(r: u8) -> i32 {
     (offset_of!(Core, f) as i32 - offset_of!(Core, x) as i32) + (r as i32 & 31) * 8 - 128
 }
 
-/// The `jalr`s of a block right after an `auipc` of their base register
-/// (no jump lands between them): `call`, `tail` and `jump` to a symbol as
-/// assemblers write them where the linker did not relax them to `jal`
-/// (Linux's kernel and modules: ~12M calls in a 1-hart boot, each of
-/// which went through the inline dispatch's table lookup). Their target
-/// is known: they leave through a chained exit as `jal` does.
+/// System mode: the `jalr`s of a block right after an `auipc` of their
+/// base register (no jump lands between them): `call`, `tail` and `jump`
+/// to a symbol as assemblers write them where the linker did not relax
+/// them to `jal` (Linux's kernel and modules: ~12M calls in a 1-hart
+/// boot, each of which went through the inline dispatch's table lookup).
+/// Their target is known: they leave through a chained exit as `jal`
+/// does.
 fn static_jalrs(insns: &[Insn], pc: u64, merge: &[bool]) -> Vec<(usize, u64)> {
     let mut v = Vec::new();
     for k in 1..insns.len() {
@@ -1573,7 +1574,14 @@ impl Jit {
         let mut claims = std::mem::take(&mut sc.claims);
         claims.clear();
         claims.resize(insns.len(), 1);
-        let static_jalr = static_jalrs(insns, pc, &merge);
+        // System mode only: in user mode (busybox's sha256sum calling
+        // memcpy's PLT stub per 64-byte block) the chained call made runs
+        // bimodal, half of them ~40% slower, for reasons not found yet.
+        let static_jalr = if sys.is_some() {
+            static_jalrs(insns, pc, &merge)
+        } else {
+            Vec::new()
+        };
         let mut f = Frame {
             pc,
             sys,

@@ -2057,6 +2057,8 @@ pub(super) fn auipc_calls() -> Vec<u32> {
     ]
 }
 
+/// (User mode looks these targets up as any `jalr`'s; system mode knows
+/// them, see `amo_sys_tests`.)
 #[test]
 fn calls_through_auipc_and_jalr_match_the_interpreter() {
     let prog = auipc_calls();
