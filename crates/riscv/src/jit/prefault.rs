@@ -184,6 +184,8 @@ mod tests {
             // A kernel before 5.14: the worker stopped at once, and
             // nothing was touched.
             assert_eq!(resident(s1, 3 * STEP), 0);
+            // SAFETY: the mapping made above, no longer used.
+            unsafe { libc::munmap(p.cast(), size) };
             return;
         }
         assert_eq!(resident(s1, STEP), STEP / 4096);

@@ -586,3 +586,34 @@ fn sys_calls_through_auipc_and_jalr_match_the_interpreter() {
         assert_eq!((a.x[10], a.x[11], a.x[14]), (2, 14, 0), "paging {paging}");
     }
 }
+
+#[test]
+fn sys_static_jalrs_to_other_pages_fault_as_the_interpreter() {
+    // `auipc` + `jalr` (see `static_jalrs`) from the code page (VA 0x5000
+    // with paging, RAM + 0x1000 without) to another page: with paging DATA
+    // (VA 0x1000, not executable), the unmapped VA 0x3000 and MMIO (VA
+    // 0x6000, not executable); without, below RAM (no memory) and RAM +
+    // 0x2000 (zeroes: an illegal instruction). The handler records the
+    // cause, epc and tval; the link must be written first.
+    let auipc = |rd: u32, hi: i32| ((hi as u32) << 12) | rd << 7 | 0x17;
+    let jalr = |rd: u32, rs1: u32, imm: i32| itype(0x67, 0, rd, rs1, imm);
+    // The auipc is the body's first word, at PROG + 4.
+    for (hi, lo, rd) in [
+        (-4, -4, 1),
+        (-2, -3, 0),
+        (1, -4, 5),
+        (1, 0x7fc, 6),
+        (-4, -4, 6),
+    ] {
+        let body = [auipc(6, hi), jalr(rd, 6, lo)];
+        for paging in [true, false] {
+            let a = run(paging, &[], &body, &[0; 32], true);
+            let b = run(paging, &[], &body, &[0; 32], false);
+            let what = format!("auipc {hi}, jalr {lo}, rd x{rd}, paging {paging}");
+            assert_eq!(a.x, b.x, "{what}");
+            assert_eq!(a.instret, b.instret, "{what}");
+            assert!(a.ram == b.ram, "{what}");
+            assert_ne!(a.x[18], 0, "{what}: a trap (mcause)");
+        }
+    }
+}

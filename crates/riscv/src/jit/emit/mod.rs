@@ -351,7 +351,13 @@ fn static_jalrs(insns: &[Insn], pc: u64, merge: &[bool]) -> Vec<(usize, u64)> {
             let base = pc
                 .wrapping_add(u.off as u64)
                 .wrapping_add(u.imm as i64 as u64);
-            v.push((k, base.wrapping_add(j.imm as i64 as u64) & !1));
+            let target = base.wrapping_add(j.imm as i64 as u64) & !1;
+            // Not back to the block's start: that would be a back edge of
+            // its loop that the loop's analysis (which counts branches
+            // and `jal`s) never saw.
+            if target != pc {
+                v.push((k, target));
+            }
         }
     }
     v
