@@ -791,10 +791,7 @@ fn run_with_runc(b: &Bundle, cfg: &Value) -> Output {
         &b.dir,
     );
     // runc also makes the parent in the name=systemd and unified
-    // hierarchies, which Bundle's drop does not know; gone once unused.
-    for h in ["systemd", "unified"] {
-        let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{h}{CGROUP_PARENT}"));
-    }
+    // hierarchies; like the others it stays (see Bundle's drop).
     out
 }
 

@@ -190,13 +190,10 @@ impl Drop for Bundle {
     fn drop(&mut self) {
         let _ = self.runc(&["delete", "--force", &self.id]);
         let _ = std::fs::remove_dir_all(&self.dir);
-        // The per-test cgroups are gone after delete; drop the shared
-        // parent too once no test uses it (rmdir fails while one does).
-        for ctrl in [
-            "memory", "pids", "cpu", "cpuacct", "cpuset", "blkio", "freezer", "devices",
-        ] {
-            let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{ctrl}{CGROUP_PARENT}"));
-        }
+        // The per-test cgroups are gone after delete. The shared parent
+        // stays (empty): removed here once unused, it could vanish
+        // between a runtime's mkdir of it and of its child in a test
+        // running alongside (runc then failed with ENOENT).
     }
 }
 
