@@ -172,6 +172,9 @@ struct Ctx {
     csr: usize,
     /// System mode: [`recheck_page`].
     recheck: usize,
+    /// System mode: the host addends of the groups of loads and stores
+    /// one TLB check covers (see `emit::mem::sys_groups`).
+    groups: [usize; GROUP_SLOTS],
 }
 
 #[repr(C)]
@@ -207,6 +210,10 @@ const EMPTY: Entry = Entry {
 /// under another address space or before its target's page changed
 /// fails the guard into the inline dispatch.
 const RAS_DEPTH: usize = 256;
+
+/// System mode: groups of loads and stores (one TLB check each, see
+/// `emit::mem::sys_groups`) live at once in a block.
+const GROUP_SLOTS: usize = 4;
 
 /// Why [`Jit::run`] returned.
 pub(crate) enum JitExit {
@@ -730,6 +737,7 @@ impl Jit {
                 space_size: space.size(),
                 csr: 0,
                 recheck: 0,
+                groups: [0; GROUP_SLOTS],
             };
             // Host faults of inline accesses resume at their slow exits
             // while the code runs.
@@ -1066,6 +1074,7 @@ impl Jit {
                 space_size: 0,
                 csr: csr_sys::<B> as extern "sysv64" fn(*mut Ctx, u32, u64) -> u32 as usize,
                 recheck: recheck_page as extern "sysv64" fn(*const PageCheck, u64) -> u32 as usize,
+                groups: [0; GROUP_SLOTS],
             };
             // SAFETY: `code` is the entry of a block translated into this
             // hart's buffer for the current code generation, and the

@@ -21,6 +21,8 @@ const DATA: u64 = 0x4000;
 const RO: u64 = 0x5000;
 const CLEAN: u64 = 0x6000;
 const ROOT: u64 = 0x8000;
+/// With paging, VA 0x1000 and `ALIAS` map DATA (see `run_passes`).
+const ALIAS: u64 = 0x9000;
 
 /// RAM; an MMIO word at `MMIO + 0x100` (reads 0x55, takes writes); a
 /// stop register per hart at `MMIO + 8 + 8 * hart`.
@@ -61,6 +63,10 @@ impl TestBus {
     }
     fn put_u64(&self, off: u64, v: u64) {
         self.put(off, &v.to_le_bytes());
+    }
+    fn u64_at(&self, off: u64) -> u64 {
+        let b = self.bytes();
+        u64::from_le_bytes(b[off as usize..off as usize + 8].try_into().unwrap())
     }
     fn bytes(&self) -> Vec<u8> {
         // SAFETY: the whole RAM region, live while the bus is.
@@ -189,6 +195,22 @@ struct Run {
 /// the data TLB for the bases whose pages allow it (`warm`: loads, then
 /// stores of what they read), then ecall.
 fn run(paging: bool, warm: &[(u32, bool)], body: &[u32], x: &[u64; 32], jit: bool) -> Run {
+    run_passes(paging, warm, &[], body, &[], 2, x, jit)
+}
+
+/// [`run`] with `passes` passes, each running `body` then `tail`, and
+/// `pre` run after the warm-up.
+#[allow(clippy::too_many_arguments)]
+fn run_passes(
+    paging: bool,
+    warm: &[(u32, bool)],
+    pre: &[u32],
+    body: &[u32],
+    tail: &[u32],
+    passes: i32,
+    x: &[u64; 32],
+    jit: bool,
+) -> Run {
     let bus = TestBus::new();
     bus.put_words(0, &prologue(paging));
     let mut p = Vec::new();
@@ -198,9 +220,14 @@ fn run(paging: bool, warm: &[(u32, bool)], body: &[u32], x: &[u64; 32], jit: boo
             p.push(store(3, 30, b, 0)); // sd x30, 0(b)
         }
     }
-    p.push(addi(29, 0, 2));
+    p.extend_from_slice(pre);
+    // A jump to the next word ends the warm-up's block: the loop's
+    // first pass then runs translated with the TLB warm.
+    p.push(jal0(4));
+    p.push(addi(29, 0, passes));
     let head = p.len();
     p.extend_from_slice(body);
+    p.extend_from_slice(tail);
     p.push(addi(29, 29, -1));
     p.push(bne(29, 0, -4 * (p.len() - head) as i32));
     p.push(ECALL);
@@ -224,6 +251,16 @@ fn run(paging: bool, warm: &[(u32, bool)], body: &[u32], x: &[u64; 32], jit: boo
     bus.put_u64(l0 + 32, pte(CLEAN, 0x47));
     bus.put_u64(l0 + 40, pte(PROG, 0xc7));
     bus.put_u64(l0 + 48, (MMIO >> 12) << 10 | 0xc7);
+    // The same six pages again from VA 0x9000 (`ALIAS`), whose TLB
+    // entries no page of the code shares (the code runs at 0x8000_1000,
+    // the same entry as VA 0x1000).
+    for k in 0..6 {
+        let e = l0 + 8 * (ALIAS >> 12);
+        bus.put_u64(e + 8 * k, bus.u64_at(l0 + 8 + 8 * k));
+    }
+    // And DATA as a user page at ALIAS + 0x6000 (V R W U A D: for the
+    // supervisor, only with sstatus.SUM).
+    bus.put_u64(l0 + 8 * ((ALIAS >> 12) + 6), pte(DATA, 0xd7));
     let mut hart = Hart::new_system(HartConfig {
         hart_id: 0,
         clock: Arc::new(Clock::new(10_000_000)),
@@ -616,4 +653,134 @@ fn sys_static_jalrs_to_other_pages_fault_as_the_interpreter() {
             assert_ne!(a.x[18], 0, "{what}: a trap (mcause)");
         }
     }
+}
+
+/// Random runs of loads and stores of every width through a few base
+/// registers, the groups of `mem::sys_groups` (one TLB check for the
+/// bytes of all): offsets that keep a group in one page and offsets that
+/// take it across a page edge (into the read-only page, an unmapped one,
+/// below RAM), bases that move between accesses, loads into the base,
+/// stores into the page holding the code, MMIO, a page not dirty yet, and
+/// the instructions that end groups (CSR reads run in place, AMOs) in
+/// between.
+fn differential_groups(paging: bool, seed: u64, rounds: usize) {
+    // Bases: x5 mid-DATA, x6 16 bytes below DATA's end (the read-only
+    // page next), x7 DATA's start + 1 (the page below: unmapped with
+    // paging, the handler's without), x8 RO, x9 the page not dirty yet, x10
+    // MMIO, x11 the code page, x12 mid-DATA again.
+    // (With paging through `ALIAS`, whose TLB entries stay warm.)
+    let r = |o: u64| if paging { o - DATA + ALIAS } else { RAM + o };
+    let mut x = [0u64; 32];
+    x[5..13].copy_from_slice(&[
+        r(DATA + 0x800),
+        r(DATA + 0xff0),
+        r(DATA + 1),
+        r(RO + 0x100),
+        if paging {
+            ALIAS + 0x3080
+        } else {
+            RAM + CLEAN + 0x80
+        },
+        if paging { ALIAS + 0x5100 } else { MMIO + 0x100 },
+        if paging {
+            ALIAS + 0x4f00
+        } else {
+            RAM + PROG + 0xf00
+        },
+        r(DATA + 0x400),
+    ]);
+    // x13: the user page (accessible with SUM, which the program sets
+    // and clears through x4: translated code changes the TLB it looks in
+    // without leaving the block).
+    x[13] = if paging {
+        ALIAS + 0x6800
+    } else {
+        RAM + DATA + 0x600
+    };
+    x[4] = 1 << 18;
+    let warm: &[(u32, bool)] = &[(5, true), (8, false), (9, false), (10, false), (11, false)];
+    let load_f3 = [0, 1, 2, 3, 4, 5, 6];
+    let mut rng = seed;
+    for round in 0..rounds {
+        let n = 2 + (next(&mut rng) % 14) as usize;
+        let mut prog = Vec::new();
+        for _ in 0..n {
+            let base = [5, 5, 5, 5, 12, 12, 12, 6, 6, 7, 8, 9, 10, 11, 13, 13]
+                [(next(&mut rng) % 16) as usize];
+            // Mostly near offsets (a stack frame's, a struct's), some far
+            // (across the page's edge from most bases).
+            let off = match next(&mut rng) % 8 {
+                0 if base == 11 => (next(&mut rng) % 1024) as i32 - 512,
+                0 => (next(&mut rng) % 4096) as i32 - 2048,
+                1 if base != 11 => [2047, -2048, 16, 15, -1, 4][(next(&mut rng) % 6) as usize],
+                _ => (next(&mut rng) % 64) as i32 - 16,
+            };
+            match next(&mut rng) % 16 {
+                0..=5 => {
+                    let rd = [0, 14, 15, 16, 17, base][(next(&mut rng) % 6) as usize];
+                    let f3 = load_f3[(next(&mut rng) as usize) % load_f3.len()];
+                    prog.push(itype(0x03, f3, rd, base, off));
+                }
+                6..=11 => {
+                    let rs2 = [0, 14, 15, 16, 17, base][(next(&mut rng) % 6) as usize];
+                    prog.push(store((next(&mut rng) % 4) as u32, rs2, base, off));
+                }
+                12 => prog.push(addi(
+                    base,
+                    base,
+                    [8, -8, 1, 64][(next(&mut rng) % 4) as usize],
+                )),
+                13 => prog.push(rtype(0, 0, 0x33, 14, 15, 16)), // add x14, x15, x16
+                14 => prog.push(match next(&mut rng) % 3 {
+                    0 => csr(2, 16, 0, 0x100), // csrr x16, sstatus
+                    1 => csr(2, 0, 4, 0x100),  // csrs sstatus, x4 (SUM)
+                    _ => csr(3, 0, 4, 0x100),  // csrc sstatus, x4
+                }),
+                _ => prog.push(amo(0, 3, 17, 5, 15)), // amoadd.d x17, x15, (x5)
+            }
+        }
+        for v in &mut x[14..18] {
+            *v = next(&mut rng);
+        }
+        // Each pass moves some bases (by x20..x27) after the body: the
+        // first pass runs mostly in the interpreter (its first access
+        // misses the TLB and leaves), the later ones translated, with
+        // the TLB warm, into the neighbouring pages.
+        // (Never far enough to reach the program's words, the handler's
+        // or the page tables: the test would rewrite itself.)
+        let mut tail = Vec::new();
+        for b in 5..14u32 {
+            let far = [0, 0, 8, 16, 64, 0x800, (-16i64) as u64];
+            let near = [0, 8, (-16i64) as u64];
+            x[b as usize + 15] = if (9..=11).contains(&b) || b == 13 {
+                near[(next(&mut rng) % 3) as usize]
+            } else {
+                far[(next(&mut rng) % 7) as usize]
+            };
+            tail.push(rtype(0, 0, 0x33, b, b, b + 15)); // add xb, xb, x(b+15)
+        }
+        // The user page's entry warm too (in the TLB of SUM's regime).
+        let pre = [
+            csr(2, 0, 4, 0x100),       // csrs sstatus, x4
+            itype(0x03, 3, 30, 13, 0), // ld x30, 0(x13)
+            store(3, 30, 13, 0),       // sd x30, 0(x13)
+            csr(3, 0, 4, 0x100),       // csrc sstatus, x4
+        ];
+        let a = run_passes(paging, warm, &pre, &prog, &tail, 4, &x, true);
+        let b = run_passes(paging, warm, &pre, &prog, &tail, 4, &x, false);
+        let ctx = || format!("paging {paging}, round {round}: program {prog:08x?}, x {x:x?}");
+        assert_eq!(a.x, b.x, "x, {}", ctx());
+        assert_eq!(a.instret, b.instret, "instret, {}", ctx());
+        assert!(a.ram == b.ram, "RAM differs, {}", ctx());
+    }
+}
+
+#[test]
+fn sys_load_store_groups_match_the_interpreter_with_paging() {
+    differential_groups(true, 0x6a0b_5eed_0123_4567, 1500);
+}
+
+#[test]
+fn sys_load_store_groups_match_the_interpreter_without_paging() {
+    differential_groups(false, 0x9e37_79b9_7f4a_7c15, 1500);
 }

@@ -21,7 +21,7 @@
 
 use std::mem::offset_of;
 
-use super::{fd, Ctx, Frame};
+use super::{fd, Ctx, Frame, GROUP_SLOTS};
 use crate::decode::{Insn, Kind};
 use crate::jit::x86::*;
 use crate::mmu::TLB_SIZE;
@@ -61,16 +61,28 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
         _ => None,
     };
     if let (Some((n, signed, is_store)), Some(_)) = (mem_shape(i.kind), f.sys) {
-        // va = rs1 + imm in rax; rcx = the vpn of the access's last
-        // byte, rdx = the TLB entry of its first: a tag that matches
-        // both means the access stays in one page (one that crosses
-        // compares vpn + 1 with a tag whose index bits are vpn's).
-        a.ld_x(RAX, i.rs1);
-        if imm != 0 {
-            a.alu_imm(true, ADD, RAX, imm);
+        let acc = f.sysacc.get(k).copied().unwrap_or(SysAcc::Own);
+        if let SysAcc::Member(slot) = acc {
+            member(a, i, n, signed, is_store, slot);
+            return true;
         }
-        if n > 1 {
-            a.op_m(true, &[0x8d], RCX, RAX, n as i32 - 1); // lea rcx, [rax + n - 1]
+        // The bytes the TLB check covers, from the address in rax: the
+        // access's own, or its whole group's (see `sys_groups`).
+        let (lo, hi, store_tag) = match acc {
+            SysAcc::Lead { lo, hi, store, .. } => (lo, hi, store),
+            _ => (imm, imm + n as i32 - 1, is_store),
+        };
+        // va = rs1 + lo in rax; rcx = the vpn of the last byte (rs1 +
+        // hi), rdx = the TLB entry of the first: a tag that matches both
+        // means the bytes stay in one page (a range that crosses, by at
+        // most 4 KiB, compares vpn + 1 with a tag whose index bits are
+        // vpn's).
+        a.ld_x(RAX, i.rs1);
+        if lo != 0 {
+            a.alu_imm(true, ADD, RAX, lo);
+        }
+        if hi != lo {
+            a.op_m(true, &[0x8d], RCX, RAX, hi - lo); // lea rcx, [rax + hi - lo]
         } else {
             a.mov_rr(RCX, RAX);
         }
@@ -83,7 +95,7 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
         a.alu_imm(false, AND, RDX, 2 * (TLB_SIZE - 1) as i32);
         a.b.extend_from_slice(&[0x8d, 0x14, 0x52]); // lea edx, [rdx + rdx*2]
         const _: () = assert!(std::mem::size_of::<crate::mmu::Entry>() == 6 * 8);
-        let tag = if is_store {
+        let tag = if store_tag {
             offset_of!(crate::mmu::Entry, tag_w)
         } else {
             offset_of!(crate::mmu::Entry, tag_r)
@@ -91,7 +103,7 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
         // cmp rcx, [r12 + rdx*8 + tag]
         a.op_bi8d(true, &[0x3b], RCX, R12, RDX, tag as i32);
         f.slow.push((a.jcc(CC_NE), k, a.cache.dirty_map()));
-        if is_store {
+        if store_tag {
             // Stores into pages holding translated code take the
             // slow path (it drops the stale translations).
             // (rcx, the vpn, is free after the tag compare; rsi and rdi
@@ -102,9 +114,18 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
             a.u8(0);
             f.slow.push((a.jcc(CC_NE), k, a.cache.dirty_map()));
         }
-        // add rax, [r12 + rdx*8 + addend]: the host address.
+        // add rax, [r12 + rdx*8 + addend]: the host address of rs1 + lo.
         let addend = offset_of!(crate::mmu::Entry, addend) as i32;
-        a.op_bi8d(true, &[0x03], RAX, R12, RDX, addend);
+        if let SysAcc::Lead { slot, .. } = acc {
+            // The group's members add the addend to their base register
+            // themselves: mov rcx, [addend]; mov [r14 + slot], rcx.
+            a.op_bi8d(true, &[0x8b], RCX, R12, RDX, addend);
+            a.op_m(true, &[0x89], RCX, R14, group_slot(slot));
+            a.alu_rr(true, ADD, RAX, RCX);
+        } else {
+            a.op_bi8d(true, &[0x03], RAX, R12, RDX, addend);
+        }
+        let disp = imm - lo;
         if is_store {
             if n < 8 && i.rs2 != 0 && !a.cache.in_place(i.rs2) {
                 // A narrow store reads only the low bits: an unextended W
@@ -115,23 +136,23 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
                 a.ld_x(RDX, i.rs2);
             }
             match n {
-                1 => a.op_m(false, &[0x88], RDX, RAX, 0),
+                1 => a.op_m(false, &[0x88], RDX, RAX, disp),
                 2 => {
                     a.u8(0x66);
-                    a.op_m(false, &[0x89], RDX, RAX, 0);
+                    a.op_m(false, &[0x89], RDX, RAX, disp);
                 }
-                4 => a.op_m(false, &[0x89], RDX, RAX, 0),
-                _ => a.op_m(true, &[0x89], RDX, RAX, 0),
+                4 => a.op_m(false, &[0x89], RDX, RAX, disp),
+                _ => a.op_m(true, &[0x89], RDX, RAX, disp),
             }
         } else {
             match (n, signed) {
-                (1, true) => a.op_m(true, &[0x0f, 0xbe], RAX, RAX, 0),
-                (1, false) => a.op_m(false, &[0x0f, 0xb6], RAX, RAX, 0),
-                (2, true) => a.op_m(true, &[0x0f, 0xbf], RAX, RAX, 0),
-                (2, false) => a.op_m(false, &[0x0f, 0xb7], RAX, RAX, 0),
-                (4, true) => a.op_m(true, &[0x63], RAX, RAX, 0),
-                (4, false) => a.op_m(false, &[0x8b], RAX, RAX, 0),
-                _ => a.op_m(true, &[0x8b], RAX, RAX, 0),
+                (1, true) => a.op_m(true, &[0x0f, 0xbe], RAX, RAX, disp),
+                (1, false) => a.op_m(false, &[0x0f, 0xb6], RAX, RAX, disp),
+                (2, true) => a.op_m(true, &[0x0f, 0xbf], RAX, RAX, disp),
+                (2, false) => a.op_m(false, &[0x0f, 0xb7], RAX, RAX, disp),
+                (4, true) => a.op_m(true, &[0x63], RAX, RAX, disp),
+                (4, false) => a.op_m(false, &[0x8b], RAX, RAX, disp),
+                _ => a.op_m(true, &[0x8b], RAX, RAX, disp),
             }
             a.st_x(rd, RAX);
         }
@@ -215,6 +236,256 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
         return true;
     }
     false
+}
+
+/// System mode: an access of a group (see [`sys_groups`]) past its
+/// leader: the leader checked the TLB for every byte of the group, so
+/// this one adds the host addend the leader left in its slot to the base
+/// register, with no check and no slow path.
+fn member(a: &mut Asm, i: &Insn, n: u8, signed: bool, is_store: bool, slot: u8) {
+    let imm = i.imm;
+    let index = if a.cache.in_place(i.rs1) {
+        a.ld_x(RCX, i.rs1);
+        RCX
+    } else {
+        a.x_reg(i.rs1)
+    };
+    if is_store {
+        // The value as in user mode's stores (rdx for x0, values read in
+        // place, and byte stores from rsi or rdi, whose low bytes need a
+        // REX prefix that `op_bid` leaves out).
+        let src = if i.rs2 == 0 || a.cache.in_place(i.rs2) {
+            a.ld_x(RDX, i.rs2);
+            RDX
+        } else {
+            let c = if n < 8 {
+                a.x_reg32(i.rs2)
+            } else {
+                a.x_reg(i.rs2)
+            };
+            if n == 1 && (c == RSI || c == RDI) {
+                a.mov_rr(RDX, c);
+                RDX
+            } else {
+                c
+            }
+        };
+        a.load(RAX, R14, group_slot(slot));
+        match n {
+            1 => a.op_bid(false, &[0x88], src, RAX, index, imm),
+            2 => {
+                a.u8(0x66);
+                a.op_bid(false, &[0x89], src, RAX, index, imm);
+            }
+            4 => a.op_bid(false, &[0x89], src, RAX, index, imm),
+            _ => a.op_bid(true, &[0x89], src, RAX, index, imm),
+        }
+    } else {
+        // rd's slot, chosen after the index was last used (so it cannot
+        // evict it; the index may be that very register, read before
+        // written).
+        let d = a.rd_host(i.rd);
+        a.load(RAX, R14, group_slot(slot));
+        match (n, signed) {
+            (1, true) => a.op_bid(true, &[0x0f, 0xbe], d, RAX, index, imm),
+            (1, false) => a.op_bid(false, &[0x0f, 0xb6], d, RAX, index, imm),
+            (2, true) => a.op_bid(true, &[0x0f, 0xbf], d, RAX, index, imm),
+            (2, false) => a.op_bid(false, &[0x0f, 0xb7], d, RAX, index, imm),
+            (4, true) => a.op_bid(true, &[0x63], d, RAX, index, imm),
+            (4, false) => a.op_bid(false, &[0x8b], d, RAX, index, imm),
+            _ => a.op_bid(true, &[0x8b], d, RAX, index, imm),
+        }
+        a.rd_commit(i.rd, d);
+    }
+}
+
+/// Displacement from r14 of group slot `slot` (see [`SysAcc`]).
+fn group_slot(slot: u8) -> i32 {
+    (offset_of!(Ctx, groups) + 8 * slot as usize) as i32
+}
+
+/// How a system-mode load or store is checked (see [`sys_groups`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum SysAcc {
+    /// Looks its own bytes up in the TLB.
+    Own,
+    /// Looks up the bytes `lo..=hi` from its base register, those of
+    /// its whole group (a store among them: in the TLB of writes, and the
+    /// page must hold no translated code), and leaves the page's host
+    /// addend in group slot `slot` of [`Ctx`].
+    Lead {
+        slot: u8,
+        lo: i32,
+        hi: i32,
+        store: bool,
+    },
+    /// Its leader checked it: uses the addend in group slot `slot`.
+    Member(u8),
+}
+
+/// System mode: groups of a block's loads and stores through one base
+/// register, unchanged between them, whose TLB check the first (the
+/// leader) does once for the bytes of all, as long as they lie in one
+/// page. The rest (members) then cost an add; a group whose bytes cross
+/// a page leaves at its leader, as an access that crosses one does.
+///
+/// Exact: nothing between a leader and its members can change the
+/// translation (CSR writes, fences, `sfence.vma`, traps, helpers that may
+/// walk and refill the TLB all end the groups: only inline integer
+/// arithmetic and inline loads and stores keep them); system mode has no
+/// jumps into a block but to its start, so a member runs only after its
+/// leader in the same pass; a store's page holds no translated code and
+/// gets none before the block ends (only this hart's translator marks
+/// its pages, between blocks; another hart's marks matter only at its
+/// `fence.i`, which rechecks the code); a page whose entry allows writes
+/// allows reads (the walk grants writes only with reads). Past a leader
+/// nothing refills the TLB, but even a refill would not change what the
+/// addend maps.
+pub(super) fn sys_groups(insns: &[Insn]) -> Vec<SysAcc> {
+    use Kind::*;
+    let keeps = |i: &Insn| {
+        mem_shape(i.kind).is_some()
+            || matches!(
+                i.kind,
+                Lui | Auipc
+                    | Beq
+                    | Bne
+                    | Blt
+                    | Bge
+                    | Bltu
+                    | Bgeu
+                    | Addi
+                    | Slti
+                    | Sltiu
+                    | Xori
+                    | Ori
+                    | Andi
+                    | Slli
+                    | Srli
+                    | Srai
+                    | Add
+                    | Sub
+                    | Sll
+                    | Slt
+                    | Sltu
+                    | Xor
+                    | Srl
+                    | Sra
+                    | Or
+                    | And
+                    | Addiw
+                    | Slliw
+                    | Srliw
+                    | Sraiw
+                    | Addw
+                    | Subw
+                    | Sllw
+                    | Srlw
+                    | Sraw
+                    | Mul
+                    | Mulh
+                    | Mulhsu
+                    | Mulhu
+                    | Div
+                    | Divu
+                    | Rem
+                    | Remu
+                    | Mulw
+                    | Divw
+                    | Divuw
+                    | Remw
+                    | Remuw
+                    | AddUw
+                    | Sh1add
+                    | Sh2add
+                    | Sh3add
+                    | ZextH
+                    | SextH
+                    | SextB
+            )
+    };
+    struct G {
+        lead: usize,
+        last: usize,
+        lo: i32,
+        hi: i32,
+        store: bool,
+    }
+    let mut groups: Vec<G> = Vec::new();
+    let mut acc = vec![None::<usize>; insns.len()];
+    // The open group of each base register.
+    let mut open = [None::<usize>; 32];
+    for (k, i) in insns.iter().enumerate() {
+        if !keeps(i) {
+            open = [None; 32];
+            continue;
+        }
+        if let Some((n, _, is_store)) = mem_shape(i.kind) {
+            let b = i.rs1 as usize;
+            let (lo, hi) = (i.imm, i.imm + n as i32 - 1);
+            let joined = match open[b] {
+                Some(g) if b != 0 => {
+                    let g_ = &mut groups[g];
+                    let (l, h) = (g_.lo.min(lo), g_.hi.max(hi));
+                    // Bytes that fit in one page (others always leave).
+                    (h - l < 4096).then(|| {
+                        g_.lo = l;
+                        g_.hi = h;
+                        g_.last = k;
+                        g_.store |= is_store;
+                        g
+                    })
+                }
+                _ => None,
+            };
+            let g = joined.unwrap_or_else(|| {
+                groups.push(G {
+                    lead: k,
+                    last: k,
+                    lo,
+                    hi,
+                    store: is_store,
+                });
+                groups.len() - 1
+            });
+            acc[k] = Some(g);
+            if b != 0 {
+                open[b] = Some(g);
+            }
+        }
+        if (i.rd as usize) < 32 {
+            open[i.rd as usize] = None;
+        }
+    }
+    // Slots for the groups of more than one access, first come first
+    // served among those whose groups ended before (others stay apart).
+    let mut slot_of = vec![None::<u8>; groups.len()];
+    let mut busy_until = [None::<usize>; GROUP_SLOTS];
+    for (g, grp) in groups.iter().enumerate() {
+        if grp.last == grp.lead {
+            continue;
+        }
+        if let Some(s) = busy_until
+            .iter()
+            .position(|b| b.is_none_or(|e| e < grp.lead))
+        {
+            busy_until[s] = Some(grp.last);
+            slot_of[g] = Some(s as u8);
+        }
+    }
+    acc.iter()
+        .enumerate()
+        .map(|(k, g)| match g.and_then(|g| slot_of[g].map(|s| (g, s))) {
+            Some((g, slot)) if groups[g].lead == k => SysAcc::Lead {
+                slot,
+                lo: groups[g].lo,
+                hi: groups[g].hi,
+                store: groups[g].store,
+            },
+            Some((_, slot)) => SysAcc::Member(slot),
+            None => SysAcc::Own,
+        })
+        .collect()
 }
 
 /// User mode: the register holding guest `base` (rax for x0, which reads

@@ -11,7 +11,9 @@
 use std::mem::offset_of;
 
 use super::x86::*;
-use super::{helper, Ctx, Jit, EXIT_ATTN, EXIT_CHAIN, EXIT_CHAIN_FWD, EXIT_CHAIN_SYS, EXIT_SLOW};
+use super::{
+    helper, Ctx, Jit, EXIT_ATTN, EXIT_CHAIN, EXIT_CHAIN_FWD, EXIT_CHAIN_SYS, EXIT_SLOW, GROUP_SLOTS,
+};
 use crate::cpu::Core;
 use crate::decode::{Insn, Kind, ZERO_SINK};
 
@@ -43,6 +45,8 @@ struct Frame {
     dispatch_sys: usize,
     /// User mode: how each instruction's memory access is checked.
     plan: Vec<mem::Plan>,
+    /// System mode: likewise (see [`mem::sys_groups`]).
+    sysacc: Vec<mem::SysAcc>,
     /// Instructions in the block.
     len: usize,
     /// User mode, a block that jumps back to its start.
@@ -1600,6 +1604,11 @@ impl Jit {
                     mem::cover_loop(&mut plan, insns, h, last, bases);
                 }
                 plan
+            } else {
+                Vec::new()
+            },
+            sysacc: if sys.is_some() {
+                mem::sys_groups(insns)
             } else {
                 Vec::new()
             },

@@ -2247,3 +2247,68 @@ fn random_auipc_jalr_placements_match_the_interpreter() {
         both_ways(&p, &regs);
     }
 }
+
+#[test]
+fn system_mode_groups_accesses_through_one_unchanged_base() {
+    use super::mem::{sys_groups, SysAcc::*};
+    // A prologue's stores through sp (x2), a load through a0 (x10) in
+    // between; then sp moves (a new group), an AMO (helper: ends every
+    // group), and a load into its own base (the group ends after it).
+    let insns = decoded(vec![
+        sd(1, 2, 8),
+        sd(8, 2, 0),
+        ld(11, 10, 16),
+        sw(9, 2, 16),
+        addi(2, 2, -32),
+        ld(1, 2, 40),
+        ld(8, 2, 32),
+        0x00f2_b8af, // amoadd.d x17, x15, (x5)
+        ld(10, 10, 0),
+        ld(12, 10, 8),
+        ld(13, 10, 16),
+    ]);
+    let g = sys_groups(&insns);
+    assert_eq!(
+        g,
+        [
+            Lead {
+                slot: 0,
+                lo: 0,
+                hi: 19,
+                store: true
+            },
+            Member(0),
+            Own,
+            Member(0),
+            Own,
+            Lead {
+                slot: 0,
+                lo: 32,
+                hi: 47,
+                store: false
+            },
+            Member(0),
+            Own,
+            Own,
+            Lead {
+                slot: 0,
+                lo: 8,
+                hi: 23,
+                store: false
+            },
+            Member(0),
+        ]
+    );
+    // Bytes that cannot lie in one page: apart.
+    let far = sys_groups(&decoded(vec![ld(1, 2, -2048), ld(8, 2, 2047)]));
+    assert_eq!(far, [Own, Own]);
+    // Five bases at once: four slots, the fifth group stays apart.
+    let mut w = Vec::new();
+    for b in [5, 6, 7, 8, 9, 5, 6, 7, 8, 9] {
+        w.push(ld(10, b, 0));
+    }
+    let five = sys_groups(&decoded(w));
+    assert_eq!(five.iter().filter(|a| matches!(a, Lead { .. })).count(), 4);
+    assert_eq!(five[4], Own);
+    assert_eq!(five[9], Own);
+}
