@@ -78,8 +78,7 @@ pub(super) fn write(a: &mut Asm) -> Routines {
     a.shift_imm(true, SHR, RCX, 12);
     a.op_rr(false, &[0x89], RCX, RDX); // mov edx, ecx
     a.alu_imm(false, AND, RDX, (TLB_SIZE - 1) as i32);
-    a.b.extend_from_slice(&[0x8d, 0x14, 0x52]); // lea edx, [rdx + rdx*2]
-    a.shift_imm(false, SHL, RDX, 4);
+    a.shift_imm(false, SHL, RDX, 6); // * 64 = size of a TLB entry
     a.op_m(true, &[0x03], RDX, R14, ctx_off(offset_of!(Ctx, itlb)));
     let tag_x = offset_of!(crate::mmu::Entry, tag_x) as i32;
     a.op_m(true, &[0x3b], RCX, RDX, tag_x); // cmp rcx, [rdx + tag_x]

@@ -393,8 +393,8 @@ extern "sysv64" fn recheck_page(check: *const PageCheck, epoch: u64) -> u32 {
 // The inline dispatch of system mode scales the slot index by 32.
 const _: () = assert!(std::mem::size_of::<SysSlot>() == 32);
 
-// The TLB walk in generated code scales the index by 48.
-const _: () = assert!(std::mem::size_of::<crate::mmu::Entry>() == 48);
+// The TLB walk in generated code scales the index by 64.
+const _: () = assert!(std::mem::size_of::<crate::mmu::Entry>() == 64);
 
 // SAFETY: the buffer is owned by this value and only used by the thread
 // that owns the hart; nothing in it refers to thread-local state.

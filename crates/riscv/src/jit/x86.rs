@@ -124,20 +124,6 @@ impl Asm {
         self.b.extend_from_slice(op);
         self.m_bid(reg, base, index, disp);
     }
-    /// `op reg, [base + index * 8 + disp]` or the store direction
-    /// (index is never rsp).
-    pub(super) fn op_bi8d(&mut self, w: bool, op: &[u8], reg: u8, base: u8, index: u8, disp: i32) {
-        self.rex(w, reg, index, base);
-        self.b.extend_from_slice(op);
-        let small = (-128..=127).contains(&disp);
-        self.u8(if small { 0x40 } else { 0x80 } | (reg & 7) << 3 | 4);
-        self.u8(0xc0 | (index & 7) << 3 | (base & 7));
-        if small {
-            self.u8(disp as i8 as u8);
-        } else {
-            self.u32(disp as u32);
-        }
-    }
     /// Register-register form: ModRM reg field `reg`, r/m field `rm`.
     pub(super) fn op_rr(&mut self, w: bool, op: &[u8], reg: u8, rm: u8) {
         self.rex(w, reg, 0, rm);

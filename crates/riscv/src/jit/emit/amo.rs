@@ -291,10 +291,9 @@ fn emit_sys(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, op: Amo, n: u8) -> b
 fn tlb_host(a: &mut Asm, f: &mut Frame, k: usize, c: u8, store: bool) {
     use crate::mmu::{Entry, TLB_SIZE};
     a.op_rr(false, &[0x89], c, RDX); // mov edx, c32
-    a.shift_imm(false, SHR, RDX, 12);
-    a.alu_imm(false, AND, RDX, (TLB_SIZE - 1) as i32);
-    a.b.extend_from_slice(&[0x8d, 0x14, 0x52]); // lea edx, [rdx + rdx*2]
-    a.shift_imm(false, SHL, RDX, 4); // * 48 = size of a TLB entry
+    a.shift_imm(false, SHR, RDX, 6);
+    // * 64 = size of a TLB entry
+    a.alu_imm(false, AND, RDX, ((TLB_SIZE - 1) << 6) as i32);
     a.alu_rr(true, ADD, RDX, R12);
     a.mov_rr(RCX, c);
     a.shift_imm(true, SHR, RCX, 12);

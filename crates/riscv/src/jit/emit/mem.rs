@@ -87,21 +87,19 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
             a.mov_rr(RCX, RAX);
         }
         a.shift_imm(true, SHR, RCX, 12);
-        // rdx = 6 * the entry's index, so that the entry is at
-        // r12 + rdx * 8 (an entry is 48 bytes): the scale of the
-        // address does the rest of the multiplication and the add.
+        // rdx = 64 * the entry's index (an entry is 64 bytes): the
+        // entry is at r12 + rdx.
         a.op_rr(false, &[0x89], RAX, RDX); // mov edx, eax
-        a.shift_imm(false, SHR, RDX, 11);
-        a.alu_imm(false, AND, RDX, 2 * (TLB_SIZE - 1) as i32);
-        a.b.extend_from_slice(&[0x8d, 0x14, 0x52]); // lea edx, [rdx + rdx*2]
-        const _: () = assert!(std::mem::size_of::<crate::mmu::Entry>() == 6 * 8);
+        a.shift_imm(false, SHR, RDX, 6);
+        a.alu_imm(false, AND, RDX, ((TLB_SIZE - 1) << 6) as i32);
+        const _: () = assert!(std::mem::size_of::<crate::mmu::Entry>() == 64);
         let tag = if store_tag {
             offset_of!(crate::mmu::Entry, tag_w)
         } else {
             offset_of!(crate::mmu::Entry, tag_r)
         };
-        // cmp rcx, [r12 + rdx*8 + tag]
-        a.op_bi8d(true, &[0x3b], RCX, R12, RDX, tag as i32);
+        // cmp rcx, [r12 + rdx + tag]
+        a.op_bid(true, &[0x3b], RCX, R12, RDX, tag as i32);
         f.slow.push((a.jcc(CC_NE), k, a.cache.dirty_map()));
         if store_tag {
             // Stores into pages holding translated code take the
@@ -109,21 +107,21 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
             // (rcx, the vpn, is free after the tag compare; rsi and rdi
             // belong to the register cache.)
             let code = offset_of!(crate::mmu::Entry, code) as i32;
-            a.op_bi8d(true, &[0x8b], RCX, R12, RDX, code);
+            a.op_bid(true, &[0x8b], RCX, R12, RDX, code);
             a.op_m(false, &[0x80], 7, RCX, 0); // cmp byte [rcx], 0
             a.u8(0);
             f.slow.push((a.jcc(CC_NE), k, a.cache.dirty_map()));
         }
-        // add rax, [r12 + rdx*8 + addend]: the host address of rs1 + lo.
+        // add rax, [r12 + rdx + addend]: the host address of rs1 + lo.
         let addend = offset_of!(crate::mmu::Entry, addend) as i32;
         if let SysAcc::Lead { slot, .. } = acc {
             // The group's members add the addend to their base register
             // themselves: mov rcx, [addend]; mov [r14 + slot], rcx.
-            a.op_bi8d(true, &[0x8b], RCX, R12, RDX, addend);
+            a.op_bid(true, &[0x8b], RCX, R12, RDX, addend);
             a.op_m(true, &[0x89], RCX, R14, group_slot(slot));
             a.alu_rr(true, ADD, RAX, RCX);
         } else {
-            a.op_bi8d(true, &[0x03], RAX, R12, RDX, addend);
+            a.op_bid(true, &[0x03], RAX, R12, RDX, addend);
         }
         let disp = imm - lo;
         if is_store {

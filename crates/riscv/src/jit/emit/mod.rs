@@ -1335,7 +1335,8 @@ impl Asm {
     pub(super) fn sys_chain_exit(&mut self, epilogue: usize, dispatch_sys: usize, pc: u64) {
         use super::SysSite as S;
         let vpn = pc >> 12;
-        let e = ((vpn as usize & (crate::mmu::TLB_SIZE - 1)) * 48) as i32;
+        let e = ((vpn as usize & (crate::mmu::TLB_SIZE - 1))
+            * std::mem::size_of::<crate::mmu::Entry>()) as i32;
         let tag_x = offset_of!(crate::mmu::Entry, tag_x) as i32;
         let pa_page = offset_of!(crate::mmu::Entry, pa_page) as i32;
         self.load(RDX, R14, ctx_off(offset_of!(Ctx, itlb)));
