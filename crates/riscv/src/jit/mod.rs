@@ -38,7 +38,7 @@
 use std::collections::HashMap as StdMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use crate::block::{decode_block, extend_user, translate_user, MAX_BLOCK, POLL_BLOCKS};
+use crate::block::{decode_block, extend_user, translate_user, MAX_BLOCK};
 use crate::cpu::Core;
 use crate::decode::{Insn, Kind};
 use crate::exec::exec_block;
@@ -157,8 +157,10 @@ struct Ctx {
     attn: *const u32,
     /// System mode: the `SysMem` helpers run instructions with.
     mem: *mut (),
-    /// System mode: blocks left before the run loop polls for interrupts.
-    poll: u32,
+    /// System mode: the count of instructions retired since entry at
+    /// which block entries leave for the run loop to poll for
+    /// interrupts (see [`POLL_INSNS`]).
+    poll_at: u64,
     /// System mode: the fetch TLB, the block table and the fence epoch
     /// (which a slot's page must have been checked in), for the inline
     /// dispatch of indirect and cross-page jumps.
@@ -210,6 +212,11 @@ const EMPTY: Entry = Entry {
 /// under another address space or before its target's page changed
 /// fails the guard into the inline dispatch.
 const RAS_DEPTH: usize = 256;
+
+/// System mode: instructions translated code retires between polls for
+/// interrupts and timer deadlines (about as many as the interpreter's
+/// `POLL_BLOCKS` blocks hold).
+const POLL_INSNS: u64 = 12 * 1024;
 
 /// System mode: groups of loads and stores (one TLB check each, see
 /// `emit::mem::sys_groups`) live at once in a block.
@@ -730,7 +737,7 @@ impl Jit {
                 membase: space.host_base().cast_const(),
                 attn,
                 mem: std::ptr::null_mut(),
-                poll: u32::MAX,
+                poll_at: u64::MAX,
                 itlb: std::ptr::null(),
                 systable: std::ptr::null(),
                 epoch: 0,
@@ -1047,7 +1054,9 @@ impl Jit {
         let itlb = mem.fetch_tlb().cast::<u8>();
         let core_ptr: *mut Core = core;
         let mem_ptr: *mut SysMem<'_, B> = mem;
-        let mut poll = POLL_BLOCKS;
+        // Instructions left before the poll, carried from one entry to
+        // the next.
+        let mut poll = POLL_INSNS;
         loop {
             let mut ctx = Ctx {
                 pc: 0,
@@ -1067,7 +1076,7 @@ impl Jit {
                 membase: tlb,
                 attn,
                 mem: mem_ptr.cast(),
-                poll,
+                poll_at: poll,
                 itlb,
                 systable: self.sys_table.as_ptr(),
                 epoch: self.fence_epoch,
@@ -1084,7 +1093,7 @@ impl Jit {
             // SAFETY: the generated code has returned; no other access to
             // the core or the memory path is live.
             let (core, mem) = unsafe { (&mut *core_ptr, &mut *mem_ptr) };
-            poll = ctx.poll;
+            poll = ctx.poll_at.saturating_sub(ctx.icount);
             tlb = ctx.membase;
             if ctx.epoch != self.fence_epoch {
                 // A `fence.i` ran in place (see `csr_sys`).
@@ -1146,14 +1155,14 @@ const PAUSE: u32 = 0x0100_000f;
 /// is (timing is all that differs).
 ///
 /// The next block entry polls for interrupts: a yield can take a host
-/// time slice, and the poll comes every `POLL_BLOCKS` blocks, so a hart
+/// time slice, and the poll comes every `POLL_INSNS` instructions, so a hart
 /// spinning until its own timer interrupt moves jiffies on would take
 /// that many yields to see it (boots then took 20 s instead of 2).
 extern "sysv64" fn pause_sys(ctx: *mut Ctx) {
     std::thread::yield_now();
     // SAFETY: generated code passes the `Ctx` that `run_sys` set up,
     // which nothing else touches during the call.
-    unsafe { (*ctx).poll = 1 };
+    unsafe { (*ctx).poll_at = 0 };
 }
 
 /// System mode: whether translated code runs `i` in place through

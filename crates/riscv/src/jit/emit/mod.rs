@@ -1552,14 +1552,16 @@ impl Jit {
         // A code change raises the attention of every hart running the
         // code (`UserSpace::code_changed`, `CodeMap::changed`), so the check
         // above covers it.
-        // System mode: every POLL_BLOCKS blocks (or passes of a loop's
-        // back edge), back to the run loop to check for interrupts and
-        // timer deadlines.
+        // System mode: once the count of retired instructions (rbp)
+        // reaches `Ctx::poll_at` (see `jit::POLL_INSNS`), a block entry
+        // or a loop's head goes back to the run loop to check for
+        // interrupts and timer deadlines. (A countdown in memory, which
+        // this was, chained every block entry to the previous one
+        // through a store and a load.)
         let attn3 = sys.map(|_| {
-            // sub dword [r14 + poll], 1; je attn
-            a.op_m(false, &[0x83], 5, R14, ctx_off(offset_of!(Ctx, poll)));
-            a.u8(1);
-            a.jcc(CC_E)
+            // cmp rbp, [r14 + poll_at]; jae attn
+            a.op_m(true, &[0x3b], RBP, R14, ctx_off(offset_of!(Ctx, poll_at)));
+            a.jcc(CC_AE)
         });
         // Forward chained exits enter past the checks, which must then
         // be all a skipped entry misses: not a loop's block, whose
