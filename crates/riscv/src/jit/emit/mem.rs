@@ -402,64 +402,75 @@ pub(super) fn sys_groups(insns: &[Insn]) -> Vec<SysAcc> {
                     | SextB
             )
     };
+    #[derive(Clone, Copy, Default)]
     struct G {
-        lead: usize,
-        last: usize,
+        lead: u8,
+        last: u8,
         lo: i32,
         hi: i32,
         store: bool,
     }
-    let mut groups: Vec<G> = Vec::new();
-    let mut acc = vec![None::<usize>; insns.len()];
+    // (Fixed arrays: this runs for every block translated; blocks are
+    // shorter than `MAX` but for pathological fused ones, left alone.)
+    const MAX: usize = 128;
+    let mut out = vec![SysAcc::Own; insns.len()];
+    if insns.len() > MAX {
+        return out;
+    }
+    let mut groups = [G::default(); MAX];
+    let mut ng = 0usize;
+    // The group of each access (index into `groups`).
+    let mut acc = [u8::MAX; MAX];
     // The open group of each base register.
-    let mut open = [None::<usize>; 32];
+    let mut open = [u8::MAX; 32];
     for (k, i) in insns.iter().enumerate() {
         if !keeps(i) {
-            open = [None; 32];
+            open = [u8::MAX; 32];
             continue;
         }
         if let Some((n, _, is_store)) = mem_shape(i.kind) {
             let b = i.rs1 as usize;
             let (lo, hi) = (i.imm, i.imm + n as i32 - 1);
-            let joined = match open[b] {
-                Some(g) if b != 0 => {
-                    let g_ = &mut groups[g];
-                    let (l, h) = (g_.lo.min(lo), g_.hi.max(hi));
-                    // Bytes that fit in one page (others always leave).
-                    (h - l < 4096).then(|| {
-                        g_.lo = l;
-                        g_.hi = h;
-                        g_.last = k;
-                        g_.store |= is_store;
-                        g
-                    })
+            let g = open[b] as usize;
+            let joined = b != 0 && g != u8::MAX as usize && {
+                let grp = &mut groups[g];
+                let (l, h) = (grp.lo.min(lo), grp.hi.max(hi));
+                // Bytes that fit in one page (others always leave).
+                h - l < 4096 && {
+                    grp.lo = l;
+                    grp.hi = h;
+                    grp.last = k as u8;
+                    grp.store |= is_store;
+                    true
                 }
-                _ => None,
             };
-            let g = joined.unwrap_or_else(|| {
-                groups.push(G {
-                    lead: k,
-                    last: k,
+            let g = if joined {
+                g
+            } else {
+                groups[ng] = G {
+                    lead: k as u8,
+                    last: k as u8,
                     lo,
                     hi,
                     store: is_store,
-                });
-                groups.len() - 1
-            });
-            acc[k] = Some(g);
+                };
+                ng += 1;
+                ng - 1
+            };
+            acc[k] = g as u8;
             if b != 0 {
-                open[b] = Some(g);
+                open[b] = g as u8;
             }
         }
         if (i.rd as usize) < 32 {
-            open[i.rd as usize] = None;
+            open[i.rd as usize] = u8::MAX;
         }
     }
     // Slots for the groups of more than one access, first come first
     // served among those whose groups ended before (others stay apart).
-    let mut slot_of = vec![None::<u8>; groups.len()];
-    let mut busy_until = [None::<usize>; GROUP_SLOTS];
-    for (g, grp) in groups.iter().enumerate() {
+    let mut slot_of = [u8::MAX; MAX];
+    let mut busy_until = [None::<u8>; GROUP_SLOTS];
+    for (g, grp) in groups[..ng].iter().enumerate() {
         if grp.last == grp.lead {
             continue;
         }
@@ -468,22 +479,27 @@ pub(super) fn sys_groups(insns: &[Insn]) -> Vec<SysAcc> {
             .position(|b| b.is_none_or(|e| e < grp.lead))
         {
             busy_until[s] = Some(grp.last);
-            slot_of[g] = Some(s as u8);
+            slot_of[g] = s as u8;
         }
     }
-    acc.iter()
-        .enumerate()
-        .map(|(k, g)| match g.and_then(|g| slot_of[g].map(|s| (g, s))) {
-            Some((g, slot)) if groups[g].lead == k => SysAcc::Lead {
+    for (k, o) in out.iter_mut().enumerate() {
+        let g = acc[k] as usize;
+        if g == u8::MAX as usize || slot_of[g] == u8::MAX {
+            continue;
+        }
+        let (grp, slot) = (groups[g], slot_of[g]);
+        *o = if grp.lead as usize == k {
+            SysAcc::Lead {
                 slot,
-                lo: groups[g].lo,
-                hi: groups[g].hi,
-                store: groups[g].store,
-            },
-            Some((_, slot)) => SysAcc::Member(slot),
-            None => SysAcc::Own,
-        })
-        .collect()
+                lo: grp.lo,
+                hi: grp.hi,
+                store: grp.store,
+            }
+        } else {
+            SysAcc::Member(slot)
+        };
+    }
+    out
 }
 
 /// User mode: the register holding guest `base` (rax for x0, which reads
