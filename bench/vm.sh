@@ -33,7 +33,8 @@ run_virtkit() { # harts initrd
     "$VIRTKIT" vm run --cpus "$1" --mem "$MEM" --kernel "$KERNEL" --initrd "$2" --append "$APPEND" --timeout 600 </dev/null
 }
 run_qemu() { # harts initrd
-    qemu-system-riscv64 -M virt -smp "$1" -m "$MEM" -nographic -no-reboot \
+    # (A QEMU boot once hung here for minutes: bounded as virtkit's is.)
+    timeout 600 qemu-system-riscv64 -M virt -smp "$1" -m "$MEM" -nographic -no-reboot \
         -kernel "$KERNEL" -initrd "$2" -append "$APPEND" </dev/null
 }
 
