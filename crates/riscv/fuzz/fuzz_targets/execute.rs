@@ -7,10 +7,14 @@ use riscv::{perm, Exit, Hart, UserSpace};
 
 fuzz_target!(|data: &[u8]| {
     let space = UserSpace::new(24).expect("reserve");
-    space.map_anonymous(0x1000, 0x2000, perm::R | perm::W).expect("map");
+    space
+        .map_anonymous(0x1000, 0x2000, perm::R | perm::W)
+        .expect("map");
     let n = data.len().min(0x1000);
     space.write(0x1000, &data[..n]).expect("write");
-    space.set_perms(0x1000, 0x1000, perm::R | perm::W | perm::X).expect("perms");
+    space
+        .set_perms(0x1000, 0x1000, perm::R | perm::W | perm::X)
+        .expect("perms");
     let mut hart = Hart::new_user();
     hart.pc = 0x1000;
     hart.set_x(2, 0x2800);
