@@ -177,9 +177,11 @@ fn call_patterns(words: &mut [u32], orig: &[u32], n: usize) {
 }
 
 /// The pairs the JIT fuses (`lui`/`auipc` + `addi`/`addiw`, `slli` +
-/// `srli`/`srai` by the same amount, `slli` + `add`, zero extension +
-/// `add`, all on one register), which random words rarely make: where
-/// the input has a `lui`, `auipc`, `slli` or `srli`, the next word
+/// `srli`/`srai` by the same amount, `slli 32` + `srli` by 29..=32,
+/// `lui`/`li` + `add`, `slli` + `add`, zero extension +
+/// `add`, all on one register but the `srli` after `slli 32`, which may
+/// write another), which random words rarely make: where the input has
+/// a `lui`, `auipc`, `addi`, `slli` or `srli`, the next word
 /// becomes its partner when that word's low opcode bit pattern says so
 /// (about half the time), with its own immediate or second register.
 /// The loop counter's words are left alone.
@@ -196,8 +198,9 @@ fn fusion_pairs(words: &mut [u32], orig: &[u32]) {
         words[k + 1] = match i.kind {
             // add rd, rd, rs2 or (bit 10) add rd, rs2, rd: a scaled
             // index added to its base (shNadd), or after a zero
-            // extension (add.uw).
-            Kind::Slli | Kind::Srli if orig[k + 1] & 0x200 != 0 => {
+            // extension (add.uw, shNadd.uw), or a constant added to a
+            // register (lui or li, then add: addi).
+            Kind::Slli | Kind::Srli | Kind::Lui | Kind::Addi if orig[k + 1] & 0x200 != 0 => {
                 let rs2 = orig[k + 1] >> 20 & 31;
                 let (a, b) = if orig[k + 1] & 0x400 != 0 {
                     (rs2, rd)
@@ -209,6 +212,17 @@ fn fusion_pairs(words: &mut [u32], orig: &[u32]) {
             Kind::Lui | Kind::Auipc if orig[k + 1] & 0x100 == 0 => addi(rd, rd, imm),
             // addiw
             Kind::Lui | Kind::Auipc => addi(rd, rd, imm) ^ 0x13 ^ 0x1b,
+            // After `slli 32`: srli by 29..=32 (slli.uw), into rd or
+            // (bit 11) the next register, the slli's result kept.
+            Kind::Slli if i.imm & 63 == 32 && orig[k + 1] & 0x1000 != 0 => {
+                let n = 32 - (orig[k + 1] >> 9 & 3);
+                let d = if orig[k + 1] & 0x800 != 0 {
+                    (rd + 1) % 31
+                } else {
+                    rd
+                };
+                n << 20 | rd << 15 | 5 << 12 | d << 7 | 0x13
+            }
             Kind::Slli => {
                 let n = (i.imm & 63) as u32;
                 // srli, or srai (bit 30)

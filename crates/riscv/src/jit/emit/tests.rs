@@ -2352,3 +2352,102 @@ fn indexed_loads_match_the_interpreter() {
     let want = i32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as i64 as u64;
     assert_eq!(x[10], want);
 }
+
+#[test]
+fn fused_u32_indexes_match_the_interpreter() {
+    // slli 32; srli 29..32 (and 28, 33: not fused): zext.w scaled
+    // (slli.uw), into the same register or (the first half kept) into
+    // another; then an add of it: shNadd.uw. The kept first half's
+    // register is read after, the source may be the destination.
+    for seed in 0..VALUES.len() {
+        let regs = regs_from(seed);
+        for n in [28, 29, 30, 31, 32, 33] {
+            for (t, s, d) in [
+                (10, 10, 10),
+                (10, 11, 10),
+                (10, 11, 12),
+                (10, 11, 11),
+                (10, 10, 12),
+                (10, 11, 0),
+                (0, 11, 12),
+            ] {
+                for rs2 in [13, 10, 12, 0] {
+                    let pair = [slli(t, s, 32), srli(d, t, n)];
+                    let after = add(14, t, d);
+                    both_ways(&[pair[0], pair[1], after], &regs);
+                    both_ways(&[pair[0], pair[1], add(d, d, rs2), after], &regs);
+                    both_ways(&[pair[0], pair[1], add(d, rs2, d), after], &regs);
+                }
+            }
+        }
+    }
+    let x = both_ways(
+        &[slli(10, 11, 32), srli(12, 10, 31), add(12, 12, 13)],
+        &[(11, 0xffff_ffff_8000_0003), (13, 0x100)],
+    );
+    assert_eq!(x[12], 0x1_0000_0106);
+    assert_eq!(x[10], 0x8000_0003_0000_0000, "the first half stays");
+    // Zba's own forms: slli.uw, shNadd.uw.
+    for seed in 0..VALUES.len() {
+        let regs = regs_from(seed);
+        for (rd, rs1, rs2) in [
+            (10, 11, 12),
+            (10, 10, 12),
+            (10, 11, 10),
+            (10, 11, 11),
+            (0, 11, 12),
+        ] {
+            for sh in [0, 1, 3, 31, 32, 63] {
+                let w = i(0x1b, 1, rd, rs1, 0x80 | sh);
+                assert_eq!(decode(w).kind, Kind::SlliUw);
+                both_ways(&[w], &regs);
+            }
+            for n in 1..=3 {
+                let w = r(0x3b, 2 * n, 0x10, rd, rs1, rs2);
+                both_ways(&[w, add(13, 10, 0)], &regs);
+            }
+        }
+    }
+    // A jump to the srli splits the pair.
+    for x1 in [0u64, 1] {
+        let prog = [bne(1, 0, 8), slli(10, 11, 32), srli(12, 10, 31)];
+        both_ways(&prog, &[(1, x1), (10, 7), (11, 3)]);
+    }
+}
+
+#[test]
+fn constants_added_to_a_register_match_the_interpreter() {
+    // lui or li, then an add of it to another register: one addi with
+    // a 32-bit immediate; lui+addi+add: the constant pair, then the add.
+    for seed in 0..VALUES.len() {
+        let regs = regs_from(seed);
+        for (rd, rs2) in [(10, 11), (10, 10), (10, 0), (0, 11)] {
+            for hi in [0, 3, 0x7ffff, 0x80000, 0xfffff] {
+                both_ways(&[lui(rd, hi), add(rd, rd, rs2)], &regs);
+                both_ways(&[lui(rd, hi), add(rd, rs2, rd)], &regs);
+                for lo in [-2048, -1, 0, 5, 2047] {
+                    both_ways(&[lui(rd, hi), addi(rd, rd, lo), add(rd, rd, rs2)], &regs);
+                    both_ways(&[lui(rd, hi), addiw(rd, rd, lo), add(rd, rs2, rd)], &regs);
+                }
+            }
+            for c in [-2048, -1, 0, 1, 2047] {
+                both_ways(&[addi(rd, 0, c), add(rd, rd, rs2)], &regs);
+                both_ways(&[addi(rd, 0, c), add(rd, rs2, rd)], &regs);
+                // Not li: addi from another register.
+                both_ways(&[addi(rd, 12, c), add(rd, rd, rs2)], &regs);
+            }
+        }
+    }
+    let x = both_ways(&[lui(10, 3), add(10, 10, 11)], &[(11, 0x1234)]);
+    assert_eq!(x[10], 0x4234);
+    let x = both_ways(
+        &[lui(10, 0x80000), addi(10, 10, -1), add(10, 11, 10)],
+        &[(11, 1)],
+    );
+    assert_eq!(x[10], 0xffff_ffff_8000_0000);
+    // A jump to the add splits the pair.
+    for x1 in [0u64, 1] {
+        let prog = [bne(1, 0, 8), lui(10, 3), add(10, 10, 11)];
+        both_ways(&prog, &[(1, x1), (10, 7), (11, 3)]);
+    }
+}
