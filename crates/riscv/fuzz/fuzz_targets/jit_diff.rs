@@ -11,8 +11,9 @@
 //! Where the input had a `jalr`, a call and its return (see
 //! `call_patterns`). Some words become the pairs the JIT fuses (see
 //! `fusion_pairs`), W chains and branches over one op (see
-//! `narrow_patterns`), and loops step a base register (see
-//! `stride_patterns`). FP registers start with special operands (see
+//! `narrow_patterns`), table lookups (see `indexed_patterns`), and
+//! loops step a base register (see `stride_patterns`). FP registers
+//! start with special operands (see
 //! `FP_VALUES`) and frm with any mode, and some words become F/D
 //! instructions on them (see `fp_patterns`): the JIT runs those inline
 //! with host SSE where it can prove the result the interpreter's. And
@@ -176,9 +177,11 @@ fn call_patterns(words: &mut [u32], orig: &[u32], n: usize) {
 }
 
 /// The pairs the JIT fuses (`lui`/`auipc` + `addi`/`addiw`, `slli` +
-/// `srli`/`srai` by the same amount, `slli` + `add`, zero extension +
-/// `add`, all on one register), which random words rarely make: where
-/// the input has a `lui`, `auipc`, `slli` or `srli`, the next word
+/// `srli`/`srai` by the same amount, `slli 32` + `srli` by 29..=32,
+/// `lui`/`li` + `add`, `slli` + `add`, zero extension +
+/// `add`, all on one register but the `srli` after `slli 32`, which may
+/// write another), which random words rarely make: where the input has
+/// a `lui`, `auipc`, `addi`, `slli` or `srli`, the next word
 /// becomes its partner when that word's low opcode bit pattern says so
 /// (about half the time), with its own immediate or second register.
 /// The loop counter's words are left alone.
@@ -195,8 +198,9 @@ fn fusion_pairs(words: &mut [u32], orig: &[u32]) {
         words[k + 1] = match i.kind {
             // add rd, rd, rs2 or (bit 10) add rd, rs2, rd: a scaled
             // index added to its base (shNadd), or after a zero
-            // extension (add.uw).
-            Kind::Slli | Kind::Srli if orig[k + 1] & 0x200 != 0 => {
+            // extension (add.uw, shNadd.uw), or a constant added to a
+            // register (lui or li, then add: addi).
+            Kind::Slli | Kind::Srli | Kind::Lui | Kind::Addi if orig[k + 1] & 0x200 != 0 => {
                 let rs2 = orig[k + 1] >> 20 & 31;
                 let (a, b) = if orig[k + 1] & 0x400 != 0 {
                     (rs2, rd)
@@ -208,6 +212,17 @@ fn fusion_pairs(words: &mut [u32], orig: &[u32]) {
             Kind::Lui | Kind::Auipc if orig[k + 1] & 0x100 == 0 => addi(rd, rd, imm),
             // addiw
             Kind::Lui | Kind::Auipc => addi(rd, rd, imm) ^ 0x13 ^ 0x1b,
+            // After `slli 32`: srli by 29..=32 (slli.uw), into rd or
+            // (bit 11) the next register, the slli's result kept.
+            Kind::Slli if i.imm & 63 == 32 && orig[k + 1] & 0x1000 != 0 => {
+                let n = 32 - (orig[k + 1] >> 9 & 3);
+                let d = if orig[k + 1] & 0x800 != 0 {
+                    (rd + 1) % 31
+                } else {
+                    rd
+                };
+                n << 20 | rd << 15 | 5 << 12 | d << 7 | 0x13
+            }
             Kind::Slli => {
                 let n = (i.imm & 63) as u32;
                 // srli, or srai (bit 30)
@@ -216,6 +231,44 @@ fn fusion_pairs(words: &mut [u32], orig: &[u32]) {
             }
             _ => continue,
         };
+    }
+}
+
+/// Table lookups the JIT emits as one indexed load (see the JIT's
+/// `indexed`): where the input's word has bits 27 and 28 set, it and
+/// the next word become `add` or `shNadd` (Zba) rd, index, base and a
+/// load of any width into rd through rd. The base is one of x1..x9
+/// (into the data page, the code, near the space's end), the index
+/// one of x1..x7 or x10..x17 (small, or anything: the bound check's
+/// slow exit, host faults in the guard). The loop counter's words are
+/// left alone.
+fn indexed_patterns(words: &mut [u32], orig: &[u32]) {
+    let keep = |w: u32| {
+        let i = decode(w);
+        w == ADDI_X31_M1 || (i.kind == Kind::Blt && i.rs2 == 31)
+    };
+    let mut k = 0;
+    while k + 1 < words.len() {
+        let w = orig[k];
+        if w >> 27 & 3 != 3 || keep(words[k]) || keep(words[k + 1]) {
+            k += 1;
+            continue;
+        }
+        let rd = 10 + (w >> 7 & 31) % 21;
+        let rs2 = 1 + (w >> 20 & 15) % 9;
+        let rs1 = if w >> 29 & 1 == 0 {
+            1 + (w >> 15 & 7) % 7
+        } else {
+            10 + (w >> 15 & 7)
+        };
+        let n = w >> 12 & 3;
+        // add, or sh1add/sh2add/sh3add
+        let f7 = if n == 0 { 0 } else { 0x10 };
+        words[k] = f7 << 25 | rs2 << 20 | rs1 << 15 | (2 * n) << 12 | rd << 7 | 0x33;
+        let f3 = (w >> 24 & 7) % 7; // lb lh lw ld lbu lhu lwu
+        let imm = (w >> 2 & 31) as i32 - 16;
+        words[k + 1] = (imm as u32 & 0xfff) << 20 | rd << 15 | f3 << 12 | rd << 7 | 0x03;
+        k += 2;
     }
 }
 
@@ -521,6 +574,7 @@ fuzz_target!(|input: &[u8]| {
     amo_patterns(&mut words[..n], &orig);
     narrow_patterns(&mut words[..n], &orig);
     fusion_pairs(&mut words[..n], &orig);
+    indexed_patterns(&mut words[..n], &orig);
     call_patterns(&mut words, &orig, n);
     if looping {
         stride_patterns(&mut words[..n], &orig);

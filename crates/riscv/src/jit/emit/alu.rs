@@ -31,6 +31,10 @@ pub(super) fn emit(a: &mut Asm, i: &Insn, ipc: u64) -> bool {
                 | Sh1add
                 | Sh2add
                 | Sh3add
+                | Sh1addUw
+                | Sh2addUw
+                | Sh3addUw
+                | SlliUw
         );
     }
     match i.kind {
@@ -145,6 +149,38 @@ pub(super) fn emit(a: &mut Asm, i: &Insn, ipc: u64) -> bool {
             };
             let d = a.rd_host(rd);
             lea_scaled(a, d, s2, s1, n);
+            a.rd_commit(rd, d);
+        }
+        // zext.w, then shifted left (also `slli 32; srli 29..31`, see
+        // `fuse`).
+        SlliUw => unary(a, i, Low, |a, d, s| {
+            a.op_rr(false, &[0x89], s, d); // mov d32, s32
+            if imm & 63 != 0 {
+                a.shift_imm(true, SHL, d, (imm & 63) as u8);
+            }
+        }),
+        // rd = (zext(rs1) << n) + rs2 (also `slli 32; srli; add`, see
+        // `fuse`): the zero extension into rax, then one `lea`.
+        Sh1addUw | Sh2addUw | Sh3addUw if rs1 != 0 && rs2 != 0 => {
+            let n = match i.kind {
+                Sh1addUw => 1,
+                Sh2addUw => 2,
+                _ => 3,
+            };
+            if a.cache.in_place(rs1) {
+                a.op_m(false, &[0x8b], RAX, RBX, xd(rs1)); // mov eax, [x]
+            } else {
+                let s1 = a.x_reg32(rs1);
+                a.op_rr(false, &[0x89], s1, RAX); // mov eax, s1d
+            }
+            let s2 = if a.cache.in_place(rs2) {
+                a.load(RCX, RBX, xd(rs2));
+                RCX
+            } else {
+                a.x_reg(rs2)
+            };
+            let d = a.rd_host(rd);
+            lea_scaled(a, d, s2, RAX, n);
             a.rd_commit(rd, d);
         }
         Slt | Sltu | Slti | Sltiu => set(a, i),

@@ -27,7 +27,7 @@ use crate::jit::x86::*;
 use crate::mmu::TLB_SIZE;
 
 /// Loads and stores handled inline: (bytes, sign-extend, is a store).
-fn mem_shape(k: Kind) -> Option<(u8, bool, bool)> {
+pub(super) fn mem_shape(k: Kind) -> Option<(u8, bool, bool)> {
     use Kind::*;
     Some(match k {
         Lb => (1, true, false),

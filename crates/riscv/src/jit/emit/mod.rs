@@ -27,6 +27,7 @@ mod fp;
 #[cfg(test)]
 mod fp_tests;
 mod fuse;
+mod indexed;
 mod mem;
 mod rvi;
 mod rvm;
@@ -2000,6 +2001,14 @@ impl Jit {
                     skip_to = k + 1 + n;
                     continue;
                 }
+            }
+            if let Some(l) =
+                indexed::load_after(insns, &f.merge, &f.plan, k).filter(|_| sys.is_none())
+            {
+                indexed::emit(&mut a, &mut f, insns, k, l);
+                a.cache.note_write(&insns[l], sx_in);
+                skip_to = l + 1;
+                continue;
             }
             if mem::emit(&mut a, &mut f, k, i)
                 || alu::emit(&mut a, i, ipc)

@@ -2312,3 +2312,207 @@ fn system_mode_groups_accesses_through_one_unchanged_base() {
     assert_eq!(five[4], Own);
     assert_eq!(five[9], Own);
 }
+
+/// `shNadd rd, rs1, rs2` (Zba; `n` = 1..=3).
+fn shadd(n: u32, rd: u32, rs1: u32, rs2: u32) -> u32 {
+    r(0x33, 2 * n, 0x10, rd, rs1, rs2)
+}
+
+/// How many `lea rcx, [r12 + r]` or `add rcx, r12` (the host address of
+/// an indexed load's base, see `indexed`) `code` holds.
+fn indexed_bases(code: &[u8]) -> usize {
+    code.windows(3)
+        .filter(|w| {
+            (w[0] & 0xfd == 0x49 && w[1] == 0x8d && w[2] == 0x0c)
+                || (w[0] == 0x4c && w[1] == 0x01 && w[2] == 0xe1)
+        })
+        .count()
+}
+
+#[test]
+fn indexed_loads_match_the_interpreter() {
+    // add / shNadd (Zba, or `slli; add` fused) then a load through the
+    // sum into the same register: one load off r12 + base, the index
+    // scaled in its addressing mode (see `indexed`). Every width and
+    // sign, the operands cached (read again after) or read in place,
+    // rd aliasing either operand; the address in the data page, past
+    // its end or start (host faults resumed at the add), the base or
+    // the index outside the space (the bound check's slow exit).
+    let loads = [0u32, 1, 2, 3, 4, 5, 6]; // lb lh lw ld lbu lhu lwu
+    let adds = |n: u32, rd: u32, rs1: u32, rs2: u32| -> Vec<Vec<u32>> {
+        let mut v = Vec::new();
+        if n == 0 {
+            v.push(vec![add(rd, rs1, rs2)]);
+            v.push(vec![add(rd, rs2, rs1)]);
+        } else {
+            v.push(vec![shadd(n, rd, rs1, rs2)]);
+            if rd != rs2 && rd != 0 {
+                v.push(vec![slli(rd, rs1, n as i32), add(rd, rd, rs2)]);
+            }
+        }
+        v
+    };
+    let cases: [(u64, u64); 8] = [
+        (DATA, 3),
+        (DATA + 0x800, 0x7f),
+        (DATA + 0xff0, 1),     // the access crosses or leaves the page
+        (DATA - 0x800, 0x100), // starts below the page
+        (DATA, 0x1000),        // past the page's end
+        (1 << 32, 0),          // base outside the 4 GiB space
+        (DATA, 1 << 40),       // index far outside
+        (DATA, u64::MAX - 3),  // a negative index: below the page
+    ];
+    let mut combined = 0;
+    for n in 0..=3u32 {
+        for (rd, rs1, rs2) in [(10, 11, 12), (11, 11, 12), (12, 11, 12), (10, 11, 11)] {
+            for ld_f3 in loads {
+                for off in [0, 4, -8] {
+                    for prog in adds(n, rd, rs1, rs2) {
+                        let load = i(0x03, ld_f3, rd, rd, off);
+                        let inplace = [&prog[..], &[load]].concat();
+                        // The operands read again after: cached.
+                        let cached =
+                            [&prog[..], &[load, add(13, rs1, rs2), add(14, 13, rd)]].concat();
+                        combined += indexed_bases(&host_code(&inplace));
+                        combined += indexed_bases(&host_code(&cached));
+                        for &(base, index) in &cases {
+                            let regs = [(rs1 as usize, index), (rs2 as usize, base)];
+                            let regs = if rs1 == rs2 {
+                                vec![(rs1 as usize, DATA + (index & 0x7ff))]
+                            } else {
+                                regs.to_vec()
+                            };
+                            both_ways(&inplace, &regs);
+                            both_ways(&cached, &regs);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(combined > 0, "some indexed loads combined");
+    // A jump landing on the load: it keeps its own address (the add's
+    // result) and check.
+    for x1 in [0u64, 1] {
+        let prog = [bne(1, 0, 8), add(10, 11, 12), lbu(10, 10, 0)];
+        let code = host_code(&prog);
+        assert_eq!(indexed_bases(&code), 0);
+        both_ways(&prog, &[(1, x1), (10, DATA + 5), (11, 3), (12, DATA)]);
+    }
+    // The load into another register, or through another base: the
+    // address lives on, not combined.
+    for prog in [
+        [add(10, 11, 12), lbu(13, 10, 0)],
+        [add(10, 11, 12), lbu(10, 11, 0)],
+    ] {
+        assert_eq!(indexed_bases(&host_code(&prog)), 0);
+        both_ways(&prog, &[(11, 3), (12, DATA)]);
+    }
+    let x = both_ways(
+        &[slli(10, 11, 2), add(10, 10, 12), i(0x03, 2, 10, 10, 4)],
+        &[(11, 0x10), (12, DATA)],
+    );
+    let data: Vec<u8> = (0..0x1000u32).map(|i| (i * 37 + 11) as u8 ^ 0x80).collect();
+    let at = 0x44;
+    let want = i32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as i64 as u64;
+    assert_eq!(x[10], want);
+}
+
+#[test]
+fn fused_u32_indexes_match_the_interpreter() {
+    // slli 32; srli 29..32 (and 28, 33: not fused): zext.w scaled
+    // (slli.uw), into the same register or (the first half kept) into
+    // another; then an add of it: shNadd.uw. The kept first half's
+    // register is read after, the source may be the destination.
+    for seed in 0..VALUES.len() {
+        let regs = regs_from(seed);
+        for n in [28, 29, 30, 31, 32, 33] {
+            for (t, s, d) in [
+                (10, 10, 10),
+                (10, 11, 10),
+                (10, 11, 12),
+                (10, 11, 11),
+                (10, 10, 12),
+                (10, 11, 0),
+                (0, 11, 12),
+            ] {
+                for rs2 in [13, 10, 12, 0] {
+                    let pair = [slli(t, s, 32), srli(d, t, n)];
+                    let after = add(14, t, d);
+                    both_ways(&[pair[0], pair[1], after], &regs);
+                    both_ways(&[pair[0], pair[1], add(d, d, rs2), after], &regs);
+                    both_ways(&[pair[0], pair[1], add(d, rs2, d), after], &regs);
+                }
+            }
+        }
+    }
+    let x = both_ways(
+        &[slli(10, 11, 32), srli(12, 10, 31), add(12, 12, 13)],
+        &[(11, 0xffff_ffff_8000_0003), (13, 0x100)],
+    );
+    assert_eq!(x[12], 0x1_0000_0106);
+    assert_eq!(x[10], 0x8000_0003_0000_0000, "the first half stays");
+    // Zba's own forms: slli.uw, shNadd.uw.
+    for seed in 0..VALUES.len() {
+        let regs = regs_from(seed);
+        for (rd, rs1, rs2) in [
+            (10, 11, 12),
+            (10, 10, 12),
+            (10, 11, 10),
+            (10, 11, 11),
+            (0, 11, 12),
+        ] {
+            for sh in [0, 1, 3, 31, 32, 63] {
+                let w = i(0x1b, 1, rd, rs1, 0x80 | sh);
+                assert_eq!(decode(w).kind, Kind::SlliUw);
+                both_ways(&[w], &regs);
+            }
+            for n in 1..=3 {
+                let w = r(0x3b, 2 * n, 0x10, rd, rs1, rs2);
+                both_ways(&[w, add(13, 10, 0)], &regs);
+            }
+        }
+    }
+    // A jump to the srli splits the pair.
+    for x1 in [0u64, 1] {
+        let prog = [bne(1, 0, 8), slli(10, 11, 32), srli(12, 10, 31)];
+        both_ways(&prog, &[(1, x1), (10, 7), (11, 3)]);
+    }
+}
+
+#[test]
+fn constants_added_to_a_register_match_the_interpreter() {
+    // lui or li, then an add of it to another register: one addi with
+    // a 32-bit immediate; lui+addi+add: the constant pair, then the add.
+    for seed in 0..VALUES.len() {
+        let regs = regs_from(seed);
+        for (rd, rs2) in [(10, 11), (10, 10), (10, 0), (0, 11)] {
+            for hi in [0, 3, 0x7ffff, 0x80000, 0xfffff] {
+                both_ways(&[lui(rd, hi), add(rd, rd, rs2)], &regs);
+                both_ways(&[lui(rd, hi), add(rd, rs2, rd)], &regs);
+                for lo in [-2048, -1, 0, 5, 2047] {
+                    both_ways(&[lui(rd, hi), addi(rd, rd, lo), add(rd, rd, rs2)], &regs);
+                    both_ways(&[lui(rd, hi), addiw(rd, rd, lo), add(rd, rs2, rd)], &regs);
+                }
+            }
+            for c in [-2048, -1, 0, 1, 2047] {
+                both_ways(&[addi(rd, 0, c), add(rd, rd, rs2)], &regs);
+                both_ways(&[addi(rd, 0, c), add(rd, rs2, rd)], &regs);
+                // Not li: addi from another register.
+                both_ways(&[addi(rd, 12, c), add(rd, rd, rs2)], &regs);
+            }
+        }
+    }
+    let x = both_ways(&[lui(10, 3), add(10, 10, 11)], &[(11, 0x1234)]);
+    assert_eq!(x[10], 0x4234);
+    let x = both_ways(
+        &[lui(10, 0x80000), addi(10, 10, -1), add(10, 11, 10)],
+        &[(11, 1)],
+    );
+    assert_eq!(x[10], 0xffff_ffff_8000_0000);
+    // A jump to the add splits the pair.
+    for x1 in [0u64, 1] {
+        let prog = [bne(1, 0, 8), lui(10, 3), add(10, 10, 11)];
+        both_ways(&prog, &[(1, x1), (10, 7), (11, 3)]);
+    }
+}
