@@ -23,6 +23,9 @@ const CLEAN: u64 = 0x6000;
 const ROOT: u64 = 0x8000;
 /// With paging, VA 0x1000 and `ALIAS` map DATA (see `run_passes`).
 const ALIAS: u64 = 0x9000;
+/// With paging, where some tests map DATA and RO again (the TLB
+/// entries of neither alias nor code).
+const ALIAS2: u64 = 0x1_0000;
 
 /// RAM; an MMIO word at `MMIO + 0x100` (reads 0x55, takes writes); a
 /// stop register per hart at `MMIO + 8 + 8 * hart`.
@@ -211,6 +214,23 @@ fn run_passes(
     x: &[u64; 32],
     jit: bool,
 ) -> Run {
+    run_passes_setup(paging, warm, pre, body, tail, passes, x, jit, &|_| {})
+}
+
+/// [`run_passes`] with `setup` run on the bus last, before the hart
+/// starts (more page-table entries, page contents).
+#[allow(clippy::too_many_arguments)]
+fn run_passes_setup(
+    paging: bool,
+    warm: &[(u32, bool)],
+    pre: &[u32],
+    body: &[u32],
+    tail: &[u32],
+    passes: i32,
+    x: &[u64; 32],
+    jit: bool,
+    setup: &dyn Fn(&TestBus),
+) -> Run {
     let bus = TestBus::new();
     bus.put_words(0, &prologue(paging));
     let mut p = Vec::new();
@@ -261,6 +281,7 @@ fn run_passes(
     // And DATA as a user page at ALIAS + 0x6000 (V R W U A D: for the
     // supervisor, only with sstatus.SUM).
     bus.put_u64(l0 + 8 * ((ALIAS >> 12) + 6), pte(DATA, 0xd7));
+    setup(&bus);
     let mut hart = Hart::new_system(HartConfig {
         hart_id: 0,
         clock: Arc::new(Clock::new(10_000_000)),
@@ -783,4 +804,283 @@ fn sys_load_store_groups_match_the_interpreter_with_paging() {
 #[test]
 fn sys_load_store_groups_match_the_interpreter_without_paging() {
     differential_groups(false, 0x9e37_79b9_7f4a_7c15, 1500);
+}
+
+// ---- review15: groups against base writers the planner must see ----
+
+/// Random groups (see `mem::sys_groups`) whose bases are rewritten by
+/// what the translator sees differently from the guest: fused pairs
+/// (`lui; addi` and `slli; add`, whose second half becomes a write to
+/// the zero sink), pointers loaded into the base (from a slot just
+/// stored), loads through the base into itself, `mul` + `add`, AMOs
+/// into the base, and `pause` (a call mid-block) in between; several
+/// bases live at once (so slots are shared between groups that follow
+/// each other and not between those that overlap).
+fn differential_base_writers(paging: bool, seed: u64, rounds: usize) {
+    // x19: DATA's start as the program sees it; x5..x8 into DATA, x9
+    // the read-only page (with paging; RAM without).
+    // With paging, x7 and x9 go through `ALIAS2` (DATA again, and RO
+    // writable), whose host addends differ from `ALIAS`'s: groups of
+    // different bases live at once must not share a slot.
+    let page = if paging { ALIAS } else { RAM + DATA };
+    let page2 = if paging { ALIAS2 } else { RAM + DATA };
+    let mut x = [0u64; 32];
+    x[5] = page + 0x800;
+    x[6] = page + 0x400;
+    x[7] = page2 + 0xc00;
+    x[8] = page + 0x100;
+    x[9] = page2 + 0x1100;
+    x[19] = page;
+    x[20] = 8;
+    x[22] = page + 0x200;
+    let warm: &[(u32, bool)] = &[(5, true), (7, true), (9, true)];
+    let setup = |bus: &TestBus| {
+        let pte = |off: u64, flags: u64| ((RAM + off) >> 12) << 10 | flags;
+        let l0 = ROOT + 0x2000;
+        bus.put_u64(l0 + 8 * (ALIAS2 >> 12), pte(DATA, 0xc7));
+        bus.put_u64(l0 + 8 * ((ALIAS2 >> 12) + 1), pte(RO, 0xc7));
+    };
+    let mut rng = seed;
+    for round in 0..rounds {
+        let n = 3 + (next(&mut rng) % 16) as usize;
+        let mut prog = Vec::new();
+        for _ in 0..n {
+            let b = [5, 6, 7, 8, 9, 5, 6][(next(&mut rng) % 7) as usize];
+            let off = match next(&mut rng) % 6 {
+                0 => (next(&mut rng) % 4096) as i32 - 2048,
+                _ => (next(&mut rng) % 96) as i32 - 32,
+            };
+            match next(&mut rng) % 24 {
+                0..=6 => {
+                    let rd = [0, 14, 15, 16, 17, b][(next(&mut rng) % 6) as usize];
+                    let f3 = [0, 1, 2, 3, 4, 5, 6][(next(&mut rng) % 7) as usize];
+                    prog.push(itype(0x03, f3, rd, b, off));
+                }
+                7..=12 => {
+                    let rs2 = [0, 14, 15, 16, 17, b][(next(&mut rng) % 6) as usize];
+                    prog.push(store((next(&mut rng) % 4) as u32, rs2, b, off));
+                }
+                13 if paging => {
+                    // lui b, ALIAS >> 12 (+ 1: the read-only page); addi
+                    // b, b, o: fused into one constant.
+                    let hi = [ALIAS, ALIAS2][(next(&mut rng) % 2) as usize] as u32 >> 12;
+                    let hi = hi + (next(&mut rng) % 2) as u32;
+                    prog.push(lui(b, hi));
+                    prog.push(addi(b, b, (next(&mut rng) % 0x7f8) as i32));
+                }
+                13 => {
+                    // lui b, MMIO >> 12; addi b, b, 0x100: the MMIO word
+                    // (or, odd, next to it: an access fault), whose entry
+                    // holds no addend.
+                    prog.push(lui(b, (MMIO >> 12) as u32));
+                    prog.push(addi(b, b, 0x100 + (next(&mut rng) % 2) as i32 * 8));
+                }
+                14 => {
+                    // slli b, x18, 3; add b, b, x19 (or x19 + b): sh3add.
+                    prog.push(itype(0x13, 1, b, 18, 3));
+                    prog.push(if next(&mut rng).is_multiple_of(2) {
+                        rtype(0, 0, 0x33, b, b, 19)
+                    } else {
+                        rtype(0, 0, 0x33, b, 19, b)
+                    });
+                }
+                15 => {
+                    // A pointer stored, then loaded into the base.
+                    let slot = 8 * (next(&mut rng) % 8) as i32;
+                    prog.push(store(3, 22, 6, slot));
+                    prog.push(itype(0x03, 3, b, 6, slot));
+                }
+                16 => prog.push(itype(0x03, 3, b, 8, 8 * (next(&mut rng) % 4) as i32)),
+                17 => {
+                    // mul b, x18, x20; add b, b, x19
+                    prog.push(rtype(1, 0, 0x33, b, 18, 20));
+                    prog.push(rtype(0, 0, 0x33, b, b, 19));
+                }
+                18 => {
+                    // amoswap.d b, x22, (x8): b = the word there, which
+                    // becomes x22 (a pointer) for the next one.
+                    prog.push(amo(1, 3, b, 8, 22));
+                }
+                19 => prog.push(crate::jit::PAUSE),
+                20 => prog.push(itype(0x03, 3, b, b, off & !7)),
+                _ => {
+                    let rd = [14, 15, 16, 17][(next(&mut rng) % 4) as usize];
+                    prog.push(rtype(0, 0, 0x33, rd, rd, b)); // add rd, rd, b
+                }
+            }
+        }
+        x[18] = next(&mut rng) % 504;
+        for v in &mut x[14..18] {
+            *v = next(&mut rng);
+        }
+        // x8 keeps pointing at a word that holds a pointer into DATA.
+        let pre = [
+            store(3, 22, 8, 0),
+            store(3, 22, 8, 8),
+            store(3, 22, 8, 16),
+            store(3, 22, 8, 24),
+        ];
+        let a = run_passes_setup(paging, warm, &pre, &prog, &[], 3, &x, true, &setup);
+        let b = run_passes_setup(paging, warm, &pre, &prog, &[], 3, &x, false, &setup);
+        let ctx = || format!("paging {paging}, round {round}: program {prog:08x?}, x {x:x?}");
+        assert_eq!(a.x, b.x, "x, {}", ctx());
+        assert_eq!(a.instret, b.instret, "instret, {}", ctx());
+        assert!(a.ram == b.ram, "RAM differs, {}", ctx());
+    }
+}
+
+#[test]
+fn sys_groups_with_fused_and_loaded_bases_match_the_interpreter_with_paging() {
+    differential_base_writers(true, 0x1234_5678_9abc_def1, 1200);
+}
+
+#[test]
+fn sys_groups_with_fused_and_loaded_bases_match_the_interpreter_without_paging() {
+    differential_base_writers(false, 0x0fed_cba9_8765_4321, 1200);
+}
+
+/// Sv39 with the top page of the address space (VA 2^64 - 4 KiB) mapped
+/// to DATA and VA 0 to CLEAN (writable, not dirty yet), each page with
+/// bytes of its own: groups whose bytes wrap around 2^64 (from the top page into
+/// page 0, or from page 0 down into the top page through a negative
+/// offset) and groups inside the top page, against the interpreter. A
+/// group check that missed the wrap would let a member read or write
+/// past the top page's host page (RO's host page, next to DATA's).
+#[test]
+fn sys_groups_wrapping_around_the_address_space_match_the_interpreter() {
+    const TOP: u64 = 0u64.wrapping_sub(0x1000);
+    let setup = |bus: &TestBus| {
+        let pte = |off: u64, flags: u64| ((RAM + off) >> 12) << 10 | flags;
+        // root[511] -> 0xb000, [511] -> 0xc000, [511] = DATA (V R W A D).
+        bus.put_u64(ROOT + 8 * 511, pte(0xb000, 1));
+        bus.put_u64(0xb000 + 8 * 511, pte(0xc000, 1));
+        bus.put_u64(0xc000 + 8 * 511, pte(DATA, 0xc7));
+        // VA 0: CLEAN (V R W A, not dirty yet). Each page its own
+        // bytes (RO, next to DATA in the host, too).
+        bus.put_u64(ROOT + 0x2000, pte(CLEAN, 0x47));
+        let bytes = |m: u32, a: u32| {
+            (0..0x1000u32)
+                .map(|i| (i * m + a) as u8)
+                .collect::<Vec<_>>()
+        };
+        bus.put(RO, &bytes(37, 200));
+        bus.put(CLEAN, &bytes(53, 11));
+    };
+    let mut x = [0u64; 32];
+    x[5] = TOP + 0xff8; // the top page's last 8 bytes
+    x[6] = 0; // page 0
+    x[7] = TOP + 0x800;
+    x[14] = 0x1122_3344_5566_7788;
+    x[15] = 0x99aa_bbcc_ddee_ff00;
+    let ld = |rd, b, o| itype(0x03, 3, rd, b, o);
+    let lw = |rd, b, o| itype(0x03, 2, rd, b, o);
+    let lbu = |rd, b, o| itype(0x03, 4, rd, b, o);
+    let bodies: Vec<Vec<u32>> = vec![
+        // Loads from the top page into page 0.
+        vec![ld(16, 5, 0), ld(17, 5, 8), lw(18, 5, 4)],
+        vec![ld(16, 5, 0), lbu(17, 5, 8), lbu(18, 5, 15)],
+        // A store member into page 0 (not dirty: the interpreter sets D).
+        vec![ld(16, 5, 0), store(3, 14, 5, 8)],
+        vec![store(3, 14, 5, 0), store(0, 15, 5, 9)],
+        // From page 0 down into the top page.
+        vec![ld(16, 6, 0), ld(17, 6, -8), lw(18, 6, -4)],
+        vec![lbu(16, 6, 0), store(3, 14, 6, -16), ld(17, 6, -8)],
+        vec![ld(16, 6, -8), ld(17, 6, 8)],
+        // Inside the top page (inline, the addend of a high page).
+        vec![
+            ld(16, 7, -2048),
+            ld(17, 7, 2040),
+            store(3, 14, 7, 0),
+            ld(18, 7, 0),
+        ],
+        vec![
+            store(3, 15, 7, -8),
+            store(2, 14, 7, 2044),
+            ld(16, 7, -8),
+            lw(17, 7, 2044),
+        ],
+        // Both: the top page's group, then the wrapping one.
+        vec![ld(16, 7, 0), ld(17, 7, 8), ld(18, 5, 0), ld(19, 5, 8)],
+    ];
+    for body in &bodies {
+        let run = |jit| run_passes_setup(true, &[], &[], body, &[], 3, &x, jit, &setup);
+        let (a, b) = (run(true), run(false));
+        let ctx = || format!("program {body:08x?}");
+        assert_eq!(a.x, b.x, "x, {}", ctx());
+        assert_eq!(a.instret, b.instret, "instret, {}", ctx());
+        assert!(a.ram == b.ram, "RAM differs, {}", ctx());
+    }
+}
+
+/// Translated loops that never leave on their own (a looping block; two
+/// blocks of one page, a forward chained exit that skips the entry's
+/// checks and a backward one; two blocks in two pages) still poll for
+/// interrupts: the timer's (which nothing pokes: it only becomes due)
+/// is taken within a few milliseconds of its deadline. A watchdog stops
+/// the hart after 10 s otherwise.
+#[test]
+fn sys_translated_loops_poll_for_the_timer_interrupt() {
+    // PROG: mie.MTIE, mstatus.MIE, then the loop at PROG + 0x100 (and
+    // its other half at PROG + 0x1100).
+    let nop = addi(0, 0, 0);
+    let loops: Vec<(Vec<u32>, Vec<u32>)> = vec![
+        // addi x6, x6, 1; bne x6, x0, -4
+        (vec![addi(6, 6, 1), bne(6, 0, -4)], vec![]),
+        // A: addi; j B (forward, past B's checks); B: j A (backward).
+        (vec![addi(6, 6, 1), jal0(8), nop, jal0(-12)], vec![]),
+        // A: addi; j B (another page); B: j A.
+        (vec![addi(6, 6, 1), jal0(0x1000 - 4)], vec![jal0(-0x1000)]),
+    ];
+    for (a, b) in &loops {
+        let bus = TestBus::new();
+        bus.put_words(0, &prologue(false));
+        let mut p = vec![
+            csr(2, 0, 5, 0x304), // csrs mie, x5
+            csr(6, 0, 8, 0x300), // csrsi mstatus, 8 (MIE)
+            jal0(0x100 - 8),
+        ];
+        p.resize(0x100 / 4, nop);
+        p.extend_from_slice(a);
+        bus.put_words(PROG, &p);
+        bus.put_words(PROG + 0x1100, b);
+        bus.put_words(HANDLER, &handler());
+        let clock = Arc::new(Clock::new(10_000_000));
+        let mut hart = Hart::new_system(HartConfig {
+            hart_id: 0,
+            clock: clock.clone(),
+            sbi_ecalls: false,
+        });
+        let control = hart.control().clone();
+        bus.harts.set(vec![control.clone()]).ok().unwrap();
+        hart.set_jit(true);
+        hart.set_x(5, 1 << 7);
+        hart.pc = RAM;
+        // Due in 20 ms.
+        control.set_mtimecmp(clock.now() + 200_000);
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watchdog = {
+            let (control, done) = (control.clone(), done.clone());
+            std::thread::spawn(move || {
+                for _ in 0..1000 {
+                    if done.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                control.request_stop();
+            })
+        };
+        let t = std::time::Instant::now();
+        assert!(matches!(hart.run_system(&bus), Exit::Stopped));
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        watchdog.join().unwrap();
+        assert_eq!(
+            hart.x[18],
+            1 << 63 | 7,
+            "loop {a:08x?}: no timer interrupt in {:?} ({} passes)",
+            t.elapsed(),
+            hart.x[6]
+        );
+        assert!(hart.x[6] > 1000, "the loop ran translated a while first");
+    }
 }

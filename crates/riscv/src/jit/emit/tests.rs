@@ -2516,3 +2516,65 @@ fn constants_added_to_a_register_match_the_interpreter() {
         both_ways(&prog, &[(1, x1), (10, 7), (11, 3)]);
     }
 }
+
+#[test]
+fn system_mode_groups_see_fused_pairs_as_writes_of_the_base() {
+    use super::mem::{sys_groups, SysAcc::*};
+    // The planner sees the block as the translator emits it (after
+    // `fuse::pairs`): a fused pair writing the base ends its group at
+    // its first half (the second, a write to the zero sink, emits
+    // nothing); a pair writing another register leaves it open.
+    let mut insns = decoded(vec![
+        ld(10, 2, 0),
+        ld(11, 2, 8),
+        lui(2, 0x9),
+        addi(2, 2, 0x10), // lui + addi: x2 = 0x9010
+        ld(12, 2, 0),
+        lui(5, 1),
+        addi(5, 5, 1), // a pair writing x5: x2's group goes on
+        ld(13, 2, 8),
+        slli(2, 14, 3),
+        add(2, 2, 15), // sh3add x2, x14, x15
+        ld(16, 2, 0),
+        ld(17, 2, 16),
+        slli(2, 14, 32),
+        srli(2, 2, 32),
+        add(2, 15, 2), // add.uw x2, x14, x15
+        sd(16, 2, 0),
+        ld(17, 2, 24),
+    ]);
+    let n = insns.len();
+    super::fuse::pairs(&mut insns, &vec![false; n]);
+    assert_eq!(insns[3].rd, ZERO_SINK);
+    assert_eq!(insns[8].kind, Kind::Sh3add);
+    assert_eq!(insns[12].kind, Kind::AddUw);
+    assert_eq!(insns[14].rd, ZERO_SINK);
+    let lead = |lo, hi, store| Lead {
+        slot: 0,
+        lo,
+        hi,
+        store,
+    };
+    assert_eq!(
+        sys_groups(&insns),
+        [
+            lead(0, 15, false),
+            Member(0),
+            Own,
+            Own,
+            lead(0, 15, false),
+            Own,
+            Own,
+            Member(0),
+            Own,
+            Own,
+            lead(0, 23, false),
+            Member(0),
+            Own,
+            Own,
+            Own,
+            lead(0, 31, true),
+            Member(0),
+        ]
+    );
+}
