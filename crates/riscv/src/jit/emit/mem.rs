@@ -173,36 +173,13 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
             let src = if is_fp {
                 a.load(RDX, RBX, fd(i.rs2));
                 RDX
-            } else if i.rs2 == 0 {
-                a.ld_x(RDX, 0);
-                RDX
             } else {
-                // A narrow store reads only the low bits (an unextended
-                // W result needs no extension, see `RegCache::lazy`).
-                let c = if n < 8 {
-                    a.x_reg32(i.rs2)
-                } else {
-                    a.x_reg(i.rs2)
-                };
-                if n == 1 && (c == RSI || c == RDI) {
-                    a.mov_rr(RDX, c);
-                    RDX
-                } else {
-                    c
-                }
+                store_src(a, i.rs2, n)
             };
             // The access may fault on the host: it then leaves at `k` with
             // the cache as it is here.
             f.faults.push((a.b.len(), k, a.cache.dirty_map()));
-            match n {
-                1 => a.op_bid(false, &[0x88], src, R12, index, disp),
-                2 => {
-                    a.u8(0x66);
-                    a.op_bid(false, &[0x89], src, R12, index, disp);
-                }
-                4 => a.op_bid(false, &[0x89], src, R12, index, disp),
-                _ => a.op_bid(true, &[0x89], src, R12, index, disp),
-            }
+            store_bid(a, n, src, R12, index, disp);
         } else {
             // Integer loads land in rd's cache slot (chosen after the
             // index register was last used, so it cannot evict it; the
@@ -211,15 +188,7 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
             // As for stores: a fault leaves `d` as it was, and rd's slot
             // is not dirty with the load's value yet.
             f.faults.push((a.b.len(), k, a.cache.dirty_map()));
-            match (n, signed) {
-                (1, true) => a.op_bid(true, &[0x0f, 0xbe], d, R12, index, disp),
-                (1, false) => a.op_bid(false, &[0x0f, 0xb6], d, R12, index, disp),
-                (2, true) => a.op_bid(true, &[0x0f, 0xbf], d, R12, index, disp),
-                (2, false) => a.op_bid(false, &[0x0f, 0xb7], d, R12, index, disp),
-                (4, true) => a.op_bid(true, &[0x63], d, R12, index, disp),
-                (4, false) => a.op_bid(false, &[0x8b], d, R12, index, disp),
-                _ => a.op_bid(true, &[0x8b], d, R12, index, disp),
-            }
+            load_bid(a, n, signed, d, R12, index, disp);
             if is_fp {
                 if n == 4 {
                     // NaN-box the single.
@@ -249,51 +218,62 @@ fn member(a: &mut Asm, i: &Insn, n: u8, signed: bool, is_store: bool, slot: u8) 
         a.x_reg(i.rs1)
     };
     if is_store {
-        // The value as in user mode's stores (rdx for x0, values read in
-        // place, and byte stores from rsi or rdi, whose low bytes need a
-        // REX prefix that `op_bid` leaves out).
-        let src = if i.rs2 == 0 || a.cache.in_place(i.rs2) {
-            a.ld_x(RDX, i.rs2);
-            RDX
-        } else {
-            let c = if n < 8 {
-                a.x_reg32(i.rs2)
-            } else {
-                a.x_reg(i.rs2)
-            };
-            if n == 1 && (c == RSI || c == RDI) {
-                a.mov_rr(RDX, c);
-                RDX
-            } else {
-                c
-            }
-        };
+        let src = store_src(a, i.rs2, n);
         a.load(RAX, R14, group_slot(slot));
-        match n {
-            1 => a.op_bid(false, &[0x88], src, RAX, index, imm),
-            2 => {
-                a.u8(0x66);
-                a.op_bid(false, &[0x89], src, RAX, index, imm);
-            }
-            4 => a.op_bid(false, &[0x89], src, RAX, index, imm),
-            _ => a.op_bid(true, &[0x89], src, RAX, index, imm),
-        }
+        store_bid(a, n, src, RAX, index, imm);
     } else {
         // rd's slot, chosen after the index was last used (so it cannot
         // evict it; the index may be that very register, read before
         // written).
         let d = a.rd_host(i.rd);
         a.load(RAX, R14, group_slot(slot));
-        match (n, signed) {
-            (1, true) => a.op_bid(true, &[0x0f, 0xbe], d, RAX, index, imm),
-            (1, false) => a.op_bid(false, &[0x0f, 0xb6], d, RAX, index, imm),
-            (2, true) => a.op_bid(true, &[0x0f, 0xbf], d, RAX, index, imm),
-            (2, false) => a.op_bid(false, &[0x0f, 0xb7], d, RAX, index, imm),
-            (4, true) => a.op_bid(true, &[0x63], d, RAX, index, imm),
-            (4, false) => a.op_bid(false, &[0x8b], d, RAX, index, imm),
-            _ => a.op_bid(true, &[0x8b], d, RAX, index, imm),
-        }
+        load_bid(a, n, signed, d, RAX, index, imm);
         a.rd_commit(i.rd, d);
+    }
+}
+
+/// The host register holding integer store `rs2`'s value, `n` bytes of
+/// it: its cache register (a narrow store reads only the low bits, so an
+/// unextended W result needs no extension, see `RegCache::lazy`), or rdx
+/// for x0 and for byte stores from rsi or rdi, whose low bytes need a REX
+/// prefix that `op_bid` leaves out.
+fn store_src(a: &mut Asm, rs2: u8, n: u8) -> u8 {
+    if rs2 == 0 {
+        a.ld_x(RDX, 0);
+        return RDX;
+    }
+    let c = if n < 8 { a.x_reg32(rs2) } else { a.x_reg(rs2) };
+    if n == 1 && (c == RSI || c == RDI) {
+        a.mov_rr(RDX, c);
+        RDX
+    } else {
+        c
+    }
+}
+
+/// `mov [base + index + disp], src` of `n` bytes.
+fn store_bid(a: &mut Asm, n: u8, src: u8, base: u8, index: u8, disp: i32) {
+    match n {
+        1 => a.op_bid(false, &[0x88], src, base, index, disp),
+        2 => {
+            a.u8(0x66);
+            a.op_bid(false, &[0x89], src, base, index, disp);
+        }
+        4 => a.op_bid(false, &[0x89], src, base, index, disp),
+        _ => a.op_bid(true, &[0x89], src, base, index, disp),
+    }
+}
+
+/// `d = [base + index + disp]`, `n` bytes, sign- or zero-extended.
+fn load_bid(a: &mut Asm, n: u8, signed: bool, d: u8, base: u8, index: u8, disp: i32) {
+    match (n, signed) {
+        (1, true) => a.op_bid(true, &[0x0f, 0xbe], d, base, index, disp),
+        (1, false) => a.op_bid(false, &[0x0f, 0xb6], d, base, index, disp),
+        (2, true) => a.op_bid(true, &[0x0f, 0xbf], d, base, index, disp),
+        (2, false) => a.op_bid(false, &[0x0f, 0xb7], d, base, index, disp),
+        (4, true) => a.op_bid(true, &[0x63], d, base, index, disp),
+        (4, false) => a.op_bid(false, &[0x8b], d, base, index, disp),
+        _ => a.op_bid(true, &[0x8b], d, base, index, disp),
     }
 }
 
