@@ -213,7 +213,7 @@ pub(super) fn emit(a: &mut Asm, i: &Insn, ipc: u64) -> bool {
 }
 
 /// `lea d, [base + index << n]` (n = 0..=3; `index` is never rsp).
-fn lea_scaled(a: &mut Asm, d: u8, base: u8, index: u8, n: u8) {
+pub(super) fn lea_scaled(a: &mut Asm, d: u8, base: u8, index: u8, n: u8) {
     a.rex(true, d, index, base);
     a.u8(0x8d);
     let sib = n << 6 | (index & 7) << 3 | (base & 7);

@@ -18,6 +18,7 @@
 
 use std::mem::offset_of;
 
+use super::alu::lea_scaled;
 use super::mem::{self, Plan};
 use super::{xd, Ctx, Frame};
 use crate::decode::{Insn, Kind, ZERO_SINK};
@@ -116,17 +117,4 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, insns: &[Insn], k: usize, l: usiz
         a.u32(ld.imm as u32);
     }
     a.rd_commit(ld.rd, d);
-}
-
-/// `lea d, [base + index << n]` (n = 0..=3; `index` is never rsp).
-fn lea_scaled(a: &mut Asm, d: u8, base: u8, index: u8, n: u8) {
-    a.rex(true, d, index, base);
-    a.u8(0x8d);
-    let sib = n << 6 | (index & 7) << 3 | (base & 7);
-    if base & 7 == 5 {
-        // rbp or r13 as the base needs a displacement: disp8 0.
-        a.b.extend_from_slice(&[0x44 | (d & 7) << 3, sib, 0]);
-    } else {
-        a.b.extend_from_slice(&[0x04 | (d & 7) << 3, sib]);
-    }
 }
