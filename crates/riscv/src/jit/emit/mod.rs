@@ -388,6 +388,7 @@ pub(super) struct Scratch {
     slow: Vec<(usize, usize, CacheMap)>,
     keys: Vec<(usize, CacheMap)>,
     stubs: Vec<usize>,
+    forced: Vec<bool>,
 }
 
 impl Jit {
@@ -666,6 +667,27 @@ fn slots_of(map: &CacheMap, regs: u32) -> u8 {
     (0..CACHE_REGS.len()).fold(0, |m, s| {
         m | ((map[s] != 0 && regs & 1 << map[s] != 0) as u8) << s
     })
+}
+
+/// User mode: clears the merge point after each branch of `fused` that
+/// `select` can turn into a conditional move when that branch is the
+/// only jump of the block landing there (`insns`: the block before
+/// fusing, whose jumps made `merge`), and marks the branch in `forced`.
+fn force_selects(insns: &[Insn], fused: &[Insn], merge: &mut [bool], forced: &mut [bool]) {
+    use Kind::*;
+    let target = |i: &Insn| (i.off as i64).wrapping_add(i.imm as i64);
+    let is_jump = |i: &Insn| matches!(i.kind, Beq | Bne | Blt | Bge | Bltu | Bgeu | Jal);
+    for k in 0..fused.len() {
+        let Some(n) = select::skips(fused, merge, k) else {
+            continue;
+        };
+        let t = k + 1 + n;
+        let to_t = |i: &Insn| is_jump(i) && target(i) == insns[t].off as i64;
+        if to_t(&insns[k]) && insns.iter().filter(|i| to_t(i)).count() == 1 {
+            merge[t] = false;
+            forced[k] = true;
+        }
+    }
 }
 
 /// The integer registers some instruction of `insns` writes, as a bit
@@ -1489,6 +1511,19 @@ impl Jit {
         fused.clear();
         fused.extend_from_slice(insns);
         fuse::pairs(&mut fused, &merge);
+        // Branches over one instruction that become conditional moves
+        // (see `select`): the instruction after the skipped one is a
+        // merge point only for such a branch; when no other jump lands
+        // there it is none, so the plan of checks and the loop analyses
+        // below see straight-line code through it (a loop's entry check
+        // then covers a base its body also uses after the branch). The
+        // branch must then become a conditional move (`forced`).
+        let mut forced = std::mem::take(&mut sc.forced);
+        forced.clear();
+        forced.resize(insns.len(), false);
+        if sys.is_none() {
+            force_selects(insns, &fused, &mut merge, &mut forced);
+        }
         // Loops that check some base registers once on the way in rather
         // than at each access (see `mem::loop_bases`): (head, last back
         // edge, registers).
@@ -1997,7 +2032,7 @@ impl Jit {
                         rvi::emit(a, f, k + 1, &op, opc, onext);
                     }
                 };
-                if select::emit(&mut a, &mut f, insns, k, n, emit_op) {
+                if select::emit(&mut a, &mut f, insns, k, n, forced[k], emit_op) {
                     skip_to = k + 1 + n;
                     continue;
                 }
@@ -2188,6 +2223,7 @@ impl Jit {
             slow: f.slow,
             keys,
             stubs,
+            forced,
         };
         Ok(a.b)
     }

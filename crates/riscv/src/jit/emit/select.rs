@@ -92,23 +92,36 @@ pub(super) fn skips(insns: &[Insn], merge: &[bool], k: usize) -> Option<usize> {
 
 /// Emits the branch at index `k` and the `n` instructions it skips (from
 /// [`skips`]) as a conditional move, when every register involved is in
-/// its host register; `false` (nothing emitted) otherwise. `op_emit`
-/// emits the skipped op the usual way.
+/// its host register, or always when `force` (the instruction after the
+/// skipped ones is then no merge point, see `force_selects`: a branch
+/// could not jump there), loading them first; `false` (nothing emitted)
+/// otherwise. `op_emit` emits the skipped op the usual way.
 pub(super) fn emit(
     a: &mut Asm,
     f: &mut Frame,
     insns: &[Insn],
     k: usize,
     n: usize,
+    force: bool,
     op_emit: impl FnOnce(&mut Asm, &mut Frame),
 ) -> bool {
     let (b, op) = (&insns[k], &insns[k + 1]);
-    let mut regs = vec![b.rs1, b.rs2, op.rs1, op.rd];
+    let mut regs = [b.rs1, b.rs2, op.rs1, op.rd, 0];
     if reads_rs2(op) {
-        regs.push(op.rs2);
+        regs[4] = op.rs2;
     }
-    if regs.iter().any(|&r| r != 0 && !a.cache.guest.contains(&r)) {
-        return false;
+    let missing = |a: &Asm| regs.iter().any(|&r| r != 0 && !a.cache.guest.contains(&r));
+    if missing(a) {
+        if !force {
+            return false;
+        }
+        // Loading one never evicts another: all are named by the
+        // instructions at `k` and `k + 1`, which the cache evicts last
+        // (`RegCache::slot`), and they are at most 5 of its 7 slots.
+        for r in regs.into_iter().filter(|&r| r != 0) {
+            a.x_reg32(r);
+        }
+        debug_assert!(!missing(a), "a forced select has its registers cached");
     }
     let cc = match b.kind {
         Kind::Beq => CC_E,

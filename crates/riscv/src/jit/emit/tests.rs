@@ -2578,3 +2578,80 @@ fn system_mode_groups_see_fused_pairs_as_writes_of_the_base() {
         ]
     );
 }
+
+#[test]
+fn a_branch_alone_at_its_target_becomes_conditional_moves_from_memory() {
+    // The branch is the only jump to the add after the op, so the add is
+    // no merge point, and the branch must become conditional moves even
+    // when its registers are not cached yet: as first instruction, and
+    // after seven others took every slot of the cache (the loads evict
+    // none of the branch's registers, or the moves would be wrong).
+    let pressure: Vec<u32> = (9..16).map(|r| add(r, r, r)).collect();
+    let shapes: [&[u32]; 3] = [
+        &[branch(0, 5, 6, 8), addi(7, 8, 1)],
+        &[branch(6, 6, 5, 8), add(7, 7, 8)],
+        &[bne(5, 0, 12), slli(7, 8, 48), srli(7, 7, 48)],
+    ];
+    for shape in shapes {
+        for lead in [&[][..], &pressure[..]] {
+            let mut prog = lead.to_vec();
+            prog.extend_from_slice(shape);
+            prog.push(add(16, 7, 5));
+            assert_eq!(cmovs(&host_code(&prog)), 2, "{prog:08x?}");
+            for seed in 0..VALUES.len() {
+                both_ways(&prog, &regs_from(seed));
+                let mut regs = regs_from(seed);
+                regs.retain(|&(r, _)| r != 6);
+                regs.push((6, VALUES[(5 * 3 + seed) % VALUES.len()]));
+                both_ways(&prog, &regs);
+            }
+        }
+    }
+    // A second jump to the same place keeps it a merge point: the branch
+    // may stay a branch there.
+    let prog = [
+        branch(0, 10, 0, 12), // beqz x10, +12 (to the add)
+        branch(0, 5, 6, 8),
+        addi(7, 8, 1),
+        add(16, 7, 5),
+    ];
+    assert_eq!(cmovs(&host_code(&prog)), 0);
+    for x10 in [0, 1] {
+        let mut regs = regs_from(2);
+        regs.retain(|&(r, _)| r != 10);
+        regs.push((10, x10));
+        both_ways(&prog, &regs);
+    }
+}
+
+#[test]
+fn a_loop_with_conditional_moves_checks_its_base_once() {
+    // gzip's window slide: for each 16-bit entry, m >= x20 ? m : 0x8000
+    // (as `lui`), plus x11, stored back in place. The branch over the
+    // `lui` becomes conditional moves, so the loop has no merge point: its
+    // base x15 (stepped by one addi) is checked once on the way in, not at
+    // the load and again at the store.
+    let lhu = |rd, rs1| i(0x03, 5, rd, rs1, 0);
+    let sh = |rs2: u32, rs1: u32| rs2 << 20 | rs1 << 15 | 1 << 12 | 0x23;
+    let prog = [
+        lhu(16, 15),          // head
+        addi(12, 16, 0),      // mv x12, x16
+        branch(7, 16, 20, 8), // bgeu x16, x20, +8
+        lui(12, 0xffff8),
+        addw(12, 12, 11),
+        sh(12, 15),
+        addi(15, 15, 2),
+        bne(15, 10, -28),
+    ];
+    assert_eq!(bound_checks(&host_code(&prog)), 1);
+    let data: Vec<u8> = (0..0x1000u32).map(|i| ((i * 7919) >> 3) as u8).collect();
+    for (start, n) in [(0, 64), (0xf00, 128)] {
+        let regs = [
+            (15, DATA + start),
+            (10, DATA + start + 2 * n),
+            (20, 0x8000),
+            (11, (-0x8000i64) as u64),
+        ];
+        both_ways_data(&prog, &data, &regs);
+    }
+}
