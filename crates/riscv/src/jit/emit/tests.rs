@@ -725,6 +725,21 @@ fn a_loop_entered_at_its_condition_keeps_whole_values() {
     }
 }
 
+/// `prog`'s branch over one op (comparing x5 and x6) is two cmovs, and
+/// runs as interpreted from every seed's registers, the branch taken
+/// (x6 = x5) and not.
+fn two_cmovs_both_ways(prog: &[u32]) {
+    assert_eq!(cmovs(&host_code(prog)), 2, "{prog:08x?}");
+    for seed in 0..VALUES.len() {
+        both_ways(prog, &regs_from(seed));
+        // Equal operands: the branch is taken.
+        let mut regs = regs_from(seed);
+        regs.retain(|&(r, _)| r != 6);
+        regs.push((6, VALUES[(5 * 3 + seed) % VALUES.len()]));
+        both_ways(prog, &regs);
+    }
+}
+
 #[test]
 fn a_branch_over_one_op_becomes_conditional_moves() {
     // The adds bring x5..x8 into host registers; then `beq x5, x6, +8;
@@ -742,15 +757,7 @@ fn a_branch_over_one_op_becomes_conditional_moves() {
         let mut prog = lead.to_vec();
         prog.extend_from_slice(shape);
         prog.push(add(10, 7, 9));
-        assert_eq!(cmovs(&host_code(&prog)), 2, "{prog:08x?}");
-        for seed in 0..VALUES.len() {
-            both_ways(&prog, &regs_from(seed));
-            // Equal operands: the branch is taken.
-            let mut regs = regs_from(seed);
-            regs.retain(|&(r, _)| r != 6);
-            regs.push((6, VALUES[(5 * 3 + seed) % VALUES.len()]));
-            both_ways(&prog, &regs);
-        }
+        two_cmovs_both_ways(&prog);
     }
     // rd as a compare operand (the op would change the comparison): a
     // branch as before.
@@ -2597,14 +2604,7 @@ fn a_branch_alone_at_its_target_becomes_conditional_moves_from_memory() {
             let mut prog = lead.to_vec();
             prog.extend_from_slice(shape);
             prog.push(add(16, 7, 5));
-            assert_eq!(cmovs(&host_code(&prog)), 2, "{prog:08x?}");
-            for seed in 0..VALUES.len() {
-                both_ways(&prog, &regs_from(seed));
-                let mut regs = regs_from(seed);
-                regs.retain(|&(r, _)| r != 6);
-                regs.push((6, VALUES[(5 * 3 + seed) % VALUES.len()]));
-                both_ways(&prog, &regs);
-            }
+            two_cmovs_both_ways(&prog);
         }
     }
     // A second jump to the same place keeps it a merge point: the branch
