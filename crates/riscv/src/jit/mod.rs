@@ -177,6 +177,10 @@ struct Ctx {
     /// System mode: the host addends of the groups of loads and stores
     /// one TLB check covers (see `emit::mem::sys_groups`).
     groups: [usize; GROUP_SLOTS],
+    /// System mode: set (non-zero) when a group's leader leaves because
+    /// its bytes crossed into a page it cannot reach with the addend of
+    /// the first (see `dispatch::straddle`); `Ctx::pc` is the leader's.
+    straddled: u64,
 }
 
 #[repr(C)]
@@ -222,6 +226,12 @@ const POLL_INSNS: u64 = 12 * 1024;
 /// `emit::mem::sys_groups`) live at once in a block.
 const GROUP_SLOTS: usize = 4;
 
+/// System mode: times a group's leader may leave because its bytes
+/// crossed a page it cannot reach (see `dispatch::straddle`) before the
+/// group is given up: the leader's page is translated again with its
+/// accesses checking their own bytes (see [`Jit::note_straddle`]).
+const STRADDLES: u32 = 4;
+
 /// Why [`Jit::run`] returned.
 pub(crate) enum JitExit {
     /// The interpreter must run the block at `core.pc` (a slow path, a
@@ -247,6 +257,8 @@ pub(crate) struct Jit {
     epilogue: usize,
     dispatch: usize,
     dispatch_sys: usize,
+    /// System mode: `dispatch::straddle` (loads only, with a store).
+    straddle: [usize; 2],
     table: Box<[Entry]>,
     /// Every block translated since the last flush (the table above is a
     /// direct-mapped cache of it for generated code; a block evicted from
@@ -291,6 +303,18 @@ pub(crate) struct Jit {
     dead_epochs: Vec<Box<PageCheck>>,
     /// Translating for a system-mode hart (set by the first `run_sys`).
     sys_mode: bool,
+    /// System mode: leaves of group leaders whose bytes crossed pages
+    /// (see [`Jit::note_straddle`]), by the leader's physical address,
+    /// and the leaders whose groups were given up (translated as
+    /// accesses of their own, see `emit::mem::sys_groups`).
+    straddles: HashMap<u64, u32>,
+    ungrouped: HashMap<u64, ()>,
+    /// System mode: the physical address of the block being translated
+    /// (to find its leaders in `ungrouped`).
+    block_pa: u64,
+    /// Tests: slow exits from translated code (system mode).
+    #[cfg(test)]
+    pub(crate) slow_exits: u64,
     /// User mode: where inline loads and stores are and their slow exits,
     /// for the host fault handler (see [`fault`]).
     sites: fault::Sites,
@@ -492,6 +516,7 @@ impl Jit {
             epilogue: r.epilogue,
             dispatch: r.dispatch,
             dispatch_sys: r.dispatch_sys,
+            straddle: r.straddle,
             table: vec![EMPTY; TABLE_SIZE].into_boxed_slice(),
             blocks: HashMap::default(),
             skips: HashMap::default(),
@@ -510,6 +535,11 @@ impl Jit {
             fenced: false,
             dead_epochs: Vec::new(),
             sys_mode: false,
+            straddles: HashMap::default(),
+            ungrouped: HashMap::default(),
+            block_pa: 0,
+            #[cfg(test)]
+            slow_exits: 0,
             sites: fault::Sites {
                 code: (buf as usize, buf as usize + CODE_SIZE),
                 guest: (0, 0),
@@ -598,6 +628,8 @@ impl Jit {
         self.sys_blocks.clear();
         self.sys_pages.clear();
         self.dead_epochs.clear();
+        self.straddles.clear();
+        self.ungrouped.clear();
         if self.sys_mode {
             self.sys_table.fill(NO_SLOT);
         } else {
@@ -745,6 +777,7 @@ impl Jit {
                 csr: 0,
                 recheck: 0,
                 groups: [0; GROUP_SLOTS],
+                straddled: 0,
             };
             // Host faults of inline accesses resume at their slow exits
             // while the code runs.
@@ -917,6 +950,7 @@ impl Jit {
             }
             let at = self.buf as usize + self.len;
             let f: extern "sysv64" fn(*mut Ctx, u32, u64) -> u32 = helper_sys::<B>;
+            self.block_pa = pa;
             let code = self.emit(at, &insns, pc, Some(f as usize));
             // SAFETY: `emit` keeps a block well under HEADROOM, which the
             // check above left free at `len`.
@@ -969,6 +1003,31 @@ impl Jit {
         self.decode_buf = insns;
         self.fetched = fetched;
         out
+    }
+
+    /// System mode: the group whose leader is at `pc` left because its
+    /// bytes crossed into a page the leader could not cover (see
+    /// `dispatch::straddle`): the interpreter runs the block from the
+    /// leader, and once a leader has left so [`STRADDLES`] times its page
+    /// is translated again (its blocks dropped as a changed page's are:
+    /// chained jumps into them go with them, guarded ones fail) with the
+    /// group's accesses checking each its own bytes. A straddling group
+    /// would otherwise leave every time its block runs with such a base
+    /// (a struct lying across two pages mapped apart).
+    #[cold]
+    fn note_straddle<B: Bus>(&mut self, core: &Core, mem: &mut SysMem<'_, B>, pc: u64) {
+        // (The interpreter fetches `pc` next: walking for it here changes
+        // nothing it would not.)
+        let Ok((pa, _)) = mem.translate_fetch(core, pc) else {
+            return;
+        };
+        let n = self.straddles.entry(pa).or_insert(0);
+        *n += 1;
+        if *n >= STRADDLES {
+            self.straddles.remove(&pa);
+            self.ungrouped.insert(pa, ());
+            self.drop_page(pa & !(crate::PAGE_SIZE - 1));
+        }
     }
 
     /// Patches the guarded chained exit at `site` (see [`SysSite`]) to
@@ -1084,6 +1143,7 @@ impl Jit {
                 csr: csr_sys::<B> as extern "sysv64" fn(*mut Ctx, u32, u64) -> u32 as usize,
                 recheck: recheck_page as extern "sysv64" fn(*const PageCheck, u64) -> u32 as usize,
                 groups: [0; GROUP_SLOTS],
+                straddled: 0,
             };
             // SAFETY: `code` is the entry of a block translated into this
             // hart's buffer for the current code generation, and the
@@ -1101,6 +1161,13 @@ impl Jit {
                 self.fenced = true;
             }
             let pc = ctx.pc;
+            #[cfg(test)]
+            if r == EXIT_SLOW {
+                self.slow_exits += 1;
+            }
+            if ctx.straddled != 0 {
+                self.note_straddle(core, mem, pc);
+            }
             if r == EXIT_CHAIN_SYS {
                 core.instret = core.instret.wrapping_add(ctx.icount);
                 core.pc = pc;

@@ -100,7 +100,12 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
         };
         // cmp rcx, [r12 + rdx + tag]
         a.op_bid(true, &[0x3b], RCX, R12, RDX, tag as i32);
-        f.slow.push((a.jcc(CC_NE), k, a.cache.dirty_map()));
+        // A leader's miss goes out of line first: its group's bytes may
+        // lie in two pages that one addend still covers (see `emit_try`).
+        let miss = a.jcc(CC_NE);
+        if !matches!(acc, SysAcc::Lead { .. }) {
+            f.slow.push((miss, k, a.cache.dirty_map()));
+        }
         if store_tag {
             // Stores into pages holding translated code take the
             // slow path (it drops the stale translations).
@@ -118,6 +123,8 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
             // The group's members add the addend to their base register
             // themselves: mov rcx, [addend]; mov [r14 + slot], rcx.
             a.op_bid(true, &[0x8b], RCX, R12, RDX, addend);
+            f.leads
+                .push((miss, k, a.cache.dirty_map(), a.b.len(), store_tag));
             a.op_m(true, &[0x89], RCX, R14, group_slot(slot));
             a.alu_rr(true, ADD, RAX, RCX);
         } else {
@@ -319,7 +326,7 @@ pub(super) enum SysAcc {
 /// allows reads (the walk grants writes only with reads). Past a leader
 /// nothing refills the TLB, but even a refill would not change what the
 /// addend maps.
-pub(super) fn sys_groups(insns: &[Insn]) -> Vec<SysAcc> {
+pub(super) fn sys_groups(insns: &[Insn], given_up: &dyn Fn(&Insn) -> bool) -> Vec<SysAcc> {
     use Kind::*;
     let keeps = |i: &Insn| {
         mem_shape(i.kind).is_some()
@@ -451,7 +458,7 @@ pub(super) fn sys_groups(insns: &[Insn]) -> Vec<SysAcc> {
     let mut slot_of = [u8::MAX; MAX];
     let mut busy_until = [None::<u8>; GROUP_SLOTS];
     for (g, grp) in groups[..ng].iter().enumerate() {
-        if grp.last == grp.lead {
+        if grp.last == grp.lead || given_up(&insns[grp.lead as usize]) {
             continue;
         }
         if let Some(s) = busy_until
