@@ -1159,7 +1159,7 @@ fn differential_straddles(paging: bool, seed: u64, rounds: usize) {
                     let f3 = [0, 1, 2, 3, 4, 5, 6][(next(&mut rng) % 7) as usize];
                     // Mostly aligned (accesses that cross a page on
                     // their own always leave).
-                    let off = if next(&mut rng) % 4 == 0 {
+                    let off = if next(&mut rng).is_multiple_of(4) {
                         off
                     } else {
                         off & !((1 << (f3 & 3)) - 1)
@@ -1169,7 +1169,7 @@ fn differential_straddles(paging: bool, seed: u64, rounds: usize) {
                 5..=8 => {
                     let rs2 = [0, 14, 15, 16, 17][(next(&mut rng) % 5) as usize];
                     let f3 = (next(&mut rng) % 4) as u32;
-                    let off = if next(&mut rng) % 4 == 0 {
+                    let off = if next(&mut rng).is_multiple_of(4) {
                         off
                     } else {
                         off & !((1 << f3) - 1)
@@ -1264,7 +1264,7 @@ fn sys_groups_crossing_from_a_code_page_rewrite_code_exactly() {
     let f = RAM + PROG + 0xff8;
     // body[0] runs at PROG + 8 (after the warm-up's jump and the
     // count's addi); the call is body[4].
-    let call = (0xff8 - 8 - 4 * 4) as i32;
+    let call: i32 = 0xff8 - 8 - 4 * 4;
     let jal_ra = jal0(call) | 1 << 7;
     let body = vec![
         store(2, 14, 5, 0),            // sw x14, 0(x5): f's first instruction
