@@ -165,10 +165,11 @@ pub(super) fn write(a: &mut Asm) -> Routines {
 /// passed: every byte of the group is at its address plus the addend,
 /// and an access that crosses from one page into the other touches the
 /// same bytes as the interpreter's, byte by byte. Else ZF is clear (the
-/// leader leaves for the interpreter), and `Ctx::straddled` is set when
-/// both pages were in the TLB (addends apart, or code in one): a miss
-/// is not counted, the interpreter fills the TLB. Clobbers rcx, rdx and
-/// the flags; rax and the register cache stay.
+/// leader leaves for the interpreter), and `Ctx::straddled` is the
+/// return address (in the leader's block) when both pages were in the
+/// TLB (addends apart, or code in one): a miss is not counted, the
+/// interpreter fills the TLB. Clobbers rcx, rdx and the flags; rax and
+/// the register cache stay.
 fn straddle(a: &mut Asm, store: bool) -> usize {
     use crate::mmu::Entry;
     let at = a.addr();
@@ -225,9 +226,9 @@ fn straddle(a: &mut Asm, store: bool) -> usize {
     for at in count {
         a.bind(at);
     }
-    // mov qword [r14 + straddled], 1 (ZF stays clear).
-    a.op_m(true, &[0xc7], 0, R14, ctx_off(offset_of!(Ctx, straddled)));
-    a.u32(1);
+    // Ctx::straddled = the return address (ZF stays clear).
+    a.load(RCX, RSP, 0);
+    a.store(R14, ctx_off(offset_of!(Ctx, straddled)), RCX);
     for at in plain {
         a.bind(at);
     }
