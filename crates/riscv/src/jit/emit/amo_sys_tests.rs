@@ -1215,12 +1215,16 @@ fn sys_groups_crossing_pages_at_run_time_match_the_interpreter_without_paging() 
 /// for the interpreter a bounded number of times, not once per pass:
 /// into a neighbouring page one addend covers (with paging and
 /// without), and into a page mapped apart (its group given up after a
-/// few leaves). Against the interpreter too.
+/// few leaves, its block translated again: what entered the old code
+/// must enter the new). The group's block is the loop's only one, or
+/// is entered by a forward chained jump (past its entry's checks), or
+/// by a backward one (at its entry), or is a function in another page
+/// (a guarded chained call). Against the interpreter too.
 #[test]
 fn sys_groups_crossing_pages_stop_leaving() {
     let ld = |rd, b, o| itype(0x03, 3, rd, b, o);
     let sd = |rs2, b, o| store(3, rs2, b, o);
-    let body = vec![
+    let group = vec![
         ld(14, 5, 0),
         ld(15, 5, 8),
         sd(14, 5, 16),
@@ -1228,28 +1232,45 @@ fn sys_groups_crossing_pages_stop_leaving() {
         sd(15, 5, 0),
         rtype(0, 0, 0x33, 17, 17, 16), // add x17, x17, x16
     ];
+    let nop = addi(0, 0, 0);
+    // (body[0] runs at PROG + 8, after the warm-up's jump and the
+    // count's addi; the function at PROG + 0x1000, the next page.)
+    let bodies: Vec<Vec<u32>> = vec![
+        group.clone(),
+        [vec![jal0(8), nop], group.clone()].concat(),
+        [group.clone(), vec![jal0(8), nop]].concat(),
+        vec![jal0(0x1000 - 8) | 1 << 7], // jal ra, f
+    ];
+    let f = [group.clone(), vec![itype(0x67, 0, 0, 1, 0)]].concat(); // ...; ret
+    let setup = |bus: &TestBus| {
+        map_pairs(bus);
+        bus.put_words(PROG + 0x1000, &f);
+    };
     let cases = [
         (true, PAIRS + 0x1000 - 8),          // DATA | RO (writable)
         (true, PAIRS + 0x2000 + 0x1000 - 8), // CLEAN | DATA: apart
         (false, RAM + DATA + 0x1000 - 8),    // RAM: one addend
     ];
-    for (paging, base) in cases {
-        let mut x = [0u64; 32];
-        x[5] = base;
-        let slow = |passes| {
-            let run =
-                |jit| run_passes_setup(paging, &[], &[], &body, &[], passes, &x, jit, &map_pairs);
-            let (a, b) = (run(true), run(false));
-            assert_eq!(a.x, b.x, "x, base {base:x}, {passes} passes");
-            assert_eq!(a.instret, b.instret, "instret, base {base:x}");
-            assert!(a.ram == b.ram, "RAM differs, base {base:x}");
-            a.slow
-        };
-        let (few, many) = (slow(20), slow(400));
-        assert!(
-            many == few && few < 20,
-            "base {base:x}: {few} slow exits in 20 passes, {many} in 400"
-        );
+    for body in &bodies {
+        for (paging, base) in cases {
+            let mut x = [0u64; 32];
+            x[5] = base;
+            let slow = |passes| {
+                let run =
+                    |jit| run_passes_setup(paging, &[], &[], body, &[], passes, &x, jit, &setup);
+                let (a, b) = (run(true), run(false));
+                let ctx = || format!("base {base:x}, {passes} passes, body {body:08x?}");
+                assert_eq!(a.x, b.x, "x, {}", ctx());
+                assert_eq!(a.instret, b.instret, "instret, {}", ctx());
+                assert!(a.ram == b.ram, "RAM differs, {}", ctx());
+                a.slow
+            };
+            let (few, many) = (slow(20), slow(400));
+            assert!(
+                many == few && few < 20,
+                "base {base:x}, body {body:08x?}: {few} slow exits in 20 passes, {many} in 400"
+            );
+        }
     }
 }
 
