@@ -1219,7 +1219,8 @@ fn sys_groups_crossing_pages_at_run_time_match_the_interpreter_without_paging() 
 /// must enter the new). The group's block is the loop's only one, or
 /// is entered by a forward chained jump (past its entry's checks), or
 /// by a backward one (at its entry), or is a function in another page
-/// (a guarded chained call). Against the interpreter too.
+/// (a guarded chained call), or an inner loop entered by a chained
+/// jump (at its entry). Against the interpreter too.
 #[test]
 fn sys_groups_crossing_pages_stop_leaving() {
     let ld = |rd, b, o| itype(0x03, 3, rd, b, o);
@@ -1240,6 +1241,14 @@ fn sys_groups_crossing_pages_stop_leaving() {
         [vec![jal0(8), nop], group.clone()].concat(),
         [group.clone(), vec![jal0(8), nop]].concat(),
         vec![jal0(0x1000 - 8) | 1 << 7], // jal ra, f
+        // An inner loop of 3 passes (a looping block: no entry past its
+        // checks), entered by a forward chained jump.
+        [
+            vec![addi(28, 0, 3), jal0(4)],
+            group.clone(),
+            vec![addi(28, 28, -1), bne(28, 0, -4 * (group.len() as i32 + 1))],
+        ]
+        .concat(),
     ];
     let f = [group.clone(), vec![itype(0x67, 0, 0, 1, 0)]].concat(); // ...; ret
     let setup = |bus: &TestBus| {
