@@ -323,10 +323,10 @@ pub(super) enum SysAcc {
 /// in order, as a kernel's linear map and image are). Else the leader
 /// leaves for the interpreter, and after a few such leaves of one
 /// leader (`jit::STRADDLES`, not counting TLB misses, which the
-/// interpreter fills) its page is translated again with the group given
-/// up (`given_up`: each access checks its own bytes; see
-/// `Jit::note_straddle`), so that a hot block does not leave on every
-/// pass.
+/// interpreter fills) the blocks it leaves from are translated again
+/// with the group given up (`given_up`: each access checks its own
+/// bytes; see `Jit::note_straddle`), so that a hot block does not leave
+/// on every pass.
 ///
 /// Exact: nothing between a leader and its members can change the
 /// translation (CSR writes, fences, `sfence.vma`, traps, helpers that may
