@@ -1326,3 +1326,40 @@ fn sys_groups_crossing_from_a_code_page_rewrite_code_exactly() {
         assert!(a.ram == b.ram, "RAM differs, paging {paging}");
     }
 }
+
+/// Four harts (one interpreting) each count two words on both sides of
+/// a page edge of their own (RAM's pages: one addend), through a group
+/// of loads and stores crossing it on every pass: each word ends at the
+/// count.
+#[test]
+fn harts_count_exactly_through_groups_crossing_pages() {
+    const N: u64 = 20000;
+    let bus = Arc::new(TestBus::new());
+    // s0 = a0 + 0x1000 * (mhartid + 1) - 8; then N times: the words at
+    // s0 and s0 + 8 += 1 (t3, t4); then stop.
+    let prog = [
+        csr(2, 7, 0, 0xf14), // csrr t2, mhartid
+        addi(7, 7, 1),
+        itype(0x13, 1, 7, 7, 12),    // slli t2, t2, 12
+        rtype(0, 0, 0x33, 8, 10, 7), // add s0, a0, t2
+        addi(8, 8, -8),
+        jal0(4),
+        itype(0x03, 3, 28, 8, 0),
+        addi(28, 28, 1),
+        store(3, 28, 8, 0),
+        itype(0x03, 3, 29, 8, 8),
+        addi(29, 29, 1),
+        store(3, 29, 8, 8),
+        addi(5, 5, -1),
+        bne(5, 0, -28),
+        store(3, 0, 11, 0),
+        0x6f,
+    ];
+    bus.put_words(PROG, &prog);
+    four_harts_count(&bus, N, |_| 0, 0);
+    for h in 0..4 {
+        let edge = DATA + 0x1000 * (h + 1);
+        assert_eq!(bus.u64_at(edge - 8), N, "hart {h}, below the edge");
+        assert_eq!(bus.u64_at(edge), N, "hart {h}, above the edge");
+    }
+}
