@@ -110,6 +110,15 @@ impl Engine {
         self.jit.as_deref_mut()
     }
 
+    /// Tests: slow exits of system-mode translated code so far.
+    #[cfg(test)]
+    pub(crate) fn jit_slow_exits(&self) -> u64 {
+        #[cfg(target_arch = "x86_64")]
+        return self.jit.as_ref().map_or(0, |j| j.slow_exits);
+        #[cfg(not(target_arch = "x86_64"))]
+        0
+    }
+
     /// System mode: runs translated code from `core.pc`. `false`: the
     /// interpreter must run the next block.
     #[inline(always)]

@@ -8,10 +8,14 @@
 //! page read-only), a read-only page, a page not dirty yet, MMIO, the
 //! page holding the code (its translations dropped by stores), a user
 //! page (accessible only while sstatus.SUM is set, which some words
-//! toggle) and near nothing mapped; the data pages are mapped at virtual
+//! toggle) and near nothing mapped, or (x6, by the input) the last bytes
+//! of a writable page followed by one mapped apart in RAM or by its
+//! neighbour in RAM, writable; the data pages are mapped at virtual
 //! addresses whose TLB entries the code's do not share, so the inline
 //! TLB paths run warm: single accesses, groups of accesses through one
-//! base checked once, atomics, pages crossed. A trap stops the hart
+//! base checked once, atomics, pages crossed (by single accesses and by
+//! groups, on up to 8 passes: enough for a group that cannot reach both
+//! pages to be given up, see `jit::emit::mem::sys_groups`). A trap stops the hart
 //! (the handler records mcause, mepc and mtval in x18..x20).
 #![no_main]
 
@@ -204,7 +208,9 @@ fn run(body: &[u32], tail: &[u32], passes: i32, x: &[u64; 32], jit: bool) -> (Ha
     }
     // Sv39: RAM's own addresses a gigapage (V R W X A D); from VA: DATA
     // (V R W A D), RO (V R A), nothing, CLEAN (V R W A), the code page
-    // (V R W A D), MMIO, DATA again as a user page (V R W U A D).
+    // (V R W A D), MMIO, DATA again as a user page (V R W U A D); from
+    // VA + 0x7000: DATA, CLEAN (V R W A D: apart from DATA in RAM); from
+    // VA + 0x9000: DATA, RO (V R W A D: DATA's neighbour in RAM).
     let pte = |off: u64, flags: u64| ((RAM + off) >> 12) << 10 | flags;
     bus.put_u64(ROOT + 16, (RAM >> 12) << 10 | 0xcf);
     bus.put_u64(ROOT, pte(ROOT + 0x1000, 1));
@@ -216,6 +222,10 @@ fn run(body: &[u32], tail: &[u32], passes: i32, x: &[u64; 32], jit: bool) -> (Ha
     bus.put_u64(l0 + 32, pte(PROG, 0xc7));
     bus.put_u64(l0 + 40, (MMIO >> 12) << 10 | 0xc7);
     bus.put_u64(l0 + 48, pte(DATA, 0xd7));
+    bus.put_u64(l0 + 56, pte(DATA, 0xc7));
+    bus.put_u64(l0 + 64, pte(CLEAN, 0xc7));
+    bus.put_u64(l0 + 72, pte(DATA, 0xc7));
+    bus.put_u64(l0 + 80, pte(RO, 0xc7));
     let mut hart = Hart::new_system(HartConfig {
         hart_id: 0,
         clock: Arc::new(Clock::new(10_000_000)),
@@ -262,8 +272,10 @@ fuzz_target!(|input: &[u8]| {
     let (head, rest) = input.split_at(16);
     let mut x = [0u64; 32];
     x[5..14].copy_from_slice(&[
-        VA + 0x800,  // DATA
-        VA + 0xff0,  // DATA's end (RO next)
+        VA + 0x800, // DATA
+        // DATA's end (RO next), or the end of DATA followed by CLEAN or
+        // by RO, both writable.
+        [VA + 0xff0, VA + 0x7ff0, VA + 0x9ff0, VA + 0xff0][(head[14] & 3) as usize],
         VA + 1,      // DATA's start + 1 (nothing below)
         VA + 0x1100, // RO
         VA + 0x3080, // CLEAN
@@ -285,7 +297,7 @@ fuzz_target!(|input: &[u8]| {
         x[b as usize + 15] = [0, 0, 8, 16, 64, 0x800, -16i64 as u64, 0][(head[8 + k] & 7) as usize];
         tail.push(add(b, b, b + 15));
     }
-    let passes = 1 + (head[15] & 3) as i32;
+    let passes = 1 + (head[15] & 7) as i32;
     let mut words: Vec<u32> = rest
         .chunks_exact(4)
         .take(MAX_WORDS)

@@ -19,6 +19,9 @@ pub(super) struct Routines {
     pub(super) dispatch: usize,
     /// The same for system mode (virtual pc through the fetch TLB).
     pub(super) dispatch_sys: usize,
+    /// System mode: [`straddle`] for groups of loads only, and for
+    /// groups with a store.
+    pub(super) straddle: [usize; 2],
 }
 
 fn ctx_off(off: usize) -> i32 {
@@ -140,10 +143,95 @@ pub(super) fn write(a: &mut Asm) -> Routines {
     }
     a.mov_imm(RAX, EXIT_DISPATCH as u64);
     a.jmp_abs(epilogue);
+    let straddle = [false, true].map(|store| straddle(a, store));
     Routines {
         enter,
         epilogue,
         dispatch,
         dispatch_sys,
+        straddle,
     }
+}
+
+/// System mode, called (`call rel32`) by a group's leader whose TLB check
+/// failed (see `emit::mem::sys_groups`), with rax = the group's first
+/// byte (`base + lo`) and rcx = the page number of its last: whether the
+/// group's bytes lie in two neighbouring pages that the data TLB holds
+/// (in its entries of writes for a group with a `store`), that hold no
+/// translated code (with a store) and whose host addends are one (the
+/// guest pages follow each other in host memory too: RAM mapped in
+/// order, as a kernel's linear map and image are). Then ZF is set and rcx
+/// is that addend, with which the leader goes on as if its check had
+/// passed: every byte of the group is at its address plus the addend,
+/// and an access that crosses from one page into the other touches the
+/// same bytes as the interpreter's, byte by byte. Else ZF is clear (the
+/// leader leaves for the interpreter), and `Ctx::straddled` is the
+/// return address (in the leader's block) when both pages were in the
+/// TLB (addends apart, or code in one): a miss is not counted, the
+/// interpreter fills the TLB. Clobbers rcx, rdx and the flags; rax and
+/// the register cache stay.
+fn straddle(a: &mut Asm, store: bool) -> usize {
+    use crate::mmu::Entry;
+    let at = a.addr();
+    let tag = if store {
+        offset_of!(Entry, tag_w)
+    } else {
+        offset_of!(Entry, tag_r)
+    } as i32;
+    let code = offset_of!(Entry, code) as i32;
+    let addend = offset_of!(Entry, addend) as i32;
+    let index = ((TLB_SIZE - 1) << 6) as i32;
+    // Two pages, the second after the first (not a page of the group's
+    // own that missed, nor bytes wrapping around 2^64).
+    a.mov_rr(RDX, RAX);
+    a.shift_imm(true, SHR, RDX, 12);
+    a.alu_imm(true, ADD, RDX, 1);
+    a.alu_rr(true, CMP, RDX, RCX);
+    let mut plain = vec![a.jcc(CC_NE)];
+    // The first page's entry (rdx = 64 * its index), then the second's.
+    a.op_rr(false, &[0x89], RAX, RDX); // mov edx, eax
+    a.shift_imm(false, SHR, RDX, 6);
+    a.alu_imm(false, AND, RDX, index);
+    a.mov_rr(RCX, RAX);
+    a.shift_imm(true, SHR, RCX, 12);
+    a.op_bid(true, &[0x3b], RCX, R12, RDX, tag); // cmp rcx, [r12 + rdx + tag]
+    plain.push(a.jcc(CC_NE));
+    a.alu_imm(true, ADD, RCX, 1);
+    a.alu_imm(false, ADD, RDX, 64);
+    a.alu_imm(false, AND, RDX, index);
+    a.op_bid(true, &[0x3b], RCX, R12, RDX, tag);
+    plain.push(a.jcc(CC_NE));
+    // Both in the TLB: from here on a failure counts.
+    let mut count = Vec::new();
+    let code_free = |a: &mut Asm, count: &mut Vec<usize>| {
+        if store {
+            a.op_bid(true, &[0x8b], RCX, R12, RDX, code); // mov rcx, [code]
+            a.op_m(false, &[0x80], 7, RCX, 0); // cmp byte [rcx], 0
+            a.u8(0);
+            count.push(a.jcc(CC_NE));
+        }
+    };
+    code_free(a, &mut count);
+    a.op_bid(true, &[0x8b], RCX, R12, RDX, addend); // the second's addend
+    a.alu_imm(false, SUB, RDX, 64);
+    a.alu_imm(false, AND, RDX, index);
+    a.op_bid(true, &[0x3b], RCX, R12, RDX, addend); // the first's
+    count.push(a.jcc(CC_NE));
+    if store {
+        code_free(a, &mut count);
+        // (ZF set by the code byte's compare; mov keeps it.)
+        a.op_bid(true, &[0x8b], RCX, R12, RDX, addend);
+    }
+    a.u8(0xc3); // ret
+    for at in count {
+        a.bind(at);
+    }
+    // Ctx::straddled = the return address (ZF stays clear).
+    a.load(RCX, RSP, 0);
+    a.store(R14, ctx_off(offset_of!(Ctx, straddled)), RCX);
+    for at in plain {
+        a.bind(at);
+    }
+    a.u8(0xc3); // ret
+    at
 }

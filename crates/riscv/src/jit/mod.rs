@@ -177,6 +177,11 @@ struct Ctx {
     /// System mode: the host addends of the groups of loads and stores
     /// one TLB check covers (see `emit::mem::sys_groups`).
     groups: [usize; GROUP_SLOTS],
+    /// System mode: when a group's leader leaves because its bytes
+    /// crossed into a page it cannot reach with the first's addend (see
+    /// `dispatch::straddle`), an address in its block's code (non-zero);
+    /// `Ctx::pc` is the leader's.
+    straddled: u64,
 }
 
 #[repr(C)]
@@ -222,6 +227,12 @@ const POLL_INSNS: u64 = 12 * 1024;
 /// `emit::mem::sys_groups`) live at once in a block.
 const GROUP_SLOTS: usize = 4;
 
+/// System mode: times a group's leader may leave because its bytes
+/// crossed a page it cannot reach (see `dispatch::straddle`) before the
+/// group is given up: its blocks are translated again with its accesses
+/// checking their own bytes (see [`Jit::note_straddle`]).
+const STRADDLES: u32 = 4;
+
 /// Why [`Jit::run`] returned.
 pub(crate) enum JitExit {
     /// The interpreter must run the block at `core.pc` (a slow path, a
@@ -247,6 +258,8 @@ pub(crate) struct Jit {
     epilogue: usize,
     dispatch: usize,
     dispatch_sys: usize,
+    /// System mode: `dispatch::straddle` (loads only, with a store).
+    straddle: [usize; 2],
     table: Box<[Entry]>,
     /// Every block translated since the last flush (the table above is a
     /// direct-mapped cache of it for generated code; a block evicted from
@@ -291,6 +304,18 @@ pub(crate) struct Jit {
     dead_epochs: Vec<Box<PageCheck>>,
     /// Translating for a system-mode hart (set by the first `run_sys`).
     sys_mode: bool,
+    /// System mode: leaves of group leaders whose bytes crossed pages
+    /// (see [`Jit::note_straddle`]), by the leader's physical address,
+    /// and the leaders whose groups were given up (translated as
+    /// accesses of their own, see `emit::mem::sys_groups`).
+    straddles: HashMap<u64, u32>,
+    ungrouped: HashMap<u64, ()>,
+    /// System mode: the physical address of the block being translated
+    /// (to find its leaders in `ungrouped`).
+    block_pa: u64,
+    /// Tests: slow exits from translated code (system mode).
+    #[cfg(test)]
+    pub(crate) slow_exits: u64,
     /// User mode: where inline loads and stores are and their slow exits,
     /// for the host fault handler (see [`fault`]).
     sites: fault::Sites,
@@ -492,6 +517,7 @@ impl Jit {
             epilogue: r.epilogue,
             dispatch: r.dispatch,
             dispatch_sys: r.dispatch_sys,
+            straddle: r.straddle,
             table: vec![EMPTY; TABLE_SIZE].into_boxed_slice(),
             blocks: HashMap::default(),
             skips: HashMap::default(),
@@ -510,6 +536,11 @@ impl Jit {
             fenced: false,
             dead_epochs: Vec::new(),
             sys_mode: false,
+            straddles: HashMap::default(),
+            ungrouped: HashMap::default(),
+            block_pa: 0,
+            #[cfg(test)]
+            slow_exits: 0,
             sites: fault::Sites {
                 code: (buf as usize, buf as usize + CODE_SIZE),
                 guest: (0, 0),
@@ -598,6 +629,8 @@ impl Jit {
         self.sys_blocks.clear();
         self.sys_pages.clear();
         self.dead_epochs.clear();
+        self.straddles.clear();
+        self.ungrouped.clear();
         if self.sys_mode {
             self.sys_table.fill(NO_SLOT);
         } else {
@@ -745,6 +778,7 @@ impl Jit {
                 csr: 0,
                 recheck: 0,
                 groups: [0; GROUP_SLOTS],
+                straddled: 0,
             };
             // Host faults of inline accesses resume at their slow exits
             // while the code runs.
@@ -917,6 +951,7 @@ impl Jit {
             }
             let at = self.buf as usize + self.len;
             let f: extern "sysv64" fn(*mut Ctx, u32, u64) -> u32 = helper_sys::<B>;
+            self.block_pa = pa;
             let code = self.emit(at, &insns, pc, Some(f as usize));
             // SAFETY: `emit` keeps a block well under HEADROOM, which the
             // check above left free at `len`.
@@ -969,6 +1004,123 @@ impl Jit {
         self.decode_buf = insns;
         self.fetched = fetched;
         out
+    }
+
+    /// System mode: the group whose leader is at `pc` left because its
+    /// bytes crossed into a page the leader could not cover (see
+    /// `dispatch::straddle`), from the block whose code holds `from`:
+    /// the interpreter runs the block from the leader. Once a leader has
+    /// left so [`STRADDLES`] times, its group is given up: each block it
+    /// leaves from is translated again with the group's accesses checking
+    /// each its own bytes, in place of the old translation (see
+    /// [`Jit::replace_sys_block`]). A straddling group would otherwise
+    /// leave every time its block runs with such a base (a struct lying
+    /// across two pages mapped apart).
+    #[cold]
+    fn note_straddle<B: Bus>(
+        &mut self,
+        core: &Core,
+        mem: &mut SysMem<'_, B>,
+        pc: u64,
+        from: usize,
+    ) {
+        // (The interpreter fetches `pc` next: walking for it here changes
+        // nothing it would not.)
+        let Ok((pa, _)) = mem.translate_fetch(core, pc) else {
+            return;
+        };
+        if !self.ungrouped.contains_key(&pa) {
+            let n = self.straddles.entry(pa).or_insert(0);
+            *n += 1;
+            if *n < STRADDLES {
+                return;
+            }
+            self.straddles.remove(&pa);
+            self.ungrouped.insert(pa, ());
+        }
+        // The block: of the leader's page's, the one whose code starts
+        // last at or before `from` (a block's code is one range, out of
+        // line parts included).
+        let ppage = pa & !(crate::PAGE_SIZE - 1);
+        let Some(p) = self.sys_pages.get(&ppage) else {
+            return;
+        };
+        let block = p
+            .blocks
+            .iter()
+            .filter_map(|&k| self.sys_blocks.get(&k).map(|&code| (code, k)))
+            .filter(|&(code, _)| code <= from)
+            .max();
+        if let Some((old, (vpc, ppc))) = block {
+            self.replace_sys_block::<B>(old, vpc, ppc);
+        }
+    }
+
+    /// System mode: translates the block at (`vpc`, `ppc`), whose code is
+    /// at `old`, again (from the bytes its page's copy holds: those it
+    /// was made from; now with the groups of `ungrouped` given up), and
+    /// sends whatever enters the old code to the new: its entry and the
+    /// entry past its checks (see `Frame::static_exit`) become jumps to
+    /// the new code's (chained jumps from its page's blocks and guarded
+    /// ones from others land there), the tables point at the new code.
+    /// The old code is not run again: nothing else jumps into it (the
+    /// return-address stack is empty in Rust), and it stays in the buffer
+    /// until the next flush.
+    fn replace_sys_block<B: Bus>(&mut self, old: usize, vpc: u64, ppc: u64) {
+        let ppage = ppc & !(crate::PAGE_SIZE - 1);
+        let Some(p) = self.sys_pages.get(&ppage) else {
+            return;
+        };
+        let mut insns = std::mem::take(&mut self.decode_buf);
+        let page = vpc & !(crate::PAGE_SIZE - 1);
+        let copy = &p.check.copy;
+        let crosses = decode_block(vpc, &mut insns, |a| {
+            let o = (a - page) as usize;
+            u16::from_le_bytes([copy[o], copy[o + 1]])
+        });
+        let room =
+            self.len + HEADROOM <= CODE_SIZE && self.helpers.len() + insns.len() <= MAX_HELPERS;
+        if !crosses && room {
+            let old_skip = self.skips.get(&old).copied();
+            let at = self.buf as usize + self.len;
+            let f: extern "sysv64" fn(*mut Ctx, u32, u64) -> u32 = helper_sys::<B>;
+            self.block_pa = ppc;
+            let code = self.emit(at, &insns, vpc, Some(f as usize));
+            // SAFETY: `emit` keeps a block well under HEADROOM, which the
+            // check above left free at `len`.
+            unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), at as *mut u8, code.len()) };
+            self.len = (self.len + code.len() + 15) & !15;
+            self.prefault.filled(self.len);
+            self.reuse_code(code);
+            self.sys_blocks.insert((vpc, ppc), at);
+            let skip = self.last_skip;
+            if skip != 0 {
+                self.skips.insert(at, skip);
+            }
+            let jmp = |from: usize, to: usize| {
+                let rel = (to as i64 - (from as i64 + 5)) as i32;
+                let mut b = [0xe9, 0, 0, 0, 0];
+                b[1..].copy_from_slice(&rel.to_le_bytes());
+                // SAFETY: `from` is the start of the old code or its entry
+                // past the checks (at least 5 bytes after it, see
+                // `emit_try`), with at least 5 bytes of code there, in this
+                // buffer; no generated code is running.
+                unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), from as *mut u8, 5) };
+            };
+            jmp(old, at);
+            if let Some(s) = old_skip {
+                // A forward chained exit skips the new code's checks too
+                // (or, without them, enters it).
+                jmp(old + s as usize, at + skip as usize);
+            }
+            let set = Self::sys_slot(vpc, ppc);
+            for s in &mut self.sys_table[set..set + 2] {
+                if s.vpc == vpc && s.ppc == ppc {
+                    s.code = at;
+                }
+            }
+        }
+        self.decode_buf = insns;
     }
 
     /// Patches the guarded chained exit at `site` (see [`SysSite`]) to
@@ -1084,6 +1236,7 @@ impl Jit {
                 csr: csr_sys::<B> as extern "sysv64" fn(*mut Ctx, u32, u64) -> u32 as usize,
                 recheck: recheck_page as extern "sysv64" fn(*const PageCheck, u64) -> u32 as usize,
                 groups: [0; GROUP_SLOTS],
+                straddled: 0,
             };
             // SAFETY: `code` is the entry of a block translated into this
             // hart's buffer for the current code generation, and the
@@ -1101,6 +1254,13 @@ impl Jit {
                 self.fenced = true;
             }
             let pc = ctx.pc;
+            #[cfg(test)]
+            if r == EXIT_SLOW {
+                self.slow_exits += 1;
+            }
+            if ctx.straddled != 0 {
+                self.note_straddle(core, mem, pc, ctx.straddled as usize);
+            }
             if r == EXIT_CHAIN_SYS {
                 core.instret = core.instret.wrapping_add(ctx.icount);
                 core.pc = pc;

@@ -193,6 +193,12 @@ impl Asm {
         let rel = target as i64 - (self.addr() as i64 + 4);
         self.u32(rel as i32 as u32);
     }
+    /// `call rel32` to `target` (a routine at the buffer's start).
+    pub(super) fn call_abs(&mut self, target: usize) {
+        self.u8(0xe8);
+        let rel = target as i64 - (self.addr() as i64 + 4);
+        self.u32(rel as i32 as u32);
+    }
     /// `jmp rel32` with a placeholder; returns the offset of the rel32.
     pub(super) fn jmp_fwd(&mut self) -> usize {
         self.u8(0xe9);

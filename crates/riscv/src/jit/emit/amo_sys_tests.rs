@@ -192,6 +192,8 @@ struct Run {
     x: [u64; 32],
     instret: u64,
     ram: Vec<u8>,
+    /// Translated code's slow exits (leaves for the interpreter).
+    slow: u64,
 }
 
 /// Runs `body` twice (x29 counts the passes) after a warm-up that fills
@@ -298,6 +300,7 @@ fn run_passes_setup(
         x: std::array::from_fn(|r| hart.x[r]),
         instret: hart.instret(),
         ram: bus.bytes(),
+        slow: hart.engine.jit_slow_exits(),
     }
 }
 
@@ -1082,5 +1085,281 @@ fn sys_translated_loops_poll_for_the_timer_interrupt() {
             hart.x[6]
         );
         assert!(hart.x[6] > 1000, "the loop ran translated a while first");
+    }
+}
+
+// ---- groups whose bytes cross a page at run time ----
+
+/// Sv39 pairs of pages for groups that cross from one into the next
+/// (see `dispatch::straddle`), from VA `PAIRS`, 0x2000 apart: DATA then
+/// RO, both writable (neighbours in RAM: one host addend); CLEAN (dirty)
+/// then DATA (apart in RAM); DATA then RO read-only; the page holding
+/// the code then the free page after it (neighbours, code in the
+/// first); DATA then MMIO; DATA then nothing.
+const PAIRS: u64 = 0x12000;
+
+fn map_pairs(bus: &TestBus) {
+    let pte = |off: u64, flags: u64| ((RAM + off) >> 12) << 10 | flags;
+    let l0 = ROOT + 0x2000;
+    let e = |va: u64| l0 + 8 * (va >> 12);
+    let pairs = [
+        (pte(DATA, 0xc7), pte(RO, 0xc7)),
+        (pte(CLEAN, 0xc7), pte(DATA, 0xc7)),
+        (pte(DATA, 0xc7), pte(RO, 0x43)),
+        (pte(PROG, 0xc7), pte(PROG + 0x1000, 0xc7)),
+        (pte(DATA, 0xc7), (MMIO >> 12) << 10 | 0xc7),
+        (pte(DATA, 0xc7), 0),
+    ];
+    for (k, (a, b)) in pairs.into_iter().enumerate() {
+        let va = PAIRS + 0x2000 * k as u64;
+        bus.put_u64(e(va), a);
+        bus.put_u64(e(va + 0x1000), b);
+    }
+}
+
+/// Random groups of loads and stores whose bytes cross a page edge on
+/// some passes and not on others (the bases step across it), through
+/// the pairs of `map_pairs` with paging, and across RAM's pages (the
+/// code page and the next one among them), below RAM and past its end
+/// without: many passes, so that leaders that cannot cover their bytes
+/// give their groups up mid-run and the rest go on through both pages,
+/// against the interpreter.
+fn differential_straddles(paging: bool, seed: u64, rounds: usize) {
+    // x5..x10: 8 to 24 bytes below a page edge.
+    let edges: [u64; 6] = if paging {
+        std::array::from_fn(|k| PAIRS + 0x2000 * k as u64 + 0x1000)
+    } else {
+        [
+            RAM + DATA + 0x1000,
+            RAM + RO + 0x1000,
+            RAM + PROG + 0x1000,
+            RAM,
+            RAM + RAM_LEN as u64,
+            RAM + CLEAN + 0x1000,
+        ]
+    };
+    let mut x = [0u64; 32];
+    let mut rng = seed;
+    for round in 0..rounds {
+        for (k, &e) in edges.iter().enumerate() {
+            x[5 + k] = e - 8 - 8 * (next(&mut rng) % 3);
+        }
+        let n = 2 + (next(&mut rng) % 8) as usize;
+        let mut prog = Vec::new();
+        let two = [
+            5 + (next(&mut rng) % 6) as u32,
+            5 + (next(&mut rng) % 6) as u32,
+        ];
+        for _ in 0..n {
+            let base = two[(next(&mut rng) % 2) as usize];
+            let off = (next(&mut rng) % 40) as i32 - 8;
+            match next(&mut rng) % 10 {
+                0..=4 => {
+                    let rd = [0, 14, 15, 16, 17][(next(&mut rng) % 5) as usize];
+                    let f3 = [0, 1, 2, 3, 4, 5, 6][(next(&mut rng) % 7) as usize];
+                    // Mostly aligned (accesses that cross a page on
+                    // their own always leave).
+                    let off = if next(&mut rng).is_multiple_of(4) {
+                        off
+                    } else {
+                        off & !((1 << (f3 & 3)) - 1)
+                    };
+                    prog.push(itype(0x03, f3, rd, base, off));
+                }
+                5..=8 => {
+                    let rs2 = [0, 14, 15, 16, 17][(next(&mut rng) % 5) as usize];
+                    let f3 = (next(&mut rng) % 4) as u32;
+                    let off = if next(&mut rng).is_multiple_of(4) {
+                        off
+                    } else {
+                        off & !((1 << f3) - 1)
+                    };
+                    prog.push(store(f3, rs2, base, off));
+                }
+                _ => prog.push(rtype(0, 0, 0x33, 14, 15, 16)), // add x14, x15, x16
+            }
+        }
+        for v in &mut x[14..18] {
+            *v = next(&mut rng);
+        }
+        // Each pass steps the two bases by x20, x21 (0, 4, 8 or -8):
+        // bytes in one page, then across, or the other way.
+        let mut tail = Vec::new();
+        for (k, &b) in two.iter().enumerate() {
+            x[20 + k] = [0, 4, 8, (-8i64) as u64][(next(&mut rng) % 4) as usize];
+            tail.push(rtype(0, 0, 0x33, b, b, 20 + k as u32)); // add b, b, x(20+k)
+        }
+        let passes = 16;
+        let warm: &[(u32, bool)] = &[];
+        let run =
+            |jit| run_passes_setup(paging, warm, &[], &prog, &tail, passes, &x, jit, &map_pairs);
+        let (a, b) = (run(true), run(false));
+        let ctx = || format!("paging {paging}, round {round}: program {prog:08x?}, x {x:x?}");
+        assert_eq!(a.x, b.x, "x, {}", ctx());
+        assert_eq!(a.instret, b.instret, "instret, {}", ctx());
+        assert!(a.ram == b.ram, "RAM differs, {}", ctx());
+    }
+}
+
+#[test]
+fn sys_groups_crossing_pages_at_run_time_match_the_interpreter_with_paging() {
+    differential_straddles(true, 0x5712_ad1e_0000_0001, 600);
+}
+
+#[test]
+fn sys_groups_crossing_pages_at_run_time_match_the_interpreter_without_paging() {
+    differential_straddles(false, 0x5712_ad1e_0000_0002, 600);
+}
+
+/// A hot block whose group crosses a page edge on every pass leaves
+/// for the interpreter a bounded number of times, not once per pass:
+/// into a neighbouring page one addend covers (with paging and
+/// without), and into a page mapped apart (its group given up after a
+/// few leaves, its block translated again: what entered the old code
+/// must enter the new). The group's block is the loop's only one, or
+/// is entered by a forward chained jump (past its entry's checks), or
+/// by a backward one (at its entry), or is a function in another page
+/// (a guarded chained call), or an inner loop entered by a chained
+/// jump (at its entry). Against the interpreter too.
+#[test]
+fn sys_groups_crossing_pages_stop_leaving() {
+    let ld = |rd, b, o| itype(0x03, 3, rd, b, o);
+    let sd = |rs2, b, o| store(3, rs2, b, o);
+    let group = vec![
+        ld(14, 5, 0),
+        ld(15, 5, 8),
+        sd(14, 5, 16),
+        ld(16, 5, -8),
+        sd(15, 5, 0),
+        rtype(0, 0, 0x33, 17, 17, 16), // add x17, x17, x16
+    ];
+    let nop = addi(0, 0, 0);
+    // (body[0] runs at PROG + 8, after the warm-up's jump and the
+    // count's addi; the function at PROG + 0x1000, the next page.)
+    let bodies: Vec<Vec<u32>> = vec![
+        group.clone(),
+        [vec![jal0(8), nop], group.clone()].concat(),
+        [group.clone(), vec![jal0(8), nop]].concat(),
+        vec![jal0(0x1000 - 8) | 1 << 7], // jal ra, f
+        // An inner loop of 3 passes (a looping block: no entry past its
+        // checks), entered by a forward chained jump.
+        [
+            vec![addi(28, 0, 3), jal0(4)],
+            group.clone(),
+            vec![addi(28, 28, -1), bne(28, 0, -4 * (group.len() as i32 + 1))],
+        ]
+        .concat(),
+    ];
+    let f = [group.clone(), vec![itype(0x67, 0, 0, 1, 0)]].concat(); // ...; ret
+    let setup = |bus: &TestBus| {
+        map_pairs(bus);
+        bus.put_words(PROG + 0x1000, &f);
+    };
+    let cases = [
+        (true, PAIRS + 0x1000 - 8),          // DATA | RO (writable)
+        (true, PAIRS + 0x2000 + 0x1000 - 8), // CLEAN | DATA: apart
+        (false, RAM + DATA + 0x1000 - 8),    // RAM: one addend
+    ];
+    for body in &bodies {
+        for (paging, base) in cases {
+            let mut x = [0u64; 32];
+            x[5] = base;
+            let slow = |passes| {
+                let run =
+                    |jit| run_passes_setup(paging, &[], &[], body, &[], passes, &x, jit, &setup);
+                let (a, b) = (run(true), run(false));
+                let ctx = || format!("base {base:x}, {passes} passes, body {body:08x?}");
+                assert_eq!(a.x, b.x, "x, {}", ctx());
+                assert_eq!(a.instret, b.instret, "instret, {}", ctx());
+                assert!(a.ram == b.ram, "RAM differs, {}", ctx());
+                a.slow
+            };
+            let (few, many) = (slow(20), slow(400));
+            assert!(
+                many == few && few < 20,
+                "base {base:x}, body {body:08x?}: {few} slow exits in 20 passes, {many} in 400"
+            );
+        }
+    }
+}
+
+/// A group crossing from the page holding code into the next one
+/// rewrites, on every pass, an instruction of a function at the end of
+/// that page, which the pass then calls: translated code must see each
+/// new instruction, as the interpreter does (the group's store must
+/// leave, dropping the page's translations, never go through the
+/// addend that covers both pages).
+#[test]
+fn sys_groups_crossing_from_a_code_page_rewrite_code_exactly() {
+    let f = RAM + PROG + 0xff8;
+    // body[0] runs at PROG + 8 (after the warm-up's jump and the
+    // count's addi); the call is body[4].
+    let call: i32 = 0xff8 - 8 - 4 * 4;
+    let jal_ra = jal0(call) | 1 << 7;
+    let body = vec![
+        store(2, 14, 5, 0),            // sw x14, 0(x5): f's first instruction
+        store(3, 15, 5, 8),            // sd x15, 8(x5): the next page
+        itype(0x03, 2, 16, 5, 4),      // lw x16, 4(x5)
+        rtype(0, 0, 0x33, 14, 14, 23), // add x14, x14, x23: its immediate + 1
+        jal_ra,
+    ];
+    let setup = |bus: &TestBus| {
+        // f: addi x22, x22, 1; jalr x0, 0(x1)
+        bus.put_words(PROG + 0xff8, &[addi(22, 22, 1), itype(0x67, 0, 0, 1, 0)]);
+    };
+    for paging in [false, true] {
+        let mut x = [0u64; 32];
+        // With paging, the code page's own VA (RAM's gigapage).
+        x[5] = f;
+        x[14] = addi(22, 22, 2) as u64;
+        x[15] = 0x1122_3344_5566_7788;
+        x[23] = 1 << 20;
+        let run = |jit| run_passes_setup(paging, &[], &[], &body, &[], 40, &x, jit, &setup);
+        let (a, b) = (run(true), run(false));
+        assert_eq!(
+            b.x[22],
+            (2..42).sum::<u64>(),
+            "the interpreter ran each new addi"
+        );
+        assert_eq!(a.x, b.x, "x, paging {paging}");
+        assert_eq!(a.instret, b.instret, "instret, paging {paging}");
+        assert!(a.ram == b.ram, "RAM differs, paging {paging}");
+    }
+}
+
+/// Four harts (one interpreting) each count two words on both sides of
+/// a page edge of their own (RAM's pages: one addend), through a group
+/// of loads and stores crossing it on every pass: each word ends at the
+/// count.
+#[test]
+fn harts_count_exactly_through_groups_crossing_pages() {
+    const N: u64 = 20000;
+    let bus = Arc::new(TestBus::new());
+    // s0 = a0 + 0x1000 * (mhartid + 1) - 8; then N times: the words at
+    // s0 and s0 + 8 += 1 (t3, t4); then stop.
+    let prog = [
+        csr(2, 7, 0, 0xf14), // csrr t2, mhartid
+        addi(7, 7, 1),
+        itype(0x13, 1, 7, 7, 12),    // slli t2, t2, 12
+        rtype(0, 0, 0x33, 8, 10, 7), // add s0, a0, t2
+        addi(8, 8, -8),
+        jal0(4),
+        itype(0x03, 3, 28, 8, 0),
+        addi(28, 28, 1),
+        store(3, 28, 8, 0),
+        itype(0x03, 3, 29, 8, 8),
+        addi(29, 29, 1),
+        store(3, 29, 8, 8),
+        addi(5, 5, -1),
+        bne(5, 0, -28),
+        store(3, 0, 11, 0),
+        0x6f,
+    ];
+    bus.put_words(PROG, &prog);
+    four_harts_count(&bus, N, |_| 0, 0);
+    for h in 0..4 {
+        let edge = DATA + 0x1000 * (h + 1);
+        assert_eq!(bus.u64_at(edge - 8), N, "hart {h}, below the edge");
+        assert_eq!(bus.u64_at(edge), N, "hart {h}, above the edge");
     }
 }

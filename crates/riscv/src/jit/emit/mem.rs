@@ -1,7 +1,8 @@
 //! Loads and stores of RV64I and, in user mode (where FP is always on),
 //! of F and D, inline. System mode walks the data TLB; a miss, a store
 //! into a page holding code or an access crossing a page leaves for the
-//! interpreter.
+//! interpreter (but for groups of accesses whose bytes cross into a
+//! neighbouring page: see [`sys_groups`]).
 //!
 //! User mode checks only that the base register is below the address
 //! space's size: the host protection of guest memory mirrors the guest's
@@ -100,7 +101,12 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
         };
         // cmp rcx, [r12 + rdx + tag]
         a.op_bid(true, &[0x3b], RCX, R12, RDX, tag as i32);
-        f.slow.push((a.jcc(CC_NE), k, a.cache.dirty_map()));
+        // A leader's miss goes out of line first: its group's bytes may
+        // lie in two pages that one addend still covers (see `emit_try`).
+        let miss = a.jcc(CC_NE);
+        if !matches!(acc, SysAcc::Lead { .. }) {
+            f.slow.push((miss, k, a.cache.dirty_map()));
+        }
         if store_tag {
             // Stores into pages holding translated code take the
             // slow path (it drops the stale translations).
@@ -118,6 +124,8 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn) -> bool {
             // The group's members add the addend to their base register
             // themselves: mov rcx, [addend]; mov [r14 + slot], rcx.
             a.op_bid(true, &[0x8b], RCX, R12, RDX, addend);
+            f.leads
+                .push((miss, k, a.cache.dirty_map(), a.b.len(), store_tag));
             a.op_m(true, &[0x89], RCX, R14, group_slot(slot));
             a.alu_rr(true, ADD, RAX, RCX);
         } else {
@@ -290,7 +298,8 @@ pub(super) enum SysAcc {
     /// Looks up the bytes `lo..=hi` from its base register, those of
     /// its whole group (a store among them: in the TLB of writes, and the
     /// page must hold no translated code), and leaves the page's host
-    /// addend in group slot `slot` of [`Ctx`].
+    /// addend in group slot `slot` of [`Ctx`] (or, bytes across two
+    /// pages, the addend both share, see [`sys_groups`]).
     Lead {
         slot: u8,
         lo: i32,
@@ -304,8 +313,20 @@ pub(super) enum SysAcc {
 /// System mode: groups of a block's loads and stores through one base
 /// register, unchanged between them, whose TLB check the first (the
 /// leader) does once for the bytes of all, as long as they lie in one
-/// page. The rest (members) then cost an add; a group whose bytes cross
-/// a page leaves at its leader, as an access that crosses one does.
+/// page. The rest (members) then cost an add.
+///
+/// A group whose bytes cross a page at run time (a struct lying across
+/// two pages, a buffer walked from one into the next) fails that check;
+/// the leader then calls `dispatch::straddle` out of line, which lets it
+/// go on when the two pages are in the TLB, hold no code (with a store)
+/// and share one host addend (neighbours in host memory too: RAM mapped
+/// in order, as a kernel's linear map and image are). Else the leader
+/// leaves for the interpreter, and after a few such leaves of one
+/// leader (`jit::STRADDLES`, not counting TLB misses, which the
+/// interpreter fills) the blocks it leaves from are translated again
+/// with the group given up (`given_up`: each access checks its own
+/// bytes; see `Jit::note_straddle`), so that a hot block does not leave
+/// on every pass.
 ///
 /// Exact: nothing between a leader and its members can change the
 /// translation (CSR writes, fences, `sfence.vma`, traps, helpers that may
@@ -318,8 +339,17 @@ pub(super) enum SysAcc {
 /// `fence.i`, which rechecks the code); a page whose entry allows writes
 /// allows reads (the walk grants writes only with reads). Past a leader
 /// nothing refills the TLB, but even a refill would not change what the
-/// addend maps.
-pub(super) fn sys_groups(insns: &[Insn]) -> Vec<SysAcc> {
+/// addend maps. Across two pages: the group spans at most two (under
+/// 4 KiB of bytes); each of its bytes is in one of them, at its address
+/// plus the addend both entries hold (every byte of either page is); a
+/// member crossing from one into the other touches the bytes the
+/// interpreter does one by one (which no fault interrupts: both pages
+/// are there, for the group's kind of access); neither page holds code.
+/// Giving a group up changes only how its accesses are checked.
+///
+/// `given_up(leader)`: the leader's group is given up, its accesses
+/// check their own bytes.
+pub(super) fn sys_groups(insns: &[Insn], given_up: &dyn Fn(&Insn) -> bool) -> Vec<SysAcc> {
     use Kind::*;
     let keeps = |i: &Insn| {
         mem_shape(i.kind).is_some()
@@ -451,7 +481,7 @@ pub(super) fn sys_groups(insns: &[Insn]) -> Vec<SysAcc> {
     let mut slot_of = [u8::MAX; MAX];
     let mut busy_until = [None::<u8>; GROUP_SLOTS];
     for (g, grp) in groups[..ng].iter().enumerate() {
-        if grp.last == grp.lead {
+        if grp.last == grp.lead || given_up(&insns[grp.lead as usize]) {
             continue;
         }
         if let Some(s) = busy_until

@@ -48,6 +48,13 @@ struct Frame {
     plan: Vec<mem::Plan>,
     /// System mode: likewise (see [`mem::sys_groups`]).
     sysacc: Vec<mem::SysAcc>,
+    /// System mode: `dispatch::straddle` (loads only, with a store).
+    straddle: [usize; 2],
+    /// System mode: group leaders' failed TLB checks: (rel32 offset,
+    /// index of the leader, dirty registers there, code offset where the
+    /// leader goes on with the addend in rcx, the group has a store),
+    /// each to an out-of-line call of `straddle`.
+    leads: Vec<(usize, usize, CacheMap, usize, bool)>,
     /// Instructions in the block.
     len: usize,
     /// User mode, a block that jumps back to its start.
@@ -1647,10 +1654,15 @@ impl Jit {
                 Vec::new()
             },
             sysacc: if sys.is_some() {
-                mem::sys_groups(insns)
+                let (pa, given_up) = (self.block_pa, &self.ungrouped);
+                mem::sys_groups(insns, &|i: &Insn| {
+                    !given_up.is_empty() && given_up.contains_key(&pa.wrapping_add(i.off as u64))
+                })
             } else {
                 Vec::new()
             },
+            straddle: self.straddle,
+            leads: Vec::new(),
             len: insns.len(),
             looping,
             taken: Vec::new(),
@@ -2183,6 +2195,14 @@ impl Jit {
         debug_assert!(f.forward.is_empty(), "every forward target is emitted");
         if !f.broken.is_empty() {
             return Err(f.broken);
+        }
+        // Group leaders whose check failed: bytes in two pages that one
+        // addend reaches go on, others leave (see `dispatch::straddle`).
+        for &(at, k, dirty, rejoin, store) in &f.leads {
+            a.bind(at);
+            a.call_abs(f.straddle[store as usize]);
+            f.slow.push((a.jcc(CC_NE), k, dirty));
+            a.jmp_abs(a.base + rejoin);
         }
         // Slow exits share a stub per instruction and dirty set; host
         // faults of inline accesses resume at the same stubs.

@@ -2274,7 +2274,7 @@ fn system_mode_groups_accesses_through_one_unchanged_base() {
         ld(12, 10, 8),
         ld(13, 10, 16),
     ]);
-    let g = sys_groups(&insns);
+    let g = sys_groups(&insns, &|_| false);
     assert_eq!(
         g,
         [
@@ -2307,14 +2307,14 @@ fn system_mode_groups_accesses_through_one_unchanged_base() {
         ]
     );
     // Bytes that cannot lie in one page: apart.
-    let far = sys_groups(&decoded(vec![ld(1, 2, -2048), ld(8, 2, 2047)]));
+    let far = sys_groups(&decoded(vec![ld(1, 2, -2048), ld(8, 2, 2047)]), &|_| false);
     assert_eq!(far, [Own, Own]);
     // Five bases at once: four slots, the fifth group stays apart.
     let mut w = Vec::new();
     for b in [5, 6, 7, 8, 9, 5, 6, 7, 8, 9] {
         w.push(ld(10, b, 0));
     }
-    let five = sys_groups(&decoded(w));
+    let five = sys_groups(&decoded(w), &|_| false);
     assert_eq!(five.iter().filter(|a| matches!(a, Lead { .. })).count(), 4);
     assert_eq!(five[4], Own);
     assert_eq!(five[9], Own);
@@ -2563,7 +2563,7 @@ fn system_mode_groups_see_fused_pairs_as_writes_of_the_base() {
         store,
     };
     assert_eq!(
-        sys_groups(&insns),
+        sys_groups(&insns, &|_| false),
         [
             lead(0, 15, false),
             Member(0),
