@@ -35,14 +35,7 @@ pub(super) fn write(a: &mut Asm) -> Routines {
     a.load(RBX, R14, ctx_off(offset_of!(Ctx, xregs)));
     a.load(R12, R14, ctx_off(offset_of!(Ctx, membase)));
     a.load(R15, R14, ctx_off(offset_of!(Ctx, attn)));
-    // The return-address stack grows down from here (see `RAS_DEPTH`),
-    // above its bottom a sentinel entry whose return address (odd) no
-    // return matches, so that a return needs no check for emptiness
-    // before comparing.
-    a.u8(0x6a); // push imm8 1
-    a.u8(1);
-    a.u8(0x6a); // push imm8 0
-    a.u8(0);
+    // The return-address stack grows down from here (see `RAS_DEPTH`).
     a.store(R14, ctx_off(offset_of!(Ctx, ras_base)), RSP);
     a.op_m(true, &[0x8d], RAX, RSP, -16 * RAS_DEPTH as i32); // lea rax, [rsp - 16 * depth]
     a.store(R14, ctx_off(offset_of!(Ctx, ras_limit)), RAX);
@@ -54,7 +47,7 @@ pub(super) fn write(a: &mut Asm) -> Routines {
     a.store(R14, ctx_off(offset_of!(Ctx, icount)), RBP);
     // Drops what the return-address stack holds.
     a.load(RSP, R14, ctx_off(offset_of!(Ctx, ras_base)));
-    a.alu_imm(true, ADD, RSP, 16 + 8);
+    a.alu_imm(true, ADD, RSP, 8);
     a.b.extend_from_slice(&[
         0x41, 0x5f, 0x41, 0x5e, 0x41, 0x5d, 0x41, 0x5c, 0x5d, 0x5b, 0xc3,
     ]);

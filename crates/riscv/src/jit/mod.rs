@@ -193,16 +193,14 @@ const EMPTY: Entry = Entry {
 
 /// Entries of the return-address stack, as CPUs predict
 /// returns. A call (`jal`/`jalr` writing x1 or x5) pushes onto the host
-/// stack, below the frame of `enter`, its return address and then, by
-/// the host `call` that leaves the calling block, the address of the
-/// landing right after that `call`, a chained exit to the return address
+/// stack, below the frame of `enter`, the address of a chained exit to
+/// its return address in the calling block and then the return address
 /// (16 bytes, so helper calls still find the stack aligned); a return
-/// (`jalr x0` through x1 or x5) compares the top entry's address and,
-/// when it matches, `ret`s to the landing (which the host's own return
-/// predictor predicts) instead of looking its target up in the shared
-/// table (whose entries are often not in the cache). A mismatch pops the
-/// entry and costs the lookup. A sentinel entry that no return matches
-/// sits at the bottom (see `dispatch::write`). On the host stack, pushes and pops carry no
+/// (`jalr x0` through x1 or x5) pops the top entry and, when the address
+/// matches, jumps straight to that exit instead of looking its target up
+/// in the shared table (whose single indirect jump the host predicts
+/// badly, and whose entries are often not in the cache). A mismatch only
+/// costs the lookup. On the host stack, pushes and pops carry no
 /// dependency through memory (the stack engine tracks rsp), where an
 /// index kept in memory chained every call to the previous one. A push
 /// onto a full stack first empties it (deeper call chains lose their

@@ -57,6 +57,10 @@ struct Frame {
     /// (And the cache's dirty registers there, which the exit writes
     /// back.)
     taken: Vec<(usize, usize, u64, CacheMap)>,
+    /// Calls: (offset of the `lea`'s disp32 that points at
+    /// the return landing, return address), each landing an out-of-line
+    /// chained exit to the return address (see [`super::RAS_DEPTH`]).
+    landings: Vec<(usize, u64)>,
     /// Jumps to the out-of-line slow exits: (rel32 offset, index of the
     /// instruction to resume at, dirty registers to write back).
     slow: Vec<(usize, usize, CacheMap)>,
@@ -122,16 +126,19 @@ impl Frame {
             a.chain_exit(self.epilogue, target, fwd);
         }
     }
-    /// A call: pushes `ret` (the return address) on the return-address
-    /// stack (see [`super::RAS_DEPTH`]), first emptying it when full; the
-    /// host `call` that leaves the block (see [`Frame::call_to`],
-    /// [`Frame::call_indirect`]) pushes the landing's address on top,
-    /// completing the 16-byte entry. Clobbers rax only.
+    /// A call: pushes `ret` (the return address) and its
+    /// landing (see [`super::RAS_DEPTH`]) on the return-address stack,
+    /// first emptying it when full. Clobbers rax only.
     fn ras_push(&mut self, a: &mut Asm, ret: u64) {
         a.op_m(true, &[0x3b], RSP, R14, ctx_off(offset_of!(Ctx, ras_limit))); // cmp rsp, [limit]
         let room = a.jcc(CC_A);
         a.load(RSP, R14, ctx_off(offset_of!(Ctx, ras_base)));
         a.bind(room);
+        // lea rax, [rip + landing]; push rax
+        a.b.extend_from_slice(&[0x48, 0x8d, 0x05]);
+        a.u32(0);
+        self.landings.push((a.b.len() - 4, ret));
+        a.u8(0x50);
         if ret as i64 == ret as i32 as i64 {
             a.u8(0x68); // push imm32 (sign-extended)
             a.u32(ret as u32);
@@ -140,88 +147,28 @@ impl Frame {
             a.u8(0x50); // push rax
         }
     }
-    /// The landing of a call to return to `ret`: the code right after
-    /// the host `call`, which a predicted return's `ret` reaches (so the
-    /// host's return predictor predicts it). Everything was written back
-    /// and counted at the call and the return; it drops the entry's
-    /// guest return address and enters `ret`'s block through its checks
-    /// (as if from a block after it: a return can go back to a lower
-    /// address, and a chain of predicted returns could otherwise loop
-    /// without one). System mode: always behind the guard of a chained
-    /// exit to another page (fetch TLB, physical page, fence epoch), even
-    /// to this block's page: the return may run in another address space
-    /// than the call (after a context switch, say), where the same
-    /// address maps other code.
-    fn landing(&self, a: &mut Asm, ret: u64) {
-        a.u8(0x59); // pop rcx
-        if self.sys.is_some() {
-            a.sys_chain_exit(self.epilogue, self.dispatch_sys, ret);
-        } else {
-            self.static_exit_from(a, ret, u64::MAX);
-        }
-    }
-    /// A call's jump from the instruction at index `k` to `target`, after
-    /// [`Frame::ras_push`] of `ret`: a host `call`, followed by the
-    /// landing. A chained exit (the common case) is itself the `call
-    /// rel32`, patched as a `jmp rel32` chain site is (the unpatched one
-    /// goes to its stub behind the landing). Anything else (a jump inside
-    /// the block, system mode's guarded exit to another page) is reached
-    /// by a `call` over the landing. `internal`: a jump inside the block
-    /// is allowed (`jal`).
-    fn call_to(&mut self, a: &mut Asm, k: usize, target: u64, ret: u64, internal: bool) {
-        let inside = if internal && !self.is_back_edge(target) {
-            self.internal(target)
-        } else {
-            None
-        };
-        let cross = self.sys.is_some() && target >> 12 != self.pc >> 12;
-        if inside.is_none() && !self.is_back_edge(target) && !cross {
-            a.flush_dirty(a.cache.dirty_map());
-            a.add_icount(k as u32 + 1);
-            let site = a.addr();
-            let stub = a.call_fwd();
-            self.landing(a, ret);
-            a.bind(stub);
-            a.chain_stub(self.epilogue, site, target, target > self.pc);
-        } else {
-            let over = a.call_fwd();
-            self.landing(a, ret);
-            a.bind(over);
-            match inside {
-                Some(j) => self.jump_internal(a, k, j),
-                None => self.exit_to(a, target, k as u32 + 1),
-            }
-        }
-    }
-    /// An indirect call (after [`Frame::ras_push`] of `ret`; rax the
-    /// target, stored in `Ctx::pc`, everything written back and
-    /// counted): a host `call` of the dispatch, followed by the landing.
-    fn call_indirect(&mut self, a: &mut Asm, ret: u64) {
-        a.u8(0xe8); // call rel32
-        let to = if self.sys.is_some() {
-            self.dispatch_sys
-        } else {
-            self.dispatch
-        };
-        let rel = to as i64 - (a.addr() as i64 + 4);
-        a.u32(rel as i32 as u32);
-        self.landing(a, ret);
-    }
-    /// A return to rax (everything written back and counted): when the
-    /// top entry of the return-address stack holds rax, a host `ret` to
-    /// its landing (which the host's return predictor predicts, as it
-    /// saw the `call`); otherwise the entry is dropped and `Ctx::pc` set
-    /// for the dispatch the caller emits next. Clobbers nothing else.
+    /// A return to rax (stored in `Ctx::pc`, everything
+    /// written back and counted): pops the return-address stack and
+    /// jumps to the landing when its address is rax's; otherwise goes
+    /// on (to the dispatch the caller emits next). Clobbers rcx and rdx.
+    /// (Measured: a host `call` at the push and a `ret` here, for the
+    /// host's own return predictor, made the shell loop slower; tried
+    /// again with a `call rel32` as the chain site and the landing right
+    /// behind it, it gained nothing on gzip, the shell loop or the boot
+    /// (within 2%, noise) on an AMD Zen 4 host, whose indirect predictor
+    /// already predicts these `jmp rdx` from the branch history; only a
+    /// callee returning to many call sites chosen at random got faster,
+    /// 8-14%. That version is in the history, in the commit that added
+    /// `jit_internal_and_indirect_calls_match_interpreter`.)
     fn ras_pop(&mut self, a: &mut Asm) {
-        // The stack's bottom entry, a sentinel, never matches.
-        a.op_m(true, &[0x3b], RAX, RSP, 8); // cmp rax, [rsp + 8]
-        let miss = a.jcc(CC_NE);
-        a.u8(0xc3); // ret
-        a.bind(miss);
         a.op_m(true, &[0x3b], RSP, R14, ctx_off(offset_of!(Ctx, ras_base))); // cmp rsp, [base]
         let empty = a.jcc(CC_AE);
-        a.op_m(true, &[0x8d], RSP, RSP, 16); // lea rsp, [rsp + 16]
+        a.b.extend_from_slice(&[0x59, 0x5a]); // pop rcx; pop rdx
+        a.alu_rr(true, CMP, RAX, RCX);
+        let miss = a.jcc(CC_NE);
+        a.b.extend_from_slice(&[0xff, 0xe2]); // jmp rdx
         a.bind(empty);
+        a.bind(miss);
     }
     /// The target of the `jalr` at index `k` when it is known (see
     /// [`static_jalrs`]).
@@ -1469,20 +1416,9 @@ impl Asm {
         let site = self.addr();
         self.u8(0xe9);
         self.u32(0);
-        self.chain_stub(epilogue, site, pc, fwd);
-    }
-    /// The stub of the chained exit (a `jmp` or `call` rel32, patched
-    /// alike) at address `site`: asks Rust to patch it.
-    pub(super) fn chain_stub(&mut self, epilogue: usize, site: usize, pc: u64, fwd: bool) {
         self.mov_imm(RAX, site as u64);
         self.store(R14, ctx_off(offset_of!(Ctx, site)), RAX);
         self.exit_pc(epilogue, pc, if fwd { EXIT_CHAIN_FWD } else { EXIT_CHAIN });
-    }
-    /// `call rel32` with a placeholder; returns the offset of the rel32.
-    pub(super) fn call_fwd(&mut self) -> usize {
-        self.u8(0xe8);
-        self.u32(0);
-        self.b.len() - 4
     }
 }
 
@@ -1725,6 +1661,7 @@ impl Jit {
             len: insns.len(),
             looping,
             taken: Vec::new(),
+            landings: Vec::new(),
             slow: entry_slow,
             labels,
             claims,
@@ -2209,6 +2146,24 @@ impl Jit {
             a.bind(at);
             a.add_icount(adj);
             a.jmp_abs(a.base + to);
+        }
+        // Return landings: everything was written back and counted at
+        // the call. They enter the return address's block through its
+        // checks (as if from a block after it): a return can go back
+        // to a lower address, and a chain of predicted returns could
+        // otherwise loop without one.
+        // System mode: always behind the guard of a chained exit to
+        // another page (fetch TLB, physical page, fence epoch), even to
+        // this block's page: the return may run in another address
+        // space than the call (after a context switch, say), where the
+        // same address maps other code.
+        for &(at, ret) in &f.landings {
+            a.bind(at);
+            if f.sys.is_some() {
+                a.sys_chain_exit(f.epilogue, f.dispatch_sys, ret);
+            } else {
+                f.static_exit_from(&mut a, ret, u64::MAX);
+            }
         }
         a.bind(attn1);
         if let Some(at) = attn3 {

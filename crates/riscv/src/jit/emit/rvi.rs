@@ -235,15 +235,13 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
                 a.mov_imm(RAX, next);
                 a.st_x(rd, RAX);
             }
-            let target = ipc.wrapping_add(imm as i64 as u64);
             if is_link(rd) {
                 f.ras_push(a, next);
-                f.call_to(a, k, target, next, true);
-            } else {
-                match f.internal(target) {
-                    Some(j) if !f.is_back_edge(target) => f.jump_internal(a, k, j),
-                    _ => f.exit_to(a, target, k as u32 + 1),
-                }
+            }
+            let target = ipc.wrapping_add(imm as i64 as u64);
+            match f.internal(target) {
+                Some(j) if !f.is_back_edge(target) => f.jump_internal(a, k, j),
+                _ => f.exit_to(a, target, k as u32 + 1),
             }
         }
         Jalr if f.static_target(k).is_some() => {
@@ -254,13 +252,11 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
                 a.mov_imm(RAX, next);
                 a.st_x(rd, RAX);
             }
-            let target = f.static_target(k).unwrap_or(next);
             if is_link(rd) {
                 f.ras_push(a, next);
-                f.call_to(a, k, target, next, false);
-            } else {
-                f.exit_to(a, target, k as u32 + 1);
             }
+            let target = f.static_target(k).unwrap_or(next);
+            f.exit_to(a, target, k as u32 + 1);
         }
         Jalr => {
             // A call pushes its return address, before rax gets the
@@ -280,13 +276,11 @@ pub(super) fn emit(a: &mut Asm, f: &mut Frame, k: usize, i: &Insn, ipc: u64, nex
             }
             a.flush_dirty(a.cache.dirty_map());
             a.add_icount(k as u32 + 1);
+            a.store(R14, ctx_off(offset_of!(Ctx, pc)), RAX);
             if ret {
                 f.ras_pop(a);
             }
-            a.store(R14, ctx_off(offset_of!(Ctx, pc)), RAX);
-            if is_link(rd) {
-                f.call_indirect(a, next);
-            } else if f.sys.is_some() {
+            if f.sys.is_some() {
                 a.jmp_abs(f.dispatch_sys);
             } else {
                 a.jmp_abs(f.dispatch);
