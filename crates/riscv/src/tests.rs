@@ -1249,34 +1249,38 @@ fn jit_store_into_running_code_page() {
 /// Calls and returns as the JIT predicts them (a return-address stack):
 /// a recursion 40 deep, a return to an address other than the pushed
 /// one, and x5 as the link register, three times over so that every
-/// block is translated and chained; the JIT agrees with the interpreter.
+/// block is translated and chained (and the last pass predicts its
+/// returns: the stack lives in DATA, not where x5, the link register,
+/// points, whose page holds code, where every store leaves the JIT and
+/// empties the return-address stack); the JIT agrees with the
+/// interpreter.
 #[test]
 fn jit_predicted_returns_match_interpreter() {
     let jalr = |rd, rs1, imm| i(0x67, 0, rd, rs1, imm);
     let prog = [
-        addi(10, 0, 40),     // 0: recursion depth
-        addi(2, 5, 0x7f0),   // 4: sp = end of DATA
-        jal(1, 48),          // 8: call F (56)
-        jal(1, 12),          // 12: call 24, which returns to 20
-        jal(0, 16),          // 16: (skipped)
-        jal(0, 12),          // 20: -> 32
-        addi(1, 1, 4),       // 24: return address + 4
-        jalr(0, 1, 0),       // 28: returns to 20, not 16
-        jal(5, 8),           // 32: call 40 through x5
-        jal(0, 8),           // 36: -> 44
-        jalr(0, 5, 0),       // 40: returns to 36
-        addi(12, 12, -1),    // 44
-        b(1, 12, 0, -48),    // 48: again from 0 while x12 != 0
-        ECALL,               // 52
-        b(0, 10, 0, 28),     // 56: F: if x10 == 0 goto 84
-        addi(2, 2, -16),     // 60
-        s(3, 2, 1, 0),       // 64: sd ra, 0(sp)
-        addi(10, 10, -1),    // 68
-        jal(1, -16),         // 72: call F
-        i(0x03, 3, 1, 2, 0), // 76: ld ra, 0(sp)
-        addi(2, 2, 16),      // 80
-        addi(11, 11, 1),     // 84: counts returns
-        jalr(0, 1, 0),       // 88: ret
+        addi(10, 0, 40),                      // 0: recursion depth
+        lui(2, (DATA as u32 + 0x1000) >> 12), // 4: sp = end of DATA
+        jal(1, 48),                           // 8: call F (56)
+        jal(1, 12),                           // 12: call 24, which returns to 20
+        jal(0, 16),                           // 16: (skipped)
+        jal(0, 12),                           // 20: -> 32
+        addi(1, 1, 4),                        // 24: return address + 4
+        jalr(0, 1, 0),                        // 28: returns to 20, not 16
+        jal(5, 8),                            // 32: call 40 through x5
+        jal(0, 8),                            // 36: -> 44
+        jalr(0, 5, 0),                        // 40: returns to 36
+        addi(12, 12, -1),                     // 44
+        b(1, 12, 0, -48),                     // 48: again from 0 while x12 != 0
+        ECALL,                                // 52
+        b(0, 10, 0, 28),                      // 56: F: if x10 == 0 goto 84
+        addi(2, 2, -16),                      // 60
+        s(3, 2, 1, 0),                        // 64: sd ra, 0(sp)
+        addi(10, 10, -1),                     // 68
+        jal(1, -16),                          // 72: call F
+        i(0x03, 3, 1, 2, 0),                  // 76: ld ra, 0(sp)
+        addi(2, 2, 16),                       // 80
+        addi(11, 11, 1),                      // 84: counts returns
+        jalr(0, 1, 0),                        // 88: ret
     ];
     let mut regs = [0u64; 32];
     regs[12] = 3;
@@ -1334,6 +1338,171 @@ fn jit_return_stack_overflow_matches_interpreter() {
     assert_eq!(h.pc, CODE + 32);
     assert_eq!(h.x(11), depth as u64 + 1, "returns counted");
     assert_eq!((h.x(12), h.x(13)), (1, 0));
+}
+
+/// Calls the return-address stack sees in every form: a `jal` whose
+/// target lies inside its own (extended) block, the same call as a
+/// block of its own (a chained exit, patched after its first run), an
+/// indirect `jalr` call through x1 and one through x5 (not after an
+/// `auipc`, so through the dispatch), each returning; four times over.
+/// The JIT agrees with the interpreter.
+#[test]
+fn jit_internal_and_indirect_calls_match_interpreter() {
+    let jalr = |rd, rs1, imm| i(0x67, 0, rd, rs1, imm);
+    let nop = addi(0, 0, 0);
+    let prog = [
+        addi(10, 0, 4),               // 0: rounds
+        jal(0, 12),                   // 4: -> 16 (the block goes on to 16)
+        addi(11, 11, 1),              // 8: F
+        jalr(0, 1, 0),                // 12: ret
+        jal(1, -8),                   // 16: call F, inside the block at 0
+        lui(13, (CODE >> 12) as u32), // 20
+        addi(13, 13, 64),             // 24: x13 = G
+        jalr(1, 13, 0),               // 28: call G
+        jalr(5, 13, 8),               // 32: call H through x5
+        addi(10, 10, -1),             // 36
+        b(1, 10, 0, -24),             // 40: again from 16 while x10 != 0
+        ECALL,                        // 44
+        nop,                          // 48
+        nop,                          // 52
+        nop,                          // 56
+        nop,                          // 60
+        addi(12, 12, 1),              // 64: G
+        jalr(0, 1, 0),                // 68: ret
+        addi(14, 14, 1),              // 72: H
+        jalr(0, 5, 0),                // 76: ret through x5
+    ];
+    let (h, e) = same_both_ways(&prog, |_| {});
+    assert_eq!(e, Exit::Ecall);
+    assert_eq!(h.pc, CODE + 44);
+    assert_eq!((h.x(11), h.x(12), h.x(14)), (4, 4, 4));
+}
+
+/// `longjmp`-like returns: A calls B, B calls C, and C returns straight
+/// to A's return address from B (popping B's frame), so the predicted
+/// entry on top (C's) misses; A then calls G, whose return is predicted,
+/// and A's own return misses on B's entry; five times over, each
+/// leaving an entry that is never popped. The JIT agrees with the
+/// interpreter.
+#[test]
+fn jit_longjmp_like_returns_match_interpreter() {
+    const STACK: u64 = 0x40000;
+    let jalr = |rd, rs1, imm| i(0x67, 0, rd, rs1, imm);
+    let ld = |rd, rs1, imm| i(0x03, 3, rd, rs1, imm);
+    let nop = addi(0, 0, 0);
+    let prog = [
+        lui(2, (STACK as u32 + 0x8000) >> 12), // 0: sp = top of STACK
+        addi(10, 0, 5),                        // 4: rounds
+        jal(1, 24),                            // 8: call A (32)
+        addi(10, 10, -1),                      // 12
+        b(1, 10, 0, -8),                       // 16: again while x10 != 0
+        ECALL,                                 // 20
+        nop,                                   // 24
+        nop,                                   // 28
+        addi(2, 2, -16),                       // 32: A
+        s(3, 2, 1, 0),                         // 36: sd ra, 0(sp)
+        jal(1, 20),                            // 40: call B (60)
+        jal(1, 60),                            // 44: C comes back here; call G (104)
+        ld(1, 2, 0),                           // 48
+        addi(2, 2, 16),                        // 52
+        jalr(0, 1, 0),                         // 56: ret
+        addi(2, 2, -16),                       // 60: B
+        s(3, 2, 1, 0),                         // 64: sd ra, 0(sp)
+        jal(1, 16),                            // 68: call C (84)
+        addi(13, 13, 1),                       // 72: never runs
+        addi(2, 2, 16),                        // 76
+        jalr(0, 1, 0),                         // 80
+        ld(1, 2, 0),                           // 84: C: B's return address
+        addi(2, 2, 16),                        // 88: B's frame dropped
+        addi(12, 12, 1),                       // 92
+        jalr(0, 1, 0),                         // 96: "returns" into A
+        nop,                                   // 100
+        addi(11, 11, 1),                       // 104: G
+        jalr(0, 1, 0),                         // 108: ret (predicted)
+    ];
+    let (h, e) = same_both_ways(&prog, |sp| {
+        sp.map_anonymous(STACK, 0x8000, perm::R | perm::W).unwrap();
+    });
+    assert_eq!(e, Exit::Ecall);
+    assert_eq!(h.pc, CODE + 20);
+    assert_eq!((h.x(11), h.x(12), h.x(13)), (5, 5, 0));
+    assert_eq!(h.x(2), STACK + 0x8000);
+}
+
+/// Returns after an exit to Rust, which empties the return-address
+/// stack: B (called by A, called by the loop) runs a CSR read, which the
+/// interpreter runs, then returns, and A returns, both finding the stack
+/// empty; the next round's calls push and predict again.
+/// The JIT agrees with the interpreter.
+#[test]
+fn jit_returns_after_exit_to_rust_match_interpreter() {
+    const STACK: u64 = 0x40000;
+    let jalr = |rd, rs1, imm| i(0x67, 0, rd, rs1, imm);
+    let ld = |rd, rs1, imm| i(0x03, 3, rd, rs1, imm);
+    let nop = addi(0, 0, 0);
+    let prog = [
+        lui(2, (STACK as u32 + 0x8000) >> 12), // 0: sp = top of STACK
+        addi(10, 0, 4),                        // 4: rounds
+        jal(1, 20),                            // 8: call A (28)
+        addi(10, 10, -1),                      // 12
+        b(1, 10, 0, -8),                       // 16: again while x10 != 0
+        ECALL,                                 // 20
+        nop,                                   // 24
+        addi(2, 2, -16),                       // 28: A
+        s(3, 2, 1, 0),                         // 32: sd ra, 0(sp)
+        jal(1, 20),                            // 36: call B (56)
+        ld(1, 2, 0),                           // 40
+        addi(2, 2, 16),                        // 44
+        jalr(0, 1, 0),                         // 48: ret
+        nop,                                   // 52
+        0x0030_2773,                           // 56: B: csrrs a4, fcsr, zero
+        addi(12, 12, 1),                       // 60
+        jal(0, 4),                             // 64: -> 68
+        jalr(0, 1, 0),                         // 68: ret
+    ];
+    let (h, e) = same_both_ways(&prog, |sp| {
+        sp.map_anonymous(STACK, 0x8000, perm::R | perm::W).unwrap();
+    });
+    assert_eq!(e, Exit::Ecall);
+    assert_eq!(h.pc, CODE + 20);
+    assert_eq!(h.x(12), 4);
+}
+
+/// A recursion deeper than the return-address stack holds, three times
+/// over (chains patched after the first, so returns are predicted): the
+/// push past `jit::RAS_DEPTH` (256) empties the stack, the newest
+/// entries' returns are predicted, the older ones find it empty. The JIT
+/// agrees with the interpreter.
+#[test]
+fn jit_repeated_deep_recursion_matches_interpreter() {
+    const STACK: u64 = 0x40000;
+    let jalr = |rd, rs1, imm| i(0x67, 0, rd, rs1, imm);
+    let prog = [
+        lui(2, (STACK as u32 + 0x8000) >> 12), // 0: sp = top of STACK
+        addi(13, 0, 3),                        // 4: rounds
+        addi(10, 0, 300),                      // 8: depth
+        jal(1, 20),                            // 12: call F (32)
+        addi(13, 13, -1),                      // 16
+        b(1, 13, 0, -12),                      // 20: again while x13 != 0
+        ECALL,                                 // 24
+        addi(0, 0, 0),                         // 28
+        b(0, 10, 0, 28),                       // 32: F: if x10 == 0 goto 60
+        addi(2, 2, -16),                       // 36
+        s(3, 2, 1, 0),                         // 40: sd ra, 0(sp)
+        addi(10, 10, -1),                      // 44
+        jal(1, -16),                           // 48: call F
+        i(0x03, 3, 1, 2, 0),                   // 52: ld ra, 0(sp)
+        addi(2, 2, 16),                        // 56
+        addi(11, 11, 1),                       // 60: counts returns
+        jalr(0, 1, 0),                         // 64: ret
+    ];
+    let (h, e) = same_both_ways(&prog, |sp| {
+        sp.map_anonymous(STACK, 0x8000, perm::R | perm::W).unwrap();
+    });
+    assert_eq!(e, Exit::Ecall);
+    assert_eq!(h.pc, CODE + 24);
+    assert_eq!(h.x(11), 3 * 301, "returns counted");
+    assert_eq!(h.x(2), STACK + 0x8000);
 }
 
 /// A call pushes a predicted return into code that a store then drops
