@@ -1363,3 +1363,45 @@ fn harts_count_exactly_through_groups_crossing_pages() {
         assert_eq!(bus.u64_at(edge), N, "hart {h}, above the edge");
     }
 }
+
+/// Review (eb65b21): a group crossing from a plain data page into the
+/// next page in RAM (one host addend), which holds a function the pass
+/// then calls: the group's store into the second page rewrites the
+/// function's first instruction on every pass. `straddle` must see the
+/// second page's code mark (the existing test has code in the first),
+/// before and after the group is given up; loads only too (the group
+/// then goes on through both pages, and must read the new instruction).
+#[test]
+fn review_groups_crossing_into_a_code_page_rewrite_code_exactly() {
+    const F: u64 = 0xc000;
+    for (paging, with_load_first) in [(false, false), (true, false), (false, true), (true, true)] {
+        let mut body = Vec::new();
+        if with_load_first {
+            body.push(itype(0x03, 3, 17, 5, 0)); // ld x17, 0(x5): leader, data page
+        }
+        body.extend([
+            store(3, 15, 5, 0),            // sd x15, 0(x5): the data page
+            store(2, 14, 5, 8),            // sw x14, 8(x5): f's first instruction
+            itype(0x03, 2, 16, 5, 12),     // lw x16, 12(x5): f's second
+            rtype(0, 0, 0x33, 14, 14, 23), // add x14, x14, x23: its immediate + 1
+            itype(0x67, 0, 1, 6, 0),       // jalr ra, 0(x6): f
+        ]);
+        let setup = |bus: &TestBus| {
+            // f: addi x22, x22, 1; jalr x0, 0(x1)
+            bus.put_words(F, &[addi(22, 22, 1), itype(0x67, 0, 0, 1, 0)]);
+        };
+        let mut x = [0u64; 32];
+        x[5] = RAM + F - 8;
+        x[6] = RAM + F;
+        x[14] = addi(22, 22, 2) as u64;
+        x[15] = 0x1122_3344_5566_7788;
+        x[23] = 1 << 20;
+        let run = |jit| run_passes_setup(paging, &[], &[], &body, &[], 40, &x, jit, &setup);
+        let (a, b) = (run(true), run(false));
+        assert_eq!(b.x[22], (2..42).sum::<u64>(), "the interpreter ran each new addi");
+        let ctx = format!("paging {paging}, load first {with_load_first}");
+        assert_eq!(a.x, b.x, "x, {ctx}");
+        assert_eq!(a.instret, b.instret, "instret, {ctx}");
+        assert!(a.ram == b.ram, "RAM differs, {ctx}");
+    }
+}

@@ -2655,3 +2655,121 @@ fn a_loop_with_conditional_moves_checks_its_base_once() {
         both_ways_data(&prog, &data, &regs);
     }
 }
+
+/// Review (2aab33e): random loops mixing branches over one op (forced
+/// conditional moves: the only jump to their target), branches over two,
+/// fused pairs after and inside them, accesses through a base that a
+/// (possibly conditional) `addi` steps, and more live registers than the
+/// cache holds; translated vs interpreted, also walking off the page.
+#[test]
+fn review_random_loops_with_forced_selects_match_the_interpreter() {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rnd = |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    const BASE: u32 = 21;
+    const COUNT: u32 = 22;
+    let plain = |rnd: &mut dyn FnMut(u64) -> u64| -> u32 {
+        let rd = 5 + rnd(14) as u32;
+        let rs1 = 5 + rnd(14) as u32;
+        let rs2 = 5 + rnd(14) as u32;
+        match rnd(10) {
+            0 => addi(rd, rs1, rnd(4000) as i32 - 2000),
+            1 => add(rd, rs1, rs2),
+            2 => r(0x33, 4, 0, rd, rs1, rs2),  // xor
+            3 => r(0x33, 3, 0, rd, rs1, rs2),  // sltu
+            4 => slli(rd, rs1, rnd(64) as i32),
+            5 => srli(rd, rs1, rnd(64) as i32),
+            6 => lui(rd, rnd(1 << 20) as u32),
+            7 => addw(rd, rs1, rs2),
+            8 => r(0x33, 0, 0x20, rd, rs1, rs2), // sub
+            _ => addiw(rd, rs1, rnd(4000) as i32 - 2000),
+        }
+    };
+    let f3s = [0, 1, 4, 5, 6, 7];
+    let mut progs = 0;
+    for _ in 0..400 {
+        let mut body: Vec<u32> = Vec::new();
+        let mut stepped = false;
+        for _ in 0..(4 + rnd(10)) {
+            let f3 = f3s[rnd(6) as usize];
+            let (ra, rb) = (5 + rnd(17) as u32, 5 + rnd(17) as u32);
+            match rnd(9) {
+                0 | 1 => body.push(plain(&mut rnd)),
+                2 | 3 => {
+                    body.push(branch(f3, ra, rb, 8));
+                    body.push(plain(&mut rnd));
+                }
+                4 => {
+                    // A fused pair skipped, or one right after the target.
+                    let rd = 5 + rnd(14) as u32;
+                    if rnd(2) == 0 {
+                        body.push(branch(f3, ra, rb, 12));
+                        body.push(lui(rd, rnd(1 << 20) as u32));
+                        body.push(addi(rd, rd, rnd(4000) as i32 - 2000));
+                    } else {
+                        body.push(branch(f3, ra, rb, 8));
+                        body.push(plain(&mut rnd));
+                        body.push(slli(rd, 5 + rnd(14) as u32, 48));
+                        body.push(srli(rd, rd, 48));
+                    }
+                }
+                5 => {
+                    let rd = 5 + rnd(14) as u32;
+                    let off = 8 * rnd(9) as i32;
+                    if rnd(2) == 0 {
+                        body.push(ld(rd, BASE, off));
+                    } else {
+                        body.push(sd(rd, BASE, off as u32));
+                    }
+                }
+                6 if !stepped => {
+                    stepped = true;
+                    let step = [8, -8, 16, 2040, -2048][rnd(5) as usize];
+                    if rnd(2) == 0 {
+                        body.push(branch(f3, ra, rb, 8));
+                    }
+                    body.push(addi(BASE, BASE, step));
+                }
+                7 => {
+                    // Not a select: two ops skipped.
+                    body.push(branch(f3, ra, rb, 12));
+                    body.push(plain(&mut rnd));
+                    body.push(plain(&mut rnd));
+                }
+                _ => {
+                    // Two branches over one op each, back to back (the
+                    // second's target right after the first's).
+                    body.push(branch(f3, ra, rb, 8));
+                    body.push(plain(&mut rnd));
+                    body.push(branch(f3s[rnd(6) as usize], rb, ra, 8));
+                    body.push(plain(&mut rnd));
+                }
+            }
+        }
+        let mut prog = Vec::new();
+        if rnd(2) == 0 {
+            prog.push(plain(&mut rnd));
+        }
+        let head = prog.len();
+        prog.extend_from_slice(&body);
+        prog.push(addi(COUNT, COUNT, -1));
+        let back = -4 * (prog.len() - head) as i32;
+        prog.push(bne(COUNT, 0, back));
+        prog.push(add(5, 6, 7));
+        for (start, n) in [(0x400, 1 + rnd(30)), (0xf80, 1 + rnd(40)), (0x40, 1 + rnd(40))] {
+            let s = rnd(8) as usize;
+            let mut regs = regs_from(s);
+            regs.retain(|&(r, _)| r != BASE as usize && r != COUNT as usize);
+            regs.push((BASE as usize, DATA + start));
+            regs.push((COUNT as usize, n));
+            let data: Vec<u8> = (0..0x1000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+            both_ways_data(&prog, &data, &regs);
+            progs += 1;
+        }
+    }
+    assert!(progs > 0);
+}
