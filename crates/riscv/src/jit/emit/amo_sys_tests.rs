@@ -1405,3 +1405,43 @@ fn review_groups_crossing_into_a_code_page_rewrite_code_exactly() {
         assert!(a.ram == b.ram, "RAM differs, {ctx}");
     }
 }
+
+/// Review (eb65b21): a group crossing into the next RAM page (one
+/// addend: `straddle` lets it go on) in a function that calls itself
+/// 300 deep before returning, so the return-address stack fills (the
+/// straddle's `call` runs at `rsp` down to `ras_limit`) and empties;
+/// a member also crosses the page edge on its own.
+#[test]
+fn review_straddles_under_a_full_return_address_stack() {
+    const F: u32 = 0x800;
+    let f = vec![
+        addi(2, 2, -8),
+        store(3, 1, 2, 0),             // sd ra, 0(sp)
+        itype(0x03, 3, 14, 5, 0),      // ld x14, 0(x5)
+        itype(0x03, 3, 15, 5, 8),      // ld x15, 8(x5)
+        rtype(0, 0, 0x33, 14, 14, 15), // add x14, x14, x15
+        store(3, 14, 5, 0),            // sd x14, 0(x5)
+        store(3, 15, 5, 4),            // sd x15, 4(x5): across the edge
+        addi(28, 28, -1),
+        branch(0, 28, 0, 8),           // beqz x28, +8
+        jal0(-4 * 9) | 1 << 7,         // jal ra, f
+        itype(0x03, 3, 1, 2, 0),       // ld ra, 0(sp)
+        addi(2, 2, 8),
+        itype(0x67, 0, 0, 1, 0), // ret
+    ];
+    let body = vec![addi(28, 0, 300), jal0(F as i32 - 12) | 1 << 7];
+    let setup = |bus: &TestBus| bus.put_words(PROG + F as u64, &f);
+    for paging in [false, true] {
+        let mut x = [0u64; 32];
+        x[5] = RAM + 0xc000 - 8;
+        x[2] = RAM + DATA + 0x1000;
+        x[15] = 3;
+        let run = |jit| run_passes_setup(paging, &[], &[], &body, &[], 3, &x, jit, &setup);
+        let (a, b) = (run(true), run(false));
+        assert_eq!(b.x[28], 0);
+        assert_eq!(a.x, b.x, "x, paging {paging}");
+        assert_eq!(a.instret, b.instret, "instret, paging {paging}");
+        assert!(a.ram == b.ram, "RAM differs, paging {paging}");
+        assert!(a.slow < 40, "paging {paging}: {} slow exits", a.slow);
+    }
+}
