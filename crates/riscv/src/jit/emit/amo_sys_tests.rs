@@ -1398,7 +1398,11 @@ fn review_groups_crossing_into_a_code_page_rewrite_code_exactly() {
         x[23] = 1 << 20;
         let run = |jit| run_passes_setup(paging, &[], &[], &body, &[], 40, &x, jit, &setup);
         let (a, b) = (run(true), run(false));
-        assert_eq!(b.x[22], (2..42).sum::<u64>(), "the interpreter ran each new addi");
+        assert_eq!(
+            b.x[22],
+            (2..42).sum::<u64>(),
+            "the interpreter ran each new addi"
+        );
         let ctx = format!("paging {paging}, load first {with_load_first}");
         assert_eq!(a.x, b.x, "x, {ctx}");
         assert_eq!(a.instret, b.instret, "instret, {ctx}");
@@ -1423,9 +1427,9 @@ fn review_straddles_under_a_full_return_address_stack() {
         store(3, 14, 5, 0),            // sd x14, 0(x5)
         store(3, 15, 5, 4),            // sd x15, 4(x5): across the edge
         addi(28, 28, -1),
-        branch(0, 28, 0, 8),           // beqz x28, +8
-        jal0(-4 * 9) | 1 << 7,         // jal ra, f
-        itype(0x03, 3, 1, 2, 0),       // ld ra, 0(sp)
+        branch(0, 28, 0, 8),     // beqz x28, +8
+        jal0(-4 * 9) | 1 << 7,   // jal ra, f
+        itype(0x03, 3, 1, 2, 0), // ld ra, 0(sp)
         addi(2, 2, 8),
         itype(0x67, 0, 0, 1, 0), // ret
     ];

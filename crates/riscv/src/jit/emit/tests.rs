@@ -2679,8 +2679,8 @@ fn review_random_loops_with_forced_selects_match_the_interpreter() {
         match rnd(10) {
             0 => addi(rd, rs1, rnd(4000) as i32 - 2000),
             1 => add(rd, rs1, rs2),
-            2 => r(0x33, 4, 0, rd, rs1, rs2),  // xor
-            3 => r(0x33, 3, 0, rd, rs1, rs2),  // sltu
+            2 => r(0x33, 4, 0, rd, rs1, rs2), // xor
+            3 => r(0x33, 3, 0, rd, rs1, rs2), // sltu
             4 => slli(rd, rs1, rnd(64) as i32),
             5 => srli(rd, rs1, rnd(64) as i32),
             6 => lui(rd, rnd(1 << 20) as u32),
@@ -2760,13 +2760,19 @@ fn review_random_loops_with_forced_selects_match_the_interpreter() {
         let back = -4 * (prog.len() - head) as i32;
         prog.push(bne(COUNT, 0, back));
         prog.push(add(5, 6, 7));
-        for (start, n) in [(0x400, 1 + rnd(30)), (0xf80, 1 + rnd(40)), (0x40, 1 + rnd(40))] {
+        for (start, n) in [
+            (0x400, 1 + rnd(30)),
+            (0xf80, 1 + rnd(40)),
+            (0x40, 1 + rnd(40)),
+        ] {
             let s = rnd(8) as usize;
             let mut regs = regs_from(s);
             regs.retain(|&(r, _)| r != BASE as usize && r != COUNT as usize);
             regs.push((BASE as usize, DATA + start));
             regs.push((COUNT as usize, n));
-            let data: Vec<u8> = (0..0x1000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+            let data: Vec<u8> = (0..0x1000u32)
+                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                .collect();
             both_ways_data(&prog, &data, &regs);
             progs += 1;
         }
