@@ -1449,3 +1449,35 @@ fn review_straddles_under_a_full_return_address_stack() {
         assert!(a.slow < 40, "paging {paging}: {} slow exits", a.slow);
     }
 }
+
+/// Review (eb65b21), performance: a group with a store whose bytes cross
+/// from a writable page into a read-only one (the store in the first,
+/// a load in the second): `straddle` looks both up in the TLB of writes,
+/// misses the second (read-only: never there), and does not count the
+/// leave, so the group is never given up and its block leaves on every
+/// pass. Exact, but the slow exits grow with the passes.
+#[test]
+#[ignore = "review finding: unbounded leaves (performance), see the commit message"]
+fn review_store_group_into_a_read_only_page_stops_leaving() {
+    let body = vec![
+        store(3, 14, 5, 0),       // sd x14, 0(x5): writable page
+        itype(0x03, 3, 15, 5, 8), // ld x15, 8(x5): read-only page
+        rtype(0, 0, 0x33, 16, 16, 15),
+    ];
+    let mut x = [0u64; 32];
+    x[5] = PAIRS + 0x4000 + 0x1000 - 8; // DATA | RO (read-only)
+    x[14] = 7;
+    let slow = |passes| {
+        let run = |jit| run_passes_setup(true, &[], &[], &body, &[], passes, &x, jit, &map_pairs);
+        let (a, b) = (run(true), run(false));
+        assert_eq!(a.x, b.x);
+        assert_eq!(a.instret, b.instret);
+        assert!(a.ram == b.ram);
+        a.slow
+    };
+    let (few, many) = (slow(20), slow(400));
+    assert!(
+        many == few && few < 20,
+        "{few} slow exits in 20 passes, {many} in 400"
+    );
+}
