@@ -166,10 +166,10 @@ pub(super) fn write(a: &mut Asm) -> Routines {
 /// and an access that crosses from one page into the other touches the
 /// same bytes as the interpreter's, byte by byte. Else ZF is clear (the
 /// leader leaves for the interpreter), and `Ctx::straddled` is the
-/// return address (in the leader's block) when both pages were in the
-/// TLB (addends apart, or code in one): a miss is not counted, the
-/// interpreter fills the TLB. Clobbers rcx, rdx and the flags; rax and
-/// the register cache stay.
+/// return address (in the leader's block) when the first page was in the
+/// TLB (the second missing from it, addends apart, or code in one): a
+/// miss of the first is not counted, the interpreter fills the TLB.
+/// Clobbers rcx, rdx and the flags; rax and the register cache stay.
 fn straddle(a: &mut Asm, store: bool) -> usize {
     use crate::mmu::Entry;
     let at = a.addr();
@@ -196,13 +196,17 @@ fn straddle(a: &mut Asm, store: bool) -> usize {
     a.shift_imm(true, SHR, RCX, 12);
     a.op_bid(true, &[0x3b], RCX, R12, RDX, tag); // cmp rcx, [r12 + rdx + tag]
     plain.push(a.jcc(CC_NE));
+    // The first page in the TLB: from here on a failure counts, the
+    // second page's miss too. That page may be one the group can never
+    // use (read-only under a store, MMIO), never in the TLB's entries
+    // for this access; a page the interpreter then fills costs at most
+    // `STRADDLES` leaves before the group is given up.
+    let mut count = Vec::new();
     a.alu_imm(true, ADD, RCX, 1);
     a.alu_imm(false, ADD, RDX, 64);
     a.alu_imm(false, AND, RDX, index);
     a.op_bid(true, &[0x3b], RCX, R12, RDX, tag);
-    plain.push(a.jcc(CC_NE));
-    // Both in the TLB: from here on a failure counts.
-    let mut count = Vec::new();
+    count.push(a.jcc(CC_NE));
     let code_free = |a: &mut Asm, count: &mut Vec<usize>| {
         if store {
             a.op_bid(true, &[0x8b], RCX, R12, RDX, code); // mov rcx, [code]

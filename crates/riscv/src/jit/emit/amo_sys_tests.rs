@@ -1457,7 +1457,6 @@ fn review_straddles_under_a_full_return_address_stack() {
 /// leave, so the group is never given up and its block leaves on every
 /// pass. Exact, but the slow exits grow with the passes.
 #[test]
-#[ignore = "review finding: unbounded leaves (performance), see the commit message"]
 fn review_store_group_into_a_read_only_page_stops_leaving() {
     let body = vec![
         store(3, 14, 5, 0),       // sd x14, 0(x5): writable page

@@ -322,8 +322,10 @@ pub(super) enum SysAcc {
 /// and share one host addend (neighbours in host memory too: RAM mapped
 /// in order, as a kernel's linear map and image are). Else the leader
 /// leaves for the interpreter, and after a few such leaves of one
-/// leader (`jit::STRADDLES`, not counting TLB misses, which the
-/// interpreter fills) the blocks it leaves from are translated again
+/// leader (`jit::STRADDLES`, not counting misses of the first page,
+/// which the interpreter fills; counting the second's, which may be a
+/// page the group can never use: read-only under a store, MMIO) the
+/// blocks it leaves from are translated again
 /// with the group given up (`given_up`: each access checks its own
 /// bytes; see `Jit::note_straddle`), so that a hot block does not leave
 /// on every pass.
