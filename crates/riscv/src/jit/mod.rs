@@ -686,19 +686,9 @@ impl Jit {
             if self.len + HEADROOM > CODE_SIZE || self.helpers.len() + insns.len() > MAX_HELPERS {
                 self.flush();
             }
-            let at = self.buf as usize + self.len;
-            let code = self.emit(at, &insns, pc, None);
-            // SAFETY: `emit` keeps a block well under HEADROOM, which the
-            // check above left free at `len`.
-            unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), at as *mut u8, code.len()) };
-            self.len = (self.len + code.len() + 15) & !15;
-            self.prefault.filled(self.len);
-            self.reuse_code(code);
+            let at = self.place(&insns, pc, None);
             self.table_insert(pc, at);
             self.blocks.insert(pc, at);
-            if self.last_skip != 0 {
-                self.skips.insert(at, self.last_skip);
-            }
             at
         });
         self.decode_buf = insns;
@@ -949,20 +939,10 @@ impl Jit {
             if self.len + HEADROOM > CODE_SIZE || self.helpers.len() + insns.len() > MAX_HELPERS {
                 self.flush();
             }
-            let at = self.buf as usize + self.len;
             let f: extern "sysv64" fn(*mut Ctx, u32, u64) -> u32 = helper_sys::<B>;
             self.block_pa = pa;
-            let code = self.emit(at, &insns, pc, Some(f as usize));
-            // SAFETY: `emit` keeps a block well under HEADROOM, which the
-            // check above left free at `len`.
-            unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), at as *mut u8, code.len()) };
-            self.len = (self.len + code.len() + 15) & !15;
-            self.prefault.filled(self.len);
-            self.reuse_code(code);
+            let at = self.place(&insns, pc, Some(f as usize));
             self.sys_blocks.insert((pc, pa), at);
-            if self.last_skip != 0 {
-                self.skips.insert(at, self.last_skip);
-            }
             // The bytes the block was decoded from (a generous end: every
             // instruction counted 4 bytes long, and the end marker too).
             let lo = (pc - page) as usize;
@@ -1004,6 +984,25 @@ impl Jit {
         self.decode_buf = insns;
         self.fetched = fetched;
         out
+    }
+
+    /// Translates `insns` (the block at `pc`; `sys`: system mode's
+    /// helper) into the buffer at `len`, which the caller made sure has
+    /// `HEADROOM` free, and records its entry past the checks; returns
+    /// the block's address.
+    fn place(&mut self, insns: &[Insn], pc: u64, sys: Option<usize>) -> usize {
+        let at = self.buf as usize + self.len;
+        let code = self.emit(at, insns, pc, sys);
+        // SAFETY: `emit` keeps a block well under HEADROOM, which the
+        // caller left free at `len`.
+        unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), at as *mut u8, code.len()) };
+        self.len = (self.len + code.len() + 15) & !15;
+        self.prefault.filled(self.len);
+        self.reuse_code(code);
+        if self.last_skip != 0 {
+            self.skips.insert(at, self.last_skip);
+        }
+        at
     }
 
     /// System mode: the group whose leader is at `pc` left because its
@@ -1082,21 +1081,11 @@ impl Jit {
             self.len + HEADROOM <= CODE_SIZE && self.helpers.len() + insns.len() <= MAX_HELPERS;
         if !crosses && room {
             let old_skip = self.skips.get(&old).copied();
-            let at = self.buf as usize + self.len;
             let f: extern "sysv64" fn(*mut Ctx, u32, u64) -> u32 = helper_sys::<B>;
             self.block_pa = ppc;
-            let code = self.emit(at, &insns, vpc, Some(f as usize));
-            // SAFETY: `emit` keeps a block well under HEADROOM, which the
-            // check above left free at `len`.
-            unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), at as *mut u8, code.len()) };
-            self.len = (self.len + code.len() + 15) & !15;
-            self.prefault.filled(self.len);
-            self.reuse_code(code);
+            let at = self.place(&insns, vpc, Some(f as usize));
             self.sys_blocks.insert((vpc, ppc), at);
             let skip = self.last_skip;
-            if skip != 0 {
-                self.skips.insert(at, skip);
-            }
             let jmp = |from: usize, to: usize| {
                 let rel = (to as i64 - (from as i64 + 5)) as i32;
                 let mut b = [0xe9, 0, 0, 0, 0];

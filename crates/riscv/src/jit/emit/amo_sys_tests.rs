@@ -199,6 +199,14 @@ struct Run {
 /// Runs `body` twice (x29 counts the passes) after a warm-up that fills
 /// the data TLB for the bases whose pages allow it (`warm`: loads, then
 /// stores of what they read), then ecall.
+/// Translated run `a` and interpreted run `b` agree: registers, retired
+/// count and RAM (`ctx` says which case on a failure).
+fn assert_same(a: &Run, b: &Run, ctx: impl Fn() -> String) {
+    assert_eq!(a.x, b.x, "x, {}", ctx());
+    assert_eq!(a.instret, b.instret, "instret, {}", ctx());
+    assert!(a.ram == b.ram, "RAM differs, {}", ctx());
+}
+
 fn run(paging: bool, warm: &[(u32, bool)], body: &[u32], x: &[u64; 32], jit: bool) -> Run {
     run_passes(paging, warm, &[], body, &[], 2, x, jit)
 }
@@ -379,9 +387,7 @@ fn differential(paging: bool, seed: u64, rounds: usize) {
         let a = run(paging, warm, &prog, &x, true);
         let b = run(paging, warm, &prog, &x, false);
         let ctx = || format!("paging {paging}, round {round}: program {prog:08x?}");
-        assert_eq!(a.x, b.x, "x, {}", ctx());
-        assert_eq!(a.instret, b.instret, "instret, {}", ctx());
-        assert!(a.ram == b.ram, "RAM differs, {}", ctx());
+        assert_same(&a, &b, ctx);
     }
 }
 
@@ -573,9 +579,7 @@ fn differential_branches(paging: bool, seed: u64, rounds: usize, pause: bool) {
         let a = run(paging, warm, &body, &x, true);
         let b = run(paging, warm, &body, &x, false);
         let ctx = || format!("paging {paging}, round {round}: program {body:08x?}");
-        assert_eq!(a.x, b.x, "x, {}", ctx());
-        assert_eq!(a.instret, b.instret, "instret, {}", ctx());
-        assert!(a.ram == b.ram, "RAM differs, {}", ctx());
+        assert_same(&a, &b, ctx);
     }
 }
 
@@ -793,9 +797,7 @@ fn differential_groups(paging: bool, seed: u64, rounds: usize) {
         let a = run_passes(paging, warm, &pre, &prog, &tail, 4, &x, true);
         let b = run_passes(paging, warm, &pre, &prog, &tail, 4, &x, false);
         let ctx = || format!("paging {paging}, round {round}: program {prog:08x?}, x {x:x?}");
-        assert_eq!(a.x, b.x, "x, {}", ctx());
-        assert_eq!(a.instret, b.instret, "instret, {}", ctx());
-        assert!(a.ram == b.ram, "RAM differs, {}", ctx());
+        assert_same(&a, &b, ctx);
     }
 }
 
@@ -926,9 +928,7 @@ fn differential_base_writers(paging: bool, seed: u64, rounds: usize) {
         let a = run_passes_setup(paging, warm, &pre, &prog, &[], 3, &x, true, &setup);
         let b = run_passes_setup(paging, warm, &pre, &prog, &[], 3, &x, false, &setup);
         let ctx = || format!("paging {paging}, round {round}: program {prog:08x?}, x {x:x?}");
-        assert_eq!(a.x, b.x, "x, {}", ctx());
-        assert_eq!(a.instret, b.instret, "instret, {}", ctx());
-        assert!(a.ram == b.ram, "RAM differs, {}", ctx());
+        assert_same(&a, &b, ctx);
     }
 }
 
@@ -1009,9 +1009,7 @@ fn sys_groups_wrapping_around_the_address_space_match_the_interpreter() {
         let run = |jit| run_passes_setup(true, &[], &[], body, &[], 3, &x, jit, &setup);
         let (a, b) = (run(true), run(false));
         let ctx = || format!("program {body:08x?}");
-        assert_eq!(a.x, b.x, "x, {}", ctx());
-        assert_eq!(a.instret, b.instret, "instret, {}", ctx());
-        assert!(a.ram == b.ram, "RAM differs, {}", ctx());
+        assert_same(&a, &b, ctx);
     }
 }
 
@@ -1195,9 +1193,7 @@ fn differential_straddles(paging: bool, seed: u64, rounds: usize) {
             |jit| run_passes_setup(paging, warm, &[], &prog, &tail, passes, &x, jit, &map_pairs);
         let (a, b) = (run(true), run(false));
         let ctx = || format!("paging {paging}, round {round}: program {prog:08x?}, x {x:x?}");
-        assert_eq!(a.x, b.x, "x, {}", ctx());
-        assert_eq!(a.instret, b.instret, "instret, {}", ctx());
-        assert!(a.ram == b.ram, "RAM differs, {}", ctx());
+        assert_same(&a, &b, ctx);
     }
 }
 
@@ -1269,9 +1265,7 @@ fn sys_groups_crossing_pages_stop_leaving() {
                     |jit| run_passes_setup(paging, &[], &[], body, &[], passes, &x, jit, &setup);
                 let (a, b) = (run(true), run(false));
                 let ctx = || format!("base {base:x}, {passes} passes, body {body:08x?}");
-                assert_eq!(a.x, b.x, "x, {}", ctx());
-                assert_eq!(a.instret, b.instret, "instret, {}", ctx());
-                assert!(a.ram == b.ram, "RAM differs, {}", ctx());
+                assert_same(&a, &b, ctx);
                 a.slow
             };
             let (few, many) = (slow(20), slow(400));
