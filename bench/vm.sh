@@ -6,8 +6,8 @@
 #          (guest uptime before/after, so boot time is not counted)
 # for 1 and 4 harts. Prints medians of RUNS runs (default 3) and the ratio
 # virtkit/qemu (lower is better; issue 14's target is at most 0.5).
-# A run that fails or outlives TIMEOUT seconds (QEMU's 4-hart boot hung
-# once in a while) is left out of its median and reported on stderr; the
+# A run that fails or outlives TIMEOUT seconds (QEMU's 4-hart boot hangs
+# now and then) is left out of its median and reported on stderr; the
 # table is still printed, and the script then exits 1.
 #
 # Usage: bench/vm.sh            (builds virtkit --release first)
