@@ -1315,9 +1315,7 @@ fn sys_groups_crossing_from_a_code_page_rewrite_code_exactly() {
             (2..42).sum::<u64>(),
             "the interpreter ran each new addi"
         );
-        assert_eq!(a.x, b.x, "x, paging {paging}");
-        assert_eq!(a.instret, b.instret, "instret, paging {paging}");
-        assert!(a.ram == b.ram, "RAM differs, paging {paging}");
+        assert_same(&a, &b, || format!("paging {paging}"));
     }
 }
 
@@ -1398,9 +1396,7 @@ fn review_groups_crossing_into_a_code_page_rewrite_code_exactly() {
             "the interpreter ran each new addi"
         );
         let ctx = format!("paging {paging}, load first {with_load_first}");
-        assert_eq!(a.x, b.x, "x, {ctx}");
-        assert_eq!(a.instret, b.instret, "instret, {ctx}");
-        assert!(a.ram == b.ram, "RAM differs, {ctx}");
+        assert_same(&a, &b, || ctx.clone());
     }
 }
 
@@ -1437,9 +1433,7 @@ fn review_straddles_under_a_full_return_address_stack() {
         let run = |jit| run_passes_setup(paging, &[], &[], &body, &[], 3, &x, jit, &setup);
         let (a, b) = (run(true), run(false));
         assert_eq!(b.x[28], 0);
-        assert_eq!(a.x, b.x, "x, paging {paging}");
-        assert_eq!(a.instret, b.instret, "instret, paging {paging}");
-        assert!(a.ram == b.ram, "RAM differs, paging {paging}");
+        assert_same(&a, &b, || format!("paging {paging}"));
         assert!(a.slow < 40, "paging {paging}: {} slow exits", a.slow);
     }
 }
