@@ -528,7 +528,9 @@ impl Jit {
             decode_buf: Vec::with_capacity(MAX_BLOCK + 1),
             fetched: Vec::new(),
             space_id: (0, 0),
-            sys_table: vec![NO_SLOT; SYS_TABLE_SIZE].into_boxed_slice(),
+            // Allocated by the first `run_sys` (a megabyte that a
+            // user-mode hart, one per process, never reads).
+            sys_table: Box::new([]),
             sys_blocks: HashMap::default(),
             sys_pages: HashMap::default(),
             changed: Vec::new(),
@@ -1160,6 +1162,7 @@ impl Jit {
     pub(crate) fn run_sys<B: Bus>(&mut self, core: &mut Core, mem: &mut SysMem<'_, B>) -> JitExit {
         if !self.sys_mode {
             self.sys_mode = true;
+            self.sys_table = vec![NO_SLOT; SYS_TABLE_SIZE].into_boxed_slice();
             self.flush();
             // Code changes raise this hart's attention, which is all that
             // translated code polls (before the generation is read below).

@@ -44,13 +44,17 @@ const EMPTY: Entry = Entry {
 
 /// A hart's TLBs.
 pub(crate) struct Tlb {
-    e: Box<[[Entry; TLB_SIZE]; REGIMES]>,
+    /// The entries, per regime (none before the first [`SysMem`]: a
+    /// user-mode hart never uses them, and writing their megabyte at
+    /// each process start was 8% of the CPU time of a shell script
+    /// running short commands).
+    e: Box<[[Entry; TLB_SIZE]]>,
     /// Per regime, which entries came from a superpage (a bit per entry)
     /// and its level (1: 2 MiB, 2: 1 GiB, 3: 512 GiB): `sfence.vma` of
     /// one address must also drop the entries of the other 4 KiB pages of
     /// a superpage holding it (they share its leaf PTE).
     big: [[u64; TLB_SIZE / 64]; REGIMES],
-    level: Box<[[u8; TLB_SIZE]; REGIMES]>,
+    level: Box<[[u8; TLB_SIZE]]>,
     /// Per regime, the superpages (virtual page number shifted right by
     /// 9 * level, and the level) entries may have come from since the
     /// last flush: a one-address fence outside all of them (most: user
@@ -69,14 +73,24 @@ pub(crate) struct Tlb {
 unsafe impl Send for Tlb {}
 
 impl Tlb {
+    /// TLBs with no entries allocated yet (see [`Tlb::ensure`]).
     pub fn new() -> Self {
         Tlb {
-            e: Box::new([[EMPTY; TLB_SIZE]; REGIMES]),
+            e: Box::new([]),
             big: [[0; TLB_SIZE / 64]; REGIMES],
-            level: Box::new([[0; TLB_SIZE]; REGIMES]),
+            level: Box::new([]),
             filled: Default::default(),
             supers: Default::default(),
             no_code: Box::new(AtomicU8::new(0)),
+        }
+    }
+
+    /// Allocates the entries, all empty, if not done yet.
+    fn ensure(&mut self) {
+        if self.e.is_empty() {
+            // (Built on the heap, not as a 1 MiB array on the stack.)
+            self.e = vec![[EMPTY; TLB_SIZE]; REGIMES].into_boxed_slice();
+            self.level = vec![[0; TLB_SIZE]; REGIMES].into_boxed_slice();
         }
     }
 
@@ -101,7 +115,7 @@ impl Tlb {
     /// every entry of every regime whose leaf PTE maps `va`.
     pub fn flush_page(&mut self, va: u64) {
         let vpn = va >> 12;
-        for r in 0..REGIMES {
+        for r in 0..self.e.len() {
             let i = (vpn as usize) & (TLB_SIZE - 1);
             if entry_vpn(&self.e[r][i]) == Some(vpn) {
                 self.e[r][i] = EMPTY;
@@ -160,6 +174,7 @@ fn regime(p: Priv, sum: bool) -> usize {
 
 impl<'a, B: Bus> SysMem<'a, B> {
     pub fn new(bus: &'a B, tlb: &'a mut Tlb) -> Self {
+        tlb.ensure();
         SysMem {
             bus,
             ram: bus.ram(),
