@@ -5,7 +5,8 @@
 # (n-body steps in double, a float dot product); plus two
 # rows with the same sha256sum and gzip run natively by the host's amd64
 # busybox (busybox-static), to show how far emulation is from the
-# physical limit.
+# physical limit; and a start-up row: 50 processes, an emulator each,
+# running busybox ls (what a build or a shell script pays per command).
 # Prints medians of RUNS runs (default 3) and the ratio virtkit/qemu;
 # with INTERP=1 (the default) also virtkit's interpreter alone (--no-jit)
 # and its ratio, to show what the JIT buys.
@@ -119,6 +120,23 @@ for b in "${BENCHES[@]}"; do
     if [ -z "$sha_virtkit" ]; then sha_virtkit=$v; sha_qemu=$q; fi
     case $name in gzip*) gz_virtkit=$v; gz_qemu=$q; cp "$WORK/out.qemu" "$WORK/out.gzip" ;; esac
 done
+# Start-up: 50 short processes, an emulator each (busybox ls of a small
+# directory), as a build or a shell script runs them: loading, translating
+# what runs once, exiting. Not one of issue 14's rows (not in "worst"
+# below): it shows what a change costs programs that run briefly.
+cat > "$WORK/startup.sh" <<EOF
+for _ in \$(seq 50); do "\$@" $BUSYBOX ls $WORK > /dev/null || exit 1; done
+echo done
+EOF
+q=$(time_runs "" "sh $WORK/startup.sh qemu-riscv64-static" "$WORK/out.qemu")
+v=$(time_runs "" "sh $WORK/startup.sh $VIRTKIT emu user" "$WORK/out.virtkit")
+r=$(echo "scale=2; $v / $q" | bc)
+if [ "$INTERP" = 1 ]; then
+    n=$(time_runs "" "sh $WORK/startup.sh $VIRTKIT emu user --no-jit" "$WORK/out.interp")
+    printf '| %-26s | %9.3f | %11.3f | %6.2fx | %12.3f | %6.2fx |\n' "start-up, 50 processes" "$q" "$v" "$r" "$n" "$(echo "scale=2; $n / $q" | bc)"
+else
+    printf '| %-26s | %9.3f | %11.3f | %6.2fx |\n' "start-up, 50 processes" "$q" "$v" "$r"
+fi
 # The native rows: the first benchmark's sha256sum and gzip on the host's
 # amd64 busybox, no emulator. Their outputs must match the emulated
 # runs' (gzip's may differ with another busybox version: a warning only).
