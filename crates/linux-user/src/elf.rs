@@ -11,6 +11,7 @@
 use object::elf::{FileHeader64, ProgramHeader64};
 use object::read::elf::{FileHeader as _, ProgramHeader as _};
 use object::LittleEndian as LE;
+use std::borrow::Cow;
 use thiserror::Error;
 
 /// `e_machine` of RISC-V.
@@ -71,6 +72,8 @@ pub enum ElfError {
     BadSegment(&'static str),
     #[error("bad interpreter path")]
     BadInterp,
+    #[error("cannot read the file: {}", std::io::Error::from_raw_os_error(*.0))]
+    Read(i32),
 }
 
 /// One program header.
@@ -112,19 +115,61 @@ pub struct Elf {
     pub interp: Option<Vec<u8>>,
 }
 
+/// The bytes the parser reads: a whole file in memory, or a file read on
+/// demand (the loader reads headers only and maps the segments).
+pub trait ElfSource {
+    /// The file's length.
+    fn file_len(&self) -> u64;
+    /// `len` bytes at `offset`; `what` names them in the error when the file
+    /// ends first.
+    fn read_at(
+        &self,
+        offset: u64,
+        len: usize,
+        what: &'static str,
+    ) -> Result<Cow<'_, [u8]>, ElfError>;
+}
+
+impl ElfSource for [u8] {
+    fn file_len(&self) -> u64 {
+        self.len() as u64
+    }
+
+    fn read_at(
+        &self,
+        offset: u64,
+        len: usize,
+        what: &'static str,
+    ) -> Result<Cow<'_, [u8]>, ElfError> {
+        usize::try_from(offset)
+            .ok()
+            .and_then(|o| self.get(o..o.checked_add(len)?))
+            .map(Cow::Borrowed)
+            .ok_or(ElfError::Truncated(what))
+    }
+}
+
 impl Elf {
     /// Parses and validates `file` (the whole file contents).
     ///
     /// `limit` is the size of the guest address space: every segment must fit
     /// below it (after relocation for position-independent files).
     pub fn parse(file: &[u8], limit: u64) -> Result<Elf, ElfError> {
-        if file.get(..4) != Some(&object::elf::ELFMAG[..]) {
+        Self::parse_from(file, limit)
+    }
+
+    /// [`Elf::parse`] reading only the headers and the interpreter path from
+    /// `src`; segment contents are only checked to lie inside the file.
+    pub fn parse_from<S: ElfSource + ?Sized>(src: &S, limit: u64) -> Result<Elf, ElfError> {
+        let magic = src.read_at(0, 4, "magic").map_err(|_| ElfError::NotElf)?;
+        if magic[..] != object::elf::ELFMAG[..] {
             return Err(ElfError::NotElf);
         }
         // `object`'s own `parse` folds class, byte order and version into
         // one "unsupported" error; read the header and check each field so
         // the message says which.
-        let (hdr, _) = object::pod::from_bytes::<FileHeader64<LE>>(file)
+        let head = src.read_at(0, EHDR_SIZE, "file header")?;
+        let (hdr, _) = object::pod::from_bytes::<FileHeader64<LE>>(&head)
             .map_err(|_| ElfError::Truncated("file header"))?;
         let ident = hdr.e_ident();
         if ident.class != object::elf::ELFCLASS64 {
@@ -151,9 +196,24 @@ impl Elf {
         if phnum > MAX_PHNUM {
             return Err(ElfError::TooManyPhdrs(phnum));
         }
-        let raw = hdr
-            .program_headers(LE, file)
-            .map_err(|_| ElfError::Truncated("program headers"))?;
+        let phoff = hdr.e_phoff(LE);
+        // As `object` reads them: no table when e_phoff is 0.
+        let table = if phoff == 0 {
+            Cow::Borrowed(&[][..])
+        } else {
+            src.read_at(phoff, phnum * PHDR_SIZE, "program headers")?
+        };
+        let (raw, _) = object::pod::slice_from_bytes::<ProgramHeader64<LE>>(
+            &table,
+            if phoff == 0 { 0 } else { phnum },
+        )
+        .map_err(|_| ElfError::Truncated("program headers"))?;
+        let file_len = src.file_len();
+        let in_file = |p: &Phdr| {
+            p.offset
+                .checked_add(p.filesz)
+                .is_some_and(|e| e <= file_len)
+        };
         let mut phdrs = Vec::with_capacity(raw.len());
         let mut interp = None;
         for ph in raw {
@@ -166,8 +226,9 @@ impl Elf {
                     if p.offset.checked_add(p.filesz).is_none() {
                         return Err(ElfError::BadSegment("file range overflows"));
                     }
-                    ph.data(LE, file)
-                        .map_err(|_| ElfError::Truncated("segment data"))?;
+                    if !in_file(&p) {
+                        return Err(ElfError::Truncated("segment data"));
+                    }
                     let vend = p
                         .vaddr
                         .checked_add(p.memsz)
@@ -177,15 +238,16 @@ impl Elf {
                     }
                 }
                 PT_INTERP => {
-                    let raw = ph
-                        .data(LE, file)
-                        .map_err(|_| ElfError::Truncated("interpreter path"))?;
-                    if raw.is_empty() || raw.len() > MAX_INTERP_LEN {
+                    if !in_file(&p) {
+                        return Err(ElfError::Truncated("interpreter path"));
+                    }
+                    if p.filesz == 0 || p.filesz > MAX_INTERP_LEN as u64 {
                         return Err(ElfError::BadInterp);
                     }
+                    let raw = src.read_at(p.offset, p.filesz as usize, "interpreter path")?;
                     // Up to the first NUL; a missing terminator is
                     // tolerated (Linux requires it, qemu does not).
-                    let path = raw.split(|&c| c == 0).next().unwrap_or(raw);
+                    let path = raw.split(|&c| c == 0).next().unwrap_or(&raw);
                     if path.is_empty() {
                         return Err(ElfError::BadInterp);
                     }
@@ -201,7 +263,7 @@ impl Elf {
         Ok(Elf {
             e_type,
             entry: hdr.e_entry(LE),
-            phoff: hdr.e_phoff(LE),
+            phoff,
             phnum,
             flags: hdr.e_flags(LE),
             phdrs,

@@ -2,12 +2,14 @@
 //! [`AddressSpace`] and builds the initial stack (argv, envp, auxv) the way
 //! Linux's `binfmt_elf` does.
 
-use crate::elf::{Elf, ElfError, ET_DYN, PF_R, PF_W, PF_X};
+use crate::elf::{Elf, ElfError, ElfSource, Phdr, ET_DYN, PF_R, PF_W, PF_X};
 use crate::mm::{
     page_down, page_up, AddressSpace, MmError, GUEST_SIZE, PAGE, PROT_R, PROT_W, PROT_X,
 };
-use std::io::Read;
+use std::borrow::Cow;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -16,8 +18,13 @@ use thiserror::Error;
 pub const ET_DYN_BASE: u64 = 0x2a_aaaa_a000;
 /// Top of the initial stack (one guard page below the end of the space).
 pub const STACK_TOP: u64 = GUEST_SIZE - PAGE;
-/// Largest program file we read into memory.
+/// Largest program file we load.
 pub const MAX_FILE: u64 = 1 << 30;
+/// How much of a program file is read up front: the ELF header, and in
+/// practice the program headers and the interpreter path too.
+const HEAD: u64 = 4096;
+/// Copies from a file into guest memory go in pieces of this size.
+const COPY_CHUNK: usize = 1 << 20;
 /// Largest stack we map up front (the stack rlimit may be "unlimited").
 const MAX_STACK: u64 = 256 << 20;
 /// Largest argv+envp the initial stack takes (Linux: a quarter of the stack
@@ -125,14 +132,126 @@ pub struct FileSegment {
     pub path: PathBuf,
 }
 
-/// Reads a file for loading, with clear errors for directories and the like.
-pub fn read_file(path: &Path) -> Result<Vec<u8>, LoadError> {
-    read(path, false).map_err(|e| LoadError::file(path, e))
+/// Opens the program to run, which must be executable, as execve requires.
+pub fn read_program(path: &Path) -> Result<ProgramFile, LoadError> {
+    ProgramFile::open(path, true).map_err(|e| LoadError::file(path, e))
 }
 
-/// Reads the program to run, which must be executable, as execve requires.
-pub fn read_program(path: &Path) -> Result<Vec<u8>, LoadError> {
-    read(path, true).map_err(|e| LoadError::file(path, e))
+/// A program file opened for loading. Only its first bytes are read up
+/// front; its segments are mapped from it (or copied, see [`load`]).
+#[derive(Debug)]
+pub struct ProgramFile {
+    file: std::fs::File,
+    len: u64,
+    head: Vec<u8>,
+}
+
+impl ProgramFile {
+    /// Opens `path`, with clear errors for directories and the like.
+    pub fn open(path: &Path, need_exec: bool) -> Result<ProgramFile, FileError> {
+        let meta = std::fs::metadata(path).map_err(FileError::Io)?;
+        if meta.is_dir() {
+            return Err(FileError::IsDirectory);
+        }
+        if !meta.is_file() {
+            return Err(FileError::NotRegular);
+        }
+        if need_exec {
+            exec_access(path).map_err(FileError::Io)?;
+        }
+        let file = std::fs::File::open(path).map_err(FileError::Io)?;
+        // The length of what was opened, not of what the path named a
+        // moment ago.
+        let len = file.metadata().map_err(FileError::Io)?.len();
+        if len > MAX_FILE {
+            return Err(FileError::TooLarge(len));
+        }
+        let mut head = vec![0u8; len.min(HEAD) as usize];
+        file.read_exact_at(&mut head, 0).map_err(FileError::Io)?;
+        Ok(ProgramFile { file, len, head })
+    }
+}
+
+impl ElfSource for ProgramFile {
+    fn file_len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(
+        &self,
+        offset: u64,
+        len: usize,
+        what: &'static str,
+    ) -> Result<Cow<'_, [u8]>, ElfError> {
+        let end = offset
+            .checked_add(len as u64)
+            .filter(|&e| e <= self.len)
+            .ok_or(ElfError::Truncated(what))?;
+        if end <= self.head.len() as u64 {
+            return Ok(Cow::Borrowed(&self.head[offset as usize..end as usize]));
+        }
+        let mut buf = vec![0u8; len];
+        self.file
+            .read_exact_at(&mut buf, offset)
+            .map_err(|e| read_error(e, what))?;
+        Ok(Cow::Owned(buf))
+    }
+}
+
+fn read_error(e: std::io::Error, what: &'static str) -> ElfError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        // Shortened since it was opened.
+        ElfError::Truncated(what)
+    } else {
+        ElfError::Read(e.raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
+/// What [`load`] loads from: a file (whose segments are mapped, as Linux
+/// and qemu do) or bytes in memory (tests and fuzzing; everything copied).
+#[derive(Debug, Clone, Copy)]
+pub enum Image<'a> {
+    Bytes(&'a [u8]),
+    File(&'a ProgramFile),
+}
+
+impl Image<'_> {
+    fn parse(&self) -> Result<Elf, ElfError> {
+        match self {
+            Image::Bytes(b) => Elf::parse(b, GUEST_SIZE),
+            Image::File(f) => Elf::parse_from(*f, GUEST_SIZE),
+        }
+    }
+
+    /// Copies `len` bytes at file `offset` to guest `addr`, mapped
+    /// writable. The file range was checked by the parser.
+    fn copy(&self, mm: &AddressSpace, addr: u64, offset: u64, len: u64) -> Result<(), FileError> {
+        let out_of_range = || FileError::Map(MmError::OutOfRange { addr, len });
+        match self {
+            Image::Bytes(b) => {
+                let src = b
+                    .read_at(offset, len as usize, "segment data")
+                    .map_err(FileError::Elf)?;
+                mm.write(addr, &src).ok_or_else(out_of_range)
+            }
+            Image::File(f) => {
+                // Straight into guest memory, a piece at a time: no buffer
+                // as large as the segment.
+                let mut done = 0;
+                while done < len {
+                    let n = (len - done).min(COPY_CHUNK as u64);
+                    let dst = mm
+                        .slice_mut(addr + done, n as usize)
+                        .ok_or_else(out_of_range)?;
+                    f.file
+                        .read_exact_at(dst, offset + done)
+                        .map_err(|e| FileError::Elf(read_error(e, "segment data")))?;
+                    done += n;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Whether the effective user may execute `path`, as the kernel's execve
@@ -152,27 +271,6 @@ pub fn exec_access(path: &Path) -> std::io::Result<()> {
     }
 }
 
-fn read(path: &Path, need_exec: bool) -> Result<Vec<u8>, FileError> {
-    let meta = std::fs::metadata(path).map_err(FileError::Io)?;
-    if meta.is_dir() {
-        return Err(FileError::IsDirectory);
-    }
-    if !meta.is_file() {
-        return Err(FileError::NotRegular);
-    }
-    if need_exec {
-        exec_access(path).map_err(FileError::Io)?;
-    }
-    if meta.len() > MAX_FILE {
-        return Err(FileError::TooLarge(meta.len()));
-    }
-    let mut data = Vec::with_capacity(meta.len() as usize);
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_FILE).read_to_end(&mut data))
-        .map_err(FileError::Io)?;
-    Ok(data)
-}
-
 fn seg_prot(flags: u32) -> u8 {
     let mut p = 0;
     if flags & PF_R != 0 {
@@ -187,12 +285,12 @@ fn seg_prot(flags: u32) -> u8 {
     p
 }
 
-/// Maps the PT_LOAD segments of `elf` (contents `data`) at `bias`.
+/// Maps the PT_LOAD segments of `elf` (from `image`) at `bias`.
 fn map_image(
     mm: &AddressSpace,
     path: &Path,
     elf: &Elf,
-    data: &[u8],
+    image: Image<'_>,
     bias: u64,
     segments: &mut Vec<FileSegment>,
 ) -> Result<(u64, u64), FileError> {
@@ -202,30 +300,55 @@ fn map_image(
     let hi = page_up(hi + bias)
         .filter(|&h| h <= GUEST_SIZE)
         .ok_or_else(|| merr(MmError::OutOfRange { addr: lo, len: 0 }))?;
-    // Map the whole span writable, copy the segments, then set each page's
-    // final permissions (pages shared by two segments get the union).
+    // Map the whole span writable, fill in the segments, then set each
+    // page's final permissions (pages shared by two segments get the union).
     mm.map(lo, hi - lo, PROT_R | PROT_W, false, -1, 0)
         .map_err(merr)?;
-    for p in elf.loads() {
-        if p.filesz > 0 {
-            let start = page_down(p.vaddr.wrapping_add(bias));
-            segments.push(FileSegment {
-                start,
-                end: page_up(p.vaddr.wrapping_add(bias).saturating_add(p.filesz))
-                    .unwrap_or(hi)
-                    .min(hi),
-                // Congruent in a well-formed ELF; only informative otherwise.
-                offset: p.offset.wrapping_sub(p.vaddr.wrapping_add(bias) - start),
-                path: path.to_path_buf(),
-            });
+    let loads: Vec<&Phdr> = elf.loads().collect();
+    for (i, p) in loads.iter().enumerate() {
+        if p.filesz == 0 {
+            continue;
         }
-        let src = &data[p.offset as usize..(p.offset + p.filesz) as usize];
-        mm.write(p.vaddr + bias, src).ok_or_else(|| {
-            merr(MmError::OutOfRange {
-                addr: p.vaddr,
-                len: p.filesz,
-            })
-        })?;
+        let v = p.vaddr + bias;
+        let start = page_down(v);
+        segments.push(FileSegment {
+            start,
+            end: page_up(v.saturating_add(p.filesz)).unwrap_or(hi).min(hi),
+            // Congruent in a well-formed ELF; only informative otherwise.
+            offset: p.offset.wrapping_sub(v - start),
+            path: path.to_path_buf(),
+        });
+        let fend = v + p.filesz;
+        // The segment's whole pages come from the file by a private
+        // mapping, as Linux and qemu load programs: nothing is read or
+        // copied until the guest touches a page, and the page cache is
+        // shared by every process running the file. That needs the file
+        // offset congruent with the address and pages no other segment
+        // shares; the last, partial page is copied, so that what follows
+        // the file data in it is zero and no page maps past the file's end.
+        let mut copy_from = v;
+        if let Image::File(f) = image {
+            let alone = loads
+                .iter()
+                .enumerate()
+                .all(|(j, q)| j == i || !pages_overlap(p, q));
+            let full_end = page_down(fend);
+            if alone && v % PAGE == p.offset % PAGE && full_end > start {
+                mm.map(
+                    start,
+                    full_end - start,
+                    PROT_R | PROT_W,
+                    false,
+                    f.file.as_raw_fd(),
+                    page_down(p.offset),
+                )
+                .map_err(merr)?;
+                copy_from = full_end;
+            }
+        }
+        if fend > copy_from {
+            image.copy(mm, copy_from, p.offset + (copy_from - v), fend - copy_from)?;
+        }
     }
     let npages = ((hi - lo) / PAGE) as usize;
     let mut prots = vec![0u8; npages];
@@ -255,6 +378,14 @@ fn map_image(
         i = j;
     }
     Ok((lo, hi))
+}
+
+/// Whether two segments touch a common page (bias is the same for both).
+fn pages_overlap(p: &Phdr, q: &Phdr) -> bool {
+    let range = |s: &Phdr| (page_down(s.vaddr), s.vaddr.saturating_add(s.memsz));
+    let (ps, pe) = range(p);
+    let (qs, qe) = range(q);
+    ps < qe && qs < pe
 }
 
 fn max_align(elf: &Elf) -> u64 {
@@ -326,13 +457,13 @@ impl AuxInfo {
     }
 }
 
-/// Loads `path` (already read into `data`), its interpreter (looked up under
+/// Loads `path` (opened as `image`), its interpreter (looked up under
 /// `sysroot` if given) and builds the stack.
 #[allow(clippy::too_many_arguments)]
 pub fn load(
     mm: &AddressSpace,
     path: &Path,
-    data: &[u8],
+    image: Image<'_>,
     sysroot: Option<&Path>,
     argv: &[Vec<u8>],
     envp: &[Vec<u8>],
@@ -341,7 +472,7 @@ pub fn load(
     stack_size: u64,
 ) -> Result<Loaded, LoadError> {
     let ferr = |error| LoadError::file(path, error);
-    let elf = Elf::parse(data, GUEST_SIZE).map_err(|e| ferr(FileError::Elf(e)))?;
+    let elf = image.parse().map_err(|e| ferr(FileError::Elf(e)))?;
     let stack_size = page_up(stack_size.clamp(128 << 10, MAX_STACK)).unwrap_or(8 << 20);
     let stack_low = STACK_TOP - stack_size;
     // Leave a gap under the stack; mmap allocations go top-down below it.
@@ -354,7 +485,7 @@ pub fn load(
         0
     };
     let mut segments = Vec::new();
-    let (lo, hi) = map_image(mm, path, &elf, data, bias, &mut segments).map_err(ferr)?;
+    let (lo, hi) = map_image(mm, path, &elf, image, bias, &mut segments).map_err(ferr)?;
     let entry = elf.entry.wrapping_add(bias);
     let phdr = elf.phdr_vaddr().map(|v| v + bias).unwrap_or(lo + elf.phoff);
 
@@ -415,14 +546,14 @@ fn load_interp(
     ipath: &Path,
     segments: &mut Vec<FileSegment>,
 ) -> Result<(u64, u64), FileError> {
-    let idata = read(ipath, false)?;
-    let ielf = Elf::parse(&idata, GUEST_SIZE).map_err(FileError::Elf)?;
+    let ifile = ProgramFile::open(ipath, false)?;
+    let ielf = Elf::parse_from(&ifile, GUEST_SIZE).map_err(FileError::Elf)?;
     let ibias = if ielf.e_type == ET_DYN {
         choose_bias(mm, &ielf, None).map_err(FileError::Map)?
     } else {
         0
     };
-    let (ilo, _) = map_image(mm, ipath, &ielf, &idata, ibias, segments)?;
+    let (ilo, _) = map_image(mm, ipath, &ielf, Image::File(&ifile), ibias, segments)?;
     Ok((ilo, ielf.entry.wrapping_add(ibias)))
 }
 
@@ -501,4 +632,235 @@ fn build_stack(
     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
     mm.write(sp, &bytes).ok_or(LoadError::ArgsTooLong)?;
     Ok((sp, bytes[auxv_at * 8..].to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::elf::{EM_RISCV, ET_EXEC, PT_LOAD};
+
+    /// (flags, file offset, address, file size, memory size) of each PT_LOAD.
+    type Seg = (u32, u64, u64, u64, u64);
+
+    /// An ET_EXEC riscv64 file with `segs`, its bytes a pattern that differs
+    /// from page to page (so a wrong offset shows), `len` bytes long.
+    fn elf(segs: &[Seg], len: usize) -> Vec<u8> {
+        let mut f: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4096) as u8).collect();
+        f[..64].fill(0);
+        f[..4].copy_from_slice(b"\x7fELF");
+        f[4] = 2;
+        f[5] = 1;
+        f[6] = 1;
+        f[16..18].copy_from_slice(&ET_EXEC.to_le_bytes());
+        f[18..20].copy_from_slice(&EM_RISCV.to_le_bytes());
+        f[24..32].copy_from_slice(&segs[0].2.to_le_bytes());
+        f[32..40].copy_from_slice(&64u64.to_le_bytes());
+        f[54..56].copy_from_slice(&56u16.to_le_bytes());
+        f[56..58].copy_from_slice(&(segs.len() as u16).to_le_bytes());
+        for (i, &(flags, off, vaddr, filesz, memsz)) in segs.iter().enumerate() {
+            let p = 64 + 56 * i;
+            f[p..p + 56].fill(0);
+            f[p..p + 4].copy_from_slice(&PT_LOAD.to_le_bytes());
+            f[p + 4..p + 8].copy_from_slice(&flags.to_le_bytes());
+            f[p + 8..p + 16].copy_from_slice(&off.to_le_bytes());
+            f[p + 16..p + 24].copy_from_slice(&vaddr.to_le_bytes());
+            f[p + 32..p + 40].copy_from_slice(&filesz.to_le_bytes());
+            f[p + 40..p + 48].copy_from_slice(&memsz.to_le_bytes());
+            f[p + 48..p + 56].copy_from_slice(&PAGE.to_le_bytes());
+        }
+        f
+    }
+
+    /// `bytes` written to a fresh file named after `name` and the process.
+    fn file(name: &str, bytes: &[u8]) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("vk-loader-{name}-{}", std::process::id()));
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    fn aux() -> AuxInfo {
+        AuxInfo {
+            uid: 0,
+            euid: 0,
+            gid: 0,
+            egid: 0,
+            random: [7; 16],
+        }
+    }
+
+    fn load_image(image: Image<'_>) -> Result<(AddressSpace, Loaded), LoadError> {
+        let mm = AddressSpace::new().unwrap();
+        let l = load(
+            &mm,
+            Path::new("prog"),
+            image,
+            None,
+            &[b"prog".to_vec()],
+            &[],
+            b"prog",
+            &aux(),
+            1 << 20,
+        )?;
+        Ok((mm, l))
+    }
+
+    /// Every byte and page permission of the image's span.
+    fn snapshot(mm: &AddressSpace, l: &Loaded) -> Vec<(u8, Vec<u8>)> {
+        (l.image.0..l.image.1)
+            .step_by(PAGE as usize)
+            .map(|a| {
+                let perm = mm.page_perm(a);
+                let bytes = mm
+                    .slice(a, PAGE as usize)
+                    .map(<[u8]>::to_vec)
+                    .unwrap_or_default();
+                (perm, bytes)
+            })
+            .collect()
+    }
+
+    /// Loads `bytes` from memory and from a file: both must give the same
+    /// image. Returns the file, its path and the file-loaded space.
+    fn both_ways(name: &str, bytes: &[u8]) -> (PathBuf, AddressSpace, Loaded) {
+        let (mm_b, l_b) = load_image(Image::Bytes(bytes)).unwrap();
+        let path = file(name, bytes);
+        let pf = ProgramFile::open(&path, false).unwrap();
+        let (mm_f, l_f) = load_image(Image::File(&pf)).unwrap();
+        assert_eq!(l_b.image, l_f.image);
+        let (sb, sf) = (snapshot(&mm_b, &l_b), snapshot(&mm_f, &l_f));
+        for (i, (b, f)) in sb.iter().zip(&sf).enumerate() {
+            assert_eq!(b.0, f.0, "permissions of page {i}");
+            // Inside the segments the contents must agree; outside them a
+            // mapped page shows the file, as under Linux.
+            for (k, seg) in Elf::parse(bytes, GUEST_SIZE).unwrap().loads().enumerate() {
+                let a = l_b.image.0 + i as u64 * PAGE;
+                let (s, e) = (seg.vaddr.max(a), (seg.vaddr + seg.memsz).min(a + PAGE));
+                for x in s..e {
+                    let o = (x - a) as usize;
+                    assert_eq!(b.1[o], f.1[o], "segment {k}, address {x:#x}");
+                }
+            }
+        }
+        (path, mm_f, l_f)
+    }
+
+    #[test]
+    fn whole_pages_come_from_the_file_and_the_partial_page_is_copied() {
+        // Text: two whole pages and a partial one. Data: congruent with its
+        // offset, a partial page then bss.
+        let segs = [
+            (PF_R | PF_X, 0, 0x10000, 0x2345, 0x2345),
+            (PF_R | PF_W, 0x2400, 0x13400, 0x1900, 0x3000),
+        ];
+        let bytes = elf(&segs, 0x4000);
+        let (path, mm, _) = both_ways("mapped", &bytes);
+        // The bss after the data's file part is zero, in its partial page too.
+        assert!(mm
+            .slice(0x13400 + 0x1900, 0x3000 - 0x1900)
+            .unwrap()
+            .iter()
+            .all(|&b| b == 0));
+        // The whole pages are the file's pages (a private mapping shows a
+        // write to the file where the guest has not written); the copied
+        // partial page does not.
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        for off in [0x1000, 0x2100, 0x2500, 0x3000] {
+            f.write_all_at(&[0xa5], off).unwrap();
+        }
+        assert_eq!(
+            mm.slice(0x11000, 1).unwrap()[0],
+            0xa5,
+            "whole text page mapped"
+        );
+        assert_eq!(
+            mm.slice(0x12100, 1).unwrap()[0],
+            bytes[0x2100],
+            "partial text page copied"
+        );
+        assert_eq!(
+            mm.slice(0x13500, 1).unwrap()[0],
+            0xa5,
+            "whole data page mapped"
+        );
+        assert_eq!(
+            mm.slice(0x14000, 1).unwrap()[0],
+            bytes[0x3000],
+            "partial data page copied"
+        );
+        // The guest's own write to a mapped page stays its own.
+        mm.write(0x13504, &[1]).unwrap();
+        f.write_all_at(&[0x5a], 0x2504).unwrap();
+        assert_eq!(mm.slice(0x13504, 1).unwrap()[0], 1);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn shared_pages_and_incongruent_offsets_are_copied() {
+        let segs = [
+            // Text and data share the page at 0x12000.
+            (PF_R | PF_X, 0, 0x10000, 0x2345, 0x2345),
+            (PF_R | PF_W, 0x2400, 0x12400, 0x1000, 0x1800),
+            // Offset 0x100 into the file at a page-aligned address.
+            (PF_R, 0x100, 0x20000, 0x2000, 0x2000),
+        ];
+        let bytes = elf(&segs, 0x4000);
+        let (path, mm, _) = both_ways("copied", &bytes);
+        assert_eq!(
+            mm.page_perm(0x12000),
+            PROT_R | PROT_W | PROT_X,
+            "union of both"
+        );
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[0xa5; 0x3000], 0x1000).unwrap();
+        for a in [0x11000, 0x12800, 0x20f00, 0x21000] {
+            assert_ne!(
+                mm.slice(a, 1).unwrap()[0],
+                0xa5,
+                "{a:#x} copied, not mapped"
+            );
+        }
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn a_file_shortened_after_opening_is_an_error() {
+        let segs = [(PF_R | PF_X, 0, 0x10000, 0x2345, 0x2345)];
+        let path = file("short", &elf(&segs, 0x3000));
+        let pf = ProgramFile::open(&path, false).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0x2100)
+            .unwrap();
+        let Err(e) = load_image(Image::File(&pf)) else {
+            panic!("loaded a shortened file");
+        };
+        let e = e.to_string();
+        assert!(e.contains("truncated ELF file: segment data"), "{e}");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn program_headers_and_interpreter_beyond_the_first_bytes_are_read() {
+        // Program headers and PT_INTERP past HEAD: read on demand.
+        let segs = [(PF_R | PF_X, 0, 0x10000, 0x100, 0x100)];
+        let mut bytes = elf(&segs, 0x3000);
+        let ph: Vec<u8> = bytes[64..120].to_vec();
+        bytes[0x2000..0x2038].copy_from_slice(&ph);
+        let mut interp = [0u8; 56];
+        interp[..4].copy_from_slice(&crate::elf::PT_INTERP.to_le_bytes());
+        interp[8..16].copy_from_slice(&0x2800u64.to_le_bytes());
+        interp[32..40].copy_from_slice(&12u64.to_le_bytes());
+        bytes[0x2038..0x2070].copy_from_slice(&interp);
+        bytes[0x2800..0x280c].copy_from_slice(b"/lib/ld.so\0\0");
+        bytes[32..40].copy_from_slice(&0x2000u64.to_le_bytes());
+        bytes[56..58].copy_from_slice(&2u16.to_le_bytes());
+        let path = file("far", &bytes);
+        let pf = ProgramFile::open(&path, false).unwrap();
+        let e = Elf::parse_from(&pf, GUEST_SIZE).unwrap();
+        assert_eq!(e, Elf::parse(&bytes, GUEST_SIZE).unwrap());
+        assert_eq!(e.interp.as_deref(), Some(&b"/lib/ld.so"[..]));
+        std::fs::remove_file(path).unwrap();
+    }
 }

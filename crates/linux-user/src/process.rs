@@ -172,7 +172,7 @@ pub fn run(
     argv: Vec<Vec<u8>>,
     envp: Vec<Vec<u8>>,
 ) -> Result<std::convert::Infallible, StartError> {
-    let data = loader::read_program(program)?;
+    let file = loader::read_program(program)?;
     let mm = AddressSpace::new()?;
     let stack_size = cfg.stack_size.unwrap_or_else(|| {
         let mut rl = libc::rlimit {
@@ -188,7 +188,7 @@ pub fn run(
     let loaded = loader::load(
         &mm,
         program,
-        &data,
+        loader::Image::File(&file),
         cfg.sysroot.as_deref(),
         &argv,
         &envp,
@@ -196,7 +196,7 @@ pub fn run(
         &AuxInfo::host(),
         stack_size,
     )?;
-    drop(data);
+    drop(file);
     // The sigreturn trampoline: `li a7, 139; ecall`, on its own page
     // (Linux puts it in the vDSO).
     let tramp = mm.choose(0, PAGE, false, false)?;
