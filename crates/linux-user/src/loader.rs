@@ -334,16 +334,20 @@ fn map_image(
                 .all(|(j, q)| j == i || !pages_overlap(p, q));
             let full_end = page_down(fend);
             if alone && v % PAGE == p.offset % PAGE && full_end > start {
-                mm.map(
-                    start,
-                    full_end - start,
-                    PROT_R | PROT_W,
-                    false,
-                    f.file.as_raw_fd(),
-                    page_down(p.offset),
-                )
-                .map_err(merr)?;
-                copy_from = full_end;
+                let len = full_end - start;
+                let fd = f.file.as_raw_fd();
+                if mm
+                    .map(start, len, PROT_R | PROT_W, false, fd, page_down(p.offset))
+                    .is_ok()
+                {
+                    copy_from = full_end;
+                } else {
+                    // A file system that cannot map files: copy, into
+                    // fresh anonymous pages (a failed fixed mapping may
+                    // have dropped the old ones).
+                    mm.map(start, len, PROT_R | PROT_W, false, -1, 0)
+                        .map_err(merr)?;
+                }
             }
         }
         if fend > copy_from {
