@@ -8,7 +8,7 @@ use crate::mm::{
 };
 use std::borrow::Cow;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -120,6 +120,10 @@ pub struct Loaded {
     /// Where the program's and the interpreter's file contents were placed,
     /// for /proc/self/maps.
     pub segments: Vec<FileSegment>,
+    /// (device, inode) of the files whose pages are mapped (the program and
+    /// its interpreter): writing them would change the running code, which
+    /// Linux refuses (ETXTBSY).
+    pub files: Vec<(u64, u64)>,
 }
 
 /// Guest pages holding (a copy of) part of a file.
@@ -144,6 +148,8 @@ pub struct ProgramFile {
     file: std::fs::File,
     len: u64,
     head: Vec<u8>,
+    /// (device, inode).
+    id: (u64, u64),
 }
 
 impl ProgramFile {
@@ -162,7 +168,8 @@ impl ProgramFile {
         let file = std::fs::File::open(path).map_err(FileError::Io)?;
         // The length of what was opened, not of what the path named a
         // moment ago.
-        let len = file.metadata().map_err(FileError::Io)?.len();
+        let meta = file.metadata().map_err(FileError::Io)?;
+        let (len, id) = (meta.len(), (meta.dev(), meta.ino()));
         if len > MAX_FILE {
             return Err(FileError::TooLarge(len));
         }
@@ -183,7 +190,17 @@ impl ProgramFile {
         }
         head.truncate(n);
         let len = if n < want { n as u64 } else { len };
-        Ok(ProgramFile { file, len, head })
+        Ok(ProgramFile {
+            file,
+            len,
+            head,
+            id,
+        })
+    }
+
+    /// The file's (device, inode).
+    pub fn id(&self) -> (u64, u64) {
+        self.id
     }
 }
 
@@ -521,6 +538,10 @@ pub fn load(
     };
     let mut segments = Vec::new();
     let (lo, hi) = map_image(mm, path, &elf, image, bias, &mut segments).map_err(ferr)?;
+    let mut files: Vec<(u64, u64)> = match image {
+        Image::File(f) => vec![f.id()],
+        Image::Bytes(_) => Vec::new(),
+    };
     let entry = elf.entry.wrapping_add(bias);
     let phdr = elf.phdr_vaddr().map(|v| v + bias).unwrap_or(lo + elf.phoff);
 
@@ -529,11 +550,13 @@ pub fn load(
     if let Some(interp) = &elf.interp {
         let ipath = interp_path(interp, sysroot);
         let (ilo, ientry) =
-            load_interp(mm, &ipath, &mut segments).map_err(|error| LoadError::Interp {
-                path: path.to_path_buf(),
-                interp: interp.escape_ascii().to_string(),
-                host: (ipath.as_os_str().as_bytes() != interp.as_slice()).then_some(ipath),
-                error,
+            load_interp(mm, &ipath, &mut segments, &mut files).map_err(|error| {
+                LoadError::Interp {
+                    path: path.to_path_buf(),
+                    interp: interp.escape_ascii().to_string(),
+                    host: (ipath.as_os_str().as_bytes() != interp.as_slice()).then_some(ipath),
+                    error,
+                }
             })?;
         interp_base = ilo;
         pc = ientry;
@@ -572,6 +595,7 @@ pub fn load(
         image: (lo, hi),
         interp_base,
         stack_low,
+        files,
     })
 }
 
@@ -580,8 +604,10 @@ fn load_interp(
     mm: &AddressSpace,
     ipath: &Path,
     segments: &mut Vec<FileSegment>,
+    files: &mut Vec<(u64, u64)>,
 ) -> Result<(u64, u64), FileError> {
     let ifile = ProgramFile::open(ipath, false)?;
+    files.push(ifile.id());
     let ielf = Elf::parse_from(&ifile, GUEST_SIZE).map_err(FileError::Elf)?;
     let ibias = if ielf.e_type == ET_DYN {
         choose_bias(mm, &ielf, None).map_err(FileError::Map)?

@@ -69,6 +69,10 @@ pub struct Process {
     pub(crate) auxv: Vec<u8>,
     /// File contents the loader copied into guest memory (/proc/self/maps).
     pub(crate) segments: Vec<loader::FileSegment>,
+    /// (device, inode) of the program and interpreter files, whose pages
+    /// are mapped: opening them for writing fails with ETXTBSY, as Linux
+    /// refuses to write a running program.
+    pub(crate) running: Vec<(u64, u64)>,
     /// The initial stack mapping (start, end).
     pub(crate) stack: (u64, u64),
     /// Robust-list heads of the live threads, by tid (get_robust_list of
@@ -237,6 +241,7 @@ pub fn run(
         argv,
         auxv: loaded.auxv,
         segments: loaded.segments,
+        running: loaded.files,
         stack: (loaded.stack_low, loader::STACK_TOP),
         robust: Mutex::new(HashMap::new()),
     });

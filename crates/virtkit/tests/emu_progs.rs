@@ -174,6 +174,7 @@ const PROCSELF: &str = "exe: argv[0]\ncode: r-xp exe\ndata: rw-p\nstack: rw-p [s
     mremap across mappings: Bad address\nmremap grown: grown rw-p\n\
     file map: named, offset 1000\nauxv: matches getauxval (5 keys checked)\ncmdline: argv\n\
     prctl name: 0 abcdefghijklmno\nprctl name: short\n\
+    write own exe: Text file busy\ntruncate own exe: Text file busy\n\
     get_robust_list(other thread): its head\nget_robust_list(no such pid): No such process\n\
     clone3 fork: child exit 23\n\
     clone3 clear-sighand: child killed by 10, parent handled 10\nclone3 vfork: child exit 24\n\

@@ -17,13 +17,51 @@ impl Thread {
         if let Some(f) = crate::procfs::classify(&raw) {
             return Ok(self.open_proc(f, a2 as i32));
         }
+        let path = self.path(a1)?;
+        let flags = a2 as i32;
+        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+            let follow = flags & libc::O_NOFOLLOW == 0;
+            self.refuse_running(dirfd, &path, follow)?;
+        }
         Ok(host!(
             libc::SYS_openat,
             dirfd,
-            self.path(a1)?.as_ptr(),
-            a2 as i32,
+            path.as_ptr(),
+            flags,
             a3 as u32
         ))
+    }
+
+    /// `truncate`.
+    pub(super) fn sys_truncate(&mut self, a: [u64; 6]) -> R {
+        let path = self.path(a[0])?;
+        self.refuse_running(libc::AT_FDCWD as libc::c_long, &path, true)?;
+        Ok(host!(libc::SYS_truncate, path.as_ptr(), a[1]))
+    }
+
+    /// ETXTBSY when `path` (at `dirfd`) is the file of the running program
+    /// or its interpreter, as Linux refuses to write those: their pages are
+    /// mapped from the file, so writing it would change the running code
+    /// (and shortening it would make its pages fault). Other processes can
+    /// still write it, which no emulator can prevent (qemu neither).
+    fn refuse_running(&self, dirfd: libc::c_long, path: &CString, follow: bool) -> R {
+        let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+        let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
+        let r = host!(
+            libc::SYS_newfstatat,
+            dirfd,
+            path.as_ptr(),
+            st.as_mut_ptr(),
+            flags
+        );
+        if r == 0 {
+            // SAFETY: the kernel filled the stat buffer (r == 0).
+            let st = unsafe { st.assume_init() };
+            if self.proc.running.contains(&(st.st_dev, st.st_ino)) {
+                return Err(-(libc::ETXTBSY as i64));
+            }
+        }
+        Ok(0)
     }
 
     /// `pipe2`.

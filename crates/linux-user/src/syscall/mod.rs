@@ -273,7 +273,7 @@ impl Thread {
                 a4 as i32
             ),
             nr::UTIMENSAT => self.sys_utimensat(a)?,
-            nr::TRUNCATE => host!(libc::SYS_truncate, self.path(a0)?.as_ptr(), a1),
+            nr::TRUNCATE => self.sys_truncate(a)?,
             nr::FTRUNCATE => host!(libc::SYS_ftruncate, fd, a1),
             nr::FALLOCATE => host!(libc::SYS_fallocate, fd, a1 as i32, a2, a3),
             nr::FADVISE64 => host!(libc::SYS_fadvise64, fd, a1, a2, a3 as i32),
