@@ -802,25 +802,27 @@ fn checking_heads(insns: &[Insn], back_last: &[Option<usize>]) -> Vec<bool> {
         let j = offs.binary_search(&u16::try_from(off).ok()?).ok()?;
         (j > 0).then_some(j)
     };
-    let succ: Vec<Vec<usize>> = insns
+    // At most two successors each (NONE: no more), in one allocation:
+    // a Vec per instruction was a malloc per instruction of every block
+    // with a loop.
+    let succ: Vec<[usize; 2]> = insns
         .iter()
         .enumerate()
         .map(|(k, i)| {
-            let mut s = Vec::new();
-            match i.kind {
-                Beq | Bne | Blt | Bge | Bltu | Bgeu => {
-                    s.push(k + 1);
-                    s.extend(target(i));
-                }
-                Jal => s.extend(target(i)),
+            let (a, b) = match i.kind {
+                Beq | Bne | Blt | Bge | Bltu | Bgeu => (Some(k + 1), target(i)),
+                Jal => (target(i), None),
                 // Returns and indirect jumps leave the block; so do
                 // system instructions (what follows is reached only by
                 // jumps).
-                _ if i.ends_block() => {}
-                _ => s.push(k + 1),
+                _ if i.ends_block() => (None, None),
+                _ => (Some(k + 1), None),
+            };
+            let ok = |j: Option<usize>| j.filter(|&j| j > 0 && j < n);
+            match (ok(a), ok(b)) {
+                (Some(a), b) => [a, b.unwrap_or(NONE)],
+                (None, b) => [b.unwrap_or(NONE), NONE],
             }
-            s.retain(|&j| j > 0 && j < n);
-            s
         })
         .collect();
     let mut checks: Vec<bool> = (0..n)
@@ -837,8 +839,12 @@ fn checking_heads(insns: &[Insn], back_last: &[Option<usize>]) -> Vec<bool> {
     checks
 }
 
-/// Whether the graph `succ` less the nodes `removed` has a cycle.
-fn has_cycle(succ: &[Vec<usize>], removed: &[bool]) -> bool {
+/// No successor (see `checking_heads`).
+const NONE: usize = usize::MAX;
+
+/// Whether the graph `succ` (up to two successors a node, [`NONE`] for
+/// none) less the nodes `removed` has a cycle.
+fn has_cycle(succ: &[[usize; 2]], removed: &[bool]) -> bool {
     // 0: not seen, 1: on the path, 2: done.
     let mut state = vec![0u8; succ.len()];
     for start in 0..succ.len() {
@@ -848,7 +854,7 @@ fn has_cycle(succ: &[Vec<usize>], removed: &[bool]) -> bool {
         let mut stack = vec![(start, 0usize)];
         state[start] = 1;
         while let Some(&mut (v, ref mut e)) = stack.last_mut() {
-            if let Some(&w) = succ[v].get(*e) {
+            if let Some(&w) = succ[v].get(*e).filter(|&&w| w != NONE) {
                 *e += 1;
                 if removed[w] {
                     continue;
