@@ -752,6 +752,11 @@ fn head_map(current: &CacheMap, regs: &[u8]) -> CacheMap {
 /// overlap it, directly or through others. Heads of one group share one
 /// cache map, so the jumps between them move no registers.
 fn loop_groups(back_last: &[Option<usize>]) -> Vec<(usize, usize)> {
+    // Empty for a block without loops (most): nothing is looked up then,
+    // and a translation is on the path of all code run once.
+    if !back_last.iter().any(Option::is_some) {
+        return Vec::new();
+    }
     let mut groups = vec![(0, 0); back_last.len()];
     let mut k = 0;
     while k < back_last.len() {
@@ -789,10 +794,10 @@ fn checking_heads(insns: &[Insn], back_last: &[Option<usize>]) -> Vec<bool> {
     use Kind::*;
     let n = insns.len();
     // No loop inside (most blocks; every system-mode one): nothing to
-    // work out, and nothing to allocate per instruction (a translation
-    // is on the path of all code run once).
+    // work out, and nothing to allocate (a translation is on the path of
+    // all code run once); only loop heads are looked up.
     if !back_last.iter().any(Option::is_some) {
-        return vec![false; n];
+        return Vec::new();
     }
     let offs: Vec<u16> = insns.iter().map(|i| i.off).collect();
     // An instruction of the block after its start (jumps to the start
@@ -830,9 +835,10 @@ fn checking_heads(insns: &[Insn], back_last: &[Option<usize>]) -> Vec<bool> {
         .collect();
     let mut order: Vec<usize> = (0..n).filter(|&k| checks[k]).collect();
     order.sort_by_key(|&k| back_last[k].map_or(0, |l| l - k));
+    let (mut state, mut stack) = (Vec::new(), Vec::new());
     for h in order {
         checks[h] = false;
-        if has_cycle(&succ, &checks) {
+        if has_cycle(&succ, &checks, &mut state, &mut stack) {
             checks[h] = true;
         }
     }
@@ -844,14 +850,22 @@ const NONE: usize = usize::MAX;
 
 /// Whether the graph `succ` (up to two successors a node, [`NONE`] for
 /// none) less the nodes `removed` has a cycle.
-fn has_cycle(succ: &[[usize; 2]], removed: &[bool]) -> bool {
+/// `state` and `stack` are scratch space, reused across calls.
+fn has_cycle(
+    succ: &[[usize; 2]],
+    removed: &[bool],
+    state: &mut Vec<u8>,
+    stack: &mut Vec<(usize, usize)>,
+) -> bool {
     // 0: not seen, 1: on the path, 2: done.
-    let mut state = vec![0u8; succ.len()];
+    state.clear();
+    state.resize(succ.len(), 0);
     for start in 0..succ.len() {
         if removed[start] || state[start] != 0 {
             continue;
         }
-        let mut stack = vec![(start, 0usize)];
+        stack.clear();
+        stack.push((start, 0usize));
         state[start] = 1;
         while let Some(&mut (v, ref mut e)) = stack.last_mut() {
             if let Some(&w) = succ[v].get(*e).filter(|&&w| w != NONE) {
