@@ -950,15 +950,20 @@ fn loop_regs_by(insns: &[Insn], h: usize, last: usize, nested: bool) -> Vec<u8> 
     let body = &insns[h..=last];
     let n = body.len();
     let is_branch = |i: &Insn| matches!(i.kind, Beq | Bne | Blt | Bge | Bltu | Bgeu);
-    // Index in `body` of the instruction a jump of `body[m]` goes to.
-    let target = |m: usize| -> Option<usize> {
-        let i = &body[m];
-        if !is_branch(i) && i.kind != Jal {
-            return None;
-        }
-        let off = i.off as i64 + i.imm as i64;
-        body.iter().position(|t| t.off as i64 == off)
-    };
+    // Index in `body` of the instruction a jump of `body[m]` goes to,
+    // worked out once (the estimates below ask for each up to four times;
+    // a scan each was the bulk of this function's time).
+    let targets: Vec<Option<usize>> = body
+        .iter()
+        .map(|i| {
+            if !is_branch(i) && i.kind != Jal {
+                return None;
+            }
+            let off = i.off as i64 + i.imm as i64;
+            body.iter().position(|t| t.off as i64 == off)
+        })
+        .collect();
+    let target = |m: usize| targets[m];
     let mut inner = vec![false; n];
     for m in 0..n {
         if let Some(j) = target(m).filter(|&j| j > 0 && j <= m) {

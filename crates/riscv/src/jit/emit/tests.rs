@@ -648,7 +648,10 @@ fn w_results_stay_unextended_until_read_whole() {
         regs.retain(|&(r, _)| r != 10);
         regs.push((10, DATA + 0x100));
         let x = both_ways(&whole, &regs);
-        assert_eq!(x[5], x[6].wrapping_add(x[7].wrapping_mul(2)) as i32 as i64 as u64);
+        assert_eq!(
+            x[5],
+            x[6].wrapping_add(x[7].wrapping_mul(2)) as i32 as i64 as u64
+        );
         both_ways(&chain, &regs);
     }
 }
