@@ -587,6 +587,14 @@ impl AddressSpace {
             .map_or(0, |(_, &(_, k))| k);
         self.space.invalidate_code(old, old_len);
         self.space.invalidate_code(new, new_len);
+        // The source loses its guest permissions (table and host) while it
+        // is still mapped: once the host has moved its pages there is
+        // nothing left there to change the protection of (mprotect fails
+        // with ENOMEM on a hole), and another thread's access meanwhile
+        // must find no permission, not a hole.
+        self.space
+            .set_perms(old, old_len, 0)
+            .map_err(|e| mem_error(e, old, old_len))?;
         // SAFETY: both ranges are inside the reservation; the destination is
         // replaced (MREMAP_FIXED), and the source hole is re-reserved below.
         let r = unsafe {
@@ -599,11 +607,18 @@ impl AddressSpace {
             )
         };
         if r == libc::MAP_FAILED {
-            return Err(MmError::Host(errno()));
+            let e = errno();
+            // Nothing moved: the source gets its permission back.
+            self.space
+                .set_perms(old, old_len, prot)
+                .map_err(|e| mem_error(e, old, old_len))?;
+            return Err(MmError::Host(e));
         }
-        // Refill the hole the move left in the reservation (this also clears
-        // the old range's permissions).
-        let _ = self.space.unmap(old, old_len);
+        // Refill the hole the move left in the reservation, so that no
+        // host mapping can land inside the guest's address space.
+        self.space
+            .reserve_again(old, old_len)
+            .map_err(|e| mem_error(e, old, old_len))?;
         Self::remove_range(&mut l, old, old_end);
         Self::remove_range(&mut l, new, new_end);
         l.maps.insert(new, (new_end, k));
@@ -726,6 +741,37 @@ mod tests {
         assert!(mm.read_u64(0x11000).is_none());
         assert!(mm.read_u64(GUEST_SIZE - 4).is_none());
         assert!(mm.read_u64(u64::MAX - 3).is_none());
+    }
+
+    /// A moving mremap leaves the source reserved and inaccessible, not a
+    /// hole: a later munmap or mprotect there (a realloc'ing program's
+    /// next steps) must not fail on the host, which would turn the JIT off
+    /// for the rest of the process (and a hole could take a host mapping).
+    #[test]
+    fn moving_remap_leaves_the_source_reserved() {
+        let mm = AddressSpace::new().unwrap();
+        mm.map(0x10000, 0x3000, PROT_R | PROT_W, false, -1, 0)
+            .unwrap();
+        mm.write_u64(0x12ff8, 7).unwrap();
+        assert_eq!(mm.remap(0x10000, 0x3000, 0x5000, 0x40000).unwrap(), 0x40000);
+        assert_eq!(mm.read_u64(0x42ff8), Some(7));
+        assert!(mm.check(0x40000, 0x5000, PROT_W));
+        assert!(!mm.check(0x10000, 0x1000, PROT_R));
+        assert_eq!(mm.mappings(), vec![(0x40000, 0x45000)]);
+        // SAFETY: a protection change inside the space's own reservation,
+        // to what it already is.
+        let r = unsafe {
+            libc::mprotect(
+                mm.space.host_base().add(0x10000).cast(),
+                0x3000,
+                libc::PROT_NONE,
+            )
+        };
+        assert_eq!(r, 0, "the source is a hole in the reservation");
+        mm.unmap(0x10000, 0x3000).unwrap();
+        mm.unmap(0x40000, 0x5000).unwrap();
+        mm.map(0x10000, 0x1000, PROT_R, false, -1, 0).unwrap();
+        assert_eq!(mm.read_u64(0x10000), Some(0));
     }
 
     #[test]

@@ -353,6 +353,26 @@ impl UserSpace {
         Ok(())
     }
 
+    /// Reserves `[addr, addr+len)` again, inaccessible, after the host
+    /// moved its pages away (mremap): a hole left in the reservation could
+    /// take an unrelated host mapping, which guest accesses would then
+    /// reach. The caller cleared the range's permissions before the move.
+    pub fn reserve_again(&self, addr: u64, len: u64) -> Result<(), MemError> {
+        self.check_page_range(addr, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        host_mmap(
+            // SAFETY: pointer arithmetic inside the reservation, checked above.
+            unsafe { self.base.add(addr as usize) },
+            len as usize,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+        )
+        .map_err(MemError::Host)?;
+        Ok(())
+    }
+
     /// True when every page of `[addr, addr+len)` has all permission bits of
     /// `need`.
     pub fn check(&self, addr: u64, len: u64, need: u8) -> bool {
