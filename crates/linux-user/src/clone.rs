@@ -22,6 +22,7 @@ impl Thread {
         const CLONE_CHILD_SETTID: u64 = 0x0100_0000;
         let mut h = Hart::new_user();
         h.set_jit(self.proc.cfg.jit);
+        h.set_jit_threshold(self.proc.cfg.jit_threshold);
         for r in 1..32 {
             h.set_x(r, self.hart.x(r));
         }

@@ -29,6 +29,9 @@ pub struct Config {
     /// Translate guest code to host code (the default); `false` runs the
     /// interpreter alone (`--no-jit`), e.g. to rule the JIT out of a bug.
     pub jit: bool,
+    /// A block is translated on its `jit_threshold`th run; before, the
+    /// interpreter runs it (see [`riscv::DEFAULT_JIT_THRESHOLD`]).
+    pub jit_threshold: u32,
 }
 
 impl Default for Config {
@@ -39,6 +42,7 @@ impl Default for Config {
             self_exe: PathBuf::new(),
             stack_size: None,
             jit: true,
+            jit_threshold: riscv::DEFAULT_JIT_THRESHOLD,
         }
     }
 }
@@ -247,6 +251,7 @@ pub fn run(
     });
     let mut hart = Hart::new_user();
     hart.set_jit(proc.cfg.jit);
+    hart.set_jit_threshold(proc.cfg.jit_threshold);
     hart.pc = loaded.pc;
     hart.set_x(2, loaded.sp);
     // SAFETY: reads the current mask into a local.

@@ -58,9 +58,18 @@ pub(crate) struct Engine {
     poll: u32,
     /// User mode translates blocks to host code (see `jit`) unless off.
     jit_on: bool,
+    jit_threshold: u32,
     #[cfg(target_arch = "x86_64")]
     jit: Option<Box<jit::Jit>>,
 }
+
+/// User mode: how many times a block runs (in the interpreter) before it
+/// is translated, unless [`Engine::set_jit_threshold`] says otherwise.
+/// Start-up of a short process (busybox `ls`, 50 processes): 0.46 s of
+/// CPU time translating every block on its first run, 0.20 s at 32, 0.18
+/// s at 64, 0.17 s at 128 and with the interpreter alone; long runs do
+/// not see the difference.
+pub const DEFAULT_JIT_THRESHOLD: u32 = 64;
 
 impl Engine {
     pub fn new() -> Self {
@@ -74,6 +83,7 @@ impl Engine {
             gen: 0,
             poll: POLL_BLOCKS,
             jit_on: cfg!(target_arch = "x86_64"),
+            jit_threshold: DEFAULT_JIT_THRESHOLD,
             #[cfg(target_arch = "x86_64")]
             jit: None,
         }
@@ -93,6 +103,20 @@ impl Engine {
         self.jit_on
     }
 
+    /// User mode: a block is translated on its `n`th run (at least 1: on
+    /// its first); before, the interpreter runs it.
+    pub fn set_jit_threshold(&mut self, n: u32) {
+        self.jit_threshold = n.max(1);
+        #[cfg(target_arch = "x86_64")]
+        if let Some(j) = self.jit.as_mut() {
+            j.set_threshold(self.jit_threshold);
+        }
+    }
+
+    pub fn jit_threshold(&self) -> u32 {
+        self.jit_threshold
+    }
+
     /// The hart's JIT, created on first use; `None` when it is off or the
     /// host refuses executable memory (then the interpreter runs alone).
     #[cfg(target_arch = "x86_64")]
@@ -102,7 +126,7 @@ impl Engine {
             return None;
         }
         if self.jit.is_none() {
-            match jit::Jit::new() {
+            match jit::Jit::new(self.jit_threshold) {
                 Some(j) => self.jit = Some(Box::new(j)),
                 None => self.jit_on = false,
             }

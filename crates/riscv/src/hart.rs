@@ -74,6 +74,7 @@ impl Hart {
         h.core.frm = self.core.frm;
         h.core.clock = self.core.clock.clone();
         h.engine.set_jit(self.engine.jit_on());
+        h.engine.set_jit_threshold(self.engine.jit_threshold());
         h
     }
 
@@ -82,6 +83,13 @@ impl Hart {
     /// always on other hosts). Both give the same results.
     pub fn set_jit(&mut self, on: bool) {
         self.engine.set_jit(on);
+    }
+
+    /// User mode: how many times a block runs in the interpreter before
+    /// it is translated (see [`crate::DEFAULT_JIT_THRESHOLD`]); 1
+    /// translates every block on its first run.
+    pub fn set_jit_threshold(&mut self, n: u32) {
+        self.engine.set_jit_threshold(n);
     }
 
     /// Drops all decoded blocks of this hart (like `fence.i`).

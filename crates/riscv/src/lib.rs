@@ -81,6 +81,7 @@ mod persist;
 pub use cpu::{
     csr, irq, Clock, Core, Exit, HartConfig, HartControl, MemAccess, MemFault, MemFaultKind, Priv,
 };
+pub use engine::DEFAULT_JIT_THRESHOLD;
 pub use hart::Hart;
 pub use mem::{perm, Bus, CodeMap, MemError, RamRegion, UserSpace};
 pub use persist::{CsrState, HartState, PersistError, HART_STATE_VERSION};

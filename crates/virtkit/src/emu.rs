@@ -47,6 +47,12 @@ struct UserArgs {
     /// host code (also: VIRTKIT_JIT=0); slower, same results
     #[arg(long = "no-jit")]
     no_jit: bool,
+    /// Translate a block once it has run N times; before, the interpreter
+    /// runs it (code that runs a few times costs less interpreted than
+    /// translated); 1 translates every block on its first run (also:
+    /// VIRTKIT_JIT_THRESHOLD=N)
+    #[arg(long = "jit-threshold", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    jit_threshold: Option<u32>,
     /// The program, then its arguments (passed as they are, even those
     /// starting with '-')
     #[arg(
@@ -103,6 +109,7 @@ fn user(u: UserArgs) -> anyhow::Result<i32> {
         self_exe: std::env::current_exe().context("cannot find the virtkit executable")?,
         stack_size: u.stack_size,
         jit: !u.no_jit && std::env::var_os("VIRTKIT_JIT").is_none_or(|v| v != "0"),
+        jit_threshold: jit_threshold(u.jit_threshold)?,
     };
     // `run` only returns when the program could not be started; the guest's
     // exit status and fatal signals end this process directly.
@@ -110,5 +117,18 @@ fn user(u: UserArgs) -> anyhow::Result<i32> {
         Ok(never) => match never {},
         // The error names the file and what is wrong with it.
         Err(e) => Err(e.into()),
+    }
+}
+
+/// `--jit-threshold`, else `VIRTKIT_JIT_THRESHOLD`, else the default.
+fn jit_threshold(arg: Option<u32>) -> anyhow::Result<u32> {
+    if let Some(n) = arg {
+        return Ok(n);
+    }
+    match std::env::var("VIRTKIT_JIT_THRESHOLD") {
+        Ok(v) => v.parse::<u32>().ok().filter(|&n| n >= 1).with_context(|| {
+            format!("VIRTKIT_JIT_THRESHOLD={v}: not a whole number of at least 1")
+        }),
+        Err(_) => Ok(riscv::DEFAULT_JIT_THRESHOLD),
     }
 }

@@ -35,6 +35,11 @@ fn translated_accesses_fault_like_qemu_and_the_interpreter() {
     );
     assert_eq!(ours.code, Some(0), "{ours:?}");
     assert_same("jitfault", &ours, &qemu(&[], &p, &[], None, None));
+    // Every block translated on its first run: each access above then
+    // faults in translated code, not in the interpreter (which runs
+    // blocks until they have run `riscv::DEFAULT_JIT_THRESHOLD` times).
+    let translated = emu(&["--jit-threshold=1"], &p, &[], None, None);
+    assert_same("jitfault --jit-threshold=1", &translated, &ours);
     let interp = emu(&["--no-jit"], &p, &[], None, None);
     assert_same("jitfault --no-jit", &interp, &ours);
 }

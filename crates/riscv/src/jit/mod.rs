@@ -103,6 +103,9 @@ type HashMap<K, V> = StdMap<K, V, BuildHasherDefault<PcHasher>>;
 /// Cap on helper instructions before a flush (the table is a Vec whose
 /// pointer generated code reads through `Ctx`).
 const MAX_HELPERS: usize = 1 << 18;
+/// User mode: block starts whose runs are counted at most (see
+/// `Jit::runs`), some 16 MiB of map.
+const MAX_COUNTED: usize = 1 << 20;
 
 const EXIT_DISPATCH: u32 = 0;
 const EXIT_CHAIN: u32 = 1;
@@ -265,6 +268,17 @@ pub(crate) struct Jit {
     /// direct-mapped cache of it for generated code; a block evicted from
     /// the table is found here instead of being translated again).
     blocks: HashMap<u64, usize>,
+    /// User mode: how many times each block start not translated yet was
+    /// asked for (see [`Jit::threshold`]).
+    runs: HashMap<u64, u32>,
+    /// User mode: a block is translated when it is asked for the
+    /// `threshold`th time; before, the interpreter runs it. Translating
+    /// costs some 8 µs a block, running one in the interpreter a few
+    /// tenths of one: code that runs a few times (a short process's
+    /// start-up, most of its work) is cheaper interpreted, and a loop
+    /// pays its threshold once. (System mode translates at once: a boot
+    /// measured no faster, the fetch checks making each ask dearer.)
+    threshold: u32,
     /// User mode: bytes of entry checks at the start of each block's code
     /// (by its address), which forward chained exits jump past.
     skips: HashMap<usize, u16>,
@@ -470,7 +484,7 @@ extern "sysv64" fn helper(ctx: *mut Ctx, idx: u32, pc: u64) -> u32 {
 impl Jit {
     /// Maps the code buffer and writes the fixed routines. `None` when the
     /// host refuses executable memory (the interpreter then runs alone).
-    pub(crate) fn new() -> Option<Jit> {
+    pub(crate) fn new(threshold: u32) -> Option<Jit> {
         // SAFETY: a fresh anonymous private mapping, owned by the Jit.
         let p = unsafe {
             libc::mmap(
@@ -559,7 +573,14 @@ impl Jit {
                 })
                 .flatten(),
             dump_dir: std::env::var_os("VIRTKIT_JIT_DUMP").map(Into::into),
+            runs: HashMap::default(),
+            threshold,
         })
+    }
+
+    /// See [`Jit::threshold`].
+    pub(crate) fn set_threshold(&mut self, n: u32) {
+        self.threshold = n;
     }
 
     /// `fence.i` on this hart (or requested by another). User mode drops
@@ -627,6 +648,7 @@ impl Jit {
     pub(crate) fn flush(&mut self) {
         self.len = self.blocks_start;
         self.blocks.clear();
+        self.runs.clear();
         self.skips.clear();
         self.sys_blocks.clear();
         self.sys_pages.clear();
@@ -661,7 +683,8 @@ impl Jit {
     }
 
     /// Code for the block at `pc`, translating it if needed. `None`: the
-    /// interpreter must run it (fetch fault, code crossing pages).
+    /// interpreter must run it (asked for fewer than `threshold` times so
+    /// far, fetch fault, code crossing pages).
     fn code_for(&mut self, space: &UserSpace, pc: u64) -> Option<usize> {
         let s = Self::slot(pc);
         for e in &self.table[s..s + 2] {
@@ -672,6 +695,20 @@ impl Jit {
         if let Some(&code) = self.blocks.get(&pc) {
             self.table_insert(pc, code);
             return Some(code);
+        }
+        if self.threshold > 1 {
+            if self.runs.len() >= MAX_COUNTED {
+                // Counts start again (translation comes later, nothing
+                // else changes): the map stays bounded whatever code the
+                // guest runs between flushes.
+                self.runs.clear();
+            }
+            let n = self.runs.entry(pc).or_insert(0);
+            *n += 1;
+            if *n < self.threshold {
+                return None;
+            }
+            self.runs.remove(&pc);
         }
         self.compile(space, pc)
     }

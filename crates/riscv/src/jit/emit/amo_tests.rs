@@ -52,6 +52,7 @@ fn run(prog: &[u32], x: &[u64; 32], jit: bool) -> Run {
     sp.set_perms(CODE, 0x1000, perm::R | perm::X).unwrap();
     sp.set_perms(RO, 0x1000, perm::R).unwrap();
     let mut h = Hart::new_user();
+    h.set_jit_threshold(1);
     h.set_jit(jit);
     for (r, &v) in x.iter().enumerate().skip(1) {
         h.set_x(r, v);
@@ -170,6 +171,7 @@ fn threads_count_exactly_with_amos_and_lr_sc() {
             let sp = sp.clone();
             std::thread::spawn(move || {
                 let mut h = Hart::new_user();
+                h.set_jit_threshold(1);
                 h.set_jit(t != 3);
                 h.set_x(10, DATA);
                 h.set_x(5, N as u64);

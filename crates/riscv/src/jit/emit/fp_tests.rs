@@ -223,6 +223,7 @@ fn run(prog: &[u32], x: &[u64; 32], f: &[u64; 32], fcsr: u64, jit: bool) -> Run 
     sp.write(CODE, &bytes).unwrap();
     sp.set_perms(CODE, 0x4000, perm::R | perm::X).unwrap();
     let mut h = Hart::new_user();
+    h.set_jit_threshold(1);
     h.set_jit(jit);
     for (r, &v) in x.iter().enumerate().skip(1) {
         h.set_x(r, v);

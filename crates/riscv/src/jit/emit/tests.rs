@@ -64,7 +64,10 @@ pub(super) fn both_ways(prog: &[u32], regs: &[(usize, u64)]) -> [u64; 32] {
 /// agree at the end too.
 fn both_ways_data(prog: &[u32], data: &[u8], regs: &[(usize, u64)]) -> [u64; 32] {
     let mut out = Vec::new();
-    for jit in [true, false] {
+    // Translated at once, translated on the third run (the first runs
+    // of a loop interpreted, then the rest from a block that starts
+    // where the interpreter left it), interpreted.
+    for (jit, threshold) in [(true, 1), (true, 3), (false, 1)] {
         let sp = UserSpace::new(32).unwrap();
         sp.map_anonymous(CODE, 0x1000, perm::R | perm::W).unwrap();
         sp.map_anonymous(DATA, 0x1000, perm::R | perm::W).unwrap();
@@ -75,6 +78,7 @@ fn both_ways_data(prog: &[u32], data: &[u8], regs: &[(usize, u64)]) -> [u64; 32]
         sp.write(DATA, data).unwrap();
         sp.set_perms(CODE, 0x1000, perm::R | perm::X).unwrap();
         let mut h = Hart::new_user();
+        h.set_jit_threshold(threshold);
         h.set_jit(jit);
         for &(r, v) in regs {
             h.set_x(r, v);
@@ -87,8 +91,12 @@ fn both_ways_data(prog: &[u32], data: &[u8], regs: &[(usize, u64)]) -> [u64; 32]
         out.push((e, h.pc, h.instret(), x, mem));
     }
     assert_eq!(
-        out[0], out[1],
+        out[0], out[2],
         "translated vs interpreted, program {prog:08x?}"
+    );
+    assert_eq!(
+        out[1], out[2],
+        "translated from the third run vs interpreted, program {prog:08x?}"
     );
     out[0].3
 }
@@ -610,7 +618,7 @@ fn j(off: i32) -> u32 {
 
 /// The host code of user-mode block `words` (then an ecall).
 fn host_code(words: &[u32]) -> Vec<u8> {
-    let mut jit = crate::jit::Jit::new().expect("a code buffer");
+    let mut jit = crate::jit::Jit::new(1).expect("a code buffer");
     let mut insns: Vec<Insn> = words.iter().chain(&[0x73]).map(|&w| decode(w)).collect();
     for (k, i) in insns.iter_mut().enumerate() {
         i.off = 4 * k as u16;
@@ -1890,6 +1898,7 @@ fn rx_interp_steps(
     sp.write(CODE, &bytes).unwrap();
     sp.write(DATA, data).unwrap();
     let mut h = Hart::new_user();
+    h.set_jit_threshold(1);
     for &(r, v) in regs {
         h.set_x(r, v);
     }
@@ -1942,6 +1951,7 @@ fn random_endless_block_internal_loops_stop_where_the_interpreter_agrees() {
             sp.write(DATA, &d2).unwrap();
             sp.set_perms(CODE, 0x1000, perm::R | perm::X).unwrap();
             let mut h = Hart::new_user();
+            h.set_jit_threshold(1);
             h.set_jit(true);
             for &(r, v) in &r2 {
                 h.set_x(r, v);
@@ -2018,6 +2028,7 @@ fn a_tight_loop_with_several_heads_in_one_block_stops() {
         sp.write(CODE, &bytes).unwrap();
         sp.set_perms(CODE, 0x1000, perm::R | perm::X).unwrap();
         let mut h = Hart::new_user();
+        h.set_jit_threshold(1);
         h.set_jit(true);
         for &(r, v) in &regs {
             h.set_x(r, v);
@@ -2119,6 +2130,7 @@ fn a_static_jalr_back_to_a_loop_start_keeps_the_entry_check() {
         sp.write(CODE, &bytes).unwrap();
         sp.set_perms(CODE, 0x1000, perm::R | perm::X).unwrap();
         let mut h = Hart::new_user();
+        h.set_jit_threshold(1);
         h.set_jit(jit);
         h.set_x(11, DATA);
         h.set_x(12, DATA + 8);
