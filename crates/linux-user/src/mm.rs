@@ -359,23 +359,57 @@ impl AddressSpace {
         fixed: bool,
         noreplace: bool,
     ) -> Result<u64, MmError> {
-        let len = page_up(len).ok_or(MmError::NoSpace(len))?;
         let l = self.lock();
+        Self::choose_locked(&l, hint, len, fixed, noreplace)
+    }
+
+    /// `choose` with the layout lock held.
+    fn choose_locked(
+        l: &Layout,
+        hint: u64,
+        len: u64,
+        fixed: bool,
+        noreplace: bool,
+    ) -> Result<u64, MmError> {
+        let len = page_up(len).ok_or(MmError::NoSpace(len))?;
         if fixed {
             let end = Self::range_ok(hint, len)?;
-            if noreplace && Self::overlaps(&l, hint, end) {
+            if noreplace && Self::overlaps(l, hint, end) {
                 return Err(MmError::Exists(hint));
             }
             return Ok(hint);
         }
         if hint != 0 && hint.is_multiple_of(PAGE) {
             if let Ok(end) = Self::range_ok(hint, len) {
-                if !Self::overlaps(&l, hint, end) {
+                if !Self::overlaps(l, hint, end) {
                     return Ok(hint);
                 }
             }
         }
-        Self::find_free(&l, len).ok_or(MmError::NoSpace(len))
+        Self::find_free(l, len).ok_or(MmError::NoSpace(len))
+    }
+
+    /// mmap(2): chooses where the mapping goes (as [`AddressSpace::choose`])
+    /// and maps it there under one lock, so that another thread's mmap or
+    /// mremap cannot be handed the same free range meanwhile (the later
+    /// `MAP_FIXED` would replace the earlier's fresh mapping). Returns the
+    /// address.
+    #[allow(clippy::too_many_arguments)]
+    pub fn map_chosen(
+        &self,
+        hint: u64,
+        len: u64,
+        fixed: bool,
+        noreplace: bool,
+        prot: u8,
+        shared: bool,
+        fd: i32,
+        offset: u64,
+    ) -> Result<u64, MmError> {
+        let mut l = self.lock();
+        let at = Self::choose_locked(&l, hint, len, fixed, noreplace)?;
+        self.map_locked(&mut l, at, len, prot, shared, fd, offset)?;
+        Ok(at)
     }
 
     /// Maps `len` bytes at guest `addr` (page aligned), replacing whatever
@@ -572,11 +606,33 @@ impl AddressSpace {
     /// throughout (Linux: lie in one mapping), else EFAULT. Returns the new
     /// guest address.
     pub fn remap(&self, old: u64, old_len: u64, new_len: u64, new: u64) -> Result<u64, MmError> {
+        self.remap_to(old, old_len, new_len, Some(new))
+    }
+
+    /// [`AddressSpace::remap`] to a free range chosen under the same lock
+    /// (`None`), so that no other thread's mmap is handed it meanwhile.
+    pub fn remap_to(
+        &self,
+        old: u64,
+        old_len: u64,
+        new_len: u64,
+        new: Option<u64>,
+    ) -> Result<u64, MmError> {
         let old_len = page_up(old_len).ok_or(MmError::NoSpace(old_len))?;
         let new_len = page_up(new_len).ok_or(MmError::NoSpace(new_len))?;
         let old_end = Self::range_ok(old, old_len)?;
-        let new_end = Self::range_ok(new, new_len)?;
         let mut l = self.lock();
+        let new = match new {
+            Some(n) => n,
+            None => Self::choose_locked(&l, 0, new_len, false, false)?,
+        };
+        let new_end = Self::range_ok(new, new_len)?;
+        // Linux refuses overlapping ranges before touching anything; the
+        // host would too, but only after the source lost its permissions
+        // below (other threads' accesses meanwhile would fault).
+        if old < new_end && new < old_end {
+            return Err(MmError::Host(libc::EINVAL));
+        }
         // Read under the lock: another thread's mprotect cannot slip in.
         let prot = self.one_mapping_perm(old, old_end)?;
         let k = l
@@ -772,6 +828,41 @@ mod tests {
         mm.unmap(0x40000, 0x5000).unwrap();
         mm.map(0x10000, 0x1000, PROT_R, false, -1, 0).unwrap();
         assert_eq!(mm.read_u64(0x10000), Some(0));
+    }
+
+    /// A remap the host refuses (overlapping ranges: EINVAL, as Linux)
+    /// never takes the source's permission away, even for a moment:
+    /// another thread using the source meanwhile must not fault.
+    #[test]
+    fn a_refused_remap_leaves_the_source_accessible_throughout() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let mm = std::sync::Arc::new(AddressSpace::new().unwrap());
+        mm.map(0x10000, 0x4000, PROT_R | PROT_W, false, -1, 0)
+            .unwrap();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let misses = std::sync::Arc::new(AtomicU64::new(0));
+        let t = {
+            let (mm, stop, misses) = (mm.clone(), stop.clone(), misses.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if !mm.check(0x10000, 0x4000, PROT_R) {
+                        misses.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        };
+        for _ in 0..20000 {
+            let e = mm.remap(0x10000, 0x4000, 0x4000, 0x12000).unwrap_err();
+            assert_eq!(e.errno(), libc::EINVAL);
+        }
+        stop.store(true, Ordering::Relaxed);
+        t.join().unwrap();
+        assert_eq!(
+            misses.load(Ordering::Relaxed),
+            0,
+            "source seen inaccessible"
+        );
+        assert!(mm.check(0x10000, 0x4000, PROT_W));
     }
 
     #[test]

@@ -97,6 +97,20 @@ fn threads_hammer_shared_counters() {
     }
 }
 
+/// Concurrent mmap(NULL)/munmap in several threads: no range is handed to
+/// two of them (choosing and mapping under one lock).
+#[test]
+fn concurrent_mmaps_get_distinct_ranges() {
+    let p = build("mmrace", false);
+    let ours = emu(&[], &p, &[], None, None);
+    assert_eq!(
+        String::from_utf8_lossy(&ours.stdout),
+        "mappings handed to two threads: 0\n",
+        "{ours:?}"
+    );
+    assert_eq!(ours.code, Some(0), "{ours:?}");
+}
+
 #[test]
 fn signals_match_qemu() {
     let p = build("signals", false);

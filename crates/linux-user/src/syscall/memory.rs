@@ -97,12 +97,11 @@ impl Thread {
         }
         let at = self
             .mm()
-            .choose(addr, len, fixed, noreplace)
-            .map_err(|e| -(e.errno() as i64))?;
-        self.mm()
-            .map(
-                at,
+            .map_chosen(
+                addr,
                 len,
+                fixed,
+                noreplace,
                 mm::prot_from_linux(prot),
                 shared,
                 if anon { -1 } else { fd },
@@ -162,10 +161,7 @@ impl Thread {
         if flags & MAYMOVE == 0 {
             return Err(ENOMEM);
         }
-        let to = mm
-            .choose(0, new_len, false, false)
-            .map_err(|e| -(e.errno() as i64))?;
-        mm.remap(old, old_len, new_len, to)
+        mm.remap_to(old, old_len, new_len, None)
             .map(|a| a as i64)
             .map_err(|e| -(e.errno() as i64))
     }
