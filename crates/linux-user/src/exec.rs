@@ -94,9 +94,10 @@ impl Thread {
         if !cfg.jit {
             a.push(b"--no-jit".to_vec());
         }
-        if cfg.jit_threshold != riscv::DEFAULT_JIT_THRESHOLD {
-            a.push(format!("--jit-threshold={}", cfg.jit_threshold).into_bytes());
-        }
+        // Always: the flag wins over a VIRTKIT_JIT_THRESHOLD in the
+        // program's environment (which the new emulator process reads),
+        // so the default chosen by a flag is passed on as well.
+        a.push(format!("--jit-threshold={}", cfg.jit_threshold).into_bytes());
         if let Some(a0) = argv.first() {
             a.push(b"-0".to_vec());
             a.push(a0.clone());

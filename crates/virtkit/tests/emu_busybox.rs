@@ -200,3 +200,27 @@ fn busybox_reads_stdin_and_runs_applets_by_name() {
         assert_same(&format!("busybox {args:?}"), &ours, &peer);
     }
 }
+
+/// The threshold a flag chose is passed on through exec, even the default:
+/// a VIRTKIT_JIT_THRESHOLD in the environment (which the exec'd program,
+/// and the emulator process that runs it, inherit) does not override it.
+#[test]
+fn exec_passes_the_jit_threshold_flag_on_over_the_environment() {
+    let bb = busybox();
+    let b = bb.to_str().unwrap();
+    let script = format!("echo parent; {b} echo child");
+    let ours = emu_env(
+        &["--jit-threshold=64"],
+        &bb,
+        &["sh", "-c", &script],
+        None,
+        None,
+        &[("VIRTKIT_JIT_THRESHOLD", "not-a-number")],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&ours.stdout),
+        "parent\nchild\n",
+        "{ours:?}"
+    );
+    assert_eq!(ours.code, Some(0), "{ours:?}");
+}
