@@ -215,7 +215,9 @@ impl Engine {
     #[inline(never)]
     fn insert(&mut self, key: u64, insns: &[Insn]) -> Block {
         if self.insns.len() + insns.len() > MAX_INSNS {
-            self.flush();
+            // The interpreter's store is full: its blocks go, the JIT's
+            // translations (and counts) stay.
+            self.flush_decoded();
         }
         let sentinel = insns.last().is_some_and(|i| i.kind == Kind::BlockEnd);
         let b = Block {

@@ -1,4 +1,6 @@
 //! User-mode JIT: translates decoded blocks ([`Insn`]) into x86-64 code.
+//! In user mode a block is translated on its `threshold`th run (see
+//! [`crate::DEFAULT_JIT_THRESHOLD`]); the interpreter runs it before.
 //!
 //! The interpreter's cost is dispatch: one indirect branch, operand
 //! fetches and a loop per guest instruction. Here each block becomes
@@ -104,8 +106,8 @@ type HashMap<K, V> = StdMap<K, V, BuildHasherDefault<PcHasher>>;
 /// pointer generated code reads through `Ctx`).
 const MAX_HELPERS: usize = 1 << 18;
 /// User mode: block starts whose runs are counted at most (see
-/// `Jit::runs`), some 16 MiB of map.
-const MAX_COUNTED: usize = 1 << 20;
+/// `Jit::runs`): about 2 MiB of map.
+const MAX_COUNTED: usize = 1 << 16;
 
 const EXIT_DISPATCH: u32 = 0;
 const EXIT_CHAIN: u32 = 1;
