@@ -40,15 +40,20 @@ const ADDI_X31_M1: u32 = 0xffff_8f93;
 /// Log2 of the space's size.
 const SPACE_BITS: u32 = 24;
 
-/// How long a run may take before the watchdog stops it.
+/// How long the interpreter's run may take before the watchdog stops it.
 const RUN_LIMIT: Duration = Duration::from_secs(2);
+/// How long the translated run may take once the interpreter's ended (it
+/// can be slower: code rewriting itself is translated again each time).
+const JIT_RUN_LIMIT: Duration = Duration::from_secs(6);
 
 /// A thread that stops a run taking longer than [`RUN_LIMIT`]: a program
 /// whose stores or AMOs rewrite its own loop counter (x8 points into
 /// writable code) can loop forever, in the interpreter as translated.
-/// `Some(control)` starts watching a run, `None` ends it.
-fn watchdog() -> &'static Mutex<Sender<Option<Arc<HartControl>>>> {
-    static DOG: OnceLock<Mutex<Sender<Option<Arc<HartControl>>>>> = OnceLock::new();
+/// `Some((control, limit))` starts watching a run, `None` ends it.
+type Watch = Option<(Arc<HartControl>, Duration)>;
+
+fn watchdog() -> &'static Mutex<Sender<Watch>> {
+    static DOG: OnceLock<Mutex<Sender<Watch>>> = OnceLock::new();
     DOG.get_or_init(|| {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || watch(rx));
@@ -56,10 +61,12 @@ fn watchdog() -> &'static Mutex<Sender<Option<Arc<HartControl>>>> {
     })
 }
 
-fn watch(rx: Receiver<Option<Arc<HartControl>>>) {
+fn watch(rx: Receiver<Watch>) {
     while let Ok(msg) = rx.recv() {
-        let Some(control) = msg else { continue };
-        match rx.recv_timeout(RUN_LIMIT) {
+        let Some((control, limit)) = msg else {
+            continue;
+        };
+        match rx.recv_timeout(limit) {
             Ok(_) => {}
             Err(RecvTimeoutError::Timeout) => {
                 control.request_stop();
@@ -73,6 +80,7 @@ fn watch(rx: Receiver<Option<Arc<HartControl>>>) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     words: &[u32],
     regs: &[u64],
@@ -81,6 +89,7 @@ fn run(
     code_writable: bool,
     jit: bool,
     threshold: u32,
+    limit: Duration,
 ) -> (Hart, Exit, Vec<u8>) {
     let space = UserSpace::new(SPACE_BITS).expect("reserve");
     space
@@ -107,7 +116,8 @@ fn run(
     hart.pc = CODE;
     let dog = watchdog();
     let dog = dog.lock().expect("watchdog");
-    dog.send(Some(hart.control().clone())).expect("watchdog");
+    dog.send(Some((hart.control().clone(), limit)))
+        .expect("watchdog");
     let exit = hart.run_user(&space);
     dog.send(None).expect("watchdog");
     let mut page = vec![0u8; 0x1000];
@@ -632,13 +642,40 @@ fuzz_target!(|input: &[u8]| {
     // One input in four translates blocks from their second run on (a
     // loop's first pass interpreted, the rest translated).
     let threshold = if regs[30] >> 1 & 3 == 0 { 2 } else { 1 };
-    let (a, ea, ma) = run(&words, &regs, &fp, &data, code_writable, true, threshold);
-    let (b, eb, mb) = run(&words, &regs, &fp, &data, code_writable, false, 1);
-    if ea == Exit::Stopped || eb == Exit::Stopped {
+    // The interpreter first: a program it does not end in time is
+    // skipped (see `watchdog`), one it ends the translated run must end.
+    let (b, eb, mb) = run(
+        &words,
+        &regs,
+        &fp,
+        &data,
+        code_writable,
+        false,
+        1,
+        RUN_LIMIT,
+    );
+    if eb == Exit::Stopped {
         // A program that rewrote its loop counter and never ended (see
-        // `watchdog`): stopped at different points, nothing to compare.
+        // `watchdog`): nothing to compare.
         return;
     }
+    let (a, ea, ma) = run(
+        &words,
+        &regs,
+        &fp,
+        &data,
+        code_writable,
+        true,
+        threshold,
+        JIT_RUN_LIMIT,
+    );
+    // The interpreter ended it: translated code that did not is a JIT bug
+    // (an endless loop of its own), not an endless program.
+    assert_ne!(
+        ea,
+        Exit::Stopped,
+        "translated run stopped by the watchdog, the interpreter's ended: {eb:?}"
+    );
     assert_eq!(ea, eb, "exit");
     assert_eq!(a.pc, b.pc, "pc");
     assert_eq!(a.instret(), b.instret(), "instret");
