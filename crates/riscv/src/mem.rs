@@ -342,21 +342,15 @@ impl UserSpace {
             return Ok(());
         }
         self.set_perms(addr, len, 0)?;
-        host_mmap(
-            // SAFETY: pointer arithmetic inside the reservation, checked above.
-            unsafe { self.base.add(addr as usize) },
-            len as usize,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
-        )
-        .map_err(MemError::Host)?;
-        Ok(())
+        // A fresh inaccessible mapping in place also drops the contents.
+        self.reserve_again(addr, len)
     }
 
-    /// Reserves `[addr, addr+len)` again, inaccessible, after the host
-    /// moved its pages away (mremap): a hole left in the reservation could
-    /// take an unrelated host mapping, which guest accesses would then
-    /// reach. The caller cleared the range's permissions before the move.
+    /// Reserves `[addr, addr+len)` again, inaccessible: after an unmap
+    /// (dropping the contents), or after the host moved its pages away
+    /// (mremap), where a hole left in the reservation could take an
+    /// unrelated host mapping, which guest accesses would then reach. The
+    /// caller cleared the range's permissions first.
     pub fn reserve_again(&self, addr: u64, len: u64) -> Result<(), MemError> {
         self.check_page_range(addr, len)?;
         if len == 0 {
