@@ -49,7 +49,8 @@ pub enum MemFaultKind {
     Unmapped,
     /// Misaligned atomic (Linux: SIGBUS).
     Misaligned,
-    /// The physical address has no RAM or device (Linux: SIGBUS).
+    /// The physical address has no RAM or device; in user mode, nothing
+    /// backs the page (a file mapping past its file's end) (Linux: SIGBUS).
     Bus,
 }
 

@@ -43,3 +43,52 @@ fn translated_accesses_fault_like_qemu_and_the_interpreter() {
     let interp = emu(&["--no-jit"], &p, &[], None, None);
     assert_same("jitfault --no-jit", &interp, &ours);
 }
+
+/// What `sigbus` prints on riscv64 Linux (and on amd64 Linux, built
+/// natively).
+const SIGBUS_EXPECTED: &str = "backed pages: 12582\n\
+    hot loop: signal 7 code 2 at base+0x2000\n\
+    load: signal 7 code 2 at base+0x2008\n\
+    store: signal 7 code 2 at base+0x2018\n\
+    amo: signal 7 code 2 at base+0x2010\n\
+    lr/sc: signal 7 code 2 at base+0x2018\n\
+    write from it: -1 Bad address\n\
+    read into it: -1 Bad address\n\
+    after growing the file: 12582\n";
+
+/// A file mapping's pages past the file's end: the guest gets SIGBUS
+/// (BUS_ADRERR, exact address) for loads, stores and atomics, translated
+/// or interpreted, as under qemu-riscv64; the emulator used to die of the
+/// host's SIGBUS. Left unhandled, the guest dies of it as under qemu.
+#[test]
+fn accesses_past_a_mapped_files_end_get_sigbus_like_qemu() {
+    let p = build("sigbus", false);
+    let ours = emu(&[], &p, &[], None, None);
+    let out = String::from_utf8_lossy(&ours.stdout);
+    assert_eq!(
+        out,
+        format!("{SIGBUS_EXPECTED}after shrinking it: signal 7 code 2 at base+0x1008\n"),
+        "stderr: {}",
+        ours.stderr
+    );
+    assert_eq!(ours.code, Some(0), "{ours:?}");
+    assert_same("sigbus", &ours, &qemu(&[], &p, &[], None, None));
+    for flags in [&["--jit-threshold=1"][..], &["--no-jit"]] {
+        assert_same(
+            &format!("sigbus {flags:?}"),
+            &emu(flags, &p, &[], None, None),
+            &ours,
+        );
+    }
+    let unhandled = emu(&[], &p, &["unhandled"], None, None);
+    assert_eq!(
+        String::from_utf8_lossy(&unhandled.stdout),
+        format!("{SIGBUS_EXPECTED}unhandled\n")
+    );
+    assert_eq!(unhandled.signal, Some(libc::SIGBUS), "{unhandled:?}");
+    assert_same(
+        "sigbus unhandled",
+        &unhandled,
+        &qemu(&[], &p, &["unhandled"], None, None),
+    );
+}

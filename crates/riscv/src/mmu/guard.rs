@@ -17,12 +17,20 @@
 //! (Rust's stack overflow handler or the default action), so a real crash
 //! stays a crash.
 //!
+//! A host SIGBUS in a routine (a guest access to a page of a file mapping
+//! past the file's end, which the host backs with nothing) resumes at a
+//! second exit that reports a bus error: the guest gets SIGBUS with the
+//! address, as on Linux and under qemu-riscv64, where the emulator used to
+//! die of it. The JIT's inline accesses leave for the interpreter on any
+//! fault, which redoes the access here.
+//!
 //! Global state, and why: a signal handler is process-wide and receives
 //! only the signal and the interrupted context, so it needs the action it
 //! replaced, to chain to (written once, at installation). The JIT adds a
 //! thread-local pointer to its fault sites (see `crate::jit`).
 
-/// A load's value, or its failure (returned in rax:rdx by the routines).
+/// A load's value, or its failure (returned in rax:rdx by the routines:
+/// `failed` is 0, or 1 for a protection fault, or [`BUS`]).
 #[repr(C)]
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 struct Loaded {
@@ -30,13 +38,39 @@ struct Loaded {
     failed: u64,
 }
 
+/// What the bus error exit returns (in both rax and rdx).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+const BUS: u64 = 2;
+
+/// Why the host refused a guest access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// A protection fault (SIGSEGV): the permission was being taken away
+    /// (the caller checks the table again).
+    Protection,
+    /// A bus error (SIGBUS): the page is mapped and allowed, but nothing
+    /// backs it (a file mapping past its file's end). The guest's access
+    /// faults with SIGBUS.
+    Bus,
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn refused(code: u64) -> Refused {
+    if code == BUS {
+        Refused::Bus
+    } else {
+        Refused::Protection
+    }
+}
+
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod routines {
     use super::Loaded;
 
     // Leaf routines that touch no stack before their one access, so a
-    // fault can resume at `virtkit_ga_fail`, which returns "failed" to the
-    // caller in place of the routine (rax = rdx = 1).
+    // fault can resume at `virtkit_ga_fail` (SIGSEGV) or `virtkit_ga_bus`
+    // (SIGBUS), which return "failed" to the caller in place of the
+    // routine (rax = rdx = 1, or BUS).
     std::arch::global_asm!(
         ".pushsection .text.virtkit_guest_access,\"ax\",@progbits",
         ".p2align 4",
@@ -94,6 +128,12 @@ mod routines {
         "mov eax, 1",
         "mov edx, 1",
         "ret",
+        ".globl virtkit_ga_bus",
+        ".hidden virtkit_ga_bus",
+        "virtkit_ga_bus:",
+        "mov eax, 2",
+        "mov edx, 2",
+        "ret",
         ".popsection",
     );
 
@@ -107,26 +147,29 @@ mod routines {
         pub(super) fn virtkit_ga_st4(p: *mut u8, v: u64) -> u32;
         pub(super) fn virtkit_ga_st8(p: *mut u8, v: u64) -> u32;
         pub(super) fn virtkit_ga_fail();
+        pub(super) fn virtkit_ga_bus();
     }
 
     /// The routines' code: from the first (`virtkit_ga_ld1`, the section's
-    /// start) up to `virtkit_ga_fail`, which follows the last.
-    pub(super) fn range() -> (usize, usize) {
+    /// start) up to `virtkit_ga_fail`, which follows the last; and the bus
+    /// error exit.
+    pub(super) fn range() -> (usize, usize, usize) {
         (
             virtkit_ga_ld1 as *const () as usize,
             virtkit_ga_fail as *const () as usize,
+            virtkit_ga_bus as *const () as usize,
         )
     }
 }
 
 /// Loads `N` bytes (1, 2, 4, 8) from guest memory at host `p`,
-/// zero-extended; `None` when the host refused (see the module's comment).
+/// zero-extended, or why the host refused (see the module's comment).
 ///
 /// # Safety
 /// `p` must point into the guest reservation of a [`crate::UserSpace`]
 /// (with the `N` bytes inside it or its guard).
 #[inline(always)]
-pub(crate) unsafe fn load<const N: usize>(p: *const u8) -> Option<u64> {
+pub(crate) unsafe fn load<const N: usize>(p: *const u8) -> Result<u64, Refused> {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
         use routines::*;
@@ -141,21 +184,25 @@ pub(crate) unsafe fn load<const N: usize>(p: *const u8) -> Option<u64> {
                 _ => virtkit_ga_ld8(p),
             }
         };
-        (r.failed == 0).then_some(r.value)
+        if r.failed == 0 {
+            Ok(r.value)
+        } else {
+            Err(refused(r.failed))
+        }
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     // SAFETY: without the handler, accessible memory is the caller's
     // promise (checked against the permission table).
-    Some(unsafe { super::rd::<N>(p) })
+    Ok(unsafe { super::rd::<N>(p) })
 }
 
-/// Stores the low `N` bytes of `v` to guest memory at host `p`; `false`
-/// when the host refused.
+/// Stores the low `N` bytes of `v` to guest memory at host `p`, or says why
+/// the host refused.
 ///
 /// # Safety
 /// As for [`load`].
 #[inline(always)]
-pub(crate) unsafe fn store<const N: usize>(p: *mut u8, v: u64) -> bool {
+pub(crate) unsafe fn store<const N: usize>(p: *mut u8, v: u64) -> Result<(), Refused> {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
         use routines::*;
@@ -168,13 +215,17 @@ pub(crate) unsafe fn store<const N: usize>(p: *mut u8, v: u64) -> bool {
                 _ => virtkit_ga_st8(p, v),
             }
         };
-        r == 0
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(refused(r.into()))
+        }
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     {
         // SAFETY: as in `load`.
         unsafe { super::wr::<N>(p, v) };
-        true
+        Ok(())
     }
 }
 
@@ -235,12 +286,9 @@ mod handler {
                 let uc = &mut *uc.cast::<libc::ucontext_t>();
                 let rip = &mut uc.uc_mcontext.gregs[libc::REG_RIP as usize];
                 let pc = *rip as usize;
-                let (lo, fail) = super::routines::range();
-                // A shared file mapping read past its file's end (SIGBUS)
-                // is not a permission the table knows of: it stays fatal,
-                // as it was before the host protected anything.
-                if sig == libc::SIGSEGV && (lo..fail).contains(&pc) {
-                    *rip = fail as i64;
+                let (lo, fail, bus) = super::routines::range();
+                if (lo..fail).contains(&pc) {
+                    *rip = if sig == libc::SIGBUS { bus } else { fail } as i64;
                     return;
                 }
                 let addr = (*info).si_addr() as usize;

@@ -2,7 +2,8 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{guard, misaligned, page_fault, Acc, Mem, OFF_MASK};
+use super::guard::{self, Refused};
+use super::{access_fault, misaligned, page_fault, Acc, Mem, OFF_MASK};
 use crate::cpu::{Core, Trap};
 use crate::mem::{perm, UserSpace};
 use crate::PAGE_SIZE;
@@ -41,6 +42,8 @@ impl<'a> UserMem<'a> {
     /// failed: the table is checked again and the access retried, since
     /// the host refuses an access the table allowed only while another
     /// thread is taking the permission away (the next check sees that).
+    /// A host bus error (nothing backs the page: a file mapping past its
+    /// file's end) is the guest's access fault, as Linux's SIGBUS.
     #[cold]
     #[inline(never)]
     fn load_checked<const N: usize>(&self, va: u64) -> Result<u64, Trap> {
@@ -48,8 +51,10 @@ impl<'a> UserMem<'a> {
             self.check(va, N as u64, perm::R)
                 .map_err(|a| page_fault(Acc::Load, a))?;
             // SAFETY: checked inside the space (its guard covers the rest).
-            if let Some(v) = unsafe { guard::load::<N>(self.base.add(va as usize)) } {
-                return Ok(v);
+            match unsafe { guard::load::<N>(self.base.add(va as usize)) } {
+                Ok(v) => return Ok(v),
+                Err(Refused::Bus) => return Err(access_fault(Acc::Load, va)),
+                Err(Refused::Protection) => {}
             }
         }
         Err(page_fault(Acc::Load, va))
@@ -66,8 +71,10 @@ impl<'a> UserMem<'a> {
                 .map_err(|a| page_fault(Acc::Store, a))?;
             self.space.note_store(va, N as u64);
             // SAFETY: as in `load_checked`.
-            if unsafe { guard::store::<N>(self.base.add(va as usize), v) } {
-                return Ok(());
+            match unsafe { guard::store::<N>(self.base.add(va as usize), v) } {
+                Ok(()) => return Ok(()),
+                Err(Refused::Bus) => return Err(access_fault(Acc::Store, va)),
+                Err(Refused::Protection) => {}
             }
         }
         Err(page_fault(Acc::Store, va))
@@ -98,7 +105,7 @@ impl Mem for UserMem<'_> {
             && self.space.perm_slot(va / PAGE_SIZE).load(Ordering::Relaxed) & perm::R != 0
         {
             // SAFETY: the access stays inside one page of the reservation.
-            if let Some(v) = unsafe { guard::load::<N>(self.base.add(va as usize)) } {
+            if let Ok(v) = unsafe { guard::load::<N>(self.base.add(va as usize)) } {
                 return Ok(v);
             }
         }
@@ -113,7 +120,7 @@ impl Mem for UserMem<'_> {
                 == perm::W
         {
             // SAFETY: the access stays inside one page of the reservation.
-            if unsafe { guard::store::<N>(self.base.add(va as usize), v) } {
+            if unsafe { guard::store::<N>(self.base.add(va as usize), v) }.is_ok() {
                 return Ok(());
             }
         }
@@ -138,6 +145,15 @@ impl Mem for UserMem<'_> {
             self.space.note_store(va, N as u64);
         }
         // SAFETY: inside the reservation, checked above.
-        Ok(unsafe { self.base.add(va as usize) })
+        let p = unsafe { self.base.add(va as usize) };
+        // The caller's atomic access is not one of the guarded routines: on
+        // a page that nothing backs (a file mapping past its file's end) it
+        // would take the emulator down with the host's SIGBUS. A guarded
+        // load finds such a page first (Linux: SIGBUS for the AMO).
+        // SAFETY: as above; the load only reads.
+        if let Err(Refused::Bus) = unsafe { guard::load::<N>(p) } {
+            return Err(access_fault(acc, va));
+        }
+        Ok(p)
     }
 }
