@@ -233,46 +233,50 @@ impl AddressSpace {
     }
 
     /// Reads a NUL-terminated guest string of at most `max` bytes.
+    ///
+    /// Copied out through the CPU crate's guarded copy (as are `read_u64`,
+    /// `read_u32` and the `write`s): a page that another thread unmaps
+    /// meanwhile, or that nothing backs (a file mapping past its file's
+    /// end), is EFAULT for the system call, not a host fault that takes
+    /// the emulator down.
     pub fn cstr(&self, addr: u64, max: usize) -> Option<Vec<u8>> {
+        // Paths are short: a small chunk at a time, never past a page.
+        const CHUNK: u64 = 256;
         let mut out = Vec::new();
+        let mut buf = [0u8; CHUNK as usize];
         let mut a = addr;
         loop {
-            if self.page_perm(a) & PROT_R == 0 {
-                return None;
-            }
-            let page_end = page_down(a) + PAGE;
-            // SAFETY: a..page_end is one readable guest page.
-            let chunk = unsafe {
-                std::slice::from_raw_parts(self.base.add(a as usize), (page_end - a) as usize)
-            };
-            if let Some(n) = chunk.iter().position(|&c| c == 0) {
-                out.extend_from_slice(&chunk[..n]);
+            let n = (page_down(a) + PAGE - a).min(CHUNK) as usize;
+            self.space.read(a, &mut buf[..n]).ok()?;
+            if let Some(z) = buf[..n].iter().position(|&c| c == 0) {
+                out.extend_from_slice(&buf[..z]);
                 return if out.len() <= max { Some(out) } else { None };
             }
-            out.extend_from_slice(chunk);
+            out.extend_from_slice(&buf[..n]);
             if out.len() > max {
                 return None;
             }
-            a = page_end;
+            a += n as u64;
         }
     }
 
     /// Reads a little-endian u64.
     pub fn read_u64(&self, addr: u64) -> Option<u64> {
-        let s = self.slice(addr, 8)?;
-        Some(u64::from_le_bytes(s.try_into().ok()?))
+        let mut b = [0u8; 8];
+        self.space.read(addr, &mut b).ok()?;
+        Some(u64::from_le_bytes(b))
     }
 
     /// Reads a little-endian u32.
     pub fn read_u32(&self, addr: u64) -> Option<u32> {
-        let s = self.slice(addr, 4)?;
-        Some(u32::from_le_bytes(s.try_into().ok()?))
+        let mut b = [0u8; 4];
+        self.space.read(addr, &mut b).ok()?;
+        Some(u32::from_le_bytes(b))
     }
 
-    /// Writes bytes.
+    /// Writes bytes (dropping decoded code they overwrite).
     pub fn write(&self, addr: u64, data: &[u8]) -> Option<()> {
-        self.slice_mut(addr, data.len())?.copy_from_slice(data);
-        Some(())
+        self.space.write(addr, data).ok()
     }
 
     /// Writes a little-endian u64.

@@ -403,11 +403,14 @@ impl UserSpace {
         }
         // SAFETY: the range is inside the reservation and mapped readable
         // (checked against the permission table, which linux-user keeps in
-        // step with the host mappings).
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.base.add(addr as usize), buf.as_mut_ptr(), buf.len())
+        // step with the host mappings). The copy is guarded: another thread
+        // may unmap the range meanwhile, or nothing may back it (a file
+        // mapping past its file's end); either is the guest's fault
+        // (EFAULT for a system call), not the emulator's crash.
+        let r = unsafe {
+            crate::mmu::guard::copy(buf.as_mut_ptr(), self.base.add(addr as usize), buf.len())
         };
-        Ok(())
+        r.map_err(|_| self.first_fault(addr, len, perm::R))
     }
 
     /// Copies `data` into guest memory, checking write permission and
@@ -421,10 +424,10 @@ impl UserSpace {
             self.note_store(addr, len);
         }
         // SAFETY: as in `read`, with write permission checked.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.base.add(addr as usize), data.len())
+        let r = unsafe {
+            crate::mmu::guard::copy(self.base.add(addr as usize), data.as_ptr(), data.len())
         };
-        Ok(())
+        r.map_err(|_| self.first_fault(addr, len, perm::W))
     }
 
     /// Host pointer for `[addr, addr+len)` if every page has `need`.

@@ -122,6 +122,15 @@ mod routines {
         "mov qword ptr [rdi], rsi",
         "xor eax, eax",
         "ret",
+        // Copies rdx bytes from rsi to rdi (either side guest memory); a
+        // fault part way leaves a partial copy and reports the failure.
+        ".globl virtkit_ga_copy",
+        ".hidden virtkit_ga_copy",
+        "virtkit_ga_copy:",
+        "mov rcx, rdx",
+        "rep movsb",
+        "xor eax, eax",
+        "ret",
         ".globl virtkit_ga_fail",
         ".hidden virtkit_ga_fail",
         "virtkit_ga_fail:",
@@ -146,6 +155,7 @@ mod routines {
         pub(super) fn virtkit_ga_st2(p: *mut u8, v: u64) -> u32;
         pub(super) fn virtkit_ga_st4(p: *mut u8, v: u64) -> u32;
         pub(super) fn virtkit_ga_st8(p: *mut u8, v: u64) -> u32;
+        pub(super) fn virtkit_ga_copy(dst: *mut u8, src: *const u8, n: usize) -> u32;
         pub(super) fn virtkit_ga_fail();
         pub(super) fn virtkit_ga_bus();
     }
@@ -354,4 +364,31 @@ pub(crate) fn install() -> bool {
     return handler::install();
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     false
+}
+
+/// Copies `n` bytes from `src` to `dst`, one side of which is guest
+/// memory, or says why the host refused (the copy is then partial).
+///
+/// # Safety
+/// The guest side must lie inside the guest reservation of a
+/// [`crate::UserSpace`]; the other side must be valid host memory for `n`
+/// bytes (a fault there would be reported as the guest's, not crash).
+pub(crate) unsafe fn copy(dst: *mut u8, src: *const u8, n: usize) -> Result<(), Refused> {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        // SAFETY: the caller vouches for both ranges; a fault on the guest
+        // side resumes at a failure exit.
+        let r = unsafe { routines::virtkit_ga_copy(dst, src, n) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(refused(r.into()))
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        // SAFETY: as in `load`.
+        unsafe { std::ptr::copy_nonoverlapping(src, dst, n) };
+        Ok(())
+    }
 }
