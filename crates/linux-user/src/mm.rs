@@ -260,6 +260,14 @@ impl AddressSpace {
         }
     }
 
+    /// Copies `len` readable guest bytes out (guarded, as `cstr`), for
+    /// structures a system call parses.
+    pub fn read_vec(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
+        let mut v = vec![0u8; len];
+        self.space.read(addr, &mut v).ok()?;
+        Some(v)
+    }
+
     /// Reads a little-endian u64.
     pub fn read_u64(&self, addr: u64) -> Option<u64> {
         let mut b = [0u8; 8];

@@ -420,12 +420,7 @@ impl Thread {
     /// rt_sigreturn: restores the context saved by `setup_frame`.
     pub(crate) fn sigreturn(&mut self) -> Sys {
         let ucp = self.hart.x(2) + 128;
-        let Some(buf) = self
-            .proc
-            .mm
-            .slice(ucp, uc::SIZE as usize)
-            .map(|s| s.to_vec())
-        else {
+        let Some(buf) = self.proc.mm.read_vec(ucp, uc::SIZE as usize) else {
             die_by_signal(libc::SIGSEGV);
         };
         let get = |off: u64| {

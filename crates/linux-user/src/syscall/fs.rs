@@ -200,7 +200,7 @@ impl Thread {
         // natural alignment (16 bytes); x86-64's is packed (12).
         let mut ev = [0u8; 12];
         if a3 != 0 {
-            let g = self.mm().slice(a3, 16).ok_or(EFAULT)?;
+            let g = self.mm().read_vec(a3, 16).ok_or(EFAULT)?;
             ev[..4].copy_from_slice(&g[..4]);
             ev[4..].copy_from_slice(&g[8..16]);
         }

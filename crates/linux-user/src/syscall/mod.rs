@@ -122,9 +122,8 @@ impl Thread {
         }
         let raw = self
             .mm()
-            .slice(addr, (cnt * 16) as usize)
-            .ok_or(EFAULT)?
-            .to_vec();
+            .read_vec(addr, (cnt * 16) as usize)
+            .ok_or(EFAULT)?;
         let mut v = Vec::with_capacity(cnt as usize);
         for c in raw.chunks_exact(16) {
             let base = u64::from_le_bytes(c[..8].try_into().map_err(|_| EFAULT)?);

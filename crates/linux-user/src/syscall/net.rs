@@ -79,7 +79,7 @@ impl Thread {
         // struct msghdr is laid out the same on both 64-bit ABIs; only its
         // pointers need translating.
         let need = if n == nr::RECVMSG { PROT_W } else { PROT_R };
-        let g = self.mm().slice(addr, 56).ok_or(EFAULT)?.to_vec();
+        let g = self.mm().read_vec(addr, 56).ok_or(EFAULT)?;
         let rd = |o: usize| u64::from_le_bytes(g[o..o + 8].try_into().unwrap_or([0; 8]));
         let (name, namelen, iov, iovlen, ctl, ctllen) =
             (rd(0), rd(8) as u32 as u64, rd(16), rd(24), rd(32), rd(40));

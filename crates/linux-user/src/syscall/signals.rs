@@ -63,7 +63,7 @@ impl Thread {
             if sig == libc::SIGKILL || sig == libc::SIGSTOP {
                 return Err(EINVAL);
             }
-            let b = self.mm().slice(act, 24).ok_or(EFAULT)?;
+            let b = self.mm().read_vec(act, 24).ok_or(EFAULT)?;
             let rd = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
             Some(Action {
                 handler: rd(0),
@@ -114,7 +114,7 @@ impl Thread {
             self.mm().write(old, &b).ok_or(EFAULT)?;
         }
         if ss != 0 {
-            let b = self.mm().slice(ss, 24).ok_or(EFAULT)?.to_vec();
+            let b = self.mm().read_vec(ss, 24).ok_or(EFAULT)?;
             let ssp = u64::from_le_bytes(b[..8].try_into().map_err(|_| EFAULT)?);
             let flags = i32::from_le_bytes(b[8..12].try_into().map_err(|_| EFAULT)?);
             let size = u64::from_le_bytes(b[16..].try_into().map_err(|_| EFAULT)?);

@@ -106,7 +106,7 @@ impl Thread {
         if size > PAGE {
             return Err(-(libc::E2BIG as i64));
         }
-        let raw = self.mm().slice(args, size as usize).ok_or(EFAULT)?.to_vec();
+        let raw = self.mm().read_vec(args, size as usize).ok_or(EFAULT)?;
         // A newer struct is fine as long as what we do not know is zero.
         if raw.iter().skip(SIZE_KNOWN as usize).any(|&b| b != 0) {
             return Err(-(libc::E2BIG as i64));
@@ -188,7 +188,7 @@ impl Thread {
                 for (i, c) in b.iter_mut().take(15).enumerate() {
                     let v = self
                         .mm()
-                        .slice(a1.wrapping_add(i as u64), 1)
+                        .read_vec(a1.wrapping_add(i as u64), 1)
                         .ok_or(EFAULT)?[0];
                     if v == 0 {
                         break;
