@@ -102,6 +102,11 @@ fn prot_rank(h: i32) -> u8 {
     (h & libc::PROT_READ != 0) as u8 + (h & libc::PROT_WRITE != 0) as u8
 }
 
+/// Attempts of a guarded copy whose host access keeps failing while the
+/// permission table allows it (only a host that refuses to give pages
+/// their protection back gets that far; the guest then sees EFAULT).
+const COPY_RETRIES: usize = 64;
+
 /// A user-mode guest address space: a host reservation plus a permission
 /// table. Shared by all guest threads of a process (`Arc<UserSpace>`); all
 /// methods take `&self`.
@@ -396,38 +401,57 @@ impl UserSpace {
 
     /// Copies guest memory into `buf`, checking read permission (for
     /// syscall arguments).
+    ///
+    /// The copy is guarded: another thread may unmap the range meanwhile,
+    /// or nothing may back it (a file mapping past its file's end); either
+    /// is the guest's fault (EFAULT for a system call), not the emulator's
+    /// crash. A protection fault while the table still allows the access
+    /// (a page holding code turned read-only again for the host by
+    /// another thread's translation, see `note_store`) is retried, as the
+    /// interpreter's checked accesses are.
     pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {
         let len = buf.len() as u64;
-        if !self.check(addr, len, perm::R) {
-            return Err(self.first_fault(addr, len, perm::R));
+        for _ in 0..COPY_RETRIES {
+            if !self.check(addr, len, perm::R) {
+                break;
+            }
+            // SAFETY: the range is inside the reservation and mapped
+            // readable (checked against the permission table, which
+            // linux-user keeps in step with the host mappings); the copy
+            // is guarded.
+            match unsafe {
+                crate::mmu::guard::copy(buf.as_mut_ptr(), self.base.add(addr as usize), buf.len())
+            } {
+                Ok(()) => return Ok(()),
+                Err(crate::mmu::guard::Refused::Bus) => break,
+                Err(crate::mmu::guard::Refused::Protection) => {}
+            }
         }
-        // SAFETY: the range is inside the reservation and mapped readable
-        // (checked against the permission table, which linux-user keeps in
-        // step with the host mappings). The copy is guarded: another thread
-        // may unmap the range meanwhile, or nothing may back it (a file
-        // mapping past its file's end); either is the guest's fault
-        // (EFAULT for a system call), not the emulator's crash.
-        let r = unsafe {
-            crate::mmu::guard::copy(buf.as_mut_ptr(), self.base.add(addr as usize), buf.len())
-        };
-        r.map_err(|_| self.first_fault(addr, len, perm::R))
+        Err(self.first_fault(addr, len, perm::R))
     }
 
     /// Copies `data` into guest memory, checking write permission and
-    /// invalidating decoded code it overwrites.
+    /// invalidating decoded code it overwrites (guarded and retried as
+    /// `read` is).
     pub fn write(&self, addr: u64, data: &[u8]) -> Result<(), MemError> {
         let len = data.len() as u64;
-        if !self.check(addr, len, perm::W) {
-            return Err(self.first_fault(addr, len, perm::W));
+        for _ in 0..COPY_RETRIES {
+            if !self.check(addr, len, perm::W) {
+                break;
+            }
+            if len > 0 {
+                self.note_store(addr, len);
+            }
+            // SAFETY: as in `read`, with write permission checked.
+            match unsafe {
+                crate::mmu::guard::copy(self.base.add(addr as usize), data.as_ptr(), data.len())
+            } {
+                Ok(()) => return Ok(()),
+                Err(crate::mmu::guard::Refused::Bus) => break,
+                Err(crate::mmu::guard::Refused::Protection) => {}
+            }
         }
-        if len > 0 {
-            self.note_store(addr, len);
-        }
-        // SAFETY: as in `read`, with write permission checked.
-        let r = unsafe {
-            crate::mmu::guard::copy(self.base.add(addr as usize), data.as_ptr(), data.len())
-        };
-        r.map_err(|_| self.first_fault(addr, len, perm::W))
+        Err(self.first_fault(addr, len, perm::W))
     }
 
     /// Host pointer for `[addr, addr+len)` if every page has `need`.
