@@ -46,6 +46,17 @@ pub struct ProbeReport {
 }
 
 impl ProbeReport {
+    /// Whether the finding is clear enough to remember for the host's
+    /// boot: emulated (ring 0 already far above ring 3, see [`probe`]), or
+    /// native with ring 0 about as fast as ring 3. A "native" finding in
+    /// between (a loaded host, a KVM nested in an emulator) is used once
+    /// and not remembered, so one unlucky probe does not make every later
+    /// run trust a KVM that cannot boot Linux.
+    pub fn decisive(&self) -> bool {
+        self.ring0_emulated
+            || self.ring0 <= self.ring3 + self.ring3 / 2 + Duration::from_micros(100)
+    }
+
     /// Ring-0 instructions per second (a rough figure).
     pub fn ring0_ips(&self) -> f64 {
         self.instructions as f64 / self.ring0.as_secs_f64().max(1e-9)
@@ -212,11 +223,14 @@ pub fn remembered(kvm_path: &Path, cache_dir: &Path) -> Option<ProbeReport> {
     })
 }
 
-/// Remembers `report` in `cache_dir` for this boot and KVM device (best
-/// effort: a cache that cannot be written only means probing again next
+/// Remembers `report` in `cache_dir` for this boot and KVM device, when
+/// it is [decisive](ProbeReport::decisive) (best effort: a cache that cannot be written only means probing again next
 /// time). Written to a temporary file and renamed, so a concurrent reader
 /// sees the old file or the new one.
 pub fn remember(kvm_path: &Path, cache_dir: &Path, report: &ProbeReport) {
+    if !report.decisive() {
+        return;
+    }
     let Some((boot_id, path, rdev)) = cache_key(kvm_path) else {
         return;
     };
@@ -249,7 +263,7 @@ mod tests {
 
     fn report(emulated: bool) -> ProbeReport {
         ProbeReport {
-            ring0: Duration::from_micros(2900),
+            ring0: Duration::from_micros(if emulated { 5900 } else { 80 }),
             ring3: Duration::from_micros(60),
             instructions: PROBE_INSTRUCTIONS,
             ring0_emulated: emulated,
@@ -268,7 +282,7 @@ mod tests {
         let r = remembered(Path::new(DEV), dir.path()).expect("remembered");
         assert!(r.ring0_emulated);
         assert_eq!(r.instructions, PROBE_INSTRUCTIONS);
-        assert_eq!(r.ring0, Duration::from_micros(2900));
+        assert_eq!(r.ring0, Duration::from_micros(5900));
         // Another device is another key.
         assert!(remembered(Path::new("/dev/zero"), dir.path()).is_none());
         // A later finding replaces it; no temporary file is left.
@@ -280,6 +294,28 @@ mod tests {
         );
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn an_unclear_native_finding_is_not_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let unclear = ProbeReport {
+            ring0: Duration::from_micros(1500),
+            ..report(false)
+        };
+        assert!(!unclear.decisive());
+        remember(Path::new(DEV), dir.path(), &unclear);
+        assert!(remembered(Path::new(DEV), dir.path()).is_none());
+        // An emulated finding stays remembered; an unclear native one
+        // later does not replace it.
+        remember(Path::new(DEV), dir.path(), &report(true));
+        remember(Path::new(DEV), dir.path(), &unclear);
+        assert!(
+            remembered(Path::new(DEV), dir.path())
+                .unwrap()
+                .ring0_emulated
+        );
+        assert!(report(false).decisive() && report(true).decisive());
     }
 
     #[test]
