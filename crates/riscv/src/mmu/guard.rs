@@ -131,6 +131,22 @@ mod routines {
         "rep movsb",
         "xor eax, eax",
         "ret",
+        // Compare-and-swap: [rdi] from rsi to rdx when it holds rsi;
+        // returns the old value (what it held).
+        ".globl virtkit_ga_cas4",
+        ".hidden virtkit_ga_cas4",
+        "virtkit_ga_cas4:",
+        "mov eax, esi",
+        "lock cmpxchg dword ptr [rdi], edx",
+        "xor edx, edx",
+        "ret",
+        ".globl virtkit_ga_cas8",
+        ".hidden virtkit_ga_cas8",
+        "virtkit_ga_cas8:",
+        "mov rax, rsi",
+        "lock cmpxchg qword ptr [rdi], rdx",
+        "xor edx, edx",
+        "ret",
         ".globl virtkit_ga_fail",
         ".hidden virtkit_ga_fail",
         "virtkit_ga_fail:",
@@ -156,6 +172,8 @@ mod routines {
         pub(super) fn virtkit_ga_st4(p: *mut u8, v: u64) -> u32;
         pub(super) fn virtkit_ga_st8(p: *mut u8, v: u64) -> u32;
         pub(super) fn virtkit_ga_copy(dst: *mut u8, src: *const u8, n: usize) -> u32;
+        pub(super) fn virtkit_ga_cas4(p: *mut u8, expected: u64, new: u64) -> Loaded;
+        pub(super) fn virtkit_ga_cas8(p: *mut u8, expected: u64, new: u64) -> Loaded;
         pub(super) fn virtkit_ga_fail();
         pub(super) fn virtkit_ga_bus();
     }
@@ -390,5 +408,56 @@ pub(crate) unsafe fn copy(dst: *mut u8, src: *const u8, n: usize) -> Result<(), 
         // SAFETY: as in `load`.
         unsafe { std::ptr::copy_nonoverlapping(src, dst, n) };
         Ok(())
+    }
+}
+
+/// Atomically replaces the `N` (4 or 8) bytes at `p` by `new` when they
+/// hold `expected` (its low `N` bytes); returns what they held, or why
+/// the host refused.
+///
+/// # Safety
+/// As for [`load`], with `p` aligned to `N`.
+pub(crate) unsafe fn cas<const N: usize>(
+    p: *mut u8,
+    expected: u64,
+    new: u64,
+) -> Result<u64, Refused> {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        // SAFETY: as in `load`; `lock cmpxchg` on an aligned guest address.
+        let r = unsafe {
+            if N == 4 {
+                routines::virtkit_ga_cas4(p, expected, new)
+            } else {
+                routines::virtkit_ga_cas8(p, expected, new)
+            }
+        };
+        if r.failed == 0 {
+            Ok(r.value)
+        } else {
+            Err(refused(r.failed))
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
+        // SAFETY: aligned guest memory (the caller's promise).
+        Ok(unsafe {
+            if N == 4 {
+                match AtomicU32::from_ptr(p.cast()).compare_exchange(
+                    expected as u32,
+                    new as u32,
+                    SeqCst,
+                    SeqCst,
+                ) {
+                    Ok(v) | Err(v) => v as u64,
+                }
+            } else {
+                match AtomicU64::from_ptr(p.cast()).compare_exchange(expected, new, SeqCst, SeqCst)
+                {
+                    Ok(v) | Err(v) => v,
+                }
+            }
+        })
     }
 }

@@ -28,6 +28,55 @@ pub(crate) trait Mem {
         va: u64,
         store: bool,
     ) -> Result<*mut u8, Trap>;
+    /// An atomic read-modify-write of `N` (4 or 8) aligned bytes: `op`
+    /// gets the old value (zero-extended) and gives the new one, or
+    /// `None` to store nothing (`store`: the access may write, as for
+    /// [`Mem::atomic`]); returns the old value. LR is `op = |_| None`, SC
+    /// a compare-and-swap, an AMO its operation (all as a CAS loop on the
+    /// host, which is one atomic step for the guest).
+    fn rmw<const N: usize>(
+        &mut self,
+        core: &mut Core,
+        va: u64,
+        store: bool,
+        op: impl Fn(u64) -> Option<u64>,
+    ) -> Result<u64, Trap> {
+        let p = self.atomic::<N>(core, va, store)?;
+        // SAFETY: `atomic` returned a host pointer to N bytes of RAM
+        // aligned to N, valid while the mapping lives.
+        Ok(unsafe { host_rmw::<N>(p, op) })
+    }
+}
+
+/// [`Mem::rmw`] on host memory that cannot fault.
+///
+/// # Safety
+/// `p` must point to `N` (4 or 8) bytes of live memory aligned to `N`.
+unsafe fn host_rmw<const N: usize>(p: *mut u8, op: impl Fn(u64) -> Option<u64>) -> u64 {
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
+    if N == 4 {
+        // SAFETY: aligned, live (the caller's promise).
+        let a = unsafe { AtomicU32::from_ptr(p.cast()) };
+        let mut old = a.load(SeqCst);
+        while let Some(new) = op(old as u64) {
+            match a.compare_exchange_weak(old, new as u32, SeqCst, SeqCst) {
+                Ok(_) => break,
+                Err(v) => old = v,
+            }
+        }
+        old as u64
+    } else {
+        // SAFETY: as above.
+        let a = unsafe { AtomicU64::from_ptr(p.cast()) };
+        let mut old = a.load(SeqCst);
+        while let Some(new) = op(old) {
+            match a.compare_exchange_weak(old, new, SeqCst, SeqCst) {
+                Ok(_) => break,
+                Err(v) => old = v,
+            }
+        }
+        old
+    }
 }
 
 const OFF_MASK: u64 = PAGE_SIZE - 1;

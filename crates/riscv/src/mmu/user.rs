@@ -145,15 +145,44 @@ impl Mem for UserMem<'_> {
             self.space.note_store(va, N as u64);
         }
         // SAFETY: inside the reservation, checked above.
-        let p = unsafe { self.base.add(va as usize) };
-        // The caller's atomic access is not one of the guarded routines: on
-        // a page that nothing backs (a file mapping past its file's end) it
-        // would take the emulator down with the host's SIGBUS. A guarded
-        // load finds such a page first (Linux: SIGBUS for the AMO).
-        // SAFETY: as above; the load only reads.
-        if let Err(Refused::Bus) = unsafe { guard::load::<N>(p) } {
-            return Err(access_fault(acc, va));
+        Ok(unsafe { self.base.add(va as usize) })
+    }
+
+    /// The interpreter's LR, SC and AMOs: a guarded load and guarded
+    /// compare-and-swaps (`lock cmpxchg`), so that another thread's
+    /// munmap, mprotect or file truncation meanwhile, or a page that
+    /// nothing backs (a file mapping past its file's end), is the guest's
+    /// fault (SIGSEGV, or SIGBUS as on Linux) rather than a host fault in
+    /// the emulator. A protection fault while the table allows the access
+    /// is retried from the check, as `load_checked` does.
+    fn rmw<const N: usize>(
+        &mut self,
+        core: &mut Core,
+        va: u64,
+        store: bool,
+        op: impl Fn(u64) -> Option<u64>,
+    ) -> Result<u64, Trap> {
+        let acc = if store { Acc::Store } else { Acc::Load };
+        'check: for _ in 0..RETRIES {
+            let p = self.atomic::<N>(core, va, store)?;
+            // SAFETY: `atomic` checked the aligned range inside the space;
+            // the accesses are guarded.
+            let mut old = match unsafe { guard::load::<N>(p) } {
+                Ok(v) => v,
+                Err(Refused::Bus) => return Err(access_fault(acc, va)),
+                Err(Refused::Protection) => continue 'check,
+            };
+            while let Some(new) = op(old) {
+                // SAFETY: as above.
+                match unsafe { guard::cas::<N>(p, old, new) } {
+                    Ok(v) if v == old => break,
+                    Ok(v) => old = v,
+                    Err(Refused::Bus) => return Err(access_fault(acc, va)),
+                    Err(Refused::Protection) => continue 'check,
+                }
+            }
+            return Ok(old);
         }
-        Ok(p)
+        Err(page_fault(acc, va))
     }
 }
